@@ -1,0 +1,266 @@
+//! The metadata buffer cache, keyed by block number.
+//!
+//! A buffer is clean (evictable), locked by a transaction, pinned by the log (referenced from the
+//! CIL or the AIL, so not evictable), or under write-back. Only the cache's own reference makes a
+//! buffer evictable: whoever else holds an `Arc<BufHead>` keeps it. Eviction is CLOCK.
+
+mod chunkmap;
+
+pub use chunkmap::{ChunkMap, CHUNK_BYTES};
+
+use crate::device::{AlignedBuf, DevError, Device};
+use crate::format::{BlockHeader, BlockType, FormatError, Lsn, Uuid};
+use parking_lot::Mutex;
+use slab::Slab;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Bytes of bookkeeping per cached buffer (head, locks, maps), charged with the block itself.
+pub const BUF_OVERHEAD_BYTES: u64 = 256;
+
+/// Why a buffer could not be read.
+#[derive(Debug)]
+pub enum CacheError {
+    Io(DevError),
+    Corrupt(FormatError),
+}
+
+impl fmt::Display for CacheError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CacheError::Io(e) => write!(f, "{e}"),
+            CacheError::Corrupt(e) => write!(f, "corrupt metadata: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for CacheError {}
+
+/// The bytes of a cached block. Locked by the transaction that uses it, for its whole life.
+pub struct BufContent {
+    pub data: AlignedBuf,
+    /// The bytes were read from disk and verified, or initialised by `get_buf`.
+    pub valid: bool,
+}
+
+/// The log's view of a buffer; changed by committers, the checkpoint writer and the AIL under its
+/// own lock (taken after the content lock when both are held, never before).
+#[derive(Default, Debug)]
+pub struct LogState {
+    /// Regions changed since the buffer was last clean on disk.
+    pub dirty: ChunkMap,
+    pub btype: Option<BlockType>,
+    /// The buffer's memory is charged to the log's account (it is dirty).
+    pub charged: bool,
+    /// Checkpoint sequence numbers whose CIL holds a formatted copy of this buffer, oldest first:
+    /// while any is not yet on disk, the buffer is pinned and must not be written home.
+    pub cil_seqs: Vec<u64>,
+    /// In the AIL at this LSN: logged in a durable checkpoint, not yet written home.
+    pub ail_lsn: Option<Lsn>,
+}
+
+impl LogState {
+    pub fn is_pinned(&self) -> bool {
+        !self.cil_seqs.is_empty()
+    }
+}
+
+pub struct BufHead {
+    pub blkno: u64,
+    pub content: Arc<Mutex<BufContent>>,
+    pub log: Mutex<LogState>,
+    referenced: AtomicBool,
+}
+
+struct Inner {
+    map: HashMap<u64, usize>,
+    slab: Slab<Arc<BufHead>>,
+    /// Slab keys in CLOCK order.
+    clock: Vec<usize>,
+    hand: usize,
+}
+
+/// Counters of the cache, for statistics.
+#[derive(Debug, Clone, Default)]
+pub struct CacheStats {
+    pub buffers: u64,
+    pub bytes: u64,
+    pub limit_bytes: u64,
+    pub evictions: u64,
+    pub reads: u64,
+    /// Times a buffer was added while nothing could be evicted (the cache went past its limit).
+    pub over_limit: u64,
+}
+
+pub struct Cache {
+    dev: Arc<dyn Device>,
+    block_size: u32,
+    uuid: Uuid,
+    inner: Mutex<Inner>,
+    limit_bytes: AtomicU64,
+    evictions: AtomicU64,
+    reads: AtomicU64,
+    over_limit: AtomicU64,
+}
+
+impl Cache {
+    pub fn new(dev: Arc<dyn Device>, uuid: Uuid, limit_bytes: u64) -> Cache {
+        let block_size = dev.block_size();
+        Cache {
+            dev,
+            block_size,
+            uuid,
+            inner: Mutex::new(Inner {
+                map: HashMap::new(),
+                slab: Slab::new(),
+                clock: Vec::new(),
+                hand: 0,
+            }),
+            limit_bytes: AtomicU64::new(limit_bytes),
+            evictions: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+            over_limit: AtomicU64::new(0),
+        }
+    }
+
+    pub fn device(&self) -> &Arc<dyn Device> {
+        &self.dev
+    }
+
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    /// Memory one cached buffer costs.
+    pub fn buf_bytes(&self) -> u64 {
+        self.block_size as u64 + BUF_OVERHEAD_BYTES
+    }
+
+    /// The buffer for `blkno`, added (not yet read) if absent.
+    pub fn get(&self, blkno: u64) -> Arc<BufHead> {
+        let mut g = self.inner.lock();
+        if let Some(&key) = g.map.get(&blkno) {
+            let h = &g.slab[key];
+            h.referenced.store(true, Ordering::Relaxed);
+            return h.clone();
+        }
+        let limit = self.limit_bytes.load(Ordering::Relaxed);
+        while (g.slab.len() as u64 + 1) * self.buf_bytes() > limit {
+            if !self.evict_one(&mut g) {
+                self.over_limit.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+        }
+        let head = Arc::new(BufHead {
+            blkno,
+            content: Arc::new(Mutex::new(BufContent {
+                data: AlignedBuf::new(self.block_size as usize),
+                valid: false,
+            })),
+            log: Mutex::new(LogState::default()),
+            referenced: AtomicBool::new(true),
+        });
+        let key = g.slab.insert(head.clone());
+        g.map.insert(blkno, key);
+        g.clock.push(key);
+        head
+    }
+
+    /// One CLOCK sweep step until a buffer nobody else references is found and dropped.
+    fn evict_one(&self, g: &mut Inner) -> bool {
+        let n = g.clock.len();
+        for _ in 0..2 * n {
+            if g.clock.is_empty() {
+                return false;
+            }
+            if g.hand >= g.clock.len() {
+                g.hand = 0;
+            }
+            let key = g.clock[g.hand];
+            let head = &g.slab[key];
+            if Arc::strong_count(head) > 1 || Arc::strong_count(&head.content) > 1 {
+                g.hand += 1;
+                continue;
+            }
+            if head.referenced.swap(false, Ordering::Relaxed) {
+                g.hand += 1;
+                continue;
+            }
+            let blkno = head.blkno;
+            g.slab.remove(key);
+            g.map.remove(&blkno);
+            let hand = g.hand;
+            g.clock.swap_remove(hand);
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    /// Evicts clean buffers until the cache holds at most `target_bytes`; returns bytes freed.
+    pub fn shrink_to(&self, target_bytes: u64) -> u64 {
+        let mut g = self.inner.lock();
+        let mut freed = 0;
+        while g.slab.len() as u64 * self.buf_bytes() > target_bytes && self.evict_one(&mut g) {
+            freed += self.buf_bytes();
+        }
+        freed
+    }
+
+    pub fn set_limit(&self, limit_bytes: u64) {
+        self.limit_bytes.store(limit_bytes, Ordering::Relaxed);
+    }
+
+    /// Makes `content` hold the verified block: reads it if it is not valid yet. A cached buffer is
+    /// only checked for its type (its CRC is stamped at write-back).
+    pub fn read_into(
+        &self,
+        blkno: u64,
+        content: &mut BufContent,
+        expect: Option<BlockType>,
+    ) -> Result<BlockType, CacheError> {
+        if content.valid {
+            let h = crate::format::Dec::new(&content.data, blkno, "cached block");
+            let magic = h.u32(0, "magic").map_err(CacheError::Corrupt)?;
+            let found = BlockType::from_magic(magic).ok_or_else(|| {
+                CacheError::Corrupt(h.err("magic", format!("{magic:#x} is no block type")))
+            })?;
+            if let Some(want) = expect {
+                if found != want {
+                    return Err(CacheError::Corrupt(h.err(
+                        "magic",
+                        format!("{} found where {} was expected", found.name(), want.name()),
+                    )));
+                }
+            }
+            return Ok(found);
+        }
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.dev
+            .read(blkno, &mut content.data)
+            .map_err(CacheError::Io)?;
+        let hdr = BlockHeader::verify(&content.data, blkno, expect, &self.uuid)
+            .map_err(CacheError::Corrupt)?;
+        content.valid = true;
+        Ok(hdr.btype)
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let n = self.inner.lock().slab.len() as u64;
+        CacheStats {
+            buffers: n,
+            bytes: n * self.buf_bytes(),
+            limit_bytes: self.limit_bytes.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            reads: self.reads.load(Ordering::Relaxed),
+            over_limit: self.over_limit.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Drops every buffer nobody references (after recovery rewrote blocks behind the cache).
+    pub fn purge_clean(&self) {
+        self.shrink_to(0);
+    }
+}

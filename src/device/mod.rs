@@ -1,0 +1,103 @@
+//! Block devices: the trait the engine writes through, and its backends.
+//!
+//! All addresses are in filesystem blocks; a buffer's length is a whole number of blocks.
+
+mod aligned;
+mod fault;
+mod file;
+mod mem;
+mod recording;
+
+pub use aligned::{AlignedBuf, DIRECT_IO_ALIGN};
+pub use fault::{FaultDevice, FaultKind, FaultOp, FaultRule};
+pub use file::FileDevice;
+pub use mem::MemDevice;
+pub use recording::{DevEvent, RecordingDevice};
+
+use std::fmt;
+use std::io;
+
+/// A device operation that failed.
+#[derive(Debug)]
+pub struct DevError {
+    pub op: &'static str,
+    pub blkno: u64,
+    pub blocks: u64,
+    pub source: io::Error,
+}
+
+impl DevError {
+    pub fn new(op: &'static str, blkno: u64, blocks: u64, source: io::Error) -> DevError {
+        DevError {
+            op,
+            blkno,
+            blocks,
+            source,
+        }
+    }
+    pub fn errno(&self) -> i32 {
+        self.source.raw_os_error().unwrap_or(libc::EIO)
+    }
+}
+
+impl fmt::Display for DevError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "device {} of {} block(s) at block {}: {}",
+            self.op, self.blocks, self.blkno, self.source
+        )
+    }
+}
+
+impl std::error::Error for DevError {}
+
+/// A block device. Implementations are shared between threads.
+pub trait Device: Send + Sync {
+    fn block_size(&self) -> u32;
+    fn block_count(&self) -> u64;
+    /// Reads `buf.len() / block_size` blocks starting at `blkno`.
+    fn read(&self, blkno: u64, buf: &mut [u8]) -> Result<(), DevError>;
+    /// Writes `buf.len() / block_size` blocks starting at `blkno`. Not durable until `flush`.
+    fn write(&self, blkno: u64, buf: &[u8]) -> Result<(), DevError>;
+    /// Makes every completed write durable.
+    fn flush(&self) -> Result<(), DevError>;
+}
+
+/// Validates an I/O request against the device's size; shared by every backend.
+pub(crate) fn check_range(
+    op: &'static str,
+    blkno: u64,
+    len: usize,
+    block_size: u32,
+    block_count: u64,
+) -> Result<u64, DevError> {
+    let bs = block_size as usize;
+    let blocks = (len / bs) as u64;
+    if len == 0 || len % bs != 0 {
+        return Err(DevError::new(
+            op,
+            blkno,
+            blocks,
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("length {len} is not a whole number of {bs}-byte blocks"),
+            ),
+        ));
+    }
+    if blkno
+        .checked_add(blocks)
+        .is_none_or(|end| end > block_count)
+    {
+        return Err(DevError::new(
+            op,
+            blkno,
+            blocks,
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("beyond the end of the device ({block_count} blocks)"),
+            ),
+        ));
+    }
+    Ok(blocks)
+}

@@ -1,0 +1,375 @@
+//! The storage engine as a whole: mounts a formatted device (superblock, log recovery), owns the
+//! cache, the log and the reservation table, and unmounts cleanly.
+
+use crate::cache::{Cache, CacheError, CacheStats};
+use crate::device::{AlignedBuf, DevError, Device};
+use crate::format::{FormatError, Geometry, Superblock, Uuid};
+use crate::log::{format_log, recover, Log, LogConfig, LogError, Recovered};
+use crate::mem::{
+    KindStats, KindStatsTable, MemAccount, MemRes, OverrunPolicy, OverrunReport, OverrunReporter,
+};
+use crate::trans::{Resv, ResvTable, TransKind};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Memory budget when none is given and no cgroup limit is found.
+pub const MEM_BUDGET_DEFAULT_BYTES: u64 = 64 << 20;
+/// The emergency reserve that serves overruns: this fraction of the budget (1/16).
+pub const EMERGENCY_DIVISOR: u64 = 16;
+/// Cache size with reservations off: the budget still bounds the cache, but nothing is admitted.
+#[derive(Debug)]
+pub enum EngineError {
+    /// The filesystem shut down after an error (named) or was unmounted.
+    Shutdown(String),
+    Io(DevError),
+    Corrupt(FormatError),
+    /// A request or configuration that cannot be served, with the reason.
+    Invalid(String),
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineError::Shutdown(w) => write!(f, "filesystem shut down: {w}"),
+            EngineError::Io(e) => write!(f, "{e}"),
+            EngineError::Corrupt(e) => write!(f, "corrupt metadata: {e}"),
+            EngineError::Invalid(w) => write!(f, "{w}"),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+impl From<LogError> for EngineError {
+    fn from(e: LogError) -> Self {
+        match e {
+            LogError::Io(e) => EngineError::Io(e),
+            LogError::Corrupt(e) => EngineError::Corrupt(e),
+            LogError::Shutdown(w) => EngineError::Shutdown(w),
+        }
+    }
+}
+
+impl From<CacheError> for EngineError {
+    fn from(e: CacheError) -> Self {
+        match e {
+            CacheError::Io(e) => EngineError::Io(e),
+            CacheError::Corrupt(e) => EngineError::Corrupt(e),
+        }
+    }
+}
+
+/// Mount options of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub memres: MemRes,
+    pub mem_budget_bytes: u64,
+    pub overrun: OverrunPolicy,
+    pub log: LogConfig,
+    /// Replaces table entries: a testing knob, to check that an undersized entry is reported.
+    pub resv_override: Vec<(TransKind, Resv)>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            memres: MemRes::On,
+            mem_budget_bytes: MEM_BUDGET_DEFAULT_BYTES,
+            overrun: OverrunPolicy::Warn,
+            log: LogConfig::default(),
+            resv_override: Vec::new(),
+        }
+    }
+}
+
+/// A snapshot of the engine's accounts and counters.
+#[derive(Debug, Clone)]
+pub struct EngineStats {
+    pub mem: MemAccount,
+    pub waiters: usize,
+    pub kinds: Vec<KindStats>,
+    pub cache: CacheStats,
+    pub overruns: u64,
+    pub checkpoints: u64,
+    pub tail_updates: u64,
+    pub log_bytes_written: u64,
+    pub log_wraps: u32,
+    pub home_writes: u64,
+    pub flushes: u64,
+    pub forces: u64,
+    pub ail_len: usize,
+}
+
+pub struct Engine {
+    dev: Arc<dyn Device>,
+    sb: Superblock,
+    cache: Arc<Cache>,
+    log: Arc<Log>,
+    table: ResvTable,
+    kind_stats: KindStatsTable,
+    overruns: OverrunReporter,
+    memres: MemRes,
+    recovered: Recovered,
+    unmounted: AtomicBool,
+}
+
+/// Reads the superblock: the primary, or the backup if the primary is bad.
+pub fn read_superblock(dev: &dyn Device) -> Result<Superblock, EngineError> {
+    let bs = dev.block_size() as usize;
+    let mut buf = AlignedBuf::new(bs);
+    dev.read(0, &mut buf).map_err(EngineError::Io)?;
+    let primary = Superblock::decode(&buf, 0);
+    let sb = match primary {
+        Ok(sb) => sb,
+        Err(e) => {
+            let last = dev
+                .block_count()
+                .checked_sub(1)
+                .ok_or_else(|| EngineError::Corrupt(e.clone()))?;
+            dev.read(last, &mut buf).map_err(EngineError::Io)?;
+            Superblock::decode(&buf, last).map_err(|_| EngineError::Corrupt(e))?
+        }
+    };
+    if sb.geometry.block_size as usize != bs {
+        return Err(EngineError::Invalid(format!(
+            "device opened with {bs}-byte blocks, filesystem has {}",
+            sb.geometry.block_size
+        )));
+    }
+    if sb.geometry.block_count > dev.block_count() {
+        return Err(EngineError::Invalid(format!(
+            "filesystem has {} blocks, device only {}",
+            sb.geometry.block_count,
+            dev.block_count()
+        )));
+    }
+    Ok(sb)
+}
+
+fn write_superblocks(dev: &dyn Device, sb: &Superblock) -> Result<(), EngineError> {
+    let bs = sb.geometry.block_size as usize;
+    let mut buf = AlignedBuf::new(bs);
+    for blkno in [0, sb.geometry.backup_sb_blkno()] {
+        sb.encode(&mut buf, blkno);
+        dev.write(blkno, &buf).map_err(EngineError::Io)?;
+    }
+    dev.flush().map_err(EngineError::Io)
+}
+
+/// Writes a new, empty filesystem of geometry `g` on `dev`: the superblocks and an empty log. The
+/// allocation groups' structures are written by the filesystem layer's own format step.
+pub fn format(
+    dev: &dyn Device,
+    g: Geometry,
+    uuid: Uuid,
+    label: &str,
+) -> Result<Superblock, EngineError> {
+    if dev.block_size() != g.block_size || dev.block_count() < g.block_count {
+        return Err(EngineError::Invalid(format!(
+            "device of {} x {} bytes cannot hold {} x {}",
+            dev.block_count(),
+            dev.block_size(),
+            g.block_count,
+            g.block_size
+        )));
+    }
+    let table = ResvTable::new(&g);
+    if g.log_blocks < table.min_log_blocks() {
+        return Err(EngineError::Invalid(format!(
+            "log of {} blocks is below the minimum {} for this geometry",
+            g.log_blocks,
+            table.min_log_blocks()
+        )));
+    }
+    let sb = Superblock::new(g, uuid, label);
+    format_log(dev, &sb)?;
+    write_superblocks(dev, &sb)?;
+    Ok(sb)
+}
+
+/// A new random filesystem UUID.
+pub fn new_uuid() -> Uuid {
+    let mut u = [0u8; 16];
+    // SAFETY: getrandom writes at most u.len() bytes into u.
+    let n = unsafe { libc::getrandom(u.as_mut_ptr().cast(), u.len(), 0) };
+    if n != u.len() as isize {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(1);
+        u.copy_from_slice(&(t ^ (std::process::id() as u128) << 64).to_le_bytes());
+    }
+    u[6] = (u[6] & 0x0f) | 0x40;
+    u[8] = (u[8] & 0x3f) | 0x80;
+    u
+}
+
+impl Engine {
+    /// Mounts: reads the superblock, recovers the log, marks the filesystem dirty, starts the
+    /// checkpoint writer and the AIL pusher.
+    pub fn mount(dev: Arc<dyn Device>, opts: EngineOptions) -> Result<Engine, EngineError> {
+        let mut sb = read_superblock(&*dev)?;
+        let g = sb.geometry;
+        let mut table = ResvTable::new(&g);
+        if g.log_blocks < table.min_log_blocks() {
+            return Err(EngineError::Invalid(format!(
+                "log of {} blocks is below the minimum {} for this geometry",
+                g.log_blocks,
+                table.min_log_blocks()
+            )));
+        }
+        for (k, r) in &opts.resv_override {
+            table.set(*k, *r);
+        }
+        let memres_on = opts.memres == MemRes::On;
+        if memres_on && opts.mem_budget_bytes < table.min_budget_bytes() {
+            return Err(EngineError::Invalid(format!(
+                "memory budget of {} bytes is below the minimum {} for this geometry (two of the largest reservations and the emergency reserve)",
+                opts.mem_budget_bytes,
+                table.min_budget_bytes()
+            )));
+        }
+        let recovered = recover(&*dev, &sb)?;
+        sb.state = crate::format::superblock::SB_STATE_DIRTY;
+        write_superblocks(&*dev, &sb)?;
+        let emergency = opts.mem_budget_bytes / EMERGENCY_DIVISOR;
+        let mem = MemAccount::new(memres_on, opts.mem_budget_bytes, emergency);
+        let cache = Arc::new(Cache::new(dev.clone(), sb.uuid, opts.mem_budget_bytes));
+        let log = Log::open(
+            dev.clone(),
+            g,
+            sb.uuid,
+            &recovered,
+            mem,
+            cache.buf_bytes(),
+            opts.log.clone(),
+        );
+        let names: Vec<&'static str> = TransKind::ALL.iter().map(|k| k.name()).collect();
+        Ok(Engine {
+            dev,
+            sb,
+            cache,
+            log,
+            table,
+            kind_stats: KindStatsTable::new(&names),
+            overruns: OverrunReporter::new(opts.overrun),
+            memres: opts.memres,
+            recovered,
+            unmounted: AtomicBool::new(false),
+        })
+    }
+
+    /// Writes everything home, leaves an unmount record and marks the superblock clean.
+    pub fn unmount(self) -> Result<(), EngineError> {
+        self.unmounted.store(true, Ordering::Release);
+        let r = self.log.unmount();
+        if let Err(e) = r {
+            self.log.stop_threads();
+            return Err(e.into());
+        }
+        let mut sb = self.sb.clone();
+        sb.state = crate::format::superblock::SB_STATE_CLEAN;
+        write_superblocks(&*self.dev, &sb)
+    }
+
+    /// Stops the background threads and drops everything unwritten, as a crash would (tests).
+    pub fn crash(self) {
+        self.unmounted.store(true, Ordering::Release);
+        self.log.stop_threads();
+    }
+
+    /// Waits until the commit `seq` is durable.
+    pub fn force(&self, seq: u64) -> Result<(), EngineError> {
+        Ok(self.log.force(seq)?)
+    }
+
+    /// Makes every commit so far durable (syncfs).
+    pub fn force_all(&self) -> Result<(), EngineError> {
+        Ok(self.log.force_all()?)
+    }
+
+    pub fn superblock(&self) -> &Superblock {
+        &self.sb
+    }
+    pub fn geometry(&self) -> &Geometry {
+        &self.sb.geometry
+    }
+    pub fn table(&self) -> &ResvTable {
+        &self.table
+    }
+    pub fn recovered(&self) -> &Recovered {
+        &self.recovered
+    }
+    pub fn device(&self) -> &Arc<dyn Device> {
+        &self.dev
+    }
+    pub(crate) fn cache(&self) -> &Cache {
+        &self.cache
+    }
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+    pub(crate) fn kind_stats(&self) -> &KindStatsTable {
+        &self.kind_stats
+    }
+    pub(crate) fn overruns(&self) -> &OverrunReporter {
+        &self.overruns
+    }
+    pub fn memres_on(&self) -> bool {
+        self.memres == MemRes::On
+    }
+    pub fn overrun_reports(&self) -> Vec<OverrunReport> {
+        self.overruns.reports()
+    }
+    pub fn is_shut_down(&self) -> bool {
+        self.log.is_shut_down()
+    }
+
+    pub(crate) fn shutdown_error(&self) -> EngineError {
+        EngineError::Shutdown(self.log.failure().unwrap_or_else(|| "unmounted".into()))
+    }
+
+    /// Metadata lives outside the superblocks and the log.
+    pub(crate) fn check_metadata_blkno(&self, blkno: u64) -> Result<(), EngineError> {
+        let g = &self.sb.geometry;
+        if blkno == 0 || blkno >= g.backup_sb_blkno() || (g.log_start..g.log_end()).contains(&blkno)
+        {
+            return Err(EngineError::Invalid(format!(
+                "block {blkno} is not a metadata block (superblock or log)"
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let (mem, waiters) = (
+            self.log.space.with(|s| s.mem.clone()),
+            self.log.space.waiters(),
+        );
+        let c = &self.log.counters;
+        EngineStats {
+            mem,
+            waiters,
+            kinds: self.kind_stats.snapshot(),
+            cache: self.cache.stats(),
+            overruns: self.overruns.total(),
+            checkpoints: c.checkpoints.load(Ordering::Relaxed),
+            tail_updates: c.tail_updates.load(Ordering::Relaxed),
+            log_bytes_written: c.bytes_written.load(Ordering::Relaxed),
+            log_wraps: self.log.wraps(),
+            home_writes: c.home_writes.load(Ordering::Relaxed),
+            flushes: c.flushes.load(Ordering::Relaxed),
+            forces: c.forces.load(Ordering::Relaxed),
+            ail_len: self.log.ail_len(),
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if !self.unmounted.load(Ordering::Acquire) {
+            self.log.stop_threads();
+        }
+    }
+}

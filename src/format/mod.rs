@@ -1,0 +1,89 @@
+//! The on-disk format, version 1: the one definition shared by the mount, mkfs and fsck.
+//!
+//! Every structure is encoded and decoded explicitly in little-endian byte order, field by field,
+//! at fixed offsets that `docs/design.md` lists. Every decode validates what it reads and returns a
+//! [`FormatError`] naming the block, the structure and the field that is wrong.
+
+mod codec;
+pub mod header;
+pub mod log;
+pub mod superblock;
+
+pub use codec::{Dec, Enc};
+pub use header::{BlockHeader, BlockType, BLOCK_HEADER_BYTES};
+pub use log::Lsn;
+pub use superblock::{Geometry, Superblock};
+
+use std::fmt;
+
+/// Version of the on-disk format this code reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Smallest block size: one disk sector, and room for every header with its payload.
+pub const BLOCK_SIZE_MIN: u32 = 512;
+/// Largest block size: region offsets and lengths inside a block are checked against it.
+pub const BLOCK_SIZE_MAX: u32 = 65536;
+/// Default block size: the page size, so a block is one page of memory.
+pub const BLOCK_SIZE_DEFAULT: u32 = 4096;
+/// Length of the filesystem label in the superblock, NUL-padded.
+pub const LABEL_BYTES: usize = 32;
+/// Length of the filesystem UUID.
+pub const UUID_BYTES: usize = 16;
+
+/// A filesystem UUID, stamped into every metadata block and log record.
+pub type Uuid = [u8; UUID_BYTES];
+
+/// Is `bs` a block size this format supports?
+pub fn block_size_valid(bs: u32) -> bool {
+    bs.is_power_of_two() && (BLOCK_SIZE_MIN..=BLOCK_SIZE_MAX).contains(&bs)
+}
+
+/// A decode or validation failure, naming where on disk and in which field it was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FormatError {
+    /// Block number where the bad bytes were read (for log records: the block within the device).
+    pub blkno: u64,
+    /// Structure being decoded, e.g. "superblock" or "log record header".
+    pub structure: &'static str,
+    /// Field that is wrong, e.g. "magic" or "crc".
+    pub field: &'static str,
+    /// What was found, and what was expected.
+    pub detail: String,
+}
+
+impl FormatError {
+    pub fn new(
+        blkno: u64,
+        structure: &'static str,
+        field: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        FormatError {
+            blkno,
+            structure,
+            field,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for FormatError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "block {}: {}.{}: {}",
+            self.blkno, self.structure, self.field, self.detail
+        )
+    }
+}
+
+impl std::error::Error for FormatError {}
+
+/// CRC32 (crc32fast) of `buf` with the four bytes at `crc_off` taken as zero.
+pub fn crc_with_hole(buf: &[u8], crc_off: usize) -> u32 {
+    debug_assert!(crc_off + 4 <= buf.len());
+    let mut h = crc32fast::Hasher::new();
+    h.update(&buf[..crc_off]);
+    h.update(&[0u8; 4]);
+    h.update(&buf[crc_off + 4..]);
+    h.finalize()
+}

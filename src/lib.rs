@@ -1,0 +1,17 @@
+//! ticketfs: a transactional, journaling filesystem whose transactions reserve, when they begin,
+//! the log space and the memory they may need in the worst case.
+//!
+//! Layers, top to bottom (data flows down): `trans` (transactions and the reservation table),
+//! `log` (grant heads, CIL, checkpoint writer, AIL, recovery), `cache` (metadata buffers), `mem`
+//! (budget, gate, overrun reports, statistics), `format` (on-disk structures), `device`.
+
+pub mod cache;
+pub mod device;
+pub mod engine;
+pub mod format;
+pub mod log;
+pub mod mem;
+pub mod trans;
+
+pub use engine::{Engine, EngineError, EngineOptions, EngineStats};
+pub use trans::{BufId, Trans, TransKind};

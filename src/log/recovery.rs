@@ -1,0 +1,426 @@
+//! Log recovery, and formatting an empty log.
+//!
+//! 1. Scan: every log block that starts a record with a valid header CRC is a candidate; the
+//!    candidate with the highest LSN whose whole record checks out is the last record written.
+//! 2. If it is an unmount record whose tail is itself, the log is clean.
+//! 3. Walk from its tail, record by record, each at exactly the LSN expected, stopping at the first
+//!    record that is missing, torn (CRC), out of sequence, or from an older cycle. A checkpoint is
+//!    complete when its commit record matches its records (count, length, stream CRC).
+//! 4. Replay the complete checkpoints in order: each logged region over the home block, skipping
+//!    blocks whose own header (valid CRC) carries an LSN at least the checkpoint's; stamp the
+//!    checkpoint's LSN and CRC; write; flush.
+//! 5. Zero the log outside tail..head: records a torn checkpoint left beyond the head (written
+//!    out of order) must never be taken for the newest record later.
+
+use super::{LogError, LogPos};
+use crate::device::{AlignedBuf, Device};
+use crate::format::log::{
+    record_blocks, CommitRecord, LogItem, RecordHeader, COMMIT_RECORD_BYTES, FLAG_COMMIT,
+    FLAG_UNMOUNT, LOG_RECORD_HEADER_BYTES, LOG_RECORD_MAGIC, LOG_RECORD_PAYLOAD_MAX,
+};
+use crate::format::{BlockHeader, FormatError, Lsn, Superblock};
+
+/// What recovery found and did.
+#[derive(Debug, Clone, Default)]
+pub struct Recovered {
+    /// Where the next record goes.
+    pub head: LogPos,
+    /// The next checkpoint sequence number.
+    pub next_seq: u64,
+    /// The log ended with an unmount record: nothing was replayed.
+    pub clean: bool,
+    pub tail: LogPos,
+    pub checkpoints_replayed: u64,
+    pub items_replayed: u64,
+    /// Items skipped because the home block was already as new.
+    pub items_skipped: u64,
+    /// Valid records after the last complete checkpoint (a torn or unconfirmed checkpoint).
+    pub records_discarded: u64,
+}
+
+impl Default for LogPos {
+    fn default() -> Self {
+        LogPos::new(1, 0)
+    }
+}
+
+/// A checkpoint found complete by the walk.
+struct Found {
+    start: LogPos,
+    /// (position, blocks) of its data records.
+    records: Vec<(LogPos, u32)>,
+}
+
+struct Reader<'a> {
+    dev: &'a dyn Device,
+    sb: &'a Superblock,
+    bs: u32,
+    log_blocks: u64,
+}
+
+impl Reader<'_> {
+    /// Reads `buf.len()` bytes of log starting at log block `first`, wrapping at the end.
+    fn read(&self, first: u64, buf: &mut [u8]) -> Result<(), LogError> {
+        let bs = self.bs as usize;
+        let blocks = (buf.len() / bs) as u64;
+        let first = first % self.log_blocks;
+        let head = blocks.min(self.log_blocks - first);
+        let start = self.sb.geometry.log_start;
+        self.dev
+            .read(start + first, &mut buf[..head as usize * bs])
+            .map_err(LogError::Io)?;
+        if head < blocks {
+            self.dev
+                .read(start, &mut buf[head as usize * bs..])
+                .map_err(LogError::Io)?;
+        }
+        Ok(())
+    }
+
+    /// Reads and fully checks the record at `pos` (expected LSN if given) into `buf`.
+    fn record(
+        &self,
+        pos: LogPos,
+        expect: Option<Lsn>,
+        buf: &mut AlignedBuf,
+    ) -> Result<RecordHeader, LogError> {
+        let bs = self.bs as usize;
+        let idx = pos.bytes / bs as u64;
+        let blkno = self.sb.geometry.log_start + idx;
+        self.read(idx, &mut buf[..bs])?;
+        let h = RecordHeader::decode(
+            &buf[..bs],
+            blkno,
+            idx as u32,
+            expect,
+            &self.sb.uuid,
+            self.log_blocks,
+        )
+        .map_err(LogError::Corrupt)?;
+        let len = h.blocks as usize * bs;
+        if len > buf.len() {
+            return Err(LogError::Corrupt(FormatError::new(
+                blkno,
+                "log record header",
+                "blocks",
+                format!("{} blocks exceed the largest record", h.blocks),
+            )));
+        }
+        if h.blocks > 1 {
+            self.read(idx + 1, &mut buf[bs..len])?;
+        }
+        h.verify_payload(&buf[..len], blkno)
+            .map_err(LogError::Corrupt)?;
+        Ok(h)
+    }
+}
+
+/// Recovers the log of the filesystem described by `sb` on `dev`.
+pub fn recover(dev: &dyn Device, sb: &Superblock) -> Result<Recovered, LogError> {
+    let g = &sb.geometry;
+    let bs = g.block_size;
+    let size = g.log_blocks * bs as u64;
+    let r = Reader {
+        dev,
+        sb,
+        bs,
+        log_blocks: g.log_blocks,
+    };
+    let mut buf = AlignedBuf::new(record_blocks(LOG_RECORD_PAYLOAD_MAX, bs) as usize * bs as usize);
+
+    // 1. Scan for candidates, newest first.
+    let mut candidates = scan(&r)?;
+    candidates.sort_unstable_by(|a, b| b.cmp(a));
+    let mut last = None;
+    for lsn in candidates {
+        if let Ok(h) = r.record(LogPos::from_lsn(lsn, bs), Some(lsn), &mut buf) {
+            last = Some(h);
+            break;
+        }
+    }
+    let Some(last) = last else {
+        return Err(LogError::Corrupt(FormatError::new(
+            g.log_start,
+            "log",
+            "records",
+            "no valid log record anywhere in the log",
+        )));
+    };
+    let last_pos = LogPos::from_lsn(last.lsn, bs);
+
+    // 2. Clean?
+    if last.flags & FLAG_UNMOUNT != 0 && last.tail_lsn == last.lsn {
+        let head = last_pos.add(last.blocks as u64 * bs as u64, size);
+        return Ok(Recovered {
+            head,
+            next_seq: last.seq + 1,
+            clean: true,
+            tail: head,
+            ..Default::default()
+        });
+    }
+
+    // 3. Walk from the tail.
+    let tail = LogPos::from_lsn(last.tail_lsn, bs);
+    let mut out = Recovered {
+        tail,
+        next_seq: last.seq + 1,
+        ..Default::default()
+    };
+    let mut done: Vec<Found> = Vec::new();
+    let mut head = tail;
+    let mut pos = tail;
+    let mut walked = 0u64;
+    let mut prev_seq: Option<u64> = None;
+    let mut open: Option<(u64, Found, crc32fast::Hasher, u64)> = None;
+    while walked < g.log_blocks {
+        let Ok(h) = r.record(pos, Some(pos.lsn(bs)), &mut buf) else {
+            break;
+        };
+        out.next_seq = out.next_seq.max(h.seq + 1);
+        let payload =
+            &buf[LOG_RECORD_HEADER_BYTES..LOG_RECORD_HEADER_BYTES + h.payload_len as usize];
+        let next = pos.add(h.blocks as u64 * bs as u64, size);
+        match open.as_mut() {
+            None => {
+                if h.index != 0 || prev_seq.is_some_and(|p| h.seq <= p) {
+                    break;
+                }
+                open = Some((
+                    h.seq,
+                    Found {
+                        start: pos,
+                        records: Vec::new(),
+                    },
+                    crc32fast::Hasher::new(),
+                    0,
+                ));
+            }
+            Some((seq, found, _, _)) => {
+                if h.seq != *seq || h.index as usize != found.records.len() {
+                    break;
+                }
+            }
+        }
+        let Some((seq, found, crc, bytes)) = open.as_mut() else {
+            break;
+        };
+        if h.flags & FLAG_COMMIT != 0 {
+            let ok = h.payload_len as usize == COMMIT_RECORD_BYTES
+                && CommitRecord::decode(payload, g.log_start + pos.bytes / bs as u64).is_ok_and(
+                    |c| {
+                        c.seq == *seq
+                            && c.records as usize == found.records.len()
+                            && c.stream_bytes == *bytes
+                            && c.stream_crc == crc.clone().finalize()
+                    },
+                );
+            if !ok {
+                break;
+            }
+            prev_seq = Some(*seq);
+            let Some((_, found, _, _)) = open.take() else {
+                break;
+            };
+            done.push(found);
+            head = next;
+        } else {
+            crc.update(payload);
+            *bytes += h.payload_len as u64;
+            found.records.push((pos, h.blocks));
+        }
+        walked += h.blocks as u64;
+        pos = next;
+    }
+    if let Some((_, found, _, _)) = &open {
+        out.records_discarded = found.records.len() as u64;
+    }
+
+    // 4. Replay.
+    for found in &done {
+        replay(&r, found, &mut buf, &mut out)?;
+    }
+    out.checkpoints_replayed = done.len() as u64;
+    dev.flush().map_err(LogError::Io)?;
+
+    // 5. Everything replayed is home and durable: mark that with an unmount record at the head,
+    //    then zero the rest of the log outside tail..head. In this order a crash in between still
+    //    finds a valid newest record, and any record left beyond the head has an older sequence
+    //    number, so the walk stops before it.
+    write_unmount(dev, sb, head, out.next_seq)?;
+    dev.flush().map_err(LogError::Io)?;
+    let used = head.since(tail, size) + bs as u64;
+    let after = head.add(bs as u64, size);
+    zero_log(
+        dev,
+        sb,
+        after.bytes / bs as u64,
+        (size - used.min(size)) / bs as u64,
+    )?;
+    dev.flush().map_err(LogError::Io)?;
+    out.head = after;
+    out.next_seq += 1;
+    Ok(out)
+}
+
+/// LSNs of every block that starts a record with a valid header.
+fn scan(r: &Reader<'_>) -> Result<Vec<Lsn>, LogError> {
+    let bs = r.bs as usize;
+    let chunk_blocks = ((1 << 20) / bs).max(1) as u64;
+    let mut buf = AlignedBuf::new(chunk_blocks as usize * bs);
+    let mut found = Vec::new();
+    let mut first = 0u64;
+    while first < r.log_blocks {
+        let n = chunk_blocks.min(r.log_blocks - first);
+        r.read(first, &mut buf[..n as usize * bs])?;
+        for i in 0..n {
+            let b = &buf[i as usize * bs..(i as usize + 1) * bs];
+            if u32::from_le_bytes([b[0], b[1], b[2], b[3]]) != LOG_RECORD_MAGIC {
+                continue;
+            }
+            let idx = first + i;
+            if let Ok(h) = RecordHeader::decode(
+                b,
+                r.sb.geometry.log_start + idx,
+                idx as u32,
+                None,
+                &r.sb.uuid,
+                r.log_blocks,
+            ) {
+                found.push(h.lsn);
+            }
+        }
+        first += n;
+    }
+    Ok(found)
+}
+
+/// Replays one complete checkpoint.
+fn replay(
+    r: &Reader<'_>,
+    found: &Found,
+    buf: &mut AlignedBuf,
+    out: &mut Recovered,
+) -> Result<(), LogError> {
+    let g = &r.sb.geometry;
+    let bs = r.bs;
+    let ckpt_lsn = found.start.lsn(bs);
+    let mut carry: Vec<u8> = Vec::new();
+    let mut block = AlignedBuf::new(bs as usize);
+    for &(pos, _) in &found.records {
+        let h = r.record(pos, Some(pos.lsn(bs)), buf)?;
+        let blkno = g.log_start + pos.bytes / bs as u64;
+        carry.extend_from_slice(
+            &buf[LOG_RECORD_HEADER_BYTES..LOG_RECORD_HEADER_BYTES + h.payload_len as usize],
+        );
+        let mut at = 0;
+        while let Some((item, used)) = LogItem::decode_one(&carry[at..], blkno, bs, g.block_count)
+            .map_err(LogError::Corrupt)?
+        {
+            apply(r, &item, ckpt_lsn, &mut block, out, blkno)?;
+            at += used;
+        }
+        carry.drain(..at);
+    }
+    if !carry.is_empty() {
+        let blkno = g.log_start + found.start.bytes / bs as u64;
+        return Err(LogError::Corrupt(FormatError::new(
+            blkno,
+            "log item",
+            "length",
+            format!(
+                "checkpoint ends inside an item ({} bytes left)",
+                carry.len()
+            ),
+        )));
+    }
+    Ok(())
+}
+
+/// Applies one logged block unless the home block is already as new.
+fn apply(
+    r: &Reader<'_>,
+    item: &LogItem,
+    ckpt_lsn: Lsn,
+    block: &mut AlignedBuf,
+    out: &mut Recovered,
+    rec_blkno: u64,
+) -> Result<(), LogError> {
+    let g = &r.sb.geometry;
+    let b = item.blkno;
+    if b == 0 || b == g.backup_sb_blkno() || (g.log_start..g.log_end()).contains(&b) {
+        return Err(LogError::Corrupt(FormatError::new(
+            rec_blkno,
+            "log item",
+            "blkno",
+            format!("item for block {b}, which is a superblock or inside the log"),
+        )));
+    }
+    r.dev.read(b, block).map_err(LogError::Io)?;
+    if let Ok(h) = BlockHeader::verify(block, b, None, &r.sb.uuid) {
+        if h.lsn >= ckpt_lsn.0 {
+            out.items_skipped += 1;
+            return Ok(());
+        }
+    }
+    for (off, bytes) in &item.regions {
+        block[*off as usize..*off as usize + bytes.len()].copy_from_slice(bytes);
+    }
+    BlockHeader::stamp(block, ckpt_lsn.0);
+    r.dev.write(b, block).map_err(LogError::Io)?;
+    out.items_replayed += 1;
+    Ok(())
+}
+
+/// Writes zeros over `blocks` log blocks from log block `first`, wrapping.
+fn zero_log(dev: &dyn Device, sb: &Superblock, first: u64, blocks: u64) -> Result<(), LogError> {
+    let g = &sb.geometry;
+    let bs = g.block_size as usize;
+    let chunk = ((1 << 20) / bs).max(1) as u64;
+    let zeros = AlignedBuf::new(chunk as usize * bs);
+    let mut done = 0;
+    while done < blocks {
+        let idx = (first + done) % g.log_blocks;
+        let n = chunk.min(blocks - done).min(g.log_blocks - idx);
+        dev.write(g.log_start + idx, &zeros[..n as usize * bs])
+            .map_err(LogError::Io)?;
+        done += n;
+    }
+    Ok(())
+}
+
+/// Formats an empty log: zeros, then an unmount record at the start (cycle 1, sequence 1).
+pub fn format_log(dev: &dyn Device, sb: &Superblock) -> Result<(), LogError> {
+    zero_log(dev, sb, 0, sb.geometry.log_blocks)?;
+    write_unmount(dev, sb, LogPos::new(1, 0), 1)?;
+    dev.flush().map_err(LogError::Io)
+}
+
+/// Writes an unmount record (an empty checkpoint whose tail is itself) at `pos`.
+fn write_unmount(dev: &dyn Device, sb: &Superblock, pos: LogPos, seq: u64) -> Result<(), LogError> {
+    let g = &sb.geometry;
+    let bs = g.block_size as usize;
+    let mut rec = AlignedBuf::new(bs);
+    let commit = CommitRecord {
+        seq,
+        records: 0,
+        items: 0,
+        stream_bytes: 0,
+        stream_crc: crc32fast::Hasher::new().finalize(),
+    };
+    commit.encode(&mut rec[LOG_RECORD_HEADER_BYTES..LOG_RECORD_HEADER_BYTES + COMMIT_RECORD_BYTES]);
+    let lsn = pos.lsn(g.block_size);
+    let hdr = RecordHeader {
+        flags: FLAG_COMMIT | FLAG_UNMOUNT,
+        lsn,
+        tail_lsn: lsn,
+        seq,
+        payload_len: COMMIT_RECORD_BYTES as u32,
+        blocks: record_blocks(COMMIT_RECORD_BYTES, g.block_size),
+        uuid: sb.uuid,
+        index: 0,
+    };
+    hdr.encode(&mut rec);
+    dev.write(g.log_start + pos.bytes / bs as u64, &rec)
+        .map_err(LogError::Io)
+}

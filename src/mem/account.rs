@@ -1,0 +1,102 @@
+//! The memory account: the budget and what is charged against it, in bytes.
+
+/// Where the budget's bytes are. Invariant (checked in debug builds): with reservations on,
+/// `reserved + log_pinned <= budget - emergency + emergency_used`, i.e. only overruns, served
+/// from the emergency reserve, may push the charged total past the admitted part of the budget.
+#[derive(Debug, Clone)]
+pub struct MemAccount {
+    pub enabled: bool,
+    pub budget_bytes: u64,
+    /// Set aside from the budget to serve overruns; never granted to a reservation.
+    pub emergency_bytes: u64,
+    /// Held by live tickets (used or not).
+    pub reserved_bytes: u64,
+    /// Pinned by the log: dirty buffers not yet written home, and the CIL's copies of them.
+    pub log_pinned_bytes: u64,
+    /// Of the emergency reserve, in use by overruns of live tickets.
+    pub emergency_used_bytes: u64,
+    /// Most ever charged at once (reserved + pinned by the log + emergency in use).
+    pub peak_charged_bytes: u64,
+}
+
+impl MemAccount {
+    pub fn new(enabled: bool, budget_bytes: u64, emergency_bytes: u64) -> MemAccount {
+        debug_assert!(emergency_bytes < budget_bytes || !enabled);
+        MemAccount {
+            enabled,
+            budget_bytes,
+            emergency_bytes,
+            reserved_bytes: 0,
+            log_pinned_bytes: 0,
+            emergency_used_bytes: 0,
+            peak_charged_bytes: 0,
+        }
+    }
+
+    /// Bytes a new reservation may still be granted.
+    pub fn free_bytes(&self) -> u64 {
+        self.budget_bytes
+            .saturating_sub(self.emergency_bytes)
+            .saturating_sub(self.reserved_bytes)
+            .saturating_sub(self.log_pinned_bytes)
+    }
+
+    pub fn charged_bytes(&self) -> u64 {
+        self.reserved_bytes + self.log_pinned_bytes + self.emergency_used_bytes
+    }
+
+    pub fn fits(&self, bytes: u64) -> bool {
+        !self.enabled || bytes <= self.free_bytes()
+    }
+
+    pub fn reserve(&mut self, bytes: u64) {
+        if !self.enabled {
+            return;
+        }
+        debug_assert!(
+            bytes <= self.free_bytes(),
+            "reserve {bytes} with only {} free",
+            self.free_bytes()
+        );
+        self.reserved_bytes += bytes;
+        self.note_peak();
+    }
+
+    /// A ticket ends: `reserved` leaves the tickets' account, `to_log` of it (plus the emergency
+    /// bytes `emergency` its overrun took) moves to the log's account.
+    pub fn settle(&mut self, reserved: u64, emergency: u64, to_log: u64) {
+        if !self.enabled {
+            return;
+        }
+        debug_assert!(self.reserved_bytes >= reserved);
+        debug_assert!(self.emergency_used_bytes >= emergency);
+        self.reserved_bytes -= reserved;
+        self.emergency_used_bytes -= emergency;
+        self.log_pinned_bytes += to_log;
+        self.note_peak();
+    }
+
+    /// An overrun takes `bytes` from the emergency reserve (past it, still served and counted).
+    pub fn take_emergency(&mut self, bytes: u64) {
+        if self.enabled {
+            self.emergency_used_bytes += bytes;
+            self.note_peak();
+        }
+    }
+
+    /// The log released pinned memory (a CIL copy freed, a buffer written home).
+    pub fn unpin_log(&mut self, bytes: u64) {
+        if self.enabled {
+            debug_assert!(
+                self.log_pinned_bytes >= bytes,
+                "unpin {bytes} of {}",
+                self.log_pinned_bytes
+            );
+            self.log_pinned_bytes = self.log_pinned_bytes.saturating_sub(bytes);
+        }
+    }
+
+    fn note_peak(&mut self) {
+        self.peak_charged_bytes = self.peak_charged_bytes.max(self.charged_bytes());
+    }
+}

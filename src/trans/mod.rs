@@ -1,0 +1,466 @@
+//! Transactions: `Engine::begin(kind)` reserves the log bytes and the memory the kind may need in
+//! the worst case, together and all or nothing, in FIFO order. After it returns, nothing in the
+//! transaction waits for or fails for lack of memory or log space: pinning a buffer charges the
+//! ticket, an overrun is served from the emergency reserve and reported with its call site, and
+//! commit hands the changes to the CIL and gives back what was not used.
+
+pub mod resv;
+
+pub use resv::{Resv, ResvTable, TransKind, KIND_COUNT};
+
+use crate::cache::{BufContent, BufHead, ChunkMap};
+use crate::engine::{Engine, EngineError};
+use crate::format::{BlockHeader, BlockType};
+use crate::log::{CilCommit, CommitBuf, Space, SpaceNeed};
+use parking_lot::{ArcMutexGuard, RawMutex};
+use std::ops::Range;
+use std::panic::Location;
+use std::sync::Arc;
+
+/// A buffer joined to a transaction, by position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufId(usize);
+
+struct TBuf {
+    head: Arc<BufHead>,
+    guard: ArcMutexGuard<RawMutex, BufContent>,
+    btype: BlockType,
+    /// Regions changed in the current step.
+    dirty: ChunkMap,
+    /// Memory for this buffer was charged to the ticket in this step.
+    charged: bool,
+    /// Logged in an earlier step of this rolling transaction: relogged at each roll so it never
+    /// pins the log tail.
+    relog: bool,
+    /// CRC of the bytes when joined: an unlogged buffer must come out unchanged (debug builds).
+    #[cfg(debug_assertions)]
+    crc_at_join: Option<u32>,
+}
+
+/// The log side of a ticket.
+#[derive(Debug, Clone, Copy)]
+struct LogTicket {
+    unit_bytes: u64,
+    /// Steps still reserved on the reserve head, the current one included.
+    count: u32,
+    /// Bytes left in the current step.
+    left_bytes: u64,
+}
+
+/// The memory side of a ticket.
+#[derive(Debug, Clone, Copy, Default)]
+struct MemTicket {
+    reserved_bytes: u64,
+    used_bytes: u64,
+    /// Of `used_bytes`, what came from the emergency reserve.
+    emergency_bytes: u64,
+}
+
+pub struct Trans<'e> {
+    eng: &'e Engine,
+    kind: TransKind,
+    resv: Resv,
+    log: LogTicket,
+    mem: MemTicket,
+    bufs: Vec<TBuf>,
+    overrun: bool,
+    finished: bool,
+}
+
+impl Engine {
+    /// Starts a transaction of `kind`: waits (FIFO, holding nothing) until both its log and its
+    /// memory reservation fit. The only error is a shut-down filesystem.
+    pub fn begin(&self, kind: TransKind) -> Result<Trans<'_>, EngineError> {
+        let resv = self.table().get(kind);
+        let need = SpaceNeed {
+            reserve_bytes: resv.log_unit_bytes * resv.log_count as u64,
+            write_bytes: resv.log_unit_bytes,
+            mem_bytes: if self.memres_on() { resv.mem_bytes } else { 0 },
+        };
+        let log = self.log();
+        let out = log
+            .space
+            .acquire(need, false, &|| log.make_room())
+            .map_err(|_| self.shutdown_error())?;
+        if out.waited {
+            self.kind_stats().record_wait(kind.index(), out.wait_ns);
+        }
+        Ok(Trans {
+            eng: self,
+            kind,
+            resv,
+            log: LogTicket {
+                unit_bytes: resv.log_unit_bytes,
+                count: resv.log_count,
+                left_bytes: resv.log_unit_bytes,
+            },
+            mem: MemTicket {
+                reserved_bytes: need.mem_bytes,
+                ..Default::default()
+            },
+            bufs: Vec::new(),
+            overrun: false,
+            finished: false,
+        })
+    }
+}
+
+impl<'e> Trans<'e> {
+    pub fn kind(&self) -> TransKind {
+        self.kind
+    }
+
+    fn find(&self, blkno: u64) -> Option<BufId> {
+        self.bufs
+            .iter()
+            .position(|b| b.head.blkno == blkno)
+            .map(BufId)
+    }
+
+    fn join(
+        &mut self,
+        blkno: u64,
+    ) -> Result<(Arc<BufHead>, ArcMutexGuard<RawMutex, BufContent>), EngineError> {
+        self.eng.check_metadata_blkno(blkno)?;
+        if self.eng.log().is_shut_down() {
+            return Err(self.eng.shutdown_error());
+        }
+        let head = self.eng.cache().get(blkno);
+        let guard = head.content.lock_arc();
+        Ok((head, guard))
+    }
+
+    /// Joins the metadata block `blkno`, reading and verifying it (type `expect`). The buffer stays
+    /// locked to this transaction until it ends. Reading charges nothing: only `log_range` pins.
+    pub fn read_buf(&mut self, blkno: u64, expect: BlockType) -> Result<BufId, EngineError> {
+        if let Some(id) = self.find(blkno) {
+            let b = &self.bufs[id.0];
+            if b.btype != expect {
+                return Err(EngineError::Invalid(format!(
+                    "block {blkno} is a {}, read as a {}",
+                    b.btype.name(),
+                    expect.name()
+                )));
+            }
+            return Ok(id);
+        }
+        let (head, mut guard) = self.join(blkno)?;
+        let btype = self
+            .eng
+            .cache()
+            .read_into(blkno, &mut guard, Some(expect))?;
+        #[cfg(debug_assertions)]
+        let crc_at_join = Some(crc32fast::hash(&guard.data));
+        self.bufs.push(TBuf {
+            head,
+            guard,
+            btype,
+            dirty: ChunkMap::default(),
+            charged: false,
+            relog: false,
+            #[cfg(debug_assertions)]
+            crc_at_join,
+        });
+        Ok(BufId(self.bufs.len() - 1))
+    }
+
+    /// Joins `blkno` as a new block of `btype` owned by `owner`: zeroed, with a fresh header, and
+    /// logged whole (so recovery never applies part of a block over stale bytes).
+    #[track_caller]
+    pub fn get_buf(
+        &mut self,
+        blkno: u64,
+        btype: BlockType,
+        owner: u64,
+    ) -> Result<BufId, EngineError> {
+        let id = match self.find(blkno) {
+            Some(id) => id,
+            None => {
+                let (head, guard) = self.join(blkno)?;
+                self.bufs.push(TBuf {
+                    head,
+                    guard,
+                    btype,
+                    dirty: ChunkMap::default(),
+                    charged: false,
+                    relog: false,
+                    #[cfg(debug_assertions)]
+                    crc_at_join: None,
+                });
+                BufId(self.bufs.len() - 1)
+            }
+        };
+        let uuid = self.eng.superblock().uuid;
+        let b = &mut self.bufs[id.0];
+        b.btype = btype;
+        b.guard.data.fill(0);
+        BlockHeader::init(&mut b.guard.data, btype, blkno, owner, &uuid);
+        b.guard.valid = true;
+        let len = b.guard.data.len();
+        self.log_range(id, 0..len);
+        Ok(id)
+    }
+
+    pub fn data(&self, id: BufId) -> &[u8] {
+        &self.bufs[id.0].guard.data
+    }
+
+    /// The bytes to change. Every change must be followed by `log_range` over it before commit.
+    pub fn data_mut(&mut self, id: BufId) -> &mut [u8] {
+        &mut self.bufs[id.0].guard.data
+    }
+
+    pub fn blkno(&self, id: BufId) -> u64 {
+        self.bufs[id.0].head.blkno
+    }
+
+    /// Records that `range` of the buffer changed. The first change of a buffer in a step pins it:
+    /// its memory (buffer and CIL copy) is charged to the ticket here, at the caller's site.
+    #[track_caller]
+    pub fn log_range(&mut self, id: BufId, range: Range<usize>) {
+        let site = Location::caller();
+        let b = &mut self.bufs[id.0];
+        assert!(
+            range.start < range.end && range.end <= b.guard.data.len(),
+            "log_range {range:?} outside block {}",
+            b.head.blkno
+        );
+        b.dirty.set_range(range.start, range.end - range.start);
+        if b.charged {
+            return;
+        }
+        b.charged = true;
+        let bytes = 2 * self.eng.cache().buf_bytes();
+        self.charge_mem(bytes, site);
+    }
+
+    /// Charges `bytes` of pinned memory; past the reservation, from the emergency reserve.
+    fn charge_mem(&mut self, bytes: u64, site: &'static Location<'static>) {
+        let before = self.mem.used_bytes;
+        self.mem.used_bytes += bytes;
+        if !self.eng.memres_on() || self.mem.used_bytes <= self.mem.reserved_bytes {
+            return;
+        }
+        let over = self.mem.used_bytes - before.max(self.mem.reserved_bytes);
+        self.mem.emergency_bytes += over;
+        self.overrun = true;
+        self.eng.log().space.update(|s| s.mem.take_emergency(over));
+        self.eng.overruns().report(
+            self.kind.name(),
+            "memory",
+            self.mem.reserved_bytes,
+            self.mem.used_bytes,
+            site,
+        );
+    }
+
+    /// Hands this step's changes to the CIL and settles both tickets. With `keep`, the step
+    /// rolls: buffers stay joined and the ticket keeps its remaining count.
+    #[track_caller]
+    fn commit_step(&mut self, keep: bool) -> Result<u64, EngineError> {
+        let site = Location::caller();
+        let eng = self.eng;
+        #[cfg(debug_assertions)]
+        for b in &self.bufs {
+            if b.dirty.is_empty() {
+                debug_assert!(
+                    b.crc_at_join
+                        .is_none_or(|c| c == crc32fast::hash(&b.guard.data)),
+                    "block {} changed but not logged",
+                    b.head.blkno
+                );
+            }
+        }
+        let commit: Vec<CommitBuf<'_>> = self
+            .bufs
+            .iter()
+            .filter(|b| !b.dirty.is_empty())
+            .map(|b| CommitBuf {
+                head: &b.head,
+                data: &b.guard.data,
+                dirty: &b.dirty,
+                btype: b.btype,
+            })
+            .collect();
+        let log = self.log;
+        let mem = self.mem;
+        let mut log_overrun = None;
+        let (seq, log_used) = if commit.is_empty() {
+            eng.log().space.update(|s| {
+                settle(
+                    s,
+                    &log,
+                    &mem,
+                    &CilCommit {
+                        seq: 0,
+                        log_bytes: 0,
+                        mem_bytes: 0,
+                    },
+                    keep,
+                    &mut log_overrun,
+                )
+            });
+            (eng.log().current_seq(), 0)
+        } else {
+            let out = eng.log().commit(&commit, |s, c| {
+                settle(s, &log, &mem, c, keep, &mut log_overrun)
+            })?;
+            (out.seq, out.log_bytes)
+        };
+        drop(commit);
+        if let Some(used) = log_overrun {
+            self.overrun = true;
+            eng.overruns()
+                .report(self.kind.name(), "log", log.left_bytes, used, site);
+        }
+        eng.kind_stats().record_end(
+            self.kind.index(),
+            (mem.reserved_bytes, mem.used_bytes),
+            (self.log.unit_bytes, log_used),
+            self.overrun,
+        );
+        Ok(seq)
+    }
+
+    /// Commits: the changes become part of the next checkpoint. Returns the commit sequence, to
+    /// pass to `Engine::force` for durability.
+    #[track_caller]
+    pub fn commit(mut self) -> Result<u64, EngineError> {
+        self.finished = true;
+        let r = self.commit_step(false);
+        self.bufs.clear();
+        r
+    }
+
+    /// Abandons a transaction that changed nothing. Cancelling one that logged changes cannot undo
+    /// them in memory: the filesystem shuts down, as XFS does.
+    pub fn cancel(mut self) -> Result<(), EngineError> {
+        self.finished = true;
+        self.release_unchanged()
+    }
+
+    fn release_unchanged(&mut self) -> Result<(), EngineError> {
+        let dirty = self.bufs.iter().any(|b| !b.dirty.is_empty());
+        let (log, mem) = (self.log, self.mem);
+        let mut unused = None;
+        self.eng.log().space.update(|s| {
+            settle(
+                s,
+                &log,
+                &mem,
+                &CilCommit {
+                    seq: 0,
+                    log_bytes: 0,
+                    mem_bytes: 0,
+                },
+                false,
+                &mut unused,
+            )
+        });
+        self.bufs.clear();
+        if dirty {
+            let why = format!(
+                "a {} transaction was cancelled after it changed metadata",
+                self.kind.name()
+            );
+            self.eng.log().fail(why);
+            return Err(self.eng.shutdown_error());
+        }
+        Ok(())
+    }
+
+    /// Commits this step of a rolling transaction and regrants the next: buffers stay locked, and
+    /// every buffer it logged is logged again in the next step so none pins the log tail.
+    #[track_caller]
+    pub fn roll(&mut self) -> Result<u64, EngineError> {
+        let seq = self.commit_step(true)?;
+        let need_reserve = if self.log.count > 1 {
+            0
+        } else {
+            self.log.unit_bytes
+        };
+        self.log.count = if self.log.count > 1 {
+            self.log.count - 1
+        } else {
+            1
+        };
+        self.log.left_bytes = self.log.unit_bytes;
+        let mem_bytes = if self.eng.memres_on() {
+            self.resv.mem_bytes
+        } else {
+            0
+        };
+        self.mem = MemTicket {
+            reserved_bytes: mem_bytes,
+            ..Default::default()
+        };
+        self.overrun = false;
+        let need = SpaceNeed {
+            reserve_bytes: need_reserve,
+            write_bytes: self.log.unit_bytes,
+            mem_bytes,
+        };
+        let log = self.eng.log();
+        let out = log
+            .space
+            .acquire(need, true, &|| log.make_room())
+            .map_err(|_| self.eng.shutdown_error())?;
+        if out.waited {
+            self.eng
+                .kind_stats()
+                .record_wait(self.kind.index(), out.wait_ns);
+        }
+        for i in 0..self.bufs.len() {
+            let b = &mut self.bufs[i];
+            b.relog |= !b.dirty.is_empty();
+            b.dirty = ChunkMap::default();
+            b.charged = false;
+            #[cfg(debug_assertions)]
+            {
+                b.crc_at_join = Some(crc32fast::hash(&b.guard.data));
+            }
+            if b.relog {
+                let id = BufId(i);
+                self.log_range(id, 0..crate::format::BLOCK_HEADER_BYTES);
+            }
+        }
+        Ok(seq)
+    }
+}
+
+/// Settles a ticket with the space state under the gate's lock: the CIL's share of log bytes stays
+/// on the heads, the rest of this step goes back (and, unless rolling, the future steps too); the
+/// memory the CIL took moves to the log's account, the rest of the reservation is released.
+fn settle(
+    s: &mut Space,
+    log: &LogTicket,
+    mem: &MemTicket,
+    c: &CilCommit,
+    rolling: bool,
+    overrun: &mut Option<u64>,
+) {
+    let future = if rolling {
+        0
+    } else {
+        (log.count as u64 - 1) * log.unit_bytes
+    };
+    if c.log_bytes > log.left_bytes {
+        *overrun = Some(c.log_bytes);
+        s.force_grant(c.log_bytes - log.left_bytes);
+        s.ungrant(future, 0);
+    } else {
+        let left = log.left_bytes - c.log_bytes;
+        s.ungrant(left + future, left);
+    }
+    s.mem
+        .settle(mem.reserved_bytes, mem.emergency_bytes, c.mem_bytes);
+}
+
+impl Drop for Trans<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.finished = true;
+            let _ = self.release_unchanged();
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! The reservation table: for each transaction kind, the worst-case number of metadata buffers it
+//! may change, and from that the log bytes and memory it reserves at `Trans::begin`.
+//!
+//! Each entry reads like `xfs_trans_resv.c`: what the operation may modify, and what each part
+//! costs, in buffers. From the buffer count:
+//!   log bytes  = buffers x (the largest logged item of one block) + checkpoint overhead
+//!   memory     = buffers x 2 x (block + per-buffer bookkeeping): the buffer itself, pinned dirty
+//!                until written home, and its formatted copy in the CIL until checkpointed.
+//! Tree heights come from the geometry: the most records a tree can hold, over the fan-out of its
+//! nodes, capped at [`BTREE_HEIGHT_MAX`].
+
+use crate::cache::BUF_OVERHEAD_BYTES;
+use crate::format::{Geometry, BLOCK_HEADER_BYTES};
+use crate::log::{Log, LOG_RESERVE_BLOCKS};
+
+/// The tallest B+tree the format allows: with the smallest blocks (512 B, fan-out 18) eight
+/// levels index 18^7 x 27 > 10^10 records, more than any tree here can hold.
+pub const BTREE_HEIGHT_MAX: u32 = 8;
+/// Bytes of a B+tree node header after the block header: level, record count, left and right
+/// siblings.
+pub const BTREE_NODE_HEADER_BYTES: usize = BLOCK_HEADER_BYTES + 24;
+/// Bytes of a leaf record (start, length and flags of an extent or chunk) at most.
+pub const BTREE_LEAF_RECORD_BYTES: usize = 16;
+/// Bytes of an interior entry: a key of a leaf record's size and a child block number.
+pub const BTREE_NODE_ENTRY_BYTES: usize = BTREE_LEAF_RECORD_BYTES + 8;
+/// Most entries a directory may hold: bounds the directory hash tree's height.
+pub const DIR_ENTRIES_MAX: u64 = 1 << 32;
+/// A rolling truncate frees this many extents per step before it rolls.
+pub const TRUNCATE_LOG_COUNT: u32 = 8;
+/// Freeing an inode at last close: remove it from the unlinked list, then free its chunk.
+pub const INACTIVE_LOG_COUNT: u32 = 2;
+
+/// The kinds of transaction, one per metadata operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TransKind {
+    Create,
+    Mkdir,
+    Link,
+    Remove,
+    Rename,
+    Symlink,
+    Setattr,
+    Write,
+    Truncate,
+    Xattr,
+    Inactive,
+}
+
+pub const KIND_COUNT: usize = 11;
+
+impl TransKind {
+    pub const ALL: [TransKind; KIND_COUNT] = [
+        TransKind::Create,
+        TransKind::Mkdir,
+        TransKind::Link,
+        TransKind::Remove,
+        TransKind::Rename,
+        TransKind::Symlink,
+        TransKind::Setattr,
+        TransKind::Write,
+        TransKind::Truncate,
+        TransKind::Xattr,
+        TransKind::Inactive,
+    ];
+    pub fn index(self) -> usize {
+        self as usize
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            TransKind::Create => "create",
+            TransKind::Mkdir => "mkdir",
+            TransKind::Link => "link",
+            TransKind::Remove => "remove",
+            TransKind::Rename => "rename",
+            TransKind::Symlink => "symlink",
+            TransKind::Setattr => "setattr",
+            TransKind::Write => "write",
+            TransKind::Truncate => "truncate",
+            TransKind::Xattr => "xattr",
+            TransKind::Inactive => "inactive",
+        }
+    }
+}
+
+/// One entry of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resv {
+    /// Most buffers one step may log.
+    pub buffers: u32,
+    /// Log bytes of one step.
+    pub log_unit_bytes: u64,
+    /// Steps reserved up front (1 for a plain transaction; more for a rolling one).
+    pub log_count: u32,
+    /// Memory one step may pin.
+    pub mem_bytes: u64,
+}
+
+/// Tree heights derived from the geometry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heights {
+    pub free_space: u32,
+    pub inode: u32,
+    pub extent: u32,
+    pub dir: u32,
+}
+
+/// Levels a B+tree of `records` needs with blocks of `bs`.
+pub fn btree_height(records: u64, bs: u32) -> u32 {
+    let leaf = ((bs as usize - BTREE_NODE_HEADER_BYTES) / BTREE_LEAF_RECORD_BYTES) as u64;
+    let node = ((bs as usize - BTREE_NODE_HEADER_BYTES) / BTREE_NODE_ENTRY_BYTES) as u64;
+    let mut h = 1;
+    let mut cap = leaf;
+    while cap < records && h < BTREE_HEIGHT_MAX {
+        cap = cap.saturating_mul(node);
+        h += 1;
+    }
+    h
+}
+
+#[derive(Debug, Clone)]
+pub struct ResvTable {
+    pub block_size: u32,
+    pub heights: Heights,
+    entries: [Resv; KIND_COUNT],
+}
+
+impl ResvTable {
+    pub fn new(g: &Geometry) -> ResvTable {
+        let bs = g.block_size;
+        let heights = Heights {
+            // Free extents alternate with used ones at worst: half the AG's blocks.
+            free_space: btree_height(g.ag_blocks / 2 + 1, bs),
+            // One record per inode chunk; a chunk is at least one block.
+            inode: btree_height(g.ag_blocks, bs),
+            // A file fragmented to single blocks over the whole device.
+            extent: btree_height(g.block_count, bs),
+            dir: btree_height(DIR_ENTRIES_MAX, bs),
+        };
+        let mut t = ResvTable {
+            block_size: bs,
+            heights,
+            entries: [Resv {
+                buffers: 0,
+                log_unit_bytes: 0,
+                log_count: 1,
+                mem_bytes: 0,
+            }; KIND_COUNT],
+        };
+        for k in TransKind::ALL {
+            let (buffers, count) = t.buffers_for(k);
+            t.entries[k.index()] = t.resv_for(buffers, count);
+        }
+        t
+    }
+
+    /// A tree update that may split every level up to the root: the path, and a new sibling per
+    /// level but the root's (XFS: 2 x levels - 1).
+    fn split(h: u32) -> u32 {
+        2 * h - 1
+    }
+
+    /// Allocating or freeing one extent: the AG header and both free-space trees, each split or
+    /// joined up to the root.
+    fn alloc(&self) -> u32 {
+        1 + 2 * Self::split(self.heights.free_space)
+    }
+
+    /// Allocating an inode: the AG header, the inode-chunk tree, the new chunk's first block, and
+    /// the allocation of a new chunk's extent.
+    fn inode_alloc(&self) -> u32 {
+        1 + Self::split(self.heights.inode) + 1 + self.alloc()
+    }
+
+    /// Adding a directory entry: the data block holding it, the hash tree split to the root, and
+    /// the allocation of a new data block and of the new tree nodes (one extent).
+    fn dir_insert(&self) -> u32 {
+        1 + Self::split(self.heights.dir) + self.alloc()
+    }
+
+    /// Removing a directory entry: the data block, the tree path with merges, and freeing a block.
+    fn dir_remove(&self) -> u32 {
+        1 + Self::split(self.heights.dir) + self.alloc()
+    }
+
+    /// Changing a file's extent map: the extent tree split to the root plus its new blocks.
+    fn extent_map(&self) -> u32 {
+        Self::split(self.heights.extent) + self.alloc()
+    }
+
+    /// Buffers per step and steps, per kind.
+    fn buffers_for(&self, k: TransKind) -> (u32, u32) {
+        match k {
+            // parent inode + new inode + allocating it + the new entry
+            TransKind::Create => (2 + self.inode_alloc() + self.dir_insert(), 1),
+            // as create, and the new directory's first data block with its allocation
+            TransKind::Mkdir => (
+                2 + self.inode_alloc() + self.dir_insert() + 1 + self.alloc(),
+                1,
+            ),
+            // parent inode + target inode + the new entry
+            TransKind::Link => (2 + self.dir_insert(), 1),
+            // parent + inode + the entry removal + the unlinked list (AG header and its last inode)
+            TransKind::Remove => (2 + self.dir_remove() + 2, 1),
+            // two parents, the moved inode and the replaced target; an entry removed and one
+            // inserted; the replaced target onto the unlinked list; ".." of a moved directory
+            TransKind::Rename => (4 + self.dir_remove() + self.dir_insert() + 2 + 1, 1),
+            // as create, and the target's block with its allocation
+            TransKind::Symlink => (
+                2 + self.inode_alloc() + self.dir_insert() + 1 + self.alloc(),
+                1,
+            ),
+            // the inode
+            TransKind::Setattr => (1, 1),
+            // the inode, the extent map and the allocation of the data extent
+            TransKind::Write => (1 + self.extent_map() + self.alloc(), 1),
+            // per step: the inode, one extent removed from the map, and its freeing
+            TransKind::Truncate => (1 + self.extent_map() + self.alloc(), TRUNCATE_LOG_COUNT),
+            // the inode, the xattr block and its allocation
+            TransKind::Xattr => (1 + 1 + self.alloc(), 1),
+            // per step: the inode, the unlinked list, the inode-chunk tree and freeing the chunk
+            TransKind::Inactive => (
+                1 + 2 + Self::split(self.heights.inode) + self.alloc(),
+                INACTIVE_LOG_COUNT,
+            ),
+        }
+    }
+
+    fn resv_for(&self, buffers: u32, log_count: u32) -> Resv {
+        let bs = self.block_size;
+        let items = buffers as u64 * Log::item_bytes_max(bs);
+        Resv {
+            buffers,
+            log_unit_bytes: items + Log::checkpoint_overhead_bytes(bs, items),
+            log_count,
+            mem_bytes: buffers as u64 * 2 * (bs as u64 + BUF_OVERHEAD_BYTES),
+        }
+    }
+
+    pub fn get(&self, k: TransKind) -> Resv {
+        self.entries[k.index()]
+    }
+
+    /// Replaces an entry (a test knob: an undersized entry must produce overrun reports).
+    pub fn set(&mut self, k: TransKind, r: Resv) {
+        self.entries[k.index()] = r;
+    }
+
+    /// An entry sized for `buffers` buffers per step.
+    pub fn sized(&self, buffers: u32, log_count: u32) -> Resv {
+        self.resv_for(buffers, log_count)
+    }
+
+    /// Most memory one transaction may reserve.
+    pub fn max_mem_bytes(&self) -> u64 {
+        self.entries.iter().map(|r| r.mem_bytes).max().unwrap_or(0)
+    }
+
+    /// Smallest log for this table: three times the largest reservation (unit x count), so no
+    /// transaction needs more than a third of the log and two more always fit while the AIL
+    /// moves the tail, plus the blocks kept back for unmount and tail-update records.
+    pub fn min_log_blocks(&self) -> u64 {
+        let largest = self
+            .entries
+            .iter()
+            .map(|r| r.log_unit_bytes * r.log_count as u64)
+            .max()
+            .unwrap_or(0);
+        (3 * largest).div_ceil(self.block_size as u64) + LOG_RESERVE_BLOCKS
+    }
+
+    /// Smallest memory budget: two of the largest reservations (so a rolling transaction
+    /// re-reserving while it holds its buffers always fits once others finish) and the
+    /// emergency reserve, a sixteenth of the budget.
+    pub fn min_budget_bytes(&self) -> u64 {
+        (2 * self.max_mem_bytes()) * 16 / 15 + 1
+    }
+}

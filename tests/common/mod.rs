@@ -1,0 +1,39 @@
+//! Helpers shared by the engine's integration tests.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use ticketfs::device::{Device, MemDevice};
+use ticketfs::format::{BlockType, Geometry, Uuid};
+use ticketfs::trans::ResvTable;
+use ticketfs::{Engine, EngineOptions};
+
+pub const UUID: Uuid = [7, 1, 2, 3, 4, 5, 0x46, 7, 0x88, 9, 10, 11, 12, 13, 14, 15];
+
+/// Geometry with the smallest log the table allows for it (plus `extra_log` blocks).
+pub fn geometry(block_size: u32, block_count: u64, extra_log: u64) -> Geometry {
+    let probe = Geometry::new(block_size, block_count, 16, 4).expect("probe geometry");
+    let min = ResvTable::new(&probe).min_log_blocks();
+    Geometry::new(block_size, block_count, min + extra_log, 4).expect("geometry")
+}
+
+/// A formatted image in memory.
+pub fn formatted_image(g: Geometry) -> Vec<u8> {
+    let dev = MemDevice::new(g.block_size, g.block_count);
+    ticketfs::engine::format(&dev, g, UUID, "test").expect("format");
+    dev.snapshot()
+}
+
+/// First block the tests may use as metadata, and how many there are.
+pub fn data_blocks(g: &Geometry) -> (u64, u64) {
+    let first = g.first_free_block();
+    (first, g.backup_sb_blkno() - first)
+}
+
+pub fn mount(dev: Arc<dyn Device>, opts: EngineOptions) -> Engine {
+    Engine::mount(dev, opts).expect("mount")
+}
+
+/// A block type for test block `i`, so every type is exercised.
+pub fn btype_for(i: u64) -> BlockType {
+    BlockType::ALL[(i % BlockType::ALL.len() as u64) as usize]
+}
