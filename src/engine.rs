@@ -87,6 +87,8 @@ impl Default for EngineOptions {
 #[derive(Debug, Clone)]
 pub struct EngineStats {
     pub mem: MemAccount,
+    /// Log tail and grant heads (positions), and the log's size.
+    pub space: crate::log::Space,
     pub waiters: usize,
     pub kinds: Vec<KindStats>,
     pub cache: CacheStats,
@@ -343,13 +345,12 @@ impl Engine {
     }
 
     pub fn stats(&self) -> EngineStats {
-        let (mem, waiters) = (
-            self.log.space.with(|s| s.mem.clone()),
-            self.log.space.waiters(),
-        );
+        let space = self.log.space.with(|s| s.clone());
+        let (mem, waiters) = (space.mem.clone(), self.log.space.waiters());
         let c = &self.log.counters;
         EngineStats {
             mem,
+            space,
             waiters,
             kinds: self.kind_stats.snapshot(),
             cache: self.cache.stats(),

@@ -80,12 +80,12 @@ impl Log {
             self.counters
                 .home_writes
                 .fetch_add(wrote, Ordering::Relaxed);
-            let mut ws = self.ws.lock();
-            ws.home_writes_unflushed = true;
-            if self.space.waiters() > 0 {
-                ws.tail_update = true;
-            }
-            drop(ws);
+        }
+        // Whoever waits for log space needs the tail on disk to move: ask for a tail update even
+        // when this pass wrote nothing (earlier passes may have emptied the AIL before anyone
+        // waited). The writer skips it if the tail would not move.
+        if self.space.waiters() > 0 {
+            self.ws.lock().tail_update = true;
             self.ws_cv.notify_one();
         }
         if pinned {
@@ -119,6 +119,7 @@ impl Log {
         ls.dirty.clear();
         ls.charged = false;
         ls.ail_lsn = None;
+        self.home_writes_unflushed.store(true, Ordering::SeqCst);
         self.ail.lock().items.remove(&(lsn, head.blkno));
         drop(ls);
         drop(content);

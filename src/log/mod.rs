@@ -96,7 +96,6 @@ struct WriterState {
     durable_tail: LogPos,
     push_seq: u64,
     tail_update: bool,
-    home_writes_unflushed: bool,
     stop: bool,
 }
 
@@ -154,6 +153,10 @@ pub struct Log {
     ail_cv: Condvar,
     failure: Mutex<Option<String>>,
     is_shut: AtomicBool,
+    /// Set by the AIL before a buffer written home leaves the AIL (and so may move the tail);
+    /// cleared by the checkpoint writer, which then flushes before writing a record whose tail
+    /// could depend on that write.
+    home_writes_unflushed: AtomicBool,
     /// The writer's private record buffer (its pool): writing the log never waits for memory.
     record_buf: Mutex<AlignedBuf>,
     cil_push_bytes: u64,
@@ -200,7 +203,6 @@ impl Log {
                 durable_tail: rec.head,
                 push_seq: 0,
                 tail_update: false,
-                home_writes_unflushed: false,
                 stop: false,
             }),
             ws_cv: Condvar::new(),
@@ -213,6 +215,7 @@ impl Log {
             ail_cv: Condvar::new(),
             failure: Mutex::new(None),
             is_shut: AtomicBool::new(false),
+            home_writes_unflushed: AtomicBool::new(false),
             record_buf: Mutex::new(AlignedBuf::new(
                 record_blocks(LOG_RECORD_PAYLOAD_MAX, bs) as usize * bs as usize,
             )),

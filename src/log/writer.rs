@@ -113,21 +113,19 @@ impl Log {
     fn write_checkpoint(&self, mut ctx: Context, flags: u16) -> Result<(), LogError> {
         let bs = self.bs as usize;
         ctx.items.sort_by_key(|i| i.head.blkno);
-        let (start, seq) = {
-            let mut ws = self.ws.lock();
-            if std::mem::take(&mut ws.home_writes_unflushed) {
-                drop(ws);
-                self.dev.flush().map_err(LogError::Io)?;
-                self.counters.flushes.fetch_add(1, Ordering::Relaxed);
-                ws = self.ws.lock();
-            }
-            (ws.phys_head, ctx.seq)
-        };
+        let (start, seq) = (self.ws.lock().phys_head, ctx.seq);
+        // The tail first, then the flush: every buffer that left the AIL before the tail was read
+        // raised the flag after its write completed, so this flush makes those writes durable
+        // before any record claims the tail past them.
         let tail = if flags & FLAG_UNMOUNT != 0 {
             start
         } else {
             self.current_tail(start)
         };
+        if self.home_writes_unflushed.swap(false, Ordering::SeqCst) {
+            self.dev.flush().map_err(LogError::Io)?;
+            self.counters.flushes.fetch_add(1, Ordering::Relaxed);
+        }
         let ckpt_lsn = start.lsn(self.bs);
         let mut pos = start;
         let mut rec = self.record_buf.lock();
@@ -208,25 +206,28 @@ impl Log {
             s.mem.unpin_log(ctx.copies_bytes);
         });
         for item in &ctx.items {
-            let old = {
-                let mut ls = item.head.log.lock();
-                let idx = ls.cil_seqs.iter().position(|&s| s == seq);
-                debug_assert!(
-                    idx.is_some(),
-                    "block {} not pinned by checkpoint {seq}",
-                    item.head.blkno
-                );
-                if let Some(i) = idx {
-                    ls.cil_seqs.remove(i);
-                }
-                ls.ail_lsn.replace(ckpt_lsn)
-            };
+            // The buffer's log state and its AIL entry change together, under the buffer's log
+            // lock (then the AIL's, the order write-back uses), so the AIL never keeps an entry
+            // for a buffer already written home.
+            let mut ls = item.head.log.lock();
+            let idx = ls.cil_seqs.iter().position(|&s| s == seq);
+            debug_assert!(
+                idx.is_some(),
+                "block {} not pinned by checkpoint {seq}",
+                item.head.blkno
+            );
+            if let Some(i) = idx {
+                ls.cil_seqs.remove(i);
+            }
+            let old = ls.ail_lsn.replace(ckpt_lsn);
             let mut ail = self.ail.lock();
             if let Some(o) = old {
                 ail.items.remove(&(o, item.head.blkno));
             }
             ail.items
                 .insert((ckpt_lsn, item.head.blkno), item.head.clone());
+            drop(ail);
+            drop(ls);
         }
         {
             let mut ws = self.ws.lock();

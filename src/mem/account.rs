@@ -17,6 +17,9 @@ pub struct MemAccount {
     pub emergency_used_bytes: u64,
     /// Most ever charged at once (reserved + pinned by the log + emergency in use).
     pub peak_charged_bytes: u64,
+    /// Rolls that borrowed from the emergency reserve, and how much in all.
+    pub roll_borrows: u64,
+    pub roll_borrowed_bytes: u64,
 }
 
 impl MemAccount {
@@ -30,6 +33,8 @@ impl MemAccount {
             log_pinned_bytes: 0,
             emergency_used_bytes: 0,
             peak_charged_bytes: 0,
+            roll_borrows: 0,
+            roll_borrowed_bytes: 0,
         }
     }
 
@@ -82,6 +87,24 @@ impl MemAccount {
             self.emergency_used_bytes += bytes;
             self.note_peak();
         }
+    }
+
+    /// A rolling transaction's next step takes `bytes` at once: from the free budget as far as it
+    /// goes, the rest borrowed from the emergency reserve. Returns (reserved, borrowed).
+    pub fn regrant(&mut self, bytes: u64) -> (u64, u64) {
+        if !self.enabled {
+            return (0, 0);
+        }
+        let reserved = bytes.min(self.free_bytes());
+        let borrowed = bytes - reserved;
+        self.reserved_bytes += reserved;
+        self.emergency_used_bytes += borrowed;
+        if borrowed > 0 {
+            self.roll_borrows += 1;
+            self.roll_borrowed_bytes += borrowed;
+        }
+        self.note_peak();
+        (reserved, borrowed)
     }
 
     /// The log released pinned memory (a CIL copy freed, a buffer written home).

@@ -50,9 +50,12 @@ struct LogTicket {
 /// The memory side of a ticket.
 #[derive(Debug, Clone, Copy, Default)]
 struct MemTicket {
+    /// What the ticket may pin before it overruns.
+    limit_bytes: u64,
+    /// Of the limit, what is held in the account's reserved bytes.
     reserved_bytes: u64,
     used_bytes: u64,
-    /// Of `used_bytes`, what came from the emergency reserve.
+    /// Held in the emergency reserve: overruns, and what a roll borrowed.
     emergency_bytes: u64,
 }
 
@@ -95,6 +98,7 @@ impl Engine {
                 left_bytes: resv.log_unit_bytes,
             },
             mem: MemTicket {
+                limit_bytes: need.mem_bytes,
                 reserved_bytes: need.mem_bytes,
                 ..Default::default()
             },
@@ -238,10 +242,10 @@ impl<'e> Trans<'e> {
     fn charge_mem(&mut self, bytes: u64, site: &'static Location<'static>) {
         let before = self.mem.used_bytes;
         self.mem.used_bytes += bytes;
-        if !self.eng.memres_on() || self.mem.used_bytes <= self.mem.reserved_bytes {
+        if !self.eng.memres_on() || self.mem.used_bytes <= self.mem.limit_bytes {
             return;
         }
-        let over = self.mem.used_bytes - before.max(self.mem.reserved_bytes);
+        let over = self.mem.used_bytes - before.max(self.mem.limit_bytes);
         self.mem.emergency_bytes += over;
         self.overrun = true;
         self.eng.log().space.update(|s| s.mem.take_emergency(over));
@@ -385,20 +389,11 @@ impl<'e> Trans<'e> {
             1
         };
         self.log.left_bytes = self.log.unit_bytes;
-        let mem_bytes = if self.eng.memres_on() {
-            self.resv.mem_bytes
-        } else {
-            0
-        };
-        self.mem = MemTicket {
-            reserved_bytes: mem_bytes,
-            ..Default::default()
-        };
         self.overrun = false;
         let need = SpaceNeed {
             reserve_bytes: need_reserve,
             write_bytes: self.log.unit_bytes,
-            mem_bytes,
+            mem_bytes: 0,
         };
         let log = self.eng.log();
         let out = log
@@ -410,6 +405,21 @@ impl<'e> Trans<'e> {
                 .kind_stats()
                 .record_wait(self.kind.index(), out.wait_ns);
         }
+        // Memory is re-taken without waiting: this transaction holds buffer locks that admitted
+        // transactions may be waiting for, so waiting here could deadlock. What the budget cannot
+        // give now is borrowed from the emergency reserve (and counted) until the transaction ends.
+        let limit = if self.eng.memres_on() {
+            self.resv.mem_bytes
+        } else {
+            0
+        };
+        let (reserved, borrowed) = log.space.update(|s| s.mem.regrant(limit));
+        self.mem = MemTicket {
+            limit_bytes: limit,
+            reserved_bytes: reserved,
+            used_bytes: 0,
+            emergency_bytes: borrowed,
+        };
         for i in 0..self.bufs.len() {
             let b = &mut self.bufs[i];
             b.relog |= !b.dirty.is_empty();

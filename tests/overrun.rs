@@ -1,0 +1,81 @@
+//! An undersized reservation table entry: the overrun is served, reported once per call site
+//! with the kind, reserved, used and the site, and under overrun=panic it panics.
+
+mod common;
+
+use common::*;
+use std::sync::Arc;
+use ticketfs::device::MemDevice;
+use ticketfs::format::BLOCK_HEADER_BYTES;
+use ticketfs::mem::OverrunPolicy;
+use ticketfs::{Engine, EngineOptions, TransKind};
+
+fn engine(policy: OverrunPolicy) -> (Engine, u64) {
+    let g = geometry(4096, 4096, 0);
+    let dev = Arc::new(MemDevice::from_bytes(4096, formatted_image(g)));
+    let probe = ticketfs::trans::ResvTable::new(&g);
+    // Setattr sized for one buffer; the test logs three.
+    let small = probe.sized(1, 1);
+    let opts = EngineOptions {
+        overrun: policy,
+        resv_override: vec![(TransKind::Setattr, small)],
+        ..Default::default()
+    };
+    (Engine::mount(dev, opts).expect("mount"), data_blocks(&g).0)
+}
+
+fn three_buffers(eng: &Engine, first: u64) -> u32 {
+    let mut t = eng.begin(TransKind::Setattr).unwrap();
+    let mut line = 0;
+    for i in 0..3u64 {
+        let b = t.get_buf(first + i, btype_for(i), 1).unwrap();
+        t.data_mut(b)[BLOCK_HEADER_BYTES] = 1;
+        line = line!() + 1;
+        t.log_range(b, BLOCK_HEADER_BYTES..BLOCK_HEADER_BYTES + 1);
+    }
+    t.commit().unwrap();
+    let _ = line;
+    line!() - 8
+}
+
+#[test]
+fn undersized_entry_is_reported_once_with_its_call_site() {
+    let (eng, first) = engine(OverrunPolicy::Warn);
+    three_buffers(&eng, first);
+    three_buffers(&eng, first + 10);
+    let reports = eng.overrun_reports();
+    assert_eq!(reports.len(), 1, "one report per call site: {reports:#?}");
+    let r = &reports[0];
+    assert_eq!(r.kind, "setattr");
+    assert_eq!(r.resource, "memory");
+    assert!(r.used_bytes > r.reserved_bytes);
+    // get_buf pins the new block; that is the call site named.
+    assert!(
+        r.site.file().ends_with("tests/overrun.rs"),
+        "site {}",
+        r.site
+    );
+    let src = std::fs::read_to_string(r.site.file()).unwrap();
+    let line = src.lines().nth(r.site.line() as usize - 1).unwrap();
+    assert!(line.contains("get_buf"), "site line is `{line}`");
+    // Both transactions overran (at two buffers each); counted, and every change committed.
+    assert_eq!(r.count, 4);
+    assert_eq!(eng.stats().overruns, 4);
+    eng.force_all().unwrap();
+    eng.unmount().unwrap();
+}
+
+#[test]
+fn overrun_panic_policy_panics_with_the_site() {
+    let (eng, first) = engine(OverrunPolicy::Panic);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        three_buffers(&eng, first);
+    }));
+    let msg = r.expect_err("overrun=panic must panic");
+    let text = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        text.contains("reservation overrun") && text.contains("tests/overrun.rs"),
+        "panic message: {text}"
+    );
+    assert!(text.contains("setattr"));
+}
