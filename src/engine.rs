@@ -17,7 +17,6 @@ use std::sync::Arc;
 pub const MEM_BUDGET_DEFAULT_BYTES: u64 = 64 << 20;
 /// The emergency reserve that serves overruns: this fraction of the budget (1/16).
 pub const EMERGENCY_DIVISOR: u64 = 16;
-/// Cache size with reservations off: the budget still bounds the cache, but nothing is admitted.
 #[derive(Debug)]
 pub enum EngineError {
     /// The filesystem shut down after an error (named) or was unmounted.

@@ -9,6 +9,7 @@ pub mod cache;
 pub mod device;
 pub mod engine;
 pub mod format;
+pub mod image;
 pub mod log;
 pub mod mem;
 pub mod trans;

@@ -7,6 +7,7 @@
 //!  - every metadata block present verifies (CRC, block number, UUID) with an LSN no later than
 //!    the log head;
 //!  - some of the recovered images also mount, unmount cleanly and mount again clean.
+//!
 //! Prints `crash states: N checked, M inconsistent`.
 
 mod common;

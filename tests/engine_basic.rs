@@ -28,7 +28,7 @@ fn commit_force_crash_recover() {
     let dev2: Arc<dyn Device> = Arc::new(MemDevice::from_bytes(4096, snapshot));
     let eng = mount(dev2.clone(), EngineOptions::default());
     assert!(!eng.recovered().clean);
-    assert_eq!(eng.recovered().checkpoints_replayed > 0, true);
+    assert!(eng.recovered().checkpoints_replayed > 0);
     for i in 0..20u64 {
         let mut t = eng.begin(TransKind::Setattr).unwrap();
         let b = t.read_buf(first + i, btype_for(i)).unwrap();

@@ -32,7 +32,7 @@ impl AlignedBuf {
         Layout::from_size_align(len, DIRECT_IO_ALIGN).expect("aligned buffer layout")
     }
     pub fn is_aligned(buf: &[u8]) -> bool {
-        (buf.as_ptr() as usize) % DIRECT_IO_ALIGN == 0
+        (buf.as_ptr() as usize).is_multiple_of(DIRECT_IO_ALIGN)
     }
 }
 

@@ -74,7 +74,7 @@ pub(crate) fn check_range(
 ) -> Result<u64, DevError> {
     let bs = block_size as usize;
     let blocks = (len / bs) as u64;
-    if len == 0 || len % bs != 0 {
+    if len == 0 || !len.is_multiple_of(bs) {
         return Err(DevError::new(
             op,
             blkno,

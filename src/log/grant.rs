@@ -53,7 +53,7 @@ impl LogPos {
 
     /// The LSN of a block-aligned position.
     pub fn lsn(self, block_size: u32) -> Lsn {
-        debug_assert!(self.bytes % block_size as u64 == 0);
+        debug_assert!(self.bytes.is_multiple_of(block_size as u64));
         Lsn::new(self.cycle, (self.bytes / block_size as u64) as u32)
     }
 

@@ -106,11 +106,11 @@ impl OverrunReporter {
                     g.last_print = Some(Instant::now());
                     eprintln!("{r}");
                 }
-            } else if let Some(first) = g
-                .reports
-                .iter_mut()
-                .find(|x| std::ptr::eq(x.site, site) && x.resource == resource)
-            {
+            } else if let Some(first) = g.reports.iter_mut().find(|x| {
+                (x.site.file(), x.site.line(), x.site.column())
+                    == (site.file(), site.line(), site.column())
+                    && x.resource == resource
+            }) {
                 first.count = count;
             }
             r

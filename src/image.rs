@@ -1,0 +1,77 @@
+//! Opening an image file or block device as a device of the right block size, and recognising
+//! filesystem signatures already on it (shared by mkfs, fsck and the mount).
+
+use crate::device::FileDevice;
+use crate::format::superblock::SB_MAGIC;
+use crate::format::{block_size_valid, Superblock};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// Reads the block size from the superblock at the start of `path` (checked in full, CRC too).
+pub fn probe_block_size(path: &Path) -> io::Result<u32> {
+    let mut f = File::open(path)?;
+    let mut head = vec![0u8; crate::format::BLOCK_SIZE_MAX as usize];
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    let bs = u32::from_le_bytes([head[12], head[13], head[14], head[15]]);
+    if u32::from_le_bytes([head[0], head[1], head[2], head[3]]) != SB_MAGIC
+        || !block_size_valid(bs)
+        || n < bs as usize
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: no ticketfs superblock in block 0", path.display()),
+        ));
+    }
+    Superblock::decode(&head[..n], 0)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    Ok(bs)
+}
+
+/// Opens `path` with the block size its superblock names.
+pub fn open_image(path: &Path) -> io::Result<FileDevice> {
+    let bs = probe_block_size(path)?;
+    FileDevice::open(path, bs, true)
+}
+
+/// The name of a filesystem whose signature is on `path`, if any.
+pub fn existing_signature(path: &Path) -> io::Result<Option<&'static str>> {
+    let f = File::open(path)?;
+    let mut buf = [0u8; 8];
+    let at = |off: u64, len: usize, buf: &mut [u8; 8]| -> bool {
+        f.read_exact_at(&mut buf[..len], off).is_ok()
+    };
+    if at(0, 4, &mut buf) && u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) == SB_MAGIC {
+        return Ok(Some("ticketfs"));
+    }
+    if at(0, 4, &mut buf) && &buf[..4] == b"XFSB" {
+        return Ok(Some("xfs"));
+    }
+    if at(1080, 2, &mut buf) && buf[..2] == [0x53, 0xEF] {
+        return Ok(Some("ext2/3/4"));
+    }
+    if at(65600, 8, &mut buf) && &buf[..8] == b"_BHRfS_M" {
+        return Ok(Some("btrfs"));
+    }
+    Ok(None)
+}
+
+/// Parses a size with an optional K, M, G or T suffix (powers of 1024).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last()?.to_ascii_uppercase() {
+        'K' => (&s[..s.len() - 1], 1u64 << 10),
+        'M' => (&s[..s.len() - 1], 1 << 20),
+        'G' => (&s[..s.len() - 1], 1 << 30),
+        'T' => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
