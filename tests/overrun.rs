@@ -8,20 +8,37 @@ use std::sync::Arc;
 use ticketfs::device::MemDevice;
 use ticketfs::format::BLOCK_HEADER_BYTES;
 use ticketfs::mem::OverrunPolicy;
+use ticketfs::trans::Resv;
 use ticketfs::{Engine, EngineOptions, TransKind};
 
-fn engine(policy: OverrunPolicy) -> (Engine, u64) {
+/// An engine whose setattr entry has the memory of one buffer (`small_log`: the log of one
+/// buffer, with memory for many); the tests log three.
+fn engine_with(policy: OverrunPolicy, small_log: bool) -> (Engine, u64) {
     let g = geometry(4096, 4096, 0);
     let dev = Arc::new(MemDevice::from_bytes(4096, formatted_image(g)));
     let probe = ticketfs::trans::ResvTable::new(&g);
-    // Setattr sized for one buffer; the test logs three.
-    let small = probe.sized(1, 1);
+    let (one, many) = (probe.sized(1, 1), probe.sized(8, 1));
+    let entry = if small_log {
+        Resv {
+            log_unit_bytes: one.log_unit_bytes,
+            ..many
+        }
+    } else {
+        Resv {
+            mem_bytes: one.mem_bytes,
+            ..many
+        }
+    };
     let opts = EngineOptions {
         overrun: policy,
-        resv_override: vec![(TransKind::Setattr, small)],
+        resv_override: vec![(TransKind::Setattr, entry)],
         ..Default::default()
     };
     (Engine::mount(dev, opts).expect("mount"), data_blocks(&g).0)
+}
+
+fn engine(policy: OverrunPolicy) -> (Engine, u64) {
+    engine_with(policy, false)
 }
 
 fn three_buffers(eng: &Engine, first: u64) -> u32 {
@@ -78,4 +95,21 @@ fn overrun_panic_policy_panics_with_the_site() {
         "panic message: {text}"
     );
     assert!(text.contains("setattr"));
+}
+
+#[test]
+fn undersized_log_entry_is_reported_at_commit() {
+    let (eng, first) = engine_with(OverrunPolicy::Warn, true);
+    three_buffers(&eng, first);
+    let reports = eng.overrun_reports();
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    let r = &reports[0];
+    assert_eq!((r.kind, r.resource), ("setattr", "log"));
+    assert!(r.used_bytes > r.reserved_bytes);
+    let src = std::fs::read_to_string(r.site.file()).unwrap();
+    let line = src.lines().nth(r.site.line() as usize - 1).unwrap();
+    assert!(line.contains("commit()"), "site line is `{line}`");
+    // The log space it took past its ticket came from the kept-back blocks; the engine goes on.
+    eng.force_all().unwrap();
+    eng.unmount().unwrap();
 }

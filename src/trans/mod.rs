@@ -153,8 +153,21 @@ impl<'e> Trans<'e> {
             .eng
             .cache()
             .read_into(blkno, &mut guard, Some(expect))?;
+        Ok(self.push(head, guard, btype, true))
+    }
+
+    /// Adds a joined buffer; `watch` remembers its CRC to catch unlogged changes (debug builds).
+    fn push(
+        &mut self,
+        head: Arc<BufHead>,
+        guard: ArcMutexGuard<RawMutex, BufContent>,
+        btype: BlockType,
+        watch: bool,
+    ) -> BufId {
         #[cfg(debug_assertions)]
-        let crc_at_join = Some(crc32fast::hash(&guard.data));
+        let crc_at_join = watch.then(|| crc32fast::hash(&guard.data));
+        #[cfg(not(debug_assertions))]
+        let _ = watch;
         self.bufs.push(TBuf {
             head,
             guard,
@@ -165,7 +178,7 @@ impl<'e> Trans<'e> {
             #[cfg(debug_assertions)]
             crc_at_join,
         });
-        Ok(BufId(self.bufs.len() - 1))
+        BufId(self.bufs.len() - 1)
     }
 
     /// Joins `blkno` as a new block of `btype` owned by `owner`: zeroed, with a fresh header, and
@@ -181,17 +194,7 @@ impl<'e> Trans<'e> {
             Some(id) => id,
             None => {
                 let (head, guard) = self.join(blkno)?;
-                self.bufs.push(TBuf {
-                    head,
-                    guard,
-                    btype,
-                    dirty: ChunkMap::default(),
-                    charged: false,
-                    relog: false,
-                    #[cfg(debug_assertions)]
-                    crc_at_join: None,
-                });
-                BufId(self.bufs.len() - 1)
+                self.push(head, guard, btype, false)
             }
         };
         let uuid = self.eng.superblock().uuid;
