@@ -50,6 +50,12 @@ impl From<LogError> for EngineError {
     }
 }
 
+impl From<FormatError> for EngineError {
+    fn from(e: FormatError) -> Self {
+        EngineError::Corrupt(e)
+    }
+}
+
 impl From<CacheError> for EngineError {
     fn from(e: CacheError) -> Self {
         match e {

@@ -13,16 +13,16 @@ use crate::cache::BUF_OVERHEAD_BYTES;
 use crate::format::{Geometry, BLOCK_HEADER_BYTES};
 use crate::log::{Log, LOG_RESERVE_BLOCKS};
 
-/// The tallest B+tree the format allows: with the smallest blocks (512 B, fan-out 18) eight
-/// levels index 18^7 x 27 > 10^10 records, more than any tree here can hold.
+/// The tallest B+tree the format allows: with the smallest blocks (512 B: 13 records a leaf,
+/// fan-out 18) eight levels index 18^7 x 13 > 8 x 10^9 records, more than any tree here holds.
 pub const BTREE_HEIGHT_MAX: u32 = 8;
 /// Bytes of a B+tree node header after the block header: level, record count, left and right
 /// siblings.
 pub const BTREE_NODE_HEADER_BYTES: usize = BLOCK_HEADER_BYTES + 24;
-/// Bytes of a leaf record (start, length and flags of an extent or chunk) at most.
-pub const BTREE_LEAF_RECORD_BYTES: usize = 16;
-/// Bytes of an interior entry: a key of a leaf record's size and a child block number.
-pub const BTREE_NODE_ENTRY_BYTES: usize = BTREE_LEAF_RECORD_BYTES + 8;
+/// Bytes of a leaf record: a two-word key and a two-word value (src/btree/node.rs).
+pub const BTREE_LEAF_RECORD_BYTES: usize = 32;
+/// Bytes of an interior entry: a two-word key and a child block number.
+pub const BTREE_NODE_ENTRY_BYTES: usize = 16 + 8;
 /// Most entries a directory may hold: bounds the directory hash tree's height.
 pub const DIR_ENTRIES_MAX: u64 = 1 << 32;
 /// A rolling truncate frees this many extents per step before it rolls.
