@@ -5,6 +5,7 @@
 //! `log` (grant heads, CIL, checkpoint writer, AIL, recovery), `cache` (metadata buffers), `mem`
 //! (budget, gate, overrun reports, statistics), `format` (on-disk structures), `device`.
 
+pub mod alloc;
 pub mod btree;
 pub mod cache;
 pub mod device;

@@ -27,7 +27,7 @@ use ticketfs::{Engine, EngineOptions, TransKind};
 
 const BS: u32 = 512;
 const TEST_BLOCKS: u64 = 40;
-const TRANSACTIONS: usize = 2500;
+const TRANSACTIONS: usize = 4000;
 const MIN_STATES: usize = 6000;
 
 /// The model: payload bytes of each test block, or None before the block is created.
@@ -49,7 +49,7 @@ fn run_workload(seed: u64) -> Run {
         BS,
         (probe.log_end() * 2 + 256).max(2048),
         probe.log_blocks,
-        4,
+        1,
     )
     .unwrap();
     let base = formatted_image(g);

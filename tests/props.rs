@@ -26,6 +26,7 @@ proptest! {
 
     #[test]
     fn superblock_round_trip_and_bit_flips(bs in block_size(), blocks in 4096u64..1 << 30, ags in 1u32..64, u in uuid(), label in "[a-z]{0,32}", bit in any::<prop::sample::Index>(), backup in any::<bool>()) {
+        let ags = ags.min((blocks / 256) as u32).max(1);
         let g = Geometry::new(bs, blocks, 64, ags).unwrap();
         let sb = Superblock::new(g, u, &label);
         let at = if backup { g.backup_sb_blkno() } else { 0 };

@@ -1,5 +1,5 @@
-//! mkfs.ticketfs: writes a new, empty ticketfs filesystem (superblocks and log; the allocation
-//! groups' structures arrive with the filesystem layer).
+//! mkfs.ticketfs: writes a new, empty ticketfs filesystem: superblocks, an empty log, and every
+//! allocation group (header, free-space and inode-chunk trees, free list).
 
 use std::fs::OpenOptions;
 use std::path::PathBuf;
@@ -119,6 +119,12 @@ fn main() {
     let g = Geometry::new(bs, blocks, log_blocks, ag_count).unwrap_or_else(|e| die(&e, 8));
     let sb = ticketfs::engine::format(&dev, g, ticketfs::engine::new_uuid(), &label)
         .unwrap_or_else(|e| die(&e.to_string(), 8));
+    // The allocation groups are written through the engine, as transactions, then unmounted clean.
+    let eng = ticketfs::Engine::mount(std::sync::Arc::new(dev), ticketfs::EngineOptions::default())
+        .unwrap_or_else(|e| die(&e.to_string(), 8));
+    ticketfs::alloc::format_all(&eng)
+        .unwrap_or_else(|e| die(&format!("formatting allocation groups: {e}"), 8));
+    eng.unmount().unwrap_or_else(|e| die(&e.to_string(), 8));
     let u = sb.uuid;
     println!(
         "meta-data={} isize=- agcount={} agsize={} blks",

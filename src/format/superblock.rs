@@ -17,6 +17,8 @@ pub const LOG_START_BLOCK: u64 = 8;
 /// Smallest log in blocks the format accepts at all; the mount also requires the log to be at
 /// least [`crate::trans::ResvTable::min_log_blocks`] for its geometry.
 pub const LOG_BLOCKS_MIN: u64 = 16;
+/// Fewest free blocks an AG must start with (after its headers, and in AG 0 the log).
+pub const AG_MIN_FREE_BLOCKS: u64 = 16;
 /// Most allocation groups: bounds per-AG state held in memory.
 pub const AG_COUNT_MAX: u32 = 1024;
 
@@ -157,6 +159,33 @@ impl Geometry {
                     "{} is below the minimum {}",
                     self.log_blocks, LOG_BLOCKS_MIN
                 ),
+            ));
+        }
+        if self.ag_blocks > u32::MAX as u64 {
+            return Err((
+                "ag_blocks",
+                format!(
+                    "{} exceeds {} (AG-relative block numbers are 32-bit)",
+                    self.ag_blocks,
+                    u32::MAX
+                ),
+            ));
+        }
+        if self.log_end() + AG_MIN_FREE_BLOCKS > self.ag_blocks {
+            return Err((
+                "log_blocks",
+                format!(
+                    "log end {} leaves AG 0 ({} blocks) without room",
+                    self.log_end(),
+                    self.ag_blocks
+                ),
+            ));
+        }
+        let last_ag = self.block_count - (self.ag_count as u64 - 1) * self.ag_blocks;
+        if last_ag < super::ag::AG_RESERVED_BLOCKS + AG_MIN_FREE_BLOCKS + 1 {
+            return Err((
+                "ag_count",
+                format!("the last AG would have only {last_ag} blocks"),
             ));
         }
         if self.log_end() > self.block_count / 2 + LOG_START_BLOCK {

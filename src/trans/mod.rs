@@ -23,7 +23,8 @@ pub struct BufId(usize);
 
 struct TBuf {
     head: Arc<BufHead>,
-    guard: ArcMutexGuard<RawMutex, BufContent>,
+    /// The buffer's lock, held until the transaction ends; None once released unchanged.
+    guard: Option<ArcMutexGuard<RawMutex, BufContent>>,
     btype: BlockType,
     /// Regions changed in the current step.
     dirty: ChunkMap,
@@ -35,6 +36,21 @@ struct TBuf {
     /// CRC of the bytes when joined: an unlogged buffer must come out unchanged (debug builds).
     #[cfg(debug_assertions)]
     crc_at_join: Option<u32>,
+}
+
+impl TBuf {
+    // A released buffer is never handed out again: `find` skips it and its BufId is not reused,
+    // so reaching one is a bug in the caller, not a condition of the disk.
+    fn content(&self) -> &BufContent {
+        self.guard
+            .as_deref()
+            .expect("buffer used after release_clean")
+    }
+    fn content_mut(&mut self) -> &mut BufContent {
+        self.guard
+            .as_deref_mut()
+            .expect("buffer used after release_clean")
+    }
 }
 
 /// The log side of a ticket.
@@ -117,8 +133,27 @@ impl<'e> Trans<'e> {
     fn find(&self, blkno: u64) -> Option<BufId> {
         self.bufs
             .iter()
-            .position(|b| b.head.blkno == blkno)
+            .position(|b| b.head.blkno == blkno && b.guard.is_some())
             .map(BufId)
+    }
+
+    /// Releases every joined buffer in `blocks` that this transaction has not changed (as
+    /// xfs_trans_brelse): its lock is dropped, so another transaction may take it. Lets a search
+    /// that found nothing in one allocation group leave it before trying another.
+    pub fn release_clean(&mut self, blocks: Range<u64>) {
+        for b in &mut self.bufs {
+            if blocks.contains(&b.head.blkno) && b.dirty.is_empty() && !b.relog && b.guard.is_some()
+            {
+                #[cfg(debug_assertions)]
+                debug_assert!(
+                    b.crc_at_join
+                        .is_none_or(|c| c == crc32fast::hash(&b.content().data)),
+                    "block {} changed but not logged",
+                    b.head.blkno
+                );
+                b.guard = None;
+            }
+        }
     }
 
     fn join(
@@ -170,7 +205,7 @@ impl<'e> Trans<'e> {
         let _ = watch;
         self.bufs.push(TBuf {
             head,
-            guard,
+            guard: Some(guard),
             btype,
             dirty: ChunkMap::default(),
             charged: false,
@@ -200,21 +235,22 @@ impl<'e> Trans<'e> {
         let uuid = self.eng.superblock().uuid;
         let b = &mut self.bufs[id.0];
         b.btype = btype;
-        b.guard.data.fill(0);
-        BlockHeader::init(&mut b.guard.data, btype, blkno, owner, &uuid);
-        b.guard.valid = true;
-        let len = b.guard.data.len();
+        let c = b.content_mut();
+        c.data.fill(0);
+        BlockHeader::init(&mut c.data, btype, blkno, owner, &uuid);
+        c.valid = true;
+        let len = c.data.len();
         self.log_range(id, 0..len);
         Ok(id)
     }
 
     pub fn data(&self, id: BufId) -> &[u8] {
-        &self.bufs[id.0].guard.data
+        &self.bufs[id.0].content().data
     }
 
     /// The bytes to change. Every change must be followed by `log_range` over it before commit.
     pub fn data_mut(&mut self, id: BufId) -> &mut [u8] {
-        &mut self.bufs[id.0].guard.data
+        &mut self.bufs[id.0].content_mut().data
     }
 
     pub fn blkno(&self, id: BufId) -> u64 {
@@ -228,7 +264,7 @@ impl<'e> Trans<'e> {
         let site = Location::caller();
         let b = &mut self.bufs[id.0];
         assert!(
-            range.start < range.end && range.end <= b.guard.data.len(),
+            range.start < range.end && range.end <= b.content().data.len(),
             "log_range {range:?} outside block {}",
             b.head.blkno
         );
@@ -272,7 +308,7 @@ impl<'e> Trans<'e> {
             if b.dirty.is_empty() {
                 debug_assert!(
                     b.crc_at_join
-                        .is_none_or(|c| c == crc32fast::hash(&b.guard.data)),
+                        .is_none_or(|c| c == crc32fast::hash(&b.content().data)),
                     "block {} changed but not logged",
                     b.head.blkno
                 );
@@ -284,7 +320,7 @@ impl<'e> Trans<'e> {
             .filter(|b| !b.dirty.is_empty())
             .map(|b| CommitBuf {
                 head: &b.head,
-                data: &b.guard.data,
+                data: &b.content().data,
                 dirty: &b.dirty,
                 btype: b.btype,
             })
@@ -425,12 +461,15 @@ impl<'e> Trans<'e> {
         };
         for i in 0..self.bufs.len() {
             let b = &mut self.bufs[i];
+            if b.guard.is_none() {
+                continue;
+            }
             b.relog |= !b.dirty.is_empty();
             b.dirty = ChunkMap::default();
             b.charged = false;
             #[cfg(debug_assertions)]
             {
-                b.crc_at_join = Some(crc32fast::hash(&b.guard.data));
+                b.crc_at_join = Some(crc32fast::hash(&b.content().data));
             }
             if b.relog {
                 let id = BufId(i);

@@ -159,10 +159,10 @@ impl ResvTable {
         2 * h - 1
     }
 
-    /// Allocating or freeing one extent: the AG header and both free-space trees, each split or
-    /// joined up to the root.
+    /// Allocating or freeing one extent: the AG header, and both free-space trees split or
+    /// joined up to the root, twice: once to top up the AG free list, once for the extent.
     fn alloc(&self) -> u32 {
-        1 + 2 * Self::split(self.heights.free_space)
+        1 + 4 * Self::split(self.heights.free_space)
     }
 
     /// Allocating an inode: the AG header, the inode-chunk tree, the new chunk's first block, and

@@ -11,9 +11,14 @@ pub const UUID: Uuid = [7, 1, 2, 3, 4, 5, 0x46, 7, 0x88, 9, 10, 11, 12, 13, 14, 
 
 /// Geometry with the smallest log the table allows for it (plus `extra_log` blocks).
 pub fn geometry(block_size: u32, block_count: u64, extra_log: u64) -> Geometry {
-    let probe = Geometry::new(block_size, block_count, 16, 4).expect("probe geometry");
-    let min = ResvTable::new(&probe).min_log_blocks();
-    Geometry::new(block_size, block_count, min + extra_log, 4).expect("geometry")
+    let probe = Geometry::new(block_size, block_count, 16, 1).expect("probe geometry");
+    let log = ResvTable::new(&probe).min_log_blocks() + extra_log;
+    // As many AGs (up to 4) as leave AG 0 room for the log.
+    let ags = (1..=4u32)
+        .rev()
+        .find(|&n| block_count / n as u64 > probe.log_start + log + 64)
+        .unwrap_or(1);
+    Geometry::new(block_size, block_count, log, ags).expect("geometry")
 }
 
 /// A formatted image in memory.

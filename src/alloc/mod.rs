@@ -1,0 +1,527 @@
+//! Allocation groups and free space.
+//!
+//! The device is divided into AGs of `ag_blocks` blocks. Each AG has a header (counters, tree
+//! roots, free list), a free-space B+tree by block number (key (start, 0), value (length, 0)) and
+//! one by length (key (length, start)), and an inode-chunk tree (used by the inode layer). A
+//! transaction locks an AG by joining its header, so allocations in different AGs run in parallel
+//! and allocations in one AG are serialised by the header's lock.
+//!
+//! The free-space trees cannot take their own node blocks from the free-space trees without
+//! recursing, so, as in XFS, each AG keeps a small free list (AGFL) in its header: before every
+//! operation it is topped up to twice what one operation may need (both trees splitting at every
+//! level and growing a root), and trimmed when freed nodes fill it. Tree nodes come from it and go
+//! back to it.
+//!
+//! Allocation looks in the AG of the target block first, then in the others in ascending order,
+//! judging each by an in-memory summary (free blocks, longest extent) before locking it; an AG that
+//! turns out to be full is released unchanged before the next is tried, so no transaction holds
+//! two AG headers taken out of order. Within an AG: the free extent containing the target, then
+//! the next extent after it, then the smallest extent that holds the whole request, then the
+//! largest. Frees merge with the neighbouring free extents.
+
+use crate::btree::{Btree, NodeAlloc, Root};
+use crate::engine::{Engine, EngineError};
+use crate::format::ag::{
+    AgHeader, AGFL_SLOTS, AG_BNO_ROOT_OFFSET, AG_CNT_ROOT_OFFSET, AG_HEADER_OFFSET,
+    AG_INO_ROOT_OFFSET, AG_RESERVED_BLOCKS,
+};
+use crate::format::{BlockType, FormatError, Geometry};
+use crate::trans::{BufId, Trans, TransKind};
+use parking_lot::Mutex;
+
+/// What is known of an AG without locking it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AgSummary {
+    pub free_blocks: u64,
+    pub longest: u64,
+    /// False until the header was read once: an unknown AG is worth a look.
+    pub known: bool,
+}
+
+pub struct Allocator {
+    geo: Geometry,
+    summaries: Vec<Mutex<AgSummary>>,
+}
+
+/// An AG as joined to a transaction.
+struct Ag {
+    agno: u32,
+    start: u64,
+    id: BufId,
+    hdr: AgHeader,
+    bno: Btree,
+    cnt: Btree,
+}
+
+/// Node blocks for the free-space trees, from the AG's free list.
+struct FreeList<'a> {
+    start: u64,
+    agfl: &'a mut Vec<u32>,
+    blkno: u64,
+}
+
+impl NodeAlloc for FreeList<'_> {
+    fn alloc_node(&mut self, _tx: &mut Trans<'_>) -> Result<u64, EngineError> {
+        let r = self.agfl.pop().ok_or_else(|| {
+            EngineError::Corrupt(FormatError::new(
+                self.blkno,
+                "AG header",
+                "agfl",
+                "free list ran empty during a free-space update",
+            ))
+        })?;
+        Ok(self.start + r as u64)
+    }
+    fn free_node(&mut self, _tx: &mut Trans<'_>, blkno: u64) -> Result<(), EngineError> {
+        // The first roots live in the AG's reserved blocks, which are never free space: a root
+        // given up there simply stays reserved.
+        if blkno < self.start + AG_RESERVED_BLOCKS {
+            return Ok(());
+        }
+        if self.agfl.len() >= AGFL_SLOTS {
+            return Err(EngineError::Corrupt(FormatError::new(
+                self.blkno,
+                "AG header",
+                "agfl",
+                "free list overflowed during a free-space update",
+            )));
+        }
+        self.agfl.push((blkno - self.start) as u32);
+        Ok(())
+    }
+}
+
+impl Allocator {
+    pub fn new(geo: Geometry) -> Allocator {
+        Allocator {
+            geo,
+            summaries: (0..geo.ag_count)
+                .map(|_| Mutex::new(AgSummary::default()))
+                .collect(),
+        }
+    }
+
+    pub fn ag_start(&self, agno: u32) -> u64 {
+        agno as u64 * self.geo.ag_blocks
+    }
+
+    /// Blocks in AG `agno` (the last may be short).
+    pub fn ag_len(&self, agno: u32) -> u64 {
+        self.geo
+            .ag_blocks
+            .min(self.geo.block_count - self.ag_start(agno))
+    }
+
+    pub fn agno_of(&self, blkno: u64) -> u32 {
+        ((blkno / self.geo.ag_blocks) as u32).min(self.geo.ag_count - 1)
+    }
+
+    /// The range of AG `agno` that holds free space initially: after its reserved blocks (and in
+    /// AG 0 after the log), before the backup superblock in the last AG.
+    pub fn initial_free(&self, agno: u32) -> (u64, u64) {
+        let start = self.ag_start(agno);
+        let mut first = start + AG_RESERVED_BLOCKS;
+        if agno == 0 {
+            first = first.max(self.geo.log_end());
+        }
+        let mut end = start + self.ag_len(agno);
+        if agno == self.geo.ag_count - 1 {
+            end -= 1;
+        }
+        (first, end)
+    }
+
+    pub fn summary(&self, agno: u32) -> AgSummary {
+        *self.summaries[agno as usize].lock()
+    }
+
+    fn read_ag(&self, tx: &mut Trans<'_>, agno: u32) -> Result<Ag, EngineError> {
+        let start = self.ag_start(agno);
+        let blkno = start + AG_HEADER_OFFSET;
+        let id = tx.read_buf(blkno, BlockType::AgHeader)?;
+        let hdr = AgHeader::decode(tx.data(id), blkno, agno, start, self.ag_len(agno))?;
+        let bno = Btree::open(
+            BlockType::BtreeBno,
+            agno as u64,
+            Root {
+                blkno: hdr.bno_root,
+                level: hdr.bno_level,
+            },
+        );
+        let cnt = Btree::open(
+            BlockType::BtreeCnt,
+            agno as u64,
+            Root {
+                blkno: hdr.cnt_root,
+                level: hdr.cnt_level,
+            },
+        );
+        Ok(Ag {
+            agno,
+            start,
+            id,
+            hdr,
+            bno,
+            cnt,
+        })
+    }
+
+    /// Writes the header back (roots, counters, free list) and refreshes the summary.
+    #[track_caller]
+    fn write_ag(&self, tx: &mut Trans<'_>, ag: &mut Ag) -> Result<(), EngineError> {
+        ag.hdr.longest = match ag.cnt.le(tx, &[u64::MAX, u64::MAX])? {
+            Some((k, _)) => k[0],
+            None => 0,
+        };
+        ag.hdr.bno_root = ag.bno.root.blkno;
+        ag.hdr.bno_level = ag.bno.root.level;
+        ag.hdr.cnt_root = ag.cnt.root.blkno;
+        ag.hdr.cnt_level = ag.cnt.root.level;
+        let range = ag.hdr.encode(tx.data_mut(ag.id));
+        tx.log_range(ag.id, range);
+        *self.summaries[ag.agno as usize].lock() = AgSummary {
+            free_blocks: ag.hdr.free_blocks,
+            longest: ag.hdr.longest,
+            known: true,
+        };
+        Ok(())
+    }
+
+    /// Writes AG `agno`'s header and empty trees, fills its free list and records the rest of
+    /// its blocks as one free extent.
+    pub fn format_ag(&self, tx: &mut Trans<'_>, agno: u32) -> Result<(), EngineError> {
+        let start = self.ag_start(agno);
+        let owner = agno as u64;
+        let id = tx.get_buf(start + AG_HEADER_OFFSET, BlockType::AgHeader, owner)?;
+        let bno = Btree::create(tx, BlockType::BtreeBno, owner, start + AG_BNO_ROOT_OFFSET)?;
+        let cnt = Btree::create(tx, BlockType::BtreeCnt, owner, start + AG_CNT_ROOT_OFFSET)?;
+        let ino = Btree::create(tx, BlockType::BtreeIno, owner, start + AG_INO_ROOT_OFFSET)?;
+        let (first, end) = self.initial_free(agno);
+        let fl = Self::freelist_target(0, 0).min((end - first) as usize / 2);
+        let agfl: Vec<u32> = (0..fl as u64).map(|i| (first + i - start) as u32).collect();
+        let hdr = AgHeader {
+            agno,
+            length: self.ag_len(agno),
+            free_blocks: 0,
+            longest: 0,
+            bno_root: bno.root.blkno,
+            bno_level: 0,
+            cnt_root: cnt.root.blkno,
+            cnt_level: 0,
+            ino_root: ino.root.blkno,
+            ino_level: 0,
+            inodes: 0,
+            free_inodes: 0,
+            agfl,
+        };
+        let mut ag = Ag {
+            agno,
+            start,
+            id,
+            hdr,
+            bno,
+            cnt,
+        };
+        let free_start = first + fl as u64;
+        self.insert_free(tx, &mut ag, free_start, end - free_start)?;
+        ag.hdr.free_blocks = end - free_start;
+        self.write_ag(tx, &mut ag)
+    }
+
+    /// Nodes one free-space operation may take: each tree splitting at every level and growing a
+    /// new root.
+    fn freelist_need(bno_level: u16, cnt_level: u16) -> usize {
+        bno_level as usize + 2 + cnt_level as usize + 2
+    }
+
+    /// What the free list is topped up to before an operation: room for the top-up itself and
+    /// for the operation.
+    fn freelist_target(bno_level: u16, cnt_level: u16) -> usize {
+        2 * Self::freelist_need(bno_level.max(1), cnt_level.max(1))
+    }
+
+    fn insert_free(
+        &self,
+        tx: &mut Trans<'_>,
+        ag: &mut Ag,
+        start: u64,
+        len: u64,
+    ) -> Result<(), EngineError> {
+        debug_assert!(len > 0);
+        let blkno = ag.start + AG_HEADER_OFFSET;
+        let Ag {
+            bno,
+            cnt,
+            hdr,
+            start: ag_start,
+            ..
+        } = ag;
+        let mut fl = FreeList {
+            start: *ag_start,
+            agfl: &mut hdr.agfl,
+            blkno,
+        };
+        bno.insert(tx, &mut fl, [start, 0], [len, 0])?;
+        cnt.insert(tx, &mut fl, [len, start], [0, 0])
+    }
+
+    fn remove_free(
+        &self,
+        tx: &mut Trans<'_>,
+        ag: &mut Ag,
+        start: u64,
+        len: u64,
+    ) -> Result<(), EngineError> {
+        let blkno = ag.start + AG_HEADER_OFFSET;
+        let Ag {
+            bno,
+            cnt,
+            hdr,
+            start: ag_start,
+            ..
+        } = ag;
+        let mut fl = FreeList {
+            start: *ag_start,
+            agfl: &mut hdr.agfl,
+            blkno,
+        };
+        let a = bno.delete(tx, &mut fl, &[start, 0])?;
+        let b = cnt.delete(tx, &mut fl, &[len, start])?;
+        if a != Some([len, 0]) || b.is_none() {
+            return Err(EngineError::Corrupt(FormatError::new(
+                blkno,
+                "free-space trees",
+                "records",
+                format!(
+                    "extent {start}+{len} is not in both trees (by block: {a:?}, by length: {b:?})"
+                ),
+            )));
+        }
+        Ok(())
+    }
+
+    /// Tops the free list up to its target from the AG's free space, or trims it when it is so
+    /// full that the nodes an operation frees might not fit.
+    fn fix_freelist(&self, tx: &mut Trans<'_>, ag: &mut Ag) -> Result<(), EngineError> {
+        let target = Self::freelist_target(ag.bno.root.level, ag.cnt.root.level);
+        while ag.hdr.agfl.len() < target {
+            let want = (target - ag.hdr.agfl.len()) as u64;
+            let ext = match ag.cnt.ge(tx, &[want, 0])? {
+                Some((k, _)) => (k[1], k[0]),
+                None => match ag.cnt.le(tx, &[u64::MAX, u64::MAX])? {
+                    Some((k, _)) => (k[1], k[0]),
+                    None => break,
+                },
+            };
+            let take = want.min(ext.1);
+            self.remove_free(tx, ag, ext.0, ext.1)?;
+            if ext.1 > take {
+                self.insert_free(tx, ag, ext.0 + take, ext.1 - take)?;
+            }
+            ag.hdr.free_blocks -= take;
+            for b in ext.0..ext.0 + take {
+                ag.hdr.agfl.push((b - ag.start) as u32);
+            }
+        }
+        if ag.hdr.agfl.len() < Self::freelist_need(ag.bno.root.level, ag.cnt.root.level) {
+            return Err(EngineError::Invalid(format!(
+                "AG {} has no room left for its free-space trees",
+                ag.agno
+            )));
+        }
+        let most = AGFL_SLOTS - Self::freelist_need(ag.bno.root.level, ag.cnt.root.level);
+        while ag.hdr.agfl.len() > most {
+            let Some(r) = ag.hdr.agfl.pop() else { break };
+            self.free_in(tx, ag, ag.start + r as u64, 1)?;
+        }
+        Ok(())
+    }
+
+    /// Where in this AG an extent of min..=max blocks near `target` could come from, without
+    /// changing anything: (free extent start, its length, where to cut, how many blocks).
+    fn find(
+        &self,
+        tx: &mut Trans<'_>,
+        ag: &Ag,
+        target: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<Option<(u64, u64, u64, u64)>, EngineError> {
+        let t = target.clamp(ag.start, ag.start + self.ag_len(ag.agno) - 1);
+        if let Some((k, v)) = ag.bno.le(tx, &[t, 0])? {
+            let (s, l) = (k[0], v[0]);
+            if t < s + l && s + l - t >= min {
+                return Ok(Some((s, l, t, (s + l - t).min(max))));
+            }
+        }
+        if let Some((k, v)) = ag.bno.ge(tx, &[t, 0])? {
+            if v[0] >= max {
+                return Ok(Some((k[0], v[0], k[0], max)));
+            }
+        }
+        if let Some((k, _)) = ag.cnt.ge(tx, &[max, 0])? {
+            return Ok(Some((k[1], k[0], k[1], max)));
+        }
+        if let Some((k, _)) = ag.cnt.le(tx, &[u64::MAX, u64::MAX])? {
+            if k[0] >= min {
+                return Ok(Some((k[1], k[0], k[1], k[0])));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Allocates between `min` and `max` contiguous blocks, as close to `target` as it can.
+    /// Returns (start, length), or None when no AG has `min` contiguous free blocks.
+    #[track_caller]
+    pub fn alloc(
+        &self,
+        tx: &mut Trans<'_>,
+        target: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<Option<(u64, u64)>, EngineError> {
+        if min == 0 || min > max {
+            return Err(EngineError::Invalid(format!(
+                "allocation of {min}..={max} blocks"
+            )));
+        }
+        let first = self.agno_of(target);
+        let order = (first..self.geo.ag_count).chain(0..first);
+        for agno in order {
+            let s = self.summary(agno);
+            if s.known && s.longest < min {
+                continue;
+            }
+            let mut ag = self.read_ag(tx, agno)?;
+            if ag.hdr.longest < min || self.find(tx, &ag, target, min, max)?.is_none() {
+                *self.summaries[agno as usize].lock() = AgSummary {
+                    free_blocks: ag.hdr.free_blocks,
+                    longest: ag.hdr.longest,
+                    known: true,
+                };
+                tx.release_clean(ag.start..ag.start + self.ag_len(agno));
+                continue;
+            }
+            self.fix_freelist(tx, &mut ag)?;
+            // The free list may have taken from the extent found: look again.
+            let Some((s, l, at, n)) = self.find(tx, &ag, target, min, max)? else {
+                self.write_ag(tx, &mut ag)?;
+                continue;
+            };
+            self.remove_free(tx, &mut ag, s, l)?;
+            if at > s {
+                self.insert_free(tx, &mut ag, s, at - s)?;
+            }
+            if at + n < s + l {
+                self.insert_free(tx, &mut ag, at + n, s + l - at - n)?;
+            }
+            ag.hdr.free_blocks -= n;
+            self.write_ag(tx, &mut ag)?;
+            return Ok(Some((at, n)));
+        }
+        Ok(None)
+    }
+
+    /// Frees `len` blocks at `start`, merging with the free extents on either side. Freeing
+    /// blocks that are already free, or that cross an AG or its reserved blocks, is corruption.
+    #[track_caller]
+    pub fn free(&self, tx: &mut Trans<'_>, start: u64, len: u64) -> Result<(), EngineError> {
+        let agno = self.agno_of(start);
+        let (first, end) = self.initial_free(agno);
+        if len == 0 || start < first || start.checked_add(len).is_none_or(|e| e > end) {
+            return Err(EngineError::Corrupt(FormatError::new(
+                start,
+                "extent",
+                "range",
+                format!("{start}+{len} is outside AG {agno}'s space {first}..{end}"),
+            )));
+        }
+        let mut ag = self.read_ag(tx, agno)?;
+        self.fix_freelist(tx, &mut ag)?;
+        self.free_in(tx, &mut ag, start, len)?;
+        self.write_ag(tx, &mut ag)
+    }
+
+    fn free_in(
+        &self,
+        tx: &mut Trans<'_>,
+        ag: &mut Ag,
+        start: u64,
+        len: u64,
+    ) -> Result<(), EngineError> {
+        let blkno = ag.start + AG_HEADER_OFFSET;
+        let overlap = |s: u64, l: u64| {
+            EngineError::Corrupt(FormatError::new(
+                blkno,
+                "free-space trees",
+                "records",
+                format!("freeing {start}+{len}, which overlaps the free extent {s}+{l}"),
+            ))
+        };
+        let (mut s, mut l) = (start, len);
+        if let Some((k, v)) = ag.bno.le(tx, &[start, 0])? {
+            if k[0] + v[0] > start {
+                return Err(overlap(k[0], v[0]));
+            }
+            if k[0] + v[0] == start {
+                self.remove_free(tx, ag, k[0], v[0])?;
+                s = k[0];
+                l += v[0];
+            }
+        }
+        if let Some((k, v)) = ag.bno.ge(tx, &[start, 0])? {
+            if start + len > k[0] {
+                return Err(overlap(k[0], v[0]));
+            }
+            if start + len == k[0] {
+                self.remove_free(tx, ag, k[0], v[0])?;
+                l += v[0];
+            }
+        }
+        self.insert_free(tx, ag, s, l)?;
+        ag.hdr.free_blocks += len;
+        Ok(())
+    }
+
+    /// AG `agno`'s free space as both trees record it, and its header (for checks: fsck, tests).
+    pub fn free_space(&self, tx: &mut Trans<'_>, agno: u32) -> Result<AgSpace, EngineError> {
+        let ag = self.read_ag(tx, agno)?;
+        let by_bno = ag
+            .bno
+            .collect(tx)?
+            .into_iter()
+            .map(|(k, v)| (k[0], v[0]))
+            .collect();
+        let by_cnt = ag
+            .cnt
+            .collect(tx)?
+            .into_iter()
+            .map(|(k, _)| (k[1], k[0]))
+            .collect();
+        Ok(AgSpace {
+            by_bno,
+            by_cnt,
+            hdr: ag.hdr,
+        })
+    }
+}
+
+/// An AG's free space as read back: (start, length) from the by-block tree in block order, from
+/// the by-length tree in length order, and the header.
+#[derive(Debug, Clone)]
+pub struct AgSpace {
+    pub by_bno: Vec<(u64, u64)>,
+    pub by_cnt: Vec<(u64, u64)>,
+    pub hdr: AgHeader,
+}
+
+/// Formats every AG of a freshly formatted filesystem, one transaction each.
+pub fn format_all(eng: &Engine) -> Result<(), EngineError> {
+    let alloc = Allocator::new(*eng.geometry());
+    for agno in 0..eng.geometry().ag_count {
+        let mut tx = eng.begin(TransKind::Write)?;
+        alloc.format_ag(&mut tx, agno)?;
+        tx.commit()?;
+    }
+    eng.force_all()
+}

@@ -1,0 +1,224 @@
+//! The allocator against a model: random allocations near random targets and random frees (whole
+//! extents or their first part), one transaction each, over four AGs with 512-byte blocks so the
+//! free-space trees grow. After every operation the extent handed out lies in free space and
+//! overlaps nothing allocated; at the end, and again after a crash and recovery, every block of
+//! every AG's space is exactly one of: free (in both trees alike), on the free list, a tree node,
+//! or allocated — none twice, none leaked — and freeing everything merges back.
+
+mod common;
+
+use common::*;
+use proptest::prelude::*;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use ticketfs::alloc::{format_all, Allocator};
+use ticketfs::btree::{Btree, Root};
+use ticketfs::device::{Device, MemDevice};
+use ticketfs::format::ag::AG_RESERVED_BLOCKS;
+use ticketfs::format::BlockType;
+use ticketfs::mem::OverrunPolicy;
+use ticketfs::{Engine, EngineOptions, TransKind};
+
+#[derive(Debug, Clone)]
+enum Op {
+    Alloc {
+        target: u64,
+        min: u64,
+        max: u64,
+    },
+    Free {
+        pick: prop::sample::Index,
+        part: bool,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0u64..1 << 20, 1u64..24, 0u64..40).prop_map(|(target, min, extra)| Op::Alloc { target, min, max: min + extra }),
+        2 => (any::<prop::sample::Index>(), any::<bool>()).prop_map(|(pick, part)| Op::Free { pick, part }),
+    ]
+}
+
+/// Checks that every block of every AG's space is accounted for exactly once.
+fn check_space(
+    eng: &Engine,
+    alloc: &Allocator,
+    allocated: &[(u64, u64)],
+) -> Result<(), TestCaseError> {
+    let mut tx = eng.begin(TransKind::Write).unwrap();
+    for agno in 0..eng.geometry().ag_count {
+        let space = alloc.free_space(&mut tx, agno).unwrap();
+        let (by_bno, by_cnt, hdr) = (space.by_bno, space.by_cnt, space.hdr);
+        let mut a = by_bno.clone();
+        let mut b = by_cnt;
+        a.sort_unstable();
+        b.sort_unstable();
+        prop_assert_eq!(&a, &b, "AG {}: the two free-space trees disagree", agno);
+        prop_assert_eq!(hdr.free_blocks, a.iter().map(|e| e.1).sum::<u64>());
+        prop_assert_eq!(hdr.longest, a.iter().map(|e| e.1).max().unwrap_or(0));
+        let (first, end) = alloc.initial_free(agno);
+        let start = alloc.ag_start(agno);
+        let mut seen = BTreeSet::new();
+        let mut claim = |b: u64, what: &str| -> Result<(), TestCaseError> {
+            prop_assert!(
+                b >= first && b < end,
+                "AG {}: {} block {} outside {}..{}",
+                agno,
+                what,
+                b,
+                first,
+                end
+            );
+            prop_assert!(
+                seen.insert(b),
+                "AG {}: block {} counted twice ({})",
+                agno,
+                b,
+                what
+            );
+            Ok(())
+        };
+        for &(s, l) in &a {
+            for x in s..s + l {
+                claim(x, "free")?;
+            }
+        }
+        for &r in &hdr.agfl {
+            claim(start + r as u64, "free-list")?;
+        }
+        for (bt, root, level) in [
+            (BlockType::BtreeBno, hdr.bno_root, hdr.bno_level),
+            (BlockType::BtreeCnt, hdr.cnt_root, hdr.cnt_level),
+        ] {
+            let t = Btree::open(bt, agno as u64, Root { blkno: root, level });
+            for n in t.blocks(&mut tx).unwrap() {
+                if n >= start + AG_RESERVED_BLOCKS {
+                    claim(n, "tree node")?;
+                }
+            }
+        }
+        for &(s, l) in allocated.iter().filter(|e| alloc.agno_of(e.0) == agno) {
+            for x in s..s + l {
+                claim(x, "allocated")?;
+            }
+        }
+        prop_assert_eq!(seen.len() as u64, end - first, "AG {}: blocks leaked", agno);
+    }
+    tx.cancel().unwrap();
+    Ok(())
+}
+
+fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let g = geometry(512, 16384, 0);
+    prop_assert!(g.ag_count > 1);
+    let dev = Arc::new(MemDevice::from_bytes(512, formatted_image(g)));
+    let opts = EngineOptions {
+        overrun: OverrunPolicy::Panic,
+        ..Default::default()
+    };
+    let eng = Engine::mount(dev.clone(), opts).unwrap();
+    format_all(&eng).unwrap();
+    let alloc = Allocator::new(g);
+    let mut allocated: Vec<(u64, u64)> = Vec::new();
+    for op in ops {
+        let mut tx = eng.begin(TransKind::Write).unwrap();
+        match op {
+            Op::Alloc { target, min, max } => {
+                let target = target % g.block_count;
+                if let Some((s, l)) = alloc.alloc(&mut tx, target, min, max).unwrap() {
+                    prop_assert!(
+                        l >= min && l <= max,
+                        "got {} blocks for {}..={}",
+                        l,
+                        min,
+                        max
+                    );
+                    let agno = alloc.agno_of(s);
+                    let (first, end) = alloc.initial_free(agno);
+                    prop_assert!(s >= first && s + l <= end);
+                    for &(a, b) in &allocated {
+                        prop_assert!(
+                            s + l <= a || a + b <= s,
+                            "{}+{} overlaps allocated {}+{}",
+                            s,
+                            l,
+                            a,
+                            b
+                        );
+                    }
+                    allocated.push((s, l));
+                }
+            }
+            Op::Free { pick, part } => {
+                if !allocated.is_empty() {
+                    let i = pick.index(allocated.len());
+                    let (s, l) = allocated[i];
+                    if part && l > 1 {
+                        alloc.free(&mut tx, s, l / 2).unwrap();
+                        allocated[i] = (s + l / 2, l - l / 2);
+                    } else {
+                        alloc.free(&mut tx, s, l).unwrap();
+                        allocated.swap_remove(i);
+                    }
+                }
+            }
+        }
+        tx.commit().unwrap();
+    }
+    check_space(&eng, &alloc, &allocated)?;
+    // Freeing a free extent again is refused as corruption, and changes nothing.
+    if let Some(&(s, l)) = allocated.first() {
+        let mut tx = eng.begin(TransKind::Write).unwrap();
+        alloc.free(&mut tx, s, l).unwrap();
+        tx.commit().unwrap();
+        let mut tx = eng.begin(TransKind::Write).unwrap();
+        prop_assert!(alloc.free(&mut tx, s, l).is_err());
+        tx.cancel().unwrap();
+        allocated.remove(0);
+    }
+    eng.force_all().unwrap();
+    eng.crash();
+
+    let image: Arc<dyn Device> = Arc::new(MemDevice::from_bytes(512, dev.snapshot()));
+    let eng = Engine::mount(
+        image,
+        EngineOptions {
+            overrun: OverrunPolicy::Panic,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let alloc = Allocator::new(g);
+    check_space(&eng, &alloc, &allocated)?;
+    for (s, l) in allocated.drain(..) {
+        let mut tx = eng.begin(TransKind::Write).unwrap();
+        alloc.free(&mut tx, s, l).unwrap();
+        tx.commit().unwrap();
+    }
+    check_space(&eng, &alloc, &[])?;
+    eng.unmount().unwrap();
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    #[test]
+    fn allocator_matches_model(ops in prop::collection::vec(op(), 1..700)) {
+        run(ops)?;
+    }
+}
+
+#[test]
+fn fragmenting_and_merging_grow_and_shrink_the_trees() {
+    // Single blocks at every other address fragment the free space into many extents (deep
+    // trees); freeing them all must merge back.
+    let mut ops = Vec::new();
+    for i in 0..900u64 {
+        ops.push(Op::Alloc {
+            target: 1400 + 2 * i,
+            min: 1,
+            max: 1,
+        });
+    }
+    run(ops).unwrap();
+}
