@@ -25,6 +25,8 @@ pub enum EngineError {
     Corrupt(FormatError),
     /// A request or configuration that cannot be served, with the reason.
     Invalid(String),
+    /// No free space (or no free inode) where it was needed.
+    NoSpace(String),
 }
 
 impl fmt::Display for EngineError {
@@ -34,6 +36,7 @@ impl fmt::Display for EngineError {
             EngineError::Io(e) => write!(f, "{e}"),
             EngineError::Corrupt(e) => write!(f, "corrupt metadata: {e}"),
             EngineError::Invalid(w) => write!(f, "{w}"),
+            EngineError::NoSpace(w) => write!(f, "no space: {w}"),
         }
     }
 }

@@ -15,40 +15,44 @@ use ticketfs::alloc::{format_all, Allocator};
 use ticketfs::btree::{Btree, Root};
 use ticketfs::device::{Device, MemDevice};
 use ticketfs::format::ag::AG_RESERVED_BLOCKS;
+use ticketfs::format::inode::{ino_of, inodes_per_block};
 use ticketfs::format::BlockType;
 use ticketfs::mem::OverrunPolicy;
 use ticketfs::{Engine, EngineOptions, TransKind};
 
 #[derive(Debug, Clone)]
 enum Op {
-    Alloc {
-        target: u64,
-        min: u64,
-        max: u64,
-    },
-    Free {
-        pick: prop::sample::Index,
-        part: bool,
-    },
+    Alloc { target: u64, min: u64, max: u64 },
+    Free { pick: usize, part: bool },
+    AllocInode { near: usize },
+    FreeInode { pick: usize },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (0u64..1 << 20, 1u64..24, 0u64..40).prop_map(|(target, min, extra)| Op::Alloc { target, min, max: min + extra }),
-        2 => (any::<prop::sample::Index>(), any::<bool>()).prop_map(|(pick, part)| Op::Free { pick, part }),
+        2 => (any::<usize>(), any::<bool>()).prop_map(|(pick, part)| Op::Free { pick, part }),
+        2 => any::<usize>().prop_map(|near| Op::AllocInode { near }),
+        1 => any::<usize>().prop_map(|pick| Op::FreeInode { pick }),
     ]
 }
 
-/// Checks that every block of every AG's space is accounted for exactly once.
+/// Checks that every block of every AG's space is accounted for exactly once, and that the
+/// inode chunks' free masks match the inodes in use.
 fn check_space(
     eng: &Engine,
     alloc: &Allocator,
     allocated: &[(u64, u64)],
+    inodes: &BTreeSet<u64>,
 ) -> Result<(), TestCaseError> {
     let mut tx = eng.begin(TransKind::Write).unwrap();
     for agno in 0..eng.geometry().ag_count {
         let space = alloc.free_space(&mut tx, agno).unwrap();
-        let (by_bno, by_cnt, hdr) = (space.by_bno, space.by_cnt, space.hdr);
+        let (by_bno, by_cnt, hdr) = (
+            space.by_bno.clone(),
+            space.by_cnt.clone(),
+            space.hdr.clone(),
+        );
         let mut a = by_bno.clone();
         let mut b = by_cnt;
         a.sort_unstable();
@@ -102,6 +106,29 @@ fn check_space(
                 claim(x, "allocated")?;
             }
         }
+        for &n in &space.ino_nodes {
+            if n >= start + AG_RESERVED_BLOCKS {
+                claim(n, "inode-tree node")?;
+            }
+        }
+        let ipb = inodes_per_block(eng.geometry().block_size);
+        let mut free_inodes = 0;
+        for &(chunk, mask) in &space.chunks {
+            claim(chunk, "inode chunk")?;
+            for slot in 0..ipb {
+                let used = inodes.contains(&ino_of(chunk, slot));
+                prop_assert_eq!(
+                    mask & (1 << slot) == 0,
+                    used,
+                    "chunk {} slot {}",
+                    chunk,
+                    slot
+                );
+                free_inodes += !used as u64;
+            }
+        }
+        prop_assert_eq!(hdr.free_inodes, free_inodes);
+        prop_assert_eq!(hdr.inodes, space.chunks.len() as u64 * ipb as u64);
         prop_assert_eq!(seen.len() as u64, end - first, "AG {}: blocks leaked", agno);
     }
     tx.cancel().unwrap();
@@ -120,6 +147,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     format_all(&eng).unwrap();
     let alloc = Allocator::new(g);
     let mut allocated: Vec<(u64, u64)> = Vec::new();
+    let mut inodes: BTreeSet<u64> = BTreeSet::new();
     for op in ops {
         let mut tx = eng.begin(TransKind::Write).unwrap();
         match op {
@@ -149,9 +177,28 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     allocated.push((s, l));
                 }
             }
+            Op::AllocInode { near } => {
+                let near = if inodes.is_empty() {
+                    0
+                } else {
+                    *inodes.iter().nth(near % inodes.len()).unwrap()
+                };
+                let ino = alloc
+                    .alloc_inode(&mut tx, near)
+                    .unwrap()
+                    .expect("room for an inode");
+                prop_assert!(inodes.insert(ino), "inode {} handed out twice", ino);
+            }
+            Op::FreeInode { pick } => {
+                if !inodes.is_empty() {
+                    let ino = *inodes.iter().nth(pick % inodes.len()).unwrap();
+                    alloc.free_inode(&mut tx, ino).unwrap();
+                    inodes.remove(&ino);
+                }
+            }
             Op::Free { pick, part } => {
                 if !allocated.is_empty() {
-                    let i = pick.index(allocated.len());
+                    let i = pick % allocated.len();
                     let (s, l) = allocated[i];
                     if part && l > 1 {
                         alloc.free(&mut tx, s, l / 2).unwrap();
@@ -165,7 +212,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
         tx.commit().unwrap();
     }
-    check_space(&eng, &alloc, &allocated)?;
+    check_space(&eng, &alloc, &allocated, &inodes)?;
     // Freeing a free extent again is refused as corruption, and changes nothing.
     if let Some(&(s, l)) = allocated.first() {
         let mut tx = eng.begin(TransKind::Write).unwrap();
@@ -189,13 +236,13 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     )
     .unwrap();
     let alloc = Allocator::new(g);
-    check_space(&eng, &alloc, &allocated)?;
+    check_space(&eng, &alloc, &allocated, &inodes)?;
     for (s, l) in allocated.drain(..) {
         let mut tx = eng.begin(TransKind::Write).unwrap();
         alloc.free(&mut tx, s, l).unwrap();
         tx.commit().unwrap();
     }
-    check_space(&eng, &alloc, &[])?;
+    check_space(&eng, &alloc, &[], &inodes)?;
     eng.unmount().unwrap();
     Ok(())
 }
@@ -219,6 +266,13 @@ fn fragmenting_and_merging_grow_and_shrink_the_trees() {
             min: 1,
             max: 1,
         });
+    }
+    // 512-byte blocks hold one inode per chunk: 300 inodes grow the inode-chunk tree too.
+    for i in 0..300usize {
+        ops.push(Op::AllocInode { near: i });
+        if i % 3 == 0 {
+            ops.push(Op::FreeInode { pick: i * 7 });
+        }
     }
     run(ops).unwrap();
 }

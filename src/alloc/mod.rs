@@ -12,6 +12,10 @@
 //! level and growing a root), and trimmed when freed nodes fill it. Tree nodes come from it and go
 //! back to it.
 //!
+//! Inode chunks (one block of inodes each) are recorded in the AG's inode-chunk tree, keyed
+//! (full, block) with the free-slot mask as value, so a chunk with a free slot is found in one
+//! descent. That tree's nodes come from ordinary allocation in the same AG.
+//!
 //! Allocation looks in the AG of the target block first, then in the others in ascending order,
 //! judging each by an in-memory summary (free blocks, longest extent) before locking it; an AG that
 //! turns out to be full is released unchanged before the next is tried, so no transaction holds
@@ -25,6 +29,7 @@ use crate::format::ag::{
     AgHeader, AGFL_SLOTS, AG_BNO_ROOT_OFFSET, AG_CNT_ROOT_OFFSET, AG_HEADER_OFFSET,
     AG_INO_ROOT_OFFSET, AG_RESERVED_BLOCKS,
 };
+use crate::format::inode::{ino_of, ino_split, inodes_per_block};
 use crate::format::{BlockType, FormatError, Geometry};
 use crate::trans::{BufId, Trans, TransKind};
 use parking_lot::Mutex;
@@ -34,6 +39,7 @@ use parking_lot::Mutex;
 pub struct AgSummary {
     pub free_blocks: u64,
     pub longest: u64,
+    pub free_inodes: u64,
     /// False until the header was read once: an unknown AG is worth a look.
     pub known: bool,
 }
@@ -43,14 +49,21 @@ pub struct Allocator {
     summaries: Vec<Mutex<AgSummary>>,
 }
 
-/// An AG as joined to a transaction.
-struct Ag {
+/// An AG's free space as joined to a transaction: header and the two free-space trees.
+struct Space {
     agno: u32,
     start: u64,
-    id: BufId,
+    len: u64,
     hdr: AgHeader,
     bno: Btree,
     cnt: Btree,
+}
+
+/// An AG as joined to a transaction.
+struct Ag {
+    id: BufId,
+    sp: Space,
+    ino: Btree,
 }
 
 /// Node blocks for the free-space trees, from the AG's free list.
@@ -91,6 +104,32 @@ impl NodeAlloc for FreeList<'_> {
     }
 }
 
+/// Node blocks for other trees of an AG (the inode-chunk tree), by ordinary allocation in it.
+struct AgBlocks<'a> {
+    me: &'a Allocator,
+    sp: &'a mut Space,
+}
+
+impl NodeAlloc for AgBlocks<'_> {
+    fn alloc_node(&mut self, tx: &mut Trans<'_>) -> Result<u64, EngineError> {
+        let near = self.sp.start;
+        match self.me.alloc_in(tx, self.sp, near, 1, 1)? {
+            Some((b, _)) => Ok(b),
+            None => Err(EngineError::NoSpace(format!(
+                "AG {} has no block for a tree node",
+                self.sp.agno
+            ))),
+        }
+    }
+    fn free_node(&mut self, tx: &mut Trans<'_>, blkno: u64) -> Result<(), EngineError> {
+        if blkno < self.sp.start + AG_RESERVED_BLOCKS {
+            return Ok(());
+        }
+        self.me.fix_freelist(tx, self.sp)?;
+        self.me.free_in(tx, self.sp, blkno, 1)
+    }
+}
+
 impl Allocator {
     pub fn new(geo: Geometry) -> Allocator {
         Allocator {
@@ -99,6 +138,10 @@ impl Allocator {
                 .map(|_| Mutex::new(AgSummary::default()))
                 .collect(),
         }
+    }
+
+    pub fn geometry(&self) -> &Geometry {
+        &self.geo
     }
 
     pub fn ag_start(&self, agno: u32) -> u64 {
@@ -135,14 +178,25 @@ impl Allocator {
         *self.summaries[agno as usize].lock()
     }
 
+    fn note(&self, h: &AgHeader) {
+        *self.summaries[h.agno as usize].lock() = AgSummary {
+            free_blocks: h.free_blocks,
+            longest: h.longest,
+            free_inodes: h.free_inodes,
+            known: true,
+        };
+    }
+
     fn read_ag(&self, tx: &mut Trans<'_>, agno: u32) -> Result<Ag, EngineError> {
         let start = self.ag_start(agno);
+        let len = self.ag_len(agno);
         let blkno = start + AG_HEADER_OFFSET;
         let id = tx.read_buf(blkno, BlockType::AgHeader)?;
-        let hdr = AgHeader::decode(tx.data(id), blkno, agno, start, self.ag_len(agno))?;
+        let hdr = AgHeader::decode(tx.data(id), blkno, agno, start, len)?;
+        let owner = agno as u64;
         let bno = Btree::open(
             BlockType::BtreeBno,
-            agno as u64,
+            owner,
             Root {
                 blkno: hdr.bno_root,
                 level: hdr.bno_level,
@@ -150,40 +204,51 @@ impl Allocator {
         );
         let cnt = Btree::open(
             BlockType::BtreeCnt,
-            agno as u64,
+            owner,
             Root {
                 blkno: hdr.cnt_root,
                 level: hdr.cnt_level,
             },
         );
+        let ino = Btree::open(
+            BlockType::BtreeIno,
+            owner,
+            Root {
+                blkno: hdr.ino_root,
+                level: hdr.ino_level,
+            },
+        );
         Ok(Ag {
-            agno,
-            start,
             id,
-            hdr,
-            bno,
-            cnt,
+            sp: Space {
+                agno,
+                start,
+                len,
+                hdr,
+                bno,
+                cnt,
+            },
+            ino,
         })
     }
 
     /// Writes the header back (roots, counters, free list) and refreshes the summary.
     #[track_caller]
     fn write_ag(&self, tx: &mut Trans<'_>, ag: &mut Ag) -> Result<(), EngineError> {
-        ag.hdr.longest = match ag.cnt.le(tx, &[u64::MAX, u64::MAX])? {
+        let sp = &mut ag.sp;
+        sp.hdr.longest = match sp.cnt.le(tx, &[u64::MAX, u64::MAX])? {
             Some((k, _)) => k[0],
             None => 0,
         };
-        ag.hdr.bno_root = ag.bno.root.blkno;
-        ag.hdr.bno_level = ag.bno.root.level;
-        ag.hdr.cnt_root = ag.cnt.root.blkno;
-        ag.hdr.cnt_level = ag.cnt.root.level;
-        let range = ag.hdr.encode(tx.data_mut(ag.id));
+        sp.hdr.bno_root = sp.bno.root.blkno;
+        sp.hdr.bno_level = sp.bno.root.level;
+        sp.hdr.cnt_root = sp.cnt.root.blkno;
+        sp.hdr.cnt_level = sp.cnt.root.level;
+        sp.hdr.ino_root = ag.ino.root.blkno;
+        sp.hdr.ino_level = ag.ino.root.level;
+        let range = sp.hdr.encode(tx.data_mut(ag.id));
         tx.log_range(ag.id, range);
-        *self.summaries[ag.agno as usize].lock() = AgSummary {
-            free_blocks: ag.hdr.free_blocks,
-            longest: ag.hdr.longest,
-            known: true,
-        };
+        self.note(&sp.hdr);
         Ok(())
     }
 
@@ -214,17 +279,22 @@ impl Allocator {
             free_inodes: 0,
             agfl,
         };
+        let len = self.ag_len(agno);
         let mut ag = Ag {
-            agno,
-            start,
             id,
-            hdr,
-            bno,
-            cnt,
+            sp: Space {
+                agno,
+                start,
+                len,
+                hdr,
+                bno,
+                cnt,
+            },
+            ino,
         };
         let free_start = first + fl as u64;
-        self.insert_free(tx, &mut ag, free_start, end - free_start)?;
-        ag.hdr.free_blocks = end - free_start;
+        self.insert_free(tx, &mut ag.sp, free_start, end - free_start)?;
+        ag.sp.hdr.free_blocks = end - free_start;
         self.write_ag(tx, &mut ag)
     }
 
@@ -243,50 +313,36 @@ impl Allocator {
     fn insert_free(
         &self,
         tx: &mut Trans<'_>,
-        ag: &mut Ag,
+        sp: &mut Space,
         start: u64,
         len: u64,
     ) -> Result<(), EngineError> {
         debug_assert!(len > 0);
-        let blkno = ag.start + AG_HEADER_OFFSET;
-        let Ag {
-            bno,
-            cnt,
-            hdr,
-            start: ag_start,
-            ..
-        } = ag;
+        let blkno = sp.start + AG_HEADER_OFFSET;
         let mut fl = FreeList {
-            start: *ag_start,
-            agfl: &mut hdr.agfl,
+            start: sp.start,
+            agfl: &mut sp.hdr.agfl,
             blkno,
         };
-        bno.insert(tx, &mut fl, [start, 0], [len, 0])?;
-        cnt.insert(tx, &mut fl, [len, start], [0, 0])
+        sp.bno.insert(tx, &mut fl, [start, 0], [len, 0])?;
+        sp.cnt.insert(tx, &mut fl, [len, start], [0, 0])
     }
 
     fn remove_free(
         &self,
         tx: &mut Trans<'_>,
-        ag: &mut Ag,
+        sp: &mut Space,
         start: u64,
         len: u64,
     ) -> Result<(), EngineError> {
-        let blkno = ag.start + AG_HEADER_OFFSET;
-        let Ag {
-            bno,
-            cnt,
-            hdr,
-            start: ag_start,
-            ..
-        } = ag;
+        let blkno = sp.start + AG_HEADER_OFFSET;
         let mut fl = FreeList {
-            start: *ag_start,
-            agfl: &mut hdr.agfl,
+            start: sp.start,
+            agfl: &mut sp.hdr.agfl,
             blkno,
         };
-        let a = bno.delete(tx, &mut fl, &[start, 0])?;
-        let b = cnt.delete(tx, &mut fl, &[len, start])?;
+        let a = sp.bno.delete(tx, &mut fl, &[start, 0])?;
+        let b = sp.cnt.delete(tx, &mut fl, &[len, start])?;
         if a != Some([len, 0]) || b.is_none() {
             return Err(EngineError::Corrupt(FormatError::new(
                 blkno,
@@ -302,37 +358,37 @@ impl Allocator {
 
     /// Tops the free list up to its target from the AG's free space, or trims it when it is so
     /// full that the nodes an operation frees might not fit.
-    fn fix_freelist(&self, tx: &mut Trans<'_>, ag: &mut Ag) -> Result<(), EngineError> {
-        let target = Self::freelist_target(ag.bno.root.level, ag.cnt.root.level);
-        while ag.hdr.agfl.len() < target {
-            let want = (target - ag.hdr.agfl.len()) as u64;
-            let ext = match ag.cnt.ge(tx, &[want, 0])? {
+    fn fix_freelist(&self, tx: &mut Trans<'_>, sp: &mut Space) -> Result<(), EngineError> {
+        let target = Self::freelist_target(sp.bno.root.level, sp.cnt.root.level);
+        while sp.hdr.agfl.len() < target {
+            let want = (target - sp.hdr.agfl.len()) as u64;
+            let ext = match sp.cnt.ge(tx, &[want, 0])? {
                 Some((k, _)) => (k[1], k[0]),
-                None => match ag.cnt.le(tx, &[u64::MAX, u64::MAX])? {
+                None => match sp.cnt.le(tx, &[u64::MAX, u64::MAX])? {
                     Some((k, _)) => (k[1], k[0]),
                     None => break,
                 },
             };
             let take = want.min(ext.1);
-            self.remove_free(tx, ag, ext.0, ext.1)?;
+            self.remove_free(tx, sp, ext.0, ext.1)?;
             if ext.1 > take {
-                self.insert_free(tx, ag, ext.0 + take, ext.1 - take)?;
+                self.insert_free(tx, sp, ext.0 + take, ext.1 - take)?;
             }
-            ag.hdr.free_blocks -= take;
+            sp.hdr.free_blocks -= take;
             for b in ext.0..ext.0 + take {
-                ag.hdr.agfl.push((b - ag.start) as u32);
+                sp.hdr.agfl.push((b - sp.start) as u32);
             }
         }
-        if ag.hdr.agfl.len() < Self::freelist_need(ag.bno.root.level, ag.cnt.root.level) {
-            return Err(EngineError::Invalid(format!(
+        let need = Self::freelist_need(sp.bno.root.level, sp.cnt.root.level);
+        if sp.hdr.agfl.len() < need {
+            return Err(EngineError::NoSpace(format!(
                 "AG {} has no room left for its free-space trees",
-                ag.agno
+                sp.agno
             )));
         }
-        let most = AGFL_SLOTS - Self::freelist_need(ag.bno.root.level, ag.cnt.root.level);
-        while ag.hdr.agfl.len() > most {
-            let Some(r) = ag.hdr.agfl.pop() else { break };
-            self.free_in(tx, ag, ag.start + r as u64, 1)?;
+        while sp.hdr.agfl.len() > AGFL_SLOTS - need {
+            let Some(r) = sp.hdr.agfl.pop() else { break };
+            self.free_in(tx, sp, sp.start + r as u64, 1)?;
         }
         Ok(())
     }
@@ -342,32 +398,69 @@ impl Allocator {
     fn find(
         &self,
         tx: &mut Trans<'_>,
-        ag: &Ag,
+        sp: &Space,
         target: u64,
         min: u64,
         max: u64,
     ) -> Result<Option<(u64, u64, u64, u64)>, EngineError> {
-        let t = target.clamp(ag.start, ag.start + self.ag_len(ag.agno) - 1);
-        if let Some((k, v)) = ag.bno.le(tx, &[t, 0])? {
+        let t = target.clamp(sp.start, sp.start + sp.len - 1);
+        if let Some((k, v)) = sp.bno.le(tx, &[t, 0])? {
             let (s, l) = (k[0], v[0]);
             if t < s + l && s + l - t >= min {
                 return Ok(Some((s, l, t, (s + l - t).min(max))));
             }
         }
-        if let Some((k, v)) = ag.bno.ge(tx, &[t, 0])? {
+        if let Some((k, v)) = sp.bno.ge(tx, &[t, 0])? {
             if v[0] >= max {
                 return Ok(Some((k[0], v[0], k[0], max)));
             }
         }
-        if let Some((k, _)) = ag.cnt.ge(tx, &[max, 0])? {
+        if let Some((k, _)) = sp.cnt.ge(tx, &[max, 0])? {
             return Ok(Some((k[1], k[0], k[1], max)));
         }
-        if let Some((k, _)) = ag.cnt.le(tx, &[u64::MAX, u64::MAX])? {
+        if let Some((k, _)) = sp.cnt.le(tx, &[u64::MAX, u64::MAX])? {
             if k[0] >= min {
                 return Ok(Some((k[1], k[0], k[1], k[0])));
             }
         }
         Ok(None)
+    }
+
+    /// Allocates in an AG already joined: tops up its free list, finds, carves.
+    fn alloc_in(
+        &self,
+        tx: &mut Trans<'_>,
+        sp: &mut Space,
+        target: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<Option<(u64, u64)>, EngineError> {
+        self.fix_freelist(tx, sp)?;
+        let Some((s, l, at, n)) = self.find(tx, sp, target, min, max)? else {
+            return Ok(None);
+        };
+        self.remove_free(tx, sp, s, l)?;
+        if at > s {
+            self.insert_free(tx, sp, s, at - s)?;
+        }
+        if at + n < s + l {
+            self.insert_free(tx, sp, at + n, s + l - at - n)?;
+        }
+        sp.hdr.free_blocks -= n;
+        Ok(Some((at, n)))
+    }
+
+    /// The AGs to try for something near block `target`: its own first, then the others in
+    /// ascending order, skipping those the summary shows cannot serve (`fits`).
+    fn candidates(&self, target: u64, fits: impl Fn(&AgSummary) -> bool) -> Vec<u32> {
+        let first = self.agno_of(target);
+        (first..self.geo.ag_count)
+            .chain(0..first)
+            .filter(|&a| {
+                let s = self.summary(a);
+                !s.known || fits(&s)
+            })
+            .collect()
     }
 
     /// Allocates between `min` and `max` contiguous blocks, as close to `target` as it can.
@@ -385,39 +478,18 @@ impl Allocator {
                 "allocation of {min}..={max} blocks"
             )));
         }
-        let first = self.agno_of(target);
-        let order = (first..self.geo.ag_count).chain(0..first);
-        for agno in order {
-            let s = self.summary(agno);
-            if s.known && s.longest < min {
-                continue;
-            }
+        for agno in self.candidates(target, |s| s.longest >= min) {
             let mut ag = self.read_ag(tx, agno)?;
-            if ag.hdr.longest < min || self.find(tx, &ag, target, min, max)?.is_none() {
-                *self.summaries[agno as usize].lock() = AgSummary {
-                    free_blocks: ag.hdr.free_blocks,
-                    longest: ag.hdr.longest,
-                    known: true,
-                };
-                tx.release_clean(ag.start..ag.start + self.ag_len(agno));
+            if ag.sp.hdr.longest < min || self.find(tx, &ag.sp, target, min, max)?.is_none() {
+                self.note(&ag.sp.hdr);
+                tx.release_clean(ag.sp.start..ag.sp.start + ag.sp.len);
                 continue;
             }
-            self.fix_freelist(tx, &mut ag)?;
-            // The free list may have taken from the extent found: look again.
-            let Some((s, l, at, n)) = self.find(tx, &ag, target, min, max)? else {
-                self.write_ag(tx, &mut ag)?;
-                continue;
-            };
-            self.remove_free(tx, &mut ag, s, l)?;
-            if at > s {
-                self.insert_free(tx, &mut ag, s, at - s)?;
-            }
-            if at + n < s + l {
-                self.insert_free(tx, &mut ag, at + n, s + l - at - n)?;
-            }
-            ag.hdr.free_blocks -= n;
+            let got = self.alloc_in(tx, &mut ag.sp, target, min, max)?;
             self.write_ag(tx, &mut ag)?;
-            return Ok(Some((at, n)));
+            if got.is_some() {
+                return Ok(got);
+            }
         }
         Ok(None)
     }
@@ -437,19 +509,19 @@ impl Allocator {
             )));
         }
         let mut ag = self.read_ag(tx, agno)?;
-        self.fix_freelist(tx, &mut ag)?;
-        self.free_in(tx, &mut ag, start, len)?;
+        self.fix_freelist(tx, &mut ag.sp)?;
+        self.free_in(tx, &mut ag.sp, start, len)?;
         self.write_ag(tx, &mut ag)
     }
 
     fn free_in(
         &self,
         tx: &mut Trans<'_>,
-        ag: &mut Ag,
+        sp: &mut Space,
         start: u64,
         len: u64,
     ) -> Result<(), EngineError> {
-        let blkno = ag.start + AG_HEADER_OFFSET;
+        let blkno = sp.start + AG_HEADER_OFFSET;
         let overlap = |s: u64, l: u64| {
             EngineError::Corrupt(FormatError::new(
                 blkno,
@@ -459,59 +531,151 @@ impl Allocator {
             ))
         };
         let (mut s, mut l) = (start, len);
-        if let Some((k, v)) = ag.bno.le(tx, &[start, 0])? {
+        if let Some((k, v)) = sp.bno.le(tx, &[start, 0])? {
             if k[0] + v[0] > start {
                 return Err(overlap(k[0], v[0]));
             }
             if k[0] + v[0] == start {
-                self.remove_free(tx, ag, k[0], v[0])?;
+                self.remove_free(tx, sp, k[0], v[0])?;
                 s = k[0];
                 l += v[0];
             }
         }
-        if let Some((k, v)) = ag.bno.ge(tx, &[start, 0])? {
+        if let Some((k, v)) = sp.bno.ge(tx, &[start, 0])? {
             if start + len > k[0] {
                 return Err(overlap(k[0], v[0]));
             }
             if start + len == k[0] {
-                self.remove_free(tx, ag, k[0], v[0])?;
+                self.remove_free(tx, sp, k[0], v[0])?;
                 l += v[0];
             }
         }
-        self.insert_free(tx, ag, s, l)?;
-        ag.hdr.free_blocks += len;
+        self.insert_free(tx, sp, s, l)?;
+        sp.hdr.free_blocks += len;
         Ok(())
+    }
+
+    /// Allocates an inode near inode `near` (0: anywhere): a free slot of an existing chunk, or a
+    /// new chunk block. Returns the inode number, or None when no AG can give one. The caller
+    /// writes the inode into its slot (a slot is free while its mode is 0).
+    #[track_caller]
+    pub fn alloc_inode(&self, tx: &mut Trans<'_>, near: u64) -> Result<Option<u64>, EngineError> {
+        let ipb = inodes_per_block(self.geo.block_size);
+        let target = ino_split(near).0;
+        for agno in self.candidates(target, |s| s.free_inodes > 0 || s.longest >= 1) {
+            let mut ag = self.read_ag(tx, agno)?;
+            let (chunk, mask) = match ag.ino.ge(tx, &[0, 0])? {
+                Some((k, v)) if k[0] == 0 => (k[1], v[0]),
+                _ => {
+                    let near = target.max(ag.sp.start);
+                    let Some((chunk, _)) = self.alloc_in(tx, &mut ag.sp, near, 1, 1)? else {
+                        self.note(&ag.sp.hdr);
+                        tx.release_clean(ag.sp.start..ag.sp.start + ag.sp.len);
+                        continue;
+                    };
+                    tx.get_buf(chunk, BlockType::InodeChunk, agno as u64)?;
+                    let mask = if ipb == 64 {
+                        u64::MAX
+                    } else {
+                        (1u64 << ipb) - 1
+                    };
+                    let Ag { sp, ino, .. } = &mut ag;
+                    ino.insert(tx, &mut AgBlocks { me: self, sp }, [0, chunk], [mask, 0])?;
+                    ag.sp.hdr.inodes += ipb as u64;
+                    ag.sp.hdr.free_inodes += ipb as u64;
+                    (chunk, mask)
+                }
+            };
+            let slot = mask.trailing_zeros() as usize;
+            debug_assert!(slot < ipb);
+            let left = mask & !(1 << slot);
+            let Ag { sp, ino, .. } = &mut ag;
+            if left == 0 {
+                ino.delete(tx, &mut AgBlocks { me: self, sp }, &[0, chunk])?;
+                ino.insert(tx, &mut AgBlocks { me: self, sp }, [1, chunk], [0, 0])?;
+            } else {
+                ino.update(tx, &[0, chunk], [left, 0])?;
+            }
+            ag.sp.hdr.free_inodes -= 1;
+            self.write_ag(tx, &mut ag)?;
+            return Ok(Some(ino_of(chunk, slot)));
+        }
+        Ok(None)
+    }
+
+    /// Returns inode `ino`'s slot to its chunk's free mask. The caller has cleared the slot.
+    #[track_caller]
+    pub fn free_inode(&self, tx: &mut Trans<'_>, ino: u64) -> Result<(), EngineError> {
+        let (chunk, slot) = ino_split(ino);
+        let agno = self.agno_of(chunk);
+        let mut ag = self.read_ag(tx, agno)?;
+        let bad = |what: String| {
+            EngineError::Corrupt(FormatError::new(chunk, "inode-chunk tree", "records", what))
+        };
+        let Ag { sp, ino: tree, .. } = &mut ag;
+        if let Some(v) = tree.get(tx, &[0, chunk])? {
+            if v[0] & (1 << slot) != 0 {
+                return Err(bad(format!("inode {ino} is already free")));
+            }
+            tree.update(tx, &[0, chunk], [v[0] | 1 << slot, 0])?;
+        } else if tree.get(tx, &[1, chunk])?.is_some() {
+            tree.delete(tx, &mut AgBlocks { me: self, sp }, &[1, chunk])?;
+            tree.insert(
+                tx,
+                &mut AgBlocks { me: self, sp },
+                [0, chunk],
+                [1 << slot, 0],
+            )?;
+        } else {
+            return Err(bad(format!("inode {ino}: no chunk at block {chunk}")));
+        }
+        ag.sp.hdr.free_inodes += 1;
+        self.write_ag(tx, &mut ag)
     }
 
     /// AG `agno`'s free space as both trees record it, and its header (for checks: fsck, tests).
     pub fn free_space(&self, tx: &mut Trans<'_>, agno: u32) -> Result<AgSpace, EngineError> {
         let ag = self.read_ag(tx, agno)?;
         let by_bno = ag
+            .sp
             .bno
             .collect(tx)?
             .into_iter()
             .map(|(k, v)| (k[0], v[0]))
             .collect();
         let by_cnt = ag
+            .sp
             .cnt
             .collect(tx)?
             .into_iter()
             .map(|(k, _)| (k[1], k[0]))
             .collect();
+        let chunks = ag
+            .ino
+            .collect(tx)?
+            .into_iter()
+            .map(|(k, v)| (k[1], if k[0] == 1 { 0 } else { v[0] }))
+            .collect();
+        let ino_nodes = ag.ino.blocks(tx)?;
         Ok(AgSpace {
             by_bno,
             by_cnt,
-            hdr: ag.hdr,
+            chunks,
+            ino_nodes,
+            hdr: ag.sp.hdr,
         })
     }
 }
 
-/// An AG's free space as read back: (start, length) from the by-block tree in block order, from
-/// the by-length tree in length order, and the header.
+/// An AG as read back, for checks: free extents (start, length) from the by-block tree in block
+/// order and from the by-length tree in length order, inode chunks (block, free mask), the
+/// inode-chunk tree's node blocks, and the header.
 #[derive(Debug, Clone)]
 pub struct AgSpace {
     pub by_bno: Vec<(u64, u64)>,
     pub by_cnt: Vec<(u64, u64)>,
+    pub chunks: Vec<(u64, u64)>,
+    pub ino_nodes: Vec<u64>,
     pub hdr: AgHeader,
 }
 

@@ -7,6 +7,7 @@
 pub mod ag;
 mod codec;
 pub mod header;
+pub mod inode;
 pub mod log;
 pub mod superblock;
 

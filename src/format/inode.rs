@@ -1,0 +1,270 @@
+//! On-disk inodes: fixed 256-byte slots in inode chunk blocks.
+//!
+//! An inode chunk is one metadata block (type TKIN, owner = AG number): the 48-byte block header,
+//! 16 zero bytes, then [`inodes_per_block`] slots. An inode number is the chunk's block number
+//! shifted left by [`INO_SLOT_BITS`], plus the slot, so it locates its inode with no lookup.
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 2 | magic 0x494E ("IN") |
+//! | 2 | 1 | version 1 |
+//! | 3 | 1 | data format: 0 local (bytes in the fork area), 1 extent list (in the fork area), 2 B+tree |
+//! | 4 | 4 | mode (0: slot free) |
+//! | 8 | 4 | uid | 12 | 4 | gid | 16 | 4 | nlink | 20 | 4 | generation |
+//! | 24 | 8 | size |
+//! | 32 | 8 | blocks: data and tree blocks allocated to the inode |
+//! | 40 | 8+4 | atime seconds (i64), nanoseconds (u32) |
+//! | 52 | 8+4 | mtime | 64 | 8+4 | ctime | 76 | 8+4 | crtime |
+//! | 88 | 4 | flags |
+//! | 92 | 4 | nextents: records in the extent list or tree; bytes of local data |
+//! | 96 | 8 | rdev |
+//! | 104 | 8 | unlinked_next: next inode on the AG's unlinked list (0: end) |
+//! | 112 | 8 | xattr block (0: none) |
+//! | 120 | 8 | data B+tree root block | 128 | 2 | its level |
+//! | 130 | 6 | zero |
+//! | 136 | 120 | fork area: local bytes, or up to 5 extents of 24 bytes (file block u64, start u64, length u32, flags u32) |
+
+use super::{Dec, Enc, FormatError, BLOCK_HEADER_BYTES};
+
+pub const INODE_BYTES: usize = 256;
+pub const INODE_MAGIC: u16 = 0x494E;
+/// Slots start after the block header and 16 bytes kept for the chunk's own use.
+pub const CHUNK_SLOTS_OFFSET: usize = BLOCK_HEADER_BYTES + 16;
+/// Bits of an inode number that name the slot; also bounds slots per chunk (a u64 free mask).
+pub const INO_SLOT_BITS: u32 = 6;
+pub const FORK_OFFSET: usize = 136;
+pub const FORK_BYTES: usize = INODE_BYTES - FORK_OFFSET;
+pub const EXTENT_BYTES: usize = 24;
+/// Extents that fit in the fork area before the map becomes a B+tree.
+pub const INLINE_EXTENTS: usize = FORK_BYTES / EXTENT_BYTES;
+const _: () = assert!(INLINE_EXTENTS == 5);
+
+/// Inodes in a chunk block of `bs` bytes: as many slots as fit, at most 64 (the free mask).
+pub fn inodes_per_block(bs: u32) -> usize {
+    ((bs as usize - CHUNK_SLOTS_OFFSET) / INODE_BYTES).min(1 << INO_SLOT_BITS)
+}
+
+pub fn ino_of(chunk_blkno: u64, slot: usize) -> u64 {
+    chunk_blkno << INO_SLOT_BITS | slot as u64
+}
+
+/// (chunk block, slot) of an inode number.
+pub fn ino_split(ino: u64) -> (u64, usize) {
+    (
+        ino >> INO_SLOT_BITS,
+        (ino & ((1 << INO_SLOT_BITS) - 1)) as usize,
+    )
+}
+
+/// Byte range of `slot` in its chunk block.
+pub fn slot_range(slot: usize) -> std::ops::Range<usize> {
+    CHUNK_SLOTS_OFFSET + slot * INODE_BYTES..CHUNK_SLOTS_OFFSET + (slot + 1) * INODE_BYTES
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DataFormat {
+    #[default]
+    Local,
+    Extents,
+    Btree,
+}
+
+/// A timestamp: seconds and nanoseconds since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord)]
+pub struct Time {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+/// A mapping of file blocks to disk blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub file_block: u64,
+    pub start: u64,
+    pub len: u32,
+    /// 1: unwritten (allocated, reads as zeros).
+    pub flags: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inode {
+    pub format: DataFormat,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub generation: u32,
+    pub size: u64,
+    pub blocks: u64,
+    pub atime: Time,
+    pub mtime: Time,
+    pub ctime: Time,
+    pub crtime: Time,
+    pub flags: u32,
+    pub nextents: u32,
+    pub rdev: u64,
+    pub unlinked_next: u64,
+    pub xattr_blk: u64,
+    pub root: u64,
+    pub root_level: u16,
+    pub fork: [u8; FORK_BYTES],
+}
+
+impl Default for Inode {
+    fn default() -> Self {
+        Inode {
+            format: DataFormat::Local,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            nlink: 0,
+            generation: 0,
+            size: 0,
+            blocks: 0,
+            atime: Time::default(),
+            mtime: Time::default(),
+            ctime: Time::default(),
+            crtime: Time::default(),
+            flags: 0,
+            nextents: 0,
+            rdev: 0,
+            unlinked_next: 0,
+            xattr_blk: 0,
+            root: 0,
+            root_level: 0,
+            fork: [0; FORK_BYTES],
+        }
+    }
+}
+
+impl Inode {
+    pub fn encode(&self, out: &mut [u8]) {
+        debug_assert_eq!(out.len(), INODE_BYTES);
+        out.fill(0);
+        let mut e = Enc::new(out);
+        e.u16(0, INODE_MAGIC);
+        e.u8(2, 1);
+        e.u8(3, self.format as u8);
+        e.u32(4, self.mode);
+        e.u32(8, self.uid);
+        e.u32(12, self.gid);
+        e.u32(16, self.nlink);
+        e.u32(20, self.generation);
+        e.u64(24, self.size);
+        e.u64(32, self.blocks);
+        for (off, t) in [
+            (40, self.atime),
+            (52, self.mtime),
+            (64, self.ctime),
+            (76, self.crtime),
+        ] {
+            e.u64(off, t.sec as u64);
+            e.u32(off + 8, t.nsec);
+        }
+        e.u32(88, self.flags);
+        e.u32(92, self.nextents);
+        e.u64(96, self.rdev);
+        e.u64(104, self.unlinked_next);
+        e.u64(112, self.xattr_blk);
+        e.u64(120, self.root);
+        e.u16(128, self.root_level);
+        e.bytes(FORK_OFFSET, &self.fork);
+    }
+
+    /// Decodes the inode in `slot` bytes of chunk `blkno` (for error messages: `ino`).
+    pub fn decode(b: &[u8], blkno: u64, ino: u64) -> Result<Inode, FormatError> {
+        let d = Dec::new(b, blkno, "inode");
+        let magic = d.u16(0, "magic")?;
+        if magic != INODE_MAGIC {
+            return Err(d.err(
+                "magic",
+                format!("inode {ino}: {magic:#06x}, expected {INODE_MAGIC:#06x}"),
+            ));
+        }
+        let version = d.u8(2, "version")?;
+        if version != 1 {
+            return Err(d.err("version", format!("inode {ino}: version {version}")));
+        }
+        let format = match d.u8(3, "format")? {
+            0 => DataFormat::Local,
+            1 => DataFormat::Extents,
+            2 => DataFormat::Btree,
+            f => return Err(d.err("format", format!("inode {ino}: data format {f}"))),
+        };
+        let t = |off: usize, f: &'static str| -> Result<Time, FormatError> {
+            let nsec = d.u32(off + 8, f)?;
+            if nsec >= 1_000_000_000 {
+                return Err(d.err(f, format!("inode {ino}: {nsec} nanoseconds")));
+            }
+            Ok(Time {
+                sec: d.u64(off, f)? as i64,
+                nsec,
+            })
+        };
+        let nextents = d.u32(92, "nextents")?;
+        let limit = match format {
+            DataFormat::Local => FORK_BYTES as u32,
+            DataFormat::Extents => INLINE_EXTENTS as u32,
+            DataFormat::Btree => u32::MAX,
+        };
+        if nextents > limit {
+            return Err(d.err(
+                "nextents",
+                format!("inode {ino}: {nextents} for format {format:?} (at most {limit})"),
+            ));
+        }
+        Ok(Inode {
+            format,
+            mode: d.u32(4, "mode")?,
+            uid: d.u32(8, "uid")?,
+            gid: d.u32(12, "gid")?,
+            nlink: d.u32(16, "nlink")?,
+            generation: d.u32(20, "generation")?,
+            size: d.u64(24, "size")?,
+            blocks: d.u64(32, "blocks")?,
+            atime: t(40, "atime")?,
+            mtime: t(52, "mtime")?,
+            ctime: t(64, "ctime")?,
+            crtime: t(76, "crtime")?,
+            flags: d.u32(88, "flags")?,
+            nextents,
+            rdev: d.u64(96, "rdev")?,
+            unlinked_next: d.u64(104, "unlinked_next")?,
+            xattr_blk: d.u64(112, "xattr_blk")?,
+            root: d.u64(120, "root")?,
+            root_level: d.u16(128, "root_level")?,
+            fork: d.bytes(FORK_OFFSET, "fork")?,
+        })
+    }
+
+    /// The inline extent list (format Extents).
+    pub fn extents(&self) -> Vec<Extent> {
+        let d = Dec::new(&self.fork, 0, "inode fork");
+        (0..(self.nextents as usize).min(INLINE_EXTENTS))
+            .map(|i| {
+                let o = i * EXTENT_BYTES;
+                Extent {
+                    file_block: d.u64(o, "file_block").unwrap_or(0),
+                    start: d.u64(o + 8, "start").unwrap_or(0),
+                    len: d.u32(o + 16, "len").unwrap_or(0),
+                    flags: d.u32(o + 20, "flags").unwrap_or(0),
+                }
+            })
+            .collect()
+    }
+
+    pub fn set_extents(&mut self, list: &[Extent]) {
+        debug_assert!(list.len() <= INLINE_EXTENTS);
+        self.fork = [0; FORK_BYTES];
+        let mut e = Enc::new(&mut self.fork);
+        for (i, x) in list.iter().enumerate() {
+            let o = i * EXTENT_BYTES;
+            e.u64(o, x.file_block);
+            e.u64(o + 8, x.start);
+            e.u32(o + 16, x.len);
+            e.u32(o + 20, x.flags);
+        }
+        self.nextents = list.len() as u32;
+        self.format = DataFormat::Extents;
+    }
+}
