@@ -27,6 +27,8 @@ pub enum EngineError {
     Invalid(String),
     /// No free space (or no free inode) where it was needed.
     NoSpace(String),
+    /// The inode no longer exists (its slot is free).
+    Stale(u64),
 }
 
 impl fmt::Display for EngineError {
@@ -37,6 +39,7 @@ impl fmt::Display for EngineError {
             EngineError::Corrupt(e) => write!(f, "corrupt metadata: {e}"),
             EngineError::Invalid(w) => write!(f, "{w}"),
             EngineError::NoSpace(w) => write!(f, "no space: {w}"),
+            EngineError::Stale(ino) => write!(f, "inode {ino} no longer exists"),
         }
     }
 }

@@ -509,9 +509,41 @@ impl Allocator {
             )));
         }
         let mut ag = self.read_ag(tx, agno)?;
+        // Refuse a double free before changing anything (the free-list top-up would).
+        self.check_not_free(tx, &ag.sp, start, len)?;
         self.fix_freelist(tx, &mut ag.sp)?;
         self.free_in(tx, &mut ag.sp, start, len)?;
         self.write_ag(tx, &mut ag)
+    }
+
+    /// Fails, naming the free extent, if any of `start..start+len` is already free.
+    fn check_not_free(
+        &self,
+        tx: &mut Trans<'_>,
+        sp: &Space,
+        start: u64,
+        len: u64,
+    ) -> Result<(), EngineError> {
+        let left = sp
+            .bno
+            .le(tx, &[start, 0])?
+            .filter(|(k, v)| k[0] + v[0] > start);
+        let right = sp
+            .bno
+            .ge(tx, &[start, 0])?
+            .filter(|(k, _)| start + len > k[0]);
+        if let Some((k, v)) = left.or(right) {
+            return Err(EngineError::Corrupt(FormatError::new(
+                sp.start + AG_HEADER_OFFSET,
+                "free-space trees",
+                "records",
+                format!(
+                    "freeing {start}+{len}, which overlaps the free extent {}+{}",
+                    k[0], v[0]
+                ),
+            )));
+        }
+        Ok(())
     }
 
     fn free_in(

@@ -346,7 +346,9 @@ impl Btree {
             if !empty || depth == 0 {
                 break;
             }
-            alloc.free_node(tx, tx.blkno(id))?;
+            let blkno = tx.blkno(id);
+            tx.invalidate(id);
+            alloc.free_node(tx, blkno)?;
             depth -= 1;
         }
         // A root left with one child gives way to it.
@@ -366,6 +368,7 @@ impl Btree {
                 break;
             }
             let child = n.child(0);
+            tx.invalidate(id);
             alloc.free_node(tx, self.root.blkno)?;
             self.root = Root {
                 blkno: child,

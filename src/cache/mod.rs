@@ -59,6 +59,8 @@ pub struct LogState {
     pub cil_seqs: Vec<u64>,
     /// In the AIL at this LSN: logged in a durable checkpoint, not yet written home.
     pub ail_lsn: Option<Lsn>,
+    /// The block was freed (a cancel item was logged): never write it home.
+    pub stale: bool,
 }
 
 impl LogState {

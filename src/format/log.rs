@@ -317,8 +317,8 @@ impl LogItem {
         let btype = BlockType::from_magic(magic)
             .ok_or_else(|| d.err("magic", format!("{magic:#010x} is no block type")))?;
         let nregions = d.u16(12, "regions")? as usize;
-        if nregions == 0 || nregions > block_size as usize / super::BLOCK_SIZE_MIN as usize * 4 + 1
-        {
+        // Zero regions: a cancel item (the block was freed; earlier items for it are stale).
+        if nregions > block_size as usize / super::BLOCK_SIZE_MIN as usize * 4 + 1 {
             return Err(d.err(
                 "regions",
                 format!("{nregions} regions in a block of {block_size}"),

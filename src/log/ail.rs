@@ -111,6 +111,17 @@ impl Log {
         let Some(lsn) = ls.ail_lsn else {
             return Ok(Push::Gone);
         };
+        if ls.stale {
+            // Freed, and its cancel is durable: the block may hold other data now. Drop it.
+            ls.dirty.clear();
+            ls.charged = false;
+            ls.ail_lsn = None;
+            self.ail.lock().items.remove(&(lsn, head.blkno));
+            drop(ls);
+            drop(content);
+            self.space.update(|s| s.mem.unpin_log(self.buf_bytes));
+            return Ok(Push::Written);
+        }
         debug_assert!(content.valid);
         BlockHeader::stamp(&mut content.data, lsn.0);
         self.dev

@@ -134,6 +134,8 @@ pub struct CommitBuf<'a> {
     pub data: &'a [u8],
     pub dirty: &'a ChunkMap,
     pub btype: BlockType,
+    /// The block was freed: log a cancel item instead of its bytes.
+    pub cancel: bool,
 }
 
 pub struct Log {
@@ -329,14 +331,21 @@ impl Log {
         let old_phys = Self::checkpoint_bytes(cil.items_bytes, self.bs);
         for b in bufs {
             let mut ls = b.head.log.lock();
-            ls.dirty.union(b.dirty);
-            // The header chunk changes at every write-back (LSN, CRC): always logged.
-            ls.dirty.set_range(0, BLOCK_HEADER_BYTES);
+            if b.cancel {
+                ls.stale = true;
+                ls.dirty.clear();
+            } else {
+                ls.stale = false;
+                ls.dirty.union(b.dirty);
+                // The header chunk changes at every write-back (LSN, CRC): always logged.
+                ls.dirty.set_range(0, BLOCK_HEADER_BYTES);
+            }
             ls.btype = Some(b.btype);
             if !ls.charged {
                 ls.charged = true;
                 mem_bytes += self.buf_bytes;
             }
+            // A cancel item is an item with no regions.
             let formatted = format_item(b.head.blkno, b.btype, &ls.dirty, b.data, bs);
             let seq = cil.seq;
             match cil.items.get_mut(&b.head.blkno) {
@@ -344,11 +353,9 @@ impl Log {
                     let old = item.formatted.len() as u64;
                     item.formatted = formatted;
                     let new = item.formatted.len() as u64;
-                    debug_assert!(
-                        new >= old,
-                        "a block's dirty map only grows while it is in the CIL"
-                    );
-                    cil.items_bytes += new - old;
+                    // A block's dirty map only grows in the CIL; a cancel shrinks the item.
+                    debug_assert!(new >= old || b.cancel, "block {} item shrank", b.head.blkno);
+                    cil.items_bytes = cil.items_bytes - old + new;
                 }
                 None => {
                     cil.items_bytes += formatted.len() as u64;
@@ -370,7 +377,7 @@ impl Log {
         let log_bytes = if cil.held_bytes == 0 {
             new_phys
         } else {
-            new_phys - old_phys
+            new_phys.saturating_sub(old_phys)
         };
         cil.held_bytes += log_bytes;
         cil.first_commit.get_or_insert_with(Instant::now);
@@ -440,6 +447,12 @@ impl Log {
         ws.push_seq = ws.push_seq.max(seq);
         drop(ws);
         self.ws_cv.notify_one();
+    }
+
+    /// File data was written to newly allocated blocks: the next checkpoint flushes the device
+    /// before its records, so no record makes blocks reachable before their data is durable.
+    pub fn note_data_write(&self) {
+        self.home_writes_unflushed.store(true, Ordering::SeqCst);
     }
 
     /// Number of buffers waiting in the AIL to be written home.

@@ -19,6 +19,7 @@ use crate::format::log::{
     FLAG_UNMOUNT, LOG_RECORD_HEADER_BYTES, LOG_RECORD_MAGIC, LOG_RECORD_PAYLOAD_MAX,
 };
 use crate::format::{BlockHeader, FormatError, Lsn, Superblock};
+use std::collections::HashMap;
 
 /// What recovery found and did.
 #[derive(Debug, Clone, Default)]
@@ -34,6 +35,8 @@ pub struct Recovered {
     pub items_replayed: u64,
     /// Items skipped because the home block was already as new.
     pub items_skipped: u64,
+    /// Items skipped because a later checkpoint freed their block.
+    pub items_cancelled: u64,
     /// Valid records after the last complete checkpoint (a torn or unconfirmed checkpoint).
     pub records_discarded: u64,
 }
@@ -237,8 +240,30 @@ pub fn recover(dev: &dyn Device, sb: &Superblock) -> Result<Recovered, LogError>
     }
 
     // 4. Replay.
-    for found in &done {
-        replay(&r, found, &mut buf, &mut out)?;
+    // A block freed in checkpoint j (a cancel item) ignores its items of checkpoints before j:
+    // the block may hold file data or another structure since.
+    let mut cancels: HashMap<u64, usize> = HashMap::new();
+    for (i, found) in done.iter().enumerate() {
+        for_each_item(&r, found, &mut buf, |item, _| {
+            if item.regions.is_empty() {
+                cancels.insert(item.blkno, i);
+            }
+            Ok(())
+        })?;
+    }
+    let mut block = AlignedBuf::new(bs as usize);
+    for (i, found) in done.iter().enumerate() {
+        let ckpt_lsn = found.start.lsn(bs);
+        for_each_item(&r, found, &mut buf, |item, rec_blkno| {
+            if item.regions.is_empty() {
+                return Ok(());
+            }
+            if cancels.get(&item.blkno).is_some_and(|&j| j > i) {
+                out.items_cancelled += 1;
+                return Ok(());
+            }
+            apply(&r, &item, ckpt_lsn, &mut block, &mut out, rec_blkno)
+        })?;
     }
     out.checkpoints_replayed = done.len() as u64;
     dev.flush().map_err(LogError::Io)?;
@@ -295,18 +320,17 @@ fn scan(r: &Reader<'_>) -> Result<Vec<Lsn>, LogError> {
     Ok(found)
 }
 
-/// Replays one complete checkpoint.
-fn replay(
+/// Calls `f` with every item of a complete checkpoint and the log block of its record, parsing
+/// the stream record by record (memory: one record and one item).
+fn for_each_item(
     r: &Reader<'_>,
     found: &Found,
     buf: &mut AlignedBuf,
-    out: &mut Recovered,
+    mut f: impl FnMut(LogItem, u64) -> Result<(), LogError>,
 ) -> Result<(), LogError> {
     let g = &r.sb.geometry;
     let bs = r.bs;
-    let ckpt_lsn = found.start.lsn(bs);
     let mut carry: Vec<u8> = Vec::new();
-    let mut block = AlignedBuf::new(bs as usize);
     for &(pos, _) in &found.records {
         let h = r.record(pos, Some(pos.lsn(bs)), buf)?;
         let blkno = g.log_start + pos.bytes / bs as u64;
@@ -317,7 +341,7 @@ fn replay(
         while let Some((item, used)) = LogItem::decode_one(&carry[at..], blkno, bs, g.block_count)
             .map_err(LogError::Corrupt)?
         {
-            apply(r, &item, ckpt_lsn, &mut block, out, blkno)?;
+            f(item, blkno)?;
             at += used;
         }
         carry.drain(..at);

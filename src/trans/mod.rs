@@ -33,6 +33,8 @@ struct TBuf {
     /// Logged in an earlier step of this rolling transaction: relogged at each roll so it never
     /// pins the log tail.
     relog: bool,
+    /// The block is being freed: commit logs a cancel item for it.
+    cancel: bool,
     /// CRC of the bytes when joined: an unlogged buffer must come out unchanged (debug builds).
     #[cfg(debug_assertions)]
     crc_at_join: Option<u32>,
@@ -97,6 +99,26 @@ impl Engine {
             mem_bytes: if self.memres_on() { resv.mem_bytes } else { 0 },
         };
         let log = self.log();
+        if kind == TransKind::Read {
+            // Nothing to reserve: a reader never queues behind writers at the gate.
+            if log.is_shut_down() {
+                return Err(self.shutdown_error());
+            }
+            return Ok(Trans {
+                eng: self,
+                kind,
+                resv,
+                log: LogTicket {
+                    unit_bytes: 0,
+                    count: 1,
+                    left_bytes: 0,
+                },
+                mem: MemTicket::default(),
+                bufs: Vec::new(),
+                overrun: false,
+                finished: false,
+            });
+        }
         let out = log
             .space
             .acquire(need, false, &|| log.make_room())
@@ -130,6 +152,14 @@ impl<'e> Trans<'e> {
         self.kind
     }
 
+    pub fn block_size(&self) -> u32 {
+        self.eng.geometry().block_size
+    }
+
+    pub fn engine(&self) -> &'e Engine {
+        self.eng
+    }
+
     fn find(&self, blkno: u64) -> Option<BufId> {
         self.bufs
             .iter()
@@ -142,7 +172,11 @@ impl<'e> Trans<'e> {
     /// that found nothing in one allocation group leave it before trying another.
     pub fn release_clean(&mut self, blocks: Range<u64>) {
         for b in &mut self.bufs {
-            if blocks.contains(&b.head.blkno) && b.dirty.is_empty() && !b.relog && b.guard.is_some()
+            if blocks.contains(&b.head.blkno)
+                && b.dirty.is_empty()
+                && !b.relog
+                && !b.cancel
+                && b.guard.is_some()
             {
                 #[cfg(debug_assertions)]
                 debug_assert!(
@@ -210,6 +244,7 @@ impl<'e> Trans<'e> {
             dirty: ChunkMap::default(),
             charged: false,
             relog: false,
+            cancel: false,
             #[cfg(debug_assertions)]
             crc_at_join,
         });
@@ -235,6 +270,7 @@ impl<'e> Trans<'e> {
         let uuid = self.eng.superblock().uuid;
         let b = &mut self.bufs[id.0];
         b.btype = btype;
+        b.cancel = false;
         let c = b.content_mut();
         c.data.fill(0);
         BlockHeader::init(&mut c.data, btype, blkno, owner, &uuid);
@@ -242,6 +278,21 @@ impl<'e> Trans<'e> {
         let len = c.data.len();
         self.log_range(id, 0..len);
         Ok(id)
+    }
+
+    /// Marks joined buffer `id` as freed: commit logs a cancel item for its block, so neither
+    /// recovery nor write-back ever puts its old bytes over what the block holds next.
+    #[track_caller]
+    pub fn invalidate(&mut self, id: BufId) {
+        let site = Location::caller();
+        let b = &mut self.bufs[id.0];
+        b.cancel = true;
+        b.dirty = ChunkMap::default();
+        if !b.charged {
+            b.charged = true;
+            let bytes = 2 * self.eng.cache().buf_bytes();
+            self.charge_mem(bytes, site);
+        }
     }
 
     pub fn data(&self, id: BufId) -> &[u8] {
@@ -305,7 +356,7 @@ impl<'e> Trans<'e> {
         let eng = self.eng;
         #[cfg(debug_assertions)]
         for b in &self.bufs {
-            if b.dirty.is_empty() {
+            if b.dirty.is_empty() && !b.cancel {
                 debug_assert!(
                     b.crc_at_join
                         .is_none_or(|c| c == crc32fast::hash(&b.content().data)),
@@ -317,12 +368,13 @@ impl<'e> Trans<'e> {
         let commit: Vec<CommitBuf<'_>> = self
             .bufs
             .iter()
-            .filter(|b| !b.dirty.is_empty())
+            .filter(|b| !b.dirty.is_empty() || b.cancel)
             .map(|b| CommitBuf {
                 head: &b.head,
                 data: &b.content().data,
                 dirty: &b.dirty,
                 btype: b.btype,
+                cancel: b.cancel,
             })
             .collect();
         let log = self.log;
@@ -462,6 +514,12 @@ impl<'e> Trans<'e> {
         for i in 0..self.bufs.len() {
             let b = &mut self.bufs[i];
             if b.guard.is_none() {
+                continue;
+            }
+            if b.cancel {
+                // Freed in the step just committed: nothing more to do with it.
+                b.cancel = false;
+                b.guard = None;
                 continue;
             }
             b.relog |= !b.dirty.is_empty();

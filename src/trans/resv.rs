@@ -44,9 +44,11 @@ pub enum TransKind {
     Truncate,
     Xattr,
     Inactive,
+    /// Reads metadata only: reserves nothing and never waits; pinning anything is an overrun.
+    Read,
 }
 
-pub const KIND_COUNT: usize = 11;
+pub const KIND_COUNT: usize = 12;
 
 impl TransKind {
     pub const ALL: [TransKind; KIND_COUNT] = [
@@ -61,6 +63,7 @@ impl TransKind {
         TransKind::Truncate,
         TransKind::Xattr,
         TransKind::Inactive,
+        TransKind::Read,
     ];
     pub fn index(self) -> usize {
         self as usize
@@ -78,6 +81,7 @@ impl TransKind {
             TransKind::Truncate => "truncate",
             TransKind::Xattr => "xattr",
             TransKind::Inactive => "inactive",
+            TransKind::Read => "read",
         }
     }
 }
@@ -150,6 +154,12 @@ impl ResvTable {
             let (buffers, count) = t.buffers_for(k);
             t.entries[k.index()] = t.resv_for(buffers, count);
         }
+        t.entries[TransKind::Read.index()] = Resv {
+            buffers: 0,
+            log_unit_bytes: 0,
+            log_count: 1,
+            mem_bytes: 0,
+        };
         t
     }
 
@@ -211,10 +221,12 @@ impl ResvTable {
             ),
             // the inode
             TransKind::Setattr => (1, 1),
-            // the inode, the extent map and the allocation of the data extent
-            TransKind::Write => (1 + self.extent_map() + self.alloc(), 1),
-            // per step: the inode, one extent removed from the map, and its freeing
-            TransKind::Truncate => (1 + self.extent_map() + self.alloc(), TRUNCATE_LOG_COUNT),
+            // the inode, the extent map (converting an unwritten extent splits it and maps the
+            // written part: several updates of one path) and the allocation of the data extent
+            TransKind::Write => (1 + self.extent_map() + 2 * self.alloc(), 1),
+            // per step: the inode, one extent removed from the map (which may free map nodes,
+            // each a free-space update), and the freeing of its blocks
+            TransKind::Truncate => (1 + self.extent_map() + 2 * self.alloc(), TRUNCATE_LOG_COUNT),
             // the inode, the xattr block and its allocation
             TransKind::Xattr => (1 + 1 + self.alloc(), 1),
             // per step: the inode, the unlinked list, the inode-chunk tree and freeing the chunk
@@ -222,6 +234,8 @@ impl ResvTable {
                 1 + 2 + Self::split(self.heights.inode) + self.alloc(),
                 INACTIVE_LOG_COUNT,
             ),
+            // nothing: reads pin nothing
+            TransKind::Read => (0, 1),
         }
     }
 

@@ -1,0 +1,382 @@
+//! A file's extent map: file blocks to disk blocks. Up to five extents live in the inode's fork
+//! area; past that the map becomes a B+tree (key (file block, 0), value (start, length | flags <<
+//! 32)) whose nodes are allocated near the inode. Adjacent extents that continue each other on
+//! disk (with the same flags) are merged when mapped.
+
+use crate::alloc::Allocator;
+use crate::btree::{Btree, NodeAlloc, Root, Val};
+use crate::engine::EngineError;
+use crate::format::inode::{ino_split, DataFormat, Extent, Inode, INLINE_EXTENTS};
+use crate::format::{BlockType, FormatError};
+use crate::trans::Trans;
+
+/// The extent is allocated but was never written: it reads as zeros.
+pub const UNWRITTEN: u32 = 1;
+/// Longest extent: bounds one allocation and keeps lengths well inside 32 bits.
+pub const EXTENT_LEN_MAX: u64 = 1 << 21;
+
+fn to_val(e: &Extent) -> Val {
+    [e.start, e.len as u64 | (e.flags as u64) << 32]
+}
+
+fn from_kv(k: [u64; 2], v: Val) -> Extent {
+    Extent {
+        file_block: k[0],
+        start: v[0],
+        len: v[1] as u32,
+        flags: (v[1] >> 32) as u32,
+    }
+}
+
+fn tree(ino: u64, inode: &Inode) -> Btree {
+    Btree::open(
+        BlockType::BtreeExtent,
+        ino,
+        Root {
+            blkno: inode.root,
+            level: inode.root_level,
+        },
+    )
+}
+
+/// Tree nodes of a file, allocated near its inode and counted in its blocks.
+struct FileBlocks<'a> {
+    alloc: &'a Allocator,
+    near: u64,
+    blocks: &'a mut u64,
+}
+
+impl NodeAlloc for FileBlocks<'_> {
+    fn alloc_node(&mut self, tx: &mut Trans<'_>) -> Result<u64, EngineError> {
+        let (b, _) = self
+            .alloc
+            .alloc(tx, self.near, 1, 1)?
+            .ok_or_else(|| EngineError::NoSpace("no block for an extent-map node".into()))?;
+        *self.blocks += 1;
+        Ok(b)
+    }
+    fn free_node(&mut self, tx: &mut Trans<'_>, blkno: u64) -> Result<(), EngineError> {
+        self.alloc.free(tx, blkno, 1)?;
+        *self.blocks -= 1;
+        Ok(())
+    }
+}
+
+fn corrupt(ino: u64, detail: String) -> EngineError {
+    EngineError::Corrupt(FormatError::new(
+        ino_split(ino).0,
+        "extent map",
+        "extents",
+        format!("inode {ino}: {detail}"),
+    ))
+}
+
+/// Checks an extent read from disk: non-empty, within the device, not wrapping.
+fn check(ino: u64, e: &Extent, block_count: u64) -> Result<(), EngineError> {
+    if e.len == 0
+        || e.start == 0
+        || e.start
+            .checked_add(e.len as u64)
+            .is_none_or(|end| end > block_count)
+        || e.file_block.checked_add(e.len as u64).is_none()
+    {
+        return Err(corrupt(
+            ino,
+            format!("extent {e:?} is outside the device of {block_count} blocks"),
+        ));
+    }
+    Ok(())
+}
+
+/// The extent containing file block `fb`, and the first extent after `fb`.
+pub fn find(
+    tx: &mut Trans<'_>,
+    ino: u64,
+    inode: &Inode,
+    fb: u64,
+) -> Result<(Option<Extent>, Option<Extent>), EngineError> {
+    let bc = tx.engine().geometry().block_count;
+    match inode.format {
+        DataFormat::Local => Ok((None, None)),
+        DataFormat::Extents => {
+            let list = inode.extents();
+            let mut hit = None;
+            let mut next = None;
+            for e in list {
+                check(ino, &e, bc)?;
+                if e.file_block <= fb && fb < e.file_block + e.len as u64 {
+                    hit = Some(e);
+                } else if e.file_block > fb && next.is_none() {
+                    next = Some(e);
+                }
+            }
+            Ok((hit, next))
+        }
+        DataFormat::Btree => {
+            let t = tree(ino, inode);
+            let hit = match t.le(tx, &[fb, u64::MAX])? {
+                Some((k, v)) => {
+                    let e = from_kv(k, v);
+                    check(ino, &e, bc)?;
+                    (fb < e.file_block + e.len as u64).then_some(e)
+                }
+                None => None,
+            };
+            let next = match t.gt(tx, &[fb, u64::MAX])? {
+                Some((k, v)) => {
+                    let e = from_kv(k, v);
+                    check(ino, &e, bc)?;
+                    Some(e)
+                }
+                None => None,
+            };
+            Ok((hit, next))
+        }
+    }
+}
+
+/// Every extent, in file order (for checks and tests).
+pub fn all(tx: &mut Trans<'_>, ino: u64, inode: &Inode) -> Result<Vec<Extent>, EngineError> {
+    match inode.format {
+        DataFormat::Local => Ok(Vec::new()),
+        DataFormat::Extents => Ok(inode.extents()),
+        DataFormat::Btree => Ok(tree(ino, inode)
+            .collect(tx)?
+            .into_iter()
+            .map(|(k, v)| from_kv(k, v))
+            .collect()),
+    }
+}
+
+/// Do `a` then `b` continue each other in the file and on disk?
+fn joins(a: &Extent, b: &Extent) -> bool {
+    a.file_block + a.len as u64 == b.file_block
+        && a.start + a.len as u64 == b.start
+        && a.flags == b.flags
+        && a.len as u64 + b.len as u64 <= EXTENT_LEN_MAX
+}
+
+/// Maps `e` (a range that is a hole in the map), merging with neighbours.
+#[track_caller]
+pub fn insert(
+    tx: &mut Trans<'_>,
+    alloc: &Allocator,
+    ino: u64,
+    inode: &mut Inode,
+    e: Extent,
+) -> Result<(), EngineError> {
+    debug_assert!(e.len > 0);
+    let near = ino_split(ino).0;
+    if inode.format != DataFormat::Btree {
+        let mut list = if inode.format == DataFormat::Extents {
+            inode.extents()
+        } else {
+            Vec::new()
+        };
+        let pos = list
+            .iter()
+            .position(|x| x.file_block > e.file_block)
+            .unwrap_or(list.len());
+        list.insert(pos, e);
+        if pos + 1 < list.len() && joins(&list[pos], &list[pos + 1]) {
+            list[pos].len += list[pos + 1].len;
+            list.remove(pos + 1);
+        }
+        if pos > 0 && joins(&list[pos - 1], &list[pos]) {
+            list[pos - 1].len += list[pos].len;
+            list.remove(pos);
+        }
+        if list.len() <= INLINE_EXTENTS {
+            inode.set_extents(&list);
+            return Ok(());
+        }
+        // Too many for the inode: move them into a new tree.
+        let mut blocks = inode.blocks;
+        let mut fbk = FileBlocks {
+            alloc,
+            near,
+            blocks: &mut blocks,
+        };
+        let root = fbk.alloc_node(tx)?;
+        let mut t = Btree::create(tx, BlockType::BtreeExtent, ino, root)?;
+        for x in &list {
+            t.insert(tx, &mut fbk, [x.file_block, 0], to_val(x))?;
+        }
+        inode.blocks = blocks;
+        inode.format = DataFormat::Btree;
+        inode.fork = [0; crate::format::inode::FORK_BYTES];
+        inode.root = t.root.blkno;
+        inode.root_level = t.root.level;
+        inode.nextents = list.len() as u32;
+        return Ok(());
+    }
+    let mut t = tree(ino, inode);
+    let mut blocks = inode.blocks;
+    let mut fbk = FileBlocks {
+        alloc,
+        near,
+        blocks: &mut blocks,
+    };
+    let mut cur = e;
+    let mut count = inode.nextents as i64 + 1;
+    if let Some((k, v)) = t.gt(tx, &[e.file_block, u64::MAX])? {
+        let right = from_kv(k, v);
+        if joins(&cur, &right) {
+            t.delete(tx, &mut fbk, &k)?;
+            cur.len += right.len;
+            count -= 1;
+        }
+    }
+    if let Some((k, v)) = t.le(tx, &[e.file_block, u64::MAX])? {
+        let left = from_kv(k, v);
+        if joins(&left, &cur) {
+            let merged = Extent {
+                len: left.len + cur.len,
+                ..left
+            };
+            t.update(tx, &k, to_val(&merged))?;
+            count -= 1;
+            inode.blocks = blocks;
+            inode.root = t.root.blkno;
+            inode.root_level = t.root.level;
+            inode.nextents = count as u32;
+            return Ok(());
+        }
+    }
+    t.insert(tx, &mut fbk, [cur.file_block, 0], to_val(&cur))?;
+    inode.blocks = blocks;
+    inode.root = t.root.blkno;
+    inode.root_level = t.root.level;
+    inode.nextents = count as u32;
+    Ok(())
+}
+
+/// Unmaps file blocks `from..to`, at most `max` extents touched; with `free`, their disk blocks
+/// are freed (else the caller maps them again, e.g. as written). Returns the extents removed
+/// (clipped to the range) and whether the whole range is done.
+// The range, its bound and the free/keep choice are the operation itself; a struct would only
+// rename them.
+#[allow(clippy::too_many_arguments)]
+#[track_caller]
+pub fn remove(
+    tx: &mut Trans<'_>,
+    alloc: &Allocator,
+    ino: u64,
+    inode: &mut Inode,
+    from: u64,
+    to: u64,
+    max: usize,
+    free: bool,
+) -> Result<(Vec<Extent>, bool), EngineError> {
+    let mut removed = Vec::new();
+    let mut at = from;
+    while at < to {
+        if removed.len() >= max {
+            return Ok((removed, false));
+        }
+        let (hit, next) = find(tx, ino, inode, at)?;
+        let e = match hit {
+            Some(e) => e,
+            None => match next {
+                Some(n) if n.file_block < to => n,
+                _ => break,
+            },
+        };
+        let a = e.file_block.max(from);
+        let b = (e.file_block + e.len as u64).min(to);
+        let cut = Extent {
+            file_block: a,
+            start: e.start + (a - e.file_block),
+            len: (b - a) as u32,
+            flags: e.flags,
+        };
+        unmap(tx, alloc, ino, inode, &e)?;
+        if a > e.file_block {
+            insert(
+                tx,
+                alloc,
+                ino,
+                inode,
+                Extent {
+                    len: (a - e.file_block) as u32,
+                    ..e
+                },
+            )?;
+        }
+        if b < e.file_block + e.len as u64 {
+            insert(
+                tx,
+                alloc,
+                ino,
+                inode,
+                Extent {
+                    file_block: b,
+                    start: e.start + (b - e.file_block),
+                    len: (e.file_block + e.len as u64 - b) as u32,
+                    flags: e.flags,
+                },
+            )?;
+        }
+        if free {
+            alloc.free(tx, cut.start, cut.len as u64)?;
+            inode.blocks = inode.blocks.saturating_sub(cut.len as u64);
+        }
+        removed.push(cut);
+        at = b;
+    }
+    Ok((removed, true))
+}
+
+/// Removes the whole extent `e` from the map (its blocks stay allocated).
+fn unmap(
+    tx: &mut Trans<'_>,
+    alloc: &Allocator,
+    ino: u64,
+    inode: &mut Inode,
+    e: &Extent,
+) -> Result<(), EngineError> {
+    match inode.format {
+        DataFormat::Local => Err(corrupt(
+            ino,
+            "unmapping from an inode without extents".into(),
+        )),
+        DataFormat::Extents => {
+            let mut list = inode.extents();
+            let before = list.len();
+            list.retain(|x| x != e);
+            if list.len() + 1 != before {
+                return Err(corrupt(ino, format!("extent {e:?} not in the inline list")));
+            }
+            inode.set_extents(&list);
+            Ok(())
+        }
+        DataFormat::Btree => {
+            let mut t = tree(ino, inode);
+            let mut blocks = inode.blocks;
+            let mut fbk = FileBlocks {
+                alloc,
+                near: ino_split(ino).0,
+                blocks: &mut blocks,
+            };
+            if t.delete(tx, &mut fbk, &[e.file_block, 0])?.is_none() {
+                return Err(corrupt(ino, format!("extent {e:?} not in the tree")));
+            }
+            inode.blocks = blocks;
+            inode.root = t.root.blkno;
+            inode.root_level = t.root.level;
+            inode.nextents -= 1;
+            Ok(())
+        }
+    }
+}
+
+/// Where to allocate blocks for file block `fb`: right after the disk block mapping the file
+/// block before it, else near the inode.
+pub fn target(tx: &mut Trans<'_>, ino: u64, inode: &Inode, fb: u64) -> Result<u64, EngineError> {
+    if fb > 0 {
+        if let (Some(e), _) = find(tx, ino, inode, fb - 1)? {
+            return Ok(e.start + (fb - e.file_block));
+        }
+    }
+    Ok(ino_split(ino).0)
+}

@@ -1,0 +1,463 @@
+//! File data: reading and writing through the extent map, truncating, punching holes,
+//! preallocating (unwritten extents), and finding data and holes.
+//!
+//! Data blocks bypass the metadata cache: they are read and written on the device directly.
+//! Ordering (no stale data after a crash): blocks newly allocated for a write receive their data
+//! (zero-filled around it) before the transaction that maps them commits, and the log is told, so
+//! the checkpoint holding that mapping flushes the data first. Overwrites of mapped, written
+//! blocks need no ordering. Unwritten extents (from fallocate) read as zeros and are converted to
+//! written once their data is on the device, in the same way.
+//!
+//! The caller serialises operations on one inode (the filesystem layer holds the inode's lock).
+
+pub mod extmap;
+
+use crate::alloc::Allocator;
+use crate::device::AlignedBuf;
+use crate::engine::{Engine, EngineError};
+use crate::format::inode::{Extent, Inode, Time};
+use crate::inode;
+use crate::trans::TransKind;
+use extmap::{EXTENT_LEN_MAX, UNWRITTEN};
+
+/// Largest file size: file block numbers stay far from u64 overflow for every block size.
+pub const FILE_SIZE_MAX: u64 = 1 << 52;
+/// Extents one step of a truncate or punch removes before the transaction rolls: the truncate
+/// table entry covers one extent-map change and one free per step.
+const REMOVE_PER_STEP: usize = 1;
+
+pub struct FileIo<'a> {
+    pub eng: &'a Engine,
+    pub alloc: &'a Allocator,
+}
+
+impl FileIo<'_> {
+    fn bs(&self) -> u64 {
+        self.eng.geometry().block_size as u64
+    }
+
+    /// Reads up to `len` bytes at `off` (short at end of file; holes and unwritten extents read as
+    /// zeros).
+    pub fn read(&self, ino: u64, off: u64, len: usize) -> Result<Vec<u8>, EngineError> {
+        let bs = self.bs();
+        let mut tx = self.eng.begin(TransKind::Read)?;
+        let (_, inode) = inode::read(&mut tx, ino)?;
+        if off >= inode.size || len == 0 {
+            return Ok(Vec::new());
+        }
+        let end = (off + len as u64).min(inode.size);
+        let mut out = vec![0u8; (end - off) as usize];
+        let mut fb = off / bs;
+        let last = (end - 1) / bs;
+        while fb <= last {
+            let (hit, next) = extmap::find(&mut tx, ino, &inode, fb)?;
+            let Some(e) = hit else {
+                fb = next.map_or(last + 1, |n| n.file_block);
+                continue;
+            };
+            let run_end = (e.file_block + e.len as u64).min(last + 1);
+            if e.flags & UNWRITTEN == 0 {
+                let n = run_end - fb;
+                let mut buf = AlignedBuf::new((n * bs) as usize);
+                self.eng
+                    .device()
+                    .read(e.start + (fb - e.file_block), &mut buf)
+                    .map_err(EngineError::Io)?;
+                // Copy the overlap of [fb*bs, run_end*bs) with [off, end).
+                let a = (fb * bs).max(off);
+                let b = (run_end * bs).min(end);
+                out[(a - off) as usize..(b - off) as usize]
+                    .copy_from_slice(&buf[(a - fb * bs) as usize..(b - fb * bs) as usize]);
+            }
+            fb = run_end;
+        }
+        tx.cancel()?;
+        Ok(out)
+    }
+
+    /// Writes `data` at `off`, allocating blocks for holes. Updates size, mtime and ctime.
+    pub fn write(&self, ino: u64, off: u64, data: &[u8], now: Time) -> Result<(), EngineError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let end = off
+            .checked_add(data.len() as u64)
+            .filter(|&e| e <= FILE_SIZE_MAX)
+            .ok_or_else(|| {
+                EngineError::Invalid(format!("write past the largest file size {FILE_SIZE_MAX}"))
+            })?;
+        let bs = self.bs();
+        let last = (end - 1) / bs;
+        let mut fb = off / bs;
+        while fb <= last {
+            let mut tx = self.eng.begin(TransKind::Write)?;
+            let (r, mut ino_d) = inode::read(&mut tx, ino)?;
+            let (hit, next) = extmap::find(&mut tx, ino, &ino_d, fb)?;
+            match hit {
+                Some(e) if e.flags & UNWRITTEN == 0 => {
+                    // Mapped and written: overwrite in place, no transaction needed.
+                    tx.cancel()?;
+                    let run_end = (e.file_block + e.len as u64).min(last + 1);
+                    self.put(
+                        e.start + (fb - e.file_block),
+                        fb,
+                        run_end - fb,
+                        off,
+                        data,
+                        true,
+                    )?;
+                    fb = run_end;
+                }
+                Some(e) => {
+                    // Unwritten: write the data, then map the part as written.
+                    let run_end = (e.file_block + e.len as u64)
+                        .min(last + 1)
+                        .min(fb + EXTENT_LEN_MAX);
+                    let disk = e.start + (fb - e.file_block);
+                    self.put(disk, fb, run_end - fb, off, data, false)?;
+                    self.eng.log().note_data_write();
+                    extmap::remove(
+                        &mut tx,
+                        self.alloc,
+                        ino,
+                        &mut ino_d,
+                        fb,
+                        run_end,
+                        usize::MAX,
+                        false,
+                    )?;
+                    extmap::insert(
+                        &mut tx,
+                        self.alloc,
+                        ino,
+                        &mut ino_d,
+                        Extent {
+                            file_block: fb,
+                            start: disk,
+                            len: (run_end - fb) as u32,
+                            flags: 0,
+                        },
+                    )?;
+                    Self::grow(&mut ino_d, end.min(run_end * bs), now);
+                    inode::write(&mut tx, &r, &ino_d);
+                    tx.commit()?;
+                    fb = run_end;
+                }
+                None => {
+                    let hole_end = next.map_or(last + 1, |n| n.file_block.min(last + 1));
+                    let want = (hole_end - fb).min(EXTENT_LEN_MAX);
+                    let target = extmap::target(&mut tx, ino, &ino_d, fb)?;
+                    let Some((start, n)) = self.alloc.alloc(&mut tx, target, 1, want)? else {
+                        // The free list may have been topped up: keep that, report no space.
+                        tx.commit()?;
+                        return Err(EngineError::NoSpace(format!(
+                            "no free block for inode {ino}"
+                        )));
+                    };
+                    self.put(start, fb, n, off, data, false)?;
+                    self.eng.log().note_data_write();
+                    extmap::insert(
+                        &mut tx,
+                        self.alloc,
+                        ino,
+                        &mut ino_d,
+                        Extent {
+                            file_block: fb,
+                            start,
+                            len: n as u32,
+                            flags: 0,
+                        },
+                    )?;
+                    ino_d.blocks += n;
+                    Self::grow(&mut ino_d, end.min((fb + n) * bs), now);
+                    inode::write(&mut tx, &r, &ino_d);
+                    tx.commit()?;
+                    fb += n;
+                }
+            }
+        }
+        // Size and times (the allocating steps did it for what they covered).
+        let mut tx = self.eng.begin(TransKind::Setattr)?;
+        let (r, mut ino_d) = inode::read(&mut tx, ino)?;
+        Self::grow(&mut ino_d, end, now);
+        inode::write(&mut tx, &r, &ino_d);
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn grow(inode: &mut Inode, size: u64, now: Time) {
+        inode.size = inode.size.max(size);
+        inode.mtime = now;
+        inode.ctime = now;
+    }
+
+    /// Writes the part of `data` (which starts at file offset `off`) that falls in file blocks
+    /// `fb..fb+n`, to disk blocks from `disk`. Blocks only partly covered keep their old bytes
+    /// when `existing`, else are zero-filled.
+    fn put(
+        &self,
+        disk: u64,
+        fb: u64,
+        n: u64,
+        off: u64,
+        data: &[u8],
+        existing: bool,
+    ) -> Result<(), EngineError> {
+        let bs = self.bs();
+        let dev = self.eng.device();
+        let span_start = fb * bs;
+        let span_end = (fb + n) * bs;
+        let a = span_start.max(off);
+        let b = span_end.min(off + data.len() as u64);
+        if a >= b {
+            if !existing {
+                // Nothing of the data falls here (a hole inside the write): zeros, never stale bytes.
+                let zeros = AlignedBuf::new((n * bs) as usize);
+                dev.write(disk, &zeros).map_err(EngineError::Io)?;
+            }
+            return Ok(());
+        }
+        let mut buf = AlignedBuf::new((n * bs) as usize);
+        if existing {
+            if a > span_start {
+                dev.read(disk, &mut buf[..bs as usize])
+                    .map_err(EngineError::Io)?;
+            }
+            if b < span_end {
+                let l = (n - 1) * bs;
+                dev.read(disk + n - 1, &mut buf[l as usize..])
+                    .map_err(EngineError::Io)?;
+            }
+        }
+        buf[(a - span_start) as usize..(b - span_start) as usize]
+            .copy_from_slice(&data[(a - off) as usize..(b - off) as usize]);
+        dev.write(disk, &buf).map_err(EngineError::Io)
+    }
+
+    /// Sets the size. Shrinking frees the blocks past the new end (in rolling steps) and zeroes
+    /// the tail of the last block; growing leaves a hole.
+    pub fn truncate(&self, ino: u64, size: u64, now: Time) -> Result<(), EngineError> {
+        if size > FILE_SIZE_MAX {
+            return Err(EngineError::Invalid(format!(
+                "size {size} past the largest file size {FILE_SIZE_MAX}"
+            )));
+        }
+        let bs = self.bs();
+        let mut tx = self.eng.begin(TransKind::Truncate)?;
+        let (r, mut ino_d) = inode::read(&mut tx, ino)?;
+        if size < ino_d.size {
+            // Zero the rest of the new last block, so growing later shows zeros, not old bytes.
+            if !size.is_multiple_of(bs) {
+                if let (Some(e), _) = extmap::find(&mut tx, ino, &ino_d, size / bs)? {
+                    if e.flags & UNWRITTEN == 0 {
+                        let disk = e.start + (size / bs - e.file_block);
+                        let mut blk = AlignedBuf::new(bs as usize);
+                        self.eng
+                            .device()
+                            .read(disk, &mut blk)
+                            .map_err(EngineError::Io)?;
+                        blk[(size % bs) as usize..].fill(0);
+                        self.eng
+                            .device()
+                            .write(disk, &blk)
+                            .map_err(EngineError::Io)?;
+                    }
+                }
+            }
+            // The size goes down first, so a crash between steps never shows blocks past it.
+            ino_d.size = size;
+            inode::write(&mut tx, &r, &ino_d);
+            let from = size.div_ceil(bs);
+            loop {
+                let (_, done) = extmap::remove(
+                    &mut tx,
+                    self.alloc,
+                    ino,
+                    &mut ino_d,
+                    from,
+                    u64::MAX,
+                    REMOVE_PER_STEP,
+                    true,
+                )?;
+                inode::write(&mut tx, &r, &ino_d);
+                if done {
+                    break;
+                }
+                tx.roll()?;
+            }
+        }
+        ino_d.size = size;
+        ino_d.mtime = now;
+        ino_d.ctime = now;
+        inode::write(&mut tx, &r, &ino_d);
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Frees the whole blocks inside `off..off+len` and zeroes the partial blocks at its edges;
+    /// the size does not change.
+    pub fn punch_hole(&self, ino: u64, off: u64, len: u64, now: Time) -> Result<(), EngineError> {
+        let bs = self.bs();
+        let end = off.saturating_add(len);
+        let first_full = off.div_ceil(bs);
+        let last_full = end / bs;
+        // Edges: write zeros into the partial blocks (only where mapped and written).
+        for (a, b) in [
+            (off, end.min(first_full * bs)),
+            ((last_full * bs).max(off), end),
+        ] {
+            if a < b {
+                self.zero_mapped(ino, a, b)?;
+            }
+        }
+        if first_full < last_full {
+            let mut tx = self.eng.begin(TransKind::Truncate)?;
+            let (r, mut ino_d) = inode::read(&mut tx, ino)?;
+            loop {
+                let (_, done) = extmap::remove(
+                    &mut tx,
+                    self.alloc,
+                    ino,
+                    &mut ino_d,
+                    first_full,
+                    last_full,
+                    REMOVE_PER_STEP,
+                    true,
+                )?;
+                if done {
+                    break;
+                }
+                inode::write(&mut tx, &r, &ino_d);
+                tx.roll()?;
+            }
+            ino_d.mtime = now;
+            ino_d.ctime = now;
+            inode::write(&mut tx, &r, &ino_d);
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Zeroes `a..b` (within one block) where it is mapped and written.
+    fn zero_mapped(&self, ino: u64, a: u64, b: u64) -> Result<(), EngineError> {
+        let bs = self.bs();
+        let mut tx = self.eng.begin(TransKind::Read)?;
+        let (_, ino_d) = inode::read(&mut tx, ino)?;
+        let fb = a / bs;
+        let hit = extmap::find(&mut tx, ino, &ino_d, fb)?.0;
+        tx.cancel()?;
+        if let Some(e) = hit.filter(|e| e.flags & UNWRITTEN == 0) {
+            let disk = e.start + (fb - e.file_block);
+            let mut blk = AlignedBuf::new(bs as usize);
+            self.eng
+                .device()
+                .read(disk, &mut blk)
+                .map_err(EngineError::Io)?;
+            blk[(a - fb * bs) as usize..(b - fb * bs) as usize].fill(0);
+            self.eng
+                .device()
+                .write(disk, &blk)
+                .map_err(EngineError::Io)?;
+        }
+        Ok(())
+    }
+
+    /// Allocates unwritten extents over the holes in `off..off+len` (fallocate); with
+    /// `keep_size` the size stays, else it grows to cover the range.
+    pub fn preallocate(
+        &self,
+        ino: u64,
+        off: u64,
+        len: u64,
+        keep_size: bool,
+        now: Time,
+    ) -> Result<(), EngineError> {
+        let bs = self.bs();
+        let end = off
+            .checked_add(len)
+            .filter(|&e| e <= FILE_SIZE_MAX)
+            .ok_or_else(|| EngineError::Invalid("fallocate past the largest file size".into()))?;
+        if len == 0 {
+            return Err(EngineError::Invalid("fallocate of zero bytes".into()));
+        }
+        let last = (end - 1) / bs;
+        let mut fb = off / bs;
+        while fb <= last {
+            let mut tx = self.eng.begin(TransKind::Write)?;
+            let (r, mut ino_d) = inode::read(&mut tx, ino)?;
+            let (hit, next) = extmap::find(&mut tx, ino, &ino_d, fb)?;
+            if let Some(e) = hit {
+                tx.cancel()?;
+                fb = e.file_block + e.len as u64;
+                continue;
+            }
+            let hole_end = next.map_or(last + 1, |n| n.file_block.min(last + 1));
+            let target = extmap::target(&mut tx, ino, &ino_d, fb)?;
+            let Some((start, n)) =
+                self.alloc
+                    .alloc(&mut tx, target, 1, (hole_end - fb).min(EXTENT_LEN_MAX))?
+            else {
+                tx.commit()?;
+                return Err(EngineError::NoSpace(format!(
+                    "no free block for inode {ino}"
+                )));
+            };
+            extmap::insert(
+                &mut tx,
+                self.alloc,
+                ino,
+                &mut ino_d,
+                Extent {
+                    file_block: fb,
+                    start,
+                    len: n as u32,
+                    flags: UNWRITTEN,
+                },
+            )?;
+            ino_d.blocks += n;
+            if !keep_size {
+                ino_d.size = ino_d.size.max(end.min((fb + n) * bs));
+            }
+            ino_d.ctime = now;
+            inode::write(&mut tx, &r, &ino_d);
+            tx.commit()?;
+            fb += n;
+        }
+        if !keep_size {
+            let mut tx = self.eng.begin(TransKind::Setattr)?;
+            let (r, mut ino_d) = inode::read(&mut tx, ino)?;
+            ino_d.size = ino_d.size.max(end);
+            inode::write(&mut tx, &r, &ino_d);
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// SEEK_DATA (`data`) or SEEK_HOLE from `off`: the next offset in data (a written or
+    /// unwritten extent) or in a hole (end of file counts as a hole). None past the end.
+    pub fn seek(&self, ino: u64, off: u64, data: bool) -> Result<Option<u64>, EngineError> {
+        let bs = self.bs();
+        let mut tx = self.eng.begin(TransKind::Read)?;
+        let (_, ino_d) = inode::read(&mut tx, ino)?;
+        if off >= ino_d.size {
+            return Ok(None);
+        }
+        let mut fb = off / bs;
+        let mut pos = off;
+        loop {
+            if pos >= ino_d.size {
+                return Ok(if data { None } else { Some(ino_d.size) });
+            }
+            let (hit, next) = extmap::find(&mut tx, ino, &ino_d, fb)?;
+            match (hit, data) {
+                (Some(_), true) | (None, false) => return Ok(Some(pos)),
+                (Some(e), false) => fb = e.file_block + e.len as u64,
+                (None, true) => match next {
+                    Some(n) => fb = n.file_block,
+                    None => return Ok(None),
+                },
+            }
+            pos = (fb * bs).max(off);
+        }
+    }
+}
