@@ -9,6 +9,7 @@ pub mod alloc;
 pub mod btree;
 pub mod cache;
 pub mod device;
+pub mod dir;
 pub mod engine;
 pub mod file;
 pub mod format;

@@ -1,0 +1,435 @@
+//! Directories: a hash B+tree of entries, with names kept in name blocks.
+//!
+//! The directory inode's data fork is a B+tree (node type TKBD) keyed (hash of the name, collision
+//! index) whose value is (inode number, name location = name block << 16 | offset). Names live in
+//! name blocks (type TKDD): after the 48-byte header, a 16-byte block header (live names u32, next
+//! free offset u32, 8 zero), then records of (name length u8, file type u8, name). Names are
+//! appended to the directory's current name block; a name block whose last name is removed is
+//! freed. Lookup, insert and remove are one or two descents: O(log n) in the number of entries.
+//!
+//! The fork area of a directory inode holds: current name block (u64, 0 = none) and the parent
+//! directory's inode number (u64).
+//!
+//! readdir cookies: 1 is ".", 2 is "..", and an entry's cookie is 3 + (hash << 31 | index), taken
+//! from its key, so it stays valid while other entries come and go.
+
+use crate::alloc::Allocator;
+use crate::btree::{Btree, NodeAlloc, Root};
+use crate::engine::EngineError;
+use crate::format::inode::{ino_split, DataFormat, Inode};
+use crate::format::{BlockType, Dec, Enc, FormatError, BLOCK_HEADER_BYTES};
+use crate::trans::Trans;
+
+/// Longest name, as POSIX NAME_MAX.
+pub const NAME_MAX: usize = 255;
+/// Collisions of one hash value a directory may hold: bounds the index in keys and cookies.
+pub const HASH_COLLISIONS_MAX: u64 = 1 << 31;
+const NAME_HDR: usize = BLOCK_HEADER_BYTES + 16;
+const COOKIE_DOT: u64 = 1;
+const COOKIE_DOTDOT: u64 = 2;
+const COOKIE_BASE: u64 = 3;
+
+/// The 32-bit FNV-1a hash of a name: stable, documented, cheap.
+pub fn name_hash(name: &[u8]) -> u64 {
+    let mut h: u32 = 0x811c_9dc5;
+    for &b in name {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h as u64
+}
+
+/// A directory entry as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: u64,
+    /// File type (the DT_* values of readdir).
+    pub ftype: u8,
+    /// Cookie of the next entry after this one.
+    pub cookie: u64,
+}
+
+fn tree(dir: u64, inode: &Inode) -> Btree {
+    Btree::open(
+        BlockType::BtreeDir,
+        dir,
+        Root {
+            blkno: inode.root,
+            level: inode.root_level,
+        },
+    )
+}
+
+fn fork_u64(inode: &Inode, off: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&inode.fork[off..off + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn set_fork_u64(inode: &mut Inode, off: usize, v: u64) {
+    inode.fork[off..off + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// The parent directory recorded in a directory inode.
+pub fn parent(inode: &Inode) -> u64 {
+    fork_u64(inode, 8)
+}
+
+pub fn set_parent(inode: &mut Inode, parent: u64) {
+    set_fork_u64(inode, 8, parent);
+}
+
+/// Tree nodes and name blocks of a directory, allocated near its inode.
+struct DirBlocks<'a> {
+    alloc: &'a Allocator,
+    near: u64,
+    blocks: &'a mut u64,
+}
+
+impl NodeAlloc for DirBlocks<'_> {
+    fn alloc_node(&mut self, tx: &mut Trans<'_>) -> Result<u64, EngineError> {
+        let (b, _) = self
+            .alloc
+            .alloc(tx, self.near, 1, 1)?
+            .ok_or_else(|| EngineError::NoSpace("no block for a directory".into()))?;
+        *self.blocks += 1;
+        Ok(b)
+    }
+    fn free_node(&mut self, tx: &mut Trans<'_>, blkno: u64) -> Result<(), EngineError> {
+        self.alloc.free(tx, blkno, 1)?;
+        *self.blocks -= 1;
+        Ok(())
+    }
+}
+
+fn corrupt(blkno: u64, field: &'static str, detail: String) -> EngineError {
+    EngineError::Corrupt(FormatError::new(blkno, "directory", field, detail))
+}
+
+/// Makes `inode` an empty directory with parent `parent`: allocates its tree's root leaf.
+pub fn init(
+    tx: &mut Trans<'_>,
+    alloc: &Allocator,
+    ino: u64,
+    inode: &mut Inode,
+    parent: u64,
+) -> Result<(), EngineError> {
+    let mut blocks = inode.blocks;
+    let root = DirBlocks {
+        alloc,
+        near: ino_split(ino).0,
+        blocks: &mut blocks,
+    }
+    .alloc_node(tx)?;
+    let t = Btree::create(tx, BlockType::BtreeDir, ino, root)?;
+    inode.blocks = blocks;
+    inode.format = DataFormat::Btree;
+    inode.fork = [0; crate::format::inode::FORK_BYTES];
+    inode.root = t.root.blkno;
+    inode.root_level = t.root.level;
+    inode.nextents = 0;
+    set_parent(inode, parent);
+    Ok(())
+}
+
+/// Reads the name record at `nref`; checks it lies inside its block.
+fn read_name(tx: &mut Trans<'_>, dir: u64, nref: u64) -> Result<(Vec<u8>, u8), EngineError> {
+    let (blk, off) = (nref >> 16, (nref & 0xffff) as usize);
+    let id = tx.read_buf(blk, BlockType::DirData)?;
+    let b = tx.data(id);
+    let d = Dec::new(b, blk, "directory name block");
+    let end = d.u32(BLOCK_HEADER_BYTES + 4, "free_off")? as usize;
+    let len = d.u8(off, "name length")? as usize;
+    if off < NAME_HDR || off + 2 + len > end.min(b.len()) || len == 0 {
+        return Err(corrupt(
+            blk,
+            "name",
+            format!("directory {dir}: name record at {off} (length {len}) is outside 64..{end}"),
+        ));
+    }
+    Ok((b[off + 2..off + 2 + len].to_vec(), b[off + 1]))
+}
+
+/// Finds `name`: its key and value.
+fn find(
+    tx: &mut Trans<'_>,
+    dir: u64,
+    inode: &Inode,
+    name: &[u8],
+) -> Result<Option<([u64; 2], [u64; 2], u8)>, EngineError> {
+    let h = name_hash(name);
+    let t = tree(dir, inode);
+    let mut at = t.ge(tx, &[h, 0])?;
+    while let Some((k, v)) = at {
+        if k[0] != h {
+            break;
+        }
+        let (n, ftype) = read_name(tx, dir, v[1])?;
+        if n == name {
+            return Ok(Some((k, v, ftype)));
+        }
+        at = t.gt(tx, &k)?;
+    }
+    Ok(None)
+}
+
+/// The inode `name` refers to in directory `dir`, and its file type.
+pub fn lookup(
+    tx: &mut Trans<'_>,
+    dir: u64,
+    inode: &Inode,
+    name: &[u8],
+) -> Result<Option<(u64, u8)>, EngineError> {
+    Ok(find(tx, dir, inode, name)?.map(|(_, v, t)| (v[0], t)))
+}
+
+/// Adds `name` → `ino`. The caller has checked that `name` is absent and valid.
+#[track_caller]
+pub fn insert(
+    tx: &mut Trans<'_>,
+    alloc: &Allocator,
+    dir: u64,
+    inode: &mut Inode,
+    name: &[u8],
+    ino: u64,
+    ftype: u8,
+) -> Result<(), EngineError> {
+    debug_assert!(!name.is_empty() && name.len() <= NAME_MAX);
+    let h = name_hash(name);
+    let mut t = tree(dir, inode);
+    // The first free collision index for this hash.
+    let mut idx = 0;
+    let mut at = t.ge(tx, &[h, 0])?;
+    while let Some((k, _)) = at {
+        if k[0] != h || k[1] != idx {
+            break;
+        }
+        idx += 1;
+        at = t.gt(tx, &k)?;
+    }
+    if idx >= HASH_COLLISIONS_MAX {
+        return Err(EngineError::NoSpace(format!(
+            "directory {dir}: too many names with hash {h:#x}"
+        )));
+    }
+    let nref = append_name(tx, alloc, dir, inode, name, ftype)?;
+    let mut blocks = inode.blocks;
+    t.insert(
+        tx,
+        &mut DirBlocks {
+            alloc,
+            near: ino_split(dir).0,
+            blocks: &mut blocks,
+        },
+        [h, idx],
+        [ino, nref],
+    )?;
+    inode.blocks = blocks;
+    inode.root = t.root.blkno;
+    inode.root_level = t.root.level;
+    inode.nextents += 1;
+    Ok(())
+}
+
+/// Appends a name record to the current name block (a new one when it is full).
+fn append_name(
+    tx: &mut Trans<'_>,
+    alloc: &Allocator,
+    dir: u64,
+    inode: &mut Inode,
+    name: &[u8],
+    ftype: u8,
+) -> Result<u64, EngineError> {
+    let need = 2 + name.len();
+    let cur = fork_u64(inode, 0);
+    let mut target = None;
+    if cur != 0 {
+        let id = tx.read_buf(cur, BlockType::DirData)?;
+        let free = Dec::new(tx.data(id), cur, "directory name block")
+            .u32(BLOCK_HEADER_BYTES + 4, "free_off")? as usize;
+        if free + need <= tx.data(id).len() {
+            target = Some((id, free));
+        }
+    }
+    let (id, off) = match target {
+        Some(t) => t,
+        None => {
+            let mut blocks = inode.blocks;
+            let blk = DirBlocks {
+                alloc,
+                near: ino_split(dir).0,
+                blocks: &mut blocks,
+            }
+            .alloc_node(tx)?;
+            inode.blocks = blocks;
+            let id = tx.get_buf(blk, BlockType::DirData, dir)?;
+            set_fork_u64(inode, 0, blk);
+            (id, NAME_HDR)
+        }
+    };
+    let blk = tx.blkno(id);
+    let b = tx.data_mut(id);
+    let live = u32::from_le_bytes([
+        b[BLOCK_HEADER_BYTES],
+        b[BLOCK_HEADER_BYTES + 1],
+        b[BLOCK_HEADER_BYTES + 2],
+        b[BLOCK_HEADER_BYTES + 3],
+    ]);
+    b[off] = name.len() as u8;
+    b[off + 1] = ftype;
+    b[off + 2..off + need].copy_from_slice(name);
+    let mut e = Enc::new(b);
+    e.u32(BLOCK_HEADER_BYTES, live + 1);
+    e.u32(BLOCK_HEADER_BYTES + 4, (off + need) as u32);
+    tx.log_range(id, BLOCK_HEADER_BYTES..BLOCK_HEADER_BYTES + 8);
+    tx.log_range(id, off..off + need);
+    Ok(blk << 16 | off as u64)
+}
+
+/// Removes `name`; returns the inode it referred to, or None if absent.
+#[track_caller]
+pub fn remove(
+    tx: &mut Trans<'_>,
+    alloc: &Allocator,
+    dir: u64,
+    inode: &mut Inode,
+    name: &[u8],
+) -> Result<Option<u64>, EngineError> {
+    let Some((k, v, _)) = find(tx, dir, inode, name)? else {
+        return Ok(None);
+    };
+    let mut t = tree(dir, inode);
+    let mut blocks = inode.blocks;
+    let mut db = DirBlocks {
+        alloc,
+        near: ino_split(dir).0,
+        blocks: &mut blocks,
+    };
+    t.delete(tx, &mut db, &k)?;
+    // One name less in its block; the block goes when it holds none.
+    let blk = v[1] >> 16;
+    let id = tx.read_buf(blk, BlockType::DirData)?;
+    let live =
+        Dec::new(tx.data(id), blk, "directory name block").u32(BLOCK_HEADER_BYTES, "live")?;
+    if live == 0 {
+        return Err(corrupt(
+            blk,
+            "live",
+            format!("directory {dir}: removing a name from a block with none"),
+        ));
+    }
+    if live == 1 {
+        tx.invalidate(id);
+        db.free_node(tx, blk)?;
+        if fork_u64(inode, 0) == blk {
+            set_fork_u64(inode, 0, 0);
+        }
+    } else {
+        Enc::new(tx.data_mut(id)).u32(BLOCK_HEADER_BYTES, live - 1);
+        tx.log_range(id, BLOCK_HEADER_BYTES..BLOCK_HEADER_BYTES + 4);
+    }
+    inode.blocks = blocks;
+    inode.root = t.root.blkno;
+    inode.root_level = t.root.level;
+    inode.nextents -= 1;
+    Ok(Some(v[0]))
+}
+
+/// Points an existing entry at another inode (rename over an existing name).
+#[track_caller]
+pub fn replace(
+    tx: &mut Trans<'_>,
+    dir: u64,
+    inode: &Inode,
+    name: &[u8],
+    ino: u64,
+    ftype: u8,
+) -> Result<Option<u64>, EngineError> {
+    let Some((k, v, _)) = find(tx, dir, inode, name)? else {
+        return Ok(None);
+    };
+    tree(dir, inode).update(tx, &k, [ino, v[1]])?;
+    let (blk, off) = (v[1] >> 16, (v[1] & 0xffff) as usize);
+    let id = tx.read_buf(blk, BlockType::DirData)?;
+    tx.data_mut(id)[off + 1] = ftype;
+    tx.log_range(id, off + 1..off + 2);
+    Ok(Some(v[0]))
+}
+
+/// Frees an empty directory's tree root (at rmdir).
+#[track_caller]
+pub fn destroy(
+    tx: &mut Trans<'_>,
+    alloc: &Allocator,
+    dir: u64,
+    inode: &mut Inode,
+) -> Result<(), EngineError> {
+    if inode.nextents != 0 {
+        return Err(EngineError::Invalid(format!(
+            "directory {dir} is not empty"
+        )));
+    }
+    let id = tx.read_buf(inode.root, BlockType::BtreeDir)?;
+    tx.invalidate(id);
+    let mut blocks = inode.blocks;
+    DirBlocks {
+        alloc,
+        near: 0,
+        blocks: &mut blocks,
+    }
+    .free_node(tx, inode.root)?;
+    inode.blocks = blocks;
+    inode.root = 0;
+    inode.format = DataFormat::Local;
+    Ok(())
+}
+
+/// Entries from `cookie` on, at most `max` (with "." and ".." first).
+pub fn read(
+    tx: &mut Trans<'_>,
+    dir: u64,
+    inode: &Inode,
+    cookie: u64,
+    max: usize,
+) -> Result<Vec<DirEntry>, EngineError> {
+    const DT_DIR: u8 = 4;
+    let mut out = Vec::new();
+    if cookie < COOKIE_DOT && out.len() < max {
+        out.push(DirEntry {
+            name: b".".to_vec(),
+            ino: dir,
+            ftype: DT_DIR,
+            cookie: COOKIE_DOT,
+        });
+    }
+    if cookie < COOKIE_DOTDOT && out.len() < max {
+        out.push(DirEntry {
+            name: b"..".to_vec(),
+            ino: parent(inode),
+            ftype: DT_DIR,
+            cookie: COOKIE_DOTDOT,
+        });
+    }
+    let t = tree(dir, inode);
+    let mut at = if cookie < COOKIE_BASE {
+        t.ge(tx, &[0, 0])?
+    } else {
+        let c = cookie - COOKIE_BASE;
+        t.gt(tx, &[c >> 31, c & (HASH_COLLISIONS_MAX - 1)])?
+    };
+    while let Some((k, v)) = at {
+        if out.len() >= max {
+            break;
+        }
+        let (name, ftype) = read_name(tx, dir, v[1])?;
+        out.push(DirEntry {
+            name,
+            ino: v[0],
+            ftype,
+            cookie: COOKIE_BASE + (k[0] << 31 | k[1]),
+        });
+        at = t.gt(tx, &k)?;
+    }
+    Ok(out)
+}
