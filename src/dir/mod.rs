@@ -151,13 +151,16 @@ fn read_name(tx: &mut Trans<'_>, dir: u64, nref: u64) -> Result<(Vec<u8>, u8), E
     Ok((b[off + 2..off + 2 + len].to_vec(), b[off + 1]))
 }
 
+/// An entry found: its tree key, its value (inode, name location) and its file type.
+type Found = ([u64; 2], [u64; 2], u8);
+
 /// Finds `name`: its key and value.
 fn find(
     tx: &mut Trans<'_>,
     dir: u64,
     inode: &Inode,
     name: &[u8],
-) -> Result<Option<([u64; 2], [u64; 2], u8)>, EngineError> {
+) -> Result<Option<Found>, EngineError> {
     let h = name_hash(name);
     let t = tree(dir, inode);
     let mut at = t.ge(tx, &[h, 0])?;
