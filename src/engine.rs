@@ -302,6 +302,11 @@ impl Engine {
         Ok(self.log.force_all()?)
     }
 
+    /// Records the root directory (mkfs); written with the superblock at unmount.
+    pub fn set_root_ino(&mut self, ino: u64) {
+        self.sb.root_ino = ino;
+    }
+
     pub fn superblock(&self) -> &Superblock {
         &self.sb
     }

@@ -13,6 +13,8 @@ pub mod dir;
 pub mod engine;
 pub mod file;
 pub mod format;
+pub mod fs;
+pub mod fuse;
 pub mod image;
 pub mod inode;
 pub mod log;

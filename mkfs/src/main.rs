@@ -122,8 +122,12 @@ fn main() {
     // The allocation groups are written through the engine, as transactions, then unmounted clean.
     let eng = ticketfs::Engine::mount(std::sync::Arc::new(dev), ticketfs::EngineOptions::default())
         .unwrap_or_else(|e| die(&e.to_string(), 8));
+    let mut eng = eng;
     ticketfs::alloc::format_all(&eng)
         .unwrap_or_else(|e| die(&format!("formatting allocation groups: {e}"), 8));
+    let root = ticketfs::fs::make_root(&eng)
+        .unwrap_or_else(|e| die(&format!("creating the root directory: {e}"), 8));
+    eng.set_root_ino(root);
     eng.unmount().unwrap_or_else(|e| die(&e.to_string(), 8));
     let u = sb.uuid;
     println!(

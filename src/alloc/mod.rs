@@ -40,6 +40,7 @@ pub struct AgSummary {
     pub free_blocks: u64,
     pub longest: u64,
     pub free_inodes: u64,
+    pub inodes: u64,
     /// False until the header was read once: an unknown AG is worth a look.
     pub known: bool,
 }
@@ -183,6 +184,7 @@ impl Allocator {
             free_blocks: h.free_blocks,
             longest: h.longest,
             free_inodes: h.free_inodes,
+            inodes: h.inodes,
             known: true,
         };
     }
@@ -590,13 +592,87 @@ impl Allocator {
     /// Allocates an inode near inode `near` (0: anywhere): a free slot of an existing chunk, or a
     /// new chunk block. Returns the inode number, or None when no AG can give one. The caller
     /// writes the inode into its slot (a slot is free while its mode is 0).
+    ///
+    /// Lock order: a transaction joins inode chunks before AG headers. This takes a free slot of
+    /// an existing chunk only when `existing` (the caller must already hold that chunk, see
+    /// [`Allocator::peek_free_inode`] and [`Allocator::claim_inode`]); otherwise it makes a new
+    /// chunk, whose block nobody else can hold.
     #[track_caller]
     pub fn alloc_inode(&self, tx: &mut Trans<'_>, near: u64) -> Result<Option<u64>, EngineError> {
+        self.alloc_inode_in(tx, near, true)
+    }
+
+    /// Allocates an inode in a new chunk (see [`Allocator::alloc_inode`]).
+    #[track_caller]
+    pub fn alloc_inode_new_chunk(
+        &self,
+        tx: &mut Trans<'_>,
+        near: u64,
+    ) -> Result<Option<u64>, EngineError> {
+        self.alloc_inode_in(tx, near, false)
+    }
+
+    /// A free inode near `near` in an existing chunk, found without keeping anything locked (a
+    /// read-only transaction): the caller then joins its chunk in lock order and claims it.
+    pub fn peek_free_inode(
+        &self,
+        tx: &mut Trans<'_>,
+        near: u64,
+    ) -> Result<Option<u64>, EngineError> {
+        let target = ino_split(near).0;
+        for agno in self.candidates(target, |s| s.free_inodes > 0) {
+            let ag = self.read_ag(tx, agno)?;
+            if let Some((k, v)) = ag.ino.ge(tx, &[0, 0])? {
+                if k[0] == 0 && v[0] != 0 {
+                    return Ok(Some(ino_of(k[1], v[0].trailing_zeros() as usize)));
+                }
+            }
+            self.note(&ag.sp.hdr);
+        }
+        Ok(None)
+    }
+
+    /// Takes inode `ino` if its slot is still free in its chunk's mask (the caller holds the
+    /// chunk). Returns false if someone took it meanwhile.
+    #[track_caller]
+    pub fn claim_inode(&self, tx: &mut Trans<'_>, ino: u64) -> Result<bool, EngineError> {
+        let (chunk, slot) = ino_split(ino);
+        let mut ag = self.read_ag(tx, self.agno_of(chunk))?;
+        let Some(v) = ag.ino.get(tx, &[0, chunk])? else {
+            return Ok(false);
+        };
+        if v[0] & (1 << slot) == 0 {
+            return Ok(false);
+        }
+        let left = v[0] & !(1 << slot);
+        let Ag { sp, ino: tree, .. } = &mut ag;
+        if left == 0 {
+            tree.delete(tx, &mut AgBlocks { me: self, sp }, &[0, chunk])?;
+            tree.insert(tx, &mut AgBlocks { me: self, sp }, [1, chunk], [0, 0])?;
+        } else {
+            tree.update(tx, &[0, chunk], [left, 0])?;
+        }
+        ag.sp.hdr.free_inodes -= 1;
+        self.write_ag(tx, &mut ag)?;
+        Ok(true)
+    }
+
+    fn alloc_inode_in(
+        &self,
+        tx: &mut Trans<'_>,
+        near: u64,
+        existing: bool,
+    ) -> Result<Option<u64>, EngineError> {
         let ipb = inodes_per_block(self.geo.block_size);
         let target = ino_split(near).0;
         for agno in self.candidates(target, |s| s.free_inodes > 0 || s.longest >= 1) {
             let mut ag = self.read_ag(tx, agno)?;
-            let (chunk, mask) = match ag.ino.ge(tx, &[0, 0])? {
+            let found = if existing {
+                ag.ino.ge(tx, &[0, 0])?
+            } else {
+                None
+            };
+            let (chunk, mask) = match found {
                 Some((k, v)) if k[0] == 0 => (k[1], v[0]),
                 _ => {
                     let near = target.max(ag.sp.start);
@@ -663,6 +739,18 @@ impl Allocator {
         }
         ag.sp.hdr.free_inodes += 1;
         self.write_ag(tx, &mut ag)
+    }
+
+    /// Reads AG `agno`'s header to refresh its summary, holding nothing afterwards.
+    pub fn free_space_summary(
+        &self,
+        tx: &mut Trans<'_>,
+        agno: u32,
+    ) -> Result<AgSummary, EngineError> {
+        let ag = self.read_ag(tx, agno)?;
+        self.note(&ag.sp.hdr);
+        tx.release_clean(ag.sp.start..ag.sp.start + ag.sp.len);
+        Ok(self.summary(agno))
     }
 
     /// AG `agno`'s free space as both trees record it, and its header (for checks: fsck, tests).

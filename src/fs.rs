@@ -1,0 +1,1152 @@
+//! POSIX operations on the engine: inodes, directories, files, permissions. No FUSE types here;
+//! the adapter in `fuse.rs` only translates.
+//!
+//! Locking: a namespace operation is one transaction that joins the inode chunks of every inode
+//! involved in ascending block order before anything else (then AG headers, then tree nodes), and
+//! re-checks what it looked up before joining. File data operations (write, truncate, fallocate)
+//! span several transactions and are serialised per inode by a striped lock.
+//!
+//! Freeing: an inode whose last link goes is freed after the unlinking transaction commits (its
+//! data in rolling truncate steps, then the inode), or at its last close if it is open.
+
+use crate::alloc::Allocator;
+use crate::dir::{self, DirEntry, NAME_MAX};
+use crate::engine::{Engine, EngineError};
+use crate::file::{extmap, FileIo};
+use crate::format::inode::{ino_split, DataFormat, Inode, Time, FORK_BYTES};
+use crate::format::{BlockType, BLOCK_HEADER_BYTES};
+use crate::inode;
+use crate::trans::{Trans, TransKind};
+use parking_lot::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub const S_IFMT: u32 = 0o170000;
+pub const S_IFDIR: u32 = 0o040000;
+pub const S_IFREG: u32 = 0o100000;
+pub const S_IFLNK: u32 = 0o120000;
+pub const S_IFIFO: u32 = 0o010000;
+pub const S_IFSOCK: u32 = 0o140000;
+pub const S_IFCHR: u32 = 0o020000;
+pub const S_IFBLK: u32 = 0o060000;
+pub const S_ISUID: u32 = 0o4000;
+pub const S_ISGID: u32 = 0o2000;
+pub const S_ISVTX: u32 = 0o1000;
+/// Most hard links to one inode (as ext4's 65000).
+pub const LINK_MAX: u32 = 65000;
+/// Longest symlink target: POSIX PATH_MAX less its terminating NUL.
+pub const SYMLINK_MAX: usize = 4095;
+/// Stripes of the per-inode data lock: bounds memory, keeps collisions rare.
+const DATA_LOCK_STRIPES: usize = 256;
+/// Times a namespace operation retries when what it looked up changed before it locked.
+const RETRIES_MAX: usize = 16;
+
+/// Who is asking.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+impl Ctx {
+    pub const ROOT: Ctx = Ctx {
+        uid: 0,
+        gid: 0,
+        pid: 0,
+    };
+
+    /// Is `gid` the caller's group or one of its supplementary groups (from /proc)?
+    fn in_group(&self, gid: u32) -> bool {
+        if gid == self.gid {
+            return true;
+        }
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", self.pid)) else {
+            return false;
+        };
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Groups:"))
+            .is_some_and(|g| g.split_whitespace().any(|x| x.parse::<u32>() == Ok(gid)))
+    }
+}
+
+/// What went wrong, in POSIX terms; the adapter maps each to one errno.
+#[derive(Debug)]
+pub enum FsError {
+    NotFound,
+    Exists,
+    NotDir,
+    IsDir,
+    NotEmpty,
+    /// Permission bits refuse it (EACCES).
+    Access,
+    /// Only the owner or root may (EPERM).
+    Perm,
+    NameTooLong,
+    Invalid(String),
+    TooManyLinks,
+    ReadOnly,
+    NotSupported,
+    /// No data at or after the offset (SEEK_DATA past the last extent).
+    NoData,
+    Engine(EngineError),
+}
+
+impl fmt::Display for FsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FsError::Engine(e) => write!(f, "{e}"),
+            FsError::Invalid(w) => write!(f, "invalid: {w}"),
+            other => write!(f, "{other:?}"),
+        }
+    }
+}
+
+impl From<EngineError> for FsError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Stale(_) => FsError::NotFound,
+            e => FsError::Engine(e),
+        }
+    }
+}
+
+type R<T> = Result<T, FsError>;
+
+/// Attributes as stat(2) shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub mode: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// In 512-byte units, as st_blocks.
+    pub blocks: u64,
+    pub atime: Time,
+    pub mtime: Time,
+    pub ctime: Time,
+    pub crtime: Time,
+    pub rdev: u64,
+    pub blksize: u32,
+    pub generation: u32,
+}
+
+/// A time to set: now, or a given time.
+#[derive(Debug, Clone, Copy)]
+pub enum SetTime {
+    Now,
+    At(Time),
+}
+
+/// What setattr changes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+/// Filesystem statistics.
+#[derive(Debug, Clone, Copy)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+pub fn now() -> Time {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Time {
+        sec: d.as_secs() as i64,
+        nsec: d.subsec_nanos(),
+    }
+}
+
+fn is_dir(i: &Inode) -> bool {
+    i.mode & S_IFMT == S_IFDIR
+}
+
+/// The readdir type (DT_*) of a mode.
+pub fn dtype(mode: u32) -> u8 {
+    match mode & S_IFMT {
+        S_IFDIR => 4,
+        S_IFREG => 8,
+        S_IFLNK => 10,
+        S_IFIFO => 1,
+        S_IFSOCK => 12,
+        S_IFCHR => 2,
+        S_IFBLK => 6,
+        _ => 0,
+    }
+}
+
+fn check_name(name: &[u8]) -> R<()> {
+    if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+        return Err(FsError::Invalid(
+            "empty name or a name with '/' or NUL".into(),
+        ));
+    }
+    if name.len() > NAME_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    Ok(())
+}
+
+/// May `ctx` do `want` (4 read, 2 write, 1 search/execute, or'ed) to `i`?
+fn may(ctx: &Ctx, i: &Inode, want: u32) -> R<()> {
+    if ctx.uid == 0 {
+        // Root may do anything but execute a file with no execute bit at all.
+        if want & 1 != 0 && !is_dir(i) && i.mode & 0o111 == 0 {
+            return Err(FsError::Access);
+        }
+        return Ok(());
+    }
+    let bits = if ctx.uid == i.uid {
+        (i.mode >> 6) & 7
+    } else if ctx.in_group(i.gid) {
+        (i.mode >> 3) & 7
+    } else {
+        i.mode & 7
+    };
+    if bits & want == want {
+        Ok(())
+    } else {
+        Err(FsError::Access)
+    }
+}
+
+/// The sticky-directory rule: in a sticky directory only the owner of the entry, the owner of
+/// the directory or root may remove or rename the entry.
+fn sticky_ok(ctx: &Ctx, dir: &Inode, victim: &Inode) -> R<()> {
+    if dir.mode & S_ISVTX != 0 && ctx.uid != 0 && ctx.uid != dir.uid && ctx.uid != victim.uid {
+        return Err(FsError::Perm);
+    }
+    Ok(())
+}
+
+/// Joins the chunks of `inos` in ascending block order: the lock order of every operation.
+fn lock_chunks(tx: &mut Trans<'_>, inos: &[u64]) -> R<()> {
+    let mut chunks: Vec<u64> = inos
+        .iter()
+        .filter(|&&i| i != 0)
+        .map(|&i| ino_split(i).0)
+        .collect();
+    chunks.sort_unstable();
+    chunks.dedup();
+    for c in chunks {
+        tx.read_buf(c, BlockType::InodeChunk)?;
+    }
+    Ok(())
+}
+
+pub struct Fs {
+    eng: Engine,
+    alloc: Allocator,
+    root: u64,
+    read_only: bool,
+    stripes: Vec<Mutex<()>>,
+    open: Mutex<HashMap<u64, u32>>,
+    orphans: Mutex<HashSet<u64>>,
+    generation: Mutex<u32>,
+}
+
+impl Fs {
+    /// Wraps a mounted engine; reads every AG header once so allocation starts informed.
+    pub fn new(eng: Engine, read_only: bool) -> R<Fs> {
+        let root = eng.superblock().root_ino;
+        if root == 0 {
+            return Err(FsError::Invalid(
+                "the superblock names no root directory (not formatted by mkfs.ticketfs?)".into(),
+            ));
+        }
+        let alloc = Allocator::new(*eng.geometry());
+        {
+            let mut tx = eng.begin(TransKind::Read)?;
+            for agno in 0..eng.geometry().ag_count {
+                alloc.free_space_summary(&mut tx, agno)?;
+            }
+            let (_, r) = inode::read(&mut tx, root)?;
+            if !is_dir(&r) {
+                return Err(FsError::Invalid(format!(
+                    "root inode {root} is not a directory"
+                )));
+            }
+            tx.cancel()?;
+        }
+        let seed = now().nsec ^ std::process::id();
+        Ok(Fs {
+            eng,
+            alloc,
+            root,
+            read_only,
+            stripes: (0..DATA_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            open: Mutex::new(HashMap::new()),
+            orphans: Mutex::new(HashSet::new()),
+            generation: Mutex::new(seed),
+        })
+    }
+
+    pub fn root(&self) -> u64 {
+        self.root
+    }
+    pub fn engine(&self) -> &Engine {
+        &self.eng
+    }
+
+    /// Flushes everything and unmounts the engine (the superblock is marked clean).
+    pub fn unmount(self) -> R<()> {
+        let orphans: Vec<u64> = self.orphans.lock().drain().collect();
+        for ino in orphans {
+            self.destroy(ino)?;
+        }
+        Ok(self.eng.unmount()?)
+    }
+
+    fn io(&self) -> FileIo<'_> {
+        FileIo {
+            eng: &self.eng,
+            alloc: &self.alloc,
+        }
+    }
+
+    fn data_lock(&self, ino: u64) -> parking_lot::MutexGuard<'_, ()> {
+        self.stripes[(ino.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize % DATA_LOCK_STRIPES]
+            .lock()
+    }
+
+    fn writable(&self) -> R<()> {
+        if self.read_only {
+            Err(FsError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn attr(&self, ino: u64, i: &Inode) -> Attr {
+        let bs = self.eng.geometry().block_size as u64;
+        Attr {
+            ino,
+            mode: i.mode,
+            nlink: i.nlink,
+            uid: i.uid,
+            gid: i.gid,
+            // A directory's size is the space its tree and names take, as on XFS and ext4.
+            size: if is_dir(i) { i.blocks * bs } else { i.size },
+            blocks: i.blocks * (bs / 512),
+            atime: i.atime,
+            mtime: i.mtime,
+            ctime: i.ctime,
+            crtime: i.crtime,
+            rdev: i.rdev,
+            blksize: bs as u32,
+            generation: i.generation,
+        }
+    }
+
+    fn read_inode(&self, ino: u64) -> R<Inode> {
+        let mut tx = self.eng.begin(TransKind::Read)?;
+        let (_, i) = inode::read(&mut tx, ino)?;
+        tx.cancel()?;
+        Ok(i)
+    }
+
+    pub fn getattr(&self, ino: u64) -> R<Attr> {
+        let i = self.read_inode(ino)?;
+        Ok(self.attr(ino, &i))
+    }
+
+    /// Looks `name` up in directory `parent`.
+    pub fn lookup(&self, ctx: &Ctx, parent: u64, name: &[u8]) -> R<Attr> {
+        let mut tx = self.eng.begin(TransKind::Read)?;
+        let (_, p) = inode::read(&mut tx, parent)?;
+        if !is_dir(&p) {
+            return Err(FsError::NotDir);
+        }
+        may(ctx, &p, 1)?;
+        let ino = match name {
+            b"." => parent,
+            b".." => dir::parent(&p),
+            _ => {
+                check_name(name)?;
+                dir::lookup(&mut tx, parent, &p, name)?
+                    .ok_or(FsError::NotFound)?
+                    .0
+            }
+        };
+        let (_, i) = inode::read(&mut tx, ino)?;
+        tx.cancel()?;
+        Ok(self.attr(ino, &i))
+    }
+
+    /// The inode `name` names in `parent` now, without keeping locks (to know what to lock).
+    fn peek(&self, parent: u64, name: &[u8]) -> R<Option<u64>> {
+        let mut tx = self.eng.begin(TransKind::Read)?;
+        let (_, p) = inode::read(&mut tx, parent)?;
+        if !is_dir(&p) {
+            return Err(FsError::NotDir);
+        }
+        let r = dir::lookup(&mut tx, parent, &p, name)?.map(|x| x.0);
+        tx.cancel()?;
+        Ok(r)
+    }
+
+    fn next_generation(&self) -> u32 {
+        let mut g = self.generation.lock();
+        *g = g.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        *g
+    }
+
+    /// Creates `name` in `parent`: a regular file, device, fifo or socket (`mode` has the type),
+    /// a directory, or a symlink to `target`.
+    pub fn make(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u64,
+        target: Option<&[u8]>,
+    ) -> R<Attr> {
+        self.writable()?;
+        check_name(name)?;
+        let ftype = mode & S_IFMT;
+        if !matches!(
+            ftype,
+            S_IFREG | S_IFDIR | S_IFLNK | S_IFIFO | S_IFSOCK | S_IFCHR | S_IFBLK
+        ) {
+            return Err(FsError::Invalid(format!("file type {ftype:o}")));
+        }
+        if let Some(t) = target {
+            if t.len() > SYMLINK_MAX || t.len() > self.symlink_block_max() {
+                return Err(FsError::NameTooLong);
+            }
+            if t.is_empty() {
+                return Err(FsError::NotFound);
+            }
+        }
+        let kind = match ftype {
+            S_IFDIR => TransKind::Mkdir,
+            S_IFLNK => TransKind::Symlink,
+            _ => TransKind::Create,
+        };
+        // A free inode to claim, found before locking anything (see alloc::peek_free_inode).
+        let candidate = {
+            let mut tx = self.eng.begin(TransKind::Read)?;
+            let c = self.alloc.peek_free_inode(&mut tx, parent)?;
+            tx.cancel()?;
+            c
+        };
+        let mut tx = self.eng.begin(kind)?;
+        lock_chunks(&mut tx, &[parent, candidate.unwrap_or(0)])?;
+        let (pr, mut p) = inode::read(&mut tx, parent)?;
+        if !is_dir(&p) {
+            return Err(FsError::NotDir);
+        }
+        if p.nlink == 0 {
+            return Err(FsError::NotFound);
+        }
+        may(ctx, &p, 3)?;
+        if dir::lookup(&mut tx, parent, &p, name)?.is_some() {
+            return Err(FsError::Exists);
+        }
+        if ftype == S_IFDIR && p.nlink >= LINK_MAX {
+            return Err(FsError::TooManyLinks);
+        }
+        let claimed = match candidate {
+            Some(c)
+                if inode::join_new(&mut tx, c).is_ok() && self.alloc.claim_inode(&mut tx, c)? =>
+            {
+                Some(c)
+            }
+            _ => None,
+        };
+        let ino = match claimed {
+            Some(c) => c,
+            None => self
+                .alloc
+                .alloc_inode_new_chunk(&mut tx, parent)?
+                .ok_or_else(|| EngineError::NoSpace("no free inode".into()))?,
+        };
+        let r = inode::join_new(&mut tx, ino)?;
+        let t = now();
+        let mut i = Inode {
+            mode,
+            uid: ctx.uid,
+            gid: ctx.gid,
+            nlink: if ftype == S_IFDIR { 2 } else { 1 },
+            generation: self.next_generation(),
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            rdev: if matches!(ftype, S_IFCHR | S_IFBLK) {
+                rdev
+            } else {
+                0
+            },
+            ..Default::default()
+        };
+        // A setgid directory passes its group on, and its setgid bit to subdirectories.
+        if p.mode & S_ISGID != 0 {
+            i.gid = p.gid;
+            if ftype == S_IFDIR {
+                i.mode |= S_ISGID;
+            }
+        } else if ftype != S_IFDIR && mode & S_ISGID != 0 && ctx.uid != 0 && !ctx.in_group(i.gid) {
+            i.mode &= !S_ISGID;
+        }
+        match ftype {
+            S_IFDIR => dir::init(&mut tx, &self.alloc, ino, &mut i, parent)?,
+            S_IFLNK => self.store_symlink(&mut tx, ino, &mut i, target.unwrap_or_default())?,
+            S_IFREG => i.set_extents(&[]),
+            _ => {}
+        }
+        inode::write(&mut tx, &r, &i);
+        dir::insert(&mut tx, &self.alloc, parent, &mut p, name, ino, dtype(mode))?;
+        if ftype == S_IFDIR {
+            p.nlink += 1;
+        }
+        p.mtime = t;
+        p.ctime = t;
+        inode::write(&mut tx, &pr, &p);
+        tx.commit()?;
+        Ok(self.attr(ino, &i))
+    }
+
+    fn symlink_block_max(&self) -> usize {
+        self.eng.geometry().block_size as usize - BLOCK_HEADER_BYTES
+    }
+
+    /// Short targets live in the inode; longer ones in one symlink block.
+    fn store_symlink(&self, tx: &mut Trans<'_>, ino: u64, i: &mut Inode, target: &[u8]) -> R<()> {
+        i.size = target.len() as u64;
+        i.nextents = target.len() as u32;
+        if target.len() <= FORK_BYTES {
+            i.format = DataFormat::Local;
+            i.fork[..target.len()].copy_from_slice(target);
+            return Ok(());
+        }
+        let (blk, _) = self
+            .alloc
+            .alloc(tx, ino_split(ino).0, 1, 1)?
+            .ok_or_else(|| EngineError::NoSpace("no block for a symlink".into()))?;
+        let id = tx.get_buf(blk, BlockType::Symlink, ino)?;
+        tx.data_mut(id)[BLOCK_HEADER_BYTES..BLOCK_HEADER_BYTES + target.len()]
+            .copy_from_slice(target);
+        tx.log_range(id, BLOCK_HEADER_BYTES..BLOCK_HEADER_BYTES + target.len());
+        i.format = DataFormat::Btree;
+        i.root = blk;
+        i.blocks = 1;
+        Ok(())
+    }
+
+    pub fn readlink(&self, ino: u64) -> R<Vec<u8>> {
+        let mut tx = self.eng.begin(TransKind::Read)?;
+        let (_, i) = inode::read(&mut tx, ino)?;
+        if i.mode & S_IFMT != S_IFLNK {
+            return Err(FsError::Invalid("not a symlink".into()));
+        }
+        let len = (i.nextents as usize).min(self.symlink_block_max());
+        let out = if i.format == DataFormat::Local {
+            i.fork[..len.min(FORK_BYTES)].to_vec()
+        } else {
+            let id = tx.read_buf(i.root, BlockType::Symlink)?;
+            tx.data(id)[BLOCK_HEADER_BYTES..BLOCK_HEADER_BYTES + len].to_vec()
+        };
+        tx.cancel()?;
+        Ok(out)
+    }
+
+    /// Removes `name` from `parent`: a non-directory (`rmdir` false) or an empty directory.
+    pub fn remove(&self, ctx: &Ctx, parent: u64, name: &[u8], rmdir: bool) -> R<()> {
+        self.writable()?;
+        check_name(name)?;
+        if rmdir && name == b"." {
+            return Err(FsError::Invalid("rmdir of .".into()));
+        }
+        for _ in 0..RETRIES_MAX {
+            let child = self.peek(parent, name)?.ok_or(FsError::NotFound)?;
+            let mut tx = self.eng.begin(TransKind::Remove)?;
+            lock_chunks(&mut tx, &[parent, child])?;
+            let (pr, mut p) = inode::read(&mut tx, parent)?;
+            if dir::lookup(&mut tx, parent, &p, name)?.map(|x| x.0) != Some(child) {
+                tx.cancel()?;
+                continue;
+            }
+            may(ctx, &p, 3)?;
+            let (cr, mut c) = inode::read(&mut tx, child)?;
+            sticky_ok(ctx, &p, &c)?;
+            match (rmdir, is_dir(&c)) {
+                (false, true) => return Err(FsError::IsDir),
+                (true, false) => return Err(FsError::NotDir),
+                (true, true) if c.nextents != 0 => return Err(FsError::NotEmpty),
+                _ => {}
+            }
+            dir::remove(&mut tx, &self.alloc, parent, &mut p, name)?;
+            let t = now();
+            if rmdir {
+                c.nlink = 0;
+                p.nlink = p.nlink.saturating_sub(1);
+            } else {
+                c.nlink -= 1;
+            }
+            c.ctime = t;
+            p.mtime = t;
+            p.ctime = t;
+            inode::write(&mut tx, &pr, &p);
+            inode::write(&mut tx, &cr, &c);
+            tx.commit()?;
+            if c.nlink == 0 {
+                self.release_or_destroy(child)?;
+            }
+            return Ok(());
+        }
+        Err(FsError::Engine(EngineError::Invalid(format!(
+            "{} kept changing under remove",
+            String::from_utf8_lossy(name)
+        ))))
+    }
+
+    /// An inode lost its last link: free it now, or at its last close.
+    fn release_or_destroy(&self, ino: u64) -> R<()> {
+        if self.open.lock().get(&ino).is_some_and(|&n| n > 0) {
+            self.orphans.lock().insert(ino);
+            return Ok(());
+        }
+        self.destroy(ino)
+    }
+
+    /// Frees an inode with no links: its data (rolling truncate), its map or directory root or
+    /// symlink block, then the inode.
+    fn destroy(&self, ino: u64) -> R<()> {
+        let _g = self.data_lock(ino);
+        let i = self.read_inode(ino)?;
+        debug_assert_eq!(i.nlink, 0);
+        if i.mode & S_IFMT == S_IFREG {
+            self.io().truncate(ino, 0, now())?;
+        }
+        let mut tx = self.eng.begin(TransKind::Inactive)?;
+        let (r, mut i) = inode::read(&mut tx, ino)?;
+        match (i.mode & S_IFMT, i.format) {
+            (S_IFDIR, DataFormat::Btree) => dir::destroy(&mut tx, &self.alloc, ino, &mut i)?,
+            (S_IFLNK, DataFormat::Btree) => {
+                let id = tx.read_buf(i.root, BlockType::Symlink)?;
+                tx.invalidate(id);
+                self.alloc.free(&mut tx, i.root, 1)?;
+            }
+            (S_IFREG, DataFormat::Btree) => {
+                // The empty extent tree's root.
+                let id = tx.read_buf(i.root, BlockType::BtreeExtent)?;
+                tx.invalidate(id);
+                self.alloc.free(&mut tx, i.root, 1)?;
+            }
+            _ => {}
+        }
+        inode::clear(&mut tx, &r);
+        self.alloc.free_inode(&mut tx, ino)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Adds the name `newname` in `newparent` for `ino`.
+    pub fn link(&self, ctx: &Ctx, ino: u64, newparent: u64, newname: &[u8]) -> R<Attr> {
+        self.writable()?;
+        check_name(newname)?;
+        let mut tx = self.eng.begin(TransKind::Link)?;
+        lock_chunks(&mut tx, &[ino, newparent])?;
+        let (pr, mut p) = inode::read(&mut tx, newparent)?;
+        if !is_dir(&p) {
+            return Err(FsError::NotDir);
+        }
+        may(ctx, &p, 3)?;
+        let (r, mut i) = inode::read(&mut tx, ino)?;
+        if is_dir(&i) {
+            return Err(FsError::Perm);
+        }
+        if i.nlink == 0 {
+            return Err(FsError::NotFound);
+        }
+        if i.nlink >= LINK_MAX {
+            return Err(FsError::TooManyLinks);
+        }
+        if dir::lookup(&mut tx, newparent, &p, newname)?.is_some() {
+            return Err(FsError::Exists);
+        }
+        dir::insert(
+            &mut tx,
+            &self.alloc,
+            newparent,
+            &mut p,
+            newname,
+            ino,
+            dtype(i.mode),
+        )?;
+        let t = now();
+        i.nlink += 1;
+        i.ctime = t;
+        p.mtime = t;
+        p.ctime = t;
+        inode::write(&mut tx, &r, &i);
+        inode::write(&mut tx, &pr, &p);
+        tx.commit()?;
+        Ok(self.attr(ino, &i))
+    }
+
+    /// Is `dir` (a directory) `anc` or below it? Walks ".." up to the root.
+    fn is_within(&self, dir: u64, anc: u64) -> R<bool> {
+        let mut cur = dir;
+        for _ in 0..4096 {
+            if cur == anc {
+                return Ok(true);
+            }
+            if cur == self.root {
+                return Ok(false);
+            }
+            cur = dir::parent(&self.read_inode(cur)?);
+        }
+        Err(FsError::Engine(EngineError::Invalid(
+            "directory tree deeper than 4096 or looping".into(),
+        )))
+    }
+
+    /// Renames `name` in `parent` to `newname` in `newparent`. `noreplace` fails if the target
+    /// exists; `exchange` swaps two existing entries.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rename(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        noreplace: bool,
+        exchange: bool,
+    ) -> R<()> {
+        self.writable()?;
+        check_name(name)?;
+        check_name(newname)?;
+        for _ in 0..RETRIES_MAX {
+            let src = self.peek(parent, name)?.ok_or(FsError::NotFound)?;
+            let dst = self.peek(newparent, newname)?;
+            if exchange && dst.is_none() {
+                return Err(FsError::NotFound);
+            }
+            if dst.is_some() && noreplace {
+                return Err(FsError::Exists);
+            }
+            // Moving a directory below itself (the kernel serialises cross-directory renames).
+            let src_is_dir = is_dir(&self.read_inode(src)?);
+            if src_is_dir && parent != newparent && self.is_within(newparent, src)? {
+                return Err(FsError::Invalid("moving a directory below itself".into()));
+            }
+            if let Some(d) = dst.filter(|_| exchange) {
+                if is_dir(&self.read_inode(d)?)
+                    && parent != newparent
+                    && self.is_within(parent, d)?
+                {
+                    return Err(FsError::Invalid("moving a directory below itself".into()));
+                }
+            }
+            let mut tx = self.eng.begin(TransKind::Rename)?;
+            lock_chunks(&mut tx, &[parent, newparent, src, dst.unwrap_or(0)])?;
+            let (pr, mut p) = inode::read(&mut tx, parent)?;
+            let (npr, mut np) = inode::read(&mut tx, newparent)?;
+            if !is_dir(&np) {
+                return Err(FsError::NotDir);
+            }
+            if dir::lookup(&mut tx, parent, &p, name)?.map(|x| x.0) != Some(src)
+                || dir::lookup(&mut tx, newparent, &np, newname)?.map(|x| x.0) != dst
+            {
+                tx.cancel()?;
+                continue;
+            }
+            may(ctx, &p, 3)?;
+            may(ctx, &np, 3)?;
+            let (sr, mut s) = inode::read(&mut tx, src)?;
+            sticky_ok(ctx, &p, &s)?;
+            if Some(src) == dst {
+                tx.cancel()?;
+                return Ok(());
+            }
+            let t = now();
+            let mut dst_inode = None;
+            if let Some(d) = dst {
+                let (dr, di) = inode::read(&mut tx, d)?;
+                sticky_ok(ctx, &np, &di)?;
+                if !exchange {
+                    match (is_dir(&s), is_dir(&di)) {
+                        (true, false) => return Err(FsError::NotDir),
+                        (false, true) => return Err(FsError::IsDir),
+                        (true, true) if di.nextents != 0 => return Err(FsError::NotEmpty),
+                        _ => {}
+                    }
+                }
+                // A directory moving to another parent rewrites its "..": it needs write permission.
+                if is_dir(&di) && exchange && parent != newparent {
+                    may(ctx, &di, 2)?;
+                }
+                dst_inode = Some((d, dr, di));
+            }
+            if is_dir(&s) && parent != newparent {
+                may(ctx, &s, 2)?;
+            }
+            let same = parent == newparent;
+            match dst_inode {
+                Some((d, dr, mut di)) if exchange => {
+                    // Swap the two entries.
+                    let pp = if same { &mut np } else { &mut p };
+                    dir::replace(&mut tx, parent, pp, name, d, dtype(di.mode))?;
+                    dir::replace(&mut tx, newparent, &np, newname, src, dtype(s.mode))?;
+                    if !same {
+                        if is_dir(&s) {
+                            dir::set_parent(&mut s, newparent);
+                            p.nlink -= 1;
+                            np.nlink += 1;
+                        }
+                        if is_dir(&di) {
+                            dir::set_parent(&mut di, parent);
+                            np.nlink -= 1;
+                            p.nlink += 1;
+                        }
+                    }
+                    di.ctime = t;
+                    inode::write(&mut tx, &dr, &di);
+                }
+                Some((_, dr, mut di)) => {
+                    dir::replace(&mut tx, newparent, &np, newname, src, dtype(s.mode))?;
+                    if is_dir(&di) {
+                        di.nlink = 0;
+                        np.nlink -= 1;
+                    } else {
+                        di.nlink -= 1;
+                    }
+                    di.ctime = t;
+                    inode::write(&mut tx, &dr, &di);
+                    if same {
+                        dir::remove(&mut tx, &self.alloc, parent, &mut np, name)?;
+                    } else {
+                        dir::remove(&mut tx, &self.alloc, parent, &mut p, name)?;
+                    }
+                }
+                None => {
+                    dir::insert(
+                        &mut tx,
+                        &self.alloc,
+                        newparent,
+                        &mut np,
+                        newname,
+                        src,
+                        dtype(s.mode),
+                    )?;
+                    if same {
+                        dir::remove(&mut tx, &self.alloc, parent, &mut np, name)?;
+                    } else {
+                        dir::remove(&mut tx, &self.alloc, parent, &mut p, name)?;
+                    }
+                }
+            }
+            if is_dir(&s) && !same && !exchange {
+                dir::set_parent(&mut s, newparent);
+                p.nlink -= 1;
+                np.nlink += 1;
+            }
+            s.ctime = t;
+            np.mtime = t;
+            np.ctime = t;
+            inode::write(&mut tx, &sr, &s);
+            if !same {
+                p.mtime = t;
+                p.ctime = t;
+                inode::write(&mut tx, &pr, &p);
+            }
+            inode::write(&mut tx, &npr, &np);
+            tx.commit()?;
+            if let Some(d) = dst.filter(|_| !exchange) {
+                if self.read_inode(d)?.nlink == 0 {
+                    self.release_or_destroy(d)?;
+                }
+            }
+            return Ok(());
+        }
+        Err(FsError::Engine(EngineError::Invalid(
+            "rename target kept changing".into(),
+        )))
+    }
+
+    /// Changes attributes; checks ownership and permissions as chmod, chown, truncate and
+    /// utimensat do.
+    pub fn setattr(&self, ctx: &Ctx, ino: u64, a: &SetAttr) -> R<Attr> {
+        self.writable()?;
+        let cur = self.read_inode(ino)?;
+        let owner = ctx.uid == 0 || ctx.uid == cur.uid;
+        if a.mode.is_some() && !owner {
+            return Err(FsError::Perm);
+        }
+        if let Some(u) = a.uid {
+            if u != cur.uid && ctx.uid != 0 {
+                return Err(FsError::Perm);
+            }
+        }
+        if let Some(g) = a.gid {
+            if g != cur.gid && ctx.uid != 0 && !(ctx.uid == cur.uid && ctx.in_group(g)) {
+                return Err(FsError::Perm);
+            }
+        }
+        for t in [a.atime, a.mtime].into_iter().flatten() {
+            match t {
+                SetTime::At(_) if !owner => return Err(FsError::Perm),
+                SetTime::Now if !owner => may(ctx, &cur, 2)?,
+                _ => {}
+            }
+        }
+        if let Some(size) = a.size {
+            if is_dir(&cur) {
+                return Err(FsError::IsDir);
+            }
+            if cur.mode & S_IFMT != S_IFREG {
+                return Err(FsError::Invalid("truncate of a non-regular file".into()));
+            }
+            may(ctx, &cur, 2)?;
+            let _g = self.data_lock(ino);
+            self.io().truncate(ino, size, now())?;
+        }
+        let mut tx = self.eng.begin(TransKind::Setattr)?;
+        let (r, mut i) = inode::read(&mut tx, ino)?;
+        let t = now();
+        if let Some(m) = a.mode {
+            let mut m = (i.mode & S_IFMT) | (m & 0o7777);
+            // Setting setgid on a file of a group one is not in quietly drops it.
+            if ctx.uid != 0 && !is_dir(&i) && m & S_ISGID != 0 && !ctx.in_group(i.gid) {
+                m &= !S_ISGID;
+            }
+            i.mode = m;
+        }
+        let chown = a.uid.is_some_and(|u| u != i.uid) || a.gid.is_some_and(|g| g != i.gid);
+        if let Some(u) = a.uid {
+            i.uid = u;
+        }
+        if let Some(g) = a.gid {
+            i.gid = g;
+        }
+        if (chown || a.uid.is_some() || a.gid.is_some()) && !is_dir(&i) && a.mode.is_none() {
+            // As Linux: chown clears set-user-ID, and set-group-ID when group-executable.
+            i.mode &= !S_ISUID;
+            if i.mode & 0o010 != 0 {
+                i.mode &= !S_ISGID;
+            }
+        }
+        let pick = |s: SetTime| match s {
+            SetTime::Now => t,
+            SetTime::At(x) => x,
+        };
+        if let Some(x) = a.atime {
+            i.atime = pick(x);
+        }
+        if let Some(x) = a.mtime {
+            i.mtime = pick(x);
+        }
+        if a.size.is_some() && a.mtime.is_none() {
+            i.mtime = t;
+        }
+        i.ctime = t;
+        inode::write(&mut tx, &r, &i);
+        tx.commit()?;
+        Ok(self.attr(ino, &i))
+    }
+
+    /// May `ctx` open `ino` with this access (4 read, 2 write)? Counts the open.
+    pub fn open(&self, ctx: &Ctx, ino: u64, want: u32) -> R<()> {
+        let i = self.read_inode(ino)?;
+        if want & 2 != 0 {
+            if is_dir(&i) {
+                return Err(FsError::IsDir);
+            }
+            self.writable()?;
+        }
+        may(ctx, &i, want)?;
+        *self.open.lock().entry(ino).or_insert(0) += 1;
+        Ok(())
+    }
+
+    /// The last close of an open: an inode unlinked meanwhile is freed now.
+    pub fn release(&self, ino: u64) -> R<()> {
+        let last = {
+            let mut o = self.open.lock();
+            let n = o.entry(ino).or_insert(1);
+            *n -= 1;
+            let last = *n == 0;
+            if last {
+                o.remove(&ino);
+            }
+            last
+        };
+        if last && self.orphans.lock().remove(&ino) {
+            self.destroy(ino)?;
+        }
+        Ok(())
+    }
+
+    pub fn access(&self, ctx: &Ctx, ino: u64, mask: u32) -> R<()> {
+        let i = self.read_inode(ino)?;
+        if mask & 2 != 0 {
+            self.writable()?;
+        }
+        may(ctx, &i, mask & 7)
+    }
+
+    pub fn read(&self, ino: u64, off: u64, len: usize) -> R<Vec<u8>> {
+        Ok(self.io().read(ino, off, len)?)
+    }
+
+    /// Writes; a write by anyone but root clears set-user-ID and set-group-ID.
+    pub fn write(&self, ctx: &Ctx, ino: u64, off: u64, data: &[u8]) -> R<usize> {
+        self.writable()?;
+        let _g = self.data_lock(ino);
+        self.io().write(ino, off, data, now())?;
+        if ctx.uid != 0 {
+            let i = self.read_inode(ino)?;
+            if i.mode & (S_ISUID | S_ISGID) != 0 {
+                let mut tx = self.eng.begin(TransKind::Setattr)?;
+                let (r, mut i) = inode::read(&mut tx, ino)?;
+                i.mode &= !S_ISUID;
+                if i.mode & 0o010 != 0 {
+                    i.mode &= !S_ISGID;
+                }
+                inode::write(&mut tx, &r, &i);
+                tx.commit()?;
+            }
+        }
+        Ok(data.len())
+    }
+
+    /// Makes everything written so far durable: the log, and file data (device flush).
+    pub fn fsync(&self) -> R<()> {
+        self.eng.force_all()?;
+        self.eng.device().flush().map_err(EngineError::Io)?;
+        Ok(())
+    }
+
+    /// fallocate: `keep_size`, `punch` (with keep_size), `zero` (punch then preallocate).
+    pub fn fallocate(
+        &self,
+        ino: u64,
+        off: u64,
+        len: u64,
+        keep_size: bool,
+        punch: bool,
+        zero: bool,
+    ) -> R<()> {
+        self.writable()?;
+        let i = self.read_inode(ino)?;
+        if i.mode & S_IFMT != S_IFREG {
+            return Err(if is_dir(&i) {
+                FsError::IsDir
+            } else {
+                FsError::NotSupported
+            });
+        }
+        let _g = self.data_lock(ino);
+        let t = now();
+        if punch || zero {
+            self.io().punch_hole(ino, off, len, t)?;
+        }
+        if !punch {
+            self.io().preallocate(ino, off, len, keep_size, t)?;
+        }
+        Ok(())
+    }
+
+    /// SEEK_DATA (`data`) or SEEK_HOLE.
+    pub fn seek(&self, ino: u64, off: u64, data: bool) -> R<u64> {
+        self.io().seek(ino, off, data)?.ok_or(FsError::NoData)
+    }
+
+    /// Directory entries from `cookie`, at most `max`; checks read permission.
+    pub fn readdir(&self, ino: u64, cookie: u64, max: usize) -> R<Vec<DirEntry>> {
+        let mut tx = self.eng.begin(TransKind::Read)?;
+        let (_, i) = inode::read(&mut tx, ino)?;
+        if !is_dir(&i) {
+            return Err(FsError::NotDir);
+        }
+        let out = dir::read(&mut tx, ino, &i, cookie, max)?;
+        tx.cancel()?;
+        Ok(out)
+    }
+
+    pub fn opendir(&self, ctx: &Ctx, ino: u64) -> R<()> {
+        let i = self.read_inode(ino)?;
+        if !is_dir(&i) {
+            return Err(FsError::NotDir);
+        }
+        may(ctx, &i, 4)
+    }
+
+    pub fn statfs(&self) -> R<StatFs> {
+        let g = self.eng.geometry();
+        let (mut free, mut ifree, mut inodes) = (0, 0, 0);
+        for agno in 0..g.ag_count {
+            let s = self.alloc.summary(agno);
+            free += s.free_blocks;
+            ifree += s.free_inodes;
+        }
+        let ipb = crate::format::inode::inodes_per_block(g.block_size) as u64;
+        for agno in 0..g.ag_count {
+            inodes += self.alloc.summary(agno).inodes;
+        }
+        Ok(StatFs {
+            blocks: g.block_count,
+            bfree: free,
+            files: inodes + free * ipb,
+            ffree: ifree + free * ipb,
+            bsize: g.block_size,
+            namelen: NAME_MAX as u32,
+        })
+    }
+
+    /// The extents of a file (for tests and tools).
+    pub fn extents(&self, ino: u64) -> R<Vec<crate::format::inode::Extent>> {
+        let mut tx = self.eng.begin(TransKind::Read)?;
+        let (_, i) = inode::read(&mut tx, ino)?;
+        let e = extmap::all(&mut tx, ino, &i)?;
+        tx.cancel()?;
+        Ok(e)
+    }
+}
+
+/// Creates the root directory of a freshly formatted filesystem; returns its inode number.
+pub fn make_root(eng: &Engine) -> Result<u64, EngineError> {
+    let alloc = Allocator::new(*eng.geometry());
+    let mut tx = eng.begin(TransKind::Mkdir)?;
+    let ino = alloc
+        .alloc_inode_new_chunk(&mut tx, 0)?
+        .ok_or_else(|| EngineError::NoSpace("no inode for the root".into()))?;
+    let r = inode::join_new(&mut tx, ino)?;
+    let t = now();
+    let mut i = Inode {
+        mode: S_IFDIR | 0o755,
+        nlink: 2,
+        atime: t,
+        mtime: t,
+        ctime: t,
+        crtime: t,
+        generation: 1,
+        ..Default::default()
+    };
+    dir::init(&mut tx, &alloc, ino, &mut i, ino)?;
+    inode::write(&mut tx, &r, &i);
+    tx.commit()?;
+    eng.force_all()?;
+    Ok(ino)
+}

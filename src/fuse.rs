@@ -1,0 +1,676 @@
+//! The FUSE adapter (fuser 0.18): translates kernel requests into `Fs` calls and results into
+//! replies. Nothing else happens here; [`errno`] is the one place errors become errnos.
+
+use crate::engine::EngineError;
+use crate::format::inode::Time;
+use crate::fs::{self, Attr, Ctx, Fs, FsError, SetAttr, SetTime};
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long the kernel may cache entries and attributes: ticketfs is the only writer of its
+/// image, so the kernel's copy stays right; one second keeps `stat` cheap.
+const TTL: Duration = Duration::from_secs(1);
+/// Largest write the kernel sends in one request.
+const MAX_WRITE: u32 = 1 << 20;
+/// Entries one readdir reply carries at most (the kernel's buffer bounds it anyway).
+const READDIR_BATCH: usize = 128;
+
+/// The one mapping from filesystem errors to errnos.
+pub fn errno(e: &FsError) -> Errno {
+    let n = match e {
+        FsError::NotFound => libc::ENOENT,
+        FsError::Exists => libc::EEXIST,
+        FsError::NotDir => libc::ENOTDIR,
+        FsError::IsDir => libc::EISDIR,
+        FsError::NotEmpty => libc::ENOTEMPTY,
+        FsError::Access => libc::EACCES,
+        FsError::Perm => libc::EPERM,
+        FsError::NameTooLong => libc::ENAMETOOLONG,
+        FsError::Invalid(_) => libc::EINVAL,
+        FsError::TooManyLinks => libc::EMLINK,
+        FsError::ReadOnly => libc::EROFS,
+        FsError::NotSupported => libc::EOPNOTSUPP,
+        FsError::NoData => libc::ENXIO,
+        FsError::Engine(EngineError::NoSpace(_)) => libc::ENOSPC,
+        FsError::Engine(EngineError::Stale(_)) => libc::ENOENT,
+        FsError::Engine(EngineError::Invalid(_)) => libc::EINVAL,
+        FsError::Engine(EngineError::Shutdown(_)) => libc::EIO,
+        FsError::Engine(EngineError::Io(d)) => d.errno(),
+        FsError::Engine(EngineError::Corrupt(_)) => libc::EUCLEAN,
+    };
+    if let FsError::Engine(EngineError::Corrupt(c)) = e {
+        eprintln!("ticketfs: {c}");
+    }
+    Errno::from_i32(n)
+}
+
+fn systime(t: Time) -> SystemTime {
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs()) + Duration::from_nanos(t.nsec as u64)
+    }
+}
+
+fn from_systime(t: SystemTime) -> Time {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Time {
+            sec: d.as_secs() as i64,
+            nsec: d.subsec_nanos(),
+        },
+        Err(e) => {
+            let d = e.duration();
+            let (s, n) = (d.as_secs() as i64, d.subsec_nanos());
+            if n == 0 {
+                Time { sec: -s, nsec: 0 }
+            } else {
+                Time {
+                    sec: -s - 1,
+                    nsec: 1_000_000_000 - n,
+                }
+            }
+        }
+    }
+}
+
+fn kind(mode: u32) -> FileType {
+    match mode & fs::S_IFMT {
+        fs::S_IFDIR => FileType::Directory,
+        fs::S_IFLNK => FileType::Symlink,
+        fs::S_IFIFO => FileType::NamedPipe,
+        fs::S_IFSOCK => FileType::Socket,
+        fs::S_IFCHR => FileType::CharDevice,
+        fs::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn ctx(req: &Request) -> Ctx {
+    Ctx {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
+pub struct TicketFuse {
+    fs: Arc<Fs>,
+}
+
+impl TicketFuse {
+    pub fn new(fs: Arc<Fs>) -> TicketFuse {
+        TicketFuse { fs }
+    }
+
+    /// FUSE calls the root 1; every other inode number is ours unchanged (ours are never 1).
+    fn ino(&self, i: INodeNo) -> u64 {
+        if i.0 == 1 {
+            self.fs.root()
+        } else {
+            i.0
+        }
+    }
+
+    fn fattr(&self, a: &Attr) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(if a.ino == self.fs.root() { 1 } else { a.ino }),
+            size: a.size,
+            blocks: a.blocks,
+            atime: systime(a.atime),
+            mtime: systime(a.mtime),
+            ctime: systime(a.ctime),
+            crtime: systime(a.crtime),
+            kind: kind(a.mode),
+            perm: (a.mode & 0o7777) as u16,
+            nlink: a.nlink,
+            uid: a.uid,
+            gid: a.gid,
+            rdev: a.rdev as u32,
+            blksize: a.blksize,
+            flags: 0,
+        }
+    }
+
+    fn entry(&self, r: Result<Attr, FsError>, reply: ReplyEntry) {
+        match r {
+            Ok(a) => reply.entry(&TTL, &self.fattr(&a), Generation(a.generation as u64)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn empty(r: Result<(), FsError>, reply: ReplyEmpty) {
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
+
+fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
+    t.map(|t| match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(s) => SetTime::At(from_systime(s)),
+    })
+}
+
+fn want(flags: OpenFlags) -> u32 {
+    match flags.acc_mode() {
+        OpenAccMode::O_RDONLY => 4,
+        OpenAccMode::O_WRONLY => 2,
+        OpenAccMode::O_RDWR => 6,
+    }
+}
+
+impl Filesystem for TicketFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.add_capabilities(
+            InitFlags::FUSE_BIG_WRITES
+                | InitFlags::FUSE_ASYNC_READ
+                | InitFlags::FUSE_PARALLEL_DIROPS,
+        );
+        Ok(())
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.entry(
+            self.fs.lookup(&ctx(req), self.ino(parent), name.as_bytes()),
+            reply,
+        )
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(self.ino(ino)) {
+            Ok(a) => reply.attr(&TTL, &self.fattr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let a = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: set_time(atime),
+            mtime: set_time(mtime),
+        };
+        match self.fs.setattr(&ctx(req), self.ino(ino), &a) {
+            Ok(a) => reply.attr(&TTL, &self.fattr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(self.ino(ino)) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let mode = mode & !(umask & 0o777);
+        self.entry(
+            self.fs.make(
+                &ctx(req),
+                self.ino(parent),
+                name.as_bytes(),
+                mode,
+                rdev as u64,
+                None,
+            ),
+            reply,
+        )
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let mode = fs::S_IFDIR | (mode & 0o7777 & !umask);
+        self.entry(
+            self.fs
+                .make(&ctx(req), self.ino(parent), name.as_bytes(), mode, 0, None),
+            reply,
+        )
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        Self::empty(
+            self.fs
+                .remove(&ctx(req), self.ino(parent), name.as_bytes(), false),
+            reply,
+        )
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        Self::empty(
+            self.fs
+                .remove(&ctx(req), self.ino(parent), name.as_bytes(), true),
+            reply,
+        )
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let mode = fs::S_IFLNK | 0o777;
+        self.entry(
+            self.fs.make(
+                &ctx(req),
+                self.ino(parent),
+                link_name.as_bytes(),
+                mode,
+                0,
+                Some(target.as_os_str().as_bytes()),
+            ),
+            reply,
+        )
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return reply.error(Errno::from_i32(libc::EINVAL));
+        }
+        let r = self.fs.rename(
+            &ctx(req),
+            self.ino(parent),
+            name.as_bytes(),
+            self.ino(newparent),
+            newname.as_bytes(),
+            flags.contains(RenameFlags::RENAME_NOREPLACE),
+            flags.contains(RenameFlags::RENAME_EXCHANGE),
+        );
+        Self::empty(r, reply)
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        self.entry(
+            self.fs.link(
+                &ctx(req),
+                self.ino(ino),
+                self.ino(newparent),
+                newname.as_bytes(),
+            ),
+            reply,
+        )
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.open(&ctx(req), self.ino(ino), want(flags)) {
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.fs.read(self.ino(ino), offset, size as usize) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.fs.write(&ctx(req), self.ino(ino), offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok()
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        Self::empty(self.fs.release(self.ino(ino)), reply)
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        Self::empty(self.fs.fsync(), reply)
+    }
+
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.opendir(&ctx(req), self.ino(ino)) {
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        match self.fs.readdir(self.ino(ino), offset, READDIR_BATCH) {
+            Ok(entries) => {
+                for e in entries {
+                    let ino = INodeNo(if e.ino == self.fs.root() { 1 } else { e.ino });
+                    if reply.add(
+                        ino,
+                        e.cookie,
+                        kind(dtype_mode(e.ftype)),
+                        OsStr::from_bytes(&e.name),
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok()
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let c = ctx(req);
+        let dir = self.ino(ino);
+        match self.fs.readdir(dir, offset, READDIR_BATCH) {
+            Ok(entries) => {
+                for e in entries {
+                    let attr = if e.name == b"." || e.name == b".." {
+                        self.fs.getattr(e.ino)
+                    } else {
+                        self.fs.lookup(&c, dir, &e.name)
+                    };
+                    let Ok(a) = attr else { continue };
+                    if reply.add(
+                        INodeNo(if a.ino == self.fs.root() { 1 } else { a.ino }),
+                        e.cookie,
+                        OsStr::from_bytes(&e.name),
+                        &TTL,
+                        &self.fattr(&a),
+                        Generation(a.generation as u64),
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok()
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok()
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        Self::empty(self.fs.fsync(), reply)
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.fs.statfs() {
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bfree, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        // Extended attributes are not stored yet (issue 3 continues).
+        reply.error(Errno::from_i32(libc::EOPNOTSUPP))
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        reply.error(Errno::from_i32(libc::ENODATA))
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0)
+        } else {
+            reply.data(&[])
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::from_i32(libc::ENODATA))
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        Self::empty(
+            self.fs.access(&ctx(req), self.ino(ino), mask.bits() as u32),
+            reply,
+        )
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let c = ctx(req);
+        let mode = fs::S_IFREG | (mode & 0o7777 & !umask);
+        match self
+            .fs
+            .make(&c, self.ino(parent), name.as_bytes(), mode, 0, None)
+        {
+            Ok(a) => {
+                // The creator may write what it just made, whatever the mode says.
+                let _ = flags;
+                match self.fs.open(&Ctx::ROOT, a.ino, 4) {
+                    Ok(()) => reply.created(
+                        &TTL,
+                        &self.fattr(&a),
+                        Generation(a.generation as u64),
+                        FileHandle(0),
+                        FopenFlags::empty(),
+                    ),
+                    Err(e) => reply.error(errno(&e)),
+                }
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
+        let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
+        let known =
+            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !known != 0 || (punch && !keep) || (punch && zero) {
+            return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+        }
+        Self::empty(
+            self.fs
+                .fallocate(self.ino(ino), offset, length, keep, punch, zero),
+            reply,
+        )
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        if offset < 0 {
+            return reply.error(Errno::from_i32(libc::EINVAL));
+        }
+        let r = match whence {
+            libc::SEEK_DATA => self.fs.seek(self.ino(ino), offset as u64, true),
+            libc::SEEK_HOLE => self.fs.seek(self.ino(ino), offset as u64, false),
+            _ => return reply.error(Errno::from_i32(libc::EINVAL)),
+        };
+        match r {
+            Ok(o) => reply.offset(o as i64),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
+
+/// A mode with the file type of a readdir type, for `kind`.
+fn dtype_mode(t: u8) -> u32 {
+    match t {
+        4 => fs::S_IFDIR,
+        10 => fs::S_IFLNK,
+        1 => fs::S_IFIFO,
+        12 => fs::S_IFSOCK,
+        2 => fs::S_IFCHR,
+        6 => fs::S_IFBLK,
+        _ => fs::S_IFREG,
+    }
+}

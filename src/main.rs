@@ -1,0 +1,244 @@
+//! `ticketfs IMAGE MOUNTPOINT [-f] [-o OPTIONS]`: mounts a ticketfs image through FUSE.
+//!
+//! The argument convention is mount.fuse3's, so `mount -t fuse.ticketfs IMAGE DIR` and an fstab
+//! line work. The command returns once the mount is live (the daemon goes to the background
+//! unless `-f`); `umount DIR` or SIGTERM flushes everything and marks the image clean.
+
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::{Path, PathBuf};
+use std::process::exit;
+use std::sync::Arc;
+use ticketfs::engine::MEM_BUDGET_DEFAULT_BYTES;
+use ticketfs::fs::Fs;
+use ticketfs::fuse::TicketFuse;
+use ticketfs::image::{open_image, parse_size};
+use ticketfs::mem::{MemRes, OverrunPolicy};
+use ticketfs::{Engine, EngineOptions};
+
+const USAGE: &str = "usage: ticketfs IMAGE MOUNTPOINT [-f] [-o ro|rw|allow_other|default_permissions|mem=SIZE|memres=on|off|overrun=warn|panic,...]";
+/// Threads serving FUSE requests.
+const FUSE_THREADS: usize = 4;
+
+struct Options {
+    image: PathBuf,
+    mountpoint: PathBuf,
+    foreground: bool,
+    read_only: bool,
+    allow_other: bool,
+    default_permissions: bool,
+    engine: EngineOptions,
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("ticketfs: {msg}");
+    exit(1)
+}
+
+fn parse() -> Options {
+    let mut pos = Vec::new();
+    let mut o = Options {
+        image: PathBuf::new(),
+        mountpoint: PathBuf::new(),
+        foreground: false,
+        read_only: false,
+        allow_other: false,
+        default_permissions: false,
+        engine: EngineOptions {
+            mem_budget_bytes: MEM_BUDGET_DEFAULT_BYTES,
+            ..Default::default()
+        },
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "-f" => o.foreground = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                exit(0)
+            }
+            "-o" => {
+                let list = args.next().unwrap_or_else(|| die(USAGE));
+                for opt in list.split(',').filter(|s| !s.is_empty()) {
+                    match opt {
+                        "ro" => o.read_only = true,
+                        "rw" => o.read_only = false,
+                        "allow_other" => o.allow_other = true,
+                        "default_permissions" => o.default_permissions = true,
+                        "memres=on" => o.engine.memres = MemRes::On,
+                        "memres=off" => o.engine.memres = MemRes::Off,
+                        "overrun=warn" => o.engine.overrun = OverrunPolicy::Warn,
+                        "overrun=panic" => o.engine.overrun = OverrunPolicy::Panic,
+                        m if m.starts_with("mem=") => {
+                            o.engine.mem_budget_bytes = parse_size(&m[4..])
+                                .unwrap_or_else(|| die(&format!("bad size in {m}")))
+                        }
+                        // Options mount(8) and mount.fuse3 pass along, and atime policies:
+                        // accepted; they change nothing here.
+                        _ => {}
+                    }
+                }
+            }
+            _ if a.starts_with('-') => die(&format!("unknown option {a}\n{USAGE}")),
+            _ => pos.push(PathBuf::from(a)),
+        }
+    }
+    if pos.len() != 2 {
+        die(USAGE);
+    }
+    o.mountpoint = pos.pop().unwrap_or_default();
+    o.image = pos.pop().unwrap_or_default();
+    o
+}
+
+/// Blocks the termination signals in this thread and every thread created after it; a signal
+/// thread then takes them with sigwait.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; the calls only fill and install it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Mounts and serves until unmounted; reports "ok" or the error on `report`.
+fn serve(o: &Options, report: &mut dyn FnMut(Result<(), String>)) -> Result<(), String> {
+    let set = block_signals();
+    let dev = open_image(&o.image).map_err(|e| format!("{}: {e}", o.image.display()))?;
+    let eng = Engine::mount(Arc::new(dev), o.engine.clone())
+        .map_err(|e| format!("{}: {e}", o.image.display()))?;
+    let fs =
+        Arc::new(Fs::new(eng, o.read_only).map_err(|e| format!("{}: {e}", o.image.display()))?);
+    let mut cfg = fuser::Config::default();
+    let source = std::fs::canonicalize(&o.image).unwrap_or_else(|_| o.image.clone());
+    cfg.mount_options = vec![fuser::MountOption::FSName(source.display().to_string())];
+    if o.read_only {
+        cfg.mount_options.push(fuser::MountOption::RO);
+    }
+    if o.default_permissions {
+        cfg.mount_options
+            .push(fuser::MountOption::DefaultPermissions);
+    }
+    cfg.mount_options
+        .extend([fuser::MountOption::Dev, fuser::MountOption::Suid]);
+    if o.allow_other {
+        cfg.acl = fuser::SessionACL::All;
+    }
+    cfg.n_threads = Some(FUSE_THREADS);
+    cfg.clone_fd = true;
+    let mut session = match fuser::Session::new(TicketFuse::new(fs.clone()), &o.mountpoint, &cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("mounting on {}: {e}", o.mountpoint.display());
+            if let Ok(f) = Arc::try_unwrap(fs) {
+                let _ = f.unmount();
+            }
+            return Err(msg);
+        }
+    };
+    let mut unmounter = session.unmount_callable();
+    std::thread::Builder::new()
+        .name("tkfs-signals".into())
+        .spawn(move || {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: `set` holds the blocked termination signals; sigwait writes one into sig.
+            unsafe { libc::sigwait(&set, &mut sig) };
+            let _ = unmounter.unmount();
+        })
+        .map_err(|e| format!("signal thread: {e}"))?;
+    report(Ok(()));
+    let served = session.run();
+    let fs = Arc::try_unwrap(fs)
+        .map_err(|_| "filesystem still in use after the session ended".to_string())?;
+    fs.unmount().map_err(|e| format!("unmount: {e}"))?;
+    served.map_err(|e| format!("FUSE session: {e}"))
+}
+
+fn main() {
+    let o = parse();
+    if !o.mountpoint.is_dir() {
+        die(&format!("{}: not a directory", o.mountpoint.display()));
+    }
+    // One daemon per image: an exclusive lock held for the life of the mount.
+    let lockf = OpenOptions::new()
+        .read(true)
+        .open(&o.image)
+        .unwrap_or_else(|e| die(&format!("{}: {e}", o.image.display())));
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(lockf.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        die(&format!(
+            "{}: already mounted (the image is locked by another ticketfs)",
+            o.image.display()
+        ));
+    }
+    if let Err(e) = ticketfs::image::probe_block_size(Path::new(&o.image)) {
+        die(&e.to_string());
+    }
+    if o.foreground {
+        let r = serve(&o, &mut |_| {});
+        drop(lockf);
+        if let Err(e) = r {
+            die(&e);
+        }
+        return;
+    }
+    let mut fds = [0; 2];
+    // SAFETY: pipe fills two descriptors we then own.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        die("pipe failed");
+    }
+    // SAFETY: no other thread exists yet, so fork is sound.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        die("fork failed");
+    }
+    if pid > 0 {
+        // SAFETY: fds[0] is the read end we own; fds[1] belongs to the child.
+        let mut rd = unsafe { std::fs::File::from_raw_fd(fds[0]) };
+        unsafe { libc::close(fds[1]) };
+        let mut msg = String::new();
+        let _ = rd.read_to_string(&mut msg);
+        if msg.starts_with("ok") {
+            exit(0);
+        }
+        die(msg.trim_start_matches("err ").trim());
+    }
+    // The daemon.
+    // SAFETY: closing the read end we do not use; starting a new session.
+    unsafe {
+        libc::close(fds[0]);
+        libc::setsid();
+    }
+    // SAFETY: fds[1] is the write end we own.
+    let mut wr = Some(unsafe { std::fs::File::from_raw_fd(fds[1]) });
+    let mut report = |r: Result<(), String>| {
+        if let Some(mut w) = wr.take() {
+            let _ = match r {
+                Ok(()) => w.write_all(b"ok"),
+                Err(e) => w.write_all(format!("err {e}").as_bytes()),
+            };
+            // Detach from the caller's terminal and pipes.
+            if let Ok(null) = OpenOptions::new().read(true).write(true).open("/dev/null") {
+                // SAFETY: dup2 onto the standard descriptors.
+                unsafe {
+                    libc::dup2(null.as_raw_fd(), 0);
+                    libc::dup2(null.as_raw_fd(), 1);
+                }
+            }
+        }
+    };
+    let r = serve(&o, &mut report);
+    if let Err(e) = r {
+        report(Err(e.clone()));
+        eprintln!("ticketfs: {e}");
+        drop(lockf);
+        exit(1);
+    }
+    drop(lockf);
+}
