@@ -19,6 +19,7 @@ pub mod image;
 pub mod inode;
 pub mod log;
 pub mod mem;
+pub mod mkfs;
 pub mod trans;
 
 pub use engine::{Engine, EngineError, EngineOptions, EngineStats};

@@ -1,19 +1,13 @@
 //! mkfs.ticketfs: writes a new, empty ticketfs filesystem: superblocks, an empty log, and every
 //! allocation group (header, free-space and inode-chunk trees, free list).
 
-use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::process::exit;
-use ticketfs::device::{Device, FileDevice};
-use ticketfs::format::{Geometry, BLOCK_SIZE_DEFAULT};
-use ticketfs::image::{existing_signature, parse_size};
-use ticketfs::trans::ResvTable;
+use ticketfs::format::BLOCK_SIZE_DEFAULT;
+use ticketfs::image::parse_size;
+use ticketfs::mkfs::{make_filesystem, MkfsOptions};
 
 const USAGE: &str = "usage: mkfs.ticketfs [-f] [-s SIZE] [-b BLOCKSIZE] [-l LOGSIZE] [-a AGCOUNT] [-L LABEL] TARGET";
-/// Default log: 1/64 of the device, between the table's minimum and this many bytes.
-const LOG_DEFAULT_MAX_BYTES: u64 = 64 << 20;
-/// Default allocation group size, so large devices get more AGs (up to the format's limit).
-const AG_DEFAULT_BYTES: u64 = 1 << 30;
 
 fn die(msg: &str, code: i32) -> ! {
     eprintln!("mkfs.ticketfs: {msg}");
@@ -62,73 +56,17 @@ fn main() {
         }
     }
     let target = target.unwrap_or_else(|| die(USAGE, 16));
-    if !target.exists() {
-        let Some(s) = size else {
-            die(
-                &format!(
-                    "{} does not exist: give -s SIZE to create it",
-                    target.display()
-                ),
-                16,
-            )
-        };
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&target)
-            .unwrap_or_else(|e| die(&format!("{}: {e}", target.display()), 8));
-        f.set_len(s)
-            .unwrap_or_else(|e| die(&format!("{}: {e}", target.display()), 8));
-    } else {
-        match existing_signature(&target) {
-            Ok(Some(fs)) if !force => die(
-                &format!(
-                    "{} holds a {fs} filesystem; use -f to overwrite it",
-                    target.display()
-                ),
-                8,
-            ),
-            Err(e) => die(&format!("{}: {e}", target.display()), 8),
-            _ => {}
-        }
-        if let Some(s) = size {
-            let meta = std::fs::metadata(&target).unwrap_or_else(|e| die(&e.to_string(), 8));
-            if meta.is_file() && meta.len() < s {
-                OpenOptions::new()
-                    .write(true)
-                    .open(&target)
-                    .and_then(|f| f.set_len(s))
-                    .unwrap_or_else(|e| die(&e.to_string(), 8));
-            }
-        }
-    }
-    let dev = FileDevice::open(&target, bs, true)
-        .unwrap_or_else(|e| die(&format!("{}: {e}", target.display()), 8));
-    let mut blocks = dev.block_count();
-    if let Some(s) = size {
-        blocks = blocks.min(s / bs as u64);
-    }
-    let ag_count =
-        ags.unwrap_or_else(|| ((blocks * bs as u64) / AG_DEFAULT_BYTES).clamp(1, 64) as u32);
-    let probe = Geometry::new(bs, blocks, 16, ag_count).unwrap_or_else(|e| die(&e, 8));
-    let min_log = ResvTable::new(&probe).min_log_blocks();
-    let log_blocks = match log {
-        Some(l) => l.div_ceil(bs as u64),
-        None => (blocks / 64).clamp(min_log, (LOG_DEFAULT_MAX_BYTES / bs as u64).max(min_log)),
+    let opts = MkfsOptions {
+        size,
+        block_size: bs,
+        log_bytes: log,
+        ag_count: ags,
+        label,
+        force,
     };
-    let g = Geometry::new(bs, blocks, log_blocks, ag_count).unwrap_or_else(|e| die(&e, 8));
-    let sb = ticketfs::engine::format(&dev, g, ticketfs::engine::new_uuid(), &label)
-        .unwrap_or_else(|e| die(&e.to_string(), 8));
-    // The allocation groups are written through the engine, as transactions, then unmounted clean.
-    let eng = ticketfs::Engine::mount(std::sync::Arc::new(dev), ticketfs::EngineOptions::default())
-        .unwrap_or_else(|e| die(&e.to_string(), 8));
-    let mut eng = eng;
-    ticketfs::alloc::format_all(&eng)
-        .unwrap_or_else(|e| die(&format!("formatting allocation groups: {e}"), 8));
-    let root = ticketfs::fs::make_root(&eng)
-        .unwrap_or_else(|e| die(&format!("creating the root directory: {e}"), 8));
-    eng.set_root_ino(root);
-    eng.unmount().unwrap_or_else(|e| die(&e.to_string(), 8));
+    let made = make_filesystem(&target, &opts).unwrap_or_else(|e| die(&e, 8));
+    let (sb, min_log) = (made.sb, made.min_log_blocks);
+    let g = sb.geometry;
     let u = sb.uuid;
     println!(
         "meta-data={} isize=- agcount={} agsize={} blks",

@@ -1,0 +1,334 @@
+//! Real mounts through FUSE: the ticketfs binary in the foreground (so the test owns the daemon),
+//! a guard that always unmounts. Persistence across a clean unmount, every byte and attribute;
+//! every fsync'd byte after the daemon is SIGKILLed; a second mount of the same image refused.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+use ticketfs::mkfs::{make_filesystem, MkfsOptions};
+
+/// A mounted ticketfs; unmounts (lazily if need be) and reaps the daemon when dropped.
+struct Mount {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+/// FUSE's statfs magic ("FUSE" read as little-endian bytes).
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// Is a FUSE filesystem mounted on `dir` and answering? (mountinfo lists it, and statfs of the
+/// directory reaches the daemon, not the directory underneath.)
+fn mounted(dir: &Path) -> bool {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let d = dir.to_string_lossy();
+    if !info.lines().any(|l| l.split(' ').nth(4) == Some(&d)) {
+        return false;
+    }
+    let Ok(c) = std::ffi::CString::new(d.as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs fills the zeroed struct for a NUL-terminated path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == FUSE_SUPER_MAGIC }
+}
+
+impl Mount {
+    fn new(image: &Path, opts: &str) -> Mount {
+        assert!(
+            Path::new("/dev/fuse").exists(),
+            "/dev/fuse is missing: these tests need FUSE"
+        );
+        let dir = tempfile::tempdir().expect("mount point");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ticketfs"));
+        cmd.arg(image)
+            .arg(dir.path())
+            .arg("-f")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if !opts.is_empty() {
+            cmd.arg("-o").arg(opts);
+        }
+        let mut child = cmd.spawn().expect("start ticketfs");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !mounted(dir.path()) {
+            if let Some(st) = child.try_wait().expect("wait") {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                panic!("ticketfs exited with {st} before mounting: {err}");
+            }
+            assert!(Instant::now() < deadline, "not mounted after 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mount {
+            dir,
+            child: Some(child),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// umount, then the daemon must exit 0 (it flushed and marked the image clean).
+    fn unmount(mut self) {
+        let st = Command::new("umount")
+            .arg(self.dir.path())
+            .status()
+            .expect("umount");
+        assert!(st.success(), "umount failed");
+        let mut child = self.child.take().expect("daemon");
+        let st = wait_timeout(&mut child, Duration::from_secs(60));
+        assert!(st.success(), "daemon exited with {st}");
+    }
+
+    /// SIGKILL the daemon, as a crash; then detach the dead mount.
+    fn kill(mut self) {
+        let mut child = self.child.take().expect("daemon");
+        child.kill().expect("kill");
+        let _ = child.wait();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+fn wait_timeout(child: &mut Child, t: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + t;
+    loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("daemon still running {t:?} after umount");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("umount").arg(self.dir.path()).status();
+            if wait_for(&mut child, Duration::from_secs(30)).is_none() {
+                let _ = Command::new("umount")
+                    .arg("-l")
+                    .arg(self.dir.path())
+                    .status();
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+fn wait_for(child: &mut Child, t: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + t;
+    while Instant::now() < deadline {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn image(dir: &Path, size: u64) -> PathBuf {
+    let p = dir.join("image");
+    make_filesystem(
+        &p,
+        &MkfsOptions {
+            size: Some(size),
+            ..Default::default()
+        },
+    )
+    .expect("mkfs");
+    p
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Everything observable of a tree: per path, kind, mode, size, nlink, uid, gid, mtime and
+/// content (or link target).
+fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).expect("readdir") {
+            let p = e.expect("entry").path();
+            let m = fs::symlink_metadata(&p).expect("lstat");
+            let rel = p.strip_prefix(root).expect("below root").to_path_buf();
+            let body = if m.file_type().is_symlink() {
+                format!("-> {}", fs::read_link(&p).expect("readlink").display())
+            } else if m.is_dir() {
+                stack.push(p.clone());
+                "dir".to_string()
+            } else {
+                let data = fs::read(&p).expect("read");
+                format!(
+                    "{} bytes, sum {}",
+                    data.len(),
+                    data.iter()
+                        .fold(0u64, |a, &b| a.wrapping_mul(31).wrapping_add(b as u64))
+                )
+            };
+            let mtime = if m.file_type().is_symlink() {
+                0
+            } else {
+                m.mtime() * 1_000_000_000 + m.mtime_nsec()
+            };
+            out.insert(
+                rel,
+                format!(
+                    "{:o} {} nlink {} uid {} gid {} mtime {} {}",
+                    m.mode(),
+                    if m.is_dir() { 0 } else { m.size() },
+                    m.nlink(),
+                    m.uid(),
+                    m.gid(),
+                    mtime,
+                    body
+                ),
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn tree_survives_unmount_and_mount() {
+    let work = tempfile::tempdir().unwrap();
+    let img = image(work.path(), 256 << 20);
+    let m = Mount::new(&img, "");
+    let r = m.path();
+    for d in 0..6 {
+        let dir = r.join(format!("dir{d}")).join("sub");
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..12u64 {
+            let len = ((f * 7919 + d * 104729) % 300_000) as usize;
+            let p = dir.join(format!("file{f}"));
+            fs::write(&p, pattern(f * 100 + d, len)).unwrap();
+            fs::set_permissions(
+                &p,
+                fs::Permissions::from_mode(0o600 + (f as u32 % 8) * 0o11),
+            )
+            .unwrap();
+            if f % 3 == 0 {
+                let t =
+                    SystemTime::UNIX_EPOCH + Duration::new(1_600_000_000 + f * 1000, 123_456_789);
+                fs::File::options()
+                    .write(true)
+                    .open(&p)
+                    .unwrap()
+                    .set_modified(t)
+                    .unwrap();
+            }
+        }
+        std::os::unix::fs::symlink(format!("sub/file{d}"), r.join(format!("dir{d}/link"))).unwrap();
+        fs::hard_link(dir.join("file1"), r.join(format!("dir{d}/hard"))).unwrap();
+    }
+    std::os::unix::fs::symlink("x".repeat(600), r.join("long-link")).unwrap();
+    fs::rename(r.join("dir5"), r.join("dir0/moved")).unwrap();
+    fs::remove_file(r.join("dir1/sub/file2")).unwrap();
+    let before = snapshot(r);
+    assert!(before.len() > 80);
+    m.unmount();
+    let out = Command::new(env!("CARGO_BIN_EXE_ticketfs"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let m = Mount::new(&img, "");
+    let after = snapshot(m.path());
+    for (k, v) in &before {
+        assert_eq!(
+            after.get(k),
+            Some(v),
+            "{} changed across unmount",
+            k.display()
+        );
+    }
+    assert_eq!(after.len(), before.len());
+    m.unmount();
+}
+
+#[test]
+fn fsynced_bytes_survive_sigkill() {
+    let work = tempfile::tempdir().unwrap();
+    let img = image(work.path(), 256 << 20);
+    for round in 0..3u64 {
+        let m = Mount::new(&img, "");
+        let p = m.path().join(format!("synced{round}"));
+        let data = pattern(round, 700_000);
+        let mut f = fs::File::create(&p).unwrap();
+        f.write_all(&data).unwrap();
+        f.sync_all().unwrap();
+        // Unsynced work after the fsync: may be lost, must not break anything.
+        fs::write(
+            m.path().join(format!("unsynced{round}")),
+            pattern(round + 50, 90_000),
+        )
+        .unwrap();
+        fs::create_dir_all(m.path().join(format!("d{round}/e"))).unwrap();
+        m.kill();
+        let m = Mount::new(&img, "");
+        for r in 0..=round {
+            let got = fs::read(m.path().join(format!("synced{r}"))).unwrap();
+            assert!(
+                got == pattern(r, 700_000),
+                "round {r}: fsync'd file differs after SIGKILL"
+            );
+        }
+        let _ = snapshot(m.path());
+        m.unmount();
+    }
+}
+
+#[test]
+fn second_mount_of_the_same_image_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let img = image(work.path(), 64 << 20);
+    let m = Mount::new(&img, "");
+    let other = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ticketfs"))
+        .arg(&img)
+        .arg(other.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already mounted"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    m.unmount();
+    // Not a ticketfs image: a one-line error, no panic.
+    let junk = work.path().join("junk");
+    fs::write(&junk, vec![7u8; 1 << 20]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ticketfs"))
+        .arg(&junk)
+        .arg(other.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!err.contains("panicked"));
+}
