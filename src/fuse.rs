@@ -206,7 +206,7 @@ impl Filesystem for TicketFuse {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
@@ -220,6 +220,7 @@ impl Filesystem for TicketFuse {
             size,
             atime: set_time(atime),
             mtime: set_time(mtime),
+            via_open_file: fh.is_some(),
         };
         match self.fs.setattr(&ctx(req), self.ino(ino), &a) {
             Ok(a) => reply.attr(&TTL, &self.fattr(&a)),
