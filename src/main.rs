@@ -223,12 +223,14 @@ fn main() {
                 Ok(()) => w.write_all(b"ok"),
                 Err(e) => w.write_all(format!("err {e}").as_bytes()),
             };
-            // Detach from the caller's terminal and pipes.
+            // Detach from the caller's terminal and pipes: a caller reading our stdout or stderr
+            // (mount(8) run by a script) waits for them to close.
             if let Ok(null) = OpenOptions::new().read(true).write(true).open("/dev/null") {
                 // SAFETY: dup2 onto the standard descriptors.
                 unsafe {
                     libc::dup2(null.as_raw_fd(), 0);
                     libc::dup2(null.as_raw_fd(), 1);
+                    libc::dup2(null.as_raw_fd(), 2);
                 }
             }
         }

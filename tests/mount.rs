@@ -2,143 +2,17 @@
 //! a guard that always unmounts. Persistence across a clean unmount, every byte and attribute;
 //! every fsync'd byte after the daemon is SIGKILLed; a second mount of the same image refused.
 
+mod common;
+
+use common::mount::Mount;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
 use ticketfs::mkfs::{make_filesystem, MkfsOptions};
-
-/// A mounted ticketfs; unmounts (lazily if need be) and reaps the daemon when dropped.
-struct Mount {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-/// FUSE's statfs magic ("FUSE" read as little-endian bytes).
-const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
-
-/// Is a FUSE filesystem mounted on `dir` and answering? (mountinfo lists it, and statfs of the
-/// directory reaches the daemon, not the directory underneath.)
-fn mounted(dir: &Path) -> bool {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let d = dir.to_string_lossy();
-    if !info.lines().any(|l| l.split(' ').nth(4) == Some(&d)) {
-        return false;
-    }
-    let Ok(c) = std::ffi::CString::new(d.as_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs fills the zeroed struct for a NUL-terminated path.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == FUSE_SUPER_MAGIC }
-}
-
-impl Mount {
-    fn new(image: &Path, opts: &str) -> Mount {
-        assert!(
-            Path::new("/dev/fuse").exists(),
-            "/dev/fuse is missing: these tests need FUSE"
-        );
-        let dir = tempfile::tempdir().expect("mount point");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ticketfs"));
-        cmd.arg(image)
-            .arg(dir.path())
-            .arg("-f")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if !opts.is_empty() {
-            cmd.arg("-o").arg(opts);
-        }
-        let mut child = cmd.spawn().expect("start ticketfs");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !mounted(dir.path()) {
-            if let Some(st) = child.try_wait().expect("wait") {
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                }
-                panic!("ticketfs exited with {st} before mounting: {err}");
-            }
-            assert!(Instant::now() < deadline, "not mounted after 20 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Mount {
-            dir,
-            child: Some(child),
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// umount, then the daemon must exit 0 (it flushed and marked the image clean).
-    fn unmount(mut self) {
-        let st = Command::new("umount")
-            .arg(self.dir.path())
-            .status()
-            .expect("umount");
-        assert!(st.success(), "umount failed");
-        let mut child = self.child.take().expect("daemon");
-        let st = wait_timeout(&mut child, Duration::from_secs(60));
-        assert!(st.success(), "daemon exited with {st}");
-    }
-
-    /// SIGKILL the daemon, as a crash; then detach the dead mount.
-    fn kill(mut self) {
-        let mut child = self.child.take().expect("daemon");
-        child.kill().expect("kill");
-        let _ = child.wait();
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
-fn wait_timeout(child: &mut Child, t: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + t;
-    loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            return st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("daemon still running {t:?} after umount");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("umount").arg(self.dir.path()).status();
-            if wait_for(&mut child, Duration::from_secs(30)).is_none() {
-                let _ = Command::new("umount")
-                    .arg("-l")
-                    .arg(self.dir.path())
-                    .status();
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-}
-
-fn wait_for(child: &mut Child, t: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + t;
-    while Instant::now() < deadline {
-        if let Ok(Some(st)) = child.try_wait() {
-            return Some(st);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
 
 fn image(dir: &Path, size: u64) -> PathBuf {
     let p = dir.join("image");

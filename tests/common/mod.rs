@@ -1,6 +1,8 @@
 //! Helpers shared by the engine's integration tests.
 #![allow(dead_code)]
 
+pub mod mount;
+
 use std::sync::Arc;
 use ticketfs::device::{Device, MemDevice};
 use ticketfs::format::{BlockType, Geometry, Uuid};

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs, idempotently: Debian's fuse3 (fusermount3, mount.fuse3),
+# the external suites pjdfstest and fsx from crates.io, and the test user pjdfstest switches to.
+set -euo pipefail
+if ! dpkg -s fuse3 >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 >/dev/null
+fi
+export PATH="$HOME/.cargo/bin:$PATH"
+for tool in pjdfstest fsx; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        cargo install --quiet --locked "$tool"
+    fi
+done
+if ! id tkfs-test >/dev/null 2>&1; then
+    useradd -U -M -s /usr/sbin/nologin tkfs-test
+fi

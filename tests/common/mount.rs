@@ -1,0 +1,137 @@
+//! A real ticketfs mount for tests: the binary in the foreground, so the test owns the daemon;
+//! the guard unmounts (lazily if need be) and reaps the daemon even when the test fails.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A mounted ticketfs; unmounts (lazily if need be) and reaps the daemon when dropped.
+pub struct Mount {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+/// FUSE's statfs magic ("FUSE" read as little-endian bytes).
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// Is a FUSE filesystem mounted on `dir` and answering? (mountinfo lists it, and statfs of the
+/// directory reaches the daemon, not the directory underneath.)
+fn mounted(dir: &Path) -> bool {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let d = dir.to_string_lossy();
+    if !info.lines().any(|l| l.split(' ').nth(4) == Some(&d)) {
+        return false;
+    }
+    let Ok(c) = std::ffi::CString::new(d.as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs fills the zeroed struct for a NUL-terminated path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == FUSE_SUPER_MAGIC }
+}
+
+impl Mount {
+    pub fn new(image: &Path, opts: &str) -> Mount {
+        assert!(
+            Path::new("/dev/fuse").exists(),
+            "/dev/fuse is missing: these tests need FUSE"
+        );
+        let dir = tempfile::tempdir().expect("mount point");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ticketfs"));
+        cmd.arg(image)
+            .arg(dir.path())
+            .arg("-f")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if !opts.is_empty() {
+            cmd.arg("-o").arg(opts);
+        }
+        let mut child = cmd.spawn().expect("start ticketfs");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !mounted(dir.path()) {
+            if let Some(st) = child.try_wait().expect("wait") {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                panic!("ticketfs exited with {st} before mounting: {err}");
+            }
+            assert!(Instant::now() < deadline, "not mounted after 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mount {
+            dir,
+            child: Some(child),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// umount, then the daemon must exit 0 (it flushed and marked the image clean).
+    pub fn unmount(mut self) {
+        let st = Command::new("umount")
+            .arg(self.dir.path())
+            .status()
+            .expect("umount");
+        assert!(st.success(), "umount failed");
+        let mut child = self.child.take().expect("daemon");
+        let st = wait_timeout(&mut child, Duration::from_secs(60));
+        assert!(st.success(), "daemon exited with {st}");
+    }
+
+    /// SIGKILL the daemon, as a crash; then detach the dead mount.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().expect("daemon");
+        child.kill().expect("kill");
+        let _ = child.wait();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+fn wait_timeout(child: &mut Child, t: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + t;
+    loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("daemon still running {t:?} after umount");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("umount").arg(self.dir.path()).status();
+            if wait_for(&mut child, Duration::from_secs(30)).is_none() {
+                let _ = Command::new("umount")
+                    .arg("-l")
+                    .arg(self.dir.path())
+                    .status();
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+fn wait_for(child: &mut Child, t: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + t;
+    while Instant::now() < deadline {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
