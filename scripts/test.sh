@@ -4,4 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
+# The tools' binaries (mkfs, fsck) are used by the tests, not only built for them.
+cargo build --release --workspace
 cargo test --release --workspace

@@ -91,6 +91,8 @@ pub enum FsError {
     NotSupported,
     /// No data at or after the offset (SEEK_DATA past the last extent).
     NoData,
+    /// No such extended attribute (ENODATA).
+    NoAttr,
     Engine(EngineError),
 }
 
@@ -656,6 +658,9 @@ impl Fs {
             }
             _ => {}
         }
+        if i.xattr_blk != 0 {
+            crate::xattr::store(&mut tx, &self.alloc, ino, &mut i, &[])?;
+        }
         inode::clear(&mut tx, &r);
         self.alloc.free_inode(&mut tx, ino)?;
         tx.commit()?;
@@ -1117,6 +1122,120 @@ impl Fs {
             bsize: g.block_size,
             namelen: NAME_MAX as u32,
         })
+    }
+
+    /// May `ctx` read (`write` false) or set/remove the attribute `name` of `i`? Namespaces:
+    /// user (regular files and directories, by their permission bits; in a sticky directory only
+    /// its owner sets), trusted (root only), security (by write permission); others unsupported.
+    fn xattr_access(ctx: &Ctx, i: &Inode, name: &[u8], write: bool) -> R<()> {
+        if name.len() > crate::xattr::XATTR_NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        if let Some(rest) = name.strip_prefix(b"user.") {
+            if rest.is_empty() {
+                return Err(FsError::Invalid("empty attribute name".into()));
+            }
+            let t = i.mode & S_IFMT;
+            if t != S_IFREG && t != S_IFDIR {
+                return Err(if write {
+                    FsError::Perm
+                } else {
+                    FsError::NoAttr
+                });
+            }
+            if write && t == S_IFDIR && i.mode & S_ISVTX != 0 && ctx.uid != 0 && ctx.uid != i.uid {
+                return Err(FsError::Perm);
+            }
+            return may(ctx, i, if write { 2 } else { 4 });
+        }
+        if name.starts_with(b"trusted.") {
+            return if ctx.uid == 0 {
+                Ok(())
+            } else if write {
+                Err(FsError::Perm)
+            } else {
+                Err(FsError::NoAttr)
+            };
+        }
+        if name.starts_with(b"security.") {
+            return if write { may(ctx, i, 2) } else { Ok(()) };
+        }
+        Err(FsError::NotSupported)
+    }
+
+    /// Sets attribute `name`. `create`: fail if it exists; `replace`: fail if it does not.
+    pub fn setxattr(
+        &self,
+        ctx: &Ctx,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        create: bool,
+        replace: bool,
+    ) -> R<()> {
+        self.writable()?;
+        let mut tx = self.eng.begin(TransKind::Xattr)?;
+        let (r, mut i) = inode::read(&mut tx, ino)?;
+        Self::xattr_access(ctx, &i, name, true)?;
+        let mut all = crate::xattr::load(&mut tx, ino, &i)?;
+        match all.iter().position(|(n, _)| n == name) {
+            Some(_) if create => return Err(FsError::Exists),
+            Some(p) => all[p].1 = value.to_vec(),
+            None if replace => return Err(FsError::NoAttr),
+            None => all.push((name.to_vec(), value.to_vec())),
+        }
+        crate::xattr::store(&mut tx, &self.alloc, ino, &mut i, &all)?;
+        i.ctime = now();
+        inode::write(&mut tx, &r, &i);
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn getxattr(&self, ctx: &Ctx, ino: u64, name: &[u8]) -> R<Vec<u8>> {
+        let mut tx = self.eng.begin(TransKind::Read)?;
+        let (_, i) = inode::read(&mut tx, ino)?;
+        Self::xattr_access(ctx, &i, name, false)?;
+        let all = crate::xattr::load(&mut tx, ino, &i)?;
+        tx.cancel()?;
+        all.into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+            .ok_or(FsError::NoAttr)
+    }
+
+    /// Names of the attributes the caller may see, each followed by a NUL.
+    pub fn listxattr(&self, ctx: &Ctx, ino: u64) -> R<Vec<u8>> {
+        let mut tx = self.eng.begin(TransKind::Read)?;
+        let (_, i) = inode::read(&mut tx, ino)?;
+        let all = crate::xattr::load(&mut tx, ino, &i)?;
+        tx.cancel()?;
+        let mut out = Vec::new();
+        for (n, _) in all {
+            if n.starts_with(b"trusted.") && ctx.uid != 0 {
+                continue;
+            }
+            out.extend_from_slice(&n);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    pub fn removexattr(&self, ctx: &Ctx, ino: u64, name: &[u8]) -> R<()> {
+        self.writable()?;
+        let mut tx = self.eng.begin(TransKind::Xattr)?;
+        let (r, mut i) = inode::read(&mut tx, ino)?;
+        Self::xattr_access(ctx, &i, name, true)?;
+        let mut all = crate::xattr::load(&mut tx, ino, &i)?;
+        let before = all.len();
+        all.retain(|(n, _)| n != name);
+        if all.len() == before {
+            return Err(FsError::NoAttr);
+        }
+        crate::xattr::store(&mut tx, &self.alloc, ino, &mut i, &all)?;
+        i.ctime = now();
+        inode::write(&mut tx, &r, &i);
+        tx.commit()?;
+        Ok(())
     }
 
     /// The extents of a file (for tests and tools).

@@ -40,6 +40,7 @@ pub fn errno(e: &FsError) -> Errno {
         FsError::ReadOnly => libc::EROFS,
         FsError::NotSupported => libc::EOPNOTSUPP,
         FsError::NoData => libc::ENXIO,
+        FsError::NoAttr => libc::ENODATA,
         FsError::Engine(EngineError::NoSpace(_)) => libc::ENOSPC,
         FsError::Engine(EngineError::Stale(_)) => libc::ENOENT,
         FsError::Engine(EngineError::Invalid(_)) => libc::EINVAL,
@@ -538,39 +539,49 @@ impl Filesystem for TicketFuse {
 
     fn setxattr(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        // Extended attributes are not stored yet (issue 3 continues).
-        reply.error(Errno::from_i32(libc::EOPNOTSUPP))
+        let create = flags & libc::XATTR_CREATE != 0;
+        let replace = flags & libc::XATTR_REPLACE != 0;
+        Self::empty(
+            self.fs.setxattr(
+                &ctx(req),
+                self.ino(ino),
+                name.as_bytes(),
+                value,
+                create,
+                replace,
+            ),
+            reply,
+        )
     }
 
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
-        reply.error(Errno::from_i32(libc::ENODATA))
-    }
-
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0)
-        } else {
-            reply.data(&[])
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.fs.getxattr(&ctx(req), self.ino(ino), name.as_bytes()) {
+            Ok(v) => sized(v, size, reply),
+            Err(e) => reply.error(errno(&e)),
         }
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::from_i32(libc::ENODATA))
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.fs.listxattr(&ctx(req), self.ino(ino)) {
+            Ok(v) => sized(v, size, reply),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        Self::empty(
+            self.fs
+                .removexattr(&ctx(req), self.ino(ino), name.as_bytes()),
+            reply,
+        )
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
@@ -660,6 +671,18 @@ impl Filesystem for TicketFuse {
             Ok(o) => reply.offset(o as i64),
             Err(e) => reply.error(errno(&e)),
         }
+    }
+}
+
+/// Replies to an xattr request: its size when the caller asks with size 0, the bytes when they
+/// fit, ERANGE when they do not.
+fn sized(v: Vec<u8>, size: u32, reply: ReplyXattr) {
+    if size == 0 {
+        reply.size(v.len() as u32)
+    } else if v.len() > size as usize {
+        reply.error(Errno::from_i32(libc::ERANGE))
+    } else {
+        reply.data(&v)
     }
 }
 

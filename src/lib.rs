@@ -21,6 +21,7 @@ pub mod log;
 pub mod mem;
 pub mod mkfs;
 pub mod trans;
+pub mod xattr;
 
 pub use engine::{Engine, EngineError, EngineOptions, EngineStats};
 pub use trans::{BufId, Trans, TransKind};

@@ -206,3 +206,118 @@ fn second_mount_of_the_same_image_is_refused() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(!err.contains("panicked"));
 }
+
+fn cpath(p: &Path) -> std::ffi::CString {
+    std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap()
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn setx(p: &Path, name: &str, v: &[u8], flags: i32) -> Result<(), i32> {
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid C strings and a value buffer of v.len() bytes.
+    let r = unsafe {
+        libc::lsetxattr(
+            cpath(p).as_ptr(),
+            n.as_ptr(),
+            v.as_ptr().cast(),
+            v.len(),
+            flags,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}
+
+fn getx(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: a size probe (null buffer), then a read into a buffer of that size.
+    let len = unsafe { libc::lgetxattr(cpath(p).as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
+    if len < 0 {
+        return Err(errno());
+    }
+    let mut buf = vec![0u8; len as usize];
+    let got = unsafe {
+        libc::lgetxattr(
+            cpath(p).as_ptr(),
+            n.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if got < 0 {
+        return Err(errno());
+    }
+    buf.truncate(got as usize);
+    Ok(buf)
+}
+
+fn listx(p: &Path) -> Vec<String> {
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: a buffer of buf.len() bytes.
+    let n = unsafe { libc::llistxattr(cpath(p).as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(n >= 0, "listxattr: errno {}", errno());
+    buf[..n as usize]
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+#[test]
+fn extended_attributes() {
+    let work = tempfile::tempdir().unwrap();
+    let img = image(work.path(), 64 << 20);
+    let m = Mount::new(&img, "");
+    let f = m.path().join("f");
+    fs::write(&f, b"data").unwrap();
+    setx(&f, "user.a", b"1", 0).unwrap();
+    let big = pattern(9, 3000);
+    setx(&f, "user.b", &big, 0).unwrap();
+    setx(&f, "trusted.t", b"root only", 0).unwrap();
+    assert_eq!(getx(&f, "user.a").unwrap(), b"1");
+    assert_eq!(getx(&f, "user.b").unwrap(), big);
+    let mut names = listx(&f);
+    names.sort();
+    assert_eq!(names, ["trusted.t", "user.a", "user.b"]);
+    assert_eq!(
+        setx(&f, "user.a", b"2", libc::XATTR_CREATE),
+        Err(libc::EEXIST)
+    );
+    assert_eq!(
+        setx(&f, "user.zz", b"2", libc::XATTR_REPLACE),
+        Err(libc::ENODATA)
+    );
+    setx(&f, "user.a", b"22", libc::XATTR_REPLACE).unwrap();
+    assert_eq!(getx(&f, "user.a").unwrap(), b"22");
+    assert_eq!(
+        setx(&f, "user.huge", &pattern(1, 5000), 0),
+        Err(libc::ENOSPC)
+    );
+    assert_eq!(getx(&f, "user.none"), Err(libc::ENODATA));
+    std::os::unix::fs::symlink("f", m.path().join("l")).unwrap();
+    assert_eq!(
+        setx(&m.path().join("l"), "user.x", b"1", 0),
+        Err(libc::EPERM)
+    );
+    let n = std::ffi::CString::new("user.a").unwrap();
+    // SAFETY: valid C strings.
+    assert_eq!(
+        unsafe { libc::lremovexattr(cpath(&f).as_ptr(), n.as_ptr()) },
+        0
+    );
+    assert_eq!(getx(&f, "user.a"), Err(libc::ENODATA));
+    m.unmount();
+    let m = Mount::new(&img, "");
+    let f = m.path().join("f");
+    assert_eq!(getx(&f, "user.b").unwrap(), big);
+    assert_eq!(getx(&f, "trusted.t").unwrap(), b"root only");
+    assert_eq!(fs::read(&f).unwrap(), b"data");
+    fs::remove_file(&f).unwrap();
+    m.unmount();
+}

@@ -1,0 +1,130 @@
+//! Extended attributes: all of an inode's attributes in one xattr block (type TKXA, owner = the
+//! inode), allocated near the inode with the first attribute and freed with the last.
+//!
+//! Block layout after the 48-byte header: count (u16), used bytes after the header (u16),
+//! 12 zero bytes; then `count` entries of (name length u8, value length u16, name, value).
+//! Everything one inode holds must fit in its block (as ext4 with a single block): past that,
+//! setting fails with no space.
+
+use crate::alloc::Allocator;
+use crate::engine::EngineError;
+use crate::format::inode::{ino_split, Inode};
+use crate::format::{BlockType, Dec, Enc, FormatError, BLOCK_HEADER_BYTES};
+use crate::trans::Trans;
+
+/// Longest attribute name, as Linux XATTR_NAME_MAX.
+pub const XATTR_NAME_MAX: usize = 255;
+const HDR: usize = BLOCK_HEADER_BYTES + 16;
+
+/// Room for entries in an xattr block of `bs` bytes.
+pub fn capacity(bs: u32) -> usize {
+    bs as usize - HDR
+}
+
+fn entry_len(name: &[u8], value: &[u8]) -> usize {
+    3 + name.len() + value.len()
+}
+
+/// Reads every (name, value) of the inode's block.
+pub fn load(
+    tx: &mut Trans<'_>,
+    ino: u64,
+    inode: &Inode,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>, EngineError> {
+    if inode.xattr_blk == 0 {
+        return Ok(Vec::new());
+    }
+    let blk = inode.xattr_blk;
+    let id = tx.read_buf(blk, BlockType::Xattr)?;
+    let b = tx.data(id);
+    let d = Dec::new(b, blk, "xattr block");
+    let count = d.u16(BLOCK_HEADER_BYTES, "count")? as usize;
+    let used = d.u16(BLOCK_HEADER_BYTES + 2, "used")? as usize;
+    if HDR + used > b.len() {
+        return Err(EngineError::Corrupt(FormatError::new(
+            blk,
+            "xattr block",
+            "used",
+            format!("inode {ino}: {used} bytes in a block of {}", b.len()),
+        )));
+    }
+    let mut out = Vec::with_capacity(count);
+    let mut at = HDR;
+    for _ in 0..count {
+        let nl = d.u8(at, "name length")? as usize;
+        let vl = d.u16(at + 1, "value length")? as usize;
+        let end = at + 3 + nl + vl;
+        if nl == 0 || end > HDR + used {
+            return Err(EngineError::Corrupt(FormatError::new(
+                blk,
+                "xattr block",
+                "entries",
+                format!("inode {ino}: entry at {at} runs past the used bytes"),
+            )));
+        }
+        out.push((
+            b[at + 3..at + 3 + nl].to_vec(),
+            b[at + 3 + nl..end].to_vec(),
+        ));
+        at = end;
+    }
+    Ok(out)
+}
+
+/// Writes `entries` as the inode's attributes: a block is allocated, rewritten or freed as
+/// needed; `inode.xattr_blk` and `inode.blocks` follow.
+#[track_caller]
+pub fn store(
+    tx: &mut Trans<'_>,
+    alloc: &Allocator,
+    ino: u64,
+    inode: &mut Inode,
+    entries: &[(Vec<u8>, Vec<u8>)],
+) -> Result<(), EngineError> {
+    let bs = tx.block_size();
+    let need: usize = entries.iter().map(|(n, v)| entry_len(n, v)).sum();
+    if need > capacity(bs) {
+        return Err(EngineError::NoSpace(format!(
+            "inode {ino}: extended attributes need {need} bytes, a block holds {}",
+            capacity(bs)
+        )));
+    }
+    if entries.is_empty() {
+        if inode.xattr_blk != 0 {
+            let id = tx.read_buf(inode.xattr_blk, BlockType::Xattr)?;
+            tx.invalidate(id);
+            alloc.free(tx, inode.xattr_blk, 1)?;
+            inode.xattr_blk = 0;
+            inode.blocks -= 1;
+        }
+        return Ok(());
+    }
+    let id = if inode.xattr_blk == 0 {
+        let (blk, _) = alloc
+            .alloc(tx, ino_split(ino).0, 1, 1)?
+            .ok_or_else(|| EngineError::NoSpace("no block for extended attributes".into()))?;
+        inode.xattr_blk = blk;
+        inode.blocks += 1;
+        tx.get_buf(blk, BlockType::Xattr, ino)?
+    } else {
+        tx.read_buf(inode.xattr_blk, BlockType::Xattr)?
+    };
+    let b = tx.data_mut(id);
+    let old_used =
+        u16::from_le_bytes([b[BLOCK_HEADER_BYTES + 2], b[BLOCK_HEADER_BYTES + 3]]) as usize;
+    let mut at = HDR;
+    for (n, v) in entries {
+        b[at] = n.len() as u8;
+        b[at + 1..at + 3].copy_from_slice(&(v.len() as u16).to_le_bytes());
+        b[at + 3..at + 3 + n.len()].copy_from_slice(n);
+        b[at + 3 + n.len()..at + 3 + n.len() + v.len()].copy_from_slice(v);
+        at += entry_len(n, v);
+    }
+    let end = HDR + old_used.max(need);
+    b[at..end].fill(0);
+    let mut e = Enc::new(b);
+    e.u16(BLOCK_HEADER_BYTES, entries.len() as u16);
+    e.u16(BLOCK_HEADER_BYTES + 2, need as u16);
+    tx.log_range(id, BLOCK_HEADER_BYTES..end.max(HDR + 1));
+    Ok(())
+}
