@@ -290,7 +290,7 @@ impl Fs {
             tx.cancel()?;
         }
         let seed = now().nsec ^ std::process::id();
-        Ok(Fs {
+        let fs = Fs {
             eng,
             alloc,
             root,
@@ -299,7 +299,30 @@ impl Fs {
             open: Mutex::new(HashMap::new()),
             orphans: Mutex::new(HashSet::new()),
             generation: Mutex::new(seed),
-        })
+        };
+        fs.free_orphans()?;
+        Ok(fs)
+    }
+
+    /// Frees the inodes a crash left on the unlinked trees (no links, and nobody has them open
+    /// after a mount).
+    fn free_orphans(&self) -> R<()> {
+        let mut orphans = Vec::new();
+        let mut tx = self.eng.begin(TransKind::Read)?;
+        for agno in 0..self.eng.geometry().ag_count {
+            orphans.extend(self.alloc.unlinked(&mut tx, agno)?);
+        }
+        tx.cancel()?;
+        if !orphans.is_empty() {
+            eprintln!(
+                "ticketfs: freeing {} inode(s) unlinked before the last crash",
+                orphans.len()
+            );
+        }
+        for ino in orphans {
+            self.destroy(ino)?;
+        }
+        Ok(())
     }
 
     pub fn root(&self) -> u64 {
@@ -316,6 +339,22 @@ impl Fs {
             self.destroy(ino)?;
         }
         Ok(self.eng.unmount()?)
+    }
+
+    /// Drops everything unwritten, as a crash would (tests).
+    pub fn crash(self) {
+        self.eng.crash();
+    }
+
+    /// Inodes waiting on the unlinked trees (for checks and tests).
+    pub fn unlinked(&self) -> R<Vec<u64>> {
+        let mut tx = self.eng.begin(TransKind::Read)?;
+        let mut out = Vec::new();
+        for agno in 0..self.eng.geometry().ag_count {
+            out.extend(self.alloc.unlinked(&mut tx, agno)?);
+        }
+        tx.cancel()?;
+        Ok(out)
     }
 
     fn io(&self) -> FileIo<'_> {
@@ -611,6 +650,9 @@ impl Fs {
             p.ctime = t;
             inode::write(&mut tx, &pr, &p);
             inode::write(&mut tx, &cr, &c);
+            if c.nlink == 0 {
+                self.alloc.unlinked_add(&mut tx, child)?;
+            }
             tx.commit()?;
             if c.nlink == 0 {
                 self.release_or_destroy(child)?;
@@ -662,6 +704,7 @@ impl Fs {
             crate::xattr::store(&mut tx, &self.alloc, ino, &mut i, &[])?;
         }
         inode::clear(&mut tx, &r);
+        self.alloc.unlinked_remove(&mut tx, ino)?;
         self.alloc.free_inode(&mut tx, ino)?;
         tx.commit()?;
         Ok(())
@@ -841,6 +884,9 @@ impl Fs {
                     }
                     di.ctime = t;
                     inode::write(&mut tx, &dr, &di);
+                    if di.nlink == 0 {
+                        self.alloc.unlinked_add(&mut tx, dst.unwrap_or(0))?;
+                    }
                     if same {
                         dir::remove(&mut tx, &self.alloc, parent, &mut np, name)?;
                     } else {

@@ -27,7 +27,7 @@ use crate::btree::{Btree, NodeAlloc, Root};
 use crate::engine::{Engine, EngineError};
 use crate::format::ag::{
     AgHeader, AGFL_SLOTS, AG_BNO_ROOT_OFFSET, AG_CNT_ROOT_OFFSET, AG_HEADER_OFFSET,
-    AG_INO_ROOT_OFFSET, AG_RESERVED_BLOCKS,
+    AG_INO_ROOT_OFFSET, AG_RESERVED_BLOCKS, AG_UNLINKED_ROOT_OFFSET,
 };
 use crate::format::inode::{ino_of, ino_split, inodes_per_block};
 use crate::format::{BlockType, FormatError, Geometry};
@@ -65,6 +65,8 @@ struct Ag {
     id: BufId,
     sp: Space,
     ino: Btree,
+    /// Inodes with no links left, waiting to be freed: key (inode, 0).
+    unl: Btree,
 }
 
 /// Node blocks for the free-space trees, from the AG's free list.
@@ -220,6 +222,14 @@ impl Allocator {
                 level: hdr.ino_level,
             },
         );
+        let unl = Btree::open(
+            BlockType::BtreeIno,
+            owner,
+            Root {
+                blkno: hdr.unlinked_root,
+                level: hdr.unlinked_level,
+            },
+        );
         Ok(Ag {
             id,
             sp: Space {
@@ -231,6 +241,7 @@ impl Allocator {
                 cnt,
             },
             ino,
+            unl,
         })
     }
 
@@ -248,6 +259,8 @@ impl Allocator {
         sp.hdr.cnt_level = sp.cnt.root.level;
         sp.hdr.ino_root = ag.ino.root.blkno;
         sp.hdr.ino_level = ag.ino.root.level;
+        sp.hdr.unlinked_root = ag.unl.root.blkno;
+        sp.hdr.unlinked_level = ag.unl.root.level;
         let range = sp.hdr.encode(tx.data_mut(ag.id));
         tx.log_range(ag.id, range);
         self.note(&sp.hdr);
@@ -263,6 +276,12 @@ impl Allocator {
         let bno = Btree::create(tx, BlockType::BtreeBno, owner, start + AG_BNO_ROOT_OFFSET)?;
         let cnt = Btree::create(tx, BlockType::BtreeCnt, owner, start + AG_CNT_ROOT_OFFSET)?;
         let ino = Btree::create(tx, BlockType::BtreeIno, owner, start + AG_INO_ROOT_OFFSET)?;
+        let unl = Btree::create(
+            tx,
+            BlockType::BtreeIno,
+            owner,
+            start + AG_UNLINKED_ROOT_OFFSET,
+        )?;
         let (first, end) = self.initial_free(agno);
         let fl = Self::freelist_target(0, 0).min((end - first) as usize / 2);
         let agfl: Vec<u32> = (0..fl as u64).map(|i| (first + i - start) as u32).collect();
@@ -279,6 +298,8 @@ impl Allocator {
             ino_level: 0,
             inodes: 0,
             free_inodes: 0,
+            unlinked_root: unl.root.blkno,
+            unlinked_level: 0,
             agfl,
         };
         let len = self.ag_len(agno);
@@ -293,6 +314,7 @@ impl Allocator {
                 cnt,
             },
             ino,
+            unl,
         };
         let free_start = first + fl as u64;
         self.insert_free(tx, &mut ag.sp, free_start, end - free_start)?;
@@ -739,6 +761,43 @@ impl Allocator {
         }
         ag.sp.hdr.free_inodes += 1;
         self.write_ag(tx, &mut ag)
+    }
+
+    /// Puts inode `ino` (no links left) on its AG's unlinked tree, in the transaction that takes
+    /// its last link: a crash before it is freed leaves it there for the next mount to free.
+    #[track_caller]
+    pub fn unlinked_add(&self, tx: &mut Trans<'_>, ino: u64) -> Result<(), EngineError> {
+        let mut ag = self.read_ag(tx, self.agno_of(ino_split(ino).0))?;
+        let Ag { sp, unl, .. } = &mut ag;
+        unl.insert(tx, &mut AgBlocks { me: self, sp }, [ino, 0], [0, 0])?;
+        self.write_ag(tx, &mut ag)
+    }
+
+    /// Takes inode `ino` off its AG's unlinked tree (in the transaction that frees it).
+    #[track_caller]
+    pub fn unlinked_remove(&self, tx: &mut Trans<'_>, ino: u64) -> Result<(), EngineError> {
+        let mut ag = self.read_ag(tx, self.agno_of(ino_split(ino).0))?;
+        let Ag { sp, unl, .. } = &mut ag;
+        if unl
+            .delete(tx, &mut AgBlocks { me: self, sp }, &[ino, 0])?
+            .is_none()
+        {
+            return Err(EngineError::Corrupt(FormatError::new(
+                ino_split(ino).0,
+                "unlinked-inode tree",
+                "records",
+                format!("inode {ino} is not on its AG's unlinked tree"),
+            )));
+        }
+        self.write_ag(tx, &mut ag)
+    }
+
+    /// The inodes on AG `agno`'s unlinked tree.
+    pub fn unlinked(&self, tx: &mut Trans<'_>, agno: u32) -> Result<Vec<u64>, EngineError> {
+        let ag = self.read_ag(tx, agno)?;
+        let out = ag.unl.collect(tx)?.into_iter().map(|(k, _)| k[0]).collect();
+        tx.release_clean(ag.sp.start..ag.sp.start + ag.sp.len);
+        Ok(out)
     }
 
     /// Reads AG `agno`'s header to refresh its summary, holding nothing afterwards.

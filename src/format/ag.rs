@@ -12,7 +12,8 @@
 //! | 80 | 8 | bno_root | 88 | 8 | cnt_root | 96 | 8 | ino_root (absolute block numbers) |
 //! | 104 | 2 | bno_level | 106 | 2 | cnt_level | 108 | 2 | ino_level | 110 | 2 | zero |
 //! | 112 | 8 | inodes | 120 | 8 | free_inodes |
-//! | 128 | 4 × AGFL_SLOTS | free list: AG-relative block numbers, flcount of them in use |
+//! | 128 | 4 × 64 | free list: AG-relative block numbers, flcount of them in use |
+//! | 384 | 8 | unlinked_root: root of the unlinked-inode tree | 392 | 2 | its level |
 
 use super::{Dec, Enc, FormatError, BLOCK_HEADER_BYTES};
 
@@ -23,12 +24,16 @@ pub const AG_HEADER_OFFSET: u64 = 1;
 pub const AG_BNO_ROOT_OFFSET: u64 = 2;
 pub const AG_CNT_ROOT_OFFSET: u64 = 3;
 pub const AG_INO_ROOT_OFFSET: u64 = 4;
+/// First root of the unlinked-inode tree: inodes with no links left, freed at last close or,
+/// after a crash, at the next mount.
+pub const AG_UNLINKED_ROOT_OFFSET: u64 = 5;
+const OFF_UNLINKED: usize = OFF_AGFL + 4 * AGFL_SLOTS;
 /// Free-list slots: enough for the worst single free-space operation twice over (each tree
 /// splitting at every level up to the height limit and growing a root: 2 × (8 + 1)), plus room
 /// for the blocks freed tree nodes return, and it fits a 512-byte block.
 pub const AGFL_SLOTS: usize = 64;
 const OFF_AGFL: usize = 128;
-const _: () = assert!(OFF_AGFL + 4 * AGFL_SLOTS <= super::BLOCK_SIZE_MIN as usize);
+const _: () = assert!(OFF_AGFL + 4 * AGFL_SLOTS + 10 <= super::BLOCK_SIZE_MIN as usize);
 const _: () = assert!(BLOCK_HEADER_BYTES == 48);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +50,8 @@ pub struct AgHeader {
     pub ino_level: u16,
     pub inodes: u64,
     pub free_inodes: u64,
+    pub unlinked_root: u64,
+    pub unlinked_level: u16,
     /// AG-relative block numbers on the free list.
     pub agfl: Vec<u32>,
 }
@@ -71,7 +78,9 @@ impl AgHeader {
         for i in 0..AGFL_SLOTS {
             e.u32(OFF_AGFL + 4 * i, self.agfl.get(i).copied().unwrap_or(0));
         }
-        BLOCK_HEADER_BYTES..OFF_AGFL + 4 * AGFL_SLOTS
+        e.u64(OFF_UNLINKED, self.unlinked_root);
+        e.u16(OFF_UNLINKED + 8, self.unlinked_level);
+        BLOCK_HEADER_BYTES..OFF_UNLINKED + 10
     }
 
     /// Decodes and checks the header of AG `agno` (starting at `ag_start`, `length` blocks) read
@@ -103,6 +112,8 @@ impl AgHeader {
             bno_level: d.u16(104, "bno_level")?,
             cnt_level: d.u16(106, "cnt_level")?,
             ino_level: d.u16(108, "ino_level")?,
+            unlinked_root: d.u64(OFF_UNLINKED, "unlinked_root")?,
+            unlinked_level: d.u16(OFF_UNLINKED + 8, "unlinked_level")?,
             inodes: d.u64(112, "inodes")?,
             free_inodes: d.u64(120, "free_inodes")?,
             agfl: (0..flcount)
@@ -129,6 +140,7 @@ impl AgHeader {
             ("bno_root", h.bno_root),
             ("cnt_root", h.cnt_root),
             ("ino_root", h.ino_root),
+            ("unlinked_root", h.unlinked_root),
         ] {
             if !inside(b) {
                 return Err(d.err(

@@ -192,6 +192,12 @@ impl ResvTable {
         1 + Self::split(self.heights.dir) + self.alloc()
     }
 
+    /// Adding an inode to or removing it from the AG's unlinked-inode tree: the AG header, the
+    /// tree split (or joined) to the root, and allocating or freeing its nodes.
+    fn unlinked(&self) -> u32 {
+        1 + Self::split(self.heights.inode) + self.alloc()
+    }
+
     /// Changing a file's extent map: the extent tree split to the root plus its new blocks.
     fn extent_map(&self) -> u32 {
         Self::split(self.heights.extent) + self.alloc()
@@ -209,11 +215,15 @@ impl ResvTable {
             ),
             // parent inode + target inode + the new entry
             TransKind::Link => (2 + self.dir_insert(), 1),
-            // parent + inode + the entry removal + the unlinked list (AG header and its last inode)
-            TransKind::Remove => (2 + self.dir_remove() + 2, 1),
+            // parent + inode + the entry removal + the AG's unlinked-inode tree (header, path
+            // split to the root, its node allocations)
+            TransKind::Remove => (2 + self.dir_remove() + self.unlinked(), 1),
             // two parents, the moved inode and the replaced target; an entry removed and one
-            // inserted; the replaced target onto the unlinked list; ".." of a moved directory
-            TransKind::Rename => (4 + self.dir_remove() + self.dir_insert() + 2 + 1, 1),
+            // inserted; the replaced target onto the unlinked-inode tree
+            TransKind::Rename => (
+                4 + self.dir_remove() + self.dir_insert() + self.unlinked(),
+                1,
+            ),
             // as create, and the target's block with its allocation
             TransKind::Symlink => (
                 2 + self.inode_alloc() + self.dir_insert() + 1 + self.alloc(),
@@ -229,9 +239,10 @@ impl ResvTable {
             TransKind::Truncate => (1 + self.extent_map() + 2 * self.alloc(), TRUNCATE_LOG_COUNT),
             // the inode, the xattr block and its allocation
             TransKind::Xattr => (1 + 1 + self.alloc(), 1),
-            // per step: the inode, the unlinked list, the inode-chunk tree and freeing the chunk
+            // per step: the inode, its map, directory root, symlink or xattr block freed (an
+            // allocator operation), the unlinked-inode tree and the inode-chunk tree
             TransKind::Inactive => (
-                1 + 2 + Self::split(self.heights.inode) + self.alloc(),
+                1 + self.alloc() + self.unlinked() + Self::split(self.heights.inode),
                 INACTIVE_LOG_COUNT,
             ),
             // nothing: reads pin nothing

@@ -25,12 +25,11 @@ fn entry_len(name: &[u8], value: &[u8]) -> usize {
     3 + name.len() + value.len()
 }
 
+/// An inode's attributes: (name, value) pairs in stored order.
+pub type Attrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Reads every (name, value) of the inode's block.
-pub fn load(
-    tx: &mut Trans<'_>,
-    ino: u64,
-    inode: &Inode,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, EngineError> {
+pub fn load(tx: &mut Trans<'_>, ino: u64, inode: &Inode) -> Result<Attrs, EngineError> {
     if inode.xattr_blk == 0 {
         return Ok(Vec::new());
     }
