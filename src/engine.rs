@@ -52,6 +52,7 @@ impl From<LogError> for EngineError {
             LogError::Io(e) => EngineError::Io(e),
             LogError::Corrupt(e) => EngineError::Corrupt(e),
             LogError::Shutdown(w) => EngineError::Shutdown(w),
+            LogError::Spawn(e) => EngineError::Invalid(format!("cannot start a log thread: {e}")),
         }
     }
 }
@@ -257,7 +258,7 @@ impl Engine {
             mem,
             cache.buf_bytes(),
             opts.log.clone(),
-        );
+        )?;
         let names: Vec<&'static str> = TransKind::ALL.iter().map(|k| k.name()).collect();
         Ok(Engine {
             dev,

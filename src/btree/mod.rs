@@ -55,6 +55,13 @@ pub struct Btree {
 /// The path from the root to a leaf: (node, index of the entry taken / record found).
 type Path = Vec<(BufId, usize)>;
 
+/// The last step of a path. `descend` and `step` always push at least the root, so a path is
+/// never empty; that is this module's invariant, not something read from disk.
+fn at_leaf(path: &[(BufId, usize)]) -> (BufId, usize) {
+    debug_assert!(!path.is_empty());
+    path.last().copied().unwrap_or((BufId::NONE, 0))
+}
+
 impl Btree {
     /// Makes an empty tree: one empty leaf at `blkno`.
     pub fn create(
@@ -117,7 +124,7 @@ impl Btree {
     /// The record with exactly `key`.
     pub fn get(&self, tx: &mut Trans<'_>, key: &Key) -> Result<Option<Val>, EngineError> {
         let path = self.descend(tx, key)?;
-        let &(leaf, i) = path.last().expect("a path ends in a leaf");
+        let (leaf, i) = at_leaf(&path);
         let n = Node::new(tx.data(leaf), tx.blkno(leaf))?;
         Ok((i < n.nrecs() && n.key(i) == *key).then(|| n.val(i)))
     }
@@ -126,7 +133,7 @@ impl Btree {
     pub fn le(&self, tx: &mut Trans<'_>, key: &Key) -> Result<Option<(Key, Val)>, EngineError> {
         let mut path = self.descend(tx, key)?;
         loop {
-            let &(leaf, i) = path.last().expect("a path ends in a leaf");
+            let (leaf, i) = at_leaf(&path);
             let n = Node::new(tx.data(leaf), tx.blkno(leaf))?;
             // leaf_search gives the first record >= key.
             if i < n.nrecs() && n.key(i) == *key {
@@ -139,9 +146,11 @@ impl Btree {
                 return Ok(None);
             }
             // Now at the end of the previous leaf.
-            let &(leaf, _) = path.last().expect("a path ends in a leaf");
+            let (leaf, _) = at_leaf(&path);
             let nrecs = Node::new(tx.data(leaf), tx.blkno(leaf))?.nrecs();
-            path.last_mut().expect("leaf").1 = nrecs;
+            if let Some(last) = path.last_mut() {
+                last.1 = nrecs;
+            }
         }
     }
 
@@ -149,7 +158,7 @@ impl Btree {
     pub fn ge(&self, tx: &mut Trans<'_>, key: &Key) -> Result<Option<(Key, Val)>, EngineError> {
         let mut path = self.descend(tx, key)?;
         loop {
-            let &(leaf, i) = path.last().expect("a path ends in a leaf");
+            let (leaf, i) = at_leaf(&path);
             let n = Node::new(tx.data(leaf), tx.blkno(leaf))?;
             if i < n.nrecs() {
                 return Ok(Some((n.key(i), n.val(i))));
@@ -200,7 +209,7 @@ impl Btree {
         path.truncate(depth + 1);
         let mut level = self.root.level - depth as u16;
         loop {
-            let (id, i) = *path.last().expect("non-empty path");
+            let (id, i) = at_leaf(path);
             let child = Node::new(tx.data(id), tx.blkno(id))?.child(i);
             level -= 1;
             let cid = self.read(tx, child, level)?;
@@ -227,7 +236,7 @@ impl Btree {
         val: Val,
     ) -> Result<(), EngineError> {
         let path = self.descend(tx, &key)?;
-        let &(leaf, i) = path.last().expect("a path ends in a leaf");
+        let (leaf, i) = at_leaf(&path);
         {
             let n = Node::new(tx.data(leaf), tx.blkno(leaf))?;
             if i < n.nrecs() && n.key(i) == key {
@@ -329,7 +338,7 @@ impl Btree {
         key: &Key,
     ) -> Result<Option<Val>, EngineError> {
         let path = self.descend(tx, key)?;
-        let &(leaf, i) = path.last().expect("a path ends in a leaf");
+        let (leaf, i) = at_leaf(&path);
         let val = {
             let n = Node::new(tx.data(leaf), tx.blkno(leaf))?;
             if i >= n.nrecs() || n.key(i) != *key {
@@ -382,7 +391,7 @@ impl Btree {
     #[track_caller]
     pub fn update(&self, tx: &mut Trans<'_>, key: &Key, val: Val) -> Result<bool, EngineError> {
         let path = self.descend(tx, key)?;
-        let &(leaf, i) = path.last().expect("a path ends in a leaf");
+        let (leaf, i) = at_leaf(&path);
         let n = Node::new(tx.data(leaf), tx.blkno(leaf))?;
         if i >= n.nrecs() || n.key(i) != *key {
             return Ok(false);

@@ -41,6 +41,8 @@ pub enum LogError {
     Corrupt(FormatError),
     /// The log was shut down after an earlier error; the message names it.
     Shutdown(String),
+    /// A background thread (checkpoint writer, AIL pusher) could not be started.
+    Spawn(std::io::Error),
 }
 
 impl fmt::Display for LogError {
@@ -49,6 +51,7 @@ impl fmt::Display for LogError {
             LogError::Io(e) => write!(f, "log I/O error: {e}"),
             LogError::Corrupt(e) => write!(f, "corrupt log: {e}"),
             LogError::Shutdown(why) => write!(f, "filesystem shut down: {why}"),
+            LogError::Spawn(e) => write!(f, "cannot start a log thread: {e}"),
         }
     }
 }
@@ -178,7 +181,7 @@ impl Log {
         mem: MemAccount,
         buf_bytes: u64,
         config: LogConfig,
-    ) -> Arc<Log> {
+    ) -> Result<Arc<Log>, LogError> {
         let bs = geo.block_size;
         let size_bytes = geo.log_blocks * bs as u64;
         let space = Space::new(size_bytes, LOG_RESERVE_BLOCKS * bs as u64, rec.head, mem);
@@ -230,20 +233,25 @@ impl Log {
         let w = log.clone();
         let a = log.clone();
         let mut t = log.threads.lock();
-        t.push(
-            std::thread::Builder::new()
-                .name("tkfs-ckpt".into())
-                .spawn(move || w.writer_main())
-                .expect("spawn checkpoint writer"),
-        );
-        t.push(
-            std::thread::Builder::new()
-                .name("tkfs-ail".into())
-                .spawn(move || a.ail_main())
-                .expect("spawn AIL pusher"),
-        );
+        let spawned = std::thread::Builder::new()
+            .name("tkfs-ckpt".into())
+            .spawn(move || w.writer_main())
+            .and_then(|h| {
+                t.push(h);
+                std::thread::Builder::new()
+                    .name("tkfs-ail".into())
+                    .spawn(move || a.ail_main())
+            });
+        match spawned {
+            Ok(h) => t.push(h),
+            Err(e) => {
+                drop(t);
+                log.stop_threads();
+                return Err(LogError::Spawn(e));
+            }
+        }
         drop(t);
-        log
+        Ok(log)
     }
 
     pub fn block_size(&self) -> u32 {

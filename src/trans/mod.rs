@@ -21,6 +21,11 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BufId(usize);
 
+impl BufId {
+    /// Names no buffer (a position no transaction reaches).
+    pub const NONE: BufId = BufId(usize::MAX);
+}
+
 struct TBuf {
     head: Arc<BufHead>,
     /// The buffer's lock, held until the transaction ends; None once released unchanged.
