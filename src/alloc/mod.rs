@@ -133,6 +133,32 @@ impl NodeAlloc for AgBlocks<'_> {
     }
 }
 
+/// Blocks an inode owns beyond its data (extent-map nodes, directory nodes and name blocks),
+/// allocated near it and counted in its block count.
+pub struct InodeBlocks<'a> {
+    pub alloc: &'a Allocator,
+    /// Allocate near this block (the inode's chunk).
+    pub near: u64,
+    /// The inode's block count, kept in step.
+    pub blocks: &'a mut u64,
+}
+
+impl NodeAlloc for InodeBlocks<'_> {
+    fn alloc_node(&mut self, tx: &mut Trans<'_>) -> Result<u64, EngineError> {
+        let (b, _) = self
+            .alloc
+            .alloc(tx, self.near, 1, 1)?
+            .ok_or_else(|| EngineError::NoSpace(format!("no free block near {}", self.near)))?;
+        *self.blocks += 1;
+        Ok(b)
+    }
+    fn free_node(&mut self, tx: &mut Trans<'_>, blkno: u64) -> Result<(), EngineError> {
+        self.alloc.free(tx, blkno, 1)?;
+        *self.blocks -= 1;
+        Ok(())
+    }
+}
+
 impl Allocator {
     pub fn new(geo: Geometry) -> Allocator {
         Allocator {

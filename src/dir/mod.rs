@@ -13,7 +13,7 @@
 //! readdir cookies: 1 is ".", 2 is "..", and an entry's cookie is 3 + (hash << 31 | index), taken
 //! from its key, so it stays valid while other entries come and go.
 
-use crate::alloc::Allocator;
+use crate::alloc::{Allocator, InodeBlocks};
 use crate::btree::{Btree, NodeAlloc, Root};
 use crate::engine::EngineError;
 use crate::format::inode::{ino_split, DataFormat, Inode};
@@ -80,29 +80,6 @@ pub fn set_parent(inode: &mut Inode, parent: u64) {
     set_fork_u64(inode, 8, parent);
 }
 
-/// Tree nodes and name blocks of a directory, allocated near its inode.
-struct DirBlocks<'a> {
-    alloc: &'a Allocator,
-    near: u64,
-    blocks: &'a mut u64,
-}
-
-impl NodeAlloc for DirBlocks<'_> {
-    fn alloc_node(&mut self, tx: &mut Trans<'_>) -> Result<u64, EngineError> {
-        let (b, _) = self
-            .alloc
-            .alloc(tx, self.near, 1, 1)?
-            .ok_or_else(|| EngineError::NoSpace("no block for a directory".into()))?;
-        *self.blocks += 1;
-        Ok(b)
-    }
-    fn free_node(&mut self, tx: &mut Trans<'_>, blkno: u64) -> Result<(), EngineError> {
-        self.alloc.free(tx, blkno, 1)?;
-        *self.blocks -= 1;
-        Ok(())
-    }
-}
-
 fn corrupt(blkno: u64, field: &'static str, detail: String) -> EngineError {
     EngineError::Corrupt(FormatError::new(blkno, "directory", field, detail))
 }
@@ -116,7 +93,7 @@ pub fn init(
     parent: u64,
 ) -> Result<(), EngineError> {
     let mut blocks = inode.blocks;
-    let root = DirBlocks {
+    let root = InodeBlocks {
         alloc,
         near: ino_split(ino).0,
         blocks: &mut blocks,
@@ -220,7 +197,7 @@ pub fn insert(
     let mut blocks = inode.blocks;
     t.insert(
         tx,
-        &mut DirBlocks {
+        &mut InodeBlocks {
             alloc,
             near: ino_split(dir).0,
             blocks: &mut blocks,
@@ -259,7 +236,7 @@ fn append_name(
         Some(t) => t,
         None => {
             let mut blocks = inode.blocks;
-            let blk = DirBlocks {
+            let blk = InodeBlocks {
                 alloc,
                 near: ino_split(dir).0,
                 blocks: &mut blocks,
@@ -304,7 +281,7 @@ pub fn remove(
     };
     let mut t = tree(dir, inode);
     let mut blocks = inode.blocks;
-    let mut db = DirBlocks {
+    let mut db = InodeBlocks {
         alloc,
         near: ino_split(dir).0,
         blocks: &mut blocks,
@@ -376,7 +353,7 @@ pub fn destroy(
     let id = tx.read_buf(inode.root, BlockType::BtreeDir)?;
     tx.invalidate(id);
     let mut blocks = inode.blocks;
-    DirBlocks {
+    InodeBlocks {
         alloc,
         near: 0,
         blocks: &mut blocks,

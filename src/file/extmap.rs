@@ -3,7 +3,7 @@
 //! 32)) whose nodes are allocated near the inode. Adjacent extents that continue each other on
 //! disk (with the same flags) are merged when mapped.
 
-use crate::alloc::Allocator;
+use crate::alloc::{Allocator, InodeBlocks};
 use crate::btree::{Btree, NodeAlloc, Root, Val};
 use crate::engine::EngineError;
 use crate::format::inode::{ino_split, DataFormat, Extent, Inode, INLINE_EXTENTS};
@@ -37,29 +37,6 @@ fn tree(ino: u64, inode: &Inode) -> Btree {
             level: inode.root_level,
         },
     )
-}
-
-/// Tree nodes of a file, allocated near its inode and counted in its blocks.
-struct FileBlocks<'a> {
-    alloc: &'a Allocator,
-    near: u64,
-    blocks: &'a mut u64,
-}
-
-impl NodeAlloc for FileBlocks<'_> {
-    fn alloc_node(&mut self, tx: &mut Trans<'_>) -> Result<u64, EngineError> {
-        let (b, _) = self
-            .alloc
-            .alloc(tx, self.near, 1, 1)?
-            .ok_or_else(|| EngineError::NoSpace("no block for an extent-map node".into()))?;
-        *self.blocks += 1;
-        Ok(b)
-    }
-    fn free_node(&mut self, tx: &mut Trans<'_>, blkno: u64) -> Result<(), EngineError> {
-        self.alloc.free(tx, blkno, 1)?;
-        *self.blocks -= 1;
-        Ok(())
-    }
 }
 
 fn corrupt(ino: u64, detail: String) -> EngineError {
@@ -192,7 +169,7 @@ pub fn insert(
         }
         // Too many for the inode: move them into a new tree.
         let mut blocks = inode.blocks;
-        let mut fbk = FileBlocks {
+        let mut fbk = InodeBlocks {
             alloc,
             near,
             blocks: &mut blocks,
@@ -212,7 +189,7 @@ pub fn insert(
     }
     let mut t = tree(ino, inode);
     let mut blocks = inode.blocks;
-    let mut fbk = FileBlocks {
+    let mut fbk = InodeBlocks {
         alloc,
         near,
         blocks: &mut blocks,
@@ -353,7 +330,7 @@ fn unmap(
         DataFormat::Btree => {
             let mut t = tree(ino, inode);
             let mut blocks = inode.blocks;
-            let mut fbk = FileBlocks {
+            let mut fbk = InodeBlocks {
                 alloc,
                 near: ino_split(ino).0,
                 blocks: &mut blocks,
