@@ -13,8 +13,8 @@ use ticketfs::{Engine, EngineOptions, TransKind};
 const UUID: [u8; 16] = [9, 8, 7, 6, 5, 4, 0x43, 2, 0x81, 0, 1, 2, 3, 4, 5, 6];
 
 fn geometry() -> Geometry {
-    let probe = Geometry::new(4096, 16384, 16, 4).unwrap();
-    Geometry::new(4096, 16384, ResvTable::new(&probe).min_log_blocks() * 4, 4).unwrap()
+    let probe = Geometry::new(4096, 16384, 16, 1).unwrap();
+    Geometry::new(4096, 16384, ResvTable::new(&probe).min_log_blocks() * 4, 1).unwrap()
 }
 
 fn mem_engine(memres: MemRes) -> (Engine, u64) {

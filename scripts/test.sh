@@ -7,3 +7,5 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # The tools' binaries (mkfs, fsck) are used by the tests, not only built for them.
 cargo build --release --workspace
 cargo test --release --workspace
+# The benchmarks once each, in criterion's test mode: they must keep building and running.
+cargo test --release --benches
