@@ -385,8 +385,17 @@ impl Fs {
             nlink: i.nlink,
             uid: i.uid,
             gid: i.gid,
-            // A directory's size is the space its tree and names take, as on XFS and ext4.
-            size: if is_dir(i) { i.blocks * bs } else { i.size },
+            // A directory's size is the space its tree and names take, or for an inline one the
+            // bytes of its entries (as XFS reports short-form directories).
+            size: if is_dir(i) {
+                if i.format == DataFormat::Local {
+                    dir::inline_bytes(i)
+                } else {
+                    i.blocks * bs
+                }
+            } else {
+                i.size
+            },
             blocks: i.blocks * (bs / 512),
             atime: i.atime,
             mtime: i.mtime,
@@ -858,7 +867,7 @@ impl Fs {
                     // Swap the two entries.
                     let pp = if same { &mut np } else { &mut p };
                     dir::replace(&mut tx, parent, pp, name, d, dtype(di.mode))?;
-                    dir::replace(&mut tx, newparent, &np, newname, src, dtype(s.mode))?;
+                    dir::replace(&mut tx, newparent, &mut np, newname, src, dtype(s.mode))?;
                     if !same {
                         if is_dir(&s) {
                             dir::set_parent(&mut s, newparent);
@@ -875,7 +884,7 @@ impl Fs {
                     inode::write(&mut tx, &dr, &di);
                 }
                 Some((_, dr, mut di)) => {
-                    dir::replace(&mut tx, newparent, &np, newname, src, dtype(s.mode))?;
+                    dir::replace(&mut tx, newparent, &mut np, newname, src, dtype(s.mode))?;
                     if is_dir(&di) {
                         di.nlink = 0;
                         np.nlink -= 1;

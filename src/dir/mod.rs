@@ -16,7 +16,7 @@
 use crate::alloc::{Allocator, InodeBlocks};
 use crate::btree::{Btree, NodeAlloc, Root};
 use crate::engine::EngineError;
-use crate::format::inode::{ino_split, DataFormat, Inode};
+use crate::format::inode::{ino_split, DataFormat, Inode, FORK_BYTES};
 use crate::format::{BlockType, Dec, Enc, FormatError, BLOCK_HEADER_BYTES};
 use crate::trans::Trans;
 
@@ -84,29 +84,144 @@ fn corrupt(blkno: u64, field: &'static str, detail: String) -> EngineError {
     EngineError::Corrupt(FormatError::new(blkno, "directory", field, detail))
 }
 
-/// Makes `inode` an empty directory with parent `parent`: allocates its tree's root leaf.
+/// Makes `inode` an empty directory with parent `parent`: inline, no blocks.
 pub fn init(
-    tx: &mut Trans<'_>,
-    alloc: &Allocator,
-    ino: u64,
+    _tx: &mut Trans<'_>,
+    _alloc: &Allocator,
+    _ino: u64,
     inode: &mut Inode,
     parent: u64,
+) -> Result<(), EngineError> {
+    inode.format = DataFormat::Local;
+    inode.fork = [0; FORK_BYTES];
+    inode.nextents = 0;
+    set_parent(inode, parent);
+    Ok(())
+}
+
+/// Where inline entries start in the fork area (after the name-block and parent words).
+const INLINE_OFF: usize = 16;
+/// Bytes of an inline entry before its name: hash u32, collision index u16, inode u64, type u8,
+/// name length u8.
+const INLINE_HDR: usize = 16;
+
+/// An entry of an inline directory.
+#[derive(Debug, Clone)]
+struct Inline {
+    key: [u64; 2],
+    ino: u64,
+    ftype: u8,
+    name: Vec<u8>,
+}
+
+/// The entries of an inline directory, checked against the fork area's bounds.
+fn inline_entries(dir: u64, inode: &Inode) -> Result<Vec<Inline>, EngineError> {
+    let f = &inode.fork;
+    let mut out = Vec::with_capacity(inode.nextents as usize);
+    let mut at = INLINE_OFF;
+    for _ in 0..inode.nextents {
+        if at + INLINE_HDR > FORK_BYTES {
+            return Err(corrupt(
+                ino_split(dir).0,
+                "inline entries",
+                format!("directory {dir}: entry at {at} runs past the inode"),
+            ));
+        }
+        let len = f[at + 15] as usize;
+        if len == 0 || at + INLINE_HDR + len > FORK_BYTES {
+            return Err(corrupt(
+                ino_split(dir).0,
+                "inline entries",
+                format!("directory {dir}: name of {len} bytes at {at} runs past the inode"),
+            ));
+        }
+        let hash = u32::from_le_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]) as u64;
+        let idx = u16::from_le_bytes([f[at + 4], f[at + 5]]) as u64;
+        let mut ino = [0u8; 8];
+        ino.copy_from_slice(&f[at + 6..at + 14]);
+        out.push(Inline {
+            key: [hash, idx],
+            ino: u64::from_le_bytes(ino),
+            ftype: f[at + 14],
+            name: f[at + INLINE_HDR..at + INLINE_HDR + len].to_vec(),
+        });
+        at += INLINE_HDR + len;
+    }
+    Ok(out)
+}
+
+fn inline_fits(entries: &[Inline]) -> bool {
+    INLINE_OFF
+        + entries
+            .iter()
+            .map(|e| INLINE_HDR + e.name.len())
+            .sum::<usize>()
+        <= FORK_BYTES
+}
+
+fn set_inline(inode: &mut Inode, entries: &mut [Inline]) {
+    entries.sort_by_key(|e| e.key);
+    inode.fork[INLINE_OFF..].fill(0);
+    let mut at = INLINE_OFF;
+    for e in entries.iter() {
+        let f = &mut inode.fork;
+        f[at..at + 4].copy_from_slice(&(e.key[0] as u32).to_le_bytes());
+        f[at + 4..at + 6].copy_from_slice(&(e.key[1] as u16).to_le_bytes());
+        f[at + 6..at + 14].copy_from_slice(&e.ino.to_le_bytes());
+        f[at + 14] = e.ftype;
+        f[at + 15] = e.name.len() as u8;
+        f[at + INLINE_HDR..at + INLINE_HDR + e.name.len()].copy_from_slice(&e.name);
+        at += INLINE_HDR + e.name.len();
+    }
+    inode.nextents = entries.len() as u32;
+}
+
+/// Bytes an inline directory's entries take (its size, as XFS reports short-form directories).
+pub fn inline_bytes(inode: &Inode) -> u64 {
+    inline_entries(0, inode)
+        .map(|e| (INLINE_OFF + e.iter().map(|x| INLINE_HDR + x.name.len()).sum::<usize>()) as u64)
+        .unwrap_or(0)
+}
+
+/// Moves an inline directory's entries into a new hash tree, keeping every key (so readdir
+/// cookies stay valid).
+fn to_tree(
+    tx: &mut Trans<'_>,
+    alloc: &Allocator,
+    dir: u64,
+    inode: &mut Inode,
+    entries: &[Inline],
 ) -> Result<(), EngineError> {
     let mut blocks = inode.blocks;
     let root = InodeBlocks {
         alloc,
-        near: ino_split(ino).0,
+        near: ino_split(dir).0,
         blocks: &mut blocks,
     }
     .alloc_node(tx)?;
-    let t = Btree::create(tx, BlockType::BtreeDir, ino, root)?;
+    let mut t = Btree::create(tx, BlockType::BtreeDir, dir, root)?;
     inode.blocks = blocks;
     inode.format = DataFormat::Btree;
-    inode.fork = [0; crate::format::inode::FORK_BYTES];
+    inode.fork[..8].fill(0);
+    inode.fork[INLINE_OFF..].fill(0);
+    for e in entries {
+        let nref = append_name(tx, alloc, dir, inode, &e.name, e.ftype)?;
+        let mut blocks = inode.blocks;
+        t.insert(
+            tx,
+            &mut InodeBlocks {
+                alloc,
+                near: ino_split(dir).0,
+                blocks: &mut blocks,
+            },
+            e.key,
+            [e.ino, nref],
+        )?;
+        inode.blocks = blocks;
+    }
     inode.root = t.root.blkno;
     inode.root_level = t.root.level;
-    inode.nextents = 0;
-    set_parent(inode, parent);
+    inode.nextents = entries.len() as u32;
     Ok(())
 }
 
@@ -161,6 +276,12 @@ pub fn lookup(
     inode: &Inode,
     name: &[u8],
 ) -> Result<Option<(u64, u8)>, EngineError> {
+    if inode.format == DataFormat::Local {
+        return Ok(inline_entries(dir, inode)?
+            .into_iter()
+            .find(|e| e.name == name)
+            .map(|e| (e.ino, e.ftype)));
+    }
     Ok(find(tx, dir, inode, name)?.map(|(_, v, t)| (v[0], t)))
 }
 
@@ -177,6 +298,26 @@ pub fn insert(
 ) -> Result<(), EngineError> {
     debug_assert!(!name.is_empty() && name.len() <= NAME_MAX);
     let h = name_hash(name);
+    if inode.format == DataFormat::Local {
+        let mut entries = inline_entries(dir, inode)?;
+        let mut idx = 0;
+        while entries.iter().any(|e| e.key == [h, idx]) {
+            idx += 1;
+        }
+        let new = Inline {
+            key: [h, idx],
+            ino,
+            ftype,
+            name: name.to_vec(),
+        };
+        entries.push(new);
+        if inline_fits(&entries) {
+            set_inline(inode, &mut entries);
+            return Ok(());
+        }
+        entries.pop();
+        to_tree(tx, alloc, dir, inode, &entries)?;
+    }
     let mut t = tree(dir, inode);
     // The first free collision index for this hash.
     let mut idx = 0;
@@ -276,6 +417,15 @@ pub fn remove(
     inode: &mut Inode,
     name: &[u8],
 ) -> Result<Option<u64>, EngineError> {
+    if inode.format == DataFormat::Local {
+        let mut entries = inline_entries(dir, inode)?;
+        let Some(p) = entries.iter().position(|e| e.name == name) else {
+            return Ok(None);
+        };
+        let gone = entries.remove(p);
+        set_inline(inode, &mut entries);
+        return Ok(Some(gone.ino));
+    }
     let Some((k, v, _)) = find(tx, dir, inode, name)? else {
         return Ok(None);
     };
@@ -321,11 +471,21 @@ pub fn remove(
 pub fn replace(
     tx: &mut Trans<'_>,
     dir: u64,
-    inode: &Inode,
+    inode: &mut Inode,
     name: &[u8],
     ino: u64,
     ftype: u8,
 ) -> Result<Option<u64>, EngineError> {
+    if inode.format == DataFormat::Local {
+        let mut entries = inline_entries(dir, inode)?;
+        let Some(e) = entries.iter_mut().find(|e| e.name == name) else {
+            return Ok(None);
+        };
+        let old = std::mem::replace(&mut e.ino, ino);
+        e.ftype = ftype;
+        set_inline(inode, &mut entries);
+        return Ok(Some(old));
+    }
     let Some((k, v, _)) = find(tx, dir, inode, name)? else {
         return Ok(None);
     };
@@ -349,6 +509,9 @@ pub fn destroy(
         return Err(EngineError::Invalid(format!(
             "directory {dir} is not empty"
         )));
+    }
+    if inode.format == DataFormat::Local {
+        return Ok(());
     }
     let id = tx.read_buf(inode.root, BlockType::BtreeDir)?;
     tx.invalidate(id);
@@ -390,6 +553,27 @@ pub fn read(
             ftype: DT_DIR,
             cookie: COOKIE_DOTDOT,
         });
+    }
+    if inode.format == DataFormat::Local {
+        let mut entries = inline_entries(dir, inode)?;
+        entries.sort_by_key(|e| e.key);
+        let from = cookie.saturating_sub(COOKIE_BASE);
+        for e in entries {
+            let c = COOKIE_BASE + (e.key[0] << 31 | e.key[1]);
+            if out.len() >= max {
+                break;
+            }
+            if cookie >= COOKIE_BASE && c - COOKIE_BASE <= from {
+                continue;
+            }
+            out.push(DirEntry {
+                name: e.name,
+                ino: e.ino,
+                ftype: e.ftype,
+                cookie: c,
+            });
+        }
+        return Ok(out);
     }
     let t = tree(dir, inode);
     let mut at = if cookie < COOKIE_BASE {
