@@ -489,6 +489,8 @@ impl Allocator {
         let Some((s, l, at, n)) = self.find(tx, sp, target, min, max)? else {
             return Ok(None);
         };
+        // Blocks freed by a commit not yet durable still belong to their old owner on disk.
+        tx.engine().log().wait_not_busy(at, n)?;
         self.remove_free(tx, sp, s, l)?;
         if at > s {
             self.insert_free(tx, sp, s, at - s)?;
@@ -634,6 +636,7 @@ impl Allocator {
         }
         self.insert_free(tx, sp, s, l)?;
         sp.hdr.free_blocks += len;
+        tx.note_freed(start, len);
         Ok(())
     }
 

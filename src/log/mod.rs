@@ -119,6 +119,8 @@ pub struct LogCounters {
     pub flushes: AtomicU64,
     pub home_writes: AtomicU64,
     pub items_logged: AtomicU64,
+    /// Log forces made because an allocation wanted blocks whose freeing was not yet durable.
+    pub busy_forces: AtomicU64,
 }
 
 /// What a commit handed to the CIL.
@@ -165,6 +167,8 @@ pub struct Log {
     /// The writer's private record buffer (its pool): writing the log never waits for memory.
     record_buf: Mutex<AlignedBuf>,
     cil_push_bytes: u64,
+    /// Freed extents (start, length, freeing commit sequence) not yet durable.
+    busy: Mutex<Vec<(u64, u64, u64)>>,
     config: LogConfig,
     threads: Mutex<Vec<JoinHandle<()>>>,
     start_cycle: u32,
@@ -225,6 +229,7 @@ impl Log {
                 record_blocks(LOG_RECORD_PAYLOAD_MAX, bs) as usize * bs as usize,
             )),
             cil_push_bytes: (usable / 8).max(bs as u64),
+            busy: Mutex::new(Vec::new()),
             config,
             threads: Mutex::new(Vec::new()),
             start_cycle: rec.head.cycle,
@@ -404,6 +409,40 @@ impl Log {
             self.ws_cv.notify_one();
         }
         Ok(out)
+    }
+
+    /// Blocks freed by the commit `seq`: until that checkpoint is durable they still belong to
+    /// their old owner on disk, so they must not be handed out again (XFS's busy extents).
+    pub fn note_busy(&self, extents: &[(u64, u64)], seq: u64) {
+        if extents.is_empty() {
+            return;
+        }
+        let durable = self.ws.lock().durable_seq;
+        let mut b = self.busy.lock();
+        b.retain(|&(_, _, s)| s > durable);
+        b.extend(extents.iter().map(|&(start, len)| (start, len, seq)));
+    }
+
+    /// Makes sure no block of `start..start+len` is busy: forces the log up to the latest commit
+    /// that freed one of them. Called inside a transaction about to reuse the blocks; safe, since
+    /// a checkpoint never waits for buffer locks.
+    pub fn wait_not_busy(&self, start: u64, len: u64) -> Result<(), LogError> {
+        let durable = self.ws.lock().durable_seq;
+        let need = {
+            let mut b = self.busy.lock();
+            b.retain(|&(_, _, s)| s > durable);
+            b.iter()
+                .filter(|&&(s, l, _)| s < start + len && start < s + l)
+                .map(|&(_, _, q)| q)
+                .max()
+        };
+        match need {
+            Some(seq) => {
+                self.counters.busy_forces.fetch_add(1, Ordering::Relaxed);
+                self.force(seq)
+            }
+            None => Ok(()),
+        }
     }
 
     /// The sequence of the CIL context now collecting commits.

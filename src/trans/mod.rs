@@ -91,6 +91,8 @@ pub struct Trans<'e> {
     bufs: Vec<TBuf>,
     overrun: bool,
     finished: bool,
+    /// Extents freed in the current step: busy from its commit until that checkpoint is durable.
+    freed: Vec<(u64, u64)>,
 }
 
 impl Engine {
@@ -122,6 +124,7 @@ impl Engine {
                 bufs: Vec::new(),
                 overrun: false,
                 finished: false,
+                freed: Vec::new(),
             });
         }
         let out = log
@@ -148,6 +151,7 @@ impl Engine {
             bufs: Vec::new(),
             overrun: false,
             finished: false,
+            freed: Vec::new(),
         })
     }
 }
@@ -155,6 +159,11 @@ impl Engine {
 impl<'e> Trans<'e> {
     pub fn kind(&self) -> TransKind {
         self.kind
+    }
+
+    /// Records that this transaction freed `len` blocks at `start` (the allocator calls it).
+    pub fn note_freed(&mut self, start: u64, len: u64) {
+        self.freed.push((start, len));
     }
 
     pub fn block_size(&self) -> u32 {
@@ -408,6 +417,7 @@ impl<'e> Trans<'e> {
             (out.seq, out.log_bytes)
         };
         drop(commit);
+        eng.log().note_busy(&std::mem::take(&mut self.freed), seq);
         if let Some(used) = log_overrun {
             self.overrun = true;
             eng.overruns()

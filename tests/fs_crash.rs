@@ -1,0 +1,377 @@
+//! Filesystem-level crash states: namespace operations and small writes through `Fs` on the
+//! recording device (file data goes through it too). For every flush point and random subsets of
+//! the writes after it, the image is recovered and mounted (orphans freed) and its tree must equal
+//! the model after some prefix of the steps no shorter than the last fsync; the recovered
+//! filesystem must then unmount and mount again. Each model step is one transaction's visible
+//! effect (a create, a write of at most one block to an empty file, mkdir, unlink, rename, rmdir).
+
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use ticketfs::device::{DevEvent, Device, MemDevice, RecordingDevice};
+use ticketfs::fs::{Ctx, Fs, S_IFDIR, S_IFREG};
+use ticketfs::log::LogConfig;
+use ticketfs::mem::OverrunPolicy;
+use ticketfs::mkfs::{make_filesystem, MkfsOptions};
+use ticketfs::{Engine, EngineOptions};
+
+const BS: u32 = 512;
+const STEPS: usize = 400;
+const STATES_PER_WINDOW: usize = 8;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Node {
+    Dir,
+    File(Vec<u8>),
+}
+
+type Tree = BTreeMap<String, Node>;
+
+fn base_image() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("image");
+    make_filesystem(
+        &p,
+        &MkfsOptions {
+            size: Some(8 << 20),
+            block_size: BS,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    std::fs::read(&p).unwrap()
+}
+
+fn opts() -> EngineOptions {
+    EngineOptions {
+        overrun: OverrunPolicy::Panic,
+        log: LogConfig {
+            cil_timer: Duration::from_millis(2),
+            ail_interval: Duration::from_millis(1),
+        },
+        ..Default::default()
+    }
+}
+
+/// The tree as the filesystem shows it.
+fn walk(fs: &Fs) -> Tree {
+    let mut out = Tree::new();
+    let mut stack = vec![(fs.root(), String::new())];
+    while let Some((dir, prefix)) = stack.pop() {
+        let mut cookie = 0;
+        loop {
+            let batch = fs.readdir(dir, cookie, 64).unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            for e in batch {
+                cookie = e.cookie;
+                if e.name == b"." || e.name == b".." {
+                    continue;
+                }
+                let name = format!("{prefix}/{}", String::from_utf8_lossy(&e.name));
+                let a = fs.getattr(e.ino).unwrap();
+                if a.mode & S_IFDIR == S_IFDIR && a.mode & S_IFREG != S_IFREG {
+                    out.insert(name.clone(), Node::Dir);
+                    stack.push((e.ino, name));
+                } else {
+                    out.insert(
+                        name,
+                        Node::File(fs.read(e.ino, 0, a.size as usize + 1).unwrap()),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+struct Run {
+    base: Vec<u8>,
+    events: Vec<DevEvent>,
+    /// The model after each step (index 0: empty).
+    states: Vec<Tree>,
+    /// (event count when an fsync returned, steps done by then).
+    syncs: Vec<(usize, usize)>,
+}
+
+fn run_workload(seed: u64) -> Run {
+    let base = base_image();
+    let rec = Arc::new(RecordingDevice::new(BS, base.clone()));
+    let fs = Fs::new(Engine::mount(rec.clone(), opts()).unwrap(), false).unwrap();
+    let c = Ctx::ROOT;
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut model = Tree::new();
+    let mut states = vec![model.clone()];
+    let mut syncs = Vec::new();
+    // Paths to inode numbers, for the operations.
+    let mut dirs: Vec<(String, u64)> = vec![(String::new(), fs.root())];
+    let mut n = 0;
+    while states.len() <= STEPS {
+        n += 1;
+        let (dpath, dino) = dirs.choose(&mut rng).unwrap().clone();
+        let files: Vec<String> = model
+            .iter()
+            .filter(|(k, v)| matches!(v, Node::File(_)) && k.rsplit_once('/').unwrap().0 == dpath)
+            .map(|(k, _)| k.clone())
+            .collect();
+        match rng.gen_range(0..10) {
+            0..=3 => {
+                let name = format!("f{n}");
+                let a = fs
+                    .make(&c, dino, name.as_bytes(), S_IFREG | 0o644, 0, None)
+                    .unwrap();
+                model.insert(format!("{dpath}/{name}"), Node::File(Vec::new()));
+                states.push(model.clone());
+                let len = rng.gen_range(0..=BS as usize);
+                if len > 0 {
+                    let data: Vec<u8> = (0..len).map(|i| (i as u64 * 7 + n) as u8).collect();
+                    fs.write(&c, a.ino, 0, &data).unwrap();
+                    model.insert(format!("{dpath}/{name}"), Node::File(data));
+                    states.push(model.clone());
+                }
+            }
+            4 => {
+                let name = format!("d{n}");
+                let a = fs
+                    .make(&c, dino, name.as_bytes(), S_IFDIR | 0o755, 0, None)
+                    .unwrap();
+                model.insert(format!("{dpath}/{name}"), Node::Dir);
+                dirs.push((format!("{dpath}/{name}"), a.ino));
+                states.push(model.clone());
+            }
+            5 | 6 if !files.is_empty() => {
+                let victim = files.choose(&mut rng).unwrap().clone();
+                let name = victim.rsplit_once('/').unwrap().1.to_string();
+                fs.remove(&c, dino, name.as_bytes(), false).unwrap();
+                model.remove(&victim);
+                states.push(model.clone());
+            }
+            7 | 8 if !files.is_empty() => {
+                let src = files.choose(&mut rng).unwrap().clone();
+                let (tpath, tino) = dirs.choose(&mut rng).unwrap().clone();
+                let tname = if rng.gen_bool(0.3) {
+                    // Over an existing file of the target directory, when there is one.
+                    model
+                        .keys()
+                        .find(|k| {
+                            k.rsplit_once('/').unwrap().0 == tpath
+                                && matches!(model[*k], Node::File(_))
+                                && **k != src
+                        })
+                        .map(|k| k.rsplit_once('/').unwrap().1.to_string())
+                        .unwrap_or(format!("r{n}"))
+                } else {
+                    format!("r{n}")
+                };
+                let sname = src.rsplit_once('/').unwrap().1.to_string();
+                fs.rename(
+                    &c,
+                    dino,
+                    sname.as_bytes(),
+                    tino,
+                    tname.as_bytes(),
+                    false,
+                    false,
+                )
+                .unwrap();
+                let node = model.remove(&src).unwrap();
+                model.insert(format!("{tpath}/{tname}"), node);
+                states.push(model.clone());
+            }
+            _ => {
+                // rmdir of an empty directory, else an fsync.
+                let empty = dirs
+                    .iter()
+                    .skip(1)
+                    .find(|(p, _)| !model.keys().any(|k| k.starts_with(&format!("{p}/"))))
+                    .cloned();
+                match empty {
+                    Some((p, _)) if rng.gen_bool(0.5) => {
+                        let (parent, name) = p.rsplit_once('/').unwrap();
+                        let pino = dirs.iter().find(|(q, _)| q == parent).unwrap().1;
+                        fs.remove(&c, pino, name.as_bytes(), true).unwrap();
+                        model.remove(&p);
+                        dirs.retain(|(q, _)| *q != p);
+                        states.push(model.clone());
+                    }
+                    _ => {
+                        fs.fsync().unwrap();
+                        syncs.push((rec.event_count(), states.len() - 1));
+                    }
+                }
+            }
+        }
+        if n % 16 == 0 {
+            std::thread::sleep(Duration::from_millis(3));
+        }
+    }
+    fs.crash();
+    Run {
+        base,
+        events: rec.events(),
+        states,
+        syncs,
+    }
+}
+
+fn check(run: &Run, image: Vec<u8>, crash_after: usize) -> Result<(), String> {
+    let dev: Arc<dyn Device> = Arc::new(MemDevice::from_bytes(BS, image));
+    let eng = Engine::mount(dev.clone(), opts()).map_err(|e| format!("mount: {e}"))?;
+    let fs = Fs::new(eng, false).map_err(|e| format!("fs: {e}"))?;
+    let got = walk(&fs);
+    let confirmed = run
+        .syncs
+        .iter()
+        .filter(|(e, _)| *e <= crash_after + 1)
+        .map(|(_, s)| *s)
+        .max()
+        .unwrap_or(0);
+    match run.states.iter().rposition(|s| *s == got) {
+        None => {
+            // Name the closest state and how the tree differs from it.
+            let diff = |s: &Tree| -> Vec<String> {
+                let mut d: Vec<String> = s
+                    .iter()
+                    .filter(|(k, v)| got.get(*k) != Some(v))
+                    .map(|(k, v)| {
+                        format!(
+                            "model {k}={}",
+                            match v {
+                                Node::Dir => "dir".to_string(),
+                                Node::File(b) => format!("{} bytes", b.len()),
+                            }
+                        )
+                    })
+                    .collect();
+                d.extend(
+                    got.iter()
+                        .filter(|(k, _)| !s.contains_key(*k))
+                        .map(|(k, v)| {
+                            format!(
+                                "disk {k}={}",
+                                match v {
+                                    Node::Dir => "dir".to_string(),
+                                    Node::File(b) => format!("{} bytes", b.len()),
+                                }
+                            )
+                        }),
+                );
+                d
+            };
+            let (k, mut d) = run
+                .states
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (i, diff(s)))
+                .min_by_key(|(_, d)| d.len())
+                .unwrap();
+            for (path, v) in &run.states[k] {
+                if let (Node::File(m), Some(Node::File(g))) = (v, got.get(path)) {
+                    if m != g {
+                        let first = m.iter().zip(g.iter()).position(|(a, b)| a != b);
+                        d.push(format!("{path}: model {} bytes {:?}.., disk {} bytes {:?}.., first difference at {first:?}", m.len(), &m[..m.len().min(6)], g.len(), &g[..g.len().min(6)]));
+                    }
+                }
+            }
+            return Err(format!(
+                "tree matches no prefix; closest is step {k} (confirmed {confirmed}): {d:?}"
+            ));
+        }
+        Some(k) if k < confirmed => {
+            return Err(format!(
+                "tree is step {k}, but step {confirmed} was fsync'd"
+            ))
+        }
+        Some(_) => {}
+    }
+    fs.unmount().map_err(|e| format!("unmount: {e}"))?;
+    let fs = Fs::new(
+        Engine::mount(dev, opts()).map_err(|e| format!("second mount: {e}"))?,
+        false,
+    )
+    .map_err(|e| format!("second fs: {e}"))?;
+    if walk(&fs) != got {
+        return Err("tree changed across a clean unmount".into());
+    }
+    fs.unmount().map_err(|e| format!("second unmount: {e}"))
+}
+
+#[test]
+fn fs_crash_states() {
+    let seed = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0xf5);
+    let run = run_workload(seed);
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0xc0de);
+    let mut windows: Vec<(Option<usize>, Vec<usize>)> = vec![(None, Vec::new())];
+    for (i, ev) in run.events.iter().enumerate() {
+        match ev {
+            DevEvent::Flush => windows.push((Some(i), Vec::new())),
+            DevEvent::Write { .. } => windows.last_mut().unwrap().1.push(i),
+        }
+    }
+    let mut durable = run.base.clone();
+    let apply = |img: &mut Vec<u8>, e: usize| {
+        if let DevEvent::Write { blkno, data } = &run.events[e] {
+            let off = (*blkno * BS as u64) as usize;
+            img[off..off + data.len()].copy_from_slice(data);
+        }
+    };
+    let (mut checked, mut bad) = (0, 0);
+    let mut failures = Vec::new();
+    for (flush_at, writes) in &windows {
+        for k in 0..STATES_PER_WINDOW {
+            let p = if k == 0 {
+                writes.len()
+            } else {
+                rng.gen_range(0..=writes.len())
+            };
+            let mut landed: Vec<usize> = writes[..p]
+                .iter()
+                .copied()
+                .filter(|_| k == 0 || rng.gen_bool(0.5))
+                .collect();
+            if k > 0 {
+                landed.shuffle(&mut rng);
+            }
+            let mut img = durable.clone();
+            for &e in &landed {
+                apply(&mut img, e);
+            }
+            let crash_after = if p == 0 {
+                flush_at.unwrap_or(0)
+            } else {
+                writes[p - 1]
+            };
+            checked += 1;
+            if let Err(e) = check(&run, img, crash_after) {
+                bad += 1;
+                if failures.len() < 5 {
+                    failures.push(format!(
+                        "flush at {flush_at:?}, {p} of {} writes, {} landed: {e}",
+                        writes.len(),
+                        landed.len()
+                    ));
+                }
+            }
+        }
+        for &e in writes {
+            apply(&mut durable, e);
+        }
+    }
+    println!(
+        "fs crash states: {checked} checked, {bad} inconsistent ({} steps, {} fsyncs)",
+        run.states.len() - 1,
+        run.syncs.len()
+    );
+    for f in &failures {
+        println!("  {f}");
+    }
+    assert!(checked >= 1000, "only {checked} states");
+    assert_eq!(bad, 0);
+}
