@@ -1006,10 +1006,7 @@ impl Fs {
         }
         if (chown || a.uid.is_some() || a.gid.is_some()) && !is_dir(&i) && a.mode.is_none() {
             // As Linux: chown clears set-user-ID, and set-group-ID when group-executable.
-            i.mode &= !S_ISUID;
-            if i.mode & 0o010 != 0 {
-                i.mode &= !S_ISGID;
-            }
+            i.drop_setid();
         }
         let pick = |s: SetTime| match s {
             SetTime::Now => t,
@@ -1078,20 +1075,7 @@ impl Fs {
     pub fn write(&self, ctx: &Ctx, ino: u64, off: u64, data: &[u8]) -> R<usize> {
         self.writable()?;
         let _g = self.data_lock(ino);
-        self.io().write(ino, off, data, now())?;
-        if ctx.uid != 0 {
-            let i = self.read_inode(ino)?;
-            if i.mode & (S_ISUID | S_ISGID) != 0 {
-                let mut tx = self.eng.begin(TransKind::Setattr)?;
-                let (r, mut i) = inode::read(&mut tx, ino)?;
-                i.mode &= !S_ISUID;
-                if i.mode & 0o010 != 0 {
-                    i.mode &= !S_ISGID;
-                }
-                inode::write(&mut tx, &r, &i);
-                tx.commit()?;
-            }
-        }
+        self.io().write(ino, off, data, now(), ctx.uid != 0)?;
         Ok(data.len())
     }
 

@@ -121,9 +121,14 @@ impl TicketFuse {
         }
     }
 
+    /// Ours to FUSE's: the root is 1.
+    fn out(&self, ino: u64) -> INodeNo {
+        INodeNo(if ino == self.fs.root() { 1 } else { ino })
+    }
+
     fn fattr(&self, a: &Attr) -> FileAttr {
         FileAttr {
-            ino: INodeNo(if a.ino == self.fs.root() { 1 } else { a.ino }),
+            ino: self.out(a.ino),
             size: a.size,
             blocks: a.blocks,
             atime: systime(a.atime),
@@ -454,7 +459,7 @@ impl Filesystem for TicketFuse {
         match self.fs.readdir(self.ino(ino), offset, READDIR_BATCH) {
             Ok(entries) => {
                 for e in entries {
-                    let ino = INodeNo(if e.ino == self.fs.root() { 1 } else { e.ino });
+                    let ino = self.out(e.ino);
                     if reply.add(
                         ino,
                         e.cookie,
@@ -490,7 +495,7 @@ impl Filesystem for TicketFuse {
                     };
                     let Ok(a) = attr else { continue };
                     if reply.add(
-                        INodeNo(if a.ino == self.fs.root() { 1 } else { a.ino }),
+                        self.out(a.ino),
                         e.cookie,
                         OsStr::from_bytes(&e.name),
                         &TTL,

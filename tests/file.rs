@@ -174,7 +174,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         match op {
             Op::Write(o, l, b) => {
                 let data: Vec<u8> = (0..l).map(|i| b.wrapping_add(i as u8)).collect();
-                io.write(ino, o, &data, NOW).unwrap();
+                io.write(ino, o, &data, NOW, false).unwrap();
                 let end = o as usize + l;
                 if model.len() < end {
                     model.resize(end, 0);
@@ -265,7 +265,7 @@ fn byte_at_one_tebibyte_in_a_sparse_file() {
         alloc: &alloc,
     };
     let tib = 1u64 << 40;
-    io.write(ino, tib, b"x", NOW).unwrap();
+    io.write(ino, tib, b"x", NOW, false).unwrap();
     assert_eq!(io.read(ino, tib, 10).unwrap(), b"x");
     assert_eq!(io.read(ino, tib - 3, 3).unwrap(), vec![0; 3]);
     assert_eq!(io.seek(ino, 0, true).unwrap(), Some(tib - tib % 4096));

@@ -28,7 +28,8 @@ impl AlignedBuf {
         AlignedBuf { ptr, len }
     }
     fn layout(len: usize) -> Layout {
-        // A block is at most 64 KiB and buffers are whole blocks: the size cannot overflow.
+        // Proven invariant: Layout fails only past isize::MAX bytes, and every buffer here is a
+        // block, a log record, a recovery chunk (1 MiB) or one FUSE write (1 MiB).
         Layout::from_size_align(len, DIRECT_IO_ALIGN).expect("aligned buffer layout")
     }
     pub fn is_aligned(buf: &[u8]) -> bool {

@@ -183,6 +183,22 @@ pub fn inline_bytes(inode: &Inode) -> u64 {
         .unwrap_or(0)
 }
 
+/// A new block for directory `dir` (its tree root or a name block), near it and counted in its
+/// blocks.
+fn new_block(
+    tx: &mut Trans<'_>,
+    alloc: &Allocator,
+    dir: u64,
+    inode: &mut Inode,
+) -> Result<u64, EngineError> {
+    InodeBlocks {
+        alloc,
+        near: ino_split(dir).0,
+        blocks: &mut inode.blocks,
+    }
+    .alloc_node(tx)
+}
+
 /// Moves an inline directory's entries into a new hash tree, keeping every key (so readdir
 /// cookies stay valid).
 fn to_tree(
@@ -192,15 +208,8 @@ fn to_tree(
     inode: &mut Inode,
     entries: &[Inline],
 ) -> Result<(), EngineError> {
-    let mut blocks = inode.blocks;
-    let root = InodeBlocks {
-        alloc,
-        near: ino_split(dir).0,
-        blocks: &mut blocks,
-    }
-    .alloc_node(tx)?;
+    let root = new_block(tx, alloc, dir, inode)?;
     let mut t = Btree::create(tx, BlockType::BtreeDir, dir, root)?;
-    inode.blocks = blocks;
     inode.format = DataFormat::Btree;
     inode.fork[..8].fill(0);
     inode.fork[INLINE_OFF..].fill(0);
@@ -376,14 +385,7 @@ fn append_name(
     let (id, off) = match target {
         Some(t) => t,
         None => {
-            let mut blocks = inode.blocks;
-            let blk = InodeBlocks {
-                alloc,
-                near: ino_split(dir).0,
-                blocks: &mut blocks,
-            }
-            .alloc_node(tx)?;
-            inode.blocks = blocks;
+            let blk = new_block(tx, alloc, dir, inode)?;
             let id = tx.get_buf(blk, BlockType::DirData, dir)?;
             set_fork_u64(inode, 0, blk);
             (id, NAME_HDR)

@@ -75,8 +75,16 @@ impl FileIo<'_> {
         Ok(out)
     }
 
-    /// Writes `data` at `off`, allocating blocks for holes. Updates size, mtime and ctime.
-    pub fn write(&self, ino: u64, off: u64, data: &[u8], now: Time) -> Result<(), EngineError> {
+    /// Writes `data` at `off`, allocating blocks for holes. Updates size, mtime and ctime, and
+    /// with `drop_setid` clears set-user-ID/set-group-ID (a write by a non-root caller).
+    pub fn write(
+        &self,
+        ino: u64,
+        off: u64,
+        data: &[u8],
+        now: Time,
+        drop_setid: bool,
+    ) -> Result<(), EngineError> {
         if data.is_empty() {
             return Ok(());
         }
@@ -180,6 +188,9 @@ impl FileIo<'_> {
         let mut tx = self.eng.begin(TransKind::Setattr)?;
         let (r, mut ino_d) = inode::read(&mut tx, ino)?;
         Self::grow(&mut ino_d, end, now);
+        if drop_setid {
+            ino_d.drop_setid();
+        }
         inode::write(&mut tx, &r, &ino_d);
         tx.commit()?;
         Ok(())

@@ -237,6 +237,15 @@ impl Inode {
         })
     }
 
+    /// Clears set-user-ID, and set-group-ID when the group may execute (otherwise it marks
+    /// mandatory locking), as Linux does on a write by a non-root caller and on chown.
+    pub fn drop_setid(&mut self) {
+        self.mode &= !0o4000;
+        if self.mode & 0o010 != 0 {
+            self.mode &= !0o2000;
+        }
+    }
+
     /// The inline extent list (format Extents).
     pub fn extents(&self) -> Vec<Extent> {
         let d = Dec::new(&self.fork, 0, "inode fork");
