@@ -256,6 +256,7 @@ impl FileIo<'_> {
         let bs = self.bs();
         let mut tx = self.eng.begin(TransKind::Truncate)?;
         let (r, mut ino_d) = inode::read(&mut tx, ino)?;
+        tx.hold(r.id);
         if size < ino_d.size {
             // Zero the rest of the new last block, so growing later shows zeros, not old bytes.
             if !size.is_multiple_of(bs) {
@@ -324,6 +325,7 @@ impl FileIo<'_> {
         if first_full < last_full {
             let mut tx = self.eng.begin(TransKind::Truncate)?;
             let (r, mut ino_d) = inode::read(&mut tx, ino)?;
+            tx.hold(r.id);
             loop {
                 let (_, done) = extmap::remove(
                     &mut tx,

@@ -89,22 +89,58 @@ impl MemAccount {
         }
     }
 
-    /// A rolling transaction's next step takes `bytes` at once: from the free budget as far as it
-    /// goes, the rest borrowed from the emergency reserve. Returns (reserved, borrowed).
-    pub fn regrant(&mut self, bytes: u64) -> (u64, u64) {
+    /// A rolling transaction commits a step but keeps its reservation (as a permanent log
+    /// reservation keeps its log space): of what it holds, `reserved` in the tickets' account and
+    /// `emergency` borrowed, the `to_log` bytes the step pinned in the log move to the log's
+    /// account, from the reservation first. Returns what the ticket still holds, (reserved,
+    /// emergency).
+    pub fn settle_roll(&mut self, reserved: u64, emergency: u64, to_log: u64) -> (u64, u64) {
         if !self.enabled {
             return (0, 0);
         }
-        let reserved = bytes.min(self.free_bytes());
-        let borrowed = bytes - reserved;
-        self.reserved_bytes += reserved;
-        self.emergency_used_bytes += borrowed;
-        if borrowed > 0 {
+        debug_assert!(self.reserved_bytes >= reserved);
+        debug_assert!(self.emergency_used_bytes >= emergency);
+        let from_res = to_log.min(reserved);
+        let from_em = (to_log - from_res).min(emergency);
+        self.reserved_bytes -= from_res;
+        self.emergency_used_bytes -= from_em;
+        self.log_pinned_bytes += to_log;
+        self.note_peak();
+        (reserved - from_res, emergency - from_em)
+    }
+
+    /// Tops a rolling ticket that holds (`reserved`, `emergency`) back up to `limit` without
+    /// waiting: borrowed bytes are first paid back from the free budget, then what is missing comes
+    /// from the free budget, then from the emergency reserve as far as it is not in use. Returns
+    /// the ticket's new holdings and the bytes still missing (0 when topped up): for those the
+    /// caller waits at the gate.
+    pub fn top_up(&mut self, reserved: u64, emergency: u64, limit: u64) -> (u64, u64, u64) {
+        if !self.enabled {
+            return (0, 0, 0);
+        }
+        let (mut r, mut e) = (reserved, emergency);
+        let repay = e.min(self.free_bytes());
+        self.emergency_used_bytes -= repay;
+        self.reserved_bytes += repay;
+        r += repay;
+        e -= repay;
+        let mut missing = limit.saturating_sub(r + e);
+        let from_free = missing.min(self.free_bytes());
+        self.reserved_bytes += from_free;
+        r += from_free;
+        missing -= from_free;
+        let room = self
+            .emergency_bytes
+            .saturating_sub(self.emergency_used_bytes);
+        if missing > 0 && missing <= room {
+            self.emergency_used_bytes += missing;
             self.roll_borrows += 1;
-            self.roll_borrowed_bytes += borrowed;
+            self.roll_borrowed_bytes += missing;
+            e += missing;
+            missing = 0;
         }
         self.note_peak();
-        (reserved, borrowed)
+        (r, e, missing)
     }
 
     /// The log released pinned memory (a CIL copy freed, a buffer written home).

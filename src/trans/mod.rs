@@ -40,6 +40,8 @@ struct TBuf {
     relog: bool,
     /// The block is being freed: commit logs a cancel item for it.
     cancel: bool,
+    /// Kept locked across rolls (as xfs_trans_bhold); every other buffer is released at a roll.
+    held: bool,
     /// CRC of the bytes when joined: an unlogged buffer must come out unchanged (debug builds).
     #[cfg(debug_assertions)]
     crc_at_join: Option<u32>,
@@ -259,6 +261,7 @@ impl<'e> Trans<'e> {
             charged: false,
             relog: false,
             cancel: false,
+            held: false,
             #[cfg(debug_assertions)]
             crc_at_join,
         });
@@ -370,7 +373,7 @@ impl<'e> Trans<'e> {
         let eng = self.eng;
         #[cfg(debug_assertions)]
         for b in &self.bufs {
-            if b.dirty.is_empty() && !b.cancel {
+            if b.dirty.is_empty() && !b.cancel && b.guard.is_some() {
                 debug_assert!(
                     b.crc_at_join
                         .is_none_or(|c| c == crc32fast::hash(&b.content().data)),
@@ -394,6 +397,7 @@ impl<'e> Trans<'e> {
         let log = self.log;
         let mem = self.mem;
         let mut log_overrun = None;
+        let mut kept = (0, 0);
         let (seq, log_used) = if commit.is_empty() {
             eng.log().space.update(|s| {
                 settle(
@@ -407,16 +411,20 @@ impl<'e> Trans<'e> {
                     },
                     keep,
                     &mut log_overrun,
+                    &mut kept,
                 )
             });
             (eng.log().current_seq(), 0)
         } else {
             let out = eng.log().commit(&commit, |s, c| {
-                settle(s, &log, &mem, c, keep, &mut log_overrun)
+                settle(s, &log, &mem, c, keep, &mut log_overrun, &mut kept)
             })?;
             (out.seq, out.log_bytes)
         };
         drop(commit);
+        if keep {
+            (self.mem.reserved_bytes, self.mem.emergency_bytes) = kept;
+        }
         eng.log().note_busy(&std::mem::take(&mut self.freed), seq);
         if let Some(used) = log_overrun {
             self.overrun = true;
@@ -453,6 +461,7 @@ impl<'e> Trans<'e> {
         let dirty = self.bufs.iter().any(|b| !b.dirty.is_empty());
         let (log, mem) = (self.log, self.mem);
         let mut unused = None;
+        let mut kept = (0, 0);
         self.eng.log().space.update(|s| {
             settle(
                 s,
@@ -465,6 +474,7 @@ impl<'e> Trans<'e> {
                 },
                 false,
                 &mut unused,
+                &mut kept,
             )
         });
         self.bufs.clear();
@@ -479,8 +489,21 @@ impl<'e> Trans<'e> {
         Ok(())
     }
 
-    /// Commits this step of a rolling transaction and regrants the next: buffers stay locked, and
-    /// every buffer it logged is logged again in the next step so none pins the log tail.
+    /// Keeps buffer `id` locked and joined across the rolls of this transaction (the inode of a
+    /// truncate); it is relogged at every roll so it never pins the log tail.
+    pub fn hold(&mut self, id: BufId) {
+        self.bufs[id.0].held = true;
+    }
+
+    /// Commits this step of a rolling transaction and regrants the next. Held buffers stay locked
+    /// and are relogged; every other buffer is released (its changes are in the CIL), so the
+    /// checkpoint and write-back free what earlier steps pinned while the transaction goes on.
+    ///
+    /// The ticket keeps its memory reservation across the roll, as its log reservation: only what
+    /// the step pinned in the log is taken again, from the free budget, else from the emergency
+    /// reserve while it has room, else by waiting at the front of the gate. The wait holds only
+    /// the held buffers; what it waits for — checkpoints and write-back of unlocked buffers —
+    /// needs none of them.
     #[track_caller]
     pub fn roll(&mut self) -> Result<u64, EngineError> {
         let seq = self.commit_step(true)?;
@@ -496,44 +519,14 @@ impl<'e> Trans<'e> {
         };
         self.log.left_bytes = self.log.unit_bytes;
         self.overrun = false;
-        let need = SpaceNeed {
-            reserve_bytes: need_reserve,
-            write_bytes: self.log.unit_bytes,
-            mem_bytes: 0,
-        };
-        let log = self.eng.log();
-        let out = log
-            .space
-            .acquire(need, true, &|| log.make_room())
-            .map_err(|_| self.eng.shutdown_error())?;
-        if out.waited {
-            self.eng
-                .kind_stats()
-                .record_wait(self.kind.index(), out.wait_ns);
-        }
-        // Memory is re-taken without waiting: this transaction holds buffer locks that admitted
-        // transactions may be waiting for, so waiting here could deadlock. What the budget cannot
-        // give now is borrowed from the emergency reserve (and counted) until the transaction ends.
-        let limit = if self.eng.memres_on() {
-            self.resv.mem_bytes
-        } else {
-            0
-        };
-        let (reserved, borrowed) = log.space.update(|s| s.mem.regrant(limit));
-        self.mem = MemTicket {
-            limit_bytes: limit,
-            reserved_bytes: reserved,
-            used_bytes: 0,
-            emergency_bytes: borrowed,
-        };
-        for i in 0..self.bufs.len() {
-            let b = &mut self.bufs[i];
+        for b in &mut self.bufs {
             if b.guard.is_none() {
                 continue;
             }
-            if b.cancel {
-                // Freed in the step just committed: nothing more to do with it.
+            if b.cancel || !b.held {
+                // Committed (or freed) in the step just ended: unlocked, left to the log.
                 b.cancel = false;
+                b.dirty = ChunkMap::default();
                 b.guard = None;
                 continue;
             }
@@ -544,9 +537,40 @@ impl<'e> Trans<'e> {
             {
                 b.crc_at_join = Some(crc32fast::hash(&b.content().data));
             }
-            if b.relog {
-                let id = BufId(i);
-                self.log_range(id, 0..crate::format::BLOCK_HEADER_BYTES);
+        }
+        let limit = if self.eng.memres_on() {
+            self.resv.mem_bytes
+        } else {
+            0
+        };
+        let log = self.eng.log();
+        let (reserved, emergency, missing) = log.space.update(|s| {
+            s.mem
+                .top_up(self.mem.reserved_bytes, self.mem.emergency_bytes, limit)
+        });
+        let need = SpaceNeed {
+            reserve_bytes: need_reserve,
+            write_bytes: self.log.unit_bytes,
+            mem_bytes: missing,
+        };
+        let out = log
+            .space
+            .acquire(need, true, &|| log.make_room())
+            .map_err(|_| self.eng.shutdown_error())?;
+        if out.waited {
+            self.eng
+                .kind_stats()
+                .record_wait(self.kind.index(), out.wait_ns);
+        }
+        self.mem = MemTicket {
+            limit_bytes: limit,
+            reserved_bytes: reserved + missing,
+            used_bytes: 0,
+            emergency_bytes: emergency,
+        };
+        for i in 0..self.bufs.len() {
+            if self.bufs[i].guard.is_some() && self.bufs[i].relog {
+                self.log_range(BufId(i), 0..crate::format::BLOCK_HEADER_BYTES);
             }
         }
         Ok(seq)
@@ -563,6 +587,7 @@ fn settle(
     c: &CilCommit,
     rolling: bool,
     overrun: &mut Option<u64>,
+    kept: &mut (u64, u64),
 ) {
     let future = if rolling {
         0
@@ -577,8 +602,14 @@ fn settle(
         let left = log.left_bytes - c.log_bytes;
         s.ungrant(left + future, left);
     }
-    s.mem
-        .settle(mem.reserved_bytes, mem.emergency_bytes, c.mem_bytes);
+    if rolling {
+        *kept = s
+            .mem
+            .settle_roll(mem.reserved_bytes, mem.emergency_bytes, c.mem_bytes);
+    } else {
+        s.mem
+            .settle(mem.reserved_bytes, mem.emergency_bytes, c.mem_bytes);
+    }
 }
 
 impl Drop for Trans<'_> {
