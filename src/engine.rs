@@ -10,11 +10,10 @@ use crate::mem::{
 };
 use crate::trans::{Resv, ResvTable, TransKind};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Memory budget when none is given and no cgroup limit is found.
-pub const MEM_BUDGET_DEFAULT_BYTES: u64 = 64 << 20;
+pub use crate::mem::budget::MEM_BUDGET_DEFAULT_BYTES;
 /// The emergency reserve that serves overruns: this fraction of the budget (1/16).
 pub const EMERGENCY_DIVISOR: u64 = 16;
 #[derive(Debug)]
@@ -81,6 +80,9 @@ pub struct EngineOptions {
     pub log: LogConfig,
     /// Replaces table entries: a testing knob, to check that an undersized entry is reported.
     pub resv_override: Vec<(TransKind, Resv)>,
+    /// Replaces the memory of table entries (`-o debug_resv=KIND:BYTES`), the same knob for a
+    /// mounted daemon.
+    pub mem_override: Vec<(TransKind, u64)>,
 }
 
 impl Default for EngineOptions {
@@ -91,6 +93,7 @@ impl Default for EngineOptions {
             overrun: OverrunPolicy::Warn,
             log: LogConfig::default(),
             resv_override: Vec::new(),
+            mem_override: Vec::new(),
         }
     }
 }
@@ -126,6 +129,8 @@ pub struct Engine {
     memres: MemRes,
     recovered: Recovered,
     unmounted: AtomicBool,
+    /// Memory live transactions have pinned so far (used of their reservations).
+    pub(crate) trans_pinned: AtomicU64,
 }
 
 /// Reads the superblock: the primary, or the backup if the primary is bad.
@@ -236,6 +241,16 @@ impl Engine {
         for (k, r) in &opts.resv_override {
             table.set(*k, *r);
         }
+        for &(k, bytes) in &opts.mem_override {
+            let r = table.get(k);
+            table.set(
+                k,
+                Resv {
+                    mem_bytes: bytes,
+                    ..r
+                },
+            );
+        }
         let memres_on = opts.memres == MemRes::On;
         if memres_on && opts.mem_budget_bytes < table.min_budget_bytes() {
             return Err(EngineError::Invalid(format!(
@@ -257,6 +272,7 @@ impl Engine {
             &recovered,
             mem,
             cache.buf_bytes(),
+            cache.outside(),
             opts.log.clone(),
         )?;
         let names: Vec<&'static str> = TransKind::ALL.iter().map(|k| k.name()).collect();
@@ -271,6 +287,7 @@ impl Engine {
             memres: opts.memres,
             recovered,
             unmounted: AtomicBool::new(false),
+            trans_pinned: AtomicU64::new(0),
         })
     }
 
@@ -359,6 +376,11 @@ impl Engine {
             )));
         }
         Ok(())
+    }
+
+    /// Memory live transactions have pinned so far.
+    pub fn trans_pinned_bytes(&self) -> u64 {
+        self.trans_pinned.load(Ordering::Relaxed)
     }
 
     pub fn stats(&self) -> EngineStats {

@@ -105,11 +105,16 @@ fn ctx(req: &Request) -> Ctx {
 
 pub struct TicketFuse {
     fs: Arc<Fs>,
+    max_write: u32,
 }
 
 impl TicketFuse {
-    pub fn new(fs: Arc<Fs>) -> TicketFuse {
-        TicketFuse { fs }
+    /// Serves `fs`; writes are at most `max_write` bytes (chosen with the budget).
+    pub fn new(fs: Arc<Fs>, max_write: u32) -> TicketFuse {
+        TicketFuse {
+            fs,
+            max_write: max_write.clamp(4096, MAX_WRITE),
+        }
     }
 
     /// FUSE calls the root 1; every other inode number is ours unchanged (ours are never 1).
@@ -178,11 +183,13 @@ fn want(flags: OpenFlags) -> u32 {
 
 impl Filesystem for TicketFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.set_max_write(self.max_write);
         let _ = config.add_capabilities(
             InitFlags::FUSE_BIG_WRITES
                 | InitFlags::FUSE_ASYNC_READ
-                | InitFlags::FUSE_PARALLEL_DIROPS,
+                | InitFlags::FUSE_PARALLEL_DIROPS
+                | InitFlags::FUSE_DO_READDIRPLUS
+                | InitFlags::FUSE_READDIRPLUS_AUTO,
         );
         Ok(())
     }

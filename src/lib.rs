@@ -20,6 +20,7 @@ pub mod inode;
 pub mod log;
 pub mod mem;
 pub mod mkfs;
+pub mod stats;
 pub mod trans;
 pub mod xattr;
 

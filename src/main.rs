@@ -1,4 +1,5 @@
 //! `ticketfs IMAGE MOUNTPOINT [-f] [-o OPTIONS]`: mounts a ticketfs image through FUSE.
+//! `ticketfs stats MOUNTPOINT [--json]`: prints the live statistics of a mount.
 //!
 //! The argument convention is mount.fuse3's, so `mount -t fuse.ticketfs IMAGE DIR` and an fstab
 //! line work. The command returns once the mount is live (the daemon goes to the background
@@ -10,16 +11,26 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::process::exit;
 use std::sync::Arc;
-use ticketfs::engine::MEM_BUDGET_DEFAULT_BYTES;
 use ticketfs::fs::Fs;
 use ticketfs::fuse::TicketFuse;
 use ticketfs::image::{open_image, parse_size};
+use ticketfs::mem::budget::{self, Budget};
+use ticketfs::mem::cgroup::CgroupMemory;
 use ticketfs::mem::{MemRes, OverrunPolicy};
+use ticketfs::stats::{self, Report};
+use ticketfs::trans::TransKind;
 use ticketfs::{Engine, EngineOptions};
 
-const USAGE: &str = "usage: ticketfs IMAGE MOUNTPOINT [-f] [-o ro|rw|allow_other|default_permissions|mem=SIZE|memres=on|off|overrun=warn|panic,...]";
-/// Threads serving FUSE requests.
-const FUSE_THREADS: usize = 4;
+const USAGE: &str = "usage: ticketfs IMAGE MOUNTPOINT [-f] [-o ro|rw|allow_other|default_permissions|mem=SIZE|max_threads=N|memres=on|off|overrun=warn|panic|verbose|debug_resv=KIND:BYTES,...]
+       ticketfs stats MOUNTPOINT [--json]";
+/// glibc's malloc: blocks from this size are mapped and unmapped on their own, so a freed write
+/// buffer goes back to the system instead of staying in an arena (a fixed threshold also turns
+/// off glibc's raising it after the first large free).
+const MALLOC_MMAP_THRESHOLD: libc::c_int = 32 << 10;
+/// Free memory at the top of an arena beyond this is given back.
+const MALLOC_TRIM_THRESHOLD: libc::c_int = 128 << 10;
+/// Arenas: a few, so per-thread arenas cannot each keep their own free memory.
+const MALLOC_ARENAS: libc::c_int = 1;
 
 struct Options {
     image: PathBuf,
@@ -28,6 +39,10 @@ struct Options {
     read_only: bool,
     allow_other: bool,
     default_permissions: bool,
+    /// Print the budget's derivation even when stderr is not a terminal.
+    verbose: bool,
+    mem_option: Option<u64>,
+    threads_option: Option<usize>,
     engine: EngineOptions,
 }
 
@@ -45,10 +60,10 @@ fn parse() -> Options {
         read_only: false,
         allow_other: false,
         default_permissions: false,
-        engine: EngineOptions {
-            mem_budget_bytes: MEM_BUDGET_DEFAULT_BYTES,
-            ..Default::default()
-        },
+        verbose: false,
+        mem_option: None,
+        threads_option: None,
+        engine: EngineOptions::default(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -70,9 +85,22 @@ fn parse() -> Options {
                         "memres=off" => o.engine.memres = MemRes::Off,
                         "overrun=warn" => o.engine.overrun = OverrunPolicy::Warn,
                         "overrun=panic" => o.engine.overrun = OverrunPolicy::Panic,
+                        "verbose" => o.verbose = true,
                         m if m.starts_with("mem=") => {
-                            o.engine.mem_budget_bytes = parse_size(&m[4..])
-                                .unwrap_or_else(|| die(&format!("bad size in {m}")))
+                            o.mem_option = Some(
+                                parse_size(&m[4..])
+                                    .unwrap_or_else(|| die(&format!("bad size in {m}"))),
+                            )
+                        }
+                        m if m.starts_with("max_threads=") => {
+                            o.threads_option = Some(
+                                m[12..]
+                                    .parse()
+                                    .unwrap_or_else(|_| die(&format!("bad number in {m}"))),
+                            )
+                        }
+                        m if m.starts_with("debug_resv=") => {
+                            o.engine.mem_override.push(parse_debug_resv(&m[11..]))
                         }
                         // Options mount(8) and mount.fuse3 pass along, and atime policies:
                         // accepted; they change nothing here.
@@ -92,6 +120,46 @@ fn parse() -> Options {
     o
 }
 
+/// `KIND:BYTES`: a testing knob that replaces the memory of one reservation table entry, to see
+/// an undersized entry reported (the operation still completes from the emergency reserve).
+fn parse_debug_resv(s: &str) -> (TransKind, u64) {
+    let parsed = s.split_once(':').and_then(|(kind, bytes)| {
+        let kind = TransKind::ALL.iter().copied().find(|k| k.name() == kind)?;
+        Some((kind, parse_size(bytes)?))
+    });
+    let Some((kind, bytes)) = parsed else {
+        die(&format!("debug_resv={s}: expected KIND:BYTES"))
+    };
+    (kind, bytes)
+}
+
+/// `ticketfs stats MOUNTPOINT [--json]`.
+fn stats_command(args: &[String]) -> ! {
+    let json = args.iter().any(|a| a == "--json");
+    let mnt: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    if mnt.len() != 1 {
+        die(USAGE);
+    }
+    let image = stats::image_of_mount(Path::new(mnt[0])).unwrap_or_else(|e| die(&e));
+    match stats::query(&image, if json { "json" } else { "text" }) {
+        Ok(out) => {
+            print!("{out}");
+            exit(0)
+        }
+        Err(e) => die(&format!("statistics of {}: {e}", image.display())),
+    }
+}
+
+/// Tunes glibc's malloc so memory freed goes back to the system (see the constants).
+fn tune_malloc() {
+    // SAFETY: mallopt only sets allocator parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD);
+        libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
+    }
+}
+
 /// Blocks the termination signals in this thread and every thread created after it; a signal
 /// thread then takes them with sigwait.
 fn block_signals() -> libc::sigset_t {
@@ -107,11 +175,24 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
-/// Mounts and serves until unmounted; reports "ok" or the error on `report`.
-fn serve(o: &Options, report: &mut dyn FnMut(Result<(), String>)) -> Result<(), String> {
+/// Mounts and serves until unmounted; reports "ok" and the budget line, or the error, on `report`.
+fn serve(o: &Options, report: &mut dyn FnMut(Result<String, String>)) -> Result<(), String> {
     let set = block_signals();
+    tune_malloc();
+    let start_rss = budget::resident_bytes();
     let dev = open_image(&o.image).map_err(|e| format!("{}: {e}", o.image.display()))?;
-    let eng = Engine::mount(Arc::new(dev), o.engine.clone())
+    let pools = ticketfs::log::writer_pool_bytes(ticketfs::device::Device::block_size(&dev));
+    let budget = budget::derive(
+        CgroupMemory::of_self(),
+        start_rss,
+        pools,
+        o.mem_option,
+        o.threads_option,
+    )
+    .map_err(|e| format!("{}: {e}", o.image.display()))?;
+    let mut engine_opts = o.engine.clone();
+    engine_opts.mem_budget_bytes = budget.budget_bytes;
+    let eng = Engine::mount(Arc::new(dev), engine_opts)
         .map_err(|e| format!("{}: {e}", o.image.display()))?;
     let fs =
         Arc::new(Fs::new(eng, o.read_only).map_err(|e| format!("{}: {e}", o.image.display()))?);
@@ -130,9 +211,10 @@ fn serve(o: &Options, report: &mut dyn FnMut(Result<(), String>)) -> Result<(), 
     if o.allow_other {
         cfg.acl = fuser::SessionACL::All;
     }
-    cfg.n_threads = Some(FUSE_THREADS);
+    cfg.n_threads = Some(budget.sizing.fuse_threads);
     cfg.clone_fd = true;
-    let mut session = match fuser::Session::new(TicketFuse::new(fs.clone()), &o.mountpoint, &cfg) {
+    let fuse = TicketFuse::new(fs.clone(), budget.sizing.max_write);
+    let mut session = match fuser::Session::new(fuse, &o.mountpoint, &cfg) {
         Ok(s) => s,
         Err(e) => {
             let msg = format!("mounting on {}: {e}", o.mountpoint.display());
@@ -152,15 +234,51 @@ fn serve(o: &Options, report: &mut dyn FnMut(Result<(), String>)) -> Result<(), 
             let _ = unmounter.unmount();
         })
         .map_err(|e| format!("signal thread: {e}"))?;
-    report(Ok(()));
+    start_stats(&source, &fs, &budget)?;
+    report(Ok(format!(
+        "memory budget {}: {}",
+        budget::mib(budget.budget_bytes),
+        budget.derivation
+    )));
     let served = session.run();
+    // No statistics request may hold the filesystem while it unmounts.
+    stats::stop(&source);
     let fs = Arc::try_unwrap(fs)
         .map_err(|_| "filesystem still in use after the session ended".to_string())?;
     fs.unmount().map_err(|e| format!("unmount: {e}"))?;
     served.map_err(|e| format!("FUSE session: {e}"))
 }
 
+/// Serves `ticketfs stats` for this mount.
+fn start_stats(image: &Path, fs: &Arc<Fs>, budget: &Budget) -> Result<(), String> {
+    let fs = Arc::downgrade(fs);
+    let budget = budget.clone();
+    let img = image.to_path_buf();
+    stats::serve(image, move || {
+        let fs = fs.upgrade()?;
+        let eng = fs.engine();
+        let sites = eng
+            .overrun_reports()
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        Some(Report::new(
+            &img,
+            &eng.stats(),
+            &budget,
+            eng.trans_pinned_bytes(),
+            sites,
+        ))
+    })
+    .map(|_| ())
+    .map_err(|e| format!("statistics socket: {e}"))
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("stats") {
+        stats_command(&args[1..]);
+    }
     let o = parse();
     if !o.mountpoint.is_dir() {
         die(&format!("{}: not a directory", o.mountpoint.display()));
@@ -204,7 +322,10 @@ fn main() {
         unsafe { libc::close(fds[1]) };
         let mut msg = String::new();
         let _ = rd.read_to_string(&mut msg);
-        if msg.starts_with("ok") {
+        if let Some(line) = msg.strip_prefix("ok ") {
+            if o.verbose || unsafe { libc::isatty(2) } == 1 {
+                eprintln!("ticketfs: {line}");
+            }
             exit(0);
         }
         die(msg.trim_start_matches("err ").trim());
@@ -217,10 +338,10 @@ fn main() {
     }
     // SAFETY: fds[1] is the write end we own.
     let mut wr = Some(unsafe { std::fs::File::from_raw_fd(fds[1]) });
-    let mut report = |r: Result<(), String>| {
+    let mut report = |r: Result<String, String>| {
         if let Some(mut w) = wr.take() {
             let _ = match r {
-                Ok(()) => w.write_all(b"ok"),
+                Ok(line) => w.write_all(format!("ok {line}").as_bytes()),
                 Err(e) => w.write_all(format!("err {e}").as_bytes()),
             };
             // Detach from the caller's terminal and pipes: a caller reading our stdout or stderr

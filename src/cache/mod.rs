@@ -88,6 +88,10 @@ struct Inner {
 #[derive(Debug, Clone, Default)]
 pub struct CacheStats {
     pub buffers: u64,
+    /// Buffers neither locked by a transaction nor dirty: what eviction may take.
+    pub clean_buffers: u64,
+    /// Memory outside the cache sharing its limit (CIL copies, open handles).
+    pub outside_bytes: u64,
     pub bytes: u64,
     pub limit_bytes: u64,
     pub evictions: u64,
@@ -102,6 +106,9 @@ pub struct Cache {
     uuid: Uuid,
     inner: Mutex<Inner>,
     limit_bytes: AtomicU64,
+    /// Memory charged to the same budget outside the cache (the CIL's copies of buffers, open
+    /// handles): the cache shrinks by as much, so the two together stay within the budget.
+    outside: Arc<AtomicU64>,
     evictions: AtomicU64,
     reads: AtomicU64,
     over_limit: AtomicU64,
@@ -121,6 +128,7 @@ impl Cache {
                 hand: 0,
             }),
             limit_bytes: AtomicU64::new(limit_bytes),
+            outside: Arc::new(AtomicU64::new(0)),
             evictions: AtomicU64::new(0),
             reads: AtomicU64::new(0),
             over_limit: AtomicU64::new(0),
@@ -149,7 +157,9 @@ impl Cache {
             return h.clone();
         }
         let limit = self.limit_bytes.load(Ordering::Relaxed);
-        while (g.slab.len() as u64 + 1) * self.buf_bytes() > limit {
+        while (g.slab.len() as u64 + 1) * self.buf_bytes() + self.outside.load(Ordering::Relaxed)
+            > limit
+        {
             if !self.evict_one(&mut g) {
                 self.over_limit.fetch_add(1, Ordering::Relaxed);
                 break;
@@ -211,6 +221,11 @@ impl Cache {
         freed
     }
 
+    /// The counter of memory outside the cache that shares its limit.
+    pub fn outside(&self) -> Arc<AtomicU64> {
+        self.outside.clone()
+    }
+
     pub fn set_limit(&self, limit_bytes: u64) {
         self.limit_bytes.store(limit_bytes, Ordering::Relaxed);
     }
@@ -250,9 +265,19 @@ impl Cache {
     }
 
     pub fn stats(&self) -> CacheStats {
-        let n = self.inner.lock().slab.len() as u64;
+        let (n, clean) = {
+            let g = self.inner.lock();
+            let clean = g
+                .slab
+                .iter()
+                .filter(|(_, h)| !h.content.is_locked() && !h.log.lock().charged)
+                .count() as u64;
+            (g.slab.len() as u64, clean)
+        };
         CacheStats {
             buffers: n,
+            clean_buffers: clean,
+            outside_bytes: self.outside.load(Ordering::Relaxed),
             bytes: n * self.buf_bytes(),
             limit_bytes: self.limit_bytes.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),

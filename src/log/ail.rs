@@ -47,14 +47,15 @@ impl Log {
         }
     }
 
-    /// Pushes on its own when the log is more than three quarters used or the log pins more than
-    /// half the memory budget, so that transactions rarely find the gate closed.
+    /// Pushes on its own when the log is more than three quarters used, so log space is there
+    /// before anyone asks. Memory is not pushed for ahead of need: dirty metadata stays in memory,
+    /// where later changes to the same blocks coalesce, until a transaction finds the budget full
+    /// at `begin`; it then waits (holding nothing) and asks for this push — pressure becomes
+    /// throttling at the start of operations.
     fn ail_pressure(&self) -> bool {
         self.space.with(|s| {
             let used = s.write_head.since(s.tail, s.size_bytes);
-            let mem_high = s.mem.enabled
-                && s.mem.log_pinned_bytes > (s.mem.budget_bytes - s.mem.emergency_bytes) / 2;
-            used > s.usable_bytes / 4 * 3 || mem_high
+            used > s.usable_bytes / 4 * 3
         })
     }
 

@@ -151,6 +151,8 @@ pub struct Log {
     size_bytes: u64,
     /// Memory one cached buffer (or one CIL copy) is charged.
     buf_bytes: u64,
+    /// The cache's count of memory outside it: the CIL's copies are added here while they live.
+    pub(crate) copies_outside: Arc<AtomicU64>,
     pub space: Gate<Space>,
     cil: Mutex<Cil>,
     ws: Mutex<WriterState>,
@@ -184,6 +186,7 @@ impl Log {
         rec: &Recovered,
         mem: MemAccount,
         buf_bytes: u64,
+        outside: Arc<AtomicU64>,
         config: LogConfig,
     ) -> Result<Arc<Log>, LogError> {
         let bs = geo.block_size;
@@ -197,6 +200,7 @@ impl Log {
             bs,
             size_bytes,
             buf_bytes,
+            copies_outside: outside,
             space: Gate::new(space),
             cil: Mutex::new(Cil {
                 seq: rec.next_seq,
@@ -225,9 +229,7 @@ impl Log {
             failure: Mutex::new(None),
             is_shut: AtomicBool::new(false),
             home_writes_unflushed: AtomicBool::new(false),
-            record_buf: Mutex::new(AlignedBuf::new(
-                record_blocks(LOG_RECORD_PAYLOAD_MAX, bs) as usize * bs as usize,
-            )),
+            record_buf: Mutex::new(AlignedBuf::new(writer_pool_bytes(bs) as usize)),
             cil_push_bytes: (usable / 8).max(bs as u64),
             busy: Mutex::new(Vec::new()),
             config,
@@ -381,6 +383,8 @@ impl Log {
                     );
                     ls.cil_seqs.push(seq);
                     cil.copies_bytes += self.buf_bytes;
+                    self.copies_outside
+                        .fetch_add(self.buf_bytes, Ordering::Relaxed);
                     mem_bytes += self.buf_bytes;
                 }
             }
@@ -559,6 +563,12 @@ impl Log {
 }
 
 /// Formats one block's dirty regions as a log item.
+/// The log writer's private pool: one record buffer of the largest record, allocated at mount so
+/// the checkpoint writer (which frees memory) never allocates on its way.
+pub fn writer_pool_bytes(block_size: u32) -> u64 {
+    record_blocks(LOG_RECORD_PAYLOAD_MAX, block_size) as u64 * block_size as u64
+}
+
 fn format_item(blkno: u64, btype: BlockType, dirty: &ChunkMap, data: &[u8], bs: usize) -> Vec<u8> {
     let runs = dirty.runs(bs);
     let len = ITEM_HEADER_BYTES

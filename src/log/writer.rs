@@ -207,6 +207,8 @@ impl Log {
             }
             s.mem.unpin_log(ctx.copies_bytes);
         });
+        self.copies_outside
+            .fetch_sub(ctx.copies_bytes, Ordering::Relaxed);
         for item in &ctx.items {
             // The buffer's log state and its AIL entry change together, under the buffer's log
             // lock (then the AIL's, the order write-back uses), so the AIL never keeps an entry

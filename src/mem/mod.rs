@@ -5,6 +5,8 @@
 //! transaction really pins a buffer. Only pinned memory is charged.
 
 mod account;
+pub mod budget;
+pub mod cgroup;
 mod gate;
 mod overrun;
 mod stats;

@@ -349,6 +349,9 @@ impl<'e> Trans<'e> {
     fn charge_mem(&mut self, bytes: u64, site: &'static Location<'static>) {
         let before = self.mem.used_bytes;
         self.mem.used_bytes += bytes;
+        self.eng
+            .trans_pinned
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
         if !self.eng.memres_on() || self.mem.used_bytes <= self.mem.limit_bytes {
             return;
         }
@@ -422,6 +425,8 @@ impl<'e> Trans<'e> {
             (out.seq, out.log_bytes)
         };
         drop(commit);
+        eng.trans_pinned
+            .fetch_sub(mem.used_bytes, std::sync::atomic::Ordering::Relaxed);
         if keep {
             (self.mem.reserved_bytes, self.mem.emergency_bytes) = kept;
         }
@@ -460,6 +465,9 @@ impl<'e> Trans<'e> {
     fn release_unchanged(&mut self) -> Result<(), EngineError> {
         let dirty = self.bufs.iter().any(|b| !b.dirty.is_empty());
         let (log, mem) = (self.log, self.mem);
+        self.eng
+            .trans_pinned
+            .fetch_sub(mem.used_bytes, std::sync::atomic::Ordering::Relaxed);
         let mut unused = None;
         let mut kept = (0, 0);
         self.eng.log().space.update(|s| {

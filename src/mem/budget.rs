@@ -1,0 +1,253 @@
+//! The daemon's memory budget, derived from the environment at mount.
+//!
+//! The process's memory is a fixed base plus what grows with load. The base is measured or
+//! computed from the sizing: the resident size at start (binary, libraries, the allocator), each
+//! FUSE thread's request buffer (the kernel fills at most max_write plus a header of it) and
+//! stack, each thread's data scratch buffer (one read or write in flight per thread), and slack
+//! for the allocator. Everything that grows with load — metadata buffers, the CIL's copies, open
+//! handles — is charged to the budget, which is the cgroup's limit less the base, capped by
+//! `-o mem=SIZE`. Without a limit the budget is `-o mem=` or `MEM_BUDGET_DEFAULT_BYTES`.
+
+use super::cgroup::CgroupMemory;
+use std::fmt::Write as _;
+
+/// Memory budget when none is given and no cgroup limit is found.
+pub const MEM_BUDGET_DEFAULT_BYTES: u64 = 64 << 20;
+/// Below this limit the daemon runs the small sizing (fewer threads, smaller writes).
+pub const SMALL_LIMIT_BYTES: u64 = 64 << 20;
+/// Largest FUSE write with no limit or a large one (the kernel's ceiling is 1 MiB by default).
+pub const MAX_WRITE_LARGE: u32 = 1 << 20;
+/// Largest FUSE write under a small limit: 128 KiB keeps the per-thread buffers small.
+pub const MAX_WRITE_SMALL: u32 = 128 << 10;
+/// FUSE threads with no limit or a large one, and under a small limit.
+pub const FUSE_THREADS_LARGE: usize = 4;
+pub const FUSE_THREADS_SMALL: usize = 4;
+/// A request's header and arguments beside its data.
+pub const REQUEST_HEADER_BYTES: u64 = 4096;
+/// Resident stack of a serving thread (measured well under this: the deepest path is a B+tree
+/// split inside a rename).
+pub const THREAD_STACK_RESIDENT_BYTES: u64 = 128 << 10;
+/// Threads beside the FUSE ones: the checkpoint writer, the AIL pusher, signals, statistics.
+pub const HELPER_THREADS: u64 = 4;
+/// Allocator bookkeeping and fragmentation (measured: about 0.8 MiB of glibc arenas beside the
+/// cache under the 64-writer test at mem=8M).
+pub const ALLOCATOR_SLACK_BYTES: u64 = 1 << 20;
+
+/// Threads and request size, chosen from the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizing {
+    pub fuse_threads: usize,
+    pub max_write: u32,
+}
+
+impl Sizing {
+    pub fn for_limit(limit: Option<u64>) -> Sizing {
+        match limit {
+            Some(l) if l < SMALL_LIMIT_BYTES => Sizing {
+                fuse_threads: FUSE_THREADS_SMALL,
+                max_write: MAX_WRITE_SMALL,
+            },
+            _ => Sizing {
+                fuse_threads: FUSE_THREADS_LARGE,
+                max_write: MAX_WRITE_LARGE,
+            },
+        }
+    }
+
+    /// The base that grows with the sizing, not with load.
+    pub fn threads_bytes(&self) -> u64 {
+        let t = self.fuse_threads as u64;
+        t * (self.max_write as u64 + REQUEST_HEADER_BYTES)
+            + t * self.max_write as u64
+            + (t + HELPER_THREADS) * THREAD_STACK_RESIDENT_BYTES
+    }
+}
+
+/// The budget and how it was derived.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    pub budget_bytes: u64,
+    pub base_bytes: u64,
+    pub sizing: Sizing,
+    pub cgroup: Option<CgroupMemory>,
+    /// One line: where the figure comes from.
+    pub derivation: String,
+}
+
+/// Most FUSE threads `-o max_threads=` may ask for.
+pub const FUSE_THREADS_MAX: usize = 256;
+
+/// Derives the budget from the cgroup (if any), the resident size measured at start, the bytes
+/// of private pools allocated at mount, `-o mem=` and `-o max_threads=`.
+pub fn derive(
+    cgroup: Option<CgroupMemory>,
+    start_rss_bytes: u64,
+    pools_bytes: u64,
+    mem_option: Option<u64>,
+    threads_option: Option<usize>,
+) -> Result<Budget, String> {
+    let limit = cgroup.as_ref().and_then(|c| c.limit_bytes);
+    // A small budget asked for with mem= sizes the daemon as a small limit would.
+    let sizing = Sizing::for_limit(match (limit, mem_option) {
+        (Some(l), Some(m)) => Some(l.min(m)),
+        (l, m) => l.or(m),
+    });
+    let sizing = Sizing {
+        fuse_threads: threads_option
+            .unwrap_or(sizing.fuse_threads)
+            .clamp(1, FUSE_THREADS_MAX),
+        ..sizing
+    };
+    let base = start_rss_bytes + sizing.threads_bytes() + pools_bytes + ALLOCATOR_SLACK_BYTES;
+    let mut d = String::new();
+    let budget = match (limit, &cgroup) {
+        (Some(l), Some(cg)) => {
+            let from_limit = l.checked_sub(base).filter(|&b| b > 0).ok_or_else(|| {
+                format!(
+                    "cgroup {} memory limit {} is below the daemon's fixed base {} ({})",
+                    cg.version,
+                    mib(l),
+                    mib(base),
+                    base_parts(start_rss_bytes, &sizing, pools_bytes)
+                )
+            })?;
+            let _ = write!(
+                d,
+                "cgroup {} limit {} at {} less base {} ({})",
+                cg.version,
+                mib(l),
+                cg.limit_dir
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                mib(base),
+                base_parts(start_rss_bytes, &sizing, pools_bytes)
+            );
+            match mem_option {
+                Some(m) if m < from_limit => {
+                    let _ = write!(d, " = {}, capped by mem={}", mib(from_limit), mib(m));
+                    m
+                }
+                _ => from_limit,
+            }
+        }
+        _ => match mem_option {
+            Some(m) => {
+                let _ = write!(d, "mem={} (no cgroup memory limit)", mib(m));
+                m
+            }
+            None => {
+                let _ = write!(
+                    d,
+                    "default {} (no cgroup memory limit, no mem=)",
+                    mib(MEM_BUDGET_DEFAULT_BYTES)
+                );
+                MEM_BUDGET_DEFAULT_BYTES
+            }
+        },
+    };
+    Ok(Budget {
+        budget_bytes: budget,
+        base_bytes: base,
+        sizing,
+        cgroup,
+        derivation: d,
+    })
+}
+
+fn base_parts(rss: u64, s: &Sizing, pools: u64) -> String {
+    format!(
+        "resident at start {}, {} FUSE threads x {} KiB writes {}, pools {}, slack {}",
+        mib(rss),
+        s.fuse_threads,
+        s.max_write >> 10,
+        mib(s.threads_bytes()),
+        mib(pools),
+        mib(ALLOCATOR_SLACK_BYTES)
+    )
+}
+
+/// Bytes as MiB with two decimals.
+pub fn mib(b: u64) -> String {
+    format!("{:.2} MiB", b as f64 / (1u64 << 20) as f64)
+}
+
+/// The resident set size of this process, from /proc/self/status (0 if unreadable).
+pub fn resident_bytes() -> u64 {
+    status_kib("VmRSS:") * 1024
+}
+
+/// The peak resident set size of this process.
+pub fn peak_resident_bytes() -> u64 {
+    status_kib("VmHWM:") * 1024
+}
+
+fn status_kib(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::cgroup::CgroupVersion;
+    use std::path::PathBuf;
+
+    fn cg(limit: Option<u64>) -> Option<CgroupMemory> {
+        Some(CgroupMemory {
+            version: CgroupVersion::V1,
+            dir: PathBuf::from("/sys/fs/cgroup/memory/t"),
+            limit_bytes: limit,
+            limit_dir: limit.map(|_| PathBuf::from("/sys/fs/cgroup/memory/t")),
+        })
+    }
+
+    #[test]
+    fn limit_less_base_capped_by_option() {
+        let b = derive(cg(Some(8 << 20)), 3 << 20, 0, None, None).unwrap();
+        assert_eq!(b.sizing, Sizing::for_limit(Some(8 << 20)));
+        assert_eq!(b.budget_bytes, (8 << 20) - b.base_bytes);
+        assert_eq!(
+            b.base_bytes,
+            (3 << 20) + b.sizing.threads_bytes() + ALLOCATOR_SLACK_BYTES
+        );
+        let capped = derive(cg(Some(8 << 20)), 3 << 20, 0, Some(1 << 20), None).unwrap();
+        assert_eq!(capped.budget_bytes, 1 << 20);
+        assert!(capped.derivation.contains("capped by mem="));
+    }
+
+    #[test]
+    fn no_limit_uses_option_or_default() {
+        assert_eq!(
+            derive(cg(None), 1 << 20, 0, None, None)
+                .unwrap()
+                .budget_bytes,
+            MEM_BUDGET_DEFAULT_BYTES
+        );
+        assert_eq!(
+            derive(None, 1 << 20, 0, Some(5 << 20), None)
+                .unwrap()
+                .budget_bytes,
+            5 << 20
+        );
+        assert_eq!(
+            derive(None, 1 << 20, 0, None, None)
+                .unwrap()
+                .sizing
+                .max_write,
+            MAX_WRITE_LARGE
+        );
+    }
+
+    #[test]
+    fn limit_below_base_is_an_error() {
+        let e = derive(cg(Some(2 << 20)), 3 << 20, 0, None, None).unwrap_err();
+        assert!(e.contains("below the daemon's fixed base"), "{e}");
+    }
+}

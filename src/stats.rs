@@ -1,0 +1,327 @@
+//! Live statistics of a mounted ticketfs: `ticketfs stats MOUNTPOINT [--json]`.
+//!
+//! The daemon listens on an abstract Unix socket named `ticketfs-stats:` followed by the image's
+//! canonical path (abstract: nothing is created in the filesystem, and it disappears with the
+//! daemon). The client finds the image from the mount table (a ticketfs mount's source is its
+//! image), connects, sends one line — `json` or `text` — and reads the report to the end. The
+//! report is read-only; anybody who can see the mount may read it.
+
+use crate::engine::EngineStats;
+use crate::mem::budget::{mib, peak_resident_bytes, resident_bytes, Budget};
+use crate::mem::cgroup::unescape;
+use crate::mem::PAGE_BYTES;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Prefix of the abstract socket's name.
+pub const SOCKET_PREFIX: &str = "ticketfs-stats:";
+/// A client's request line is at most this long.
+const REQUEST_MAX_BYTES: u64 = 16;
+/// A slow client is dropped after this long.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One transaction kind's line of the calibration table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KindReport {
+    pub kind: String,
+    pub count: u64,
+    pub reserved_pages: u64,
+    pub peak_used_pages: u64,
+    pub mean_used_pages: f64,
+    /// peak used / reserved: how tight the table entry is (1.0 = exactly enough).
+    pub tightness: f64,
+    pub log_reserved_bytes: u64,
+    pub log_peak_used_bytes: u64,
+    pub overruns: u64,
+    pub waits: u64,
+    pub wait_ms_total: f64,
+}
+
+/// The whole report; `ticketfs stats --json` prints it as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    pub image: String,
+    pub memres: bool,
+    pub budget_bytes: u64,
+    pub budget_derivation: String,
+    pub base_bytes: u64,
+    pub fuse_threads: usize,
+    pub max_write: u32,
+    /// Held by live tickets.
+    pub reserved_bytes: u64,
+    /// Pinned by the log: dirty buffers and the CIL's copies.
+    pub pinned_log_bytes: u64,
+    /// Pinned by live transactions (what their tickets have used of their reservations).
+    pub pinned_trans_bytes: u64,
+    pub free_bytes: u64,
+    pub emergency_bytes: u64,
+    pub emergency_used_bytes: u64,
+    pub peak_charged_bytes: u64,
+    pub roll_borrows: u64,
+    pub cache_buffers: u64,
+    pub cache_bytes: u64,
+    pub clean_cache_bytes: u64,
+    pub cache_limit_bytes: u64,
+    pub outside_cache_bytes: u64,
+    pub cache_evictions: u64,
+    pub waiters: usize,
+    pub overruns: u64,
+    pub overrun_sites: Vec<String>,
+    pub checkpoints: u64,
+    pub log_wraps: u32,
+    pub log_bytes_written: u64,
+    pub home_writes: u64,
+    pub forces: u64,
+    pub resident_bytes: u64,
+    pub peak_resident_bytes: u64,
+    pub kinds: Vec<KindReport>,
+}
+
+impl Report {
+    /// The report from the engine's counters, the budget's derivation and the overrun reports.
+    pub fn new(
+        image: &Path,
+        st: &EngineStats,
+        budget: &Budget,
+        pinned_trans_bytes: u64,
+        overrun_sites: Vec<String>,
+    ) -> Report {
+        let m = &st.mem;
+        let buf = if st.cache.buffers > 0 {
+            st.cache.bytes / st.cache.buffers
+        } else {
+            0
+        };
+        Report {
+            image: image.display().to_string(),
+            memres: m.enabled,
+            budget_bytes: m.budget_bytes,
+            budget_derivation: budget.derivation.clone(),
+            base_bytes: budget.base_bytes,
+            fuse_threads: budget.sizing.fuse_threads,
+            max_write: budget.sizing.max_write,
+            reserved_bytes: m.reserved_bytes,
+            pinned_log_bytes: m.log_pinned_bytes,
+            pinned_trans_bytes,
+            free_bytes: m.free_bytes(),
+            emergency_bytes: m.emergency_bytes,
+            emergency_used_bytes: m.emergency_used_bytes,
+            peak_charged_bytes: m.peak_charged_bytes,
+            roll_borrows: m.roll_borrows,
+            cache_buffers: st.cache.buffers,
+            cache_bytes: st.cache.bytes,
+            clean_cache_bytes: st.cache.clean_buffers * buf,
+            cache_limit_bytes: st.cache.limit_bytes,
+            outside_cache_bytes: st.cache.outside_bytes,
+            cache_evictions: st.cache.evictions,
+            waiters: st.waiters,
+            overruns: st.overruns,
+            overrun_sites,
+            checkpoints: st.checkpoints,
+            log_wraps: st.log_wraps,
+            log_bytes_written: st.log_bytes_written,
+            home_writes: st.home_writes,
+            forces: st.forces,
+            resident_bytes: resident_bytes(),
+            peak_resident_bytes: peak_resident_bytes(),
+            kinds: st
+                .kinds
+                .iter()
+                .map(|k| KindReport {
+                    kind: k.name.to_string(),
+                    count: k.count,
+                    reserved_pages: k.reserved_bytes.div_ceil(PAGE_BYTES),
+                    peak_used_pages: k.peak_used_bytes.div_ceil(PAGE_BYTES),
+                    mean_used_pages: if k.count > 0 {
+                        k.total_used_bytes as f64 / k.count as f64 / PAGE_BYTES as f64
+                    } else {
+                        0.0
+                    },
+                    tightness: if k.reserved_bytes > 0 {
+                        k.peak_used_bytes as f64 / k.reserved_bytes as f64
+                    } else {
+                        0.0
+                    },
+                    log_reserved_bytes: k.log_reserved_bytes,
+                    log_peak_used_bytes: k.log_peak_used_bytes,
+                    overruns: k.overruns,
+                    waits: k.waits,
+                    wait_ms_total: k.wait_ns_total as f64 / 1e6,
+                })
+                .collect(),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut o = String::new();
+        let _ = writeln!(o, "image            {}", self.image);
+        let _ = writeln!(
+            o,
+            "budget           {} (memres={})",
+            mib(self.budget_bytes),
+            if self.memres { "on" } else { "off" }
+        );
+        let _ = writeln!(o, "  derived from   {}", self.budget_derivation);
+        let _ = writeln!(
+            o,
+            "  base           {} ({} FUSE threads, max_write {} KiB)",
+            mib(self.base_bytes),
+            self.fuse_threads,
+            self.max_write >> 10
+        );
+        let _ = writeln!(o, "reserved         {}", mib(self.reserved_bytes));
+        let _ = writeln!(o, "pinned by trans  {}", mib(self.pinned_trans_bytes));
+        let _ = writeln!(o, "pinned by log    {}", mib(self.pinned_log_bytes));
+        let _ = writeln!(o, "free             {}", mib(self.free_bytes));
+        let _ = writeln!(
+            o,
+            "emergency        {} in use of {} ({} roll borrows)",
+            mib(self.emergency_used_bytes),
+            mib(self.emergency_bytes),
+            self.roll_borrows
+        );
+        let _ = writeln!(o, "peak charged     {}", mib(self.peak_charged_bytes));
+        let _ = writeln!(
+            o,
+            "cache            {} in {} buffers, {} clean, limit {}, {} outside, {} evictions",
+            mib(self.cache_bytes),
+            self.cache_buffers,
+            mib(self.clean_cache_bytes),
+            mib(self.cache_limit_bytes),
+            mib(self.outside_cache_bytes),
+            self.cache_evictions
+        );
+        let _ = writeln!(o, "waiters          {}", self.waiters);
+        let _ = writeln!(o, "overruns         {}", self.overruns);
+        for s in &self.overrun_sites {
+            let _ = writeln!(o, "  {s}");
+        }
+        let _ = writeln!(
+            o,
+            "log              {} checkpoints, {} wraps, {} written, {} home writes, {} forces",
+            self.checkpoints,
+            self.log_wraps,
+            mib(self.log_bytes_written),
+            self.home_writes,
+            self.forces
+        );
+        let _ = writeln!(
+            o,
+            "resident         {} (peak {})",
+            mib(self.resident_bytes),
+            mib(self.peak_resident_bytes)
+        );
+        let _ = writeln!(
+            o,
+            "\n{:<10} {:>9} {:>9} {:>9} {:>9} {:>6} {:>9} {:>9} {:>11}",
+            "kind",
+            "count",
+            "resv pg",
+            "peak pg",
+            "mean pg",
+            "tight",
+            "overruns",
+            "waits",
+            "wait ms"
+        );
+        for k in &self.kinds {
+            let _ = writeln!(
+                o,
+                "{:<10} {:>9} {:>9} {:>9} {:>9.2} {:>6.2} {:>9} {:>9} {:>11.1}",
+                k.kind,
+                k.count,
+                k.reserved_pages,
+                k.peak_used_pages,
+                k.mean_used_pages,
+                k.tightness,
+                k.overruns,
+                k.waits,
+                k.wait_ms_total
+            );
+        }
+        o
+    }
+}
+
+/// The socket address of the daemon serving `image` (its canonical path).
+pub fn socket_addr(image: &Path) -> std::io::Result<SocketAddr> {
+    let name = format!("{SOCKET_PREFIX}{}", image.display());
+    SocketAddr::from_abstract_name(name.as_bytes())
+}
+
+/// Starts the statistics thread for `image`: every connection gets one report from `report`
+/// (None once the filesystem is going away).
+pub fn serve(
+    image: &Path,
+    report: impl Fn() -> Option<Report> + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let listener = UnixListener::bind_addr(&socket_addr(image)?)?;
+    std::thread::Builder::new()
+        .name("tkfs-stats".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut c) = conn else { continue };
+                let _ = c.set_read_timeout(Some(CLIENT_TIMEOUT));
+                let _ = c.set_write_timeout(Some(CLIENT_TIMEOUT));
+                let mut line = String::new();
+                let mut rd = BufReader::new((&c).take(REQUEST_MAX_BYTES));
+                if rd.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let out = match (line.trim(), report()) {
+                    ("stop", _) => break,
+                    (_, None) => "unmounting\n".to_string(),
+                    ("json", Some(r)) => r.to_json(),
+                    ("text", Some(r)) => r.to_text(),
+                    (other, _) => format!("unknown request {other:?}: json or text\n"),
+                };
+                let _ = c.write_all(out.as_bytes());
+            }
+        })
+}
+
+/// Asks the daemon serving `image` for its report (`json` or `text`).
+pub fn query(image: &Path, what: &str) -> std::io::Result<String> {
+    let mut c = UnixStream::connect_addr(&socket_addr(image)?)?;
+    c.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    c.write_all(format!("{what}\n").as_bytes())?;
+    let mut out = String::new();
+    c.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// Stops a statistics thread started by `serve` (tests; the daemon's ends with the process).
+pub fn stop(image: &Path) {
+    let _ = query(image, "stop");
+}
+
+/// The image (source) of the ticketfs mount at `mountpoint`, from /proc/self/mountinfo.
+pub fn image_of_mount(mountpoint: &Path) -> Result<PathBuf, String> {
+    let want =
+        std::fs::canonicalize(mountpoint).map_err(|e| format!("{}: {e}", mountpoint.display()))?;
+    let mi = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+    for line in mi.lines().rev() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let l: Vec<&str> = left.split(' ').collect();
+        let r: Vec<&str> = right.split(' ').collect();
+        if l.len() < 5 || r.len() < 2 {
+            continue;
+        }
+        if Path::new(&unescape(l[4])) == want && (r[0] == "fuse" || r[0] == "fuse.ticketfs") {
+            return Ok(PathBuf::from(unescape(r[1])));
+        }
+    }
+    Err(format!("{}: not a ticketfs mount", mountpoint.display()))
+}
