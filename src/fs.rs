@@ -161,7 +161,10 @@ pub struct SetAttr {
 #[derive(Debug, Clone, Copy)]
 pub struct StatFs {
     pub blocks: u64,
+    /// Free blocks allocations may use (each AG's reserve left out).
     pub bfree: u64,
+    /// Of those, what ordinary operations may still take (promised blocks and the pool left out).
+    pub bavail: u64,
     pub files: u64,
     pub ffree: u64,
     pub bsize: u32,
@@ -275,12 +278,9 @@ impl Fs {
                 "the superblock names no root directory (not formatted by mkfs.ticketfs?)".into(),
             ));
         }
-        let alloc = Allocator::new(*eng.geometry());
+        let alloc = Allocator::open(&eng)?;
         {
             let mut tx = eng.begin(TransKind::Read)?;
-            for agno in 0..eng.geometry().ag_count {
-                alloc.free_space_summary(&mut tx, agno)?;
-            }
             let (_, r) = inode::read(&mut tx, root)?;
             if !is_dir(&r) {
                 return Err(FsError::Invalid(format!(
@@ -323,6 +323,14 @@ impl Fs {
             self.destroy(ino)?;
         }
         Ok(())
+    }
+
+    /// Promises the blocks an operation of `kind` may allocate (its table entry's buffer count
+    /// bounds the new blocks), before it changes anything: a full filesystem fails the operation
+    /// at its start with ENOSPC. `privileged`: the operation frees space and may use the pool.
+    fn promise(&self, kind: TransKind, privileged: bool) -> R<crate::alloc::BlockResv<'_>> {
+        let n = self.eng.table().get(kind).buffers as u64;
+        Ok(self.alloc.reserve(n, n, privileged)?)
     }
 
     pub fn root(&self) -> u64 {
@@ -500,6 +508,7 @@ impl Fs {
             tx.cancel()?;
             c
         };
+        let _blocks = self.promise(kind, false)?;
         let mut tx = self.eng.begin(kind)?;
         lock_chunks(&mut tx, &[parent, candidate.unwrap_or(0)])?;
         let (pr, mut p) = inode::read(&mut tx, parent)?;
@@ -630,6 +639,7 @@ impl Fs {
         }
         for _ in 0..RETRIES_MAX {
             let child = self.peek(parent, name)?.ok_or(FsError::NotFound)?;
+            let _blocks = self.promise(TransKind::Remove, true)?;
             let mut tx = self.eng.begin(TransKind::Remove)?;
             lock_chunks(&mut tx, &[parent, child])?;
             let (pr, mut p) = inode::read(&mut tx, parent)?;
@@ -692,6 +702,7 @@ impl Fs {
         if i.mode & S_IFMT == S_IFREG {
             self.io().truncate(ino, 0, now())?;
         }
+        let _blocks = self.promise(TransKind::Inactive, true)?;
         let mut tx = self.eng.begin(TransKind::Inactive)?;
         let (r, mut i) = inode::read(&mut tx, ino)?;
         match (i.mode & S_IFMT, i.format) {
@@ -723,6 +734,7 @@ impl Fs {
     pub fn link(&self, ctx: &Ctx, ino: u64, newparent: u64, newname: &[u8]) -> R<Attr> {
         self.writable()?;
         check_name(newname)?;
+        let _blocks = self.promise(TransKind::Link, false)?;
         let mut tx = self.eng.begin(TransKind::Link)?;
         lock_chunks(&mut tx, &[ino, newparent])?;
         let (pr, mut p) = inode::read(&mut tx, newparent)?;
@@ -818,6 +830,7 @@ impl Fs {
                     return Err(FsError::Invalid("moving a directory below itself".into()));
                 }
             }
+            let _blocks = self.promise(TransKind::Rename, false)?;
             let mut tx = self.eng.begin(TransKind::Rename)?;
             lock_chunks(&mut tx, &[parent, newparent, src, dst.unwrap_or(0)])?;
             let (pr, mut p) = inode::read(&mut tx, parent)?;
@@ -1153,9 +1166,12 @@ impl Fs {
         for agno in 0..g.ag_count {
             inodes += self.alloc.summary(agno).inodes;
         }
+        let _ = free;
+        let bfree = self.alloc.usable_free_blocks();
         Ok(StatFs {
             blocks: g.block_count,
-            bfree: free,
+            bfree,
+            bavail: self.alloc.available_blocks(),
             files: inodes + free * ipb,
             ffree: ifree + free * ipb,
             bsize: g.block_size,
@@ -1213,6 +1229,7 @@ impl Fs {
         replace: bool,
     ) -> R<()> {
         self.writable()?;
+        let _blocks = self.promise(TransKind::Xattr, false)?;
         let mut tx = self.eng.begin(TransKind::Xattr)?;
         let (r, mut i) = inode::read(&mut tx, ino)?;
         Self::xattr_access(ctx, &i, name, true)?;
@@ -1261,6 +1278,8 @@ impl Fs {
 
     pub fn removexattr(&self, ctx: &Ctx, ino: u64, name: &[u8]) -> R<()> {
         self.writable()?;
+        // Removing frees space: it may use the pool.
+        let _blocks = self.promise(TransKind::Xattr, true)?;
         let mut tx = self.eng.begin(TransKind::Xattr)?;
         let (r, mut i) = inode::read(&mut tx, ino)?;
         Self::xattr_access(ctx, &i, name, true)?;

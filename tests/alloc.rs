@@ -145,7 +145,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     };
     let eng = Engine::mount(dev.clone(), opts).unwrap();
     format_all(&eng).unwrap();
-    let alloc = Allocator::new(g);
+    let alloc = Allocator::open(&eng).unwrap();
     let mut allocated: Vec<(u64, u64)> = Vec::new();
     let mut inodes: BTreeSet<u64> = BTreeSet::new();
     for op in ops {
@@ -235,7 +235,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         },
     )
     .unwrap();
-    let alloc = Allocator::new(g);
+    let alloc = Allocator::open(&eng).unwrap();
     check_space(&eng, &alloc, &allocated, &inodes)?;
     for (s, l) in allocated.drain(..) {
         let mut tx = eng.begin(TransKind::Write).unwrap();

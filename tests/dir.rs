@@ -91,7 +91,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     };
     let eng = Engine::mount(dev.clone(), opts).unwrap();
     format_all(&eng).unwrap();
-    let alloc = Allocator::new(g);
+    let alloc = Allocator::open(&eng).unwrap();
     let d = new_dir(&eng, &alloc);
     {
         // A new directory is inline: no blocks until its entries outgrow the inode.
@@ -198,7 +198,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         },
     )
     .unwrap();
-    let alloc = Allocator::new(g);
+    let alloc = Allocator::open(&eng).unwrap();
     prop_assert_eq!(listing(&eng, d), model.clone());
     for name in model.keys() {
         let mut tx = eng.begin(TransKind::Remove).unwrap();

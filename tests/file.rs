@@ -163,7 +163,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     };
     let eng = Engine::mount(dev.clone(), opts).unwrap();
     format_all(&eng).unwrap();
-    let alloc = Allocator::new(g);
+    let alloc = Allocator::open(&eng).unwrap();
     let ino = new_file(&eng, &alloc);
     let io = FileIo {
         eng: &eng,
@@ -219,7 +219,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         },
     )
     .unwrap();
-    let alloc = Allocator::new(g);
+    let alloc = Allocator::open(&eng).unwrap();
     let io = FileIo {
         eng: &eng,
         alloc: &alloc,
@@ -258,7 +258,7 @@ fn byte_at_one_tebibyte_in_a_sparse_file() {
     ticketfs::engine::format(&*dev, g, UUID, "sparse").unwrap();
     let eng = Engine::mount(dev, EngineOptions::default()).unwrap();
     format_all(&eng).unwrap();
-    let alloc = Allocator::new(g);
+    let alloc = Allocator::open(&eng).unwrap();
     let ino = new_file(&eng, &alloc);
     let io = FileIo {
         eng: &eng,

@@ -321,3 +321,113 @@ fn extended_attributes() {
     fs::remove_file(&f).unwrap();
     m.unmount();
 }
+
+/// An error that must be ENOSPC (anything else, EIO above all, is a failed filesystem).
+fn enospc_or_ok<T>(r: std::io::Result<T>, what: &str) -> bool {
+    match r {
+        Ok(_) => true,
+        Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => false,
+        Err(e) => panic!("{what}: {e} (only ENOSPC is acceptable on a full filesystem)"),
+    }
+}
+
+#[test]
+fn a_full_filesystem_says_enospc_and_recovers_when_emptied() {
+    let work = tempfile::tempdir().unwrap();
+    let img = image(work.path(), 64 << 20);
+    let m = Mount::new(&img, "");
+    // Fill it with one big file.
+    let mut big = fs::File::create(m.path().join("big")).unwrap();
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut written = 0u64;
+    while enospc_or_ok(big.write_all(&chunk), "filling write") {
+        written += chunk.len() as u64;
+        assert!(written < 64 << 20, "wrote past the image size");
+    }
+    drop(big);
+    // Namespace operations and writes now fail with ENOSPC, or succeed; never anything else.
+    let (mut ok, mut full) = (0, 0);
+    for i in 0..200 {
+        let p = m.path().join(format!("small{i}"));
+        if enospc_or_ok(fs::write(&p, vec![1u8; 5000]), "small file") {
+            ok += 1;
+        } else {
+            full += 1;
+        }
+    }
+    for i in 0..20 {
+        let _ = enospc_or_ok(fs::create_dir(m.path().join(format!("dir{i}"))), "mkdir");
+        let _ = enospc_or_ok(
+            std::os::unix::fs::symlink("x".repeat(300), m.path().join(format!("ln{i}"))),
+            "symlink",
+        );
+    }
+    assert!(full > 0, "no ENOSPC after filling ({ok} small files fit)");
+    let st = nix_statvfs(m.path());
+    // What is left is less than one operation's promise of map blocks (a few dozen).
+    assert!(
+        st.0 < 256,
+        "statfs says {} blocks available on a full filesystem",
+        st.0
+    );
+    // Emptying it works on a full filesystem, and then everything works again.
+    fs::remove_file(m.path().join("big")).unwrap();
+    for i in 0..200 {
+        let _ = fs::remove_file(m.path().join(format!("small{i}")));
+    }
+    assert!(nix_statvfs(m.path()).0 > 0);
+    fs::write(m.path().join("after"), b"room again").unwrap();
+    fs::create_dir(m.path().join("after-dir")).unwrap();
+    assert_eq!(fs::read(m.path().join("after")).unwrap(), b"room again");
+    m.unmount();
+    let m = Mount::new(&img, "");
+    assert_eq!(fs::read(m.path().join("after")).unwrap(), b"room again");
+    m.unmount();
+}
+
+/// (available blocks, free blocks) from statvfs.
+fn nix_statvfs(p: &Path) -> (u64, u64) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: statvfs fills the zeroed struct for a NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    (st.f_bavail, st.f_bfree)
+}
+
+#[test]
+fn creates_spill_to_other_allocation_groups_when_the_parents_is_full() {
+    let work = tempfile::tempdir().unwrap();
+    let img = work.path().join("image");
+    make_filesystem(
+        &img,
+        &MkfsOptions {
+            size: Some(512 << 20),
+            ag_count: Some(4),
+            ..Default::default()
+        },
+    )
+    .expect("mkfs");
+    let m = Mount::new(&img, "");
+    // The root lives in AG 0: fill AG 0 (and some of AG 1) with data near it.
+    let mut big = fs::File::create(m.path().join("big")).unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    for _ in 0..200 {
+        big.write_all(&chunk).unwrap();
+    }
+    big.sync_all().unwrap();
+    drop(big);
+    // New inodes, directories and their blocks must come from the other AGs.
+    for i in 0..3000 {
+        fs::write(m.path().join(format!("f{i}")), format!("file {i}")).unwrap();
+        if i % 100 == 0 {
+            fs::create_dir(m.path().join(format!("d{i}"))).unwrap();
+        }
+    }
+    for i in (0..3000).step_by(7) {
+        assert_eq!(
+            fs::read_to_string(m.path().join(format!("f{i}"))).unwrap(),
+            format!("file {i}")
+        );
+    }
+    m.unmount();
+}

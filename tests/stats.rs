@@ -92,11 +92,19 @@ fn report_agrees_with_the_engine_counters() {
     let root = fs.root();
     for i in 0..200u32 {
         let a = fs
-            .make(&c, root, format!("f{i}").as_bytes(), S_IFREG | 0o644, 0, None)
+            .make(
+                &c,
+                root,
+                format!("f{i}").as_bytes(),
+                S_IFREG | 0o644,
+                0,
+                None,
+            )
             .unwrap();
         fs.write(&c, a.ino, 0, &vec![i as u8; 5000]).unwrap();
         if i % 3 == 0 {
-            fs.remove(&c, root, format!("f{i}").as_bytes(), false).unwrap();
+            fs.remove(&c, root, format!("f{i}").as_bytes(), false)
+                .unwrap();
         }
     }
     fs.make(&c, root, b"d", S_IFDIR | 0o755, 0, None).unwrap();
@@ -133,7 +141,11 @@ fn report_agrees_with_the_engine_counters() {
             continue;
         }
         let r: Report = serde_json::from_str(&json).expect("report JSON");
-        assert_eq!(key_of(&r), key(&before), "JSON report differs from the engine");
+        assert_eq!(
+            key_of(&r),
+            key(&before),
+            "JSON report differs from the engine"
+        );
         assert_eq!(r.budget_bytes, BUDGET);
         assert!(r.overruns >= 1, "the undersized mkdir entry overran");
         assert_eq!(r.overrun_sites.len(), fs.engine().overrun_reports().len());
@@ -142,8 +154,14 @@ fn report_agrees_with_the_engine_counters() {
         let remove = r.kinds.iter().find(|k| k.kind == "remove").unwrap();
         assert_eq!(remove.count, 67);
         // The text report carries the same figures.
-        assert!(text.contains(&format!("overruns         {}", r.overruns)), "{text}");
-        assert!(text.contains(&format!("waiters          {}", r.waiters)), "{text}");
+        assert!(
+            text.contains(&format!("overruns         {}", r.overruns)),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("waiters          {}", r.waiters)),
+            "{text}"
+        );
         let line = text
             .lines()
             .find(|l| l.starts_with("create "))

@@ -48,6 +48,30 @@ pub struct AgSummary {
 pub struct Allocator {
     geo: Geometry,
     summaries: Vec<Mutex<AgSummary>>,
+    /// Blocks promised to operations in flight (`reserve`).
+    reserved: Mutex<u64>,
+}
+
+/// Most blocks held back from ordinary operations for those that free space (unlink, truncate,
+/// hole punching, freeing orphans), so that a full filesystem can always be emptied: 1/64 of the
+/// filesystem up to this many (XFS keeps a reserve pool in the same spirit).
+pub const POOL_BLOCKS_MAX: u64 = 8192;
+
+/// Blocks an operation may allocate, promised before it changes anything (XFS's block
+/// reservation): an operation that cannot get them fails with ENOSPC at its start, never half
+/// way. Given back when dropped.
+#[must_use]
+pub struct BlockResv<'a> {
+    alloc: &'a Allocator,
+    pub blocks: u64,
+}
+
+impl Drop for BlockResv<'_> {
+    fn drop(&mut self) {
+        let mut r = self.alloc.reserved.lock();
+        debug_assert!(*r >= self.blocks);
+        *r = r.saturating_sub(self.blocks);
+    }
 }
 
 /// An AG's free space as joined to a transaction: header and the two free-space trees.
@@ -107,6 +131,14 @@ impl NodeAlloc for FreeList<'_> {
     }
 }
 
+/// Blocks of each AG that ordinary allocations (file data, directory and xattr blocks, inode
+/// chunks) leave free, for what must come from that very AG in the middle of a transaction:
+/// refilling its free list (at most 2 x 2 x 5 levels) and splitting its inode-chunk and
+/// unlinked-inode trees to the root (2 x (2 x 8 - 1)), with room to spare. Without it a full AG
+/// failed a create half-way (ENOSPC after changes: a shut-down filesystem) while other AGs had
+/// space.
+pub const AG_RESERVE_BLOCKS: u64 = 64;
+
 /// Node blocks for other trees of an AG (the inode-chunk tree), by ordinary allocation in it.
 struct AgBlocks<'a> {
     me: &'a Allocator,
@@ -116,7 +148,7 @@ struct AgBlocks<'a> {
 impl NodeAlloc for AgBlocks<'_> {
     fn alloc_node(&mut self, tx: &mut Trans<'_>) -> Result<u64, EngineError> {
         let near = self.sp.start;
-        match self.me.alloc_in(tx, self.sp, near, 1, 1)? {
+        match self.me.alloc_in(tx, self.sp, near, 1, 1, 0)? {
             Some((b, _)) => Ok(b),
             None => Err(EngineError::NoSpace(format!(
                 "AG {} has no block for a tree node",
@@ -166,7 +198,74 @@ impl Allocator {
             summaries: (0..geo.ag_count)
                 .map(|_| Mutex::new(AgSummary::default()))
                 .collect(),
+            reserved: Mutex::new(0),
         }
+    }
+
+    /// The allocator of a mounted filesystem: every AG's summary read, so free space is known
+    /// (block promises are checked against it).
+    pub fn open(eng: &crate::engine::Engine) -> Result<Allocator, EngineError> {
+        let a = Allocator::new(*eng.geometry());
+        let mut tx = eng.begin(crate::trans::TransKind::Read)?;
+        for agno in 0..eng.geometry().ag_count {
+            a.free_space_summary(&mut tx, agno)?;
+        }
+        tx.cancel()?;
+        Ok(a)
+    }
+
+    /// Blocks ordinary operations never take (see [`POOL_BLOCKS_MAX`]).
+    pub fn pool_blocks(&self) -> u64 {
+        (self.geo.block_count / 64).min(POOL_BLOCKS_MAX)
+    }
+
+    /// Free blocks allocations may use: every AG's free space less its reserve.
+    pub fn usable_free_blocks(&self) -> u64 {
+        (0..self.geo.ag_count)
+            .map(|a| {
+                self.summary(a)
+                    .free_blocks
+                    .saturating_sub(AG_RESERVE_BLOCKS)
+            })
+            .sum()
+    }
+
+    /// Free blocks not yet promised, as ordinary operations see them (statfs's "available").
+    pub fn available_blocks(&self) -> u64 {
+        let reserved = *self.reserved.lock();
+        self.usable_free_blocks()
+            .saturating_sub(reserved)
+            .saturating_sub(self.pool_blocks())
+    }
+
+    /// Promises between `min` and `want` blocks (as many as there are); `privileged` operations
+    /// (those that free space) may use the pool. ENOSPC when not even `min` are free. Blocks an
+    /// operation allocates stay counted in both the free space and its promise until it ends,
+    /// so the count errs on the safe side.
+    pub fn reserve(
+        &self,
+        want: u64,
+        min: u64,
+        privileged: bool,
+    ) -> Result<BlockResv<'_>, EngineError> {
+        debug_assert!(min <= want);
+        let mut reserved = self.reserved.lock();
+        let keep = if privileged { 0 } else { self.pool_blocks() };
+        let free = self
+            .usable_free_blocks()
+            .saturating_sub(*reserved)
+            .saturating_sub(keep);
+        if free < min {
+            return Err(EngineError::NoSpace(format!(
+                "{min} blocks needed, {free} free and not promised"
+            )));
+        }
+        let blocks = want.min(free);
+        *reserved += blocks;
+        Ok(BlockResv {
+            alloc: self,
+            blocks,
+        })
     }
 
     pub fn geometry(&self) -> &Geometry {
@@ -477,6 +576,8 @@ impl Allocator {
     }
 
     /// Allocates in an AG already joined: tops up its free list, finds, carves.
+    /// Allocates in one AG, leaving `keep` blocks free in it (the AG reserve for ordinary
+    /// allocations, 0 for the AG's own tree nodes, which may use the reserve).
     fn alloc_in(
         &self,
         tx: &mut Trans<'_>,
@@ -484,8 +585,16 @@ impl Allocator {
         target: u64,
         min: u64,
         max: u64,
+        keep: u64,
     ) -> Result<Option<(u64, u64)>, EngineError> {
+        if sp.hdr.free_blocks < min + keep {
+            return Ok(None);
+        }
         self.fix_freelist(tx, sp)?;
+        if sp.hdr.free_blocks < min + keep {
+            return Ok(None);
+        }
+        let max = max.min(sp.hdr.free_blocks - keep);
         let Some((s, l, at, n)) = self.find(tx, sp, target, min, max)? else {
             return Ok(None);
         };
@@ -531,13 +640,17 @@ impl Allocator {
             )));
         }
         for agno in self.candidates(target, |s| s.longest >= min) {
+            let mark = tx.mark();
             let mut ag = self.read_ag(tx, agno)?;
-            if ag.sp.hdr.longest < min || self.find(tx, &ag.sp, target, min, max)?.is_none() {
+            if ag.sp.hdr.longest < min
+                || ag.sp.hdr.free_blocks < min + AG_RESERVE_BLOCKS
+                || self.find(tx, &ag.sp, target, min, max)?.is_none()
+            {
                 self.note(&ag.sp.hdr);
-                tx.release_clean(ag.sp.start..ag.sp.start + ag.sp.len);
+                tx.release_clean(mark, ag.sp.start..ag.sp.start + ag.sp.len);
                 continue;
             }
-            let got = self.alloc_in(tx, &mut ag.sp, target, min, max)?;
+            let got = self.alloc_in(tx, &mut ag.sp, target, min, max, AG_RESERVE_BLOCKS)?;
             self.write_ag(tx, &mut ag)?;
             if got.is_some() {
                 return Ok(got);
@@ -717,6 +830,7 @@ impl Allocator {
         let ipb = inodes_per_block(self.geo.block_size);
         let target = ino_split(near).0;
         for agno in self.candidates(target, |s| s.free_inodes > 0 || s.longest >= 1) {
+            let mark = tx.mark();
             let mut ag = self.read_ag(tx, agno)?;
             let found = if existing {
                 ag.ino.ge(tx, &[0, 0])?
@@ -727,9 +841,13 @@ impl Allocator {
                 Some((k, v)) if k[0] == 0 => (k[1], v[0]),
                 _ => {
                     let near = target.max(ag.sp.start);
-                    let Some((chunk, _)) = self.alloc_in(tx, &mut ag.sp, near, 1, 1)? else {
+                    let Some((chunk, _)) =
+                        self.alloc_in(tx, &mut ag.sp, near, 1, 1, AG_RESERVE_BLOCKS)?
+                    else {
+                        // The free list may have been topped up on the way: keep the header true.
+                        self.write_ag(tx, &mut ag)?;
                         self.note(&ag.sp.hdr);
-                        tx.release_clean(ag.sp.start..ag.sp.start + ag.sp.len);
+                        tx.release_clean(mark, ag.sp.start..ag.sp.start + ag.sp.len);
                         continue;
                     };
                     tx.get_buf(chunk, BlockType::InodeChunk, agno as u64)?;
@@ -823,9 +941,10 @@ impl Allocator {
 
     /// The inodes on AG `agno`'s unlinked tree.
     pub fn unlinked(&self, tx: &mut Trans<'_>, agno: u32) -> Result<Vec<u64>, EngineError> {
+        let mark = tx.mark();
         let ag = self.read_ag(tx, agno)?;
         let out = ag.unl.collect(tx)?.into_iter().map(|(k, _)| k[0]).collect();
-        tx.release_clean(ag.sp.start..ag.sp.start + ag.sp.len);
+        tx.release_clean(mark, ag.sp.start..ag.sp.start + ag.sp.len);
         Ok(out)
     }
 
@@ -835,9 +954,10 @@ impl Allocator {
         tx: &mut Trans<'_>,
         agno: u32,
     ) -> Result<AgSummary, EngineError> {
+        let mark = tx.mark();
         let ag = self.read_ag(tx, agno)?;
         self.note(&ag.sp.hdr);
-        tx.release_clean(ag.sp.start..ag.sp.start + ag.sp.len);
+        tx.release_clean(mark, ag.sp.start..ag.sp.start + ag.sp.len);
         Ok(self.summary(agno))
     }
 

@@ -12,7 +12,7 @@
 
 pub mod extmap;
 
-use crate::alloc::Allocator;
+use crate::alloc::{Allocator, BlockResv};
 use crate::device::AlignedBuf;
 use crate::engine::{Engine, EngineError};
 use crate::format::inode::{Extent, Inode, Time};
@@ -31,9 +31,36 @@ pub struct FileIo<'a> {
     pub alloc: &'a Allocator,
 }
 
-impl FileIo<'_> {
+impl<'a> FileIo<'a> {
     fn bs(&self) -> u64 {
         self.eng.geometry().block_size as u64
+    }
+
+    /// Blocks a change of the extent map may allocate (its nodes and their free-space updates):
+    /// the write entry's buffer count bounds them.
+    fn map_blocks(&self) -> u64 {
+        self.eng.table().get(TransKind::Write).buffers as u64
+    }
+
+    /// Promises the blocks one change of the extent map may take; `privileged` for operations
+    /// that free space (they may use the pool).
+    fn promise_map(&self, privileged: bool) -> Result<BlockResv<'a>, EngineError> {
+        let m = self.map_blocks();
+        self.alloc.reserve(m, m, privileged)
+    }
+
+    /// Promises up to `want` data blocks and the map blocks to record them. Returns the promise
+    /// and how many data blocks it covers, or None when not even one data block is free.
+    fn promise_data(&self, want: u64) -> Result<Option<(BlockResv<'a>, u64)>, EngineError> {
+        let m = self.map_blocks();
+        match self.alloc.reserve(m + want, m + 1, false) {
+            Ok(r) => {
+                let data = r.blocks - m;
+                Ok(Some((r, data)))
+            }
+            Err(EngineError::NoSpace(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Reads up to `len` bytes at `off` (short at end of file; holes and unwritten extents read as
@@ -117,7 +144,15 @@ impl FileIo<'_> {
                     fb = run_end;
                 }
                 Some(e) => {
-                    // Unwritten: write the data, then map the part as written.
+                    // Unwritten: write the data, then map the part as written (splitting the
+                    // extent may need map blocks: promised first).
+                    let _blocks = match self.promise_map(false) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tx.cancel()?;
+                            return Err(e);
+                        }
+                    };
                     let run_end = (e.file_block + e.len as u64)
                         .min(last + 1)
                         .min(fb + EXTENT_LEN_MAX);
@@ -154,6 +189,12 @@ impl FileIo<'_> {
                 None => {
                     let hole_end = next.map_or(last + 1, |n| n.file_block.min(last + 1));
                     let want = (hole_end - fb).min(EXTENT_LEN_MAX);
+                    let Some((_blocks, want)) = self.promise_data(want)? else {
+                        tx.cancel()?;
+                        return Err(EngineError::NoSpace(format!(
+                            "no free block for inode {ino}"
+                        )));
+                    };
                     let target = extmap::target(&mut tx, ino, &ino_d, fb)?;
                     let Some((start, n)) = self.alloc.alloc(&mut tx, target, 1, want)? else {
                         // The free list may have been topped up: keep that, report no space.
@@ -254,6 +295,8 @@ impl FileIo<'_> {
             )));
         }
         let bs = self.bs();
+        // Cutting an extent in two may need a map block; freeing gives blocks back after that.
+        let _blocks = self.promise_map(true)?;
         let mut tx = self.eng.begin(TransKind::Truncate)?;
         let (r, mut ino_d) = inode::read(&mut tx, ino)?;
         tx.hold(r.id);
@@ -323,6 +366,7 @@ impl FileIo<'_> {
             }
         }
         if first_full < last_full {
+            let _blocks = self.promise_map(true)?;
             let mut tx = self.eng.begin(TransKind::Truncate)?;
             let (r, mut ino_d) = inode::read(&mut tx, ino)?;
             tx.hold(r.id);
@@ -405,11 +449,15 @@ impl FileIo<'_> {
                 continue;
             }
             let hole_end = next.map_or(last + 1, |n| n.file_block.min(last + 1));
-            let target = extmap::target(&mut tx, ino, &ino_d, fb)?;
-            let Some((start, n)) =
-                self.alloc
-                    .alloc(&mut tx, target, 1, (hole_end - fb).min(EXTENT_LEN_MAX))?
+            let Some((_blocks, want)) = self.promise_data((hole_end - fb).min(EXTENT_LEN_MAX))?
             else {
+                tx.cancel()?;
+                return Err(EngineError::NoSpace(format!(
+                    "no free block for inode {ino}"
+                )));
+            };
+            let target = extmap::target(&mut tx, ino, &ino_d, fb)?;
+            let Some((start, n)) = self.alloc.alloc(&mut tx, target, 1, want)? else {
                 tx.commit()?;
                 return Err(EngineError::NoSpace(format!(
                     "no free block for inode {ino}"

@@ -17,6 +17,10 @@ use std::ops::Range;
 use std::panic::Location;
 use std::sync::Arc;
 
+/// How many buffers a transaction had joined at some point (`Trans::mark`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufMark(usize);
+
 /// A buffer joined to a transaction, by position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BufId(usize);
@@ -183,11 +187,19 @@ impl<'e> Trans<'e> {
             .map(BufId)
     }
 
-    /// Releases every joined buffer in `blocks` that this transaction has not changed (as
-    /// xfs_trans_brelse): its lock is dropped, so another transaction may take it. Lets a search
-    /// that found nothing in one allocation group leave it before trying another.
-    pub fn release_clean(&mut self, blocks: Range<u64>) {
-        for b in &mut self.bufs {
+    /// A mark of the buffers joined so far, for `release_clean`.
+    pub fn mark(&self) -> BufMark {
+        BufMark(self.bufs.len())
+    }
+
+    /// Releases every buffer in `blocks` joined since `mark` that this transaction has not changed
+    /// (as xfs_trans_brelse): its lock is dropped, so another transaction may take it. Lets a
+    /// search that found nothing in one allocation group leave it before trying another. Buffers
+    /// joined before the mark stay: the caller may still hold them (a parent directory's inode in
+    /// the same AG, read but not yet changed), and its lock order depends on it.
+    pub fn release_clean(&mut self, mark: BufMark, blocks: Range<u64>) {
+        let from = mark.0.min(self.bufs.len());
+        for b in &mut self.bufs[from..] {
             if blocks.contains(&b.head.blkno)
                 && b.dirty.is_empty()
                 && !b.relog
