@@ -42,6 +42,20 @@ const DATA_LOCK_STRIPES: usize = 256;
 /// Times a namespace operation retries when what it looked up changed before it locked.
 const RETRIES_MAX: usize = 16;
 
+/// When reads update the access time (mount options `relatime`, the default, `strictatime`,
+/// `noatime`), as the kernel does for local filesystems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtimePolicy {
+    /// Only when the access time is not after the modification or change time, or is a day old.
+    Relatime,
+    /// At every read.
+    Strict,
+    Never,
+}
+
+/// relatime updates an access time at least this often (as Linux: a day).
+const RELATIME_MAX_AGE_SECS: i64 = 24 * 3600;
+
 /// Who is asking.
 #[derive(Debug, Clone, Copy)]
 pub struct Ctx {
@@ -263,6 +277,7 @@ pub struct Fs {
     alloc: Allocator,
     root: u64,
     read_only: bool,
+    atime: AtimePolicy,
     stripes: Vec<Mutex<()>>,
     open: Mutex<HashMap<u64, u32>>,
     orphans: Mutex<HashSet<u64>>,
@@ -295,6 +310,7 @@ impl Fs {
             alloc,
             root,
             read_only,
+            atime: AtimePolicy::Relatime,
             stripes: (0..DATA_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             open: Mutex::new(HashMap::new()),
             orphans: Mutex::new(HashSet::new()),
@@ -1080,8 +1096,45 @@ impl Fs {
         may(ctx, &i, mask & 7)
     }
 
+    /// Sets when reads update access times (the default is relatime).
+    pub fn set_atime_policy(&mut self, p: AtimePolicy) {
+        self.atime = p;
+    }
+
     pub fn read(&self, ino: u64, off: u64, len: usize) -> R<Vec<u8>> {
-        Ok(self.io().read(ino, off, len)?)
+        let out = self.io().read(ino, off, len)?;
+        self.accessed(ino)?;
+        Ok(out)
+    }
+
+    /// A read of `ino`'s data or entries: updates its access time as the policy says.
+    fn accessed(&self, ino: u64) -> R<()> {
+        if self.read_only || self.atime == AtimePolicy::Never {
+            return Ok(());
+        }
+        let t = now();
+        let due = |i: &Inode| match self.atime {
+            AtimePolicy::Never => false,
+            AtimePolicy::Strict => true,
+            AtimePolicy::Relatime => {
+                i.atime <= i.mtime
+                    || i.atime <= i.ctime
+                    || t.sec - i.atime.sec >= RELATIME_MAX_AGE_SECS
+            }
+        };
+        if !due(&self.read_inode(ino)?) {
+            return Ok(());
+        }
+        let mut tx = self.eng.begin(TransKind::Setattr)?;
+        let (r, mut i) = inode::read(&mut tx, ino)?;
+        if !due(&i) {
+            tx.cancel()?;
+            return Ok(());
+        }
+        i.atime = t;
+        inode::write(&mut tx, &r, &i);
+        tx.commit()?;
+        Ok(())
     }
 
     /// Writes; a write by anyone but root clears set-user-ID and set-group-ID.
@@ -1143,6 +1196,9 @@ impl Fs {
         }
         let out = dir::read(&mut tx, ino, &i, cookie, max)?;
         tx.cancel()?;
+        if cookie == 0 {
+            self.accessed(ino)?;
+        }
         Ok(out)
     }
 

@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::process::exit;
 use std::sync::Arc;
-use ticketfs::fs::Fs;
+use ticketfs::fs::{AtimePolicy, Fs};
 use ticketfs::fuse::TicketFuse;
 use ticketfs::image::{open_image, parse_size};
 use ticketfs::mem::budget::{self, Budget};
@@ -43,6 +43,7 @@ struct Options {
     verbose: bool,
     mem_option: Option<u64>,
     threads_option: Option<usize>,
+    atime: AtimePolicy,
     engine: EngineOptions,
 }
 
@@ -63,6 +64,7 @@ fn parse() -> Options {
         verbose: false,
         mem_option: None,
         threads_option: None,
+        atime: AtimePolicy::Relatime,
         engine: EngineOptions::default(),
     };
     let mut args = std::env::args().skip(1);
@@ -86,6 +88,9 @@ fn parse() -> Options {
                         "overrun=warn" => o.engine.overrun = OverrunPolicy::Warn,
                         "overrun=panic" => o.engine.overrun = OverrunPolicy::Panic,
                         "verbose" => o.verbose = true,
+                        "relatime" => o.atime = AtimePolicy::Relatime,
+                        "strictatime" => o.atime = AtimePolicy::Strict,
+                        "noatime" => o.atime = AtimePolicy::Never,
                         m if m.starts_with("mem=") => {
                             o.mem_option = Some(
                                 parse_size(&m[4..])
@@ -102,8 +107,8 @@ fn parse() -> Options {
                         m if m.starts_with("debug_resv=") => {
                             o.engine.mem_override.push(parse_debug_resv(&m[11..]))
                         }
-                        // Options mount(8) and mount.fuse3 pass along, and atime policies:
-                        // accepted; they change nothing here.
+                        // Other options mount(8) and mount.fuse3 pass along: accepted; they
+                        // change nothing here.
                         _ => {}
                     }
                 }
@@ -194,8 +199,9 @@ fn serve(o: &Options, report: &mut dyn FnMut(Result<String, String>)) -> Result<
     engine_opts.mem_budget_bytes = budget.budget_bytes;
     let eng = Engine::mount(Arc::new(dev), engine_opts)
         .map_err(|e| format!("{}: {e}", o.image.display()))?;
-    let fs =
-        Arc::new(Fs::new(eng, o.read_only).map_err(|e| format!("{}: {e}", o.image.display()))?);
+    let mut fs = Fs::new(eng, o.read_only).map_err(|e| format!("{}: {e}", o.image.display()))?;
+    fs.set_atime_policy(o.atime);
+    let fs = Arc::new(fs);
     let mut cfg = fuser::Config::default();
     let source = std::fs::canonicalize(&o.image).unwrap_or_else(|_| o.image.clone());
     cfg.mount_options = vec![fuser::MountOption::FSName(source.display().to_string())];

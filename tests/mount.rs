@@ -431,3 +431,74 @@ fn creates_spill_to_other_allocation_groups_when_the_parents_is_full() {
     }
     m.unmount();
 }
+
+fn set_times(p: &Path, atime: i64, mtime: i64) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let ts = [
+        libc::timespec {
+            tv_sec: atime,
+            tv_nsec: 0,
+        },
+        libc::timespec {
+            tv_sec: mtime,
+            tv_nsec: 0,
+        },
+    ];
+    // SAFETY: a NUL-terminated path and two timespecs.
+    assert_eq!(
+        unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), 0) },
+        0
+    );
+}
+
+#[test]
+fn reads_update_access_times_by_the_mount_policy() {
+    let work = tempfile::tempdir().unwrap();
+    let img = image(work.path(), 64 << 20);
+    let now = || {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    // relatime (the default): a read updates an access time older than the modification time,
+    // then not again until a day has passed.
+    let m = Mount::new(&img, "");
+    let f = m.path().join("f");
+    fs::write(&f, b"data").unwrap();
+    set_times(&f, 1_000_000, 2_000_000);
+    fs::read(&f).unwrap();
+    let a1 = fs::metadata(&f).unwrap().atime();
+    assert!(a1 >= now() - 60, "relatime read left atime at {a1}");
+    // Now the access time is after the change time: the next read leaves it.
+    let before = fs::metadata(&f).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    fs::read(&f).unwrap();
+    let after = fs::metadata(&f).unwrap();
+    assert_eq!(
+        (after.atime(), after.atime_nsec()),
+        (before.atime(), before.atime_nsec()),
+        "relatime updated an access time newer than the change time"
+    );
+    // Directories: listing is an access.
+    let d = m.path().join("d");
+    fs::create_dir(&d).unwrap();
+    set_times(&d, 1_000_000, 2_000_000);
+    let _ = fs::read_dir(&d).unwrap().count();
+    assert!(fs::metadata(&d).unwrap().atime() >= now() - 60);
+    m.unmount();
+    // noatime: never.
+    let m = Mount::new(&img, "noatime");
+    let f = m.path().join("f");
+    set_times(&f, 1_000_000, 2_000_000);
+    fs::read(&f).unwrap();
+    assert_eq!(fs::metadata(&f).unwrap().atime(), 1_000_000);
+    m.unmount();
+    // strictatime: every read.
+    let m = Mount::new(&img, "strictatime");
+    let f = m.path().join("f");
+    set_times(&f, now() - 3600, 2_000_000);
+    fs::read(&f).unwrap();
+    assert!(fs::metadata(&f).unwrap().atime() >= now() - 60);
+    m.unmount();
+}
