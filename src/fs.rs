@@ -39,6 +39,8 @@ pub const LINK_MAX: u32 = 65000;
 pub const SYMLINK_MAX: usize = 4095;
 /// Stripes of the per-inode data lock: bounds memory, keeps collisions rare.
 const DATA_LOCK_STRIPES: usize = 256;
+/// Memory one open file handle is charged (its entry in the open table, with the map's overhead).
+const HANDLE_BYTES: u64 = 64;
 /// Times a namespace operation retries when what it looked up changed before it locked.
 const RETRIES_MAX: usize = 16;
 
@@ -1067,11 +1069,21 @@ impl Fs {
         }
         may(ctx, &i, want)?;
         *self.open.lock().entry(ino).or_insert(0) += 1;
+        // An open handle is memory that grows with load: charged beside the cache.
+        self.eng
+            .cache()
+            .outside()
+            .fetch_add(HANDLE_BYTES, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
     /// The last close of an open: an inode unlinked meanwhile is freed now.
     pub fn release(&self, ino: u64) -> R<()> {
+        let _ = self.eng.cache().outside().fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |v| Some(v.saturating_sub(HANDLE_BYTES)),
+        );
         let last = {
             let mut o = self.open.lock();
             let n = o.entry(ino).or_insert(1);

@@ -45,9 +45,16 @@ impl Mount {
             .arg("-f")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        if !opts.is_empty() {
-            cmd.arg("-o").arg(opts);
-        }
+        // Tests run with overrun=panic: an overrun is a bug in the reservation table, and the
+        // daemon's crash makes the test fail. A test that wants overruns says so.
+        let opts = if opts.contains("overrun=") || opts.contains("debug_resv=") {
+            opts.to_string()
+        } else if opts.is_empty() {
+            "overrun=panic".to_string()
+        } else {
+            format!("{opts},overrun=panic")
+        };
+        cmd.arg("-o").arg(&opts);
         let mut child = cmd.spawn().expect("start ticketfs");
         let deadline = Instant::now() + Duration::from_secs(20);
         while !mounted(dir.path()) {
