@@ -271,8 +271,7 @@ impl Engine {
             sb.uuid,
             &recovered,
             mem,
-            cache.buf_bytes(),
-            cache.outside(),
+            &cache,
             opts.log.clone(),
         )?;
         let names: Vec<&'static str> = TransKind::ALL.iter().map(|k| k.name()).collect();

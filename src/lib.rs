@@ -8,6 +8,7 @@
 pub mod alloc;
 pub mod btree;
 pub mod cache;
+pub mod check;
 pub mod device;
 pub mod dir;
 pub mod engine;

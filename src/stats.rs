@@ -92,11 +92,7 @@ impl Report {
         overrun_sites: Vec<String>,
     ) -> Report {
         let m = &st.mem;
-        let buf = if st.cache.buffers > 0 {
-            st.cache.bytes / st.cache.buffers
-        } else {
-            0
-        };
+        let buf = st.cache.bytes.checked_div(st.cache.buffers).unwrap_or(0);
         Report {
             image: image.display().to_string(),
             memres: m.enabled,

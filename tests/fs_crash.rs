@@ -219,6 +219,21 @@ fn run_workload(seed: u64) -> Run {
 }
 
 fn check(run: &Run, image: Vec<u8>, crash_after: usize) -> Result<(), String> {
+    // fsck's checker on the recovered image, before the mount frees pending orphans: clean.
+    {
+        let dev: Arc<dyn Device> = Arc::new(MemDevice::from_bytes(BS, image.clone()));
+        let eng = Engine::mount(dev, opts()).map_err(|e| format!("mount for fsck: {e}"))?;
+        let r =
+            ticketfs::check::check(&eng, &mut |_, _, _| {}).map_err(|e| format!("fsck: {e}"))?;
+        if !r.problems.is_empty() {
+            return Err(format!(
+                "fsck finds {} problems: {:#?}",
+                r.problems.len(),
+                r.problems
+            ));
+        }
+        eng.crash();
+    }
     let dev: Arc<dyn Device> = Arc::new(MemDevice::from_bytes(BS, image));
     let eng = Engine::mount(dev.clone(), opts()).map_err(|e| format!("mount: {e}"))?;
     let fs = Fs::new(eng, false).map_err(|e| format!("fs: {e}"))?;

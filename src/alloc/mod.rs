@@ -985,11 +985,18 @@ impl Allocator {
             .map(|(k, v)| (k[1], if k[0] == 1 { 0 } else { v[0] }))
             .collect();
         let ino_nodes = ag.ino.blocks(tx)?;
+        let unlinked = ag.unl.collect(tx)?.into_iter().map(|(k, _)| k[0]).collect();
+        let mut free_nodes = ag.sp.bno.blocks(tx)?;
+        free_nodes.extend(ag.sp.cnt.blocks(tx)?);
+        let unl_nodes = ag.unl.blocks(tx)?;
         Ok(AgSpace {
             by_bno,
             by_cnt,
             chunks,
             ino_nodes,
+            free_nodes,
+            unlinked,
+            unl_nodes,
             hdr: ag.sp.hdr,
         })
     }
@@ -1004,6 +1011,11 @@ pub struct AgSpace {
     pub by_cnt: Vec<(u64, u64)>,
     pub chunks: Vec<(u64, u64)>,
     pub ino_nodes: Vec<u64>,
+    /// Node blocks of both free-space trees.
+    pub free_nodes: Vec<u64>,
+    /// Inodes on the AG's unlinked tree, and that tree's node blocks.
+    pub unlinked: Vec<u64>,
+    pub unl_nodes: Vec<u64>,
     pub hdr: AgHeader,
 }
 

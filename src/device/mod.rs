@@ -6,12 +6,14 @@ mod aligned;
 mod fault;
 mod file;
 mod mem;
+mod overlay;
 mod recording;
 
 pub use aligned::{AlignedBuf, DIRECT_IO_ALIGN};
 pub use fault::{FaultDevice, FaultKind, FaultOp, FaultRule};
 pub use file::FileDevice;
 pub use mem::MemDevice;
+pub use overlay::OverlayDevice;
 pub use recording::{DevEvent, RecordingDevice};
 
 use std::fmt;

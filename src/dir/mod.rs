@@ -499,6 +499,20 @@ pub fn replace(
     Ok(Some(v[0]))
 }
 
+/// Every block a directory owns: its hash tree's nodes and its name blocks (for checks).
+pub fn blocks(tx: &mut Trans<'_>, dir: u64, inode: &Inode) -> Result<Vec<u64>, EngineError> {
+    if inode.format == DataFormat::Local {
+        return Ok(Vec::new());
+    }
+    let t = tree(dir, inode);
+    let mut out = t.blocks(tx)?;
+    let mut names: Vec<u64> = t.collect(tx)?.iter().map(|(_, v)| v[1] >> 16).collect();
+    names.sort_unstable();
+    names.dedup();
+    out.extend(names);
+    Ok(out)
+}
+
 /// Frees an empty directory's tree root (at rmdir).
 #[track_caller]
 pub fn destroy(

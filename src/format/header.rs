@@ -121,6 +121,14 @@ impl BlockHeader {
     }
 
     /// The LSN field, unverified (recovery reads it only after [`BlockHeader::verify`] passed).
+    /// The type a block's magic names, unverified (tools that scan an image).
+    pub fn peek_type(block: &[u8]) -> Option<BlockType> {
+        let m = Dec::new(block, 0, "block header")
+            .u32(OFF_MAGIC, "magic")
+            .ok()?;
+        BlockType::from_magic(m)
+    }
+
     pub fn peek_lsn(block: &[u8]) -> Result<u64, FormatError> {
         Dec::new(block, 0, "block header").u64(OFF_LSN, "lsn")
     }

@@ -185,10 +185,10 @@ impl Log {
         uuid: Uuid,
         rec: &Recovered,
         mem: MemAccount,
-        buf_bytes: u64,
-        outside: Arc<AtomicU64>,
+        cache: &crate::cache::Cache,
         config: LogConfig,
     ) -> Result<Arc<Log>, LogError> {
+        let (buf_bytes, outside) = (cache.buf_bytes(), cache.outside());
         let bs = geo.block_size;
         let size_bytes = geo.log_blocks * bs as u64;
         let space = Space::new(size_bytes, LOG_RESERVE_BLOCKS * bs as u64, rec.head, mem);

@@ -21,6 +21,11 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BufMark(usize);
 
+impl BufMark {
+    /// Before any buffer: `release_clean(BufMark::START, ..)` releases every clean buffer.
+    pub const START: BufMark = BufMark(0);
+}
+
 /// A buffer joined to a transaction, by position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BufId(usize);

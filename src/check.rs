@@ -1,0 +1,615 @@
+//! The filesystem checker behind fsck.ticketfs: read-only, on a mounted engine (fsck mounts it
+//! through a copy-on-write overlay, after the log is replayed). Phases, as xfs_repair's:
+//!
+//! 1. allocation groups: each AG's header, both free-space trees (every node's header and CRC is
+//!    verified as it is read), the two trees against each other and against the header's counts;
+//!    the free list; the inode-chunk and unlinked-inode trees;
+//! 2. inodes: every slot of every chunk; an allocated inode's fields, extent map, directory,
+//!    symlink and xattr blocks, and its block count;
+//! 3. space: every block of every AG claimed exactly once (free, free list, tree node, inode
+//!    chunk, or owned by one inode): none both free and used, none used twice, none leaked;
+//! 4. directories: entries point at allocated inodes of the type they say, ".." names the parent,
+//!    every directory has exactly one name, every inode with links is reachable from the root;
+//! 5. link counts against the entries found; the unlinked trees against the link counts.
+//!
+//! A problem names the phase, the block or inode, and what is wrong. A structure that cannot be
+//! read is reported and skipped; the check goes on with the rest.
+
+use crate::alloc::{AgSpace, Allocator};
+use crate::btree::{Btree, Root};
+use crate::dir;
+use crate::engine::{Engine, EngineError};
+use crate::file::extmap;
+use crate::format::ag::AG_RESERVED_BLOCKS;
+use crate::format::inode::{ino_of, inodes_per_block, DataFormat, Inode};
+use crate::format::BlockType;
+use crate::fs::{dtype, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK};
+use crate::inode;
+use crate::trans::{Trans, TransKind};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+/// One thing found wrong.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Problem {
+    pub phase: &'static str,
+    /// The block or inode concerned, when there is one.
+    pub block: Option<u64>,
+    pub inode: Option<u64>,
+    pub what: String,
+}
+
+/// What the check found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckReport {
+    pub problems: Vec<Problem>,
+    pub inodes: u64,
+    pub directories: u64,
+    pub files: u64,
+    pub blocks_used: u64,
+    pub blocks_free: u64,
+    /// Inodes with no links waiting on an unlinked tree (freed at the next mount: not errors).
+    pub pending_orphans: u64,
+}
+
+/// Progress callback: (phase, done, total).
+pub type Progress<'a> = &'a mut dyn FnMut(&str, u64, u64);
+
+struct Checker<'e> {
+    eng: &'e Engine,
+    alloc: Allocator,
+    report: CheckReport,
+    /// Block → who claimed it first.
+    owner: HashMap<u64, String>,
+}
+
+impl Checker<'_> {
+    fn problem(
+        &mut self,
+        phase: &'static str,
+        block: Option<u64>,
+        inode: Option<u64>,
+        what: String,
+    ) {
+        self.report.problems.push(Problem {
+            phase,
+            block,
+            inode,
+            what,
+        });
+    }
+
+    fn claim(&mut self, b: u64, who: &str) {
+        let g = self.eng.geometry();
+        if b == 0 || b >= g.backup_sb_blkno() || (g.log_start..g.log_end()).contains(&b) {
+            self.problem(
+                "space",
+                Some(b),
+                None,
+                format!("{who} uses block {b}, a superblock or log block"),
+            );
+            return;
+        }
+        if let Some(first) = self.owner.get(&b) {
+            let first = first.clone();
+            self.problem(
+                "space",
+                Some(b),
+                None,
+                format!("block {b} is both {first} and {who}"),
+            );
+            return;
+        }
+        self.owner.insert(b, who.to_string());
+    }
+}
+
+/// Checks the filesystem `eng` has mounted. Fails only when it cannot even begin (a shut-down
+/// engine); everything found is in the report.
+pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, EngineError> {
+    let mut c = Checker {
+        eng,
+        alloc: Allocator::new(*eng.geometry()),
+        report: CheckReport::default(),
+        owner: HashMap::new(),
+    };
+    let g = *eng.geometry();
+    let mut tx = eng.begin(TransKind::Read)?;
+
+    // Phase 1: allocation groups.
+    let mut chunks: Vec<(u64, u64)> = Vec::new();
+    let mut unlinked: Vec<u64> = Vec::new();
+    for agno in 0..g.ag_count {
+        progress("allocation groups", agno as u64, g.ag_count as u64);
+        match c.alloc.free_space(&mut tx, agno) {
+            Ok(sp) => {
+                check_ag(&mut c, agno, &sp);
+                chunks.extend(sp.chunks.iter().copied());
+                unlinked.extend(sp.unlinked.iter().copied());
+            }
+            Err(e) => c.problem("allocation groups", None, None, format!("AG {agno}: {e}")),
+        }
+        // Release what this AG joined: the check reads many blocks, and holds none.
+        tx.release_clean(crate::trans::BufMark::START, 0..u64::MAX);
+    }
+
+    // Phase 2: inodes.
+    let ipb = inodes_per_block(g.block_size);
+    let mut inodes: BTreeMap<u64, Inode> = BTreeMap::new();
+    let total = chunks.len() as u64;
+    for (n, &(chunk, free_mask)) in chunks.iter().enumerate() {
+        if n % 256 == 0 {
+            progress("inodes", n as u64, total);
+        }
+        if let Err(e) = tx.read_buf(chunk, BlockType::InodeChunk) {
+            c.problem("inodes", Some(chunk), None, format!("inode chunk: {e}"));
+            continue;
+        }
+        for slot in 0..ipb {
+            let ino = ino_of(chunk, slot);
+            let free = free_mask >> slot & 1 == 1;
+            match inode::read(&mut tx, ino) {
+                Ok((_, i)) if free => c.problem(
+                    "inodes",
+                    Some(chunk),
+                    Some(ino),
+                    format!(
+                        "inode {ino} is in use (mode {:o}) but its chunk marks it free",
+                        i.mode
+                    ),
+                ),
+                Ok((_, i)) => {
+                    check_inode(&mut c, &mut tx, ino, &i);
+                    inodes.insert(ino, i);
+                }
+                Err(EngineError::Stale(_)) if free => {}
+                Err(EngineError::Stale(_)) => c.problem(
+                    "inodes",
+                    Some(chunk),
+                    Some(ino),
+                    format!("inode {ino} is marked in use in its chunk but is empty"),
+                ),
+                Err(e) => c.problem("inodes", Some(chunk), Some(ino), format!("{e}")),
+            }
+        }
+        tx.release_clean(crate::trans::BufMark::START, 0..u64::MAX);
+    }
+    c.report.inodes = inodes.len() as u64;
+
+    // Phase 3: space. Every block in every AG's free range claimed exactly once.
+    progress("space", 0, 1);
+    let mut expect = 0u64;
+    for agno in 0..g.ag_count {
+        let (first, end) = c.alloc.initial_free(agno);
+        expect += end - first;
+        let leaked: Vec<u64> = (first..end).filter(|b| !c.owner.contains_key(b)).collect();
+        if !leaked.is_empty() {
+            c.problem(
+                "space",
+                leaked.first().copied(),
+                None,
+                format!(
+                    "AG {agno}: {} blocks neither free nor used (first {})",
+                    leaked.len(),
+                    leaked[0]
+                ),
+            );
+        }
+    }
+    c.report.blocks_used = (c.owner.len() as u64).saturating_sub(c.report.blocks_free);
+    let _ = expect;
+
+    // Phase 4: directories and reachability.
+    let root = eng.superblock().root_ino;
+    let mut refs: HashMap<u64, u32> = HashMap::new();
+    let mut subdirs: HashMap<u64, u32> = HashMap::new();
+    let mut names_of_dir: HashMap<u64, u32> = HashMap::new();
+    let mut reached: HashMap<u64, ()> = HashMap::new();
+    match inodes.get(&root) {
+        Some(r) if r.mode & S_IFMT == S_IFDIR => {}
+        _ => c.problem(
+            "directories",
+            None,
+            Some(root),
+            format!("the root inode {root} is missing or not a directory"),
+        ),
+    }
+    let dirs: Vec<u64> = inodes
+        .iter()
+        .filter(|(_, i)| i.mode & S_IFMT == S_IFDIR)
+        .map(|(&n, _)| n)
+        .collect();
+    c.report.directories = dirs.len() as u64;
+    c.report.files = inodes.len() as u64 - dirs.len() as u64;
+    let mut children: HashMap<u64, Vec<u64>> = HashMap::new();
+    for (n, &d) in dirs.iter().enumerate() {
+        if n % 256 == 0 {
+            progress("directories", n as u64, dirs.len() as u64);
+        }
+        let Some(di) = inodes.get(&d).cloned() else {
+            continue;
+        };
+        let parent = dir::parent(&di);
+        match inodes.get(&parent) {
+            Some(p) if p.mode & S_IFMT == S_IFDIR => {}
+            _ => c.problem(
+                "directories",
+                None,
+                Some(d),
+                format!("directory {d}: \"..\" names {parent}, not a directory"),
+            ),
+        }
+        let mut cookie = 0;
+        loop {
+            let batch = match dir::read(&mut tx, d, &di, cookie, 1024) {
+                Ok(b) => b,
+                Err(e) => {
+                    c.problem("directories", None, Some(d), format!("directory {d}: {e}"));
+                    break;
+                }
+            };
+            let Some(last) = batch.last() else { break };
+            cookie = last.cookie;
+            for e in &batch {
+                if e.name == b"." || e.name == b".." {
+                    continue;
+                }
+                if e.name.is_empty() || e.name.contains(&b'/') || e.name.contains(&0) {
+                    c.problem(
+                        "directories",
+                        None,
+                        Some(d),
+                        format!("directory {d}: entry {:?} has an invalid name", e.name),
+                    );
+                }
+                let shown = String::from_utf8_lossy(&e.name).into_owned();
+                let Some(t) = inodes.get(&e.ino) else {
+                    c.problem(
+                        "directories",
+                        None,
+                        Some(d),
+                        format!("directory {d}: entry \"{shown}\" points at inode {}, which is not in use", e.ino),
+                    );
+                    continue;
+                };
+                if dtype(t.mode) != e.ftype {
+                    c.problem(
+                        "directories",
+                        None,
+                        Some(d),
+                        format!(
+                            "directory {d}: entry \"{shown}\" says type {} but inode {} has mode {:o}",
+                            e.ftype, e.ino, t.mode
+                        ),
+                    );
+                }
+                *refs.entry(e.ino).or_insert(0) += 1;
+                if t.mode & S_IFMT == S_IFDIR {
+                    *subdirs.entry(d).or_insert(0) += 1;
+                    *names_of_dir.entry(e.ino).or_insert(0) += 1;
+                    if dir::parent(t) != d {
+                        c.problem(
+                            "directories",
+                            None,
+                            Some(e.ino),
+                            format!(
+                                "directory {} is named \"{shown}\" in {d} but its \"..\" is {}",
+                                e.ino,
+                                dir::parent(t)
+                            ),
+                        );
+                    }
+                }
+                children.entry(d).or_default().push(e.ino);
+            }
+            tx.release_clean(crate::trans::BufMark::START, 0..u64::MAX);
+        }
+    }
+    let mut queue = VecDeque::from([root]);
+    reached.insert(root, ());
+    while let Some(d) = queue.pop_front() {
+        for &ch in children.get(&d).map(Vec::as_slice).unwrap_or(&[]) {
+            if reached.insert(ch, ()).is_none()
+                && inodes.get(&ch).is_some_and(|i| i.mode & S_IFMT == S_IFDIR)
+            {
+                queue.push_back(ch);
+            }
+        }
+    }
+
+    // Phase 5: link counts and the unlinked trees.
+    progress("links", 0, 1);
+    let on_unlinked: HashMap<u64, ()> = unlinked.iter().map(|&i| (i, ())).collect();
+    for &u in &unlinked {
+        match inodes.get(&u) {
+            None => c.problem(
+                "unlinked",
+                None,
+                Some(u),
+                format!("inode {u} is on an unlinked tree but not in use"),
+            ),
+            Some(i) if i.nlink != 0 => c.problem(
+                "unlinked",
+                None,
+                Some(u),
+                format!("inode {u} is on an unlinked tree but has {} links", i.nlink),
+            ),
+            Some(_) => c.report.pending_orphans += 1,
+        }
+    }
+    for (&ino, i) in &inodes {
+        let is_dir = i.mode & S_IFMT == S_IFDIR;
+        let found = if is_dir {
+            if ino == root || names_of_dir.get(&ino).copied().unwrap_or(0) > 0 {
+                2 + subdirs.get(&ino).copied().unwrap_or(0)
+            } else {
+                0
+            }
+        } else {
+            refs.get(&ino).copied().unwrap_or(0)
+        };
+        if is_dir && ino != root && names_of_dir.get(&ino).copied().unwrap_or(0) > 1 {
+            c.problem(
+                "directories",
+                None,
+                Some(ino),
+                format!("directory {ino} has {} names", names_of_dir[&ino]),
+            );
+        }
+        if i.nlink == 0 {
+            if !on_unlinked.contains_key(&ino) {
+                c.problem(
+                    "links",
+                    None,
+                    Some(ino),
+                    format!("inode {ino} has no links and is not on an unlinked tree"),
+                );
+            }
+            continue;
+        }
+        if i.nlink != found {
+            c.problem(
+                "links",
+                None,
+                Some(ino),
+                format!(
+                    "inode {ino} has link count {} but {found} links were found",
+                    i.nlink
+                ),
+            );
+        }
+        if !reached.contains_key(&ino) {
+            c.problem(
+                "directories",
+                None,
+                Some(ino),
+                format!("inode {ino} has links but cannot be reached from the root"),
+            );
+        }
+    }
+    tx.cancel()?;
+    progress("done", 1, 1);
+    Ok(c.report)
+}
+
+fn check_ag(c: &mut Checker<'_>, agno: u32, sp: &AgSpace) {
+    let (first, end) = c.alloc.initial_free(agno);
+    let start = c.alloc.ag_start(agno);
+    let hdr_block = Some(start + crate::format::ag::AG_HEADER_OFFSET);
+    let mut prev_end = 0;
+    let mut total = 0;
+    let mut longest = 0;
+    for &(s, l) in &sp.by_bno {
+        if l == 0 || s < first || s + l > end {
+            c.problem(
+                "allocation groups",
+                hdr_block,
+                None,
+                format!(
+                    "AG {agno}: free extent {s}+{l} outside the AG's free range {first}..{end}"
+                ),
+            );
+            continue;
+        }
+        if s < prev_end {
+            c.problem(
+                "allocation groups",
+                hdr_block,
+                None,
+                format!("AG {agno}: free extent {s}+{l} overlaps the one before"),
+            );
+        } else if s == prev_end && prev_end != 0 {
+            c.problem(
+                "allocation groups",
+                hdr_block,
+                None,
+                format!("AG {agno}: free extent {s}+{l} should have merged with the one before"),
+            );
+        }
+        prev_end = s + l;
+        total += l;
+        longest = longest.max(l);
+        for b in s..s + l {
+            c.claim(b, &format!("free (AG {agno})"));
+        }
+    }
+    c.report.blocks_free += total;
+    let mut a = sp.by_bno.clone();
+    let mut b = sp.by_cnt.clone();
+    a.sort_unstable();
+    b.sort_unstable();
+    if a != b {
+        c.problem("allocation groups", hdr_block, None, format!("AG {agno}: the by-block and by-length free-space trees differ ({} against {} extents)", a.len(), b.len()));
+    }
+    if sp.hdr.free_blocks != total {
+        c.problem(
+            "allocation groups",
+            hdr_block,
+            None,
+            format!(
+                "AG {agno}: header says {} free blocks, the trees hold {total}",
+                sp.hdr.free_blocks
+            ),
+        );
+    }
+    if sp.hdr.longest != longest {
+        c.problem(
+            "allocation groups",
+            hdr_block,
+            None,
+            format!(
+                "AG {agno}: header says longest free extent {}, the trees say {longest}",
+                sp.hdr.longest
+            ),
+        );
+    }
+    for &r in &sp.hdr.agfl {
+        c.claim(start + r as u64, &format!("on AG {agno}'s free list"));
+    }
+    let nodes = sp
+        .free_nodes
+        .iter()
+        .chain(&sp.ino_nodes)
+        .chain(&sp.unl_nodes)
+        .copied()
+        .filter(|&n| n >= start + AG_RESERVED_BLOCKS)
+        .collect::<Vec<_>>();
+    for n in nodes {
+        c.claim(n, &format!("a tree node of AG {agno}"));
+    }
+    let ipb = inodes_per_block(c.eng.geometry().block_size) as u64;
+    let mut free_inodes = 0;
+    for &(chunk, mask) in &sp.chunks {
+        c.claim(chunk, &format!("inode chunk of AG {agno}"));
+        free_inodes +=
+            (mask & if ipb >= 64 { u64::MAX } else { (1 << ipb) - 1 }).count_ones() as u64;
+    }
+    if sp.hdr.inodes != sp.chunks.len() as u64 * ipb {
+        c.problem(
+            "allocation groups",
+            hdr_block,
+            None,
+            format!(
+                "AG {agno}: header counts {} inodes, the chunks hold {}",
+                sp.hdr.inodes,
+                sp.chunks.len() as u64 * ipb
+            ),
+        );
+    }
+    if sp.hdr.free_inodes != free_inodes {
+        c.problem(
+            "allocation groups",
+            hdr_block,
+            None,
+            format!(
+                "AG {agno}: header counts {} free inodes, the chunks have {free_inodes}",
+                sp.hdr.free_inodes
+            ),
+        );
+    }
+}
+
+fn check_inode(c: &mut Checker<'_>, tx: &mut Trans<'_>, ino: u64, i: &Inode) {
+    let ft = i.mode & S_IFMT;
+    if ![
+        S_IFREG, S_IFDIR, S_IFLNK, S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK,
+    ]
+    .contains(&ft)
+    {
+        c.problem(
+            "inodes",
+            None,
+            Some(ino),
+            format!("inode {ino} has mode {:o}, of no file type", i.mode),
+        );
+        return;
+    }
+    let mut owned: Vec<(u64, &'static str)> = Vec::new();
+    match ft {
+        S_IFREG => match extmap::all(tx, ino, i) {
+            Ok(list) => {
+                let mut prev_end = 0;
+                for e in list {
+                    if e.file_block < prev_end {
+                        c.problem(
+                            "inodes",
+                            None,
+                            Some(ino),
+                            format!(
+                                "inode {ino}: extents overlap at file block {}",
+                                e.file_block
+                            ),
+                        );
+                    }
+                    prev_end = e.file_block + e.len as u64;
+                    owned.extend((e.start..e.start + e.len as u64).map(|b| (b, "file data")));
+                }
+                if i.format == DataFormat::Btree {
+                    let t = Btree::open(
+                        BlockType::BtreeExtent,
+                        ino,
+                        Root {
+                            blkno: i.root,
+                            level: i.root_level,
+                        },
+                    );
+                    match t.blocks(tx) {
+                        Ok(bs) => owned.extend(bs.into_iter().map(|b| (b, "an extent-map node"))),
+                        Err(e) => c.problem(
+                            "inodes",
+                            Some(i.root),
+                            Some(ino),
+                            format!("inode {ino}: extent map: {e}"),
+                        ),
+                    }
+                }
+            }
+            Err(e) => c.problem(
+                "inodes",
+                None,
+                Some(ino),
+                format!("inode {ino}: extent map: {e}"),
+            ),
+        },
+        S_IFDIR => match dir::blocks(tx, ino, i) {
+            Ok(bs) => owned.extend(bs.into_iter().map(|b| (b, "a directory block"))),
+            Err(e) => c.problem("inodes", None, Some(ino), format!("directory {ino}: {e}")),
+        },
+        S_IFLNK if i.format != DataFormat::Local => match tx.read_buf(i.root, BlockType::Symlink) {
+            Ok(_) => owned.push((i.root, "a symlink block")),
+            Err(e) => c.problem(
+                "inodes",
+                Some(i.root),
+                Some(ino),
+                format!("symlink {ino}: {e}"),
+            ),
+        },
+        _ => {}
+    }
+    if i.xattr_blk != 0 {
+        match crate::xattr::load(tx, ino, i) {
+            Ok(_) => owned.push((i.xattr_blk, "an xattr block")),
+            Err(e) => c.problem(
+                "inodes",
+                Some(i.xattr_blk),
+                Some(ino),
+                format!("inode {ino}: xattrs: {e}"),
+            ),
+        }
+    }
+    if i.blocks != owned.len() as u64 {
+        c.problem(
+            "inodes",
+            None,
+            Some(ino),
+            format!(
+                "inode {ino} counts {} blocks but owns {}",
+                i.blocks,
+                owned.len()
+            ),
+        );
+    }
+    for (b, what) in owned {
+        c.claim(b, &format!("{what} of inode {ino}"));
+    }
+}
