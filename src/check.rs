@@ -50,7 +50,20 @@ pub struct CheckReport {
     pub blocks_free: u64,
     /// Inodes with no links waiting on an unlinked tree (freed at the next mount: not errors).
     pub pending_orphans: u64,
+    /// Problems past `PROBLEMS_MAX`, counted only.
+    pub problems_not_listed: u64,
 }
+
+impl CheckReport {
+    /// Every problem found, listed or not.
+    pub fn problem_count(&self) -> u64 {
+        self.problems.len() as u64 + self.problems_not_listed
+    }
+}
+
+/// Problems kept in the report; beyond, they are only counted (a badly damaged image must not
+/// make the checker's memory grow without bound).
+pub const PROBLEMS_MAX: usize = 100_000;
 
 /// Progress callback: (phase, done, total).
 pub type Progress<'a> = &'a mut dyn FnMut(&str, u64, u64);
@@ -71,6 +84,10 @@ impl Checker<'_> {
         inode: Option<u64>,
         what: String,
     ) {
+        if self.report.problems.len() >= PROBLEMS_MAX {
+            self.report.problems_not_listed += 1;
+            return;
+        }
         self.report.problems.push(Problem {
             phase,
             block,
@@ -249,6 +266,15 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
                 }
             };
             let Some(last) = batch.last() else { break };
+            if last.cookie <= cookie {
+                c.problem(
+                    "directories",
+                    None,
+                    Some(d),
+                    format!("directory {d}: readdir does not advance past cookie {cookie}"),
+                );
+                break;
+            }
             cookie = last.cookie;
             for e in &batch {
                 if e.name == b"." || e.name == b".." {
@@ -530,6 +556,19 @@ fn check_inode(c: &mut Checker<'_>, tx: &mut Trans<'_>, ino: u64, i: &Inode) {
             Ok(list) => {
                 let mut prev_end = 0;
                 for e in list {
+                    let end = e.start.checked_add(e.len as u64);
+                    if e.len == 0 || end.is_none_or(|end| end > c.eng.geometry().block_count) {
+                        c.problem(
+                            "inodes",
+                            None,
+                            Some(ino),
+                            format!(
+                                "inode {ino}: extent at file block {} maps blocks {}+{} outside the device",
+                                e.file_block, e.start, e.len
+                            ),
+                        );
+                        continue;
+                    }
                     if e.file_block < prev_end {
                         c.problem(
                             "inodes",

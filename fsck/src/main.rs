@@ -143,7 +143,7 @@ fn main() {
     }
     eng.crash();
     drop(lockf);
-    let errors = sb_problems.len() + report.problems.len();
+    let errors = sb_problems.len() as u64 + report.problem_count();
     if json {
         let v = serde_json::json!({
             "image": path.display().to_string(),
@@ -186,7 +186,7 @@ fn print_text(
             r.problems.len() - PRINT_MAX
         );
     }
-    let errors = sb_problems.len() + r.problems.len();
+    let errors = sb_problems.len() as u64 + r.problem_count();
     println!(
         "{}: {log_line}; {} inodes ({} directories, {} other), {} blocks used, {} free, {} orphans pending; {}",
         path.display(),

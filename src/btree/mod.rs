@@ -18,7 +18,7 @@ mod node;
 pub use node::{Node, BTREE_NODE_HEADER_BYTES, ENTRY_BYTES, RECORD_BYTES};
 
 use crate::engine::EngineError;
-use crate::format::BlockType;
+use crate::format::{BlockType, FormatError};
 use crate::trans::{BufId, Trans};
 
 /// A key: two u64 compared in order (e.g. (start block, 0), or (length, start block)).
@@ -140,6 +140,9 @@ impl Btree {
                 return Ok(Some((n.key(i), n.val(i))));
             }
             if i > 0 {
+                if n.key(i - 1) > *key {
+                    return Err(self.out_of_order(tx.blkno(leaf), key, &n.key(i - 1)));
+                }
                 return Ok(Some((n.key(i - 1), n.val(i - 1))));
             }
             if !self.step(tx, &mut path, false)? {
@@ -161,12 +164,26 @@ impl Btree {
             let (leaf, i) = at_leaf(&path);
             let n = Node::new(tx.data(leaf), tx.blkno(leaf))?;
             if i < n.nrecs() {
+                if n.key(i) < *key {
+                    return Err(self.out_of_order(tx.blkno(leaf), key, &n.key(i)));
+                }
                 return Ok(Some((n.key(i), n.val(i))));
             }
             if !self.step(tx, &mut path, true)? {
                 return Ok(None);
             }
         }
+    }
+
+    /// A search for `key` landed on `found` on the wrong side of it: the tree's keys are out of
+    /// order (a damaged node). Reported, so no walk goes round in circles.
+    fn out_of_order(&self, blkno: u64, key: &Key, found: &Key) -> EngineError {
+        EngineError::Corrupt(FormatError::new(
+            blkno,
+            self.btype.name(),
+            "keys",
+            format!("a search for {key:?} found {found:?}: keys out of order"),
+        ))
     }
 
     /// The record with the smallest key > `key`.
@@ -402,9 +419,21 @@ impl Btree {
 
     /// Every record in key order (for checks and tests; walks the whole tree).
     pub fn collect(&self, tx: &mut Trans<'_>) -> Result<Vec<(Key, Val)>, EngineError> {
-        let mut out = Vec::new();
+        let mut out: Vec<(Key, Val)> = Vec::new();
         let mut at = self.ge(tx, &[0, 0])?;
         while let Some((k, v)) = at {
+            // A damaged tree may lead the walk back: keys must strictly increase.
+            if out.last().is_some_and(|(p, _)| *p >= k) {
+                return Err(EngineError::Corrupt(FormatError::new(
+                    self.root.blkno,
+                    self.btype.name(),
+                    "keys",
+                    format!(
+                        "walk found key {k:?} after {:?}: out of order",
+                        out.last().map(|e| e.0)
+                    ),
+                )));
+            }
             out.push((k, v));
             at = self.gt(tx, &k)?;
         }
@@ -422,6 +451,19 @@ impl Btree {
                 let id = self.read(tx, b, level)?;
                 let n = Node::new(tx.data(id), b)?;
                 next.extend((0..n.nrecs()).map(|i| n.child(i)));
+            }
+            // A damaged tree may name a node twice: that is corruption, and must not multiply
+            // the walk.
+            let count = next.len();
+            next.sort_unstable();
+            next.dedup();
+            if next.len() != count {
+                return Err(EngineError::Corrupt(FormatError::new(
+                    self.root.blkno,
+                    self.btype.name(),
+                    "children",
+                    format!("a node at level {} is the child of two entries", level - 1),
+                )));
             }
             out.extend_from_slice(&next);
             level_nodes = next;
