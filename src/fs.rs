@@ -1208,6 +1208,18 @@ impl Fs {
         }
         let out = dir::read(&mut tx, ino, &i, cookie, max)?;
         tx.cancel()?;
+        // Cookies only grow: a damaged directory that would send readdir round in circles is
+        // reported instead.
+        if out.iter().any(|e| e.cookie <= cookie) {
+            return Err(FsError::Engine(EngineError::Corrupt(
+                crate::format::FormatError::new(
+                    ino,
+                    "directory",
+                    "cookie",
+                    format!("directory {ino}: readdir from cookie {cookie} does not advance"),
+                ),
+            )));
+        }
         if cookie == 0 {
             self.accessed(ino)?;
         }

@@ -239,8 +239,10 @@ proptest::proptest! {
     // A fixed seed: CI runs the same 48 cases every time (longer runs with PROPTEST_CASES and
     // PROPTEST_RNG_SEED look further).
     #![proptest_config(proptest::prelude::ProptestConfig {
-        cases: 48,
-        rng_seed: proptest::test_runner::RngSeed::Fixed(20261122),
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48),
+        rng_seed: proptest::test_runner::RngSeed::Fixed(
+            std::env::var("PROPTEST_RNG_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(20261122),
+        ),
         ..proptest::prelude::ProptestConfig::default()
     })]
 

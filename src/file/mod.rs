@@ -26,6 +26,17 @@ pub const FILE_SIZE_MAX: u64 = 1 << 52;
 /// table entry covers one extent-map change and one free per step.
 const REMOVE_PER_STEP: usize = 1;
 
+/// The extent map led a walk backwards or nowhere at `fb`: a damaged map, reported rather than
+/// followed round in circles.
+fn bad_map(ino: u64, fb: u64) -> EngineError {
+    EngineError::Corrupt(crate::format::FormatError::new(
+        0,
+        "extent map",
+        "file_block",
+        format!("inode {ino}: the map does not cover or advance past file block {fb}"),
+    ))
+}
+
 pub struct FileIo<'a> {
     pub eng: &'a Engine,
     pub alloc: &'a Allocator,
@@ -79,10 +90,17 @@ impl<'a> FileIo<'a> {
         while fb <= last {
             let (hit, next) = extmap::find(&mut tx, ino, &inode, fb)?;
             let Some(e) = hit else {
-                fb = next.map_or(last + 1, |n| n.file_block);
+                let to = next.map_or(last + 1, |n| n.file_block);
+                if to <= fb {
+                    return Err(bad_map(ino, fb));
+                }
+                fb = to;
                 continue;
             };
-            let run_end = (e.file_block + e.len as u64).min(last + 1);
+            let run_end = e.file_block.saturating_add(e.len as u64).min(last + 1);
+            if e.file_block > fb || run_end <= fb {
+                return Err(bad_map(ino, fb));
+            }
             if e.flags & UNWRITTEN == 0 {
                 let n = run_end - fb;
                 let mut buf = AlignedBuf::new((n * bs) as usize);
