@@ -66,7 +66,7 @@ run() {
     fi
     if [ -n "$CGROUP_LIMIT" ]; then
         cg=$(printf "cgroup %s peak %.1f MiB of %s, OOM kills %s" "$CG_VERSION" \
-            "$(echo "$(cg_peak) / 1048576" | bc -l)" "$CGROUP_LIMIT" "$(cg_oom_kills)")
+            "$(awk -v b="$(cg_peak)" 'BEGIN { print b / 1048576 }')" "$CGROUP_LIMIT" "$(cg_oom_kills)")
     fi
     umount "$work/mnt" 2>/dev/null || umount -l "$work/mnt"
     wait "$daemon" 2>/dev/null || alive="$alive (daemon exit $?)"

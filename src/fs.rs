@@ -1070,20 +1070,13 @@ impl Fs {
         may(ctx, &i, want)?;
         *self.open.lock().entry(ino).or_insert(0) += 1;
         // An open handle is memory that grows with load: charged beside the cache.
-        self.eng
-            .cache()
-            .outside()
-            .fetch_add(HANDLE_BYTES, std::sync::atomic::Ordering::Relaxed);
+        self.eng.cache().charge_outside(HANDLE_BYTES);
         Ok(())
     }
 
     /// The last close of an open: an inode unlinked meanwhile is freed now.
     pub fn release(&self, ino: u64) -> R<()> {
-        let _ = self.eng.cache().outside().fetch_update(
-            std::sync::atomic::Ordering::Relaxed,
-            std::sync::atomic::Ordering::Relaxed,
-            |v| Some(v.saturating_sub(HANDLE_BYTES)),
-        );
+        self.eng.cache().release_outside(HANDLE_BYTES);
         let last = {
             let mut o = self.open.lock();
             let n = o.entry(ino).or_insert(1);
@@ -1241,12 +1234,9 @@ impl Fs {
             let s = self.alloc.summary(agno);
             free += s.free_blocks;
             ifree += s.free_inodes;
+            inodes += s.inodes;
         }
         let ipb = crate::format::inode::inodes_per_block(g.block_size) as u64;
-        for agno in 0..g.ag_count {
-            inodes += self.alloc.summary(agno).inodes;
-        }
-        let _ = free;
         let bfree = self.alloc.usable_free_blocks();
         Ok(StatFs {
             blocks: g.block_count,

@@ -221,6 +221,20 @@ impl Cache {
         freed
     }
 
+    /// Charges `bytes` of memory outside the cache to its limit.
+    pub fn charge_outside(&self, bytes: u64) {
+        self.outside.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Gives back what `charge_outside` charged (never below zero).
+    pub fn release_outside(&self, bytes: u64) {
+        let _ = self
+            .outside
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(bytes))
+            });
+    }
+
     /// The counter of memory outside the cache that shares its limit.
     pub fn outside(&self) -> Arc<AtomicU64> {
         self.outside.clone()
