@@ -74,6 +74,8 @@ struct Checker<'e> {
     report: CheckReport,
     /// Block → who claimed it first.
     owner: HashMap<u64, String>,
+    /// Metadata blocks found in use (their headers' LSNs are checked against the log).
+    meta: Vec<u64>,
 }
 
 impl Checker<'_> {
@@ -129,6 +131,7 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
         alloc: Allocator::new(*eng.geometry()),
         report: CheckReport::default(),
         owner: HashMap::new(),
+        meta: Vec::new(),
     };
     let g = *eng.geometry();
     let mut tx = eng.begin(TransKind::Read)?;
@@ -209,6 +212,7 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
         }
     }
     c.report.blocks_used = (c.owner.len() as u64).saturating_sub(c.report.blocks_free);
+    check_lsns(&mut c, progress);
 
     // Phase 4: directories and reachability.
     let root = eng.superblock().root_ino;
@@ -283,6 +287,14 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
                     );
                 }
                 let shown = String::from_utf8_lossy(&e.name).into_owned();
+                if e.key[0] != dir::name_hash(&e.name) {
+                    c.problem(
+                        "directories",
+                        None,
+                        Some(d),
+                        format!("directory {d}: entry \"{shown}\" is filed under a key its name does not hash to (it cannot be looked up)"),
+                    );
+                }
                 let Some(t) = inodes.get(&e.ino) else {
                     c.problem(
                         "directories",
@@ -497,6 +509,14 @@ fn check_ag(c: &mut Checker<'_>, agno: u32, sp: &AgSpace) {
     for n in nodes {
         c.claim(n, &format!("a tree node of AG {agno}"));
     }
+    c.meta.push(start + crate::format::ag::AG_HEADER_OFFSET);
+    c.meta.extend(
+        sp.free_nodes
+            .iter()
+            .chain(&sp.ino_nodes)
+            .chain(&sp.unl_nodes)
+            .chain(sp.chunks.iter().map(|(b, _)| b)),
+    );
     let ipb = inodes_per_block(c.eng.geometry().block_size) as u64;
     let mut free_inodes = 0;
     for &(chunk, mask) in &sp.chunks {
@@ -643,6 +663,46 @@ fn check_inode(c: &mut Checker<'_>, tx: &mut Trans<'_>, ino: u64, i: &Inode) {
         );
     }
     for (b, what) in owned {
+        if what != "file data" {
+            c.meta.push(b);
+        }
         c.claim(b, &format!("{what} of inode {ino}"));
+    }
+}
+
+/// Every metadata block in use carries the LSN of the last checkpoint that changed it, which is
+/// behind the log's head. One ahead of it (a stale or foreign LSN) would make a later recovery
+/// skip that block's changes as already applied.
+fn check_lsns(c: &mut Checker<'_>, progress: Progress<'_>) {
+    let g = *c.eng.geometry();
+    let head = c.eng.log().positions().0.lsn(g.block_size).0;
+    let uuid = c.eng.superblock().uuid;
+    let mut blocks = std::mem::take(&mut c.meta);
+    blocks.sort_unstable();
+    blocks.dedup();
+    let mut buf = crate::device::AlignedBuf::new(g.block_size as usize);
+    for (n, &b) in blocks.iter().enumerate() {
+        if n % 4096 == 0 {
+            progress("log sequence numbers", n as u64, blocks.len() as u64);
+        }
+        if b >= g.block_count || c.eng.device().read(b, &mut buf).is_err() {
+            continue;
+        }
+        // Blocks that fail their header check were reported when they were read.
+        let Ok(h) = crate::format::BlockHeader::verify(&buf, b, None, &uuid) else {
+            continue;
+        };
+        if h.lsn >= head {
+            c.problem(
+                "log",
+                Some(b),
+                None,
+                format!(
+                    "{} block {b} carries LSN {:#x}, at or ahead of the log's head {head:#x}",
+                    h.btype.name(),
+                    h.lsn
+                ),
+            );
+        }
     }
 }

@@ -259,7 +259,7 @@ impl Engine {
                 table.min_budget_bytes()
             )));
         }
-        let recovered = recover(&*dev, &sb)?;
+        let recovered = recover(&*dev, &sb, crate::log::Damage::Refuse)?;
         sb.state = crate::format::superblock::SB_STATE_DIRTY;
         write_superblocks(&*dev, &sb)?;
         let emergency = opts.mem_budget_bytes / EMERGENCY_DIVISOR;

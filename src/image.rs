@@ -35,9 +35,35 @@ pub fn probe_block_size(path: &Path) -> io::Result<u32> {
     Ok(bs)
 }
 
-/// Opens `path` with the block size its superblock names.
+/// The block size the backup superblock (the device's last block) names, when the primary is
+/// unreadable: each valid block size is tried.
+fn probe_backup_block_size(path: &Path) -> Option<u32> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = File::open(path).ok()?;
+    let len = f.seek(SeekFrom::End(0)).ok()?;
+    let mut bs = crate::format::BLOCK_SIZE_MIN;
+    while bs <= crate::format::BLOCK_SIZE_MAX {
+        let blocks = len / bs as u64;
+        if blocks > 0 {
+            let mut buf = vec![0u8; bs as usize];
+            if f.read_exact_at(&mut buf, (blocks - 1) * bs as u64).is_ok()
+                && Superblock::decode(&buf, blocks - 1).is_ok_and(|s| s.geometry.block_size == bs)
+            {
+                return Some(bs);
+            }
+        }
+        bs *= 2;
+    }
+    None
+}
+
+/// Opens `path` with the block size its superblock names (the backup's, when the primary is
+/// bad: mounting and fsck then work from the backup).
 pub fn open_image(path: &Path) -> io::Result<FileDevice> {
-    let bs = probe_block_size(path)?;
+    let bs = match probe_block_size(path) {
+        Ok(bs) => bs,
+        Err(e) => probe_backup_block_size(path).ok_or(e)?,
+    };
     FileDevice::open(path, bs, true)
 }
 

@@ -280,10 +280,29 @@ fn start_stats(image: &Path, fs: &Arc<Fs>, budget: &Budget) -> Result<(), String
     .map_err(|e| format!("statistics socket: {e}"))
 }
 
+/// `ticketfs db IMAGE COMMAND [ARG]`: prints on-disk structures; never writes.
+fn db_command(args: &[String]) -> ! {
+    let (Some(image), Some(cmd)) = (args.first(), args.get(1)) else {
+        die(ticketfs::db::USAGE)
+    };
+    let dev = ticketfs::image::open_image(Path::new(image))
+        .unwrap_or_else(|e| die(&format!("{image}: {e}")));
+    match ticketfs::db::run(Arc::new(dev), cmd, args.get(2).map(String::as_str)) {
+        Ok(out) => {
+            print!("{out}");
+            exit(0)
+        }
+        Err(e) => die(&e),
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("stats") {
         stats_command(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("db") {
+        db_command(&args[1..]);
     }
     let o = parse();
     if !o.mountpoint.is_dir() {
@@ -301,7 +320,8 @@ fn main() {
             o.image.display()
         ));
     }
-    if let Err(e) = ticketfs::image::probe_block_size(Path::new(&o.image)) {
+    // The primary superblock, or the backup when the primary is bad.
+    if let Err(e) = ticketfs::image::open_image(Path::new(&o.image)) {
         die(&e.to_string());
     }
     if o.foreground {

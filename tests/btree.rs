@@ -164,3 +164,81 @@ fn btree_grows_and_shrinks_through_many_levels() {
     let tallest = run(ops).unwrap();
     assert!(tallest >= 2, "the tree only reached level {tallest}");
 }
+
+/// A bulk-built tree (fsck's repair writes the AG trees so) reads back as exactly its records,
+/// takes exactly the blocks `nodes_needed` says, and then takes inserts and deletes like any
+/// other tree.
+fn bulk(keys: BTreeSet<u64>, more: Vec<(u64, bool)>) -> Result<(), TestCaseError> {
+    use ticketfs::btree::bulk;
+    let g = geometry(512, 8192, 0);
+    let dev = Arc::new(MemDevice::from_bytes(512, formatted_image(g)));
+    let (first, _) = data_blocks(&g);
+    let recs: Vec<(Key, Val)> = keys.iter().map(|&k| (key(k), [k * 7, 0])).collect();
+    let need = bulk::nodes_needed(512, recs.len());
+    let uuid = {
+        let eng = Engine::mount(dev.clone(), EngineOptions::default()).unwrap();
+        let u = eng.superblock().uuid;
+        eng.unmount().unwrap();
+        u
+    };
+    let stamp = bulk::Stamp {
+        btype: BlockType::BtreeBno,
+        owner: 5,
+        uuid: &uuid,
+        lsn: 0,
+    };
+    let mut nodes = (first + 1..first + 4000).into_iter();
+    let (root, blocks) = bulk::build(512, &stamp, &recs, first, &mut nodes).unwrap();
+    prop_assert_eq!(blocks.len() as u64, need);
+    prop_assert_eq!(root.level, bulk::height(512, recs.len()));
+    for (b, buf) in &blocks {
+        dev.write(*b, buf).unwrap();
+    }
+    let eng = Engine::mount(dev.clone(), EngineOptions::default()).unwrap();
+    let mut tree = Btree::open(BlockType::BtreeBno, 5, root);
+    let mut tx = eng.begin(TransKind::Write).unwrap();
+    prop_assert_eq!(tree.collect(&mut tx).unwrap(), recs.clone());
+    let mut found = tree.blocks(&mut tx).unwrap();
+    found.sort_unstable();
+    let mut written: Vec<u64> = blocks.iter().map(|b| b.0).collect();
+    written.sort_unstable();
+    prop_assert_eq!(found, written);
+    tx.cancel().unwrap();
+    let mut model: BTreeMap<Key, Val> = recs.into_iter().collect();
+    let mut pool = Pool {
+        next: first + 4000,
+        end: first + 8000,
+        free: Vec::new(),
+        live: BTreeSet::new(),
+    };
+    for (k, insert) in more {
+        let mut tx = eng.begin(TransKind::Write).unwrap();
+        if insert && !model.contains_key(&key(k)) {
+            tree.insert(&mut tx, &mut pool, key(k), [k, 1]).unwrap();
+            model.insert(key(k), [k, 1]);
+        } else {
+            let gone = tree.delete(&mut tx, &mut pool, &key(k)).unwrap();
+            prop_assert_eq!(gone, model.remove(&key(k)));
+        }
+        tx.commit().unwrap();
+    }
+    let mut tx = eng.begin(TransKind::Write).unwrap();
+    prop_assert_eq!(
+        tree.collect(&mut tx).unwrap(),
+        model.into_iter().collect::<Vec<_>>()
+    );
+    tx.cancel().unwrap();
+    eng.unmount().unwrap();
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    #[test]
+    fn bulk_built_tree_reads_back_and_grows(
+        keys in prop::collection::btree_set(0u64..100_000, 0..3000),
+        more in prop::collection::vec((0u64..100_000, any::<bool>()), 0..300),
+    ) {
+        bulk(keys, more)?;
+    }
+}

@@ -142,7 +142,8 @@ fn check_image(
 ) -> Result<(), String> {
     let dev = MemDevice::from_bytes(BS, image);
     let sb = read_superblock(&dev).map_err(|e| format!("superblock: {e}"))?;
-    let r = recover(&dev, &sb).map_err(|e| format!("recovery failed: {e}"))?;
+    let r = recover(&dev, &sb, ticketfs::log::Damage::Refuse)
+        .map_err(|e| format!("recovery failed: {e}"))?;
     let head_lsn = LogPos::lsn(r.head, BS);
     let mut got: State = Vec::with_capacity(TEST_BLOCKS as usize);
     let mut buf = vec![0u8; BS as usize];

@@ -96,59 +96,205 @@ fn blocks_by_type(img: &[u8]) -> BTreeMap<BlockType, Vec<usize>> {
     out
 }
 
+/// The damages for one block: a flipped bit, zeroes, another block of its kind written over it
+/// (wrong address), and a stale LSN (one ahead of the log, CRC made valid).
+fn damages_of(
+    pristine: &[u8],
+    t: &str,
+    victim: usize,
+    other: Option<usize>,
+) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut flipped = pristine.to_vec();
+    flipped[victim * BS + BS / 2 + 3] ^= 0x10;
+    out.push((format!("{t} block {victim}: a flipped bit"), flipped));
+    let mut zeroed = pristine.to_vec();
+    zeroed[victim * BS..(victim + 1) * BS].fill(0);
+    out.push((format!("{t} block {victim}: zeroes"), zeroed));
+    if let Some(o) = other {
+        let mut moved = pristine.to_vec();
+        let src = pristine[o * BS..(o + 1) * BS].to_vec();
+        moved[victim * BS..(victim + 1) * BS].copy_from_slice(&src);
+        out.push((
+            format!("{t} block {victim}: block {o} written over it"),
+            moved,
+        ));
+    }
+    let mut stale = pristine.to_vec();
+    let b = &mut stale[victim * BS..(victim + 1) * BS];
+    BlockHeader::stamp(b, 0x7fff_0000_0000_0000);
+    out.push((format!("{t} block {victim}: a stale LSN"), stale));
+    out
+}
+
+/// Mounts `bytes` in memory: it must mount or fail naming a block, never panic.
+fn mount_names_the_block(bytes: &[u8], what: &str) {
+    use std::sync::Arc;
+    use ticketfs::device::{Device, MemDevice};
+    use ticketfs::fs::Fs;
+    use ticketfs::{Engine, EngineOptions};
+    let dev: Arc<dyn Device> = Arc::new(MemDevice::from_bytes(BS as u32, bytes.to_vec()));
+    let r = Engine::mount(dev, EngineOptions::default())
+        .map_err(|e| e.to_string())
+        .and_then(|eng| Fs::new(eng, false).map_err(|e| e.to_string()));
+    match r {
+        Ok(fs) => fs.crash(),
+        Err(e) => assert!(
+            e.contains("block "),
+            "{what}: the mount failed without naming the block: {e}"
+        ),
+    }
+}
+
+/// fsck -n finds the damage and writes nothing; fsck -y repairs it (exit 1); then fsck -n is
+/// clean and the image mounts and can be walked.
+fn assert_found_and_repaired(work: &Path, what: &str, bytes: &[u8]) {
+    let bad = work.join("bad");
+    fs::write(&bad, bytes).unwrap();
+    let (code, out) = fsck(&bad, &["-n"]);
+    assert_eq!(code, 4, "{what}: fsck -n exit {code}:\n{out}");
+    assert!(
+        fs::read(&bad).unwrap() == bytes,
+        "{what}: fsck -n wrote to the image"
+    );
+    mount_names_the_block(bytes, what);
+    let (code, out) = fsck(&bad, &["-y"]);
+    assert_eq!(code, 1, "{what}: fsck -y exit {code}:\n{out}");
+    if std::env::var_os("FSCK_TEST_SHOW").is_some() {
+        eprintln!("=== {what}\n{out}");
+    }
+    let (code, again) = fsck(&bad, &["-n"]);
+    assert_eq!(
+        code, 0,
+        "{what}: fsck -n after the repair exit {code}:\n{again}\nrepair said:\n{out}"
+    );
+    mount_check_and_walk(fs::read(&bad).unwrap());
+}
+
 #[test]
-fn fsck_finds_every_kind_of_damage_and_never_writes_with_n() {
+fn fsck_finds_and_repairs_every_kind_of_damage() {
     let work = tempfile::tempdir().unwrap();
     let img = populated(work.path());
     let (code, out) = fsck(&img, &["-n"]);
     assert_eq!(code, 0, "the undamaged image is not clean:\n{out}");
+    let (code, out) = fsck(&img, &["-y"]);
+    assert_eq!(code, 0, "fsck -y on the undamaged image:\n{out}");
     let pristine = fs::read(&img).unwrap();
     let kinds = blocks_by_type(&pristine);
-    for t in [
-        BlockType::AgHeader,
-        BlockType::BtreeBno,
-        BlockType::BtreeCnt,
-        BlockType::BtreeIno,
-        BlockType::BtreeExtent,
-        BlockType::BtreeDir,
-        BlockType::InodeChunk,
-        BlockType::DirData,
-        BlockType::Xattr,
-        BlockType::Symlink,
-    ] {
+    let mut cases = 0;
+    for t in BlockType::ALL {
         let list = kinds.get(&t).cloned().unwrap_or_default();
         assert!(!list.is_empty(), "the image has no {} block", t.name());
         let victim = list[list.len() / 2];
         let other = list.iter().copied().find(|&b| b != victim);
-        let mut damages: Vec<(&str, Vec<u8>)> = Vec::new();
+        for (what, bytes) in damages_of(&pristine, t.name(), victim, other) {
+            assert_found_and_repaired(work.path(), &what, &bytes);
+            cases += 1;
+        }
+    }
+    // The superblock: either copy damaged; the other one serves.
+    let last = pristine.len() / BS - 1;
+    for (blk, what) in [(0, "primary"), (last, "backup")] {
         let mut flipped = pristine.clone();
-        flipped[victim * BS + BS / 2 + 3] ^= 0x10;
-        damages.push(("a flipped bit", flipped));
+        flipped[blk * BS + 40] ^= 0x01;
+        assert_found_and_repaired(
+            work.path(),
+            &format!("{what} superblock: a flipped bit"),
+            &flipped,
+        );
         let mut zeroed = pristine.clone();
-        zeroed[victim * BS..(victim + 1) * BS].fill(0);
-        damages.push(("zeroes", zeroed));
-        if let Some(o) = other {
-            let mut moved = pristine.clone();
-            let src = pristine[o * BS..(o + 1) * BS].to_vec();
-            moved[victim * BS..(victim + 1) * BS].copy_from_slice(&src);
-            damages.push(("a block written to the wrong address", moved));
+        zeroed[blk * BS..(blk + 1) * BS].fill(0);
+        assert_found_and_repaired(work.path(), &format!("{what} superblock: zeroes"), &zeroed);
+        cases += 2;
+    }
+    eprintln!("{cases} damaged images found, repaired and clean afterwards");
+}
+
+/// An image whose log holds several checkpoints not yet written home (the daemon died), the
+/// first of which is then damaged: the later ones cannot be replayed. fsck -n reports it, fsck
+/// -y replays what comes before, discards the rest and leaves a clean filesystem; a mount
+/// refuses the image meanwhile, naming the block.
+#[test]
+fn fsck_finds_and_repairs_a_damaged_log() {
+    use std::sync::Arc;
+    use ticketfs::device::{Device, FileDevice};
+    use ticketfs::format::log::{RecordHeader, LOG_RECORD_MAGIC};
+    use ticketfs::format::{Lsn, Superblock};
+    use ticketfs::fs::{Ctx, Fs, S_IFREG};
+    use ticketfs::{Engine, EngineOptions};
+    let work = tempfile::tempdir().unwrap();
+    let img = populated(work.path());
+    let sb = Superblock::decode(&fs::read(&img).unwrap()[..BS], 0).unwrap();
+    {
+        let dev: Arc<dyn Device> = Arc::new(FileDevice::open(&img, BS as u32, true).unwrap());
+        let fs = Fs::new(Engine::mount(dev, EngineOptions::default()).unwrap(), false).unwrap();
+        for n in 0..6 {
+            let name = format!("after-crash-{n}");
+            fs.make(
+                &Ctx::ROOT,
+                fs.root(),
+                name.as_bytes(),
+                S_IFREG | 0o644,
+                0,
+                None,
+            )
+            .unwrap();
+            fs.fsync().unwrap();
         }
-        for (what, bytes) in damages {
-            let bad = work.path().join("bad");
-            fs::write(&bad, &bytes).unwrap();
-            let (code, out) = fsck(&bad, &["-n"]);
-            assert_eq!(
-                code,
-                4,
-                "{} block {victim} with {what}: fsck -n exit {code}:\n{out}",
-                t.name()
-            );
-            assert!(
-                fs::read(&bad).unwrap() == bytes,
-                "fsck -n wrote to the image ({} block {victim}, {what})",
-                t.name()
-            );
+        fs.crash();
+    }
+    let pristine = fs::read(&img).unwrap();
+    if let Some(keep) = std::env::var_os("FSCK_TEST_KEEP") {
+        fs::write(keep, &pristine).unwrap();
+    }
+    let g = sb.geometry;
+    let decode = |b: usize| {
+        RecordHeader::decode(
+            &pristine[b * BS..(b + 1) * BS],
+            b as u64,
+            (b as u64 - g.log_start) as u32,
+            None,
+            &sb.uuid,
+            g.log_blocks,
+        )
+    };
+    let records: Vec<RecordHeader> = (g.log_start as usize..g.log_end() as usize)
+        .filter(|&b| pristine[b * BS..b * BS + 4] == LOG_RECORD_MAGIC.to_le_bytes())
+        .filter_map(|b| decode(b).ok())
+        .collect();
+    // The newest record's tail: the first record recovery must replay.
+    let newest = records.iter().max_by_key(|h| h.lsn).unwrap();
+    let victim = (g.log_start + newest.tail_lsn.block() as u64) as usize;
+    assert!(
+        newest.seq >= decode(victim).unwrap().seq + 3,
+        "too few checkpoints after the tail"
+    );
+    let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut flipped = pristine.clone();
+    flipped[victim * BS + 200] ^= 0x04;
+    cases.push(("log record: a flipped bit".into(), flipped));
+    let mut zeroed = pristine.clone();
+    zeroed[victim * BS..(victim + 1) * BS].fill(0);
+    cases.push(("log record: zeroes".into(), zeroed));
+    let mut stale = pristine.clone();
+    let h = decode(victim).unwrap();
+    let len = h.blocks as usize * BS;
+    let mut h2 = h;
+    h2.lsn = Lsn(h.lsn.0 + (1 << 32));
+    h2.encode(&mut stale[victim * BS..victim * BS + len]);
+    cases.push(("log record: a stale LSN".into(), stale));
+    for (what, bytes) in cases {
+        let dev: Arc<dyn ticketfs::device::Device> = Arc::new(
+            ticketfs::device::MemDevice::from_bytes(BS as u32, bytes.clone()),
+        );
+        match Engine::mount(dev, EngineOptions::default()) {
+            Ok(_) => panic!("{what}: the damaged log mounted"),
+            Err(e) => assert!(
+                e.to_string().contains(&format!("block {victim}")),
+                "{what}: the mount did not name block {victim}: {e}"
+            ),
         }
+        assert_found_and_repaired(work.path(), &what, &bytes);
     }
 }
 
@@ -248,7 +394,7 @@ proptest::proptest! {
 
     /// Random damage to metadata blocks (bytes anywhere in them, header included), half the
     /// time with the block's CRC made valid again so the parsers see the damage: mounting,
-    /// checking and using the image never panics.
+    /// checking and using the image never panics, and a repair leaves it clean.
     #[test]
     fn damaged_metadata_never_panics(
         hits in proptest::collection::vec((0usize..1 << 20, 0usize..BS, 0u8..=255), 1..12),
@@ -271,6 +417,37 @@ proptest::proptest! {
                 BlockHeader::stamp(b, lsn);
             }
         }
-        mount_check_and_walk(bytes);
+        mount_check_and_walk(bytes.clone());
+        repair_leaves_it_clean(bytes);
     }
+}
+
+/// Repairs `bytes` in memory as fsck -y does; a repair that completes must leave an image the
+/// checker finds clean.
+fn repair_leaves_it_clean(bytes: Vec<u8>) {
+    use std::sync::Arc;
+    use ticketfs::device::{Device, MemDevice};
+    use ticketfs::engine::read_superblock;
+    use ticketfs::log::{recover, Damage};
+    use ticketfs::{Engine, EngineOptions};
+    let dev: Arc<dyn Device> = Arc::new(MemDevice::from_bytes(BS as u32, bytes));
+    let Ok(sb) = read_superblock(&*dev) else {
+        return;
+    };
+    if recover(&*dev, &sb, Damage::Accept).is_err() {
+        return;
+    }
+    let rep = match ticketfs::repair::repair(dev.clone(), &mut |_, _, _| {}) {
+        Ok(r) => r,
+        Err(e) => panic!("the repair failed: {e}"),
+    };
+    let eng = Engine::mount(dev, EngineOptions::default()).expect("mount after repair");
+    let report = ticketfs::check::check(&eng, &mut |_, _, _| {}).expect("check after repair");
+    eng.crash();
+    assert!(
+        report.problems.is_empty(),
+        "after the repair: {:#?}\nthe repair did: {:#?}",
+        &report.problems[..report.problems.len().min(20)],
+        rep
+    );
 }

@@ -4,7 +4,8 @@
 //! into a copy-on-write overlay in memory, so `-n` never writes; the check itself always runs on
 //! such an overlay. A mounted image (locked by its daemon) is refused. Exit codes follow fsck(8):
 //! 0 clean, 1 errors corrected, 4 errors left uncorrected, 8 operational error, 16 usage error.
-//! Repair (`-y`) is not there yet: errors are reported and left (exit 4).
+//! `-y` (or -a, -p) repairs (`ticketfs::repair`), then checks again: exit 1 when that check is
+//! clean. Without -y nothing is repaired; without -n a clean image's dirty log is replayed.
 
 use std::fs::OpenOptions;
 use std::io::IsTerminal;
@@ -17,8 +18,9 @@ use ticketfs::device::{AlignedBuf, Device, OverlayDevice};
 use ticketfs::engine::read_superblock;
 use ticketfs::format::Superblock;
 use ticketfs::image::open_image;
-use ticketfs::log::recover;
+use ticketfs::log::{recover, Damage};
 use ticketfs::mem::MemRes;
+use ticketfs::repair::RepairReport;
 use ticketfs::{Engine, EngineOptions};
 
 const USAGE: &str = "usage: fsck.ticketfs [-n] [-y] [-f] [-v] [--json] IMAGE";
@@ -28,6 +30,7 @@ const CHECK_CACHE_BYTES: u64 = 64 << 20;
 const PRINT_MAX: usize = 50;
 
 const EXIT_CLEAN: i32 = 0;
+const EXIT_CORRECTED: i32 = 1;
 const EXIT_UNCORRECTED: i32 = 4;
 const EXIT_OPERATIONAL: i32 = 8;
 const EXIT_USAGE: i32 = 16;
@@ -37,13 +40,92 @@ fn fail(code: i32, msg: &str) -> ! {
     exit(code)
 }
 
+/// The check of one state of the image: replays the log into an overlay of `dev` and checks
+/// what results. Nothing is written to `dev`.
+fn check_overlay(
+    dev: &Arc<dyn Device>,
+    path: &std::path::Path,
+    tty: bool,
+) -> (CheckReport, Option<String>) {
+    let overlay = Arc::new(OverlayDevice::new(dev.clone()));
+    let sb = match read_superblock(&*overlay) {
+        Ok(sb) => sb,
+        Err(e) => fail(
+            EXIT_UNCORRECTED,
+            &format!("{}: superblock: {e}", path.display()),
+        ),
+    };
+    let damage = match recover(&*overlay, &sb, Damage::Accept) {
+        Ok(r) => r.damaged.map(|e| e.to_string()),
+        Err(e) => fail(EXIT_UNCORRECTED, &format!("{}: log: {e}", path.display())),
+    };
+    let eng = match Engine::mount(
+        overlay,
+        EngineOptions {
+            memres: MemRes::Off,
+            mem_budget_bytes: CHECK_CACHE_BYTES,
+            ..Default::default()
+        },
+    ) {
+        Ok(e) => e,
+        Err(e) => fail(EXIT_UNCORRECTED, &format!("{}: {e}", path.display())),
+    };
+    let mut progress = bar(tty);
+    let report = match check(&eng, &mut progress) {
+        Ok(r) => r,
+        Err(e) => fail(EXIT_OPERATIONAL, &format!("{}: {e}", path.display())),
+    };
+    if tty {
+        eprint!("\r\x1b[K");
+    }
+    eng.crash();
+    (report, damage)
+}
+
+/// A progress line on a terminal: phase, count and a bar.
+fn bar(tty: bool) -> impl FnMut(&str, u64, u64) {
+    const WIDTH: u64 = 30;
+    move |phase: &str, done: u64, total: u64| {
+        if tty {
+            let filled = (done.min(total) * WIDTH)
+                .checked_div(total)
+                .unwrap_or(WIDTH);
+            eprint!(
+                "\r\x1b[K{phase:<22} [{}{}] {done}/{total}",
+                "#".repeat(filled as usize),
+                " ".repeat((WIDTH - filled) as usize)
+            );
+        }
+    }
+}
+
+/// Superblock copies that are bad or differ from the one in use.
+fn superblock_problems(dev: &dyn Device, sb: &Superblock) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut buf = AlignedBuf::new(sb.geometry.block_size as usize);
+    for blkno in [0, sb.geometry.backup_sb_blkno()] {
+        let ok = dev.read(blkno, &mut buf).is_ok()
+            && Superblock::decode(&buf, blkno)
+                .is_ok_and(|s| s.geometry == sb.geometry && s.uuid == sb.uuid);
+        if !ok {
+            out.push(format!(
+                "superblock copy at block {blkno} is bad or differs"
+            ));
+        }
+    }
+    out
+}
+
 fn main() {
-    let (mut no_write, mut verbose, mut json, mut image) = (false, false, false, None);
+    let (mut no_write, mut repair_on, mut verbose, mut json, mut image) =
+        (false, false, false, false, None);
     for a in std::env::args().skip(1) {
         match a.as_str() {
             "-n" => no_write = true,
-            // -y and -f: check everything (always done); -a and -p as fsck(8) passes them.
-            "-y" | "-f" | "-a" | "-p" => {}
+            // -a and -p (fsck(8)'s automatic repair) repair as -y does.
+            "-y" | "-a" | "-p" => repair_on = true,
+            // -f: check even a clean filesystem (always done).
+            "-f" => {}
             "-v" => verbose = true,
             "--json" => json = true,
             "-h" | "--help" => {
@@ -58,6 +140,12 @@ fn main() {
     let Some(path) = image else {
         fail(EXIT_USAGE, USAGE)
     };
+    if no_write && repair_on {
+        fail(
+            EXIT_USAGE,
+            &format!("-n and -y exclude each other\n{USAGE}"),
+        );
+    }
     // A mounted image is locked by its daemon.
     let lockf = OpenOptions::new()
         .read(true)
@@ -84,94 +172,126 @@ fn main() {
             &format!("{}: superblock: {e}", path.display()),
         ),
     };
-    let mut sb_problems = Vec::new();
-    let mut buf = AlignedBuf::new(sb.geometry.block_size as usize);
-    for blkno in [0, sb.geometry.backup_sb_blkno()] {
-        let ok = dev.read(blkno, &mut buf).is_ok()
-            && Superblock::decode(&buf, blkno)
-                .is_ok_and(|s| s.geometry == sb.geometry && s.uuid == sb.uuid);
-        if !ok {
-            sb_problems.push(format!(
-                "superblock copy at block {blkno} is bad or differs"
-            ));
-        }
-    }
-    // The log: replayed for real, or with -n into the overlay.
-    let overlay = Arc::new(OverlayDevice::new(dev.clone()));
-    let target: Arc<dyn Device> = if no_write {
-        overlay.clone()
-    } else {
-        dev.clone()
-    };
-    let rec = match recover(&*target, &sb) {
-        Ok(r) => r,
-        Err(e) => fail(EXIT_UNCORRECTED, &format!("{}: log: {e}", path.display())),
-    };
-    let log_line = if rec.clean {
-        "log clean".to_string()
-    } else {
-        format!(
-            "log replayed{}: {} checkpoints, {} blocks",
-            if no_write { " in memory (-n)" } else { "" },
-            rec.checkpoints_replayed,
-            rec.items_replayed
-        )
-    };
-    let eng = match Engine::mount(
-        overlay.clone(),
-        EngineOptions {
-            memres: MemRes::Off,
-            mem_budget_bytes: CHECK_CACHE_BYTES,
-            ..Default::default()
-        },
-    ) {
-        Ok(e) => e,
-        Err(e) => fail(EXIT_UNCORRECTED, &format!("{}: {e}", path.display())),
-    };
+    let sb_problems = superblock_problems(&*dev, &sb);
     let tty = std::io::stderr().is_terminal() && !json;
-    let mut progress = |phase: &str, done: u64, total: u64| {
-        if tty {
-            eprint!("\r\x1b[K{phase}: {done}/{total}");
+
+    // The check, always on an overlay: -n and the plain check never write.
+    let (report, damage) = check_overlay(&dev, &path, tty);
+    let log_problems: Vec<String> = damage.iter().cloned().collect();
+    let errors = sb_problems.len() as u64 + log_problems.len() as u64 + report.problem_count();
+    let mut repaired: Option<(RepairReport, CheckReport)> = None;
+    if repair_on && errors > 0 {
+        // The log for real (checkpoints up to any damage), then the repair, then a fresh check.
+        if let Err(e) = recover(&*dev, &sb, Damage::Accept) {
+            fail(EXIT_UNCORRECTED, &format!("{}: log: {e}", path.display()));
         }
-    };
-    let report = match check(&eng, &mut progress) {
-        Ok(r) => r,
-        Err(e) => fail(EXIT_OPERATIONAL, &format!("{}: {e}", path.display())),
-    };
-    if tty {
-        eprint!("\r\x1b[K");
+        let mut progress = bar(tty);
+        let rep = match ticketfs::repair::repair(dev.clone(), &mut progress) {
+            Ok(mut r) => {
+                if let Some(d) = &damage {
+                    r.fixed.insert(
+                        0,
+                        format!("log: replayed up to the damage, the rest discarded ({d})"),
+                    );
+                }
+                r
+            }
+            Err(e) => fail(
+                EXIT_UNCORRECTED,
+                &format!("{}: repair: {e}", path.display()),
+            ),
+        };
+        if tty {
+            eprint!("\r\x1b[K");
+        }
+        let (after, damage_after) = check_overlay(&dev, &path, tty);
+        if let Some(d) = damage_after {
+            fail(
+                EXIT_UNCORRECTED,
+                &format!("{}: log still damaged after repair: {d}", path.display()),
+            );
+        }
+        repaired = Some((rep, after));
+    } else if !no_write && errors == 0 {
+        // A clean check of a dirty log: replay it for real, as a mount would.
+        if let Err(e) = recover(&*dev, &sb, Damage::Refuse) {
+            fail(EXIT_UNCORRECTED, &format!("{}: log: {e}", path.display()));
+        }
     }
-    eng.crash();
     drop(lockf);
-    let errors = sb_problems.len() as u64 + report.problem_count();
+    let left = match &repaired {
+        Some((_, after)) => after.problem_count() + superblock_problems(&*dev, &sb).len() as u64,
+        None => errors,
+    };
+    let code = match (&repaired, left) {
+        (_, n) if n > 0 => EXIT_UNCORRECTED,
+        (Some(_), _) => EXIT_CORRECTED,
+        (None, _) => EXIT_CLEAN,
+    };
     if json {
         let v = serde_json::json!({
             "image": path.display().to_string(),
-            "log": log_line,
             "superblock_problems": sb_problems,
+            "log_problems": log_problems,
             "report": report,
-            "exit": if errors > 0 { EXIT_UNCORRECTED } else { EXIT_CLEAN },
+            "repair": repaired.as_ref().map(|(r, _)| r),
+            "after_repair": repaired.as_ref().map(|(_, a)| a),
+            "exit": code,
         });
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
-        print_text(&path, &log_line, &sb_problems, &report, verbose);
+        print_text(&path, &sb_problems, &log_problems, &report, verbose);
+        if let Some((rep, after)) = &repaired {
+            print_repair(&path, rep, after, verbose);
+        }
     }
-    exit(if errors > 0 {
-        EXIT_UNCORRECTED
-    } else {
-        EXIT_CLEAN
-    })
+    exit(code)
+}
+
+fn print_repair(path: &std::path::Path, rep: &RepairReport, after: &CheckReport, verbose: bool) {
+    let limit = if verbose { usize::MAX } else { PRINT_MAX };
+    for l in rep.fixed.iter().take(limit) {
+        println!("fixed: {l}");
+    }
+    if rep.fixed.len() > limit {
+        println!(
+            "... and {} more fixes (-v shows all)",
+            rep.fixed.len() - limit
+        );
+    }
+    for l in &rep.failed {
+        println!("not fixed: {l}");
+    }
+    for p in after.problems.iter().take(limit) {
+        println!("still: {}: {}", p.phase, p.what);
+    }
+    println!(
+        "{}: repaired: {} changes; afterwards {} inodes, {} blocks used, {} free; {}",
+        path.display(),
+        rep.fixed.len(),
+        after.inodes,
+        after.blocks_used,
+        after.blocks_free,
+        if after.problem_count() == 0 {
+            "clean".to_string()
+        } else {
+            format!("{} problems left", after.problem_count())
+        }
+    );
 }
 
 fn print_text(
     path: &std::path::Path,
-    log_line: &str,
     sb_problems: &[String],
+    log_problems: &[String],
     r: &CheckReport,
     verbose: bool,
 ) {
     for p in sb_problems {
         println!("superblock: {p}");
+    }
+    for p in log_problems {
+        println!("log: {p}");
     }
     for p in r
         .problems
@@ -186,9 +306,9 @@ fn print_text(
             r.problems.len() - PRINT_MAX
         );
     }
-    let errors = sb_problems.len() as u64 + r.problem_count();
+    let errors = (sb_problems.len() + log_problems.len()) as u64 + r.problem_count();
     println!(
-        "{}: {log_line}; {} inodes ({} directories, {} other), {} blocks used, {} free, {} orphans pending; {}",
+        "{}: {} inodes ({} directories, {} other), {} blocks used, {} free, {} orphans pending; {}",
         path.display(),
         r.inodes,
         r.directories,
@@ -199,7 +319,7 @@ fn print_text(
         if errors == 0 {
             "clean".to_string()
         } else {
-            format!("{errors} problems left uncorrected (repair is not implemented yet)")
+            format!("{errors} problems found")
         }
     );
 }

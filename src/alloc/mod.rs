@@ -449,13 +449,13 @@ impl Allocator {
 
     /// Nodes one free-space operation may take: each tree splitting at every level and growing a
     /// new root.
-    fn freelist_need(bno_level: u16, cnt_level: u16) -> usize {
+    pub fn freelist_need(bno_level: u16, cnt_level: u16) -> usize {
         bno_level as usize + 2 + cnt_level as usize + 2
     }
 
     /// What the free list is topped up to before an operation: room for the top-up itself and
     /// for the operation.
-    fn freelist_target(bno_level: u16, cnt_level: u16) -> usize {
+    pub fn freelist_target(bno_level: u16, cnt_level: u16) -> usize {
         2 * Self::freelist_need(bno_level.max(1), cnt_level.max(1))
     }
 
@@ -944,6 +944,25 @@ impl Allocator {
         let mark = tx.mark();
         let ag = self.read_ag(tx, agno)?;
         let out = ag.unl.collect(tx)?.into_iter().map(|(k, _)| k[0]).collect();
+        tx.release_clean(mark, ag.sp.start..ag.sp.start + ag.sp.len);
+        Ok(out)
+    }
+
+    /// AG `agno`'s inode chunks (block, free mask) from its header and inode-chunk tree alone
+    /// (fsck's repair, which rebuilds the free-space trees, must not need them).
+    pub fn inode_chunks(
+        &self,
+        tx: &mut Trans<'_>,
+        agno: u32,
+    ) -> Result<Vec<(u64, u64)>, EngineError> {
+        let mark = tx.mark();
+        let ag = self.read_ag(tx, agno)?;
+        let out = ag
+            .ino
+            .collect(tx)?
+            .into_iter()
+            .map(|(k, v)| (k[1], if k[0] == 1 { 0 } else { v[0] }))
+            .collect();
         tx.release_clean(mark, ag.sp.start..ag.sp.start + ag.sp.len);
         Ok(out)
     }

@@ -13,6 +13,7 @@
 //! deletion keeps true. A node left empty is freed and unlinked from its parent; a root left with
 //! one child gives way to that child.
 
+pub mod bulk;
 mod node;
 
 pub use node::{Node, BTREE_NODE_HEADER_BYTES, ENTRY_BYTES, RECORD_BYTES};

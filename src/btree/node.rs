@@ -177,6 +177,23 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// Encodes a whole node of `level` holding `entries` into `b` (after its block header), outside
+    /// any transaction: the bulk builder's writer.
+    pub fn encode(b: &mut [u8], level: u16, entries: &[Entry]) {
+        debug_assert!(entries.len() <= capacity(b.len(), level));
+        let mut e = Enc::new(b);
+        e.u16(OFF_LEVEL, level);
+        e.u16(OFF_NRECS, entries.len() as u16);
+        e.u32(OFF_NRECS + 2, 0);
+        e.u64(56, 0);
+        e.u64(64, 0);
+        b[BTREE_NODE_HEADER_BYTES..].fill(0);
+        for (i, en) in entries.iter().enumerate() {
+            debug_assert_eq!(matches!(en, Entry::Leaf(..)), level == 0);
+            Self::write_entry(b, BTREE_NODE_HEADER_BYTES + i * width(level), en);
+        }
+    }
+
     /// A fresh empty node of `level` (the block was joined with `get_buf`).
     pub fn init(tx: &mut Trans<'_>, id: BufId, level: u16) {
         Self::write_header(tx, id, level, 0);

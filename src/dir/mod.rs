@@ -48,6 +48,8 @@ pub struct DirEntry {
     pub ftype: u8,
     /// Cookie of the next entry after this one.
     pub cookie: u64,
+    /// Its key in the directory (hash of the name, collision index); zero for "." and "..".
+    pub key: [u64; 2],
 }
 
 fn tree(dir: u64, inode: &Inode) -> Btree {
@@ -431,6 +433,77 @@ pub fn remove(
     let Some((k, v, _)) = find(tx, dir, inode, name)? else {
         return Ok(None);
     };
+    remove_found(tx, alloc, dir, inode, k, v)
+}
+
+/// The tree key a readdir cookie stands for (None for "." and "..").
+pub fn key_of_cookie(cookie: u64) -> Option<[u64; 2]> {
+    let c = cookie.checked_sub(COOKIE_BASE)?;
+    Some([c >> 31, c & (HASH_COLLISIONS_MAX - 1)])
+}
+
+/// Removes the entry with key `k` (as readdir returned it), found by its key rather than its
+/// name (fsck's repair: a damaged name may no longer hash to its key). Returns the inode it
+/// named.
+#[track_caller]
+pub fn remove_at(
+    tx: &mut Trans<'_>,
+    alloc: &Allocator,
+    dir: u64,
+    inode: &mut Inode,
+    k: [u64; 2],
+) -> Result<Option<u64>, EngineError> {
+    if inode.format == DataFormat::Local {
+        let mut entries = inline_entries(dir, inode)?;
+        let Some(p) = entries.iter().position(|e| e.key == k) else {
+            return Ok(None);
+        };
+        let gone = entries.remove(p);
+        set_inline(inode, &mut entries);
+        return Ok(Some(gone.ino));
+    }
+    let Some(v) = tree(dir, inode).get(tx, &k)? else {
+        return Ok(None);
+    };
+    remove_found(tx, alloc, dir, inode, k, v)
+}
+
+/// Points the entry with key `k` at `ino` with file type `ftype`, found by its key (see
+/// [`remove_at`]). Returns the inode it named before.
+#[track_caller]
+pub fn retype_at(
+    tx: &mut Trans<'_>,
+    dir: u64,
+    inode: &mut Inode,
+    k: [u64; 2],
+    ino: u64,
+    ftype: u8,
+) -> Result<Option<u64>, EngineError> {
+    if inode.format == DataFormat::Local {
+        let mut entries = inline_entries(dir, inode)?;
+        let Some(e) = entries.iter_mut().find(|e| e.key == k) else {
+            return Ok(None);
+        };
+        let old = std::mem::replace(&mut e.ino, ino);
+        e.ftype = ftype;
+        set_inline(inode, &mut entries);
+        return Ok(Some(old));
+    }
+    let Some(v) = tree(dir, inode).get(tx, &k)? else {
+        return Ok(None);
+    };
+    set_found(tx, dir, inode, k, v, ino, ftype)
+}
+
+/// Removes the entry at key `k` (value `v`) of a directory with a hash tree.
+fn remove_found(
+    tx: &mut Trans<'_>,
+    alloc: &Allocator,
+    dir: u64,
+    inode: &mut Inode,
+    k: [u64; 2],
+    v: [u64; 2],
+) -> Result<Option<u64>, EngineError> {
     let mut t = tree(dir, inode);
     let mut blocks = inode.blocks;
     let mut db = InodeBlocks {
@@ -491,6 +564,19 @@ pub fn replace(
     let Some((k, v, _)) = find(tx, dir, inode, name)? else {
         return Ok(None);
     };
+    set_found(tx, dir, inode, k, v, ino, ftype)
+}
+
+/// Points the entry at key `k` (value `v`) of a directory with a hash tree at `ino`.
+fn set_found(
+    tx: &mut Trans<'_>,
+    dir: u64,
+    inode: &Inode,
+    k: [u64; 2],
+    v: [u64; 2],
+    ino: u64,
+    ftype: u8,
+) -> Result<Option<u64>, EngineError> {
     tree(dir, inode).update(tx, &k, [ino, v[1]])?;
     let (blk, off) = (v[1] >> 16, (v[1] & 0xffff) as usize);
     let id = tx.read_buf(blk, BlockType::DirData)?;
@@ -560,6 +646,7 @@ pub fn read(
             ino: dir,
             ftype: DT_DIR,
             cookie: COOKIE_DOT,
+            key: [0, 0],
         });
     }
     if cookie < COOKIE_DOTDOT && out.len() < max {
@@ -568,6 +655,7 @@ pub fn read(
             ino: parent(inode),
             ftype: DT_DIR,
             cookie: COOKIE_DOTDOT,
+            key: [0, 0],
         });
     }
     if inode.format == DataFormat::Local {
@@ -587,6 +675,7 @@ pub fn read(
                 ino: e.ino,
                 ftype: e.ftype,
                 cookie: c,
+                key: e.key,
             });
         }
         return Ok(out);
@@ -608,6 +697,7 @@ pub fn read(
             ino: v[0],
             ftype,
             cookie: COOKIE_BASE + (k[0] << 31 | k[1]),
+            key: k,
         });
         at = t.gt(tx, &k)?;
     }

@@ -13,7 +13,7 @@ pub mod recovery;
 mod writer;
 
 pub use grant::{LogPos, Space, SpaceNeed};
-pub use recovery::{format_log, recover, Recovered};
+pub use recovery::{format_log, recover, Damage, Recovered};
 
 use crate::cache::{BufHead, ChunkMap};
 use crate::device::{AlignedBuf, DevError, Device};

@@ -39,6 +39,20 @@ pub struct Recovered {
     pub items_cancelled: u64,
     /// Valid records after the last complete checkpoint (a torn or unconfirmed checkpoint).
     pub records_discarded: u64,
+    /// The walk stopped at a damaged record although later checkpoints were written after it
+    /// was durable (not a torn write): what was found there. Only with [`Damage::Accept`].
+    pub damaged: Option<FormatError>,
+}
+
+/// What recovery does with a damaged record in the middle of the log (one followed by records
+/// of a later checkpoint, which the writer starts only after the earlier one is durable, so it
+/// cannot be a write torn by a crash).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Damage {
+    /// Fail, naming the block, and change nothing (mount: the operator runs fsck).
+    Refuse,
+    /// Replay the checkpoints before it, discard the rest, and report it (fsck).
+    Accept,
 }
 
 impl Default for LogPos {
@@ -119,7 +133,7 @@ impl Reader<'_> {
 }
 
 /// Recovers the log of the filesystem described by `sb` on `dev`.
-pub fn recover(dev: &dyn Device, sb: &Superblock) -> Result<Recovered, LogError> {
+pub fn recover(dev: &dyn Device, sb: &Superblock, damage: Damage) -> Result<Recovered, LogError> {
     let g = &sb.geometry;
     let bs = g.block_size;
     let size = g.log_blocks * bs as u64;
@@ -134,8 +148,9 @@ pub fn recover(dev: &dyn Device, sb: &Superblock) -> Result<Recovered, LogError>
     // 1. Scan for candidates, newest first.
     let mut candidates = scan(&r)?;
     candidates.sort_unstable_by(|a, b| b.cmp(a));
+    let max_seq = candidates.iter().map(|c| c.1).max().unwrap_or(0);
     let mut last = None;
-    for lsn in candidates {
+    for &(lsn, _) in &candidates {
         if let Ok(h) = r.record(LogPos::from_lsn(lsn, bs), Some(lsn), &mut buf) {
             last = Some(h);
             break;
@@ -238,6 +253,42 @@ pub fn recover(dev: &dyn Device, sb: &Superblock) -> Result<Recovered, LogError>
     if let Some((_, found, _, _)) = &open {
         out.records_discarded = found.records.len() as u64;
     }
+    // Damage, not a torn write: a record of a checkpoint newer than the one the walk stopped in
+    // (the writer starts a checkpoint only once the one before is durable). Stopped at the tail
+    // itself, that checkpoint is unknown: damage if a record between the tail and the newest one
+    // belongs to an older checkpoint than the newest (the newest's own records may be torn).
+    let stopped_in = match &open {
+        Some((seq, ..)) => Some(*seq),
+        None => prev_seq.map(|p| p + 1),
+    };
+    let damaged = walked < g.log_blocks
+        && match stopped_in {
+            Some(seq) => max_seq > seq,
+            None => candidates
+                .iter()
+                .any(|&(lsn, seq)| seq < max_seq && lsn > tail.lsn(bs) && lsn <= last.lsn),
+        };
+    if damaged {
+        let blkno = g.log_start + pos.bytes / bs as u64;
+        let why = match r.record(pos, Some(pos.lsn(bs)), &mut buf) {
+            Err(LogError::Corrupt(e)) => format!("{}.{}: {}", e.structure, e.field, e.detail),
+            Err(e) => e.to_string(),
+            Ok(h) => format!("record of checkpoint {} out of sequence", h.seq),
+        };
+        let e = FormatError::new(
+            blkno,
+            "log record",
+            "record",
+            format!(
+                "damaged ({why}) although checkpoint {} was written after it; checkpoints from here on cannot be replayed (run fsck.ticketfs)",
+                max_seq.max(last.seq)
+            ),
+        );
+        if damage == Damage::Refuse {
+            return Err(LogError::Corrupt(e));
+        }
+        out.damaged = Some(e);
+    }
 
     // 4. Replay.
     // A block freed in checkpoint j (a cancel item) ignores its items of checkpoints before j:
@@ -288,8 +339,8 @@ pub fn recover(dev: &dyn Device, sb: &Superblock) -> Result<Recovered, LogError>
     Ok(out)
 }
 
-/// LSNs of every block that starts a record with a valid header.
-fn scan(r: &Reader<'_>) -> Result<Vec<Lsn>, LogError> {
+/// LSN and checkpoint sequence of every block that starts a record with a valid header.
+fn scan(r: &Reader<'_>) -> Result<Vec<(Lsn, u64)>, LogError> {
     let bs = r.bs as usize;
     let chunk_blocks = ((1 << 20) / bs).max(1) as u64;
     let mut buf = AlignedBuf::new(chunk_blocks as usize * bs);
@@ -312,7 +363,7 @@ fn scan(r: &Reader<'_>) -> Result<Vec<Lsn>, LogError> {
                 &r.sb.uuid,
                 r.log_blocks,
             ) {
-                found.push(h.lsn);
+                found.push((h.lsn, h.seq));
             }
         }
         first += n;

@@ -9,6 +9,8 @@
 //! Freeing: an inode whose last link goes is freed after the unlinking transaction commits (its
 //! data in rolling truncate steps, then the inode), or at its last close if it is open.
 
+mod repair;
+
 use crate::alloc::Allocator;
 use crate::dir::{self, DirEntry, NAME_MAX};
 use crate::engine::{Engine, EngineError};

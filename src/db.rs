@@ -1,0 +1,402 @@
+//! `ticketfs db IMAGE COMMAND`: prints on-disk structures, in the spirit of xfs_db and
+//! xfs_logprint. It never writes: the image is read through a copy-on-write overlay (a dirty log
+//! is replayed into the overlay before inodes and directories are shown; `log` and `block` show
+//! the bytes as they are on the device).
+//!
+//! Commands: `sb`, `ag N`, `inode INO`, `dir INO`, `block N`, `log`.
+
+use crate::alloc::Allocator;
+use crate::btree::Node;
+use crate::device::{AlignedBuf, Device, OverlayDevice};
+use crate::dir;
+use crate::engine::{read_superblock, Engine, EngineOptions};
+use crate::file::extmap;
+use crate::format::ag::{AgHeader, AG_HEADER_OFFSET};
+use crate::format::log::{LogItem, RecordHeader, LOG_RECORD_HEADER_BYTES, LOG_RECORD_MAGIC};
+use crate::format::{BlockHeader, BlockType, Superblock};
+use crate::fs::{S_IFDIR, S_IFMT, S_IFREG};
+use crate::inode;
+use crate::mem::MemRes;
+use crate::trans::TransKind;
+use std::fmt::Write;
+use std::sync::Arc;
+
+pub const USAGE: &str = "usage: ticketfs db IMAGE sb | ag N | inode INO | dir INO | block N | log";
+
+/// Runs one command against `dev`; returns what to print.
+pub fn run(dev: Arc<dyn Device>, cmd: &str, arg: Option<&str>) -> Result<String, String> {
+    let num = || -> Result<u64, String> {
+        arg.ok_or_else(|| format!("{cmd} needs a number\n{USAGE}"))?
+            .parse::<u64>()
+            .map_err(|e| format!("{cmd}: {e}"))
+    };
+    match cmd {
+        "sb" => superblocks(&*dev),
+        "block" => block(&*dev, num()?),
+        "log" => log(&*dev),
+        "ag" => with_engine(dev, |eng| ag(eng, num()?)),
+        "inode" => with_engine(dev, |eng| show_inode(eng, num()?)),
+        "dir" => with_engine(dev, |eng| show_dir(eng, num()?)),
+        _ => Err(USAGE.to_string()),
+    }
+}
+
+fn with_engine(
+    dev: Arc<dyn Device>,
+    f: impl FnOnce(&Engine) -> Result<String, String>,
+) -> Result<String, String> {
+    let overlay: Arc<dyn Device> = Arc::new(OverlayDevice::new(dev));
+    let eng = Engine::mount(
+        overlay,
+        EngineOptions {
+            memres: MemRes::Off,
+            mem_budget_bytes: 16 << 20,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let r = f(&eng);
+    eng.crash();
+    r
+}
+
+fn superblocks(dev: &dyn Device) -> Result<String, String> {
+    let sb = read_superblock(dev).map_err(|e| e.to_string())?;
+    let g = sb.geometry;
+    let mut out = String::new();
+    let mut buf = AlignedBuf::new(g.block_size as usize);
+    for blkno in [0, g.backup_sb_blkno()] {
+        let state = match dev.read(blkno, &mut buf) {
+            Err(e) => format!("unreadable: {e}"),
+            Ok(()) => match Superblock::decode(&buf, blkno) {
+                Ok(s) if s == sb => "good".to_string(),
+                Ok(_) => "good, but differs from the one in use".to_string(),
+                Err(e) => format!("bad: {e}"),
+            },
+        };
+        let _ = writeln!(out, "superblock copy at block {blkno}: {state}");
+    }
+    let _ = writeln!(
+        out,
+        "uuid {}\nlabel {:?}\nstate {}\nroot inode {}\nblock size {}\nblocks {}\nAGs {} of {} blocks\nlog blocks {}..{} ({} blocks)",
+        sb.uuid.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        sb.label_str(),
+        if sb.state == crate::format::superblock::SB_STATE_CLEAN { "clean" } else { "dirty (mounted or crashed)" },
+        sb.root_ino,
+        g.block_size,
+        g.block_count,
+        g.ag_count,
+        g.ag_blocks,
+        g.log_start,
+        g.log_end(),
+        g.log_blocks
+    );
+    Ok(out)
+}
+
+fn block(dev: &dyn Device, blkno: u64) -> Result<String, String> {
+    let sb = read_superblock(dev).map_err(|e| e.to_string())?;
+    let g = sb.geometry;
+    if blkno >= g.block_count {
+        return Err(format!(
+            "block {blkno} is beyond the filesystem's {}",
+            g.block_count
+        ));
+    }
+    let mut buf = AlignedBuf::new(g.block_size as usize);
+    dev.read(blkno, &mut buf).map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    if blkno == 0 || blkno == g.backup_sb_blkno() {
+        return superblocks(dev);
+    }
+    if (g.log_start..g.log_end()).contains(&blkno) {
+        let _ = writeln!(out, "block {blkno} is log block {}", blkno - g.log_start);
+        match RecordHeader::decode(
+            &buf,
+            blkno,
+            (blkno - g.log_start) as u32,
+            None,
+            &sb.uuid,
+            g.log_blocks,
+        ) {
+            Ok(h) => out.push_str(&record_line(blkno, &h)),
+            Err(e) => {
+                let _ = writeln!(out, "no record starts here ({e})");
+            }
+        }
+        return Ok(out);
+    }
+    let Some(t) = BlockHeader::peek_type(&buf) else {
+        let _ = writeln!(
+            out,
+            "block {blkno}: no metadata magic (file data or free space); first bytes {}",
+            hex(&buf[..32])
+        );
+        return Ok(out);
+    };
+    let _ = writeln!(out, "block {blkno}: magic says {}", t.name());
+    match BlockHeader::verify(&buf, blkno, None, &sb.uuid) {
+        Err(e) => {
+            let _ = writeln!(out, "header check failed: {e}");
+        }
+        Ok(h) => {
+            let _ = writeln!(
+                out,
+                "header: crc {:#010x} (good), blkno {}, owner {}, lsn {:#x} (cycle {}, block {})",
+                h.crc,
+                h.blkno,
+                h.owner,
+                h.lsn,
+                h.lsn >> 32,
+                h.lsn & 0xffff_ffff
+            );
+        }
+    }
+    match t {
+        BlockType::BtreeBno
+        | BlockType::BtreeCnt
+        | BlockType::BtreeIno
+        | BlockType::BtreeExtent
+        | BlockType::BtreeDir => match Node::new(&buf, blkno) {
+            Ok(n) => {
+                let _ = writeln!(
+                    out,
+                    "B+tree node: level {}, {} entries",
+                    n.level(),
+                    n.nrecs()
+                );
+                for i in 0..n.nrecs() {
+                    if n.level() == 0 {
+                        let _ = writeln!(out, "  {:?} -> {:?}", n.key(i), n.val(i));
+                    } else {
+                        let _ = writeln!(out, "  {:?} -> child {}", n.key(i), n.child(i));
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(out, "node: {e}");
+            }
+        },
+        BlockType::AgHeader => {
+            let agno = (blkno / g.ag_blocks) as u32;
+            let a = Allocator::new(g);
+            match AgHeader::decode(&buf, blkno, agno, a.ag_start(agno), a.ag_len(agno)) {
+                Ok(h) => {
+                    let _ = writeln!(out, "{h:#?}");
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "AG header: {e}");
+                }
+            }
+        }
+        _ => {
+            let _ = writeln!(out, "first bytes after the header: {}", hex(&buf[48..112]));
+        }
+    }
+    Ok(out)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn record_line(blkno: u64, h: &RecordHeader) -> String {
+    format!(
+        "block {blkno}: lsn {}/{} tail {}/{} checkpoint {} record {} flags {}{} payload {} bytes in {} blocks\n",
+        h.lsn.cycle(),
+        h.lsn.block(),
+        h.tail_lsn.cycle(),
+        h.tail_lsn.block(),
+        h.seq,
+        h.index,
+        if h.flags & crate::format::log::FLAG_COMMIT != 0 { "commit" } else { "data" },
+        if h.flags & crate::format::log::FLAG_UNMOUNT != 0 { ",unmount" } else { "" },
+        h.payload_len,
+        h.blocks
+    )
+}
+
+/// Every record in the log, in log order, with the items of each checkpoint whose records are
+/// all there and intact.
+fn log(dev: &dyn Device) -> Result<String, String> {
+    let sb = read_superblock(dev).map_err(|e| e.to_string())?;
+    let g = sb.geometry;
+    let bs = g.block_size as usize;
+    let mut out = String::new();
+    let mut buf = AlignedBuf::new(bs);
+    let mut idx = 0;
+    let mut stream: Vec<u8> = Vec::new();
+    let mut stream_seq = None;
+    while idx < g.log_blocks {
+        let blkno = g.log_start + idx;
+        dev.read(blkno, &mut buf).map_err(|e| e.to_string())?;
+        if buf[..4] != LOG_RECORD_MAGIC.to_le_bytes() {
+            idx += 1;
+            continue;
+        }
+        let h = match RecordHeader::decode(&buf, blkno, idx as u32, None, &sb.uuid, g.log_blocks) {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = writeln!(out, "block {blkno}: damaged record header: {e}");
+                idx += 1;
+                continue;
+            }
+        };
+        out.push_str(&record_line(blkno, &h));
+        let n = (h.blocks as u64).clamp(1, g.log_blocks - idx);
+        let mut rec = AlignedBuf::new(n as usize * bs);
+        dev.read(blkno, &mut rec).map_err(|e| e.to_string())?;
+        if h.blocks as u64 > n {
+            let _ = writeln!(out, "  record runs past the end of the log (wraps)");
+        } else if let Err(e) = h.verify_payload(&rec, blkno) {
+            let _ = writeln!(out, "  damaged payload: {e}");
+            stream.clear();
+            stream_seq = None;
+        } else if h.flags & crate::format::log::FLAG_COMMIT == 0 {
+            if stream_seq != Some(h.seq) {
+                stream.clear();
+                stream_seq = Some(h.seq);
+            }
+            stream.extend_from_slice(
+                &rec[LOG_RECORD_HEADER_BYTES..LOG_RECORD_HEADER_BYTES + h.payload_len as usize],
+            );
+            let mut at = 0;
+            while let Ok(Some((item, used))) =
+                LogItem::decode_one(&stream[at..], blkno, g.block_size, g.block_count)
+            {
+                let bytes: usize = item.regions.iter().map(|r| r.1.len()).sum();
+                let _ = writeln!(
+                    out,
+                    "  item: block {} ({}) {} regions, {bytes} bytes{}",
+                    item.blkno,
+                    item.btype.name(),
+                    item.regions.len(),
+                    if item.regions.is_empty() {
+                        " (freed: cancels earlier items)"
+                    } else {
+                        ""
+                    }
+                );
+                at += used;
+            }
+            stream.drain(..at);
+        }
+        idx += n;
+    }
+    if out.is_empty() {
+        out.push_str("no records in the log\n");
+    }
+    Ok(out)
+}
+
+fn ag(eng: &Engine, agno: u64) -> Result<String, String> {
+    let g = *eng.geometry();
+    if agno >= g.ag_count as u64 {
+        return Err(format!("there are {} AGs", g.ag_count));
+    }
+    let a = Allocator::new(g);
+    let mut tx = eng.begin(TransKind::Read).map_err(|e| e.to_string())?;
+    let sp = a
+        .free_space(&mut tx, agno as u32)
+        .map_err(|e| e.to_string())?;
+    let _ = tx.cancel();
+    let mut out = format!(
+        "AG {agno}: header at block {}\n{:#?}\n",
+        a.ag_start(agno as u32) + AG_HEADER_OFFSET,
+        sp.hdr
+    );
+    let _ = writeln!(out, "free extents (start+length): {:?}", sp.by_bno);
+    let _ = writeln!(out, "inode chunks (block, free mask): {:?}", sp.chunks);
+    let _ = writeln!(out, "unlinked inodes: {:?}", sp.unlinked);
+    Ok(out)
+}
+
+fn show_inode(eng: &Engine, ino: u64) -> Result<String, String> {
+    let mut tx = eng.begin(TransKind::Read).map_err(|e| e.to_string())?;
+    let (_, i) = inode::read(&mut tx, ino).map_err(|e| e.to_string())?;
+    let mut out = format!(
+        "inode {ino}: mode {:o} uid {} gid {} nlink {} size {} blocks {} generation {}\n  atime {:?}\n  mtime {:?}\n  ctime {:?}\n  crtime {:?}\n  format {:?} nextents {} root {} level {} xattr block {} flags {:#x} rdev {}\n",
+        i.mode, i.uid, i.gid, i.nlink, i.size, i.blocks, i.generation, i.atime, i.mtime, i.ctime,
+        i.crtime, i.format, i.nextents, i.root, i.root_level, i.xattr_blk, i.flags, i.rdev
+    );
+    match i.mode & S_IFMT {
+        S_IFREG => match extmap::all(&mut tx, ino, &i) {
+            Ok(list) => {
+                for e in list {
+                    let _ = writeln!(
+                        out,
+                        "  extent: file block {} -> blocks {}+{}{}",
+                        e.file_block,
+                        e.start,
+                        e.len,
+                        if e.flags & 1 != 0 { " (unwritten)" } else { "" }
+                    );
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(out, "  extent map: {e}");
+            }
+        },
+        S_IFDIR => {
+            let _ = writeln!(out, "  parent {}", dir::parent(&i));
+        }
+        _ => {}
+    }
+    if i.xattr_blk != 0 {
+        match crate::xattr::load(&mut tx, ino, &i) {
+            Ok(a) => {
+                let _ = writeln!(out, "  xattrs: {a:?}");
+            }
+            Err(e) => {
+                let _ = writeln!(out, "  xattrs: {e}");
+            }
+        }
+    }
+    let _ = tx.cancel();
+    Ok(out)
+}
+
+fn show_dir(eng: &Engine, ino: u64) -> Result<String, String> {
+    let mut tx = eng.begin(TransKind::Read).map_err(|e| e.to_string())?;
+    let (_, i) = inode::read(&mut tx, ino).map_err(|e| e.to_string())?;
+    if i.mode & S_IFMT != S_IFDIR {
+        return Err(format!(
+            "inode {ino} is not a directory (mode {:o})",
+            i.mode
+        ));
+    }
+    let mut out = format!(
+        "directory {ino}: {} entries, {}\n",
+        i.nextents,
+        if i.format == crate::format::inode::DataFormat::Local {
+            "inline".to_string()
+        } else {
+            format!("hash tree at block {} (level {})", i.root, i.root_level)
+        }
+    );
+    let mut cookie = 0;
+    loop {
+        let batch = dir::read(&mut tx, ino, &i, cookie, 1024).map_err(|e| e.to_string())?;
+        let Some(last) = batch.last() else { break };
+        if last.cookie <= cookie {
+            return Err(format!(
+                "{out}readdir does not advance past cookie {cookie}"
+            ));
+        }
+        cookie = last.cookie;
+        for e in batch {
+            let _ = writeln!(
+                out,
+                "  {:>12} type {:>2} {}",
+                e.ino,
+                e.ftype,
+                String::from_utf8_lossy(&e.name)
+            );
+        }
+    }
+    let _ = tx.cancel();
+    Ok(out)
+}

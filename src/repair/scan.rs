@@ -1,0 +1,459 @@
+//! Repair, phase 1: find what can be kept. Every inode chunk (from the AG's inode-chunk tree, or
+//! by scanning the AG for chunk blocks when that tree is unreadable), every inode in it, and for
+//! each inode what it owns. An inode whose map cannot be read, or that claims a block outside
+//! the data area or already claimed, is cleared (xfs_repair's rule); a directory whose blocks
+//! cannot be read or are claimed twice is emptied and rebuilt from the entries that could be
+//! read; an unreadable xattr block is dropped. Nothing is written here.
+
+use super::{Bitmap, Kept, Name};
+use crate::alloc::Allocator;
+use crate::btree::{Btree, Root};
+use crate::check::Progress;
+use crate::dir;
+use crate::engine::{Engine, EngineError};
+use crate::file::extmap;
+use crate::format::ag::AG_RESERVED_BLOCKS;
+use crate::format::inode::{ino_of, ino_split, inodes_per_block, DataFormat, Inode};
+use crate::format::{BlockHeader, BlockType};
+use crate::fs::{S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK};
+use crate::inode;
+use crate::trans::{BufMark, Trans, TransKind};
+use std::collections::BTreeMap;
+
+/// What the scan decided for one inode that needs a change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InodeFix {
+    /// Why the inode is cleared (None: it is kept).
+    pub clear: Option<String>,
+    /// The directory is emptied (its entries are re-added from `Scan::names`).
+    pub reset_dir: Option<String>,
+    pub drop_xattr: Option<String>,
+    /// The block count it should have.
+    pub blocks: Option<u64>,
+    /// A root directory made afresh.
+    pub new_root: bool,
+    /// Whether the chunk block itself is unreadable and must be written fresh (new root only).
+    pub fresh_chunk: bool,
+}
+
+/// What phase 1 found.
+pub struct Scan {
+    /// Blocks in use: inode chunks and everything the kept inodes own.
+    pub used: Bitmap,
+    /// Inode chunks kept: block → mask of slots in use.
+    pub chunks: BTreeMap<u64, u64>,
+    pub inodes: BTreeMap<u64, Kept>,
+    /// Entries read from directories (all of them; the plan decides which stay).
+    pub names: Vec<Name>,
+    pub fixes: BTreeMap<u64, InodeFix>,
+    /// Metadata blocks kept whose LSN is at or ahead of the log's head: (block, type).
+    pub ahead: Vec<(u64, BlockType)>,
+    /// What was found, one line each.
+    pub found: Vec<String>,
+}
+
+struct Scanner<'e> {
+    eng: &'e Engine,
+    alloc: Allocator,
+    s: Scan,
+    /// Metadata blocks kept, for the LSN pass.
+    meta: Vec<u64>,
+}
+
+/// What an inode owns, by kind.
+#[derive(Default)]
+struct Owned {
+    data: Vec<u64>,
+    meta: Vec<u64>,
+}
+
+impl Scanner<'_> {
+    /// Is `b` a block the allocator hands out (inside an AG's data area)?
+    fn in_data_area(&self, b: u64) -> bool {
+        let g = self.eng.geometry();
+        if b >= g.block_count {
+            return false;
+        }
+        let (first, end) = self.alloc.initial_free(self.alloc.agno_of(b));
+        (first..end).contains(&b)
+    }
+
+    /// Checks that none of `blocks` is outside the data area, claimed already, or named twice;
+    /// None if they can all be claimed, else why not.
+    fn claimable(&self, blocks: &[u64]) -> Option<String> {
+        let mut sorted = blocks.to_vec();
+        sorted.sort_unstable();
+        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Some(format!("names block {} twice", w[0]));
+        }
+        for &b in &sorted {
+            if !self.in_data_area(b) {
+                return Some(format!("uses block {b}, outside the data area"));
+            }
+            if self.s.used.get(b) {
+                return Some(format!("uses block {b}, which something else uses"));
+            }
+        }
+        None
+    }
+
+    fn claim(&mut self, blocks: &[u64]) {
+        for &b in blocks {
+            self.s.used.set(b);
+        }
+    }
+
+    fn fix(&mut self, ino: u64) -> &mut InodeFix {
+        self.s.fixes.entry(ino).or_default()
+    }
+}
+
+/// Reads everything phase 1 needs through `eng` (read-only transactions).
+pub fn scan(eng: &Engine, progress: Progress<'_>) -> Result<Scan, EngineError> {
+    let g = *eng.geometry();
+    let mut sc = Scanner {
+        eng,
+        alloc: Allocator::new(g),
+        s: Scan {
+            used: Bitmap::new(g.block_count),
+            chunks: BTreeMap::new(),
+            inodes: BTreeMap::new(),
+            names: Vec::new(),
+            fixes: BTreeMap::new(),
+            ahead: Vec::new(),
+            found: Vec::new(),
+        },
+        meta: Vec::new(),
+    };
+    let root = eng.superblock().root_ino;
+    let mut tx = eng.begin(TransKind::Read)?;
+
+    // Inode chunks: from each AG's tree, or by scanning the AG.
+    let mut chunks: Vec<u64> = Vec::new();
+    for agno in 0..g.ag_count {
+        progress("inode chunks", agno as u64, g.ag_count as u64);
+        match sc.alloc.inode_chunks(&mut tx, agno) {
+            Ok(list) => chunks.extend(list.into_iter().map(|(c, _)| c)),
+            Err(e) => {
+                let found = scan_for_chunks(&sc, agno)?;
+                sc.s.found.push(format!(
+                    "AG {agno}: inode-chunk tree unreadable ({e}); {} chunks found by scanning the AG",
+                    found.len()
+                ));
+                chunks.extend(found);
+            }
+        }
+        tx.release_clean(BufMark::START, 0..u64::MAX);
+    }
+    let root_chunk = ino_split(root).0;
+    if !chunks.contains(&root_chunk) {
+        chunks.push(root_chunk);
+    }
+    chunks.sort_unstable();
+    chunks.dedup();
+    let mut readable: Vec<u64> = Vec::new();
+    for c in chunks {
+        if !sc.in_data_area(c) {
+            sc.s.found
+                .push(format!("inode chunk {c} is outside the data area: dropped"));
+            continue;
+        }
+        match tx.read_buf(c, BlockType::InodeChunk) {
+            Ok(_) => readable.push(c),
+            Err(e) if c == root_chunk => {
+                sc.s.found
+                    .push(format!("inode chunk {c} (the root's): {e}; written afresh"));
+                sc.fix(root).fresh_chunk = true;
+            }
+            Err(e) => {
+                sc.s.found
+                    .push(format!("inode chunk {c}: {e}; its inodes are lost"));
+                continue;
+            }
+        }
+        sc.s.used.set(c);
+        sc.s.chunks.insert(c, 0);
+        tx.release_clean(BufMark::START, 0..u64::MAX);
+    }
+    sc.meta.extend(&readable);
+
+    // Every inode of every readable chunk.
+    let ipb = inodes_per_block(g.block_size);
+    let total = readable.len() as u64;
+    for (n, &chunk) in readable.iter().enumerate() {
+        if n % 256 == 0 {
+            progress("inodes", n as u64, total);
+        }
+        for slot in 0..ipb {
+            let ino = ino_of(chunk, slot);
+            match inode::read(&mut tx, ino) {
+                Ok((_, i)) => examine(&mut sc, &mut tx, ino, &i),
+                Err(EngineError::Stale(_)) => {}
+                Err(e) => {
+                    sc.fix(ino).clear = Some(e.to_string());
+                }
+            }
+            tx.release_clean(BufMark::START, 0..u64::MAX);
+        }
+    }
+    tx.cancel()?;
+
+    // The root must be a directory.
+    if sc
+        .s
+        .inodes
+        .get(&root)
+        .is_none_or(|k| k.mode & S_IFMT != S_IFDIR)
+    {
+        if sc.s.inodes.remove(&root).is_some() {
+            sc.fix(root).clear = Some("the root inode is not a directory".into());
+        }
+        sc.s.found.push(format!(
+            "root directory {root} is missing or damaged: made afresh"
+        ));
+        let f = sc.fix(root);
+        f.new_root = true;
+        sc.s.inodes.insert(
+            root,
+            Kept {
+                mode: S_IFDIR | 0o755,
+                nlink: 2,
+            },
+        );
+        let m = sc.s.chunks.entry(root_chunk).or_insert(0);
+        *m |= 1 << ino_split(root).1;
+    }
+    for (&ino, f) in &sc.s.fixes {
+        if let Some(why) = &f.clear {
+            sc.s.found.push(format!("inode {ino}: {why}; cleared"));
+        }
+        if let Some(why) = &f.reset_dir {
+            sc.s.found.push(format!(
+                "directory {ino}: {why}; rebuilt from the entries that could be read"
+            ));
+        }
+        if let Some(why) = &f.drop_xattr {
+            sc.s.found
+                .push(format!("inode {ino}: extended attributes {why}; dropped"));
+        }
+    }
+    lsn_pass(&mut sc, progress);
+    Ok(sc.s)
+}
+
+/// Examines one inode: keeps it (claiming what it owns), or records why it is cleared.
+fn examine(sc: &mut Scanner<'_>, tx: &mut Trans<'_>, ino: u64, i: &Inode) {
+    let ft = i.mode & S_IFMT;
+    if ![
+        S_IFREG, S_IFDIR, S_IFLNK, S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK,
+    ]
+    .contains(&ft)
+    {
+        sc.fix(ino).clear = Some(format!("mode {:o} is of no file type", i.mode));
+        return;
+    }
+    let dev_blocks = sc.eng.geometry().block_count;
+    let mut own = Owned::default();
+    let mut reset: Option<String> = None;
+    match ft {
+        S_IFREG => {
+            let list = match extmap::all(tx, ino, i) {
+                Ok(l) => l,
+                Err(e) => {
+                    sc.fix(ino).clear = Some(format!("extent map: {e}"));
+                    return;
+                }
+            };
+            let mut prev_end = 0;
+            for e in list {
+                let end = e.start.checked_add(e.len as u64);
+                if e.len == 0 || end.is_none_or(|end| end > dev_blocks) || e.file_block < prev_end {
+                    sc.fix(ino).clear = Some(format!(
+                        "extent at file block {} ({}+{}) is invalid or overlaps",
+                        e.file_block, e.start, e.len
+                    ));
+                    return;
+                }
+                prev_end = e.file_block + e.len as u64;
+                own.data.extend(e.start..e.start + e.len as u64);
+            }
+            if i.format == DataFormat::Btree {
+                let t = Btree::open(
+                    BlockType::BtreeExtent,
+                    ino,
+                    Root {
+                        blkno: i.root,
+                        level: i.root_level,
+                    },
+                );
+                match t.blocks(tx) {
+                    Ok(bs) => own.meta.extend(bs),
+                    Err(e) => {
+                        sc.fix(ino).clear = Some(format!("extent map: {e}"));
+                        return;
+                    }
+                }
+            }
+        }
+        S_IFDIR => {
+            let (names, read_err) = read_entries(tx, ino, i);
+            match (dir::blocks(tx, ino, i), read_err) {
+                (Ok(bs), None) => own.meta.extend(bs),
+                (Err(e), _) => reset = Some(e.to_string()),
+                (_, Some(e)) => reset = Some(e),
+            }
+            if reset.is_none() {
+                if let Some(why) = sc.claimable(&own.meta) {
+                    reset = Some(why);
+                }
+            }
+            if reset.is_some() {
+                own.meta.clear();
+            }
+            sc.s.names.extend(names);
+        }
+        S_IFLNK if i.format != DataFormat::Local => match tx.read_buf(i.root, BlockType::Symlink) {
+            Ok(_) => own.meta.push(i.root),
+            Err(e) => {
+                sc.fix(ino).clear = Some(format!("symlink block: {e}"));
+                return;
+            }
+        },
+        _ => {}
+    }
+    let mut all: Vec<u64> = own.data.iter().chain(&own.meta).copied().collect();
+    if let Some(why) = sc.claimable(&all) {
+        sc.fix(ino).clear = Some(why);
+        return;
+    }
+    let mut drop_xattr = None;
+    if i.xattr_blk != 0 {
+        match crate::xattr::load(tx, ino, i) {
+            Err(e) => drop_xattr = Some(format!("unreadable ({e})")),
+            Ok(_) => {
+                all.push(i.xattr_blk);
+                if let Some(why) = sc.claimable(&all) {
+                    all.pop();
+                    drop_xattr = Some(why);
+                } else {
+                    own.meta.push(i.xattr_blk);
+                }
+            }
+        }
+    }
+    sc.claim(&all);
+    sc.meta.extend(&own.meta);
+    let blocks = all.len() as u64;
+    let (chunk, slot) = ino_split(ino);
+    *sc.s.chunks.entry(chunk).or_insert(0) |= 1 << slot;
+    sc.s.inodes.insert(
+        ino,
+        Kept {
+            mode: i.mode,
+            nlink: i.nlink,
+        },
+    );
+    if reset.is_some() || drop_xattr.is_some() || i.blocks != blocks {
+        let f = sc.fix(ino);
+        f.reset_dir = reset;
+        f.drop_xattr = drop_xattr;
+        if i.blocks != blocks {
+            f.blocks = Some(blocks);
+        }
+    }
+}
+
+/// A directory's entries, as many as can be read, and the error that stopped the reading.
+fn read_entries(tx: &mut Trans<'_>, d: u64, i: &Inode) -> (Vec<Name>, Option<String>) {
+    let mut out = Vec::new();
+    let mut cookie = 0;
+    loop {
+        let batch = match dir::read(tx, d, i, cookie, 1024) {
+            Ok(b) => b,
+            Err(e) => return (out, Some(e.to_string())),
+        };
+        let Some(last) = batch.last() else {
+            return (out, None);
+        };
+        if last.cookie <= cookie {
+            return (
+                out,
+                Some(format!("readdir does not advance past cookie {cookie}")),
+            );
+        }
+        cookie = last.cookie;
+        out.extend(
+            batch
+                .into_iter()
+                .filter(|e| e.name != b"." && e.name != b"..")
+                .map(|e| Name {
+                    dir: d,
+                    name: e.name,
+                    ino: e.ino,
+                    ftype: e.ftype,
+                    key: e.key,
+                }),
+        );
+        tx.release_clean(BufMark::START, 0..u64::MAX);
+    }
+}
+
+/// Chunk blocks of AG `agno` found by reading every block of its data area: blocks whose header
+/// says inode chunk, this very block, this filesystem and this AG, with a valid CRC.
+fn scan_for_chunks(sc: &Scanner<'_>, agno: u32) -> Result<Vec<u64>, EngineError> {
+    const SCAN_BATCH_BLOCKS: u64 = 256;
+    let g = sc.eng.geometry();
+    let bs = g.block_size as usize;
+    let uuid = sc.eng.superblock().uuid;
+    let (first, end) = sc.alloc.initial_free(agno);
+    let first = first.max(sc.alloc.ag_start(agno) + AG_RESERVED_BLOCKS);
+    let mut buf = crate::device::AlignedBuf::new(SCAN_BATCH_BLOCKS as usize * bs);
+    let mut out = Vec::new();
+    let mut b = first;
+    while b < end {
+        let n = SCAN_BATCH_BLOCKS.min(end - b);
+        sc.eng
+            .device()
+            .read(b, &mut buf[..n as usize * bs])
+            .map_err(EngineError::Io)?;
+        for k in 0..n {
+            let blk = &buf[k as usize * bs..(k as usize + 1) * bs];
+            if BlockHeader::verify(blk, b + k, Some(BlockType::InodeChunk), &uuid)
+                .is_ok_and(|h| h.owner == agno as u64)
+            {
+                out.push(b + k);
+            }
+        }
+        b += n;
+    }
+    Ok(out)
+}
+
+/// Kept metadata blocks whose LSN is at or ahead of the log's head.
+fn lsn_pass(sc: &mut Scanner<'_>, progress: Progress<'_>) {
+    let g = *sc.eng.geometry();
+    let head = sc.eng.log().positions().0.lsn(g.block_size).0;
+    let uuid = sc.eng.superblock().uuid;
+    let mut blocks = std::mem::take(&mut sc.meta);
+    blocks.sort_unstable();
+    blocks.dedup();
+    let mut buf = crate::device::AlignedBuf::new(g.block_size as usize);
+    for (n, &b) in blocks.iter().enumerate() {
+        if n % 4096 == 0 {
+            progress("log sequence numbers", n as u64, blocks.len() as u64);
+        }
+        if sc.eng.device().read(b, &mut buf).is_err() {
+            continue;
+        }
+        if let Ok(h) = BlockHeader::verify(&buf, b, None, &uuid) {
+            if h.lsn >= head {
+                sc.s.found.push(format!(
+                    "{} block {b} carries LSN {:#x}, ahead of the log's head {head:#x}: stamped anew",
+                    h.btype.name(),
+                    h.lsn
+                ));
+                sc.s.ahead.push((b, h.btype));
+            }
+        }
+    }
+}
