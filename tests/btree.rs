@@ -187,7 +187,7 @@ fn bulk(keys: BTreeSet<u64>, more: Vec<(u64, bool)>) -> Result<(), TestCaseError
         uuid: &uuid,
         lsn: 0,
     };
-    let mut nodes = (first + 1..first + 4000).into_iter();
+    let mut nodes = first + 1..first + 4000;
     let (root, blocks) = bulk::build(512, &stamp, &recs, first, &mut nodes).unwrap();
     prop_assert_eq!(blocks.len() as u64, need);
     prop_assert_eq!(root.level, bulk::height(512, recs.len()));
