@@ -16,6 +16,7 @@
 //! read is reported and skipped; the check goes on with the rest.
 
 use crate::alloc::{AgSpace, Allocator};
+use crate::bitmap::Bitmap;
 use crate::btree::{Btree, Root};
 use crate::dir;
 use crate::engine::{Engine, EngineError};
@@ -72,8 +73,10 @@ struct Checker<'e> {
     eng: &'e Engine,
     alloc: Allocator,
     report: CheckReport,
-    /// Block → who claimed it first.
-    owner: HashMap<u64, String>,
+    /// Blocks claimed so far.
+    claimed: Bitmap,
+    /// Who claimed each block other than free space (free space is the rest of `claimed`).
+    owner: HashMap<u64, Owner>,
     /// Metadata blocks found in use (their headers' LSNs are checked against the log).
     meta: Vec<u64>,
 }
@@ -98,28 +101,70 @@ impl Checker<'_> {
         });
     }
 
-    fn claim(&mut self, b: u64, who: &str) {
+    /// Claims block `b` for `who` (None: free space of AG `agno`).
+    fn claim(&mut self, b: u64, who: Option<Owner>, agno: u32) {
         let g = self.eng.geometry();
+        let name = |o: Option<Owner>| o.map_or(format!("free (AG {agno})"), |o| o.to_string());
         if b == 0 || b >= g.backup_sb_blkno() || (g.log_start..g.log_end()).contains(&b) {
             self.problem(
                 "space",
                 Some(b),
                 None,
-                format!("{who} uses block {b}, a superblock or log block"),
+                format!("{} uses block {b}, a superblock or log block", name(who)),
             );
             return;
         }
-        if let Some(first) = self.owner.get(&b) {
-            let first = first.clone();
+        if self.claimed.set(b) {
+            let first = self
+                .owner
+                .get(&b)
+                .map_or("free space".to_string(), |o| o.to_string());
             self.problem(
                 "space",
                 Some(b),
                 None,
-                format!("block {b} is both {first} and {who}"),
+                format!("block {b} is both {first} and {}", name(who)),
             );
             return;
         }
-        self.owner.insert(b, who.to_string());
+        if let Some(o) = who {
+            self.owner.insert(b, o);
+        }
+    }
+}
+
+/// Who claimed a block (kept small: a large filesystem has millions).
+#[derive(Debug, Clone, Copy)]
+enum Owner {
+    FreeList(u32),
+    Node(u32),
+    Chunk(u32),
+    Inode(u64, &'static str),
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::FreeList(a) => write!(f, "on AG {a}'s free list"),
+            Owner::Node(a) => write!(f, "a tree node of AG {a}"),
+            Owner::Chunk(a) => write!(f, "inode chunk of AG {a}"),
+            Owner::Inode(ino, what) => write!(f, "{what} of inode {ino}"),
+        }
+    }
+}
+
+/// What the directory phase needs of an inode.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    mode: u32,
+    nlink: u32,
+    /// A directory's "..".
+    parent: u64,
+}
+
+impl Seen {
+    fn is_dir(&self) -> bool {
+        self.mode & S_IFMT == S_IFDIR
     }
 }
 
@@ -130,6 +175,7 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
         eng,
         alloc: Allocator::new(*eng.geometry()),
         report: CheckReport::default(),
+        claimed: Bitmap::new(eng.geometry().block_count),
         owner: HashMap::new(),
         meta: Vec::new(),
     };
@@ -155,7 +201,7 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
 
     // Phase 2: inodes.
     let ipb = inodes_per_block(g.block_size);
-    let mut inodes: BTreeMap<u64, Inode> = BTreeMap::new();
+    let mut inodes: BTreeMap<u64, Seen> = BTreeMap::new();
     let total = chunks.len() as u64;
     for (n, &(chunk, free_mask)) in chunks.iter().enumerate() {
         if n % 256 == 0 {
@@ -180,7 +226,14 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
                 ),
                 Ok((_, i)) => {
                     check_inode(&mut c, &mut tx, ino, &i);
-                    inodes.insert(ino, i);
+                    inodes.insert(
+                        ino,
+                        Seen {
+                            mode: i.mode,
+                            nlink: i.nlink,
+                            parent: dir::parent(&i),
+                        },
+                    );
                 }
                 Err(EngineError::Stale(_)) if free => {}
                 Err(EngineError::Stale(_)) => c.problem(
@@ -200,7 +253,7 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
     progress("space", 0, 1);
     for agno in 0..g.ag_count {
         let (first, end) = c.alloc.initial_free(agno);
-        let mut leaked = (first..end).filter(|b| !c.owner.contains_key(b));
+        let mut leaked = (first..end).filter(|&b| !c.claimed.get(b));
         if let Some(b) = leaked.next() {
             let n = 1 + leaked.count();
             c.problem(
@@ -211,7 +264,7 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
             );
         }
     }
-    c.report.blocks_used = (c.owner.len() as u64).saturating_sub(c.report.blocks_free);
+    c.report.blocks_used = c.owner.len() as u64;
     check_lsns(&mut c, progress);
 
     // Phase 4: directories and reachability.
@@ -221,7 +274,7 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
     let mut names_of_dir: HashMap<u64, u32> = HashMap::new();
     let mut reached: HashMap<u64, ()> = HashMap::new();
     match inodes.get(&root) {
-        Some(r) if r.mode & S_IFMT == S_IFDIR => {}
+        Some(r) if r.is_dir() => {}
         _ => c.problem(
             "directories",
             None,
@@ -231,7 +284,7 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
     }
     let dirs: Vec<u64> = inodes
         .iter()
-        .filter(|(_, i)| i.mode & S_IFMT == S_IFDIR)
+        .filter(|(_, i)| i.is_dir())
         .map(|(&n, _)| n)
         .collect();
     c.report.directories = dirs.len() as u64;
@@ -241,12 +294,18 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
         if n % 256 == 0 {
             progress("directories", n as u64, dirs.len() as u64);
         }
-        let Some(di) = inodes.get(&d).cloned() else {
+        let Some(parent) = inodes.get(&d).map(|s| s.parent) else {
             continue;
         };
-        let parent = dir::parent(&di);
+        let di = match inode::read(&mut tx, d) {
+            Ok((_, i)) => i,
+            Err(e) => {
+                c.problem("directories", None, Some(d), format!("directory {d}: {e}"));
+                continue;
+            }
+        };
         match inodes.get(&parent) {
-            Some(p) if p.mode & S_IFMT == S_IFDIR => {}
+            Some(p) if p.is_dir() => {}
             _ => c.problem(
                 "directories",
                 None,
@@ -316,18 +375,17 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
                     );
                 }
                 *refs.entry(e.ino).or_insert(0) += 1;
-                if t.mode & S_IFMT == S_IFDIR {
+                if t.is_dir() {
                     *subdirs.entry(d).or_insert(0) += 1;
                     *names_of_dir.entry(e.ino).or_insert(0) += 1;
-                    if dir::parent(t) != d {
+                    if t.parent != d {
                         c.problem(
                             "directories",
                             None,
                             Some(e.ino),
                             format!(
                                 "directory {} is named \"{shown}\" in {d} but its \"..\" is {}",
-                                e.ino,
-                                dir::parent(t)
+                                e.ino, t.parent
                             ),
                         );
                     }
@@ -341,9 +399,7 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
     reached.insert(root, ());
     while let Some(d) = queue.pop_front() {
         for &ch in children.get(&d).map(Vec::as_slice).unwrap_or(&[]) {
-            if reached.insert(ch, ()).is_none()
-                && inodes.get(&ch).is_some_and(|i| i.mode & S_IFMT == S_IFDIR)
-            {
+            if reached.insert(ch, ()).is_none() && inodes.get(&ch).is_some_and(|i| i.is_dir()) {
                 queue.push_back(ch);
             }
         }
@@ -370,7 +426,7 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
         }
     }
     for (&ino, i) in &inodes {
-        let is_dir = i.mode & S_IFMT == S_IFDIR;
+        let is_dir = i.is_dir();
         let found = if is_dir {
             if ino == root || names_of_dir.get(&ino).copied().unwrap_or(0) > 0 {
                 2 + subdirs.get(&ino).copied().unwrap_or(0)
@@ -462,7 +518,7 @@ fn check_ag(c: &mut Checker<'_>, agno: u32, sp: &AgSpace) {
         total += l;
         longest = longest.max(l);
         for b in s..s + l {
-            c.claim(b, &format!("free (AG {agno})"));
+            c.claim(b, None, agno);
         }
     }
     c.report.blocks_free += total;
@@ -496,7 +552,7 @@ fn check_ag(c: &mut Checker<'_>, agno: u32, sp: &AgSpace) {
         );
     }
     for &r in &sp.hdr.agfl {
-        c.claim(start + r as u64, &format!("on AG {agno}'s free list"));
+        c.claim(start + r as u64, Some(Owner::FreeList(agno)), agno);
     }
     let nodes = sp
         .free_nodes
@@ -507,7 +563,7 @@ fn check_ag(c: &mut Checker<'_>, agno: u32, sp: &AgSpace) {
         .filter(|&n| n >= start + AG_RESERVED_BLOCKS)
         .collect::<Vec<_>>();
     for n in nodes {
-        c.claim(n, &format!("a tree node of AG {agno}"));
+        c.claim(n, Some(Owner::Node(agno)), agno);
     }
     c.meta.push(start + crate::format::ag::AG_HEADER_OFFSET);
     c.meta.extend(
@@ -520,7 +576,7 @@ fn check_ag(c: &mut Checker<'_>, agno: u32, sp: &AgSpace) {
     let ipb = inodes_per_block(c.eng.geometry().block_size) as u64;
     let mut free_inodes = 0;
     for &(chunk, mask) in &sp.chunks {
-        c.claim(chunk, &format!("inode chunk of AG {agno}"));
+        c.claim(chunk, Some(Owner::Chunk(agno)), agno);
         free_inodes +=
             (mask & if ipb >= 64 { u64::MAX } else { (1 << ipb) - 1 }).count_ones() as u64;
     }
@@ -666,7 +722,8 @@ fn check_inode(c: &mut Checker<'_>, tx: &mut Trans<'_>, ino: u64, i: &Inode) {
         if what != "file data" {
             c.meta.push(b);
         }
-        c.claim(b, &format!("{what} of inode {ino}"));
+        let agno = c.alloc.agno_of(b);
+        c.claim(b, Some(Owner::Inode(ino, what)), agno);
     }
 }
 

@@ -6,6 +6,7 @@
 //! (budget, gate, overrun reports, statistics), `format` (on-disk structures), `device`.
 
 pub mod alloc;
+pub mod bitmap;
 pub mod btree;
 pub mod cache;
 pub mod check;

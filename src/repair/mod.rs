@@ -40,24 +40,7 @@ const REPAIR_CACHE_BYTES: u64 = 64 << 20;
 /// Where detached inodes go, as in every Unix filesystem.
 pub const LOST_AND_FOUND: &[u8] = b"lost+found";
 
-/// One bit per block.
-pub struct Bitmap(Vec<u64>);
-
-impl Bitmap {
-    pub fn new(bits: u64) -> Bitmap {
-        Bitmap(vec![0; bits.div_ceil(64) as usize])
-    }
-    pub fn get(&self, b: u64) -> bool {
-        self.0
-            .get((b / 64) as usize)
-            .is_some_and(|w| w >> (b % 64) & 1 == 1)
-    }
-    pub fn set(&mut self, b: u64) {
-        if let Some(w) = self.0.get_mut((b / 64) as usize) {
-            *w |= 1 << (b % 64);
-        }
-    }
-}
+pub use crate::bitmap::Bitmap;
 
 /// What the plan needs of a kept inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

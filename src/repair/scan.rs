@@ -99,7 +99,8 @@ impl Scanner<'_> {
 
     fn claim(&mut self, blocks: &[u64]) {
         for &b in blocks {
-            self.s.used.set(b);
+            let was = self.s.used.set(b);
+            debug_assert!(!was, "block {b} claimed twice");
         }
     }
 
