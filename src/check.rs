@@ -196,7 +196,7 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
             Err(e) => c.problem("allocation groups", None, None, format!("AG {agno}: {e}")),
         }
         // Release what this AG joined: the check reads many blocks, and holds none.
-        tx.release_clean(crate::trans::BufMark::START, 0..u64::MAX);
+        tx.release_all_clean();
     }
 
     // Phase 2: inodes.
@@ -245,7 +245,7 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
                 Err(e) => c.problem("inodes", Some(chunk), Some(ino), format!("{e}")),
             }
         }
-        tx.release_clean(crate::trans::BufMark::START, 0..u64::MAX);
+        tx.release_all_clean();
     }
     c.report.inodes = inodes.len() as u64;
 
@@ -392,7 +392,7 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
                 }
                 children.entry(d).or_default().push(e.ino);
             }
-            tx.release_clean(crate::trans::BufMark::START, 0..u64::MAX);
+            tx.release_all_clean();
         }
     }
     let mut queue = VecDeque::from([root]);

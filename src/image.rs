@@ -58,13 +58,24 @@ fn probe_backup_block_size(path: &Path) -> Option<u32> {
 }
 
 /// Opens `path` with the block size its superblock names (the backup's, when the primary is
-/// bad: mounting and fsck then work from the backup).
+/// bad: mounting and fsck then work from the backup), with O_DIRECT (the mount: the daemon's
+/// cache is the only cache).
 pub fn open_image(path: &Path) -> io::Result<FileDevice> {
+    open_image_with(path, true)
+}
+
+/// Opens `path` through the page cache, whose read-ahead serves a tool that reads the whole
+/// image once (fsck, ticketfs db).
+pub fn open_image_buffered(path: &Path) -> io::Result<FileDevice> {
+    open_image_with(path, false)
+}
+
+fn open_image_with(path: &Path, direct: bool) -> io::Result<FileDevice> {
     let bs = match probe_block_size(path) {
         Ok(bs) => bs,
         Err(e) => probe_backup_block_size(path).ok_or(e)?,
     };
-    FileDevice::open(path, bs, true)
+    FileDevice::open(path, bs, direct)
 }
 
 /// The name of a filesystem whose signature is on `path`, if any.

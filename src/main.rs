@@ -285,7 +285,7 @@ fn db_command(args: &[String]) -> ! {
     let (Some(image), Some(cmd)) = (args.first(), args.get(1)) else {
         die(ticketfs::db::USAGE)
     };
-    let dev = ticketfs::image::open_image(Path::new(image))
+    let dev = ticketfs::image::open_image_buffered(Path::new(image))
         .unwrap_or_else(|e| die(&format!("{image}: {e}")));
     match ticketfs::db::run(Arc::new(dev), cmd, args.get(2).map(String::as_str)) {
         Ok(out) => {

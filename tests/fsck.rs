@@ -205,7 +205,15 @@ fn fsck_finds_and_repairs_every_kind_of_damage() {
         let mut zeroed = pristine.clone();
         zeroed[blk * BS..(blk + 1) * BS].fill(0);
         assert_found_and_repaired(work.path(), &format!("{what} superblock: zeroes"), &zeroed);
-        cases += 2;
+        // The AG header (block 1) written over it.
+        let mut moved = pristine.clone();
+        moved.copy_within(BS..2 * BS, blk * BS);
+        assert_found_and_repaired(
+            work.path(),
+            &format!("{what} superblock: block 1 written over it"),
+            &moved,
+        );
+        cases += 3;
     }
     eprintln!("{cases} damaged images found, repaired and clean afterwards");
 }
@@ -276,6 +284,11 @@ fn fsck_finds_and_repairs_a_damaged_log() {
     let mut zeroed = pristine.clone();
     zeroed[victim * BS..(victim + 1) * BS].fill(0);
     cases.push(("log record: zeroes".into(), zeroed));
+    // The newest record's block written over it.
+    let newest_blk = (g.log_start + newest.lsn.block() as u64) as usize;
+    let mut moved = pristine.clone();
+    moved.copy_within(newest_blk * BS..(newest_blk + 1) * BS, victim * BS);
+    cases.push(("log record: another record written over it".into(), moved));
     let mut stale = pristine.clone();
     let h = decode(victim).unwrap();
     let len = h.blocks as usize * BS;

@@ -189,15 +189,40 @@ impl Btree {
 
     /// The record with the smallest key > `key`.
     pub fn gt(&self, tx: &mut Trans<'_>, key: &Key) -> Result<Option<(Key, Val)>, EngineError> {
-        let next = if key[1] == u64::MAX {
-            match key[0].checked_add(1) {
-                Some(k0) => [k0, 0],
-                None => return Ok(None),
+        match next_key(key) {
+            Some(next) => self.ge(tx, &next),
+            None => Ok(None),
+        }
+    }
+
+    /// Calls `f` with every record from the first whose key is >= `from`, in key order, until `f`
+    /// returns false: one descent, then leaf by leaf, so a walk over n records costs O(n) rather
+    /// than a descent per record. Keys must strictly increase (a damaged tree is reported).
+    pub fn scan_from(
+        &self,
+        tx: &mut Trans<'_>,
+        from: &Key,
+        mut f: impl FnMut(Key, Val) -> bool,
+    ) -> Result<(), EngineError> {
+        let mut path = self.descend(tx, from)?;
+        let mut prev: Option<Key> = None;
+        loop {
+            let (leaf, i) = at_leaf(&path);
+            let n = Node::new(tx.data(leaf), tx.blkno(leaf))?;
+            for j in i..n.nrecs() {
+                let k = n.key(j);
+                if k < *from || prev.is_some_and(|p| p >= k) {
+                    return Err(self.out_of_order(tx.blkno(leaf), &prev.unwrap_or(*from), &k));
+                }
+                prev = Some(k);
+                if !f(k, n.val(j)) {
+                    return Ok(());
+                }
             }
-        } else {
-            [key[0], key[1] + 1]
-        };
-        self.ge(tx, &next)
+            if !self.step(tx, &mut path, true)? {
+                return Ok(());
+            }
+        }
     }
 
     /// Moves `path` to the first (forward) or last (backward) record of the next or previous leaf.
@@ -421,23 +446,10 @@ impl Btree {
     /// Every record in key order (for checks and tests; walks the whole tree).
     pub fn collect(&self, tx: &mut Trans<'_>) -> Result<Vec<(Key, Val)>, EngineError> {
         let mut out: Vec<(Key, Val)> = Vec::new();
-        let mut at = self.ge(tx, &[0, 0])?;
-        while let Some((k, v)) = at {
-            // A damaged tree may lead the walk back: keys must strictly increase.
-            if out.last().is_some_and(|(p, _)| *p >= k) {
-                return Err(EngineError::Corrupt(FormatError::new(
-                    self.root.blkno,
-                    self.btype.name(),
-                    "keys",
-                    format!(
-                        "walk found key {k:?} after {:?}: out of order",
-                        out.last().map(|e| e.0)
-                    ),
-                )));
-            }
+        self.scan_from(tx, &[0, 0], |k, v| {
             out.push((k, v));
-            at = self.gt(tx, &k)?;
-        }
+            true
+        })?;
         Ok(out)
     }
 
@@ -471,6 +483,15 @@ impl Btree {
             level -= 1;
         }
         Ok(out)
+    }
+}
+
+/// The smallest key above `key` (None above the largest).
+pub fn next_key(key: &Key) -> Option<Key> {
+    if key[1] == u64::MAX {
+        Some([key[0].checked_add(1)?, 0])
+    } else {
+        Some([key[0], key[1] + 1])
     }
 }
 

@@ -681,16 +681,21 @@ pub fn read(
         return Ok(out);
     }
     let t = tree(dir, inode);
-    let mut at = if cookie < COOKIE_BASE {
-        t.ge(tx, &[0, 0])?
+    let from = if cookie < COOKIE_BASE {
+        Some([0, 0])
     } else {
         let c = cookie - COOKIE_BASE;
-        t.gt(tx, &[c >> 31, c & (HASH_COLLISIONS_MAX - 1)])?
+        crate::btree::next_key(&[c >> 31, c & (HASH_COLLISIONS_MAX - 1)])
     };
-    while let Some((k, v)) = at {
-        if out.len() >= max {
-            break;
-        }
+    let want = max.saturating_sub(out.len());
+    let mut recs = Vec::with_capacity(want.min(1024));
+    if let (Some(from), true) = (from, want > 0) {
+        t.scan_from(tx, &from, |k, v| {
+            recs.push((k, v));
+            recs.len() < want
+        })?;
+    }
+    for (k, v) in recs {
         let (name, ftype) = read_name(tx, dir, v[1])?;
         out.push(DirEntry {
             name,
@@ -699,7 +704,6 @@ pub fn read(
             cookie: COOKIE_BASE + (k[0] << 31 | k[1]),
             key: k,
         });
-        at = t.gt(tx, &k)?;
     }
     Ok(out)
 }

@@ -17,7 +17,7 @@ use crate::format::inode::{ino_of, ino_split, inodes_per_block, DataFormat, Inod
 use crate::format::{BlockHeader, BlockType};
 use crate::fs::{S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK};
 use crate::inode;
-use crate::trans::{BufMark, Trans, TransKind};
+use crate::trans::{Trans, TransKind};
 use std::collections::BTreeMap;
 
 /// What the scan decided for one inode that needs a change.
@@ -144,7 +144,7 @@ pub fn scan(eng: &Engine, progress: Progress<'_>) -> Result<Scan, EngineError> {
                 chunks.extend(found);
             }
         }
-        tx.release_clean(BufMark::START, 0..u64::MAX);
+        tx.release_all_clean();
     }
     let root_chunk = ino_split(root).0;
     if !chunks.contains(&root_chunk) {
@@ -174,7 +174,7 @@ pub fn scan(eng: &Engine, progress: Progress<'_>) -> Result<Scan, EngineError> {
         }
         sc.s.used.set(c);
         sc.s.chunks.insert(c, 0);
-        tx.release_clean(BufMark::START, 0..u64::MAX);
+        tx.release_all_clean();
     }
     sc.meta.extend(&readable);
 
@@ -194,7 +194,7 @@ pub fn scan(eng: &Engine, progress: Progress<'_>) -> Result<Scan, EngineError> {
                     sc.fix(ino).clear = Some(e.to_string());
                 }
             }
-            tx.release_clean(BufMark::START, 0..u64::MAX);
+            tx.release_all_clean();
         }
     }
     tx.cancel()?;
@@ -395,7 +395,7 @@ fn read_entries(tx: &mut Trans<'_>, d: u64, i: &Inode) -> (Vec<Name>, Option<Str
                     key: e.key,
                 }),
         );
-        tx.release_clean(BufMark::START, 0..u64::MAX);
+        tx.release_all_clean();
     }
 }
 

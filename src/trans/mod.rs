@@ -223,6 +223,16 @@ impl<'e> Trans<'e> {
         }
     }
 
+    /// Releases every unchanged buffer and, if that leaves none held, forgets them all, so a long
+    /// scan in one transaction (fsck) does not make the list `read_buf` searches grow without
+    /// bound. Every `BufId` handed out before is invalid afterwards.
+    pub fn release_all_clean(&mut self) {
+        self.release_clean(BufMark::START, 0..u64::MAX);
+        if self.bufs.iter().all(|b| b.guard.is_none()) {
+            self.bufs.clear();
+        }
+    }
+
     fn join(
         &mut self,
         blkno: u64,
