@@ -28,7 +28,7 @@ use crate::fs::{dtype, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IF
 use crate::inode;
 use crate::trans::{Trans, TransKind};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 /// One thing found wrong.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -168,6 +168,31 @@ impl Seen {
     }
 }
 
+/// The inodes found, sorted by number; per-inode counters live in vectors beside it, indexed
+/// the same way (a large filesystem has millions of inodes: no map entry per inode).
+struct Table {
+    inos: Vec<u64>,
+    seen: Vec<Seen>,
+}
+
+impl Table {
+    fn new(mut list: Vec<(u64, Seen)>) -> Table {
+        list.sort_unstable_by_key(|e| e.0);
+        list.dedup_by_key(|e| e.0);
+        let (inos, seen) = list.into_iter().unzip();
+        Table { inos, seen }
+    }
+    fn idx(&self, ino: u64) -> Option<usize> {
+        self.inos.binary_search(&ino).ok()
+    }
+    fn get(&self, ino: u64) -> Option<&Seen> {
+        self.idx(ino).map(|i| &self.seen[i])
+    }
+    fn len(&self) -> usize {
+        self.inos.len()
+    }
+}
+
 /// Checks the filesystem `eng` has mounted. Fails only when it cannot even begin (a shut-down
 /// engine); everything found is in the report.
 pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, EngineError> {
@@ -201,7 +226,7 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
 
     // Phase 2: inodes.
     let ipb = inodes_per_block(g.block_size);
-    let mut inodes: BTreeMap<u64, Seen> = BTreeMap::new();
+    let mut found_inodes: Vec<(u64, Seen)> = Vec::new();
     let total = chunks.len() as u64;
     for (n, &(chunk, free_mask)) in chunks.iter().enumerate() {
         if n % 256 == 0 {
@@ -226,14 +251,14 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
                 ),
                 Ok((_, i)) => {
                     check_inode(&mut c, &mut tx, ino, &i);
-                    inodes.insert(
+                    found_inodes.push((
                         ino,
                         Seen {
                             mode: i.mode,
                             nlink: i.nlink,
                             parent: dir::parent(&i),
                         },
-                    );
+                    ));
                 }
                 Err(EngineError::Stale(_)) if free => {}
                 Err(EngineError::Stale(_)) => c.problem(
@@ -247,6 +272,7 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
         }
         tx.release_all_clean();
     }
+    let inodes = Table::new(found_inodes);
     c.report.inodes = inodes.len() as u64;
 
     // Phase 3: space. Every block in every AG's free range claimed exactly once.
@@ -269,11 +295,12 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
 
     // Phase 4: directories and reachability.
     let root = eng.superblock().root_ino;
-    let mut refs: HashMap<u64, u32> = HashMap::new();
-    let mut subdirs: HashMap<u64, u32> = HashMap::new();
-    let mut names_of_dir: HashMap<u64, u32> = HashMap::new();
-    let mut reached: HashMap<u64, ()> = HashMap::new();
-    match inodes.get(&root) {
+    let n_inodes = inodes.len();
+    let mut refs: Vec<u32> = vec![0; n_inodes];
+    let mut subdirs: Vec<u32> = vec![0; n_inodes];
+    let mut names_of_dir: Vec<u32> = vec![0; n_inodes];
+    let mut reached = Bitmap::new(n_inodes as u64);
+    match inodes.get(root) {
         Some(r) if r.is_dir() => {}
         _ => c.problem(
             "directories",
@@ -282,21 +309,22 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
             format!("the root inode {root} is missing or not a directory"),
         ),
     }
-    let dirs: Vec<u64> = inodes
-        .iter()
-        .filter(|(_, i)| i.is_dir())
-        .map(|(&n, _)| n)
+    let dirs: Vec<u64> = (0..n_inodes)
+        .filter(|&k| inodes.seen[k].is_dir())
+        .map(|k| inodes.inos[k])
         .collect();
     c.report.directories = dirs.len() as u64;
     c.report.files = inodes.len() as u64 - dirs.len() as u64;
-    let mut children: HashMap<u64, Vec<u64>> = HashMap::new();
+    // (directory, child) by table index.
+    let mut children: Vec<(u32, u32)> = Vec::new();
     for (n, &d) in dirs.iter().enumerate() {
         if n % 256 == 0 {
             progress("directories", n as u64, dirs.len() as u64);
         }
-        let Some(parent) = inodes.get(&d).map(|s| s.parent) else {
+        let Some(di_idx) = inodes.idx(d) else {
             continue;
         };
+        let parent = inodes.seen[di_idx].parent;
         let di = match inode::read(&mut tx, d) {
             Ok((_, i)) => i,
             Err(e) => {
@@ -304,7 +332,7 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
                 continue;
             }
         };
-        match inodes.get(&parent) {
+        match inodes.get(parent) {
             Some(p) if p.is_dir() => {}
             _ => c.problem(
                 "directories",
@@ -354,7 +382,7 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
                         format!("directory {d}: entry \"{shown}\" is filed under a key its name does not hash to (it cannot be looked up)"),
                     );
                 }
-                let Some(t) = inodes.get(&e.ino) else {
+                let Some(t_idx) = inodes.idx(e.ino) else {
                     c.problem(
                         "directories",
                         None,
@@ -363,6 +391,7 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
                     );
                     continue;
                 };
+                let t = inodes.seen[t_idx];
                 if dtype(t.mode) != e.ftype {
                     c.problem(
                         "directories",
@@ -374,10 +403,10 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
                         ),
                     );
                 }
-                *refs.entry(e.ino).or_insert(0) += 1;
+                refs[t_idx] += 1;
                 if t.is_dir() {
-                    *subdirs.entry(d).or_insert(0) += 1;
-                    *names_of_dir.entry(e.ino).or_insert(0) += 1;
+                    subdirs[di_idx] += 1;
+                    names_of_dir[t_idx] += 1;
                     if t.parent != d {
                         c.problem(
                             "directories",
@@ -390,16 +419,20 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
                         );
                     }
                 }
-                children.entry(d).or_default().push(e.ino);
+                children.push((di_idx as u32, t_idx as u32));
             }
             tx.release_all_clean();
         }
     }
-    let mut queue = VecDeque::from([root]);
-    reached.insert(root, ());
+    children.sort_unstable();
+    let mut queue: VecDeque<u32> = inodes.idx(root).map(|r| r as u32).into_iter().collect();
+    for &r in &queue {
+        reached.set(r as u64);
+    }
     while let Some(d) = queue.pop_front() {
-        for &ch in children.get(&d).map(Vec::as_slice).unwrap_or(&[]) {
-            if reached.insert(ch, ()).is_none() && inodes.get(&ch).is_some_and(|i| i.is_dir()) {
+        let from = children.partition_point(|e| e.0 < d);
+        for &(_, ch) in children[from..].iter().take_while(|e| e.0 == d) {
+            if !reached.set(ch as u64) && inodes.seen[ch as usize].is_dir() {
                 queue.push_back(ch);
             }
         }
@@ -409,7 +442,7 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
     progress("links", 0, 1);
     let on_unlinked: HashMap<u64, ()> = unlinked.iter().map(|&i| (i, ())).collect();
     for &u in &unlinked {
-        match inodes.get(&u) {
+        match inodes.get(u) {
             None => c.problem(
                 "unlinked",
                 None,
@@ -425,23 +458,24 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
             Some(_) => c.report.pending_orphans += 1,
         }
     }
-    for (&ino, i) in &inodes {
+    for k in 0..n_inodes {
+        let (ino, i) = (inodes.inos[k], inodes.seen[k]);
         let is_dir = i.is_dir();
         let found = if is_dir {
-            if ino == root || names_of_dir.get(&ino).copied().unwrap_or(0) > 0 {
-                2 + subdirs.get(&ino).copied().unwrap_or(0)
+            if ino == root || names_of_dir[k] > 0 {
+                2 + subdirs[k]
             } else {
                 0
             }
         } else {
-            refs.get(&ino).copied().unwrap_or(0)
+            refs[k]
         };
-        if is_dir && ino != root && names_of_dir.get(&ino).copied().unwrap_or(0) > 1 {
+        if is_dir && ino != root && names_of_dir[k] > 1 {
             c.problem(
                 "directories",
                 None,
                 Some(ino),
-                format!("directory {ino} has {} names", names_of_dir[&ino]),
+                format!("directory {ino} has {} names", names_of_dir[k]),
             );
         }
         if i.nlink == 0 {
@@ -466,7 +500,7 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
                 ),
             );
         }
-        if !reached.contains_key(&ino) {
+        if !reached.get(k as u64) {
             c.problem(
                 "directories",
                 None,
