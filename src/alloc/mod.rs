@@ -50,6 +50,8 @@ pub struct Allocator {
     summaries: Vec<Mutex<AgSummary>>,
     /// Blocks promised to operations in flight (`reserve`).
     reserved: Mutex<u64>,
+    /// Held by a transaction step while it holds AG headers (`Trans::lock_allocation`).
+    lock: std::sync::Arc<Mutex<()>>,
 }
 
 /// Most blocks held back from ordinary operations for those that free space (unlink, truncate,
@@ -199,6 +201,7 @@ impl Allocator {
                 .map(|_| Mutex::new(AgSummary::default()))
                 .collect(),
             reserved: Mutex::new(0),
+            lock: std::sync::Arc::new(Mutex::new(())),
         }
     }
 
@@ -320,6 +323,7 @@ impl Allocator {
         let start = self.ag_start(agno);
         let len = self.ag_len(agno);
         let blkno = start + AG_HEADER_OFFSET;
+        tx.lock_allocation(&self.lock);
         let id = tx.read_buf(blkno, BlockType::AgHeader)?;
         let hdr = AgHeader::decode(tx.data(id), blkno, agno, start, len)?;
         let owner = agno as u64;
@@ -397,6 +401,7 @@ impl Allocator {
     pub fn format_ag(&self, tx: &mut Trans<'_>, agno: u32) -> Result<(), EngineError> {
         let start = self.ag_start(agno);
         let owner = agno as u64;
+        tx.lock_allocation(&self.lock);
         let id = tx.get_buf(start + AG_HEADER_OFFSET, BlockType::AgHeader, owner)?;
         let bno = Btree::create(tx, BlockType::BtreeBno, owner, start + AG_BNO_ROOT_OFFSET)?;
         let cnt = Btree::create(tx, BlockType::BtreeCnt, owner, start + AG_CNT_ROOT_OFFSET)?;
@@ -785,13 +790,21 @@ impl Allocator {
     ) -> Result<Option<u64>, EngineError> {
         let target = ino_split(near).0;
         for agno in self.candidates(target, |s| s.free_inodes > 0) {
+            // One AG at a time: the candidates are not in ascending order, so holding one while
+            // taking the next could wait on a writer that holds them the other way round.
+            let mark = tx.mark();
             let ag = self.read_ag(tx, agno)?;
-            if let Some((k, v)) = ag.ino.ge(tx, &[0, 0])? {
-                if k[0] == 0 && v[0] != 0 {
-                    return Ok(Some(ino_of(k[1], v[0].trailing_zeros() as usize)));
+            let found = match ag.ino.ge(tx, &[0, 0])? {
+                Some((k, v)) if k[0] == 0 && v[0] != 0 => {
+                    Some(ino_of(k[1], v[0].trailing_zeros() as usize))
                 }
-            }
+                _ => None,
+            };
             self.note(&ag.sp.hdr);
+            tx.release_clean(mark, ag.sp.start..ag.sp.start + ag.sp.len);
+            if found.is_some() {
+                return Ok(found);
+            }
         }
         Ok(None)
     }

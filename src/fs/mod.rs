@@ -465,6 +465,10 @@ impl Fs {
                     .0
             }
         };
+        // Let go of the parent first: its chunk may come after the child's in the lock order
+        // (ascending block number), and a writer holding the child's chunk may be waiting for
+        // it. Holding both here deadlocked readdirplus against link under stress-ng.
+        tx.release_clean(crate::trans::BufMark::START, 0..u64::MAX);
         let (_, i) = inode::read(&mut tx, ino)?;
         tx.cancel()?;
         Ok(self.attr(ino, &i))

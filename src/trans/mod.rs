@@ -104,6 +104,8 @@ pub struct Trans<'e> {
     finished: bool,
     /// Extents freed in the current step: busy from its commit until that checkpoint is durable.
     freed: Vec<(u64, u64)>,
+    /// The allocator's lock while this step holds AG headers (see [`Trans::lock_allocation`]).
+    alloc_guard: Option<ArcMutexGuard<RawMutex, ()>>,
 }
 
 impl Engine {
@@ -136,6 +138,7 @@ impl Engine {
                 overrun: false,
                 finished: false,
                 freed: Vec::new(),
+                alloc_guard: None,
             });
         }
         let out = log
@@ -163,6 +166,7 @@ impl Engine {
             overrun: false,
             finished: false,
             freed: Vec::new(),
+            alloc_guard: None,
         })
     }
 }
@@ -230,6 +234,7 @@ impl<'e> Trans<'e> {
         self.release_clean(BufMark::START, 0..u64::MAX);
         if self.bufs.iter().all(|b| b.guard.is_none()) {
             self.bufs.clear();
+            self.alloc_guard = None;
         }
     }
 
@@ -479,7 +484,20 @@ impl<'e> Trans<'e> {
         self.finished = true;
         let r = self.commit_step(false);
         self.bufs.clear();
+        self.alloc_guard = None;
         r
+    }
+
+    /// Takes the allocator's lock (`lock`) before this step joins its first AG header, and keeps
+    /// it until the step ends. A transaction may need several AGs in no fixed order (an inode in
+    /// one AG, a directory block near its parent in another, frees wherever the extents lie), and
+    /// two transactions taking two AG headers in opposite orders deadlocked under stress-ng; so
+    /// one step at a time holds AG headers. Lock order: inode chunks, then this lock, then AG
+    /// headers, then tree nodes; nothing holding it waits for an inode chunk.
+    pub fn lock_allocation(&mut self, lock: &Arc<parking_lot::Mutex<()>>) {
+        if self.alloc_guard.is_none() {
+            self.alloc_guard = Some(lock.lock_arc());
+        }
     }
 
     /// Abandons a transaction that changed nothing. Cancelling one that logged changes cannot undo
@@ -513,6 +531,7 @@ impl<'e> Trans<'e> {
             )
         });
         self.bufs.clear();
+        self.alloc_guard = None;
         if dirty {
             let why = format!(
                 "a {} transaction was cancelled after it changed metadata",
@@ -572,6 +591,13 @@ impl<'e> Trans<'e> {
             {
                 b.crc_at_join = Some(crc32fast::hash(&b.content().data));
             }
+        }
+        if !self
+            .bufs
+            .iter()
+            .any(|b| b.guard.is_some() && b.btype == BlockType::AgHeader)
+        {
+            self.alloc_guard = None;
         }
         let limit = if self.eng.memres_on() {
             self.resv.mem_bytes
