@@ -1,0 +1,372 @@
+//! ticketfs-stress: one stress run against a ticketfs daemon inside a memory cgroup.
+//!
+//! ```text
+//! ticketfs-stress --limit SIZE --workload stress-ng|fsx|storm|fsstress --out DIR
+//!                 [--memres on|off] [--seconds N] [--crash-rounds K] [--size SIZE] [--seed N]
+//!                 [--fsx-ops N] [--storm-files N] [--fsstress-ops N] [--require]
+//! ```
+//!
+//! Makes a fresh image, creates the cgroup with the limit, starts the daemon inside it (it
+//! sizes itself from the limit), runs the workload from outside, samples memory every 100 ms
+//! into DIR/samples.csv, and writes DIR/result.json and DIR/memory.svg. With `--crash-rounds K`
+//! the run is cut into K+1 segments: each of the first K ends with SIGKILL of the daemon at a
+//! random moment, a lazy unmount, fsck -n of the image (must be clean) and a remount (log
+//! replay). At the end: unmount, fsck -n. `--require` exits 1 unless the acceptance holds: no
+//! OOM kill, no ENOMEM or EIO seen by the workload, no hang, cgroup peak within the limit, no
+//! overrun, every fsck clean. fsstress comes from `FSSTRESS=` or `XFSTESTS_DIR=` (a built
+//! xfstests checkout).
+
+mod cgroup;
+mod daemon;
+mod monitor;
+mod svg;
+mod workload;
+
+use cgroup::Cgroup;
+use daemon::Daemon;
+use monitor::Shared;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{exit, Command};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use workload::{Kind, Params, Running};
+
+const USAGE: &str = "usage: ticketfs-stress --limit SIZE --workload stress-ng|fsx|storm|fsstress --out DIR [--memres on|off] [--seconds N] [--crash-rounds K] [--size SIZE] [--seed N] [--fsx-ops N] [--storm-files N] [--fsstress-ops N] [--require]";
+/// Longest a workload segment may run past its planned time before it is killed.
+const SEGMENT_GRACE: Duration = Duration::from_secs(600);
+
+fn die(msg: &str) -> ! {
+    eprintln!("ticketfs-stress: {msg}");
+    exit(2)
+}
+
+struct Opts {
+    limit: u64,
+    memres: bool,
+    kind: Kind,
+    out: PathBuf,
+    size: u64,
+    crash_rounds: usize,
+    require: bool,
+    p: Params,
+}
+
+fn parse() -> Opts {
+    let mut args = std::env::args().skip(1);
+    let (mut limit, mut kind, mut out) = (None, None, None);
+    let mut o = Opts {
+        limit: 0,
+        memres: true,
+        kind: Kind::StressNg,
+        out: PathBuf::new(),
+        size: 8 << 30,
+        crash_rounds: 0,
+        require: false,
+        p: Params {
+            seconds: 60,
+            seed: 1,
+            fsx_ops: 3000,
+            storm_files: 50_000,
+            fsstress_ops: 20_000,
+            fsx_config: PathBuf::new(),
+            fsstress: None,
+        },
+    };
+    let size = |v: Option<String>| {
+        v.as_deref()
+            .and_then(ticketfs::image::parse_size)
+            .unwrap_or_else(|| die(USAGE))
+    };
+    let num = |v: Option<String>| {
+        v.and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or_else(|| die(USAGE))
+    };
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--limit" => limit = Some(size(args.next())),
+            "--memres" => o.memres = args.next().as_deref() != Some("off"),
+            "--workload" => kind = args.next().as_deref().and_then(Kind::parse),
+            "--out" => out = args.next().map(PathBuf::from),
+            "--size" => o.size = size(args.next()),
+            "--seconds" => o.p.seconds = num(args.next()),
+            "--seed" => o.p.seed = num(args.next()),
+            "--crash-rounds" => o.crash_rounds = num(args.next()) as usize,
+            "--fsx-ops" => o.p.fsx_ops = num(args.next()),
+            "--storm-files" => o.p.storm_files = num(args.next()),
+            "--fsstress-ops" => o.p.fsstress_ops = num(args.next()),
+            "--require" => o.require = true,
+            _ => die(USAGE),
+        }
+    }
+    (o.limit, o.kind, o.out) = match (limit, kind, out) {
+        (Some(l), Some(k), Some(d)) => (l, k, d),
+        _ => die(USAGE),
+    };
+    let repo = bin_dir().join("../..");
+    o.p.fsx_config = std::env::var_os("FSX_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("tests/config/fsx.toml"));
+    o.p.fsstress = std::env::var_os("FSSTRESS").map(PathBuf::from).or_else(|| {
+        std::env::var_os("XFSTESTS_DIR").map(|d| PathBuf::from(d).join("ltp/fsstress"))
+    });
+    o
+}
+
+fn bin_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_default()
+}
+
+/// fsck -n on the image: None if clean, else its output.
+fn fsck(image: &Path) -> Option<String> {
+    let out = Command::new(bin_dir().join("fsck-ticketfs"))
+        .arg("-n")
+        .arg(image)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!(
+            "exit {}: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .take(10)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        )),
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+/// A small xorshift for the crash moments (fixed by --seed).
+fn next_rand(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("storm-worker") {
+        let n = |i: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(0);
+        exit(workload::storm_worker(
+            Path::new(args.get(2).map(String::as_str).unwrap_or(".")),
+            n(3),
+            n(4),
+            n(5),
+        ));
+    }
+    let o = parse();
+    match run(&o) {
+        Ok(ok) => exit(if ok || !o.require { 0 } else { 1 }),
+        Err(e) => die(&e),
+    }
+}
+
+fn run(o: &Opts) -> Result<bool, String> {
+    std::fs::create_dir_all(&o.out).map_err(|e| format!("{}: {e}", o.out.display()))?;
+    let work = o.out.join("work");
+    let mnt = work.join("mnt");
+    std::fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
+    let image = work.join("image");
+    let _ = std::fs::remove_file(&image);
+    let st = Command::new(bin_dir().join("mkfs-ticketfs"))
+        .arg("-s")
+        .arg(o.size.to_string())
+        .arg(&image)
+        .output()
+        .map_err(|e| format!("mkfs: {e}"))?;
+    if !st.status.success() {
+        return Err(format!("mkfs: {}", String::from_utf8_lossy(&st.stderr)));
+    }
+    let name = format!("ticketfs-stress-{}", std::process::id());
+    let cg = Arc::new(Cgroup::create(&name, o.limit)?);
+    let opts = format!(
+        "memres={},overrun=warn",
+        if o.memres { "on" } else { "off" }
+    );
+    let daemon_log = o.out.join("daemon.log");
+    let bin = bin_dir().join("ticketfs");
+    let shared = Arc::new(Shared {
+        samples: Mutex::new(Vec::new()),
+        stop: false.into(),
+        busy: false.into(),
+        hang: false.into(),
+        pid: 0.into(),
+        ops_before: Mutex::new(0),
+    });
+    let mut d = Some(Daemon::start(&bin, &image, &mnt, &opts, &cg, &daemon_log)?);
+    shared
+        .pid
+        .store(d.as_ref().map_or(0, Daemon::pid), Ordering::Relaxed);
+    let mon = monitor::start(cg.clone(), image.clone(), o.out.clone(), shared.clone());
+    let t0 = Instant::now();
+    let mut rng = o.p.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut failed: Vec<String> = Vec::new();
+    let mut fscks: Vec<String> = Vec::new();
+    let mut crashes: Vec<f64> = Vec::new();
+    let mut daemon_problems: Vec<String> = Vec::new();
+    let segments = o.crash_rounds + 1;
+    let seg_secs = (o.p.seconds / segments as u64).max(5);
+    for seg in 0..segments {
+        let crash = seg < o.crash_rounds;
+        let p = Params {
+            seconds: seg_secs,
+            seed: o.p.seed + seg as u64,
+            ..o.p.clone()
+        };
+        shared.busy.store(true, Ordering::Relaxed);
+        let mut w = Running::start(o.kind, &p, &mnt, &o.out, seg)?;
+        if crash {
+            // A random moment within the segment, then SIGKILL.
+            let at = Duration::from_millis(2000 + next_rand(&mut rng) % (seg_secs * 1000 - 2000));
+            let start = Instant::now();
+            while start.elapsed() < at && !w.done() && !shared.hang.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let ops = shared
+                .samples
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .last()
+                .map_or(0, |s| s.ops);
+            *shared.ops_before.lock().unwrap_or_else(|e| e.into_inner()) = ops;
+            shared.pid.store(0, Ordering::Relaxed);
+            crashes.push(t0.elapsed().as_secs_f64());
+            if let Some(dm) = d.take() {
+                dm.kill();
+            }
+            // The workload saw the mount die: what it reports now is not counted.
+            w.kill();
+            let _ = w.finish(Duration::from_secs(30));
+            shared.busy.store(false, Ordering::Relaxed);
+            if let Some(bad) = fsck(&image) {
+                fscks.push(format!("after crash {}: {bad}", seg + 1));
+            }
+            d = Some(Daemon::start(&bin, &image, &mnt, &opts, &cg, &daemon_log)?);
+            shared
+                .pid
+                .store(d.as_ref().map_or(0, Daemon::pid), Ordering::Relaxed);
+        } else {
+            let limit = Duration::from_secs(seg_secs) + SEGMENT_GRACE;
+            let start = Instant::now();
+            while !w.done() && start.elapsed() < limit && !shared.hang.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let out = w.finish(Duration::from_secs(1));
+            shared.busy.store(false, Ordering::Relaxed);
+            for (k, v) in out.errors {
+                *errors.entry(k).or_insert(0) += v;
+            }
+            failed.extend(out.failed);
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    std::thread::sleep(monitor::SAMPLE_INTERVAL * 2);
+    shared.stop.store(true, Ordering::Relaxed);
+    let _ = mon.join();
+    if let Some(dm) = d.take() {
+        if let Err(e) = dm.stop() {
+            daemon_problems.push(e);
+        }
+    }
+    if let Some(bad) = fsck(&image) {
+        fscks.push(format!("at the end: {bad}"));
+    }
+    let samples = shared
+        .samples
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let peak = cg
+        .peak()
+        .max(samples.iter().map(|s| s.peak).max().unwrap_or(0));
+    let oom = cg.oom_kills();
+    let overruns = samples.iter().map(|s| s.overruns).max().unwrap_or(0);
+    let waiters_max = samples.iter().map(|s| s.waiters).max().unwrap_or(0);
+    let ops = samples.last().map_or(0, |s| s.ops);
+    let hang = shared.hang.load(Ordering::Relaxed);
+    let budget = samples.iter().find(|s| s.up).map_or(0, |s| s.budget);
+    let base = samples.iter().find(|s| s.up).map_or(0, |s| s.base);
+    let bad_errnos: u64 = ["ENOMEM", "EIO"]
+        .iter()
+        .map(|k| errors.get(*k).copied().unwrap_or(0))
+        .sum();
+    let ok = oom == 0
+        && bad_errnos == 0
+        && !hang
+        && peak <= o.limit
+        && overruns == 0
+        && fscks.is_empty()
+        && daemon_problems.is_empty();
+    let title = format!(
+        "{} under {} MiB, memres={}{}",
+        o.kind.name(),
+        o.limit >> 20,
+        if o.memres { "on" } else { "off" },
+        if o.crash_rounds > 0 {
+            format!(", {} crash rounds", o.crash_rounds)
+        } else {
+            String::new()
+        }
+    );
+    let mut csv = String::from(monitor::CSV_HEADER);
+    csv.push('\n');
+    for s in &samples {
+        csv.push_str(&s.csv());
+        csv.push('\n');
+    }
+    let write = |name: &str, text: &str| {
+        let p = o.out.join(name);
+        std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    write("samples.csv", &csv)?;
+    write(
+        "memory.svg",
+        &svg::render(&title, &samples, o.limit, &crashes),
+    )?;
+    let result = serde_json::json!({
+        "workload": o.kind.name(),
+        "limit_bytes": o.limit,
+        "memres": o.memres,
+        "cgroup": format!("{:?}", cg.version),
+        "seconds": elapsed,
+        "ops_completed": ops,
+        "ops_per_second": ops as f64 / elapsed.max(0.001),
+        "oom_kills": oom,
+        "errors_by_errno": errors,
+        "failed_processes": failed,
+        "hang": hang,
+        "cgroup_peak_bytes": peak,
+        "budget_bytes": budget,
+        "base_bytes": base,
+        "max_waiters": waiters_max,
+        "overruns": overruns,
+        "crash_rounds": o.crash_rounds,
+        "fsck_problems": fscks,
+        "daemon_problems": daemon_problems,
+        "acceptance": ok,
+    });
+    write(
+        "result.json",
+        &serde_json::to_string_pretty(&result).unwrap_or_default(),
+    )?;
+    println!(
+        "{title}: {} ops in {elapsed:.0} s ({:.0}/s), OOM kills {oom}, errors {errors:?}, hang {hang}, peak {:.2} MiB of {:.0}, overruns {overruns}, fsck {}, {}",
+        ops,
+        ops as f64 / elapsed.max(0.001),
+        peak as f64 / (1u64 << 20) as f64,
+        o.limit as f64 / (1u64 << 20) as f64,
+        if fscks.is_empty() { "clean".to_string() } else { fscks.join("; ") },
+        if ok { "acceptance holds" } else { "ACCEPTANCE FAILS" }
+    );
+    drop(cg);
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(ok)
+}
