@@ -296,6 +296,9 @@ fn db_command(args: &[String]) -> ! {
     }
 }
 
+/// How long a mount waits for the image's previous daemon to finish unmounting.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("stats") {
@@ -313,12 +316,18 @@ fn main() {
         .read(true)
         .open(&o.image)
         .unwrap_or_else(|e| die(&format!("{}: {e}", o.image.display())));
+    // A daemon that was just unmounted may still be writing everything home: wait for it a
+    // little (fstests unmounts and mounts again at once), then refuse.
+    let waited = std::time::Instant::now();
     // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(lockf.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        die(&format!(
-            "{}: already mounted (the image is locked by another ticketfs)",
-            o.image.display()
-        ));
+    while unsafe { libc::flock(lockf.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if waited.elapsed() > LOCK_WAIT {
+            die(&format!(
+                "{}: already mounted (the image is locked by another ticketfs)",
+                o.image.display()
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
     // The primary superblock, or the backup when the primary is bad.
     if let Err(e) = ticketfs::image::open_image(Path::new(&o.image)) {

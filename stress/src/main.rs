@@ -19,6 +19,7 @@
 mod cgroup;
 mod daemon;
 mod monitor;
+mod report;
 mod svg;
 mod workload;
 
@@ -161,6 +162,16 @@ fn main() {
             n(5),
         ));
     }
+    if args.get(1).map(String::as_str) == Some("report") {
+        let (Some(runs), Some(doc), Some(svgs)) = (args.get(2), args.get(3), args.get(4)) else {
+            die("usage: ticketfs-stress report RUNS DOC SVGDIR [COMMAND]")
+        };
+        let cmd = args.get(5).map_or("ticketfs-stress", String::as_str);
+        if let Err(e) = report::report(Path::new(runs), Path::new(doc), Path::new(svgs), cmd) {
+            die(&e);
+        }
+        exit(0);
+    }
     let o = parse();
     match run(&o) {
         Ok(ok) => exit(if ok || !o.require { 0 } else { 1 }),
@@ -198,7 +209,7 @@ fn run(o: &Opts) -> Result<bool, String> {
         busy: false.into(),
         hang: false.into(),
         pid: 0.into(),
-        ops_before: Mutex::new(0),
+        ops_before: Mutex::new((0, 0)),
     });
     let mut d = Some(Daemon::start(&bin, &image, &mnt, &opts, &cg, &daemon_log)?);
     shared
@@ -230,13 +241,13 @@ fn run(o: &Opts) -> Result<bool, String> {
             while start.elapsed() < at && !w.done() && !shared.hang.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(50));
             }
-            let ops = shared
+            let before = shared
                 .samples
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .last()
-                .map_or(0, |s| s.ops);
-            *shared.ops_before.lock().unwrap_or_else(|e| e.into_inner()) = ops;
+                .map_or((0, 0), |s| (s.ops, s.waits));
+            *shared.ops_before.lock().unwrap_or_else(|e| e.into_inner()) = before;
             shared.pid.store(0, Ordering::Relaxed);
             crashes.push(t0.elapsed().as_secs_f64());
             if let Some(dm) = d.take() {
@@ -290,6 +301,7 @@ fn run(o: &Opts) -> Result<bool, String> {
     let oom = cg.oom_kills();
     let overruns = samples.iter().map(|s| s.overruns).max().unwrap_or(0);
     let waiters_max = samples.iter().map(|s| s.waiters).max().unwrap_or(0);
+    let waits = samples.last().map_or(0, |s| s.waits);
     let ops = samples.last().map_or(0, |s| s.ops);
     let hang = shared.hang.load(Ordering::Relaxed);
     let budget = samples.iter().find(|s| s.up).map_or(0, |s| s.budget);
@@ -347,6 +359,7 @@ fn run(o: &Opts) -> Result<bool, String> {
         "budget_bytes": budget,
         "base_bytes": base,
         "max_waiters": waiters_max,
+        "reservation_waits": waits,
         "overruns": overruns,
         "crash_rounds": o.crash_rounds,
         "fsck_problems": fscks,

@@ -27,16 +27,18 @@ pub struct Sample {
     pub waiters: u64,
     pub overruns: u64,
     pub ops: u64,
+    /// Reservation waits so far (transactions that queued at the gate).
+    pub waits: u64,
     /// The daemon answered (false while it is down in a crash round).
     pub up: bool,
 }
 
-pub const CSV_HEADER: &str = "seconds,cgroup_usage_bytes,cgroup_peak_bytes,oom_kills,budget_bytes,base_bytes,reserved_bytes,pinned_bytes,clean_cache_bytes,waiters,overruns,ops_completed,daemon_up";
+pub const CSV_HEADER: &str = "seconds,cgroup_usage_bytes,cgroup_peak_bytes,oom_kills,budget_bytes,base_bytes,reserved_bytes,pinned_bytes,clean_cache_bytes,waiters,overruns,ops_completed,reservation_waits,daemon_up";
 
 impl Sample {
     pub fn csv(&self) -> String {
         format!(
-            "{:.1},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{:.1},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             self.t,
             self.usage,
             self.peak,
@@ -49,6 +51,7 @@ impl Sample {
             self.waiters,
             self.overruns,
             self.ops,
+            self.waits,
             u8::from(self.up)
         )
     }
@@ -63,8 +66,9 @@ pub struct Shared {
     pub hang: AtomicBool,
     /// The daemon's pid, for the stack dump (0 while it is down).
     pub pid: AtomicU32,
-    /// Operations completed by earlier daemons of this run (each restart counts from zero).
-    pub ops_before: Mutex<u64>,
+    /// Operations completed and reservation waits by earlier daemons of this run (each restart
+    /// counts from zero).
+    pub ops_before: Mutex<(u64, u64)>,
 }
 
 fn field(v: &serde_json::Value, k: &str) -> u64 {
@@ -83,6 +87,7 @@ pub fn start(
         let mut last_ops = 0u64;
         let mut last_progress = Instant::now();
         let mut last_daemon_ops = 0u64;
+        let mut last_daemon_waits = 0u64;
         while !shared.stop.load(Ordering::Relaxed) {
             let mut s = Sample {
                 t: t0.elapsed().as_secs_f64(),
@@ -102,14 +107,15 @@ pub fn start(
                     s.clean_cache = field(&v, "clean_cache_bytes");
                     s.waiters = field(&v, "waiters");
                     s.overruns = field(&v, "overruns");
-                    last_daemon_ops = v
-                        .get("kinds")
-                        .and_then(|k| k.as_array())
-                        .map(|a| a.iter().map(|k| field(k, "count")).sum())
-                        .unwrap_or(0);
+                    let kinds = v.get("kinds").and_then(|k| k.as_array());
+                    let sum =
+                        |f: &str| kinds.map_or(0, |a| a.iter().map(|k| field(k, f)).sum::<u64>());
+                    last_daemon_ops = sum("count");
+                    last_daemon_waits = sum("waits");
                 }
             }
-            s.ops = before + if s.up { last_daemon_ops } else { 0 };
+            s.ops = before.0 + if s.up { last_daemon_ops } else { 0 };
+            s.waits = before.1 + if s.up { last_daemon_waits } else { 0 };
             if s.ops != last_ops || !shared.busy.load(Ordering::Relaxed) {
                 last_ops = s.ops;
                 last_progress = Instant::now();

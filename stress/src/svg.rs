@@ -77,7 +77,8 @@ pub fn render(title: &str, samples: &[Sample], limit: u64, crashes: &[f64]) -> S
             xc = x(c)
         );
     }
-    let series: [(&str, &str, fn(&Sample) -> u64); 5] = [
+    type Series = (&'static str, &'static str, fn(&Sample) -> u64);
+    let series: [Series; 5] = [
         ("cgroup usage", "#d62728", |s| s.usage),
         ("budget + base", "#1f77b4", |s| s.budget + s.base),
         ("reserved", "#2ca02c", |s| s.reserved),

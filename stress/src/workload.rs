@@ -286,7 +286,7 @@ pub fn storm_worker(root: &Path, id: u64, files: u64, seconds: u64) -> i32 {
         let n = BATCH.min(files - done);
         let path = |k: u64| {
             let f = done + k;
-            if f % 2 == 0 {
+            if f.is_multiple_of(2) {
                 root.join("shared").join(format!("{id}-{f}"))
             } else {
                 own.join(format!("{f}"))

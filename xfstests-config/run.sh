@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Runs fstests against ticketfs: xfstests-config/run.sh XFSTESTS_DIR [check arguments...]
+#   e.g. xfstests-config/run.sh /work/ext/xfstests -g quick
+# XFSTESTS_DIR is an fstests checkout already built with its own `make` (nothing of fstests is
+# in this repository). Installs ticketfs (scripts/install.sh), makes the fstests users, formats
+# the test and scratch images, runs ./check with local.config and the exclude list, then
+# unmounts and runs fsck.ticketfs -n on both images. Results stay in XFSTESTS_DIR/results.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+xfstests=${1:?usage: run.sh XFSTESTS_DIR [check arguments...]}
+shift
+[ -x "$xfstests/check" ] && [ -x "$xfstests/ltp/fsstress" ] || {
+    echo "run.sh: $xfstests is not a built fstests checkout (run make there)" >&2
+    exit 2
+}
+WORK=${TICKETFS_XFSTESTS_WORK:-/var/tmp/ticketfs-xfstests}
+SIZE=${SIZE:-4G}
+export TICKETFS_XFSTESTS_WORK=$WORK
+NO_BUILD=${NO_BUILD:-} bash "$repo/scripts/install.sh" >/dev/null
+export PATH="/usr/local/sbin:$PATH"
+for u in fsgqa fsgqa2 123456-fsgqa; do
+    id "$u" >/dev/null 2>&1 || useradd -m "$u"
+done
+getent group fsgqa >/dev/null || groupadd fsgqa
+cleanup() {
+    for d in "$WORK/test" "$WORK/scratch"; do
+        if mountpoint -q "$d"; then umount "$d" || umount -l "$d" || true; fi
+    done
+}
+trap cleanup EXIT
+cleanup
+mkdir -p "$WORK/test" "$WORK/scratch"
+for img in test scratch; do
+    rm -f "$WORK/$img.img"
+    mkfs.ticketfs -s "$SIZE" "$WORK/$img.img" >/dev/null
+done
+cd "$xfstests"
+status=0
+HOST_OPTIONS="$here/local.config" ./check -E "$here/exclude" "$@" || status=$?
+cleanup
+for img in test scratch; do
+    echo "fsck.ticketfs -n $img.img: $(fsck.ticketfs -n "$WORK/$img.img" | tail -1)"
+done
+exit $status
