@@ -340,6 +340,10 @@ impl<'a> FileIo<'a> {
             // The size goes down first, so a crash between steps never shows blocks past it.
             ino_d.size = size;
             inode::write(&mut tx, &r, &ino_d);
+        }
+        if size <= ino_d.size {
+            // Every block past the new end goes, those preallocated past the old end with
+            // FALLOC_FL_KEEP_SIZE too (an unlink truncates to 0: they leaked before).
             let from = size.div_ceil(bs);
             loop {
                 let (_, done) = extmap::remove(
