@@ -1225,12 +1225,17 @@ impl Fs {
         Ok(out)
     }
 
+    /// Opens a directory: counted as an open, so a directory removed (rmdir, or renamed over)
+    /// while open lives on until its last close (`release`), as a file does.
     pub fn opendir(&self, ctx: &Ctx, ino: u64) -> R<()> {
         let i = self.read_inode(ino)?;
         if !is_dir(&i) {
             return Err(FsError::NotDir);
         }
-        may(ctx, &i, 4)
+        may(ctx, &i, 4)?;
+        *self.open.lock().entry(ino).or_insert(0) += 1;
+        self.eng.cache().charge_outside(HANDLE_BYTES);
+        Ok(())
     }
 
     pub fn statfs(&self) -> R<StatFs> {
