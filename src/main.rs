@@ -37,6 +37,8 @@ struct Options {
     mountpoint: PathBuf,
     foreground: bool,
     read_only: bool,
+    /// `-o remount`: change the live mount (mount(8) and mount.fuse3 pass a remount here).
+    remount: bool,
     allow_other: bool,
     default_permissions: bool,
     /// Print the budget's derivation even when stderr is not a terminal.
@@ -59,6 +61,7 @@ fn parse() -> Options {
         mountpoint: PathBuf::new(),
         foreground: false,
         read_only: false,
+        remount: false,
         allow_other: false,
         default_permissions: false,
         verbose: false,
@@ -81,6 +84,7 @@ fn parse() -> Options {
                     match opt {
                         "ro" => o.read_only = true,
                         "rw" => o.read_only = false,
+                        "remount" => o.remount = true,
                         "allow_other" => o.allow_other = true,
                         "default_permissions" => o.default_permissions = true,
                         "memres=on" => o.engine.memres = MemRes::On,
@@ -296,6 +300,33 @@ fn db_command(args: &[String]) -> ! {
     }
 }
 
+/// `-o remount[,ro|rw]`: the kernel's remount of the live mount (read-only or read-write at the
+/// VFS); the daemon serving it goes on. Starting a second daemon for the image would be refused.
+fn remount(o: &Options) -> ! {
+    let Ok(dir) = std::ffi::CString::new(o.mountpoint.as_os_str().as_encoded_bytes()) else {
+        die("bad mount point")
+    };
+    let flags = libc::MS_REMOUNT | if o.read_only { libc::MS_RDONLY } else { 0 };
+    // SAFETY: a NUL-terminated path; source, type and data may be null for a remount.
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            dir.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        die(&format!(
+            "remount of {}: {}",
+            o.mountpoint.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    exit(0)
+}
+
 /// How long a mount waits for the image's previous daemon to finish unmounting.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -308,6 +339,9 @@ fn main() {
         db_command(&args[1..]);
     }
     let o = parse();
+    if o.remount {
+        remount(&o);
+    }
     if !o.mountpoint.is_dir() {
         die(&format!("{}: not a directory", o.mountpoint.display()));
     }

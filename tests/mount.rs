@@ -502,3 +502,32 @@ fn reads_update_access_times_by_the_mount_policy() {
     assert!(fs::metadata(&f).unwrap().atime() >= now() - 60);
     m.unmount();
 }
+
+/// `-o remount,ro` and `-o remount,rw` (what mount(8) passes through mount.fuse3 for
+/// `mount -t fuse.ticketfs -o remount,ro IMAGE DIR`, as fstests does) change the live mount
+/// instead of starting a second daemon.
+#[test]
+fn remount_read_only_and_back() {
+    let work = tempfile::tempdir().unwrap();
+    let img = image(work.path(), 64 << 20);
+    let m = Mount::new(&img, "");
+    let bin = env!("CARGO_BIN_EXE_ticketfs");
+    let remount = |opt: &str| {
+        let st = Command::new(bin)
+            .arg(&img)
+            .arg(m.path())
+            .arg("-o")
+            .arg(format!("remount,{opt}"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "remount,{opt}: {st}");
+    };
+    fs::write(m.path().join("before"), b"x").unwrap();
+    remount("ro");
+    let e = fs::write(m.path().join("during"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    assert_eq!(fs::read(m.path().join("before")).unwrap(), b"x");
+    remount("rw");
+    fs::write(m.path().join("after"), b"y").unwrap();
+    m.unmount();
+}
