@@ -17,7 +17,6 @@
 
 use crate::alloc::{AgSpace, Allocator};
 use crate::bitmap::Bitmap;
-use crate::btree::{Btree, Root};
 use crate::dir;
 use crate::engine::{Engine, EngineError};
 use crate::file::extmap;
@@ -687,16 +686,8 @@ fn check_inode(c: &mut Checker<'_>, tx: &mut Trans<'_>, ino: u64, i: &Inode) {
                     prev_end = e.file_block + e.len as u64;
                     owned.extend((e.start..e.start + e.len as u64).map(|b| (b, "file data")));
                 }
-                if i.format == DataFormat::Btree {
-                    let t = Btree::open(
-                        BlockType::BtreeExtent,
-                        ino,
-                        Root {
-                            blkno: i.root,
-                            level: i.root_level,
-                        },
-                    );
-                    match t.blocks(tx) {
+                {
+                    match extmap::nodes(tx, ino, i) {
                         Ok(bs) => owned.extend(bs.into_iter().map(|b| (b, "an extent-map node"))),
                         Err(e) => c.problem(
                             "inodes",
@@ -765,35 +756,63 @@ fn check_inode(c: &mut Checker<'_>, tx: &mut Trans<'_>, ino: u64, i: &Inode) {
 /// behind the log's head. One ahead of it (a stale or foreign LSN) would make a later recovery
 /// skip that block's changes as already applied.
 fn check_lsns(c: &mut Checker<'_>, progress: Progress<'_>) {
-    let g = *c.eng.geometry();
-    let head = c.eng.log().positions().0.lsn(g.block_size).0;
-    let uuid = c.eng.superblock().uuid;
-    let mut blocks = std::mem::take(&mut c.meta);
+    let blocks = std::mem::take(&mut c.meta);
+    for a in blocks_ahead_of_log(c.eng, blocks, progress) {
+        c.problem(
+            "log",
+            Some(a.blkno),
+            None,
+            format!(
+                "{} block {} carries LSN {:#x}, at or ahead of the log's head {:#x}",
+                a.btype.name(),
+                a.blkno,
+                a.lsn,
+                a.head
+            ),
+        );
+    }
+}
+
+/// A metadata block whose header LSN is at or ahead of the log's head.
+pub struct Ahead {
+    pub blkno: u64,
+    pub btype: BlockType,
+    pub lsn: u64,
+    pub head: u64,
+}
+
+/// Of the metadata `blocks`, those whose verified header carries an LSN at or ahead of the log's
+/// head (blocks that fail their header check are reported where they are read, not here). Shared
+/// by the check and the repair's scan.
+pub fn blocks_ahead_of_log(
+    eng: &Engine,
+    mut blocks: Vec<u64>,
+    progress: Progress<'_>,
+) -> Vec<Ahead> {
+    let g = *eng.geometry();
+    let head = eng.log().positions().0.lsn(g.block_size).0;
+    let uuid = eng.superblock().uuid;
     blocks.sort_unstable();
     blocks.dedup();
     let mut buf = crate::device::AlignedBuf::new(g.block_size as usize);
+    let mut out = Vec::new();
     for (n, &b) in blocks.iter().enumerate() {
         if n % 4096 == 0 {
             progress("log sequence numbers", n as u64, blocks.len() as u64);
         }
-        if b >= g.block_count || c.eng.device().read(b, &mut buf).is_err() {
+        if b >= g.block_count || eng.device().read(b, &mut buf).is_err() {
             continue;
         }
-        // Blocks that fail their header check were reported when they were read.
-        let Ok(h) = crate::format::BlockHeader::verify(&buf, b, None, &uuid) else {
-            continue;
-        };
-        if h.lsn >= head {
-            c.problem(
-                "log",
-                Some(b),
-                None,
-                format!(
-                    "{} block {b} carries LSN {:#x}, at or ahead of the log's head {head:#x}",
-                    h.btype.name(),
-                    h.lsn
-                ),
-            );
+        if let Ok(h) = crate::format::BlockHeader::verify(&buf, b, None, &uuid) {
+            if h.lsn >= head {
+                out.push(Ahead {
+                    blkno: b,
+                    btype: h.btype,
+                    lsn: h.lsn,
+                    head,
+                });
+            }
         }
     }
+    out
 }

@@ -112,6 +112,14 @@ pub fn find(
     }
 }
 
+/// The blocks of the map's B+tree (none when the map is inline in the inode): for checks.
+pub fn nodes(tx: &mut Trans<'_>, ino: u64, inode: &Inode) -> Result<Vec<u64>, EngineError> {
+    if inode.format != DataFormat::Btree {
+        return Ok(Vec::new());
+    }
+    tree(ino, inode).blocks(tx)
+}
+
 /// Every extent, in file order (for checks and tests).
 pub fn all(tx: &mut Trans<'_>, ino: u64, inode: &Inode) -> Result<Vec<Extent>, EngineError> {
     match inode.format {

@@ -1387,14 +1387,9 @@ impl Fs {
     }
 }
 
-/// Creates the root directory of a freshly formatted filesystem; returns its inode number.
-pub fn make_root(eng: &Engine) -> Result<u64, EngineError> {
-    let alloc = Allocator::new(*eng.geometry());
-    let mut tx = eng.begin(TransKind::Mkdir)?;
-    let ino = alloc
-        .alloc_inode_new_chunk(&mut tx, 0)?
-        .ok_or_else(|| EngineError::NoSpace("no inode for the root".into()))?;
-    let r = inode::join_new(&mut tx, ino)?;
+/// A fresh, empty root directory (its own parent) for inode `ino`: mkfs, and fsck's repair when
+/// the root is lost.
+pub fn root_inode(tx: &mut Trans<'_>, alloc: &Allocator, ino: u64) -> Result<Inode, EngineError> {
     let t = now();
     let mut i = Inode {
         mode: S_IFDIR | 0o755,
@@ -1406,7 +1401,19 @@ pub fn make_root(eng: &Engine) -> Result<u64, EngineError> {
         generation: 1,
         ..Default::default()
     };
-    dir::init(&mut tx, &alloc, ino, &mut i, ino)?;
+    dir::init(tx, alloc, ino, &mut i, ino)?;
+    Ok(i)
+}
+
+/// Creates the root directory of a freshly formatted filesystem; returns its inode number.
+pub fn make_root(eng: &Engine) -> Result<u64, EngineError> {
+    let alloc = Allocator::new(*eng.geometry());
+    let mut tx = eng.begin(TransKind::Mkdir)?;
+    let ino = alloc
+        .alloc_inode_new_chunk(&mut tx, 0)?
+        .ok_or_else(|| EngineError::NoSpace("no inode for the root".into()))?;
+    let r = inode::join_new(&mut tx, ino)?;
+    let i = root_inode(&mut tx, &alloc, ino)?;
     inode::write(&mut tx, &r, &i);
     tx.commit()?;
     eng.force_all()?;

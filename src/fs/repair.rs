@@ -64,11 +64,6 @@ impl Fs {
         })
     }
 
-    /// The file type an entry for inode `ino` carries.
-    pub fn repair_dtype(&self, ino: u64) -> R<u8> {
-        Ok(dtype(self.read_inode(ino)?.mode))
-    }
-
     /// Walks the tree from the root and sets every reachable inode's link count (a directory: 2
     /// and one per subdirectory; anything else: its names) and every directory's "..". Returns
     /// what it changed, one line each.

@@ -25,7 +25,7 @@ use crate::check::Progress;
 use crate::device::Device;
 use crate::dir;
 use crate::engine::{read_superblock, Engine, EngineError, EngineOptions};
-use crate::format::inode::{ino_split, Inode};
+use crate::format::inode::ino_split;
 use crate::format::{BlockType, BLOCK_HEADER_BYTES};
 use crate::fs::{Ctx, Fs, FsError, S_IFDIR, S_IFMT};
 use crate::inode::{self, InodeRef};
@@ -169,9 +169,10 @@ fn fix_inodes(eng: &Engine, scan: &scan::Scan, plan: &plan::Plan, rep: &mut Repa
     for &ino in &plan.relinked {
         todo.entry(ino).or_default();
     }
+    let alloc = crate::alloc::Allocator::new(*eng.geometry());
     for (ino, f) in todo {
         let relink = plan.relinked.contains(&ino);
-        match fix_inode(eng, ino, &f, relink) {
+        match fix_inode(eng, &alloc, ino, &f, relink) {
             Ok(Some(line)) => rep.fixed.push(line),
             Ok(None) => {}
             Err(e) => rep.failed.push(err(&format!("inode {ino}"), e)),
@@ -181,11 +182,11 @@ fn fix_inodes(eng: &Engine, scan: &scan::Scan, plan: &plan::Plan, rep: &mut Repa
 
 fn fix_inode(
     eng: &Engine,
+    alloc: &crate::alloc::Allocator,
     ino: u64,
     f: &scan::InodeFix,
     relink: bool,
 ) -> Result<Option<String>, EngineError> {
-    let alloc = crate::alloc::Allocator::new(*eng.geometry());
     let (chunk, slot) = ino_split(ino);
     let mut tx = eng.begin(TransKind::Setattr)?;
     let id = if f.fresh_chunk {
@@ -195,17 +196,7 @@ fn fix_inode(
     };
     let r = InodeRef { ino, id, slot };
     if f.new_root {
-        let t = crate::fs::now();
-        let mut i = Inode {
-            mode: S_IFDIR | 0o755,
-            nlink: 2,
-            atime: t,
-            mtime: t,
-            ctime: t,
-            crtime: t,
-            ..Default::default()
-        };
-        dir::init(&mut tx, &alloc, ino, &mut i, ino)?;
+        let i = crate::fs::root_inode(&mut tx, alloc, ino)?;
         inode::write(&mut tx, &r, &i);
         tx.commit()?;
         return Ok(Some(format!("root directory {ino} made afresh")));
@@ -219,7 +210,7 @@ fn fix_inode(
     let mut what = Vec::new();
     if f.reset_dir.is_some() {
         let up = dir::parent(&i);
-        dir::init(&mut tx, &alloc, ino, &mut i, up)?;
+        dir::init(&mut tx, alloc, ino, &mut i, up)?;
         i.root = 0;
         i.root_level = 0;
         what.push("directory emptied for rebuilding".to_string());

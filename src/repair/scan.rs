@@ -7,7 +7,6 @@
 
 use super::{Bitmap, Kept, Name};
 use crate::alloc::Allocator;
-use crate::btree::{Btree, Root};
 use crate::check::Progress;
 use crate::dir;
 use crate::engine::{Engine, EngineError};
@@ -278,21 +277,11 @@ fn examine(sc: &mut Scanner<'_>, tx: &mut Trans<'_>, ino: u64, i: &Inode) {
                 prev_end = e.file_block + e.len as u64;
                 own.data.extend(e.start..e.start + e.len as u64);
             }
-            if i.format == DataFormat::Btree {
-                let t = Btree::open(
-                    BlockType::BtreeExtent,
-                    ino,
-                    Root {
-                        blkno: i.root,
-                        level: i.root_level,
-                    },
-                );
-                match t.blocks(tx) {
-                    Ok(bs) => own.meta.extend(bs),
-                    Err(e) => {
-                        sc.fix(ino).clear = Some(format!("extent map: {e}"));
-                        return;
-                    }
+            match extmap::nodes(tx, ino, i) {
+                Ok(bs) => own.meta.extend(bs),
+                Err(e) => {
+                    sc.fix(ino).clear = Some(format!("extent map: {e}"));
+                    return;
                 }
             }
         }
@@ -432,29 +421,15 @@ fn scan_for_chunks(sc: &Scanner<'_>, agno: u32) -> Result<Vec<u64>, EngineError>
 
 /// Kept metadata blocks whose LSN is at or ahead of the log's head.
 fn lsn_pass(sc: &mut Scanner<'_>, progress: Progress<'_>) {
-    let g = *sc.eng.geometry();
-    let head = sc.eng.log().positions().0.lsn(g.block_size).0;
-    let uuid = sc.eng.superblock().uuid;
-    let mut blocks = std::mem::take(&mut sc.meta);
-    blocks.sort_unstable();
-    blocks.dedup();
-    let mut buf = crate::device::AlignedBuf::new(g.block_size as usize);
-    for (n, &b) in blocks.iter().enumerate() {
-        if n % 4096 == 0 {
-            progress("log sequence numbers", n as u64, blocks.len() as u64);
-        }
-        if sc.eng.device().read(b, &mut buf).is_err() {
-            continue;
-        }
-        if let Ok(h) = BlockHeader::verify(&buf, b, None, &uuid) {
-            if h.lsn >= head {
-                sc.s.found.push(format!(
-                    "{} block {b} carries LSN {:#x}, ahead of the log's head {head:#x}: stamped anew",
-                    h.btype.name(),
-                    h.lsn
-                ));
-                sc.s.ahead.push((b, h.btype));
-            }
-        }
+    let blocks = std::mem::take(&mut sc.meta);
+    for a in crate::check::blocks_ahead_of_log(sc.eng, blocks, progress) {
+        sc.s.found.push(format!(
+            "{} block {} carries LSN {:#x}, ahead of the log's head {:#x}: stamped anew",
+            a.btype.name(),
+            a.blkno,
+            a.lsn,
+            a.head
+        ));
+        sc.s.ahead.push((a.blkno, a.btype));
     }
 }

@@ -57,8 +57,9 @@ struct TBuf {
 }
 
 impl TBuf {
-    // A released buffer is never handed out again: `find` skips it and its BufId is not reused,
-    // so reaching one is a bug in the caller, not a condition of the disk.
+    // A released buffer is never handed out again: `find` skips it, and its BufId is reused only
+    // after `release_all_clean` (whose callers hold none), so reaching one is a bug in the
+    // caller, not a condition of the disk.
     fn content(&self) -> &BufContent {
         self.guard
             .as_deref()
