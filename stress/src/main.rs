@@ -20,6 +20,7 @@ mod cgroup;
 mod daemon;
 mod monitor;
 mod report;
+mod signals;
 mod svg;
 mod workload;
 
@@ -173,7 +174,17 @@ fn main() {
         exit(0);
     }
     let o = parse();
-    match run(&o) {
+    if let Err(e) = signals::install() {
+        die(&e);
+    }
+    let r = run(&o);
+    if let Some(sig) = signals::caught() {
+        // Everything that lived in `run` is gone by now: the mount too, so the image can go.
+        let _ = std::fs::remove_dir_all(o.out.join("work"));
+        eprintln!("ticketfs-stress: ended by signal {sig}; daemon, mount, cgroup and image removed");
+        exit(128 + sig);
+    }
+    match r {
         Ok(ok) => exit(if ok || !o.require { 0 } else { 1 }),
         Err(e) => die(&e),
     }
@@ -216,6 +227,9 @@ fn run(o: &Opts) -> Result<bool, String> {
         .pid
         .store(d.as_ref().map_or(0, Daemon::pid), Ordering::Relaxed);
     let mon = monitor::start(cg.clone(), image.clone(), o.out.clone(), shared.clone());
+    // Declared after `cg` and `d`, dropped before them: the monitor stops (and lets go of its
+    // handle on the cgroup) before the daemon is killed and the cgroup removed, on every return.
+    let mon = monitor::Stopper::new(mon, shared.clone());
     let t0 = Instant::now();
     let mut rng = o.p.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
@@ -234,12 +248,20 @@ fn run(o: &Opts) -> Result<bool, String> {
         };
         shared.busy.store(true, Ordering::Relaxed);
         let mut w = Running::start(o.kind, &p, &mnt, &o.out, seg)?;
+        let interrupted = |sig: i32| Err(format!("ended by signal {sig}"));
         if crash {
             // A random moment within the segment, then SIGKILL.
             let at = Duration::from_millis(2000 + next_rand(&mut rng) % (seg_secs * 1000 - 2000));
             let start = Instant::now();
-            while start.elapsed() < at && !w.done() && !shared.hang.load(Ordering::Relaxed) {
+            while start.elapsed() < at
+                && !w.done()
+                && !shared.hang.load(Ordering::Relaxed)
+                && signals::caught().is_none()
+            {
                 std::thread::sleep(Duration::from_millis(50));
+            }
+            if let Some(sig) = signals::caught() {
+                return interrupted(sig);
             }
             let before = shared
                 .samples
@@ -267,8 +289,15 @@ fn run(o: &Opts) -> Result<bool, String> {
         } else {
             let limit = Duration::from_secs(seg_secs) + SEGMENT_GRACE;
             let start = Instant::now();
-            while !w.done() && start.elapsed() < limit && !shared.hang.load(Ordering::Relaxed) {
+            while !w.done()
+                && start.elapsed() < limit
+                && !shared.hang.load(Ordering::Relaxed)
+                && signals::caught().is_none()
+            {
                 std::thread::sleep(Duration::from_millis(100));
+            }
+            if let Some(sig) = signals::caught() {
+                return interrupted(sig);
             }
             let out = w.finish(Duration::from_secs(1));
             shared.busy.store(false, Ordering::Relaxed);
@@ -280,8 +309,7 @@ fn run(o: &Opts) -> Result<bool, String> {
     }
     let elapsed = t0.elapsed().as_secs_f64();
     std::thread::sleep(monitor::SAMPLE_INTERVAL * 2);
-    shared.stop.store(true, Ordering::Relaxed);
-    let _ = mon.join();
+    mon.stop();
     if let Some(dm) = d.take() {
         if let Err(e) = dm.stop() {
             daemon_problems.push(e);

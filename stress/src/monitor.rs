@@ -170,3 +170,36 @@ fn dump_stacks(pid: u32, out: &Path) {
         file.display()
     );
 }
+
+/// Stops the sampling thread when the run ends, however it ends.
+pub struct Stopper {
+    handle: Option<std::thread::JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl Stopper {
+    pub fn new(handle: std::thread::JoinHandle<()>, shared: Arc<Shared>) -> Stopper {
+        Stopper {
+            handle: Some(handle),
+            shared,
+        }
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Stopper {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}

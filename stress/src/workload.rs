@@ -265,6 +265,18 @@ impl Running {
     }
 }
 
+impl Drop for Running {
+    /// A run that ends early (an error, a signal) leaves none of its processes behind.
+    fn drop(&mut self) {
+        for (c, _) in &mut self.children {
+            if let Ok(None) = c.try_wait() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
 /// One storm process: creates, stats and unlinks `files` files, half in `root/shared` and half
 /// in its own directory, for at most `seconds`; prints "errors NAME=N ..." at the end.
 pub fn storm_worker(root: &Path, id: u64, files: u64, seconds: u64) -> i32 {
