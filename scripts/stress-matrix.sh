@@ -16,6 +16,8 @@ WORKLOADS=${WORKLOADS:-"stress-ng fsx storm fsstress"}
 CRASH_ROUNDS=${CRASH_ROUNDS:-10}
 cargo build --release --workspace --quiet
 bin=target/release/ticketfs-stress
+TICKETFS_COMMIT=$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo "+changes")
+export TICKETFS_COMMIT
 mkdir -p "$runs"
 args_for() {
     case $1 in

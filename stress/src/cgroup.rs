@@ -115,6 +115,15 @@ impl Cgroup {
         }
     }
 
+    /// Page cache charged to the cgroup (v2 `file`, v1 `cache` of memory.stat): what the
+    /// kernel can reclaim at the limit, unlike the daemon's anonymous and kernel memory.
+    pub fn page_cache(&self) -> u64 {
+        match self.version {
+            Version::V2 => self.field("memory.stat", "file"),
+            Version::V1 => self.field("memory.stat", "cache"),
+        }
+    }
+
     pub fn peak(&self) -> u64 {
         match self.version {
             Version::V2 => self.read_u64("memory.peak"),

@@ -181,7 +181,9 @@ fn main() {
     if let Some(sig) = signals::caught() {
         // Everything that lived in `run` is gone by now: the mount too, so the image can go.
         let _ = std::fs::remove_dir_all(o.out.join("work"));
-        eprintln!("ticketfs-stress: ended by signal {sig}; daemon, mount, cgroup and image removed");
+        eprintln!(
+            "ticketfs-stress: ended by signal {sig}; daemon, mount, cgroup and image removed"
+        );
         exit(128 + sig);
     }
     match r {
@@ -326,6 +328,7 @@ fn run(o: &Opts) -> Result<bool, String> {
     let peak = cg
         .peak()
         .max(samples.iter().map(|s| s.peak).max().unwrap_or(0));
+    let no_cache_peak = samples.iter().map(|s| s.no_cache).max().unwrap_or(0);
     let oom = cg.oom_kills();
     let overruns = samples.iter().map(|s| s.overruns).max().unwrap_or(0);
     let waiters_max = samples.iter().map(|s| s.waiters).max().unwrap_or(0);
@@ -373,6 +376,8 @@ fn run(o: &Opts) -> Result<bool, String> {
     )?;
     let result = serde_json::json!({
         "workload": o.kind.name(),
+        // Which build ran (set by scripts/stress-matrix.sh), so a table never mixes unnoticed.
+        "commit": std::env::var("TICKETFS_COMMIT").unwrap_or_default(),
         "limit_bytes": o.limit,
         "memres": o.memres,
         "cgroup": format!("{:?}", cg.version),
@@ -384,6 +389,7 @@ fn run(o: &Opts) -> Result<bool, String> {
         "failed_processes": failed,
         "hang": hang,
         "cgroup_peak_bytes": peak,
+        "peak_without_page_cache_bytes": no_cache_peak,
         "budget_bytes": budget,
         "base_bytes": base,
         "max_waiters": waiters_max,
@@ -399,11 +405,12 @@ fn run(o: &Opts) -> Result<bool, String> {
         &serde_json::to_string_pretty(&result).unwrap_or_default(),
     )?;
     println!(
-        "{title}: {} ops in {elapsed:.0} s ({:.0}/s), OOM kills {oom}, errors {errors:?}, hang {hang}, peak {:.2} MiB of {:.0}, overruns {overruns}, fsck {}, {}",
+        "{title}: {} ops in {elapsed:.0} s ({:.0}/s), OOM kills {oom}, errors {errors:?}, hang {hang}, peak {:.2} MiB of {:.0} ({:.2} without page cache), overruns {overruns}, fsck {}, {}",
         ops,
         ops as f64 / elapsed.max(0.001),
         peak as f64 / (1u64 << 20) as f64,
         o.limit as f64 / (1u64 << 20) as f64,
+        no_cache_peak as f64 / (1u64 << 20) as f64,
         if fscks.is_empty() { "clean".to_string() } else { fscks.join("; ") },
         if ok { "acceptance holds" } else { "ACCEPTANCE FAILS" }
     );

@@ -18,6 +18,9 @@ pub struct Sample {
     pub t: f64,
     pub usage: u64,
     pub peak: u64,
+    /// Usage less page cache: the daemon's anonymous and kernel memory, which the kernel
+    /// cannot reclaim (the part that decides an OOM kill).
+    pub no_cache: u64,
     pub oom_kills: u64,
     pub budget: u64,
     pub base: u64,
@@ -33,15 +36,16 @@ pub struct Sample {
     pub up: bool,
 }
 
-pub const CSV_HEADER: &str = "seconds,cgroup_usage_bytes,cgroup_peak_bytes,oom_kills,budget_bytes,base_bytes,reserved_bytes,pinned_bytes,clean_cache_bytes,waiters,overruns,ops_completed,reservation_waits,daemon_up";
+pub const CSV_HEADER: &str = "seconds,cgroup_usage_bytes,cgroup_peak_bytes,cgroup_usage_without_page_cache_bytes,oom_kills,budget_bytes,base_bytes,reserved_bytes,pinned_bytes,clean_cache_bytes,waiters,overruns,ops_completed,reservation_waits,daemon_up";
 
 impl Sample {
     pub fn csv(&self) -> String {
         format!(
-            "{:.1},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{:.1},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             self.t,
             self.usage,
             self.peak,
+            self.no_cache,
             self.oom_kills,
             self.budget,
             self.base,
@@ -89,9 +93,11 @@ pub fn start(
         let mut last_daemon_ops = 0u64;
         let mut last_daemon_waits = 0u64;
         while !shared.stop.load(Ordering::Relaxed) {
+            let usage = cg.usage();
             let mut s = Sample {
                 t: t0.elapsed().as_secs_f64(),
-                usage: cg.usage(),
+                usage,
+                no_cache: usage.saturating_sub(cg.page_cache()),
                 peak: cg.peak(),
                 oom_kills: cg.oom_kills(),
                 ..Default::default()

@@ -1,5 +1,5 @@
 //! The run's picture as an SVG: above, memory against time (cgroup usage, the daemon's budget
-//! plus base, what transactions have reserved, what is pinned, the clean cache) under the
+//! plus base, the usage less page cache, what transactions have reserved, what is pinned, the clean cache) under the
 //! cgroup's limit; below, completed operations per second. Crash rounds are marked.
 
 use crate::monitor::Sample;
@@ -78,8 +78,9 @@ pub fn render(title: &str, samples: &[Sample], limit: u64, crashes: &[f64]) -> S
         );
     }
     type Series = (&'static str, &'static str, fn(&Sample) -> u64);
-    let series: [Series; 5] = [
+    let series: [Series; 6] = [
         ("cgroup usage", "#d62728", |s| s.usage),
+        ("less page cache", "#8c564b", |s| s.no_cache),
         ("budget + base", "#1f77b4", |s| s.budget + s.base),
         ("reserved", "#2ca02c", |s| s.reserved),
         ("pinned", "#9467bd", |s| s.pinned),
@@ -91,7 +92,7 @@ pub fn render(title: &str, samples: &[Sample], limit: u64, crashes: &[f64]) -> S
         let _ = writeln!(
             out,
             r#"<text x="{}" y="{}" fill="{color}">{name}</text>"#,
-            LEFT + 10.0 + 130.0 * i as f64,
+            LEFT + 10.0 + 135.0 * i as f64,
             TOP_Y0 + TOP_H + 18.0
         );
     }
