@@ -28,6 +28,8 @@ pub enum EngineError {
     NoSpace(String),
     /// The inode no longer exists (its slot is free).
     Stale(u64),
+    /// A size, write or allocation past the largest file size (EFBIG), with what asked.
+    TooBig(String),
 }
 
 impl fmt::Display for EngineError {
@@ -39,6 +41,7 @@ impl fmt::Display for EngineError {
             EngineError::Invalid(w) => write!(f, "{w}"),
             EngineError::NoSpace(w) => write!(f, "no space: {w}"),
             EngineError::Stale(ino) => write!(f, "inode {ino} no longer exists"),
+            EngineError::TooBig(w) => write!(f, "{w}"),
         }
     }
 }

@@ -5,10 +5,10 @@ use crate::engine::EngineError;
 use crate::format::inode::Time;
 use crate::fs::{self, Attr, Ctx, Fs, FsError, SetAttr, SetTime};
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -23,6 +23,9 @@ const TTL: Duration = Duration::from_secs(1);
 const MAX_WRITE: u32 = 1 << 20;
 /// Entries one readdir reply carries at most (the kernel's buffer bounds it anyway).
 const READDIR_BATCH: usize = 128;
+/// Most bytes one copy_file_range reply reports: its count is 32 bits; a multiple of every
+/// block size, so a long copy continues block-aligned.
+const COPY_RANGE_MAX: u64 = 1 << 30;
 
 /// The one mapping from filesystem errors to errnos.
 pub fn errno(e: &FsError) -> Errno {
@@ -41,9 +44,11 @@ pub fn errno(e: &FsError) -> Errno {
         FsError::NotSupported => libc::EOPNOTSUPP,
         FsError::NoData => libc::ENXIO,
         FsError::NoAttr => libc::ENODATA,
+        FsError::Stale => libc::ESTALE,
         FsError::Engine(EngineError::NoSpace(_)) => libc::ENOSPC,
         FsError::Engine(EngineError::Stale(_)) => libc::ENOENT,
         FsError::Engine(EngineError::Invalid(_)) => libc::EINVAL,
+        FsError::Engine(EngineError::TooBig(_)) => libc::EFBIG,
         FsError::Engine(EngineError::Shutdown(_)) => libc::EIO,
         FsError::Engine(EngineError::Io(d)) => d.errno(),
         FsError::Engine(EngineError::Corrupt(_)) => libc::EUCLEAN,
@@ -173,7 +178,14 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     })
 }
 
+/// The kernel's `__FMODE_EXEC` open flag: execve opens the file to run it, which needs execute
+/// permission, not read.
+const FMODE_EXEC: i32 = 0o40;
+
 fn want(flags: OpenFlags) -> u32 {
+    if flags.0 & FMODE_EXEC != 0 {
+        return 1;
+    }
     match flags.acc_mode() {
         OpenAccMode::O_RDONLY => 4,
         OpenAccMode::O_WRONLY => 2,
@@ -189,7 +201,10 @@ impl Filesystem for TicketFuse {
                 | InitFlags::FUSE_ASYNC_READ
                 | InitFlags::FUSE_PARALLEL_DIROPS
                 | InitFlags::FUSE_DO_READDIRPLUS
-                | InitFlags::FUSE_READDIRPLUS_AUTO,
+                | InitFlags::FUSE_READDIRPLUS_AUTO
+                // Lookups of "." and ".." answered for any inode: file handles
+                // (name_to_handle_at / open_by_handle_at, NFS export) outlive the kernel's cache.
+                | InitFlags::FUSE_EXPORT_SUPPORT,
         );
         Ok(())
     }
@@ -408,6 +423,34 @@ impl Filesystem for TicketFuse {
         reply: ReplyWrite,
     ) {
         match self.fs.write(&ctx(req), self.ino(ino), offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        req: &Request,
+        ino_in: INodeNo,
+        _fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        _fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        // The reply counts bytes in 32 bits: a longer copy is answered short, and the caller
+        // asks again for the rest.
+        let len = len.min(COPY_RANGE_MAX);
+        match self.fs.copy_range(
+            &ctx(req),
+            (self.ino(ino_in), offset_in),
+            (self.ino(ino_out), offset_out),
+            len,
+            self.max_write as usize,
+        ) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }
@@ -674,10 +717,11 @@ impl Filesystem for TicketFuse {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        if offset < 0 {
-            return reply.error(Errno::from_i32(libc::EINVAL));
-        }
         let r = match whence {
+            // As the kernel's own filesystems: no data or hole before offset 0 either.
+            libc::SEEK_DATA | libc::SEEK_HOLE if offset < 0 => {
+                return reply.error(Errno::from_i32(libc::ENXIO))
+            }
             libc::SEEK_DATA => self.fs.seek(self.ino(ino), offset as u64, true),
             libc::SEEK_HOLE => self.fs.seek(self.ino(ino), offset as u64, false),
             _ => return reply.error(Errno::from_i32(libc::EINVAL)),

@@ -41,12 +41,60 @@ struct Options {
     remount: bool,
     allow_other: bool,
     default_permissions: bool,
+    /// The mount's own flags (nosuid, nodev, noexec, sync, dirsync), kept by the kernel.
+    flags: MountFlags,
     /// Print the budget's derivation even when stderr is not a terminal.
     verbose: bool,
     mem_option: Option<u64>,
     threads_option: Option<usize>,
     atime: AtimePolicy,
     engine: EngineOptions,
+}
+
+/// Mount flags the kernel enforces for the mount (as for any filesystem); the daemon only passes
+/// them on, at mount and at remount. Unset, a mount by root allows devices, set-id and exec,
+/// as mount(8) does for a kernel filesystem.
+#[derive(Debug, Clone, Copy, Default)]
+struct MountFlags {
+    nosuid: bool,
+    nodev: bool,
+    noexec: bool,
+    sync: bool,
+    dirsync: bool,
+}
+
+impl MountFlags {
+    fn options(self) -> Vec<fuser::MountOption> {
+        use fuser::MountOption as M;
+        let mut v = vec![
+            if self.nosuid { M::NoSuid } else { M::Suid },
+            if self.nodev { M::NoDev } else { M::Dev },
+            if self.noexec { M::NoExec } else { M::Exec },
+        ];
+        if self.sync {
+            v.push(M::Sync);
+        }
+        if self.dirsync {
+            v.push(M::DirSync);
+        }
+        v
+    }
+
+    fn ms_bits(self) -> libc::c_ulong {
+        let mut f = 0;
+        for (on, bit) in [
+            (self.nosuid, libc::MS_NOSUID),
+            (self.nodev, libc::MS_NODEV),
+            (self.noexec, libc::MS_NOEXEC),
+            (self.sync, libc::MS_SYNCHRONOUS),
+            (self.dirsync, libc::MS_DIRSYNC),
+        ] {
+            if on {
+                f |= bit;
+            }
+        }
+        f
+    }
 }
 
 fn die(msg: &str) -> ! {
@@ -64,6 +112,7 @@ fn parse() -> Options {
         remount: false,
         allow_other: false,
         default_permissions: false,
+        flags: MountFlags::default(),
         verbose: false,
         mem_option: None,
         threads_option: None,
@@ -95,6 +144,15 @@ fn parse() -> Options {
                         "relatime" => o.atime = AtimePolicy::Relatime,
                         "strictatime" => o.atime = AtimePolicy::Strict,
                         "noatime" => o.atime = AtimePolicy::Never,
+                        "nosuid" => o.flags.nosuid = true,
+                        "suid" => o.flags.nosuid = false,
+                        "nodev" => o.flags.nodev = true,
+                        "dev" => o.flags.nodev = false,
+                        "noexec" => o.flags.noexec = true,
+                        "exec" => o.flags.noexec = false,
+                        "sync" => o.flags.sync = true,
+                        "async" => o.flags.sync = false,
+                        "dirsync" => o.flags.dirsync = true,
                         m if m.starts_with("mem=") => {
                             o.mem_option = Some(
                                 parse_size(&m[4..])
@@ -216,8 +274,7 @@ fn serve(o: &Options, report: &mut dyn FnMut(Result<String, String>)) -> Result<
         cfg.mount_options
             .push(fuser::MountOption::DefaultPermissions);
     }
-    cfg.mount_options
-        .extend([fuser::MountOption::Dev, fuser::MountOption::Suid]);
+    cfg.mount_options.extend(o.flags.options());
     if o.allow_other {
         cfg.acl = fuser::SessionACL::All;
     }
@@ -306,7 +363,8 @@ fn remount(o: &Options) -> ! {
     let Ok(dir) = std::ffi::CString::new(o.mountpoint.as_os_str().as_encoded_bytes()) else {
         die("bad mount point")
     };
-    let flags = libc::MS_REMOUNT | if o.read_only { libc::MS_RDONLY } else { 0 };
+    let flags =
+        libc::MS_REMOUNT | o.flags.ms_bits() | if o.read_only { libc::MS_RDONLY } else { 0 };
     // SAFETY: a NUL-terminated path; source, type and data may be null for a remount.
     let rc = unsafe {
         libc::mount(
@@ -323,6 +381,89 @@ fn remount(o: &Options) -> ! {
             o.mountpoint.display(),
             std::io::Error::last_os_error()
         ));
+    }
+    exit(0)
+}
+
+/// A mount point of `image` served by a daemon already (fstype `fuse`, source the image's
+/// canonical path, the whole filesystem rather than a subtree) and whether its superblock is
+/// read-only, from /proc/self/mountinfo.
+fn existing_mount(image: &Path) -> Option<(PathBuf, bool)> {
+    let source = std::fs::canonicalize(image).ok()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let l: Vec<&str> = left.split(' ').collect();
+        let r: Vec<&str> = right.split(' ').collect();
+        let (root, point) = (*l.get(3)?, *l.get(4)?);
+        let (fstype, src, sopts) = (*r.first()?, *r.get(1)?, *r.get(2)?);
+        let ours = (fstype == "fuse" || fstype == "fuse.ticketfs")
+            && root == "/"
+            && Path::new(&unescape_mountinfo(src)) == source;
+        ours.then(|| {
+            (
+                PathBuf::from(unescape_mountinfo(point)),
+                sopts.split(',').any(|x| x == "ro"),
+            )
+        })
+    })
+}
+
+/// mountinfo writes space, tab, newline and backslash in paths as `\ooo` (octal).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        if let Some(d) = octal {
+            out.push(d.iter().fold(0u8, |v, c| v.wrapping_mul(8) + (c - b'0')));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A second mount of an image already mounted shares the live filesystem, as the kernel shares
+/// one superblock between two mounts of a block device: a bind mount of the first mount point
+/// (its source stays the image), then the new mount's own flags. A read-write mount of an image
+/// mounted read-only is refused, as the kernel refuses it (EBUSY).
+fn mount_again(o: &Options, first: &Path, first_ro: bool) -> ! {
+    if first_ro && !o.read_only {
+        die(&format!(
+            "{}: already mounted read-only on {}",
+            o.image.display(),
+            first.display()
+        ));
+    }
+    let cpath = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+            .unwrap_or_else(|_| die(&format!("{}: bad path", p.display())))
+    };
+    let (src, dst) = (cpath(first), cpath(&o.mountpoint));
+    let mount = |src: *const libc::c_char, flags: libc::c_ulong| {
+        // SAFETY: NUL-terminated paths that outlive the call; type and data may be null for
+        // a bind mount and for its remount.
+        let rc =
+            unsafe { libc::mount(src, dst.as_ptr(), std::ptr::null(), flags, std::ptr::null()) };
+        if rc != 0 {
+            die(&format!(
+                "mounting {} again on {}: {}",
+                o.image.display(),
+                o.mountpoint.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+    };
+    mount(src.as_ptr(), libc::MS_BIND);
+    let flags = o.flags.ms_bits() | if o.read_only { libc::MS_RDONLY } else { 0 };
+    if flags != 0 {
+        mount(std::ptr::null(), libc::MS_BIND | libc::MS_REMOUNT | flags);
     }
     exit(0)
 }
@@ -344,6 +485,9 @@ fn main() {
     }
     if !o.mountpoint.is_dir() {
         die(&format!("{}: not a directory", o.mountpoint.display()));
+    }
+    if let Some((first, first_ro)) = existing_mount(&o.image) {
+        mount_again(&o, &first, first_ro);
     }
     // One daemon per image: an exclusive lock held for the life of the mount.
     let lockf = OpenOptions::new()

@@ -5,10 +5,9 @@
 
 mod common;
 
-use common::mount::Mount;
-use std::path::{Path, PathBuf};
+use common::mount::{image, Mount};
+use std::path::PathBuf;
 use std::process::Command;
-use ticketfs::mkfs::{make_filesystem, MkfsOptions};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -31,19 +30,6 @@ fn tool(name: &str) -> PathBuf {
         "{name} is not installed: run scripts/install-test-deps.sh"
     );
     PathBuf::from(String::from_utf8_lossy(&found.stdout).trim())
-}
-
-fn image(dir: &Path, size: u64) -> PathBuf {
-    let p = dir.join("image");
-    make_filesystem(
-        &p,
-        &MkfsOptions {
-            size: Some(size),
-            ..Default::default()
-        },
-    )
-    .expect("mkfs");
-    p
 }
 
 /// (failed, skipped, passed) from pjdfstest's summary line.

@@ -37,7 +37,17 @@ for img in test scratch; do
 done
 cd "$xfstests"
 status=0
-HOST_OPTIONS="$here/local.config" ./check -E "$here/exclude" "$@" || status=$?
+# Tests that cannot pass on this machine whatever the filesystem, added to the exclude list
+# with the reason printed.
+exclude="$WORK/exclude"
+cp "$here/exclude" "$exclude"
+if ! bash -c 'ulimit -f 100 && ulimit -f unlimited' 2>/dev/null; then
+    # Without CAP_SYS_RESOURCE (a container) a lowered file-size limit cannot be raised again;
+    # these two print bash's error in their output.
+    echo "run.sh: no CAP_SYS_RESOURCE here: excluding generic/394 and generic/564" >&2
+    printf '%s\n' generic/394 generic/564 >>"$exclude"
+fi
+HOST_OPTIONS="$here/local.config" ./check -E "$exclude" "$@" || status=$?
 cleanup
 for img in test scratch; do
     echo "fsck.ticketfs -n $img.img: $(fsck.ticketfs -n "$WORK/$img.img" | tail -1)"

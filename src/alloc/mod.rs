@@ -980,6 +980,23 @@ impl Allocator {
         Ok(out)
     }
 
+    /// Whether block `chunk` is an inode chunk by AG's inode-chunk tree (inode numbers that come
+    /// from outside, such as a file handle, are checked here before their block is read, as
+    /// XFS checks an untrusted inode number against its inode B+tree). Holds nothing afterwards;
+    /// the caller must hold no inode chunk (lock order) and chunks are never freed, so the
+    /// answer stays true.
+    pub fn is_inode_chunk(&self, tx: &mut Trans<'_>, chunk: u64) -> Result<bool, EngineError> {
+        if chunk >= self.geo.block_count {
+            return Ok(false);
+        }
+        let mark = tx.mark();
+        let ag = self.read_ag(tx, self.agno_of(chunk))?;
+        let found =
+            ag.ino.get(tx, &[0, chunk])?.is_some() || ag.ino.get(tx, &[1, chunk])?.is_some();
+        tx.release_clean(mark, ag.sp.start..ag.sp.start + ag.sp.len);
+        Ok(found)
+    }
+
     /// Reads AG `agno`'s header to refresh its summary, holding nothing afterwards.
     pub fn free_space_summary(
         &self,

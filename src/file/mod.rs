@@ -137,7 +137,7 @@ impl<'a> FileIo<'a> {
             .checked_add(data.len() as u64)
             .filter(|&e| e <= FILE_SIZE_MAX)
             .ok_or_else(|| {
-                EngineError::Invalid(format!("write past the largest file size {FILE_SIZE_MAX}"))
+                EngineError::TooBig(format!("write past the largest file size {FILE_SIZE_MAX}"))
             })?;
         let bs = self.bs();
         let last = (end - 1) / bs;
@@ -308,7 +308,7 @@ impl<'a> FileIo<'a> {
     /// the tail of the last block; growing leaves a hole.
     pub fn truncate(&self, ino: u64, size: u64, now: Time) -> Result<(), EngineError> {
         if size > FILE_SIZE_MAX {
-            return Err(EngineError::Invalid(format!(
+            return Err(EngineError::TooBig(format!(
                 "size {size} past the largest file size {FILE_SIZE_MAX}"
             )));
         }
@@ -455,7 +455,7 @@ impl<'a> FileIo<'a> {
         let end = off
             .checked_add(len)
             .filter(|&e| e <= FILE_SIZE_MAX)
-            .ok_or_else(|| EngineError::Invalid("fallocate past the largest file size".into()))?;
+            .ok_or_else(|| EngineError::TooBig("fallocate past the largest file size".into()))?;
         if len == 0 {
             return Err(EngineError::Invalid("fallocate of zero bytes".into()));
         }

@@ -14,8 +14,8 @@ mod repair;
 use crate::alloc::Allocator;
 use crate::dir::{self, DirEntry, NAME_MAX};
 use crate::engine::{Engine, EngineError};
-use crate::file::{extmap, FileIo};
-use crate::format::inode::{ino_split, DataFormat, Inode, Time, FORK_BYTES};
+use crate::file::{extmap, FileIo, FILE_SIZE_MAX};
+use crate::format::inode::{ino_split, inodes_per_block, DataFormat, Inode, Time, FORK_BYTES};
 use crate::format::{BlockType, BLOCK_HEADER_BYTES};
 use crate::inode;
 use crate::trans::{Trans, TransKind};
@@ -111,6 +111,8 @@ pub enum FsError {
     NoData,
     /// No such extended attribute (ENODATA).
     NoAttr,
+    /// A file handle names an inode that no longer exists, or never did (ESTALE).
+    Stale,
     Engine(EngineError),
 }
 
@@ -449,6 +451,10 @@ impl Fs {
 
     /// Looks `name` up in directory `parent`.
     pub fn lookup(&self, ctx: &Ctx, parent: u64, name: &[u8]) -> R<Attr> {
+        if name == b"." {
+            // Path walks never ask for "." (the VFS answers it): this is a file handle.
+            return self.lookup_handle(parent);
+        }
         let mut tx = self.eng.begin(TransKind::Read)?;
         let (_, p) = inode::read(&mut tx, parent)?;
         if !is_dir(&p) {
@@ -456,7 +462,6 @@ impl Fs {
         }
         may(ctx, &p, 1)?;
         let ino = match name {
-            b"." => parent,
             b".." => dir::parent(&p),
             _ => {
                 check_name(name)?;
@@ -470,6 +475,31 @@ impl Fs {
         // it. Holding both here deadlocked readdirplus against link under stress-ng.
         tx.release_clean(crate::trans::BufMark::START, 0..u64::MAX);
         let (_, i) = inode::read(&mut tx, ino)?;
+        tx.cancel()?;
+        Ok(self.attr(ino, &i))
+    }
+
+    /// Inode `ino` itself, of any type, for a file handle: FUSE's export support asks for "."
+    /// in an inode the kernel no longer caches (open_by_handle_at, NFS). The number comes from
+    /// outside, so it is checked against the inode-chunk trees before its chunk is read; a free
+    /// slot or a number that names no inode is ESTALE. The kernel compares the generation.
+    pub fn lookup_handle(&self, ino: u64) -> R<Attr> {
+        let (chunk, slot) = ino_split(ino);
+        if slot >= inodes_per_block(self.eng.geometry().block_size) {
+            return Err(FsError::Stale);
+        }
+        let mut tx = self.eng.begin(TransKind::Read)?;
+        let known = self.alloc.is_inode_chunk(&mut tx, chunk)?;
+        tx.cancel()?;
+        if !known {
+            return Err(FsError::Stale);
+        }
+        let mut tx = self.eng.begin(TransKind::Read)?;
+        let i = match inode::read(&mut tx, ino) {
+            Ok((_, i)) => i,
+            Err(EngineError::Stale(_)) => return Err(FsError::Stale),
+            Err(e) => return Err(e.into()),
+        };
         tx.cancel()?;
         Ok(self.attr(ino, &i))
     }
@@ -990,8 +1020,18 @@ impl Fs {
         self.writable()?;
         let cur = self.read_inode(ino)?;
         let owner = ctx.uid == 0 || ctx.uid == cur.uid;
-        if a.mode.is_some() && !owner {
-            return Err(FsError::Perm);
+        if let Some(m) = a.mode.filter(|_| !owner) {
+            // The kernel drops set-id bits itself before a write, truncate or fallocate by
+            // someone else (file_remove_privs), and FUSE passes that on as a chmod by the
+            // writer: allowed to whoever may write the file when it only clears those bits.
+            let setid = S_ISUID | S_ISGID;
+            let only_drops = m & 0o7777 & !setid == cur.mode & 0o7777 & !setid
+                && m & setid & !cur.mode == 0
+                && cur.mode & setid & !m != 0;
+            if !only_drops {
+                return Err(FsError::Perm);
+            }
+            may(ctx, &cur, 2)?;
         }
         if let Some(u) = a.uid {
             if u != cur.uid && ctx.uid != 0 {
@@ -1154,6 +1194,48 @@ impl Fs {
         let _g = self.data_lock(ino);
         self.io().write(ino, off, data, now(), ctx.uid != 0)?;
         Ok(data.len())
+    }
+
+    /// copy_file_range: copies up to `len` bytes of `from` at `off_in` to `to` at `off_out`, in
+    /// pieces of at most `piece` bytes (each a read and a write of its own, so the memory it
+    /// needs is one request buffer's). Stops at the end of `from`; a destination past the
+    /// largest file size is EFBIG, as the kernel's own filesystems answer. An error after some
+    /// bytes were copied ends the copy short, as a short write does. The kernel has checked
+    /// the descriptors' modes and that the ranges do not overlap within one file.
+    pub fn copy_range(
+        &self,
+        ctx: &Ctx,
+        (from, off_in): (u64, u64),
+        (to, off_out): (u64, u64),
+        len: u64,
+        piece: usize,
+    ) -> R<u64> {
+        debug_assert!(piece > 0, "copy_range with pieces of zero bytes");
+        if off_out >= FILE_SIZE_MAX {
+            return Err(FsError::Engine(EngineError::TooBig(format!(
+                "copy to offset {off_out}, past the largest file size {FILE_SIZE_MAX}"
+            ))));
+        }
+        let len = len.min(FILE_SIZE_MAX - off_out);
+        let mut done = 0u64;
+        while done < len {
+            let want = (len - done).min(piece as u64) as usize;
+            let step = self
+                .read(from, off_in.saturating_add(done), want)
+                .and_then(|data| {
+                    if data.is_empty() {
+                        return Ok(0);
+                    }
+                    self.write(ctx, to, off_out + done, &data)
+                });
+            match step {
+                Ok(0) => break,
+                Ok(n) => done += n as u64,
+                Err(e) if done == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(done)
     }
 
     /// Makes everything written so far durable: the log, and file data (device flush).

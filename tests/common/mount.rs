@@ -3,9 +3,24 @@
 #![allow(dead_code)]
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use ticketfs::mkfs::{make_filesystem, MkfsOptions};
+
+/// A fresh ticketfs image of `size` bytes at DIR/image.
+pub fn image(dir: &Path, size: u64) -> PathBuf {
+    let p = dir.join("image");
+    make_filesystem(
+        &p,
+        &MkfsOptions {
+            size: Some(size),
+            ..Default::default()
+        },
+    )
+    .expect("mkfs");
+    p
+}
 
 /// A mounted ticketfs; unmounts (lazily if need be) and reaps the daemon when dropped.
 pub struct Mount {
