@@ -111,14 +111,21 @@ fn ctx(req: &Request) -> Ctx {
 pub struct TicketFuse {
     fs: Arc<Fs>,
     max_write: u32,
+    /// Ask for the kernel's writeback cache (only when the kernel checks permissions).
+    writeback: bool,
 }
 
 impl TicketFuse {
     /// Serves `fs`; writes are at most `max_write` bytes (chosen with the budget).
-    pub fn new(fs: Arc<Fs>, max_write: u32) -> TicketFuse {
+    /// With `writeback`, the kernel keeps written pages and sends them in large writes; it is
+    /// asked for only under default_permissions, where the kernel checks permissions itself:
+    /// with its cache it sends its own time stamps with truncates and flushes, which this
+    /// daemon could not tell from a user's utimensat without the kernel's check.
+    pub fn new(fs: Arc<Fs>, max_write: u32, writeback: bool) -> TicketFuse {
         TicketFuse {
             fs,
             max_write: max_write.clamp(4096, MAX_WRITE),
+            writeback,
         }
     }
 
@@ -196,12 +203,18 @@ fn want(flags: OpenFlags) -> u32 {
 impl Filesystem for TicketFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(self.max_write);
+        if self.writeback {
+            // The kernel owns the file's size and times while it holds dirty pages, which is
+            // sound as this daemon is the only writer of its image.
+            let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
+        }
         let _ = config.add_capabilities(
             InitFlags::FUSE_BIG_WRITES
                 | InitFlags::FUSE_ASYNC_READ
                 | InitFlags::FUSE_PARALLEL_DIROPS
                 | InitFlags::FUSE_DO_READDIRPLUS
                 | InitFlags::FUSE_READDIRPLUS_AUTO
+                | InitFlags::FUSE_CACHE_SYMLINKS
                 // Lookups of "." and ".." answered for any inode: file handles
                 // (name_to_handle_at / open_by_handle_at, NFS export) outlive the kernel's cache.
                 | InitFlags::FUSE_EXPORT_SUPPORT,

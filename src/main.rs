@@ -263,6 +263,7 @@ fn serve(o: &Options, report: &mut dyn FnMut(Result<String, String>)) -> Result<
         .map_err(|e| format!("{}: {e}", o.image.display()))?;
     let mut fs = Fs::new(eng, o.read_only).map_err(|e| format!("{}: {e}", o.image.display()))?;
     fs.set_atime_policy(o.atime);
+    fs.set_kernel_checks_permissions(o.default_permissions);
     let fs = Arc::new(fs);
     let mut cfg = fuser::Config::default();
     let source = std::fs::canonicalize(&o.image).unwrap_or_else(|_| o.image.clone());
@@ -280,7 +281,7 @@ fn serve(o: &Options, report: &mut dyn FnMut(Result<String, String>)) -> Result<
     }
     cfg.n_threads = Some(budget.sizing.fuse_threads);
     cfg.clone_fd = true;
-    let fuse = TicketFuse::new(fs.clone(), budget.sizing.max_write);
+    let fuse = TicketFuse::new(fs.clone(), budget.sizing.max_write, o.default_permissions);
     let mut session = match fuser::Session::new(fuse, &o.mountpoint, &cfg) {
         Ok(s) => s,
         Err(e) => {

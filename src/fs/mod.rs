@@ -284,6 +284,10 @@ pub struct Fs {
     root: u64,
     read_only: bool,
     atime: AtimePolicy,
+    /// The kernel checks permissions before it asks (default_permissions), and with its
+    /// writeback cache it stamps truncates and flushed writes with times of its own: those
+    /// stamps are not a user setting times, so they need no ownership here.
+    kernel_checks: bool,
     stripes: Vec<Mutex<()>>,
     open: Mutex<HashMap<u64, u32>>,
     orphans: Mutex<HashSet<u64>>,
@@ -317,6 +321,7 @@ impl Fs {
             root,
             read_only,
             atime: AtimePolicy::Relatime,
+            kernel_checks: false,
             stripes: (0..DATA_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             open: Mutex::new(HashMap::new()),
             orphans: Mutex::new(HashSet::new()),
@@ -1045,6 +1050,7 @@ impl Fs {
         }
         for t in [a.atime, a.mtime].into_iter().flatten() {
             match t {
+                _ if self.kernel_checks => {}
                 SetTime::At(_) if !owner => return Err(FsError::Perm),
                 SetTime::Now if !owner => may(ctx, &cur, 2)?,
                 _ => {}
@@ -1150,6 +1156,11 @@ impl Fs {
     /// Sets when reads update access times (the default is relatime).
     pub fn set_atime_policy(&mut self, p: AtimePolicy) {
         self.atime = p;
+    }
+
+    /// The kernel checks permissions before every request (the mount's default_permissions).
+    pub fn set_kernel_checks_permissions(&mut self, on: bool) {
+        self.kernel_checks = on;
     }
 
     pub fn read(&self, ino: u64, off: u64, len: usize) -> R<Vec<u8>> {

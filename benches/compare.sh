@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# ticketfs against Debian's fuse2fs (ext4 through FUSE) and kernel ext4 on a loop device, in one
+# run: each on a fresh image of the same size in the same directory (same disk), the same
+# workloads, one table with each figure and ticketfs's ratio to both peers. Then memres=on
+# against memres=off on a create/write/unlink mix. Figures come from fio (JSON) and
+# examples/fsbench.rs; caches are dropped before every read workload.
+#
+# Usage: bash benches/compare.sh                 (needs root, /dev/fuse, fio, fuse2fs, e2fsprogs)
+#        SIZE=8G SEQ=2G RAND=512M RUNTIME=20 bash benches/compare.sh
+# Writes the table to stdout and, with OUT=FILE, to FILE as markdown.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZE=${SIZE:-4G}          # every image
+SEQ=${SEQ:-1G}            # sequential write and read
+RAND=${RAND:-256M}        # the random-I/O file
+RUNTIME=${RUNTIME:-15}    # seconds of each random workload
+FILES=${FILES:-10000}     # create, stat, unlink in one directory
+FSYNCS=${FSYNCS:-2000}    # 4 KiB write + fsync, for latency
+TREE=${TREE:-2000}        # small files in a tree
+MIX=${MIX:-5000}          # rounds of the memres mix
+WORK=${WORK:-/var/tmp}
+OUT=${OUT:-}
+for t in fio fuse2fs mkfs.ext4 losetup python3; do
+    command -v "$t" >/dev/null || { echo "compare.sh: $t is missing" >&2; exit 2; }
+done
+cargo build --release --workspace --quiet
+cargo build --release --example fsbench --quiet
+bin=$PWD/target/release
+fsbench=$bin/examples/fsbench
+work=$(mktemp -d "$WORK/tkfs-compare.XXXXXX")
+mnt=$work/mnt
+mkdir -p "$mnt"
+pid=
+loop=
+results=$work/results
+: >"$results"
+
+unmount() {
+    if mountpoint -q "$mnt"; then umount "$mnt" 2>/dev/null || umount -l "$mnt"; fi
+    if [ -n "$pid" ]; then
+        # Our own daemon (started here, by PID): it ends once unmounted.
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+        pid=
+    fi
+    if [ -n "$loop" ]; then losetup -d "$loop"; loop=; fi
+    rm -f "$work/image"
+}
+cleanup() { unmount; rm -rf "$work"; }
+trap cleanup EXIT
+
+wait_mounted() {
+    for _ in $(seq 200); do
+        mountpoint -q "$mnt" && return 0
+        kill -0 "$pid" 2>/dev/null || { echo "compare.sh: the daemon died" >&2; exit 1; }
+        sleep 0.05
+    done
+    echo "compare.sh: not mounted after 10 s" >&2
+    exit 1
+}
+
+# mount_fs NAME [ticketfs options]: a fresh image of SIZE mounted on $mnt.
+mount_fs() {
+    truncate -s "$SIZE" "$work/image"
+    case $1 in
+    ticketfs*)
+        "$bin/mkfs-ticketfs" -s "$SIZE" "$work/image" >/dev/null
+        "$bin/ticketfs" "$work/image" "$mnt" -f -o "${2:-memres=on}" 2>"$work/daemon.log" &
+        pid=$!
+        wait_mounted
+        ;;
+    fuse2fs)
+        mkfs.ext4 -q -F "$work/image"
+        fuse2fs "$work/image" "$mnt" -f 2>"$work/daemon.log" &
+        pid=$!
+        wait_mounted
+        ;;
+    ext4)
+        mkfs.ext4 -q -F "$work/image"
+        loop=$(losetup -f --show "$work/image")
+        mount -t ext4 "$loop" "$mnt"
+        ;;
+    esac
+}
+
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+
+record() { echo "$1 $2 $3" >>"$results"; }  # fs metric value
+
+# fio_run FS METRIC FIELD fio-args...: FIELD is read.bw, write.bw (KiB/s) or read.iops...
+fio_run() {
+    local fs=$1 metric=$2 field=$3
+    shift 3
+    local v
+    v=$(fio --output-format=json --directory="$mnt" --ioengine=psync "$@" |
+        python3 -c '
+import json, sys
+j = json.load(sys.stdin)["jobs"][0]
+rw, what = sys.argv[1].split(".")
+v = j[rw][what]
+print(v / 1024 if what == "bw" else v)' "$field")
+    record "$fs" "$metric" "$v"
+}
+
+# fsbench_run FS CMD N: every key=value it prints becomes a metric.
+fsbench_run() {
+    local fs=$1
+    for kv in $("$fsbench" "$2" "$mnt" "$3"); do
+        record "$fs" "${kv%%=*}" "${kv#*=}"
+    done
+}
+
+workloads() {
+    local fs=$1
+    fio_run "$fs" seq_write_MiB_s write.bw --name=seq --filename=seq --rw=write --bs=1M \
+        --size="$SEQ" --end_fsync=1
+    drop_caches
+    fio_run "$fs" seq_read_MiB_s read.bw --name=seq --filename=seq --rw=read --bs=1M --size="$SEQ"
+    rm -f "$mnt/seq"
+    fio --output-format=json --directory="$mnt" --name=lay --filename=rand --rw=write --bs=1M \
+        --size="$RAND" --end_fsync=1 >/dev/null
+    fio_run "$fs" rand_write_fsync32_iops write.iops --name=rw --filename=rand --rw=randwrite \
+        --bs=4k --size="$RAND" --fsync=32 --runtime="$RUNTIME" --time_based
+    drop_caches
+    fio_run "$fs" rand_read_iops read.iops --name=rr --filename=rand --rw=randread --bs=4k \
+        --size="$RAND" --runtime="$RUNTIME" --time_based
+    rm -f "$mnt/rand"
+    fsbench_run "$fs" meta "$FILES"
+    fsbench_run "$fs" fsync "$FSYNCS"
+    fsbench_run "$fs" tree "$TREE"
+}
+
+for fs in ticketfs fuse2fs ext4; do
+    echo "== $fs" >&2
+    mount_fs "$fs"
+    workloads "$fs"
+    if [ "$fs" = ticketfs ]; then
+        record ticketfs daemon_peak_rss_MiB \
+            "$(awk '/VmHWM/ {print $2 / 1024}' "/proc/$pid/status")"
+        record ticketfs daemon_budget_plus_base_MiB "$("$bin/ticketfs" stats "$mnt" --json |
+            python3 -c 'import json,sys; j=json.load(sys.stdin); print((j["budget_bytes"]+j["base_bytes"])/2**20)')"
+    fi
+    unmount
+done
+for m in on off; do
+    echo "== ticketfs memres=$m mix" >&2
+    mount_fs ticketfs "memres=$m"
+    fsbench_run "ticketfs-memres-$m" mix "$MIX"
+    unmount
+done
+
+python3 - "$results" "$OUT" <<'PY'
+import sys
+rows = {}
+for line in open(sys.argv[1]):
+    fs, metric, v = line.split()
+    rows.setdefault(metric, {})[fs] = float(v)
+# Lower is better for latencies and times.
+lower = lambda m: m.endswith("_us") or m.endswith("_s") and not m.endswith("_per_s") and not m.endswith("MiB_s")
+out = ["| workload | ticketfs | fuse2fs | kernel ext4 | ticketfs / fuse2fs | ticketfs / ext4 |",
+       "|---|---|---|---|---|---|"]
+for m, v in rows.items():
+    if "ticketfs" not in v or len(v) < 3:
+        continue
+    t, f, e = v["ticketfs"], v["fuse2fs"], v["ext4"]
+    if lower(m):
+        rf, re_ = f / t if t else 0, e / t if t else 0
+    else:
+        rf, re_ = t / f if f else 0, t / e if e else 0
+    out.append(f"| {m} | {t:.1f} | {f:.1f} | {e:.1f} | {rf:.2f}x | {re_:.2f} |")
+out.append("")
+out.append("Ratios are ticketfs's speed relative to the peer (for times and latencies: the peer's "
+           "time divided by ticketfs's), so above 1 means ticketfs is faster.")
+out.append("")
+for m in ("daemon_peak_rss_MiB", "daemon_budget_plus_base_MiB"):
+    if m in rows:
+        out.append(f"- {m}: {rows[m]['ticketfs']:.1f}")
+on = rows.get("mix_rounds_per_s", {}).get("ticketfs-memres-on")
+off = rows.get("mix_rounds_per_s", {}).get("ticketfs-memres-off")
+if on and off:
+    out.append(f"- create/write/unlink mix: memres=on {on:.0f}/s, memres=off {off:.0f}/s, "
+               f"cost of memres {100 * (1 - on / off):.1f}%")
+text = "\n".join(out)
+print(text)
+if sys.argv[2]:
+    open(sys.argv[2], "w").write(text + "\n")
+PY

@@ -1,0 +1,134 @@
+//! The small-operation workloads of benches/compare.sh, run the same way on every filesystem
+//! it compares (one process, plain system calls, so the cost measured is the filesystem's).
+//! Prints `key=value` figures on one line.
+//!
+//! ```text
+//! fsbench meta DIR N          create, stat, unlink N empty files in one directory (ops/s each)
+//! fsbench fsync DIR N         N times: write 4 KiB at the end of a file, fsync (median, p99 µs)
+//! fsbench tree DIR FILES      FILES files of 1-16 KiB in 20 directories: create, walk (stat and
+//!                             read every file), remove (seconds each)
+//! fsbench mix DIR N           N rounds of create, write 16 KiB, close, unlink (ops/s)
+//! ```
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::Instant;
+
+fn die(msg: &str) -> ! {
+    eprintln!("fsbench: {msg}");
+    std::process::exit(2)
+}
+
+fn ok<T>(r: std::io::Result<T>, what: &str) -> T {
+    r.unwrap_or_else(|e| die(&format!("{what}: {e}")))
+}
+
+fn rate(n: usize, t: Instant) -> f64 {
+    n as f64 / t.elapsed().as_secs_f64().max(1e-9)
+}
+
+fn meta(dir: &Path, n: usize) {
+    let d = dir.join("meta");
+    ok(fs::create_dir_all(&d), "mkdir");
+    let names: Vec<_> = (0..n).map(|i| d.join(format!("file{i:06}"))).collect();
+    let t = Instant::now();
+    for p in &names {
+        ok(fs::File::create(p), "create");
+    }
+    let create = rate(n, t);
+    let t = Instant::now();
+    for p in &names {
+        ok(fs::metadata(p), "stat");
+    }
+    let stat = rate(n, t);
+    let t = Instant::now();
+    for p in &names {
+        ok(fs::remove_file(p), "unlink");
+    }
+    let unlink = rate(n, t);
+    println!("create_per_s={create:.0} stat_per_s={stat:.0} unlink_per_s={unlink:.0}");
+}
+
+fn fsync_latency(dir: &Path, n: usize) {
+    let p = dir.join("fsync-latency");
+    let f = ok(fs::File::create(&p), "create");
+    let block = vec![0x5au8; 4096];
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        ok(f.write_all_at(&block, (i * 4096) as u64), "write");
+        ok(f.sync_all(), "fsync");
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    lat.sort_by(f64::total_cmp);
+    let q = |x: f64| lat[((lat.len() - 1) as f64 * x) as usize];
+    println!("fsync_median_us={:.0} fsync_p99_us={:.0}", q(0.5), q(0.99));
+}
+
+fn tree(dir: &Path, files: usize) {
+    let root = dir.join("tree");
+    let data: Vec<u8> = (0..16384u32).map(|i| (i * 31 % 253) as u8).collect();
+    let size = |i: usize| 1024 + (i * 7919) % (16384 - 1024);
+    let t = Instant::now();
+    for i in 0..files {
+        let d = root.join(format!("d{:02}", i % 20));
+        if i < 20 {
+            ok(fs::create_dir_all(&d), "mkdir");
+        }
+        let mut f = ok(fs::File::create(d.join(format!("f{i:05}"))), "create");
+        ok(f.write_all(&data[..size(i)]), "write");
+    }
+    let create = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut bytes = 0usize;
+    for d in ok(fs::read_dir(&root), "readdir") {
+        let d = ok(d, "readdir entry");
+        for e in ok(fs::read_dir(d.path()), "readdir") {
+            let e = ok(e, "readdir entry");
+            ok(fs::metadata(e.path()), "stat");
+            bytes += ok(fs::read(e.path()), "read").len();
+        }
+    }
+    let walk = t.elapsed().as_secs_f64();
+    let expect: usize = (0..files).map(size).sum();
+    if bytes != expect {
+        die(&format!("walk read {bytes} bytes, expected {expect}"));
+    }
+    let t = Instant::now();
+    ok(fs::remove_dir_all(&root), "remove");
+    let remove = t.elapsed().as_secs_f64();
+    println!("tree_create_s={create:.3} tree_walk_s={walk:.3} tree_remove_s={remove:.3}");
+}
+
+fn mix(dir: &Path, n: usize) {
+    let d = dir.join("mix");
+    ok(fs::create_dir_all(&d), "mkdir");
+    let data = vec![0xa5u8; 16384];
+    let t = Instant::now();
+    for i in 0..n {
+        let p = d.join(format!("m{}", i % 64));
+        let mut f = ok(fs::File::create(&p), "create");
+        ok(f.write_all(&data), "write");
+        drop(f);
+        ok(fs::remove_file(&p), "unlink");
+    }
+    println!("mix_rounds_per_s={:.0}", rate(n, t));
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(cmd), Some(dir), Some(n)) = (args.get(1), args.get(2), args.get(3)) else {
+        die("usage: fsbench meta|fsync|tree|mix DIR N")
+    };
+    let n: usize = n.parse().unwrap_or_else(|_| die("N must be a number"));
+    let dir = Path::new(dir);
+    match cmd.as_str() {
+        "meta" => meta(dir, n),
+        "fsync" => fsync_latency(dir, n),
+        "tree" => tree(dir, n),
+        "mix" => mix(dir, n),
+        _ => die("usage: fsbench meta|fsync|tree|mix DIR N"),
+    }
+}
