@@ -123,6 +123,8 @@ pub struct EngineStats {
 
 pub struct Engine {
     dev: Arc<dyn Device>,
+    /// The same device, numbering its flushes (fsync shares them).
+    flushes: Arc<crate::device::FlushTracked>,
     sb: Superblock,
     cache: Arc<Cache>,
     log: Arc<Log>,
@@ -262,6 +264,8 @@ impl Engine {
                 table.min_budget_bytes()
             )));
         }
+        let flushes = Arc::new(crate::device::FlushTracked::new(dev));
+        let dev: Arc<dyn Device> = flushes.clone();
         let recovered = recover(&*dev, &sb, crate::log::Damage::Refuse)?;
         sb.state = crate::format::superblock::SB_STATE_DIRTY;
         write_superblocks(&*dev, &sb)?;
@@ -280,6 +284,7 @@ impl Engine {
         let names: Vec<&'static str> = TransKind::ALL.iter().map(|k| k.name()).collect();
         Ok(Engine {
             dev,
+            flushes,
             sb,
             cache,
             log,
@@ -315,6 +320,17 @@ impl Engine {
     /// Waits until the commit `seq` is durable.
     pub fn force(&self, seq: u64) -> Result<(), EngineError> {
         Ok(self.log.force(seq)?)
+    }
+
+    /// A ticket for `flush_since`: taken before the work an fsync must make durable.
+    pub fn flush_ticket(&self) -> u64 {
+        self.flushes.ticket()
+    }
+
+    /// Makes every device write that completed before `ticket` durable, sharing a flush that
+    /// began after it (the log's, or another fsync's) when one has completed.
+    pub fn flush_since(&self, ticket: u64) -> Result<(), EngineError> {
+        self.flushes.flush_since(ticket).map_err(EngineError::Io)
     }
 
     /// Makes every commit so far durable (syncfs).

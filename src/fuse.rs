@@ -16,9 +16,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// How long the kernel may cache entries and attributes: ticketfs is the only writer of its
-/// image, so the kernel's copy stays right; one second keeps `stat` cheap.
-const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache entries and attributes. ticketfs is the only writer of its
+/// image and every change reaches it through the kernel, which updates or drops its copy on
+/// each (create, link, unlink, rename and setattr replies carry the new attributes; reads drop
+/// the cached access time), so the copy stays right and a long time keeps `stat` and path
+/// walks in the kernel, as for a kernel filesystem.
+const TTL: Duration = Duration::from_secs(60);
 /// Largest write the kernel sends in one request.
 const MAX_WRITE: u32 = 1 << 20;
 /// Entries one readdir reply carries at most (the kernel's buffer bounds it anyway).

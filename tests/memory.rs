@@ -105,7 +105,8 @@ fn sixty_four_writers_under_an_8_mib_budget() {
     let work = tempfile::tempdir().unwrap();
     let img = image(work.path());
     // A request thread per writer: more transactions at once than 8 MiB of reservations admit.
-    let m = Mount::new(&img, "mem=8M,max_threads=16,overrun=panic");
+    // (With 16 threads the gate was reached only now and then: 0 to 4 waits a run.)
+    let m = Mount::new(&img, "mem=8M,max_threads=64,overrun=panic");
     let root = m.path().to_path_buf();
     fs::create_dir(root.join("shared")).unwrap();
     let done = Arc::new(AtomicU64::new(0));

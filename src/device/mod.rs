@@ -5,6 +5,7 @@
 mod aligned;
 mod fault;
 mod file;
+mod flushes;
 mod mem;
 mod overlay;
 mod recording;
@@ -12,6 +13,7 @@ mod recording;
 pub use aligned::{AlignedBuf, DIRECT_IO_ALIGN};
 pub use fault::{FaultDevice, FaultKind, FaultOp, FaultRule};
 pub use file::FileDevice;
+pub use flushes::FlushTracked;
 pub use mem::MemDevice;
 pub use overlay::OverlayDevice;
 pub use recording::{DevEvent, RecordingDevice};
