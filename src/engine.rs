@@ -119,6 +119,8 @@ pub struct EngineStats {
     pub flushes: u64,
     pub forces: u64,
     pub ail_len: usize,
+    /// The allocator lock: times taken, times a step waited for it, nanoseconds waited.
+    pub alloc_lock: [u64; 3],
 }
 
 pub struct Engine {
@@ -136,6 +138,8 @@ pub struct Engine {
     unmounted: AtomicBool,
     /// Memory live transactions have pinned so far (used of their reservations).
     pub(crate) trans_pinned: AtomicU64,
+    /// The allocator lock (`Trans::lock_allocation`): taken, taken after waiting, time waited.
+    pub(crate) alloc_lock: [AtomicU64; 3],
 }
 
 /// Reads the superblock: the primary, or the backup if the primary is bad.
@@ -295,6 +299,7 @@ impl Engine {
             recovered,
             unmounted: AtomicBool::new(false),
             trans_pinned: AtomicU64::new(0),
+            alloc_lock: Default::default(),
         })
     }
 
@@ -420,6 +425,10 @@ impl Engine {
             flushes: c.flushes.load(Ordering::Relaxed),
             forces: c.forces.load(Ordering::Relaxed),
             ail_len: self.log.ail_len(),
+            alloc_lock: self
+                .alloc_lock
+                .each_ref()
+                .map(|c| c.load(Ordering::Relaxed)),
         }
     }
 }

@@ -77,6 +77,10 @@ pub struct Report {
     pub log_bytes_written: u64,
     pub home_writes: u64,
     pub forces: u64,
+    /// The allocator lock: steps that took it, steps that waited for it, milliseconds waited.
+    pub alloc_lock_taken: u64,
+    pub alloc_lock_waits: u64,
+    pub alloc_lock_wait_ms: f64,
     pub resident_bytes: u64,
     pub peak_resident_bytes: u64,
     pub kinds: Vec<KindReport>,
@@ -123,6 +127,9 @@ impl Report {
             log_bytes_written: st.log_bytes_written,
             home_writes: st.home_writes,
             forces: st.forces,
+            alloc_lock_taken: st.alloc_lock[0],
+            alloc_lock_waits: st.alloc_lock[1],
+            alloc_lock_wait_ms: st.alloc_lock[2] as f64 / 1e6,
             resident_bytes: resident_bytes(),
             peak_resident_bytes: peak_resident_bytes(),
             kinds: st
@@ -209,6 +216,11 @@ impl Report {
             mib(self.log_bytes_written),
             self.home_writes,
             self.forces
+        );
+        let _ = writeln!(
+            o,
+            "allocator lock   taken {} times, waited for {} times, {:.1} ms in all",
+            self.alloc_lock_taken, self.alloc_lock_waits, self.alloc_lock_wait_ms
         );
         let _ = writeln!(
             o,

@@ -497,7 +497,19 @@ impl<'e> Trans<'e> {
     /// headers, then tree nodes; nothing holding it waits for an inode chunk.
     pub fn lock_allocation(&mut self, lock: &Arc<parking_lot::Mutex<()>>) {
         if self.alloc_guard.is_none() {
-            self.alloc_guard = Some(lock.lock_arc());
+            let [taken, waits, waited_ns] = &self.eng.alloc_lock;
+            taken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.alloc_guard = Some(lock.try_lock_arc().unwrap_or_else(|| {
+                // Contended: counted, so `ticketfs stats` shows what the lock costs.
+                let t = std::time::Instant::now();
+                let g = lock.lock_arc();
+                waits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                waited_ns.fetch_add(
+                    t.elapsed().as_nanos() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                g
+            }));
         }
     }
 
