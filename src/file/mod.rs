@@ -22,6 +22,19 @@ use extmap::{EXTENT_LEN_MAX, UNWRITTEN};
 
 /// Largest file size: file block numbers stay far from u64 overflow for every block size.
 pub const FILE_SIZE_MAX: u64 = 1 << 52;
+
+/// A write leaves the modification and change times alone when they are already within this
+/// of now: the times advance in steps of at most this, as a kernel filesystem's advance with
+/// its clock tick (1-10 ms), and a stream of small overwrites logs its inode once per step
+/// instead of once per write.
+pub const TIME_GRANULARITY_NS: i128 = 1_000_000;
+
+/// `t` is at most `TIME_GRANULARITY_NS` before `now` (and not after it).
+fn recent(t: Time, now: Time) -> bool {
+    let ns = |t: Time| t.sec as i128 * 1_000_000_000 + t.nsec as i128;
+    let d = ns(now) - ns(t);
+    (0..=TIME_GRANULARITY_NS).contains(&d)
+}
 /// Extents one step of a truncate or punch removes before the transaction rolls: the truncate
 /// table entry covers one extent-map change and one free per step.
 const REMOVE_PER_STEP: usize = 1;
@@ -243,19 +256,32 @@ impl<'a> FileIo<'a> {
                 }
             }
         }
-        // Size and times (the allocating steps did it for what they covered).
+        // Size and times (the allocating steps did it for what they covered). Nothing to log
+        // when the size stands, no set-id bit is to drop and the times are already this recent
+        // (`TIME_GRANULARITY_NS`): a stream of overwrites logs its times once per tick.
         let mut tx = self.eng.begin(TransKind::Setattr)?;
         let (r, mut ino_d) = inode::read(&mut tx, ino)?;
-        Self::grow(&mut ino_d, end, now);
+        let mut after = ino_d.clone();
         if drop_setid {
-            ino_d.drop_setid();
+            after.drop_setid();
         }
+        let unchanged = ino_d.size >= end
+            && after.mode == ino_d.mode
+            && recent(ino_d.mtime, now)
+            && recent(ino_d.ctime, now);
+        if unchanged {
+            tx.cancel()?;
+            return Ok(());
+        }
+        ino_d = after;
+        Self::grow(&mut ino_d, end, now);
         inode::write(&mut tx, &r, &ino_d);
         tx.commit()?;
         Ok(())
     }
 
     fn grow(inode: &mut Inode, size: u64, now: Time) {
+        debug_assert!(size <= FILE_SIZE_MAX, "size {size} past FILE_SIZE_MAX");
         inode.size = inode.size.max(size);
         inode.mtime = now;
         inode.ctime = now;
