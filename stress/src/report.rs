@@ -71,7 +71,11 @@ pub fn report(runs: &Path, doc: &Path, svgs: &Path, command: &str) -> Result<(),
             .as_object()
             .map(|m| {
                 m.iter()
-                    .map(|(k, n)| format!("{k} {n}"))
+                    .map(|(k, n)| match k.parse::<i32>() {
+                        // Written by a harness whose name for it had a space in it.
+                        Ok(e) => format!("{} {n}", crate::workload::errno_name(e)),
+                        Err(_) => format!("{k} {n}"),
+                    })
                     .collect::<Vec<_>>()
                     .join(", ")
             })

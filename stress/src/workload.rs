@@ -79,7 +79,10 @@ pub fn errno_name(n: i32) -> String {
         libc::EPERM => "EPERM".into(),
         libc::EACCES => "EACCES".into(),
         libc::ENODATA => "ENODATA".into(),
-        n => format!("errno {n}"),
+        // What a FUSE request in flight gets when the daemon dies (a crash, an OOM kill).
+        libc::ECONNABORTED => "ECONNABORTED".into(),
+        // One word: the storm workers print "NAME=N" pairs separated by spaces.
+        n => format!("errno_{n}"),
     }
 }
 
