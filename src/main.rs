@@ -281,7 +281,7 @@ fn serve(o: &Options, report: &mut dyn FnMut(Result<String, String>)) -> Result<
     }
     cfg.n_threads = Some(budget.sizing.fuse_threads);
     cfg.clone_fd = true;
-    let fuse = TicketFuse::new(fs.clone(), budget.sizing.max_write, o.default_permissions);
+    let fuse = TicketFuse::new(fs.clone(), budget.sizing.max_write);
     let mut session = match fuser::Session::new(fuse, &o.mountpoint, &cfg) {
         Ok(s) => s,
         Err(e) => {

@@ -284,9 +284,9 @@ pub struct Fs {
     root: u64,
     read_only: bool,
     atime: AtimePolicy,
-    /// The kernel checks permissions before it asks (default_permissions), and with its
-    /// writeback cache it stamps truncates and flushed writes with times of its own: those
-    /// stamps are not a user setting times, so they need no ownership here.
+    /// The kernel checks permissions before it asks (default_permissions): the times a
+    /// setattr carries were checked there (and a kernel writeback cache would stamp truncates
+    /// and flushes with times of its own, which are no user's setting).
     kernel_checks: bool,
     stripes: Vec<Mutex<()>>,
     open: Mutex<HashMap<u64, u32>>,
