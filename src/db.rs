@@ -157,26 +157,28 @@ fn block(dev: &dyn Device, blkno: u64) -> Result<String, String> {
         | BlockType::BtreeCnt
         | BlockType::BtreeIno
         | BlockType::BtreeExtent
-        | BlockType::BtreeDir => match Node::new(&buf, blkno) {
-            Ok(n) => {
-                let _ = writeln!(
-                    out,
-                    "B+tree node: level {}, {} entries",
-                    n.level(),
-                    n.nrecs()
-                );
-                for i in 0..n.nrecs() {
-                    if n.level() == 0 {
-                        let _ = writeln!(out, "  {:?} -> {:?}", n.key(i), n.val(i));
-                    } else {
-                        let _ = writeln!(out, "  {:?} -> child {}", n.key(i), n.child(i));
+        | BlockType::BtreeDir => {
+            match Node::check_structure(&buf, blkno).and_then(|()| Node::new(&buf, blkno)) {
+                Ok(n) => {
+                    let _ = writeln!(
+                        out,
+                        "B+tree node: level {}, {} entries",
+                        n.level(),
+                        n.nrecs()
+                    );
+                    for i in 0..n.nrecs() {
+                        if n.level() == 0 {
+                            let _ = writeln!(out, "  {:?} -> {:?}", n.key(i), n.val(i));
+                        } else {
+                            let _ = writeln!(out, "  {:?} -> child {}", n.key(i), n.child(i));
+                        }
                     }
                 }
+                Err(e) => {
+                    let _ = writeln!(out, "node: {e}");
+                }
             }
-            Err(e) => {
-                let _ = writeln!(out, "node: {e}");
-            }
-        },
+        }
         BlockType::AgHeader => {
             let agno = (blkno / g.ag_blocks) as u32;
             let a = Allocator::new(g);

@@ -86,6 +86,10 @@ impl Btree {
 
     fn read(&self, tx: &mut Trans<'_>, blkno: u64, level: u16) -> Result<BufId, EngineError> {
         let id = tx.read_buf(blkno, self.btype)?;
+        if !tx.structure_checked(id) {
+            Node::check_structure(tx.data(id), blkno)?;
+            tx.set_structure_checked(id);
+        }
         let n = Node::new(tx.data(id), blkno)?;
         if n.level() != level || n.owner() != self.owner {
             return Err(EngineError::Corrupt(crate::format::FormatError::new(

@@ -25,7 +25,9 @@ const _: () = assert!(crate::trans::resv::BTREE_NODE_HEADER_BYTES == BTREE_NODE_
 const _: () = assert!(crate::trans::resv::BTREE_LEAF_RECORD_BYTES == RECORD_BYTES);
 const _: () = assert!(crate::trans::resv::BTREE_NODE_ENTRY_BYTES == ENTRY_BYTES);
 
-/// A read-only view of a node's bytes, checked when made.
+/// A read-only view of a node's bytes: level and entry count checked when made; the order of
+/// the keys and the children's numbers by `check_structure`, once per read from disk
+/// (`Btree::read`), and at every view in debug builds.
 pub struct Node<'a> {
     b: &'a [u8],
     level: u16,
@@ -70,6 +72,21 @@ impl<'a> Node<'a> {
             ));
         }
         let n = Node { b, level, nrecs };
+        if cfg!(debug_assertions) {
+            n.check_entries(&d, blkno)?;
+        }
+        Ok(n)
+    }
+
+    /// The whole structure of the node in `b` (read from block `blkno`): level, count, keys in
+    /// strictly ascending order, children neither 0 nor the node itself.
+    pub fn check_structure(b: &[u8], blkno: u64) -> Result<(), FormatError> {
+        let n = Node::new(b, blkno)?;
+        n.check_entries(&Dec::new(b, blkno, "B+tree node"), blkno)
+    }
+
+    fn check_entries(&self, d: &Dec<'_>, blkno: u64) -> Result<(), FormatError> {
+        let (n, nrecs, level) = (self, self.nrecs, self.level);
         for i in 1..nrecs {
             if n.key(i - 1) >= n.key(i) {
                 return Err(d.err(
@@ -89,7 +106,7 @@ impl<'a> Node<'a> {
                 }
             }
         }
-        Ok(n)
+        Ok(())
     }
     pub fn level(&self) -> u16 {
         self.level

@@ -43,6 +43,9 @@ pub struct BufContent {
     pub data: AlignedBuf,
     /// The bytes were read from disk and verified, or initialised by `get_buf`.
     pub valid: bool,
+    /// The type's structure (a B+tree node's key order) was checked since the bytes came from
+    /// disk: done once per read, not at every use, as XFS's read verifiers do.
+    pub structure_checked: bool,
 }
 
 /// The log's view of a buffer; changed by committers, the checkpoint writer and the AIL under its
@@ -170,6 +173,7 @@ impl Cache {
             content: Arc::new(Mutex::new(BufContent {
                 data: AlignedBuf::new(self.block_size as usize),
                 valid: false,
+                structure_checked: false,
             })),
             log: Mutex::new(LogState::default()),
             referenced: AtomicBool::new(true),
@@ -275,6 +279,7 @@ impl Cache {
         let hdr = BlockHeader::verify(&content.data, blkno, expect, &self.uuid)
             .map_err(CacheError::Corrupt)?;
         content.valid = true;
+        content.structure_checked = false;
         Ok(hdr.btype)
     }
 

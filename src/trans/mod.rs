@@ -349,6 +349,17 @@ impl<'e> Trans<'e> {
         &self.bufs[id.0].content().data
     }
 
+    /// Whether the block's structure was checked since it came from disk (see
+    /// `BufContent::structure_checked`).
+    pub fn structure_checked(&self, id: BufId) -> bool {
+        self.bufs[id.0].content().structure_checked
+    }
+
+    /// Records that the block's structure was checked (its changes keep it sound).
+    pub fn set_structure_checked(&mut self, id: BufId) {
+        self.bufs[id.0].content_mut().structure_checked = true;
+    }
+
     /// The bytes to change. Every change must be followed by `log_range` over it before commit.
     pub fn data_mut(&mut self, id: BufId) -> &mut [u8] {
         &mut self.bufs[id.0].content_mut().data
