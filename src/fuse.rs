@@ -30,6 +30,11 @@ const READDIR_BATCH: usize = 128;
 /// block size, so a long copy continues block-aligned.
 const COPY_RANGE_MAX: u64 = 1 << 30;
 
+thread_local! {
+    /// A request thread's read reply, kept between reads (no allocation per read).
+    static REPLY_DATA: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// The one mapping from filesystem errors to errnos.
 pub fn errno(e: &FsError) -> Errno {
     let n = match e {
@@ -412,10 +417,17 @@ impl Filesystem for TicketFuse {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(self.ino(ino), offset, size as usize) {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply.error(errno(&e)),
-        }
+        REPLY_DATA.with(|cell| {
+            let mut out = cell.borrow_mut();
+            match self.fs.read_into(self.ino(ino), offset, size as usize, &mut out) {
+                Ok(()) => reply.data(&out),
+                Err(e) => reply.error(errno(&e)),
+            }
+            // Keep at most one request's worth between reads.
+            if out.capacity() > MAX_WRITE as usize {
+                *out = Vec::new();
+            }
+        })
     }
 
     fn write(

@@ -39,6 +39,37 @@ fn recent(t: Time, now: Time) -> bool {
 /// table entry covers one extent-map change and one free per step.
 const REMOVE_PER_STEP: usize = 1;
 
+thread_local! {
+    /// The aligned buffer a thread's device reads of file data land in, kept between reads:
+    /// allocated per read, a 256 KiB read cost 64 page faults and the zeroing of fresh pages
+    /// every time (the daemon's malloc maps large blocks afresh and gives them back). It grows
+    /// to the largest run the thread has read, which the kernel's request size bounds for a
+    /// request thread (`SCRATCH_KEEP_MAX` at most is kept).
+    static READ_SCRATCH: std::cell::RefCell<Option<AlignedBuf>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Largest read buffer a thread keeps between reads: the largest FUSE request (1 MiB); a
+/// longer run (a caller asking for more) gets a buffer of its own for that read.
+const SCRATCH_KEEP_MAX: usize = 1 << 20;
+
+/// Runs `f` on an aligned buffer of exactly `len` bytes (a multiple of the block size).
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    if len > SCRATCH_KEEP_MAX {
+        return f(&mut AlignedBuf::new(len));
+    }
+    READ_SCRATCH.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|b| b.len() < len) {
+            *slot = Some(AlignedBuf::new(len.next_power_of_two().min(SCRATCH_KEEP_MAX)));
+        }
+        match slot.as_mut() {
+            Some(b) => f(&mut b[..len]),
+            None => f(&mut AlignedBuf::new(len)),
+        }
+    })
+}
+
 /// The extent map led a walk backwards or nowhere at `fb`: a damaged map, reported rather than
 /// followed round in circles.
 fn bad_map(ino: u64, fb: u64) -> EngineError {
@@ -90,14 +121,32 @@ impl<'a> FileIo<'a> {
     /// Reads up to `len` bytes at `off` (short at end of file; holes and unwritten extents read as
     /// zeros).
     pub fn read(&self, ino: u64, off: u64, len: usize) -> Result<Vec<u8>, EngineError> {
+        let mut out = Vec::new();
+        self.read_into(ino, off, len, &mut out)?;
+        Ok(out)
+    }
+
+    /// `read` into `out` (cleared first): a caller that keeps `out` between reads (a request
+    /// thread) allocates nothing per read.
+    pub fn read_into(
+        &self,
+        ino: u64,
+        off: u64,
+        len: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EngineError> {
+        out.clear();
         let bs = self.bs();
         let mut tx = self.eng.begin(TransKind::Read)?;
         let (_, inode) = inode::read(&mut tx, ino)?;
         if off >= inode.size || len == 0 {
-            return Ok(Vec::new());
+            tx.cancel()?;
+            return Ok(());
         }
         let end = (off + len as u64).min(inode.size);
-        let mut out = vec![0u8; (end - off) as usize];
+        out.reserve((end - off) as usize);
+        // The bytes of file range [a, b) that fall in [off, end), appended in order.
+        let clip = |a: u64, b: u64| (a.max(off), b.min(end));
         let mut fb = off / bs;
         let last = (end - 1) / bs;
         while fb <= last {
@@ -107,6 +156,8 @@ impl<'a> FileIo<'a> {
                 if to <= fb {
                     return Err(bad_map(ino, fb));
                 }
+                let (a, b) = clip(fb * bs, to * bs);
+                out.resize(out.len() + (b - a) as usize, 0);
                 fb = to;
                 continue;
             };
@@ -114,23 +165,25 @@ impl<'a> FileIo<'a> {
             if e.file_block > fb || run_end <= fb {
                 return Err(bad_map(ino, fb));
             }
+            let (a, b) = clip(fb * bs, run_end * bs);
             if e.flags & UNWRITTEN == 0 {
-                let n = run_end - fb;
-                let mut buf = AlignedBuf::new((n * bs) as usize);
-                self.eng
-                    .device()
-                    .read(e.start + (fb - e.file_block), &mut buf)
-                    .map_err(EngineError::Io)?;
-                // Copy the overlap of [fb*bs, run_end*bs) with [off, end).
-                let a = (fb * bs).max(off);
-                let b = (run_end * bs).min(end);
-                out[(a - off) as usize..(b - off) as usize]
-                    .copy_from_slice(&buf[(a - fb * bs) as usize..(b - fb * bs) as usize]);
+                let n = ((run_end - fb) * bs) as usize;
+                with_scratch(n, |buf| {
+                    self.eng
+                        .device()
+                        .read(e.start + (fb - e.file_block), buf)
+                        .map_err(EngineError::Io)?;
+                    out.extend_from_slice(&buf[(a - fb * bs) as usize..(b - fb * bs) as usize]);
+                    Ok::<(), EngineError>(())
+                })?;
+            } else {
+                out.resize(out.len() + (b - a) as usize, 0);
             }
             fb = run_end;
         }
         tx.cancel()?;
-        Ok(out)
+        debug_assert_eq!(out.len() as u64, end - off, "read of inode {ino} assembled short");
+        Ok(())
     }
 
     /// Writes `data` at `off`, allocating blocks for holes. Updates size, mtime and ctime, and

@@ -1166,9 +1166,16 @@ impl Fs {
     }
 
     pub fn read(&self, ino: u64, off: u64, len: usize) -> R<Vec<u8>> {
-        let out = self.io().read(ino, off, len)?;
-        self.accessed(ino)?;
+        let mut out = Vec::new();
+        self.read_into(ino, off, len, &mut out)?;
         Ok(out)
+    }
+
+    /// `read` into `out` (cleared first), for a caller that keeps its buffer between reads.
+    pub fn read_into(&self, ino: u64, off: u64, len: usize, out: &mut Vec<u8>) -> R<()> {
+        self.io().read_into(ino, off, len, out)?;
+        self.accessed(ino)?;
+        Ok(())
     }
 
     /// A read of `ino`'s data or entries: updates its access time as the policy says.
