@@ -358,29 +358,36 @@ impl<'a> FileIo<'a> {
         let span_end = (fb + n) * bs;
         let a = span_start.max(off);
         let b = span_end.min(off + data.len() as u64);
-        if a >= b {
-            if !existing {
-                // Nothing of the data falls here (a hole inside the write): zeros, never stale bytes.
-                let zeros = AlignedBuf::new((n * bs) as usize);
-                dev.write(disk, &zeros).map_err(EngineError::Io)?;
+        let len = (n * bs) as usize;
+        with_scratch(len, |buf| {
+            if a >= b {
+                if !existing {
+                    // Nothing of the data falls here (a hole inside the write): zeros, never
+                    // stale bytes.
+                    buf.fill(0);
+                    dev.write(disk, buf).map_err(EngineError::Io)?;
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
-        let mut buf = AlignedBuf::new((n * bs) as usize);
-        if existing {
-            if a > span_start {
-                dev.read(disk, &mut buf[..bs as usize])
-                    .map_err(EngineError::Io)?;
+            let (ra, rb) = ((a - span_start) as usize, (b - span_start) as usize);
+            if existing {
+                if a > span_start {
+                    dev.read(disk, &mut buf[..bs as usize])
+                        .map_err(EngineError::Io)?;
+                }
+                if b < span_end {
+                    let l = ((n - 1) * bs) as usize;
+                    dev.read(disk + n - 1, &mut buf[l..])
+                        .map_err(EngineError::Io)?;
+                }
+            } else {
+                // The scratch holds an earlier request's bytes: zeros around the data.
+                buf[..ra].fill(0);
+                buf[rb..].fill(0);
             }
-            if b < span_end {
-                let l = (n - 1) * bs;
-                dev.read(disk + n - 1, &mut buf[l as usize..])
-                    .map_err(EngineError::Io)?;
-            }
-        }
-        buf[(a - span_start) as usize..(b - span_start) as usize]
-            .copy_from_slice(&data[(a - off) as usize..(b - off) as usize]);
-        dev.write(disk, &buf).map_err(EngineError::Io)
+            buf[ra..rb].copy_from_slice(&data[(a - off) as usize..(b - off) as usize]);
+            dev.write(disk, buf).map_err(EngineError::Io)
+        })
     }
 
     /// Sets the size. Shrinking frees the blocks past the new end (in rolling steps) and zeroes
