@@ -126,22 +126,23 @@ impl<'a> FileIo<'a> {
         Ok(out)
     }
 
+
     /// `read` into `out` (cleared first): a caller that keeps `out` between reads (a request
-    /// thread) allocates nothing per read.
+    /// thread) allocates nothing per read. Returns the inode as the read found it.
     pub fn read_into(
         &self,
         ino: u64,
         off: u64,
         len: usize,
         out: &mut Vec<u8>,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Inode, EngineError> {
         out.clear();
         let bs = self.bs();
         let mut tx = self.eng.begin(TransKind::Read)?;
         let (_, inode) = inode::read(&mut tx, ino)?;
         if off >= inode.size || len == 0 {
             tx.cancel()?;
-            return Ok(());
+            return Ok(inode);
         }
         let end = (off + len as u64).min(inode.size);
         out.reserve((end - off) as usize);
@@ -183,7 +184,7 @@ impl<'a> FileIo<'a> {
         }
         tx.cancel()?;
         debug_assert_eq!(out.len() as u64, end - off, "read of inode {ino} assembled short");
-        Ok(())
+        Ok(inode)
     }
 
     /// Writes `data` at `off`, allocating blocks for holes. Updates size, mtime and ctime, and

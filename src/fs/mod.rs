@@ -1173,13 +1173,18 @@ impl Fs {
 
     /// `read` into `out` (cleared first), for a caller that keeps its buffer between reads.
     pub fn read_into(&self, ino: u64, off: u64, len: usize, out: &mut Vec<u8>) -> R<()> {
-        self.io().read_into(ino, off, len, out)?;
-        self.accessed(ino)?;
-        Ok(())
+        let i = self.io().read_into(ino, off, len, out)?;
+        self.accessed_as(ino, Some(&i))
     }
 
     /// A read of `ino`'s data or entries: updates its access time as the policy says.
     fn accessed(&self, ino: u64) -> R<()> {
+        self.accessed_as(ino, None)
+    }
+
+    /// `accessed`, with the inode as the read just found it when the caller has it (no second
+    /// look to decide; the update itself rereads it).
+    fn accessed_as(&self, ino: u64, seen: Option<&Inode>) -> R<()> {
         if self.read_only || self.atime == AtimePolicy::Never {
             return Ok(());
         }
@@ -1193,7 +1198,11 @@ impl Fs {
                     || t.sec - i.atime.sec >= RELATIME_MAX_AGE_SECS
             }
         };
-        if !due(&self.read_inode(ino)?) {
+        let is_due = match seen {
+            Some(i) => due(i),
+            None => due(&self.read_inode(ino)?),
+        };
+        if !is_due {
             return Ok(());
         }
         let mut tx = self.eng.begin(TransKind::Setattr)?;
