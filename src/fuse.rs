@@ -30,11 +30,6 @@ const READDIR_BATCH: usize = 128;
 /// block size, so a long copy continues block-aligned.
 const COPY_RANGE_MAX: u64 = 1 << 30;
 
-thread_local! {
-    /// A request thread's read reply, kept between reads (no allocation per read).
-    static REPLY_DATA: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// The one mapping from filesystem errors to errnos.
 pub fn errno(e: &FsError) -> Errno {
     let n = match e {
@@ -417,17 +412,18 @@ impl Filesystem for TicketFuse {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        REPLY_DATA.with(|cell| {
-            let mut out = cell.borrow_mut();
-            match self.fs.read_into(self.ino(ino), offset, size as usize, &mut out) {
-                Ok(()) => reply.data(&out),
-                Err(e) => reply.error(errno(&e)),
+        let mut reply = Some(reply);
+        let r = self.fs.read_with(self.ino(ino), offset, size as usize, |bytes| {
+            if let Some(rp) = reply.take() {
+                rp.data(bytes);
             }
-            // Keep at most one request's worth between reads.
-            if out.capacity() > MAX_WRITE as usize {
-                *out = Vec::new();
-            }
-        })
+        });
+        match (r, reply) {
+            (Err(e), Some(rp)) => rp.error(errno(&e)),
+            // The data went; the access-time update after it failed: nobody left to tell.
+            (Err(e), None) => eprintln!("ticketfs: access time of inode {}: {e}", ino.0),
+            (Ok(()), _) => {}
+        }
     }
 
     fn write(

@@ -281,6 +281,8 @@ fn serve(o: &Options, report: &mut dyn FnMut(Result<String, String>)) -> Result<
     }
     cfg.n_threads = Some(budget.sizing.fuse_threads);
     cfg.clone_fd = true;
+    // Each request thread's data buffer is kept up to the largest request (counted in the base).
+    ticketfs::file::set_scratch_keep_max(budget.sizing.max_write as usize);
     let fuse = TicketFuse::new(fs.clone(), budget.sizing.max_write);
     let mut session = match fuser::Session::new(fuse, &o.mountpoint, &cfg) {
         Ok(s) => s,

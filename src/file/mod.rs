@@ -13,7 +13,7 @@
 pub mod extmap;
 
 use crate::alloc::{Allocator, BlockResv};
-use crate::device::AlignedBuf;
+use crate::device::{AlignedBuf, DIRECT_IO_ALIGN};
 use crate::engine::{Engine, EngineError};
 use crate::format::inode::{Extent, Inode, Time};
 use crate::inode;
@@ -40,7 +40,7 @@ fn recent(t: Time, now: Time) -> bool {
 const REMOVE_PER_STEP: usize = 1;
 
 thread_local! {
-    /// The aligned buffer a thread's device reads of file data land in, kept between reads:
+    /// The aligned buffer a thread's device reads and writes of file data go through, kept:
     /// allocated per read, a 256 KiB read cost 64 page faults and the zeroing of fresh pages
     /// every time (the daemon's malloc maps large blocks afresh and gives them back). It grows
     /// to the largest run the thread has read, which the kernel's request size bounds for a
@@ -49,19 +49,30 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// Largest read buffer a thread keeps between reads: the largest FUSE request (1 MiB); a
-/// longer run (a caller asking for more) gets a buffer of its own for that read.
-const SCRATCH_KEEP_MAX: usize = 1 << 20;
+/// Largest scratch buffer a thread keeps between requests: the largest request the kernel sends
+/// (max_write, which also bounds its reads), set at mount (`set_scratch_keep_max`) and counted
+/// in the base of the memory budget (`Sizing::threads_bytes`). A longer run (a request not
+/// aligned to blocks, a caller asking for more) gets a buffer of its own for that one.
+static SCRATCH_KEEP_MAX: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(1 << 20);
+
+/// Sets the most a thread's scratch buffer keeps (see `SCRATCH_KEEP_MAX`).
+pub fn set_scratch_keep_max(bytes: usize) {
+    SCRATCH_KEEP_MAX.store(bytes, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// Runs `f` on an aligned buffer of exactly `len` bytes (a multiple of the block size).
 fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
-    if len > SCRATCH_KEEP_MAX {
+    let keep = SCRATCH_KEEP_MAX.load(std::sync::atomic::Ordering::Relaxed);
+    if len > keep {
         return f(&mut AlignedBuf::new(len));
     }
     READ_SCRATCH.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().is_none_or(|b| b.len() < len) {
-            *slot = Some(AlignedBuf::new(len.next_power_of_two().min(SCRATCH_KEEP_MAX)));
+            // Grown in steps (no regrowth per slightly longer request), never past `keep`.
+            let step = len.next_power_of_two().min(keep).max(len);
+            *slot = Some(AlignedBuf::new(step.div_ceil(DIRECT_IO_ALIGN) * DIRECT_IO_ALIGN));
         }
         match slot.as_mut() {
             Some(b) => f(&mut b[..len]),
@@ -121,70 +132,64 @@ impl<'a> FileIo<'a> {
     /// Reads up to `len` bytes at `off` (short at end of file; holes and unwritten extents read as
     /// zeros).
     pub fn read(&self, ino: u64, off: u64, len: usize) -> Result<Vec<u8>, EngineError> {
-        let mut out = Vec::new();
-        self.read_into(ino, off, len, &mut out)?;
-        Ok(out)
+        Ok(self.read_with(ino, off, len, |b| b.to_vec())?.0)
     }
 
-
-    /// `read` into `out` (cleared first): a caller that keeps `out` between reads (a request
-    /// thread) allocates nothing per read. Returns the inode as the read found it.
-    pub fn read_into(
+    /// `read`, handing the bytes to `f` where they were assembled: the thread's aligned scratch
+    /// buffer, which the device reads land in directly (no allocation, no copy in the daemon;
+    /// a request thread replies from it). Returns what `f` returned and the inode as the read
+    /// found it. The transaction ends before `f` runs.
+    pub fn read_with<R>(
         &self,
         ino: u64,
         off: u64,
         len: usize,
-        out: &mut Vec<u8>,
-    ) -> Result<Inode, EngineError> {
-        out.clear();
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<(R, Inode), EngineError> {
         let bs = self.bs();
         let mut tx = self.eng.begin(TransKind::Read)?;
         let (_, inode) = inode::read(&mut tx, ino)?;
         if off >= inode.size || len == 0 {
             tx.cancel()?;
-            return Ok(inode);
+            return Ok((f(&[]), inode));
         }
         let end = (off + len as u64).min(inode.size);
-        out.reserve((end - off) as usize);
-        // The bytes of file range [a, b) that fall in [off, end), appended in order.
-        let clip = |a: u64, b: u64| (a.max(off), b.min(end));
-        let mut fb = off / bs;
+        let first = off / bs;
         let last = (end - 1) / bs;
-        while fb <= last {
-            let (hit, next) = extmap::find(&mut tx, ino, &inode, fb)?;
-            let Some(e) = hit else {
-                let to = next.map_or(last + 1, |n| n.file_block);
-                if to <= fb {
+        let span = |a: u64, b: u64| ((a - first) * bs) as usize..((b - first) * bs) as usize;
+        let total = ((last - first + 1) * bs) as usize;
+        let r = with_scratch(total, |buf| {
+            let mut fb = first;
+            while fb <= last {
+                let (hit, next) = extmap::find(&mut tx, ino, &inode, fb)?;
+                let Some(e) = hit else {
+                    let to = next.map_or(last + 1, |n| n.file_block).min(last + 1);
+                    if to <= fb {
+                        return Err(bad_map(ino, fb));
+                    }
+                    buf[span(fb, to)].fill(0);
+                    fb = to;
+                    continue;
+                };
+                let run_end = e.file_block.saturating_add(e.len as u64).min(last + 1);
+                if e.file_block > fb || run_end <= fb {
                     return Err(bad_map(ino, fb));
                 }
-                let (a, b) = clip(fb * bs, to * bs);
-                out.resize(out.len() + (b - a) as usize, 0);
-                fb = to;
-                continue;
-            };
-            let run_end = e.file_block.saturating_add(e.len as u64).min(last + 1);
-            if e.file_block > fb || run_end <= fb {
-                return Err(bad_map(ino, fb));
-            }
-            let (a, b) = clip(fb * bs, run_end * bs);
-            if e.flags & UNWRITTEN == 0 {
-                let n = ((run_end - fb) * bs) as usize;
-                with_scratch(n, |buf| {
+                if e.flags & UNWRITTEN == 0 {
                     self.eng
                         .device()
-                        .read(e.start + (fb - e.file_block), buf)
+                        .read(e.start + (fb - e.file_block), &mut buf[span(fb, run_end)])
                         .map_err(EngineError::Io)?;
-                    out.extend_from_slice(&buf[(a - fb * bs) as usize..(b - fb * bs) as usize]);
-                    Ok::<(), EngineError>(())
-                })?;
-            } else {
-                out.resize(out.len() + (b - a) as usize, 0);
+                } else {
+                    buf[span(fb, run_end)].fill(0);
+                }
+                fb = run_end;
             }
-            fb = run_end;
-        }
-        tx.cancel()?;
-        debug_assert_eq!(out.len() as u64, end - off, "read of inode {ino} assembled short");
-        Ok(inode)
+            tx.cancel()?;
+            let from = (off - first * bs) as usize;
+            Ok(f(&buf[from..from + (end - off) as usize]))
+        })?;
+        Ok((r, inode))
     }
 
     /// Writes `data` at `off`, allocating blocks for holes. Updates size, mtime and ctime, and

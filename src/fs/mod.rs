@@ -1166,15 +1166,15 @@ impl Fs {
     }
 
     pub fn read(&self, ino: u64, off: u64, len: usize) -> R<Vec<u8>> {
-        let mut out = Vec::new();
-        self.read_into(ino, off, len, &mut out)?;
-        Ok(out)
+        self.read_with(ino, off, len, |b| b.to_vec())
     }
 
-    /// `read` into `out` (cleared first), for a caller that keeps its buffer between reads.
-    pub fn read_into(&self, ino: u64, off: u64, len: usize, out: &mut Vec<u8>) -> R<()> {
-        let i = self.io().read_into(ino, off, len, out)?;
-        self.accessed_as(ino, Some(&i))
+    /// `read`, handing the bytes to `f` where they were assembled (`FileIo::read_with`): a
+    /// request thread replies from there.
+    pub fn read_with<T>(&self, ino: u64, off: u64, len: usize, f: impl FnOnce(&[u8]) -> T) -> R<T> {
+        let (r, i) = self.io().read_with(ino, off, len, f)?;
+        self.accessed_as(ino, Some(&i))?;
+        Ok(r)
     }
 
     /// A read of `ino`'s data or entries: updates its access time as the policy says.
