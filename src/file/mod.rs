@@ -132,40 +132,43 @@ impl<'a> FileIo<'a> {
     /// Reads up to `len` bytes at `off` (short at end of file; holes and unwritten extents read as
     /// zeros).
     pub fn read(&self, ino: u64, off: u64, len: usize) -> Result<Vec<u8>, EngineError> {
-        Ok(self.read_with(ino, off, len, |b| b.to_vec())?.0)
+        self.read_with(ino, off, len, |_| Ok(()), |b| b.to_vec())
     }
 
     /// `read`, handing the bytes to `f` where they were assembled: the thread's aligned scratch
     /// buffer, which the device reads land in directly (no allocation, no copy in the daemon;
-    /// a request thread replies from it). Returns what `f` returned and the inode as the read
-    /// found it. The transaction ends before `f` runs.
-    pub fn read_with<R>(
+    /// a request thread replies from it). `before` runs first with the inode as the read found
+    /// it (the access-time update, which must be done before the reply is seen); the
+    /// transaction ends before either runs.
+    pub fn read_with<R, E: From<EngineError>>(
         &self,
         ino: u64,
         off: u64,
         len: usize,
+        before: impl FnOnce(&Inode) -> Result<(), E>,
         f: impl FnOnce(&[u8]) -> R,
-    ) -> Result<(R, Inode), EngineError> {
+    ) -> Result<R, E> {
         let bs = self.bs();
         let mut tx = self.eng.begin(TransKind::Read)?;
         let (_, inode) = inode::read(&mut tx, ino)?;
         if off >= inode.size || len == 0 {
             tx.cancel()?;
-            return Ok((f(&[]), inode));
+            before(&inode)?;
+            return Ok(f(&[]));
         }
         let end = (off + len as u64).min(inode.size);
         let first = off / bs;
         let last = (end - 1) / bs;
         let span = |a: u64, b: u64| ((a - first) * bs) as usize..((b - first) * bs) as usize;
         let total = ((last - first + 1) * bs) as usize;
-        let r = with_scratch(total, |buf| {
+        with_scratch(total, |buf| {
             let mut fb = first;
             while fb <= last {
                 let (hit, next) = extmap::find(&mut tx, ino, &inode, fb)?;
                 let Some(e) = hit else {
                     let to = next.map_or(last + 1, |n| n.file_block).min(last + 1);
                     if to <= fb {
-                        return Err(bad_map(ino, fb));
+                        return Err(bad_map(ino, fb).into());
                     }
                     buf[span(fb, to)].fill(0);
                     fb = to;
@@ -173,7 +176,7 @@ impl<'a> FileIo<'a> {
                 };
                 let run_end = e.file_block.saturating_add(e.len as u64).min(last + 1);
                 if e.file_block > fb || run_end <= fb {
-                    return Err(bad_map(ino, fb));
+                    return Err(bad_map(ino, fb).into());
                 }
                 if e.flags & UNWRITTEN == 0 {
                     self.eng
@@ -186,10 +189,10 @@ impl<'a> FileIo<'a> {
                 fb = run_end;
             }
             tx.cancel()?;
+            before(&inode)?;
             let from = (off - first * bs) as usize;
             Ok(f(&buf[from..from + (end - off) as usize]))
-        })?;
-        Ok((r, inode))
+        })
     }
 
     /// Writes `data` at `off`, allocating blocks for holes. Updates size, mtime and ctime, and
@@ -214,14 +217,21 @@ impl<'a> FileIo<'a> {
         let bs = self.bs();
         let last = (end - 1) / bs;
         let mut fb = off / bs;
+        // The caller holds the inode's data lock, so its extent map stays as looked up here
+        // between transactions. No lock is held while data goes to the device: new blocks are
+        // mapped unwritten first (their own step, under the allocator lock), then written, then
+        // converted, as XFS does for direct writes.
         while fb <= last {
-            let mut tx = self.eng.begin(TransKind::Write)?;
-            let (r, mut ino_d) = inode::read(&mut tx, ino)?;
-            let (hit, next) = extmap::find(&mut tx, ino, &ino_d, fb)?;
+            let (hit, next) = {
+                let mut tx = self.eng.begin(TransKind::Read)?;
+                let (_, ino_d) = inode::read(&mut tx, ino)?;
+                let found = extmap::find(&mut tx, ino, &ino_d, fb)?;
+                tx.cancel()?;
+                found
+            };
             match hit {
                 Some(e) if e.flags & UNWRITTEN == 0 => {
                     // Mapped and written: overwrite in place, no transaction needed.
-                    tx.cancel()?;
                     let run_end = (e.file_block + e.len as u64).min(last + 1);
                     self.put(
                         e.start + (fb - e.file_block),
@@ -236,19 +246,20 @@ impl<'a> FileIo<'a> {
                 Some(e) => {
                     // Unwritten: write the data, then map the part as written (splitting the
                     // extent may need map blocks: promised first).
-                    let _blocks = match self.promise_map(false) {
-                        Ok(b) => b,
-                        Err(e) => {
-                            tx.cancel()?;
-                            return Err(e);
-                        }
-                    };
+                    let _blocks = self.promise_map(false)?;
                     let run_end = (e.file_block + e.len as u64)
                         .min(last + 1)
                         .min(fb + EXTENT_LEN_MAX);
                     let disk = e.start + (fb - e.file_block);
                     self.put(disk, fb, run_end - fb, off, data, false)?;
                     self.eng.log().note_data_write();
+                    let mut tx = self.eng.begin(TransKind::Write)?;
+                    let (r, mut ino_d) = inode::read(&mut tx, ino)?;
+                    debug_assert_eq!(
+                        extmap::find(&mut tx, ino, &ino_d, fb)?.0,
+                        Some(e),
+                        "inode {ino}: extent map changed under the data lock"
+                    );
                     extmap::remove(
                         &mut tx,
                         self.alloc,
@@ -277,14 +288,16 @@ impl<'a> FileIo<'a> {
                     fb = run_end;
                 }
                 None => {
+                    // A hole: map new blocks unwritten; the next turn writes and converts them.
                     let hole_end = next.map_or(last + 1, |n| n.file_block.min(last + 1));
                     let want = (hole_end - fb).min(EXTENT_LEN_MAX);
                     let Some((_blocks, want)) = self.promise_data(want)? else {
-                        tx.cancel()?;
                         return Err(EngineError::NoSpace(format!(
                             "no free block for inode {ino}"
                         )));
                     };
+                    let mut tx = self.eng.begin(TransKind::Write)?;
+                    let (r, mut ino_d) = inode::read(&mut tx, ino)?;
                     let target = extmap::target(&mut tx, ino, &ino_d, fb)?;
                     let Some((start, n)) = self.alloc.alloc(&mut tx, target, 1, want)? else {
                         // The free list may have been topped up: keep that, report no space.
@@ -293,8 +306,6 @@ impl<'a> FileIo<'a> {
                             "no free block for inode {ino}"
                         )));
                     };
-                    self.put(start, fb, n, off, data, false)?;
-                    self.eng.log().note_data_write();
                     extmap::insert(
                         &mut tx,
                         self.alloc,
@@ -304,14 +315,12 @@ impl<'a> FileIo<'a> {
                             file_block: fb,
                             start,
                             len: n as u32,
-                            flags: 0,
+                            flags: UNWRITTEN,
                         },
                     )?;
                     ino_d.blocks += n;
-                    Self::grow(&mut ino_d, end.min((fb + n) * bs), now);
                     inode::write(&mut tx, &r, &ino_d);
                     tx.commit()?;
-                    fb += n;
                 }
             }
         }

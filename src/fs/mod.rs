@@ -1172,9 +1172,8 @@ impl Fs {
     /// `read`, handing the bytes to `f` where they were assembled (`FileIo::read_with`): a
     /// request thread replies from there.
     pub fn read_with<T>(&self, ino: u64, off: u64, len: usize, f: impl FnOnce(&[u8]) -> T) -> R<T> {
-        let (r, i) = self.io().read_with(ino, off, len, f)?;
-        self.accessed_as(ino, Some(&i))?;
-        Ok(r)
+        self.io()
+            .read_with(ino, off, len, |i| self.accessed_as(ino, Some(i)), f)
     }
 
     /// A read of `ino`'s data or entries: updates its access time as the policy says.
