@@ -21,9 +21,10 @@ FILES=${FILES:-10000}     # create, stat, unlink in one directory
 FSYNCS=${FSYNCS:-2000}    # 4 KiB write + fsync, for latency
 TREE=${TREE:-2000}        # small files in a tree
 MIX=${MIX:-5000}          # rounds of the memres mix
+PARALLEL=${PARALLEL:-4}   # processes making trees at once
 WORK=${WORK:-/var/tmp}
 OUT=${OUT:-}
-for t in fio fuse2fs mkfs.ext4 losetup python3; do
+for t in fio fuse2fs mkfs.ext4 losetup python3 bc; do
     command -v "$t" >/dev/null || { echo "compare.sh: $t is missing" >&2; exit 2; }
 done
 cargo build --release --workspace --quiet
@@ -132,6 +133,18 @@ workloads() {
     fsbench_run "$fs" meta "$FILES"
     fsbench_run "$fs" fsync "$FSYNCS"
     fsbench_run "$fs" tree "$TREE"
+    # The same tree by PARALLEL processes at once, each in its own directory: wall time.
+    local t0 t1 i pids=()
+    t0=$(date +%s.%N)
+    for i in $(seq "$PARALLEL"); do
+        mkdir -p "$mnt/par$i"
+        "$fsbench" tree "$mnt/par$i" "$TREE" >/dev/null &
+        pids+=($!)
+    done
+    # Only these (the daemon is a background job of this shell too).
+    for i in "${pids[@]}"; do wait "$i"; done
+    t1=$(date +%s.%N)
+    record "$fs" "tree_x${PARALLEL}_parallel_s" "$(echo "$t1 - $t0" | bc -l)"
 }
 
 for fs in ticketfs fuse2fs ext4; do
