@@ -30,6 +30,13 @@ const READDIR_BATCH: usize = 128;
 /// block size, so a long copy continues block-aligned.
 const COPY_RANGE_MAX: u64 = 1 << 30;
 
+/// Opens keep the kernel's page cache of the file: every change to the data reaches the image
+/// through the kernel (writes, truncate, fallocate; copy_file_range's destination range the
+/// kernel drops itself), so what it caches stays right, and a file read again after being
+/// opened again is served from memory. (Directories likewise keep their cached listings,
+/// FOPEN_CACHE_DIR: the kernel drops them when it changes the directory.)
+const KEEP_CACHE: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE;
+
 /// The one mapping from filesystem errors to errnos.
 pub fn errno(e: &FsError) -> Errno {
     let n = match e {
@@ -396,7 +403,7 @@ impl Filesystem for TicketFuse {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.open(&ctx(req), self.ino(ino), want(flags)) {
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Ok(()) => reply.opened(FileHandle(0), KEEP_CACHE),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -510,7 +517,7 @@ impl Filesystem for TicketFuse {
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(&ctx(req), self.ino(ino)) {
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_CACHE_DIR),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -691,7 +698,7 @@ impl Filesystem for TicketFuse {
                         &self.fattr(&a),
                         Generation(a.generation as u64),
                         FileHandle(0),
-                        FopenFlags::empty(),
+                        KEEP_CACHE,
                     ),
                     Err(e) => reply.error(errno(&e)),
                 }
