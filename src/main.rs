@@ -21,7 +21,7 @@ use ticketfs::stats::{self, Report};
 use ticketfs::trans::TransKind;
 use ticketfs::{Engine, EngineOptions};
 
-const USAGE: &str = "usage: ticketfs IMAGE MOUNTPOINT [-f] [-o ro|rw|allow_other|default_permissions|mem=SIZE|max_threads=N|memres=on|off|overrun=warn|panic|verbose|debug_resv=KIND:BYTES,...]
+const USAGE: &str = "usage: ticketfs IMAGE MOUNTPOINT [-f] [-o ro|rw|allow_other|default_permissions|writeback_cache|mem=SIZE|max_threads=N|memres=on|off|overrun=warn|panic|verbose|debug_resv=KIND:BYTES,...]
        ticketfs stats MOUNTPOINT [--json]";
 /// glibc's malloc: blocks from this size are mapped and unmapped on their own, so a freed write
 /// buffer goes back to the system instead of staying in an arena (a fixed threshold also turns
@@ -41,6 +41,8 @@ struct Options {
     remount: bool,
     allow_other: bool,
     default_permissions: bool,
+    /// `-o writeback_cache`: the kernel's writeback cache (implies default_permissions).
+    writeback_cache: bool,
     /// The mount's own flags (nosuid, nodev, noexec, sync, dirsync), kept by the kernel.
     flags: MountFlags,
     /// Print the budget's derivation even when stderr is not a terminal.
@@ -112,6 +114,7 @@ fn parse() -> Options {
         remount: false,
         allow_other: false,
         default_permissions: false,
+        writeback_cache: false,
         flags: MountFlags::default(),
         verbose: false,
         mem_option: None,
@@ -136,6 +139,13 @@ fn parse() -> Options {
                         "remount" => o.remount = true,
                         "allow_other" => o.allow_other = true,
                         "default_permissions" => o.default_permissions = true,
+                        // The kernel's writeback cache stamps truncates and flushes with times
+                        // of its own, which only its own permission check tells from a user's
+                        // utimensat: so it comes with default_permissions.
+                        "writeback_cache" => {
+                            o.writeback_cache = true;
+                            o.default_permissions = true;
+                        }
                         "memres=on" => o.engine.memres = MemRes::On,
                         "memres=off" => o.engine.memres = MemRes::Off,
                         "overrun=warn" => o.engine.overrun = OverrunPolicy::Warn,
@@ -283,7 +293,7 @@ fn serve(o: &Options, report: &mut dyn FnMut(Result<String, String>)) -> Result<
     cfg.clone_fd = true;
     // Each request thread's data buffer is kept up to the largest request (counted in the base).
     ticketfs::file::set_scratch_keep_max(budget.sizing.max_write as usize);
-    let fuse = TicketFuse::new(fs.clone(), budget.sizing.max_write);
+    let fuse = TicketFuse::new(fs.clone(), budget.sizing.max_write, o.writeback_cache);
     let mut session = match fuser::Session::new(fuse, &o.mountpoint, &cfg) {
         Ok(s) => s,
         Err(e) => {

@@ -75,7 +75,11 @@ const PJDFSTEST_PASSED_MIN: u32 = 382;
 
 #[test]
 fn pjdfstest_passes() {
-    for opts in ["allow_other", "allow_other,default_permissions"] {
+    for opts in [
+        "allow_other",
+        "allow_other,default_permissions",
+        "allow_other,writeback_cache",
+    ] {
         let (failed, skipped, passed, text) = pjdfstest(opts);
         let failures: Vec<&str> = text.lines().filter(|l| l.contains("FAILED")).collect();
         println!("pjdfstest -o {opts}: {failed} failed, {skipped} skipped, {passed} passed");
@@ -94,14 +98,25 @@ fn pjdfstest_passes() {
 
 #[test]
 fn fsx_hundred_thousand_operations() {
+    fsx_on("", 100_000);
+}
+
+/// The kernel's writeback cache changes who sends what when (pages flushed later, in large
+/// writes; sizes and times kept by the kernel meanwhile): fsx checks the data through it.
+#[test]
+fn fsx_with_the_kernels_writeback_cache() {
+    fsx_on("writeback_cache", 30_000);
+}
+
+fn fsx_on(opts: &str, ops: u32) {
     let work = tempfile::tempdir().unwrap();
     let img = image(work.path(), 1 << 30);
-    let m = Mount::new(&img, "");
+    let m = Mount::new(&img, opts);
     let out = Command::new(tool("fsx"))
         .arg("-f")
         .arg(repo().join("tests/config/fsx.toml"))
         .arg("-N")
-        .arg("100000")
+        .arg(ops.to_string())
         .arg("-S")
         .arg("20261122")
         .arg("-P")
@@ -114,7 +129,7 @@ fn fsx_hundred_thousand_operations() {
     m.unmount();
     assert!(
         out.status.success() && text.contains("All operations completed A-OK"),
-        "fsx failed:\n{}",
+        "fsx -o {opts} failed:\n{}",
         text.lines().rev().take(30).collect::<Vec<_>>().join("\n")
     );
     let fsck = Command::new(repo().join("target/release/fsck-ticketfs"))
