@@ -34,8 +34,18 @@ const COPY_RANGE_MAX: u64 = 1 << 30;
 /// through the kernel (writes, truncate, fallocate; copy_file_range's destination range the
 /// kernel drops itself), so what it caches stays right, and a file read again after being
 /// opened again is served from memory. (Directories likewise keep their cached listings,
-/// FOPEN_CACHE_DIR: the kernel drops them when it changes the directory.)
+/// FOPEN_CACHE_DIR: the kernel drops them when it changes the directory.) Not when an
+/// access-time update is due (`Fs::open`): reads served from the cache never reach the daemon,
+/// which keeps the access times (fstests' generic/003 under strictatime caught it).
 const KEEP_CACHE: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE;
+
+fn cache_flags(keep: bool, flag: FopenFlags) -> FopenFlags {
+    if keep {
+        flag
+    } else {
+        FopenFlags::empty()
+    }
+}
 
 /// The one mapping from filesystem errors to errnos.
 pub fn errno(e: &FsError) -> Errno {
@@ -412,7 +422,7 @@ impl Filesystem for TicketFuse {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.open(&ctx(req), self.ino(ino), want(flags)) {
-            Ok(()) => reply.opened(FileHandle(0), KEEP_CACHE),
+            Ok(keep) => reply.opened(FileHandle(0), cache_flags(keep, KEEP_CACHE)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -429,11 +439,13 @@ impl Filesystem for TicketFuse {
         reply: ReplyData,
     ) {
         let mut reply = Some(reply);
-        let r = self.fs.read_with(self.ino(ino), offset, size as usize, |bytes| {
-            if let Some(rp) = reply.take() {
-                rp.data(bytes);
-            }
-        });
+        let r = self
+            .fs
+            .read_with(self.ino(ino), offset, size as usize, |bytes| {
+                if let Some(rp) = reply.take() {
+                    rp.data(bytes);
+                }
+            });
         // The reply goes last of all, so an error anywhere still has it to tell.
         if let (Err(e), Some(rp)) = (r, reply) {
             rp.error(errno(&e));
@@ -526,7 +538,10 @@ impl Filesystem for TicketFuse {
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(&ctx(req), self.ino(ino)) {
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_CACHE_DIR),
+            Ok(keep) => reply.opened(
+                FileHandle(0),
+                cache_flags(keep, FopenFlags::FOPEN_CACHE_DIR),
+            ),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -702,12 +717,12 @@ impl Filesystem for TicketFuse {
                 // The creator may write what it just made, whatever the mode says.
                 let _ = flags;
                 match self.fs.open(&Ctx::ROOT, a.ino, 4) {
-                    Ok(()) => reply.created(
+                    Ok(_) => reply.created(
                         &TTL,
                         &self.fattr(&a),
                         Generation(a.generation as u64),
                         FileHandle(0),
-                        KEEP_CACHE,
+                        FopenFlags::empty(),
                     ),
                     Err(e) => reply.error(errno(&e)),
                 }

@@ -474,6 +474,33 @@ fn reads_update_access_times_by_the_mount_policy() {
     set_times(&f, now() - 3600, 2_000_000);
     fs::read(&f).unwrap();
     assert!(fs::metadata(&f).unwrap().atime() >= now() - 60);
+    // Read again in a new open a second later: the data is in the kernel's page cache, which
+    // must not be kept across the open, or the read never reaches the daemon (generic/003).
+    let at = |f: &Path| {
+        let m = fs::metadata(f).unwrap();
+        (m.atime(), m.atime_nsec())
+    };
+    let first = at(&f);
+    std::thread::sleep(Duration::from_millis(1100));
+    fs::read(&f).unwrap();
+    assert!(
+        at(&f) > first,
+        "strictatime: a cached second read left the access time"
+    );
+    m.unmount();
+    // relatime: read, write (modification time now after the access time), read in a new
+    // open: that read is due an update even though the data is cached.
+    let m = Mount::new(&img, "");
+    let f = m.path().join("f");
+    fs::read(&f).unwrap();
+    let read_once = at(&f);
+    std::thread::sleep(Duration::from_millis(1100));
+    fs::write(&f, b"later").unwrap();
+    fs::read(&f).unwrap();
+    assert!(
+        at(&f) > read_once,
+        "relatime: a read after a write left the access time"
+    );
     m.unmount();
 }
 

@@ -72,7 +72,9 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
         if slot.as_ref().is_none_or(|b| b.len() < len) {
             // Grown in steps (no regrowth per slightly longer request), never past `keep`.
             let step = len.next_power_of_two().min(keep).max(len);
-            *slot = Some(AlignedBuf::new(step.div_ceil(DIRECT_IO_ALIGN) * DIRECT_IO_ALIGN));
+            *slot = Some(AlignedBuf::new(
+                step.div_ceil(DIRECT_IO_ALIGN) * DIRECT_IO_ALIGN,
+            ));
         }
         match slot.as_mut() {
             Some(b) => f(&mut b[..len]),

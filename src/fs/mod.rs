@@ -1113,7 +1113,10 @@ impl Fs {
     }
 
     /// May `ctx` open `ino` with this access (4 read, 2 write)? Counts the open.
-    pub fn open(&self, ctx: &Ctx, ino: u64, want: u32) -> R<()> {
+    /// Returns whether the kernel may keep the file's cached pages from earlier opens: only when
+    /// no access-time update is due (`atime_due`), since reads served from those pages never
+    /// reach the daemon (under strictatime: never).
+    pub fn open(&self, ctx: &Ctx, ino: u64, want: u32) -> R<bool> {
         let i = self.read_inode(ino)?;
         if want & 2 != 0 {
             if is_dir(&i) {
@@ -1125,7 +1128,7 @@ impl Fs {
         *self.open.lock().entry(ino).or_insert(0) += 1;
         // An open handle is memory that grows with load: charged beside the cache.
         self.eng.cache().charge_outside(HANDLE_BYTES);
-        Ok(())
+        Ok(!self.atime_due(&i, now()))
     }
 
     /// The last close of an open: an inode unlinked meanwhile is freed now.
@@ -1181,14 +1184,12 @@ impl Fs {
         self.accessed_as(ino, None)
     }
 
-    /// `accessed`, with the inode as the read just found it when the caller has it (no second
-    /// look to decide; the update itself rereads it).
-    fn accessed_as(&self, ino: u64, seen: Option<&Inode>) -> R<()> {
-        if self.read_only || self.atime == AtimePolicy::Never {
-            return Ok(());
+    /// Would a read of `i` at `t` update its access time (the mount's policy; never read-only)?
+    fn atime_due(&self, i: &Inode, t: Time) -> bool {
+        if self.read_only {
+            return false;
         }
-        let t = now();
-        let due = |i: &Inode| match self.atime {
+        match self.atime {
             AtimePolicy::Never => false,
             AtimePolicy::Strict => true,
             AtimePolicy::Relatime => {
@@ -1196,7 +1197,17 @@ impl Fs {
                     || i.atime <= i.ctime
                     || t.sec - i.atime.sec >= RELATIME_MAX_AGE_SECS
             }
-        };
+        }
+    }
+
+    /// `accessed`, with the inode as the read just found it when the caller has it (no second
+    /// look to decide; the update itself rereads it).
+    fn accessed_as(&self, ino: u64, seen: Option<&Inode>) -> R<()> {
+        if self.read_only || self.atime == AtimePolicy::Never {
+            return Ok(());
+        }
+        let t = now();
+        let due = |i: &Inode| self.atime_due(i, t);
         let is_due = match seen {
             Some(i) => due(i),
             None => due(&self.read_inode(ino)?),
@@ -1340,7 +1351,8 @@ impl Fs {
 
     /// Opens a directory: counted as an open, so a directory removed (rmdir, or renamed over)
     /// while open lives on until its last close (`release`), as a file does.
-    pub fn opendir(&self, ctx: &Ctx, ino: u64) -> R<()> {
+    /// Returns whether the kernel may keep the directory's cached listing (as `open`).
+    pub fn opendir(&self, ctx: &Ctx, ino: u64) -> R<bool> {
         let i = self.read_inode(ino)?;
         if !is_dir(&i) {
             return Err(FsError::NotDir);
@@ -1348,7 +1360,7 @@ impl Fs {
         may(ctx, &i, 4)?;
         *self.open.lock().entry(ino).or_insert(0) += 1;
         self.eng.cache().charge_outside(HANDLE_BYTES);
-        Ok(())
+        Ok(!self.atime_due(&i, now()))
     }
 
     pub fn statfs(&self) -> R<StatFs> {
