@@ -398,48 +398,15 @@ fn remount(o: &Options) -> ! {
     exit(0)
 }
 
-/// A mount point of `image` served by a daemon already (fstype `fuse`, source the image's
-/// canonical path, the whole filesystem rather than a subtree) and whether its superblock is
-/// read-only, from /proc/self/mountinfo.
+/// A mount point of `image` served by a daemon already (the whole filesystem rather than a
+/// subtree) and whether its superblock is read-only.
 fn existing_mount(image: &Path) -> Option<(PathBuf, bool)> {
     let source = std::fs::canonicalize(image).ok()?;
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let l: Vec<&str> = left.split(' ').collect();
-        let r: Vec<&str> = right.split(' ').collect();
-        let (root, point) = (*l.get(3)?, *l.get(4)?);
-        let (fstype, src, sopts) = (*r.first()?, *r.get(1)?, *r.get(2)?);
-        let ours = (fstype == "fuse" || fstype == "fuse.ticketfs")
-            && root == "/"
-            && Path::new(&unescape_mountinfo(src)) == source;
-        ours.then(|| {
-            (
-                PathBuf::from(unescape_mountinfo(point)),
-                sopts.split(',').any(|x| x == "ro"),
-            )
-        })
-    })
-}
-
-/// mountinfo writes space, tab, newline and backslash in paths as `\ooo` (octal).
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b
-            .get(i + 1..i + 4)
-            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        if let Some(d) = octal {
-            out.push(d.iter().fold(0u8, |v, c| v.wrapping_mul(8) + (c - b'0')));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    stats::ticketfs_mounts()
+        .ok()?
+        .into_iter()
+        .find(|m| m.whole && m.image == source)
+        .map(|m| (m.point, m.super_ro))
 }
 
 /// A second mount of an image already mounted shares the live filesystem, as the kernel shares

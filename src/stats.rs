@@ -312,24 +312,49 @@ pub fn stop(image: &Path) {
     let _ = query(image, "stop");
 }
 
-/// The image (source) of the ticketfs mount at `mountpoint`, from /proc/self/mountinfo.
+/// A ticketfs mount as /proc/self/mountinfo lists it (type `fuse` or `fuse.ticketfs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketfsMount {
+    /// Where it is mounted.
+    pub point: PathBuf,
+    /// Its source: the image's canonical path.
+    pub image: PathBuf,
+    /// The whole filesystem is mounted (a bind mount of a subtree has another root).
+    pub whole: bool,
+    /// The superblock is read-only (not only this mount).
+    pub super_ro: bool,
+}
+
+/// Every ticketfs mount this process can see, most recent last.
+pub fn ticketfs_mounts() -> Result<Vec<TicketfsMount>, String> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+    Ok(mi
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let l: Vec<&str> = left.split(' ').collect();
+            let r: Vec<&str> = right.split(' ').collect();
+            let (root, point) = (*l.get(3)?, *l.get(4)?);
+            let (fstype, source) = (*r.first()?, *r.get(1)?);
+            (fstype == "fuse" || fstype == "fuse.ticketfs").then(|| TicketfsMount {
+                point: PathBuf::from(unescape(point)),
+                image: PathBuf::from(unescape(source)),
+                whole: root == "/",
+                super_ro: r.get(2).is_some_and(|o| o.split(',').any(|x| x == "ro")),
+            })
+        })
+        .collect())
+}
+
+/// The image of the ticketfs mounted at `mountpoint` (a mount's source is its image).
 pub fn image_of_mount(mountpoint: &Path) -> Result<PathBuf, String> {
     let want =
         std::fs::canonicalize(mountpoint).map_err(|e| format!("{}: {e}", mountpoint.display()))?;
-    let mi = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
-    for line in mi.lines().rev() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let l: Vec<&str> = left.split(' ').collect();
-        let r: Vec<&str> = right.split(' ').collect();
-        if l.len() < 5 || r.len() < 2 {
-            continue;
-        }
-        if Path::new(&unescape(l[4])) == want && (r[0] == "fuse" || r[0] == "fuse.ticketfs") {
-            return Ok(PathBuf::from(unescape(r[1])));
-        }
-    }
-    Err(format!("{}: not a ticketfs mount", mountpoint.display()))
+    ticketfs_mounts()?
+        .into_iter()
+        .rev()
+        .find(|m| m.point == want)
+        .map(|m| m.image)
+        .ok_or_else(|| format!("{}: not a ticketfs mount", mountpoint.display()))
 }

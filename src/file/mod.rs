@@ -223,13 +223,18 @@ impl<'a> FileIo<'a> {
         // between transactions. No lock is held while data goes to the device: new blocks are
         // mapped unwritten first (their own step, under the allocator lock), then written, then
         // converted, as XFS does for direct writes.
+        // The extent a hole step just mapped: the next turn writes it without looking it up.
+        let mut mapped: Option<Extent> = None;
         while fb <= last {
-            let (hit, next) = {
-                let mut tx = self.eng.begin(TransKind::Read)?;
-                let (_, ino_d) = inode::read(&mut tx, ino)?;
-                let found = extmap::find(&mut tx, ino, &ino_d, fb)?;
-                tx.cancel()?;
-                found
+            let (hit, next) = match mapped.take() {
+                Some(e) => (Some(e), None),
+                None => {
+                    let mut tx = self.eng.begin(TransKind::Read)?;
+                    let (_, ino_d) = inode::read(&mut tx, ino)?;
+                    let found = extmap::find(&mut tx, ino, &ino_d, fb)?;
+                    tx.cancel()?;
+                    found
+                }
             };
             match hit {
                 Some(e) if e.flags & UNWRITTEN == 0 => {
@@ -257,9 +262,10 @@ impl<'a> FileIo<'a> {
                     self.eng.log().note_data_write();
                     let mut tx = self.eng.begin(TransKind::Write)?;
                     let (r, mut ino_d) = inode::read(&mut tx, ino)?;
-                    debug_assert_eq!(
-                        extmap::find(&mut tx, ino, &ino_d, fb)?.0,
-                        Some(e),
+                    debug_assert!(
+                        extmap::find(&mut tx, ino, &ino_d, fb)?.0.is_some_and(|f| {
+                            f.flags & UNWRITTEN != 0 && f.start + (fb - f.file_block) == disk
+                        }),
                         "inode {ino}: extent map changed under the data lock"
                     );
                     extmap::remove(
@@ -308,21 +314,17 @@ impl<'a> FileIo<'a> {
                             "no free block for inode {ino}"
                         )));
                     };
-                    extmap::insert(
-                        &mut tx,
-                        self.alloc,
-                        ino,
-                        &mut ino_d,
-                        Extent {
-                            file_block: fb,
-                            start,
-                            len: n as u32,
-                            flags: UNWRITTEN,
-                        },
-                    )?;
+                    let e = Extent {
+                        file_block: fb,
+                        start,
+                        len: n as u32,
+                        flags: UNWRITTEN,
+                    };
+                    extmap::insert(&mut tx, self.alloc, ino, &mut ino_d, e)?;
                     ino_d.blocks += n;
                     inode::write(&mut tx, &r, &ino_d);
                     tx.commit()?;
+                    mapped = Some(e);
                 }
             }
         }
