@@ -21,7 +21,7 @@ use ticketfs::stats::{self, Report};
 use ticketfs::trans::TransKind;
 use ticketfs::{Engine, EngineOptions};
 
-const USAGE: &str = "usage: ticketfs IMAGE MOUNTPOINT [-f] [-o ro|rw|allow_other|default_permissions|writeback_cache|mem=SIZE|max_threads=N|memres=on|off|overrun=warn|panic|verbose|debug_resv=KIND:BYTES,...]
+const USAGE: &str = "usage: ticketfs IMAGE MOUNTPOINT [-f] [-o ro|rw|allow_other|default_permissions|writeback_cache|hostcache=on|off|mem=SIZE|max_threads=N|memres=on|off|overrun=warn|panic|verbose|debug_resv=KIND:BYTES,...]
        ticketfs stats MOUNTPOINT [--json]";
 /// glibc's malloc: blocks from this size are mapped and unmapped on their own, so a freed write
 /// buffer goes back to the system instead of staying in an arena (a fixed threshold also turns
@@ -43,6 +43,8 @@ struct Options {
     default_permissions: bool,
     /// `-o writeback_cache`: the kernel's writeback cache (implies default_permissions).
     writeback_cache: bool,
+    /// `-o hostcache=on|off`: file data read through the image's page cache (on by default).
+    host_cache: bool,
     /// The mount's own flags (nosuid, nodev, noexec, sync, dirsync), kept by the kernel.
     flags: MountFlags,
     /// Print the budget's derivation even when stderr is not a terminal.
@@ -115,6 +117,7 @@ fn parse() -> Options {
         allow_other: false,
         default_permissions: false,
         writeback_cache: false,
+        host_cache: true,
         flags: MountFlags::default(),
         verbose: false,
         mem_option: None,
@@ -146,6 +149,8 @@ fn parse() -> Options {
                             o.writeback_cache = true;
                             o.default_permissions = true;
                         }
+                        "hostcache=on" => o.host_cache = true,
+                        "hostcache=off" => o.host_cache = false,
                         "memres=on" => o.engine.memres = MemRes::On,
                         "memres=off" => o.engine.memres = MemRes::Off,
                         "overrun=warn" => o.engine.overrun = OverrunPolicy::Warn,
@@ -257,7 +262,9 @@ fn serve(o: &Options, report: &mut dyn FnMut(Result<String, String>)) -> Result<
     let set = block_signals();
     tune_malloc();
     let start_rss = budget::resident_bytes();
-    let dev = open_image(&o.image).map_err(|e| format!("{}: {e}", o.image.display()))?;
+    let dev = open_image(&o.image)
+        .map_err(|e| format!("{}: {e}", o.image.display()))?
+        .with_data_page_cache(o.host_cache);
     let pools = ticketfs::log::writer_pool_bytes(ticketfs::device::Device::block_size(&dev));
     let budget = budget::derive(
         CgroupMemory::of_self(),

@@ -48,6 +48,9 @@ impl Device for FlushTracked {
     fn read(&self, blkno: u64, buf: &mut [u8]) -> Result<(), DevError> {
         self.inner.read(blkno, buf)
     }
+    fn read_data(&self, blkno: u64, buf: &mut [u8]) -> Result<(), DevError> {
+        self.inner.read_data(blkno, buf)
+    }
     fn write(&self, blkno: u64, buf: &[u8]) -> Result<(), DevError> {
         self.inner.write(blkno, buf)
     }

@@ -62,6 +62,12 @@ pub trait Device: Send + Sync {
     fn block_count(&self) -> u64;
     /// Reads `buf.len() / block_size` blocks starting at `blkno`.
     fn read(&self, blkno: u64, buf: &mut [u8]) -> Result<(), DevError>;
+    /// Reads file data: the same blocks as `read`, but a backend may serve them from a cache
+    /// below it (the image's page cache), as they are never the engine's metadata. Writes
+    /// through `write` must be seen by a later `read_data` of the same blocks.
+    fn read_data(&self, blkno: u64, buf: &mut [u8]) -> Result<(), DevError> {
+        self.read(blkno, buf)
+    }
     /// Writes `buf.len() / block_size` blocks starting at `blkno`. Not durable until `flush`.
     fn write(&self, blkno: u64, buf: &[u8]) -> Result<(), DevError>;
     /// Makes every completed write durable.

@@ -183,7 +183,7 @@ impl<'a> FileIo<'a> {
                 if e.flags & UNWRITTEN == 0 {
                     self.eng
                         .device()
-                        .read(e.start + (fb - e.file_block), &mut buf[span(fb, run_end)])
+                        .read_data(e.start + (fb - e.file_block), &mut buf[span(fb, run_end)])
                         .map_err(EngineError::Io)?;
                 } else {
                     buf[span(fb, run_end)].fill(0);
@@ -391,12 +391,12 @@ impl<'a> FileIo<'a> {
             let (ra, rb) = ((a - span_start) as usize, (b - span_start) as usize);
             if existing {
                 if a > span_start {
-                    dev.read(disk, &mut buf[..bs as usize])
+                    dev.read_data(disk, &mut buf[..bs as usize])
                         .map_err(EngineError::Io)?;
                 }
                 if b < span_end {
                     let l = ((n - 1) * bs) as usize;
-                    dev.read(disk + n - 1, &mut buf[l..])
+                    dev.read_data(disk + n - 1, &mut buf[l..])
                         .map_err(EngineError::Io)?;
                 }
             } else {
@@ -432,7 +432,7 @@ impl<'a> FileIo<'a> {
                         let mut blk = AlignedBuf::new(bs as usize);
                         self.eng
                             .device()
-                            .read(disk, &mut blk)
+                            .read_data(disk, &mut blk)
                             .map_err(EngineError::Io)?;
                         blk[(size % bs) as usize..].fill(0);
                         self.eng
@@ -535,7 +535,7 @@ impl<'a> FileIo<'a> {
             let mut blk = AlignedBuf::new(bs as usize);
             self.eng
                 .device()
-                .read(disk, &mut blk)
+                .read_data(disk, &mut blk)
                 .map_err(EngineError::Io)?;
             blk[(a - fb * bs) as usize..(b - fb * bs) as usize].fill(0);
             self.eng
