@@ -10,7 +10,11 @@
 # Writes the table to stdout and, with OUT=FILE, to FILE as markdown. Each filesystem is mounted
 # with its defaults (ticketfs checks permissions itself; with -o default_permissions the kernel
 # asks for the directory's attributes again after each change to it: create 16.5k/s -> 10.8k/s).
-# TICKETFS_OPTS adds ticketfs mount options.
+# TICKETFS_OPTS adds ticketfs mount options. ticketfs runs twice: with its defaults, and with
+# -o writeback_cache (the kernel's writeback cache; it implies default_permissions), a column
+# of its own. For the two FUSE filesystems the create/stat/unlink workload runs once more with
+# the daemon and the benchmark pinned to one CPU: the difference is what the cross-CPU wakeups
+# of FUSE's round trips cost on this machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE=${SIZE:-4G}          # every image
@@ -147,10 +151,20 @@ workloads() {
     record "$fs" "tree_x${PARALLEL}_parallel_s" "$(echo "$t1 - $t0" | bc -l)"
 }
 
-for fs in ticketfs fuse2fs ext4; do
+# one_cpu FS: the create/stat/unlink workload with the daemon and the benchmark on CPU 0.
+one_cpu() {
+    local fs=$1 kv
+    taskset -a -p -c 0 "$pid" >/dev/null
+    for kv in $(taskset -c 0 "$fsbench" meta "$mnt/onecpu" "$FILES"); do
+        record "$fs" "${kv%%=*}_one_cpu" "${kv#*=}"
+    done
+}
+
+for fs in ticketfs ticketfs-wb fuse2fs ext4; do
     echo "== $fs" >&2
-    mount_fs "$fs"
+    if [ "$fs" = ticketfs-wb ]; then mount_fs ticketfs memres=on,writeback_cache; else mount_fs "$fs"; fi
     workloads "$fs"
+    case $fs in ticketfs | fuse2fs) one_cpu "$fs" ;; esac
     if [ "$fs" = ticketfs ]; then
         record ticketfs daemon_peak_rss_MiB \
             "$(awk '/VmHWM/ {print $2 / 1024}' "/proc/$pid/status")"
@@ -181,21 +195,29 @@ for line in open(sys.argv[1]):
     rows.setdefault(metric, {})[fs] = float(v)
 # Lower is better for latencies and times.
 lower = lambda m: m.endswith("_us") or m.endswith("_s") and not m.endswith("_per_s") and not m.endswith("MiB_s")
-out = ["| workload | ticketfs | fuse2fs | kernel ext4 | ticketfs / fuse2fs | ticketfs / ext4 |",
-       "|---|---|---|---|---|---|"]
+out = ["| workload | ticketfs | fuse2fs | kernel ext4 | ticketfs / fuse2fs | ticketfs / ext4 "
+       "| ticketfs -o writeback_cache | its / fuse2fs | its / ext4 |",
+       "|---|---|---|---|---|---|---|---|---|"]
+def ratio(m, a, b):
+    if lower(m):
+        return b / a if a else 0
+    return a / b if b else 0
 for m, v in rows.items():
     if "ticketfs" not in v or len(v) < 3:
         continue
     t, f, e = v["ticketfs"], v["fuse2fs"], v["ext4"]
-    if lower(m):
-        rf, re_ = f / t if t else 0, e / t if t else 0
-    else:
-        rf, re_ = t / f if f else 0, t / e if e else 0
-    out.append(f"| {m} | {t:.1f} | {f:.1f} | {e:.1f} | {rf:.2f}x | {re_:.2f} |")
+    line = f"| {m} | {t:.1f} | {f:.1f} | {e:.1f} | {ratio(m, t, f):.2f}x | {ratio(m, t, e):.2f} "
+    w = v.get("ticketfs-wb")
+    line += f"| {w:.1f} | {ratio(m, w, f):.2f}x | {ratio(m, w, e):.2f} |" if w is not None else "| | | |"
+    out.append(line)
 out.append("")
 out.append("Ratios are ticketfs's speed relative to the peer (for times and latencies: the peer's "
            "time divided by ticketfs's), so above 1 means ticketfs is faster.")
 out.append("")
+for m in ("create_per_s_one_cpu", "stat_per_s_one_cpu", "unlink_per_s_one_cpu"):
+    if m in rows:
+        out.append(f"- {m} (daemon and benchmark on CPU 0): ticketfs {rows[m].get('ticketfs', 0):.0f}, "
+                   f"fuse2fs {rows[m].get('fuse2fs', 0):.0f}")
 for m in ("daemon_peak_rss_MiB", "daemon_budget_plus_base_MiB", "allocator_lock_taken",
           "allocator_lock_waits", "allocator_lock_wait_ms"):
     if m in rows:

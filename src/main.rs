@@ -262,9 +262,7 @@ fn serve(o: &Options, report: &mut dyn FnMut(Result<String, String>)) -> Result<
     let set = block_signals();
     tune_malloc();
     let start_rss = budget::resident_bytes();
-    let dev = open_image(&o.image)
-        .map_err(|e| format!("{}: {e}", o.image.display()))?
-        .with_data_page_cache(o.host_cache);
+    let dev = open_image(&o.image).map_err(|e| format!("{}: {e}", o.image.display()))?;
     let pools = ticketfs::log::writer_pool_bytes(ticketfs::device::Device::block_size(&dev));
     let budget = budget::derive(
         CgroupMemory::of_self(),
@@ -274,6 +272,7 @@ fn serve(o: &Options, report: &mut dyn FnMut(Result<String, String>)) -> Result<
         o.threads_option,
     )
     .map_err(|e| format!("{}: {e}", o.image.display()))?;
+    let dev = dev.with_data_page_cache(o.host_cache, budget.host_dirty_max());
     let mut engine_opts = o.engine.clone();
     engine_opts.mem_budget_bytes = budget.budget_bytes;
     let eng = Engine::mount(Arc::new(dev), engine_opts)

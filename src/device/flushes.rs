@@ -54,6 +54,9 @@ impl Device for FlushTracked {
     fn write(&self, blkno: u64, buf: &[u8]) -> Result<(), DevError> {
         self.inner.write(blkno, buf)
     }
+    fn write_data(&self, blkno: u64, buf: &[u8]) -> Result<(), DevError> {
+        self.inner.write_data(blkno, buf)
+    }
     fn flush(&self) -> Result<(), DevError> {
         let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
         self.inner.flush()?;

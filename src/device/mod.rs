@@ -70,6 +70,11 @@ pub trait Device: Send + Sync {
     }
     /// Writes `buf.len() / block_size` blocks starting at `blkno`. Not durable until `flush`.
     fn write(&self, blkno: u64, buf: &[u8]) -> Result<(), DevError>;
+    /// Writes file data: the same as `write`, but a backend may keep it in a cache below it
+    /// (the image's page cache) until the next `flush`, which makes it durable all the same.
+    fn write_data(&self, blkno: u64, buf: &[u8]) -> Result<(), DevError> {
+        self.write(blkno, buf)
+    }
     /// Makes every completed write durable.
     fn flush(&self) -> Result<(), DevError>;
 }

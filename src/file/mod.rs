@@ -384,7 +384,7 @@ impl<'a> FileIo<'a> {
                     // Nothing of the data falls here (a hole inside the write): zeros, never
                     // stale bytes.
                     buf.fill(0);
-                    dev.write(disk, buf).map_err(EngineError::Io)?;
+                    dev.write_data(disk, buf).map_err(EngineError::Io)?;
                 }
                 return Ok(());
             }
@@ -405,7 +405,7 @@ impl<'a> FileIo<'a> {
                 buf[rb..].fill(0);
             }
             buf[ra..rb].copy_from_slice(&data[(a - off) as usize..(b - off) as usize]);
-            dev.write(disk, buf).map_err(EngineError::Io)
+            dev.write_data(disk, buf).map_err(EngineError::Io)
         })
     }
 
@@ -437,7 +437,7 @@ impl<'a> FileIo<'a> {
                         blk[(size % bs) as usize..].fill(0);
                         self.eng
                             .device()
-                            .write(disk, &blk)
+                            .write_data(disk, &blk)
                             .map_err(EngineError::Io)?;
                     }
                 }
@@ -540,7 +540,7 @@ impl<'a> FileIo<'a> {
             blk[(a - fb * bs) as usize..(b - fb * bs) as usize].fill(0);
             self.eng
                 .device()
-                .write(disk, &blk)
+                .write_data(disk, &blk)
                 .map_err(EngineError::Io)?;
         }
         Ok(())

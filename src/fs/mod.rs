@@ -1281,8 +1281,9 @@ impl Fs {
     pub fn fsync(&self) -> R<()> {
         let ticket = self.eng.flush_ticket();
         self.eng.force_all()?;
-        // The data written before this call went straight to the device; the checkpoint the
-        // force wrote (or a concurrent fsync) flushed after it in most cases.
+        // The data written before this call is on the device or in the image's page cache; a
+        // flush that began after the ticket (the force's checkpoint's, or a concurrent fsync's)
+        // wrote back the one and flushed the other, else this one does.
         self.eng.flush_since(ticket)?;
         Ok(())
     }

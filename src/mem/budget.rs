@@ -81,6 +81,24 @@ pub struct Budget {
     pub derivation: String,
 }
 
+/// Dirty pages of the image's page cache (file data written with `hostcache=on`) are charged to
+/// the daemon's cgroup beside its budget: at most 1/HOST_DIRTY_DIVISOR of the budget of them,
+/// within the cgroup's headroom (1/CGROUP_HEADROOM_DIVISOR of it), so reclaim always finds the
+/// rest clean or quickly cleaned.
+pub const HOST_DIRTY_DIVISOR: u64 = 16;
+/// Fewest dirty bytes allowed: one cached write (`BUFFERED_WRITE_MAX_BYTES`) and then some.
+pub const HOST_DIRTY_MIN_BYTES: u64 = 128 << 10;
+/// Most dirty bytes allowed whatever the budget: more would only lengthen the fsync that meets
+/// them (it writes them all back).
+pub const HOST_DIRTY_MAX_BYTES: u64 = 8 << 20;
+
+impl Budget {
+    /// Most bytes of dirty pages the image's page cache may hold at once.
+    pub fn host_dirty_max(&self) -> u64 {
+        (self.budget_bytes / HOST_DIRTY_DIVISOR).clamp(HOST_DIRTY_MIN_BYTES, HOST_DIRTY_MAX_BYTES)
+    }
+}
+
 /// Most FUSE threads `-o max_threads=` may ask for.
 pub const FUSE_THREADS_MAX: usize = 256;
 
