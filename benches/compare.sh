@@ -25,6 +25,7 @@ FILES=${FILES:-10000}     # create, stat, unlink in one directory
 FSYNCS=${FSYNCS:-2000}    # 4 KiB write + fsync, for latency
 TREE=${TREE:-2000}        # small files in a tree
 MIX=${MIX:-5000}          # rounds of the memres mix
+MIX_REPEATS=${MIX_REPEATS:-5}  # runs of the mix with memres=on, and as many with off
 PARALLEL=${PARALLEL:-4}   # processes making trees at once
 WORK=${WORK:-/var/tmp}
 OUT=${OUT:-}
@@ -180,19 +181,28 @@ PY
     fi
     unmount
 done
-for m in on off; do
-    echo "== ticketfs memres=$m mix" >&2
-    mount_fs ticketfs "memres=$m"
-    fsbench_run "ticketfs-memres-$m" mix "$MIX"
-    unmount
+# memres=on and off, alternating (on first in odd rounds, off first in even ones), MIX_REPEATS
+# times each on a fresh image: one pair of runs differs by up to 15% either way on this
+# machine, so the table compares medians.
+for r in $(seq "$MIX_REPEATS"); do
+    if [ $((r % 2)) = 1 ]; then order="on off"; else order="off on"; fi
+    for m in $order; do
+        echo "== ticketfs memres=$m mix ($r of $MIX_REPEATS)" >&2
+        mount_fs ticketfs "memres=$m"
+        fsbench_run "ticketfs-memres-$m" mix "$MIX"
+        unmount
+    done
 done
 
 python3 - "$results" "$OUT" <<'PY'
 import sys
-rows = {}
+import statistics
+runs = {}
 for line in open(sys.argv[1]):
     fs, metric, v = line.split()
-    rows.setdefault(metric, {})[fs] = float(v)
+    runs.setdefault(metric, {}).setdefault(fs, []).append(float(v))
+# A figure measured more than once (the memres mix) is the median of its runs.
+rows = {m: {fs: statistics.median(vs) for fs, vs in v.items()} for m, v in runs.items()}
 # Lower is better for latencies and times.
 lower = lambda m: m.endswith("_us") or m.endswith("_s") and not m.endswith("_per_s") and not m.endswith("MiB_s")
 out = ["| workload | ticketfs | fuse2fs | kernel ext4 | ticketfs / fuse2fs | ticketfs / ext4 "
@@ -225,8 +235,11 @@ for m in ("daemon_peak_rss_MiB", "daemon_budget_plus_base_MiB", "allocator_lock_
 on = rows.get("mix_rounds_per_s", {}).get("ticketfs-memres-on")
 off = rows.get("mix_rounds_per_s", {}).get("ticketfs-memres-off")
 if on and off:
-    out.append(f"- create/write/unlink mix: memres=on {on:.0f}/s, memres=off {off:.0f}/s, "
-               f"cost of memres {100 * (1 - on / off):.1f}%")
+    each = lambda fs: ", ".join(f"{x:.0f}" for x in runs["mix_rounds_per_s"][fs])
+    out.append(f"- create/write/unlink mix, median of {len(runs['mix_rounds_per_s']['ticketfs-memres-on'])} "
+               f"runs each: memres=on {on:.0f}/s, memres=off {off:.0f}/s, "
+               f"cost of memres {100 * (1 - on / off):.1f}% (on: {each('ticketfs-memres-on')}; "
+               f"off: {each('ticketfs-memres-off')})")
 text = "\n".join(out)
 print(text)
 if sys.argv[2]:

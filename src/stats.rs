@@ -323,6 +323,8 @@ pub struct TicketfsMount {
     pub whole: bool,
     /// The superblock is read-only (not only this mount).
     pub super_ro: bool,
+    /// Its device number, `major:minor`: also the name of its bdi in /sys/class/bdi.
+    pub dev: String,
 }
 
 /// Every ticketfs mount this process can see, most recent last.
@@ -335,13 +337,14 @@ pub fn ticketfs_mounts() -> Result<Vec<TicketfsMount>, String> {
             let (left, right) = line.split_once(" - ")?;
             let l: Vec<&str> = left.split(' ').collect();
             let r: Vec<&str> = right.split(' ').collect();
-            let (root, point) = (*l.get(3)?, *l.get(4)?);
+            let (dev, root, point) = (*l.get(2)?, *l.get(3)?, *l.get(4)?);
             let (fstype, source) = (*r.first()?, *r.get(1)?);
             (fstype == "fuse" || fstype == "fuse.ticketfs").then(|| TicketfsMount {
                 point: PathBuf::from(unescape(point)),
                 image: PathBuf::from(unescape(source)),
                 whole: root == "/",
                 super_ro: r.get(2).is_some_and(|o| o.split(',').any(|x| x == "ro")),
+                dev: dev.to_string(),
             })
         })
         .collect())

@@ -611,3 +611,26 @@ fn data_read_through_the_image_cache_sees_every_overwrite() {
         );
     }
 }
+
+/// The mount's read-ahead window is the largest request (1 MiB without a tight memory limit),
+/// not FUSE's 128 KiB:
+/// sequential reads then keep several requests' worth in flight.
+#[test]
+fn read_ahead_window_is_the_largest_request() {
+    use std::os::unix::fs::MetadataExt;
+    let work = tempfile::tempdir().unwrap();
+    let img = image(work.path(), 64 << 20);
+    let m = Mount::new(&img, "");
+    let dev = fs::metadata(m.path()).unwrap().dev();
+    let knob = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    let report: ticketfs::stats::Report = serde_json::from_str(
+        &ticketfs::stats::query(&fs::canonicalize(&img).unwrap(), "json").unwrap(),
+    )
+    .unwrap();
+    let kb = fs::read_to_string(&knob).unwrap();
+    assert_eq!(kb.trim(), (report.max_write / 1024).to_string(), "{knob}");
+}

@@ -86,7 +86,7 @@ pub struct Budget {
 /// within the cgroup's headroom (1/CGROUP_HEADROOM_DIVISOR of it), so reclaim always finds the
 /// rest clean or quickly cleaned.
 pub const HOST_DIRTY_DIVISOR: u64 = 16;
-/// Fewest dirty bytes allowed: one cached write (`BUFFERED_WRITE_MAX_BYTES`) and then some.
+/// Fewest dirty bytes allowed: one cached write (`CACHED_IO_MAX_BYTES`) and then some.
 pub const HOST_DIRTY_MIN_BYTES: u64 = 128 << 10;
 /// Most dirty bytes allowed whatever the budget: more would only lengthen the fsync that meets
 /// them (it writes them all back).
