@@ -24,7 +24,7 @@ RUNTIME=${RUNTIME:-15}    # seconds of each random workload
 FILES=${FILES:-10000}     # create, stat, unlink in one directory
 FSYNCS=${FSYNCS:-2000}    # 4 KiB write + fsync, for latency
 TREE=${TREE:-2000}        # small files in a tree
-MIX=${MIX:-5000}          # rounds of the memres mix
+MIX=${MIX:-20000}         # rounds of the memres mix
 MIX_REPEATS=${MIX_REPEATS:-5}  # runs of the mix with memres=on, and as many with off
 PARALLEL=${PARALLEL:-4}   # processes making trees at once
 WORK=${WORK:-/var/tmp}
@@ -122,6 +122,8 @@ fsbench_run() {
 
 workloads() {
     local fs=$1
+    # Nothing of the build or the last filesystem still being written back meanwhile.
+    sync
     fio_run "$fs" seq_write_MiB_s write.bw --name=seq --filename=seq --rw=write --bs=1M \
         --size="$SEQ" --end_fsync=1
     drop_caches

@@ -323,7 +323,8 @@ fn serve(o: &Options, report: &mut dyn FnMut(Result<String, String>)) -> Result<
         })
         .map_err(|e| format!("signal thread: {e}"))?;
     start_stats(&source, &fs, &budget)?;
-    if let Err(e) = set_readahead(&point, budget.sizing.max_write) {
+    let window = budget.sizing.max_write as u64 * budget.sizing.fuse_threads as u64;
+    if let Err(e) = set_readahead(&point, window) {
         if o.verbose {
             eprintln!("ticketfs: read-ahead left at the kernel's default: {e}");
         }
@@ -342,11 +343,12 @@ fn serve(o: &Options, report: &mut dyn FnMut(Result<String, String>)) -> Result<
     served.map_err(|e| format!("FUSE session: {e}"))
 }
 
-/// Sets the kernel's read-ahead window for this mount to `bytes`, the largest request. FUSE
-/// mounts get 128 KiB by default, one request in flight ahead of a sequential reader; with 1 MiB
-/// fio's 1 MiB sequential read went from 650-740 MiB/s to 1150-1177 (`benches/compare.sh`'s
-/// workload, by hand). Needs root (sysfs); without it the default stays.
-fn set_readahead(point: &Path, bytes: u32) -> Result<(), String> {
+/// Sets the kernel's read-ahead window for this mount to `bytes`: one largest request per
+/// request thread, so a sequential reader keeps every thread (and the device) busy. FUSE mounts
+/// get 128 KiB by default, one request in flight. fio's 1 MiB sequential read, by hand: 650-740
+/// MiB/s with 128 KiB, 921-1099 with 1 MiB, 1149-1264 with 4 MiB (4 threads of 1 MiB). Needs
+/// root (sysfs); without it the default stays.
+fn set_readahead(point: &Path, bytes: u64) -> Result<(), String> {
     let m = stats::ticketfs_mounts()?
         .into_iter()
         .rev()
