@@ -183,6 +183,9 @@ PY
     fi
     unmount
 done
+# The daemon's CPU time so far (user and system, all threads), in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+
 # memres=on and off, alternating (on first in odd rounds, off first in even ones), MIX_REPEATS
 # times each on a fresh image: one pair of runs differs by up to 15% either way on this
 # machine, so the table compares medians.
@@ -191,7 +194,11 @@ for r in $(seq "$MIX_REPEATS"); do
     for m in $order; do
         echo "== ticketfs memres=$m mix ($r of $MIX_REPEATS)" >&2
         mount_fs ticketfs "memres=$m"
+        c0=$(cpu_ticks)
         fsbench_run "ticketfs-memres-$m" mix "$MIX"
+        c1=$(cpu_ticks)
+        record "ticketfs-memres-$m" mix_daemon_cpu_us_per_round \
+            "$(echo "($c1 - $c0) * 1000000 / $(getconf CLK_TCK) / $MIX" | bc -l)"
         unmount
     done
 done
@@ -242,6 +249,11 @@ if on and off:
                f"runs each: memres=on {on:.0f}/s, memres=off {off:.0f}/s, "
                f"cost of memres {100 * (1 - on / off):.1f}% (on: {each('ticketfs-memres-on')}; "
                f"off: {each('ticketfs-memres-off')})")
+con = rows.get("mix_daemon_cpu_us_per_round", {}).get("ticketfs-memres-on")
+coff = rows.get("mix_daemon_cpu_us_per_round", {}).get("ticketfs-memres-off")
+if con and coff:
+    out.append(f"- the same mix, the daemon's CPU time per round (median): memres=on {con:.1f} us, "
+               f"memres=off {coff:.1f} us, cost of memres {100 * (con / coff - 1):.1f}%")
 text = "\n".join(out)
 print(text)
 if sys.argv[2]:

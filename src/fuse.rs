@@ -528,12 +528,17 @@ impl Filesystem for TicketFuse {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
-        _datasync: bool,
+        datasync: bool,
         reply: ReplyEmpty,
     ) {
-        Self::empty(self.fs.fsync(), reply)
+        let r = if datasync {
+            self.fs.fdatasync(self.ino(ino))
+        } else {
+            self.fs.fsync()
+        };
+        Self::empty(r, reply)
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

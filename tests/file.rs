@@ -168,6 +168,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let io = FileIo {
         eng: &eng,
         alloc: &alloc,
+        seqs: None,
     };
     let mut model: Vec<u8> = Vec::new();
     for op in ops {
@@ -223,6 +224,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let io = FileIo {
         eng: &eng,
         alloc: &alloc,
+        seqs: None,
     };
     same(
         &read_all(&io, ino, model.len()),
@@ -263,6 +265,7 @@ fn byte_at_one_tebibyte_in_a_sparse_file() {
     let io = FileIo {
         eng: &eng,
         alloc: &alloc,
+        seqs: None,
     };
     let tib = 1u64 << 40;
     io.write(ino, tib, b"x", NOW, false).unwrap();

@@ -390,3 +390,138 @@ fn fs_crash_states() {
     assert!(checked >= 1000, "only {checked} states");
     assert_eq!(bad, 0);
 }
+
+/// fdatasync: once it returns, the file's bytes and size survive every crash state, whether it
+/// forced the log (the file grew or got new blocks) or only flushed (an overwrite in place after
+/// a full fsync, where only the times changed). Around it other files are created and written
+/// with no sync, so the log always holds unforced work. Each file is synced once and then left
+/// alone, so its synced content is the only right answer afterwards.
+#[test]
+fn fdatasync_survives_every_crash_state() {
+    let base = base_image();
+    let rec = Arc::new(RecordingDevice::new(BS, base.clone()));
+    let fs = Fs::new(Engine::mount(rec.clone(), opts()).unwrap(), false).unwrap();
+    let c = Ctx::ROOT;
+    let root = fs.root();
+    let mut rng = SmallRng::seed_from_u64(0xda7a);
+    // (event count when fdatasync returned, name, content)
+    let mut synced: Vec<(usize, String, Vec<u8>)> = Vec::new();
+    let bytes = |seed: u64, len: usize| -> Vec<u8> {
+        (0..len).map(|i| (i as u64 * 31 + seed * 7) as u8).collect()
+    };
+    for n in 0..60u64 {
+        let name = format!("s{n}");
+        let a = fs
+            .make(&c, root, name.as_bytes(), S_IFREG | 0o644, 0, None)
+            .unwrap();
+        let mut content = Vec::new();
+        let overwrite = n % 3 == 2;
+        // One to three writes: appends and writes past the end (a hole).
+        for _ in 0..rng.gen_range(1..=3) {
+            let off = content.len() + rng.gen_range(0..2 * BS as usize);
+            let data = bytes(
+                n * 10 + content.len() as u64,
+                rng.gen_range(1..3 * BS as usize),
+            );
+            fs.write(&c, a.ino, off as u64, &data).unwrap();
+            content.resize(off, 0);
+            content.extend_from_slice(&data);
+        }
+        if overwrite {
+            // Everything durable, then an overwrite inside the file: no size or map change.
+            fs.fsync().unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+            let off = rng.gen_range(0..content.len());
+            let len = rng.gen_range(1..=content.len() - off);
+            let data = bytes(n * 10 + 999, len);
+            fs.write(&c, a.ino, off as u64, &data).unwrap();
+            content[off..off + len].copy_from_slice(&data);
+        }
+        fs.fdatasync(a.ino).unwrap();
+        synced.push((rec.event_count(), name, content));
+        // Unsynced work beside it: another file created and written.
+        let other = fs
+            .make(
+                &c,
+                root,
+                format!("u{n}").as_bytes(),
+                S_IFREG | 0o644,
+                0,
+                None,
+            )
+            .unwrap();
+        fs.write(&c, other.ino, 0, &bytes(n, BS as usize / 2))
+            .unwrap();
+    }
+    fs.crash();
+    let events = rec.events();
+    let mut windows: Vec<(Option<usize>, Vec<usize>)> = vec![(None, Vec::new())];
+    for (i, ev) in events.iter().enumerate() {
+        match ev {
+            DevEvent::Flush => windows.push((Some(i), Vec::new())),
+            DevEvent::Write { .. } => windows.last_mut().unwrap().1.push(i),
+        }
+    }
+    let apply = |img: &mut Vec<u8>, e: usize| {
+        if let DevEvent::Write { blkno, data } = &events[e] {
+            let off = (*blkno * BS as u64) as usize;
+            img[off..off + data.len()].copy_from_slice(data);
+        }
+    };
+    let mut durable = base.clone();
+    let (mut checked, mut failures) = (0usize, Vec::new());
+    for (flush_at, writes) in &windows {
+        for k in 0..4 {
+            let p = if k == 0 {
+                writes.len()
+            } else {
+                rng.gen_range(0..=writes.len())
+            };
+            let mut img = durable.clone();
+            let mut landed: Vec<usize> = writes[..p]
+                .iter()
+                .copied()
+                .filter(|_| k == 0 || rng.gen_bool(0.5))
+                .collect();
+            landed.shuffle(&mut rng);
+            for &e in &landed {
+                apply(&mut img, e);
+            }
+            let crash_after = if p == 0 {
+                flush_at.unwrap_or(0)
+            } else {
+                writes[p - 1]
+            };
+            checked += 1;
+            let dev: Arc<dyn Device> = Arc::new(MemDevice::from_bytes(BS, img));
+            let fs = Fs::new(Engine::mount(dev, opts()).unwrap(), false).unwrap();
+            for (ev, name, content) in &synced {
+                if *ev > crash_after + 1 {
+                    continue;
+                }
+                let got = fs
+                    .lookup(&c, fs.root(), name.as_bytes())
+                    .map(|a| fs.read(a.ino, 0, content.len() + 1).unwrap());
+                if got.as_ref().ok() != Some(content) && failures.len() < 5 {
+                    failures.push(format!(
+                        "flush at {flush_at:?}, {p} of {} writes: {name} synced at event {ev} \
+                         with {} bytes, after the crash {:?}",
+                        writes.len(),
+                        content.len(),
+                        got.map(|g| g.len())
+                    ));
+                }
+            }
+            fs.crash();
+        }
+        for &e in writes {
+            apply(&mut durable, e);
+        }
+    }
+    println!(
+        "fdatasync crash states: {checked} checked, {} files synced",
+        synced.len()
+    );
+    assert!(checked >= 100, "only {checked} states");
+    assert!(failures.is_empty(), "{failures:#?}");
+}

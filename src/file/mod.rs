@@ -11,6 +11,9 @@
 //! The caller serialises operations on one inode (the filesystem layer holds the inode's lock).
 
 pub mod extmap;
+mod syncseq;
+
+pub use syncseq::{DataSeqs, DATA_SEQ_STRIPES};
 
 use crate::alloc::{Allocator, BlockResv};
 use crate::device::{AlignedBuf, DIRECT_IO_ALIGN};
@@ -97,11 +100,22 @@ fn bad_map(ino: u64, fb: u64) -> EngineError {
 pub struct FileIo<'a> {
     pub eng: &'a Engine,
     pub alloc: &'a Allocator,
+    /// Where an operation that changes a file's size or map records its last commit (for
+    /// fdatasync); None: nobody asks.
+    pub seqs: Option<&'a DataSeqs>,
 }
 
 impl<'a> FileIo<'a> {
     fn bs(&self) -> u64 {
         self.eng.geometry().block_size as u64
+    }
+
+    /// Records that `ino`'s size or map changed in commits up to now (sequences only grow, so
+    /// the current one covers every commit the operation made, finished or failed half-way).
+    fn note_layout(&self, ino: u64) {
+        if let Some(s) = self.seqs {
+            s.note(ino, self.eng.log().current_seq());
+        }
     }
 
     /// Blocks a change of the extent map may allocate (its nodes and their free-space updates):
@@ -207,9 +221,27 @@ impl<'a> FileIo<'a> {
         now: Time,
         drop_setid: bool,
     ) -> Result<(), EngineError> {
-        if data.is_empty() {
-            return Ok(());
+        let r = self.write_steps(ino, off, data, now, drop_setid);
+        if !matches!(r, Ok(false)) {
+            self.note_layout(ino);
         }
+        r.map(|_| ())
+    }
+
+    /// `write`'s steps; true if they changed the size or the map (not only the times, the
+    /// set-id bits or the bytes of blocks already written).
+    fn write_steps(
+        &self,
+        ino: u64,
+        off: u64,
+        data: &[u8],
+        now: Time,
+        drop_setid: bool,
+    ) -> Result<bool, EngineError> {
+        if data.is_empty() {
+            return Ok(false);
+        }
+        let mut layout = false;
         let end = off
             .checked_add(data.len() as u64)
             .filter(|&e| e <= FILE_SIZE_MAX)
@@ -292,6 +324,7 @@ impl<'a> FileIo<'a> {
                     )?;
                     Self::grow(&mut ino_d, end.min(run_end * bs), now);
                     inode::write(&mut tx, &r, &ino_d);
+                    layout = true;
                     tx.commit()?;
                     fb = run_end;
                 }
@@ -323,6 +356,7 @@ impl<'a> FileIo<'a> {
                     extmap::insert(&mut tx, self.alloc, ino, &mut ino_d, e)?;
                     ino_d.blocks += n;
                     inode::write(&mut tx, &r, &ino_d);
+                    layout = true;
                     tx.commit()?;
                     mapped = Some(e);
                 }
@@ -343,13 +377,14 @@ impl<'a> FileIo<'a> {
             && recent(ino_d.ctime, now);
         if unchanged {
             tx.cancel()?;
-            return Ok(());
+            return Ok(layout);
         }
+        layout |= ino_d.size < end;
         ino_d = after;
         Self::grow(&mut ino_d, end, now);
         inode::write(&mut tx, &r, &ino_d);
         tx.commit()?;
-        Ok(())
+        Ok(layout)
     }
 
     fn grow(inode: &mut Inode, size: u64, now: Time) {
@@ -412,6 +447,12 @@ impl<'a> FileIo<'a> {
     /// Sets the size. Shrinking frees the blocks past the new end (in rolling steps) and zeroes
     /// the tail of the last block; growing leaves a hole.
     pub fn truncate(&self, ino: u64, size: u64, now: Time) -> Result<(), EngineError> {
+        let r = self.truncate_steps(ino, size, now);
+        self.note_layout(ino);
+        r
+    }
+
+    fn truncate_steps(&self, ino: u64, size: u64, now: Time) -> Result<(), EngineError> {
         if size > FILE_SIZE_MAX {
             return Err(EngineError::TooBig(format!(
                 "size {size} past the largest file size {FILE_SIZE_MAX}"
@@ -479,6 +520,12 @@ impl<'a> FileIo<'a> {
     /// Frees the whole blocks inside `off..off+len` and zeroes the partial blocks at its edges;
     /// the size does not change.
     pub fn punch_hole(&self, ino: u64, off: u64, len: u64, now: Time) -> Result<(), EngineError> {
+        let r = self.punch_hole_steps(ino, off, len, now);
+        self.note_layout(ino);
+        r
+    }
+
+    fn punch_hole_steps(&self, ino: u64, off: u64, len: u64, now: Time) -> Result<(), EngineError> {
         let bs = self.bs();
         let end = off.saturating_add(len);
         let first_full = off.div_ceil(bs);
@@ -549,6 +596,19 @@ impl<'a> FileIo<'a> {
     /// Allocates unwritten extents over the holes in `off..off+len` (fallocate); with
     /// `keep_size` the size stays, else it grows to cover the range.
     pub fn preallocate(
+        &self,
+        ino: u64,
+        off: u64,
+        len: u64,
+        keep_size: bool,
+        now: Time,
+    ) -> Result<(), EngineError> {
+        let r = self.preallocate_steps(ino, off, len, keep_size, now);
+        self.note_layout(ino);
+        r
+    }
+
+    fn preallocate_steps(
         &self,
         ino: u64,
         off: u64,

@@ -14,7 +14,7 @@ mod repair;
 use crate::alloc::Allocator;
 use crate::dir::{self, DirEntry, NAME_MAX};
 use crate::engine::{Engine, EngineError};
-use crate::file::{extmap, FileIo, FILE_SIZE_MAX};
+use crate::file::{extmap, DataSeqs, FileIo, FILE_SIZE_MAX};
 use crate::format::inode::{ino_split, inodes_per_block, DataFormat, Inode, Time, FORK_BYTES};
 use crate::format::{BlockType, BLOCK_HEADER_BYTES};
 use crate::inode;
@@ -292,6 +292,8 @@ pub struct Fs {
     open: Mutex<HashMap<u64, u32>>,
     orphans: Mutex<HashSet<u64>>,
     generation: Mutex<u32>,
+    /// Per inode, the commit fdatasync must force (`file::DataSeqs`).
+    data_seqs: DataSeqs,
 }
 
 impl Fs {
@@ -326,6 +328,7 @@ impl Fs {
             open: Mutex::new(HashMap::new()),
             orphans: Mutex::new(HashSet::new()),
             generation: Mutex::new(seed),
+            data_seqs: DataSeqs::default(),
         };
         fs.free_orphans()?;
         Ok(fs)
@@ -396,6 +399,7 @@ impl Fs {
         FileIo {
             eng: &self.eng,
             alloc: &self.alloc,
+            seqs: Some(&self.data_seqs),
         }
     }
 
@@ -1284,6 +1288,19 @@ impl Fs {
         // The data written before this call is on the device or in the image's page cache; a
         // flush that began after the ticket (the force's checkpoint's, or a concurrent fsync's)
         // wrote back the one and flushed the other, else this one does.
+        self.eng.flush_since(ticket)?;
+        Ok(())
+    }
+
+    /// Makes `ino`'s data durable, with what reading it back needs (its size and map), as
+    /// fdatasync must: the log only up to the last commit that changed those (nothing when only
+    /// its times changed since, or nothing since the mount), then the device's cache.
+    pub fn fdatasync(&self, ino: u64) -> R<()> {
+        let ticket = self.eng.flush_ticket();
+        let seq = self.data_seqs.get(ino);
+        if seq != 0 {
+            self.eng.force(seq)?;
+        }
         self.eng.flush_since(ticket)?;
         Ok(())
     }
