@@ -199,6 +199,28 @@ impl TicketFuse {
     }
 }
 
+/// The attributes of a negative entry: node 0 tells the kernel the name does not exist; the
+/// rest is not read.
+fn negative_entry() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: fuser::FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
 fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     t.map(|t| match t {
         TimeOrNow::Now => SetTime::Now,
@@ -244,10 +266,16 @@ impl Filesystem for TicketFuse {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.entry(
-            self.fs.lookup(&ctx(req), self.ino(parent), name.as_bytes()),
-            reply,
-        )
+        match self.fs.lookup(&ctx(req), self.ino(parent), name.as_bytes()) {
+            // A name that is not there is cached as such for TTL (a negative entry: node 0), as
+            // a kernel filesystem keeps negative dentries: a shell's PATH search, a loader's
+            // library search or a compiler's include search asks again and again for names
+            // that do not exist. Safe for the reason TTL is: the name can only appear through
+            // this kernel (create, link, rename, symlink replace the cached entry; an exclusive
+            // create looks up afresh anyway).
+            Err(FsError::NotFound) => reply.entry(&TTL, &negative_entry(), Generation(0)),
+            r => self.entry(r, reply),
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {

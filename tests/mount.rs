@@ -634,3 +634,69 @@ fn read_ahead_window_is_a_largest_request_per_thread() {
     let want = report.max_write as usize / 1024 * report.fuse_threads;
     assert_eq!(kb.trim(), want.to_string(), "{knob}");
 }
+
+/// A lookup of a missing name is cached as a negative entry; every way a name can appear must
+/// replace it at once: create, exclusive create (once: the second is EEXIST), mkdir, symlink,
+/// hard link, rename onto it, mknod of a fifo, and a name made again after an unlink or after
+/// being renamed away.
+#[test]
+fn names_appear_at_once_after_a_cached_lookup_found_nothing() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let work = tempfile::tempdir().unwrap();
+    let img = image(work.path(), 64 << 20);
+    let m = Mount::new(&img, "");
+    let d = m.path();
+    let missing = |name: &str| {
+        for _ in 0..3 {
+            let e = fs::symlink_metadata(d.join(name)).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{name}");
+        }
+    };
+    fs::write(d.join("src"), b"source").unwrap();
+    let names = ["create", "excl", "dir", "sym", "link", "renamed", "fifo"];
+    for n in names {
+        missing(n);
+    }
+    fs::write(d.join("create"), b"x").unwrap();
+    let excl = || {
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(d.join("excl"))
+    };
+    excl().unwrap();
+    assert_eq!(
+        excl().unwrap_err().kind(),
+        std::io::ErrorKind::AlreadyExists
+    );
+    fs::create_dir(d.join("dir")).unwrap();
+    std::os::unix::fs::symlink("src", d.join("sym")).unwrap();
+    fs::hard_link(d.join("src"), d.join("link")).unwrap();
+    fs::write(d.join("tmp"), b"moved").unwrap();
+    fs::rename(d.join("tmp"), d.join("renamed")).unwrap();
+    let fifo = std::ffi::CString::new(d.join("fifo").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0, "mkfifo");
+    for n in names {
+        fs::symlink_metadata(d.join(n)).unwrap_or_else(|e| panic!("{n}: {e}"));
+    }
+    assert_eq!(fs::read(d.join("renamed")).unwrap(), b"moved");
+    assert_eq!(fs::read(d.join("link")).unwrap(), b"source");
+    // Gone again (the source of the rename, an unlinked name), then back.
+    missing("tmp");
+    fs::remove_file(d.join("create")).unwrap();
+    missing("create");
+    fs::write(d.join("create"), b"again").unwrap();
+    assert_eq!(fs::read(d.join("create")).unwrap(), b"again");
+    fs::rename(d.join("renamed"), d.join("tmp")).unwrap();
+    missing("renamed");
+    assert_eq!(fs::read(d.join("tmp")).unwrap(), b"moved");
+    // And across a remount (nothing cached): the same names.
+    drop(m);
+    let m = Mount::new(&img, "");
+    for n in ["create", "excl", "dir", "sym", "link", "tmp", "fifo"] {
+        fs::symlink_metadata(m.path().join(n)).unwrap_or_else(|e| panic!("{n}: {e}"));
+    }
+    assert!(fs::symlink_metadata(m.path().join("renamed")).is_err());
+}
