@@ -260,7 +260,12 @@ impl Filesystem for TicketFuse {
                 | InitFlags::FUSE_CACHE_SYMLINKS
                 // Lookups of "." and ".." answered for any inode: file handles
                 // (name_to_handle_at / open_by_handle_at, NFS export) outlive the kernel's cache.
-                | InitFlags::FUSE_EXPORT_SUPPORT,
+                | InitFlags::FUSE_EXPORT_SUPPORT
+                // The daemon drops set-id bits on write, truncate and chown
+                // (FUSE_WRITE_KILL_SUIDGID, `Fs::setattr`), so the kernel marks files without
+                // them or capabilities as such (SB_NOSEC) instead of asking for
+                // security.capability before every write: one round trip per write, not two.
+                | InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         );
         Ok(())
     }
@@ -487,12 +492,16 @@ impl Filesystem for TicketFuse {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(&ctx(req), self.ino(ino), offset, data) {
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        match self
+            .fs
+            .write_killing(&ctx(req), self.ino(ino), offset, data, kill)
+        {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }

@@ -700,3 +700,69 @@ fn names_appear_at_once_after_a_cached_lookup_found_nothing() {
     }
     assert!(fs::symlink_metadata(m.path().join("renamed")).is_err());
 }
+
+/// Privileges dropped as the kernel's own filesystems drop them, now that the daemon told the
+/// kernel it handles set-id bits (FUSE_HANDLE_KILLPRIV_V2, which spares a GETXATTR of
+/// security.capability before each write): a file's capabilities go when anyone writes it,
+/// truncates it or gives it away, other attributes stay; root's write keeps set-user-ID, root's
+/// chown drops it.
+#[test]
+fn writes_truncates_and_chowns_drop_capabilities_and_set_id_bits() {
+    use std::os::unix::fs::FileExt;
+    let work = tempfile::tempdir().unwrap();
+    let img = image(work.path(), 64 << 20);
+    let m = Mount::new(&img, "");
+    // struct vfs_cap_data, revision 2, effective, permitted = CAP_NET_RAW (13).
+    let mut caps = Vec::new();
+    caps.extend_from_slice(&(0x0200_0000u32 | 1).to_le_bytes());
+    for w in [1u32 << 13, 0, 0, 0] {
+        caps.extend_from_slice(&w.to_le_bytes());
+    }
+    let p = m.path().join("capable");
+    let reset = || {
+        fs::write(&p, b"0123456789").unwrap();
+        setx(&p, "security.capability", &caps, 0).unwrap();
+        setx(&p, "user.keep", b"kept", 0).unwrap();
+        assert_eq!(getx(&p, "security.capability").unwrap(), caps);
+    };
+    let gone = |what: &str| {
+        assert_eq!(
+            getx(&p, "security.capability"),
+            Err(libc::ENODATA),
+            "capabilities after {what}"
+        );
+        assert_eq!(getx(&p, "user.keep").unwrap(), b"kept", "{what}");
+    };
+    reset();
+    fs::File::options()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .write_all_at(b"x", 3)
+        .unwrap();
+    gone("a write");
+    reset();
+    fs::File::options()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(4)
+        .unwrap();
+    gone("a truncate");
+    reset();
+    std::os::unix::fs::chown(&p, Some(1), Some(1)).unwrap();
+    gone("a chown");
+    std::os::unix::fs::chown(&p, Some(0), Some(0)).unwrap();
+    // Set-user-ID: kept by root's write, dropped by root's chown.
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .write_all_at(b"y", 0)
+        .unwrap();
+    let mode = || fs::metadata(&p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(), 0o4755, "root's write");
+    std::os::unix::fs::chown(&p, Some(0), None).unwrap();
+    assert_eq!(mode(), 0o755, "root's chown");
+}

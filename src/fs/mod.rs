@@ -43,6 +43,16 @@ pub const SYMLINK_MAX: usize = 4095;
 const DATA_LOCK_STRIPES: usize = 256;
 /// Memory one open file handle is charged (its entry in the open table, with the map's overhead).
 const HANDLE_BYTES: u64 = 64;
+/// Drops the set-id bits as Linux does when a file is written, truncated or given away by
+/// `ctx` (setattr_should_drop_suidgid): set-user-ID always; set-group-ID when the file is
+/// group-executable, or when the caller is neither root nor in the file's group.
+fn kill_setid(ctx: &Ctx, i: &mut Inode) {
+    i.mode &= !S_ISUID;
+    if i.mode & 0o010 != 0 || !(ctx.uid == 0 || ctx.in_group(i.gid)) {
+        i.mode &= !S_ISGID;
+    }
+}
+
 /// Times a namespace operation retries when what it looked up changed before it locked.
 const RETRIES_MAX: usize = 16;
 
@@ -1031,6 +1041,21 @@ impl Fs {
         self.writable()?;
         let cur = self.read_inode(ino)?;
         let owner = ctx.uid == 0 || ctx.uid == cur.uid;
+        // Nothing to set: the kernel's way (FUSE_HANDLE_KILLPRIV_V2) of passing on a chown to
+        // the same owner (chown -1 -1) or the drop of privileges before someone's write,
+        // fallocate or copy into the file: both clear the set-id bits (capabilities the kernel
+        // removes itself, with a REMOVEXATTR), which a non-owner may do only if they may write
+        // the file.
+        let kill_only = a.mode.is_none()
+            && a.uid.is_none()
+            && a.gid.is_none()
+            && a.size.is_none()
+            && a.atime.is_none()
+            && a.mtime.is_none()
+            && !is_dir(&cur);
+        if kill_only && !owner && cur.mode & (S_ISUID | S_ISGID) != 0 {
+            may(ctx, &cur, 2)?;
+        }
         if let Some(m) = a.mode.filter(|_| !owner) {
             // The kernel drops set-id bits itself before a write, truncate or fallocate by
             // someone else (file_remove_privs), and FUSE passes that on as a chmod by the
@@ -1093,9 +1118,12 @@ impl Fs {
         if let Some(g) = a.gid {
             i.gid = g;
         }
-        if (chown || a.uid.is_some() || a.gid.is_some()) && !is_dir(&i) && a.mode.is_none() {
-            // As Linux: chown clears set-user-ID, and set-group-ID when group-executable.
-            i.drop_setid();
+        let given_away = (chown || a.uid.is_some() || a.gid.is_some()) && !is_dir(&i);
+        // A truncate by anyone but root (the kernel's FATTR_KILL_SUIDGID, which FUSE passes for
+        // a caller without CAP_FSETID) drops them as a write does.
+        let truncated = a.size.is_some() && ctx.uid != 0;
+        if (given_away || kill_only || truncated) && a.mode.is_none() {
+            kill_setid(ctx, &mut i);
         }
         let pick = |s: SetTime| match s {
             SetTime::Now => t,
@@ -1233,9 +1261,23 @@ impl Fs {
 
     /// Writes; a write by anyone but root clears set-user-ID and set-group-ID.
     pub fn write(&self, ctx: &Ctx, ino: u64, off: u64, data: &[u8]) -> R<usize> {
+        self.write_killing(ctx, ino, off, data, ctx.uid != 0)
+    }
+
+    /// Writes; `kill_setid` (the kernel's FUSE_WRITE_KILL_SUIDGID: the writer lacks
+    /// CAP_FSETID) clears set-user-ID, and set-group-ID when group-executable. (Capabilities
+    /// the kernel removes itself before the write, with a REMOVEXATTR.)
+    pub fn write_killing(
+        &self,
+        _ctx: &Ctx,
+        ino: u64,
+        off: u64,
+        data: &[u8],
+        kill_setid: bool,
+    ) -> R<usize> {
         self.writable()?;
         let _g = self.data_lock(ino);
-        self.io().write(ino, off, data, now(), ctx.uid != 0)?;
+        self.io().write(ino, off, data, now(), kill_setid)?;
         Ok(data.len())
     }
 
