@@ -315,6 +315,27 @@ fn check(run: &Run, image: Vec<u8>, crash_after: usize) -> Result<(), String> {
     fs.unmount().map_err(|e| format!("second unmount: {e}"))
 }
 
+/// The history cut at its flushes: each flush (None for the start) with the writes after it, up
+/// to the next one, by their index in `events`.
+fn flush_windows(events: &[DevEvent]) -> Vec<(Option<usize>, Vec<usize>)> {
+    let mut windows: Vec<(Option<usize>, Vec<usize>)> = vec![(None, Vec::new())];
+    for (i, ev) in events.iter().enumerate() {
+        match ev {
+            DevEvent::Flush => windows.push((Some(i), Vec::new())),
+            DevEvent::Write { .. } => windows.last_mut().unwrap().1.push(i),
+        }
+    }
+    windows
+}
+
+/// Puts the write `events[e]` on `img`.
+fn apply_write(events: &[DevEvent], img: &mut [u8], e: usize) {
+    if let DevEvent::Write { blkno, data } = &events[e] {
+        let off = (*blkno * BS as u64) as usize;
+        img[off..off + data.len()].copy_from_slice(data);
+    }
+}
+
 #[test]
 fn fs_crash_states() {
     let seed = std::env::var("CRASH_SEED")
@@ -323,20 +344,9 @@ fn fs_crash_states() {
         .unwrap_or(0xf5);
     let run = run_workload(seed);
     let mut rng = SmallRng::seed_from_u64(seed ^ 0xc0de);
-    let mut windows: Vec<(Option<usize>, Vec<usize>)> = vec![(None, Vec::new())];
-    for (i, ev) in run.events.iter().enumerate() {
-        match ev {
-            DevEvent::Flush => windows.push((Some(i), Vec::new())),
-            DevEvent::Write { .. } => windows.last_mut().unwrap().1.push(i),
-        }
-    }
+    let windows = flush_windows(&run.events);
     let mut durable = run.base.clone();
-    let apply = |img: &mut Vec<u8>, e: usize| {
-        if let DevEvent::Write { blkno, data } = &run.events[e] {
-            let off = (*blkno * BS as u64) as usize;
-            img[off..off + data.len()].copy_from_slice(data);
-        }
-    };
+    let apply = |img: &mut Vec<u8>, e: usize| apply_write(&run.events, img, e);
     let (mut checked, mut bad) = (0, 0);
     let mut failures = Vec::new();
     for (flush_at, writes) in &windows {
@@ -455,19 +465,8 @@ fn fdatasync_survives_every_crash_state() {
     }
     fs.crash();
     let events = rec.events();
-    let mut windows: Vec<(Option<usize>, Vec<usize>)> = vec![(None, Vec::new())];
-    for (i, ev) in events.iter().enumerate() {
-        match ev {
-            DevEvent::Flush => windows.push((Some(i), Vec::new())),
-            DevEvent::Write { .. } => windows.last_mut().unwrap().1.push(i),
-        }
-    }
-    let apply = |img: &mut Vec<u8>, e: usize| {
-        if let DevEvent::Write { blkno, data } = &events[e] {
-            let off = (*blkno * BS as u64) as usize;
-            img[off..off + data.len()].copy_from_slice(data);
-        }
-    };
+    let windows = flush_windows(&events);
+    let apply = |img: &mut Vec<u8>, e: usize| apply_write(&events, img, e);
     let mut durable = base.clone();
     let (mut checked, mut failures) = (0usize, Vec::new());
     for (flush_at, writes) in &windows {

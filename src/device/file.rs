@@ -30,8 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 /// Data reads and writes at least this long go straight to the device even with `hostcache=on`:
 /// a small piece waits for a device round trip when direct (about 60 us on a virtio disk) but
 /// only for a copy when cached; a large one is an extent the device moves whole, and a copy
-/// through the cache only adds work (fio's 1 MiB sequential read: 1046 MiB/s direct, 560
-/// through the cache, in two runs of benches/compare.sh).
+/// through the cache only adds a second copy.
 pub const CACHED_IO_MAX_BYTES: usize = 64 << 10;
 
 pub struct FileDevice {
@@ -84,9 +83,10 @@ impl FileDevice {
         self
     }
 
-    /// Is file data going through the page cache (asked for, and O_DIRECT in use for the rest)?
-    fn data_cached(&self) -> bool {
-        self.data_through_page_cache && self.is_direct()
+    /// Does a piece of file data of `len` bytes go through the page cache (asked for, small
+    /// enough, and O_DIRECT in use for the rest)?
+    fn cached_piece(&self, len: usize) -> bool {
+        self.data_through_page_cache && len < CACHED_IO_MAX_BYTES && self.is_direct()
     }
 
     /// Writes back every dirty page of the image and waits for it (not a device flush).
@@ -158,7 +158,7 @@ impl Device for FileDevice {
         Ok(())
     }
     fn read_data(&self, blkno: u64, buf: &mut [u8]) -> Result<(), DevError> {
-        if !self.data_cached() || buf.len() >= CACHED_IO_MAX_BYTES {
+        if !self.cached_piece(buf.len()) {
             return self.read(blkno, buf);
         }
         let blocks = check_range("read", blkno, buf.len(), self.block_size, self.block_count)?;
@@ -179,7 +179,7 @@ impl Device for FileDevice {
         })
     }
     fn write_data(&self, blkno: u64, buf: &[u8]) -> Result<(), DevError> {
-        if !self.data_cached() || buf.len() >= CACHED_IO_MAX_BYTES {
+        if !self.cached_piece(buf.len()) {
             return self.write(blkno, buf);
         }
         let blocks = check_range("write", blkno, buf.len(), self.block_size, self.block_count)?;

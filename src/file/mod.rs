@@ -86,6 +86,25 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
     })
 }
 
+/// Records, when dropped at the end of an operation, that the operation changed `ino`'s size or
+/// map in commits up to now, for fdatasync (`DataSeqs`): sequences only grow, so the log's
+/// current one covers every commit the operation made, whether it finished or failed half-way.
+/// `changed` false (set by an operation that found it changed neither) records nothing.
+struct LayoutNote<'a> {
+    seqs: Option<&'a DataSeqs>,
+    eng: &'a Engine,
+    ino: u64,
+    changed: bool,
+}
+
+impl Drop for LayoutNote<'_> {
+    fn drop(&mut self) {
+        if let (true, Some(s)) = (self.changed, self.seqs) {
+            s.note(self.ino, self.eng.log().current_seq());
+        }
+    }
+}
+
 /// The extent map led a walk backwards or nowhere at `fb`: a damaged map, reported rather than
 /// followed round in circles.
 fn bad_map(ino: u64, fb: u64) -> EngineError {
@@ -110,11 +129,14 @@ impl<'a> FileIo<'a> {
         self.eng.geometry().block_size as u64
     }
 
-    /// Records that `ino`'s size or map changed in commits up to now (sequences only grow, so
-    /// the current one covers every commit the operation made, finished or failed half-way).
-    fn note_layout(&self, ino: u64) {
-        if let Some(s) = self.seqs {
-            s.note(ino, self.eng.log().current_seq());
+    /// A note, taken at the start of an operation that may change `ino`'s size or map, that
+    /// records the log's sequence for fdatasync when the operation ends (see `LayoutNote`).
+    fn layout_note(&self, ino: u64) -> LayoutNote<'a> {
+        LayoutNote {
+            seqs: self.seqs,
+            eng: self.eng,
+            ino,
+            changed: true,
         }
     }
 
@@ -221,26 +243,12 @@ impl<'a> FileIo<'a> {
         now: Time,
         drop_setid: bool,
     ) -> Result<(), EngineError> {
-        let r = self.write_steps(ino, off, data, now, drop_setid);
-        if !matches!(r, Ok(false)) {
-            self.note_layout(ino);
-        }
-        r.map(|_| ())
-    }
-
-    /// `write`'s steps; true if they changed the size or the map (not only the times, the
-    /// set-id bits or the bytes of blocks already written).
-    fn write_steps(
-        &self,
-        ino: u64,
-        off: u64,
-        data: &[u8],
-        now: Time,
-        drop_setid: bool,
-    ) -> Result<bool, EngineError> {
         if data.is_empty() {
-            return Ok(false);
+            return Ok(());
         }
+        // Cleared at a successful end that changed neither the size nor the map (only the
+        // times, the set-id bits or the bytes of blocks already written).
+        let mut note = self.layout_note(ino);
         let mut layout = false;
         let end = off
             .checked_add(data.len() as u64)
@@ -377,14 +385,16 @@ impl<'a> FileIo<'a> {
             && recent(ino_d.ctime, now);
         if unchanged {
             tx.cancel()?;
-            return Ok(layout);
+            note.changed = layout;
+            return Ok(());
         }
         layout |= ino_d.size < end;
         ino_d = after;
         Self::grow(&mut ino_d, end, now);
         inode::write(&mut tx, &r, &ino_d);
         tx.commit()?;
-        Ok(layout)
+        note.changed = layout;
+        Ok(())
     }
 
     fn grow(inode: &mut Inode, size: u64, now: Time) {
@@ -447,12 +457,7 @@ impl<'a> FileIo<'a> {
     /// Sets the size. Shrinking frees the blocks past the new end (in rolling steps) and zeroes
     /// the tail of the last block; growing leaves a hole.
     pub fn truncate(&self, ino: u64, size: u64, now: Time) -> Result<(), EngineError> {
-        let r = self.truncate_steps(ino, size, now);
-        self.note_layout(ino);
-        r
-    }
-
-    fn truncate_steps(&self, ino: u64, size: u64, now: Time) -> Result<(), EngineError> {
+        let _note = self.layout_note(ino);
         if size > FILE_SIZE_MAX {
             return Err(EngineError::TooBig(format!(
                 "size {size} past the largest file size {FILE_SIZE_MAX}"
@@ -520,12 +525,7 @@ impl<'a> FileIo<'a> {
     /// Frees the whole blocks inside `off..off+len` and zeroes the partial blocks at its edges;
     /// the size does not change.
     pub fn punch_hole(&self, ino: u64, off: u64, len: u64, now: Time) -> Result<(), EngineError> {
-        let r = self.punch_hole_steps(ino, off, len, now);
-        self.note_layout(ino);
-        r
-    }
-
-    fn punch_hole_steps(&self, ino: u64, off: u64, len: u64, now: Time) -> Result<(), EngineError> {
+        let _note = self.layout_note(ino);
         let bs = self.bs();
         let end = off.saturating_add(len);
         let first_full = off.div_ceil(bs);
@@ -603,19 +603,7 @@ impl<'a> FileIo<'a> {
         keep_size: bool,
         now: Time,
     ) -> Result<(), EngineError> {
-        let r = self.preallocate_steps(ino, off, len, keep_size, now);
-        self.note_layout(ino);
-        r
-    }
-
-    fn preallocate_steps(
-        &self,
-        ino: u64,
-        off: u64,
-        len: u64,
-        keep_size: bool,
-        now: Time,
-    ) -> Result<(), EngineError> {
+        let _note = self.layout_note(ino);
         let bs = self.bs();
         let end = off
             .checked_add(len)

@@ -47,8 +47,8 @@ const HANDLE_BYTES: u64 = 64;
 /// `ctx` (setattr_should_drop_suidgid): set-user-ID always; set-group-ID when the file is
 /// group-executable, or when the caller is neither root nor in the file's group.
 fn kill_setid(ctx: &Ctx, i: &mut Inode) {
-    i.mode &= !S_ISUID;
-    if i.mode & 0o010 != 0 || !(ctx.uid == 0 || ctx.in_group(i.gid)) {
+    i.drop_setid();
+    if !(ctx.uid == 0 || ctx.in_group(i.gid)) {
         i.mode &= !S_ISGID;
     }
 }
