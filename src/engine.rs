@@ -118,6 +118,8 @@ pub struct EngineStats {
     pub home_writes: u64,
     pub flushes: u64,
     pub forces: u64,
+    /// Of `forces`, those an allocation made for blocks freed by a commit not yet durable.
+    pub busy_forces: u64,
     pub ail_len: usize,
     /// The allocator lock: times taken, times a step waited for it, nanoseconds waited.
     pub alloc_lock: [u64; 3],
@@ -424,6 +426,7 @@ impl Engine {
             home_writes: c.home_writes.load(Ordering::Relaxed),
             flushes: c.flushes.load(Ordering::Relaxed),
             forces: c.forces.load(Ordering::Relaxed),
+            busy_forces: c.busy_forces.load(Ordering::Relaxed),
             ail_len: self.log.ail_len(),
             alloc_lock: self
                 .alloc_lock

@@ -77,6 +77,8 @@ pub struct Report {
     pub log_bytes_written: u64,
     pub home_writes: u64,
     pub forces: u64,
+    /// Of `forces`, those an allocation made because the blocks it wanted were busy.
+    pub busy_forces: u64,
     /// The allocator lock: steps that took it, steps that waited for it, milliseconds waited.
     pub alloc_lock_taken: u64,
     pub alloc_lock_waits: u64,
@@ -127,6 +129,7 @@ impl Report {
             log_bytes_written: st.log_bytes_written,
             home_writes: st.home_writes,
             forces: st.forces,
+            busy_forces: st.busy_forces,
             alloc_lock_taken: st.alloc_lock[0],
             alloc_lock_waits: st.alloc_lock[1],
             alloc_lock_wait_ms: st.alloc_lock[2] as f64 / 1e6,
@@ -210,12 +213,13 @@ impl Report {
         }
         let _ = writeln!(
             o,
-            "log              {} checkpoints, {} wraps, {} written, {} home writes, {} forces",
+            "log              {} checkpoints, {} wraps, {} written, {} home writes, {} forces ({} for busy blocks)",
             self.checkpoints,
             self.log_wraps,
             mib(self.log_bytes_written),
             self.home_writes,
-            self.forces
+            self.forces,
+            self.busy_forces
         );
         let _ = writeln!(
             o,

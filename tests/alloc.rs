@@ -276,3 +276,89 @@ fn fragmenting_and_merging_grow_and_shrink_the_trees() {
     }
     run(ops).unwrap();
 }
+
+/// An engine on a fresh 512-byte-block image whose CIL is only checkpointed when forced, so
+/// blocks freed by a commit stay busy for as long as a test looks.
+fn engine_without_timer() -> (Engine, Allocator) {
+    let g = geometry(512, 16384, 0);
+    let dev = Arc::new(MemDevice::from_bytes(512, formatted_image(g)));
+    let opts = EngineOptions {
+        overrun: OverrunPolicy::Panic,
+        log: ticketfs::log::LogConfig {
+            cil_timer: std::time::Duration::from_secs(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let eng = Engine::mount(dev, opts).unwrap();
+    format_all(&eng).unwrap();
+    let alloc = Allocator::open(&eng).unwrap();
+    (eng, alloc)
+}
+
+fn alloc_one(
+    eng: &Engine,
+    alloc: &Allocator,
+    target: u64,
+    min: u64,
+    max: u64,
+) -> Option<(u64, u64)> {
+    let mut tx = eng.begin(TransKind::Write).unwrap();
+    let got = alloc.alloc(&mut tx, target, min, max).unwrap();
+    tx.commit().unwrap();
+    got
+}
+
+fn free_one(eng: &Engine, alloc: &Allocator, (s, l): (u64, u64)) {
+    let mut tx = eng.begin(TransKind::Write).unwrap();
+    alloc.free(&mut tx, s, l).unwrap();
+    tx.commit().unwrap();
+}
+
+#[test]
+fn blocks_freed_by_a_commit_not_yet_durable_are_passed_over_without_forcing_the_log() {
+    let (eng, alloc) = engine_without_timer();
+    let (s, l) = alloc_one(&eng, &alloc, 3000, 8, 8).expect("room");
+    eng.force_all().unwrap();
+    free_one(&eng, &alloc, (s, l));
+    let (forces, busy_forces) = (eng.stats().forces, eng.stats().busy_forces);
+    // The same request again, aimed at the blocks just freed, many times over: each round's
+    // blocks are busy for the next.
+    let mut last = (s, l);
+    for _ in 0..50 {
+        let (s2, l2) = alloc_one(&eng, &alloc, s, 8, 8).expect("room");
+        assert_eq!(l2, 8);
+        assert!(
+            s2 + l2 <= last.0 || last.0 + last.1 <= s2,
+            "{s2}+{l2} reuses the busy {}+{}",
+            last.0,
+            last.1
+        );
+        assert!(s2.abs_diff(s) < 2048, "{s2} went far from {s}");
+        free_one(&eng, &alloc, (s2, l2));
+        last = (s2, l2);
+    }
+    assert_eq!(eng.stats().busy_forces, busy_forces);
+    assert_eq!(eng.stats().forces, forces);
+    eng.unmount().unwrap();
+}
+
+#[test]
+fn when_only_busy_blocks_fit_the_log_is_forced_and_they_are_handed_out() {
+    let (eng, alloc) = engine_without_timer();
+    let mut all = Vec::new();
+    while let Some(e) = alloc_one(&eng, &alloc, 0, 1, 1 << 20) {
+        all.push(e);
+    }
+    let (s, l) = *all.iter().max_by_key(|e| e.1).expect("something allocated");
+    free_one(&eng, &alloc, (s, l));
+    let busy_forces = eng.stats().busy_forces;
+    // Only the freed extent is that long (what else is free is each AG's reserve).
+    let (s2, l2) = alloc_one(&eng, &alloc, s, l, l).expect("the freed extent");
+    assert!(
+        s2 >= s && s2 + l2 <= s + l,
+        "{s2}+{l2} is not in the freed {s}+{l}"
+    );
+    assert_eq!(eng.stats().busy_forces, busy_forces + 1);
+    eng.unmount().unwrap();
+}

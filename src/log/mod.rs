@@ -427,6 +427,25 @@ impl Log {
         b.extend(extents.iter().map(|&(start, len)| (start, len, seq)));
     }
 
+    /// The busy ranges (freed by commits not yet durable) that overlap `start..start+len`,
+    /// clipped to it and sorted by start.
+    pub fn busy_in(&self, start: u64, len: u64) -> Vec<(u64, u64)> {
+        let durable = self.ws.lock().durable_seq;
+        let mut b = self.busy.lock();
+        b.retain(|&(_, _, s)| s > durable);
+        let end = start + len;
+        let mut out: Vec<(u64, u64)> = b
+            .iter()
+            .filter(|&&(s, l, _)| s < end && start < s + l)
+            .map(|&(s, l, _)| {
+                let (a, z) = (s.max(start), (s + l).min(end));
+                (a, z - a)
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     /// Makes sure no block of `start..start+len` is busy: forces the log up to the latest commit
     /// that freed one of them. Called inside a transaction about to reuse the blocks; safe, since
     /// a checkpoint never waits for buffer locks.
