@@ -14,7 +14,10 @@
 # -o writeback_cache (the kernel's writeback cache; it implies default_permissions), a column
 # of its own. For the two FUSE filesystems the create/stat/unlink workload runs once more with
 # the daemon and the benchmark pinned to one CPU: the difference is what the cross-CPU wakeups
-# of FUSE's round trips cost on this machine.
+# of FUSE's round trips cost on this machine; the run also measures that cost alone (a thread
+# waking another and being woken back, `fsbench pingpong`). fio's workloads run once per
+# filesystem; the short small-operation ones ROUNDS times, on a fresh image each round, the
+# filesystems' order rotating, and the table shows medians and every round's figure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE=${SIZE:-4G}          # every image
@@ -27,6 +30,7 @@ TREE=${TREE:-2000}        # small files in a tree
 MIX=${MIX:-20000}         # rounds of the memres mix
 MIX_REPEATS=${MIX_REPEATS:-5}  # runs of the mix with memres=on, and as many with off
 PARALLEL=${PARALLEL:-4}   # processes making trees at once
+ROUNDS=${ROUNDS:-3}       # passes of the small-operation workloads (medians)
 WORK=${WORK:-/var/tmp}
 OUT=${OUT:-}
 for t in fio fuse2fs mkfs.ext4 losetup python3 bc; do
@@ -120,7 +124,8 @@ fsbench_run() {
     done
 }
 
-workloads() {
+# fio's streaming and random I/O: once per filesystem (long runs, steady figures).
+io_workloads() {
     local fs=$1
     # Nothing of the build or the last filesystem still being written back meanwhile.
     sync
@@ -137,6 +142,13 @@ workloads() {
     fio_run "$fs" rand_read_iops read.iops --name=rr --filename=rand --rw=randread --bs=4k \
         --size="$RAND" --runtime="$RUNTIME" --time_based
     rm -f "$mnt/rand"
+}
+
+# The small-operation workloads: short, so one pass is at the mercy of this shared machine;
+# they run ROUNDS times, each filesystem on a fresh image per round, and the table has medians.
+small_workloads() {
+    local fs=$1
+    sync
     fsbench_run "$fs" meta "$FILES"
     fsbench_run "$fs" fsync "$FSYNCS"
     fsbench_run "$fs" tree "$TREE"
@@ -163,43 +175,83 @@ one_cpu() {
     done
 }
 
-for fs in ticketfs ticketfs-wb fuse2fs ext4; do
-    echo "== $fs" >&2
-    if [ "$fs" = ticketfs-wb ]; then mount_fs ticketfs memres=on,writeback_cache; else mount_fs "$fs"; fi
-    workloads "$fs"
-    case $fs in ticketfs | fuse2fs) one_cpu "$fs" ;; esac
-    if [ "$fs" = ticketfs ]; then
-        record ticketfs daemon_peak_rss_MiB \
-            "$(awk '/VmHWM/ {print $2 / 1024}' "/proc/$pid/status")"
-        "$bin/ticketfs" stats "$mnt" --json >"$work/stats.json"
-        python3 - "$work/stats.json" >>"$results" <<'PY'
+# ticketfs's own figures at the end of a mount: peak resident size (the table reports the
+# largest of all mounts) and the allocator lock's counters.
+daemon_figures() {
+    record ticketfs daemon_peak_rss_MiB "$(awk '/VmHWM/ {print $2 / 1024}' "/proc/$pid/status")"
+    "$bin/ticketfs" stats "$mnt" --json >"$work/stats.json"
+    python3 - "$work/stats.json" "$1" >>"$results" <<'PY'
 import json, sys
 j = json.load(open(sys.argv[1]))
 print("ticketfs daemon_budget_plus_base_MiB", (j["budget_bytes"] + j["base_bytes"]) / 2**20)
-print("ticketfs allocator_lock_taken", j["alloc_lock_taken"])
-print("ticketfs allocator_lock_waits", j["alloc_lock_waits"])
-print("ticketfs allocator_lock_wait_ms", j["alloc_lock_wait_ms"])
+if sys.argv[2] == "locks":
+    print("ticketfs allocator_lock_taken", j["alloc_lock_taken"])
+    print("ticketfs allocator_lock_waits", j["alloc_lock_waits"])
+    print("ticketfs allocator_lock_wait_ms", j["alloc_lock_wait_ms"])
 PY
-    fi
+}
+
+# What a wake-up costs here: one byte to and fro between two threads, unpinned and on one CPU.
+for r in $(seq "$ROUNDS"); do
+    for kv in $("$fsbench" pingpong - 20000); do record machine "${kv%%=*}" "${kv#*=}"; done
+    for kv in $(taskset -c 0 "$fsbench" pingpong - 20000); do
+        record machine "${kv%%=*}_one_cpu" "${kv#*=}"
+    done
+done
+
+mount_named() {
+    if [ "$1" = ticketfs-wb ]; then mount_fs ticketfs memres=on,writeback_cache; else mount_fs "$1"; fi
+}
+
+fss=(ticketfs ticketfs-wb fuse2fs ext4)
+for fs in "${fss[@]}"; do
+    echo "== $fs: streaming and random I/O" >&2
+    mount_named "$fs"
+    io_workloads "$fs"
+    if [ "$fs" = ticketfs ]; then daemon_figures io; fi
     unmount
+done
+# Each round starts with a different filesystem, so a slow spell of the host does not fall on
+# the same one every time.
+for r in $(seq "$ROUNDS"); do
+    for k in "${!fss[@]}"; do
+        fs=${fss[$(((k + r - 1) % ${#fss[@]}))]}
+        echo "== $fs: small operations (round $r of $ROUNDS)" >&2
+        mount_named "$fs"
+        small_workloads "$fs"
+        case $fs in ticketfs | fuse2fs) one_cpu "$fs" ;; esac
+        if [ "$fs" = ticketfs ]; then daemon_figures locks; fi
+        unmount
+    done
 done
 # The daemon's CPU time so far (user and system, all threads), in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 
 # memres=on and off, alternating (on first in odd rounds, off first in even ones), MIX_REPEATS
 # times each on a fresh image: one pair of runs differs by up to 15% either way on this
-# machine, so the table compares medians.
+# machine, so the table compares medians. Each run twice: as it is, and with the daemon and the
+# benchmark on CPU 0, where no cross-CPU wake-up (whose cost moves with the host's load) is in
+# the figure and what is left is the daemon's own work.
 for r in $(seq "$MIX_REPEATS"); do
     if [ $((r % 2)) = 1 ]; then order="on off"; else order="off on"; fi
     for m in $order; do
-        echo "== ticketfs memres=$m mix ($r of $MIX_REPEATS)" >&2
-        mount_fs ticketfs "memres=$m"
-        c0=$(cpu_ticks)
-        fsbench_run "ticketfs-memres-$m" mix "$MIX"
-        c1=$(cpu_ticks)
-        record "ticketfs-memres-$m" mix_daemon_cpu_us_per_round \
-            "$(echo "($c1 - $c0) * 1000000 / $(getconf CLK_TCK) / $MIX" | bc -l)"
-        unmount
+        for where in "" _one_cpu; do
+            echo "== ticketfs memres=$m mix${where:+ on one CPU} ($r of $MIX_REPEATS)" >&2
+            mount_fs ticketfs "memres=$m"
+            pin=()
+            if [ -n "$where" ]; then
+                taskset -a -p -c 0 "$pid" >/dev/null
+                pin=(taskset -c 0)
+            fi
+            c0=$(cpu_ticks)
+            for kv in $("${pin[@]}" "$fsbench" mix "$mnt" "$MIX"); do
+                record "ticketfs-memres-$m" "${kv%%=*}$where" "${kv#*=}"
+            done
+            c1=$(cpu_ticks)
+            record "ticketfs-memres-$m" "mix_daemon_cpu_us_per_round$where" \
+                "$(echo "($c1 - $c0) * 1000000 / $(getconf CLK_TCK) / $MIX" | bc -l)"
+            unmount
+        done
     done
 done
 
@@ -210,8 +262,10 @@ runs = {}
 for line in open(sys.argv[1]):
     fs, metric, v = line.split()
     runs.setdefault(metric, {}).setdefault(fs, []).append(float(v))
-# A figure measured more than once (the memres mix) is the median of its runs.
-rows = {m: {fs: statistics.median(vs) for fs, vs in v.items()} for m, v in runs.items()}
+# A figure measured more than once is the median of its runs; the peak resident size is the
+# largest of all.
+rows = {m: {fs: (max(vs) if m == "daemon_peak_rss_MiB" else statistics.median(vs))
+            for fs, vs in v.items()} for m, v in runs.items()}
 # Lower is better for latencies and times.
 lower = lambda m: m.endswith("_us") or m.endswith("_s") and not m.endswith("_per_s") and not m.endswith("MiB_s")
 out = ["| workload | ticketfs | fuse2fs | kernel ext4 | ticketfs / fuse2fs | ticketfs / ext4 "
@@ -221,39 +275,55 @@ def ratio(m, a, b):
     if lower(m):
         return b / a if a else 0
     return a / b if b else 0
+peers = ("ticketfs", "fuse2fs", "ext4")
 for m, v in rows.items():
-    if "ticketfs" not in v or len(v) < 3:
+    if any(p not in v for p in peers):
         continue
-    t, f, e = v["ticketfs"], v["fuse2fs"], v["ext4"]
+    t, f, e = (v[p] for p in peers)
     line = f"| {m} | {t:.1f} | {f:.1f} | {e:.1f} | {ratio(m, t, f):.2f}x | {ratio(m, t, e):.2f} "
     w = v.get("ticketfs-wb")
     line += f"| {w:.1f} | {ratio(m, w, f):.2f}x | {ratio(m, w, e):.2f} |" if w is not None else "| | | |"
     out.append(line)
 out.append("")
 out.append("Ratios are ticketfs's speed relative to the peer (for times and latencies: the peer's "
-           "time divided by ticketfs's), so above 1 means ticketfs is faster.")
+           "time divided by ticketfs's), so above 1 means ticketfs is faster. Figures measured in "
+           "several rounds are medians; every round's figure follows.")
 out.append("")
+for m, v in runs.items():
+    if all(p in v for p in peers) and any(len(v[p]) > 1 for p in peers):
+        each = "; ".join(f"{p} " + ", ".join(f"{x:g}" for x in v[p]) for p in peers)
+        out.append(f"- {m} rounds: {each}")
 for m in ("create_per_s_one_cpu", "stat_per_s_one_cpu", "unlink_per_s_one_cpu"):
     if m in rows:
-        out.append(f"- {m} (daemon and benchmark on CPU 0): ticketfs {rows[m].get('ticketfs', 0):.0f}, "
-                   f"fuse2fs {rows[m].get('fuse2fs', 0):.0f}")
+        out.append(f"- {m} (daemon and benchmark on CPU 0, median): ticketfs "
+                   f"{rows[m].get('ticketfs', 0):.0f}, fuse2fs {rows[m].get('fuse2fs', 0):.0f}")
+rt = rows.get("round_trip_us", {}).get("machine")
+rt1 = rows.get("round_trip_us_one_cpu", {}).get("machine")
+if rt and rt1:
+    out.append(f"- this machine's wake-ups: a thread waking another and being woken back (socket "
+               f"pair, median of {len(runs['round_trip_us']['machine'])} runs) takes {rt:.1f} us "
+               f"across CPUs, {rt1:.1f} us on one CPU; every synchronous FUSE request is such an "
+               f"exchange between the caller and a daemon thread")
 for m in ("daemon_peak_rss_MiB", "daemon_budget_plus_base_MiB", "allocator_lock_taken",
           "allocator_lock_waits", "allocator_lock_wait_ms"):
     if m in rows:
         out.append(f"- {m}: {rows[m]['ticketfs']:.1f}")
-on = rows.get("mix_rounds_per_s", {}).get("ticketfs-memres-on")
-off = rows.get("mix_rounds_per_s", {}).get("ticketfs-memres-off")
-if on and off:
-    each = lambda fs: ", ".join(f"{x:.0f}" for x in runs["mix_rounds_per_s"][fs])
-    out.append(f"- create/write/unlink mix, median of {len(runs['mix_rounds_per_s']['ticketfs-memres-on'])} "
-               f"runs each: memres=on {on:.0f}/s, memres=off {off:.0f}/s, "
-               f"cost of memres {100 * (1 - on / off):.1f}% (on: {each('ticketfs-memres-on')}; "
-               f"off: {each('ticketfs-memres-off')})")
-con = rows.get("mix_daemon_cpu_us_per_round", {}).get("ticketfs-memres-on")
-coff = rows.get("mix_daemon_cpu_us_per_round", {}).get("ticketfs-memres-off")
-if con and coff:
-    out.append(f"- the same mix, the daemon's CPU time per round (median): memres=on {con:.1f} us, "
-               f"memres=off {coff:.1f} us, cost of memres {100 * (con / coff - 1):.1f}%")
+for where, name in (("", ""), ("_one_cpu", " with the daemon and the benchmark on CPU 0")):
+    key = "mix_rounds_per_s" + where
+    on = rows.get(key, {}).get("ticketfs-memres-on")
+    off = rows.get(key, {}).get("ticketfs-memres-off")
+    if on and off:
+        each = lambda fs: ", ".join(f"{x:.0f}" for x in runs[key][fs])
+        out.append(f"- create/write/unlink mix{name}, median of {len(runs[key]['ticketfs-memres-on'])} "
+                   f"runs each: memres=on {on:.0f}/s, memres=off {off:.0f}/s, "
+                   f"cost of memres {100 * (1 - on / off):.1f}% (on: {each('ticketfs-memres-on')}; "
+                   f"off: {each('ticketfs-memres-off')})")
+    key = "mix_daemon_cpu_us_per_round" + where
+    con = rows.get(key, {}).get("ticketfs-memres-on")
+    coff = rows.get(key, {}).get("ticketfs-memres-off")
+    if con and coff:
+        out.append(f"- the same mix{name}, the daemon's CPU time per round (median): memres=on "
+                   f"{con:.1f} us, memres=off {coff:.1f} us, cost of memres {100 * (con / coff - 1):.1f}%")
 text = "\n".join(out)
 print(text)
 if sys.argv[2]:

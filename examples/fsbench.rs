@@ -9,6 +9,9 @@
 //! fsbench tree DIR FILES      FILES files of 1-16 KiB in 20 directories: create, walk (stat and
 //!                             read every file), remove (seconds each)
 //! fsbench mix DIR N           N rounds of create, write 16 KiB, close, unlink (ops/s)
+//! fsbench pingpong - N         N round trips of one byte between two threads over a socket
+//!                             pair (median µs): what waking a sleeping thread and being woken
+//!                             back costs on this machine, the floor under every FUSE request
 //! ```
 
 use std::fs;
@@ -140,10 +143,39 @@ fn mix(dir: &Path, n: usize) {
     println!("mix_rounds_per_s={:.0}", rate(n, t));
 }
 
+/// A synchronous FUSE request is the same exchange: the caller wakes a daemon thread and sleeps
+/// until that thread wakes it with the reply. Run as it is, the two threads land on different
+/// CPUs whenever one is idle; under `taskset -c 0` they share one.
+fn pingpong(n: usize) {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let (mut a, mut b) = ok(UnixStream::pair(), "socketpair");
+    let echo = std::thread::spawn(move || {
+        let mut byte = [0u8];
+        for _ in 0..n {
+            ok(b.read_exact(&mut byte), "read");
+            ok(b.write_all(&byte), "write");
+        }
+    });
+    let mut lat = Vec::with_capacity(n);
+    let mut byte = [7u8];
+    for _ in 0..n {
+        let t = Instant::now();
+        ok(a.write_all(&byte), "write");
+        ok(a.read_exact(&mut byte), "read");
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    if echo.join().is_err() {
+        die("the echo thread failed");
+    }
+    lat.sort_by(f64::total_cmp);
+    println!("round_trip_us={:.1}", lat[lat.len() / 2]);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(cmd), Some(dir), Some(n)) = (args.get(1), args.get(2), args.get(3)) else {
-        die("usage: fsbench meta|fsync|tree|mix DIR N")
+        die("usage: fsbench meta|fsync|tree|mix|pingpong DIR N")
     };
     let n: usize = n.parse().unwrap_or_else(|_| die("N must be a number"));
     let dir = Path::new(dir);
@@ -152,6 +184,7 @@ fn main() {
         "fsync" => fsync_latency(dir, n),
         "tree" => tree(dir, n),
         "mix" => mix(dir, n),
-        _ => die("usage: fsbench meta|fsync|tree|mix DIR N"),
+        "pingpong" => pingpong(n),
+        _ => die("usage: fsbench meta|fsync|tree|mix|pingpong DIR N"),
     }
 }
