@@ -15,9 +15,9 @@
 # of its own. For the two FUSE filesystems the create/stat/unlink workload runs once more with
 # the daemon and the benchmark pinned to one CPU: the difference is what the cross-CPU wakeups
 # of FUSE's round trips cost on this machine; the run also measures that cost alone (a thread
-# waking another and being woken back, `fsbench pingpong`). fio's workloads run once per
-# filesystem; the short small-operation ones ROUNDS times, on a fresh image each round, the
-# filesystems' order rotating, and the table shows medians and every round's figure.
+# waking another and being woken back, `fsbench pingpong`). Everything runs ROUNDS times, on
+# a fresh image each round, the filesystems' order rotating; the table shows medians and every
+# round's figure (one pass moved by half on this shared machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE=${SIZE:-4G}          # every image
@@ -28,7 +28,7 @@ FILES=${FILES:-10000}     # create, stat, unlink in one directory
 FSYNCS=${FSYNCS:-2000}    # 4 KiB write + fsync, for latency
 TREE=${TREE:-2000}        # small files in a tree
 MIX=${MIX:-20000}         # rounds of the memres mix
-MIX_REPEATS=${MIX_REPEATS:-5}  # runs of the mix with memres=on, and as many with off
+MIX_REPEATS=${MIX_REPEATS:-7}  # runs of the mix with memres=on, and as many with off
 PARALLEL=${PARALLEL:-4}   # processes making trees at once
 ROUNDS=${ROUNDS:-3}       # passes of the small-operation workloads (medians)
 WORK=${WORK:-/var/tmp}
@@ -124,7 +124,7 @@ fsbench_run() {
     done
 }
 
-# fio's streaming and random I/O: once per filesystem (long runs, steady figures).
+# fio's streaming and random I/O.
 io_workloads() {
     local fs=$1
     # Nothing of the build or the last filesystem still being written back meanwhile.
@@ -144,8 +144,7 @@ io_workloads() {
     rm -f "$mnt/rand"
 }
 
-# The small-operation workloads: short, so one pass is at the mercy of this shared machine;
-# they run ROUNDS times, each filesystem on a fresh image per round, and the table has medians.
+# The small-operation workloads.
 small_workloads() {
     local fs=$1
     sync
@@ -180,14 +179,14 @@ one_cpu() {
 daemon_figures() {
     record ticketfs daemon_peak_rss_MiB "$(awk '/VmHWM/ {print $2 / 1024}' "/proc/$pid/status")"
     "$bin/ticketfs" stats "$mnt" --json >"$work/stats.json"
-    python3 - "$work/stats.json" "$1" >>"$results" <<'PY'
+    python3 - "$work/stats.json" >>"$results" <<'PY'
 import json, sys
 j = json.load(open(sys.argv[1]))
 print("ticketfs daemon_budget_plus_base_MiB", (j["budget_bytes"] + j["base_bytes"]) / 2**20)
-if sys.argv[2] == "locks":
-    print("ticketfs allocator_lock_taken", j["alloc_lock_taken"])
-    print("ticketfs allocator_lock_waits", j["alloc_lock_waits"])
-    print("ticketfs allocator_lock_wait_ms", j["alloc_lock_wait_ms"])
+print("ticketfs allocator_lock_taken", j["alloc_lock_taken"])
+print("ticketfs allocator_lock_waits", j["alloc_lock_waits"])
+print("ticketfs allocator_lock_wait_ms", j["alloc_lock_wait_ms"])
+print("ticketfs log_forces_for_busy_blocks", j["busy_forces"])
 PY
 }
 
@@ -204,23 +203,18 @@ mount_named() {
 }
 
 fss=(ticketfs ticketfs-wb fuse2fs ext4)
-for fs in "${fss[@]}"; do
-    echo "== $fs: streaming and random I/O" >&2
-    mount_named "$fs"
-    io_workloads "$fs"
-    if [ "$fs" = ticketfs ]; then daemon_figures io; fi
-    unmount
-done
-# Each round starts with a different filesystem, so a slow spell of the host does not fall on
-# the same one every time.
+# Every workload ROUNDS times, each filesystem on a fresh image per round; each round starts
+# with a different filesystem, so a slow spell of the host does not fall on the same one
+# every time.
 for r in $(seq "$ROUNDS"); do
     for k in "${!fss[@]}"; do
         fs=${fss[$(((k + r - 1) % ${#fss[@]}))]}
-        echo "== $fs: small operations (round $r of $ROUNDS)" >&2
+        echo "== $fs (round $r of $ROUNDS)" >&2
         mount_named "$fs"
+        io_workloads "$fs"
         small_workloads "$fs"
         case $fs in ticketfs | fuse2fs) one_cpu "$fs" ;; esac
-        if [ "$fs" = ticketfs ]; then daemon_figures locks; fi
+        if [ "$fs" = ticketfs ]; then daemon_figures; fi
         unmount
     done
 done
@@ -305,7 +299,7 @@ if rt and rt1:
                f"across CPUs, {rt1:.1f} us on one CPU; every synchronous FUSE request is such an "
                f"exchange between the caller and a daemon thread")
 for m in ("daemon_peak_rss_MiB", "daemon_budget_plus_base_MiB", "allocator_lock_taken",
-          "allocator_lock_waits", "allocator_lock_wait_ms"):
+          "allocator_lock_waits", "allocator_lock_wait_ms", "log_forces_for_busy_blocks"):
     if m in rows:
         out.append(f"- {m}: {rows[m]['ticketfs']:.1f}")
 for where, name in (("", ""), ("_one_cpu", " with the daemon and the benchmark on CPU 0")):
@@ -314,9 +308,14 @@ for where, name in (("", ""), ("_one_cpu", " with the daemon and the benchmark o
     off = rows.get(key, {}).get("ticketfs-memres-off")
     if on and off:
         each = lambda fs: ", ".join(f"{x:.0f}" for x in runs[key][fs])
+        # The runs of one repeat follow each other: the median of their ratios leaves out
+        # what the host does over minutes.
+        pairs = statistics.median(1 - a / b for a, b in
+                                  zip(runs[key]["ticketfs-memres-on"], runs[key]["ticketfs-memres-off"]))
         out.append(f"- create/write/unlink mix{name}, median of {len(runs[key]['ticketfs-memres-on'])} "
                    f"runs each: memres=on {on:.0f}/s, memres=off {off:.0f}/s, "
-                   f"cost of memres {100 * (1 - on / off):.1f}% (on: {each('ticketfs-memres-on')}; "
+                   f"cost of memres {100 * (1 - on / off):.1f}%, median of the pairs' costs "
+                   f"{100 * pairs:.1f}% (on: {each('ticketfs-memres-on')}; "
                    f"off: {each('ticketfs-memres-off')})")
     key = "mix_daemon_cpu_us_per_round" + where
     con = rows.get(key, {}).get("ticketfs-memres-on")
