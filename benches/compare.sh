@@ -5,7 +5,8 @@
 # against memres=off on a create/write/unlink mix. Figures come from fio (JSON) and
 # examples/fsbench.rs; caches are dropped before every read workload.
 #
-# Usage: bash benches/compare.sh                 (needs root, /dev/fuse, fio, fuse2fs, e2fsprogs)
+# Usage: bash benches/compare.sh                 (needs root, /dev/fuse, fio, fuse2fs, e2fsprogs;
+#                                                 valgrind for the memres cost in instructions)
 #        SIZE=8G SEQ=2G RAND=512M RUNTIME=20 bash benches/compare.sh
 # Writes the table to stdout and, with OUT=FILE, to FILE as markdown. Each filesystem is mounted
 # with its defaults (ticketfs checks permissions itself; with -o default_permissions the kernel
@@ -249,6 +250,13 @@ for r in $(seq "$MIX_REPEATS"); do
     done
 done
 
+# The same mix counted in the daemon's instructions (deterministic, where the timings above are
+# not): benches/memres-cost.sh, when valgrind is here.
+if command -v valgrind >/dev/null; then
+    echo "== memres cost in instructions (benches/memres-cost.sh)" >&2
+    for kv in $(bash benches/memres-cost.sh 2>/dev/null); do record valgrind "${kv%%=*}" "${kv#*=}"; done
+fi
+
 python3 - "$results" "$OUT" <<'PY'
 import sys
 import statistics
@@ -323,6 +331,12 @@ for where, name in (("", ""), ("_one_cpu", " with the daemon and the benchmark o
     if con and coff:
         out.append(f"- the same mix{name}, the daemon's CPU time per round (median): memres=on "
                    f"{con:.1f} us, memres=off {coff:.1f} us, cost of memres {100 * (con / coff - 1):.1f}%")
+vg = {m: rows[m]["valgrind"] for m in rows if "valgrind" in rows[m]}
+if vg:
+    out.append(f"- the same mix in instructions the daemon executes per round (callgrind, "
+               f"benches/memres-cost.sh): memres=on {vg['memres_on_instructions_per_round']:.0f}, "
+               f"memres=off {vg['memres_off_instructions_per_round']:.0f}, cost of memres "
+               f"{vg['memres_cost_percent']:.2f}%")
 text = "\n".join(out)
 print(text)
 if sys.argv[2]:
