@@ -18,6 +18,12 @@ WORK=${TICKETFS_XFSTESTS_WORK:-/var/tmp/ticketfs-xfstests}
 SIZE=${SIZE:-4G}
 export TICKETFS_XFSTESTS_WORK=$WORK
 NO_BUILD=${NO_BUILD:-} bash "$repo/scripts/install.sh" >/dev/null
+# Tools fstests calls: attr (attr, getfattr, setfattr) and acl (chacl), without which 34 tests
+# of -g quick are "not run", and gawk (its scripts use asort; Debian's default awk is mawk),
+# without which generic/062 fails.
+for pkg in attr acl gawk; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y "$pkg" >/dev/null
+done
 export PATH="/usr/local/sbin:$PATH"
 for u in fsgqa fsgqa2 123456-fsgqa; do
     id "$u" >/dev/null 2>&1 || useradd -m "$u"
