@@ -646,9 +646,15 @@ impl Allocator {
         };
         // Blocks freed by a commit not yet durable still belong to their old owner on disk:
         // idle blocks elsewhere are taken instead where there are any, and the log is forced
-        // (a checkpoint and a device flush) only when there are none.
-        let (s, l, at, n) = self.avoid_busy(tx, sp, found, min, max)?.unwrap_or(found);
-        tx.engine().log().wait_not_busy(at, n)?;
+        // (a checkpoint and a device flush) only when there are none. What `avoid_busy` returns
+        // stays idle: only a free in this AG, whose header this step holds, could make it busy.
+        let (s, l, at, n) = match self.avoid_busy(tx, sp, found, min, max)? {
+            Some(idle) => idle,
+            None => {
+                tx.engine().log().wait_not_busy(found.2, found.3)?;
+                found
+            }
+        };
         self.remove_free(tx, sp, s, l)?;
         if at > s {
             self.insert_free(tx, sp, s, at - s)?;
@@ -661,7 +667,7 @@ impl Allocator {
     }
 
     /// A place for min..=max blocks like `first` (a free extent and the cut `find` chose in it)
-    /// but with no busy block: the idle piece of `first`'s extent nearest the cut, else of the
+    /// but with no busy block (None when there is none): the idle piece of `first`'s extent nearest the cut, else of the
     /// next free extents by block number (wrapping to the AG's start), else of the largest.
     /// XFS likewise trims busy ranges off a candidate: a file created, written and removed
     /// over and over otherwise finds its blocks of the last round busy every time and forced

@@ -415,26 +415,31 @@ impl Log {
         Ok(out)
     }
 
+    /// The busy list (start, length, freeing commit), without the entries whose checkpoint is
+    /// durable now.
+    fn busy_live(&self) -> parking_lot::MutexGuard<'_, Vec<(u64, u64, u64)>> {
+        let durable = self.ws.lock().durable_seq;
+        let mut b = self.busy.lock();
+        b.retain(|&(_, _, s)| s > durable);
+        b
+    }
+
     /// Blocks freed by the commit `seq`: until that checkpoint is durable they still belong to
     /// their old owner on disk, so they must not be handed out again (XFS's busy extents).
     pub fn note_busy(&self, extents: &[(u64, u64)], seq: u64) {
         if extents.is_empty() {
             return;
         }
-        let durable = self.ws.lock().durable_seq;
-        let mut b = self.busy.lock();
-        b.retain(|&(_, _, s)| s > durable);
-        b.extend(extents.iter().map(|&(start, len)| (start, len, seq)));
+        self.busy_live()
+            .extend(extents.iter().map(|&(start, len)| (start, len, seq)));
     }
 
     /// The busy ranges (freed by commits not yet durable) that overlap `start..start+len`,
     /// clipped to it and sorted by start.
     pub fn busy_in(&self, start: u64, len: u64) -> Vec<(u64, u64)> {
-        let durable = self.ws.lock().durable_seq;
-        let mut b = self.busy.lock();
-        b.retain(|&(_, _, s)| s > durable);
         let end = start + len;
-        let mut out: Vec<(u64, u64)> = b
+        let mut out: Vec<(u64, u64)> = self
+            .busy_live()
             .iter()
             .filter(|&&(s, l, _)| s < end && start < s + l)
             .map(|&(s, l, _)| {
@@ -450,15 +455,12 @@ impl Log {
     /// that freed one of them. Called inside a transaction about to reuse the blocks; safe, since
     /// a checkpoint never waits for buffer locks.
     pub fn wait_not_busy(&self, start: u64, len: u64) -> Result<(), LogError> {
-        let durable = self.ws.lock().durable_seq;
-        let need = {
-            let mut b = self.busy.lock();
-            b.retain(|&(_, _, s)| s > durable);
-            b.iter()
-                .filter(|&&(s, l, _)| s < start + len && start < s + l)
-                .map(|&(_, _, q)| q)
-                .max()
-        };
+        let need = self
+            .busy_live()
+            .iter()
+            .filter(|&&(s, l, _)| s < start + len && start < s + l)
+            .map(|&(_, _, q)| q)
+            .max();
         match need {
             Some(seq) => {
                 self.counters.busy_forces.fetch_add(1, Ordering::Relaxed);
