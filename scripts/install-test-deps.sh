@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, idempotently: Debian's fuse3 (fusermount3, mount.fuse3)
 # and stress-ng (the cgroup stress test), the external suites pjdfstest and fsx from crates.io,
-# and the test user pjdfstest switches to.
+# the test user pjdfstest switches to, and FUSE over io_uring where the kernel has it.
 set -euo pipefail
 missing=()
 for pkg in fuse3 stress-ng; do
@@ -19,4 +19,11 @@ for tool in pjdfstest fsx; do
 done
 if ! id tkfs-test >/dev/null 2>&1; then
     useradd -U -M -s /usr/sbin/nologin tkfs-test
+fi
+# FUSE over io_uring (Linux 6.14+ with CONFIG_FUSE_IO_URING): off by default in the kernel; on,
+# every mount of the suite is served through the io_uring queues (src/ring), and
+# tests/transport.rs compares them with /dev/fuse (-o uring=off).
+knob=/sys/module/fuse/parameters/enable_uring
+if [ -w "$knob" ]; then
+    echo 1 > "$knob"
 fi

@@ -1,83 +1,21 @@
-//! The FUSE adapter (fuser 0.18): translates kernel requests into `Fs` calls and results into
-//! replies. Nothing else happens here; [`errno`] is the one place errors become errnos.
+//! The FUSE adapter over `/dev/fuse` (fuser 0.18): turns fuser's requests into [`Ops`] calls
+//! and their results into fuser's replies. Nothing else happens here.
 
-use crate::engine::EngineError;
 use crate::format::inode::Time;
-use crate::fs::{self, Attr, Ctx, Fs, FsError, SetAttr, SetTime};
+use crate::fs::{self, Attr, Ctx, SetAttr, SetTime};
+use crate::ops::{self, Found, Ops, Xattr, TTL};
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// How long the kernel may cache entries and attributes. ticketfs is the only writer of its
-/// image and every change reaches it through the kernel, which updates or drops its copy on
-/// each (create, link, unlink, rename and setattr replies carry the new attributes; reads drop
-/// the cached access time), so the copy stays right and a long time keeps `stat` and path
-/// walks in the kernel, as for a kernel filesystem.
-const TTL: Duration = Duration::from_secs(60);
-/// Largest write the kernel sends in one request.
-const MAX_WRITE: u32 = 1 << 20;
-/// Entries one readdir reply carries at most (the kernel's buffer bounds it anyway).
-const READDIR_BATCH: usize = 128;
-/// Most bytes one copy_file_range reply reports: its count is 32 bits; a multiple of every
-/// block size, so a long copy continues block-aligned.
-const COPY_RANGE_MAX: u64 = 1 << 30;
-
-/// Opens keep the kernel's page cache of the file: every change to the data reaches the image
-/// through the kernel (writes, truncate, fallocate; copy_file_range's destination range the
-/// kernel drops itself), so what it caches stays right, and a file read again after being
-/// opened again is served from memory. (Directories likewise keep their cached listings,
-/// FOPEN_CACHE_DIR: the kernel drops them when it changes the directory.) Not when an
-/// access-time update is due (`Fs::open`): reads served from the cache never reach the daemon,
-/// which keeps the access times (fstests' generic/003 under strictatime caught it).
-const KEEP_CACHE: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE;
-
-fn cache_flags(keep: bool, flag: FopenFlags) -> FopenFlags {
-    if keep {
-        flag
-    } else {
-        FopenFlags::empty()
-    }
-}
-
-/// The one mapping from filesystem errors to errnos.
-pub fn errno(e: &FsError) -> Errno {
-    let n = match e {
-        FsError::NotFound => libc::ENOENT,
-        FsError::Exists => libc::EEXIST,
-        FsError::NotDir => libc::ENOTDIR,
-        FsError::IsDir => libc::EISDIR,
-        FsError::NotEmpty => libc::ENOTEMPTY,
-        FsError::Access => libc::EACCES,
-        FsError::Perm => libc::EPERM,
-        FsError::NameTooLong => libc::ENAMETOOLONG,
-        FsError::Invalid(_) => libc::EINVAL,
-        FsError::TooManyLinks => libc::EMLINK,
-        FsError::ReadOnly => libc::EROFS,
-        FsError::NotSupported => libc::EOPNOTSUPP,
-        FsError::NoData => libc::ENXIO,
-        FsError::NoAttr => libc::ENODATA,
-        FsError::Stale => libc::ESTALE,
-        FsError::Engine(EngineError::NoSpace(_)) => libc::ENOSPC,
-        FsError::Engine(EngineError::Stale(_)) => libc::ENOENT,
-        FsError::Engine(EngineError::Invalid(_)) => libc::EINVAL,
-        FsError::Engine(EngineError::TooBig(_)) => libc::EFBIG,
-        FsError::Engine(EngineError::Shutdown(_)) => libc::EIO,
-        FsError::Engine(EngineError::Io(d)) => d.errno(),
-        FsError::Engine(EngineError::Corrupt(_)) => libc::EUCLEAN,
-    };
-    if let FsError::Engine(EngineError::Corrupt(c)) = e {
-        eprintln!("ticketfs: {c}");
-    }
-    Errno::from_i32(n)
-}
 
 fn systime(t: Time) -> SystemTime {
     if t.sec >= 0 {
@@ -128,45 +66,81 @@ fn ctx(req: &Request) -> Ctx {
     }
 }
 
+fn err(n: i32) -> Errno {
+    Errno::from_i32(n)
+}
+
 pub struct TicketFuse {
-    fs: Arc<Fs>,
-    max_write: u32,
+    ops: Arc<Ops>,
     writeback: bool,
+    uring: bool,
+    /// Set by INIT when the kernel took FUSE_OVER_IO_URING.
+    uring_granted: Arc<AtomicBool>,
+    /// Set once the io_uring queues serve: `/dev/fuse` then carries only FORGET and INTERRUPT.
+    queues_serving: Arc<AtomicBool>,
+}
+
+/// While the io_uring queues serve, a `/dev/fuse` thread pauses this long after each FORGET (or
+/// batch of them), so the kernel gathers the inodes it evicts meanwhile into one BATCH_FORGET
+/// instead of waking a thread for each: unlinking 20,000 files spent 15% of the daemon's
+/// profile waking `/dev/fuse` readers for single FORGETs and 6% on their queue's lock. Nothing
+/// waits for a FORGET (ticketfs keeps no per-lookup state), and unmounting ends the pause.
+const FORGET_PAUSE: Duration = Duration::from_millis(10);
+/// A FORGET within this of the thread's last pause belongs to the batch it read after that
+/// pause (fuser hands a BATCH_FORGET over one inode at a time) and does not pause again.
+const FORGET_SAME_BATCH: Duration = Duration::from_millis(1);
+
+thread_local! {
+    static LAST_FORGET_PAUSE: std::cell::Cell<Option<std::time::Instant>> =
+        const { std::cell::Cell::new(None) };
+}
+
+fn forget_pause() {
+    let now = std::time::Instant::now();
+    let recent = LAST_FORGET_PAUSE
+        .get()
+        .is_some_and(|t| now.duration_since(t) < FORGET_SAME_BATCH);
+    if !recent {
+        std::thread::sleep(FORGET_PAUSE);
+        LAST_FORGET_PAUSE.set(Some(std::time::Instant::now()));
+    }
 }
 
 impl TicketFuse {
-    /// Serves `fs`; writes are at most `max_write` bytes (chosen with the budget). With
-    /// `writeback` (`-o writeback_cache`, which implies default_permissions) the kernel keeps
-    /// written pages and sends them in large writes: small appends become page copies (fstests'
-    /// generic/069, 3 million 4-byte appends, took 700 s without it). Off by default: measured
-    /// with benches/compare.sh it changed neither sequential nor random-write throughput, while
-    /// every stat after a close went to the daemon (49k/s instead of 620k/s) and unlink ran at
-    /// half the rate.
-    pub fn new(fs: Arc<Fs>, max_write: u32, writeback: bool) -> TicketFuse {
+    /// Serves `ops`. With `writeback` (`-o writeback_cache`, which implies default_permissions)
+    /// the kernel keeps written pages and sends them in large writes: small appends become page
+    /// copies (fstests' generic/069, 3 million 4-byte appends, took 700 s without it). Off by
+    /// default: measured with benches/compare.sh it changed neither sequential nor random-write
+    /// throughput, while every stat after a close went to the daemon (49k/s instead of 620k/s)
+    /// and unlink ran at half the rate. With `uring` the INIT reply offers the kernel
+    /// FUSE_OVER_IO_URING ([`crate::ring`] then registers the queues).
+    pub fn new(ops: Arc<Ops>, writeback: bool, uring: bool) -> TicketFuse {
         TicketFuse {
-            fs,
-            max_write: max_write.clamp(4096, MAX_WRITE),
+            ops,
             writeback,
+            uring,
+            uring_granted: Arc::new(AtomicBool::new(false)),
+            queues_serving: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// FUSE calls the root 1; every other inode number is ours unchanged (ours are never 1).
+    /// Set by the caller once the io_uring queues serve.
+    pub fn queues_serving(&self) -> Arc<AtomicBool> {
+        self.queues_serving.clone()
+    }
+
+    /// Whether INIT granted FUSE over io_uring (read after the session's INIT exchange).
+    pub fn uring_granted(&self) -> Arc<AtomicBool> {
+        self.uring_granted.clone()
+    }
+
     fn ino(&self, i: INodeNo) -> u64 {
-        if i.0 == 1 {
-            self.fs.root()
-        } else {
-            i.0
-        }
-    }
-
-    /// Ours to FUSE's: the root is 1.
-    fn out(&self, ino: u64) -> INodeNo {
-        INodeNo(if ino == self.fs.root() { 1 } else { ino })
+        i.0
     }
 
     fn fattr(&self, a: &Attr) -> FileAttr {
         FileAttr {
-            ino: self.out(a.ino),
+            ino: INodeNo(self.ops.node(a.ino)),
             size: a.size,
             blocks: a.blocks,
             atime: systime(a.atime),
@@ -184,17 +158,39 @@ impl TicketFuse {
         }
     }
 
-    fn entry(&self, r: Result<Attr, FsError>, reply: ReplyEntry) {
+    fn entry(&self, r: ops::Res<Attr>, reply: ReplyEntry) {
         match r {
             Ok(a) => reply.entry(&TTL, &self.fattr(&a), Generation(a.generation as u64)),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(err(e)),
         }
     }
 
-    fn empty(r: Result<(), FsError>, reply: ReplyEmpty) {
+    fn attr(&self, r: ops::Res<Attr>, reply: ReplyAttr) {
+        match r {
+            Ok(a) => reply.attr(&TTL, &self.fattr(&a)),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn empty(r: ops::Res<()>, reply: ReplyEmpty) {
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn opened(r: ops::Res<u32>, reply: ReplyOpen) {
+        match r {
+            Ok(f) => reply.opened(FileHandle(0), FopenFlags::from_bits_retain(f)),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn xattr(r: ops::Res<Xattr>, reply: ReplyXattr) {
+        match r {
+            Ok(Xattr::Size(n)) => reply.size(n),
+            Ok(Xattr::Data(v)) => reply.data(&v),
+            Err(e) => reply.error(err(e)),
         }
     }
 }
@@ -228,28 +224,20 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     })
 }
 
-/// The kernel's `__FMODE_EXEC` open flag: execve opens the file to run it, which needs execute
-/// permission, not read.
-const FMODE_EXEC: i32 = 0o40;
-
-fn want(flags: OpenFlags) -> u32 {
-    if flags.0 & FMODE_EXEC != 0 {
-        return 1;
-    }
-    match flags.acc_mode() {
-        OpenAccMode::O_RDONLY => 4,
-        OpenAccMode::O_WRONLY => 2,
-        OpenAccMode::O_RDWR => 6,
-    }
-}
-
 impl Filesystem for TicketFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let _ = config.set_max_write(self.max_write);
+        let _ = config.set_max_write(self.ops.max_write());
         if self.writeback {
             // The kernel owns the file's size and times while it holds dirty pages: sound, as
             // this daemon is the only writer of its image.
             let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
+        }
+        if self.uring
+            && config
+                .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+                .is_ok()
+        {
+            self.uring_granted.store(true, Ordering::Release);
         }
         let _ = config.add_capabilities(
             InitFlags::FUSE_BIG_WRITES
@@ -270,24 +258,25 @@ impl Filesystem for TicketFuse {
         Ok(())
     }
 
+    fn forget(&self, _req: &Request, _ino: INodeNo, _nlookup: u64) {
+        if self.queues_serving.load(Ordering::Relaxed) {
+            forget_pause();
+        }
+    }
+
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.fs.lookup(&ctx(req), self.ino(parent), name.as_bytes()) {
-            // A name that is not there is cached as such for TTL (a negative entry: node 0), as
-            // a kernel filesystem keeps negative dentries: a shell's PATH search, a loader's
-            // library search or a compiler's include search asks again and again for names
-            // that do not exist. Safe for the reason TTL is: the name can only appear through
-            // this kernel (create, link, rename, symlink replace the cached entry; an exclusive
-            // create looks up afresh anyway).
-            Err(FsError::NotFound) => reply.entry(&TTL, &negative_entry(), Generation(0)),
-            r => self.entry(r, reply),
+        match self
+            .ops
+            .lookup(&ctx(req), self.ino(parent), name.as_bytes())
+        {
+            Ok(Found::Entry(a)) => self.entry(Ok(a), reply),
+            Ok(Found::Negative) => reply.entry(&TTL, &negative_entry(), Generation(0)),
+            Err(e) => reply.error(err(e)),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(self.ino(ino)) {
-            Ok(a) => reply.attr(&TTL, &self.fattr(&a)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        self.attr(self.ops.getattr(self.ino(ino)), reply)
     }
 
     fn setattr(
@@ -317,16 +306,13 @@ impl Filesystem for TicketFuse {
             mtime: set_time(mtime),
             via_open_file: fh.is_some(),
         };
-        match self.fs.setattr(&ctx(req), self.ino(ino), &a) {
-            Ok(a) => reply.attr(&TTL, &self.fattr(&a)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        self.attr(self.ops.setattr(&ctx(req), self.ino(ino), &a), reply)
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.fs.readlink(self.ino(ino)) {
+        match self.ops.readlink(self.ino(ino)) {
             Ok(d) => reply.data(&d),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(err(e)),
         }
     }
 
@@ -340,18 +326,15 @@ impl Filesystem for TicketFuse {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let mode = mode & !(umask & 0o777);
-        self.entry(
-            self.fs.make(
-                &ctx(req),
-                self.ino(parent),
-                name.as_bytes(),
-                mode,
-                rdev as u64,
-                None,
-            ),
-            reply,
-        )
+        let r = self.ops.mknod(
+            &ctx(req),
+            self.ino(parent),
+            name.as_bytes(),
+            mode,
+            umask,
+            rdev,
+        );
+        self.entry(r, reply)
     }
 
     fn mkdir(
@@ -363,28 +346,24 @@ impl Filesystem for TicketFuse {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let mode = fs::S_IFDIR | (mode & 0o7777 & !umask);
-        self.entry(
-            self.fs
-                .make(&ctx(req), self.ino(parent), name.as_bytes(), mode, 0, None),
-            reply,
-        )
+        let r = self
+            .ops
+            .mkdir(&ctx(req), self.ino(parent), name.as_bytes(), mode, umask);
+        self.entry(r, reply)
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty(
-            self.fs
-                .remove(&ctx(req), self.ino(parent), name.as_bytes(), false),
-            reply,
-        )
+        let r = self
+            .ops
+            .remove(&ctx(req), self.ino(parent), name.as_bytes(), false);
+        Self::empty(r, reply)
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty(
-            self.fs
-                .remove(&ctx(req), self.ino(parent), name.as_bytes(), true),
-            reply,
-        )
+        let r = self
+            .ops
+            .remove(&ctx(req), self.ino(parent), name.as_bytes(), true);
+        Self::empty(r, reply)
     }
 
     fn symlink(
@@ -395,18 +374,13 @@ impl Filesystem for TicketFuse {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let mode = fs::S_IFLNK | 0o777;
-        self.entry(
-            self.fs.make(
-                &ctx(req),
-                self.ino(parent),
-                link_name.as_bytes(),
-                mode,
-                0,
-                Some(target.as_os_str().as_bytes()),
-            ),
-            reply,
-        )
+        let r = self.ops.symlink(
+            &ctx(req),
+            self.ino(parent),
+            link_name.as_bytes(),
+            target.as_os_str().as_bytes(),
+        );
+        self.entry(r, reply)
     }
 
     fn rename(
@@ -419,17 +393,11 @@ impl Filesystem for TicketFuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
-            return reply.error(Errno::from_i32(libc::EINVAL));
-        }
-        let r = self.fs.rename(
+        let r = self.ops.rename(
             &ctx(req),
-            self.ino(parent),
-            name.as_bytes(),
-            self.ino(newparent),
-            newname.as_bytes(),
-            flags.contains(RenameFlags::RENAME_NOREPLACE),
-            flags.contains(RenameFlags::RENAME_EXCHANGE),
+            (self.ino(parent), name.as_bytes()),
+            (self.ino(newparent), newname.as_bytes()),
+            flags.bits(),
         );
         Self::empty(r, reply)
     }
@@ -442,22 +410,17 @@ impl Filesystem for TicketFuse {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.entry(
-            self.fs.link(
-                &ctx(req),
-                self.ino(ino),
-                self.ino(newparent),
-                newname.as_bytes(),
-            ),
-            reply,
-        )
+        let r = self.ops.link(
+            &ctx(req),
+            self.ino(ino),
+            self.ino(newparent),
+            newname.as_bytes(),
+        );
+        self.entry(r, reply)
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open(&ctx(req), self.ino(ino), want(flags)) {
-            Ok(keep) => reply.opened(FileHandle(0), cache_flags(keep, KEEP_CACHE)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        Self::opened(self.ops.open(&ctx(req), self.ino(ino), flags.0), reply)
     }
 
     fn read(
@@ -472,16 +435,14 @@ impl Filesystem for TicketFuse {
         reply: ReplyData,
     ) {
         let mut reply = Some(reply);
-        let r = self
-            .fs
-            .read_with(self.ino(ino), offset, size as usize, |bytes| {
-                if let Some(rp) = reply.take() {
-                    rp.data(bytes);
-                }
-            });
+        let r = self.ops.read(self.ino(ino), offset, size, |bytes| {
+            if let Some(rp) = reply.take() {
+                rp.data(bytes);
+            }
+        });
         // The reply goes last of all, so an error anywhere still has it to tell.
         if let (Err(e), Some(rp)) = (r, reply) {
-            rp.error(errno(&e));
+            rp.error(err(e));
         }
     }
 
@@ -497,13 +458,12 @@ impl Filesystem for TicketFuse {
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        match self
-            .fs
-            .write_killing(&ctx(req), self.ino(ino), offset, data, kill)
-        {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(&e)),
+        let r = self
+            .ops
+            .write(&ctx(req), self.ino(ino), offset, data, write_flags.bits());
+        match r {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(err(e)),
         }
     }
 
@@ -520,18 +480,15 @@ impl Filesystem for TicketFuse {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        // The reply counts bytes in 32 bits: a longer copy is answered short, and the caller
-        // asks again for the rest.
-        let len = len.min(COPY_RANGE_MAX);
-        match self.fs.copy_range(
+        let r = self.ops.copy_file_range(
             &ctx(req),
             (self.ino(ino_in), offset_in),
             (self.ino(ino_out), offset_out),
             len,
-            self.max_write as usize,
-        ) {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(&e)),
+        );
+        match r {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(err(e)),
         }
     }
 
@@ -559,7 +516,7 @@ impl Filesystem for TicketFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        Self::empty(self.fs.release(self.ino(ino)), reply)
+        Self::empty(self.ops.release(self.ino(ino)), reply)
     }
 
     fn fsync(
@@ -570,22 +527,11 @@ impl Filesystem for TicketFuse {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let r = if datasync {
-            self.fs.fdatasync(self.ino(ino))
-        } else {
-            self.fs.fsync()
-        };
-        Self::empty(r, reply)
+        Self::empty(self.ops.fsync(self.ino(ino), datasync), reply)
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.opendir(&ctx(req), self.ino(ino)) {
-            Ok(keep) => reply.opened(
-                FileHandle(0),
-                cache_flags(keep, FopenFlags::FOPEN_CACHE_DIR),
-            ),
-            Err(e) => reply.error(errno(&e)),
-        }
+        Self::opened(self.ops.opendir(&ctx(req), self.ino(ino)), reply)
     }
 
     fn readdir(
@@ -596,22 +542,18 @@ impl Filesystem for TicketFuse {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(self.ino(ino), offset, READDIR_BATCH) {
+        match self.ops.readdir(self.ino(ino), offset) {
             Ok(entries) => {
                 for e in entries {
-                    let ino = self.out(e.ino);
-                    if reply.add(
-                        ino,
-                        e.cookie,
-                        kind(dtype_mode(e.ftype)),
-                        OsStr::from_bytes(&e.name),
-                    ) {
+                    let node = INodeNo(self.ops.node(e.ino));
+                    let kind = kind(ops::dtype_mode(e.ftype));
+                    if reply.add(node, e.cookie, kind, OsStr::from_bytes(&e.name)) {
                         break;
                     }
                 }
                 reply.ok()
             }
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(err(e)),
         }
     }
 
@@ -623,23 +565,16 @@ impl Filesystem for TicketFuse {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let c = ctx(req);
-        let dir = self.ino(ino);
-        match self.fs.readdir(dir, offset, READDIR_BATCH) {
+        match self.ops.readdirplus(&ctx(req), self.ino(ino), offset) {
             Ok(entries) => {
-                for e in entries {
-                    let attr = if e.name == b"." || e.name == b".." {
-                        self.fs.getattr(e.ino)
-                    } else {
-                        self.fs.lookup(&c, dir, &e.name)
-                    };
-                    let Ok(a) = attr else { continue };
+                for p in entries {
+                    let a = &p.attr;
                     if reply.add(
-                        self.out(a.ino),
-                        e.cookie,
-                        OsStr::from_bytes(&e.name),
+                        INodeNo(self.ops.node(a.ino)),
+                        p.entry.cookie,
+                        OsStr::from_bytes(&p.entry.name),
                         &TTL,
-                        &self.fattr(&a),
+                        &self.fattr(a),
                         Generation(a.generation as u64),
                     ) {
                         break;
@@ -647,7 +582,7 @@ impl Filesystem for TicketFuse {
                 }
                 reply.ok()
             }
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(err(e)),
         }
     }
 
@@ -659,10 +594,7 @@ impl Filesystem for TicketFuse {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        match self.fs.release(self.ino(ino)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        Self::empty(self.ops.release(self.ino(ino)), reply)
     }
 
     fn fsyncdir(
@@ -673,15 +605,15 @@ impl Filesystem for TicketFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        Self::empty(self.fs.fsync(), reply)
+        Self::empty(self.ops.fsyncdir(), reply)
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.fs.statfs() {
+        match self.ops.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
             ),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(err(e)),
         }
     }
 
@@ -695,48 +627,35 @@ impl Filesystem for TicketFuse {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let create = flags & libc::XATTR_CREATE != 0;
-        let replace = flags & libc::XATTR_REPLACE != 0;
-        Self::empty(
-            self.fs.setxattr(
-                &ctx(req),
-                self.ino(ino),
-                name.as_bytes(),
-                value,
-                create,
-                replace,
-            ),
-            reply,
-        )
+        let r = self
+            .ops
+            .setxattr(&ctx(req), self.ino(ino), name.as_bytes(), value, flags);
+        Self::empty(r, reply)
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.fs.getxattr(&ctx(req), self.ino(ino), name.as_bytes()) {
-            Ok(v) => sized(v, size, reply),
-            Err(e) => reply.error(errno(&e)),
-        }
+        let r = self
+            .ops
+            .getxattr(&ctx(req), self.ino(ino), name.as_bytes(), size);
+        Self::xattr(r, reply)
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.fs.listxattr(&ctx(req), self.ino(ino)) {
-            Ok(v) => sized(v, size, reply),
-            Err(e) => reply.error(errno(&e)),
-        }
+        Self::xattr(self.ops.listxattr(&ctx(req), self.ino(ino), size), reply)
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty(
-            self.fs
-                .removexattr(&ctx(req), self.ino(ino), name.as_bytes()),
-            reply,
-        )
+        let r = self
+            .ops
+            .removexattr(&ctx(req), self.ino(ino), name.as_bytes());
+        Self::empty(r, reply)
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        Self::empty(
-            self.fs.access(&ctx(req), self.ino(ino), mask.bits() as u32),
-            reply,
-        )
+        let r = self
+            .ops
+            .access(&ctx(req), self.ino(ino), mask.bits() as u32);
+        Self::empty(r, reply)
     }
 
     fn create(
@@ -746,30 +665,21 @@ impl Filesystem for TicketFuse {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        flags: i32,
+        _flags: i32,
         reply: ReplyCreate,
     ) {
-        let c = ctx(req);
-        let mode = fs::S_IFREG | (mode & 0o7777 & !umask);
-        match self
-            .fs
-            .make(&c, self.ino(parent), name.as_bytes(), mode, 0, None)
-        {
-            Ok(a) => {
-                // The creator may write what it just made, whatever the mode says.
-                let _ = flags;
-                match self.fs.open(&Ctx::ROOT, a.ino, 4) {
-                    Ok(_) => reply.created(
-                        &TTL,
-                        &self.fattr(&a),
-                        Generation(a.generation as u64),
-                        FileHandle(0),
-                        FopenFlags::empty(),
-                    ),
-                    Err(e) => reply.error(errno(&e)),
-                }
-            }
-            Err(e) => reply.error(errno(&e)),
+        let r = self
+            .ops
+            .create(&ctx(req), self.ino(parent), name.as_bytes(), mode, umask);
+        match r {
+            Ok(a) => reply.created(
+                &TTL,
+                &self.fattr(&a),
+                Generation(a.generation as u64),
+                FileHandle(0),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(err(e)),
         }
     }
 
@@ -783,17 +693,8 @@ impl Filesystem for TicketFuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
-        let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
-        let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
-        let known =
-            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
-        if mode & !known != 0 || (punch && !keep) || (punch && zero) {
-            return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
-        }
         Self::empty(
-            self.fs
-                .fallocate(self.ino(ino), offset, length, keep, punch, zero),
+            self.ops.fallocate(self.ino(ino), offset, length, mode),
             reply,
         )
     }
@@ -807,43 +708,9 @@ impl Filesystem for TicketFuse {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let r = match whence {
-            // As the kernel's own filesystems: no data or hole before offset 0 either.
-            libc::SEEK_DATA | libc::SEEK_HOLE if offset < 0 => {
-                return reply.error(Errno::from_i32(libc::ENXIO))
-            }
-            libc::SEEK_DATA => self.fs.seek(self.ino(ino), offset as u64, true),
-            libc::SEEK_HOLE => self.fs.seek(self.ino(ino), offset as u64, false),
-            _ => return reply.error(Errno::from_i32(libc::EINVAL)),
-        };
-        match r {
-            Ok(o) => reply.offset(o as i64),
-            Err(e) => reply.error(errno(&e)),
+        match self.ops.lseek(self.ino(ino), offset, whence) {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(err(e)),
         }
-    }
-}
-
-/// Replies to an xattr request: its size when the caller asks with size 0, the bytes when they
-/// fit, ERANGE when they do not.
-fn sized(v: Vec<u8>, size: u32, reply: ReplyXattr) {
-    if size == 0 {
-        reply.size(v.len() as u32)
-    } else if v.len() > size as usize {
-        reply.error(Errno::from_i32(libc::ERANGE))
-    } else {
-        reply.data(&v)
-    }
-}
-
-/// A mode with the file type of a readdir type, for `kind`.
-fn dtype_mode(t: u8) -> u32 {
-    match t {
-        4 => fs::S_IFDIR,
-        10 => fs::S_IFLNK,
-        1 => fs::S_IFIFO,
-        12 => fs::S_IFSOCK,
-        2 => fs::S_IFCHR,
-        6 => fs::S_IFBLK,
-        _ => fs::S_IFREG,
     }
 }

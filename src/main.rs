@@ -17,11 +17,13 @@ use ticketfs::image::{open_image, parse_size};
 use ticketfs::mem::budget::{self, Budget};
 use ticketfs::mem::cgroup::CgroupMemory;
 use ticketfs::mem::{MemRes, OverrunPolicy};
+use ticketfs::ops::Ops;
+use ticketfs::ring::Queues;
 use ticketfs::stats::{self, Report};
 use ticketfs::trans::TransKind;
 use ticketfs::{Engine, EngineOptions};
 
-const USAGE: &str = "usage: ticketfs IMAGE MOUNTPOINT [-f] [-o ro|rw|allow_other|default_permissions|writeback_cache|hostcache=on|off|mem=SIZE|max_threads=N|memres=on|off|overrun=warn|panic|verbose|debug_resv=KIND:BYTES,...]
+const USAGE: &str = "usage: ticketfs IMAGE MOUNTPOINT [-f] [-o ro|rw|allow_other|default_permissions|writeback_cache|hostcache=on|off|uring=on|off|uring_idle=on|off|mem=SIZE|max_threads=N|memres=on|off|overrun=warn|panic|verbose|debug_resv=KIND:BYTES,...]
        ticketfs stats MOUNTPOINT [--json]";
 /// glibc's malloc: blocks from this size are mapped and unmapped on their own, so a freed write
 /// buffer goes back to the system instead of staying in an arena (a fixed threshold also turns
@@ -43,6 +45,10 @@ struct Options {
     default_permissions: bool,
     /// `-o writeback_cache`: the kernel's writeback cache (implies default_permissions).
     writeback_cache: bool,
+    /// `-o uring=on|off`: FUSE over io_uring when the kernel offers it (on by default).
+    uring: bool,
+    /// `-o uring_idle=on|off`: the queue threads serve at SCHED_IDLE while CPUs are spare (on).
+    uring_idle: bool,
     /// `-o hostcache=on|off`: file data read through the image's page cache (on by default).
     host_cache: bool,
     /// The mount's own flags (nosuid, nodev, noexec, sync, dirsync), kept by the kernel.
@@ -118,6 +124,8 @@ fn parse() -> Options {
         default_permissions: false,
         writeback_cache: false,
         host_cache: true,
+        uring: true,
+        uring_idle: true,
         flags: MountFlags::default(),
         verbose: false,
         mem_option: None,
@@ -150,6 +158,10 @@ fn parse() -> Options {
                             o.default_permissions = true;
                         }
                         "hostcache=on" => o.host_cache = true,
+                        "uring=on" => o.uring = true,
+                        "uring=off" => o.uring = false,
+                        "uring_idle=on" => o.uring_idle = true,
+                        "uring_idle=off" => o.uring_idle = false,
                         "hostcache=off" => o.host_cache = false,
                         "memres=on" => o.engine.memres = MemRes::On,
                         "memres=off" => o.engine.memres = MemRes::Off,
@@ -264,14 +276,33 @@ fn serve(o: &Options, report: &mut dyn FnMut(Result<String, String>)) -> Result<
     let start_rss = budget::resident_bytes();
     let dev = open_image(&o.image).map_err(|e| format!("{}: {e}", o.image.display()))?;
     let pools = ticketfs::log::writer_pool_bytes(ticketfs::device::Device::block_size(&dev));
-    let budget = budget::derive(
-        CgroupMemory::of_self(),
-        start_rss,
-        pools,
-        o.mem_option,
-        o.threads_option,
-    )
-    .map_err(|e| format!("{}: {e}", o.image.display()))?;
+    let derive = |threads: Option<usize>| {
+        budget::derive(
+            CgroupMemory::of_self(),
+            start_rss,
+            pools,
+            o.mem_option,
+            threads,
+        )
+        .map_err(|e| format!("{}: {e}", o.image.display()))
+    };
+    let mut budget = derive(o.threads_option)?;
+    // With io_uring, the serving threads are as many per CPU queue as it takes to have the
+    // sized number in all: the base counts their buffers. The one /dev/fuse thread then carries
+    // only FORGET and INTERRUPT (a page of its buffer), or everything should the queues fail to
+    // start, when their buffers are never made.
+    let uring = o.uring && ticketfs::ring::available();
+    let queue_n = if uring {
+        ticketfs::ring::queue_count().ok()
+    } else {
+        None
+    };
+    let per_queue = queue_n.map(|n| budget.sizing.fuse_threads.div_ceil(n));
+    if let (Some(n), Some(pq)) = (queue_n, per_queue) {
+        if n * pq != budget.sizing.fuse_threads {
+            budget = derive(Some(n * pq))?;
+        }
+    }
     let dev = dev.with_data_page_cache(o.host_cache, budget.host_dirty_max());
     let mut engine_opts = o.engine.clone();
     engine_opts.mem_budget_bytes = budget.budget_bytes;
@@ -297,11 +328,17 @@ fn serve(o: &Options, report: &mut dyn FnMut(Result<String, String>)) -> Result<
     if o.allow_other {
         cfg.acl = fuser::SessionACL::All;
     }
-    cfg.n_threads = Some(budget.sizing.fuse_threads);
+    // With the io_uring queues, /dev/fuse carries only FORGET and INTERRUPT (and requests until
+    // the queues are registered, or all of them should that fail): one thread, which the
+    // kernel then rarely has to wake (`fuse::FORGET_PAUSE`).
+    cfg.n_threads = Some(if uring { 1 } else { budget.sizing.fuse_threads });
     cfg.clone_fd = true;
     // Each request thread's data buffer is kept up to the largest request (counted in the base).
     ticketfs::file::set_scratch_keep_max(budget.sizing.max_write as usize);
-    let fuse = TicketFuse::new(fs.clone(), budget.sizing.max_write, o.writeback_cache);
+    let ops = Arc::new(Ops::new(fs.clone(), budget.sizing.max_write));
+    let fuse = TicketFuse::new(ops.clone(), o.writeback_cache, uring);
+    let uring_granted = fuse.uring_granted();
+    let queues_serving = fuse.queues_serving();
     let mut session = match fuser::Session::new(fuse, &o.mountpoint, &cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -334,7 +371,38 @@ fn serve(o: &Options, report: &mut dyn FnMut(Result<String, String>)) -> Result<
         budget::mib(budget.budget_bytes),
         budget.derivation
     )));
+    // The INIT exchange is done: when it granted io_uring, the queues take over every request
+    // but FORGET and INTERRUPT.
+    let queues = if uring_granted.load(std::sync::atomic::Ordering::Acquire) {
+        let started = std::os::fd::AsFd::as_fd(&session)
+            .try_clone_to_owned()
+            .and_then(|dev| {
+                Queues::start(
+                    &dev,
+                    ops.clone(),
+                    per_queue.unwrap_or(1),
+                    budget.sizing.max_write as usize,
+                    o.uring_idle,
+                )
+            });
+        match started {
+            Ok(q) => {
+                queues_serving.store(true, std::sync::atomic::Ordering::Release);
+                Some(q)
+            }
+            Err(e) => {
+                eprintln!("ticketfs: io_uring queues not started, serving through /dev/fuse: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let served = session.run();
+    if let Some(q) = queues {
+        q.stop();
+    }
+    drop(ops);
     // No statistics request may hold the filesystem while it unmounts.
     stats::stop(&source);
     let fs = Arc::try_unwrap(fs)

@@ -85,6 +85,16 @@ pub struct Report {
     pub alloc_lock_wait_ms: f64,
     pub resident_bytes: u64,
     pub peak_resident_bytes: u64,
+    /// FUSE over io_uring: serving threads (0: requests go through /dev/fuse), queues,
+    /// requests answered, times a thread left SCHED_IDLE for oversubscribed CPUs.
+    #[serde(default)]
+    pub uring_threads: usize,
+    #[serde(default)]
+    pub uring_queues: usize,
+    #[serde(default)]
+    pub uring_requests: u64,
+    #[serde(default)]
+    pub uring_left_idle: u64,
     pub kinds: Vec<KindReport>,
 }
 
@@ -99,6 +109,7 @@ impl Report {
     ) -> Report {
         let m = &st.mem;
         let buf = st.cache.bytes.checked_div(st.cache.buffers).unwrap_or(0);
+        let ring = crate::ring::stats();
         Report {
             image: image.display().to_string(),
             memres: m.enabled,
@@ -135,6 +146,10 @@ impl Report {
             alloc_lock_wait_ms: st.alloc_lock[2] as f64 / 1e6,
             resident_bytes: resident_bytes(),
             peak_resident_bytes: peak_resident_bytes(),
+            uring_threads: ring.threads,
+            uring_queues: ring.queues,
+            uring_requests: ring.requests,
+            uring_left_idle: ring.left_idle,
             kinds: st
                 .kinds
                 .iter()
@@ -184,6 +199,15 @@ impl Report {
             self.fuse_threads,
             self.max_write >> 10
         );
+        if self.uring_threads > 0 {
+            let _ = writeln!(
+                o,
+                "transport        io_uring: {} queues, {} serving threads, {} requests (left SCHED_IDLE {} times)",
+                self.uring_queues, self.uring_threads, self.uring_requests, self.uring_left_idle
+            );
+        } else {
+            let _ = writeln!(o, "transport        /dev/fuse");
+        }
         let _ = writeln!(o, "reserved         {}", mib(self.reserved_bytes));
         let _ = writeln!(o, "pinned by trans  {}", mib(self.pinned_trans_bytes));
         let _ = writeln!(o, "pinned by log    {}", mib(self.pinned_log_bytes));

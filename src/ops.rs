@@ -1,0 +1,406 @@
+//! What each FUSE request does, whichever transport brought it: `/dev/fuse` through fuser
+//! ([`crate::fuse`]) or the kernel's io_uring queues ([`crate::ring`]). Requests arrive here as
+//! plain values (FUSE node ids, names as bytes, the kernel's flag words) and leave as results the
+//! transports encode; errors leave as errnos, mapped in one place ([`errno`]).
+
+use crate::dir::DirEntry;
+use crate::engine::EngineError;
+use crate::fs::{self, Attr, Ctx, Fs, FsError, SetAttr, StatFs};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long the kernel may cache entries and attributes. ticketfs is the only writer of its
+/// image and every change reaches it through the kernel, which updates or drops its copy on
+/// each (create, link, unlink, rename and setattr replies carry the new attributes; reads drop
+/// the cached access time), so the copy stays right and a long time keeps `stat` and path
+/// walks in the kernel, as for a kernel filesystem.
+pub const TTL: Duration = Duration::from_secs(60);
+/// Largest write the kernel sends in one request.
+pub const MAX_WRITE: u32 = 1 << 20;
+/// Entries one readdir reply carries at most (the kernel's buffer bounds it anyway).
+pub const READDIR_BATCH: usize = 128;
+/// Most bytes one copy_file_range reply reports: its count is 32 bits; a multiple of every
+/// block size, so a long copy continues block-aligned.
+pub const COPY_RANGE_MAX: u64 = 1 << 30;
+
+/// FOPEN_KEEP_CACHE. Opens keep the kernel's page cache of the file: every change to the data
+/// reaches the image through the kernel (writes, truncate, fallocate; copy_file_range's
+/// destination range the kernel drops itself), so what it caches stays right, and a file read
+/// again after being opened again is served from memory. Not when an access-time update is due
+/// (`Fs::open`): reads served from the cache never reach the daemon, which keeps the access
+/// times (fstests' generic/003 under strictatime caught it).
+pub const FOPEN_KEEP_CACHE: u32 = 1 << 1;
+/// FOPEN_CACHE_DIR: directories likewise keep their cached listings; the kernel drops them
+/// when it changes the directory.
+pub const FOPEN_CACHE_DIR: u32 = 1 << 3;
+/// The kernel's `__FMODE_EXEC` open flag: execve opens the file to run it, which needs execute
+/// permission, not read.
+const FMODE_EXEC: i32 = 0o40;
+/// FUSE_WRITE_KILL_SUIDGID in a write's flags: the writer lacks CAP_FSETID.
+pub const WRITE_KILL_SUIDGID: u32 = 1 << 2;
+/// RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT of renameat2(2).
+const RENAME_NOREPLACE: u32 = 1;
+const RENAME_EXCHANGE: u32 = 2;
+const RENAME_WHITEOUT: u32 = 4;
+
+/// The one mapping from filesystem errors to errnos.
+pub fn errno(e: &FsError) -> i32 {
+    let n = match e {
+        FsError::NotFound => libc::ENOENT,
+        FsError::Exists => libc::EEXIST,
+        FsError::NotDir => libc::ENOTDIR,
+        FsError::IsDir => libc::EISDIR,
+        FsError::NotEmpty => libc::ENOTEMPTY,
+        FsError::Access => libc::EACCES,
+        FsError::Perm => libc::EPERM,
+        FsError::NameTooLong => libc::ENAMETOOLONG,
+        FsError::Invalid(_) => libc::EINVAL,
+        FsError::TooManyLinks => libc::EMLINK,
+        FsError::ReadOnly => libc::EROFS,
+        FsError::NotSupported => libc::EOPNOTSUPP,
+        FsError::NoData => libc::ENXIO,
+        FsError::NoAttr => libc::ENODATA,
+        FsError::Stale => libc::ESTALE,
+        FsError::Engine(EngineError::NoSpace(_)) => libc::ENOSPC,
+        FsError::Engine(EngineError::Stale(_)) => libc::ENOENT,
+        FsError::Engine(EngineError::Invalid(_)) => libc::EINVAL,
+        FsError::Engine(EngineError::TooBig(_)) => libc::EFBIG,
+        FsError::Engine(EngineError::Shutdown(_)) => libc::EIO,
+        FsError::Engine(EngineError::Io(d)) => d.errno(),
+        FsError::Engine(EngineError::Corrupt(_)) => libc::EUCLEAN,
+    };
+    if let FsError::Engine(EngineError::Corrupt(c)) = e {
+        eprintln!("ticketfs: {c}");
+    }
+    n
+}
+
+/// A request's outcome: its value or an errno.
+pub type Res<T> = Result<T, i32>;
+
+fn res<T>(r: Result<T, FsError>) -> Res<T> {
+    r.map_err(|e| errno(&e))
+}
+
+/// A lookup's answer: the entry, or that the name is not there.
+pub enum Found {
+    Entry(Attr),
+    /// Cached as such for TTL (a negative entry: node 0), as a kernel filesystem keeps negative
+    /// dentries: a shell's PATH search, a loader's library search or a compiler's include search
+    /// asks again and again for names that do not exist. Safe for the reason TTL is: the name
+    /// can only appear through this kernel (create, link, rename, symlink replace the cached
+    /// entry; an exclusive create looks up afresh anyway).
+    Negative,
+}
+
+/// An xattr request's answer: the size the caller asked for with size 0, or the bytes.
+pub enum Xattr {
+    Size(u32),
+    Data(Vec<u8>),
+}
+
+/// A readdirplus entry: the directory entry and the attributes of what it names.
+pub struct PlusEntry {
+    pub entry: DirEntry,
+    pub attr: Attr,
+}
+
+/// The filesystem as the kernel's requests see it.
+pub struct Ops {
+    fs: Arc<Fs>,
+    max_write: u32,
+}
+
+impl Ops {
+    /// Serves `fs`; writes are at most `max_write` bytes (chosen with the budget).
+    pub fn new(fs: Arc<Fs>, max_write: u32) -> Ops {
+        Ops {
+            fs,
+            max_write: max_write.clamp(4096, MAX_WRITE),
+        }
+    }
+
+    pub fn max_write(&self) -> u32 {
+        self.max_write
+    }
+
+    /// FUSE calls the root 1; every other inode number is ours unchanged (ours are never 1).
+    pub fn ino(&self, node: u64) -> u64 {
+        if node == 1 {
+            self.fs.root()
+        } else {
+            node
+        }
+    }
+
+    /// Ours to FUSE's: the root is 1.
+    pub fn node(&self, ino: u64) -> u64 {
+        if ino == self.fs.root() {
+            1
+        } else {
+            ino
+        }
+    }
+
+    pub fn lookup(&self, c: &Ctx, parent: u64, name: &[u8]) -> Res<Found> {
+        match self.fs.lookup(c, self.ino(parent), name) {
+            Ok(a) => Ok(Found::Entry(a)),
+            Err(FsError::NotFound) => Ok(Found::Negative),
+            Err(e) => Err(errno(&e)),
+        }
+    }
+
+    pub fn getattr(&self, node: u64) -> Res<Attr> {
+        res(self.fs.getattr(self.ino(node)))
+    }
+
+    pub fn setattr(&self, c: &Ctx, node: u64, a: &SetAttr) -> Res<Attr> {
+        res(self.fs.setattr(c, self.ino(node), a))
+    }
+
+    pub fn readlink(&self, node: u64) -> Res<Vec<u8>> {
+        res(self.fs.readlink(self.ino(node)))
+    }
+
+    pub fn mknod(
+        &self,
+        c: &Ctx,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+    ) -> Res<Attr> {
+        let mode = mode & !(umask & 0o777);
+        res(self
+            .fs
+            .make(c, self.ino(parent), name, mode, rdev as u64, None))
+    }
+
+    pub fn mkdir(&self, c: &Ctx, parent: u64, name: &[u8], mode: u32, umask: u32) -> Res<Attr> {
+        let mode = fs::S_IFDIR | (mode & 0o7777 & !umask);
+        res(self.fs.make(c, self.ino(parent), name, mode, 0, None))
+    }
+
+    pub fn symlink(&self, c: &Ctx, parent: u64, name: &[u8], target: &[u8]) -> Res<Attr> {
+        let mode = fs::S_IFLNK | 0o777;
+        res(self
+            .fs
+            .make(c, self.ino(parent), name, mode, 0, Some(target)))
+    }
+
+    pub fn remove(&self, c: &Ctx, parent: u64, name: &[u8], rmdir: bool) -> Res<()> {
+        res(self.fs.remove(c, self.ino(parent), name, rmdir))
+    }
+
+    /// `flags` as renameat2(2) takes them.
+    pub fn rename(
+        &self,
+        c: &Ctx,
+        (parent, name): (u64, &[u8]),
+        (newparent, newname): (u64, &[u8]),
+        flags: u32,
+    ) -> Res<()> {
+        if flags & RENAME_WHITEOUT != 0
+            || flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT) != 0
+        {
+            return Err(libc::EINVAL);
+        }
+        res(self.fs.rename(
+            c,
+            self.ino(parent),
+            name,
+            self.ino(newparent),
+            newname,
+            flags & RENAME_NOREPLACE != 0,
+            flags & RENAME_EXCHANGE != 0,
+        ))
+    }
+
+    pub fn link(&self, c: &Ctx, node: u64, newparent: u64, newname: &[u8]) -> Res<Attr> {
+        res(self
+            .fs
+            .link(c, self.ino(node), self.ino(newparent), newname))
+    }
+
+    /// `flags` are open(2)'s; the answer is the FOPEN_* flags of the reply.
+    pub fn open(&self, c: &Ctx, node: u64, flags: i32) -> Res<u32> {
+        let keep = res(self.fs.open(c, self.ino(node), want(flags)))?;
+        Ok(if keep { FOPEN_KEEP_CACHE } else { 0 })
+    }
+
+    /// Hands the bytes read to `f` (which sends them) and returns what it returned.
+    pub fn read<T>(&self, node: u64, off: u64, size: u32, f: impl FnOnce(&[u8]) -> T) -> Res<T> {
+        res(self.fs.read_with(self.ino(node), off, size as usize, f))
+    }
+
+    pub fn write(&self, c: &Ctx, node: u64, off: u64, data: &[u8], write_flags: u32) -> Res<u32> {
+        let kill = write_flags & WRITE_KILL_SUIDGID != 0;
+        res(self.fs.write_killing(c, self.ino(node), off, data, kill)).map(|n| n as u32)
+    }
+
+    pub fn copy_file_range(
+        &self,
+        c: &Ctx,
+        (from, off_in): (u64, u64),
+        (to, off_out): (u64, u64),
+        len: u64,
+    ) -> Res<u32> {
+        // The reply counts bytes in 32 bits: a longer copy is answered short, and the caller
+        // asks again for the rest.
+        let len = len.min(COPY_RANGE_MAX);
+        res(self.fs.copy_range(
+            c,
+            (self.ino(from), off_in),
+            (self.ino(to), off_out),
+            len,
+            self.max_write as usize,
+        ))
+        .map(|n| n as u32)
+    }
+
+    pub fn release(&self, node: u64) -> Res<()> {
+        res(self.fs.release(self.ino(node)))
+    }
+
+    pub fn fsync(&self, node: u64, datasync: bool) -> Res<()> {
+        if datasync {
+            res(self.fs.fdatasync(self.ino(node)))
+        } else {
+            res(self.fs.fsync())
+        }
+    }
+
+    pub fn fsyncdir(&self) -> Res<()> {
+        res(self.fs.fsync())
+    }
+
+    /// The answer is the FOPEN_* flags of the reply.
+    pub fn opendir(&self, c: &Ctx, node: u64) -> Res<u32> {
+        let keep = res(self.fs.opendir(c, self.ino(node)))?;
+        Ok(if keep { FOPEN_CACHE_DIR } else { 0 })
+    }
+
+    pub fn readdir(&self, node: u64, offset: u64) -> Res<Vec<DirEntry>> {
+        res(self.fs.readdir(self.ino(node), offset, READDIR_BATCH))
+    }
+
+    /// Entries with their attributes; an entry that vanished between the listing and the
+    /// lookup is left out.
+    pub fn readdirplus(&self, c: &Ctx, node: u64, offset: u64) -> Res<Vec<PlusEntry>> {
+        let dir = self.ino(node);
+        let entries = res(self.fs.readdir(dir, offset, READDIR_BATCH))?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|e| {
+                let attr = if e.name == b"." || e.name == b".." {
+                    self.fs.getattr(e.ino)
+                } else {
+                    self.fs.lookup(c, dir, &e.name)
+                };
+                attr.ok().map(|attr| PlusEntry { entry: e, attr })
+            })
+            .collect())
+    }
+
+    pub fn statfs(&self) -> Res<StatFs> {
+        res(self.fs.statfs())
+    }
+
+    /// `flags` are setxattr(2)'s.
+    pub fn setxattr(&self, c: &Ctx, node: u64, name: &[u8], value: &[u8], flags: i32) -> Res<()> {
+        let create = flags & libc::XATTR_CREATE != 0;
+        let replace = flags & libc::XATTR_REPLACE != 0;
+        res(self
+            .fs
+            .setxattr(c, self.ino(node), name, value, create, replace))
+    }
+
+    pub fn getxattr(&self, c: &Ctx, node: u64, name: &[u8], size: u32) -> Res<Xattr> {
+        sized(res(self.fs.getxattr(c, self.ino(node), name))?, size)
+    }
+
+    pub fn listxattr(&self, c: &Ctx, node: u64, size: u32) -> Res<Xattr> {
+        sized(res(self.fs.listxattr(c, self.ino(node)))?, size)
+    }
+
+    pub fn removexattr(&self, c: &Ctx, node: u64, name: &[u8]) -> Res<()> {
+        res(self.fs.removexattr(c, self.ino(node), name))
+    }
+
+    pub fn access(&self, c: &Ctx, node: u64, mask: u32) -> Res<()> {
+        res(self.fs.access(c, self.ino(node), mask))
+    }
+
+    /// Creates and opens; the answer's FOPEN_* flags are none.
+    pub fn create(&self, c: &Ctx, parent: u64, name: &[u8], mode: u32, umask: u32) -> Res<Attr> {
+        let mode = fs::S_IFREG | (mode & 0o7777 & !umask);
+        let a = res(self.fs.make(c, self.ino(parent), name, mode, 0, None))?;
+        // The creator may write what it just made, whatever the mode says.
+        res(self.fs.open(&Ctx::ROOT, a.ino, 4))?;
+        Ok(a)
+    }
+
+    /// `mode` is fallocate(2)'s.
+    pub fn fallocate(&self, node: u64, offset: u64, length: u64, mode: i32) -> Res<()> {
+        let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
+        let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
+        let known =
+            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !known != 0 || (punch && !keep) || (punch && zero) {
+            return Err(libc::EOPNOTSUPP);
+        }
+        res(self
+            .fs
+            .fallocate(self.ino(node), offset, length, keep, punch, zero))
+    }
+
+    pub fn lseek(&self, node: u64, offset: i64, whence: i32) -> Res<i64> {
+        let r = match whence {
+            // As the kernel's own filesystems: no data or hole before offset 0 either.
+            libc::SEEK_DATA | libc::SEEK_HOLE if offset < 0 => return Err(libc::ENXIO),
+            libc::SEEK_DATA => self.fs.seek(self.ino(node), offset as u64, true),
+            libc::SEEK_HOLE => self.fs.seek(self.ino(node), offset as u64, false),
+            _ => return Err(libc::EINVAL),
+        };
+        res(r).map(|o| o as i64)
+    }
+}
+
+/// The permission an open asks for (rwx bits as access(2) takes them).
+fn want(flags: i32) -> u32 {
+    if flags & FMODE_EXEC != 0 {
+        return 1;
+    }
+    match flags & libc::O_ACCMODE {
+        libc::O_WRONLY => 2,
+        libc::O_RDWR => 6,
+        _ => 4,
+    }
+}
+
+/// An xattr answer: its size when the caller asks with size 0, the bytes when they fit, ERANGE
+/// when they do not.
+fn sized(v: Vec<u8>, size: u32) -> Res<Xattr> {
+    if size == 0 {
+        Ok(Xattr::Size(v.len() as u32))
+    } else if v.len() > size as usize {
+        Err(libc::ERANGE)
+    } else {
+        Ok(Xattr::Data(v))
+    }
+}
+
+/// A mode with the file type of a readdir type.
+pub fn dtype_mode(t: u8) -> u32 {
+    match t {
+        4 => fs::S_IFDIR,
+        10 => fs::S_IFLNK,
+        1 => fs::S_IFIFO,
+        12 => fs::S_IFSOCK,
+        2 => fs::S_IFCHR,
+        6 => fs::S_IFBLK,
+        _ => fs::S_IFREG,
+    }
+}

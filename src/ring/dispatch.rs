@@ -1,0 +1,324 @@
+//! One request from an io_uring queue: decode it ([`wire`]), do it ([`Ops`]), encode the reply.
+//! The request's payload and the reply share the entry's payload buffer, so a request is done
+//! in two steps: [`handle`] reads the request and returns an owned [`Out`]; [`encode`] writes it
+//! once nothing of the request is needed any more. READ writes its data straight into the
+//! buffer ([`read`]).
+
+use super::wire::{self, InHeader, Rd, Wr};
+use crate::dir::DirEntry;
+use crate::format::inode::Time;
+use crate::fs::{Attr, Ctx, SetAttr, SetTime, StatFs};
+use crate::ops::{self, Found, Ops, PlusEntry, Xattr};
+
+pub const FUSE_LOOKUP: u32 = 1;
+const FUSE_GETATTR: u32 = 3;
+const FUSE_SETATTR: u32 = 4;
+const FUSE_READLINK: u32 = 5;
+const FUSE_SYMLINK: u32 = 6;
+const FUSE_MKNOD: u32 = 8;
+const FUSE_MKDIR: u32 = 9;
+const FUSE_UNLINK: u32 = 10;
+const FUSE_RMDIR: u32 = 11;
+const FUSE_RENAME: u32 = 12;
+const FUSE_LINK: u32 = 13;
+const FUSE_OPEN: u32 = 14;
+pub const FUSE_READ: u32 = 15;
+const FUSE_WRITE: u32 = 16;
+const FUSE_STATFS: u32 = 17;
+const FUSE_RELEASE: u32 = 18;
+const FUSE_FSYNC: u32 = 20;
+const FUSE_SETXATTR: u32 = 21;
+const FUSE_GETXATTR: u32 = 22;
+const FUSE_LISTXATTR: u32 = 23;
+const FUSE_REMOVEXATTR: u32 = 24;
+const FUSE_FLUSH: u32 = 25;
+const FUSE_OPENDIR: u32 = 27;
+const FUSE_READDIR: u32 = 28;
+const FUSE_RELEASEDIR: u32 = 29;
+const FUSE_FSYNCDIR: u32 = 30;
+const FUSE_ACCESS: u32 = 34;
+const FUSE_CREATE: u32 = 35;
+const FUSE_DESTROY: u32 = 38;
+const FUSE_FALLOCATE: u32 = 43;
+const FUSE_READDIRPLUS: u32 = 44;
+const FUSE_RENAME2: u32 = 45;
+const FUSE_LSEEK: u32 = 46;
+const FUSE_COPY_FILE_RANGE: u32 = 47;
+
+/// setattr's `valid` bits.
+const FATTR_MODE: u32 = 1 << 0;
+const FATTR_UID: u32 = 1 << 1;
+const FATTR_GID: u32 = 1 << 2;
+const FATTR_SIZE: u32 = 1 << 3;
+const FATTR_ATIME: u32 = 1 << 4;
+const FATTR_MTIME: u32 = 1 << 5;
+const FATTR_FH: u32 = 1 << 6;
+const FATTR_ATIME_NOW: u32 = 1 << 7;
+const FATTR_MTIME_NOW: u32 = 1 << 8;
+/// fsync's flag for fdatasync.
+const FUSE_FSYNC_FDATASYNC: u32 = 1;
+
+/// A reply, owned, to be encoded once the request's buffer is free.
+pub enum Out {
+    Empty,
+    Entry(Option<Attr>),
+    Attr(Attr),
+    Open(u32),
+    Create(Attr),
+    Written(u32),
+    Statfs(StatFs),
+    Xattr(Xattr),
+    Data(Vec<u8>),
+    Lseek(i64),
+    Dir(Vec<DirEntry>, usize),
+    DirPlus(Vec<PlusEntry>, usize),
+}
+
+fn ctx(h: &InHeader) -> Ctx {
+    Ctx {
+        uid: h.uid,
+        gid: h.gid,
+        pid: h.pid,
+    }
+}
+
+fn time(sec: u64, nsec: u32) -> Time {
+    Time {
+        sec: sec as i64,
+        nsec,
+    }
+}
+
+/// Does every request but READ. `arg` is the fixed argument (the entry's op_in area), `payload`
+/// what followed it (names, data). An opcode not served here is ENOSYS, as fuser answers.
+pub fn handle(ops: &Ops, h: &InHeader, arg: &[u8], payload: &[u8]) -> Result<Out, i32> {
+    let c = ctx(h);
+    let node = h.nodeid;
+    let mut a = Rd::new(arg);
+    let mut p = Rd::new(payload);
+    match h.opcode {
+        FUSE_LOOKUP => match ops.lookup(&c, node, p.name()?)? {
+            Found::Entry(at) => Ok(Out::Entry(Some(at))),
+            Found::Negative => Ok(Out::Entry(None)),
+        },
+        FUSE_GETATTR => ops.getattr(node).map(Out::Attr),
+        FUSE_SETATTR => {
+            let valid = a.u32()?;
+            a.skip(4)?;
+            let _fh = a.u64()?;
+            let size = a.u64()?;
+            let _lock_owner = a.u64()?;
+            let (atime, mtime, _ctime) = (a.u64()?, a.u64()?, a.u64()?);
+            let (atimensec, mtimensec, _ctimensec) = (a.u32()?, a.u32()?, a.u32()?);
+            let mode = a.u32()?;
+            a.skip(4)?;
+            let (uid, gid) = (a.u32()?, a.u32()?);
+            let when = |bit: u32, now: u32, s: u64, ns: u32| {
+                (valid & bit != 0).then(|| {
+                    if valid & now != 0 {
+                        SetTime::Now
+                    } else {
+                        SetTime::At(time(s, ns))
+                    }
+                })
+            };
+            let s = SetAttr {
+                mode: (valid & FATTR_MODE != 0).then_some(mode),
+                uid: (valid & FATTR_UID != 0).then_some(uid),
+                gid: (valid & FATTR_GID != 0).then_some(gid),
+                size: (valid & FATTR_SIZE != 0).then_some(size),
+                atime: when(FATTR_ATIME, FATTR_ATIME_NOW, atime, atimensec),
+                mtime: when(FATTR_MTIME, FATTR_MTIME_NOW, mtime, mtimensec),
+                via_open_file: valid & FATTR_FH != 0,
+            };
+            ops.setattr(&c, node, &s).map(Out::Attr)
+        }
+        FUSE_READLINK => ops.readlink(node).map(Out::Data),
+        FUSE_SYMLINK => {
+            let name = p.name()?;
+            let target = p.name()?;
+            ops.symlink(&c, node, name, target)
+                .map(|at| Out::Entry(Some(at)))
+        }
+        FUSE_MKNOD => {
+            let (mode, rdev, umask) = (a.u32()?, a.u32()?, a.u32()?);
+            ops.mknod(&c, node, p.name()?, mode, umask, rdev)
+                .map(|at| Out::Entry(Some(at)))
+        }
+        FUSE_MKDIR => {
+            let (mode, umask) = (a.u32()?, a.u32()?);
+            ops.mkdir(&c, node, p.name()?, mode, umask)
+                .map(|at| Out::Entry(Some(at)))
+        }
+        FUSE_UNLINK => ops.remove(&c, node, p.name()?, false).map(|()| Out::Empty),
+        FUSE_RMDIR => ops.remove(&c, node, p.name()?, true).map(|()| Out::Empty),
+        FUSE_RENAME | FUSE_RENAME2 => {
+            let newdir = a.u64()?;
+            let flags = if h.opcode == FUSE_RENAME2 {
+                a.u32()?
+            } else {
+                0
+            };
+            let (old, new) = (p.name()?, p.name()?);
+            ops.rename(&c, (node, old), (newdir, new), flags)
+                .map(|()| Out::Empty)
+        }
+        FUSE_LINK => {
+            let old = a.u64()?;
+            ops.link(&c, old, node, p.name()?)
+                .map(|at| Out::Entry(Some(at)))
+        }
+        FUSE_OPEN => ops.open(&c, node, a.u32()? as i32).map(Out::Open),
+        FUSE_WRITE => {
+            let _fh = a.u64()?;
+            let off = a.u64()?;
+            let size = a.u32()? as usize;
+            let write_flags = a.u32()?;
+            let data = p.bytes(size)?;
+            ops.write(&c, node, off, data, write_flags)
+                .map(Out::Written)
+        }
+        FUSE_STATFS => ops.statfs().map(Out::Statfs),
+        FUSE_RELEASE | FUSE_RELEASEDIR => ops.release(node).map(|()| Out::Empty),
+        FUSE_FSYNC => {
+            a.skip(8)?;
+            let datasync = a.u32()? & FUSE_FSYNC_FDATASYNC != 0;
+            ops.fsync(node, datasync).map(|()| Out::Empty)
+        }
+        FUSE_FSYNCDIR => ops.fsyncdir().map(|()| Out::Empty),
+        FUSE_SETXATTR => {
+            let size = a.u32()? as usize;
+            let flags = a.u32()? as i32;
+            let name = p.name()?;
+            let value = p.bytes(size)?;
+            ops.setxattr(&c, node, name, value, flags)
+                .map(|()| Out::Empty)
+        }
+        FUSE_GETXATTR => {
+            let size = a.u32()?;
+            ops.getxattr(&c, node, p.name()?, size).map(Out::Xattr)
+        }
+        FUSE_LISTXATTR => ops.listxattr(&c, node, a.u32()?).map(Out::Xattr),
+        FUSE_REMOVEXATTR => ops.removexattr(&c, node, p.name()?).map(|()| Out::Empty),
+        // Nothing to do at close (writes are done when they return, no POSIX locks here), and
+        // ENOSYS tells the kernel so: it stops sending FLUSH.
+        FUSE_FLUSH => Err(libc::ENOSYS),
+        FUSE_OPENDIR => ops.opendir(&c, node).map(Out::Open),
+        FUSE_READDIR | FUSE_READDIRPLUS => {
+            let _fh = a.u64()?;
+            let off = a.u64()?;
+            let size = a.u32()? as usize;
+            if h.opcode == FUSE_READDIR {
+                ops.readdir(node, off).map(|e| Out::Dir(e, size))
+            } else {
+                ops.readdirplus(&c, node, off)
+                    .map(|e| Out::DirPlus(e, size))
+            }
+        }
+        FUSE_ACCESS => ops.access(&c, node, a.u32()?).map(|()| Out::Empty),
+        FUSE_CREATE => {
+            let _flags = a.u32()?;
+            let mode = a.u32()?;
+            let umask = a.u32()?;
+            ops.create(&c, node, p.name()?, mode, umask)
+                .map(Out::Create)
+        }
+        FUSE_DESTROY => Ok(Out::Empty),
+        FUSE_FALLOCATE => {
+            let _fh = a.u64()?;
+            let (off, len) = (a.u64()?, a.u64()?);
+            let mode = a.u32()? as i32;
+            ops.fallocate(node, off, len, mode).map(|()| Out::Empty)
+        }
+        FUSE_LSEEK => {
+            let _fh = a.u64()?;
+            let off = a.u64()? as i64;
+            let whence = a.u32()? as i32;
+            ops.lseek(node, off, whence).map(Out::Lseek)
+        }
+        FUSE_COPY_FILE_RANGE => {
+            let _fh_in = a.u64()?;
+            let off_in = a.u64()?;
+            let node_out = a.u64()?;
+            let _fh_out = a.u64()?;
+            let off_out = a.u64()?;
+            let len = a.u64()?;
+            ops.copy_file_range(&c, (node, off_in), (node_out, off_out), len)
+                .map(Out::Written)
+        }
+        _ => Err(libc::ENOSYS),
+    }
+}
+
+/// READ: the data goes straight into `buf`; returns its length.
+pub fn read(ops: &Ops, h: &InHeader, arg: &[u8], buf: &mut [u8]) -> Result<usize, i32> {
+    let mut a = Rd::new(arg);
+    let _fh = a.u64()?;
+    let off = a.u64()?;
+    let size = a.u32()?;
+    if size as usize > buf.len() {
+        return Err(libc::EINVAL);
+    }
+    ops.read(h.nodeid, off, size, |bytes| {
+        let n = bytes.len().min(buf.len());
+        buf[..n].copy_from_slice(&bytes[..n]);
+        n
+    })
+}
+
+/// Writes `out` into `buf`; returns the reply's length.
+pub fn encode(ops: &Ops, out: Out, buf: &mut [u8]) -> Result<usize, i32> {
+    let mut w = Wr::new(buf);
+    match out {
+        Out::Empty => {}
+        Out::Entry(a) => w.entry(a.map_or(0, |a| ops.node(a.ino)), a.as_ref())?,
+        Out::Attr(a) => w.attr_out(ops.node(a.ino), &a)?,
+        Out::Open(flags) => w.open_out(flags)?,
+        Out::Create(a) => {
+            w.entry(ops.node(a.ino), Some(&a))?;
+            w.open_out(0)?;
+        }
+        Out::Written(n) => {
+            w.u32(n)?;
+            w.u32(0)?;
+        }
+        Out::Statfs(s) => {
+            for v in [s.blocks, s.bfree, s.bavail, s.files, s.ffree] {
+                w.u64(v)?;
+            }
+            w.u32(s.bsize)?;
+            w.u32(s.namelen)?;
+            w.u32(s.bsize)?; // frsize
+            w.zeros(4 + 6 * 4)?; // padding, spare
+        }
+        Out::Xattr(Xattr::Size(n)) => {
+            w.u32(n)?;
+            w.u32(0)?;
+        }
+        Out::Xattr(Xattr::Data(v)) | Out::Data(v) => w.bytes(&v)?,
+        Out::Lseek(o) => w.u64(o as u64)?,
+        Out::Dir(entries, size) => {
+            let limit = size.min(w.room());
+            for e in entries {
+                let dtype = ops::dtype_mode(e.ftype) >> 12;
+                if !w.dirent(limit, (ops.node(e.ino), e.cookie, dtype), &e.name)? {
+                    break;
+                }
+            }
+        }
+        Out::DirPlus(entries, size) => {
+            let limit = size.min(w.room());
+            for p in entries {
+                let need = wire::ENTRY_OUT_BYTES + wire::dirent_len(p.entry.name.len());
+                if w.len() + need > limit {
+                    break;
+                }
+                let node = ops.node(p.attr.ino);
+                w.entry(node, Some(&p.attr))?;
+                let dtype = p.attr.mode >> 12;
+                w.dirent(limit, (node, p.entry.cookie, dtype), &p.entry.name)?;
+            }
+        }
+    }
+    Ok(w.len())
+}

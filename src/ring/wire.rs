@@ -1,0 +1,348 @@
+//! The FUSE protocol's messages as the io_uring queues carry them (protocol 7.45's layouts,
+//! include/uapi/linux/fuse.h): reading a request's fixed argument and payload with every field
+//! checked against what arrived, and writing replies into the entry's payload buffer.
+
+use crate::fs::Attr;
+use crate::ops::TTL;
+
+/// Bytes of `struct fuse_in_header`.
+pub const IN_HEADER_BYTES: usize = 40;
+/// Bytes of `struct fuse_out_header`.
+pub const OUT_HEADER_BYTES: usize = 16;
+/// Bytes of `struct fuse_attr`.
+const ATTR_BYTES: usize = 88;
+/// Bytes of `struct fuse_entry_out`.
+pub const ENTRY_OUT_BYTES: usize = 40 + ATTR_BYTES;
+/// Bytes of `struct fuse_dirent` before its name.
+const DIRENT_BYTES: usize = 24;
+
+/// `struct fuse_in_header`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InHeader {
+    pub len: u32,
+    pub opcode: u32,
+    pub unique: u64,
+    pub nodeid: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+/// Reads little-endian fields (the kernel's, on the hosts FUSE runs on: native order) from a
+/// slice; running past its end is EINVAL, a malformed request.
+pub struct Rd<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Rd<'a> {
+    pub fn new(b: &'a [u8]) -> Rd<'a> {
+        Rd { b, at: 0 }
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], i32> {
+        let end = self.at.checked_add(n).ok_or(libc::EINVAL)?;
+        let s = self.b.get(self.at..end).ok_or(libc::EINVAL)?;
+        self.at = end;
+        Ok(s)
+    }
+
+    pub fn u32(&mut self) -> Result<u32, i32> {
+        let s = self.bytes(4)?;
+        Ok(u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
+    }
+
+    pub fn u64(&mut self) -> Result<u64, i32> {
+        let s = self.bytes(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(s);
+        Ok(u64::from_ne_bytes(a))
+    }
+
+    pub fn skip(&mut self, n: usize) -> Result<(), i32> {
+        self.bytes(n).map(|_| ())
+    }
+
+    /// A NUL-terminated name; without its NUL the request is malformed.
+    pub fn name(&mut self) -> Result<&'a [u8], i32> {
+        let rest = self.b.get(self.at..).ok_or(libc::EINVAL)?;
+        let n = rest.iter().position(|&c| c == 0).ok_or(libc::EINVAL)?;
+        self.at += n + 1;
+        Ok(&rest[..n])
+    }
+
+    /// Everything not read yet.
+    pub fn rest(&mut self) -> &'a [u8] {
+        let s = self.b.get(self.at..).unwrap_or(&[]);
+        self.at = self.b.len();
+        s
+    }
+}
+
+impl InHeader {
+    pub fn read(b: &[u8]) -> Result<InHeader, i32> {
+        let mut r = Rd::new(b);
+        let h = InHeader {
+            len: r.u32()?,
+            opcode: r.u32()?,
+            unique: r.u64()?,
+            nodeid: r.u64()?,
+            uid: r.u32()?,
+            gid: r.u32()?,
+            pid: r.u32()?,
+        };
+        // total_extlen and padding: no extensions are asked for at INIT.
+        r.skip(4)?;
+        Ok(h)
+    }
+}
+
+/// Writes a reply into the payload buffer; running past its end is ERANGE (the buffer holds the
+/// largest reply the kernel can ask for, so this is a daemon bug, answered, not a crash).
+pub struct Wr<'a> {
+    b: &'a mut [u8],
+    at: usize,
+}
+
+impl<'a> Wr<'a> {
+    pub fn new(b: &'a mut [u8]) -> Wr<'a> {
+        Wr { b, at: 0 }
+    }
+
+    pub fn len(&self) -> usize {
+        self.at
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.at == 0
+    }
+
+    /// Room left.
+    pub fn room(&self) -> usize {
+        self.b.len() - self.at
+    }
+
+    pub fn bytes(&mut self, s: &[u8]) -> Result<(), i32> {
+        let end = self.at + s.len();
+        self.b
+            .get_mut(self.at..end)
+            .ok_or(libc::ERANGE)?
+            .copy_from_slice(s);
+        self.at = end;
+        Ok(())
+    }
+
+    pub fn u32(&mut self, v: u32) -> Result<(), i32> {
+        self.bytes(&v.to_ne_bytes())
+    }
+
+    pub fn u64(&mut self, v: u64) -> Result<(), i32> {
+        self.bytes(&v.to_ne_bytes())
+    }
+
+    pub fn zeros(&mut self, n: usize) -> Result<(), i32> {
+        let end = self.at + n;
+        self.b.get_mut(self.at..end).ok_or(libc::ERANGE)?.fill(0);
+        self.at = end;
+        Ok(())
+    }
+
+    /// `struct fuse_attr` of `a`, whose inode number is FUSE's `node`.
+    pub fn attr(&mut self, node: u64, a: &Attr) -> Result<(), i32> {
+        self.u64(node)?;
+        self.u64(a.size)?;
+        self.u64(a.blocks)?;
+        self.u64(a.atime.sec as u64)?;
+        self.u64(a.mtime.sec as u64)?;
+        self.u64(a.ctime.sec as u64)?;
+        self.u32(a.atime.nsec)?;
+        self.u32(a.mtime.nsec)?;
+        self.u32(a.ctime.nsec)?;
+        self.u32(a.mode & (crate::fs::S_IFMT | 0o7777))?;
+        self.u32(a.nlink)?;
+        self.u32(a.uid)?;
+        self.u32(a.gid)?;
+        self.u32(a.rdev as u32)?;
+        self.u32(a.blksize)?;
+        self.u32(0) // flags
+    }
+
+    /// `struct fuse_entry_out`; `None` is a negative entry (node 0, cached for TTL).
+    pub fn entry(&mut self, node: u64, a: Option<&Attr>) -> Result<(), i32> {
+        let Some(a) = a else {
+            self.u64(0)?; // nodeid
+            self.u64(0)?; // generation
+            self.u64(TTL.as_secs())?; // entry_valid
+            self.u64(0)?; // attr_valid
+            self.u32(TTL.subsec_nanos())?;
+            self.u32(0)?;
+            return self.zeros(ATTR_BYTES);
+        };
+        self.u64(node)?;
+        self.u64(a.generation as u64)?;
+        self.u64(TTL.as_secs())?;
+        self.u64(TTL.as_secs())?;
+        self.u32(TTL.subsec_nanos())?;
+        self.u32(TTL.subsec_nanos())?;
+        self.attr(node, a)
+    }
+
+    /// `struct fuse_attr_out`.
+    pub fn attr_out(&mut self, node: u64, a: &Attr) -> Result<(), i32> {
+        self.u64(TTL.as_secs())?;
+        self.u32(TTL.subsec_nanos())?;
+        self.u32(0)?;
+        self.attr(node, a)
+    }
+
+    /// `struct fuse_open_out`.
+    pub fn open_out(&mut self, open_flags: u32) -> Result<(), i32> {
+        self.u64(0)?; // fh
+        self.u32(open_flags)?;
+        self.u32(0) // backing_id
+    }
+
+    /// `struct fuse_dirent` and its name, padded to 8 bytes; false (nothing written) when it
+    /// does not fit in `limit` bytes of reply.
+    pub fn dirent(
+        &mut self,
+        limit: usize,
+        (node, cookie, dtype): (u64, u64, u32),
+        name: &[u8],
+    ) -> Result<bool, i32> {
+        let len = dirent_len(name.len());
+        if self.at + len > limit {
+            return Ok(false);
+        }
+        self.u64(node)?;
+        self.u64(cookie)?;
+        self.u32(name.len() as u32)?;
+        self.u32(dtype)?;
+        self.bytes(name)?;
+        self.zeros(len - DIRENT_BYTES - name.len())?;
+        Ok(true)
+    }
+}
+
+/// Bytes of a `fuse_dirent` with a name of `n` bytes, padded to 8.
+pub fn dirent_len(n: usize) -> usize {
+    (DIRENT_BYTES + n).div_ceil(8) * 8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::inode::Time;
+
+    fn attr() -> Attr {
+        Attr {
+            ino: 77,
+            mode: crate::fs::S_IFREG | 0o4755,
+            nlink: 2,
+            uid: 10,
+            gid: 20,
+            size: 12345,
+            blocks: 32,
+            atime: Time { sec: -2, nsec: 5 },
+            mtime: Time {
+                sec: 1_700_000_000,
+                nsec: 999_999_999,
+            },
+            ctime: Time { sec: 3, nsec: 0 },
+            crtime: Time { sec: 4, nsec: 0 },
+            rdev: 0,
+            blksize: 4096,
+            generation: 9,
+        }
+    }
+
+    #[test]
+    fn entry_out_has_the_kernels_layout() {
+        let mut b = [0xAAu8; 256];
+        let mut w = Wr::new(&mut b);
+        w.entry(77, Some(&attr())).unwrap();
+        assert_eq!(w.len(), ENTRY_OUT_BYTES);
+        assert_eq!(ENTRY_OUT_BYTES, 128);
+        let mut r = Rd::new(&b);
+        assert_eq!(r.u64().unwrap(), 77); // nodeid
+        assert_eq!(r.u64().unwrap(), 9); // generation
+        assert_eq!(r.u64().unwrap(), TTL.as_secs()); // entry_valid
+        assert_eq!(r.u64().unwrap(), TTL.as_secs()); // attr_valid
+        r.skip(8).unwrap();
+        assert_eq!(r.u64().unwrap(), 77); // attr.ino
+        assert_eq!(r.u64().unwrap(), 12345);
+        assert_eq!(r.u64().unwrap(), 32);
+        assert_eq!(r.u64().unwrap() as i64, -2); // atime, before the epoch
+        assert_eq!(r.u64().unwrap(), 1_700_000_000);
+        assert_eq!(r.u64().unwrap(), 3);
+        assert_eq!(r.u32().unwrap(), 5);
+        assert_eq!(r.u32().unwrap(), 999_999_999);
+        assert_eq!(r.u32().unwrap(), 0);
+        assert_eq!(r.u32().unwrap(), crate::fs::S_IFREG | 0o4755);
+        assert_eq!(r.u32().unwrap(), 2);
+        assert_eq!((r.u32().unwrap(), r.u32().unwrap()), (10, 20));
+        assert_eq!(
+            (r.u32().unwrap(), r.u32().unwrap(), r.u32().unwrap()),
+            (0, 4096, 0)
+        );
+        assert_eq!(b[128], 0xAA, "wrote past the entry");
+    }
+
+    #[test]
+    fn a_negative_entry_is_node_zero_cached_for_the_ttl() {
+        let mut b = [0xAAu8; 128];
+        let mut w = Wr::new(&mut b);
+        w.entry(0, None).unwrap();
+        assert_eq!(w.len(), 128);
+        let mut r = Rd::new(&b);
+        assert_eq!((r.u64().unwrap(), r.u64().unwrap()), (0, 0));
+        assert_eq!(r.u64().unwrap(), TTL.as_secs());
+        assert!(b[40..].iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn dirents_are_padded_to_eight_and_stop_at_the_limit() {
+        assert_eq!(dirent_len(1), 32);
+        assert_eq!(dirent_len(8), 32);
+        assert_eq!(dirent_len(9), 40);
+        let mut b = [0xAAu8; 100];
+        let mut w = Wr::new(&mut b);
+        assert!(w.dirent(64, (5, 1, 8), b"abc").unwrap());
+        assert_eq!(w.len(), 32);
+        assert!(w.dirent(64, (6, 2, 4), b"defgh").unwrap());
+        assert!(
+            !w.dirent(64, (7, 3, 8), b"x").unwrap(),
+            "a third entry past 64 bytes"
+        );
+        assert_eq!(w.len(), 64);
+        assert_eq!(&b[24..27], b"abc");
+        assert_eq!(&b[27..32], &[0; 5]);
+    }
+
+    #[test]
+    fn malformed_requests_are_einval_not_panics() {
+        let mut r = Rd::new(b"name-without-nul");
+        assert_eq!(r.name(), Err(libc::EINVAL));
+        let mut r = Rd::new(b"a\0b\0");
+        assert_eq!(r.name(), Ok(&b"a"[..]));
+        assert_eq!(r.name(), Ok(&b"b"[..]));
+        assert_eq!(r.name(), Err(libc::EINVAL));
+        let mut r = Rd::new(&[1, 2, 3]);
+        assert_eq!(r.u32(), Err(libc::EINVAL));
+        assert_eq!(
+            InHeader::read(&[0; 39]).map(|h| h.opcode),
+            Err(libc::EINVAL)
+        );
+        let mut r = Rd::new(&[0; 8]);
+        assert_eq!(r.bytes(usize::MAX), Err(libc::EINVAL));
+    }
+
+    #[test]
+    fn a_reply_larger_than_the_buffer_is_erange() {
+        let mut b = [0u8; 100];
+        let mut w = Wr::new(&mut b);
+        assert_eq!(w.entry(1, Some(&attr())), Err(libc::ERANGE));
+        let mut w = Wr::new(&mut b);
+        assert_eq!(w.bytes(&[1; 101]), Err(libc::ERANGE));
+    }
+}
