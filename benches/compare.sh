@@ -11,9 +11,10 @@
 # Writes the table to stdout and, with OUT=FILE, to FILE as markdown. Each filesystem is mounted
 # with its defaults (ticketfs checks permissions itself; with -o default_permissions the kernel
 # asks for the directory's attributes again after each change to it: create 16.5k/s -> 10.8k/s).
-# TICKETFS_OPTS adds ticketfs mount options. ticketfs runs twice: with its defaults, and with
-# -o writeback_cache (the kernel's writeback cache; it implies default_permissions), a column
-# of its own. For the two FUSE filesystems the create/stat/unlink workload runs once more with
+# TICKETFS_OPTS adds ticketfs mount options. The run turns FUSE over io_uring on
+# (/sys/module/fuse/parameters/enable_uring, put back as it was at the end) where the kernel
+# has it, and ticketfs runs twice: with its defaults (the io_uring queues), and with
+# -o uring=off (requests through /dev/fuse, as fuse2fs's), a column of its own. For the two FUSE filesystems the create/stat/unlink workload runs once more with
 # the daemon and the benchmark pinned to one CPU: the difference is what the cross-CPU wakeups
 # of FUSE's round trips cost on this machine; the run also measures that cost alone (a thread
 # waking another and being woken back, `fsbench pingpong`). Everything runs ROUNDS times, on
@@ -61,7 +62,19 @@ unmount() {
     if [ -n "$loop" ]; then losetup -d "$loop"; loop=; fi
     rm -f "$work/image"
 }
-cleanup() { unmount; rm -rf "$work"; }
+knob=/sys/module/fuse/parameters/enable_uring
+knob_was=
+if [ -w "$knob" ]; then
+    knob_was=$(cat "$knob")
+    echo 1 >"$knob"
+fi
+cleanup() {
+    unmount
+    rm -rf "$work"
+    if [ -n "$knob_was" ]; then
+        if [ "$knob_was" = Y ]; then echo 1 >"$knob"; else echo 0 >"$knob"; fi
+    fi
+}
 trap cleanup EXIT
 
 wait_mounted() {
@@ -188,6 +201,8 @@ print("ticketfs allocator_lock_taken", j["alloc_lock_taken"])
 print("ticketfs allocator_lock_waits", j["alloc_lock_waits"])
 print("ticketfs allocator_lock_wait_ms", j["alloc_lock_wait_ms"])
 print("ticketfs log_forces_for_busy_blocks", j["busy_forces"])
+print("ticketfs io_uring_serving_threads", j.get("uring_threads", 0))
+print("ticketfs io_uring_left_sched_idle", j.get("uring_left_idle", 0))
 PY
 }
 
@@ -200,10 +215,10 @@ for r in $(seq "$ROUNDS"); do
 done
 
 mount_named() {
-    if [ "$1" = ticketfs-wb ]; then mount_fs ticketfs memres=on,writeback_cache; else mount_fs "$1"; fi
+    if [ "$1" = ticketfs-dev ]; then mount_fs ticketfs memres=on,uring=off; else mount_fs "$1"; fi
 }
 
-fss=(ticketfs ticketfs-wb fuse2fs ext4)
+fss=(ticketfs ticketfs-dev fuse2fs ext4)
 # Every workload ROUNDS times, each filesystem on a fresh image per round; each round starts
 # with a different filesystem, so a slow spell of the host does not fall on the same one
 # every time.
@@ -271,7 +286,7 @@ rows = {m: {fs: (max(vs) if m == "daemon_peak_rss_MiB" else statistics.median(vs
 # Lower is better for latencies and times.
 lower = lambda m: m.endswith("_us") or m.endswith("_s") and not m.endswith("_per_s") and not m.endswith("MiB_s")
 out = ["| workload | ticketfs | fuse2fs | kernel ext4 | ticketfs / fuse2fs | ticketfs / ext4 "
-       "| ticketfs -o writeback_cache | its / fuse2fs | its / ext4 |",
+       "| ticketfs -o uring=off | its / fuse2fs | its / ext4 |",
        "|---|---|---|---|---|---|---|---|---|"]
 def ratio(m, a, b):
     if lower(m):
@@ -283,7 +298,7 @@ for m, v in rows.items():
         continue
     t, f, e = (v[p] for p in peers)
     line = f"| {m} | {t:.1f} | {f:.1f} | {e:.1f} | {ratio(m, t, f):.2f}x | {ratio(m, t, e):.2f} "
-    w = v.get("ticketfs-wb")
+    w = v.get("ticketfs-dev")
     line += f"| {w:.1f} | {ratio(m, w, f):.2f}x | {ratio(m, w, e):.2f} |" if w is not None else "| | | |"
     out.append(line)
 out.append("")
@@ -307,7 +322,8 @@ if rt and rt1:
                f"across CPUs, {rt1:.1f} us on one CPU; every synchronous FUSE request is such an "
                f"exchange between the caller and a daemon thread")
 for m in ("daemon_peak_rss_MiB", "daemon_budget_plus_base_MiB", "allocator_lock_taken",
-          "allocator_lock_waits", "allocator_lock_wait_ms", "log_forces_for_busy_blocks"):
+          "allocator_lock_waits", "allocator_lock_wait_ms", "log_forces_for_busy_blocks",
+          "io_uring_serving_threads", "io_uring_left_sched_idle"):
     if m in rows:
         out.append(f"- {m}: {rows[m]['ticketfs']:.1f}")
 for where, name in (("", ""), ("_one_cpu", " with the daemon and the benchmark on CPU 0")):

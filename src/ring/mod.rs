@@ -67,6 +67,9 @@ const OP_IN_BYTES: usize = 128;
 const ENT_IN_OUT_OFFSET: usize = 256;
 /// The smallest payload buffer the kernel takes (FUSE_MIN_READ_BUFFER).
 const MIN_PAYLOAD_BYTES: usize = 8192;
+/// How long the start waits for every entry's REGISTER to be submitted before turning the
+/// connection back to /dev/fuse.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// `user_data` of the completion that tells a queue thread to stop.
 const STOP_TAG: u64 = u64::MAX;
 
@@ -243,9 +246,22 @@ impl Server {
         }
     }
 
-    /// Registers the entry and the stop poll, then serves until the connection ends or a stop
-    /// is asked for.
-    fn run(mut self, mut policy: Policy) -> io::Result<()> {
+    /// Registers the entry and the stop poll, tells `ready` how that went, then serves until the
+    /// connection ends or a stop is asked for.
+    fn run(mut self, mut policy: Policy, ready: mpsc::Sender<io::Result<()>>) -> io::Result<()> {
+        let registered = self.register();
+        let failed = registered
+            .as_ref()
+            .err()
+            .map(|e| io::Error::new(e.kind(), e.to_string()));
+        let _ = ready.send(registered);
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        self.serve_loop(&mut policy)
+    }
+
+    fn register(&mut self) -> io::Result<()> {
         let dev = self.dev.as_raw_fd();
         self.push(Sqe {
             opcode: uring::IORING_OP_URING_CMD,
@@ -264,6 +280,11 @@ impl Server {
             user_data: STOP_TAG,
             ..Sqe::default()
         })?;
+        self.ring.submit()
+    }
+
+    fn serve_loop(&mut self, policy: &mut Policy) -> io::Result<()> {
+        let dev = self.dev.as_raw_fd();
         let mut done: Vec<Cqe> = Vec::with_capacity(2);
         loop {
             policy.tick();
@@ -413,22 +434,45 @@ impl Queues {
             }
         }
         let (tx, rx) = mpsc::channel::<(u16, io::Error)>();
+        let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
         let mut threads = Vec::with_capacity(servers.len());
+        let count = servers.len();
         for (i, srv) in servers.into_iter().enumerate() {
-            let tx = tx.clone();
+            let (tx, ready) = (tx.clone(), ready_tx.clone());
             let qid = srv.qid;
-            let t = std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("tkfs-ring-{qid}.{}", i % per_queue.max(1)))
                 .spawn(move || {
                     pin(qid as usize);
                     let policy = Policy::new(idle);
-                    if let Err(e) = srv.run(policy) {
+                    if let Err(e) = srv.run(policy, ready) {
                         let _ = tx.send((qid, e));
                     }
-                })?;
-            threads.push(t);
+                });
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    Self::abandon(threads, &stop);
+                    return Err(e);
+                }
+            }
         }
-        drop(tx);
+        drop((tx, ready_tx));
+        // Every entry registered, or none of this: until all are, the kernel holds requests.
+        let deadline = std::time::Instant::now() + READY_TIMEOUT;
+        for _ in 0..count {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let r = ready_rx
+                .recv_timeout(left)
+                .map_err(|_| {
+                    io::Error::other(format!("entries not registered in {READY_TIMEOUT:?}"))
+                })
+                .and_then(|r| r);
+            if let Err(e) = r {
+                Self::abandon(threads, &stop);
+                return Err(e);
+            }
+        }
         std::thread::spawn(move || {
             for (qid, e) in rx {
                 eprintln!("ticketfs: io_uring queue {qid}: a serving thread stopped: {e}");
@@ -437,6 +481,22 @@ impl Queues {
         THREADS.store(threads.len(), Ordering::Relaxed);
         QUEUES.store(n, Ordering::Relaxed);
         Ok(Queues { threads, stop })
+    }
+
+    /// Stops the threads started so far without waiting for them (the connection is about to
+    /// be turned back to /dev/fuse, and a thread whose entry is registered waits for the end of
+    /// the connection or the stop, whichever comes first).
+    fn abandon(threads: Vec<JoinHandle<()>>, stop: &OwnedFd) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from `one` to our eventfd, which every thread polls.
+        unsafe {
+            libc::write(
+                stop.as_raw_fd(),
+                &one as *const u64 as *const libc::c_void,
+                8,
+            )
+        };
+        drop(threads);
     }
 
     /// Serving threads.

@@ -254,6 +254,38 @@ impl Uring {
             .load(Ordering::Relaxed)
     }
 
+    /// Submits what was pushed without waiting for completions.
+    pub fn submit(&mut self) -> io::Result<()> {
+        loop {
+            // SAFETY: io_uring_enter on our ring, no signal mask.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_io_uring_enter,
+                    self.fd,
+                    self.pending,
+                    0u32,
+                    0u32,
+                    ptr::null::<libc::c_void>(),
+                    0usize,
+                )
+            };
+            if r >= 0 {
+                if (r as u32) < self.pending {
+                    return Err(io::Error::other(format!(
+                        "io_uring took {r} of {} submissions",
+                        self.pending
+                    )));
+                }
+                self.pending = 0;
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(e);
+            }
+        }
+    }
+
     /// Submits what was pushed and waits until at least one completion is there.
     pub fn submit_and_wait(&mut self) -> io::Result<()> {
         loop {
