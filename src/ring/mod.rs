@@ -180,6 +180,19 @@ struct Server {
     ops: Arc<Ops>,
 }
 
+/// Makes the stop eventfd readable: every serving thread's poll of it completes.
+fn signal_stop(stop: &OwnedFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from `one` to our eventfd.
+    unsafe {
+        libc::write(
+            stop.as_raw_fd(),
+            &one as *const u64 as *const libc::c_void,
+            8,
+        )
+    };
+}
+
 fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: creates a descriptor we own.
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
@@ -487,15 +500,7 @@ impl Queues {
     /// be turned back to /dev/fuse, and a thread whose entry is registered waits for the end of
     /// the connection or the stop, whichever comes first).
     fn abandon(threads: Vec<JoinHandle<()>>, stop: &OwnedFd) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from `one` to our eventfd, which every thread polls.
-        unsafe {
-            libc::write(
-                stop.as_raw_fd(),
-                &one as *const u64 as *const libc::c_void,
-                8,
-            )
-        };
+        signal_stop(stop);
         drop(threads);
     }
 
@@ -510,15 +515,7 @@ impl Queues {
 
     /// Tells every serving thread to stop and waits for them (after the session has ended).
     pub fn stop(self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from `one` to our eventfd, which every thread polls.
-        unsafe {
-            libc::write(
-                self.stop.as_raw_fd(),
-                &one as *const u64 as *const libc::c_void,
-                8,
-            )
-        };
+        signal_stop(&self.stop);
         for t in self.threads {
             let _ = t.join();
         }

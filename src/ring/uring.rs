@@ -254,21 +254,26 @@ impl Uring {
             .load(Ordering::Relaxed)
     }
 
+    /// io_uring_enter with what was pushed, waiting for `min_complete` completions.
+    fn enter(&self, min_complete: u32, flags: u32) -> libc::c_long {
+        // SAFETY: io_uring_enter on our ring, no signal mask.
+        unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_enter,
+                self.fd,
+                self.pending,
+                min_complete,
+                flags,
+                ptr::null::<libc::c_void>(),
+                0usize,
+            )
+        }
+    }
+
     /// Submits what was pushed without waiting for completions.
     pub fn submit(&mut self) -> io::Result<()> {
         loop {
-            // SAFETY: io_uring_enter on our ring, no signal mask.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_io_uring_enter,
-                    self.fd,
-                    self.pending,
-                    0u32,
-                    0u32,
-                    ptr::null::<libc::c_void>(),
-                    0usize,
-                )
-            };
+            let r = self.enter(0u32, 0u32);
             if r >= 0 {
                 if (r as u32) < self.pending {
                     return Err(io::Error::other(format!(
@@ -289,18 +294,7 @@ impl Uring {
     /// Submits what was pushed and waits until at least one completion is there.
     pub fn submit_and_wait(&mut self) -> io::Result<()> {
         loop {
-            // SAFETY: io_uring_enter on our ring, no signal mask.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_io_uring_enter,
-                    self.fd,
-                    self.pending,
-                    1u32,
-                    IORING_ENTER_GETEVENTS,
-                    ptr::null::<libc::c_void>(),
-                    0usize,
-                )
-            };
+            let r = self.enter(1u32, IORING_ENTER_GETEVENTS);
             if r >= 0 {
                 self.pending -= (r as u32).min(self.pending);
                 return Ok(());
