@@ -30,7 +30,7 @@ FILES=${FILES:-10000}     # create, stat, unlink in one directory
 FSYNCS=${FSYNCS:-2000}    # 4 KiB write + fsync, for latency
 TREE=${TREE:-2000}        # small files in a tree
 MIX=${MIX:-20000}         # rounds of the memres mix
-MIX_REPEATS=${MIX_REPEATS:-7}  # runs of the mix with memres=on, and as many with off
+MIX_REPEATS=${MIX_REPEATS:-6}  # runs of the mix, memres=on beside memres=off (even: each mounted first as often)
 PARALLEL=${PARALLEL:-4}   # processes making trees at once
 ROUNDS=${ROUNDS:-3}       # passes of the small-operation workloads (medians)
 WORK=${WORK:-/var/tmp}
@@ -62,6 +62,36 @@ unmount() {
     if [ -n "$loop" ]; then losetup -d "$loop"; loop=; fi
     rm -f "$work/image"
 }
+
+# The memres mix's two mounts at once, $work/mnt-on and $work/mnt-off; pair_pid[on|off].
+declare -A pair_pid=()
+unmount_pair() {
+    local m
+    for m in "${!pair_pid[@]}"; do
+        if mountpoint -q "$work/mnt-$m"; then
+            umount "$work/mnt-$m" 2>/dev/null || umount -l "$work/mnt-$m"
+        fi
+        # Our own daemon (started here, by PID): it ends once unmounted.
+        for _ in $(seq 100); do kill -0 "${pair_pid[$m]}" 2>/dev/null || break; sleep 0.1; done
+        kill "${pair_pid[$m]}" 2>/dev/null || true
+        wait "${pair_pid[$m]}" 2>/dev/null || true
+        rm -f "$work/image-$m"
+        unset "pair_pid[$m]"
+    done
+}
+# mount_pair FIRST SECOND: fresh images mounted with memres=FIRST, then memres=SECOND.
+mount_pair() {
+    local m
+    for m in "$@"; do
+        mkdir -p "$work/mnt-$m"
+        truncate -s "$SIZE" "$work/image-$m"
+        "$bin/mkfs-ticketfs" -s "$SIZE" "$work/image-$m" >/dev/null
+        "$bin/ticketfs" "$work/image-$m" "$work/mnt-$m" -f \
+            -o "${TICKETFS_OPTS:+$TICKETFS_OPTS,}memres=$m" 2>"$work/daemon-$m.log" &
+        pair_pid[$m]=$!
+        wait_mounted "$work/mnt-$m" "${pair_pid[$m]}"
+    done
+}
 knob=/sys/module/fuse/parameters/enable_uring
 knob_was=
 if [ -w "$knob" ]; then
@@ -70,6 +100,7 @@ if [ -w "$knob" ]; then
 fi
 cleanup() {
     unmount
+    unmount_pair
     rm -rf "$work"
     if [ -n "$knob_was" ]; then
         if [ "$knob_was" = Y ]; then echo 1 >"$knob"; else echo 0 >"$knob"; fi
@@ -77,13 +108,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# wait_mounted [MNT PID]: $mnt and $pid unless given.
 wait_mounted() {
+    local m=${1:-$mnt} p=${2:-$pid}
     for _ in $(seq 200); do
-        mountpoint -q "$mnt" && return 0
-        kill -0 "$pid" 2>/dev/null || { echo "compare.sh: the daemon died" >&2; exit 1; }
+        mountpoint -q "$m" && return 0
+        kill -0 "$p" 2>/dev/null || { echo "compare.sh: the daemon died" >&2; exit 1; }
         sleep 0.05
     done
-    echo "compare.sh: not mounted after 10 s" >&2
+    echo "compare.sh: $m not mounted after 10 s" >&2
     exit 1
 }
 
@@ -235,33 +268,38 @@ for r in $(seq "$ROUNDS"); do
     done
 done
 # The daemon's CPU time so far (user and system, all threads), in clock ticks.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-# memres=on and off, alternating (on first in odd rounds, off first in even ones), MIX_REPEATS
-# times each on a fresh image: one pair of runs differs by up to 15% either way on this
-# machine, so the table compares medians. Each run twice: as it is, and with the daemon and the
-# benchmark on CPU 0, where no cross-CPU wake-up (whose cost moves with the host's load) is in
-# the figure and what is left is the daemon's own work.
+# memres=on against memres=off: both mounted at once, on fresh images, and `fsbench mixpair`
+# runs the mix on them in alternating chunks of 500 rounds, so a slow spell of the host (one
+# run of the mix alone moved by 15% either way here) falls on both alike; the figure of a run
+# is the median over chunk pairs of on's time over off's. The mount mounted first ran about 2%
+# faster in trials by hand whatever its setting, so the order alternates between repeats.
+# Each repeat twice: as it is, and with both daemons and the benchmark on CPU 0.
 for r in $(seq "$MIX_REPEATS"); do
-    if [ $((r % 2)) = 1 ]; then order="on off"; else order="off on"; fi
-    for m in $order; do
-        for where in "" _one_cpu; do
-            echo "== ticketfs memres=$m mix${where:+ on one CPU} ($r of $MIX_REPEATS)" >&2
-            mount_fs ticketfs "memres=$m"
-            pin=()
-            if [ -n "$where" ]; then
-                taskset -a -p -c 0 "$pid" >/dev/null
-                pin=(taskset -c 0)
-            fi
-            c0=$(cpu_ticks)
-            for kv in $("${pin[@]}" "$fsbench" mix "$mnt" "$MIX"); do
-                record "ticketfs-memres-$m" "${kv%%=*}$where" "${kv#*=}"
-            done
-            c1=$(cpu_ticks)
-            record "ticketfs-memres-$m" "mix_daemon_cpu_us_per_round$where" \
-                "$(echo "($c1 - $c0) * 1000000 / $(getconf CLK_TCK) / $MIX" | bc -l)"
-            unmount
+    if [ $((r % 2)) = 1 ]; then order=(on off); else order=(off on); fi
+    for where in "" _one_cpu; do
+        echo "== memres=${order[0]} beside memres=${order[1]} mix${where:+ on one CPU} ($r of $MIX_REPEATS)" >&2
+        mount_pair "${order[@]}"
+        pin=()
+        if [ -n "$where" ]; then
+            for m in on off; do taskset -a -p -c 0 "${pair_pid[$m]}" >/dev/null; done
+            pin=(taskset -c 0)
+        fi
+        declare -A c0=()
+        for m in on off; do c0[$m]=$(cpu_ticks "${pair_pid[$m]}"); done
+        for kv in $("${pin[@]}" "$fsbench" mixpair "$work/mnt-on" "$work/mnt-off" "$MIX"); do
+            case ${kv%%=*} in
+            mixpair_a_rounds_per_s) record ticketfs-memres-on "mix_rounds_per_s$where" "${kv#*=}" ;;
+            mixpair_b_rounds_per_s) record ticketfs-memres-off "mix_rounds_per_s$where" "${kv#*=}" ;;
+            mixpair_a_over_b_percent) record ticketfs-memres "mix_cost_percent$where" "${kv#*=}" ;;
+            esac
         done
+        for m in on off; do
+            record "ticketfs-memres-$m" "mix_daemon_cpu_us_per_round$where" \
+                "$(echo "($(cpu_ticks "${pair_pid[$m]}") - ${c0[$m]}) * 1000000 / $(getconf CLK_TCK) / $MIX" | bc -l)"
+        done
+        unmount_pair
     done
 done
 
@@ -326,21 +364,18 @@ for m in ("daemon_peak_rss_MiB", "daemon_budget_plus_base_MiB", "allocator_lock_
           "io_uring_serving_threads", "io_uring_left_sched_idle"):
     if m in rows:
         out.append(f"- {m}: {rows[m]['ticketfs']:.1f}")
-for where, name in (("", ""), ("_one_cpu", " with the daemon and the benchmark on CPU 0")):
+for where, name in (("", ""), ("_one_cpu", " with the daemons and the benchmark on CPU 0")):
     key = "mix_rounds_per_s" + where
     on = rows.get(key, {}).get("ticketfs-memres-on")
     off = rows.get(key, {}).get("ticketfs-memres-off")
-    if on and off:
-        each = lambda fs: ", ".join(f"{x:.0f}" for x in runs[key][fs])
-        # The runs of one repeat follow each other: the median of their ratios leaves out
-        # what the host does over minutes.
-        pairs = statistics.median(1 - a / b for a, b in
-                                  zip(runs[key]["ticketfs-memres-on"], runs[key]["ticketfs-memres-off"]))
-        out.append(f"- create/write/unlink mix{name}, median of {len(runs[key]['ticketfs-memres-on'])} "
-                   f"runs each: memres=on {on:.0f}/s, memres=off {off:.0f}/s, "
-                   f"cost of memres {100 * (1 - on / off):.1f}%, median of the pairs' costs "
-                   f"{100 * pairs:.1f}% (on: {each('ticketfs-memres-on')}; "
-                   f"off: {each('ticketfs-memres-off')})")
+    costs = runs.get("mix_cost_percent" + where, {}).get("ticketfs-memres")
+    if on and off and costs:
+        each = ", ".join(f"{x:.1f}%" for x in costs)
+        out.append(f"- create/write/unlink mix{name}, memres=on and memres=off mounted at once and "
+                   f"run in alternating chunks, {len(costs)} runs: cost of memres (median over "
+                   f"runs of the median over chunk pairs of on's time over off's) "
+                   f"{statistics.median(costs):.1f}% (runs: {each}); rounds/s, median of runs: "
+                   f"memres=on {on:.0f}, memres=off {off:.0f}")
     key = "mix_daemon_cpu_us_per_round" + where
     con = rows.get(key, {}).get("ticketfs-memres-on")
     coff = rows.get(key, {}).get("ticketfs-memres-off")

@@ -9,6 +9,10 @@
 //! fsbench tree DIR FILES      FILES files of 1-16 KiB in 20 directories: create, walk (stat and
 //!                             read every file), remove (seconds each)
 //! fsbench mix DIR N           N rounds of create, write 16 KiB, close, unlink (ops/s)
+//! fsbench mixpair A B N       the mix, N rounds in A and N in B, interleaved in chunks of
+//!                             MIX_CHUNK rounds (A B, then B A): rounds/s in each, and the
+//!                             median over chunk pairs of A's time over B's, less 1 (percent),
+//!                             which a slow spell of the host moves for both alike
 //! fsbench pingpong - N         N round trips of one byte between two threads over a socket
 //!                             pair (median µs): what waking a sleeping thread and being woken
 //!                             back costs on this machine, the floor under every FUSE request
@@ -128,19 +132,65 @@ fn tree(dir: &Path, files: usize) {
     println!("tree_create_s={create:.3} tree_walk_s={walk:.3} tree_remove_s={remove:.3}");
 }
 
-fn mix(dir: &Path, n: usize) {
-    let d = dir.join("mix");
-    ok(fs::create_dir_all(&d), "mkdir");
-    let data = vec![0xa5u8; 16384];
-    let t = Instant::now();
-    for i in 0..n {
+/// Rounds of the mix in one chunk of `mixpair`: about 0.1 s here, short beside the host's slow
+/// spells (seconds), long beside a timer tick.
+const MIX_CHUNK: usize = 500;
+
+/// Rounds `from..to` of the mix in DIR/mix: create, write 16 KiB, close, unlink.
+fn mix_rounds(d: &Path, from: usize, to: usize) {
+    let data = [0xa5u8; 16384];
+    for i in from..to {
         let p = d.join(format!("m{}", i % 64));
         let mut f = ok(fs::File::create(&p), "create");
         ok(f.write_all(&data), "write");
         drop(f);
         ok(fs::remove_file(&p), "unlink");
     }
+}
+
+fn mix_dir(dir: &Path) -> std::path::PathBuf {
+    let d = dir.join("mix");
+    ok(fs::create_dir_all(&d), "mkdir");
+    d
+}
+
+fn mix(dir: &Path, n: usize) {
+    let d = mix_dir(dir);
+    let t = Instant::now();
+    mix_rounds(&d, 0, n);
     println!("mix_rounds_per_s={:.0}", rate(n, t));
+}
+
+fn mixpair(a: &Path, b: &Path, n: usize) {
+    let (da, db) = (mix_dir(a), mix_dir(b));
+    let timed = |d: &Path, from: usize, to: usize| {
+        let t = Instant::now();
+        mix_rounds(d, from, to);
+        t.elapsed().as_secs_f64()
+    };
+    let (mut ta, mut tb) = (0.0, 0.0);
+    let mut ratios = Vec::with_capacity(n / MIX_CHUNK + 1);
+    for (k, from) in (0..n).step_by(MIX_CHUNK).enumerate() {
+        let to = (from + MIX_CHUNK).min(n);
+        let (x, y) = if k % 2 == 0 {
+            let x = timed(&da, from, to);
+            (x, timed(&db, from, to))
+        } else {
+            let y = timed(&db, from, to);
+            (timed(&da, from, to), y)
+        };
+        ta += x;
+        tb += y;
+        ratios.push(x / y - 1.0);
+    }
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios.get(ratios.len() / 2).copied().unwrap_or(0.0);
+    println!(
+        "mixpair_a_rounds_per_s={:.0} mixpair_b_rounds_per_s={:.0} mixpair_a_over_b_percent={:.2}",
+        n as f64 / ta,
+        n as f64 / tb,
+        100.0 * median
+    );
 }
 
 /// A synchronous FUSE request is the same exchange: the caller wakes a daemon thread and sleeps
@@ -175,8 +225,16 @@ fn pingpong(n: usize) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(cmd), Some(dir), Some(n)) = (args.get(1), args.get(2), args.get(3)) else {
-        die("usage: fsbench meta|fsync|tree|mix|pingpong DIR N")
+        die("usage: fsbench meta|fsync|tree|mix|pingpong DIR N, or fsbench mixpair A B N")
     };
+    if cmd == "mixpair" {
+        let Some(count) = args.get(4) else {
+            die("usage: fsbench mixpair A B N")
+        };
+        let count: usize = count.parse().unwrap_or_else(|_| die("N must be a number"));
+        // Here the third argument is the second directory.
+        return mixpair(Path::new(dir), Path::new(n), count);
+    }
     let n: usize = n.parse().unwrap_or_else(|_| die("N must be a number"));
     let dir = Path::new(dir);
     match cmd.as_str() {
@@ -185,6 +243,6 @@ fn main() {
         "tree" => tree(dir, n),
         "mix" => mix(dir, n),
         "pingpong" => pingpong(n),
-        _ => die("usage: fsbench meta|fsync|tree|mix|pingpong DIR N"),
+        _ => die("usage: fsbench meta|fsync|tree|mix|pingpong DIR N, or fsbench mixpair A B N"),
     }
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::mount::Mount;
+use common::mount::{stats_json, stats_text, Mount};
 use serde_json::Value;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -30,27 +30,6 @@ fn image(dir: &Path) -> PathBuf {
     )
     .expect("mkfs");
     img
-}
-
-fn stats_json(mnt: &Path) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_ticketfs"))
-        .arg("stats")
-        .arg(mnt)
-        .arg("--json")
-        .output()
-        .expect("ticketfs stats");
-    assert!(out.status.success(), "ticketfs stats: {out:?}");
-    serde_json::from_slice(&out.stdout).expect("stats JSON")
-}
-
-fn stats_text(mnt: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_ticketfs"))
-        .arg("stats")
-        .arg(mnt)
-        .output()
-        .expect("ticketfs stats");
-    assert!(out.status.success(), "ticketfs stats: {out:?}");
-    String::from_utf8(out.stdout).expect("utf-8")
 }
 
 fn u(v: &Value, k: &str) -> u64 {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::mount::{image, Mount};
+use common::mount::{image, stats_json, Mount};
 use serde_json::Value;
 use std::ffi::CString;
 use std::fs;
@@ -13,7 +13,6 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-use std::process::Command;
 
 const KNOB: &str = "/sys/module/fuse/parameters/enable_uring";
 
@@ -53,17 +52,6 @@ fn rc(r: i64) -> String {
     } else {
         format!("ok {r}")
     }
-}
-
-fn stats_json(mnt: &Path) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_ticketfs"))
-        .arg("stats")
-        .arg(mnt)
-        .arg("--json")
-        .output()
-        .expect("ticketfs stats");
-    assert!(out.status.success(), "ticketfs stats: {out:?}");
-    serde_json::from_slice(&out.stdout).expect("stats JSON")
 }
 
 fn meta(p: &Path) -> String {

@@ -117,6 +117,28 @@ impl Mount {
     }
 }
 
+/// What `ticketfs stats MNT` prints (with `--json` if `json`); fails the test if it fails.
+fn stats_output(mnt: &Path, json: bool) -> Vec<u8> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ticketfs"));
+    cmd.arg("stats").arg(mnt);
+    if json {
+        cmd.arg("--json");
+    }
+    let out = cmd.output().expect("ticketfs stats");
+    assert!(out.status.success(), "ticketfs stats: {out:?}");
+    out.stdout
+}
+
+/// The live daemon's statistics, as `ticketfs stats --json` reports them.
+pub fn stats_json(mnt: &Path) -> serde_json::Value {
+    serde_json::from_slice(&stats_output(mnt, true)).expect("stats JSON")
+}
+
+/// The live daemon's statistics as text, as an operator reads them.
+pub fn stats_text(mnt: &Path) -> String {
+    String::from_utf8(stats_output(mnt, false)).expect("stats text is UTF-8")
+}
+
 fn wait_timeout(child: &mut Child, t: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + t;
     loop {
