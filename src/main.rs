@@ -276,33 +276,43 @@ fn serve(o: &Options, report: &mut dyn FnMut(Result<String, String>)) -> Result<
     let start_rss = budget::resident_bytes();
     let dev = open_image(&o.image).map_err(|e| format!("{}: {e}", o.image.display()))?;
     let pools = ticketfs::log::writer_pool_bytes(ticketfs::device::Device::block_size(&dev));
-    let derive = |threads: Option<usize>| {
+    let mut uring = o.uring && ticketfs::ring::available();
+    let derive = |threads: Option<usize>, uring: bool| {
         budget::derive(
             CgroupMemory::of_self(),
             start_rss,
             pools,
             o.mem_option,
             threads,
+            uring,
         )
         .map_err(|e| format!("{}: {e}", o.image.display()))
     };
-    let mut budget = derive(o.threads_option)?;
+    let mut budget = derive(o.threads_option, uring)?;
     // With io_uring, the serving threads are as many per CPU queue as it takes to have the
     // sized number in all: the base counts their buffers. The one /dev/fuse thread then carries
     // only FORGET and INTERRUPT (a page of its buffer), or everything should the queues fail to
-    // start, when their buffers are never made.
-    let uring = o.uring && ticketfs::ring::available();
-    let queue_n = if uring {
+    // start, when their buffers are never made. Under a small limit (unless max_threads= asks)
+    // a thread for each CPU's queue beyond the sized ones would take memory the reservations
+    // need: requests go through /dev/fuse with the sized threads instead.
+    let mut queue_n = if uring {
         ticketfs::ring::queue_count().ok()
     } else {
         None
     };
-    let per_queue = queue_n.map(|n| budget.sizing.fuse_threads.div_ceil(n));
-    if let (Some(n), Some(pq)) = (queue_n, per_queue) {
-        if n * pq != budget.sizing.fuse_threads {
-            budget = derive(Some(n * pq))?;
+    if let Some(n) = queue_n {
+        let threads = n * budget.sizing.fuse_threads.div_ceil(n);
+        if threads != budget.sizing.fuse_threads {
+            if budget.sizing.max_write == budget::MAX_WRITE_SMALL && o.threads_option.is_none() {
+                uring = false;
+                queue_n = None;
+                budget = derive(o.threads_option, false)?;
+            } else {
+                budget = derive(Some(threads), true)?;
+            }
         }
     }
+    let per_queue = queue_n.map(|n| budget.sizing.fuse_threads.div_ceil(n));
     let dev = dev.with_data_page_cache(o.host_cache, budget.host_dirty_max());
     let mut engine_opts = o.engine.clone();
     engine_opts.mem_budget_bytes = budget.budget_bytes;
@@ -311,6 +321,12 @@ fn serve(o: &Options, report: &mut dyn FnMut(Result<String, String>)) -> Result<
     let mut fs = Fs::new(eng, o.read_only).map_err(|e| format!("{}: {e}", o.image.display()))?;
     fs.set_atime_policy(o.atime);
     fs.set_kernel_checks_permissions(o.default_permissions);
+    // Through /dev/fuse the kernel's read-ahead requests are served by threads on every CPU
+    // already; through the queues they wait on the reader's CPU (`file::readahead`). Not under
+    // a small limit (`Sizing::readahead`).
+    if budget.sizing.readahead {
+        fs.enable_readahead(budget.sizing.max_write as usize);
+    }
     let fs = Arc::new(fs);
     let mut cfg = fuser::Config::default();
     let source = std::fs::canonicalize(&o.image).unwrap_or_else(|_| o.image.clone());
@@ -371,6 +387,24 @@ fn serve(o: &Options, report: &mut dyn FnMut(Result<String, String>)) -> Result<
         budget::mib(budget.budget_bytes),
         budget.derivation
     )));
+    // Started once the mount stands: every way out from here unmounts and joins them.
+    let workers = if budget.sizing.readahead {
+        ticketfs::file::readahead::READAHEAD_WORKERS
+    } else {
+        0
+    };
+    let mut readahead = Vec::with_capacity(workers);
+    for i in 0..workers {
+        let fs = fs.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("tkfs-readahead-{i}"))
+            .spawn(move || fs.serve_readahead());
+        match t {
+            Ok(t) => readahead.push(t),
+            // Read-ahead is an optimisation: fewer workers (or none) only read less ahead.
+            Err(e) => eprintln!("ticketfs: read-ahead worker not started: {e}"),
+        }
+    }
     // The INIT exchange is done: when it granted io_uring, the queues take over every request
     // but FORGET and INTERRUPT.
     let queues = if uring_granted.load(std::sync::atomic::Ordering::Acquire) {
@@ -403,6 +437,10 @@ fn serve(o: &Options, report: &mut dyn FnMut(Result<String, String>)) -> Result<
         q.stop();
     }
     drop(ops);
+    fs.stop_readahead();
+    for t in readahead {
+        let _ = t.join();
+    }
     // No statistics request may hold the filesystem while it unmounts.
     stats::stop(&source);
     let fs = Arc::try_unwrap(fs)
@@ -444,6 +482,7 @@ fn start_stats(image: &Path, fs: &Arc<Fs>, budget: &Budget) -> Result<(), String
             &eng.stats(),
             &budget,
             eng.trans_pinned_bytes(),
+            fs.readahead_stats(),
             sites,
         ))
     })

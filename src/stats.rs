@@ -7,6 +7,7 @@
 //! report is read-only; anybody who can see the mount may read it.
 
 use crate::engine::EngineStats;
+use crate::file::readahead::ReadAheadStats;
 use crate::mem::budget::{mib, peak_resident_bytes, resident_bytes, Budget};
 use crate::mem::cgroup::unescape;
 use crate::mem::PAGE_BYTES;
@@ -95,6 +96,16 @@ pub struct Report {
     pub uring_requests: u64,
     #[serde(default)]
     pub uring_left_idle: u64,
+    /// Read-ahead (`file::readahead`): pieces read ahead, requests answered from them, pieces
+    /// dropped as stale (a write or map change after their read began), pieces wasted.
+    #[serde(default)]
+    pub readahead_read: u64,
+    #[serde(default)]
+    pub readahead_hits: u64,
+    #[serde(default)]
+    pub readahead_stale: u64,
+    #[serde(default)]
+    pub readahead_wasted: u64,
     pub kinds: Vec<KindReport>,
 }
 
@@ -105,6 +116,7 @@ impl Report {
         st: &EngineStats,
         budget: &Budget,
         pinned_trans_bytes: u64,
+        readahead: ReadAheadStats,
         overrun_sites: Vec<String>,
     ) -> Report {
         let m = &st.mem;
@@ -150,6 +162,10 @@ impl Report {
             uring_queues: ring.queues,
             uring_requests: ring.requests,
             uring_left_idle: ring.left_idle,
+            readahead_read: readahead.read,
+            readahead_hits: readahead.hits,
+            readahead_stale: readahead.stale,
+            readahead_wasted: readahead.wasted,
             kinds: st
                 .kinds
                 .iter()
@@ -208,6 +224,11 @@ impl Report {
         } else {
             let _ = writeln!(o, "transport        /dev/fuse");
         }
+        let _ = writeln!(
+            o,
+            "read-ahead       {} pieces read, {} requests answered from them, {} stale, {} wasted",
+            self.readahead_read, self.readahead_hits, self.readahead_stale, self.readahead_wasted
+        );
         let _ = writeln!(o, "reserved         {}", mib(self.reserved_bytes));
         let _ = writeln!(o, "pinned by trans  {}", mib(self.pinned_trans_bytes));
         let _ = writeln!(o, "pinned by log    {}", mib(self.pinned_log_bytes));

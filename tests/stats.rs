@@ -110,7 +110,7 @@ fn report_agrees_with_the_engine_counters() {
     fs.make(&c, root, b"d", S_IFDIR | 0o755, 0, None).unwrap();
     fs.engine().force_all().unwrap();
 
-    let b = budget::derive(None, 0, 0, Some(BUDGET), None).unwrap();
+    let b = budget::derive(None, 0, 0, Some(BUDGET), None, false).unwrap();
     let weak = Arc::downgrade(&fs);
     let bb = b.clone();
     let image = img.clone();
@@ -123,6 +123,7 @@ fn report_agrees_with_the_engine_counters() {
             &e.stats(),
             &bb,
             e.trans_pinned_bytes(),
+            fs.readahead_stats(),
             sites,
         ))
     })

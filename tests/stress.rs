@@ -28,9 +28,12 @@ fn run(out: &Path, args: &[&str]) {
         String::from_utf8_lossy(&st.stdout).to_string() + &String::from_utf8_lossy(&st.stderr);
     eprintln!("{text}");
     let result = std::fs::read_to_string(out.join("result.json")).unwrap_or_default();
+    // The daemon's own words, should it have failed to mount.
+    let daemon = std::fs::read_to_string(out.join("daemon.log")).unwrap_or_default();
+    let daemon_tail: String = daemon.lines().rev().take(5).collect::<Vec<_>>().join("\n");
     assert!(
         st.status.success(),
-        "ticketfs-stress {args:?}: {}\n{text}\n{result}",
+        "ticketfs-stress {args:?}: {}\n{text}\n{result}\ndaemon (last lines, newest first):\n{daemon_tail}",
         st.status
     );
     let v: serde_json::Value = serde_json::from_str(&result).expect("result.json");

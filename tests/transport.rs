@@ -11,27 +11,35 @@ use std::ffi::CString;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 const KNOB: &str = "/sys/module/fuse/parameters/enable_uring";
 
+/// The tests of this file take turns: each sets the knob and puts it back.
+static KNOB_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Turns FUSE over io_uring on for the test and back to what it was after.
-struct Knob(Option<String>);
+struct Knob {
+    was: Option<String>,
+    /// Held while the test runs.
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
 
 impl Knob {
     fn on() -> Knob {
+        let turn = KNOB_TURN.lock().unwrap_or_else(|e| e.into_inner());
         let was = fs::read_to_string(KNOB).ok();
         if was.is_some() {
             fs::write(KNOB, "1").expect("enable FUSE over io_uring (needs root)");
         }
-        Knob(was)
+        Knob { was, _turn: turn }
     }
 }
 
 impl Drop for Knob {
     fn drop(&mut self) {
-        if let Some(w) = &self.0 {
+        if let Some(w) = &self.was {
             let _ = fs::write(KNOB, if w.trim() == "Y" { "1" } else { "0" });
         }
     }
@@ -384,7 +392,7 @@ fn run(opts: &str) -> (Vec<String>, Value) {
 #[test]
 fn io_uring_queues_and_dev_fuse_answer_alike() {
     let knob = Knob::on();
-    if knob.0.is_none() {
+    if knob.was.is_none() {
         // A kernel before 6.14 or without CONFIG_FUSE_IO_URING: nothing to compare.
         eprintln!("SKIPPED: {KNOB} is missing: this kernel has no FUSE over io_uring");
         return;
@@ -419,4 +427,85 @@ fn io_uring_queues_and_dev_fuse_answer_alike() {
         has("g times: 1000000000.123 1200000000.456789"),
         "{ring:#?}"
     );
+}
+
+/// Drops the kernel's cached pages of `f`, so the next reads of it reach the daemon.
+fn drop_cached(f: &fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain system call on an open descriptor.
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(r, 0, "posix_fadvise");
+}
+
+/// Reads `f` from its start in 1 MiB reads and compares with `want`.
+fn read_through(f: &mut fs::File, want: &[u8], what: &str) {
+    drop_cached(f);
+    f.seek(SeekFrom::Start(0)).unwrap();
+    let mut got = vec![0u8; 1 << 20];
+    let mut at = 0;
+    loop {
+        let n = f.read(&mut got).unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(
+            got[..n] == want[at..at + n],
+            "{what}: bytes {at}..{} differ",
+            at + n
+        );
+        at += n;
+    }
+    assert_eq!(at, want.len(), "{what}: length");
+}
+
+/// Through the queues a sequential read is read ahead by the daemon (`file::readahead`); every
+/// byte read must still be the latest written, through overwrites, a truncate and regrowth
+/// between the passes (each pass after the kernel dropped its cached pages).
+#[test]
+fn sequential_reads_through_the_queues_are_read_ahead_and_see_every_write() {
+    let knob = Knob::on();
+    if knob.was.is_none() {
+        eprintln!("SKIPPED: {KNOB} is missing: this kernel has no FUSE over io_uring");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let img = image(work.path(), 256 << 20);
+    let m = Mount::new(&img, "");
+    let p = m.path().join("stream");
+    let mut want = pattern(24 << 20, 1);
+    fs::write(&p, &want).unwrap();
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
+    read_through(&mut f, &want, "first pass");
+    let st = stats_json(m.path());
+    let hits = st["readahead_hits"].as_u64().unwrap_or(0);
+    assert!(hits > 0, "no request answered from read-ahead: {st}");
+    for pass in 0..3u8 {
+        // Overwrites scattered over the file, from another descriptor.
+        let w = fs::OpenOptions::new().write(true).open(&p).unwrap();
+        for k in 0..24u64 {
+            let off = (k << 20) + 4096 * (k % 5) + pass as u64;
+            let bytes = pattern(3000, 7 + pass + k as u8);
+            w.write_all_at(&bytes, off).unwrap();
+            want[off as usize..off as usize + bytes.len()].copy_from_slice(&bytes);
+        }
+        drop(w);
+        read_through(&mut f, &want, &format!("after overwrites {pass}"));
+        // A truncate into the middle and regrowth: the tail reads as zeros.
+        let cut = (10 << 20) + 512 * pass as u64;
+        f.set_len(cut).unwrap();
+        f.set_len(want.len() as u64).unwrap();
+        want[cut as usize..].fill(0);
+        read_through(&mut f, &want, &format!("after truncate {pass}"));
+        // New data over the hole the truncate left.
+        let tail = pattern(want.len() - cut as usize - 100, 40 + pass);
+        f.write_all_at(&tail, cut + 100).unwrap();
+        want[cut as usize + 100..].copy_from_slice(&tail);
+        read_through(&mut f, &want, &format!("after regrowth {pass}"));
+    }
+    drop(f);
+    m.unmount();
 }

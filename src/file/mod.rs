@@ -11,8 +11,10 @@
 //! The caller serialises operations on one inode (the filesystem layer holds the inode's lock).
 
 pub mod extmap;
+pub mod readahead;
 mod syncseq;
 
+pub use readahead::ReadAhead;
 pub use syncseq::{DataSeqs, DATA_SEQ_STRIPES};
 
 use crate::alloc::{Allocator, BlockResv};
@@ -22,6 +24,7 @@ use crate::format::inode::{Extent, Inode, Time};
 use crate::inode;
 use crate::trans::TransKind;
 use extmap::{EXTENT_LEN_MAX, UNWRITTEN};
+use readahead::{Lend, Piece, Run};
 
 /// Largest file size: file block numbers stay far from u64 overflow for every block size.
 pub const FILE_SIZE_MAX: u64 = 1 << 52;
@@ -122,6 +125,9 @@ pub struct FileIo<'a> {
     /// Where an operation that changes a file's size or map records its last commit (for
     /// fdatasync); None: nobody asks.
     pub seqs: Option<&'a DataSeqs>,
+    /// Read-ahead (`readahead`): sequential reads are followed and pieces read ahead are
+    /// used; every write of file data moves its epoch. None: no read-ahead.
+    pub ra: Option<&'a ReadAhead>,
 }
 
 impl<'a> FileIo<'a> {
@@ -187,50 +193,178 @@ impl<'a> FileIo<'a> {
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<R, E> {
         let bs = self.bs();
-        let mut tx = self.eng.begin(TransKind::Read)?;
-        let (_, inode) = inode::read(&mut tx, ino)?;
-        if off >= inode.size || len == 0 {
-            tx.cancel()?;
-            before(&inode)?;
-            return Ok(f(&[]));
-        }
-        let end = (off + len as u64).min(inode.size);
-        let first = off / bs;
-        let last = (end - 1) / bs;
-        let span = |a: u64, b: u64| ((a - first) * bs) as usize..((b - first) * bs) as usize;
-        let total = ((last - first + 1) * bs) as usize;
-        with_scratch(total, |buf| {
-            let mut fb = first;
-            while fb <= last {
-                let (hit, next) = extmap::find(&mut tx, ino, &inode, fb)?;
-                let Some(e) = hit else {
-                    let to = next.map_or(last + 1, |n| n.file_block).min(last + 1);
-                    if to <= fb {
-                        return Err(bad_map(ino, fb).into());
-                    }
-                    buf[span(fb, to)].fill(0);
-                    fb = to;
-                    continue;
-                };
-                let run_end = e.file_block.saturating_add(e.len as u64).min(last + 1);
-                if e.file_block > fb || run_end <= fb {
-                    return Err(bad_map(ino, fb).into());
-                }
-                if e.flags & UNWRITTEN == 0 {
-                    self.eng
-                        .device()
-                        .read_data(e.start + (fb - e.file_block), &mut buf[span(fb, run_end)])
-                        .map_err(EngineError::Io)?;
-                } else {
-                    buf[span(fb, run_end)].fill(0);
-                }
-                fb = run_end;
+        // At most twice: once more after waiting for a piece a worker was reading.
+        let mut waited = false;
+        loop {
+            let mut tx = self.eng.begin(TransKind::Read)?;
+            let (_, inode) = inode::read(&mut tx, ino)?;
+            if off >= inode.size || len == 0 {
+                tx.cancel()?;
+                before(&inode)?;
+                return Ok(f(&[]));
             }
-            tx.cancel()?;
-            before(&inode)?;
+            let end = (off + len as u64).min(inode.size);
+            let first = off / bs;
+            let last = (end - 1) / bs;
+            let total = ((last - first + 1) * bs) as usize;
             let from = (off - first * bs) as usize;
-            Ok(f(&buf[from..from + (end - off) as usize]))
-        })
+            let bytes = from..from + (end - off) as usize;
+            // The map is walked and the data read with the inode's block held, so no truncate
+            // frees the blocks (for another file to take) while they are read.
+            let runs = self.runs(&mut tx, ino, &inode, first, last)?;
+            let piece = Piece {
+                ino,
+                first,
+                blocks: last - first + 1,
+            };
+            let lent = match self.ra.map(|ra| (ra, ra.lend(piece))) {
+                Some((ra, Lend::Reading)) if !waited => {
+                    // The worker needs the inode's block to finish it: wait without it.
+                    tx.cancel()?;
+                    ra.wait_read(piece);
+                    waited = true;
+                    continue;
+                }
+                Some((ra, Lend::Lent(l))) if l.runs == runs => Some((ra, l)),
+                Some((ra, Lend::Lent(l))) => {
+                    // The map changed since the piece was read: not these bytes.
+                    ra.give_back(l, false);
+                    None
+                }
+                _ => None,
+            };
+            let out = match lent {
+                Some((ra, l)) => {
+                    // The lease goes back whatever fails.
+                    let done = tx
+                        .cancel()
+                        .map_err(E::from)
+                        .and_then(|()| before(&inode))
+                        .map(|()| f(&ra.bytes(&l)[bytes]));
+                    ra.give_back(l, true);
+                    done
+                }
+                None => with_scratch(total, |buf| {
+                    self.fill(&runs, first, buf)?;
+                    tx.cancel()?;
+                    before(&inode)?;
+                    Ok(f(&buf[bytes]))
+                }),
+            };
+            if let Some(ra) = self.ra {
+                ra.note_read(ino, off, off + len as u64, inode.size);
+            }
+            return out;
+        }
+    }
+
+    /// How file blocks `first..=last` of `ino` lie: runs on disk, and runs of zeros (holes and
+    /// unwritten extents).
+    fn runs(
+        &self,
+        tx: &mut crate::trans::Trans<'_>,
+        ino: u64,
+        inode: &Inode,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<Run>, EngineError> {
+        let mut runs = Vec::with_capacity(2);
+        let mut fb = first;
+        while fb <= last {
+            let (hit, next) = extmap::find(tx, ino, inode, fb)?;
+            let Some(e) = hit else {
+                let to = next.map_or(last + 1, |n| n.file_block).min(last + 1);
+                if to <= fb {
+                    return Err(bad_map(ino, fb));
+                }
+                runs.push(Run {
+                    fb,
+                    end: to,
+                    disk: None,
+                });
+                fb = to;
+                continue;
+            };
+            let run_end = e.file_block.saturating_add(e.len as u64).min(last + 1);
+            if e.file_block > fb || run_end <= fb {
+                return Err(bad_map(ino, fb));
+            }
+            runs.push(Run {
+                fb,
+                end: run_end,
+                disk: (e.flags & UNWRITTEN == 0).then(|| e.start + (fb - e.file_block)),
+            });
+            fb = run_end;
+        }
+        Ok(runs)
+    }
+
+    /// Reads `runs` (from file block `first` on) into `buf`: the device's bytes, or zeros.
+    fn fill(&self, runs: &[Run], first: u64, buf: &mut [u8]) -> Result<(), EngineError> {
+        let bs = self.bs();
+        for r in runs {
+            let span = ((r.fb - first) * bs) as usize..((r.end - first) * bs) as usize;
+            match r.disk {
+                Some(d) => self
+                    .eng
+                    .device()
+                    .read_data(d, &mut buf[span])
+                    .map_err(EngineError::Io)?,
+                None => buf[span].fill(0),
+            }
+        }
+        Ok(())
+    }
+
+    /// A read-ahead worker: reads the pieces `ra` queues until it is stopped.
+    pub fn read_ahead(&self, ra: &ReadAhead) {
+        while let Some((piece, slot)) = ra.next_job() {
+            let runs = self.read_piece(piece, &mut ra.buffer(slot)).ok().flatten();
+            ra.filled(piece, slot, runs);
+        }
+    }
+
+    /// Reads `piece` into `buf` as a request for it would; None if it is no longer whole
+    /// inside the file or does not fit.
+    fn read_piece(&self, p: Piece, buf: &mut [u8]) -> Result<Option<Vec<Run>>, EngineError> {
+        let bs = self.bs();
+        let len = (p.blocks * bs) as usize;
+        if p.blocks == 0 || len > buf.len() {
+            return Ok(None);
+        }
+        let mut tx = self.eng.begin(TransKind::Read)?;
+        let (_, inode) = inode::read(&mut tx, p.ino)?;
+        let last = p.first + p.blocks - 1;
+        // A request for these blocks ends at the last one only if the file reaches into it.
+        if inode.size.div_ceil(bs) != last + 1 && inode.size < (last + 1) * bs {
+            tx.cancel()?;
+            return Ok(None);
+        }
+        let runs = self.runs(&mut tx, p.ino, &inode, p.first, last)?;
+        // Unlike a request, the device is read without the inode's block held, so requests
+        // and the other worker go on meanwhile: should a truncate free these blocks for
+        // another file now, the bytes read stay in this private buffer, and the request that
+        // asks for the piece finds other runs in the map and drops it.
+        tx.cancel()?;
+        self.fill(&runs, p.first, &mut buf[..len])?;
+        Ok(Some(runs))
+    }
+
+    /// Writes file data of `ino` to the device, moving the read-ahead epoch of `ino` before
+    /// and after, so no piece read meanwhile is used.
+    fn write_data(&self, ino: u64, disk: u64, buf: &[u8]) -> Result<(), EngineError> {
+        if let Some(ra) = self.ra {
+            ra.bump(ino);
+        }
+        let r = self
+            .eng
+            .device()
+            .write_data(disk, buf)
+            .map_err(EngineError::Io);
+        if let Some(ra) = self.ra {
+            ra.bump(ino);
+        }
+        r
     }
 
     /// Writes `data` at `off`, allocating blocks for holes. Updates size, mtime and ctime, and
@@ -281,7 +415,7 @@ impl<'a> FileIo<'a> {
                     // Mapped and written: overwrite in place, no transaction needed.
                     let run_end = (e.file_block + e.len as u64).min(last + 1);
                     self.put(
-                        e.start + (fb - e.file_block),
+                        (ino, e.start + (fb - e.file_block)),
                         fb,
                         run_end - fb,
                         off,
@@ -298,7 +432,7 @@ impl<'a> FileIo<'a> {
                         .min(last + 1)
                         .min(fb + EXTENT_LEN_MAX);
                     let disk = e.start + (fb - e.file_block);
-                    self.put(disk, fb, run_end - fb, off, data, false)?;
+                    self.put((ino, disk), fb, run_end - fb, off, data, false)?;
                     self.eng.log().note_data_write();
                     let mut tx = self.eng.begin(TransKind::Write)?;
                     let (r, mut ino_d) = inode::read(&mut tx, ino)?;
@@ -405,11 +539,11 @@ impl<'a> FileIo<'a> {
     }
 
     /// Writes the part of `data` (which starts at file offset `off`) that falls in file blocks
-    /// `fb..fb+n`, to disk blocks from `disk`. Blocks only partly covered keep their old bytes
-    /// when `existing`, else are zero-filled.
+    /// `fb..fb+n` of `ino`, to disk blocks from `disk`. Blocks only partly covered keep their
+    /// old bytes when `existing`, else are zero-filled.
     fn put(
         &self,
-        disk: u64,
+        (ino, disk): (u64, u64),
         fb: u64,
         n: u64,
         off: u64,
@@ -429,7 +563,7 @@ impl<'a> FileIo<'a> {
                     // Nothing of the data falls here (a hole inside the write): zeros, never
                     // stale bytes.
                     buf.fill(0);
-                    dev.write_data(disk, buf).map_err(EngineError::Io)?;
+                    self.write_data(ino, disk, buf)?;
                 }
                 return Ok(());
             }
@@ -450,7 +584,7 @@ impl<'a> FileIo<'a> {
                 buf[rb..].fill(0);
             }
             buf[ra..rb].copy_from_slice(&data[(a - off) as usize..(b - off) as usize]);
-            dev.write_data(disk, buf).map_err(EngineError::Io)
+            self.write_data(ino, disk, buf)
         })
     }
 
@@ -481,10 +615,7 @@ impl<'a> FileIo<'a> {
                             .read_data(disk, &mut blk)
                             .map_err(EngineError::Io)?;
                         blk[(size % bs) as usize..].fill(0);
-                        self.eng
-                            .device()
-                            .write_data(disk, &blk)
-                            .map_err(EngineError::Io)?;
+                        self.write_data(ino, disk, &blk)?;
                     }
                 }
             }
@@ -585,10 +716,7 @@ impl<'a> FileIo<'a> {
                 .read_data(disk, &mut blk)
                 .map_err(EngineError::Io)?;
             blk[(a - fb * bs) as usize..(b - fb * bs) as usize].fill(0);
-            self.eng
-                .device()
-                .write_data(disk, &blk)
-                .map_err(EngineError::Io)?;
+            self.write_data(ino, disk, &blk)?;
         }
         Ok(())
     }

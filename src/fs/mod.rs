@@ -14,7 +14,8 @@ mod repair;
 use crate::alloc::Allocator;
 use crate::dir::{self, DirEntry, NAME_MAX};
 use crate::engine::{Engine, EngineError};
-use crate::file::{extmap, DataSeqs, FileIo, FILE_SIZE_MAX};
+use crate::file::readahead::ReadAheadStats;
+use crate::file::{extmap, DataSeqs, FileIo, ReadAhead, FILE_SIZE_MAX};
 use crate::format::inode::{ino_split, inodes_per_block, DataFormat, Inode, Time, FORK_BYTES};
 use crate::format::{BlockType, BLOCK_HEADER_BYTES};
 use crate::inode;
@@ -304,6 +305,8 @@ pub struct Fs {
     generation: Mutex<u32>,
     /// Per inode, the commit fdatasync must force (`file::DataSeqs`).
     data_seqs: DataSeqs,
+    /// Read-ahead of sequential reads (`file::readahead`), once `enable_readahead` is called.
+    ra: Option<ReadAhead>,
 }
 
 impl Fs {
@@ -339,6 +342,7 @@ impl Fs {
             orphans: Mutex::new(HashSet::new()),
             generation: Mutex::new(seed),
             data_seqs: DataSeqs::default(),
+            ra: None,
         };
         fs.free_orphans()?;
         Ok(fs)
@@ -410,7 +414,36 @@ impl Fs {
             eng: &self.eng,
             alloc: &self.alloc,
             seqs: Some(&self.data_seqs),
+            ra: self.ra.as_ref(),
         }
+    }
+
+    /// Reads ahead of sequential reads in pieces of up to `piece_max_bytes` (the largest
+    /// request), once threads run `serve_readahead`.
+    pub fn enable_readahead(&mut self, piece_max_bytes: usize) {
+        self.ra = Some(ReadAhead::new(
+            self.eng.geometry().block_size,
+            piece_max_bytes,
+        ));
+    }
+
+    /// A read-ahead worker's life: reads the pieces queued until `stop_readahead`.
+    pub fn serve_readahead(&self) {
+        if let Some(ra) = &self.ra {
+            self.io().read_ahead(ra);
+        }
+    }
+
+    /// Ends every `serve_readahead`.
+    pub fn stop_readahead(&self) {
+        if let Some(ra) = &self.ra {
+            ra.stop();
+        }
+    }
+
+    /// What read-ahead did (zeros without it).
+    pub fn readahead_stats(&self) -> ReadAheadStats {
+        self.ra.as_ref().map(|r| r.stats()).unwrap_or_default()
     }
 
     fn data_lock(&self, ino: u64) -> parking_lot::MutexGuard<'_, ()> {

@@ -9,6 +9,7 @@
 //! `-o mem=SIZE`. Without a limit the budget is `-o mem=` or `MEM_BUDGET_DEFAULT_BYTES`.
 
 use super::cgroup::CgroupMemory;
+use crate::file::readahead::{ReadAhead, READAHEAD_WORKERS};
 use std::fmt::Write as _;
 
 /// Memory budget when none is given and no cgroup limit is found.
@@ -21,13 +22,18 @@ pub const MAX_WRITE_LARGE: u32 = 1 << 20;
 pub const MAX_WRITE_SMALL: u32 = 128 << 10;
 /// FUSE threads with no limit or a large one, and under a small limit.
 pub const FUSE_THREADS_LARGE: usize = 4;
-pub const FUSE_THREADS_SMALL: usize = 4;
+/// Under a small limit two: each thread's buffers and stack (about 390 KiB at 128 KiB writes) are
+/// base, and with four the budget under an 8 MiB limit came within 70 KiB of the reservations'
+/// minimum, which the resident size at start (2.71-2.84 MiB between mounts) crossed one mount
+/// in five.
+pub const FUSE_THREADS_SMALL: usize = 2;
 /// A request's header and arguments beside its data.
 pub const REQUEST_HEADER_BYTES: u64 = 4096;
 /// Resident stack of a serving thread (measured well under this: the deepest path is a B+tree
 /// split inside a rename).
 pub const THREAD_STACK_RESIDENT_BYTES: u64 = 128 << 10;
-/// Threads beside the FUSE ones: the checkpoint writer, the AIL pusher, signals, statistics.
+/// Threads beside the FUSE ones: the checkpoint writer, the AIL pusher, signals, statistics
+/// (and the read-ahead workers where there is read-ahead: `Sizing::readahead`).
 pub const HELPER_THREADS: u64 = 4;
 /// Allocator bookkeeping and fragmentation (measured: about 0.8 MiB of glibc arenas beside the
 /// cache under the 64-writer test at mem=8M).
@@ -45,6 +51,10 @@ pub const CGROUP_HEADROOM_DIVISOR: u64 = 8;
 pub struct Sizing {
     pub fuse_threads: usize,
     pub max_write: u32,
+    /// The daemon reads ahead of sequential reads (`file::readahead`): asked for (the io_uring
+    /// queues serve), and not under a small limit, where its buffers would take what the
+    /// reservations need (under 8 MiB the budget would fall below their minimum).
+    pub readahead: bool,
 }
 
 impl Sizing {
@@ -53,10 +63,12 @@ impl Sizing {
             Some(l) if l < SMALL_LIMIT_BYTES => Sizing {
                 fuse_threads: FUSE_THREADS_SMALL,
                 max_write: MAX_WRITE_SMALL,
+                readahead: false,
             },
             _ => Sizing {
                 fuse_threads: FUSE_THREADS_LARGE,
                 max_write: MAX_WRITE_LARGE,
+                readahead: true,
             },
         }
     }
@@ -67,6 +79,17 @@ impl Sizing {
         t * (self.max_write as u64 + REQUEST_HEADER_BYTES)
             + t * self.max_write as u64
             + (t + HELPER_THREADS) * THREAD_STACK_RESIDENT_BYTES
+            + self.readahead_bytes()
+    }
+
+    /// Read-ahead's buffers and its workers' stacks (0 without read-ahead).
+    pub fn readahead_bytes(&self) -> u64 {
+        if self.readahead {
+            ReadAhead::buffer_bytes(self.max_write as usize)
+                + READAHEAD_WORKERS as u64 * THREAD_STACK_RESIDENT_BYTES
+        } else {
+            0
+        }
     }
 }
 
@@ -103,13 +126,15 @@ impl Budget {
 pub const FUSE_THREADS_MAX: usize = 256;
 
 /// Derives the budget from the cgroup (if any), the resident size measured at start, the bytes
-/// of private pools allocated at mount, `-o mem=` and `-o max_threads=`.
+/// of private pools allocated at mount, `-o mem=` and `-o max_threads=`; `readahead`: the
+/// daemon would read ahead if the sizing allows (`Sizing::readahead`).
 pub fn derive(
     cgroup: Option<CgroupMemory>,
     start_rss_bytes: u64,
     pools_bytes: u64,
     mem_option: Option<u64>,
     threads_option: Option<usize>,
+    readahead: bool,
 ) -> Result<Budget, String> {
     let limit = cgroup.as_ref().and_then(|c| c.limit_bytes);
     // A small budget asked for with mem= sizes the daemon as a small limit would.
@@ -121,6 +146,7 @@ pub fn derive(
         fuse_threads: threads_option
             .unwrap_or(sizing.fuse_threads)
             .clamp(1, FUSE_THREADS_MAX),
+        readahead: sizing.readahead && readahead,
         ..sizing
     };
     let base = start_rss_bytes + sizing.threads_bytes() + pools_bytes + ALLOCATOR_SLACK_BYTES;
@@ -186,10 +212,11 @@ pub fn derive(
 
 fn base_parts(rss: u64, s: &Sizing, pools: u64) -> String {
     format!(
-        "resident at start {}, {} FUSE threads x {} KiB writes {}, pools {}, slack {}",
+        "resident at start {}, {} FUSE threads x {} KiB writes{} {}, pools {}, slack {}",
         mib(rss),
         s.fuse_threads,
         s.max_write >> 10,
+        if s.readahead { " and read-ahead" } else { "" },
         mib(s.threads_bytes()),
         mib(pools),
         mib(ALLOCATOR_SLACK_BYTES)
@@ -239,7 +266,7 @@ mod tests {
 
     #[test]
     fn limit_less_base_capped_by_option() {
-        let b = derive(cg(Some(8 << 20)), 3 << 20, 0, None, None).unwrap();
+        let b = derive(cg(Some(8 << 20)), 3 << 20, 0, None, None, true).unwrap();
         assert_eq!(b.sizing, Sizing::for_limit(Some(8 << 20)));
         let left = (8 << 20) - b.base_bytes;
         assert_eq!(b.budget_bytes, left - left / CGROUP_HEADROOM_DIVISOR);
@@ -247,7 +274,7 @@ mod tests {
             b.base_bytes,
             (3 << 20) + b.sizing.threads_bytes() + ALLOCATOR_SLACK_BYTES
         );
-        let capped = derive(cg(Some(8 << 20)), 3 << 20, 0, Some(1 << 20), None).unwrap();
+        let capped = derive(cg(Some(8 << 20)), 3 << 20, 0, Some(1 << 20), None, true).unwrap();
         assert_eq!(capped.budget_bytes, 1 << 20);
         assert!(capped.derivation.contains("capped by mem="));
     }
@@ -255,19 +282,19 @@ mod tests {
     #[test]
     fn no_limit_uses_option_or_default() {
         assert_eq!(
-            derive(cg(None), 1 << 20, 0, None, None)
+            derive(cg(None), 1 << 20, 0, None, None, true)
                 .unwrap()
                 .budget_bytes,
             MEM_BUDGET_DEFAULT_BYTES
         );
         assert_eq!(
-            derive(None, 1 << 20, 0, Some(5 << 20), None)
+            derive(None, 1 << 20, 0, Some(5 << 20), None, true)
                 .unwrap()
                 .budget_bytes,
             5 << 20
         );
         assert_eq!(
-            derive(None, 1 << 20, 0, None, None)
+            derive(None, 1 << 20, 0, None, None, true)
                 .unwrap()
                 .sizing
                 .max_write,
@@ -276,8 +303,22 @@ mod tests {
     }
 
     #[test]
+    fn readahead_is_sized_in_only_when_asked_for_and_not_under_a_small_limit() {
+        let small = derive(cg(Some(8 << 20)), 3 << 20, 0, None, None, true).unwrap();
+        assert!(!small.sizing.readahead);
+        let large = derive(cg(Some(1 << 30)), 3 << 20, 0, None, None, true).unwrap();
+        let without = derive(cg(Some(1 << 30)), 3 << 20, 0, None, None, false).unwrap();
+        assert!(large.sizing.readahead && !without.sizing.readahead);
+        // Four pieces of 1 MiB and two workers' stacks.
+        assert_eq!(
+            large.base_bytes - without.base_bytes,
+            (4 << 20) + 2 * THREAD_STACK_RESIDENT_BYTES
+        );
+    }
+
+    #[test]
     fn limit_below_base_is_an_error() {
-        let e = derive(cg(Some(2 << 20)), 3 << 20, 0, None, None).unwrap_err();
+        let e = derive(cg(Some(2 << 20)), 3 << 20, 0, None, None, true).unwrap_err();
         assert!(e.contains("below the daemon's fixed base"), "{e}");
     }
 }
