@@ -88,6 +88,14 @@ struct State {
     stopped: bool,
 }
 
+/// The slot holding `piece` (being read or ready), if any.
+fn slot_of(slots: &[Slot], piece: Piece) -> Option<usize> {
+    slots.iter().position(|s| match s {
+        Slot::Filling { piece: p, .. } | Slot::Ready { piece: p, .. } => *p == piece,
+        _ => false,
+    })
+}
+
 /// Has the reader of `p`'s file gone past it (or is the file no longer followed)?
 fn behind(streams: &[Stream], p: &Piece, block_size: u64) -> bool {
     streams
@@ -192,11 +200,7 @@ impl ReadAhead {
     /// the request may `wait_read` for it (holding nothing the worker needs).
     pub fn lend(&self, piece: Piece) -> Lend {
         let mut st = self.state.lock();
-        let found = st.slots.iter().position(|s| match s {
-            Slot::Filling { piece: p, .. } | Slot::Ready { piece: p, .. } => *p == piece,
-            _ => false,
-        });
-        let Some(i) = found else {
+        let Some(i) = slot_of(&st.slots, piece) else {
             return Lend::Absent;
         };
         match std::mem::replace(&mut st.slots[i], Slot::Lent) {
@@ -307,11 +311,7 @@ impl ReadAhead {
             // The last piece ends where the file does, as a request for it would.
             let blocks = blocks.min(size.div_ceil(bs) - first);
             let piece = Piece { ino, first, blocks };
-            let known = st.jobs.contains(&piece)
-                || st.slots.iter().any(|s| match s {
-                    Slot::Filling { piece: p, .. } | Slot::Ready { piece: p, .. } => *p == piece,
-                    _ => false,
-                });
+            let known = st.jobs.contains(&piece) || slot_of(&st.slots, piece).is_some();
             if !known && st.jobs.len() < READAHEAD_SLOTS {
                 st.jobs.push_back(piece);
                 queued = true;
