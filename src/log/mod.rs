@@ -486,11 +486,12 @@ impl Log {
             if self.is_shut_down() {
                 return Err(self.shutdown_error());
             }
-            {
-                let cil = self.cil.lock();
-                if cil.seq == seq && cil.items.is_empty() {
-                    return Ok(());
-                }
+            // Nothing committed into `seq` yet: done once every earlier checkpoint is durable.
+            // The one before it may still be in the writer's hands (taken from the CIL, not
+            // yet written), and a force must wait for it: returning here then let syncfs and
+            // the unmount pass over a checkpoint in flight (issue 17's lost files).
+            if self.cil.lock().seq == seq && self.idle_at(&ws, seq) {
+                return Ok(());
             }
             if ws.push_seq < seq {
                 ws.push_seq = seq;
@@ -498,6 +499,28 @@ impl Log {
             }
             self.done_cv.wait_for(&mut ws, Duration::from_millis(100));
         }
+    }
+
+    /// Is the CIL context `seq` empty with no checkpoint in flight before it? Checkpoints are
+    /// numbered without gaps and written one at a time, so `seq - 1` is either durable or being
+    /// written (`take_context` moved the CIL on to `seq` when it took it).
+    fn idle_at(&self, ws: &WriterState, seq: u64) -> bool {
+        ws.durable_seq + 1 >= seq && {
+            let cil = self.cil.lock();
+            cil.seq == seq && cil.items.is_empty()
+        }
+    }
+
+    /// Is everything committed so far durable and written home: the CIL empty, no checkpoint
+    /// in flight, the AIL empty? Only then may an unmount record say the log is empty.
+    /// (Called where nothing commits any more: the AIL, looked at second, can then only shrink.)
+    fn quiescent(&self) -> bool {
+        let idle = {
+            let ws = self.ws.lock();
+            let seq = self.current_seq();
+            self.idle_at(&ws, seq)
+        };
+        idle && self.ail_len() == 0
     }
 
     /// Forces everything committed so far.
@@ -551,7 +574,7 @@ impl Log {
             if self.is_shut_down() {
                 return Err(self.shutdown_error());
             }
-            if self.ail_len() == 0 && self.cil.lock().items.is_empty() {
+            if self.quiescent() {
                 break;
             }
             if Instant::now() > deadline {
@@ -567,6 +590,16 @@ impl Log {
             std::thread::sleep(Duration::from_millis(2));
         }
         self.stop_threads();
+        // With the threads stopped nothing moves: a last look, since an unmount record over
+        // a log that still holds work would make the next mount skip it.
+        if !self.quiescent() {
+            let why = format!(
+                "unmount: the log is not empty after the last force ({} buffers in the AIL)",
+                self.ail_len()
+            );
+            self.fail(why);
+            return Err(self.shutdown_error());
+        }
         self.write_unmount_record()
     }
 

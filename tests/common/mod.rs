@@ -44,3 +44,52 @@ pub fn mount(dev: Arc<dyn Device>, opts: EngineOptions) -> Engine {
 pub fn btype_for(i: u64) -> BlockType {
     BlockType::ALL[(i % BlockType::ALL.len() as u64) as usize]
 }
+
+/// A device whose writes to `slow` blocks take `delay` each: a checkpoint written to a log on
+/// it stays in flight long enough for another thread to act meanwhile (a slow disk, a loaded
+/// machine), deterministically.
+pub struct SlowDevice {
+    pub inner: Arc<MemDevice>,
+    pub slow: std::ops::Range<u64>,
+    pub delay: std::time::Duration,
+    /// Writes to `slow` blocks begun so far.
+    pub started: std::sync::atomic::AtomicU64,
+}
+
+impl SlowDevice {
+    pub fn new(
+        inner: Arc<MemDevice>,
+        slow: std::ops::Range<u64>,
+        delay: std::time::Duration,
+    ) -> Self {
+        SlowDevice {
+            inner,
+            slow,
+            delay,
+            started: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl Device for SlowDevice {
+    fn block_size(&self) -> u32 {
+        self.inner.block_size()
+    }
+    fn block_count(&self) -> u64 {
+        self.inner.block_count()
+    }
+    fn read(&self, blkno: u64, buf: &mut [u8]) -> Result<(), ticketfs::device::DevError> {
+        self.inner.read(blkno, buf)
+    }
+    fn write(&self, blkno: u64, buf: &[u8]) -> Result<(), ticketfs::device::DevError> {
+        if self.slow.contains(&blkno) {
+            self.started
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(self.delay);
+        }
+        self.inner.write(blkno, buf)
+    }
+    fn flush(&self) -> Result<(), ticketfs::device::DevError> {
+        self.inner.flush()
+    }
+}
