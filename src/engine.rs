@@ -307,7 +307,16 @@ impl Engine {
 
     /// Writes everything home, leaves an unmount record and marks the superblock clean.
     pub fn unmount(self) -> Result<(), EngineError> {
-        self.unmounted.store(true, Ordering::Release);
+        self.unmount_now()
+    }
+
+    /// [`Engine::unmount`] through a shared reference, for a daemon whose request threads still
+    /// hold the engine when the kernel asks it to unmount (DESTROY): afterwards every
+    /// transaction fails (the log is closed). A second call does nothing.
+    pub fn unmount_now(&self) -> Result<(), EngineError> {
+        if self.unmounted.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
         let r = self.log.unmount();
         if let Err(e) = r {
             self.log.stop_threads();
@@ -315,7 +324,9 @@ impl Engine {
         }
         let mut sb = self.sb.clone();
         sb.state = crate::format::superblock::SB_STATE_CLEAN;
-        write_superblocks(&*self.dev, &sb)
+        let r = write_superblocks(&*self.dev, &sb);
+        self.log.close();
+        r
     }
 
     /// Stops the background threads and drops everything unwritten, as a crash would (tests).

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::exit;
 use std::sync::Arc;
 use ticketfs::fs::{AtimePolicy, Fs};
-use ticketfs::fuse::TicketFuse;
 use ticketfs::image::{open_image, parse_size};
 use ticketfs::mem::budget::{self, Budget};
 use ticketfs::mem::cgroup::CgroupMemory;
@@ -23,7 +22,7 @@ use ticketfs::stats::{self, Report};
 use ticketfs::trans::TransKind;
 use ticketfs::{Engine, EngineOptions};
 
-const USAGE: &str = "usage: ticketfs IMAGE MOUNTPOINT [-f] [-o ro|rw|allow_other|default_permissions|writeback_cache|hostcache=on|off|uring=on|off|uring_idle=on|off|mem=SIZE|max_threads=N|memres=on|off|overrun=warn|panic|verbose|debug_resv=KIND:BYTES,...]
+const USAGE: &str = "usage: ticketfs IMAGE MOUNTPOINT [-f] [-o ro|rw|allow_other|default_permissions|writeback_cache|blkdev=on|off|hostcache=on|off|uring=on|off|uring_idle=on|off|mem=SIZE|max_threads=N|memres=on|off|overrun=warn|panic|verbose|debug_resv=KIND:BYTES,...]
        ticketfs stats MOUNTPOINT [--json]";
 /// glibc's malloc: blocks from this size are mapped and unmapped on their own, so a freed write
 /// buffer goes back to the system instead of staying in an arena (a fixed threshold also turns
@@ -51,6 +50,11 @@ struct Options {
     uring_idle: bool,
     /// `-o hostcache=on|off`: file data read through the image's page cache (on by default).
     host_cache: bool,
+    /// `-o blkdev=on|off`: mount as `fuseblk` (through a loop device for an image file), so
+    /// umount waits for the daemon to write everything home (on by default).
+    blkdev: bool,
+    /// `blkdev=on` was given: say so when it cannot be had.
+    blkdev_asked: bool,
     /// The mount's own flags (nosuid, nodev, noexec, sync, dirsync), kept by the kernel.
     flags: MountFlags,
     /// Print the budget's derivation even when stderr is not a terminal.
@@ -74,22 +78,6 @@ struct MountFlags {
 }
 
 impl MountFlags {
-    fn options(self) -> Vec<fuser::MountOption> {
-        use fuser::MountOption as M;
-        let mut v = vec![
-            if self.nosuid { M::NoSuid } else { M::Suid },
-            if self.nodev { M::NoDev } else { M::Dev },
-            if self.noexec { M::NoExec } else { M::Exec },
-        ];
-        if self.sync {
-            v.push(M::Sync);
-        }
-        if self.dirsync {
-            v.push(M::DirSync);
-        }
-        v
-    }
-
     fn ms_bits(self) -> libc::c_ulong {
         let mut f = 0;
         for (on, bit) in [
@@ -124,6 +112,8 @@ fn parse() -> Options {
         default_permissions: false,
         writeback_cache: false,
         host_cache: true,
+        blkdev: true,
+        blkdev_asked: false,
         uring: true,
         uring_idle: true,
         flags: MountFlags::default(),
@@ -158,6 +148,11 @@ fn parse() -> Options {
                             o.default_permissions = true;
                         }
                         "hostcache=on" => o.host_cache = true,
+                        "blkdev=on" => {
+                            o.blkdev = true;
+                            o.blkdev_asked = true;
+                        }
+                        "blkdev=off" => o.blkdev = false,
                         "uring=on" => o.uring = true,
                         "uring=off" => o.uring = false,
                         "uring_idle=on" => o.uring_idle = true,
@@ -269,8 +264,63 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
+/// The daemon's unmount, run once: when the kernel sends DESTROY (a `fuseblk` mount, whose
+/// umount(2) waits for the answer) or else when the connection ends. Read-ahead stops, the
+/// statistics channel closes, the filesystem writes everything home and marks the image clean,
+/// and the image's lock is released: whoever unmounted finds the image free.
+struct Finish {
+    fs: Arc<Fs>,
+    source: PathBuf,
+    readahead: parking_lot::Mutex<Vec<std::thread::JoinHandle<()>>>,
+    lock: parking_lot::Mutex<Option<std::fs::File>>,
+    done: std::sync::OnceLock<Result<(), String>>,
+}
+
+impl Finish {
+    fn run(&self) -> Result<(), String> {
+        self.done
+            .get_or_init(|| {
+                self.fs.stop_readahead();
+                for t in self.readahead.lock().drain(..) {
+                    let _ = t.join();
+                }
+                // No statistics request may hold the filesystem while it unmounts.
+                stats::stop(&self.source);
+                let r = self.fs.unmount_now().map_err(|e| format!("unmount: {e}"));
+                // Closing the descriptor releases the one-daemon-per-image lock. Only after a
+                // successful unmount: an image the unmount could not finish stays locked
+                // until the daemon exits, as after a crash.
+                if r.is_ok() {
+                    self.lock.lock().take();
+                }
+                r
+            })
+            .clone()
+    }
+}
+
+/// The block device a `fuseblk` mount of `o.image` stands on: the image itself when it is a
+/// block device, else a loop device attached over it. None when the mount is to be `fuse`
+/// (`-o blkdev=off`, or no loop device can be had: not root, no loop driver), with the reason.
+fn block_source(o: &Options) -> Result<(PathBuf, Option<ticketfs::kmount::LoopDevice>), String> {
+    if !o.blkdev {
+        return Err("-o blkdev=off".into());
+    }
+    if ticketfs::kmount::is_block_device(&o.image) {
+        return Ok((o.image.clone(), None));
+    }
+    ticketfs::kmount::attach_loop(&o.image, o.read_only)
+        .map(|l| (l.path.clone(), Some(l)))
+        .map_err(|e| format!("no loop device over the image: {e}"))
+}
+
 /// Mounts and serves until unmounted; reports "ok" and the budget line, or the error, on `report`.
-fn serve(o: &Options, report: &mut dyn FnMut(Result<String, String>)) -> Result<(), String> {
+/// `lock` is the image's lock, released by the unmount.
+fn serve(
+    o: &Options,
+    lock: Option<std::fs::File>,
+    report: &mut dyn FnMut(Result<String, String>),
+) -> Result<(), String> {
     let set = block_signals();
     tune_malloc();
     let start_rss = budget::resident_bytes();
@@ -328,51 +378,70 @@ fn serve(o: &Options, report: &mut dyn FnMut(Result<String, String>)) -> Result<
         fs.enable_readahead(budget.sizing.max_write as usize);
     }
     let fs = Arc::new(fs);
-    let mut cfg = fuser::Config::default();
     let source = std::fs::canonicalize(&o.image).unwrap_or_else(|_| o.image.clone());
     // Before the mount: afterwards resolving it would ask the daemon, which is not serving yet.
     let point = std::fs::canonicalize(&o.mountpoint).unwrap_or_else(|_| o.mountpoint.clone());
-    cfg.mount_options = vec![fuser::MountOption::FSName(source.display().to_string())];
-    if o.read_only {
-        cfg.mount_options.push(fuser::MountOption::RO);
-    }
-    if o.default_permissions {
-        cfg.mount_options
-            .push(fuser::MountOption::DefaultPermissions);
-    }
-    cfg.mount_options.extend(o.flags.options());
-    if o.allow_other {
-        cfg.acl = fuser::SessionACL::All;
-    }
-    // With the io_uring queues, /dev/fuse carries only FORGET and INTERRUPT (and requests until
-    // the queues are registered, or all of them should that fail): one thread, which the
-    // kernel then rarely has to wake (`fuse::FORGET_PAUSE`).
-    cfg.n_threads = Some(if uring { 1 } else { budget.sizing.fuse_threads });
-    cfg.clone_fd = true;
-    // Each request thread's data buffer is kept up to the largest request (counted in the base).
-    ticketfs::file::set_scratch_keep_max(budget.sizing.max_write as usize);
-    let ops = Arc::new(Ops::new(fs.clone(), budget.sizing.max_write));
-    let fuse = TicketFuse::new(ops.clone(), o.writeback_cache, uring);
-    let uring_granted = fuse.uring_granted();
-    let queues_serving = fuse.queues_serving();
-    let mut session = match fuser::Session::new(fuse, &o.mountpoint, &cfg) {
-        Ok(s) => s,
-        Err(e) => {
-            let msg = format!("mounting on {}: {e}", o.mountpoint.display());
-            if let Ok(f) = Arc::try_unwrap(fs) {
-                let _ = f.unmount();
+    let unmount_fs = |msg: String| {
+        let _ = fs.unmount_now();
+        msg
+    };
+    let conn = ticketfs::kmount::open_dev_fuse().map_err(|e| unmount_fs(e.to_string()))?;
+    let mut spec = ticketfs::kmount::Spec {
+        source: source.clone(),
+        point: point.clone(),
+        blkdev: false,
+        read_only: o.read_only,
+        allow_other: o.allow_other,
+        default_permissions: o.default_permissions,
+        ms_flags: o.flags.ms_bits(),
+    };
+    // Held until the mount stands (the kernel then holds the loop device until unmounted).
+    let mut attached = None;
+    match block_source(o) {
+        Ok((blk, lo)) => {
+            spec.source = blk;
+            spec.blkdev = true;
+            attached = lo;
+        }
+        Err(why) => {
+            if o.blkdev_asked || o.verbose {
+                eprintln!(
+                    "ticketfs: mounting as fuse, not fuseblk ({why}): umount returns before the \
+                     image is written home and released"
+                );
             }
-            return Err(msg);
+        }
+    }
+    ticketfs::kmount::mount(&spec, &conn).map_err(|e| {
+        unmount_fs(format!(
+            "mounting {} on {}: {e}",
+            spec.source.display(),
+            o.mountpoint.display()
+        ))
+    })?;
+    drop(attached);
+    let want = ticketfs::devfuse::Want {
+        max_write: budget.sizing.max_write,
+        writeback: o.writeback_cache,
+        uring,
+    };
+    let granted = match ticketfs::devfuse::handshake(&conn, &want) {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = ticketfs::kmount::umount(&point);
+            return Err(unmount_fs(format!("FUSE INIT: {e}")));
         }
     };
-    let mut unmounter = session.unmount_callable();
+    let signal_point = point.clone();
     std::thread::Builder::new()
         .name("tkfs-signals".into())
         .spawn(move || {
             let mut sig: libc::c_int = 0;
             // SAFETY: `set` holds the blocked termination signals; sigwait writes one into sig.
             unsafe { libc::sigwait(&set, &mut sig) };
-            let _ = unmounter.unmount();
+            if let Err(e) = ticketfs::kmount::umount(&signal_point) {
+                eprintln!("ticketfs: unmounting {}: {e}", signal_point.display());
+            }
         })
         .map_err(|e| format!("signal thread: {e}"))?;
     start_stats(&source, &fs, &budget)?;
@@ -382,44 +451,53 @@ fn serve(o: &Options, report: &mut dyn FnMut(Result<String, String>)) -> Result<
             eprintln!("ticketfs: read-ahead left at the kernel's default: {e}");
         }
     }
+    // Each request thread's data buffer is kept up to the largest request (counted in the base).
+    ticketfs::file::set_scratch_keep_max(budget.sizing.max_write as usize);
+    let ops = Arc::new(Ops::new(fs.clone(), budget.sizing.max_write));
+    let finish = Arc::new(Finish {
+        fs: fs.clone(),
+        source: source.clone(),
+        readahead: parking_lot::Mutex::new(Vec::new()),
+        lock: parking_lot::Mutex::new(lock),
+        done: std::sync::OnceLock::new(),
+    });
+    {
+        let finish = finish.clone();
+        ops.on_destroy(Box::new(move || finish.run()));
+    }
     report(Ok(format!(
         "memory budget {}: {}",
         budget::mib(budget.budget_bytes),
         budget.derivation
     )));
-    // Started once the mount stands: every way out from here unmounts and joins them.
+    // Started once the mount stands: every way out from here goes through `finish`.
     let workers = if budget.sizing.readahead {
         ticketfs::file::readahead::READAHEAD_WORKERS
     } else {
         0
     };
-    let mut readahead = Vec::with_capacity(workers);
     for i in 0..workers {
         let fs = fs.clone();
         let t = std::thread::Builder::new()
             .name(format!("tkfs-readahead-{i}"))
             .spawn(move || fs.serve_readahead());
         match t {
-            Ok(t) => readahead.push(t),
+            Ok(t) => finish.readahead.lock().push(t),
             // Read-ahead is an optimisation: fewer workers (or none) only read less ahead.
             Err(e) => eprintln!("ticketfs: read-ahead worker not started: {e}"),
         }
     }
-    // The INIT exchange is done: when it granted io_uring, the queues take over every request
-    // but FORGET and INTERRUPT.
-    let queues = if uring_granted.load(std::sync::atomic::Ordering::Acquire) {
-        let started = std::os::fd::AsFd::as_fd(&session)
-            .try_clone_to_owned()
-            .and_then(|dev| {
-                Queues::start(
-                    &dev,
-                    ops.clone(),
-                    per_queue.unwrap_or(1),
-                    budget.sizing.max_write as usize,
-                    o.uring_idle,
-                )
-            });
-        match started {
+    drop(fs);
+    // INIT granted io_uring: the queues take over every request but FORGET and INTERRUPT.
+    let queues_serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let queues = if granted.uring {
+        match Queues::start(
+            &conn,
+            ops.clone(),
+            per_queue.unwrap_or(1),
+            budget.sizing.max_write as usize,
+            o.uring_idle,
+        ) {
             Ok(q) => {
                 queues_serving.store(true, std::sync::atomic::Ordering::Release);
                 Some(q)
@@ -432,20 +510,27 @@ fn serve(o: &Options, report: &mut dyn FnMut(Result<String, String>)) -> Result<
     } else {
         None
     };
-    let served = session.run();
+    // With the queues, /dev/fuse carries only FORGET and INTERRUPT (and every request, should
+    // they fail): one thread, which the kernel then rarely has to wake.
+    let threads = if queues.is_some() {
+        1
+    } else {
+        budget.sizing.fuse_threads
+    };
+    let served = ticketfs::devfuse::DevFuse::start(
+        &conn,
+        ops.clone(),
+        threads,
+        budget.sizing.max_write as usize,
+        queues_serving,
+    )
+    .and_then(|d| d.join());
     if let Some(q) = queues {
         q.stop();
     }
     drop(ops);
-    fs.stop_readahead();
-    for t in readahead {
-        let _ = t.join();
-    }
-    // No statistics request may hold the filesystem while it unmounts.
-    stats::stop(&source);
-    let fs = Arc::try_unwrap(fs)
-        .map_err(|_| "filesystem still in use after the session ended".to_string())?;
-    fs.unmount().map_err(|e| format!("unmount: {e}"))?;
+    // A `fuse` mount (no DESTROY), or a connection that ended otherwise: unmount now.
+    finish.run()?;
     served.map_err(|e| format!("FUSE session: {e}"))
 }
 
@@ -460,7 +545,13 @@ fn set_readahead(point: &Path, bytes: u64) -> Result<(), String> {
         .rev()
         .find(|m| m.point == point)
         .ok_or_else(|| format!("{} is not in the mount table", point.display()))?;
-    let knob = format!("/sys/class/bdi/{}/read_ahead_kb", m.dev);
+    // A fuseblk mount's bdi is named after its block device with a suffix.
+    let bdi = if m.blkdev {
+        format!("{}-fuseblk", m.dev)
+    } else {
+        m.dev.clone()
+    };
+    let knob = format!("/sys/class/bdi/{bdi}/read_ahead_kb");
     std::fs::write(&knob, format!("{}", bytes / 1024)).map_err(|e| format!("{knob}: {e}"))
 }
 
@@ -628,8 +719,7 @@ fn main() {
         die(&e.to_string());
     }
     if o.foreground {
-        let r = serve(&o, &mut |_| {});
-        drop(lockf);
+        let r = serve(&o, Some(lockf), &mut |_| {});
         if let Err(e) = r {
             die(&e);
         }
@@ -685,12 +775,10 @@ fn main() {
             }
         }
     };
-    let r = serve(&o, &mut report);
+    let r = serve(&o, Some(lockf), &mut report);
     if let Err(e) = r {
         report(Err(e.clone()));
         eprintln!("ticketfs: {e}");
-        drop(lockf);
         exit(1);
     }
-    drop(lockf);
 }

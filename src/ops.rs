@@ -1,5 +1,5 @@
-//! What each FUSE request does, whichever transport brought it: `/dev/fuse` through fuser
-//! ([`crate::fuse`]) or the kernel's io_uring queues ([`crate::ring`]). Requests arrive here as
+//! What each FUSE request does, whichever transport brought it: `/dev/fuse`
+//! ([`crate::devfuse`]) or the kernel's io_uring queues ([`crate::ring`]). Requests arrive here as
 //! plain values (FUSE node ids, names as bytes, the kernel's flag words) and leave as results the
 //! transports encode; errors leave as errnos, mapped in one place ([`errno`]).
 
@@ -109,7 +109,29 @@ pub struct PlusEntry {
 pub struct Ops {
     fs: Arc<Fs>,
     max_write: u32,
+    /// What DESTROY does (the daemon's unmount), run once; see [`Ops::on_destroy`].
+    destroy: parking_lot::Mutex<Option<DestroyHook>>,
+    /// Requests being served now (DESTROY waits for the others to finish).
+    active: std::sync::atomic::AtomicUsize,
 }
+
+/// How long DESTROY waits for the requests being served beside it to finish: one waiting for
+/// log space or memory finishes once the log writes and the AIL pushes, so this is a bound for
+/// a stuck device, not a wait that happens.
+const DESTROY_WAIT: Duration = Duration::from_secs(30);
+
+/// A request being served: counted in [`Ops::active`] until dropped.
+pub struct Active<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// The daemon's unmount, run when the kernel sends DESTROY: its error, if any, names what
+/// failed.
+pub type DestroyHook = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
 impl Ops {
     /// Serves `fs`; writes are at most `max_write` bytes (chosen with the budget).
@@ -117,6 +139,46 @@ impl Ops {
         Ops {
             fs,
             max_write: max_write.clamp(4096, MAX_WRITE),
+            destroy: parking_lot::Mutex::new(None),
+            active: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Counts a request as being served until the guard is dropped.
+    pub fn enter(&self) -> Active<'_> {
+        self.active
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Active(&self.active)
+    }
+
+    /// Sets what DESTROY does. The kernel sends DESTROY to a `fuseblk` mount while unmounting
+    /// it and returns from umount(2) only once it is answered: the daemon writes everything
+    /// home and releases the image first (`main.rs`), so whoever unmounted finds it free.
+    pub fn on_destroy(&self, hook: DestroyHook) {
+        *self.destroy.lock() = Some(hook);
+    }
+
+    /// DESTROY: once the other requests being served have finished, runs the hook once (a
+    /// later DESTROY, or none set, does nothing). Requests the kernel queued before DESTROY
+    /// (asynchronous RELEASEs) are read before it from the same queue; one on another CPU's
+    /// io_uring queue that no thread has taken yet is dropped when the connection closes, and
+    /// what it would have done (free a file unlinked while open) the next mount does from the
+    /// unlinked trees.
+    pub fn destroy(&self) -> Res<()> {
+        let deadline = std::time::Instant::now() + DESTROY_WAIT;
+        // This request is one of the active ones.
+        while self.active.load(std::sync::atomic::Ordering::Acquire) > 1
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let hook = self.destroy.lock().take();
+        match hook.map(|h| h()) {
+            Some(Err(e)) => {
+                eprintln!("ticketfs: unmount: {e}");
+                Err(libc::EIO)
+            }
+            _ => Ok(()),
         }
     }
 

@@ -361,19 +361,24 @@ pub fn stop(image: &Path) {
     let _ = query(image, "stop");
 }
 
-/// A ticketfs mount as /proc/self/mountinfo lists it (type `fuse` or `fuse.ticketfs`).
+/// A ticketfs mount as /proc/self/mountinfo lists it (type `fuse`, `fuse.ticketfs` or
+/// `fuseblk.ticketfs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TicketfsMount {
     /// Where it is mounted.
     pub point: PathBuf,
-    /// Its source: the image's canonical path.
+    /// Its image's canonical path (a `fuseblk` mount's source is a block device: a loop
+    /// device's backing file is the image).
     pub image: PathBuf,
     /// The whole filesystem is mounted (a bind mount of a subtree has another root).
     pub whole: bool,
     /// The superblock is read-only (not only this mount).
     pub super_ro: bool,
-    /// Its device number, `major:minor`: also the name of its bdi in /sys/class/bdi.
+    /// Its device number, `major:minor`: also the name of its bdi in /sys/class/bdi (with
+    /// `-fuseblk` after it for a `fuseblk` mount).
     pub dev: String,
+    /// A `fuseblk` mount (its source is a block device: the image, or a loop device over it).
+    pub blkdev: bool,
 }
 
 /// Every ticketfs mount this process can see, most recent last.
@@ -388,12 +393,20 @@ pub fn ticketfs_mounts() -> Result<Vec<TicketfsMount>, String> {
             let r: Vec<&str> = right.split(' ').collect();
             let (dev, root, point) = (*l.get(2)?, *l.get(3)?, *l.get(4)?);
             let (fstype, source) = (*r.first()?, *r.get(1)?);
-            (fstype == "fuse" || fstype == "fuse.ticketfs").then(|| TicketfsMount {
+            let source = PathBuf::from(unescape(source));
+            let image = match fstype {
+                "fuse" | "fuse.ticketfs" => source,
+                // A block device: the image itself, or a loop device over the image file.
+                "fuseblk.ticketfs" => crate::kmount::loop_backing_file(&source).unwrap_or(source),
+                _ => return None,
+            };
+            Some(TicketfsMount {
                 point: PathBuf::from(unescape(point)),
-                image: PathBuf::from(unescape(source)),
+                image,
                 whole: root == "/",
                 super_ro: r.get(2).is_some_and(|o| o.split(',').any(|x| x == "ro")),
                 dev: dev.to_string(),
+                blkdev: fstype.starts_with("fuseblk"),
             })
         })
         .collect())

@@ -169,28 +169,19 @@ fn installed_tools_work_with_mkfs_fsck_and_mount() {
     run(&["mkfs", "-t", "ticketfs", "-s", "64M", img_s]);
     run(&["fsck", "-t", "ticketfs", img_s]);
     run(&["mount", "-t", "fuse.ticketfs", img_s, dir_s]);
-    let found = run(&["findmnt", "-n", "-o", "SOURCE,FSTYPE", "-S", img_s]);
+    // Mounted as fuseblk over a loop device whose backing file is the image.
+    let found = run(&["findmnt", "-n", "-o", "SOURCE,FSTYPE", dir_s]);
     let ok = std::fs::write(dir.join("hello"), b"world").is_ok()
         && std::fs::read(dir.join("hello")).ok().as_deref() == Some(&b"world"[..]);
-    let umount = Command::new("umount").arg(&dir).status().unwrap();
+    let mut f = found.split_whitespace();
+    let (source, fstype) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
+    let backing = run(&["losetup", "-n", "-O", "BACK-FILE", source]);
+    // umount by the image's name, as for a loop-mounted image.
+    let umount = Command::new("umount").arg(&img).status().unwrap();
     assert!(umount.success());
     assert!(ok, "could not use the mount");
-    assert!(
-        found.contains(img_s) && found.split_whitespace().nth(1) == Some("fuse"),
-        "findmnt: {found}"
-    );
-    // The daemon finishes with the image (the lock goes) before fsck looks at it.
-    for _ in 0..500 {
-        if Command::new("flock")
-            .arg("-n")
-            .arg(img_s)
-            .arg("true")
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    assert_eq!(fstype, "fuseblk.ticketfs", "findmnt: {found}");
+    assert_eq!(backing.trim(), img_s, "the loop device's backing file");
+    // umount returned once the daemon had released the image: fsck runs at once.
     run(&["fsck", "-t", "ticketfs", img_s]);
 }

@@ -621,11 +621,14 @@ fn read_ahead_window_is_a_largest_request_per_thread() {
     let img = image(work.path(), 64 << 20);
     let m = Mount::new(&img, "");
     let dev = fs::metadata(m.path()).unwrap().dev();
-    let knob = format!(
-        "/sys/class/bdi/{}:{}/read_ahead_kb",
-        libc::major(dev),
-        libc::minor(dev)
-    );
+    // A fuseblk mount's bdi is its block device's number with a suffix.
+    let name = format!("{}:{}", libc::major(dev), libc::minor(dev));
+    let blk = format!("/sys/class/bdi/{name}-fuseblk/read_ahead_kb");
+    let knob = if Path::new(&blk).exists() {
+        blk
+    } else {
+        format!("/sys/class/bdi/{name}/read_ahead_kb")
+    };
     let report: ticketfs::stats::Report = serde_json::from_str(
         &ticketfs::stats::query(&fs::canonicalize(&img).unwrap(), "json").unwrap(),
     )

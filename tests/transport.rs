@@ -1,5 +1,5 @@
 //! The two ways requests reach the daemon — the kernel's io_uring queues (`src/ring`) and
-//! `/dev/fuse` through fuser (`-o uring=off`) — must answer alike: the same workload of every
+//! `/dev/fuse` (`src/devfuse.rs`, `-o uring=off`) — must answer alike: the same workload of every
 //! kind of request, run on a mount of each, gives the same outcomes, byte for byte and errno for
 //! errno; `ticketfs stats` shows which transport served.
 

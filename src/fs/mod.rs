@@ -1,5 +1,5 @@
 //! POSIX operations on the engine: inodes, directories, files, permissions. No FUSE types here;
-//! the adapter in `fuse.rs` only translates.
+//! the transports (`devfuse.rs`, `ring/`, through `proto/` and `ops.rs`) only translate.
 //!
 //! Locking: a namespace operation is one transaction that joins the inode chunks of every inode
 //! involved in ascending block order before anything else (then AG headers, then tree nodes), and
@@ -386,11 +386,17 @@ impl Fs {
 
     /// Flushes everything and unmounts the engine (the superblock is marked clean).
     pub fn unmount(self) -> R<()> {
+        self.unmount_now()
+    }
+
+    /// [`Fs::unmount`] through a shared reference (the daemon's answer to DESTROY, while its
+    /// request threads still hold the filesystem); every later operation fails.
+    pub fn unmount_now(&self) -> R<()> {
         let orphans: Vec<u64> = self.orphans.lock().drain().collect();
         for ino in orphans {
             self.destroy(ino)?;
         }
-        Ok(self.eng.unmount()?)
+        Ok(self.eng.unmount_now()?)
     }
 
     /// Drops everything unwritten, as a crash would (tests).

@@ -329,6 +329,17 @@ impl Log {
         self.ail_cv.notify_all();
     }
 
+    /// Closes the log after a clean unmount: every later transaction, commit or force fails as
+    /// after a shutdown, with "unmounted", and nothing more is written.
+    pub fn close(&self) {
+        self.failure
+            .lock()
+            .get_or_insert_with(|| "unmounted".into());
+        self.is_shut.store(true, Ordering::Release);
+        self.space.shut_down();
+        self.done_cv.notify_all();
+    }
+
     /// Inserts a transaction's changed buffers into the CIL. `settle` runs under the CIL lock with
     /// the space state, the log bytes and the memory the CIL took, so the accounts never see a
     /// checkpoint release what was not yet charged.

@@ -6,17 +6,17 @@
 //! 56-89 us (`fsbench pingpong`) against 10-14 us on one CPU, and create, unlink and small-file
 //! trees are nothing but such round trips (docs/performance.md).
 //!
-//! The INIT exchange still goes through `/dev/fuse` (fuser), as do FORGET and INTERRUPT; every
-//! other request comes through the queues once each has an entry registered. Each entry is a
-//! header buffer (`struct fuse_uring_req_header`) and a payload buffer of the largest request;
+//! The INIT exchange still goes through `/dev/fuse` ([`crate::devfuse`]), as do FORGET and
+//! INTERRUPT; every other request comes through the queues once each has an entry registered.
+//! Each entry is a header buffer (`struct fuse_uring_req_header`) and a payload buffer of the largest request;
 //! a thread answers a request and fetches the next in one submission (COMMIT_AND_FETCH).
 
-mod dispatch;
 mod policy;
 mod uring;
-pub mod wire;
 
 use crate::ops::Ops;
+use crate::proto::dispatch;
+use crate::proto::wire::{self, InHeader};
 use policy::Policy;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -25,7 +25,6 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use uring::{Cqe, Sqe, Uring};
-use wire::InHeader;
 
 /// Serving threads and queues started, requests answered through the queues, and times a
 /// thread left SCHED_IDLE for oversubscribed CPUs ([`policy`]); for `ticketfs stats`.

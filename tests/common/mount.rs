@@ -105,6 +105,20 @@ impl Mount {
         assert!(st.success(), "daemon exited with {st}");
     }
 
+    /// umount, then `check` at once (before waiting for anything), then the daemon must exit
+    /// 0: what someone who unmounts finds when umount returns.
+    pub fn unmount_then(mut self, check: impl FnOnce()) {
+        let st = Command::new("umount")
+            .arg(self.dir.path())
+            .status()
+            .expect("umount");
+        assert!(st.success(), "umount failed");
+        check();
+        let mut child = self.child.take().expect("daemon");
+        let st = wait_timeout(&mut child, Duration::from_secs(60));
+        assert!(st.success(), "daemon exited with {st}");
+    }
+
     /// SIGKILL the daemon, as a crash; then detach the dead mount.
     pub fn kill(mut self) {
         let mut child = self.child.take().expect("daemon");

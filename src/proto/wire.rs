@@ -1,6 +1,8 @@
-//! The FUSE protocol's messages as the io_uring queues carry them (protocol 7.45's layouts,
-//! include/uapi/linux/fuse.h): reading a request's fixed argument and payload with every field
-//! checked against what arrived, and writing replies into the entry's payload buffer.
+//! The FUSE protocol's messages (include/uapi/linux/fuse.h), for both transports: reading a
+//! request's header, fixed argument and payload with every field checked against what arrived,
+//! and writing replies into a buffer. The io_uring queues carry a request's fixed argument
+//! apart from its payload; `/dev/fuse` carries them back to back, split with
+//! [`crate::proto::dispatch::fixed_arg_bytes`].
 
 use crate::fs::Attr;
 use crate::ops::TTL;
@@ -225,6 +227,98 @@ impl<'a> Wr<'a> {
 }
 
 /// Bytes of a `fuse_dirent` with a name of `n` bytes, padded to 8.
+/// The protocol version this daemon speaks (7.40: every layout used here is that version's;
+/// the kernel adapts to it, as it did when fuser answered INIT with the same version).
+pub const PROTO_MAJOR: u32 = 7;
+pub const PROTO_MINOR: u32 = 40;
+/// The oldest kernel protocol served: 7.33 brought FUSE_HANDLE_KILLPRIV_V2 and the 64-byte
+/// INIT reply every kernel since 7.23 reads (Linux 5.11).
+pub const PROTO_MINOR_MIN: u32 = 33;
+/// Bytes of `struct fuse_init_out` (7.23 and later).
+pub const INIT_OUT_BYTES: usize = 64;
+/// FUSE_INIT_EXT: the flags continue in `flags2`.
+pub const INIT_EXT: u64 = 1 << 30;
+
+/// `struct fuse_init_in`: what the kernel offers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InitIn {
+    pub major: u32,
+    pub minor: u32,
+    pub max_readahead: u32,
+    /// `flags`, and `flags2` above bit 32 when the kernel set FUSE_INIT_EXT.
+    pub flags: u64,
+}
+
+impl InitIn {
+    pub fn read(arg: &[u8]) -> Result<InitIn, i32> {
+        let mut r = Rd::new(arg);
+        let (major, minor) = (r.u32()?, r.u32()?);
+        // A kernel of another major version sends only these two (it then asks again).
+        if major != PROTO_MAJOR {
+            return Ok(InitIn {
+                major,
+                minor,
+                ..InitIn::default()
+            });
+        }
+        let max_readahead = r.u32()?;
+        let mut flags = r.u32()? as u64;
+        if flags & INIT_EXT != 0 {
+            flags |= (r.u32()? as u64) << 32;
+        }
+        Ok(InitIn {
+            major,
+            minor,
+            max_readahead,
+            flags,
+        })
+    }
+}
+
+/// `struct fuse_init_out`: what the daemon takes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InitOut {
+    pub max_readahead: u32,
+    pub flags: u64,
+    pub max_background: u16,
+    pub congestion_threshold: u16,
+    pub max_write: u32,
+    /// Timestamp granularity in nanoseconds.
+    pub time_gran: u32,
+    pub max_pages: u16,
+}
+
+impl Wr<'_> {
+    pub fn u16(&mut self, v: u16) -> Result<(), i32> {
+        self.bytes(&v.to_ne_bytes())
+    }
+
+    /// The INIT reply: protocol 7.40's 64 bytes.
+    pub fn init_out(&mut self, o: &InitOut) -> Result<(), i32> {
+        let start = self.len();
+        self.u32(PROTO_MAJOR)?;
+        self.u32(PROTO_MINOR)?;
+        self.u32(o.max_readahead)?;
+        self.u32(o.flags as u32)?;
+        self.u16(o.max_background)?;
+        self.u16(o.congestion_threshold)?;
+        self.u32(o.max_write)?;
+        self.u32(o.time_gran)?;
+        self.u16(o.max_pages)?;
+        self.u16(0)?; // map_alignment
+        self.u32((o.flags >> 32) as u32)?;
+        self.u32(0)?; // max_stack_depth
+        self.zeros(INIT_OUT_BYTES - (self.len() - start))
+    }
+
+    /// The reply to an INIT from a kernel of another major version: ours, so it asks again.
+    pub fn init_version_only(&mut self) -> Result<(), i32> {
+        self.u32(PROTO_MAJOR)?;
+        self.u32(PROTO_MINOR)?;
+        self.zeros(INIT_OUT_BYTES - 8)
+    }
+}
+
 pub fn dirent_len(n: usize) -> usize {
     (DIRENT_BYTES + n).div_ceil(8) * 8
 }

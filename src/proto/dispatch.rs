@@ -1,8 +1,8 @@
-//! One request from an io_uring queue: decode it ([`wire`]), do it ([`Ops`]), encode the reply.
-//! The request's payload and the reply share the entry's payload buffer, so a request is done
-//! in two steps: [`handle`] reads the request and returns an owned [`Out`]; [`encode`] writes it
-//! once nothing of the request is needed any more. READ writes its data straight into the
-//! buffer ([`read`]).
+//! One request, from either transport: decode it ([`wire`]), do it ([`Ops`]), encode the reply.
+//! A request's payload and its reply share a buffer (the io_uring entry's payload buffer, the
+//! `/dev/fuse` thread's one buffer), so a request is done in two steps: [`handle`] reads the
+//! request and returns an owned [`Out`]; [`encode`] writes it once nothing of the request is
+//! needed any more. READ writes its data straight into the buffer ([`read`]).
 
 use super::wire::{self, InHeader, Rd, Wr};
 use crate::dir::DirEntry;
@@ -11,39 +11,78 @@ use crate::fs::{Attr, Ctx, SetAttr, SetTime, StatFs};
 use crate::ops::{self, Found, Ops, PlusEntry, Xattr};
 
 pub const FUSE_LOOKUP: u32 = 1;
-const FUSE_GETATTR: u32 = 3;
-const FUSE_SETATTR: u32 = 4;
-const FUSE_READLINK: u32 = 5;
-const FUSE_SYMLINK: u32 = 6;
-const FUSE_MKNOD: u32 = 8;
-const FUSE_MKDIR: u32 = 9;
-const FUSE_UNLINK: u32 = 10;
-const FUSE_RMDIR: u32 = 11;
-const FUSE_RENAME: u32 = 12;
-const FUSE_LINK: u32 = 13;
-const FUSE_OPEN: u32 = 14;
+pub const FUSE_FORGET: u32 = 2;
+pub const FUSE_GETATTR: u32 = 3;
+pub const FUSE_SETATTR: u32 = 4;
+pub const FUSE_READLINK: u32 = 5;
+pub const FUSE_SYMLINK: u32 = 6;
+pub const FUSE_MKNOD: u32 = 8;
+pub const FUSE_MKDIR: u32 = 9;
+pub const FUSE_UNLINK: u32 = 10;
+pub const FUSE_RMDIR: u32 = 11;
+pub const FUSE_RENAME: u32 = 12;
+pub const FUSE_LINK: u32 = 13;
+pub const FUSE_OPEN: u32 = 14;
 pub const FUSE_READ: u32 = 15;
-const FUSE_WRITE: u32 = 16;
-const FUSE_STATFS: u32 = 17;
-const FUSE_RELEASE: u32 = 18;
-const FUSE_FSYNC: u32 = 20;
-const FUSE_SETXATTR: u32 = 21;
-const FUSE_GETXATTR: u32 = 22;
-const FUSE_LISTXATTR: u32 = 23;
-const FUSE_REMOVEXATTR: u32 = 24;
-const FUSE_FLUSH: u32 = 25;
-const FUSE_OPENDIR: u32 = 27;
-const FUSE_READDIR: u32 = 28;
-const FUSE_RELEASEDIR: u32 = 29;
-const FUSE_FSYNCDIR: u32 = 30;
-const FUSE_ACCESS: u32 = 34;
-const FUSE_CREATE: u32 = 35;
-const FUSE_DESTROY: u32 = 38;
-const FUSE_FALLOCATE: u32 = 43;
-const FUSE_READDIRPLUS: u32 = 44;
-const FUSE_RENAME2: u32 = 45;
-const FUSE_LSEEK: u32 = 46;
-const FUSE_COPY_FILE_RANGE: u32 = 47;
+pub const FUSE_WRITE: u32 = 16;
+pub const FUSE_STATFS: u32 = 17;
+pub const FUSE_RELEASE: u32 = 18;
+pub const FUSE_FSYNC: u32 = 20;
+pub const FUSE_SETXATTR: u32 = 21;
+pub const FUSE_GETXATTR: u32 = 22;
+pub const FUSE_LISTXATTR: u32 = 23;
+pub const FUSE_REMOVEXATTR: u32 = 24;
+pub const FUSE_FLUSH: u32 = 25;
+pub const FUSE_INIT: u32 = 26;
+pub const FUSE_OPENDIR: u32 = 27;
+pub const FUSE_READDIR: u32 = 28;
+pub const FUSE_RELEASEDIR: u32 = 29;
+pub const FUSE_FSYNCDIR: u32 = 30;
+pub const FUSE_ACCESS: u32 = 34;
+pub const FUSE_INTERRUPT: u32 = 36;
+pub const FUSE_CREATE: u32 = 35;
+pub const FUSE_DESTROY: u32 = 38;
+pub const FUSE_BATCH_FORGET: u32 = 42;
+pub const FUSE_FALLOCATE: u32 = 43;
+pub const FUSE_READDIRPLUS: u32 = 44;
+pub const FUSE_RENAME2: u32 = 45;
+pub const FUSE_LSEEK: u32 = 46;
+pub const FUSE_COPY_FILE_RANGE: u32 = 47;
+
+/// Bytes of a request's fixed argument (the kernel's `in_args[0]` where it is an op's own
+/// structure, at protocol 7.40): through `/dev/fuse` the payload (names, data) follows it; the
+/// io_uring queues carry it apart. 0 for requests whose arguments are all payload, and for
+/// opcodes not served (their whole body is ignored).
+pub fn fixed_arg_bytes(opcode: u32) -> usize {
+    match opcode {
+        FUSE_GETATTR => 16,                                // fuse_getattr_in
+        FUSE_SETATTR => 88,                                // fuse_setattr_in
+        FUSE_MKNOD => 16,                                  // fuse_mknod_in
+        FUSE_MKDIR => 8,                                   // fuse_mkdir_in
+        FUSE_RENAME => 8,                                  // fuse_rename_in
+        FUSE_RENAME2 => 16,                                // fuse_rename2_in
+        FUSE_LINK => 8,                                    // fuse_link_in
+        FUSE_OPEN | FUSE_OPENDIR => 8,                     // fuse_open_in
+        FUSE_READ | FUSE_READDIR | FUSE_READDIRPLUS => 40, // fuse_read_in
+        FUSE_WRITE => 40,                                  // fuse_write_in
+        FUSE_RELEASE | FUSE_RELEASEDIR => 24,              // fuse_release_in
+        FUSE_FSYNC | FUSE_FSYNCDIR => 16,                  // fuse_fsync_in
+        // fuse_setxattr_in without FUSE_SETXATTR_EXT (not asked for at INIT).
+        FUSE_SETXATTR => 8,
+        FUSE_GETXATTR | FUSE_LISTXATTR => 8, // fuse_getxattr_in
+        FUSE_FLUSH => 24,                    // fuse_flush_in
+        FUSE_INIT => 64,                     // fuse_init_in
+        FUSE_ACCESS => 8,                    // fuse_access_in
+        FUSE_CREATE => 16,                   // fuse_create_in
+        FUSE_INTERRUPT => 8,                 // fuse_interrupt_in
+        FUSE_FORGET => 8,                    // fuse_forget_in
+        FUSE_BATCH_FORGET => 8,              // fuse_batch_forget_in, then the entries
+        FUSE_FALLOCATE => 32,                // fuse_fallocate_in
+        FUSE_LSEEK => 24,                    // fuse_lseek_in
+        FUSE_COPY_FILE_RANGE => 56,          // fuse_copy_file_range_in
+        _ => 0,
+    }
+}
 
 /// setattr's `valid` bits.
 const FATTR_MODE: u32 = 1 << 0;
@@ -56,7 +95,7 @@ const FATTR_FH: u32 = 1 << 6;
 const FATTR_ATIME_NOW: u32 = 1 << 7;
 const FATTR_MTIME_NOW: u32 = 1 << 8;
 /// fsync's flag for fdatasync.
-const FUSE_FSYNC_FDATASYNC: u32 = 1;
+pub const FUSE_FSYNC_FDATASYNC: u32 = 1;
 
 /// A reply, owned, to be encoded once the request's buffer is free.
 pub enum Out {
@@ -92,6 +131,7 @@ fn time(sec: u64, nsec: u32) -> Time {
 /// Does every request but READ. `arg` is the fixed argument (the entry's op_in area), `payload`
 /// what followed it (names, data). An opcode not served here is ENOSYS, as fuser answers.
 pub fn handle(ops: &Ops, h: &InHeader, arg: &[u8], payload: &[u8]) -> Result<Out, i32> {
+    let _active = ops.enter();
     let c = ctx(h);
     let node = h.nodeid;
     let mut a = Rd::new(arg);
@@ -223,7 +263,9 @@ pub fn handle(ops: &Ops, h: &InHeader, arg: &[u8], payload: &[u8]) -> Result<Out
             ops.create(&c, node, p.name()?, mode, umask)
                 .map(Out::Create)
         }
-        FUSE_DESTROY => Ok(Out::Empty),
+        // The unmount (fuseblk): everything is written home and the image released before
+        // this is answered, since the kernel's umount waits for the answer.
+        FUSE_DESTROY => ops.destroy().map(|()| Out::Empty),
         FUSE_FALLOCATE => {
             let _fh = a.u64()?;
             let (off, len) = (a.u64()?, a.u64()?);
@@ -252,6 +294,7 @@ pub fn handle(ops: &Ops, h: &InHeader, arg: &[u8], payload: &[u8]) -> Result<Out
 
 /// READ: the data goes straight into `buf`; returns its length.
 pub fn read(ops: &Ops, h: &InHeader, arg: &[u8], buf: &mut [u8]) -> Result<usize, i32> {
+    let _active = ops.enter();
     let mut a = Rd::new(arg);
     let _fh = a.u64()?;
     let off = a.u64()?;
