@@ -6,7 +6,8 @@ use crate::format::superblock::SB_MAGIC;
 use crate::format::{block_size_valid, Superblock};
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::Path;
 
 /// Reads the block size from the superblock at the start of `path` (checked in full, CRC too).
@@ -111,4 +112,43 @@ pub fn parse_size(s: &str) -> Option<u64> {
         _ => (s, 1),
     };
     num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// What an image is, whatever path names it: a block device by its device number, a file by its
+/// filesystem and inode (so a hard link, a symlink and every spelling of the path agree).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ImageId {
+    Block(u64),
+    File { dev: u64, ino: u64 },
+}
+
+/// The identity of the image at `path` (following symlinks).
+pub fn identity(path: &Path) -> io::Result<ImageId> {
+    let m = std::fs::metadata(path)?;
+    Ok(if m.file_type().is_block_device() {
+        ImageId::Block(m.rdev())
+    } else {
+        ImageId::File {
+            dev: m.dev(),
+            ino: m.ino(),
+        }
+    })
+}
+
+/// The one-daemon-per-image lock (an exclusive flock on the image), held while it lives: the
+/// mount daemon holds it for the life of the mount, mkfs and fsck while they work.
+pub struct ImageLock {
+    _file: File,
+}
+
+/// Takes the image's lock without waiting; Err(None) when someone holds it (a ticketfs daemon
+/// serving or finishing a mount, a mkfs or fsck at work), Err(Some(e)) when the image cannot be
+/// opened.
+pub fn try_lock(path: &Path) -> Result<ImageLock, Option<io::Error>> {
+    let f = File::open(path).map_err(Some)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(None);
+    }
+    Ok(ImageLock { _file: f })
 }

@@ -20,8 +20,7 @@ use std::path::{Path, PathBuf};
 /// `/dev/loop-control`'s LOOP_CTL_GET_FREE, and a loop device's LOOP_CONFIGURE.
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
-/// `lo_flags`: read-only; detach when the last user (the mount) lets go.
-const LO_FLAGS_READ_ONLY: u32 = 1;
+/// `lo_flags`: detach when the last user (the mount) lets go.
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 /// Bytes of `struct loop_config` and the offsets of the fields set here.
 const LOOP_CONFIG_BYTES: usize = 304;
@@ -132,11 +131,13 @@ pub struct LoopDevice {
     _fd: File,
 }
 
-/// Attaches a loop device over `image` (read-only when `read_only`).
-pub fn attach_loop(image: &Path, read_only: bool) -> io::Result<LoopDevice> {
+/// Attaches a loop device over `image`. Read-write even for a read-only mount: the kernel
+/// never does I/O through it (the daemon reads and writes the image), but it refuses to remount
+/// read-write a filesystem whose block device is read-only.
+pub fn attach_loop(image: &Path) -> io::Result<LoopDevice> {
     let backing = OpenOptions::new()
         .read(true)
-        .write(!read_only)
+        .write(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(image)?;
     let ctl = OpenOptions::new()
@@ -154,12 +155,12 @@ pub fn attach_loop(image: &Path, read_only: bool) -> io::Result<LoopDevice> {
         let path = PathBuf::from(format!("/dev/loop{n}"));
         let dev = OpenOptions::new()
             .read(true)
-            .write(!read_only)
+            .write(true)
             .custom_flags(libc::O_CLOEXEC)
             .open(&path)?;
         let mut cfg = [0u8; LOOP_CONFIG_BYTES];
         cfg[0..4].copy_from_slice(&(backing.as_raw_fd() as u32).to_ne_bytes());
-        let flags = LO_FLAGS_AUTOCLEAR | if read_only { LO_FLAGS_READ_ONLY } else { 0 };
+        let flags = LO_FLAGS_AUTOCLEAR;
         cfg[LOOP_CONFIG_FLAGS_AT..LOOP_CONFIG_FLAGS_AT + 4].copy_from_slice(&flags.to_ne_bytes());
         let name = image.as_os_str().as_bytes();
         let k = name.len().min(LO_NAME_SIZE - 1);

@@ -309,7 +309,7 @@ fn block_source(o: &Options) -> Result<(PathBuf, Option<ticketfs::kmount::LoopDe
     if ticketfs::kmount::is_block_device(&o.image) {
         return Ok((o.image.clone(), None));
     }
-    ticketfs::kmount::attach_loop(&o.image, o.read_only)
+    ticketfs::kmount::attach_loop(&o.image)
         .map(|l| (l.path.clone(), Some(l)))
         .map_err(|e| format!("no loop device over the image: {e}"))
 }
@@ -371,6 +371,12 @@ fn serve(
     let mut fs = Fs::new(eng, o.read_only).map_err(|e| format!("{}: {e}", o.image.display()))?;
     fs.set_atime_policy(o.atime);
     fs.set_kernel_checks_permissions(o.default_permissions);
+    {
+        let image = o.image.clone();
+        fs.set_ro_probe(Box::new(move || {
+            stats::mounts_of(&image).first().map(|m| m.super_ro)
+        }));
+    }
     // Through /dev/fuse the kernel's read-ahead requests are served by threads on every CPU
     // already; through the queues they wait on the reader's CPU (`file::readahead`). Not under
     // a small limit (`Sizing::readahead`).
@@ -487,6 +493,7 @@ fn serve(
             Err(e) => eprintln!("ticketfs: read-ahead worker not started: {e}"),
         }
     }
+    watch_remounts(&o.image, &fs);
     drop(fs);
     // INIT granted io_uring: the queues take over every request but FORGET and INTERRUPT.
     let queues_serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -532,6 +539,48 @@ fn serve(
     // A `fuse` mount (no DESTROY), or a connection that ended otherwise: unmount now.
     finish.run()?;
     served.map_err(|e| format!("FUSE session: {e}"))
+}
+
+/// Follows remounts (`mount -o remount,ro|rw`, from any tool: the kernel tells the daemon
+/// nothing): a thread waits for changes of the mount table (/proc/self/mountinfo signals them to
+/// poll) and sets the filesystem read-only or writable as the superblock now is. A change that
+/// reaches a read-only filesystem first also asks (`Fs::set_ro_probe`). Ends when the image is
+/// mounted nowhere any more.
+fn watch_remounts(image: &Path, fs: &Arc<Fs>) {
+    let Ok(mut table) = std::fs::File::open("/proc/self/mountinfo") else {
+        return;
+    };
+    let (image, fs) = (image.to_path_buf(), Arc::downgrade(fs));
+    let spawned = std::thread::Builder::new()
+        .name("tkfs-remounts".into())
+        .spawn(move || {
+            let mut sink = Vec::new();
+            loop {
+                // Reading the table to its end is what re-arms the poll.
+                sink.clear();
+                use std::io::Seek;
+                let _ = table.seek(std::io::SeekFrom::Start(0));
+                let _ = table.read_to_end(&mut sink);
+                let Some(m) = stats::mounts_of(&image).into_iter().next() else {
+                    return;
+                };
+                let Some(fs) = fs.upgrade() else { return };
+                if let Err(e) = fs.set_read_only(m.super_ro) {
+                    eprintln!("ticketfs: remount: {e}");
+                }
+                drop(fs);
+                let mut p = libc::pollfd {
+                    fd: table.as_raw_fd(),
+                    events: libc::POLLPRI,
+                    revents: 0,
+                };
+                // SAFETY: one pollfd for a descriptor we own.
+                unsafe { libc::poll(&mut p, 1, -1) };
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("ticketfs: remounts will not be followed: {e}");
+    }
 }
 
 /// Sets the kernel's read-ahead window for this mount to `bytes`: one largest request per
@@ -626,13 +675,12 @@ fn remount(o: &Options) -> ! {
 }
 
 /// A mount point of `image` served by a daemon already (the whole filesystem rather than a
-/// subtree) and whether its superblock is read-only.
+/// subtree) and whether its superblock is read-only. Found by the image's identity, so a hard
+/// link, a symlink or another spelling of its path finds it too.
 fn existing_mount(image: &Path) -> Option<(PathBuf, bool)> {
-    let source = std::fs::canonicalize(image).ok()?;
-    stats::ticketfs_mounts()
-        .ok()?
+    stats::mounts_of(image)
         .into_iter()
-        .find(|m| m.whole && m.image == source)
+        .find(|m| m.whole)
         .map(|m| (m.point, m.super_ro))
 }
 
@@ -694,6 +742,14 @@ fn main() {
         die(&format!("{}: not a directory", o.mountpoint.display()));
     }
     if let Some((first, first_ro)) = existing_mount(&o.image) {
+        let here = std::fs::canonicalize(&o.mountpoint).unwrap_or_else(|_| o.mountpoint.clone());
+        if first == here {
+            die(&format!(
+                "{} is already mounted on {}",
+                o.image.display(),
+                first.display()
+            ));
+        }
         mount_again(&o, &first, first_ro);
     }
     // One daemon per image: an exclusive lock held for the life of the mount.

@@ -52,6 +52,25 @@ pub struct Made {
 /// directory (through the engine, as transactions) and leaves the image clean.
 pub fn make_filesystem(target: &Path, o: &MkfsOptions) -> Result<Made, String> {
     let show = target.display();
+    // Never a mounted image, whatever -f says (as mkfs.xfs refuses a mounted device): not one
+    // a daemon holds (its lock), nor one still in the mount table (a daemon that died leaves
+    // its mount). The lock is held while formatting, so no mount starts meanwhile.
+    let _lock = if target.exists() {
+        if let Some(m) = crate::stats::mounts_of(target).first() {
+            return Err(format!("{show} is mounted on {}", m.point.display()));
+        }
+        match crate::image::try_lock(target) {
+            Ok(l) => Some(l),
+            Err(None) => {
+                return Err(format!(
+                    "{show} is in use (locked by a ticketfs daemon, mkfs or fsck): unmount it first"
+                ))
+            }
+            Err(Some(e)) => return Err(format!("{show}: {e}")),
+        }
+    } else {
+        None
+    };
     if !target.exists() {
         let s = o
             .size

@@ -337,6 +337,11 @@ impl Ops {
         res(self.fs.fsync())
     }
 
+    /// Everything acknowledged so far made durable: the log forced, the device flushed.
+    pub fn syncfs(&self) -> Res<()> {
+        res(self.fs.fsync())
+    }
+
     /// The answer is the FOPEN_* flags of the reply.
     pub fn opendir(&self, c: &Ctx, node: u64) -> Res<u32> {
         let keep = res(self.fs.opendir(c, self.ino(node)))?;

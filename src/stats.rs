@@ -379,6 +379,21 @@ pub struct TicketfsMount {
     pub dev: String,
     /// A `fuseblk` mount (its source is a block device: the image, or a loop device over it).
     pub blkdev: bool,
+    /// The image's identity (None when it cannot be looked at, e.g. a deleted backing file).
+    pub id: Option<crate::image::ImageId>,
+}
+
+/// The mounts of the image at `path`, found by identity: every spelling of its path, a symlink
+/// or a hard link to it names the same image.
+pub fn mounts_of(path: &Path) -> Vec<TicketfsMount> {
+    let Ok(want) = crate::image::identity(path) else {
+        return Vec::new();
+    };
+    ticketfs_mounts()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.id == Some(want))
+        .collect()
 }
 
 /// Every ticketfs mount this process can see, most recent last.
@@ -402,6 +417,7 @@ pub fn ticketfs_mounts() -> Result<Vec<TicketfsMount>, String> {
             };
             Some(TicketfsMount {
                 point: PathBuf::from(unescape(point)),
+                id: crate::image::identity(&image).ok(),
                 image,
                 whole: root == "/",
                 super_ro: r.get(2).is_some_and(|o| o.split(',').any(|x| x == "ro")),

@@ -435,3 +435,23 @@ fn blkdev_off_mounts_plain_fuse_named_after_the_image() {
     assert_eq!(fs::read(m.path().join("x")).expect("read"), b"y");
     m.unmount();
 }
+
+/// sync(2) and syncfs(2) reach the daemon on a fuseblk mount (FUSE_SYNCFS, which the kernel
+/// sends to fuseblk mounts only; the daemon answered ENOSYS before, so they did nothing): what
+/// was written before a syncfs survives the daemon being killed right after it.
+#[test]
+fn syncfs_makes_everything_durable_on_fuseblk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = image(dir.path(), 128 << 20);
+    let m = Mount::new(&img, "");
+    let mut model = Model::new();
+    workload(m.path(), 0, &mut model);
+    let f = fs::File::open(m.path()).expect("open root");
+    // SAFETY: a descriptor we own.
+    assert_eq!(unsafe { libc::syncfs(f.as_raw_fd()) }, 0, "syncfs");
+    drop(f);
+    m.kill();
+    let m = Mount::new(&img, "");
+    assert_eq!(observe(m.path()), model, "after syncfs and a killed daemon");
+    m.unmount();
+}

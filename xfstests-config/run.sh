@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs fstests against ticketfs: xfstests-config/run.sh XFSTESTS_DIR [check arguments...]
 #   e.g. xfstests-config/run.sh /work/ext/xfstests -g quick
+#        TICKETFS_OPTS=uring=off xfstests-config/run.sh /work/ext/xfstests -g quick
 # XFSTESTS_DIR is an fstests checkout already built with its own `make` (nothing of fstests is
 # in this repository). Installs ticketfs (scripts/install.sh), makes the fstests users, formats
 # the test and scratch images, runs ./check with local.config and the exclude list, then
@@ -17,14 +18,18 @@ shift
 WORK=${TICKETFS_XFSTESTS_WORK:-/var/tmp/ticketfs-xfstests}
 SIZE=${SIZE:-4G}
 export TICKETFS_XFSTESTS_WORK=$WORK
-NO_BUILD=${NO_BUILD:-} bash "$repo/scripts/install.sh" >/dev/null
+# PREFIX: where ticketfs is installed for the run (a directory of its own keeps a long run
+# apart from later installs); TICKETFS_OPTS: more mount options, e.g. uring=off.
+PREFIX=${PREFIX:-/usr/local/sbin}
+export TICKETFS_OPTS=${TICKETFS_OPTS:-}
+PREFIX=$PREFIX NO_BUILD=${NO_BUILD:-} bash "$repo/scripts/install.sh" >/dev/null
 # Tools fstests calls: attr (attr, getfattr, setfattr) and acl (chacl), without which 34 tests
 # of -g quick are "not run", and gawk (its scripts use asort; Debian's default awk is mawk),
 # without which generic/062 fails.
 for pkg in attr acl gawk; do
     dpkg -s "$pkg" >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y "$pkg" >/dev/null
 done
-export PATH="/usr/local/sbin:$PATH"
+export PATH="$PREFIX:$PATH"
 for u in fsgqa fsgqa2 123456-fsgqa; do
     id "$u" >/dev/null 2>&1 || useradd -m "$u"
 done

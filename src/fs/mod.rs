@@ -289,12 +289,19 @@ fn lock_chunks(tx: &mut Trans<'_>, inos: &[u64]) -> R<()> {
     Ok(())
 }
 
+/// Whether the superblock is read-only now, as the kernel says (None: unknown).
+pub type RoProbe = Box<dyn Fn() -> Option<bool> + Send + Sync>;
+
 pub struct Fs {
     eng: Engine,
     alloc: Allocator,
     root: u64,
-    read_only: bool,
+    /// The superblock is read-only: follows the kernel's (mount and remount, `set_read_only`).
+    read_only: std::sync::atomic::AtomicBool,
     atime: AtimePolicy,
+    /// Asks the kernel whether the superblock is read-only now (the daemon sets it: the mount
+    /// table). None: no answer.
+    ro_probe: Option<RoProbe>,
     /// The kernel checks permissions before it asks (default_permissions): the times a
     /// setattr carries were checked there (and a kernel writeback cache would stamp truncates
     /// and flushes with times of its own, which are no user's setting).
@@ -334,8 +341,9 @@ impl Fs {
             eng,
             alloc,
             root,
-            read_only,
+            read_only: std::sync::atomic::AtomicBool::new(read_only),
             atime: AtimePolicy::Relatime,
+            ro_probe: None,
             kernel_checks: false,
             stripes: (0..DATA_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             open: Mutex::new(HashMap::new()),
@@ -457,12 +465,30 @@ impl Fs {
             .lock()
     }
 
-    fn writable(&self) -> R<()> {
-        if self.read_only {
-            Err(FsError::ReadOnly)
-        } else {
-            Ok(())
+    /// Is the filesystem read-only (nothing is written: no change, no access time)?
+    pub fn is_read_only(&self) -> bool {
+        self.read_only.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Follows a remount. Going read-only, everything so far is made durable first (the log
+    /// forced, the device flushed), as a kernel filesystem quiesces at a remount to read-only.
+    pub fn set_read_only(&self, ro: bool) -> R<()> {
+        let was = self.read_only.swap(ro, std::sync::atomic::Ordering::AcqRel);
+        if ro && !was {
+            self.fsync()?;
         }
+        Ok(())
+    }
+
+    fn writable(&self) -> R<()> {
+        if !self.is_read_only() {
+            return Ok(());
+        }
+        if self.ro_probe.as_ref().and_then(|p| p()) == Some(false) {
+            self.set_read_only(false)?;
+            return Ok(());
+        }
+        Err(FsError::ReadOnly)
     }
 
     fn attr(&self, ino: u64, i: &Inode) -> Attr {
@@ -1234,6 +1260,13 @@ impl Fs {
         self.atime = p;
     }
 
+    /// Sets how to ask whether the superblock is read-only now: a change that reaches a
+    /// read-only filesystem asks, since the kernel lets changes through only to a writable
+    /// superblock (a remount to read-write the daemon has not heard of yet).
+    pub fn set_ro_probe(&mut self, probe: RoProbe) {
+        self.ro_probe = Some(probe);
+    }
+
     /// The kernel checks permissions before every request (the mount's default_permissions).
     pub fn set_kernel_checks_permissions(&mut self, on: bool) {
         self.kernel_checks = on;
@@ -1257,7 +1290,7 @@ impl Fs {
 
     /// Would a read of `i` at `t` update its access time (the mount's policy; never read-only)?
     fn atime_due(&self, i: &Inode, t: Time) -> bool {
-        if self.read_only {
+        if self.is_read_only() {
             return false;
         }
         match self.atime {
@@ -1274,7 +1307,7 @@ impl Fs {
     /// `accessed`, with the inode as the read just found it when the caller has it (no second
     /// look to decide; the update itself rereads it).
     fn accessed_as(&self, ino: u64, seen: Option<&Inode>) -> R<()> {
-        if self.read_only || self.atime == AtimePolicy::Never {
+        if self.is_read_only() || self.atime == AtimePolicy::Never {
             return Ok(());
         }
         let t = now();

@@ -48,6 +48,7 @@ pub const FUSE_READDIRPLUS: u32 = 44;
 pub const FUSE_RENAME2: u32 = 45;
 pub const FUSE_LSEEK: u32 = 46;
 pub const FUSE_COPY_FILE_RANGE: u32 = 47;
+pub const FUSE_SYNCFS: u32 = 50;
 
 /// Bytes of a request's fixed argument (the kernel's `in_args[0]` where it is an op's own
 /// structure, at protocol 7.40): through `/dev/fuse` the payload (names, data) follows it; the
@@ -226,6 +227,9 @@ pub fn handle(ops: &Ops, h: &InHeader, arg: &[u8], payload: &[u8]) -> Result<Out
             ops.fsync(node, datasync).map(|()| Out::Empty)
         }
         FUSE_FSYNCDIR => ops.fsyncdir().map(|()| Out::Empty),
+        // sync(2), syncfs(2), and the kernel's sync before a remount to read-only: the kernel
+        // sends it to fuseblk mounts only.
+        FUSE_SYNCFS => ops.syncfs().map(|()| Out::Empty),
         FUSE_SETXATTR => {
             let size = a.u32()? as usize;
             let flags = a.u32()? as i32;
