@@ -119,6 +119,20 @@ fn bad_map(ino: u64, fb: u64) -> EngineError {
     ))
 }
 
+/// What a write carries from one step to the next.
+struct WriteState<'a> {
+    /// The size or the extent map changed (fdatasync must then force the log).
+    layout: bool,
+    /// The extent a hole step just mapped: the next step writes it without looking it up.
+    mapped: Option<Extent>,
+    /// That extent, until a step has written and converted it: taken out again should the
+    /// write stop first.
+    pending: Option<Extent>,
+    /// The hole step's promise, kept for that extent's conversion: a write that has mapped
+    /// blocks never fails for want of a map block to finish them.
+    held: Option<BlockResv<'a>>,
+}
+
 pub struct FileIo<'a> {
     pub eng: &'a Engine,
     pub alloc: &'a Allocator,
@@ -367,8 +381,12 @@ impl<'a> FileIo<'a> {
         r
     }
 
-    /// Writes `data` at `off`, allocating blocks for holes. Updates size, mtime and ctime, and
-    /// with `drop_setid` clears set-user-ID/set-group-ID (a write by a non-root caller).
+    /// Writes `data` at `off`; returns how many bytes were written: all of them, or, when an
+    /// error (ENOSPC, EIO) stops it after some, the prefix written so far (a short write, as the
+    /// kernel's filesystems return: the size and times then cover that prefix, and the
+    /// kernel's cached size follows the count it is told). An error before any byte is
+    /// returned as such, with the file as it was: blocks this call mapped but had not written
+    /// are taken out again.
     pub fn write(
         &self,
         ino: u64,
@@ -376,15 +394,20 @@ impl<'a> FileIo<'a> {
         data: &[u8],
         now: Time,
         drop_setid: bool,
-    ) -> Result<(), EngineError> {
+    ) -> Result<usize, EngineError> {
         if data.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         // Cleared at a successful end that changed neither the size nor the map (only the
         // times, the set-id bits or the bytes of blocks already written).
         let mut note = self.layout_note(ino);
-        let mut layout = false;
-        let end = off
+        let mut st = WriteState {
+            layout: false,
+            mapped: None,
+            pending: None,
+            held: None,
+        };
+        let mut end = off
             .checked_add(data.len() as u64)
             .filter(|&e| e <= FILE_SIZE_MAX)
             .ok_or_else(|| {
@@ -397,110 +420,22 @@ impl<'a> FileIo<'a> {
         // between transactions. No lock is held while data goes to the device: new blocks are
         // mapped unwritten first (their own step, under the allocator lock), then written, then
         // converted, as XFS does for direct writes.
-        // The extent a hole step just mapped: the next turn writes it without looking it up.
-        let mut mapped: Option<Extent> = None;
         while fb <= last {
-            let (hit, next) = match mapped.take() {
-                Some(e) => (Some(e), None),
-                None => {
-                    let mut tx = self.eng.begin(TransKind::Read)?;
-                    let (_, ino_d) = inode::read(&mut tx, ino)?;
-                    let found = extmap::find(&mut tx, ino, &ino_d, fb)?;
-                    tx.cancel()?;
-                    found
-                }
-            };
-            match hit {
-                Some(e) if e.flags & UNWRITTEN == 0 => {
-                    // Mapped and written: overwrite in place, no transaction needed.
-                    let run_end = (e.file_block + e.len as u64).min(last + 1);
-                    self.put(
-                        (ino, e.start + (fb - e.file_block)),
-                        fb,
-                        run_end - fb,
-                        off,
-                        data,
-                        true,
-                    )?;
-                    fb = run_end;
-                }
-                Some(e) => {
-                    // Unwritten: write the data, then map the part as written (splitting the
-                    // extent may need map blocks: promised first).
-                    let _blocks = self.promise_map(false)?;
-                    let run_end = (e.file_block + e.len as u64)
-                        .min(last + 1)
-                        .min(fb + EXTENT_LEN_MAX);
-                    let disk = e.start + (fb - e.file_block);
-                    self.put((ino, disk), fb, run_end - fb, off, data, false)?;
-                    self.eng.log().note_data_write();
-                    let mut tx = self.eng.begin(TransKind::Write)?;
-                    let (r, mut ino_d) = inode::read(&mut tx, ino)?;
-                    debug_assert!(
-                        extmap::find(&mut tx, ino, &ino_d, fb)?.0.is_some_and(|f| {
-                            f.flags & UNWRITTEN != 0 && f.start + (fb - f.file_block) == disk
-                        }),
-                        "inode {ino}: extent map changed under the data lock"
-                    );
-                    extmap::remove(
-                        &mut tx,
-                        self.alloc,
-                        ino,
-                        &mut ino_d,
-                        fb,
-                        run_end,
-                        usize::MAX,
-                        false,
-                    )?;
-                    extmap::insert(
-                        &mut tx,
-                        self.alloc,
-                        ino,
-                        &mut ino_d,
-                        Extent {
-                            file_block: fb,
-                            start: disk,
-                            len: (run_end - fb) as u32,
-                            flags: 0,
-                        },
-                    )?;
-                    Self::grow(&mut ino_d, end.min(run_end * bs), now);
-                    inode::write(&mut tx, &r, &ino_d);
-                    layout = true;
-                    tx.commit()?;
-                    fb = run_end;
-                }
-                None => {
-                    // A hole: map new blocks unwritten; the next turn writes and converts them.
-                    let hole_end = next.map_or(last + 1, |n| n.file_block.min(last + 1));
-                    let want = (hole_end - fb).min(EXTENT_LEN_MAX);
-                    let Some((_blocks, want)) = self.promise_data(want)? else {
-                        return Err(EngineError::NoSpace(format!(
-                            "no free block for inode {ino}"
-                        )));
-                    };
-                    let mut tx = self.eng.begin(TransKind::Write)?;
-                    let (r, mut ino_d) = inode::read(&mut tx, ino)?;
-                    let target = extmap::target(&mut tx, ino, &ino_d, fb)?;
-                    let Some((start, n)) = self.alloc.alloc(&mut tx, target, 1, want)? else {
-                        // The free list may have been topped up: keep that, report no space.
-                        tx.commit()?;
-                        return Err(EngineError::NoSpace(format!(
-                            "no free block for inode {ino}"
-                        )));
-                    };
-                    let e = Extent {
-                        file_block: fb,
-                        start,
-                        len: n as u32,
-                        flags: UNWRITTEN,
-                    };
-                    extmap::insert(&mut tx, self.alloc, ino, &mut ino_d, e)?;
-                    ino_d.blocks += n;
-                    inode::write(&mut tx, &r, &ino_d);
-                    layout = true;
-                    tx.commit()?;
-                    mapped = Some(e);
+            match self.write_step(ino, fb, (off, end, last), data, now, &mut st) {
+                Ok(next) => fb = next,
+                Err(e) => {
+                    if let Some(p) = st.pending.take() {
+                        if let Err(undo) = self.take_out(ino, &[(p.file_block, p.len as u64)]) {
+                            eprintln!("ticketfs: inode {ino}: undoing a failed write: {undo}");
+                        }
+                    }
+                    let done = (fb * bs).min(end).saturating_sub(off);
+                    if done == 0 {
+                        note.changed = st.layout;
+                        return Err(e);
+                    }
+                    end = off + done;
+                    break;
                 }
             }
         }
@@ -519,16 +454,144 @@ impl<'a> FileIo<'a> {
             && recent(ino_d.ctime, now);
         if unchanged {
             tx.cancel()?;
-            note.changed = layout;
-            return Ok(());
+            note.changed = st.layout;
+            return Ok((end - off) as usize);
         }
-        layout |= ino_d.size < end;
+        st.layout |= ino_d.size < end;
         ino_d = after;
         Self::grow(&mut ino_d, end, now);
         inode::write(&mut tx, &r, &ino_d);
         tx.commit()?;
-        note.changed = layout;
-        Ok(())
+        note.changed = st.layout;
+        Ok((end - off) as usize)
+    }
+
+    /// One step of a write at file block `fb` (`span`: the write's offset, end and last
+    /// block): an overwrite of a written run, a write and conversion of an unwritten one, or the
+    /// mapping of a hole (written by the next step). Returns the next block to do.
+    fn write_step(
+        &self,
+        ino: u64,
+        fb: u64,
+        (off, end, last): (u64, u64, u64),
+        data: &[u8],
+        now: Time,
+        st: &mut WriteState<'a>,
+    ) -> Result<u64, EngineError> {
+        let bs = self.bs();
+        let (hit, next) = match st.mapped.take() {
+            Some(e) => (Some(e), None),
+            None => {
+                let mut tx = self.eng.begin(TransKind::Read)?;
+                let (_, ino_d) = inode::read(&mut tx, ino)?;
+                let found = extmap::find(&mut tx, ino, &ino_d, fb)?;
+                tx.cancel()?;
+                found
+            }
+        };
+        match hit {
+            Some(e) if e.flags & UNWRITTEN == 0 => {
+                // Mapped and written: overwrite in place, no transaction needed.
+                let run_end = (e.file_block + e.len as u64).min(last + 1);
+                self.put(
+                    (ino, e.start + (fb - e.file_block)),
+                    fb,
+                    run_end - fb,
+                    off,
+                    data,
+                    true,
+                )?;
+                Ok(run_end)
+            }
+            Some(e) => {
+                // Unwritten: write the data, then map the part as written (splitting the
+                // extent may need map blocks: promised first, or by the hole step that mapped
+                // it).
+                let _blocks = match st.held.take() {
+                    Some(held) if st.pending == Some(e) => held,
+                    _ => self.promise_map(false)?,
+                };
+                let run_end = (e.file_block + e.len as u64)
+                    .min(last + 1)
+                    .min(fb + EXTENT_LEN_MAX);
+                let disk = e.start + (fb - e.file_block);
+                self.put((ino, disk), fb, run_end - fb, off, data, false)?;
+                self.eng.log().note_data_write();
+                let mut tx = self.eng.begin(TransKind::Write)?;
+                let (r, mut ino_d) = inode::read(&mut tx, ino)?;
+                debug_assert!(
+                    extmap::find(&mut tx, ino, &ino_d, fb)?.0.is_some_and(|f| {
+                        f.flags & UNWRITTEN != 0 && f.start + (fb - f.file_block) == disk
+                    }),
+                    "inode {ino}: extent map changed under the data lock"
+                );
+                extmap::remove(
+                    &mut tx,
+                    self.alloc,
+                    ino,
+                    &mut ino_d,
+                    fb,
+                    run_end,
+                    usize::MAX,
+                    false,
+                )?;
+                extmap::insert(
+                    &mut tx,
+                    self.alloc,
+                    ino,
+                    &mut ino_d,
+                    Extent {
+                        file_block: fb,
+                        start: disk,
+                        len: (run_end - fb) as u32,
+                        flags: 0,
+                    },
+                )?;
+                Self::grow(&mut ino_d, end.min(run_end * bs), now);
+                inode::write(&mut tx, &r, &ino_d);
+                st.layout = true;
+                tx.commit()?;
+                // A hole step's extent is written whole by this step (it ends at or before
+                // the write's last block and is no longer than EXTENT_LEN_MAX).
+                st.pending = None;
+                Ok(run_end)
+            }
+            None => {
+                // A hole: map new blocks unwritten; the next step writes and converts them.
+                let hole_end = next.map_or(last + 1, |n| n.file_block.min(last + 1));
+                let want = (hole_end - fb).min(EXTENT_LEN_MAX);
+                let Some((blocks, want)) = self.promise_data(want)? else {
+                    return Err(EngineError::NoSpace(format!(
+                        "no free block for inode {ino}"
+                    )));
+                };
+                st.held = Some(blocks);
+                let mut tx = self.eng.begin(TransKind::Write)?;
+                let (r, mut ino_d) = inode::read(&mut tx, ino)?;
+                let target = extmap::target(&mut tx, ino, &ino_d, fb)?;
+                let Some((start, n)) = self.alloc.alloc(&mut tx, target, 1, want)? else {
+                    // The free list may have been topped up: keep that, report no space.
+                    tx.commit()?;
+                    return Err(EngineError::NoSpace(format!(
+                        "no free block for inode {ino}"
+                    )));
+                };
+                let e = Extent {
+                    file_block: fb,
+                    start,
+                    len: n as u32,
+                    flags: UNWRITTEN,
+                };
+                extmap::insert(&mut tx, self.alloc, ino, &mut ino_d, e)?;
+                ino_d.blocks += n;
+                inode::write(&mut tx, &r, &ino_d);
+                st.layout = true;
+                tx.commit()?;
+                st.mapped = Some(e);
+                st.pending = Some(e);
+                Ok(fb)
+            }
+        }
     }
 
     fn grow(inode: &mut Inode, size: u64, now: Time) {
@@ -661,17 +724,10 @@ impl<'a> FileIo<'a> {
         let end = off.saturating_add(len);
         let first_full = off.div_ceil(bs);
         let last_full = end / bs;
-        // Edges: write zeros into the partial blocks (only where mapped and written).
-        for (a, b) in [
-            (off, end.min(first_full * bs)),
-            ((last_full * bs).max(off), end),
-        ] {
-            if a < b {
-                self.zero_mapped(ino, a, b)?;
-            }
-        }
+        // Promised before the edges change: a refusal then leaves everything.
+        let _blocks = self.promise_map(true)?;
+        self.zero_edges(ino, off, end)?;
         if first_full < last_full {
-            let _blocks = self.promise_map(true)?;
             let mut tx = self.eng.begin(TransKind::Truncate)?;
             let (r, mut ino_d) = inode::read(&mut tx, ino)?;
             tx.hold(r.id);
@@ -700,6 +756,21 @@ impl<'a> FileIo<'a> {
         Ok(())
     }
 
+    /// Zeroes the partial blocks at the edges of `off..end` where they are mapped and written.
+    fn zero_edges(&self, ino: u64, off: u64, end: u64) -> Result<(), EngineError> {
+        let bs = self.bs();
+        let (first_full, last_full) = (off.div_ceil(bs), end / bs);
+        for (a, b) in [
+            (off, end.min(first_full * bs)),
+            ((last_full * bs).max(off), end),
+        ] {
+            if a < b {
+                self.zero_mapped(ino, a, b)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Zeroes `a..b` (within one block) where it is mapped and written.
     fn zero_mapped(&self, ino: u64, a: u64, b: u64) -> Result<(), EngineError> {
         let bs = self.bs();
@@ -721,8 +792,12 @@ impl<'a> FileIo<'a> {
         Ok(())
     }
 
-    /// Allocates unwritten extents over the holes in `off..off+len` (fallocate); with
-    /// `keep_size` the size stays, else it grows to cover the range.
+    /// fallocate's allocation: every hole of `off..off+len` gets unwritten blocks; the size
+    /// grows to the end unless `keep_size`. All or nothing: the blocks of every hole and an
+    /// extent-map change per piece are promised before anything changes, so a request larger
+    /// than the free space fails with ENOSPC at once; should an allocation still fail half-way
+    /// (free space more scattered than the promise allowed for), the extents this call added
+    /// are taken out again, so the file is as it was (its size, map, block count and ctime).
     pub fn preallocate(
         &self,
         ino: u64,
@@ -740,8 +815,188 @@ impl<'a> FileIo<'a> {
         if len == 0 {
             return Err(EngineError::Invalid("fallocate of zero bytes".into()));
         }
-        let last = (end - 1) / bs;
-        let mut fb = off / bs;
+        let (first, last) = (off / bs, (end - 1) / bs);
+        let _promise = self.promise_holes(ino, first, last, 0)?;
+        let mut added = Vec::new();
+        if let Err(e) = self.fill_holes(ino, first, last, &mut added) {
+            if let Err(undo) = self.take_out(ino, &added) {
+                // The log is down (the undo's own failure): nothing more is written anyway.
+                eprintln!("ticketfs: inode {ino}: undoing a failed fallocate: {undo}");
+            }
+            return Err(e);
+        }
+        let mut tx = self.eng.begin(TransKind::Setattr)?;
+        let (r, mut ino_d) = inode::read(&mut tx, ino)?;
+        if !keep_size {
+            ino_d.size = ino_d.size.max(end);
+        }
+        ino_d.ctime = now;
+        inode::write(&mut tx, &r, &ino_d);
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// fallocate's zero-range: `off..off+len` reads as zeros afterwards and is allocated (the
+    /// written blocks inside it turn unwritten where they stand, the partial blocks at its edges
+    /// are zeroed, the holes get unwritten blocks); the size grows to its end unless
+    /// `keep_size`. Nothing is freed and allocated again, so it needs only the blocks of the
+    /// holes, promised (with the map changes) before anything changes: a refusal leaves the
+    /// file as it was.
+    pub fn zero_range(
+        &self,
+        ino: u64,
+        off: u64,
+        len: u64,
+        keep_size: bool,
+        now: Time,
+    ) -> Result<(), EngineError> {
+        let _note = self.layout_note(ino);
+        let bs = self.bs();
+        let end = off
+            .checked_add(len)
+            .filter(|&e| e <= FILE_SIZE_MAX)
+            .ok_or_else(|| EngineError::TooBig("fallocate past the largest file size".into()))?;
+        if len == 0 {
+            return Err(EngineError::Invalid("fallocate of zero bytes".into()));
+        }
+        let (first, last) = (off / bs, (end - 1) / bs);
+        // Turning written blocks unwritten splits at most the two extents at the range's
+        // edges: two more map changes.
+        let _promise = self.promise_holes(ino, first, last, 2)?;
+        let (first_full, last_full) = (off.div_ceil(bs), end / bs);
+        let _edges = self.promise_map(false)?;
+        self.zero_edges(ino, off, end)?;
+        self.unwrite(ino, first_full, last_full)?;
+        let mut added = Vec::new();
+        if let Err(e) = self.fill_holes(ino, first, last, &mut added) {
+            if let Err(undo) = self.take_out(ino, &added) {
+                eprintln!("ticketfs: inode {ino}: undoing a failed zero-range: {undo}");
+            }
+            return Err(e);
+        }
+        let mut tx = self.eng.begin(TransKind::Setattr)?;
+        let (r, mut ino_d) = inode::read(&mut tx, ino)?;
+        if !keep_size {
+            ino_d.size = ino_d.size.max(end);
+        }
+        ino_d.mtime = now;
+        ino_d.ctime = now;
+        inode::write(&mut tx, &r, &ino_d);
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Marks the written extents within file blocks `first..last` unwritten: their blocks stay,
+    /// and read as zeros from then on.
+    fn unwrite(&self, ino: u64, first: u64, last: u64) -> Result<(), EngineError> {
+        let mut fb = first;
+        while fb < last {
+            let mut tx = self.eng.begin(TransKind::Write)?;
+            let (r, mut ino_d) = inode::read(&mut tx, ino)?;
+            let (hit, next) = extmap::find(&mut tx, ino, &ino_d, fb)?;
+            let e = match (hit, next) {
+                (Some(e), _) => e,
+                (None, Some(n)) if n.file_block < last => {
+                    tx.cancel()?;
+                    fb = n.file_block;
+                    continue;
+                }
+                _ => {
+                    tx.cancel()?;
+                    break;
+                }
+            };
+            let run_end = (e.file_block + e.len as u64).min(last);
+            if e.flags & UNWRITTEN != 0 {
+                tx.cancel()?;
+                fb = run_end;
+                continue;
+            }
+            let disk = e.start + (fb - e.file_block);
+            extmap::remove(
+                &mut tx,
+                self.alloc,
+                ino,
+                &mut ino_d,
+                fb,
+                run_end,
+                usize::MAX,
+                false,
+            )?;
+            extmap::insert(
+                &mut tx,
+                self.alloc,
+                ino,
+                &mut ino_d,
+                Extent {
+                    file_block: fb,
+                    start: disk,
+                    len: (run_end - fb) as u32,
+                    flags: UNWRITTEN,
+                },
+            )?;
+            inode::write(&mut tx, &r, &ino_d);
+            tx.commit()?;
+            fb = run_end;
+        }
+        Ok(())
+    }
+
+    /// The holes of file blocks `first..=last`: how many blocks, in how many runs.
+    fn holes(&self, ino: u64, first: u64, last: u64) -> Result<(u64, u64), EngineError> {
+        let mut tx = self.eng.begin(TransKind::Read)?;
+        let (_, ino_d) = inode::read(&mut tx, ino)?;
+        let (mut blocks, mut runs, mut fb) = (0u64, 0u64, first);
+        while fb <= last {
+            let (hit, next) = extmap::find(&mut tx, ino, &ino_d, fb)?;
+            if let Some(e) = hit {
+                fb = e.file_block + e.len as u64;
+                continue;
+            }
+            let hole_end = next.map_or(last + 1, |n| n.file_block.min(last + 1));
+            blocks += hole_end - fb;
+            runs += 1;
+            fb = hole_end;
+        }
+        tx.cancel()?;
+        Ok((blocks, runs))
+    }
+
+    /// Promises what filling the holes of `first..=last` may take: their blocks, and one
+    /// extent-map change per piece (a run, cut at the longest extent) and `more_changes`. None
+    /// when there is no hole. ENOSPC when the free space cannot cover it.
+    fn promise_holes(
+        &self,
+        ino: u64,
+        first: u64,
+        last: u64,
+        more_changes: u64,
+    ) -> Result<Option<BlockResv<'a>>, EngineError> {
+        let (blocks, runs) = self.holes(ino, first, last)?;
+        if blocks == 0 {
+            return Ok(None);
+        }
+        let pieces = runs + blocks / EXTENT_LEN_MAX + more_changes;
+        let want = blocks + pieces * self.map_blocks();
+        self.alloc
+            .reserve(want, want, false)
+            .map(Some)
+            .map_err(|_| {
+                EngineError::NoSpace(format!(
+                    "inode {ino}: fallocate needs {blocks} blocks and {pieces} extent-map changes"
+                ))
+            })
+    }
+
+    /// Fills the holes of `first..=last` with unwritten extents, noting each in `added`.
+    fn fill_holes(
+        &self,
+        ino: u64,
+        first: u64,
+        last: u64,
+        added: &mut Vec<(u64, u64)>,
+    ) -> Result<(), EngineError> {
+        let mut fb = first;
         while fb <= last {
             let mut tx = self.eng.begin(TransKind::Write)?;
             let (r, mut ino_d) = inode::read(&mut tx, ino)?;
@@ -752,13 +1007,7 @@ impl<'a> FileIo<'a> {
                 continue;
             }
             let hole_end = next.map_or(last + 1, |n| n.file_block.min(last + 1));
-            let Some((_blocks, want)) = self.promise_data((hole_end - fb).min(EXTENT_LEN_MAX))?
-            else {
-                tx.cancel()?;
-                return Err(EngineError::NoSpace(format!(
-                    "no free block for inode {ino}"
-                )));
-            };
+            let want = (hole_end - fb).min(EXTENT_LEN_MAX);
             let target = extmap::target(&mut tx, ino, &ino_d, fb)?;
             let Some((start, n)) = self.alloc.alloc(&mut tx, target, 1, want)? else {
                 tx.commit()?;
@@ -779,18 +1028,39 @@ impl<'a> FileIo<'a> {
                 },
             )?;
             ino_d.blocks += n;
-            if !keep_size {
-                ino_d.size = ino_d.size.max(end.min((fb + n) * bs));
-            }
-            ino_d.ctime = now;
             inode::write(&mut tx, &r, &ino_d);
             tx.commit()?;
+            added.push((fb, n));
             fb += n;
         }
-        if !keep_size {
-            let mut tx = self.eng.begin(TransKind::Setattr)?;
+        Ok(())
+    }
+
+    /// Takes the extents `added` (file block, length: unwritten, never written) out of the map
+    /// again and frees their blocks.
+    fn take_out(&self, ino: u64, added: &[(u64, u64)]) -> Result<(), EngineError> {
+        for &(fb, n) in added {
+            let _blocks = self.promise_map(true)?;
+            let mut tx = self.eng.begin(TransKind::Truncate)?;
             let (r, mut ino_d) = inode::read(&mut tx, ino)?;
-            ino_d.size = ino_d.size.max(end);
+            tx.hold(r.id);
+            loop {
+                let (_, done) = extmap::remove(
+                    &mut tx,
+                    self.alloc,
+                    ino,
+                    &mut ino_d,
+                    fb,
+                    fb + n,
+                    REMOVE_PER_STEP,
+                    true,
+                )?;
+                if done {
+                    break;
+                }
+                inode::write(&mut tx, &r, &ino_d);
+                tx.roll()?;
+            }
             inode::write(&mut tx, &r, &ino_d);
             tx.commit()?;
         }

@@ -1349,8 +1349,7 @@ impl Fs {
     ) -> R<usize> {
         self.writable()?;
         let _g = self.data_lock(ino);
-        self.io().write(ino, off, data, now(), kill_setid)?;
-        Ok(data.len())
+        Ok(self.io().write(ino, off, data, now(), kill_setid)?)
     }
 
     /// copy_file_range: copies up to `len` bytes of `from` at `off_in` to `to` at `off_out`, in
@@ -1440,10 +1439,11 @@ impl Fs {
         }
         let _g = self.data_lock(ino);
         let t = now();
-        if punch || zero {
+        if punch {
             self.io().punch_hole(ino, off, len, t)?;
-        }
-        if !punch {
+        } else if zero {
+            self.io().zero_range(ino, off, len, keep_size, t)?;
+        } else {
             self.io().preallocate(ino, off, len, keep_size, t)?;
         }
         Ok(())
