@@ -398,6 +398,13 @@ impl Engine {
         self.log.is_shut_down()
     }
 
+    /// Shuts the filesystem down on request (the shutdown ioctl): nothing more is written and
+    /// every later transaction fails, as after an I/O error; what the log holds on disk is
+    /// what the next mount replays.
+    pub fn shut_down(&self, why: &str) {
+        self.log.fail(why.to_string());
+    }
+
     pub(crate) fn shutdown_error(&self) -> EngineError {
         EngineError::Shutdown(self.log.failure().unwrap_or_else(|| "unmounted".into()))
     }

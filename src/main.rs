@@ -287,12 +287,11 @@ impl Finish {
                 // No statistics request may hold the filesystem while it unmounts.
                 stats::stop(&self.source);
                 let r = self.fs.unmount_now().map_err(|e| format!("unmount: {e}"));
-                // Closing the descriptor releases the one-daemon-per-image lock. Only after a
-                // successful unmount: an image the unmount could not finish stays locked
-                // until the daemon exits, as after a crash.
-                if r.is_ok() {
-                    self.lock.lock().take();
-                }
+                // Closing the descriptor releases the one-daemon-per-image lock. Whether the
+                // unmount finished or not (a filesystem shut down by an error or the shutdown
+                // ioctl), the log's threads have stopped and nothing more is written: the image
+                // is what the next mount replays, and fsck may look at it at once.
+                self.lock.lock().take();
                 r
             })
             .clone()

@@ -43,6 +43,26 @@ const RENAME_NOREPLACE: u32 = 1;
 const RENAME_EXCHANGE: u32 = 2;
 const RENAME_WHITEOUT: u32 = 4;
 
+/// FS_IOC_SHUTDOWN, which is XFS_IOC_GOINGDOWN: `_IOR('X', 125, __u32)`.
+const FS_IOC_SHUTDOWN: u32 = 0x8004_587D;
+
+/// Reads a u32 from process `pid`'s memory at `addr` (the shutdown ioctl's flags word).
+fn read_caller_u32(pid: u32, addr: u64) -> Option<u32> {
+    let mut word = [0u8; 4];
+    let local = libc::iovec {
+        iov_base: word.as_mut_ptr().cast(),
+        iov_len: 4,
+    };
+    let remote = libc::iovec {
+        iov_base: addr as usize as *mut libc::c_void,
+        iov_len: 4,
+    };
+    // SAFETY: one local iovec over `word`; the remote address is only read by the kernel,
+    // which checks it against the caller's mappings.
+    let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+    (n == 4).then(|| u32::from_ne_bytes(word))
+}
+
 /// The one mapping from filesystem errors to errnos.
 pub fn errno(e: &FsError) -> i32 {
     let n = match e {
@@ -335,6 +355,39 @@ impl Ops {
 
     pub fn fsyncdir(&self) -> Res<()> {
         res(self.fs.fsync())
+    }
+
+    /// An ioctl on `node`. Only the shutdown ioctl (FS_IOC_SHUTDOWN, XFS_IOC_GOINGDOWN: what
+    /// `xfs_io -x -c shutdown` and fstests' godown send), by root, as XFS allows it only with
+    /// CAP_SYS_ADMIN; every other is ENOTTY. The kernel passes a FUSE daemon no input for an
+    /// ioctl encoded as reading (_IOR), as this one is, so its flags word is read from the
+    /// caller's memory at the address it passed; should that fail, the flags are taken as 0
+    /// (flush everything first), the safe side.
+    pub fn ioctl(
+        &self,
+        c: &Ctx,
+        _node: u64,
+        cmd: u32,
+        arg: u64,
+        out_size: u32,
+    ) -> Res<(i32, Vec<u8>)> {
+        if cmd != FS_IOC_SHUTDOWN {
+            return Err(libc::ENOTTY);
+        }
+        if c.uid != 0 {
+            return Err(libc::EPERM);
+        }
+        let flags = read_caller_u32(c.pid, arg).unwrap_or(0);
+        let flush = match flags {
+            0 => fs::ShutdownFlush::All,
+            1 => fs::ShutdownFlush::Log,
+            2 => fs::ShutdownFlush::Nothing,
+            _ => return Err(libc::EINVAL),
+        };
+        res(self.fs.shut_down(flush))?;
+        // The kernel copies `out_size` bytes back to the caller's word: its own value.
+        let back = flags.to_ne_bytes();
+        Ok((0, back[..(out_size as usize).min(4)].to_vec()))
     }
 
     /// Everything acknowledged so far made durable: the log forced, the device flushed.

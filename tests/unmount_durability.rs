@@ -455,3 +455,117 @@ fn syncfs_makes_everything_durable_on_fuseblk() {
     assert_eq!(observe(m.path()), model, "after syncfs and a killed daemon");
     m.unmount();
 }
+
+/// FS_IOC_SHUTDOWN (XFS_IOC_GOINGDOWN) on `dir` with `flags`, as godown and `xfs_io -x -c
+/// shutdown` send it; the errno on failure.
+fn shutdown_ioctl(dir: &Path, flags: u32) -> Result<(), i32> {
+    const FS_IOC_SHUTDOWN: libc::c_ulong = 0x8004_587D;
+    let f = fs::File::open(dir).expect("open the mount point");
+    let mut word = flags;
+    // SAFETY: the ioctl reads (or writes back) one u32 at the address we pass.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_SHUTDOWN, &mut word) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+}
+
+/// The shutdown ioctl (fstests' godown, `xfs_io -x -c shutdown`), through both transports:
+/// with LOGFLUSH, everything done before it is there after the next mount (which replays the
+/// log); with NOLOGFLUSH, everything fsync'd before it is. Either way every later operation
+/// fails with EIO and the image is fsck-clean after the replay. Before, the ioctl was ENOTTY
+/// and fstests' 16 shutdown tests of -g quick did not run.
+#[test]
+fn shutdown_ioctl_stops_the_filesystem_and_the_next_mount_recovers() {
+    for opts in ["", "uring=off"] {
+        for (flags, name) in [(1u32, "logflush"), (2, "nologflush")] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let img = image(dir.path(), 128 << 20);
+            let m = Mount::new(&img, opts);
+            let mut model = Model::new();
+            workload(m.path(), 0, &mut model);
+            let f = fs::File::open(m.path()).expect("open root");
+            // SAFETY: a descriptor we own.
+            assert_eq!(unsafe { libc::syncfs(f.as_raw_fd()) }, 0);
+            drop(f);
+            // Done after the last sync: kept by a log flush, maybe lost without one.
+            fs::write(m.path().join("late"), b"after the sync").expect("write late");
+            if flags == 1 {
+                model.insert(
+                    "late".into(),
+                    Node {
+                        data: Some(b"after the sync".to_vec()),
+                        xattrs: BTreeMap::new(),
+                    },
+                );
+            }
+            assert_eq!(
+                shutdown_ioctl(m.path(), flags),
+                Ok(()),
+                "{opts} {name}: ioctl"
+            );
+            let e = fs::write(m.path().join("after"), b"x").expect_err("write after shutdown");
+            assert_eq!(
+                e.raw_os_error(),
+                Some(libc::EIO),
+                "{opts} {name}: write after shutdown"
+            );
+            // The daemon reports that it could not finish the unmount (exit 1): the image
+            // stays for the next mount to replay.
+            m.unmount_any_exit();
+            let m = Mount::new(&img, opts);
+            let mut seen = observe(m.path());
+            if flags == 2 {
+                seen.remove("late");
+            }
+            assert_eq!(
+                seen, model,
+                "{opts} {name}: after the shutdown and a new mount"
+            );
+            assert!(!m.path().join("after").exists());
+            m.unmount();
+            fsck_clean(&img);
+        }
+    }
+}
+
+/// Only root may shut the filesystem down (XFS asks for CAP_SYS_ADMIN); anyone else gets
+/// EPERM and the filesystem goes on.
+#[test]
+fn shutdown_ioctl_is_for_root_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = image(dir.path(), 64 << 20);
+    let m = Mount::new(&img, "allow_other");
+    // SAFETY: chmod of our own mount point so another user may open it.
+    let cdir = cpath(m.path());
+    unsafe { libc::chmod(cdir.as_ptr(), 0o755) };
+    // A child that becomes nobody and asks; its exit status is the errno (0: allowed).
+    let path = cpath(m.path());
+    // SAFETY: the child only makes async-signal-safe calls (setgid, setuid, open, ioctl,
+    // _exit) before it exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        unsafe {
+            if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                libc::_exit(100);
+            }
+            let fd = libc::open(path.as_ptr(), libc::O_RDONLY);
+            if fd < 0 {
+                libc::_exit(101);
+            }
+            let mut flags: u32 = 1;
+            let rc = libc::ioctl(fd, 0x8004_587D as libc::c_ulong, &mut flags);
+            let e = *libc::__errno_location();
+            libc::_exit(if rc == 0 { 0 } else { e });
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(libc::WIFEXITED(status), "child: {status:#x}");
+    assert_eq!(libc::WEXITSTATUS(status), libc::EPERM, "shutdown by nobody");
+    fs::write(m.path().join("still"), b"up").expect("the filesystem goes on");
+    m.unmount();
+}

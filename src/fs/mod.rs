@@ -289,6 +289,17 @@ fn lock_chunks(tx: &mut Trans<'_>, inos: &[u64]) -> R<()> {
     Ok(())
 }
 
+/// What a shutdown makes durable first (XFS_FSOP_GOING_FLAGS_*).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownFlush {
+    /// Everything: the log and file data (flags 0, DEFAULT).
+    All,
+    /// The log (flags 1, LOGFLUSH).
+    Log,
+    /// Nothing (flags 2, NOLOGFLUSH): what the log had not written is lost.
+    Nothing,
+}
+
 /// Whether the superblock is read-only now, as the kernel says (None: unknown).
 pub type RoProbe = Box<dyn Fn() -> Option<bool> + Send + Sync>;
 
@@ -1392,6 +1403,19 @@ impl Fs {
             }
         }
         Ok(done)
+    }
+
+    /// Shuts the filesystem down (the shutdown ioctl, as XFS_IOC_GOINGDOWN): after `flush`
+    /// made what it names durable, nothing more is written and every later operation fails
+    /// with EIO. The next mount replays the log.
+    pub fn shut_down(&self, flush: ShutdownFlush) -> R<()> {
+        let r = match flush {
+            ShutdownFlush::All => self.fsync(),
+            ShutdownFlush::Log => self.eng.force_all().map_err(FsError::from),
+            ShutdownFlush::Nothing => Ok(()),
+        };
+        self.eng.shut_down("shut down by request (shutdown ioctl)");
+        r
     }
 
     /// Makes everything written so far durable: the log, and file data (device flush).

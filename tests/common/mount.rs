@@ -119,6 +119,18 @@ impl Mount {
         assert!(st.success(), "daemon exited with {st}");
     }
 
+    /// umount, then wait for the daemon whatever it exits with (one whose filesystem was shut
+    /// down reports that it could not finish the unmount); returns its status.
+    pub fn unmount_any_exit(mut self) -> std::process::ExitStatus {
+        let st = Command::new("umount")
+            .arg(self.dir.path())
+            .status()
+            .expect("umount");
+        assert!(st.success(), "umount failed");
+        let mut child = self.child.take().expect("daemon");
+        wait_timeout(&mut child, Duration::from_secs(60))
+    }
+
     /// SIGKILL the daemon, as a crash; then detach the dead mount.
     pub fn kill(mut self) {
         let mut child = self.child.take().expect("daemon");
