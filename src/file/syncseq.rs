@@ -1,5 +1,7 @@
-//! What fdatasync must force: per inode, the newest commit sequence that changed what reading
-//! its data depends on (its size and extent map, never its times alone). The inodes are hashed
+//! What fdatasync must force: per inode, the newest commit sequence that changed it in anything
+//! but its times: what reading its data depends on (its size and extent map), and, as XFS
+//! forces an inode's log items for any change but a timestamp update, its names and link count,
+//! mode, owner and xattrs (`Fs::note_change`). The inodes are hashed
 //! into a fixed number of stripes, each keeping the newest sequence of its inodes, so two inodes
 //! sharing a stripe only make each other's fdatasync force a little more than it needs.
 //! Nothing recorded (0) means nothing of that kind changed since the mount (whose recovery made

@@ -732,6 +732,7 @@ impl Fs {
         p.ctime = t;
         inode::write(&mut tx, &pr, &p);
         tx.commit()?;
+        self.note_change(ino);
         Ok(self.attr(ino, &i))
     }
 
@@ -822,6 +823,7 @@ impl Fs {
                 self.alloc.unlinked_add(&mut tx, child)?;
             }
             tx.commit()?;
+            self.note_change(child);
             if c.nlink == 0 {
                 self.release_or_destroy(child)?;
             }
@@ -923,6 +925,7 @@ impl Fs {
         inode::write(&mut tx, &r, &i);
         inode::write(&mut tx, &pr, &p);
         tx.commit()?;
+        self.note_change(ino);
         Ok(self.attr(ino, &i))
     }
 
@@ -1099,6 +1102,10 @@ impl Fs {
             }
             inode::write(&mut tx, &npr, &np);
             tx.commit()?;
+            self.note_change(src);
+            if let Some(d) = dst {
+                self.note_change(d);
+            }
             if let Some(d) = dst.filter(|_| !exchange) {
                 if self.read_inode(d)?.nlink == 0 {
                     self.release_or_destroy(d)?;
@@ -1217,6 +1224,10 @@ impl Fs {
         i.ctime = t;
         inode::write(&mut tx, &r, &i);
         tx.commit()?;
+        // Mode, owner or set-id bits: more than times.
+        if a.mode.is_some() || a.uid.is_some() || a.gid.is_some() || kill_only || truncated {
+            self.note_change(ino);
+        }
         Ok(self.attr(ino, &i))
     }
 
@@ -1403,6 +1414,13 @@ impl Fs {
             }
         }
         Ok(done)
+    }
+
+    /// Inode `ino` changed in the commits made so far in something other than its times (a
+    /// name, its link count, its mode or owner, an xattr): fdatasync of it must force them, as
+    /// XFS forces an inode's log items for any change but a timestamp update.
+    fn note_change(&self, ino: u64) {
+        self.data_seqs.note(ino, self.eng.log().current_seq());
     }
 
     /// Shuts the filesystem down (the shutdown ioctl, as XFS_IOC_GOINGDOWN): after `flush`
@@ -1606,6 +1624,7 @@ impl Fs {
         i.ctime = now();
         inode::write(&mut tx, &r, &i);
         tx.commit()?;
+        self.note_change(ino);
         Ok(())
     }
 
@@ -1655,6 +1674,7 @@ impl Fs {
         i.ctime = now();
         inode::write(&mut tx, &r, &i);
         tx.commit()?;
+        self.note_change(ino);
         Ok(())
     }
 
