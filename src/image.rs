@@ -6,7 +6,6 @@ use crate::format::superblock::SB_MAGIC;
 use crate::format::{block_size_valid, Superblock};
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::Path;
 
@@ -133,22 +132,4 @@ pub fn identity(path: &Path) -> io::Result<ImageId> {
             ino: m.ino(),
         }
     })
-}
-
-/// The one-daemon-per-image lock (an exclusive flock on the image), held while it lives: the
-/// mount daemon holds it for the life of the mount, mkfs and fsck while they work.
-pub struct ImageLock {
-    _file: File,
-}
-
-/// Takes the image's lock without waiting; Err(None) when someone holds it (a ticketfs daemon
-/// serving or finishing a mount, a mkfs or fsck at work), Err(Some(e)) when the image cannot be
-/// opened.
-pub fn try_lock(path: &Path) -> Result<ImageLock, Option<io::Error>> {
-    let f = File::open(path).map_err(Some)?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(None);
-    }
-    Ok(ImageLock { _file: f })
 }

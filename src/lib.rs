@@ -28,6 +28,7 @@ pub mod ops;
 pub mod proto;
 pub mod repair;
 pub mod ring;
+pub mod rundir;
 pub mod stats;
 pub mod trans;
 pub mod xattr;

@@ -204,6 +204,12 @@ fn parse() -> Options {
     if pos.len() != 2 {
         die(USAGE);
     }
+    // Shared with every user, the mount lets the kernel check permissions on every path walk
+    // and access, cached or not (docs/security.md): without it a name root looked up stays
+    // cached for TTL and the kernel skips the daemon's search-permission check for anyone.
+    if o.allow_other {
+        o.default_permissions = true;
+    }
     o.mountpoint = pos.pop().unwrap_or_default();
     o.image = pos.pop().unwrap_or_default();
     o
@@ -272,7 +278,7 @@ struct Finish {
     fs: Arc<Fs>,
     source: PathBuf,
     readahead: parking_lot::Mutex<Vec<std::thread::JoinHandle<()>>>,
-    lock: parking_lot::Mutex<Option<std::fs::File>>,
+    lock: parking_lot::Mutex<Option<ticketfs::rundir::ImageLock>>,
     done: std::sync::OnceLock<Result<(), String>>,
 }
 
@@ -317,7 +323,7 @@ fn block_source(o: &Options) -> Result<(PathBuf, Option<ticketfs::kmount::LoopDe
 /// `lock` is the image's lock, released by the unmount.
 fn serve(
     o: &Options,
-    lock: Option<std::fs::File>,
+    lock: Option<ticketfs::rundir::ImageLock>,
     report: &mut dyn FnMut(Result<String, String>),
 ) -> Result<(), String> {
     let set = block_signals();
@@ -449,7 +455,10 @@ fn serve(
             }
         })
         .map_err(|e| format!("signal thread: {e}"))?;
-    start_stats(&source, &fs, &budget)?;
+    // Statistics are for the operator: a channel that cannot be opened never stops a mount.
+    if let Err(e) = start_stats(&source, &fs, &budget) {
+        eprintln!("ticketfs: {e} (ticketfs stats will not answer for this mount)");
+    }
     let window = budget.sizing.max_write as u64 * budget.sizing.fuse_threads as u64;
     if let Err(e) = set_readahead(&point, window) {
         if o.verbose {
@@ -722,6 +731,33 @@ fn mount_again(o: &Options, first: &Path, first_ro: bool) -> ! {
     exit(0)
 }
 
+/// An image file anyone else may write is refused: they could change the filesystem under the
+/// mount (and craft what the daemon reads). One anyone else may read is mounted with a
+/// warning: they can read every file's contents out of it. (A block device's access is the
+/// system's business, as for a kernel filesystem.)
+fn check_image_access(image: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::metadata(image) else {
+        return;
+    };
+    if !m.is_file() {
+        return;
+    }
+    let mode = m.mode() & 0o777;
+    if mode & 0o022 != 0 {
+        die(&format!(
+            "{}: writable by users other than its owner (mode {mode:o}): any of them could change the filesystem under the mount; chmod go-w it first",
+            image.display()
+        ));
+    }
+    if mode & 0o044 != 0 {
+        eprintln!(
+            "ticketfs: warning: {} is readable by users other than its owner (mode {mode:o}): any of them can read every file's contents out of it; chmod 600 it",
+            image.display()
+        );
+    }
+}
+
 /// How long a mount waits for the image's previous daemon to finish unmounting.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -751,24 +787,23 @@ fn main() {
         }
         mount_again(&o, &first, first_ro);
     }
-    // One daemon per image: an exclusive lock held for the life of the mount.
-    let lockf = OpenOptions::new()
-        .read(true)
-        .open(&o.image)
-        .unwrap_or_else(|e| die(&format!("{}: {e}", o.image.display())));
-    // A daemon that was just unmounted may still be writing everything home: wait for it a
-    // little (fstests unmounts and mounts again at once), then refuse.
+    // One daemon per image: an exclusive lock held for the life of the mount, in the runtime
+    // directory only this user may enter (no other user can take it first).
+    // A daemon that was just unmounted may still be writing everything home (a plain fuse
+    // mount): wait for it a little (fstests unmounts and mounts again at once), then refuse.
     let waited = std::time::Instant::now();
-    // SAFETY: flock on a descriptor we own.
-    while unsafe { libc::flock(lockf.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        if waited.elapsed() > LOCK_WAIT {
-            die(&format!(
+    let lockf = loop {
+        match ticketfs::rundir::try_lock(&o.image) {
+            Ok(l) => break l,
+            Err(Some(e)) => die(&format!("{}: image lock: {e}", o.image.display())),
+            Err(None) if waited.elapsed() > LOCK_WAIT => die(&format!(
                 "{}: already mounted (the image is locked by another ticketfs)",
                 o.image.display()
-            ));
+            )),
+            Err(None) => std::thread::sleep(std::time::Duration::from_millis(50)),
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    };
+    check_image_access(&o.image);
     // The primary superblock, or the backup when the primary is bad.
     if let Err(e) = ticketfs::image::open_image(Path::new(&o.image)) {
         die(&e.to_string());

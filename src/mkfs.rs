@@ -7,6 +7,7 @@ use crate::format::{Geometry, Superblock, BLOCK_SIZE_DEFAULT};
 use crate::image::existing_signature;
 use crate::trans::ResvTable;
 use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -59,7 +60,7 @@ pub fn make_filesystem(target: &Path, o: &MkfsOptions) -> Result<Made, String> {
         if let Some(m) = crate::stats::mounts_of(target).first() {
             return Err(format!("{show} is mounted on {}", m.point.display()));
         }
-        match crate::image::try_lock(target) {
+        match crate::rundir::try_lock(target) {
             Ok(l) => Some(l),
             Err(None) => {
                 return Err(format!(
@@ -75,9 +76,11 @@ pub fn make_filesystem(target: &Path, o: &MkfsOptions) -> Result<Made, String> {
         let s = o
             .size
             .ok_or_else(|| format!("{show} does not exist: give a size to create it"))?;
+        // Only its owner may read or write a new image: it holds every file's contents.
         let f = OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(target)
             .map_err(|e| format!("{show}: {e}"))?;
         f.set_len(s).map_err(|e| format!("{show}: {e}"))?;

@@ -1,10 +1,10 @@
 //! Live statistics of a mounted ticketfs: `ticketfs stats MOUNTPOINT [--json]`.
 //!
-//! The daemon listens on an abstract Unix socket named `ticketfs-stats:` followed by the image's
-//! canonical path (abstract: nothing is created in the filesystem, and it disappears with the
-//! daemon). The client finds the image from the mount table (a ticketfs mount's source is its
-//! image), connects, sends one line — `json` or `text` — and reads the report to the end. The
-//! report is read-only; anybody who can see the mount may read it.
+//! The daemon listens on a Unix socket in its runtime directory (`rundir`: `/run/ticketfs` for
+//! root), named after the image's identity. The client finds the image from the mount table,
+//! connects, checks that the other end is root's (or its own user's), sends one line — `json`
+//! or `text` — and reads the report to the end. Only the daemon's user (root) can reach it: the
+//! directory is closed to everyone else (docs/security.md).
 
 use crate::engine::EngineStats;
 use crate::file::readahead::ReadAheadStats;
@@ -14,13 +14,10 @@ use crate::mem::PAGE_BYTES;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Prefix of the abstract socket's name.
-pub const SOCKET_PREFIX: &str = "ticketfs-stats:";
 /// A client's request line is at most this long.
 const REQUEST_MAX_BYTES: u64 = 16;
 /// A slow client is dropped after this long.
@@ -309,24 +306,37 @@ impl Report {
     }
 }
 
-/// The socket address of the daemon serving `image` (its canonical path).
-pub fn socket_addr(image: &Path) -> std::io::Result<SocketAddr> {
-    let name = format!("{SOCKET_PREFIX}{}", image.display());
-    SocketAddr::from_abstract_name(name.as_bytes())
-}
-
 /// Starts the statistics thread for `image`: every connection gets one report from `report`
-/// (None once the filesystem is going away).
+/// (None once the filesystem is going away). The socket is a file in the runtime directory
+/// (`rundir`), which only this user may enter; a connection from any other user is refused
+/// all the same, and `stop` is taken only from this process. A socket file left by a daemon
+/// that died is replaced (the caller holds the image's lock).
 pub fn serve(
     image: &Path,
     report: impl Fn() -> Option<Report> + Send + 'static,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let listener = UnixListener::bind_addr(&socket_addr(image)?)?;
+    let path = crate::rundir::socket_path(image)?;
+    let listener = match UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            std::fs::remove_file(&path)?;
+            UnixListener::bind(&path)?
+        }
+        Err(e) => return Err(e),
+    };
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let me = std::process::id() as i32;
     std::thread::Builder::new()
         .name("tkfs-stats".into())
         .spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut c) = conn else { continue };
+                let Ok((pid, uid)) = crate::rundir::peer(&c) else {
+                    continue;
+                };
+                if !crate::rundir::trusted_uid(uid) {
+                    continue;
+                }
                 let _ = c.set_read_timeout(Some(CLIENT_TIMEOUT));
                 let _ = c.set_write_timeout(Some(CLIENT_TIMEOUT));
                 let mut line = String::new();
@@ -335,7 +345,8 @@ pub fn serve(
                     continue;
                 }
                 let out = match (line.trim(), report()) {
-                    ("stop", _) => break,
+                    ("stop", _) if pid == me => break,
+                    ("stop", _) => "stop is the daemon's own\n".to_string(),
                     (_, None) => "unmounting\n".to_string(),
                     ("json", Some(r)) => r.to_json(),
                     ("text", Some(r)) => r.to_text(),
@@ -343,12 +354,21 @@ pub fn serve(
                 };
                 let _ = c.write_all(out.as_bytes());
             }
+            let _ = std::fs::remove_file(&path);
         })
 }
 
-/// Asks the daemon serving `image` for its report (`json` or `text`).
+/// Asks the daemon serving `image` for its report (`json` or `text`); refuses an answer from
+/// a process of another user.
 pub fn query(image: &Path, what: &str) -> std::io::Result<String> {
-    let mut c = UnixStream::connect_addr(&socket_addr(image)?)?;
+    let mut c = UnixStream::connect(crate::rundir::socket_path(image)?)?;
+    let (_, uid) = crate::rundir::peer(&c)?;
+    if !crate::rundir::trusted_uid(uid) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("the statistics socket is served by uid {uid}, not a ticketfs daemon of ours"),
+        ));
+    }
     c.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     c.write_all(format!("{what}\n").as_bytes())?;
     let mut out = String::new();
@@ -356,7 +376,7 @@ pub fn query(image: &Path, what: &str) -> std::io::Result<String> {
     Ok(out)
 }
 
-/// Stops a statistics thread started by `serve` (tests; the daemon's ends with the process).
+/// Stops the statistics thread this process started with `serve`.
 pub fn stop(image: &Path) {
     let _ = query(image, "stop");
 }

@@ -347,14 +347,11 @@ fn clean_unmount_keeps_everything_through_io_uring() {
 /// What someone who has just unmounted finds: the image unlocked, its superblock clean, fsck -n
 /// clean. `fuseblk` mounts (the default) answer DESTROY only after all of that.
 fn released_and_clean(img: &Path) {
-    let f = fs::File::open(img).expect("open image");
-    // SAFETY: flock on a descriptor we own.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    assert_eq!(
-        rc, 0,
-        "the image is still locked by its daemon when umount returns"
-    );
-    drop(f);
+    match ticketfs::rundir::try_lock(img) {
+        Ok(lock) => drop(lock),
+        Err(None) => panic!("the image is still locked by its daemon when umount returns"),
+        Err(Some(e)) => panic!("the image's lock: {e}"),
+    }
     let db = std::process::Command::new(env!("CARGO_BIN_EXE_ticketfs"))
         .args(["db"])
         .arg(img)

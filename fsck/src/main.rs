@@ -7,9 +7,7 @@
 //! `-y` (or -a, -p) repairs (`ticketfs::repair`), then checks again: exit 1 when that check is
 //! clean. Without -y nothing is repaired; without -n a clean image's dirty log is replayed.
 
-use std::fs::OpenOptions;
 use std::io::IsTerminal;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::exit;
 use std::sync::Arc;
@@ -147,21 +145,32 @@ fn main() {
             &format!("-n and -y exclude each other\n{USAGE}"),
         );
     }
-    // A mounted image is locked by its daemon.
-    let lockf = OpenOptions::new()
-        .read(true)
-        .open(&path)
-        .unwrap_or_else(|e| fail(EXIT_OPERATIONAL, &format!("{}: {e}", path.display())));
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(lockf.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    // A mounted image is locked by its daemon (and one in the mount table is mounted, even if
+    // its daemon died).
+    if let Some(m) = ticketfs::stats::mounts_of(&path).first() {
         fail(
+            EXIT_OPERATIONAL,
+            &format!(
+                "{}: mounted on {}; unmount it first",
+                path.display(),
+                m.point.display()
+            ),
+        );
+    }
+    let lockf = match ticketfs::rundir::try_lock(&path) {
+        Ok(l) => l,
+        Err(None) => fail(
             EXIT_OPERATIONAL,
             &format!(
                 "{}: mounted (locked by a ticketfs daemon); unmount it first",
                 path.display()
             ),
-        );
-    }
+        ),
+        Err(Some(e)) => fail(
+            EXIT_OPERATIONAL,
+            &format!("{}: image lock: {e}", path.display()),
+        ),
+    };
     let dev: Arc<dyn Device> = match open_image_buffered(&path) {
         Ok(d) => Arc::new(d),
         Err(e) => fail(EXIT_OPERATIONAL, &format!("{}: {e}", path.display())),

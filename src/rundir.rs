@@ -1,0 +1,128 @@
+//! The daemon's private runtime directory: where the one-daemon-per-image lock and the
+//! statistics socket live, out of every other user's reach (docs/security.md).
+//!
+//! Both used to live where any local user could take them first: the lock was an flock on the
+//! image itself (a read descriptor was enough to hold it, and root's mount then waited and
+//! failed), the socket an abstract name anyone could bind (root's mount then failed, or a
+//! user answered `ticketfs stats` in the daemon's place, or sent it `stop`). Here they are
+//! files in a directory only their owner may enter: `/run/ticketfs` for root (0700, owned by
+//! root), `$XDG_RUNTIME_DIR/ticketfs` (or `/tmp/ticketfs-UID`) for anyone else; the directory
+//! is refused unless it is a real directory, owned by the caller, closed to everyone else.
+
+use crate::image::{identity, ImageId};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Root's runtime directory for ticketfs.
+pub const ROOT_DIR: &str = "/run/ticketfs";
+
+fn euid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The caller's runtime directory, made if missing and checked: a directory (not a symlink),
+/// owned by the caller, with no access for group or others.
+pub fn dir() -> io::Result<PathBuf> {
+    let uid = euid();
+    let d = if uid == 0 {
+        PathBuf::from(ROOT_DIR)
+    } else if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").filter(|x| !x.is_empty()) {
+        PathBuf::from(x).join("ticketfs")
+    } else {
+        PathBuf::from(format!("/tmp/ticketfs-{uid}"))
+    };
+    match std::fs::DirBuilder::new().mode(0o700).create(&d) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", d.display()))),
+    }
+    let m = std::fs::symlink_metadata(&d)?;
+    if !m.file_type().is_dir() || m.uid() != uid || m.mode() & 0o077 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{}: not a directory of uid {uid} closed to everyone else (mode {:o}, owner {}): refused",
+                d.display(),
+                m.mode() & 0o7777,
+                m.uid()
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+/// A name for the image at `path` that every name of it shares (its identity).
+pub fn image_key(path: &Path) -> io::Result<String> {
+    Ok(match identity(path)? {
+        ImageId::Block(rdev) => format!("blk-{}-{}", libc::major(rdev), libc::minor(rdev)),
+        ImageId::File { dev, ino } => format!("file-{dev:x}-{ino}"),
+    })
+}
+
+/// The lock file of the image at `path`.
+pub fn lock_path(path: &Path) -> io::Result<PathBuf> {
+    Ok(dir()?.join(format!("{}.lock", image_key(path)?)))
+}
+
+/// The statistics socket of the daemon serving the image at `path`.
+pub fn socket_path(path: &Path) -> io::Result<PathBuf> {
+    Ok(dir()?.join(format!("{}.sock", image_key(path)?)))
+}
+
+/// The one-daemon-per-image lock, held while it lives (an exclusive flock on its lock file):
+/// the mount daemon holds it for the life of the mount, mkfs and fsck while they work.
+pub struct ImageLock {
+    _file: File,
+}
+
+/// Takes the image's lock without waiting: Err(None) when someone holds it, Err(Some(e)) when
+/// the lock cannot be made (the runtime directory refused, the image missing).
+pub fn try_lock(path: &Path) -> Result<ImageLock, Option<io::Error>> {
+    let lock = lock_path(path).map_err(Some)?;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(&lock)
+        .map_err(|e| Some(io::Error::new(e.kind(), format!("{}: {e}", lock.display()))))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(None);
+    }
+    Ok(ImageLock { _file: f })
+}
+
+/// The credentials of the other end of a Unix socket: (pid, uid).
+pub fn peer(fd: &impl AsRawFd) -> io::Result<(i32, u32)> {
+    let mut c = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED fills a struct ucred of the length given.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut c as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((c.pid, c.uid))
+}
+
+/// May a process of `uid` talk to a ticketfs daemon of this user (root, or the same user)?
+pub fn trusted_uid(uid: u32) -> bool {
+    uid == 0 || uid == euid()
+}

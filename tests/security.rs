@@ -1,0 +1,524 @@
+//! A shared machine (issue 18): what an unprivileged local user can do to a ticketfs mount of
+//! root's, and to its image, lock and statistics channel.
+//!
+//! - The same matrix of operations by another user (uid 65534) — read, write, create, unlink,
+//!   rename in plain and sticky directories, chmod, chown, utimes, set-id bits after a write,
+//!   xattrs in each namespace, hard links, device nodes, traversal of 0700 and 0711 directories
+//!   after root looked every path up — on ticketfs mounted `allow_other` (with and without
+//!   `default_permissions` given) and on kernel ext4 in the same test: every answer the same.
+//!   Before, a name root had looked up stayed cached and the other user read and wrote a file in
+//!   root's 0700 directory.
+//! - mkfs makes the image 0600; a mount refuses an image others may write.
+//! - A user holding a lock on the image, or the old abstract socket name, does not stop a mount;
+//!   a user cannot read or stop the statistics.
+
+mod common;
+
+use common::mount::{image, Mount};
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The other user: nobody.
+const OTHER: u32 = 65534;
+
+fn c(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("path")
+}
+
+fn errno() -> i32 {
+    // SAFETY: reads this thread's errno.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Runs `f` in a child that has become uid/gid OTHER with no supplementary groups; its result
+/// (0 or an errno). The child makes only system calls (no allocation) after the fork.
+fn as_other(f: &dyn Fn() -> i32) -> i32 {
+    // SAFETY: the child calls only async-signal-safe functions (setgroups, setgid, setuid,
+    // the system calls `f` makes, _exit).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        unsafe {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(OTHER) != 0
+                || libc::setuid(OTHER) != 0
+            {
+                libc::_exit(250);
+            }
+            libc::_exit(f());
+        }
+    }
+    let mut st = 0;
+    // SAFETY: our own child.
+    unsafe { libc::waitpid(pid, &mut st, 0) };
+    assert!(libc::WIFEXITED(st), "child died: {st:#x}");
+    libc::WEXITSTATUS(st)
+}
+
+fn rc(r: libc::c_int) -> i32 {
+    if r < 0 {
+        errno()
+    } else {
+        0
+    }
+}
+
+fn chown(p: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::chown(p, Some(uid), Some(gid)).expect("chown");
+}
+
+fn mode(p: &Path, m: u32) {
+    fs::set_permissions(p, fs::Permissions::from_mode(m)).expect("chmod");
+}
+
+/// Root's tree under `r`, the same on every filesystem.
+fn make_tree(r: &Path) {
+    mode(r, 0o755);
+    for (d, m) in [
+        ("pub", 0o777),
+        ("sticky", 0o1777),
+        ("priv", 0o700),
+        ("xonly", 0o711),
+    ] {
+        fs::create_dir(r.join(d)).expect("mkdir");
+        mode(&r.join(d), m);
+    }
+    let files: [(&str, u32, u32); 10] = [
+        ("priv/notes", 0o666, 0),
+        ("xonly/f", 0o644, 0),
+        ("rootfile", 0o644, 0),
+        ("rootfile_w", 0o666, 0),
+        ("setid", 0o6777, 0),
+        ("userown", 0o644, OTHER),
+        ("sticky/rootfile", 0o666, 0),
+        ("sticky/userfile", 0o644, OTHER),
+        ("pub/rootfile", 0o644, 0),
+        ("pub/moveme", 0o644, 0),
+    ];
+    for (f, m, owner) in files {
+        let p = r.join(f);
+        fs::write(&p, b"secret\n").expect("write");
+        chown(&p, owner, owner);
+        mode(&p, m);
+    }
+}
+
+/// Root looks every path up and opens every file, so the kernel caches them all.
+fn warm(r: &Path) {
+    let mut stack = vec![r.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).expect("readdir") {
+            let p = e.expect("entry").path();
+            let m = fs::symlink_metadata(&p).expect("lstat");
+            if m.is_dir() {
+                stack.push(p);
+            } else {
+                let _ = fs::read(&p);
+            }
+        }
+    }
+}
+
+/// One operation as the other user: 0 or an errno.
+type UserOp<'a> = Box<dyn Fn() -> i32 + 'a>;
+
+/// The operations, by name, each as the other user; their errnos in order.
+fn matrix(r: &Path) -> Vec<(String, i32)> {
+    warm(r);
+    let p = |s: &str| c(&r.join(s));
+    let (notes, xf, xonly, priv_d) = (p("priv/notes"), p("xonly/f"), p("xonly"), p("priv"));
+    let (rootfile, rootfile_w, setid, userown) =
+        (p("rootfile"), p("rootfile_w"), p("setid"), p("userown"));
+    let (s_root, s_user, pub_root, moveme) = (
+        p("sticky/rootfile"),
+        p("sticky/userfile"),
+        p("pub/rootfile"),
+        p("pub/moved"),
+    );
+    let (moveme_src, s_moved, newfile, topfile) = (
+        p("pub/moveme"),
+        p("sticky/moved"),
+        p("pub/newfile"),
+        p("newfile"),
+    );
+    let (hl1, hl2, dev, subdir) = (p("pub/hl1"), p("pub/hl2"), p("pub/dev"), p("priv/sub"));
+    let (ux, tx, sx) = (
+        c(Path::new("user.x")),
+        c(Path::new("trusted.x")),
+        c(Path::new("security.x")),
+    );
+    let open = |path: &CString, flags: i32| -> i32 {
+        // SAFETY: a NUL-terminated path; the descriptor is closed at once.
+        unsafe {
+            let fd = libc::open(path.as_ptr(), flags | libc::O_CLOEXEC, 0o644);
+            if fd < 0 {
+                return errno();
+            }
+            libc::close(fd);
+            0
+        }
+    };
+    let write_to = |path: &CString| -> i32 {
+        // SAFETY: as above; writes 2 bytes from a static buffer.
+        unsafe {
+            let fd = libc::open(
+                path.as_ptr(),
+                libc::O_WRONLY | libc::O_APPEND | libc::O_CLOEXEC,
+            );
+            if fd < 0 {
+                return errno();
+            }
+            let r = libc::write(fd, b"x\n".as_ptr().cast(), 2);
+            let e = if r < 0 { errno() } else { 0 };
+            libc::close(fd);
+            e
+        }
+    };
+    let stat = |path: &CString| -> i32 {
+        // SAFETY: a zeroed stat buffer the call fills.
+        unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            rc(libc::stat(path.as_ptr(), &mut st))
+        }
+    };
+    let ops: Vec<(&str, UserOp<'_>)> =
+        vec![
+            (
+                "read a file in root's 0700 dir",
+                Box::new(|| open(&notes, libc::O_RDONLY)),
+            ),
+            (
+                "write a file in root's 0700 dir",
+                Box::new(|| write_to(&notes)),
+            ),
+            ("stat a file in root's 0700 dir", Box::new(|| stat(&notes))),
+            (
+                "list root's 0700 dir",
+                Box::new(|| open(&priv_d, libc::O_RDONLY | libc::O_DIRECTORY)),
+            ),
+            (
+                "mkdir in root's 0700 dir",
+                Box::new(|| rc(unsafe { libc::mkdir(subdir.as_ptr(), 0o755) })),
+            ),
+            (
+                "read a file in a 0711 dir",
+                Box::new(|| open(&xf, libc::O_RDONLY)),
+            ),
+            (
+                "list a 0711 dir",
+                Box::new(|| open(&xonly, libc::O_RDONLY | libc::O_DIRECTORY)),
+            ),
+            (
+                "read root's 0644 file",
+                Box::new(|| open(&rootfile, libc::O_RDONLY)),
+            ),
+            ("write root's 0644 file", Box::new(|| write_to(&rootfile))),
+            ("write root's 0666 file", Box::new(|| write_to(&rootfile_w))),
+            ("write root's 06777 file", Box::new(|| write_to(&setid))),
+            (
+                "create in a 0777 dir",
+                Box::new(|| open(&newfile, libc::O_CREAT | libc::O_WRONLY)),
+            ),
+            (
+                "create in root's 0755 dir",
+                Box::new(|| open(&topfile, libc::O_CREAT | libc::O_WRONLY)),
+            ),
+            (
+                "unlink root's file in a sticky dir",
+                Box::new(|| rc(unsafe { libc::unlink(s_root.as_ptr()) })),
+            ),
+            (
+                "rename root's file in a sticky dir",
+                Box::new(|| rc(unsafe { libc::rename(s_root.as_ptr(), s_moved.as_ptr()) })),
+            ),
+            (
+                "unlink own file in a sticky dir",
+                Box::new(|| rc(unsafe { libc::unlink(s_user.as_ptr()) })),
+            ),
+            (
+                "rename root's file in a 0777 dir",
+                Box::new(|| rc(unsafe { libc::rename(moveme_src.as_ptr(), moveme.as_ptr()) })),
+            ),
+            (
+                "unlink root's file in a 0777 dir",
+                Box::new(|| rc(unsafe { libc::unlink(pub_root.as_ptr()) })),
+            ),
+            (
+                "chmod root's file",
+                Box::new(|| rc(unsafe { libc::chmod(rootfile.as_ptr(), 0o777) })),
+            ),
+            (
+                "chmod own file",
+                Box::new(|| rc(unsafe { libc::chmod(userown.as_ptr(), 0o600) })),
+            ),
+            (
+                "chown own file to root",
+                Box::new(|| rc(unsafe { libc::chown(userown.as_ptr(), 0, u32::MAX) })),
+            ),
+            (
+                "chgrp own file to root's group",
+                Box::new(|| rc(unsafe { libc::chown(userown.as_ptr(), u32::MAX, 0) })),
+            ),
+            (
+                "utimes now on root's 0644 file",
+                Box::new(|| rc(unsafe { libc::utimes(rootfile.as_ptr(), std::ptr::null()) })),
+            ),
+            (
+                "utimes now on root's 0666 file",
+                Box::new(|| rc(unsafe { libc::utimes(rootfile_w.as_ptr(), std::ptr::null()) })),
+            ),
+            (
+                "utimes given on root's 0666 file",
+                Box::new(|| {
+                    let tv = [
+                        libc::timeval {
+                            tv_sec: 1,
+                            tv_usec: 0,
+                        },
+                        libc::timeval {
+                            tv_sec: 1,
+                            tv_usec: 0,
+                        },
+                    ];
+                    rc(unsafe { libc::utimes(rootfile_w.as_ptr(), tv.as_ptr()) })
+                }),
+            ),
+            (
+                "setxattr user. on root's 0644 file",
+                Box::new(|| {
+                    rc(unsafe {
+                        libc::setxattr(rootfile.as_ptr(), ux.as_ptr(), b"v".as_ptr().cast(), 1, 0)
+                    })
+                }),
+            ),
+            (
+                "setxattr user. on root's 0666 file",
+                Box::new(|| {
+                    rc(unsafe {
+                        libc::setxattr(rootfile_w.as_ptr(), ux.as_ptr(), b"v".as_ptr().cast(), 1, 0)
+                    })
+                }),
+            ),
+            (
+                "setxattr trusted. on root's 0666 file",
+                Box::new(|| {
+                    rc(unsafe {
+                        libc::setxattr(rootfile_w.as_ptr(), tx.as_ptr(), b"v".as_ptr().cast(), 1, 0)
+                    })
+                }),
+            ),
+            (
+                "setxattr security. on root's 0666 file",
+                Box::new(|| {
+                    rc(unsafe {
+                        libc::setxattr(rootfile_w.as_ptr(), sx.as_ptr(), b"v".as_ptr().cast(), 1, 0)
+                    })
+                }),
+            ),
+            (
+                "hard link root's 0644 file",
+                Box::new(|| rc(unsafe { libc::link(rootfile.as_ptr(), hl1.as_ptr()) })),
+            ),
+            (
+                "hard link root's 0666 file",
+                Box::new(|| rc(unsafe { libc::link(rootfile_w.as_ptr(), hl2.as_ptr()) })),
+            ),
+            (
+                "mknod a device",
+                Box::new(|| {
+                    rc(unsafe {
+                        libc::mknod(dev.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3))
+                    })
+                }),
+            ),
+        ];
+    let mut out = Vec::new();
+    for (name, f) in &ops {
+        out.push((name.to_string(), as_other(f.as_ref())));
+    }
+    // What the write left of root's set-id bits.
+    let m = fs::metadata(r.join("setid")).expect("stat setid").mode() & 0o7777;
+    out.push(("mode of root's 06777 file after the write".into(), m as i32));
+    out
+}
+
+fn ext4_matrix() -> Option<Vec<(String, i32)>> {
+    let work = tempfile::tempdir().unwrap();
+    let img = work.path().join("ext4.img");
+    fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
+    let mk = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&img)
+        .status();
+    if !mk.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED ext4 comparison: mkfs.ext4 failed");
+        return None;
+    }
+    let mnt = work.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let st = Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&img)
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    if !st.success() {
+        eprintln!("SKIPPED ext4 comparison: no loop mount here");
+        return None;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _g = Unmount(mnt.clone());
+    let _ = fs::remove_dir(mnt.join("lost+found"));
+    make_tree(&mnt);
+    Some(matrix(&mnt))
+}
+
+/// The kernel's protected_hardlinks rule is part of the matrix: it must be on, as Debian has it.
+fn protected_hardlinks() -> bool {
+    fs::read_to_string("/proc/sys/fs/protected_hardlinks").is_ok_and(|s| s.trim() == "1")
+}
+
+#[test]
+fn another_user_gets_the_answers_kernel_ext4_gives() {
+    if !protected_hardlinks() {
+        eprintln!("SKIPPED: fs.protected_hardlinks is off on this machine");
+        return;
+    }
+    let Some(ext4) = ext4_matrix() else { return };
+    for opts in [
+        "allow_other",
+        "allow_other,default_permissions",
+        "allow_other,uring=off",
+    ] {
+        let work = tempfile::tempdir().unwrap();
+        let img = image(work.path(), 128 << 20);
+        let m = Mount::new(&img, opts);
+        make_tree(m.path());
+        let got = matrix(m.path());
+        m.unmount();
+        let differ: Vec<String> = ext4
+            .iter()
+            .zip(&got)
+            .filter(|(a, b)| a != b)
+            .map(|((name, e), (_, t))| format!("{name}: ext4 {e}, ticketfs {t}"))
+            .collect();
+        assert!(
+            differ.is_empty(),
+            "{opts}: {} of {} differ: {differ:#?}",
+            differ.len(),
+            got.len()
+        );
+    }
+}
+
+#[test]
+fn mkfs_makes_an_image_only_its_owner_may_read() {
+    let work = tempfile::tempdir().unwrap();
+    // SAFETY: umask only sets the process's file-creation mask.
+    let old = unsafe { libc::umask(0o022) };
+    let img = image(work.path(), 64 << 20);
+    unsafe { libc::umask(old) };
+    assert_eq!(fs::metadata(&img).unwrap().mode() & 0o777, 0o600);
+}
+
+#[test]
+fn a_mount_refuses_an_image_others_may_write() {
+    let work = tempfile::tempdir().unwrap();
+    let img = image(work.path(), 64 << 20);
+    mode(&img, 0o666);
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ticketfs"))
+        .arg(&img)
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "mounted an image anyone may write");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("writable by users other than its owner"));
+}
+
+/// A user who can read the image (an old 0644 one) takes a shared flock on it and binds the
+/// statistics' old abstract socket name: root's mount goes ahead at once. The user can then
+/// neither read the statistics nor stop them; root can.
+#[test]
+fn a_user_can_neither_block_a_mount_nor_reach_its_statistics() {
+    let work = tempfile::tempdir().unwrap();
+    mode(work.path(), 0o755);
+    let img = image(work.path(), 64 << 20);
+    mode(&img, 0o644);
+    let canon = fs::canonicalize(&img).unwrap();
+    // The user's squatter: holds the flock and the old socket name until killed.
+    let script = format!(
+        "import fcntl,socket,time\n\
+         f=open({img:?},'rb'); fcntl.flock(f,fcntl.LOCK_SH)\n\
+         s=socket.socket(socket.AF_UNIX); s.bind('\\0ticketfs-stats:{img}'); s.listen(1)\n\
+         print('ready',flush=True); time.sleep(60)",
+        img = canon.display().to_string()
+    );
+    let mut squat = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+        ])
+        .arg(&script)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("setpriv python3");
+    let mut ready = String::new();
+    let _ = std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(squat.stdout.as_mut().unwrap()),
+        &mut ready,
+    );
+    assert_eq!(ready.trim(), "ready", "the squatter did not start");
+    let started = std::time::Instant::now();
+    let m = Mount::new(&img, "allow_other");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "the mount waited"
+    );
+    // The user asks for the statistics and tries to stop them.
+    let bin = c(Path::new(env!("CARGO_BIN_EXE_ticketfs")));
+    let mnt = c(m.path());
+    let (a0, a1) = (c(Path::new("ticketfs")), c(Path::new("stats")));
+    let argv = [a0.as_ptr(), a1.as_ptr(), mnt.as_ptr(), std::ptr::null()];
+    let user_rc = as_other(&|| unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+        libc::dup2(null, 1);
+        libc::dup2(null, 2);
+        libc::execv(bin.as_ptr(), argv.as_ptr());
+        127
+    });
+    assert_ne!(user_rc, 0, "another user read the statistics");
+    let sock = ticketfs::rundir::socket_path(&img).unwrap();
+    assert_eq!(
+        as_other(&{
+            let s = c(&sock);
+            move || unsafe {
+                let mut st: libc::stat = std::mem::zeroed();
+                rc(libc::stat(s.as_ptr(), &mut st))
+            }
+        }),
+        libc::EACCES,
+        "another user can reach the socket"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_ticketfs"))
+        .arg("stats")
+        .arg(m.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "root's ticketfs stats: {out:?}");
+    let _ = squat.kill();
+    let _ = squat.wait();
+    m.unmount();
+}
