@@ -803,11 +803,11 @@ fn main() {
             Err(None) => std::thread::sleep(std::time::Duration::from_millis(50)),
         }
     };
-    check_image_access(&o.image);
     // The primary superblock, or the backup when the primary is bad.
     if let Err(e) = ticketfs::image::open_image(Path::new(&o.image)) {
         die(&e.to_string());
     }
+    check_image_access(&o.image);
     if o.foreground {
         let r = serve(&o, Some(lockf), &mut |_| {});
         if let Err(e) = r {
