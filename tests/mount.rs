@@ -5,6 +5,7 @@
 mod common;
 
 use common::mount::{image, Mount};
+use common::pattern;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
@@ -13,18 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 use ticketfs::mkfs::{make_filesystem, MkfsOptions};
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// Everything observable of a tree: per path, kind, mode, size, nlink, uid, gid, mtime and
 /// content (or link target).

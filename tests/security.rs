@@ -42,6 +42,7 @@ fn as_other(f: &dyn Fn() -> i32) -> i32 {
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork");
     if pid == 0 {
+        common::close_inherited_fds();
         unsafe {
             if libc::setgroups(0, std::ptr::null()) != 0
                 || libc::setgid(OTHER) != 0

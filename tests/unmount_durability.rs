@@ -13,6 +13,7 @@
 mod common;
 
 use common::mount::{image, Mount};
+use common::pattern;
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs;
@@ -31,18 +32,6 @@ const FALLOC_FL_KEEP_SIZE: i32 = 0x01;
 const FALLOC_FL_PUNCH_HOLE: i32 = 0x02;
 const FALLOC_FL_ZERO_RANGE: i32 = 0x10;
 const KNOB: &str = "/sys/module/fuse/parameters/enable_uring";
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn cpath(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).expect("path without NUL")
@@ -544,6 +533,7 @@ fn shutdown_ioctl_is_for_root_only() {
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork");
     if pid == 0 {
+        common::close_inherited_fds();
         unsafe {
             if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
                 libc::_exit(100);

@@ -806,34 +806,7 @@ impl<'a> FileIo<'a> {
         keep_size: bool,
         now: Time,
     ) -> Result<(), EngineError> {
-        let _note = self.layout_note(ino);
-        let bs = self.bs();
-        let end = off
-            .checked_add(len)
-            .filter(|&e| e <= FILE_SIZE_MAX)
-            .ok_or_else(|| EngineError::TooBig("fallocate past the largest file size".into()))?;
-        if len == 0 {
-            return Err(EngineError::Invalid("fallocate of zero bytes".into()));
-        }
-        let (first, last) = (off / bs, (end - 1) / bs);
-        let _promise = self.promise_holes(ino, first, last, 0)?;
-        let mut added = Vec::new();
-        if let Err(e) = self.fill_holes(ino, first, last, &mut added) {
-            if let Err(undo) = self.take_out(ino, &added) {
-                // The log is down (the undo's own failure): nothing more is written anyway.
-                eprintln!("ticketfs: inode {ino}: undoing a failed fallocate: {undo}");
-            }
-            return Err(e);
-        }
-        let mut tx = self.eng.begin(TransKind::Setattr)?;
-        let (r, mut ino_d) = inode::read(&mut tx, ino)?;
-        if !keep_size {
-            ino_d.size = ino_d.size.max(end);
-        }
-        ino_d.ctime = now;
-        inode::write(&mut tx, &r, &ino_d);
-        tx.commit()?;
-        Ok(())
+        self.allocate_range(ino, (off, len), keep_size, now, false)
     }
 
     /// fallocate's zero-range: `off..off+len` reads as zeros afterwards and is allocated (the
@@ -850,6 +823,18 @@ impl<'a> FileIo<'a> {
         keep_size: bool,
         now: Time,
     ) -> Result<(), EngineError> {
+        self.allocate_range(ino, (off, len), keep_size, now, true)
+    }
+
+    /// `preallocate`, and with `zero` `zero_range`.
+    fn allocate_range(
+        &self,
+        ino: u64,
+        (off, len): (u64, u64),
+        keep_size: bool,
+        now: Time,
+        zero: bool,
+    ) -> Result<(), EngineError> {
         let _note = self.layout_note(ino);
         let bs = self.bs();
         let end = off
@@ -862,15 +847,17 @@ impl<'a> FileIo<'a> {
         let (first, last) = (off / bs, (end - 1) / bs);
         // Turning written blocks unwritten splits at most the two extents at the range's
         // edges: two more map changes.
-        let _promise = self.promise_holes(ino, first, last, 2)?;
-        let (first_full, last_full) = (off.div_ceil(bs), end / bs);
-        let _edges = self.promise_map(false)?;
-        self.zero_edges(ino, off, end)?;
-        self.unwrite(ino, first_full, last_full)?;
+        let _promise = self.promise_holes(ino, first, last, if zero { 2 } else { 0 })?;
+        if zero {
+            let _edges = self.promise_map(false)?;
+            self.zero_edges(ino, off, end)?;
+            self.unwrite(ino, off.div_ceil(bs), end / bs)?;
+        }
         let mut added = Vec::new();
         if let Err(e) = self.fill_holes(ino, first, last, &mut added) {
             if let Err(undo) = self.take_out(ino, &added) {
-                eprintln!("ticketfs: inode {ino}: undoing a failed zero-range: {undo}");
+                // The log is down (the undo's own failure): nothing more is written anyway.
+                eprintln!("ticketfs: inode {ino}: undoing a failed fallocate: {undo}");
             }
             return Err(e);
         }
@@ -879,7 +866,10 @@ impl<'a> FileIo<'a> {
         if !keep_size {
             ino_d.size = ino_d.size.max(end);
         }
-        ino_d.mtime = now;
+        // Zeroing changes the data: its modification time too.
+        if zero {
+            ino_d.mtime = now;
+        }
         ino_d.ctime = now;
         inode::write(&mut tx, &r, &ino_d);
         tx.commit()?;

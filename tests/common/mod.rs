@@ -93,3 +93,23 @@ impl Device for SlowDevice {
         self.inner.flush()
     }
 }
+
+/// Bytes that differ from place to place and from seed to seed (xorshift).
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// In a child just forked from a test (no exec): closes every descriptor the other test threads
+/// had open, which the child inherited, so it cannot keep their mounts busy (umount: EBUSY).
+pub fn close_inherited_fds() {
+    // SAFETY: close_range on descriptors 3 and up of this (child) process.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+}

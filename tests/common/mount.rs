@@ -94,39 +94,44 @@ impl Mount {
     }
 
     /// umount, then the daemon must exit 0 (it flushed and marked the image clean).
-    pub fn unmount(mut self) {
-        let st = Command::new("umount")
-            .arg(self.dir.path())
-            .status()
-            .expect("umount");
-        assert!(st.success(), "umount failed");
-        let mut child = self.child.take().expect("daemon");
-        let st = wait_timeout(&mut child, Duration::from_secs(60));
-        assert!(st.success(), "daemon exited with {st}");
+    pub fn unmount(self) {
+        self.unmount_then(|| {});
     }
 
     /// umount, then `check` at once (before waiting for anything), then the daemon must exit
     /// 0: what someone who unmounts finds when umount returns.
-    pub fn unmount_then(mut self, check: impl FnOnce()) {
-        let st = Command::new("umount")
-            .arg(self.dir.path())
-            .status()
-            .expect("umount");
-        assert!(st.success(), "umount failed");
-        check();
-        let mut child = self.child.take().expect("daemon");
-        let st = wait_timeout(&mut child, Duration::from_secs(60));
+    pub fn unmount_then(self, check: impl FnOnce()) {
+        let st = self.umount_and_wait(check);
         assert!(st.success(), "daemon exited with {st}");
     }
 
     /// umount, then wait for the daemon whatever it exits with (one whose filesystem was shut
     /// down reports that it could not finish the unmount); returns its status.
-    pub fn unmount_any_exit(mut self) -> std::process::ExitStatus {
-        let st = Command::new("umount")
-            .arg(self.dir.path())
-            .status()
-            .expect("umount");
-        assert!(st.success(), "umount failed");
+    pub fn unmount_any_exit(self) -> std::process::ExitStatus {
+        self.umount_and_wait(|| {})
+    }
+
+    fn umount_and_wait(mut self, check: impl FnOnce()) -> std::process::ExitStatus {
+        // Another test thread's fork may hold a descriptor of this mount for the moment its
+        // child takes to close it (EBUSY): try again for a little while.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let out = Command::new("umount")
+                .arg(self.dir.path())
+                .output()
+                .expect("umount");
+            if out.status.success() {
+                break;
+            }
+            let busy = String::from_utf8_lossy(&out.stderr).contains("busy");
+            assert!(
+                busy && Instant::now() < deadline,
+                "umount failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        check();
         let mut child = self.child.take().expect("daemon");
         wait_timeout(&mut child, Duration::from_secs(60))
     }
