@@ -758,3 +758,50 @@ fn writes_truncates_and_chowns_drop_capabilities_and_set_id_bits() {
     std::os::unix::fs::chown(&p, Some(0), None).unwrap();
     assert_eq!(mode(), 0o755, "root's chown");
 }
+
+/// A fallocate larger than the free space fails at once and changes nothing (issue 17: it used
+/// to fill the filesystem, leave the file about 1 GiB long and `stat` showing the old size for
+/// the kernel's attribute lifetime). Also zero-range: it frees nothing, so it needs only the
+/// holes' blocks, and a refused one leaves the data.
+#[test]
+fn a_fallocate_larger_than_the_free_space_changes_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let img = image(work.path(), 256 << 20);
+    let m = Mount::new(&img, "");
+    let p = m.path().join("f");
+    fs::write(&p, pattern(3, 100_000)).unwrap();
+    let before = (fs::metadata(&p).unwrap(), nix_statvfs(m.path()));
+    let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+    for (mode, what) in [(0, "fallocate"), (0x10, "zero-range")] {
+        // SAFETY: a descriptor we own; the kernel checks the range.
+        let rc = unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&f), mode, 0, 1 << 30) };
+        let e = std::io::Error::last_os_error().raw_os_error();
+        assert_eq!(
+            (rc, e),
+            (-1, Some(libc::ENOSPC)),
+            "{what} of 1 GiB on 256 MiB"
+        );
+        let now = fs::metadata(&p).unwrap();
+        assert_eq!(
+            (now.len(), now.blocks()),
+            (before.0.len(), before.0.blocks()),
+            "{what}: the file changed"
+        );
+        assert_eq!(
+            nix_statvfs(m.path()),
+            before.1,
+            "{what}: the free space changed"
+        );
+        assert_eq!(
+            fs::read(&p).unwrap(),
+            pattern(3, 100_000),
+            "{what}: the data changed"
+        );
+    }
+    drop(f);
+    m.unmount();
+    // And after a remount (nothing cached): the same.
+    let m = Mount::new(&img, "");
+    assert_eq!(fs::metadata(m.path().join("f")).unwrap().len(), 100_000);
+    m.unmount();
+}
