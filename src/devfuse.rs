@@ -163,7 +163,8 @@ pub fn handshake(dev: &OwnedFd, want: &Want) -> io::Result<Granted> {
             )));
         }
         let flags = wanted_flags(want) & init.flags;
-        let page = 4096u32;
+        // SAFETY: sysconf only reads a system constant.
+        let page = (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).clamp(4096, 1 << 16) as u32;
         let out = InitOut {
             max_readahead: init.max_readahead,
             flags: flags | wire::INIT_EXT,
@@ -227,15 +228,26 @@ impl DevFuse {
         let mut out = Vec::with_capacity(threads.max(1));
         for i in 0..threads.max(1) {
             let fd = if i == 0 {
-                dev.try_clone()?
+                dev.try_clone()
             } else {
-                clone_dev(dev)?
+                clone_dev(dev)
             };
             let (ops, serving) = (ops.clone(), queues_serving.clone());
-            let t = std::thread::Builder::new()
-                .name(format!("tkfs-fuse-{i}"))
-                .spawn(move || serve(fd, &ops, len, &serving))?;
-            out.push(t);
+            let t = fd.and_then(|fd| {
+                std::thread::Builder::new()
+                    .name(format!("tkfs-fuse-{i}"))
+                    .spawn(move || serve(fd, &ops, len, &serving))
+            });
+            match t {
+                Ok(t) => out.push(t),
+                // The first thread is the session: without it nothing is served.
+                Err(e) if out.is_empty() => return Err(e),
+                // Fewer threads only serve fewer requests at once; those started go on.
+                Err(e) => {
+                    eprintln!("ticketfs: /dev/fuse thread {i} not started: {e}");
+                    break;
+                }
+            }
         }
         Ok(DevFuse { threads: out })
     }
@@ -283,7 +295,11 @@ fn serve(fd: OwnedFd, ops: &Ops, len: usize, queues_serving: &AtomicBool) -> io:
             }
             // ENOSYS tells the kernel not to send interrupts again.
             FUSE_INTERRUPT => {
-                reply(&fd, &mut buf, h.unique, Err(libc::ENOSYS))?;
+                if let Err(e) = reply(&fd, &mut buf, h.unique, Err(libc::ENOSYS)) {
+                    if e.raw_os_error() == Some(libc::ENODEV) {
+                        return Ok(());
+                    }
+                }
                 continue;
             }
             _ => {}
@@ -308,7 +324,11 @@ fn serve(fd: OwnedFd, ops: &Ops, len: usize, queues_serving: &AtomicBool) -> io:
             if e.raw_os_error() == Some(libc::ENODEV) {
                 return Ok(());
             }
-            return Err(e);
+            // A reply the kernel refused (a daemon bug): that request fails, the thread goes on.
+            eprintln!(
+                "ticketfs: reply to request {} (opcode {}): {e}",
+                h.unique, h.opcode
+            );
         }
     }
 }

@@ -101,6 +101,10 @@ impl Default for EngineOptions {
     }
 }
 
+/// How long the unmount waits for the transactions already begun to end (each needs only the
+/// log to write and the AIL to push, so this bounds a stuck device, not a wait that happens).
+const UNMOUNT_TRANS_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A snapshot of the engine's accounts and counters.
 #[derive(Debug, Clone)]
 pub struct EngineStats {
@@ -138,6 +142,8 @@ pub struct Engine {
     memres: MemRes,
     recovered: Recovered,
     unmounted: AtomicBool,
+    /// Transactions begun and not yet ended (`trans::Live`).
+    pub(crate) live_trans: std::sync::atomic::AtomicUsize,
     /// Memory live transactions have pinned so far (used of their reservations).
     pub(crate) trans_pinned: AtomicU64,
     /// The allocator lock (`Trans::lock_allocation`): taken, taken after waiting, time waited.
@@ -300,6 +306,7 @@ impl Engine {
             memres: opts.memres,
             recovered,
             unmounted: AtomicBool::new(false),
+            live_trans: std::sync::atomic::AtomicUsize::new(0),
             trans_pinned: AtomicU64::new(0),
             alloc_lock: Default::default(),
         })
@@ -314,8 +321,22 @@ impl Engine {
     /// hold the engine when the kernel asks it to unmount (DESTROY): afterwards every
     /// transaction fails (the log is closed). A second call does nothing.
     pub fn unmount_now(&self) -> Result<(), EngineError> {
-        if self.unmounted.swap(true, Ordering::AcqRel) {
+        if self.unmounted.swap(true, Ordering::SeqCst) {
             return Ok(());
+        }
+        // No transaction begins from here on (`begin` sees the flag); those already begun end
+        // before the log is forced for the last time, so none commits after it.
+        let deadline = std::time::Instant::now() + UNMOUNT_TRANS_WAIT;
+        while self.live_trans.load(Ordering::SeqCst) > 0 {
+            if std::time::Instant::now() > deadline {
+                self.log.fail(format!(
+                    "unmount: {} transactions still running after {UNMOUNT_TRANS_WAIT:?}",
+                    self.live_trans.load(Ordering::SeqCst)
+                ));
+                self.log.stop_threads();
+                return Err(self.shutdown_error());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
         let r = self.log.unmount();
         if let Err(e) = r {
@@ -396,6 +417,11 @@ impl Engine {
     }
     pub fn is_shut_down(&self) -> bool {
         self.log.is_shut_down()
+    }
+
+    /// Has the unmount begun (no transaction may begin any more)?
+    pub(crate) fn is_unmounting(&self) -> bool {
+        self.unmounted.load(Ordering::SeqCst)
     }
 
     /// Shuts the filesystem down on request (the shutdown ioctl): nothing more is written and

@@ -45,6 +45,8 @@ pub struct Spec {
     pub default_permissions: bool,
     /// MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_SYNCHRONOUS, MS_DIRSYNC as asked.
     pub ms_flags: libc::c_ulong,
+    /// The largest read the kernel may send (the daemon's request buffer holds that much).
+    pub max_read: u32,
 }
 
 /// A new FUSE connection.
@@ -68,8 +70,9 @@ fn options(spec: &Spec, dev: &OwnedFd) -> String {
     // SAFETY: getuid and getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let mut o = format!(
-        "fd={},rootmode=40000,user_id={uid},group_id={gid}",
-        dev.as_raw_fd()
+        "fd={},rootmode=40000,user_id={uid},group_id={gid},max_read={}",
+        dev.as_raw_fd(),
+        spec.max_read
     );
     if spec.allow_other {
         o.push_str(",allow_other");
@@ -153,11 +156,20 @@ pub fn attach_loop(image: &Path) -> io::Result<LoopDevice> {
             return Err(io::Error::last_os_error());
         }
         let path = PathBuf::from(format!("/dev/loop{n}"));
-        let dev = OpenOptions::new()
+        // Someone else may take the device, or it may go away, between the two steps: try
+        // another.
+        let dev = match OpenOptions::new()
             .read(true)
             .write(true)
             .custom_flags(libc::O_CLOEXEC)
-            .open(&path)?;
+            .open(&path)
+        {
+            Ok(d) => d,
+            Err(e) => {
+                last = io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+                continue;
+            }
+        };
         let mut cfg = [0u8; LOOP_CONFIG_BYTES];
         cfg[0..4].copy_from_slice(&(backing.as_raw_fd() as u32).to_ne_bytes());
         let flags = LO_FLAGS_AUTOCLEAR;

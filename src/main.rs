@@ -376,11 +376,11 @@ fn serve(
     let mut fs = Fs::new(eng, o.read_only).map_err(|e| format!("{}: {e}", o.image.display()))?;
     fs.set_atime_policy(o.atime);
     fs.set_kernel_checks_permissions(o.default_permissions);
+    // Set once the mount stands and its device number is known (its superblock's state).
+    let mount_dev: Arc<std::sync::OnceLock<String>> = Arc::new(std::sync::OnceLock::new());
     {
-        let image = o.image.clone();
-        fs.set_ro_probe(Box::new(move || {
-            stats::mounts_of(&image).first().map(|m| m.super_ro)
-        }));
+        let dev = mount_dev.clone();
+        fs.set_ro_probe(Box::new(move || stats::super_ro_of(dev.get()?)));
     }
     // Through /dev/fuse the kernel's read-ahead requests are served by threads on every CPU
     // already; through the queues they wait on the reader's CPU (`file::readahead`). Not under
@@ -405,6 +405,7 @@ fn serve(
         allow_other: o.allow_other,
         default_permissions: o.default_permissions,
         ms_flags: o.flags.ms_bits(),
+        max_read: budget.sizing.max_write,
     };
     // Held until the mount stands (the kernel then holds the loop device until unmounted).
     let mut attached = None;
@@ -431,6 +432,11 @@ fn serve(
         ))
     })?;
     drop(attached);
+    // This mount's device number, from the mount table (the mount is not served yet: nothing
+    // may look into it).
+    if let Some(dev) = stats::dev_of_mount(&point) {
+        let _ = mount_dev.set(dev);
+    }
     let want = ticketfs::devfuse::Want {
         max_write: budget.sizing.max_write,
         writeback: o.writeback_cache,
@@ -479,10 +485,16 @@ fn serve(
         let finish = finish.clone();
         ops.on_destroy(Box::new(move || finish.run()));
     }
+    let freed = fs.orphans_freed_at_mount();
     report(Ok(format!(
-        "memory budget {}: {}",
+        "memory budget {}: {}{}",
         budget::mib(budget.budget_bytes),
-        budget.derivation
+        budget.derivation,
+        if freed > 0 {
+            format!("\nticketfs: freed {freed} inode(s) unlinked before the last crash")
+        } else {
+            String::new()
+        }
     )));
     // Started once the mount stands: every way out from here goes through `finish`.
     let workers = if budget.sizing.readahead {
@@ -501,7 +513,9 @@ fn serve(
             Err(e) => eprintln!("ticketfs: read-ahead worker not started: {e}"),
         }
     }
-    watch_remounts(&o.image, &fs);
+    if let Some(dev) = mount_dev.get() {
+        watch_remounts(dev, &fs);
+    }
     drop(fs);
     // INIT granted io_uring: the queues take over every request but FORGET and INTERRUPT.
     let queues_serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -554,11 +568,11 @@ fn serve(
 /// poll) and sets the filesystem read-only or writable as the superblock now is. A change that
 /// reaches a read-only filesystem first also asks (`Fs::set_ro_probe`). Ends when the image is
 /// mounted nowhere any more.
-fn watch_remounts(image: &Path, fs: &Arc<Fs>) {
+fn watch_remounts(dev: &str, fs: &Arc<Fs>) {
     let Ok(mut table) = std::fs::File::open("/proc/self/mountinfo") else {
         return;
     };
-    let (image, fs) = (image.to_path_buf(), Arc::downgrade(fs));
+    let (dev, fs) = (dev.to_string(), Arc::downgrade(fs));
     let spawned = std::thread::Builder::new()
         .name("tkfs-remounts".into())
         .spawn(move || {
@@ -569,11 +583,13 @@ fn watch_remounts(image: &Path, fs: &Arc<Fs>) {
                 use std::io::Seek;
                 let _ = table.seek(std::io::SeekFrom::Start(0));
                 let _ = table.read_to_end(&mut sink);
-                let Some(m) = stats::mounts_of(&image).into_iter().next() else {
+                // This mount, by its superblock's device number: gone when the last mount of it
+                // is.
+                let Some(ro) = stats::super_ro_of(&dev) else {
                     return;
                 };
                 let Some(fs) = fs.upgrade() else { return };
-                if let Err(e) = fs.set_read_only(m.super_ro) {
+                if let Err(e) = fs.set_read_only(ro) {
                     eprintln!("ticketfs: remount: {e}");
                 }
                 drop(fs);
@@ -735,13 +751,27 @@ fn mount_again(o: &Options, first: &Path, first_ro: bool) -> ! {
 /// mount (and craft what the daemon reads). One anyone else may read is mounted with a
 /// warning: they can read every file's contents out of it. (A block device's access is the
 /// system's business, as for a kernel filesystem.)
-fn check_image_access(image: &Path) {
+fn check_image_access(image: &Path, flags: MountFlags) {
     use std::os::unix::fs::MetadataExt;
     let Ok(m) = std::fs::metadata(image) else {
         return;
     };
     if !m.is_file() {
         return;
+    }
+    // An image another user owns is theirs to change at will: mounted by root with set-id
+    // programs and devices honoured, it would be their way to root (a set-user-ID root shell
+    // written into it). As the kernel's own mounts of user-owned images need nosuid and nodev
+    // to be safe, so here.
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if me == 0 && m.uid() != 0 && !(flags.nosuid && flags.nodev) {
+        die(&format!(
+            "{}: owned by uid {}, not root: mount it with -o nosuid,nodev (its owner can change \
+             everything in it), or chown it to root",
+            image.display(),
+            m.uid()
+        ));
     }
     let mode = m.mode() & 0o777;
     if mode & 0o022 != 0 {
@@ -807,7 +837,7 @@ fn main() {
     if let Err(e) = ticketfs::image::open_image(Path::new(&o.image)) {
         die(&e.to_string());
     }
-    check_image_access(&o.image);
+    check_image_access(&o.image, o.flags);
     if o.foreground {
         let r = serve(&o, Some(lockf), &mut |_| {});
         if let Err(e) = r {

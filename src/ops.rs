@@ -36,6 +36,8 @@ pub const FOPEN_CACHE_DIR: u32 = 1 << 3;
 /// The kernel's `__FMODE_EXEC` open flag: execve opens the file to run it, which needs execute
 /// permission, not read.
 const FMODE_EXEC: i32 = 0o40;
+/// FUSE_WRITE_CACHE in a write's flags: the kernel writing back cached pages.
+pub const WRITE_CACHE: u32 = 1 << 0;
 /// FUSE_WRITE_KILL_SUIDGID in a write's flags: the writer lacks CAP_FSETID.
 pub const WRITE_KILL_SUIDGID: u32 = 1 << 2;
 /// RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT of renameat2(2).
@@ -318,7 +320,15 @@ impl Ops {
 
     pub fn write(&self, c: &Ctx, node: u64, off: u64, data: &[u8], write_flags: u32) -> Res<u32> {
         let kill = write_flags & WRITE_KILL_SUIDGID != 0;
-        res(self.fs.write_killing(c, self.ino(node), off, data, kill)).map(|n| n as u32)
+        // The kernel's write-back of cached pages (mmap, writeback_cache) takes no count: a
+        // short write there would leave pages it believes written. It gets the error instead,
+        // which the next fsync reports.
+        let n = if write_flags & WRITE_CACHE != 0 {
+            res(self.fs.write_back(self.ino(node), off, data, kill))?
+        } else {
+            res(self.fs.write_killing(c, self.ino(node), off, data, kill))?
+        };
+        Ok(n as u32)
     }
 
     pub fn copy_file_range(

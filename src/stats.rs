@@ -403,6 +403,26 @@ pub struct TicketfsMount {
     pub id: Option<crate::image::ImageId>,
 }
 
+/// The superblock of the mount with device number `dev` (`major:minor`) is read-only: Some
+/// while it is mounted somewhere.
+pub fn super_ro_of(dev: &str) -> Option<bool> {
+    ticketfs_mounts()
+        .ok()?
+        .into_iter()
+        .find(|m| m.dev == dev)
+        .map(|m| m.super_ro)
+}
+
+/// The device number of the ticketfs mount on `point` (the newest one).
+pub fn dev_of_mount(point: &Path) -> Option<String> {
+    ticketfs_mounts()
+        .ok()?
+        .into_iter()
+        .rev()
+        .find(|m| m.point == point)
+        .map(|m| m.dev)
+}
+
 /// The mounts of the image at `path`, found by identity: every spelling of its path, a symlink
 /// or a hard link to it names the same image.
 pub fn mounts_of(path: &Path) -> Vec<TicketfsMount> {
@@ -416,10 +436,12 @@ pub fn mounts_of(path: &Path) -> Vec<TicketfsMount> {
         .collect()
 }
 
-/// Every ticketfs mount this process can see, most recent last.
+/// Every ticketfs mount this process can see and this user made, most recent last.
 pub fn ticketfs_mounts() -> Result<Vec<TicketfsMount>, String> {
     let mi = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+    // SAFETY: geteuid cannot fail.
+    let owner = format!("user_id={}", unsafe { libc::geteuid() });
     Ok(mi
         .lines()
         .filter_map(|line| {
@@ -428,6 +450,13 @@ pub fn ticketfs_mounts() -> Result<Vec<TicketfsMount>, String> {
             let r: Vec<&str> = right.split(' ').collect();
             let (dev, root, point) = (*l.get(2)?, *l.get(3)?, *l.get(4)?);
             let (fstype, source) = (*r.first()?, *r.get(1)?);
+            // Only mounts this user made (root's, for root): anyone may make a FUSE mount with
+            // any name as its source, and its path must not be taken for an image, nor
+            // looked at (it may lead into a filesystem that never answers).
+            let opts = r.get(2).copied().unwrap_or("");
+            if !opts.split(',').any(|o| o == owner) {
+                return None;
+            }
             let source = PathBuf::from(unescape(source));
             let image = match fstype {
                 "fuse" | "fuse.ticketfs" => source,

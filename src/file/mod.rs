@@ -395,9 +395,25 @@ impl<'a> FileIo<'a> {
         now: Time,
         drop_setid: bool,
     ) -> Result<usize, EngineError> {
+        self.write_prefix(ino, off, data, now, drop_setid)
+            .map(|(n, _)| n)
+    }
+
+    /// `write`, telling apart a short write from a whole one: the bytes written and, when it
+    /// stopped short, the error that stopped it (the kernel's write-back of cached pages takes
+    /// no count and must get the error).
+    pub fn write_prefix(
+        &self,
+        ino: u64,
+        off: u64,
+        data: &[u8],
+        now: Time,
+        drop_setid: bool,
+    ) -> Result<(usize, Option<EngineError>), EngineError> {
         if data.is_empty() {
-            return Ok(0);
+            return Ok((0, None));
         }
+        let mut stopped = None;
         // Cleared at a successful end that changed neither the size nor the map (only the
         // times, the set-id bits or the bytes of blocks already written).
         let mut note = self.layout_note(ino);
@@ -435,6 +451,7 @@ impl<'a> FileIo<'a> {
                         return Err(e);
                     }
                     end = off + done;
+                    stopped = Some(e);
                     break;
                 }
             }
@@ -455,7 +472,7 @@ impl<'a> FileIo<'a> {
         if unchanged {
             tx.cancel()?;
             note.changed = st.layout;
-            return Ok((end - off) as usize);
+            return Ok(((end - off) as usize, stopped));
         }
         st.layout |= ino_d.size < end;
         ino_d = after;
@@ -463,7 +480,7 @@ impl<'a> FileIo<'a> {
         inode::write(&mut tx, &r, &ino_d);
         tx.commit()?;
         note.changed = st.layout;
-        Ok((end - off) as usize)
+        Ok(((end - off) as usize, stopped))
     }
 
     /// One step of a write at file block `fb` (`span`: the write's offset, end and last
@@ -849,7 +866,6 @@ impl<'a> FileIo<'a> {
         // edges: two more map changes.
         let _promise = self.promise_holes(ino, first, last, if zero { 2 } else { 0 })?;
         if zero {
-            let _edges = self.promise_map(false)?;
             self.zero_edges(ino, off, end)?;
             self.unwrite(ino, off.div_ceil(bs), end / bs)?;
         }
@@ -963,7 +979,7 @@ impl<'a> FileIo<'a> {
         more_changes: u64,
     ) -> Result<Option<BlockResv<'a>>, EngineError> {
         let (blocks, runs) = self.holes(ino, first, last)?;
-        if blocks == 0 {
+        if blocks == 0 && more_changes == 0 {
             return Ok(None);
         }
         let pieces = runs + blocks / EXTENT_LEN_MAX + more_changes;

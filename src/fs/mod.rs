@@ -323,6 +323,8 @@ pub struct Fs {
     generation: Mutex<u32>,
     /// Per inode, the commit fdatasync must force (`file::DataSeqs`).
     data_seqs: DataSeqs,
+    /// Inodes the mount freed from the unlinked trees.
+    orphans_freed_at_mount: std::sync::atomic::AtomicU64,
     /// Read-ahead of sequential reads (`file::readahead`), once `enable_readahead` is called.
     ra: Option<ReadAhead>,
 }
@@ -361,6 +363,7 @@ impl Fs {
             orphans: Mutex::new(HashSet::new()),
             generation: Mutex::new(seed),
             data_seqs: DataSeqs::default(),
+            orphans_freed_at_mount: std::sync::atomic::AtomicU64::new(0),
             ra: None,
         };
         fs.free_orphans()?;
@@ -376,16 +379,19 @@ impl Fs {
             orphans.extend(self.alloc.unlinked(&mut tx, agno)?);
         }
         tx.cancel()?;
-        if !orphans.is_empty() {
-            eprintln!(
-                "ticketfs: freeing {} inode(s) unlinked before the last crash",
-                orphans.len()
-            );
-        }
+        self.orphans_freed_at_mount
+            .store(orphans.len() as u64, std::sync::atomic::Ordering::Relaxed);
         for ino in orphans {
             self.destroy(ino)?;
         }
         Ok(())
+    }
+
+    /// Inodes the mount freed from the unlinked trees (unlinked while open before a crash): the
+    /// mount command reports them (a kernel filesystem would say so in its log).
+    pub fn orphans_freed_at_mount(&self) -> u64 {
+        self.orphans_freed_at_mount
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Promises the blocks an operation of `kind` may allocate (its table entry's buffer count
@@ -412,10 +418,16 @@ impl Fs {
     /// request threads still hold the filesystem); every later operation fails.
     pub fn unmount_now(&self) -> R<()> {
         let orphans: Vec<u64> = self.orphans.lock().drain().collect();
+        // The engine is unmounted (its threads stopped) whatever happens to the orphans: one
+        // left is freed by the next mount from the unlinked trees. The first error is reported.
+        let mut first = Ok(());
         for ino in orphans {
-            self.destroy(ino)?;
+            if let Err(e) = self.destroy(ino) {
+                first = first.and(Err(e));
+            }
         }
-        Ok(self.eng.unmount_now()?)
+        let r = self.eng.unmount_now();
+        first.and(r.map_err(FsError::from))
     }
 
     /// Drops everything unwritten, as a crash would (tests).
@@ -1372,6 +1384,18 @@ impl Fs {
         self.writable()?;
         let _g = self.data_lock(ino);
         Ok(self.io().write(ino, off, data, now(), kill_setid)?)
+    }
+
+    /// The kernel's write-back of cached pages (FUSE_WRITE_CACHE: mmap, writeback_cache): all
+    /// of `data` or an error, since it takes no count (a short count would leave pages it
+    /// believes written). The prefix written before the error stays, as a short write's does.
+    pub fn write_back(&self, ino: u64, off: u64, data: &[u8], kill_setid: bool) -> R<usize> {
+        self.writable()?;
+        let _g = self.data_lock(ino);
+        match self.io().write_prefix(ino, off, data, now(), kill_setid)? {
+            (_, Some(e)) => Err(e.into()),
+            (n, None) => Ok(n),
+        }
     }
 
     /// copy_file_range: copies up to `len` bytes of `from` at `off_in` to `to` at `off_out`, in

@@ -107,6 +107,18 @@ pub struct Trans<'e> {
     freed: Vec<(u64, u64)>,
     /// The allocator's lock while this step holds AG headers (see [`Trans::lock_allocation`]).
     alloc_guard: Option<ArcMutexGuard<RawMutex, ()>>,
+    /// Counted among the engine's live transactions until dropped.
+    _live: Live<'e>,
+}
+
+/// A transaction begun and not yet ended, counted in `Engine::live_trans`: the unmount waits
+/// for them to end before it writes the log home, so no commit lands after the last force.
+struct Live<'e>(&'e std::sync::atomic::AtomicUsize);
+
+impl Drop for Live<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Engine {
@@ -120,6 +132,14 @@ impl Engine {
             mem_bytes: if self.memres_on() { resv.mem_bytes } else { 0 },
         };
         let log = self.log();
+        // Counted before the unmount flag is looked at: an unmount that has set the flag either
+        // sees this transaction counted (and waits for it) or this begin sees the flag.
+        self.live_trans
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let live = Live(&self.live_trans);
+        if self.is_unmounting() {
+            return Err(self.shutdown_error());
+        }
         if kind == TransKind::Read {
             // Nothing to reserve: a reader never queues behind writers at the gate.
             if log.is_shut_down() {
@@ -140,6 +160,7 @@ impl Engine {
                 finished: false,
                 freed: Vec::new(),
                 alloc_guard: None,
+                _live: live,
             });
         }
         let out = log
@@ -168,6 +189,7 @@ impl Engine {
             finished: false,
             freed: Vec::new(),
             alloc_guard: None,
+            _live: live,
         })
     }
 }
