@@ -169,6 +169,18 @@ fn installed_tools_work_with_mkfs_fsck_and_mount() {
     run(&["mkfs", "-t", "ticketfs", "-s", "64M", img_s]);
     run(&["fsck", "-t", "ticketfs", img_s]);
     run(&["mount", "-t", "fuse.ticketfs", img_s, dir_s]);
+    // Unmounted whatever happens below (lazily if it is still mounted when the test fails).
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+                .is_ok_and(|m| m.contains(&*self.0.to_string_lossy()));
+            if mounted {
+                let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+            }
+        }
+    }
+    let _guard = Unmount(dir.clone());
     // Mounted as fuseblk over a loop device whose backing file is the image.
     let found = run(&["findmnt", "-n", "-o", "SOURCE,FSTYPE", dir_s]);
     let ok = std::fs::write(dir.join("hello"), b"world").is_ok()
