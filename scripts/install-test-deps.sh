@@ -20,6 +20,11 @@ done
 if ! id tkfs-test >/dev/null 2>&1; then
     useradd -U -M -s /usr/sbin/nologin tkfs-test
 fi
+# /dev/fuse 0666, as Debian's udev rule for fuse3 makes it (a machine without udev leaves it
+# 0600): users other than root mount through fusermount3, which opens it as the user.
+if [ -c /dev/fuse ]; then
+    chmod 0666 /dev/fuse
+fi
 # FUSE over io_uring (Linux 6.14+ with CONFIG_FUSE_IO_URING): off by default in the kernel; on,
 # every mount of the suite is served through the io_uring queues (src/ring), and
 # tests/transport.rs compares them with /dev/fuse (-o uring=off).

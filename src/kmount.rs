@@ -12,7 +12,7 @@
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -111,14 +111,114 @@ pub fn mount(spec: &Spec, dev: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Mounts through `fusermount3` (Debian's fuse3), the set-user-ID helper through which a user
+/// other than root mounts FUSE: it opens `/dev/fuse`, mounts (type `fuse`, with nosuid and
+/// nodev) and hands the connection back over a socket (libfuse's protocol: the socket's number
+/// in `_FUSE_COMMFD`, the descriptor in an SCM_RIGHTS message).
+pub fn mount_fusermount(spec: &Spec) -> io::Result<OwnedFd> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair fills two descriptors we then own.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both are fresh and ours; ours is close-on-exec, the helper's end is inherited.
+    let (theirs, ours) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    unsafe { libc::fcntl(ours.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    let mut opts = vec![
+        if spec.read_only { "ro" } else { "rw" }.to_string(),
+        "nosuid".to_string(),
+        "nodev".to_string(),
+        format!("fsname={}", spec.source.display()),
+        format!("max_read={}", spec.max_read),
+    ];
+    if spec.allow_other {
+        opts.push("allow_other".into());
+    }
+    if spec.default_permissions {
+        opts.push("default_permissions".into());
+    }
+    if spec.ms_flags & libc::MS_NOEXEC != 0 {
+        opts.push("noexec".into());
+    }
+    let status = std::process::Command::new("fusermount3")
+        .arg("-o")
+        .arg(opts.join(","))
+        .arg("--")
+        .arg(&spec.point)
+        .env("_FUSE_COMMFD", theirs.as_raw_fd().to_string())
+        .stdin(std::process::Stdio::null())
+        .status()
+        .map_err(|e| {
+            io::Error::new(e.kind(), format!("fusermount3: {e} (Debian package fuse3)"))
+        })?;
+    drop(theirs);
+    if !status.success() {
+        return Err(io::Error::other(format!("fusermount3 failed ({status})")));
+    }
+    receive_fd(&ours)
+}
+
+/// One descriptor sent over `sock` in an SCM_RIGHTS message.
+fn receive_fd(sock: &OwnedFd) -> io::Result<OwnedFd> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // Room for one descriptor's control message, aligned as cmsghdr wants.
+    let mut space = [0u64; 8];
+    // SAFETY: a zeroed msghdr pointing at our iovec and control buffer.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = space.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE only computes a size.
+    msg.msg_controllen =
+        unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    // SAFETY: recvmsg fills the buffers msg names, all ours and live.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the control buffer holds what recvmsg wrote; CMSG_FIRSTHDR checks its length.
+    let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    if cmsg.is_null() {
+        return Err(io::Error::other("fusermount3 sent no descriptor"));
+    }
+    // SAFETY: cmsg points into our control buffer, checked non-null above.
+    let (level, kind) = unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type) };
+    if level != libc::SOL_SOCKET || kind != libc::SCM_RIGHTS {
+        return Err(io::Error::other(
+            "fusermount3 sent something else than a descriptor",
+        ));
+    }
+    // SAFETY: an SCM_RIGHTS message's data is the descriptor, which is now ours.
+    let fd = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::c_int) };
+    // SAFETY: a descriptor the kernel just installed for us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Unmounts `point` (what SIGTERM to the daemon does).
 pub fn umount(point: &Path) -> io::Result<()> {
     let p = cstr(point)?;
     // SAFETY: a NUL-terminated path.
-    if unsafe { libc::umount2(p.as_ptr(), 0) } != 0 {
-        return Err(io::Error::last_os_error());
+    if unsafe { libc::umount2(p.as_ptr(), 0) } == 0 {
+        return Ok(());
     }
-    Ok(())
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EPERM) {
+        return Err(e);
+    }
+    // Not root: the helper that mounted it unmounts it.
+    let st = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(point)
+        .status()?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("fusermount3 -u failed ({st})")))
+    }
 }
 
 /// Is `path` a block device?

@@ -396,7 +396,6 @@ fn serve(
         let _ = fs.unmount_now();
         msg
     };
-    let conn = ticketfs::kmount::open_dev_fuse().map_err(|e| unmount_fs(e.to_string()))?;
     let mut spec = ticketfs::kmount::Spec {
         source: source.clone(),
         point: point.clone(),
@@ -424,7 +423,16 @@ fn serve(
             }
         }
     }
-    ticketfs::kmount::mount(&spec, &conn).map_err(|e| {
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let conn = if root {
+        ticketfs::kmount::open_dev_fuse()
+            .and_then(|conn| ticketfs::kmount::mount(&spec, &conn).map(|()| conn))
+    } else {
+        // Another user mounts through fusermount3 (plain fuse, nosuid, nodev).
+        ticketfs::kmount::mount_fusermount(&spec)
+    }
+    .map_err(|e| {
         unmount_fs(format!(
             "mounting {} on {}: {e}",
             spec.source.display(),

@@ -523,3 +523,69 @@ fn a_user_can_neither_block_a_mount_nor_reach_its_statistics() {
     let _ = squat.wait();
     m.unmount();
 }
+
+/// A user other than root mounts an image of their own through fusermount3 (Debian's fuse3):
+/// plain fuse, nosuid and nodev, their own runtime directory for the lock and the statistics,
+/// SIGTERM unmounts it, and the image is clean afterwards.
+#[test]
+fn a_user_mounts_an_image_of_their_own_through_fusermount3() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let fuse_mode = fs::metadata("/dev/fuse")
+        .ok()
+        .map(|m| m.permissions().mode() & 0o777);
+    if fuse_mode.is_none_or(|m| m & 0o006 != 0o006) {
+        eprintln!(
+            "SKIPPED: /dev/fuse is not open to other users here (mode {fuse_mode:?}; Debian's udev \
+             makes it 0666, scripts/install-test-deps.sh does where udev does not run)"
+        );
+        return;
+    }
+    if Command::new("fusermount3").arg("-V").output().is_err() {
+        eprintln!("SKIPPED: fusermount3 is missing (Debian package fuse3)");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    chown(work.path(), OTHER, OTHER);
+    let bin = Path::new(env!("CARGO_BIN_EXE_ticketfs"));
+    let (mkfs, fsck) = (
+        bin.with_file_name("mkfs-ticketfs"),
+        bin.with_file_name("fsck-ticketfs"),
+    );
+    let script = format!(
+        "set -e; cd {w}; {mkfs} -s 64M img >/dev/null; mkdir m; {tk} img m; \
+         grep -q \" {w}/m fuse rw,nosuid,nodev,\" /proc/mounts; ls m >/dev/null; \
+         {tk} stats m | grep -q '^image'; pkill -TERM -u {OTHER} -x ticketfs; \
+         for i in $(seq 100); do grep -q \" {w}/m \" /proc/mounts || break; sleep 0.05; done; \
+         ! grep -q \" {w}/m \" /proc/mounts; \
+         for i in $(seq 100); do {fsck} -n img >/dev/null 2>&1 && exit 0; sleep 0.05; done; \
+         {fsck} -n img",
+        w = work.path().display(),
+        mkfs = mkfs.display(),
+        tk = bin.display(),
+        fsck = fsck.display(),
+    );
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "env",
+            "-u",
+            "XDG_RUNTIME_DIR",
+        ])
+        .arg(format!("HOME={}", work.path().display()))
+        .args(["sh", "-c", &script])
+        .output()
+        .expect("setpriv");
+    // Whatever happened, leave no mount behind.
+    let _ = Command::new("umount")
+        .arg("-l")
+        .arg(work.path().join("m"))
+        .status();
+    assert!(
+        out.status.success(),
+        "a user's mount through fusermount3: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
