@@ -119,7 +119,9 @@ struct Inline {
 /// The entries of an inline directory, checked against the fork area's bounds.
 fn inline_entries(dir: u64, inode: &Inode) -> Result<Vec<Inline>, EngineError> {
     let f = &inode.fork;
-    let mut out = Vec::with_capacity(inode.nextents as usize);
+    // The count comes from the image: at most as many entries as the fork can hold are made
+    // room for (the loop below stops at the fork's end anyway).
+    let mut out = Vec::with_capacity((inode.nextents as usize).min(FORK_BYTES / INLINE_HDR));
     let mut at = INLINE_OFF;
     for _ in 0..inode.nextents {
         if at + INLINE_HDR > FORK_BYTES {
