@@ -133,3 +133,30 @@ fn force_all_waits_for_the_checkpoint_in_flight() {
         "a change committed before syncfs is missing after a crash that followed it"
     );
 }
+
+/// A rolling transaction lets go of the buffers of each step it has committed: its list of
+/// joined buffers stays as short as what it holds, however many steps it takes. (It kept every
+/// buffer it had ever joined, so each lookup walked them all: removing a file of 25,600 extents,
+/// one step each, took 387 s in fstests' generic/611.)
+#[test]
+fn a_rolling_transaction_forgets_the_buffers_of_its_committed_steps() {
+    let g = geometry(4096, 4096, 0);
+    let dev = Arc::new(MemDevice::from_bytes(4096, formatted_image(g)));
+    let (first, _) = data_blocks(&g);
+    let eng = mount(dev, EngineOptions::default());
+    let mut t = eng.begin(TransKind::Truncate).unwrap();
+    let held = t.get_buf(first, btype_for(0), 1).unwrap();
+    t.log_range(held, BLOCK_HEADER_BYTES..BLOCK_HEADER_BYTES + 8);
+    t.hold(held);
+    for i in 1..200u64 {
+        let b = t.get_buf(first + i, btype_for(i), 1).unwrap();
+        t.log_range(b, BLOCK_HEADER_BYTES..BLOCK_HEADER_BYTES + 8);
+        t.roll().unwrap();
+        assert!(t.joined_len() <= 2, "step {i}: {} buffers still listed", t.joined_len());
+        // The held buffer is still there, under its id.
+        t.data_mut(held)[BLOCK_HEADER_BYTES] = i as u8;
+        t.log_range(held, BLOCK_HEADER_BYTES..BLOCK_HEADER_BYTES + 1);
+    }
+    t.commit().unwrap();
+    eng.unmount().unwrap();
+}

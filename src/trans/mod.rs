@@ -219,6 +219,25 @@ impl<'e> Trans<'e> {
             .map(BufId)
     }
 
+    /// Entries in this transaction's list of joined buffers (released ones at its end are
+    /// dropped from it): for tests of its bound.
+    pub fn joined_len(&self) -> usize {
+        self.bufs.len()
+    }
+
+    /// Drops the released buffers at the end of the list, whose ids nobody may use any more
+    /// (their locks are gone), so lookups walk only what the transaction still holds and what
+    /// it joined after that. Ids of the buffers still joined do not move. Called at a roll only:
+    /// a `BufMark` taken within a step must keep pointing past the buffers joined before it.
+    fn trim_released(&mut self) {
+        let keep = self
+            .bufs
+            .iter()
+            .rposition(|b| b.guard.is_some())
+            .map_or(0, |i| i + 1);
+        self.bufs.truncate(keep);
+    }
+
     /// A mark of the buffers joined so far, for `release_clean`.
     pub fn mark(&self) -> BufMark {
         BufMark(self.bufs.len())
@@ -638,6 +657,7 @@ impl<'e> Trans<'e> {
                 b.crc_at_join = Some(crc32fast::hash(&b.content().data));
             }
         }
+        self.trim_released();
         if !self
             .bufs
             .iter()
