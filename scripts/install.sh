@@ -5,12 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PREFIX=${PREFIX:-/usr/local/sbin}
-# NO_BUILD=1: install what is already built (the test suite does, after building it).
+# NO_BUILD=1: install what is already built in BIN_DIR (default target/release; the test suite
+# installs its own build, target/ci).
+BIN_DIR=${BIN_DIR:-target/release}
 if [ -z "${NO_BUILD:-}" ]; then
     cargo build --release --workspace --quiet
 fi
 mkdir -p "$PREFIX"
-install -m 0755 target/release/ticketfs "$PREFIX/ticketfs"
-install -m 0755 target/release/mkfs-ticketfs "$PREFIX/mkfs.ticketfs"
-install -m 0755 target/release/fsck-ticketfs "$PREFIX/fsck.ticketfs"
+install -m 0755 "$BIN_DIR/ticketfs" "$PREFIX/ticketfs"
+install -m 0755 "$BIN_DIR/mkfs-ticketfs" "$PREFIX/mkfs.ticketfs"
+install -m 0755 "$BIN_DIR/fsck-ticketfs" "$PREFIX/fsck.ticketfs"
 echo "installed ticketfs, mkfs.ticketfs, fsck.ticketfs into $PREFIX"

@@ -6,7 +6,7 @@
 mod common;
 
 use common::mount::{image, Mount};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn repo() -> PathBuf {
@@ -132,10 +132,11 @@ fn fsx_on(opts: &str, ops: u32) {
         "fsx -o {opts} failed:\n{}",
         text.lines().rev().take(30).collect::<Vec<_>>().join("\n")
     );
-    let fsck = Command::new(repo().join("target/release/fsck-ticketfs"))
-        .arg(&img)
-        .status()
-        .expect("fsck");
+    let fsck =
+        Command::new(Path::new(env!("CARGO_BIN_EXE_ticketfs")).with_file_name("fsck-ticketfs"))
+            .arg(&img)
+            .status()
+            .expect("fsck");
     assert!(fsck.success(), "fsck after fsx");
 }
 
@@ -144,6 +145,11 @@ fn installed_tools_work_with_mkfs_fsck_and_mount() {
     let st = Command::new("bash")
         .arg(repo().join("scripts/install.sh"))
         .env("NO_BUILD", "1")
+        // The binaries of the build under test (target/ci in the suite, target/release else).
+        .env(
+            "BIN_DIR",
+            Path::new(env!("CARGO_BIN_EXE_ticketfs")).parent().unwrap(),
+        )
         .status()
         .expect("install.sh");
     assert!(st.success());

@@ -30,6 +30,10 @@ impl ChunkMap {
             self.bits[c / 64] |= 1 << (c % 64);
         }
     }
+    /// Whether byte `off` lies in a marked chunk.
+    pub fn covers(&self, off: usize) -> bool {
+        self.get(off / CHUNK_BYTES)
+    }
     pub fn is_empty(&self) -> bool {
         self.bits.iter().all(|&w| w == 0)
     }

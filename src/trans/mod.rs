@@ -51,9 +51,10 @@ struct TBuf {
     cancel: bool,
     /// Kept locked across rolls (as xfs_trans_bhold); every other buffer is released at a roll.
     held: bool,
-    /// CRC of the bytes when joined: an unlogged buffer must come out unchanged (debug builds).
+    /// The bytes when joined (or at the last roll): every byte that differs from them when the
+    /// step commits must lie in a logged region, as xfs_buf_item_log_check checks (debug builds).
     #[cfg(debug_assertions)]
-    crc_at_join: Option<u32>,
+    at_join: Option<Box<[u8]>>,
 }
 
 impl TBuf {
@@ -65,6 +66,37 @@ impl TBuf {
             .as_deref()
             .expect("buffer used after release_clean")
     }
+    /// The first byte changed since the buffer was joined (or last rolled) outside every region
+    /// logged since: a change recovery would never replay.
+    #[cfg(debug_assertions)]
+    fn unlogged_change(&self) -> Option<usize> {
+        let (Some(old), Some(g)) = (&self.at_join, &self.guard) else {
+            return None;
+        };
+        if self.cancel {
+            return None;
+        }
+        old.iter()
+            .zip(g.data.iter())
+            .position(|(a, b)| a != b)
+            .and_then(|first| {
+                (first..old.len()).find(|&i| old[i] != g.data[i] && !self.dirty.covers(i))
+            })
+    }
+
+    /// Panics (debug builds) when `unlogged_change` finds a byte.
+    #[cfg(debug_assertions)]
+    fn assert_logged(&self) {
+        if let Some(at) = self.unlogged_change() {
+            panic!(
+                "block {} ({}): byte {at} changed but not logged (logged regions {:?})",
+                self.head.blkno,
+                self.btype.name(),
+                self.dirty
+            );
+        }
+    }
+
     fn content_mut(&mut self) -> &mut BufContent {
         self.guard
             .as_deref_mut()
@@ -258,12 +290,7 @@ impl<'e> Trans<'e> {
                 && b.guard.is_some()
             {
                 #[cfg(debug_assertions)]
-                debug_assert!(
-                    b.crc_at_join
-                        .is_none_or(|c| c == crc32fast::hash(&b.content().data)),
-                    "block {} changed but not logged",
-                    b.head.blkno
-                );
+                b.assert_logged();
                 b.guard = None;
             }
         }
@@ -315,7 +342,8 @@ impl<'e> Trans<'e> {
         Ok(self.push(head, guard, btype, true))
     }
 
-    /// Adds a joined buffer; `watch` remembers its CRC to catch unlogged changes (debug builds).
+    /// Adds a joined buffer; `watch` keeps a copy of its bytes to catch unlogged changes (debug
+    /// builds).
     fn push(
         &mut self,
         head: Arc<BufHead>,
@@ -324,7 +352,7 @@ impl<'e> Trans<'e> {
         watch: bool,
     ) -> BufId {
         #[cfg(debug_assertions)]
-        let crc_at_join = watch.then(|| crc32fast::hash(&guard.data));
+        let at_join = watch.then(|| guard.data.to_vec().into_boxed_slice());
         #[cfg(not(debug_assertions))]
         let _ = watch;
         self.bufs.push(TBuf {
@@ -337,7 +365,7 @@ impl<'e> Trans<'e> {
             cancel: false,
             held: false,
             #[cfg(debug_assertions)]
-            crc_at_join,
+            at_join,
         });
         BufId(self.bufs.len() - 1)
     }
@@ -461,14 +489,7 @@ impl<'e> Trans<'e> {
         let eng = self.eng;
         #[cfg(debug_assertions)]
         for b in &self.bufs {
-            if b.dirty.is_empty() && !b.cancel && b.guard.is_some() {
-                debug_assert!(
-                    b.crc_at_join
-                        .is_none_or(|c| c == crc32fast::hash(&b.content().data)),
-                    "block {} changed but not logged",
-                    b.head.blkno
-                );
-            }
+            b.assert_logged();
         }
         let commit: Vec<CommitBuf<'_>> = self
             .bufs
@@ -574,6 +595,14 @@ impl<'e> Trans<'e> {
 
     fn release_unchanged(&mut self) -> Result<(), EngineError> {
         let dirty = self.bufs.iter().any(|b| !b.dirty.is_empty());
+        // A transaction that logged nothing must have changed nothing: its buffers go back to
+        // the cache as they are. (One that logged shuts the log down below.)
+        #[cfg(debug_assertions)]
+        if !dirty && !std::thread::panicking() {
+            for b in &self.bufs {
+                b.assert_logged();
+            }
+        }
         let (log, mem) = (self.log, self.mem);
         self.eng
             .trans_pinned
@@ -654,7 +683,7 @@ impl<'e> Trans<'e> {
             b.charged = false;
             #[cfg(debug_assertions)]
             {
-                b.crc_at_join = Some(crc32fast::hash(&b.content().data));
+                b.at_join = Some(b.content().data.to_vec().into_boxed_slice());
             }
         }
         self.trim_released();
