@@ -659,17 +659,8 @@ fn check_inode(c: &mut Checker<'_>, tx: &mut Trans<'_>, ino: u64, i: &Inode) {
             Ok(list) => {
                 let mut prev_end = 0;
                 for e in list {
-                    let end = e.start.checked_add(e.len as u64);
-                    if e.len == 0 || end.is_none_or(|end| end > c.eng.geometry().block_count) {
-                        c.problem(
-                            "inodes",
-                            None,
-                            Some(ino),
-                            format!(
-                                "inode {ino}: extent at file block {} maps blocks {}+{} outside the device",
-                                e.file_block, e.start, e.len
-                            ),
-                        );
+                    if let Some(why) = c.eng.geometry().extent_problem(&e) {
+                        c.problem("inodes", None, Some(ino), format!("inode {ino}: {why}"));
                         continue;
                     }
                     if e.file_block < prev_end {
@@ -744,6 +735,17 @@ fn check_inode(c: &mut Checker<'_>, tx: &mut Trans<'_>, ino: u64, i: &Inode) {
         );
     }
     for (b, what) in owned {
+        // The rule repair and the file layer apply too (`Geometry::in_data_area`).
+        if !c.eng.geometry().in_data_area(b) {
+            let role = c.eng.geometry().reserved_role(b);
+            c.problem(
+                "inodes",
+                Some(b),
+                Some(ino),
+                format!("inode {ino}: {what} at block {b}, {role}"),
+            );
+            continue;
+        }
         if what != "file data" {
             c.meta.push(b);
         }

@@ -150,38 +150,8 @@ pub struct Engine {
     pub(crate) alloc_lock: [AtomicU64; 3],
 }
 
-/// Reads the superblock: the primary, or the backup if the primary is bad.
-pub fn read_superblock(dev: &dyn Device) -> Result<Superblock, EngineError> {
-    let bs = dev.block_size() as usize;
-    let mut buf = AlignedBuf::new(bs);
-    dev.read(0, &mut buf).map_err(EngineError::Io)?;
-    let primary = Superblock::decode(&buf, 0);
-    let sb = match primary {
-        Ok(sb) => sb,
-        Err(e) => {
-            let last = dev
-                .block_count()
-                .checked_sub(1)
-                .ok_or_else(|| EngineError::Corrupt(e.clone()))?;
-            dev.read(last, &mut buf).map_err(EngineError::Io)?;
-            Superblock::decode(&buf, last).map_err(|_| EngineError::Corrupt(e))?
-        }
-    };
-    if sb.geometry.block_size as usize != bs {
-        return Err(EngineError::Invalid(format!(
-            "device opened with {bs}-byte blocks, filesystem has {}",
-            sb.geometry.block_size
-        )));
-    }
-    if sb.geometry.block_count > dev.block_count() {
-        return Err(EngineError::Invalid(format!(
-            "filesystem has {} blocks, device only {}",
-            sb.geometry.block_count,
-            dev.block_count()
-        )));
-    }
-    Ok(sb)
-}
+/// Reads the superblock: the copy the rest of the filesystem agrees with (`sbselect`).
+pub use crate::sbselect::read_superblock;
 
 fn write_superblocks(dev: &dyn Device, sb: &Superblock) -> Result<(), EngineError> {
     let bs = sb.geometry.block_size as usize;

@@ -29,6 +29,7 @@ pub mod proto;
 pub mod repair;
 pub mod ring;
 pub mod rundir;
+pub mod sbselect;
 pub mod stats;
 pub mod trans;
 pub mod xattr;

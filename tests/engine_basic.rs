@@ -152,7 +152,11 @@ fn a_rolling_transaction_forgets_the_buffers_of_its_committed_steps() {
         let b = t.get_buf(first + i, btype_for(i), 1).unwrap();
         t.log_range(b, BLOCK_HEADER_BYTES..BLOCK_HEADER_BYTES + 8);
         t.roll().unwrap();
-        assert!(t.joined_len() <= 2, "step {i}: {} buffers still listed", t.joined_len());
+        assert!(
+            t.joined_len() <= 2,
+            "step {i}: {} buffers still listed",
+            t.joined_len()
+        );
         // The held buffer is still there, under its id.
         t.data_mut(held)[BLOCK_HEADER_BYTES] = i as u8;
         t.log_range(held, BLOCK_HEADER_BYTES..BLOCK_HEADER_BYTES + 1);

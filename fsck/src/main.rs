@@ -1,11 +1,14 @@
 //! fsck.ticketfs: checks a ticketfs image (the checker is `ticketfs::check`).
 //!
-//! `fsck.ticketfs [-n] [-y] [-f] [-v] [--json] IMAGE`. A dirty log is replayed first — with `-n`
+//! `fsck.ticketfs [-n] [-y] [-f] [-v] [--json] [-b BLOCK] IMAGE`. A dirty log is replayed first — with `-n`
 //! into a copy-on-write overlay in memory, so `-n` never writes; the check itself always runs on
 //! such an overlay. A mounted image (locked by its daemon) is refused. Exit codes follow fsck(8):
 //! 0 clean, 1 errors corrected, 4 errors left uncorrected, 8 operational error, 16 usage error.
 //! `-y` (or -a, -p) repairs (`ticketfs::repair`), then checks again: exit 1 when that check is
 //! clean. Without -y nothing is repaired; without -n a clean image's dirty log is replayed.
+//! The superblock is the copy the rest of the filesystem agrees with (`ticketfs::sbselect`), or
+//! with `-b BLOCK` the copy at that block (0, or the backup in the last block); `-y` rewrites the
+//! other copy from it.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -13,15 +16,15 @@ use std::process::exit;
 use std::sync::Arc;
 use ticketfs::check::{check, CheckReport};
 use ticketfs::device::{AlignedBuf, Device, OverlayDevice};
-use ticketfs::engine::read_superblock;
 use ticketfs::format::Superblock;
 use ticketfs::image::open_image_buffered;
 use ticketfs::log::{recover, Damage};
 use ticketfs::mem::MemRes;
 use ticketfs::repair::RepairReport;
+use ticketfs::sbselect::{choose, SbCopy};
 use ticketfs::{Engine, EngineOptions};
 
-const USAGE: &str = "usage: fsck.ticketfs [-n] [-y] [-f] [-v] [--json] IMAGE";
+const USAGE: &str = "usage: fsck.ticketfs [-n] [-y] [-f] [-v] [--json] [-b BLOCK] IMAGE";
 /// Memory for the checker's metadata cache: it holds nothing locked, reads each block about once,
 /// and the page cache (the image is opened buffered) serves what it evicts.
 const CHECK_CACHE_BYTES: u64 = 8 << 20;
@@ -39,21 +42,31 @@ fn fail(code: i32, msg: &str) -> ! {
     exit(code)
 }
 
-/// The check of one state of the image: replays the log into an overlay of `dev` and checks
-/// what results. Nothing is written to `dev`.
+/// Writes `sb` to both of its places on `dev`.
+fn write_copies(dev: &dyn Device, sb: &Superblock) -> Result<(), String> {
+    let mut buf = AlignedBuf::new(sb.geometry.block_size as usize);
+    for blkno in [0, sb.geometry.backup_sb_blkno()] {
+        sb.encode(&mut buf, blkno);
+        dev.write(blkno, &buf)
+            .map_err(|e| format!("superblock copy at block {blkno}: {e}"))?;
+    }
+    dev.flush().map_err(|e| format!("flush: {e}"))
+}
+
+/// The check of one state of the image, with superblock `sb`: replays the log into an overlay
+/// of `dev` and checks what results. Nothing is written to `dev`.
 fn check_overlay(
     dev: &Arc<dyn Device>,
+    sb: &Superblock,
     path: &std::path::Path,
     tty: bool,
 ) -> (CheckReport, Option<String>) {
     let overlay = Arc::new(OverlayDevice::new(dev.clone()));
-    let sb = match read_superblock(&*overlay) {
-        Ok(sb) => sb,
-        Err(e) => fail(
-            EXIT_UNCORRECTED,
-            &format!("{}: superblock: {e}", path.display()),
-        ),
-    };
+    // Both copies as the chosen one, in the overlay only: the mount below reads them.
+    if let Err(e) = write_copies(&*overlay, sb) {
+        fail(EXIT_OPERATIONAL, &format!("{}: {e}", path.display()));
+    }
+    let sb = sb.clone();
     let damage = match recover(&*overlay, &sb, Damage::Accept) {
         Ok(r) => r.damaged.map(|e| e.to_string()),
         Err(e) => fail(EXIT_UNCORRECTED, &format!("{}: log: {e}", path.display())),
@@ -98,28 +111,50 @@ fn bar(tty: bool) -> impl FnMut(&str, u64, u64) {
     }
 }
 
-/// Superblock copies that are bad or differ from the one in use.
-fn superblock_problems(dev: &dyn Device, sb: &Superblock) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut buf = AlignedBuf::new(sb.geometry.block_size as usize);
-    for blkno in [0, sb.geometry.backup_sb_blkno()] {
-        let ok = dev.read(blkno, &mut buf).is_ok()
-            && Superblock::decode(&buf, blkno)
-                .is_ok_and(|s| s.geometry == sb.geometry && s.uuid == sb.uuid);
-        if !ok {
-            out.push(format!(
-                "superblock copy at block {blkno} is bad or differs"
-            ));
+/// The superblock to use (`which`) and its copies that are bad or differ from it.
+fn superblock(
+    dev: &dyn Device,
+    which: SbCopy,
+    path: &std::path::Path,
+) -> (Superblock, Vec<String>) {
+    match choose(dev, which) {
+        Ok(c) => {
+            let problems = c
+                .others
+                .iter()
+                .map(|(b, why)| {
+                    format!(
+                        "copy at block {b}: {why} (using the copy at block {})",
+                        c.blkno
+                    )
+                })
+                .collect();
+            (c.sb, problems)
         }
+        Err(e) => fail(
+            EXIT_UNCORRECTED,
+            &format!("{}: superblock: {e}", path.display()),
+        ),
     }
-    out
 }
 
 fn main() {
     let (mut no_write, mut repair_on, mut verbose, mut json, mut image) =
         (false, false, false, false, None);
-    for a in std::env::args().skip(1) {
+    let mut which = SbCopy::Auto;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
         match a.as_str() {
+            "-b" => {
+                let v = args.next().unwrap_or_default();
+                match v.parse::<u64>() {
+                    Ok(b) => which = SbCopy::Block(b),
+                    Err(_) => fail(
+                        EXIT_USAGE,
+                        &format!("-b needs a block number (0 or the backup's), not {v:?}\n{USAGE}"),
+                    ),
+                }
+            }
             "-n" => no_write = true,
             // -a and -p (fsck(8)'s automatic repair) repair as -y does.
             "-y" | "-a" | "-p" => repair_on = true,
@@ -175,29 +210,36 @@ fn main() {
         Ok(d) => Arc::new(d),
         Err(e) => fail(EXIT_OPERATIONAL, &format!("{}: {e}", path.display())),
     };
-    let sb = match read_superblock(&*dev) {
-        Ok(sb) => sb,
-        Err(e) => fail(
-            EXIT_UNCORRECTED,
-            &format!("{}: superblock: {e}", path.display()),
-        ),
-    };
-    let sb_problems = superblock_problems(&*dev, &sb);
+    let (sb, sb_problems) = superblock(&*dev, which, &path);
     let tty = std::io::stderr().is_terminal() && !json;
 
     // The check, always on an overlay: -n and the plain check never write.
-    let (report, damage) = check_overlay(&dev, &path, tty);
+    let (report, damage) = check_overlay(&dev, &sb, &path, tty);
     let log_problems: Vec<String> = damage.iter().cloned().collect();
     let errors = sb_problems.len() as u64 + log_problems.len() as u64 + report.problem_count();
     let mut repaired: Option<(RepairReport, CheckReport)> = None;
     if repair_on && errors > 0 {
-        // The log for real (checkpoints up to any damage), then the repair, then a fresh check.
+        // The superblock copies first (everything after reads them), then the log for real
+        // (checkpoints up to any damage), then the repair, then a fresh check.
+        let mut sb_fixed = Vec::new();
+        if !sb_problems.is_empty() {
+            if let Err(e) = write_copies(&*dev, &sb) {
+                fail(EXIT_UNCORRECTED, &format!("{}: {e}", path.display()));
+            }
+            sb_fixed = sb_problems
+                .iter()
+                .map(|p| format!("superblock {p}: rewritten"))
+                .collect();
+        }
         if let Err(e) = recover(&*dev, &sb, Damage::Accept) {
             fail(EXIT_UNCORRECTED, &format!("{}: log: {e}", path.display()));
         }
         let mut progress = bar(tty);
         let rep = match ticketfs::repair::repair(dev.clone(), &mut progress) {
             Ok(mut r) => {
+                for (i, l) in sb_fixed.into_iter().enumerate() {
+                    r.fixed.insert(i, l);
+                }
                 if let Some(d) = &damage {
                     r.fixed.insert(
                         0,
@@ -214,7 +256,7 @@ fn main() {
         if tty {
             eprint!("\r\x1b[K");
         }
-        let (after, damage_after) = check_overlay(&dev, &path, tty);
+        let (after, damage_after) = check_overlay(&dev, &sb, &path, tty);
         if let Some(d) = damage_after {
             fail(
                 EXIT_UNCORRECTED,
@@ -230,7 +272,7 @@ fn main() {
     }
     drop(lockf);
     let left = match &repaired {
-        Some((_, after)) => after.problem_count() + superblock_problems(&*dev, &sb).len() as u64,
+        Some((_, after)) => after.problem_count() + superblock(&*dev, which, &path).1.len() as u64,
         None => errors,
     };
     let code = match (&repaired, left) {

@@ -334,16 +334,8 @@ impl Allocator {
     /// The range of AG `agno` that holds free space initially: after its reserved blocks (and in
     /// AG 0 after the log), before the backup superblock in the last AG.
     pub fn initial_free(&self, agno: u32) -> (u64, u64) {
-        let start = self.ag_start(agno);
-        let mut first = start + AG_RESERVED_BLOCKS;
-        if agno == 0 {
-            first = first.max(self.geo.log_end());
-        }
-        let mut end = start + self.ag_len(agno);
-        if agno == self.geo.ag_count - 1 {
-            end -= 1;
-        }
-        (first, end)
+        let r = self.geo.ag_data_range(agno);
+        (r.start, r.end)
     }
 
     pub fn summary(&self, agno: u32) -> AgSummary {

@@ -7,7 +7,7 @@ use crate::alloc::{Allocator, InodeBlocks};
 use crate::btree::{Btree, NodeAlloc, Root, Val};
 use crate::engine::EngineError;
 use crate::format::inode::{ino_split, DataFormat, Extent, Inode, INLINE_EXTENTS};
-use crate::format::{BlockType, FormatError};
+use crate::format::{BlockType, FormatError, Geometry};
 use crate::trans::Trans;
 
 /// The extent is allocated but was never written: it reads as zeros.
@@ -48,21 +48,14 @@ fn corrupt(ino: u64, detail: String) -> EngineError {
     ))
 }
 
-/// Checks an extent read from disk: non-empty, within the device, not wrapping.
-fn check(ino: u64, e: &Extent, block_count: u64) -> Result<(), EngineError> {
-    if e.len == 0
-        || e.start == 0
-        || e.start
-            .checked_add(e.len as u64)
-            .is_none_or(|end| end > block_count)
-        || e.file_block.checked_add(e.len as u64).is_none()
-    {
-        return Err(corrupt(
-            ino,
-            format!("extent {e:?} is outside the device of {block_count} blocks"),
-        ));
+/// Checks an extent read from disk by the format's one rule (`Geometry::extent_problem`), the
+/// same fsck applies: a map that points at a superblock, the log or an AG's header would have
+/// a write land on metadata.
+fn check(ino: u64, e: &Extent, g: &Geometry) -> Result<(), EngineError> {
+    match g.extent_problem(e) {
+        Some(why) => Err(corrupt(ino, why)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The extent containing file block `fb`, and the first extent after `fb`.
@@ -72,7 +65,7 @@ pub fn find(
     inode: &Inode,
     fb: u64,
 ) -> Result<(Option<Extent>, Option<Extent>), EngineError> {
-    let bc = tx.engine().geometry().block_count;
+    let g = *tx.engine().geometry();
     match inode.format {
         DataFormat::Local => Ok((None, None)),
         DataFormat::Extents => {
@@ -80,7 +73,7 @@ pub fn find(
             let mut hit = None;
             let mut next = None;
             for e in list {
-                check(ino, &e, bc)?;
+                check(ino, &e, &g)?;
                 if e.file_block <= fb && fb < e.file_block + e.len as u64 {
                     hit = Some(e);
                 } else if e.file_block > fb && next.is_none() {
@@ -94,7 +87,7 @@ pub fn find(
             let hit = match t.le(tx, &[fb, u64::MAX])? {
                 Some((k, v)) => {
                     let e = from_kv(k, v);
-                    check(ino, &e, bc)?;
+                    check(ino, &e, &g)?;
                     (fb < e.file_block + e.len as u64).then_some(e)
                 }
                 None => None,
@@ -102,7 +95,7 @@ pub fn find(
             let next = match t.gt(tx, &[fb, u64::MAX])? {
                 Some((k, v)) => {
                     let e = from_kv(k, v);
-                    check(ino, &e, bc)?;
+                    check(ino, &e, &g)?;
                     Some(e)
                 }
                 None => None,

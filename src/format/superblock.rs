@@ -110,6 +110,92 @@ impl Geometry {
         self.log_end()
     }
 
+    /// The AG that block `b` lies in (the last AG for blocks past the others).
+    pub fn agno_of(&self, b: u64) -> u32 {
+        ((b / self.ag_blocks) as u32).min(self.ag_count.saturating_sub(1))
+    }
+
+    /// The blocks AG `agno` hands out: after its reserved blocks (header and tree roots, see
+    /// `ag::AG_RESERVED_BLOCKS`) and in AG 0 after the log, before the backup superblock in the
+    /// last AG. File data, extent-map, directory, xattr and symlink blocks and inode chunks
+    /// live only here; fsck, repair and the file layer all judge an address by this.
+    pub fn ag_data_range(&self, agno: u32) -> std::ops::Range<u64> {
+        let start = agno as u64 * self.ag_blocks;
+        let len = self.ag_blocks.min(self.block_count.saturating_sub(start));
+        let mut first = start + super::ag::AG_RESERVED_BLOCKS;
+        if agno == 0 {
+            first = first.max(self.log_end());
+        }
+        let mut end = start + len;
+        if agno + 1 == self.ag_count {
+            end = end.saturating_sub(1);
+        }
+        first..end.max(first)
+    }
+
+    /// Whether block `b` is one an allocation could have handed out.
+    pub fn in_data_area(&self, b: u64) -> bool {
+        b < self.block_count && self.ag_data_range(self.agno_of(b)).contains(&b)
+    }
+
+    /// What block `b` is when it is outside every data area, for messages.
+    pub fn reserved_role(&self, b: u64) -> String {
+        if b >= self.block_count {
+            format!(
+                "past the end of the filesystem ({} blocks)",
+                self.block_count
+            )
+        } else if b == 0 || b == self.backup_sb_blkno() {
+            "a superblock".to_string()
+        } else if (self.log_start..self.log_end()).contains(&b) {
+            "a log block".to_string()
+        } else if self.in_data_area(b) {
+            "in the data area".to_string()
+        } else {
+            format!(
+                "a reserved block of AG {} (header or tree root)",
+                self.agno_of(b)
+            )
+        }
+    }
+
+    /// Why extent `e` cannot be a file's: empty, wrapping, or not wholly inside one AG's data
+    /// area. The one rule for the mount, fsck -n and fsck -y.
+    pub fn extent_problem(&self, e: &super::inode::Extent) -> Option<String> {
+        if e.len == 0 {
+            return Some(format!("extent at file block {} is empty", e.file_block));
+        }
+        if e.file_block.checked_add(e.len as u64).is_none() {
+            return Some(format!(
+                "extent at file block {} ({} blocks) runs past the largest file block",
+                e.file_block, e.len
+            ));
+        }
+        let last = e.start.checked_add(e.len as u64 - 1);
+        let Some(last) = last else {
+            return Some(format!(
+                "extent at file block {} ({}+{}) wraps past the largest block number",
+                e.file_block, e.start, e.len
+            ));
+        };
+        if !self.in_data_area(e.start) {
+            return Some(format!(
+                "extent at file block {} ({}+{}) starts at {}",
+                e.file_block,
+                e.start,
+                e.len,
+                self.reserved_role(e.start)
+            ));
+        }
+        if !self.ag_data_range(self.agno_of(e.start)).contains(&last) {
+            return Some(format!(
+                "extent at file block {} ({}+{}) runs out of its AG's data area",
+                e.file_block, e.start, e.len
+            ));
+        }
+        None
+    }
+
     /// Checks the relations between fields; returns the offending field and a description.
     fn check(&self) -> Result<(), (&'static str, String)> {
         if !block_size_valid(self.block_size) {

@@ -252,7 +252,6 @@ fn examine(sc: &mut Scanner<'_>, tx: &mut Trans<'_>, ino: u64, i: &Inode) {
         sc.fix(ino).clear = Some(format!("mode {:o} is of no file type", i.mode));
         return;
     }
-    let dev_blocks = sc.eng.geometry().block_count;
     let mut own = Owned::default();
     let mut reset: Option<String> = None;
     match ft {
@@ -266,12 +265,13 @@ fn examine(sc: &mut Scanner<'_>, tx: &mut Trans<'_>, ino: u64, i: &Inode) {
             };
             let mut prev_end = 0;
             for e in list {
-                let end = e.start.checked_add(e.len as u64);
-                if e.len == 0 || end.is_none_or(|end| end > dev_blocks) || e.file_block < prev_end {
-                    sc.fix(ino).clear = Some(format!(
-                        "extent at file block {} ({}+{}) is invalid or overlaps",
-                        e.file_block, e.start, e.len
-                    ));
+                if let Some(why) = sc.eng.geometry().extent_problem(&e) {
+                    sc.fix(ino).clear = Some(why);
+                    return;
+                }
+                if e.file_block < prev_end {
+                    sc.fix(ino).clear =
+                        Some(format!("extents overlap at file block {}", e.file_block));
                     return;
                 }
                 prev_end = e.file_block + e.len as u64;

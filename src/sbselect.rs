@@ -1,0 +1,200 @@
+//! Choosing the superblock: the primary (block 0) and the backup (the last block) are two copies
+//! of the same facts, and when they differ the one the rest of the filesystem agrees with wins.
+//!
+//! A copy can be wrong while its CRC is right (a memory error before the checksum was computed,
+//! a tool that wrote a foreign superblock): trusting the primary whenever it decodes would then
+//! make an intact filesystem unmountable and unrepairable. Every metadata block and every log
+//! record names the filesystem's UUID and its own place, so each copy is scored by how many of
+//! the blocks it describes carry its UUID where it says they are (the AG headers, the log's
+//! records); the highest score wins, the primary on a tie. `e2fsck -b` and xfs_repair's search
+//! for secondary superblocks answer the same need; `fsck.ticketfs -b` names a copy outright.
+
+use crate::device::{AlignedBuf, Device};
+use crate::engine::EngineError;
+use crate::format::ag::AG_HEADER_OFFSET;
+use crate::format::header::{BlockHeader, BlockType};
+use crate::format::log::{
+    record_blocks, RecordHeader, LOG_RECORD_HEADER_BYTES, LOG_RECORD_PAYLOAD_MAX,
+};
+use crate::format::Superblock;
+
+/// AG headers read to score a copy: enough that a foreign UUID cannot win by chance, few enough
+/// that choosing costs a handful of reads on any image.
+const AG_PROBE_MAX: u32 = 8;
+
+/// Which copy to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SbCopy {
+    /// The one the rest of the filesystem agrees with.
+    Auto,
+    /// The copy at this block (0 or the backup's block), whatever the rest says.
+    Block(u64),
+}
+
+/// The copy chosen and what was found about the others.
+#[derive(Debug, Clone)]
+pub struct Chosen {
+    pub sb: Superblock,
+    /// Where the chosen copy was read.
+    pub blkno: u64,
+    /// How many of the probed blocks agree with it, of how many probed.
+    pub agree: (u32, u32),
+    /// Every copy that is unreadable or differs from the chosen one, with the reason.
+    pub others: Vec<(u64, String)>,
+}
+
+/// Where copies may be: block 0, the device's last block, and the backup block the primary
+/// names (the filesystem may be smaller than its device).
+fn candidate_blocks(dev: &dyn Device) -> Vec<u64> {
+    let mut out = vec![0];
+    if let Some(last) = dev.block_count().checked_sub(1) {
+        if last != 0 {
+            out.push(last);
+        }
+    }
+    let mut buf = AlignedBuf::new(dev.block_size() as usize);
+    if dev.read(0, &mut buf).is_ok() {
+        if let Ok(sb) = Superblock::decode(&buf, 0) {
+            let b = sb.geometry.backup_sb_blkno();
+            if b < dev.block_count() && !out.contains(&b) {
+                out.push(b);
+            }
+        }
+    }
+    out
+}
+
+fn read_copy(dev: &dyn Device, blkno: u64) -> Result<Superblock, EngineError> {
+    let mut buf = AlignedBuf::new(dev.block_size() as usize);
+    dev.read(blkno, &mut buf).map_err(EngineError::Io)?;
+    let sb = Superblock::decode(&buf, blkno).map_err(EngineError::Corrupt)?;
+    if sb.geometry.block_size != dev.block_size() {
+        return Err(EngineError::Invalid(format!(
+            "{}-byte blocks on a device read in {}-byte blocks",
+            sb.geometry.block_size,
+            dev.block_size()
+        )));
+    }
+    if sb.geometry.block_count > dev.block_count() {
+        return Err(EngineError::Invalid(format!(
+            "{} blocks on a device of {}",
+            sb.geometry.block_count,
+            dev.block_count()
+        )));
+    }
+    if blkno != 0 && blkno != sb.geometry.backup_sb_blkno() {
+        return Err(EngineError::Invalid(format!(
+            "a backup copy at block {blkno} of a filesystem whose backup is block {}",
+            sb.geometry.backup_sb_blkno()
+        )));
+    }
+    Ok(sb)
+}
+
+/// How many of the blocks `sb` describes carry its UUID at the place it says: (agreeing, probed).
+fn agreement(dev: &dyn Device, sb: &Superblock) -> (u32, u32) {
+    let g = &sb.geometry;
+    let mut buf = AlignedBuf::new(g.block_size as usize);
+    let (mut agree, mut probed) = (0u32, 0u32);
+    for agno in 0..g.ag_count.min(AG_PROBE_MAX) {
+        let blkno = agno as u64 * g.ag_blocks + AG_HEADER_OFFSET;
+        probed += 1;
+        if dev.read(blkno, &mut buf).is_ok()
+            && BlockHeader::verify(&buf, blkno, Some(BlockType::AgHeader), &sb.uuid).is_ok()
+        {
+            agree += 1;
+        }
+    }
+    // The log counts once, as one AG header does: one record naming the UUID is enough. Every
+    // record starts with a header, so the blocks one largest record spans hold at least one.
+    probed += 1;
+    let span = record_blocks(LOG_RECORD_PAYLOAD_MAX, g.block_size) as u64 + 1;
+    let log_agrees = (0..g.log_blocks.min(span)).any(|i| {
+        let blkno = g.log_start + i;
+        dev.read(blkno, &mut buf).is_ok()
+            && RecordHeader::decode(
+                &buf[..LOG_RECORD_HEADER_BYTES.min(buf.len())],
+                blkno,
+                i as u32,
+                None,
+                &sb.uuid,
+                g.log_blocks,
+            )
+            .is_ok()
+    });
+    agree += log_agrees as u32;
+    (agree, probed)
+}
+
+/// Chooses the superblock to use (see the module's comment).
+pub fn choose(dev: &dyn Device, which: SbCopy) -> Result<Chosen, EngineError> {
+    let blocks = candidate_blocks(dev);
+    let copies: Vec<(u64, Result<Superblock, EngineError>)> =
+        blocks.iter().map(|&b| (b, read_copy(dev, b))).collect();
+    let (blkno, sb, agree) = match which {
+        SbCopy::Block(b) => {
+            let sb = read_copy(dev, b)?;
+            let agree = agreement(dev, &sb);
+            (b, sb, agree)
+        }
+        SbCopy::Auto => {
+            let mut best: Option<(u64, Superblock, (u32, u32))> = None;
+            for (b, c) in &copies {
+                let Ok(sb) = c else { continue };
+                // A copy with the same facts as one already scored scores the same.
+                if best.as_ref().is_some_and(|(_, s, _)| same_facts(s, sb)) {
+                    continue;
+                }
+                let a = agreement(dev, sb);
+                if best.as_ref().is_none_or(|(_, _, ba)| a.0 > ba.0) {
+                    best = Some((*b, sb.clone(), a));
+                }
+            }
+            // None valid: the primary's error, as before there was a choice.
+            match best {
+                Some(b) => b,
+                None => {
+                    let mut copies = copies;
+                    return Err(copies.swap_remove(0).1.err().unwrap_or_else(|| {
+                        EngineError::Invalid("no superblock copy is valid".into())
+                    }));
+                }
+            }
+        }
+    };
+    // The copies that are not the chosen one's equal, at the chosen geometry's two places.
+    let mut others = Vec::new();
+    for b in [0, sb.geometry.backup_sb_blkno()] {
+        match read_copy(dev, b) {
+            Ok(s) if same_facts(&s, &sb) => {}
+            Ok(s) if s.uuid != sb.uuid => {
+                others.push((b, "names another filesystem's UUID".to_string()))
+            }
+            Ok(_) => others.push((b, "differs from the copy in use".to_string())),
+            Err(e) => others.push((b, e.to_string())),
+        }
+    }
+    Ok(Chosen {
+        sb,
+        blkno,
+        agree,
+        others,
+    })
+}
+
+/// Whether two copies describe the same filesystem alike. The clean/dirty state may differ
+/// between them for a moment (a crash between the two writes of a mount) without harm: the
+/// log, not that flag, decides what recovery does.
+fn same_facts(a: &Superblock, b: &Superblock) -> bool {
+    a.geometry == b.geometry
+        && a.uuid == b.uuid
+        && a.root_ino == b.root_ino
+        && a.label == b.label
+        && a.features_compat == b.features_compat
+        && a.features_incompat == b.features_incompat
+}
+
+/// The superblock the rest of the filesystem agrees with, for a mount, fsck or db.
+pub fn read_superblock(dev: &dyn Device) -> Result<Superblock, EngineError> {
+    choose(dev, SbCopy::Auto).map(|c| c.sb)
+}
