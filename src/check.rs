@@ -361,15 +361,19 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
             }
             cookie = last.cookie;
             for e in &batch {
-                if e.name == b"." || e.name == b".." {
+                if dir::is_made_up(e) {
                     continue;
                 }
-                if e.name.is_empty() || e.name.contains(&b'/') || e.name.contains(&0) {
+                if let Some(p) = crate::format::name::name_problem(&e.name) {
                     c.problem(
                         "directories",
                         None,
                         Some(d),
-                        format!("directory {d}: entry {:?} has an invalid name", e.name),
+                        format!(
+                            "directory {d}: entry {:?} {}",
+                            String::from_utf8_lossy(&e.name),
+                            p.describe()
+                        ),
                     );
                 }
                 let shown = String::from_utf8_lossy(&e.name).into_owned();

@@ -431,8 +431,121 @@ proptest::proptest! {
             }
         }
         mount_check_and_walk(bytes.clone());
-        repair_leaves_it_clean(bytes);
+        repair_leaves_it_clean(bytes.clone());
+        clean_means_repair_changes_nothing(bytes);
     }
+}
+
+/// Everything a user sees of the filesystem on `dev` after replaying its log as fsck does:
+/// every path with its type, mode, owner, link count, size, contents (or target) and xattrs,
+/// and the free block and inode counts. None when it does not mount or the walk fails.
+fn user_view(dev: std::sync::Arc<dyn ticketfs::device::Device>) -> Option<Vec<String>> {
+    use ticketfs::fs::{Ctx, Fs, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+    use ticketfs::{Engine, EngineOptions};
+    let fs = Fs::new(Engine::mount(dev, EngineOptions::default()).ok()?, false).ok()?;
+    let mut out = Vec::new();
+    let mut stack = vec![(fs.root(), String::new())];
+    let walked = (|| {
+        while let Some((d, path)) = stack.pop() {
+            let mut cookie = 0;
+            loop {
+                let batch = fs.readdir(d, cookie, 256).ok()?;
+                let Some(last) = batch.last() else { break };
+                cookie = last.cookie;
+                for e in batch.iter().filter(|e| e.name != b"." && e.name != b"..") {
+                    let p = format!("{path}/{}", String::from_utf8_lossy(&e.name));
+                    let a = fs.getattr(e.ino).ok()?;
+                    let body = match a.mode & S_IFMT {
+                        S_IFDIR => {
+                            stack.push((e.ino, p.clone()));
+                            Vec::new()
+                        }
+                        S_IFREG => fs.read(e.ino, 0, a.size.min(1 << 22) as usize).ok()?,
+                        S_IFLNK => fs.readlink(e.ino).ok()?,
+                        _ => Vec::new(),
+                    };
+                    let xattrs = fs.listxattr(&Ctx::ROOT, e.ino).ok()?;
+                    out.push(format!(
+                        "{p} mode {:o} uid {} gid {} nlink {} size {} body {:08x} xattrs {:?}",
+                        a.mode,
+                        a.uid,
+                        a.gid,
+                        a.nlink,
+                        a.size,
+                        crc32fast::hash(&body),
+                        xattrs
+                    ));
+                }
+            }
+        }
+        Some(())
+    })();
+    let st = fs.statfs().ok();
+    fs.crash();
+    walked?;
+    let st = st?;
+    out.sort();
+    out.push(format!("free blocks {} free inodes {}", st.bfree, st.ffree));
+    Some(out)
+}
+
+/// The checker and the repairer agree: when fsck -n (the checker after the log is replayed)
+/// finds nothing, fsck -y's repair run anyway changes nothing a user can see. (An inode the
+/// checker passes and the repairer clears is the disagreement this catches; a problem the
+/// checker reports and the repair leaves is caught by `repair_leaves_it_clean`.)
+fn clean_means_repair_changes_nothing(bytes: Vec<u8>) {
+    use std::sync::Arc;
+    use ticketfs::device::{Device, MemDevice};
+    use ticketfs::engine::read_superblock;
+    use ticketfs::log::{recover, Damage};
+    use ticketfs::{Engine, EngineOptions};
+    let dev: Arc<dyn Device> = Arc::new(MemDevice::from_bytes(BS as u32, bytes));
+    let Ok(sb) = read_superblock(&*dev) else {
+        return;
+    };
+    if recover(&*dev, &sb, Damage::Accept).is_err() {
+        return;
+    }
+    let Ok(eng) = Engine::mount(dev.clone(), EngineOptions::default()) else {
+        return;
+    };
+    let clean =
+        ticketfs::check::check(&eng, &mut |_, _, _| {}).is_ok_and(|r| r.problems.is_empty());
+    eng.crash();
+    if !clean {
+        return;
+    }
+    let snapshot = |d: &Arc<dyn Device>| {
+        let mut img = vec![0u8; d.block_count() as usize * BS];
+        for (n, chunk) in img.chunks_mut(BS).enumerate() {
+            let mut b = ticketfs::device::AlignedBuf::new(BS);
+            d.read(n as u64, &mut b).unwrap();
+            chunk.copy_from_slice(&b);
+        }
+        img
+    };
+    let replayed = snapshot(&dev);
+    let before = user_view(Arc::new(MemDevice::from_bytes(BS as u32, replayed.clone())))
+        .expect("the checker found it clean, so it mounts and walks");
+    let rep = ticketfs::repair::repair(dev.clone(), &mut |_, _, _| {}).expect("repair");
+    let after = user_view(dev).expect("mount after repair");
+    let changed: Vec<String> = before
+        .iter()
+        .filter(|l| !after.contains(l))
+        .map(|l| format!("before: {l}"))
+        .chain(
+            after
+                .iter()
+                .filter(|l| !before.contains(l))
+                .map(|l| format!("after:  {l}")),
+        )
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "fsck -n found nothing, fsck -y changed what users see:\n{}\nthe repair did: {:#?}",
+        changed.join("\n"),
+        rep
+    );
 }
 
 /// Repairs `bytes` in memory as fsck -y does; a repair that completes must leave an image the
@@ -741,4 +854,49 @@ fn an_extent_in_a_reserved_block_is_found_by_check_and_repair_alike() {
             &bytes,
         );
     }
+}
+
+/// A stored directory entry named ".." (with its hash made right): the checker and the repairer
+/// judge stored names by one rule (`format::name::name_problem`) and tell the entries `read`
+/// makes up from stored ones by cookie, not by name. Before, both skipped every entry named "."
+/// or "..", stored or not.
+#[test]
+fn a_stored_dot_dot_entry_is_named_by_check_and_dropped_by_repair() {
+    use std::os::unix::fs::MetadataExt;
+    use ticketfs::format::inode::{ino_split, CHUNK_SLOTS_OFFSET, FORK_OFFSET, INODE_BYTES};
+    let work = tempfile::tempdir().unwrap();
+    let img = work.path().join("image");
+    make_filesystem(
+        &img,
+        &MkfsOptions {
+            size: Some(64 << 20),
+            ..Default::default()
+        },
+    )
+    .expect("mkfs");
+    let m = Mount::new(&img, "");
+    fs::create_dir(m.path().join("d")).unwrap();
+    fs::write(m.path().join("d/xy"), b"x").unwrap();
+    let dino = fs::metadata(m.path().join("d")).unwrap().ino();
+    m.unmount();
+    let mut bytes = fs::read(&img).unwrap();
+    let (chunk, slot) = ino_split(dino);
+    let chunk = chunk as usize;
+    // The inline directory's first entry: hash u32, index u16, inode u64, type u8, length u8.
+    let e = chunk * BS + CHUNK_SLOTS_OFFSET + slot * INODE_BYTES + FORK_OFFSET + 16;
+    assert_eq!((bytes[e + 15], &bytes[e + 16..e + 18]), (2, &b"xy"[..]));
+    bytes[e..e + 4].copy_from_slice(&(ticketfs::dir::name_hash(b"..") as u32).to_le_bytes());
+    bytes[e + 16..e + 18].copy_from_slice(b"..");
+    let b = &mut bytes[chunk * BS..(chunk + 1) * BS];
+    let lsn = BlockHeader::peek_lsn(b).unwrap();
+    BlockHeader::stamp(b, lsn);
+    let bad = work.path().join("bad");
+    fs::write(&bad, &bytes).unwrap();
+    let (code, out) = fsck(&bad, &["-n"]);
+    assert_eq!(code, 4, "{out}");
+    assert!(
+        out.contains("entry \"..\" is . or .., which no directory stores"),
+        "{out}"
+    );
+    assert_found_and_repaired(work.path(), "a stored \"..\" entry", &bytes);
 }

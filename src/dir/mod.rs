@@ -20,8 +20,7 @@ use crate::format::inode::{ino_split, DataFormat, Inode, FORK_BYTES};
 use crate::format::{BlockType, Dec, Enc, FormatError, BLOCK_HEADER_BYTES};
 use crate::trans::Trans;
 
-/// Longest name, as POSIX NAME_MAX.
-pub const NAME_MAX: usize = 255;
+pub use crate::format::name::NAME_MAX;
 /// Collisions of one hash value a directory may hold: bounds the index in keys and cookies.
 pub const HASH_COLLISIONS_MAX: u64 = 1 << 31;
 const NAME_HDR: usize = BLOCK_HEADER_BYTES + 16;
@@ -630,6 +629,11 @@ pub fn destroy(
     inode.root = 0;
     inode.format = DataFormat::Local;
     Ok(())
+}
+
+/// Whether `e` is one of the "." and ".." entries `read` makes up (none is stored).
+pub fn is_made_up(e: &DirEntry) -> bool {
+    e.cookie < COOKIE_BASE
 }
 
 /// Entries from `cookie` on, at most `max` (with "." and ".." first).

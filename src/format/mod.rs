@@ -9,6 +9,7 @@ mod codec;
 pub mod header;
 pub mod inode;
 pub mod log;
+pub mod name;
 pub mod superblock;
 
 pub use codec::{Dec, Enc};

@@ -230,16 +230,16 @@ pub fn dtype(mode: u32) -> u8 {
     }
 }
 
+/// A name a request gives: the format's rule (`format::name`), except that "." and ".." pass
+/// here, for the callers that answer them as the kernel expects (rmdir of "." is EINVAL, a
+/// create of ".." EEXIST: the kernel resolves them before they reach us anyway).
 fn check_name(name: &[u8]) -> R<()> {
-    if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
-        return Err(FsError::Invalid(
-            "empty name or a name with '/' or NUL".into(),
-        ));
+    use crate::format::name::{name_problem, NameProblem};
+    match name_problem(name) {
+        None | Some(NameProblem::Dot) => Ok(()),
+        Some(NameProblem::TooLong) => Err(FsError::NameTooLong),
+        Some(p) => Err(FsError::Invalid(format!("a name that {}", p.describe()))),
     }
-    if name.len() > NAME_MAX {
-        return Err(FsError::NameTooLong);
-    }
-    Ok(())
 }
 
 /// May `ctx` do `want` (4 read, 2 write, 1 search/execute, or'ed) to `i`?

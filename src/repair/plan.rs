@@ -6,7 +6,7 @@
 //! Inodes with no links and no name are orphans, freed at the next mount.
 
 use super::{Kept, Name};
-use crate::dir::NAME_MAX;
+use crate::format::name::name_problem;
 use crate::fs::{dtype, S_IFDIR, S_IFMT};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
@@ -49,15 +49,6 @@ pub struct Plan {
     pub relinked: BTreeSet<u64>,
 }
 
-fn valid_name(n: &[u8]) -> bool {
-    !n.is_empty()
-        && n.len() <= NAME_MAX
-        && n != b"."
-        && n != b".."
-        && !n.contains(&b'/')
-        && !n.contains(&0)
-}
-
 fn is_dir(k: &Kept) -> bool {
     k.mode & S_IFMT == S_IFDIR
 }
@@ -77,8 +68,8 @@ pub fn plan(
     for (n, e) in names.iter().enumerate() {
         let why = if !inodes.contains_key(&e.dir) {
             continue;
-        } else if !valid_name(&e.name) {
-            Some("invalid name".to_string())
+        } else if let Some(p) = name_problem(&e.name) {
+            Some(format!("its name {}", p.describe()))
         } else if e.ino == root {
             Some("names the root directory".to_string())
         } else if !inodes.contains_key(&e.ino) {

@@ -375,7 +375,7 @@ fn read_entries(tx: &mut Trans<'_>, d: u64, i: &Inode) -> (Vec<Name>, Option<Str
         out.extend(
             batch
                 .into_iter()
-                .filter(|e| e.name != b"." && e.name != b"..")
+                .filter(|e| !dir::is_made_up(e))
                 .map(|e| Name {
                     dir: d,
                     name: e.name,
