@@ -23,7 +23,7 @@ use crate::file::extmap;
 use crate::format::ag::AG_RESERVED_BLOCKS;
 use crate::format::inode::{ino_of, inodes_per_block, DataFormat, Inode};
 use crate::format::BlockType;
-use crate::fs::{dtype, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK};
+use crate::fs::{dtype, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 use crate::inode;
 use crate::trans::{Trans, TransKind};
 use serde::Serialize;
@@ -644,21 +644,24 @@ fn check_ag(c: &mut Checker<'_>, agno: u32, sp: &AgSpace) {
 
 fn check_inode(c: &mut Checker<'_>, tx: &mut Trans<'_>, ino: u64, i: &Inode) {
     let ft = i.mode & S_IFMT;
-    if ![
-        S_IFREG, S_IFDIR, S_IFLNK, S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK,
-    ]
-    .contains(&ft)
-    {
-        c.problem(
-            "inodes",
-            None,
-            Some(ino),
-            format!("inode {ino} has mode {:o}, of no file type", i.mode),
-        );
-        return;
+    if let Some(why) = crate::format::inode::mode_problem(i.mode) {
+        c.problem("inodes", None, Some(ino), format!("inode {ino}: {why}"));
+        if !crate::format::inode::FILE_TYPES.contains(&ft) {
+            return;
+        }
     }
     let mut owned: Vec<(u64, &'static str)> = Vec::new();
     match ft {
+        S_IFREG if i.size > crate::file::FILE_SIZE_MAX => c.problem(
+            "inodes",
+            None,
+            Some(ino),
+            format!(
+                "inode {ino}: size {} is past the largest file size {}",
+                i.size,
+                crate::file::FILE_SIZE_MAX
+            ),
+        ),
         S_IFREG => match extmap::all(tx, ino, i) {
             Ok(list) => {
                 let mut prev_end = 0;

@@ -6,17 +6,23 @@
 //! make an intact filesystem unmountable and unrepairable. Every metadata block and every log
 //! record names the filesystem's UUID and its own place, so each copy is scored by how many of
 //! the blocks it describes carry its UUID where it says they are (the AG headers, the log's
-//! records); the highest score wins, the primary on a tie. `e2fsck -b` and xfs_repair's search
-//! for secondary superblocks answer the same need; `fsck.ticketfs -b` names a copy outright.
+//! records), whether its root inode is a directory, and above all whether its log recovers
+//! (replayed into memory, writing nothing); the highest score wins, the primary on a tie. Copies
+//! that agree (the usual case) are not scored at all. `e2fsck -b` and xfs_repair's search for
+//! secondary superblocks answer the same need; `fsck.ticketfs -b` names a copy outright.
 
-use crate::device::{AlignedBuf, Device};
+use crate::device::{AlignedBuf, DevError, Device};
 use crate::engine::EngineError;
+use crate::format::ag::AgHeader;
 use crate::format::ag::AG_HEADER_OFFSET;
 use crate::format::header::{BlockHeader, BlockType};
+use crate::format::inode::{ino_split, slot_range, Inode};
 use crate::format::log::{
     record_blocks, RecordHeader, LOG_RECORD_HEADER_BYTES, LOG_RECORD_PAYLOAD_MAX,
 };
 use crate::format::Superblock;
+use parking_lot::Mutex;
+use std::collections::HashMap;
 
 /// AG headers read to score a copy: enough that a foreign UUID cannot win by chance, few enough
 /// that choosing costs a handful of reads on any image.
@@ -37,8 +43,8 @@ pub struct Chosen {
     pub sb: Superblock,
     /// Where the chosen copy was read.
     pub blkno: u64,
-    /// How many of the probed blocks agree with it, of how many probed.
-    pub agree: (u32, u32),
+    /// Its score and the score possible, when the copies differed and were scored.
+    pub agree: Option<(u32, u32)>,
     /// Every copy that is unreadable or differs from the chosen one, with the reason.
     pub others: Vec<(u64, String)>,
 }
@@ -82,6 +88,14 @@ fn read_copy(dev: &dyn Device, blkno: u64) -> Result<Superblock, EngineError> {
             dev.block_count()
         )));
     }
+    // What a mount would refuse (trans::ResvTable): a copy no mount could use is no choice.
+    let min_log = crate::trans::resv::ResvTable::new(&sb.geometry).min_log_blocks();
+    if sb.geometry.log_blocks < min_log {
+        return Err(EngineError::Invalid(format!(
+            "a log of {} blocks, below the minimum {min_log} for this geometry",
+            sb.geometry.log_blocks
+        )));
+    }
     if blkno != 0 && blkno != sb.geometry.backup_sb_blkno() {
         return Err(EngineError::Invalid(format!(
             "a backup copy at block {blkno} of a filesystem whose backup is block {}",
@@ -91,19 +105,85 @@ fn read_copy(dev: &dyn Device, blkno: u64) -> Result<Superblock, EngineError> {
     Ok(sb)
 }
 
-/// How many of the blocks `sb` describes carry its UUID at the place it says: (agreeing, probed).
+/// A scratch copy-on-write view of a borrowed device: recovery replays into it to see whether a
+/// copy's log recovers, and nothing reaches the device.
+struct Scratch<'a> {
+    base: &'a dyn Device,
+    written: Mutex<HashMap<u64, Vec<u8>>>,
+}
+
+impl Device for Scratch<'_> {
+    fn block_size(&self) -> u32 {
+        self.base.block_size()
+    }
+    fn block_count(&self) -> u64 {
+        self.base.block_count()
+    }
+    fn read(&self, blkno: u64, buf: &mut [u8]) -> Result<(), DevError> {
+        self.base.read(blkno, buf)?;
+        let bs = self.block_size() as usize;
+        let w = self.written.lock();
+        for (i, chunk) in buf.chunks_mut(bs).enumerate() {
+            if let Some(b) = w.get(&(blkno + i as u64)) {
+                chunk.copy_from_slice(b);
+            }
+        }
+        Ok(())
+    }
+    fn write(&self, blkno: u64, buf: &[u8]) -> Result<(), DevError> {
+        let bs = self.block_size() as usize;
+        if blkno
+            .checked_add((buf.len() / bs) as u64)
+            .is_none_or(|end| end > self.block_count())
+        {
+            // The same refusal the device would give.
+            return self.base.read(blkno, &mut vec![0u8; buf.len()]);
+        }
+        let mut w = self.written.lock();
+        for (i, chunk) in buf.chunks(bs).enumerate() {
+            w.insert(blkno + i as u64, chunk.to_vec());
+        }
+        Ok(())
+    }
+    fn flush(&self) -> Result<(), DevError> {
+        Ok(())
+    }
+}
+
+/// Points for a copy whose log recovers: more than every other probe together, since a copy
+/// whose log cannot be replayed cannot be used at all.
+const RECOVERS_POINTS: u32 = AG_PROBE_MAX + 2;
+
+/// How much of what `sb` describes agrees with it: (points, points possible).
 fn agreement(dev: &dyn Device, sb: &Superblock) -> (u32, u32) {
     let g = &sb.geometry;
     let mut buf = AlignedBuf::new(g.block_size as usize);
     let (mut agree, mut probed) = (0u32, 0u32);
+    // Each AG header where it says, with its UUID, its number and the length it gives the AG.
     for agno in 0..g.ag_count.min(AG_PROBE_MAX) {
-        let blkno = agno as u64 * g.ag_blocks + AG_HEADER_OFFSET;
+        let start = agno as u64 * g.ag_blocks;
+        let blkno = start + AG_HEADER_OFFSET;
+        let len = g.ag_blocks.min(g.block_count.saturating_sub(start));
         probed += 1;
         if dev.read(blkno, &mut buf).is_ok()
             && BlockHeader::verify(&buf, blkno, Some(BlockType::AgHeader), &sb.uuid).is_ok()
+            && AgHeader::decode(&buf, blkno, agno, start, len).is_ok()
         {
             agree += 1;
         }
+    }
+    // The root inode: a directory in an inode chunk of this filesystem.
+    probed += 1;
+    let (chunk, slot) = ino_split(sb.root_ino);
+    if chunk < g.block_count
+        && dev.read(chunk, &mut buf).is_ok()
+        && BlockHeader::verify(&buf, chunk, Some(BlockType::InodeChunk), &sb.uuid).is_ok()
+        && buf
+            .get(slot_range(slot))
+            .and_then(|b| Inode::decode(b, chunk, sb.root_ino).ok())
+            .is_some_and(|i| i.mode & 0o170000 == 0o040000)
+    {
+        agree += 1;
     }
     // The log counts once, as one AG header does: one record naming the UUID is enough. Every
     // record starts with a header, so the blocks one largest record spans hold at least one.
@@ -134,20 +214,37 @@ pub fn choose(dev: &dyn Device, which: SbCopy) -> Result<Chosen, EngineError> {
     let (blkno, sb, agree) = match which {
         SbCopy::Block(b) => {
             let sb = read_copy(dev, b)?;
-            let agree = agreement(dev, &sb);
-            (b, sb, agree)
+            (b, sb, None)
         }
         SbCopy::Auto => {
-            let mut best: Option<(u64, Superblock, (u32, u32))> = None;
-            for (b, c) in &copies {
-                let Ok(sb) = c else { continue };
+            let valid: Vec<(u64, &Superblock)> = copies
+                .iter()
+                .filter_map(|(b, c)| c.as_ref().ok().map(|s| (*b, s)))
+                .collect();
+            let all_agree = valid.windows(2).all(|w| same_facts(w[0].1, w[1].1));
+            let mut best: Option<(u64, Superblock, Option<(u32, u32)>)> = None;
+            if all_agree {
+                best = valid.first().map(|(b, s)| (*b, (*s).clone(), None));
+            }
+            for &(b, sb) in valid.iter().filter(|_| !all_agree) {
                 // A copy with the same facts as one already scored scores the same.
                 if best.as_ref().is_some_and(|(_, s, _)| same_facts(s, sb)) {
                     continue;
                 }
-                let a = agreement(dev, sb);
-                if best.as_ref().is_none_or(|(_, _, ba)| a.0 > ba.0) {
-                    best = Some((*b, sb.clone(), a));
+                let (mut points, mut possible) = agreement(dev, sb);
+                possible += RECOVERS_POINTS;
+                let scratch = Scratch {
+                    base: dev,
+                    written: Mutex::new(HashMap::new()),
+                };
+                if crate::log::recover(&scratch, sb, crate::log::Damage::Refuse).is_ok() {
+                    points += RECOVERS_POINTS;
+                }
+                if best
+                    .as_ref()
+                    .is_none_or(|(_, _, ba)| ba.is_none_or(|ba| points > ba.0))
+                {
+                    best = Some((b, sb.clone(), Some((points, possible))));
                 }
             }
             // None valid: the primary's error, as before there was a choice.

@@ -900,3 +900,436 @@ fn a_stored_dot_dot_entry_is_named_by_check_and_dropped_by_repair() {
     );
     assert_found_and_repaired(work.path(), "a stored \"..\" entry", &bytes);
 }
+
+// ---- Field fuzzing (issue 19, item 3) ----
+//
+// Every field each decoder reads (recorded by `format::record_fields` while it decodes a real
+// instance: the superblock, each block type's header, the AG header, a node of each B+tree, a
+// directory, a file and a B+tree-mapped file's inode and inline extents, the log record recovery
+// starts from) is set to zeroes, ones, +1, -1, a random value and its high bit, with the CRC made
+// valid again so that only the field's meaning is wrong. Each damaged image is mounted and
+// walked, checked as fsck -n does, and when the check finds something repaired as fsck -y does
+// and checked again. Outcomes: detected (found, and the first repair leaves it clean), harmless
+// (not found, and users see exactly what they saw), missed (not found, and something users see
+// changed), and the failures: a panic, a hang, or a repair that does not converge.
+
+/// How to make a damaged structure's checksum valid again.
+#[derive(Clone, Copy, Debug)]
+enum Seal {
+    Superblock,
+    Block(usize),
+    LogRecord(usize),
+}
+
+#[derive(Clone, Debug)]
+struct Site {
+    structure: String,
+    field: &'static str,
+    /// Where in the image, and where in its structure.
+    at: usize,
+    rel: usize,
+    len: usize,
+    seal: Seal,
+}
+
+const FUZZ_VALUES: [&str; 6] = ["zeroes", "ones", "+1", "-1", "random", "high bit"];
+
+/// The fields of every structure in `img`, as its decoder reads them; of a field read many
+/// times (records of a node, free-list slots) the first and the last.
+fn field_sites(img: &[u8]) -> Vec<Site> {
+    use ticketfs::btree::Node;
+    use ticketfs::format::ag::AgHeader;
+    use ticketfs::format::inode::{
+        ino_of, inodes_per_block, slot_range, DataFormat, Inode, CHUNK_SLOTS_OFFSET, FORK_OFFSET,
+    };
+    use ticketfs::format::log::{RecordHeader, LOG_RECORD_MAGIC};
+    use ticketfs::format::{record_fields, FieldRead, Superblock};
+    let sb = Superblock::decode(&img[..BS], 0).unwrap();
+    let g = sb.geometry;
+    let mut out: Vec<Site> = Vec::new();
+    let mut add = |structure: String, base: usize, reads: Vec<FieldRead>, seal: Seal| {
+        let mut seen: BTreeMap<&'static str, Vec<FieldRead>> = BTreeMap::new();
+        for r in reads {
+            if r.field.contains("crc") {
+                continue;
+            }
+            let v = seen.entry(r.field).or_default();
+            if !v.iter().any(|x| x.off == r.off) {
+                v.push(r);
+            }
+        }
+        for (_, v) in seen {
+            let mut pick = vec![v[0].clone()];
+            if v.len() > 1 {
+                pick.push(v[v.len() - 1].clone());
+            }
+            for r in pick {
+                out.push(Site {
+                    structure: structure.clone(),
+                    field: r.field,
+                    at: base + r.off,
+                    rel: r.off,
+                    len: r.len,
+                    seal,
+                });
+            }
+        }
+    };
+    let (_, reads) = record_fields(|| Superblock::decode(&img[..BS], 0));
+    add("superblock".into(), 0, reads, Seal::Superblock);
+    for (t, blocks) in blocks_by_type(img) {
+        let n = blocks[0];
+        let b = &img[n * BS..(n + 1) * BS];
+        let (_, reads) = record_fields(|| BlockHeader::verify(b, n as u64, Some(t), &sb.uuid));
+        add(
+            format!("block header ({})", t.name()),
+            n * BS,
+            reads,
+            Seal::Block(n),
+        );
+        match t {
+            BlockType::AgHeader => {
+                let len = g.ag_blocks.min(g.block_count);
+                let (_, reads) = record_fields(|| AgHeader::decode(b, n as u64, 0, 0, len));
+                add("AG header".into(), n * BS, reads, Seal::Block(n));
+            }
+            BlockType::BtreeBno
+            | BlockType::BtreeCnt
+            | BlockType::BtreeIno
+            | BlockType::BtreeExtent
+            | BlockType::BtreeDir => {
+                let (_, reads) = record_fields(|| Node::check_structure(b, n as u64));
+                add(
+                    format!("B+tree node ({})", t.name()),
+                    n * BS,
+                    reads,
+                    Seal::Block(n),
+                );
+            }
+            BlockType::InodeChunk => {
+                // A directory, an extent-list file and a B+tree file, wherever they are.
+                let mut want = vec![
+                    "directory",
+                    "file with an extent list",
+                    "file with an extent tree",
+                ];
+                for &c in &blocks {
+                    let cb = &img[c * BS..(c + 1) * BS];
+                    for slot in 0..inodes_per_block(BS as u32) {
+                        let r = slot_range(slot);
+                        let Ok(i) = Inode::decode(&cb[r.clone()], c as u64, ino_of(c as u64, slot))
+                        else {
+                            continue;
+                        };
+                        let kind = match (i.mode & 0o170000, i.format) {
+                            (0o040000, _) => "directory",
+                            (0o100000, DataFormat::Extents) if i.nextents > 0 => {
+                                "file with an extent list"
+                            }
+                            (0o100000, DataFormat::Btree) => "file with an extent tree",
+                            _ => continue,
+                        };
+                        let Some(k) = want.iter().position(|w| *w == kind) else {
+                            continue;
+                        };
+                        want.remove(k);
+                        let base = c * BS + r.start;
+                        let ((), reads) = record_fields(|| {
+                            let _ = Inode::decode(&cb[r.clone()], c as u64, 0);
+                        });
+                        add(format!("inode ({kind})"), base, reads, Seal::Block(c));
+                        if kind == "file with an extent list" {
+                            let (_, reads) = record_fields(|| i.extents());
+                            add(
+                                "inline extents".into(),
+                                base + FORK_OFFSET,
+                                reads,
+                                Seal::Block(c),
+                            );
+                        }
+                    }
+                }
+                let _ = CHUNK_SLOTS_OFFSET;
+            }
+            _ => {}
+        }
+    }
+    // The log record recovery starts from: the one of the highest sequence number.
+    let mut best: Option<(u64, usize)> = None;
+    for i in 0..g.log_blocks as usize {
+        let n = g.log_start as usize + i;
+        let b = &img[n * BS..(n + 1) * BS];
+        if b[..4] != LOG_RECORD_MAGIC.to_le_bytes() {
+            continue;
+        }
+        if let Ok(h) = RecordHeader::decode(b, n as u64, i as u32, None, &sb.uuid, g.log_blocks) {
+            if best.is_none_or(|(s, _)| h.seq > s) {
+                best = Some((h.seq, n));
+            }
+        }
+    }
+    let (_, n) = best.expect("a log record");
+    let i = n - g.log_start as usize;
+    let b = &img[n * BS..(n + 1) * BS];
+    let (_, reads) =
+        record_fields(|| RecordHeader::decode(b, n as u64, i as u32, None, &sb.uuid, g.log_blocks));
+    add(
+        "log record header".into(),
+        n * BS,
+        reads,
+        Seal::LogRecord(n),
+    );
+    out
+}
+
+/// `img` with the field at `site` set to value `kind` (None when that is its value already).
+fn damaged(img: &[u8], site: &Site, kind: &str, seed: u64) -> Option<Vec<u8>> {
+    use ticketfs::format::log::RecordHeader;
+    use ticketfs::format::Superblock;
+    let mut bytes = img.to_vec();
+    let f = &mut bytes[site.at..site.at + site.len];
+    let old = f.to_vec();
+    let as_int = |f: &[u8]| f.iter().rev().fold(0u128, |a, &b| a << 8 | b as u128);
+    let set_int = |f: &mut [u8], v: u128| {
+        for (i, b) in f.iter_mut().enumerate() {
+            *b = (v >> (8 * i)) as u8;
+        }
+    };
+    let mut x = seed ^ (site.at as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    match kind {
+        "zeroes" => f.fill(0),
+        "ones" => f.fill(0xff),
+        "+1" if site.len <= 8 => set_int(f, as_int(f).wrapping_add(1)),
+        "-1" if site.len <= 8 => set_int(f, as_int(f).wrapping_sub(1)),
+        "+1" => f[0] = f[0].wrapping_add(1),
+        "-1" => f[0] = f[0].wrapping_sub(1),
+        "random" => {
+            for b in f.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+        }
+        "high bit" => {
+            let last = f.len() - 1;
+            f[last] |= 0x80;
+        }
+        _ => unreachable!("{kind}"),
+    }
+    if *f == old[..] {
+        return None;
+    }
+    match site.seal {
+        Seal::Superblock => Superblock::reseal(&mut bytes[..BS]),
+        Seal::Block(n) => {
+            let b = &mut bytes[n * BS..(n + 1) * BS];
+            let lsn = BlockHeader::peek_lsn(b).unwrap_or(0);
+            BlockHeader::stamp(b, lsn);
+        }
+        Seal::LogRecord(n) => RecordHeader::reseal(&mut bytes[n * BS..]),
+    }
+    Some(bytes)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    Detected,
+    Harmless,
+    Missed(String),
+    Panic(String),
+    Hang,
+    NotRepaired(String),
+}
+
+impl Outcome {
+    fn letter(&self) -> &'static str {
+        match self {
+            Outcome::Detected => "D",
+            Outcome::Harmless => "H",
+            Outcome::Missed(_) => "M",
+            Outcome::Panic(_) => "PANIC",
+            Outcome::Hang => "HANG",
+            Outcome::NotRepaired(_) => "NR",
+        }
+    }
+}
+
+/// What fsck -n would find in `dev` (the superblock copies, the log, the checker), replaying
+/// the log into `dev` as its overlay does; None when nothing.
+fn fsck_n_finds(dev: &std::sync::Arc<dyn ticketfs::device::Device>) -> Option<String> {
+    use ticketfs::log::{recover, Damage};
+    use ticketfs::sbselect::{choose, SbCopy};
+    use ticketfs::{Engine, EngineOptions};
+    let c = match choose(&**dev, SbCopy::Auto) {
+        Ok(c) => c,
+        Err(e) => return Some(format!("superblock: {e}")),
+    };
+    if let Some((b, why)) = c.others.first() {
+        return Some(format!("superblock copy at {b}: {why}"));
+    }
+    match recover(&**dev, &c.sb, Damage::Accept) {
+        Err(e) => return Some(format!("log: {e}")),
+        Ok(r) if r.damaged.is_some() => return Some(format!("log: {:?}", r.damaged)),
+        Ok(_) => {}
+    }
+    let eng = match Engine::mount(dev.clone(), EngineOptions::default()) {
+        Ok(e) => e,
+        Err(e) => return Some(format!("mount: {e}")),
+    };
+    let r = ticketfs::check::check(&eng, &mut |_, _, _| {});
+    eng.crash();
+    match r {
+        Err(e) => Some(format!("check: {e}")),
+        Ok(r) if r.problem_count() > 0 => Some(format!(
+            "{} problems, first: {:?}",
+            r.problem_count(),
+            r.problems.first().map(|p| &p.what)
+        )),
+        Ok(_) => None,
+    }
+}
+
+/// Judges one damaged image (see the comment above `Seal`).
+fn judge(bytes: Vec<u8>, pristine_view: &[String]) -> Outcome {
+    use std::sync::Arc;
+    use ticketfs::device::{Device, MemDevice};
+    use ticketfs::log::{recover, Damage};
+    use ticketfs::sbselect::{choose, SbCopy};
+    let mem =
+        |b: &[u8]| -> Arc<dyn Device> { Arc::new(MemDevice::from_bytes(BS as u32, b.to_vec())) };
+    mount_check_and_walk(bytes.clone());
+    let found = fsck_n_finds(&mem(&bytes));
+    let Some(_) = found else {
+        let dev = mem(&bytes);
+        if let Ok(sb) = ticketfs::engine::read_superblock(&*dev) {
+            let _ = recover(&*dev, &sb, Damage::Accept);
+        }
+        return match user_view(dev) {
+            Some(v) if v == pristine_view => Outcome::Harmless,
+            Some(v) => Outcome::Missed(
+                v.iter()
+                    .chain(pristine_view)
+                    .find(|l| !(v.contains(l) && pristine_view.contains(l)))
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+            None => Outcome::Missed("does not mount or walk".into()),
+        };
+    };
+    // fsck -y: the superblock copies, the log, the repair; then fsck -n again.
+    let dev = mem(&bytes);
+    let c = match choose(&*dev, SbCopy::Auto) {
+        Ok(c) => c,
+        Err(e) => return Outcome::NotRepaired(format!("superblock: {e}")),
+    };
+    let mut buf = ticketfs::device::AlignedBuf::new(BS);
+    for b in [0, c.sb.geometry.backup_sb_blkno()] {
+        c.sb.encode(&mut buf, b);
+        dev.write(b, &buf).unwrap();
+    }
+    if let Err(e) = recover(&*dev, &c.sb, Damage::Accept) {
+        return Outcome::NotRepaired(format!("log: {e}"));
+    }
+    if let Err(e) = ticketfs::repair::repair(dev.clone(), &mut |_, _, _| {}) {
+        return Outcome::NotRepaired(format!("repair: {e}"));
+    }
+    match fsck_n_finds(&dev) {
+        None => Outcome::Detected,
+        Some(left) => Outcome::NotRepaired(format!("after -y: {left}")),
+    }
+}
+
+/// Runs `judge` on its own thread: a panic and a hang (120 s) are outcomes, not test crashes.
+fn judge_guarded(bytes: Vec<u8>, view: Arc<Vec<String>>) -> Outcome {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| judge(bytes, &view)));
+        let _ = tx.send(match r {
+            Ok(o) => o,
+            Err(p) => Outcome::Panic(
+                p.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default(),
+            ),
+        });
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(120))
+        .unwrap_or(Outcome::Hang)
+}
+
+use std::sync::Arc;
+
+/// The field fuzz: with FIELD_FUZZ=all every value of every field (scripts/field-fuzz.sh prints
+/// the table docs/design.md holds), else one value per field, rotating (the CI sample). No
+/// panic, no hang, every repair converging; the table is printed either way.
+#[test]
+fn every_field_of_every_structure_fuzzed() {
+    use std::sync::Arc;
+    use ticketfs::device::MemDevice;
+    let base = fuzz_base();
+    let view = Arc::new(
+        user_view(Arc::new(MemDevice::from_bytes(BS as u32, base.clone()))).expect("pristine view"),
+    );
+    let sites = field_sites(base);
+    let all = std::env::var("FIELD_FUZZ").is_ok_and(|v| v == "all");
+    let mut rows: Vec<(String, String, Vec<String>)> = Vec::new();
+    let mut failures = Vec::new();
+    let mut missed = Vec::new();
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for (si, site) in sites.iter().enumerate() {
+        let mut cells = Vec::new();
+        for (vi, kind) in FUZZ_VALUES.iter().enumerate() {
+            if !all && vi != si % FUZZ_VALUES.len() {
+                cells.push(String::new());
+                continue;
+            }
+            let Some(bytes) = damaged(base, site, kind, 20261203) else {
+                cells.push("=".into());
+                continue;
+            };
+            let o = judge_guarded(bytes, view.clone());
+            *counts.entry(o.letter()).or_default() += 1;
+            let what = format!(
+                "{} {} (byte {}) = {kind}",
+                site.structure, site.field, site.at
+            );
+            match &o {
+                Outcome::Missed(d) => missed.push(format!("{what}: {d}")),
+                Outcome::Panic(_) | Outcome::Hang | Outcome::NotRepaired(_) => {
+                    failures.push(format!("{what}: {o:?}"))
+                }
+                _ => {}
+            }
+            cells.push(o.letter().into());
+        }
+        rows.push((
+            site.structure.clone(),
+            format!("{} @{}", site.field, site.rel),
+            cells,
+        ));
+    }
+    println!(
+        "| structure | field @offset | {} |",
+        FUZZ_VALUES.join(" | ")
+    );
+    println!("|---|---|{}", "---|".repeat(FUZZ_VALUES.len()));
+    for (s, f, cells) in &rows {
+        println!("| {s} | {f} | {} |", cells.join(" | "));
+    }
+    println!("fields {} outcomes {counts:?}", sites.len());
+    for m in &missed {
+        println!("missed: {m}");
+    }
+    for f in &failures {
+        println!("FAILED: {f}");
+    }
+    assert!(sites.len() > 100, "only {} fields found", sites.len());
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

@@ -10,8 +10,7 @@ use crate::format::inode::{ino_split, DataFormat, Extent, Inode, INLINE_EXTENTS}
 use crate::format::{BlockType, FormatError, Geometry};
 use crate::trans::Trans;
 
-/// The extent is allocated but was never written: it reads as zeros.
-pub const UNWRITTEN: u32 = 1;
+pub use crate::format::inode::UNWRITTEN;
 /// Longest extent: bounds one allocation and keeps lengths well inside 32 bits.
 pub const EXTENT_LEN_MAX: u64 = 1 << 21;
 

@@ -2,6 +2,32 @@
 //! written and read byte by byte, so the layout is exactly what docs/design.md says.
 
 use super::FormatError;
+use std::cell::{Cell, RefCell};
+
+/// One field a decoder read: which structure, which field, where in the slice it was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldRead {
+    pub structure: &'static str,
+    pub field: &'static str,
+    pub off: usize,
+    pub len: usize,
+}
+
+thread_local! {
+    static RECORDING: Cell<bool> = const { Cell::new(false) };
+    static READS: RefCell<Vec<FieldRead>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` and returns, with its result, every field the decoders read on this thread while
+/// it ran: the list of a structure's fields comes from its decoder, the one place that knows
+/// them (the field fuzzer uses it; nothing else records).
+pub fn record_fields<T>(f: impl FnOnce() -> T) -> (T, Vec<FieldRead>) {
+    READS.with(|r| r.borrow_mut().clear());
+    RECORDING.with(|c| c.set(true));
+    let out = f();
+    RECORDING.with(|c| c.set(false));
+    (out, READS.with(|r| std::mem::take(&mut *r.borrow_mut())))
+}
 
 /// Writes fields into a byte slice at fixed offsets.
 pub struct Enc<'a> {
@@ -49,6 +75,16 @@ impl<'a> Dec<'a> {
         FormatError::new(self.blkno, self.structure, field, detail)
     }
     fn slice(&self, off: usize, len: usize, field: &'static str) -> Result<&'a [u8], FormatError> {
+        if RECORDING.with(|c| c.get()) {
+            READS.with(|r| {
+                r.borrow_mut().push(FieldRead {
+                    structure: self.structure,
+                    field,
+                    off,
+                    len,
+                })
+            });
+        }
         off.checked_add(len)
             .and_then(|end| self.buf.get(off..end))
             .ok_or_else(|| {

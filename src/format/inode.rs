@@ -76,6 +76,32 @@ pub struct Time {
     pub nsec: u32,
 }
 
+/// Every bit a mode may have: the file type (S_IFMT) and the permission, set-id and sticky bits.
+pub const MODE_BITS: u32 = 0o177777;
+/// The file types an inode may have (S_IFREG, S_IFDIR, S_IFLNK, S_IFIFO, S_IFSOCK, S_IFCHR,
+/// S_IFBLK).
+pub const FILE_TYPES: [u32; 7] = [
+    0o100000, 0o040000, 0o120000, 0o010000, 0o140000, 0o020000, 0o060000,
+];
+
+/// Why an in-use inode's mode is invalid: the one rule for the checker and the repairer.
+pub fn mode_problem(mode: u32) -> Option<String> {
+    if !FILE_TYPES.contains(&(mode & 0o170000)) {
+        Some(format!("mode {mode:o} is of no file type"))
+    } else if mode & !MODE_BITS != 0 {
+        Some(format!(
+            "mode {mode:o} has bits beyond the type and permissions"
+        ))
+    } else {
+        None
+    }
+}
+
+/// Extent flag: allocated, reads as zeros until written (fallocate, zero-range).
+pub const UNWRITTEN: u32 = 1;
+/// Every extent flag this format version knows; any other bit is damage.
+pub const EXTENT_FLAGS_KNOWN: u32 = UNWRITTEN;
+
 /// A mapping of file blocks to disk blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {

@@ -40,6 +40,9 @@ pub const LOG_RECORD_HEADER_BYTES: usize = 80;
 /// A record's payload is at most this many bytes; a larger checkpoint is split into records. It
 /// bounds the buffer a reader needs for one record.
 pub const LOG_RECORD_PAYLOAD_MAX: usize = 256 * 1024;
+/// A checkpoint sequence number no record may carry: the next one would not exist. (At one
+/// checkpoint a microsecond it is half a million years away.)
+pub const SEQ_LIMIT: u64 = u64::MAX;
 /// The record carries the last part of a checkpoint: its payload is a [`CommitRecord`].
 pub const FLAG_COMMIT: u16 = 1;
 /// The record was written at a clean unmount: nothing before it needs replay.
@@ -105,6 +108,28 @@ impl RecordHeader {
         e.bytes(OFF_INDEX + 4, &[0u8; 12]);
         let hdr_crc = crc32fast::hash(&rec[..LOG_RECORD_HEADER_BYTES]);
         Enc::new(rec).u32(OFF_HDR_CRC, hdr_crc);
+        let crc = crc_with_hole(&rec[..end], OFF_CRC);
+        Enc::new(rec).u32(OFF_CRC, crc);
+    }
+
+    /// Recomputes both CRCs of the record starting in `rec` after an edit, over the payload
+    /// length it states (cut at the end of `rec`), so only the meaning of what was edited is
+    /// wrong (the field fuzzer).
+    pub fn reseal(rec: &mut [u8]) {
+        if rec.len() < LOG_RECORD_HEADER_BYTES {
+            return;
+        }
+        Enc::new(rec).u32(OFF_CRC, 0);
+        Enc::new(rec).u32(OFF_HDR_CRC, 0);
+        let hdr_crc = crc32fast::hash(&rec[..LOG_RECORD_HEADER_BYTES]);
+        Enc::new(rec).u32(OFF_HDR_CRC, hdr_crc);
+        let len = u32::from_le_bytes([
+            rec[OFF_PAYLOAD_LEN],
+            rec[OFF_PAYLOAD_LEN + 1],
+            rec[OFF_PAYLOAD_LEN + 2],
+            rec[OFF_PAYLOAD_LEN + 3],
+        ]) as usize;
+        let end = LOG_RECORD_HEADER_BYTES.saturating_add(len).min(rec.len());
         let crc = crc_with_hole(&rec[..end], OFF_CRC);
         Enc::new(rec).u32(OFF_CRC, crc);
     }
@@ -186,11 +211,16 @@ impl RecordHeader {
                 format!("tail {tail_lsn} is after the record's own LSN {lsn}"),
             ));
         }
+        let seq = d.u64(OFF_SEQ, "seq")?;
+        if seq == SEQ_LIMIT {
+            // Recovery hands out the number after the last one found: there is none after this.
+            return Err(d.err("seq", format!("{seq} is past the last sequence number")));
+        }
         Ok(RecordHeader {
             flags,
             lsn,
             tail_lsn,
-            seq: d.u64(OFF_SEQ, "seq")?,
+            seq,
             payload_len,
             blocks,
             uuid: got_uuid,

@@ -12,7 +12,7 @@ pub mod log;
 pub mod name;
 pub mod superblock;
 
-pub use codec::{Dec, Enc};
+pub use codec::{record_fields, Dec, Enc, FieldRead};
 pub use header::{BlockHeader, BlockType, BLOCK_HEADER_BYTES};
 pub use log::Lsn;
 pub use superblock::{Geometry, Superblock};

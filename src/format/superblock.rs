@@ -102,7 +102,9 @@ impl Geometry {
 
     /// One past the last block of the log.
     pub fn log_end(&self) -> u64 {
-        self.log_start + self.log_blocks
+        // Saturating: a decoded geometry is checked to keep it inside AG 0; this keeps the
+        // arithmetic on an unchecked one (a damaged copy being judged) from overflowing.
+        self.log_start.saturating_add(self.log_blocks)
     }
 
     /// First block after the log: where metadata outside the AG headers may live.
@@ -169,6 +171,12 @@ impl Geometry {
             return Some(format!(
                 "extent at file block {} ({} blocks) runs past the largest file block",
                 e.file_block, e.len
+            ));
+        }
+        if e.flags & !super::inode::EXTENT_FLAGS_KNOWN != 0 {
+            return Some(format!(
+                "extent at file block {} has unknown flags {:#x}",
+                e.file_block, e.flags
             ));
         }
         let last = e.start.checked_add(e.len as u64 - 1);
@@ -257,7 +265,12 @@ impl Geometry {
                 ),
             ));
         }
-        if self.log_end() + AG_MIN_FREE_BLOCKS > self.ag_blocks {
+        if self
+            .log_start
+            .checked_add(self.log_blocks)
+            .and_then(|e| e.checked_add(AG_MIN_FREE_BLOCKS))
+            .is_none_or(|need| need > self.ag_blocks)
+        {
             return Err((
                 "log_blocks",
                 format!(
@@ -327,6 +340,13 @@ impl Superblock {
     }
 
     /// Encodes into a whole block (`buf.len()` = block size) stored at `blkno`, CRC last.
+    /// Recomputes the CRC of the superblock copy in `buf` after an edit, so only the meaning of
+    /// what was edited is wrong (damage tests and the field fuzzer).
+    pub fn reseal(buf: &mut [u8]) {
+        let crc = crc_with_hole(buf, OFF_CRC);
+        Enc::new(buf).u32(OFF_CRC, crc);
+    }
+
     pub fn encode(&self, buf: &mut [u8], blkno: u64) {
         let g = &self.geometry;
         debug_assert_eq!(buf.len(), g.block_size as usize);

@@ -528,12 +528,13 @@ impl Fs {
                 if i.format == DataFormat::Local {
                     dir::inline_bytes(i)
                 } else {
-                    i.blocks * bs
+                    i.blocks.saturating_mul(bs)
                 }
             } else {
                 i.size
             },
-            blocks: i.blocks * (bs / 512),
+            // Saturating: the count comes from the image (fsck reports one that is wrong).
+            blocks: i.blocks.saturating_mul(bs / 512),
             atime: i.atime,
             mtime: i.mtime,
             ctime: i.ctime,

@@ -223,6 +223,14 @@ fn fix_inode(
         what.push(format!("block count {} -> {b}", i.blocks));
         i.blocks = b;
     }
+    if let Some(m) = f.mode {
+        what.push(format!("mode {:o} -> {m:o}", i.mode));
+        i.mode = m;
+    }
+    if let Some(s) = f.size {
+        what.push(format!("size {} -> {s}", i.size));
+        i.size = s;
+    }
     if relink && i.nlink == 0 {
         i.nlink = if i.mode & S_IFMT == S_IFDIR { 2 } else { 1 };
         what.push("named, so no longer unlinked".to_string());

@@ -14,7 +14,7 @@ use crate::file::extmap;
 use crate::format::ag::AG_RESERVED_BLOCKS;
 use crate::format::inode::{ino_of, ino_split, inodes_per_block, DataFormat, Inode};
 use crate::format::{BlockHeader, BlockType};
-use crate::fs::{S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK};
+use crate::fs::{S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 use crate::inode;
 use crate::trans::{Trans, TransKind};
 use std::collections::BTreeMap;
@@ -29,6 +29,10 @@ pub struct InodeFix {
     pub drop_xattr: Option<String>,
     /// The block count it should have.
     pub blocks: Option<u64>,
+    /// The size it should have (a file's past the largest file size).
+    pub size: Option<u64>,
+    /// The mode it should have (stray bits beyond the type and permissions dropped).
+    pub mode: Option<u32>,
     /// A root directory made afresh.
     pub new_root: bool,
     /// Whether the chunk block itself is unreadable and must be written fresh (new root only).
@@ -244,13 +248,13 @@ pub fn scan(eng: &Engine, progress: Progress<'_>) -> Result<Scan, EngineError> {
 /// Examines one inode: keeps it (claiming what it owns), or records why it is cleared.
 fn examine(sc: &mut Scanner<'_>, tx: &mut Trans<'_>, ino: u64, i: &Inode) {
     let ft = i.mode & S_IFMT;
-    if ![
-        S_IFREG, S_IFDIR, S_IFLNK, S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK,
-    ]
-    .contains(&ft)
-    {
-        sc.fix(ino).clear = Some(format!("mode {:o} is of no file type", i.mode));
-        return;
+    if let Some(why) = crate::format::inode::mode_problem(i.mode) {
+        if !crate::format::inode::FILE_TYPES.contains(&ft) {
+            sc.fix(ino).clear = Some(why);
+            return;
+        }
+        // A known type with stray high bits: the bits go, the file stays.
+        sc.fix(ino).mode = Some(i.mode & crate::format::inode::MODE_BITS);
     }
     let mut own = Owned::default();
     let mut reset: Option<String> = None;
@@ -263,6 +267,16 @@ fn examine(sc: &mut Scanner<'_>, tx: &mut Trans<'_>, ino: u64, i: &Inode) {
                     return;
                 }
             };
+            if i.size > crate::file::FILE_SIZE_MAX {
+                // Cut to the end of its last mapped block: what the map says it holds.
+                let end = list
+                    .iter()
+                    .map(|e| e.file_block.saturating_add(e.len as u64))
+                    .max()
+                    .unwrap_or(0);
+                let bs = sc.eng.geometry().block_size as u64;
+                sc.fix(ino).size = Some(end.saturating_mul(bs).min(crate::file::FILE_SIZE_MAX));
+            }
             let mut prev_end = 0;
             for e in list {
                 if let Some(why) = sc.eng.geometry().extent_problem(&e) {
