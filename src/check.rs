@@ -170,25 +170,32 @@ impl Seen {
 /// The inodes found, sorted by number; per-inode counters live in vectors beside it, indexed
 /// the same way (a large filesystem has millions of inodes: no map entry per inode).
 struct Table {
-    inos: Vec<u64>,
-    seen: Vec<Seen>,
+    /// Kept as the one vector it was collected in (sorted in place, its slack given back):
+    /// splitting it into two would hold every entry twice at the peak.
+    list: Vec<(u64, Seen)>,
 }
 
 impl Table {
     fn new(mut list: Vec<(u64, Seen)>) -> Table {
         list.sort_unstable_by_key(|e| e.0);
         list.dedup_by_key(|e| e.0);
-        let (inos, seen) = list.into_iter().unzip();
-        Table { inos, seen }
+        list.shrink_to_fit();
+        Table { list }
     }
     fn idx(&self, ino: u64) -> Option<usize> {
-        self.inos.binary_search(&ino).ok()
+        self.list.binary_search_by_key(&ino, |e| e.0).ok()
     }
     fn get(&self, ino: u64) -> Option<&Seen> {
-        self.idx(ino).map(|i| &self.seen[i])
+        self.idx(ino).map(|i| &self.list[i].1)
+    }
+    fn ino_at(&self, k: usize) -> u64 {
+        self.list[k].0
+    }
+    fn seen_at(&self, k: usize) -> &Seen {
+        &self.list[k].1
     }
     fn len(&self) -> usize {
-        self.inos.len()
+        self.list.len()
     }
 }
 
@@ -309,8 +316,8 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
         ),
     }
     let dirs: Vec<u64> = (0..n_inodes)
-        .filter(|&k| inodes.seen[k].is_dir())
-        .map(|k| inodes.inos[k])
+        .filter(|&k| inodes.seen_at(k).is_dir())
+        .map(|k| inodes.ino_at(k))
         .collect();
     c.report.directories = dirs.len() as u64;
     c.report.files = inodes.len() as u64 - dirs.len() as u64;
@@ -323,7 +330,7 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
         let Some(di_idx) = inodes.idx(d) else {
             continue;
         };
-        let parent = inodes.seen[di_idx].parent;
+        let parent = inodes.seen_at(di_idx).parent;
         let di = match inode::read(&mut tx, d) {
             Ok((_, i)) => i,
             Err(e) => {
@@ -394,7 +401,7 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
                     );
                     continue;
                 };
-                let t = inodes.seen[t_idx];
+                let t = *inodes.seen_at(t_idx);
                 if dtype(t.mode) != e.ftype {
                     c.problem(
                         "directories",
@@ -435,7 +442,7 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
     while let Some(d) = queue.pop_front() {
         let from = children.partition_point(|e| e.0 < d);
         for &(_, ch) in children[from..].iter().take_while(|e| e.0 == d) {
-            if !reached.set(ch as u64) && inodes.seen[ch as usize].is_dir() {
+            if !reached.set(ch as u64) && inodes.seen_at(ch as usize).is_dir() {
                 queue.push_back(ch);
             }
         }
@@ -462,7 +469,7 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
         }
     }
     for k in 0..n_inodes {
-        let (ino, i) = (inodes.inos[k], inodes.seen[k]);
+        let (ino, i) = (inodes.ino_at(k), *inodes.seen_at(k));
         let is_dir = i.is_dir();
         let found = if is_dir {
             if ino == root || names_of_dir[k] > 0 {
