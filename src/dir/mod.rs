@@ -308,7 +308,10 @@ pub fn insert(
     ino: u64,
     ftype: u8,
 ) -> Result<(), EngineError> {
-    debug_assert!(!name.is_empty() && name.len() <= NAME_MAX);
+    debug_assert!(
+        crate::format::name::name_problem(name).is_none(),
+        "storing the name {name:?}"
+    );
     let h = name_hash(name);
     if inode.format == DataFormat::Local {
         let mut entries = inline_entries(dir, inode)?;
