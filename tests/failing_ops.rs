@@ -603,3 +603,37 @@ proptest! {
         run(ops)?;
     }
 }
+
+/// "." and ".." are never stored (format::name): a create, mkdir, link or rename onto either
+/// fails with EEXIST, as mkdir(".") does in the kernel, and the directory is left as it was.
+/// (The kernel resolves them before a request reaches the daemon; the library refuses too.)
+#[test]
+fn dot_and_dot_dot_are_never_created() {
+    use ticketfs::fs::FsError;
+    let fs = mount(Arc::new(MemDevice::from_bytes(BS, base_image()))).unwrap();
+    let root = fs.root();
+    let f = fs
+        .make(&Ctx::ROOT, root, b"f", S_IFREG | 0o644, 0, None)
+        .unwrap();
+    let before = observe(&fs).unwrap();
+    for name in [&b"."[..], b".."] {
+        for mode in [S_IFREG | 0o644, S_IFDIR | 0o755] {
+            let r = fs.make(&Ctx::ROOT, root, name, mode, 0, None);
+            assert!(matches!(r, Err(FsError::Exists)), "make {name:?}: {r:?}");
+        }
+        let r = fs.link(&Ctx::ROOT, f.ino, root, name);
+        assert!(matches!(r, Err(FsError::Exists)), "link {name:?}: {r:?}");
+        let r = fs.rename(&Ctx::ROOT, root, b"f", root, name, false, false);
+        assert!(
+            matches!(r, Err(FsError::Exists)),
+            "rename onto {name:?}: {r:?}"
+        );
+    }
+    let after = observe(&fs).unwrap();
+    assert!(
+        diff(&before, &after).is_empty(),
+        "{}",
+        diff(&before, &after)
+    );
+    fs.crash();
+}

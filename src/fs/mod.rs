@@ -242,6 +242,16 @@ fn check_name(name: &[u8]) -> R<()> {
     }
 }
 
+/// A name to be stored (create, link, the target of a rename): "." and ".." always exist, as
+/// mkdir(".") finds in the kernel (EEXIST); never stored (`format::name`).
+fn check_new_name(name: &[u8]) -> R<()> {
+    check_name(name)?;
+    if name == b"." || name == b".." {
+        return Err(FsError::Exists);
+    }
+    Ok(())
+}
+
 /// May `ctx` do `want` (4 read, 2 write, 1 search/execute, or'ed) to `i`?
 fn may(ctx: &Ctx, i: &Inode, want: u32) -> R<()> {
     if ctx.uid == 0 {
@@ -642,7 +652,7 @@ impl Fs {
         target: Option<&[u8]>,
     ) -> R<Attr> {
         self.writable()?;
-        check_name(name)?;
+        check_new_name(name)?;
         let ftype = mode & S_IFMT;
         if !matches!(
             ftype,
@@ -899,7 +909,7 @@ impl Fs {
     /// Adds the name `newname` in `newparent` for `ino`.
     pub fn link(&self, ctx: &Ctx, ino: u64, newparent: u64, newname: &[u8]) -> R<Attr> {
         self.writable()?;
-        check_name(newname)?;
+        check_new_name(newname)?;
         let _blocks = self.promise(TransKind::Link, false)?;
         let mut tx = self.eng.begin(TransKind::Link)?;
         lock_chunks(&mut tx, &[ino, newparent])?;
@@ -974,7 +984,7 @@ impl Fs {
     ) -> R<()> {
         self.writable()?;
         check_name(name)?;
-        check_name(newname)?;
+        check_new_name(newname)?;
         for _ in 0..RETRIES_MAX {
             let src = self.peek(parent, name)?.ok_or(FsError::NotFound)?;
             let dst = self.peek(newparent, newname)?;
