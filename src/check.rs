@@ -19,11 +19,10 @@ use crate::alloc::{AgSpace, Allocator};
 use crate::bitmap::Bitmap;
 use crate::dir;
 use crate::engine::{Engine, EngineError};
-use crate::file::extmap;
 use crate::format::ag::AG_RESERVED_BLOCKS;
-use crate::format::inode::{ino_of, inodes_per_block, DataFormat, Inode};
+use crate::format::inode::{ino_of, inodes_per_block, Inode};
 use crate::format::BlockType;
-use crate::fs::{dtype, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+use crate::fs::{dtype, S_IFDIR, S_IFMT};
 use crate::inode;
 use crate::trans::{Trans, TransKind};
 use serde::Serialize;
@@ -74,8 +73,16 @@ struct Checker<'e> {
     report: CheckReport,
     /// Blocks claimed so far.
     claimed: Bitmap,
-    /// Who claimed each block other than free space (free space is the rest of `claimed`).
+    /// Who claimed each block of AG metadata (tree nodes, free lists, inode chunks). Blocks of
+    /// inodes are not listed: a large filesystem has millions, and the owner is needed only to
+    /// name the first claimant of a block claimed twice, which `resolve_doubles` finds again.
     owner: HashMap<u64, Owner>,
+    /// Blocks claimed as free space.
+    free: Bitmap,
+    /// Blocks claimed by something other than free space.
+    used: u64,
+    /// Blocks claimed a second time whose first claimant was an inode: (block, second claimant).
+    doubles: Vec<(u64, String)>,
     /// Metadata blocks found in use (their headers' LSNs are checked against the log).
     meta: Vec<u64>,
 }
@@ -114,10 +121,14 @@ impl Checker<'_> {
             return;
         }
         if self.claimed.set(b) {
-            let first = self
-                .owner
-                .get(&b)
-                .map_or("free space".to_string(), |o| o.to_string());
+            let first = match self.owner.get(&b) {
+                Some(o) => o.to_string(),
+                None if self.free.get(b) => "free space".to_string(),
+                None => {
+                    self.doubles.push((b, name(who)));
+                    return;
+                }
+            };
             self.problem(
                 "space",
                 Some(b),
@@ -126,8 +137,16 @@ impl Checker<'_> {
             );
             return;
         }
-        if let Some(o) = who {
-            self.owner.insert(b, o);
+        match who {
+            None => {
+                self.free.set(b);
+            }
+            Some(o) => {
+                self.used += 1;
+                if !matches!(o, Owner::Inode(..)) {
+                    self.owner.insert(b, o);
+                }
+            }
         }
     }
 }
@@ -208,6 +227,9 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
         report: CheckReport::default(),
         claimed: Bitmap::new(eng.geometry().block_count),
         owner: HashMap::new(),
+        free: Bitmap::new(eng.geometry().block_count),
+        used: 0,
+        doubles: Vec::new(),
         meta: Vec::new(),
     };
     let g = *eng.geometry();
@@ -296,7 +318,8 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
             );
         }
     }
-    c.report.blocks_used = c.owner.len() as u64;
+    resolve_doubles(&mut c, &mut tx, &chunks);
+    c.report.blocks_used = c.used;
     check_lsns(&mut c, progress);
 
     // Phase 4: directories and reachability.
@@ -649,122 +672,66 @@ fn check_ag(c: &mut Checker<'_>, agno: u32, sp: &AgSpace) {
     }
 }
 
+/// Reports what `verify::inode` finds wrong with inode `ino` and claims what it owns.
 fn check_inode(c: &mut Checker<'_>, tx: &mut Trans<'_>, ino: u64, i: &Inode) {
-    let ft = i.mode & S_IFMT;
-    if let Some(why) = crate::format::inode::mode_problem(i.mode) {
-        c.problem("inodes", None, Some(ino), format!("inode {ino}: {why}"));
-        if !crate::format::inode::FILE_TYPES.contains(&ft) {
-            return;
-        }
-    }
-    let mut owned: Vec<(u64, &'static str)> = Vec::new();
-    match ft {
-        S_IFREG if i.size > crate::file::FILE_SIZE_MAX => c.problem(
-            "inodes",
-            None,
-            Some(ino),
-            format!(
-                "inode {ino}: size {} is past the largest file size {}",
-                i.size,
-                crate::file::FILE_SIZE_MAX
-            ),
-        ),
-        S_IFREG => match extmap::all(tx, ino, i) {
-            Ok(list) => {
-                let mut prev_end = 0;
-                for e in list {
-                    if let Some(why) = c.eng.geometry().extent_problem(&e) {
-                        c.problem("inodes", None, Some(ino), format!("inode {ino}: {why}"));
-                        continue;
-                    }
-                    if e.file_block < prev_end {
-                        c.problem(
-                            "inodes",
-                            None,
-                            Some(ino),
-                            format!(
-                                "inode {ino}: extents overlap at file block {}",
-                                e.file_block
-                            ),
-                        );
-                    }
-                    prev_end = e.file_block + e.len as u64;
-                    owned.extend((e.start..e.start + e.len as u64).map(|b| (b, "file data")));
-                }
-                {
-                    match extmap::nodes(tx, ino, i) {
-                        Ok(bs) => owned.extend(bs.into_iter().map(|b| (b, "an extent-map node"))),
-                        Err(e) => c.problem(
-                            "inodes",
-                            Some(i.root),
-                            Some(ino),
-                            format!("inode {ino}: extent map: {e}"),
-                        ),
-                    }
-                }
-            }
-            Err(e) => c.problem(
-                "inodes",
-                None,
-                Some(ino),
-                format!("inode {ino}: extent map: {e}"),
-            ),
-        },
-        S_IFDIR => match dir::blocks(tx, ino, i) {
-            Ok(bs) => owned.extend(bs.into_iter().map(|b| (b, "a directory block"))),
-            Err(e) => c.problem("inodes", None, Some(ino), format!("directory {ino}: {e}")),
-        },
-        S_IFLNK if i.format != DataFormat::Local => match tx.read_buf(i.root, BlockType::Symlink) {
-            Ok(_) => owned.push((i.root, "a symlink block")),
-            Err(e) => c.problem(
-                "inodes",
-                Some(i.root),
-                Some(ino),
-                format!("symlink {ino}: {e}"),
-            ),
-        },
-        _ => {}
-    }
-    if i.xattr_blk != 0 {
-        match crate::xattr::load(tx, ino, i) {
-            Ok(_) => owned.push((i.xattr_blk, "an xattr block")),
-            Err(e) => c.problem(
-                "inodes",
-                Some(i.xattr_blk),
-                Some(ino),
-                format!("inode {ino}: xattrs: {e}"),
-            ),
-        }
-    }
-    if i.blocks != owned.len() as u64 {
+    let v = crate::verify::inode(tx, c.eng.geometry(), ino, i);
+    for f in &v.faults {
         c.problem(
             "inodes",
             None,
             Some(ino),
-            format!(
-                "inode {ino} counts {} blocks but owns {}",
-                i.blocks,
-                owned.len()
-            ),
+            format!("inode {ino}: {}", f.describe()),
         );
     }
-    for (b, what) in owned {
-        // The rule repair and the file layer apply too (`Geometry::in_data_area`).
-        if !c.eng.geometry().in_data_area(b) {
-            let role = c.eng.geometry().reserved_role(b);
-            c.problem(
-                "inodes",
-                Some(b),
-                Some(ino),
-                format!("inode {ino}: {what} at block {b}, {role}"),
-            );
-            continue;
+    for r in &v.owns {
+        for b in r.start..r.start + r.len {
+            if r.role.is_metadata() {
+                c.meta.push(b);
+            }
+            let agno = c.alloc.agno_of(b);
+            c.claim(b, Some(Owner::Inode(ino, r.role.name())), agno);
         }
-        if what != "file data" {
-            c.meta.push(b);
+    }
+}
+
+/// Names the first claimant of every block an inode claimed first and something claimed again
+/// (`Checker::doubles`): a second walk of the inodes, only when there are such blocks (as
+/// e2fsck's passes 1B-1D find the owners of its duplicate blocks).
+fn resolve_doubles(c: &mut Checker<'_>, tx: &mut Trans<'_>, chunks: &[(u64, u64)]) {
+    if c.doubles.is_empty() {
+        return;
+    }
+    let mut first: HashMap<u64, Option<String>> = c.doubles.iter().map(|d| (d.0, None)).collect();
+    let ipb = inodes_per_block(c.eng.geometry().block_size);
+    for &(chunk, free_mask) in chunks {
+        for slot in (0..ipb).filter(|s| free_mask >> s & 1 == 0) {
+            let ino = ino_of(chunk, slot);
+            let Ok((_, i)) = inode::read(tx, ino) else {
+                continue;
+            };
+            let v = crate::verify::inode(tx, c.eng.geometry(), ino, &i);
+            for r in &v.owns {
+                for b in r.start..r.start + r.len {
+                    if let Some(slot @ None) = first.get_mut(&b) {
+                        *slot = Some(Owner::Inode(ino, r.role.name()).to_string());
+                    }
+                }
+            }
         }
-        let agno = c.alloc.agno_of(b);
-        c.claim(b, Some(Owner::Inode(ino, what)), agno);
+        tx.release_all_clean();
+    }
+    for (b, second) in std::mem::take(&mut c.doubles) {
+        let who = first
+            .get(&b)
+            .cloned()
+            .flatten()
+            .unwrap_or_else(|| "an inode".to_string());
+        c.problem(
+            "space",
+            Some(b),
+            None,
+            format!("block {b} is both {who} and {second}"),
+        );
     }
 }
 

@@ -18,6 +18,7 @@ use crate::fs::{S_IFDIR, S_IFMT, S_IFREG};
 use crate::inode;
 use crate::mem::MemRes;
 use crate::trans::TransKind;
+use crate::verify;
 use std::fmt::Write;
 use std::sync::Arc;
 
@@ -356,6 +357,15 @@ fn show_inode(eng: &Engine, ino: u64) -> Result<String, String> {
                 let _ = writeln!(out, "  xattrs: {e}");
             }
         }
+    }
+    // The verdict fsck's checker and repairer act on, so a damaged inode can be examined
+    // before it is repaired; what needs every inode (shared blocks, links) is fsck's alone.
+    let v = verify::inode(&mut tx, eng.geometry(), ino, &i);
+    if v.faults.is_empty() {
+        let _ = writeln!(out, "  verdict: clean");
+    }
+    for f in &v.faults {
+        let _ = writeln!(out, "  verdict: {}", f.describe());
     }
     let _ = tx.cancel();
     Ok(out)

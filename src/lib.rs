@@ -31,7 +31,9 @@ pub mod ring;
 pub mod rundir;
 pub mod sbselect;
 pub mod stats;
+pub mod symlink;
 pub mod trans;
+pub mod verify;
 pub mod xattr;
 
 pub use engine::{Engine, EngineError, EngineOptions, EngineStats};

@@ -43,7 +43,8 @@ fn fsck(img: &Path, args: &[&str]) -> (i32, String) {
 }
 
 /// A small image holding every kind of metadata block.
-fn populated(dir: &Path) -> PathBuf {
+/// A fresh 64 MiB image, `dir`/image: where most tests here start.
+fn fresh_image(dir: &Path) -> PathBuf {
     let img = dir.join("image");
     make_filesystem(
         &img,
@@ -53,6 +54,19 @@ fn populated(dir: &Path) -> PathBuf {
         },
     )
     .expect("mkfs");
+    img
+}
+
+/// Makes block `n` of `bytes` valid again after a test changed it (its CRC recomputed, its LSN
+/// kept): only the meaning of what changed is wrong.
+fn reseal(bytes: &mut [u8], n: usize) {
+    let b = &mut bytes[n * BS..(n + 1) * BS];
+    let lsn = BlockHeader::peek_lsn(b).unwrap_or(0);
+    BlockHeader::stamp(b, lsn);
+}
+
+fn populated(dir: &Path) -> PathBuf {
+    let img = fresh_image(dir);
     let m = Mount::new(&img, "");
     let r = m.path();
     // A directory large enough for its hash tree and name blocks.
@@ -425,9 +439,7 @@ proptest::proptest! {
             let blk = meta[pick % meta.len()];
             bytes[blk * BS + off] = val;
             if fix_crc {
-                let b = &mut bytes[blk * BS..(blk + 1) * BS];
-                let lsn = BlockHeader::peek_lsn(b).unwrap_or(0);
-                BlockHeader::stamp(b, lsn);
+                reseal(&mut bytes, blk);
             }
         }
         mount_check_and_walk(bytes.clone());
@@ -845,9 +857,7 @@ fn an_extent_in_a_reserved_block_is_found_by_check_and_repair_alike() {
         put(&mut bytes, ino_at + 92, &2u32.to_le_bytes()); // nextents
         put(&mut bytes, ino_at + 32, &2u64.to_le_bytes()); // blocks
         put(&mut bytes, ino_at + 24, &(2 * BS as u64).to_le_bytes()); // size
-        let b = &mut bytes[chunk * BS..(chunk + 1) * BS];
-        let lsn = BlockHeader::peek_lsn(b).unwrap();
-        BlockHeader::stamp(b, lsn);
+        reseal(&mut bytes, chunk);
         assert_found_and_repaired(
             work.path(),
             &format!("an extent at block {target}, {what}"),
@@ -865,15 +875,7 @@ fn a_stored_dot_dot_entry_is_named_by_check_and_dropped_by_repair() {
     use std::os::unix::fs::MetadataExt;
     use ticketfs::format::inode::{ino_split, CHUNK_SLOTS_OFFSET, FORK_OFFSET, INODE_BYTES};
     let work = tempfile::tempdir().unwrap();
-    let img = work.path().join("image");
-    make_filesystem(
-        &img,
-        &MkfsOptions {
-            size: Some(64 << 20),
-            ..Default::default()
-        },
-    )
-    .expect("mkfs");
+    let img = fresh_image(work.path());
     let m = Mount::new(&img, "");
     fs::create_dir(m.path().join("d")).unwrap();
     fs::write(m.path().join("d/xy"), b"x").unwrap();
@@ -887,9 +889,7 @@ fn a_stored_dot_dot_entry_is_named_by_check_and_dropped_by_repair() {
     assert_eq!((bytes[e + 15], &bytes[e + 16..e + 18]), (2, &b"xy"[..]));
     bytes[e..e + 4].copy_from_slice(&(ticketfs::dir::name_hash(b"..") as u32).to_le_bytes());
     bytes[e + 16..e + 18].copy_from_slice(b"..");
-    let b = &mut bytes[chunk * BS..(chunk + 1) * BS];
-    let lsn = BlockHeader::peek_lsn(b).unwrap();
-    BlockHeader::stamp(b, lsn);
+    reseal(&mut bytes, chunk);
     let bad = work.path().join("bad");
     fs::write(&bad, &bytes).unwrap();
     let (code, out) = fsck(&bad, &["-n"]);
@@ -899,6 +899,185 @@ fn a_stored_dot_dot_entry_is_named_by_check_and_dropped_by_repair() {
         "{out}"
     );
     assert_found_and_repaired(work.path(), "a stored \"..\" entry", &bytes);
+}
+
+/// Damage only the shared verifiers (`format::dirblock`, `format::xattrblock`,
+/// `format::inode::symlink_problem`, through `verify::inode`) see, each with a valid CRC: the
+/// checker found none of it before (a name block's `live` undercounting its names would free the
+/// block under the entries still pointing into it; an xattr count that hides an attribute; a
+/// symlink whose size disagrees with its target), and the repair acts on the same verdict: the
+/// directory rebuilt with every name, the symlink's size set back, the attributes dropped.
+#[test]
+fn damage_the_shared_verifiers_see_is_found_and_repaired_alike() {
+    use std::os::unix::fs::MetadataExt;
+    use ticketfs::format::inode::{ino_split, slot_range, Inode};
+    use ticketfs::format::{dirblock, record_fields, xattrblock};
+    let work = tempfile::tempdir().unwrap();
+    let img = fresh_image(work.path());
+    let m = Mount::new(&img, "");
+    let r = m.path();
+    fs::create_dir(r.join("d")).unwrap();
+    let names: Vec<String> = (0..200)
+        .map(|i| format!("a-fairly-long-name-{i:04}"))
+        .collect();
+    for n in &names {
+        fs::write(r.join("d").join(n), b"x").unwrap();
+    }
+    let target = "t".repeat(400);
+    std::os::unix::fs::symlink(&target, r.join("link")).unwrap();
+    let link_ino = fs::symlink_metadata(r.join("link")).unwrap().ino();
+    let dir_ino = fs::metadata(r.join("d")).unwrap().ino();
+    fs::write(r.join("f"), b"data").unwrap();
+    let file_ino = fs::metadata(r.join("f")).unwrap().ino();
+    let f = std::ffi::CString::new(r.join("f").into_os_string().into_encoded_bytes()).unwrap();
+    for (n, v) in [(c"user.one", "1"), (c"user.two", "22")] {
+        // SAFETY: both strings are NUL-terminated and live across the call; the value's
+        // pointer and length describe one slice.
+        let rc = unsafe { libc::setxattr(f.as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
+        assert_eq!(rc, 0, "setxattr {n:?}: {}", std::io::Error::last_os_error());
+    }
+    m.unmount();
+    let pristine = fs::read(&img).unwrap();
+    let kinds = blocks_by_type(&pristine);
+    let set_u16 =
+        |b: &mut Vec<u8>, at: usize, v: u16| b[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    let set_u32 =
+        |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+
+    // A name block counting one name fewer than point into it.
+    let nb = kinds[&BlockType::DirData][0];
+    let mut live_low = pristine.clone();
+    let at = nb * BS + dirblock::LIVE_OFF;
+    let live = u32::from_le_bytes(live_low[at..at + 4].try_into().unwrap());
+    set_u32(&mut live_low, at, live - 1);
+    reseal(&mut live_low, nb);
+    // Its free offset moved back over the last name (the next name would overwrite it).
+    let mut free_low = pristine.clone();
+    let at = nb * BS + dirblock::FREE_OFF;
+    let free = u32::from_le_bytes(free_low[at..at + 4].try_into().unwrap());
+    set_u32(&mut free_low, at, free - 3);
+    reseal(&mut free_low, nb);
+    // An xattr block whose count hides its second attribute.
+    let xb = kinds[&BlockType::Xattr][0];
+    let mut hidden = pristine.clone();
+    set_u16(&mut hidden, xb * BS + xattrblock::COUNT_OFF, 1);
+    reseal(&mut hidden, xb);
+    // A symlink whose size is not its target's length.
+    let (chunk, slot) = ino_split(link_ino);
+    let (chunk, range) = (chunk as usize, slot_range(slot));
+    let base = chunk * BS + range.start;
+    let (_, reads) = record_fields(|| {
+        Inode::decode(
+            &pristine[chunk * BS..][range.clone()],
+            chunk as u64,
+            link_ino,
+        )
+        .unwrap()
+    });
+    let size = reads
+        .iter()
+        .find(|f| f.field == "size")
+        .expect("the inode's size field");
+    let mut long_size = pristine.clone();
+    long_size[base + size.off..base + size.off + 8].copy_from_slice(&4000u64.to_le_bytes());
+    reseal(&mut long_size, chunk);
+
+    for (what, bytes) in [
+        ("a name block's live count one low", &live_low),
+        ("a name block's free offset over its last name", &free_low),
+        ("an xattr count hiding an attribute", &hidden),
+        ("a symlink's size past its target", &long_size),
+    ] {
+        // `ticketfs db` shows the verdict fsck acts on.
+        let (ino, fault) = match what {
+            w if w.starts_with("a name block") => (dir_ino, "directory: "),
+            w if w.starts_with("an xattr") => (file_ino, "xattrs: "),
+            _ => (link_ino, "symlink size 4000"),
+        };
+        fs::write(work.path().join("bad"), bytes).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_ticketfs"))
+            .arg("db")
+            .arg(work.path().join("bad"))
+            .args(["inode", &ino.to_string()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains(&format!("verdict: {fault}")),
+            "{what}: db inode {ino}:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_found_and_repaired(work.path(), what, bytes);
+        // What the repair kept: every name, the link's target.
+        let m = Mount::new(&work.path().join("bad"), "");
+        let mut listed: Vec<String> = fs::read_dir(m.path().join("d"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        listed.sort();
+        assert_eq!(listed, names, "{what}: the directory after the repair");
+        assert_eq!(
+            fs::read_link(m.path().join("link"))
+                .unwrap()
+                .to_str()
+                .unwrap(),
+            target,
+            "{what}: the link after the repair"
+        );
+        assert_eq!(
+            fs::symlink_metadata(m.path().join("link")).unwrap().len(),
+            400,
+            "{what}: the link's size after the repair"
+        );
+        m.unmount();
+    }
+}
+
+/// A block two files map: the checker names both owners (the first found again by a second
+/// walk, since it keeps no owner per inode block), and the repair clears the later file.
+#[test]
+fn a_block_two_files_map_names_both_owners() {
+    use std::os::unix::fs::MetadataExt;
+    use ticketfs::format::inode::{ino_split, slot_range, Inode, FORK_OFFSET};
+    let work = tempfile::tempdir().unwrap();
+    let img = fresh_image(work.path());
+    let m = Mount::new(&img, "");
+    fs::write(m.path().join("a"), vec![b'a'; 4096]).unwrap();
+    fs::write(m.path().join("b"), vec![b'b'; 4096]).unwrap();
+    let a = fs::metadata(m.path().join("a")).unwrap().ino();
+    let b = fs::metadata(m.path().join("b")).unwrap().ino();
+    m.unmount();
+    let mut bytes = fs::read(&img).unwrap();
+    let inode_at = |bytes: &[u8], ino: u64| {
+        let (chunk, slot) = ino_split(ino);
+        let base = chunk as usize * BS + slot_range(slot).start;
+        let i = Inode::decode(&bytes[base..base + slot_range(slot).len()], chunk, ino).unwrap();
+        (chunk as usize, base, i)
+    };
+    let (_, _, ia) = inode_at(&bytes, a);
+    let (chunk_b, base_b, ib) = inode_at(&bytes, b);
+    let (ea, eb) = (ia.extents()[0], ib.extents()[0]);
+    // b's one extent: file block 0, start, len, flags: start moved onto a's block.
+    let at = base_b + FORK_OFFSET + 8;
+    assert_eq!(
+        u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()),
+        eb.start
+    );
+    bytes[at..at + 8].copy_from_slice(&ea.start.to_le_bytes());
+    reseal(&mut bytes, chunk_b);
+    let bad = work.path().join("bad");
+    fs::write(&bad, &bytes).unwrap();
+    let (code, out) = fsck(&bad, &["-n"]);
+    assert_eq!(code, 4, "{out}");
+    let want = format!(
+        "block {} is both file data of inode {a} and file data of inode {b}",
+        ea.start
+    );
+    assert!(out.contains(&want), "wanted {want:?} in:\n{out}");
+    assert_found_and_repaired(work.path(), "a block two files map", &bytes);
+    let m = Mount::new(&bad, "");
+    assert_eq!(fs::read(m.path().join("a")).unwrap(), vec![b'a'; 4096]);
+    m.unmount();
 }
 
 // ---- Field fuzzing (issue 19, item 3) ----
@@ -939,11 +1118,12 @@ const FUZZ_VALUES: [&str; 6] = ["zeroes", "ones", "+1", "-1", "random", "high bi
 fn field_sites(img: &[u8]) -> Vec<Site> {
     use ticketfs::btree::Node;
     use ticketfs::format::ag::AgHeader;
+    use ticketfs::format::inode::symlink_block_target;
     use ticketfs::format::inode::{
         ino_of, inodes_per_block, slot_range, DataFormat, Inode, CHUNK_SLOTS_OFFSET, FORK_OFFSET,
     };
     use ticketfs::format::log::{RecordHeader, LOG_RECORD_MAGIC};
-    use ticketfs::format::{record_fields, FieldRead, Superblock};
+    use ticketfs::format::{dirblock, record_fields, xattrblock, FieldRead, Superblock};
     let sb = Superblock::decode(&img[..BS], 0).unwrap();
     let g = sb.geometry;
     let mut out: Vec<Site> = Vec::new();
@@ -959,7 +1139,11 @@ fn field_sites(img: &[u8]) -> Vec<Site> {
             }
         }
         for (_, v) in seen {
+            // The first, the middle and the last of a field read many times.
             let mut pick = vec![v[0].clone()];
+            if v.len() > 2 {
+                pick.push(v[v.len() / 2].clone());
+            }
             if v.len() > 1 {
                 pick.push(v[v.len() - 1].clone());
             }
@@ -1006,6 +1190,33 @@ fn field_sites(img: &[u8]) -> Vec<Site> {
                     Seal::Block(n),
                 );
             }
+            BlockType::DirData => {
+                // The records the tree points at: in this image (no name ever removed), every
+                // record from the first to `free_off`.
+                let end = dirblock::free_off(b, n as u64).unwrap();
+                let mut offs = Vec::new();
+                let mut at = dirblock::NAME_HDR;
+                while at < end {
+                    offs.push(at);
+                    at += dirblock::RECORD_HDR + b[at] as usize;
+                }
+                let (r, reads) =
+                    record_fields(|| dirblock::check_name_block(b, n as u64, &mut offs));
+                r.expect("the pristine name block passes");
+                add("directory name block".into(), n * BS, reads, Seal::Block(n));
+            }
+            BlockType::Xattr => {
+                let (r, reads) = record_fields(|| xattrblock::decode(b, n as u64).map(|_| ()));
+                r.expect("the pristine xattr block passes");
+                add("xattr block".into(), n * BS, reads, Seal::Block(n));
+            }
+            BlockType::Symlink => {
+                // Its inode says how long the target is: 400 bytes ("longlink" in `populated`).
+                let (r, reads) =
+                    record_fields(|| symlink_block_target(b, n as u64, 400).map(|_| ()));
+                r.expect("the pristine symlink block reads");
+                add("symlink block".into(), n * BS, reads, Seal::Block(n));
+            }
             BlockType::InodeChunk => {
                 // A directory, an extent-list file and a B+tree file, wherever they are.
                 let mut want = vec![
@@ -1051,7 +1262,6 @@ fn field_sites(img: &[u8]) -> Vec<Site> {
                 }
                 let _ = CHUNK_SLOTS_OFFSET;
             }
-            _ => {}
         }
     }
     // The log record recovery starts from: the one of the highest sequence number.
@@ -1123,9 +1333,7 @@ fn damaged(img: &[u8], site: &Site, kind: &str, seed: u64) -> Option<Vec<u8>> {
     match site.seal {
         Seal::Superblock => Superblock::reseal(&mut bytes[..BS]),
         Seal::Block(n) => {
-            let b = &mut bytes[n * BS..(n + 1) * BS];
-            let lsn = BlockHeader::peek_lsn(b).unwrap_or(0);
-            BlockHeader::stamp(b, lsn);
+            reseal(&mut bytes, n);
         }
         Seal::LogRecord(n) => RecordHeader::reseal(&mut bytes[n * BS..]),
     }

@@ -30,9 +30,32 @@ use crate::format::ag::{
     AG_INO_ROOT_OFFSET, AG_RESERVED_BLOCKS, AG_UNLINKED_ROOT_OFFSET,
 };
 use crate::format::inode::{ino_of, ino_split, inodes_per_block};
+use crate::format::records::{FreeByBlock, FreeByLen, InoChunk, Unlinked};
 use crate::format::{BlockType, FormatError, Geometry};
 use crate::trans::{BufId, Trans, TransKind};
 use parking_lot::Mutex;
+
+/// Every record of a tree read whole, decoded by its codec; the first that fails is an error
+/// naming the tree (at its AG's header block) and the record.
+fn decode_all<T>(
+    recs: Vec<(crate::btree::Key, crate::btree::Val)>,
+    hdr_blkno: u64,
+    tree: &'static str,
+    decode: impl Fn(crate::btree::Key, crate::btree::Val) -> Result<T, String>,
+) -> Result<Vec<T>, EngineError> {
+    recs.into_iter()
+        .map(|(k, v)| {
+            decode(k, v).map_err(|why| {
+                EngineError::Corrupt(FormatError::new(
+                    hdr_blkno,
+                    tree,
+                    "records",
+                    format!("record {k:?} -> {v:?}: {why}"),
+                ))
+            })
+        })
+        .collect()
+}
 
 /// What is known of an AG without locking it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -411,7 +434,7 @@ impl Allocator {
     #[track_caller]
     fn write_ag(&self, tx: &mut Trans<'_>, ag: &mut Ag) -> Result<(), EngineError> {
         let sp = &mut ag.sp;
-        sp.hdr.longest = match sp.cnt.le(tx, &[u64::MAX, u64::MAX])? {
+        sp.hdr.longest = match sp.cnt.le(tx, &FreeByLen::LAST)? {
             Some((k, _)) => k[0],
             None => 0,
         };
@@ -511,8 +534,10 @@ impl Allocator {
             agfl: &mut sp.hdr.agfl,
             blkno,
         };
-        sp.bno.insert(tx, &mut fl, [start, 0], [len, 0])?;
-        sp.cnt.insert(tx, &mut fl, [len, start], [0, 0])
+        let by_block = FreeByBlock { start, len };
+        sp.bno.insert(tx, &mut fl, by_block.key(), by_block.val())?;
+        let by_len = FreeByLen { len, start };
+        sp.cnt.insert(tx, &mut fl, by_len.key(), by_len.val())
     }
 
     fn remove_free(
@@ -528,9 +553,12 @@ impl Allocator {
             agfl: &mut sp.hdr.agfl,
             blkno,
         };
-        let a = sp.bno.delete(tx, &mut fl, &[start, 0])?;
-        let b = sp.cnt.delete(tx, &mut fl, &[len, start])?;
-        if a != Some([len, 0]) || b.is_none() {
+        let by_block = FreeByBlock { start, len };
+        let a = sp.bno.delete(tx, &mut fl, &by_block.key())?;
+        let b = sp
+            .cnt
+            .delete(tx, &mut fl, &FreeByLen { len, start }.key())?;
+        if a != Some(by_block.val()) || b.is_none() {
             return Err(EngineError::Corrupt(FormatError::new(
                 blkno,
                 "free-space trees",
@@ -549,9 +577,9 @@ impl Allocator {
         let target = Self::freelist_target(sp.bno.root.level, sp.cnt.root.level);
         while sp.hdr.agfl.len() < target {
             let want = (target - sp.hdr.agfl.len()) as u64;
-            let ext = match sp.cnt.ge(tx, &[want, 0])? {
+            let ext = match sp.cnt.ge(tx, &FreeByLen::search(want))? {
                 Some((k, _)) => (k[1], k[0]),
-                None => match sp.cnt.le(tx, &[u64::MAX, u64::MAX])? {
+                None => match sp.cnt.le(tx, &FreeByLen::LAST)? {
                     Some((k, _)) => (k[1], k[0]),
                     None => break,
                 },
@@ -591,21 +619,21 @@ impl Allocator {
         max: u64,
     ) -> Result<Option<(u64, u64, u64, u64)>, EngineError> {
         let t = target.clamp(sp.start, sp.start + sp.len - 1);
-        if let Some((k, v)) = sp.bno.le(tx, &[t, 0])? {
+        if let Some((k, v)) = sp.bno.le(tx, &FreeByBlock::search(t))? {
             let (s, l) = (k[0], v[0]);
             if t < s + l && s + l - t >= min {
                 return Ok(Some((s, l, t, (s + l - t).min(max))));
             }
         }
-        if let Some((k, v)) = sp.bno.ge(tx, &[t, 0])? {
+        if let Some((k, v)) = sp.bno.ge(tx, &FreeByBlock::search(t))? {
             if v[0] >= max {
                 return Ok(Some((k[0], v[0], k[0], max)));
             }
         }
-        if let Some((k, _)) = sp.cnt.ge(tx, &[max, 0])? {
+        if let Some((k, _)) = sp.cnt.ge(tx, &FreeByLen::search(max))? {
             return Ok(Some((k[1], k[0], k[1], max)));
         }
-        if let Some((k, _)) = sp.cnt.le(tx, &[u64::MAX, u64::MAX])? {
+        if let Some((k, _)) = sp.cnt.le(tx, &FreeByLen::LAST)? {
             if k[0] >= min {
                 return Ok(Some((k[1], k[0], k[1], k[0])));
             }
@@ -683,7 +711,7 @@ impl Allocator {
         let mut key = s + l;
         let mut wrapped = false;
         for _ in 0..BUSY_SEARCH_EXTENTS {
-            let next = match sp.bno.ge(tx, &[key, 0])? {
+            let next = match sp.bno.ge(tx, &FreeByBlock::search(key))? {
                 Some((k, v)) if !(wrapped && k[0] >= s) => (k[0], v[0]),
                 Some(_) => break,
                 None if !wrapped => {
@@ -700,7 +728,7 @@ impl Allocator {
             }
             key = next.0 + next.1;
         }
-        if let Some((k, _)) = sp.cnt.le(tx, &[u64::MAX, u64::MAX])? {
+        if let Some((k, _)) = sp.cnt.le(tx, &FreeByLen::LAST)? {
             let big = (k[1], k[0]);
             if big.1 >= min {
                 return Ok(idle_piece(&log.busy_in(big.0, big.1), big, big.0, min, max));
@@ -789,11 +817,11 @@ impl Allocator {
     ) -> Result<(), EngineError> {
         let left = sp
             .bno
-            .le(tx, &[start, 0])?
+            .le(tx, &FreeByBlock::search(start))?
             .filter(|(k, v)| k[0] + v[0] > start);
         let right = sp
             .bno
-            .ge(tx, &[start, 0])?
+            .ge(tx, &FreeByBlock::search(start))?
             .filter(|(k, _)| start + len > k[0]);
         if let Some((k, v)) = left.or(right) {
             return Err(EngineError::Corrupt(FormatError::new(
@@ -826,7 +854,7 @@ impl Allocator {
             ))
         };
         let (mut s, mut l) = (start, len);
-        if let Some((k, v)) = sp.bno.le(tx, &[start, 0])? {
+        if let Some((k, v)) = sp.bno.le(tx, &FreeByBlock::search(start))? {
             if k[0] + v[0] > start {
                 return Err(overlap(k[0], v[0]));
             }
@@ -836,7 +864,7 @@ impl Allocator {
                 l += v[0];
             }
         }
-        if let Some((k, v)) = sp.bno.ge(tx, &[start, 0])? {
+        if let Some((k, v)) = sp.bno.ge(tx, &FreeByBlock::search(start))? {
             if start + len > k[0] {
                 return Err(overlap(k[0], v[0]));
             }
@@ -887,8 +915,8 @@ impl Allocator {
             // taking the next could wait on a writer that holds them the other way round.
             let mark = tx.mark();
             let ag = self.read_ag(tx, agno)?;
-            let found = match ag.ino.ge(tx, &[0, 0])? {
-                Some((k, v)) if k[0] == 0 && v[0] != 0 => {
+            let found = match ag.ino.ge(tx, &InoChunk::FIRST_WITH_FREE)? {
+                Some((k, v)) if InoChunk::has_free(k) && v[0] != 0 => {
                     Some(ino_of(k[1], v[0].trailing_zeros() as usize))
                 }
                 _ => None,
@@ -908,20 +936,13 @@ impl Allocator {
     pub fn claim_inode(&self, tx: &mut Trans<'_>, ino: u64) -> Result<bool, EngineError> {
         let (chunk, slot) = ino_split(ino);
         let mut ag = self.read_ag(tx, self.agno_of(chunk))?;
-        let Some(v) = ag.ino.get(tx, &[0, chunk])? else {
+        let Some(v) = ag.ino.get(tx, &InoChunk::key_with_free(chunk))? else {
             return Ok(false);
         };
         if v[0] & (1 << slot) == 0 {
             return Ok(false);
         }
-        let left = v[0] & !(1 << slot);
-        let Ag { sp, ino: tree, .. } = &mut ag;
-        if left == 0 {
-            tree.delete(tx, &mut AgBlocks { me: self, sp }, &[0, chunk])?;
-            tree.insert(tx, &mut AgBlocks { me: self, sp }, [1, chunk], [0, 0])?;
-        } else {
-            tree.update(tx, &[0, chunk], [left, 0])?;
-        }
+        self.set_chunk_mask(tx, &mut ag, chunk, v[0], v[0] & !(1 << slot))?;
         ag.sp.hdr.free_inodes -= 1;
         self.write_ag(tx, &mut ag)?;
         Ok(true)
@@ -939,12 +960,12 @@ impl Allocator {
             let mark = tx.mark();
             let mut ag = self.read_ag(tx, agno)?;
             let found = if existing {
-                ag.ino.ge(tx, &[0, 0])?
+                ag.ino.ge(tx, &InoChunk::FIRST_WITH_FREE)?
             } else {
                 None
             };
             let (chunk, mask) = match found {
-                Some((k, v)) if k[0] == 0 => (k[1], v[0]),
+                Some((k, v)) if InoChunk::has_free(k) => (k[1], v[0]),
                 _ => {
                     let near = target.max(ag.sp.start);
                     let Some((chunk, _)) =
@@ -963,7 +984,16 @@ impl Allocator {
                         (1u64 << ipb) - 1
                     };
                     let Ag { sp, ino, .. } = &mut ag;
-                    ino.insert(tx, &mut AgBlocks { me: self, sp }, [0, chunk], [mask, 0])?;
+                    ino.insert(
+                        tx,
+                        &mut AgBlocks { me: self, sp },
+                        InoChunk::key_with_free(chunk),
+                        InoChunk {
+                            chunk,
+                            free_mask: mask,
+                        }
+                        .val(),
+                    )?;
                     ag.sp.hdr.inodes += ipb as u64;
                     ag.sp.hdr.free_inodes += ipb as u64;
                     (chunk, mask)
@@ -971,19 +1001,42 @@ impl Allocator {
             };
             let slot = mask.trailing_zeros() as usize;
             debug_assert!(slot < ipb);
-            let left = mask & !(1 << slot);
-            let Ag { sp, ino, .. } = &mut ag;
-            if left == 0 {
-                ino.delete(tx, &mut AgBlocks { me: self, sp }, &[0, chunk])?;
-                ino.insert(tx, &mut AgBlocks { me: self, sp }, [1, chunk], [0, 0])?;
-            } else {
-                ino.update(tx, &[0, chunk], [left, 0])?;
-            }
+            self.set_chunk_mask(tx, &mut ag, chunk, mask, mask & !(1 << slot))?;
             ag.sp.hdr.free_inodes -= 1;
             self.write_ag(tx, &mut ag)?;
             return Ok(Some(ino_of(chunk, slot)));
         }
         Ok(None)
+    }
+
+    /// Changes chunk `chunk`'s free-slot mask from `old` to `new` in its AG's inode-chunk tree:
+    /// the record moves between the keys of chunks with a free slot and of full chunks as the
+    /// mask becomes or stops being zero (`InoChunk::key`).
+    fn set_chunk_mask(
+        &self,
+        tx: &mut Trans<'_>,
+        ag: &mut Ag,
+        chunk: u64,
+        old: u64,
+        new: u64,
+    ) -> Result<(), EngineError> {
+        let (was, now) = (
+            InoChunk {
+                chunk,
+                free_mask: old,
+            },
+            InoChunk {
+                chunk,
+                free_mask: new,
+            },
+        );
+        let Ag { sp, ino: tree, .. } = ag;
+        if was.key() == now.key() {
+            tree.update(tx, &now.key(), now.val())?;
+            return Ok(());
+        }
+        tree.delete(tx, &mut AgBlocks { me: self, sp }, &was.key())?;
+        tree.insert(tx, &mut AgBlocks { me: self, sp }, now.key(), now.val())
     }
 
     /// Returns inode `ino`'s slot to its chunk's free mask. The caller has cleared the slot.
@@ -995,23 +1048,17 @@ impl Allocator {
         let bad = |what: String| {
             EngineError::Corrupt(FormatError::new(chunk, "inode-chunk tree", "records", what))
         };
-        let Ag { sp, ino: tree, .. } = &mut ag;
-        if let Some(v) = tree.get(tx, &[0, chunk])? {
-            if v[0] & (1 << slot) != 0 {
-                return Err(bad(format!("inode {ino} is already free")));
-            }
-            tree.update(tx, &[0, chunk], [v[0] | 1 << slot, 0])?;
-        } else if tree.get(tx, &[1, chunk])?.is_some() {
-            tree.delete(tx, &mut AgBlocks { me: self, sp }, &[1, chunk])?;
-            tree.insert(
-                tx,
-                &mut AgBlocks { me: self, sp },
-                [0, chunk],
-                [1 << slot, 0],
-            )?;
+        let old = if let Some(v) = ag.ino.get(tx, &InoChunk::key_with_free(chunk))? {
+            v[0]
+        } else if ag.ino.get(tx, &InoChunk::key_full(chunk))?.is_some() {
+            0
         } else {
             return Err(bad(format!("inode {ino}: no chunk at block {chunk}")));
+        };
+        if old & (1 << slot) != 0 {
+            return Err(bad(format!("inode {ino} is already free")));
         }
+        self.set_chunk_mask(tx, &mut ag, chunk, old, old | 1 << slot)?;
         ag.sp.hdr.free_inodes += 1;
         self.write_ag(tx, &mut ag)
     }
@@ -1022,7 +1069,8 @@ impl Allocator {
     pub fn unlinked_add(&self, tx: &mut Trans<'_>, ino: u64) -> Result<(), EngineError> {
         let mut ag = self.read_ag(tx, self.agno_of(ino_split(ino).0))?;
         let Ag { sp, unl, .. } = &mut ag;
-        unl.insert(tx, &mut AgBlocks { me: self, sp }, [ino, 0], [0, 0])?;
+        let rec = Unlinked { ino };
+        unl.insert(tx, &mut AgBlocks { me: self, sp }, rec.key(), rec.val())?;
         self.write_ag(tx, &mut ag)
     }
 
@@ -1032,7 +1080,7 @@ impl Allocator {
         let mut ag = self.read_ag(tx, self.agno_of(ino_split(ino).0))?;
         let Ag { sp, unl, .. } = &mut ag;
         if unl
-            .delete(tx, &mut AgBlocks { me: self, sp }, &[ino, 0])?
+            .delete(tx, &mut AgBlocks { me: self, sp }, &Unlinked { ino }.key())?
             .is_none()
         {
             return Err(EngineError::Corrupt(FormatError::new(
@@ -1049,7 +1097,10 @@ impl Allocator {
     pub fn unlinked(&self, tx: &mut Trans<'_>, agno: u32) -> Result<Vec<u64>, EngineError> {
         let mark = tx.mark();
         let ag = self.read_ag(tx, agno)?;
-        let out = ag.unl.collect(tx)?.into_iter().map(|(k, _)| k[0]).collect();
+        let hdr = ag.sp.start + AG_HEADER_OFFSET;
+        let out = decode_all(ag.unl.collect(tx)?, hdr, "unlinked-inode tree", |k, v| {
+            Unlinked::decode(k, v).map(|u| u.ino)
+        })?;
         tx.release_clean(mark, ag.sp.start..ag.sp.start + ag.sp.len);
         Ok(out)
     }
@@ -1063,12 +1114,7 @@ impl Allocator {
     ) -> Result<Vec<(u64, u64)>, EngineError> {
         let mark = tx.mark();
         let ag = self.read_ag(tx, agno)?;
-        let out = ag
-            .ino
-            .collect(tx)?
-            .into_iter()
-            .map(|(k, v)| (k[1], if k[0] == 1 { 0 } else { v[0] }))
-            .collect();
+        let out = self.chunk_records(ag.ino.collect(tx)?, ag.sp.start)?;
         tx.release_clean(mark, ag.sp.start..ag.sp.start + ag.sp.len);
         Ok(out)
     }
@@ -1084,8 +1130,8 @@ impl Allocator {
         }
         let mark = tx.mark();
         let ag = self.read_ag(tx, self.agno_of(chunk))?;
-        let found =
-            ag.ino.get(tx, &[0, chunk])?.is_some() || ag.ino.get(tx, &[1, chunk])?.is_some();
+        let found = ag.ino.get(tx, &InoChunk::key_with_free(chunk))?.is_some()
+            || ag.ino.get(tx, &InoChunk::key_full(chunk))?.is_some();
         tx.release_clean(mark, ag.sp.start..ag.sp.start + ag.sp.len);
         Ok(found)
     }
@@ -1103,31 +1149,43 @@ impl Allocator {
         Ok(self.summary(agno))
     }
 
+    /// The (chunk, free mask) of AG records `recs` (of the AG starting at `ag_start`), each
+    /// decoded and checked by the inode-chunk tree's codec.
+    fn chunk_records(
+        &self,
+        recs: Vec<(crate::btree::Key, crate::btree::Val)>,
+        ag_start: u64,
+    ) -> Result<Vec<(u64, u64)>, EngineError> {
+        let slots = inodes_per_block(self.geo.block_size);
+        decode_all(
+            recs,
+            ag_start + AG_HEADER_OFFSET,
+            "inode-chunk tree",
+            |k, v| InoChunk::decode(k, v, slots).map(|c| (c.chunk, c.free_mask)),
+        )
+    }
+
     /// AG `agno`'s free space as both trees record it, and its header (for checks: fsck, tests).
     pub fn free_space(&self, tx: &mut Trans<'_>, agno: u32) -> Result<AgSpace, EngineError> {
         let ag = self.read_ag(tx, agno)?;
-        let by_bno = ag
-            .sp
-            .bno
-            .collect(tx)?
-            .into_iter()
-            .map(|(k, v)| (k[0], v[0]))
-            .collect();
-        let by_cnt = ag
-            .sp
-            .cnt
-            .collect(tx)?
-            .into_iter()
-            .map(|(k, _)| (k[1], k[0]))
-            .collect();
-        let chunks = ag
-            .ino
-            .collect(tx)?
-            .into_iter()
-            .map(|(k, v)| (k[1], if k[0] == 1 { 0 } else { v[0] }))
-            .collect();
+        let hdr = ag.sp.start + AG_HEADER_OFFSET;
+        let by_bno = decode_all(
+            ag.sp.bno.collect(tx)?,
+            hdr,
+            "free-space tree by block",
+            |k, v| FreeByBlock::decode(k, v).map(|r| (r.start, r.len)),
+        )?;
+        let by_cnt = decode_all(
+            ag.sp.cnt.collect(tx)?,
+            hdr,
+            "free-space tree by length",
+            |k, v| FreeByLen::decode(k, v).map(|r| (r.start, r.len)),
+        )?;
+        let chunks = self.chunk_records(ag.ino.collect(tx)?, ag.sp.start)?;
         let ino_nodes = ag.ino.blocks(tx)?;
-        let unlinked = ag.unl.collect(tx)?.into_iter().map(|(k, _)| k[0]).collect();
+        let unlinked = decode_all(ag.unl.collect(tx)?, hdr, "unlinked-inode tree", |k, v| {
+            Unlinked::decode(k, v).map(|u| u.ino)
+        })?;
         let mut free_nodes = ag.sp.bno.blocks(tx)?;
         free_nodes.extend(ag.sp.cnt.blocks(tx)?);
         let unl_nodes = ag.unl.blocks(tx)?;

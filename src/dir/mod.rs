@@ -16,14 +16,15 @@
 use crate::alloc::{Allocator, InodeBlocks};
 use crate::btree::{Btree, NodeAlloc, Root};
 use crate::engine::EngineError;
+use crate::format::dirblock::{self, NAME_HDR};
 use crate::format::inode::{ino_split, DataFormat, Inode, FORK_BYTES};
-use crate::format::{BlockType, Dec, Enc, FormatError, BLOCK_HEADER_BYTES};
+use crate::format::records::DirRec;
+use crate::format::{BlockType, Dec, Enc, FormatError};
 use crate::trans::Trans;
 
 pub use crate::format::name::NAME_MAX;
 /// Collisions of one hash value a directory may hold: bounds the index in keys and cookies.
 pub const HASH_COLLISIONS_MAX: u64 = 1 << 31;
-const NAME_HDR: usize = BLOCK_HEADER_BYTES + 16;
 const COOKIE_DOT: u64 = 1;
 const COOKIE_DOTDOT: u64 = 2;
 const COOKIE_BASE: u64 = 3;
@@ -237,22 +238,15 @@ fn to_tree(
     Ok(())
 }
 
-/// Reads the name record at `nref`; checks it lies inside its block.
+/// Reads the name record at `nref` (`format::dirblock::name_record` checks where it lies).
 fn read_name(tx: &mut Trans<'_>, dir: u64, nref: u64) -> Result<(Vec<u8>, u8), EngineError> {
-    let (blk, off) = (nref >> 16, (nref & 0xffff) as usize);
+    let (blk, off) = DirRec::split_ref(nref);
     let id = tx.read_buf(blk, BlockType::DirData)?;
-    let b = tx.data(id);
-    let d = Dec::new(b, blk, "directory name block");
-    let end = d.u32(BLOCK_HEADER_BYTES + 4, "free_off")? as usize;
-    let len = d.u8(off, "name length")? as usize;
-    if off < NAME_HDR || off + 2 + len > end.min(b.len()) || len == 0 {
-        return Err(corrupt(
-            blk,
-            "name",
-            format!("directory {dir}: name record at {off} (length {len}) is outside 64..{end}"),
-        ));
-    }
-    Ok((b[off + 2..off + 2 + len].to_vec(), b[off + 1]))
+    let (name, ftype) = dirblock::name_record(tx.data(id), blk, off).map_err(|mut e| {
+        e.detail = format!("directory {dir}: {}", e.detail);
+        EngineError::Corrupt(e)
+    })?;
+    Ok((name.to_vec(), ftype))
 }
 
 /// An entry found: its tree key, its value (inode, name location) and its file type.
@@ -382,8 +376,7 @@ fn append_name(
     let mut target = None;
     if cur != 0 {
         let id = tx.read_buf(cur, BlockType::DirData)?;
-        let free = Dec::new(tx.data(id), cur, "directory name block")
-            .u32(BLOCK_HEADER_BYTES + 4, "free_off")? as usize;
+        let free = dirblock::free_off(tx.data(id), cur)?;
         if free + need <= tx.data(id).len() {
             target = Some((id, free));
         }
@@ -400,20 +393,20 @@ fn append_name(
     let blk = tx.blkno(id);
     let b = tx.data_mut(id);
     let live = u32::from_le_bytes([
-        b[BLOCK_HEADER_BYTES],
-        b[BLOCK_HEADER_BYTES + 1],
-        b[BLOCK_HEADER_BYTES + 2],
-        b[BLOCK_HEADER_BYTES + 3],
+        b[dirblock::LIVE_OFF],
+        b[dirblock::LIVE_OFF + 1],
+        b[dirblock::LIVE_OFF + 2],
+        b[dirblock::LIVE_OFF + 3],
     ]);
     b[off] = name.len() as u8;
     b[off + 1] = ftype;
     b[off + 2..off + need].copy_from_slice(name);
     let mut e = Enc::new(b);
-    e.u32(BLOCK_HEADER_BYTES, live + 1);
-    e.u32(BLOCK_HEADER_BYTES + 4, (off + need) as u32);
-    tx.log_range(id, BLOCK_HEADER_BYTES..BLOCK_HEADER_BYTES + 8);
+    e.u32(dirblock::LIVE_OFF, live + 1);
+    e.u32(dirblock::FREE_OFF, (off + need) as u32);
+    tx.log_range(id, dirblock::LIVE_OFF..dirblock::FREE_OFF + 4);
     tx.log_range(id, off..off + need);
-    Ok(blk << 16 | off as u64)
+    Ok(DirRec::name_ref(blk, off))
 }
 
 /// Removes `name`; returns the inode it referred to, or None if absent.
@@ -517,10 +510,9 @@ fn remove_found(
     };
     t.delete(tx, &mut db, &k)?;
     // One name less in its block; the block goes when it holds none.
-    let blk = v[1] >> 16;
+    let blk = DirRec::split_ref(v[1]).0;
     let id = tx.read_buf(blk, BlockType::DirData)?;
-    let live =
-        Dec::new(tx.data(id), blk, "directory name block").u32(BLOCK_HEADER_BYTES, "live")?;
+    let live = Dec::new(tx.data(id), blk, dirblock::STRUCTURE).u32(dirblock::LIVE_OFF, "live")?;
     if live == 0 {
         return Err(corrupt(
             blk,
@@ -535,8 +527,8 @@ fn remove_found(
             set_fork_u64(inode, 0, 0);
         }
     } else {
-        Enc::new(tx.data_mut(id)).u32(BLOCK_HEADER_BYTES, live - 1);
-        tx.log_range(id, BLOCK_HEADER_BYTES..BLOCK_HEADER_BYTES + 4);
+        Enc::new(tx.data_mut(id)).u32(dirblock::LIVE_OFF, live - 1);
+        tx.log_range(id, dirblock::LIVE_OFF..dirblock::LIVE_OFF + 4);
     }
     inode.blocks = blocks;
     inode.root = t.root.blkno;
@@ -582,25 +574,121 @@ fn set_found(
     ftype: u8,
 ) -> Result<Option<u64>, EngineError> {
     tree(dir, inode).update(tx, &k, [ino, v[1]])?;
-    let (blk, off) = (v[1] >> 16, (v[1] & 0xffff) as usize);
+    let (blk, off) = DirRec::split_ref(v[1]);
     let id = tx.read_buf(blk, BlockType::DirData)?;
     tx.data_mut(id)[off + 1] = ftype;
     tx.log_range(id, off + 1..off + 2);
     Ok(Some(v[0]))
 }
 
-/// Every block a directory owns: its hash tree's nodes and its name blocks (for checks).
+/// Every block a directory owns, its hash tree's nodes and its name blocks, each name block
+/// verified against the entries pointing into it (`format::dirblock::check_name_block`), and the
+/// current name block (where the next name goes) one of them: the one verdict the checker and
+/// the repairer take on a directory's blocks.
 pub fn blocks(tx: &mut Trans<'_>, dir: u64, inode: &Inode) -> Result<Vec<u64>, EngineError> {
+    let current = fork_u64(inode, 0);
     if inode.format == DataFormat::Local {
+        if current != 0 {
+            return Err(corrupt(
+                ino_split(dir).0,
+                "current name block",
+                format!("directory {dir}: inline, but names block {current} as its current"),
+            ));
+        }
         return Ok(Vec::new());
     }
     let t = tree(dir, inode);
     let mut out = t.blocks(tx)?;
-    let mut names: Vec<u64> = t.collect(tx)?.iter().map(|(_, v)| v[1] >> 16).collect();
-    names.sort_unstable();
-    names.dedup();
-    out.extend(names);
+    let mut refs: Vec<(u64, usize)> = Vec::new();
+    for (k, v) in t.collect(tx)? {
+        let r = DirRec::decode(k, v, HASH_COLLISIONS_MAX).map_err(|why| {
+            corrupt(
+                inode.root,
+                "records",
+                format!("directory {dir}: entry {k:?} -> {v:?}: {why}"),
+            )
+        })?;
+        refs.push((r.name_block, r.name_off));
+    }
+    refs.sort_unstable();
+    let mut found_current = current == 0;
+    for group in refs.chunk_by(|a, b| a.0 == b.0) {
+        let blk = group[0].0;
+        let mut offs: Vec<usize> = group.iter().map(|r| r.1).collect();
+        let mark = tx.mark();
+        let id = tx.read_buf(blk, BlockType::DirData)?;
+        dirblock::check_name_block(tx.data(id), blk, &mut offs).map_err(|mut e| {
+            e.detail = format!("directory {dir}: {}", e.detail);
+            EngineError::Corrupt(e)
+        })?;
+        tx.release_clean(mark, blk..blk + 1);
+        found_current |= blk == current;
+        out.push(blk);
+    }
+    if !found_current {
+        return Err(corrupt(
+            ino_split(dir).0,
+            "current name block",
+            format!("directory {dir}: its current name block {current} holds none of its names"),
+        ));
+    }
     Ok(out)
+}
+
+/// Every entry of a directory that can still be read, for a repair that rebuilds it: the hash
+/// tree's records, each name read as far as its block bounds it (`dirblock::salvage_record`),
+/// whatever the name block's counts say. An entry whose name cannot be read is left out; the
+/// error that stopped the walk, if any, is returned beside what was read.
+pub fn salvage(tx: &mut Trans<'_>, dir: u64, inode: &Inode) -> (Vec<DirEntry>, Option<String>) {
+    let mut out = Vec::new();
+    let mut first_err = None;
+    let recs = if inode.format == DataFormat::Local {
+        match inline_entries(dir, inode) {
+            Ok(list) => {
+                return (
+                    list.into_iter()
+                        .map(|e| DirEntry {
+                            cookie: COOKIE_BASE + (e.key[0] << 31 | e.key[1]),
+                            name: e.name,
+                            ino: e.ino,
+                            ftype: e.ftype,
+                            key: e.key,
+                        })
+                        .collect(),
+                    None,
+                )
+            }
+            Err(e) => return (out, Some(e.to_string())),
+        }
+    } else {
+        match tree(dir, inode).collect(tx) {
+            Ok(r) => r,
+            Err(e) => return (out, Some(e.to_string())),
+        }
+    };
+    for (k, v) in recs {
+        let (blk, off) = DirRec::split_ref(v[1]);
+        let mark = tx.mark();
+        let read = tx.read_buf(blk, BlockType::DirData).and_then(|id| {
+            dirblock::salvage_record(tx.data(id), blk, off)
+                .map(|(n, t)| (n.to_vec(), t))
+                .map_err(EngineError::Corrupt)
+        });
+        tx.release_clean(mark, blk..blk + 1);
+        match read {
+            Ok((name, ftype)) => out.push(DirEntry {
+                cookie: COOKIE_BASE + (k[0] << 31 | k[1]),
+                name,
+                ino: v[0],
+                ftype,
+                key: k,
+            }),
+            Err(e) => {
+                first_err.get_or_insert(format!("directory {dir}: {e}"));
+            }
+        }
+    }
+    (out, first_err)
 }
 
 /// Frees an empty directory's tree root (at rmdir).

@@ -7,6 +7,7 @@ use crate::alloc::{Allocator, InodeBlocks};
 use crate::btree::{Btree, NodeAlloc, Root, Val};
 use crate::engine::EngineError;
 use crate::format::inode::{ino_split, DataFormat, Extent, Inode, INLINE_EXTENTS};
+use crate::format::records::ExtentRec;
 use crate::format::{BlockType, FormatError, Geometry};
 use crate::trans::Trans;
 
@@ -15,16 +16,12 @@ pub use crate::format::inode::UNWRITTEN;
 pub const EXTENT_LEN_MAX: u64 = 1 << 21;
 
 fn to_val(e: &Extent) -> Val {
-    [e.start, e.len as u64 | (e.flags as u64) << 32]
+    ExtentRec::val(e)
 }
 
-fn from_kv(k: [u64; 2], v: Val) -> Extent {
-    Extent {
-        file_block: k[0],
-        start: v[0],
-        len: v[1] as u32,
-        flags: (v[1] >> 32) as u32,
-    }
+/// An extent-tree record of inode `ino`, decoded by the tree's codec.
+fn from_kv(ino: u64, k: [u64; 2], v: Val) -> Result<Extent, EngineError> {
+    ExtentRec::decode(k, v).map_err(|why| corrupt(ino, format!("extent record {k:?}: {why}")))
 }
 
 fn tree(ino: u64, inode: &Inode) -> Btree {
@@ -85,7 +82,7 @@ pub fn find(
             let t = tree(ino, inode);
             let hit = match t.le(tx, &[fb, u64::MAX])? {
                 Some((k, v)) => {
-                    let e = from_kv(k, v);
+                    let e = from_kv(ino, k, v)?;
                     check(ino, &e, &g)?;
                     (fb < e.file_block + e.len as u64).then_some(e)
                 }
@@ -93,7 +90,7 @@ pub fn find(
             };
             let next = match t.gt(tx, &[fb, u64::MAX])? {
                 Some((k, v)) => {
-                    let e = from_kv(k, v);
+                    let e = from_kv(ino, k, v)?;
                     check(ino, &e, &g)?;
                     Some(e)
                 }
@@ -120,8 +117,8 @@ pub fn all(tx: &mut Trans<'_>, ino: u64, inode: &Inode) -> Result<Vec<Extent>, E
         DataFormat::Btree => Ok(tree(ino, inode)
             .collect(tx)?
             .into_iter()
-            .map(|(k, v)| from_kv(k, v))
-            .collect()),
+            .map(|(k, v)| from_kv(ino, k, v))
+            .collect::<Result<_, _>>()?),
     }
 }
 
@@ -177,7 +174,7 @@ pub fn insert(
         let root = fbk.alloc_node(tx)?;
         let mut t = Btree::create(tx, BlockType::BtreeExtent, ino, root)?;
         for x in &list {
-            t.insert(tx, &mut fbk, [x.file_block, 0], to_val(x))?;
+            t.insert(tx, &mut fbk, ExtentRec::key(x), to_val(x))?;
         }
         inode.blocks = blocks;
         inode.format = DataFormat::Btree;
@@ -197,7 +194,7 @@ pub fn insert(
     let mut cur = e;
     let mut count = inode.nextents as i64 + 1;
     if let Some((k, v)) = t.gt(tx, &[e.file_block, u64::MAX])? {
-        let right = from_kv(k, v);
+        let right = from_kv(ino, k, v)?;
         if joins(&cur, &right) {
             t.delete(tx, &mut fbk, &k)?;
             cur.len += right.len;
@@ -205,7 +202,7 @@ pub fn insert(
         }
     }
     if let Some((k, v)) = t.le(tx, &[e.file_block, u64::MAX])? {
-        let left = from_kv(k, v);
+        let left = from_kv(ino, k, v)?;
         if joins(&left, &cur) {
             let merged = Extent {
                 len: left.len + cur.len,
@@ -220,7 +217,7 @@ pub fn insert(
             return Ok(());
         }
     }
-    t.insert(tx, &mut fbk, [cur.file_block, 0], to_val(&cur))?;
+    t.insert(tx, &mut fbk, ExtentRec::key(&cur), to_val(&cur))?;
     inode.blocks = blocks;
     inode.root = t.root.blkno;
     inode.root_level = t.root.level;
@@ -335,7 +332,7 @@ fn unmap(
                 near: ino_split(ino).0,
                 blocks: &mut blocks,
             };
-            if t.delete(tx, &mut fbk, &[e.file_block, 0])?.is_none() {
+            if t.delete(tx, &mut fbk, &ExtentRec::key(e))?.is_none() {
                 return Err(corrupt(ino, format!("extent {e:?} not in the tree")));
             }
             inode.blocks = blocks;

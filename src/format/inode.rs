@@ -97,6 +97,50 @@ pub fn mode_problem(mode: u32) -> Option<String> {
     }
 }
 
+/// Why a symlink inode's target length is invalid: the target's length is kept in `nextents` and
+/// `size`; a target of up to `FORK_BYTES` lives in the inode (Local), a longer one in one symlink
+/// block after its header. The one rule for readlink, the checker and the repairer.
+pub fn symlink_problem(i: &Inode, block_size: u32) -> Option<String> {
+    let len = i.nextents as usize;
+    let block_max = block_size as usize - BLOCK_HEADER_BYTES;
+    if len == 0 {
+        return Some("symlink target is empty".into());
+    }
+    if i.size != len as u64 {
+        return Some(format!(
+            "symlink size {} differs from its target's length {len}",
+            i.size
+        ));
+    }
+    match i.format {
+        DataFormat::Local if len > FORK_BYTES => Some(format!(
+            "inline symlink target of {len} bytes, more than the inode holds ({FORK_BYTES})"
+        )),
+        DataFormat::Local => None,
+        DataFormat::Extents => {
+            Some("symlink with an extent list (its target is inline or in one block)".into())
+        }
+        DataFormat::Btree if len <= FORK_BYTES || len > block_max => Some(format!(
+            "symlink target of {len} bytes in a block (a block holds {FORK_BYTES}+1..={block_max})"
+        )),
+        DataFormat::Btree => None,
+    }
+}
+
+/// The target stored in symlink block `b` (read at `blkno`), of the length its inode says
+/// (checked by `symlink_problem` first).
+pub fn symlink_block_target(b: &[u8], blkno: u64, len: usize) -> Result<&[u8], FormatError> {
+    Dec::new(b, blkno, "symlink block").slice_at(BLOCK_HEADER_BYTES, len, "target")
+}
+
+/// Why a symlink's target bytes are invalid: a NUL would cut the path short for every caller.
+pub fn symlink_target_problem(target: &[u8]) -> Option<String> {
+    target
+        .iter()
+        .position(|&b| b == 0)
+        .map(|at| format!("symlink target has a NUL byte at {at}"))
+}
+
 /// Extent flag: allocated, reads as zeros until written (fallocate, zero-range).
 pub const UNWRITTEN: u32 = 1;
 /// Every extent flag this format version knows; any other bit is damage.

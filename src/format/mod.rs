@@ -6,11 +6,14 @@
 
 pub mod ag;
 mod codec;
+pub mod dirblock;
 pub mod header;
 pub mod inode;
 pub mod log;
 pub mod name;
+pub mod records;
 pub mod superblock;
+pub mod xattrblock;
 
 pub use codec::{record_fields, Dec, Enc, FieldRead};
 pub use header::{BlockHeader, BlockType, BLOCK_HEADER_BYTES};

@@ -792,13 +792,7 @@ impl Fs {
         if i.mode & S_IFMT != S_IFLNK {
             return Err(FsError::Invalid("not a symlink".into()));
         }
-        let len = (i.nextents as usize).min(self.symlink_block_max());
-        let out = if i.format == DataFormat::Local {
-            i.fork[..len.min(FORK_BYTES)].to_vec()
-        } else {
-            let id = tx.read_buf(i.root, BlockType::Symlink)?;
-            tx.data(id)[BLOCK_HEADER_BYTES..BLOCK_HEADER_BYTES + len].to_vec()
-        };
+        let out = crate::symlink::target(&mut tx, ino, &i)?;
         tx.cancel()?;
         Ok(out)
     }
@@ -1601,10 +1595,22 @@ impl Fs {
         if name.len() > crate::xattr::XATTR_NAME_MAX {
             return Err(FsError::NameTooLong);
         }
-        if let Some(rest) = name.strip_prefix(b"user.") {
-            if rest.is_empty() {
-                return Err(FsError::Invalid("empty attribute name".into()));
-            }
+        if name.contains(&0) {
+            // The kernel never sends one (names are C strings); the library refuses it too, as
+            // the stored rule (`format::xattrblock::name_problem`) does.
+            return Err(FsError::Invalid("attribute name with a NUL byte".into()));
+        }
+        if crate::format::xattrblock::name_problem(name).is_some() {
+            // A bare namespace ("user.") names nothing; any other name is outside the
+            // namespaces stored.
+            let bare = crate::format::xattrblock::NAMESPACES.contains(&name);
+            return Err(if bare {
+                FsError::Invalid("empty attribute name".into())
+            } else {
+                FsError::NotSupported
+            });
+        }
+        if name.starts_with(b"user.") {
             let t = i.mode & S_IFMT;
             if t != S_IFREG && t != S_IFDIR {
                 return Err(if write {

@@ -13,6 +13,7 @@ use crate::format::ag::{
     AG_INO_ROOT_OFFSET, AG_UNLINKED_ROOT_OFFSET,
 };
 use crate::format::inode::inodes_per_block;
+use crate::format::records::{FreeByBlock, FreeByLen, InoChunk, Unlinked};
 use crate::format::{BlockHeader, BlockType, Superblock};
 use std::collections::BTreeMap;
 
@@ -74,18 +75,20 @@ pub fn rebuild_ag(
         let mut v: Vec<(Key, Val)> = chunks
             .iter()
             .map(|(&c, &inuse)| {
-                let free = all_slots & !inuse;
-                if free == 0 {
-                    ([1, c], [0, 0])
-                } else {
-                    ([0, c], [free, 0])
-                }
+                let r = InoChunk {
+                    chunk: c,
+                    free_mask: all_slots & !inuse,
+                };
+                (r.key(), r.val())
             })
             .collect();
         v.sort_unstable();
         v
     };
-    let unl_recs: Vec<(Key, Val)> = unlinked.iter().map(|&i| ([i, 0], [0, 0])).collect();
+    let unl_recs: Vec<(Key, Val)> = unlinked
+        .iter()
+        .map(|&ino| (Unlinked { ino }.key(), Unlinked { ino }.val()))
+        .collect();
 
     // How many blocks the trees and the free list take: taking them can only lower the number
     // of free extents, so this settles in a few rounds.
@@ -116,8 +119,16 @@ pub fn rebuild_ag(
         take = need;
     };
     let mut node_blocks = top.iter().copied();
-    let bno_recs: Vec<(Key, Val)> = extents.iter().map(|&(s, l)| ([s, 0], [l, 0])).collect();
-    let mut cnt_recs: Vec<(Key, Val)> = extents.iter().map(|&(s, l)| ([l, s], [0, 0])).collect();
+    let bno_recs: Vec<(Key, Val)> = extents
+        .iter()
+        .map(|&(start, len)| FreeByBlock { start, len })
+        .map(|r| (r.key(), r.val()))
+        .collect();
+    let mut cnt_recs: Vec<(Key, Val)> = extents
+        .iter()
+        .map(|&(start, len)| FreeByLen { len, start })
+        .map(|r| (r.key(), r.val()))
+        .collect();
     cnt_recs.sort_unstable();
     let owner = agno as u64;
     let mut writes = Vec::new();

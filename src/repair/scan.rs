@@ -10,13 +10,13 @@ use crate::alloc::Allocator;
 use crate::check::Progress;
 use crate::dir;
 use crate::engine::{Engine, EngineError};
-use crate::file::extmap;
 use crate::format::ag::AG_RESERVED_BLOCKS;
-use crate::format::inode::{ino_of, ino_split, inodes_per_block, DataFormat, Inode};
+use crate::format::inode::{ino_of, ino_split, inodes_per_block, Inode};
 use crate::format::{BlockHeader, BlockType};
-use crate::fs::{S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+use crate::fs::{S_IFDIR, S_IFMT};
 use crate::inode;
 use crate::trans::{Trans, TransKind};
+use crate::verify::{self, Fault, Role, Run};
 use std::collections::BTreeMap;
 
 /// What the scan decided for one inode that needs a change.
@@ -63,50 +63,7 @@ struct Scanner<'e> {
     meta: Vec<u64>,
 }
 
-/// What an inode owns, by kind.
-#[derive(Default)]
-struct Owned {
-    data: Vec<u64>,
-    meta: Vec<u64>,
-}
-
 impl Scanner<'_> {
-    /// Is `b` a block the allocator hands out (inside an AG's data area)?
-    fn in_data_area(&self, b: u64) -> bool {
-        let g = self.eng.geometry();
-        if b >= g.block_count {
-            return false;
-        }
-        let (first, end) = self.alloc.initial_free(self.alloc.agno_of(b));
-        (first..end).contains(&b)
-    }
-
-    /// Checks that none of `blocks` is outside the data area, claimed already, or named twice;
-    /// None if they can all be claimed, else why not.
-    fn claimable(&self, blocks: &[u64]) -> Option<String> {
-        let mut sorted = blocks.to_vec();
-        sorted.sort_unstable();
-        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
-            return Some(format!("names block {} twice", w[0]));
-        }
-        for &b in &sorted {
-            if !self.in_data_area(b) {
-                return Some(format!("uses block {b}, outside the data area"));
-            }
-            if self.s.used.get(b) {
-                return Some(format!("uses block {b}, which something else uses"));
-            }
-        }
-        None
-    }
-
-    fn claim(&mut self, blocks: &[u64]) {
-        for &b in blocks {
-            let was = self.s.used.set(b);
-            debug_assert!(!was, "block {b} claimed twice");
-        }
-    }
-
     fn fix(&mut self, ino: u64) -> &mut InodeFix {
         self.s.fixes.entry(ino).or_default()
     }
@@ -157,7 +114,7 @@ pub fn scan(eng: &Engine, progress: Progress<'_>) -> Result<Scan, EngineError> {
     chunks.dedup();
     let mut readable: Vec<u64> = Vec::new();
     for c in chunks {
-        if !sc.in_data_area(c) {
+        if !sc.eng.geometry().in_data_area(c) {
             sc.s.found
                 .push(format!("inode chunk {c} is outside the data area: dropped"));
             continue;
@@ -245,109 +202,74 @@ pub fn scan(eng: &Engine, progress: Progress<'_>) -> Result<Scan, EngineError> {
     Ok(sc.s)
 }
 
-/// Examines one inode: keeps it (claiming what it owns), or records why it is cleared.
+/// Acts on what `verify::inode` finds wrong with one inode: keeps it (claiming what it owns,
+/// with the fixes its faults name), or records why it is cleared. Blocks another inode claimed
+/// first are the one thing the verdict cannot see: such a block clears a file, makes a
+/// directory be rebuilt, drops the attributes.
 fn examine(sc: &mut Scanner<'_>, tx: &mut Trans<'_>, ino: u64, i: &Inode) {
-    let ft = i.mode & S_IFMT;
-    if let Some(why) = crate::format::inode::mode_problem(i.mode) {
-        if !crate::format::inode::FILE_TYPES.contains(&ft) {
-            sc.fix(ino).clear = Some(why);
-            return;
-        }
-        // A known type with stray high bits: the bits go, the file stays.
-        sc.fix(ino).mode = Some(i.mode & crate::format::inode::MODE_BITS);
+    let v = verify::inode(tx, sc.eng.geometry(), ino, i);
+    if let Some(why) = v.clear() {
+        sc.fix(ino).clear = Some(why.to_string());
+        return;
     }
-    let mut own = Owned::default();
-    let mut reset: Option<String> = None;
-    match ft {
-        S_IFREG => {
-            let list = match extmap::all(tx, ino, i) {
-                Ok(l) => l,
-                Err(e) => {
-                    sc.fix(ino).clear = Some(format!("extent map: {e}"));
-                    return;
-                }
-            };
-            if i.size > crate::file::FILE_SIZE_MAX {
-                // Cut to the end of its last mapped block: what the map says it holds.
-                let end = list
-                    .iter()
-                    .map(|e| e.file_block.saturating_add(e.len as u64))
-                    .max()
-                    .unwrap_or(0);
-                let bs = sc.eng.geometry().block_size as u64;
-                sc.fix(ino).size = Some(end.saturating_mul(bs).min(crate::file::FILE_SIZE_MAX));
-            }
-            let mut prev_end = 0;
-            for e in list {
-                if let Some(why) = sc.eng.geometry().extent_problem(&e) {
+    let mut fix = InodeFix::default();
+    for f in &v.faults {
+        match f {
+            Fault::Mode { fixed, .. } => fix.mode = Some(*fixed),
+            Fault::Size { fixed, .. } => fix.size = Some(*fixed),
+            Fault::Directory(why) => fix.reset_dir = Some(why.clone()),
+            Fault::Xattrs(why) => fix.drop_xattr = Some(format!("unreadable ({why})")),
+            Fault::Blocks { .. } => {}
+            Fault::Clear(_) => unreachable!("handled above"),
+        }
+    }
+    if i.mode & S_IFMT == S_IFDIR {
+        // Every entry that can be read: a rebuilt directory gets them back.
+        let (names, read_err) = read_entries(tx, ino, i);
+        if fix.reset_dir.is_none() {
+            fix.reset_dir = read_err;
+        }
+        sc.s.names.extend(names);
+    }
+    let taken = |r: &Run, used: &Bitmap| (r.start..r.start + r.len).find(|&b| used.get(b));
+    let mut keep: Vec<Run> = Vec::with_capacity(v.owns.len());
+    for r in &v.owns {
+        let lost = match r.role {
+            Role::Directory => fix.reset_dir.is_some(),
+            Role::Xattr => fix.drop_xattr.is_some(),
+            _ => false,
+        };
+        if lost {
+            continue;
+        }
+        if let Some(b) = taken(r, &sc.s.used) {
+            let why = format!("uses block {b}, which something else uses");
+            match r.role {
+                Role::Directory => fix.reset_dir = Some(why),
+                Role::Xattr => fix.drop_xattr = Some(why),
+                _ => {
                     sc.fix(ino).clear = Some(why);
                     return;
                 }
-                if e.file_block < prev_end {
-                    sc.fix(ino).clear =
-                        Some(format!("extents overlap at file block {}", e.file_block));
-                    return;
-                }
-                prev_end = e.file_block + e.len as u64;
-                own.data.extend(e.start..e.start + e.len as u64);
             }
-            match extmap::nodes(tx, ino, i) {
-                Ok(bs) => own.meta.extend(bs),
-                Err(e) => {
-                    sc.fix(ino).clear = Some(format!("extent map: {e}"));
-                    return;
-                }
-            }
+            continue;
         }
-        S_IFDIR => {
-            let (names, read_err) = read_entries(tx, ino, i);
-            match (dir::blocks(tx, ino, i), read_err) {
-                (Ok(bs), None) => own.meta.extend(bs),
-                (Err(e), _) => reset = Some(e.to_string()),
-                (_, Some(e)) => reset = Some(e),
-            }
-            if reset.is_none() {
-                if let Some(why) = sc.claimable(&own.meta) {
-                    reset = Some(why);
-                }
-            }
-            if reset.is_some() {
-                own.meta.clear();
-            }
-            sc.s.names.extend(names);
-        }
-        S_IFLNK if i.format != DataFormat::Local => match tx.read_buf(i.root, BlockType::Symlink) {
-            Ok(_) => own.meta.push(i.root),
-            Err(e) => {
-                sc.fix(ino).clear = Some(format!("symlink block: {e}"));
-                return;
-            }
-        },
-        _ => {}
+        keep.push(*r);
     }
-    let mut all: Vec<u64> = own.data.iter().chain(&own.meta).copied().collect();
-    if let Some(why) = sc.claimable(&all) {
-        sc.fix(ino).clear = Some(why);
-        return;
+    // A directory given up after some of its blocks were kept gives them all up.
+    if fix.reset_dir.is_some() {
+        keep.retain(|r| r.role != Role::Directory);
     }
-    let mut drop_xattr = None;
-    if i.xattr_blk != 0 {
-        match crate::xattr::load(tx, ino, i) {
-            Err(e) => drop_xattr = Some(format!("unreadable ({e})")),
-            Ok(_) => {
-                all.push(i.xattr_blk);
-                if let Some(why) = sc.claimable(&all) {
-                    all.pop();
-                    drop_xattr = Some(why);
-                } else {
-                    own.meta.push(i.xattr_blk);
-                }
+    for r in &keep {
+        for b in r.start..r.start + r.len {
+            let was = sc.s.used.set(b);
+            debug_assert!(!was, "block {b} claimed twice");
+            if r.role.is_metadata() {
+                sc.meta.push(b);
             }
         }
     }
-    sc.claim(&all);
-    sc.meta.extend(&own.meta);
-    let blocks = all.len() as u64;
+    let blocks: u64 = keep.iter().map(|r| r.len).sum();
     let (chunk, slot) = ino_split(ino);
     *sc.s.chunks.entry(chunk).or_insert(0) |= 1 << slot;
     sc.s.inodes.insert(
@@ -357,49 +279,28 @@ fn examine(sc: &mut Scanner<'_>, tx: &mut Trans<'_>, ino: u64, i: &Inode) {
             nlink: i.nlink,
         },
     );
-    if reset.is_some() || drop_xattr.is_some() || i.blocks != blocks {
-        let f = sc.fix(ino);
-        f.reset_dir = reset;
-        f.drop_xattr = drop_xattr;
-        if i.blocks != blocks {
-            f.blocks = Some(blocks);
-        }
+    if i.blocks != blocks {
+        fix.blocks = Some(blocks);
+    }
+    if fix != InodeFix::default() {
+        *sc.fix(ino) = fix;
     }
 }
 
-/// A directory's entries, as many as can be read, and the error that stopped the reading.
+/// A directory's entries, as many as can be read (`dir::salvage`), and the first error met.
 fn read_entries(tx: &mut Trans<'_>, d: u64, i: &Inode) -> (Vec<Name>, Option<String>) {
-    let mut out = Vec::new();
-    let mut cookie = 0;
-    loop {
-        let batch = match dir::read(tx, d, i, cookie, 1024) {
-            Ok(b) => b,
-            Err(e) => return (out, Some(e.to_string())),
-        };
-        let Some(last) = batch.last() else {
-            return (out, None);
-        };
-        if last.cookie <= cookie {
-            return (
-                out,
-                Some(format!("readdir does not advance past cookie {cookie}")),
-            );
-        }
-        cookie = last.cookie;
-        out.extend(
-            batch
-                .into_iter()
-                .filter(|e| !dir::is_made_up(e))
-                .map(|e| Name {
-                    dir: d,
-                    name: e.name,
-                    ino: e.ino,
-                    ftype: e.ftype,
-                    key: e.key,
-                }),
-        );
-        tx.release_all_clean();
-    }
+    let (entries, err) = dir::salvage(tx, d, i);
+    let names = entries
+        .into_iter()
+        .map(|e| Name {
+            dir: d,
+            name: e.name,
+            ino: e.ino,
+            ftype: e.ftype,
+            key: e.key,
+        })
+        .collect();
+    (names, err)
 }
 
 /// Chunk blocks of AG `agno` found by reading every block of its data area: blocks whose header

@@ -9,65 +9,40 @@
 use crate::alloc::Allocator;
 use crate::engine::EngineError;
 use crate::format::inode::{ino_split, Inode};
-use crate::format::{BlockType, Dec, Enc, FormatError, BLOCK_HEADER_BYTES};
+use crate::format::{xattrblock, BlockType, Enc};
 use crate::trans::Trans;
 
 /// Longest attribute name, as Linux XATTR_NAME_MAX.
 pub const XATTR_NAME_MAX: usize = 255;
-const HDR: usize = BLOCK_HEADER_BYTES + 16;
+const HDR: usize = xattrblock::ENTRIES_OFF;
 
 /// Room for entries in an xattr block of `bs` bytes.
 pub fn capacity(bs: u32) -> usize {
     bs as usize - HDR
 }
 
-fn entry_len(name: &[u8], value: &[u8]) -> usize {
-    3 + name.len() + value.len()
-}
+use xattrblock::entry_len;
 
 /// An inode's attributes: (name, value) pairs in stored order.
 pub type Attrs = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// Reads every (name, value) of the inode's block.
+/// Reads every (name, value) of the inode's block (`format::xattrblock::decode` checks it).
 pub fn load(tx: &mut Trans<'_>, ino: u64, inode: &Inode) -> Result<Attrs, EngineError> {
     if inode.xattr_blk == 0 {
         return Ok(Vec::new());
     }
     let blk = inode.xattr_blk;
     let id = tx.read_buf(blk, BlockType::Xattr)?;
-    let b = tx.data(id);
-    let d = Dec::new(b, blk, "xattr block");
-    let count = d.u16(BLOCK_HEADER_BYTES, "count")? as usize;
-    let used = d.u16(BLOCK_HEADER_BYTES + 2, "used")? as usize;
-    if HDR + used > b.len() {
-        return Err(EngineError::Corrupt(FormatError::new(
-            blk,
-            "xattr block",
-            "used",
-            format!("inode {ino}: {used} bytes in a block of {}", b.len()),
-        )));
-    }
-    let mut out = Vec::with_capacity(count);
-    let mut at = HDR;
-    for _ in 0..count {
-        let nl = d.u8(at, "name length")? as usize;
-        let vl = d.u16(at + 1, "value length")? as usize;
-        let end = at + 3 + nl + vl;
-        if nl == 0 || end > HDR + used {
-            return Err(EngineError::Corrupt(FormatError::new(
-                blk,
-                "xattr block",
-                "entries",
-                format!("inode {ino}: entry at {at} runs past the used bytes"),
-            )));
+    match xattrblock::decode(tx.data(id), blk) {
+        Ok(list) => Ok(list
+            .into_iter()
+            .map(|(n, v)| (n.to_vec(), v.to_vec()))
+            .collect()),
+        Err(mut e) => {
+            e.detail = format!("inode {ino}: {}", e.detail);
+            Err(EngineError::Corrupt(e))
         }
-        out.push((
-            b[at + 3..at + 3 + nl].to_vec(),
-            b[at + 3 + nl..end].to_vec(),
-        ));
-        at = end;
     }
-    Ok(out)
 }
 
 /// Writes `entries` as the inode's attributes: a block is allocated, rewritten or freed as
@@ -81,6 +56,12 @@ pub fn store(
     entries: &[(Vec<u8>, Vec<u8>)],
 ) -> Result<(), EngineError> {
     let bs = tx.block_size();
+    debug_assert!(
+        entries
+            .iter()
+            .all(|(n, _)| xattrblock::name_problem(n).is_none()),
+        "the request layer lets only names of the stored rule through"
+    );
     let need: usize = entries.iter().map(|(n, v)| entry_len(n, v)).sum();
     if need > capacity(bs) {
         return Err(EngineError::NoSpace(format!(
@@ -109,8 +90,11 @@ pub fn store(
         tx.read_buf(inode.xattr_blk, BlockType::Xattr)?
     };
     let b = tx.data_mut(id);
+    // What the block held before (a fresh block: zero): cleared past the new entries. Bounded
+    // by the block, whatever it says.
     let old_used =
-        u16::from_le_bytes([b[BLOCK_HEADER_BYTES + 2], b[BLOCK_HEADER_BYTES + 3]]) as usize;
+        u16::from_le_bytes([b[xattrblock::USED_OFF], b[xattrblock::USED_OFF + 1]]) as usize;
+    let old_used = old_used.min(b.len() - HDR);
     let mut at = HDR;
     for (n, v) in entries {
         b[at] = n.len() as u8;
@@ -122,8 +106,8 @@ pub fn store(
     let end = HDR + old_used.max(need);
     b[at..end].fill(0);
     let mut e = Enc::new(b);
-    e.u16(BLOCK_HEADER_BYTES, entries.len() as u16);
-    e.u16(BLOCK_HEADER_BYTES + 2, need as u16);
-    tx.log_range(id, BLOCK_HEADER_BYTES..end.max(HDR + 1));
+    e.u16(xattrblock::COUNT_OFF, entries.len() as u16);
+    e.u16(xattrblock::USED_OFF, need as u16);
+    tx.log_range(id, xattrblock::COUNT_OFF..end.max(HDR + 1));
     Ok(())
 }
