@@ -476,7 +476,18 @@ fn user_view(dev: std::sync::Arc<dyn ticketfs::device::Device>) -> Option<Vec<St
                         S_IFLNK => fs.readlink(e.ino).ok()?,
                         _ => Vec::new(),
                     };
-                    let xattrs = fs.listxattr(&Ctx::ROOT, e.ino).ok()?;
+                    // Each name with a checksum of its value: a value is what users see too.
+                    let mut xattrs = Vec::new();
+                    for n in fs.listxattr(&Ctx::ROOT, e.ino).ok()?.split(|&c| c == 0) {
+                        if !n.is_empty() {
+                            let v = fs.getxattr(&Ctx::ROOT, e.ino, n).ok()?;
+                            xattrs.push(format!(
+                                "{}={:08x}",
+                                String::from_utf8_lossy(n),
+                                crc32fast::hash(&v)
+                            ));
+                        }
+                    }
                     out.push(format!(
                         "{p} mode {:o} uid {} gid {} nlink {} size {} body {:08x} xattrs {:?}",
                         a.mode,
