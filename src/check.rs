@@ -18,11 +18,12 @@
 use crate::alloc::{AgSpace, Allocator};
 use crate::bitmap::Bitmap;
 use crate::dir;
-use crate::engine::{Engine, EngineError};
+use crate::engine::Engine;
+use crate::error::EngineError;
 use crate::format::ag::AG_RESERVED_BLOCKS;
+use crate::format::inode::{dtype, S_IFDIR, S_IFMT};
 use crate::format::inode::{ino_of, inodes_per_block, Inode};
 use crate::format::BlockType;
-use crate::fs::{dtype, S_IFDIR, S_IFMT};
 use crate::inode;
 use crate::trans::{Trans, TransKind};
 use serde::Serialize;
@@ -232,17 +233,33 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
         doubles: Vec::new(),
         meta: Vec::new(),
     };
-    let g = *eng.geometry();
     let mut tx = eng.begin(TransKind::Read)?;
+    let (chunks, unlinked) = phase_ags(&mut c, &mut tx, progress);
+    let inodes = phase_inodes(&mut c, &mut tx, &chunks, progress);
+    phase_space(&mut c, &mut tx, &chunks, progress);
+    let links = phase_directories(&mut c, &mut tx, &inodes, progress);
+    progress("links", 0, 1);
+    phase_links(&mut c, &inodes, &links, &unlinked);
+    tx.cancel()?;
+    progress("done", 1, 1);
+    Ok(c.report)
+}
 
-    // Phase 1: allocation groups.
+/// Phase 1: each allocation group's header and trees; returns every inode chunk (block, free
+/// mask) and every inode on an unlinked tree.
+fn phase_ags(
+    c: &mut Checker<'_>,
+    tx: &mut Trans<'_>,
+    progress: Progress<'_>,
+) -> (Vec<(u64, u64)>, Vec<u64>) {
+    let g = *c.eng.geometry();
     let mut chunks: Vec<(u64, u64)> = Vec::new();
     let mut unlinked: Vec<u64> = Vec::new();
     for agno in 0..g.ag_count {
         progress("allocation groups", agno as u64, g.ag_count as u64);
-        match c.alloc.free_space(&mut tx, agno) {
+        match c.alloc.free_space(tx, agno) {
             Ok(sp) => {
-                check_ag(&mut c, agno, &sp);
+                check_ag(c, agno, &sp);
                 chunks.extend(sp.chunks.iter().copied());
                 unlinked.extend(sp.unlinked.iter().copied());
             }
@@ -251,8 +268,18 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
         // Release what this AG joined: the check reads many blocks, and holds none.
         tx.release_all_clean();
     }
+    (chunks, unlinked)
+}
 
-    // Phase 2: inodes.
+/// Phase 2: every inode slot of every chunk: in use exactly when its chunk says so, and each
+/// in-use inode judged (`verify::inode`); returns the table of inodes in use.
+fn phase_inodes(
+    c: &mut Checker<'_>,
+    tx: &mut Trans<'_>,
+    chunks: &[(u64, u64)],
+    progress: Progress<'_>,
+) -> Table {
+    let g = *c.eng.geometry();
     let ipb = inodes_per_block(g.block_size);
     let mut found_inodes: Vec<(u64, Seen)> = Vec::new();
     let total = chunks.len() as u64;
@@ -267,7 +294,7 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
         for slot in 0..ipb {
             let ino = ino_of(chunk, slot);
             let free = free_mask >> slot & 1 == 1;
-            match inode::read(&mut tx, ino) {
+            match inode::read(tx, ino) {
                 Ok((_, i)) if free => c.problem(
                     "inodes",
                     Some(chunk),
@@ -278,7 +305,7 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
                     ),
                 ),
                 Ok((_, i)) => {
-                    check_inode(&mut c, &mut tx, ino, &i);
+                    check_inode(c, tx, ino, &i);
                     found_inodes.push((
                         ino,
                         Seen {
@@ -302,8 +329,18 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
     }
     let inodes = Table::new(found_inodes);
     c.report.inodes = inodes.len() as u64;
+    inodes
+}
 
-    // Phase 3: space. Every block in every AG's free range claimed exactly once.
+/// Phase 3: space. Every block in every AG's free range claimed exactly once, each block
+/// claimed twice named with both owners, and no metadata block ahead of the log.
+fn phase_space(
+    c: &mut Checker<'_>,
+    tx: &mut Trans<'_>,
+    chunks: &[(u64, u64)],
+    progress: Progress<'_>,
+) {
+    let g = *c.eng.geometry();
     progress("space", 0, 1);
     for agno in 0..g.ag_count {
         let (first, end) = c.alloc.initial_free(agno);
@@ -318,17 +355,37 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
             );
         }
     }
-    resolve_doubles(&mut c, &mut tx, &chunks);
+    resolve_doubles(c, tx, chunks);
     c.report.blocks_used = c.used;
-    check_lsns(&mut c, progress);
+    check_lsns(c, progress);
+}
 
-    // Phase 4: directories and reachability.
-    let root = eng.superblock().root_ino;
+/// What phase 4 counts, by index in the inode table: the names pointing at each inode, the
+/// subdirectories of each directory, the directory names of each directory, and the inodes
+/// reached from the root.
+struct Links {
+    refs: Vec<u32>,
+    subdirs: Vec<u32>,
+    names_of_dir: Vec<u32>,
+    reached: Bitmap,
+}
+
+/// Phase 4: every directory's entries (names, hashes, targets, types, "..") and reachability
+/// from the root.
+fn phase_directories(
+    c: &mut Checker<'_>,
+    tx: &mut Trans<'_>,
+    inodes: &Table,
+    progress: Progress<'_>,
+) -> Links {
+    let root = c.eng.superblock().root_ino;
     let n_inodes = inodes.len();
-    let mut refs: Vec<u32> = vec![0; n_inodes];
-    let mut subdirs: Vec<u32> = vec![0; n_inodes];
-    let mut names_of_dir: Vec<u32> = vec![0; n_inodes];
-    let mut reached = Bitmap::new(n_inodes as u64);
+    let mut links = Links {
+        refs: vec![0; n_inodes],
+        subdirs: vec![0; n_inodes],
+        names_of_dir: vec![0; n_inodes],
+        reached: Bitmap::new(n_inodes as u64),
+    };
     match inodes.get(root) {
         Some(r) if r.is_dir() => {}
         _ => c.problem(
@@ -350,131 +407,137 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
         if n % 256 == 0 {
             progress("directories", n as u64, dirs.len() as u64);
         }
-        let Some(di_idx) = inodes.idx(d) else {
-            continue;
-        };
-        let parent = inodes.seen_at(di_idx).parent;
-        let di = match inode::read(&mut tx, d) {
-            Ok((_, i)) => i,
-            Err(e) => {
-                c.problem("directories", None, Some(d), format!("directory {d}: {e}"));
-                continue;
-            }
-        };
-        match inodes.get(parent) {
-            Some(p) if p.is_dir() => {}
-            _ => c.problem(
-                "directories",
-                None,
-                Some(d),
-                format!("directory {d}: \"..\" names {parent}, not a directory"),
-            ),
-        }
-        let mut cookie = 0;
-        loop {
-            let batch = match dir::read(&mut tx, d, &di, cookie, 1024) {
-                Ok(b) => b,
-                Err(e) => {
-                    c.problem("directories", None, Some(d), format!("directory {d}: {e}"));
-                    break;
-                }
-            };
-            let Some(last) = batch.last() else { break };
-            if last.cookie <= cookie {
-                c.problem(
-                    "directories",
-                    None,
-                    Some(d),
-                    format!("directory {d}: readdir does not advance past cookie {cookie}"),
-                );
-                break;
-            }
-            cookie = last.cookie;
-            for e in &batch {
-                if dir::is_made_up(e) {
-                    continue;
-                }
-                if let Some(p) = crate::format::name::name_problem(&e.name) {
-                    c.problem(
-                        "directories",
-                        None,
-                        Some(d),
-                        format!(
-                            "directory {d}: entry {:?} {}",
-                            String::from_utf8_lossy(&e.name),
-                            p.describe()
-                        ),
-                    );
-                }
-                let shown = String::from_utf8_lossy(&e.name).into_owned();
-                if e.key[0] != dir::name_hash(&e.name) {
-                    c.problem(
-                        "directories",
-                        None,
-                        Some(d),
-                        format!("directory {d}: entry \"{shown}\" is filed under a key its name does not hash to (it cannot be looked up)"),
-                    );
-                }
-                let Some(t_idx) = inodes.idx(e.ino) else {
-                    c.problem(
-                        "directories",
-                        None,
-                        Some(d),
-                        format!("directory {d}: entry \"{shown}\" points at inode {}, which is not in use", e.ino),
-                    );
-                    continue;
-                };
-                let t = *inodes.seen_at(t_idx);
-                if dtype(t.mode) != e.ftype {
-                    c.problem(
-                        "directories",
-                        None,
-                        Some(d),
-                        format!(
-                            "directory {d}: entry \"{shown}\" says type {} but inode {} has mode {:o}",
-                            e.ftype, e.ino, t.mode
-                        ),
-                    );
-                }
-                refs[t_idx] += 1;
-                if t.is_dir() {
-                    subdirs[di_idx] += 1;
-                    names_of_dir[t_idx] += 1;
-                    if t.parent != d {
-                        c.problem(
-                            "directories",
-                            None,
-                            Some(e.ino),
-                            format!(
-                                "directory {} is named \"{shown}\" in {d} but its \"..\" is {}",
-                                e.ino, t.parent
-                            ),
-                        );
-                    }
-                }
-                children.push((di_idx as u32, t_idx as u32));
-            }
-            tx.release_all_clean();
-        }
+        check_directory(c, tx, inodes, d, &mut links, &mut children);
     }
     children.sort_unstable();
     let mut queue: VecDeque<u32> = inodes.idx(root).map(|r| r as u32).into_iter().collect();
     for &r in &queue {
-        reached.set(r as u64);
+        links.reached.set(r as u64);
     }
     while let Some(d) = queue.pop_front() {
         let from = children.partition_point(|e| e.0 < d);
         for &(_, ch) in children[from..].iter().take_while(|e| e.0 == d) {
-            if !reached.set(ch as u64) && inodes.seen_at(ch as usize).is_dir() {
+            if !links.reached.set(ch as u64) && inodes.seen_at(ch as usize).is_dir() {
                 queue.push_back(ch);
             }
         }
     }
+    links
+}
 
-    // Phase 5: link counts and the unlinked trees.
-    progress("links", 0, 1);
+/// One directory's entries, counted into `links` and `children`.
+fn check_directory(
+    c: &mut Checker<'_>,
+    tx: &mut Trans<'_>,
+    inodes: &Table,
+    d: u64,
+    links: &mut Links,
+    children: &mut Vec<(u32, u32)>,
+) {
+    let Some(di_idx) = inodes.idx(d) else {
+        return;
+    };
+    let parent = inodes.seen_at(di_idx).parent;
+    let di = match inode::read(tx, d) {
+        Ok((_, i)) => i,
+        Err(e) => {
+            c.problem("directories", None, Some(d), format!("directory {d}: {e}"));
+            return;
+        }
+    };
+    match inodes.get(parent) {
+        Some(p) if p.is_dir() => {}
+        _ => c.problem(
+            "directories",
+            None,
+            Some(d),
+            format!("directory {d}: \"..\" names {parent}, not a directory"),
+        ),
+    }
+    let mut cookie = 0;
+    loop {
+        let batch = match dir::read(tx, d, &di, cookie, 1024) {
+            Ok(b) => b,
+            Err(e) => {
+                c.problem("directories", None, Some(d), format!("directory {d}: {e}"));
+                break;
+            }
+        };
+        let Some(last) = batch.last() else { break };
+        if last.cookie <= cookie {
+            c.problem(
+                "directories",
+                None,
+                Some(d),
+                format!("directory {d}: readdir does not advance past cookie {cookie}"),
+            );
+            break;
+        }
+        cookie = last.cookie;
+        for e in batch.iter().filter(|e| !dir::is_made_up(e)) {
+            let problem = |c: &mut Checker<'_>, ino: u64, what: String| {
+                c.problem("directories", None, Some(ino), what)
+            };
+            let shown = String::from_utf8_lossy(&e.name).into_owned();
+            if let Some(p) = crate::format::name::name_problem(&e.name) {
+                problem(
+                    c,
+                    d,
+                    format!("directory {d}: entry {shown:?} {}", p.describe()),
+                );
+            }
+            if e.key[0] != dir::name_hash(&e.name) {
+                problem(c, d, format!("directory {d}: entry \"{shown}\" is filed under a key its name does not hash to (it cannot be looked up)"));
+            }
+            let Some(t_idx) = inodes.idx(e.ino) else {
+                problem(
+                    c,
+                    d,
+                    format!(
+                        "directory {d}: entry \"{shown}\" points at inode {}, which is not in use",
+                        e.ino
+                    ),
+                );
+                continue;
+            };
+            let t = *inodes.seen_at(t_idx);
+            if dtype(t.mode) != e.ftype {
+                problem(
+                    c,
+                    d,
+                    format!(
+                        "directory {d}: entry \"{shown}\" says type {} but inode {} has mode {:o}",
+                        e.ftype, e.ino, t.mode
+                    ),
+                );
+            }
+            links.refs[t_idx] += 1;
+            if t.is_dir() {
+                links.subdirs[di_idx] += 1;
+                links.names_of_dir[t_idx] += 1;
+                if t.parent != d {
+                    problem(
+                        c,
+                        e.ino,
+                        format!(
+                            "directory {} is named \"{shown}\" in {d} but its \"..\" is {}",
+                            e.ino, t.parent
+                        ),
+                    );
+                }
+            }
+            children.push((di_idx as u32, t_idx as u32));
+        }
+        tx.release_all_clean();
+    }
+}
+
+/// Phase 5: each inode's link count against the names found, reachability, and the unlinked
+/// trees (every inode on them in use with no links).
+fn phase_links(c: &mut Checker<'_>, inodes: &Table, links: &Links, unlinked: &[u64]) {
+    let root = c.eng.superblock().root_ino;
     let on_unlinked: HashMap<u64, ()> = unlinked.iter().map(|&i| (i, ())).collect();
-    for &u in &unlinked {
+    for &u in unlinked {
         match inodes.get(u) {
             None => c.problem(
                 "unlinked",
@@ -491,24 +554,25 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
             Some(_) => c.report.pending_orphans += 1,
         }
     }
-    for k in 0..n_inodes {
+    for k in 0..inodes.len() {
         let (ino, i) = (inodes.ino_at(k), *inodes.seen_at(k));
         let is_dir = i.is_dir();
+        let names = links.names_of_dir[k];
         let found = if is_dir {
-            if ino == root || names_of_dir[k] > 0 {
-                2 + subdirs[k]
+            if ino == root || names > 0 {
+                2 + links.subdirs[k]
             } else {
                 0
             }
         } else {
-            refs[k]
+            links.refs[k]
         };
-        if is_dir && ino != root && names_of_dir[k] > 1 {
+        if is_dir && ino != root && names > 1 {
             c.problem(
                 "directories",
                 None,
                 Some(ino),
-                format!("directory {ino} has {} names", names_of_dir[k]),
+                format!("directory {ino} has {names} names"),
             );
         }
         if i.nlink == 0 {
@@ -533,7 +597,7 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
                 ),
             );
         }
-        if !reached.get(k as u64) {
+        if !links.reached.get(k as u64) {
             c.problem(
                 "directories",
                 None,
@@ -542,9 +606,6 @@ pub fn check(eng: &Engine, progress: Progress<'_>) -> Result<CheckReport, Engine
             );
         }
     }
-    tx.cancel()?;
-    progress("done", 1, 1);
-    Ok(c.report)
 }
 
 fn check_ag(c: &mut Checker<'_>, agno: u32, sp: &AgSpace) {

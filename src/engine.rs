@@ -1,79 +1,21 @@
 //! The storage engine as a whole: mounts a formatted device (superblock, log recovery), owns the
 //! cache, the log and the reservation table, and unmounts cleanly.
 
-use crate::cache::{Cache, CacheError, CacheStats};
-use crate::device::{AlignedBuf, DevError, Device};
-use crate::format::{FormatError, Geometry, Superblock, Uuid};
-use crate::log::{format_log, recover, Log, LogConfig, LogError, Recovered};
+use crate::cache::{Cache, CacheStats};
+use crate::device::{AlignedBuf, Device};
+pub use crate::error::EngineError;
+use crate::format::{Geometry, Superblock, Uuid};
+use crate::log::{format_log, recover, Log, LogConfig, Recovered};
 use crate::mem::{
     KindStats, KindStatsTable, MemAccount, MemRes, OverrunPolicy, OverrunReport, OverrunReporter,
 };
-use crate::trans::{Resv, ResvTable, TransKind};
-use std::fmt;
+use crate::resv::{Resv, ResvTable, TransKind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-pub use crate::mem::budget::MEM_BUDGET_DEFAULT_BYTES;
+pub use crate::mem::MEM_BUDGET_DEFAULT_BYTES;
 /// The emergency reserve that serves overruns: this fraction of the budget (1/16).
 pub const EMERGENCY_DIVISOR: u64 = 16;
-#[derive(Debug)]
-pub enum EngineError {
-    /// The filesystem shut down after an error (named) or was unmounted.
-    Shutdown(String),
-    Io(DevError),
-    Corrupt(FormatError),
-    /// A request or configuration that cannot be served, with the reason.
-    Invalid(String),
-    /// No free space (or no free inode) where it was needed.
-    NoSpace(String),
-    /// The inode no longer exists (its slot is free).
-    Stale(u64),
-    /// A size, write or allocation past the largest file size (EFBIG), with what asked.
-    TooBig(String),
-}
-
-impl fmt::Display for EngineError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            EngineError::Shutdown(w) => write!(f, "filesystem shut down: {w}"),
-            EngineError::Io(e) => write!(f, "{e}"),
-            EngineError::Corrupt(e) => write!(f, "corrupt metadata: {e}"),
-            EngineError::Invalid(w) => write!(f, "{w}"),
-            EngineError::NoSpace(w) => write!(f, "no space: {w}"),
-            EngineError::Stale(ino) => write!(f, "inode {ino} no longer exists"),
-            EngineError::TooBig(w) => write!(f, "{w}"),
-        }
-    }
-}
-
-impl std::error::Error for EngineError {}
-
-impl From<LogError> for EngineError {
-    fn from(e: LogError) -> Self {
-        match e {
-            LogError::Io(e) => EngineError::Io(e),
-            LogError::Corrupt(e) => EngineError::Corrupt(e),
-            LogError::Shutdown(w) => EngineError::Shutdown(w),
-            LogError::Spawn(e) => EngineError::Invalid(format!("cannot start a log thread: {e}")),
-        }
-    }
-}
-
-impl From<FormatError> for EngineError {
-    fn from(e: FormatError) -> Self {
-        EngineError::Corrupt(e)
-    }
-}
-
-impl From<CacheError> for EngineError {
-    fn from(e: CacheError) -> Self {
-        match e {
-            CacheError::Io(e) => EngineError::Io(e),
-            CacheError::Corrupt(e) => EngineError::Corrupt(e),
-        }
-    }
-}
-
 /// Mount options of the engine.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {

@@ -1,13 +1,15 @@
 //! ticketfs: a transactional, journaling filesystem whose transactions reserve, when they begin,
 //! the log space and the memory they may need in the worst case.
 //!
-//! Layers, top to bottom (data flows down): `trans` (transactions and the reservation table),
-//! `log` (grant heads, CIL, checkpoint writer, AIL, recovery), `cache` (metadata buffers), `mem`
-//! (budget, gate, overrun reports, statistics), `format` (on-disk structures), `device`.
+//! The modules are layered (docs/design.md, "Layers"; checked by tests/layers.rs): a module uses
+//! only the layers below it, from `format` and `device` at the bottom through the cache, log,
+//! reservation table, engine and transactions, the B+tree and allocator, inodes, directories and
+//! files, the POSIX layer and fsck, up to the request layer and the transports.
 
 pub mod alloc;
 pub mod bitmap;
 pub mod btree;
+pub mod budget;
 pub mod cache;
 pub mod check;
 pub mod db;
@@ -15,6 +17,7 @@ pub mod devfuse;
 pub mod device;
 pub mod dir;
 pub mod engine;
+pub mod error;
 pub mod file;
 pub mod format;
 pub mod fs;
@@ -24,9 +27,11 @@ pub mod kmount;
 pub mod log;
 pub mod mem;
 pub mod mkfs;
+pub mod mountinfo;
 pub mod ops;
 pub mod proto;
 pub mod repair;
+pub mod resv;
 pub mod ring;
 pub mod rundir;
 pub mod sbselect;
@@ -36,5 +41,6 @@ pub mod trans;
 pub mod verify;
 pub mod xattr;
 
-pub use engine::{Engine, EngineError, EngineOptions, EngineStats};
+pub use engine::{Engine, EngineOptions, EngineStats};
+pub use error::EngineError;
 pub use trans::{BufId, Trans, TransKind};

@@ -11,9 +11,9 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::process::exit;
 use std::sync::Arc;
+use ticketfs::budget::{self, Budget};
 use ticketfs::fs::{AtimePolicy, Fs};
 use ticketfs::image::{open_image, parse_size};
-use ticketfs::mem::budget::{self, Budget};
 use ticketfs::mem::cgroup::CgroupMemory;
 use ticketfs::mem::{MemRes, OverrunPolicy};
 use ticketfs::ops::Ops;
@@ -870,6 +870,7 @@ fn main() {
         let mut msg = String::new();
         let _ = rd.read_to_string(&mut msg);
         if let Some(line) = msg.strip_prefix("ok ") {
+            // SAFETY: isatty only looks at the descriptor number.
             if o.verbose || unsafe { libc::isatty(2) } == 1 {
                 eprintln!("ticketfs: {line}");
             }

@@ -5,7 +5,7 @@ use crate::device::{Device, FileDevice};
 use crate::engine::{self, Engine, EngineOptions};
 use crate::format::{Geometry, Superblock, BLOCK_SIZE_DEFAULT};
 use crate::image::existing_signature;
-use crate::trans::ResvTable;
+use crate::resv::ResvTable;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;

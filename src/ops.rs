@@ -4,7 +4,7 @@
 //! transports encode; errors leave as errnos, mapped in one place ([`errno`]).
 
 use crate::dir::DirEntry;
-use crate::engine::EngineError;
+use crate::error::EngineError;
 use crate::fs::{self, Attr, Ctx, Fs, FsError, SetAttr, StatFs};
 use std::sync::Arc;
 use std::time::Duration;

@@ -12,11 +12,11 @@
 //! secondary superblocks answer the same need; `fsck.ticketfs -b` names a copy outright.
 
 use crate::device::{AlignedBuf, DevError, Device};
-use crate::engine::EngineError;
+use crate::error::EngineError;
 use crate::format::ag::AgHeader;
 use crate::format::ag::AG_HEADER_OFFSET;
 use crate::format::header::{BlockHeader, BlockType};
-use crate::format::inode::{ino_split, slot_range, Inode};
+use crate::format::inode::{ino_split, slot_range, Inode, S_IFDIR, S_IFMT};
 use crate::format::log::{
     record_blocks, RecordHeader, LOG_RECORD_HEADER_BYTES, LOG_RECORD_PAYLOAD_MAX,
 };
@@ -88,8 +88,8 @@ fn read_copy(dev: &dyn Device, blkno: u64) -> Result<Superblock, EngineError> {
             dev.block_count()
         )));
     }
-    // What a mount would refuse (trans::ResvTable): a copy no mount could use is no choice.
-    let min_log = crate::trans::resv::ResvTable::new(&sb.geometry).min_log_blocks();
+    // What a mount would refuse (resv::ResvTable): a copy no mount could use is no choice.
+    let min_log = crate::resv::ResvTable::new(&sb.geometry).min_log_blocks();
     if sb.geometry.log_blocks < min_log {
         return Err(EngineError::Invalid(format!(
             "a log of {} blocks, below the minimum {min_log} for this geometry",
@@ -181,7 +181,7 @@ fn agreement(dev: &dyn Device, sb: &Superblock) -> (u32, u32) {
         && buf
             .get(slot_range(slot))
             .and_then(|b| Inode::decode(b, chunk, sb.root_ino).ok())
-            .is_some_and(|i| i.mode & 0o170000 == 0o040000)
+            .is_some_and(|i| i.mode & S_IFMT == S_IFDIR)
     {
         agree += 1;
     }
@@ -207,6 +207,9 @@ fn agreement(dev: &dyn Device, sb: &Superblock) -> (u32, u32) {
 }
 
 /// Chooses the superblock to use (see the module's comment).
+/// A copy chosen so far: its block, its contents, and (points, possible) when it was scored.
+type Choice = (u64, Superblock, Option<(u32, u32)>);
+
 pub fn choose(dev: &dyn Device, which: SbCopy) -> Result<Chosen, EngineError> {
     let blocks = candidate_blocks(dev);
     let copies: Vec<(u64, Result<Superblock, EngineError>)> =
@@ -222,7 +225,7 @@ pub fn choose(dev: &dyn Device, which: SbCopy) -> Result<Chosen, EngineError> {
                 .filter_map(|(b, c)| c.as_ref().ok().map(|s| (*b, s)))
                 .collect();
             let all_agree = valid.windows(2).all(|w| same_facts(w[0].1, w[1].1));
-            let mut best: Option<(u64, Superblock, Option<(u32, u32)>)> = None;
+            let mut best: Option<Choice> = None;
             if all_agree {
                 best = valid.first().map(|(b, s)| (*b, (*s).clone(), None));
             }

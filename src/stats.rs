@@ -6,11 +6,11 @@
 //! or `text` — and reads the report to the end. Only the daemon's user (root) can reach it: the
 //! directory is closed to everyone else (docs/security.md).
 
+use crate::budget::{mib, peak_resident_bytes, resident_bytes, Budget};
 use crate::engine::EngineStats;
 use crate::file::readahead::ReadAheadStats;
-use crate::mem::budget::{mib, peak_resident_bytes, resident_bytes, Budget};
-use crate::mem::cgroup::unescape;
 use crate::mem::PAGE_BYTES;
+use crate::mountinfo;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -438,40 +438,33 @@ pub fn mounts_of(path: &Path) -> Vec<TicketfsMount> {
 
 /// Every ticketfs mount this process can see and this user made, most recent last.
 pub fn ticketfs_mounts() -> Result<Vec<TicketfsMount>, String> {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
     // SAFETY: geteuid cannot fail.
     let owner = format!("user_id={}", unsafe { libc::geteuid() });
-    Ok(mi
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let l: Vec<&str> = left.split(' ').collect();
-            let r: Vec<&str> = right.split(' ').collect();
-            let (dev, root, point) = (*l.get(2)?, *l.get(3)?, *l.get(4)?);
-            let (fstype, source) = (*r.first()?, *r.get(1)?);
+    Ok(mountinfo::read()?
+        .into_iter()
+        .filter_map(|m| {
             // Only mounts this user made (root's, for root): anyone may make a FUSE mount with
             // any name as its source, and its path must not be taken for an image, nor
             // looked at (it may lead into a filesystem that never answers).
-            let opts = r.get(2).copied().unwrap_or("");
-            if !opts.split(',').any(|o| o == owner) {
+            if !m.has_super_option(&owner) {
                 return None;
             }
-            let source = PathBuf::from(unescape(source));
-            let image = match fstype {
-                "fuse" | "fuse.ticketfs" => source,
+            let image = match m.fstype.as_str() {
+                "fuse" | "fuse.ticketfs" => m.source.clone(),
                 // A block device: the image itself, or a loop device over the image file.
-                "fuseblk.ticketfs" => crate::kmount::loop_backing_file(&source).unwrap_or(source),
+                "fuseblk.ticketfs" => {
+                    crate::kmount::loop_backing_file(&m.source).unwrap_or(m.source.clone())
+                }
                 _ => return None,
             };
             Some(TicketfsMount {
-                point: PathBuf::from(unescape(point)),
                 id: crate::image::identity(&image).ok(),
                 image,
-                whole: root == "/",
-                super_ro: r.get(2).is_some_and(|o| o.split(',').any(|x| x == "ro")),
-                dev: dev.to_string(),
-                blkdev: fstype.starts_with("fuseblk"),
+                whole: m.root == Path::new("/"),
+                super_ro: m.has_super_option("ro"),
+                blkdev: m.fstype.starts_with("fuseblk"),
+                point: m.point,
+                dev: m.dev,
             })
         })
         .collect())

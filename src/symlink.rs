@@ -1,7 +1,7 @@
 //! A symlink's target, read and checked by the one rule (`format::inode::symlink_problem` and
 //! `symlink_target_problem`) for every reader: readlink, the checker, the repairer.
 
-use crate::engine::EngineError;
+use crate::error::EngineError;
 use crate::format::inode::{
     ino_split, symlink_block_target, symlink_problem, symlink_target_problem, DataFormat, Inode,
 };

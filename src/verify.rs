@@ -10,18 +10,14 @@
 //! claimed by two inodes, link counts, reachability.
 
 use crate::dir;
-use crate::engine::EngineError;
+use crate::error::EngineError;
 use crate::file::{extmap, FILE_SIZE_MAX};
 use crate::format::inode::{
-    mode_problem, symlink_problem, DataFormat, Inode, FILE_TYPES, MODE_BITS,
+    mode_problem, symlink_problem, DataFormat, Inode, FILE_TYPES, MODE_BITS, S_IFDIR, S_IFLNK,
+    S_IFMT, S_IFREG,
 };
 use crate::format::Geometry;
 use crate::trans::Trans;
-
-const S_IFMT: u32 = 0o170000;
-const S_IFREG: u32 = 0o100000;
-const S_IFDIR: u32 = 0o040000;
-const S_IFLNK: u32 = 0o120000;
 
 /// What an owned block is to its inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,9 +3,9 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use ticketfs::budget;
 use ticketfs::fs::{Ctx, Fs, S_IFDIR, S_IFREG};
 use ticketfs::image::open_image;
-use ticketfs::mem::budget;
 use ticketfs::mem::OverrunPolicy;
 use ticketfs::mkfs::{make_filesystem, MkfsOptions};
 use ticketfs::stats::{self, Report};

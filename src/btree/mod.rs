@@ -18,7 +18,7 @@ mod node;
 
 pub use node::{Node, BTREE_NODE_HEADER_BYTES, ENTRY_BYTES, RECORD_BYTES};
 
-use crate::engine::EngineError;
+use crate::error::EngineError;
 use crate::format::{BlockType, FormatError};
 use crate::trans::{BufId, Trans};
 
@@ -28,7 +28,7 @@ pub type Key = [u64; 2];
 pub type Val = [u64; 2];
 
 /// The tallest tree: the reservation table's heights are capped at the same value.
-pub const BTREE_HEIGHT_MAX: u16 = crate::trans::resv::BTREE_HEIGHT_MAX as u16;
+pub use crate::format::node::BTREE_HEIGHT_MAX;
 
 /// Where a tree's root is and how tall the tree is. The owner (an AG header, an inode) stores it;
 /// operations that change it return the new one.

@@ -1,29 +1,13 @@
-//! The B+tree node format (after the 48-byte metadata block header):
-//!
-//! | offset | size | field |
-//! |---|---|---|
-//! | 48 | 2 | level (0: leaf) |
-//! | 50 | 2 | nrecs |
-//! | 52 | 4 | zero |
-//! | 56 | 8 | left sibling (0: none; not maintained yet, written 0) |
-//! | 64 | 8 | right sibling (likewise) |
-//! | 72 | | leaf: nrecs × (key0 u64, key1 u64, val0 u64, val1 u64); interior: nrecs × (key0, key1, child u64) |
+//! B+tree nodes: a view that reads entries and a writer that logs what it changes. The layout
+//! is `format::node`'s.
 
-use super::{Entry, Key, Val, BTREE_HEIGHT_MAX};
+use super::{Entry, Key, Val};
+pub use crate::format::node::{
+    capacity, BTREE_HEIGHT_MAX, BTREE_NODE_HEADER_BYTES, ENTRY_BYTES, RECORD_BYTES,
+};
+use crate::format::node::{entry_width as width, OFF_LEVEL, OFF_NRECS};
 use crate::format::{Dec, Enc, FormatError, BLOCK_HEADER_BYTES};
 use crate::trans::{BufId, Trans};
-
-pub const BTREE_NODE_HEADER_BYTES: usize = 72;
-/// A leaf record: key and value.
-pub const RECORD_BYTES: usize = 32;
-/// An interior entry: key and child block number.
-pub const ENTRY_BYTES: usize = 24;
-const OFF_LEVEL: usize = BLOCK_HEADER_BYTES;
-const OFF_NRECS: usize = BLOCK_HEADER_BYTES + 2;
-const _: () = assert!(BLOCK_HEADER_BYTES + 24 == BTREE_NODE_HEADER_BYTES);
-const _: () = assert!(crate::trans::resv::BTREE_NODE_HEADER_BYTES == BTREE_NODE_HEADER_BYTES);
-const _: () = assert!(crate::trans::resv::BTREE_LEAF_RECORD_BYTES == RECORD_BYTES);
-const _: () = assert!(crate::trans::resv::BTREE_NODE_ENTRY_BYTES == ENTRY_BYTES);
 
 /// A read-only view of a node's bytes: level and entry count checked when made; the order of
 /// the keys and the children's numbers by `check_structure`, once per read from disk
@@ -32,19 +16,6 @@ pub struct Node<'a> {
     b: &'a [u8],
     level: u16,
     nrecs: usize,
-}
-
-fn width(level: u16) -> usize {
-    if level == 0 {
-        RECORD_BYTES
-    } else {
-        ENTRY_BYTES
-    }
-}
-
-/// Entries a node of `level` holds in a block of `bs` bytes.
-pub fn capacity(bs: usize, level: u16) -> usize {
-    (bs - BTREE_NODE_HEADER_BYTES) / width(level)
 }
 
 fn u64_at(b: &[u8], off: usize) -> u64 {

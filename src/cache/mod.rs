@@ -9,6 +9,7 @@ mod chunkmap;
 pub use chunkmap::{ChunkMap, CHUNK_BYTES};
 
 use crate::device::{AlignedBuf, DevError, Device};
+use crate::error::EngineError;
 use crate::format::{BlockHeader, BlockType, FormatError, Lsn, Uuid};
 use parking_lot::Mutex;
 use slab::Slab;
@@ -37,6 +38,15 @@ impl fmt::Display for CacheError {
 }
 
 impl std::error::Error for CacheError {}
+
+impl From<CacheError> for EngineError {
+    fn from(e: CacheError) -> Self {
+        match e {
+            CacheError::Io(e) => EngineError::Io(e),
+            CacheError::Corrupt(e) => EngineError::Corrupt(e),
+        }
+    }
+}
 
 /// The bytes of a cached block. Locked by the transaction that uses it, for its whole life.
 pub struct BufContent {

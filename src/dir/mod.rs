@@ -15,7 +15,7 @@
 
 use crate::alloc::{Allocator, InodeBlocks};
 use crate::btree::{Btree, NodeAlloc, Root};
-use crate::engine::EngineError;
+use crate::error::EngineError;
 use crate::format::dirblock::{self, NAME_HDR};
 use crate::format::inode::{ino_split, DataFormat, Inode, FORK_BYTES};
 use crate::format::records::DirRec;

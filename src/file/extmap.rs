@@ -5,7 +5,7 @@
 
 use crate::alloc::{Allocator, InodeBlocks};
 use crate::btree::{Btree, NodeAlloc, Root, Val};
-use crate::engine::EngineError;
+use crate::error::EngineError;
 use crate::format::inode::{ino_split, DataFormat, Extent, Inode, INLINE_EXTENTS};
 use crate::format::records::ExtentRec;
 use crate::format::{BlockType, FormatError, Geometry};

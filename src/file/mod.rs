@@ -19,7 +19,8 @@ pub use syncseq::{DataSeqs, DATA_SEQ_STRIPES};
 
 use crate::alloc::{Allocator, BlockResv};
 use crate::device::{AlignedBuf, DIRECT_IO_ALIGN};
-use crate::engine::{Engine, EngineError};
+use crate::engine::Engine;
+use crate::error::EngineError;
 use crate::format::inode::{Extent, Inode, Time};
 use crate::inode;
 use crate::trans::TransKind;

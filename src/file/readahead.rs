@@ -16,7 +16,7 @@
 //! either check is dropped and the request reads the device itself.
 //!
 //! Memory: `READAHEAD_SLOTS` buffers of the largest request, allocated at mount and counted in
-//! the base of the budget (`mem::budget::Sizing::threads_bytes`); nothing is allocated per piece
+//! the base of the budget (`budget::Sizing::threads_bytes`); nothing is allocated per piece
 //! but the short list of its runs.
 
 use crate::device::{AlignedBuf, DIRECT_IO_ALIGN};

@@ -76,17 +76,44 @@ pub struct Time {
     pub nsec: u32,
 }
 
+/// The file type bits of a mode and each type (as in stat(2)): stored in the inode's mode.
+pub const S_IFMT: u32 = 0o170000;
+pub const S_IFDIR: u32 = 0o040000;
+pub const S_IFREG: u32 = 0o100000;
+pub const S_IFLNK: u32 = 0o120000;
+pub const S_IFIFO: u32 = 0o010000;
+pub const S_IFSOCK: u32 = 0o140000;
+pub const S_IFCHR: u32 = 0o020000;
+pub const S_IFBLK: u32 = 0o060000;
+pub const S_ISUID: u32 = 0o4000;
+pub const S_ISGID: u32 = 0o2000;
+pub const S_ISVTX: u32 = 0o1000;
+
+/// The readdir type (DT_*) of a mode.
+pub fn dtype(mode: u32) -> u8 {
+    match mode & S_IFMT {
+        S_IFDIR => 4,
+        S_IFREG => 8,
+        S_IFLNK => 10,
+        S_IFIFO => 1,
+        S_IFSOCK => 12,
+        S_IFCHR => 2,
+        S_IFBLK => 6,
+        _ => 0,
+    }
+}
+
 /// Every bit a mode may have: the file type (S_IFMT) and the permission, set-id and sticky bits.
 pub const MODE_BITS: u32 = 0o177777;
 /// The file types an inode may have (S_IFREG, S_IFDIR, S_IFLNK, S_IFIFO, S_IFSOCK, S_IFCHR,
 /// S_IFBLK).
 pub const FILE_TYPES: [u32; 7] = [
-    0o100000, 0o040000, 0o120000, 0o010000, 0o140000, 0o020000, 0o060000,
+    S_IFREG, S_IFDIR, S_IFLNK, S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK,
 ];
 
 /// Why an in-use inode's mode is invalid: the one rule for the checker and the repairer.
 pub fn mode_problem(mode: u32) -> Option<String> {
-    if !FILE_TYPES.contains(&(mode & 0o170000)) {
+    if !FILE_TYPES.contains(&(mode & S_IFMT)) {
         Some(format!("mode {mode:o} is of no file type"))
     } else if mode & !MODE_BITS != 0 {
         Some(format!(

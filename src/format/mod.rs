@@ -11,6 +11,7 @@ pub mod header;
 pub mod inode;
 pub mod log;
 pub mod name;
+pub mod node;
 pub mod records;
 pub mod superblock;
 pub mod xattrblock;

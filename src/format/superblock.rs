@@ -15,7 +15,7 @@ pub const BLOCK_COUNT_MIN: u64 = 64;
 /// headers (filled in by the allocator's format).
 pub const LOG_START_BLOCK: u64 = 8;
 /// Smallest log in blocks the format accepts at all; the mount also requires the log to be at
-/// least [`crate::trans::ResvTable::min_log_blocks`] for its geometry.
+/// least [`crate::resv::ResvTable::min_log_blocks`] for its geometry.
 pub const LOG_BLOCKS_MIN: u64 = 16;
 /// Fewest free blocks an AG must start with (after its headers, and in AG 0 the log).
 pub const AG_MIN_FREE_BLOCKS: u64 = 16;

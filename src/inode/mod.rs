@@ -4,7 +4,7 @@
 //! on several inodes join their chunk blocks in ascending block order ([`lock_order`]), as XFS
 //! sorts inodes before locking them, so two operations never wait on each other's inodes.
 
-use crate::engine::EngineError;
+use crate::error::EngineError;
 use crate::format::inode::{ino_split, inodes_per_block, slot_range, Inode, INODE_BYTES};
 use crate::format::{BlockType, FormatError};
 use crate::trans::{BufId, Trans};

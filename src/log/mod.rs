@@ -17,6 +17,7 @@ pub use recovery::{format_log, recover, Damage, Recovered};
 
 use crate::cache::{BufHead, ChunkMap};
 use crate::device::{AlignedBuf, DevError, Device};
+use crate::error::EngineError;
 use crate::format::log::{
     record_blocks, ITEM_HEADER_BYTES, LOG_RECORD_HEADER_BYTES, LOG_RECORD_PAYLOAD_MAX,
     REGION_HEADER_BYTES,
@@ -57,6 +58,17 @@ impl fmt::Display for LogError {
 }
 
 impl std::error::Error for LogError {}
+
+impl From<LogError> for EngineError {
+    fn from(e: LogError) -> Self {
+        match e {
+            LogError::Io(e) => EngineError::Io(e),
+            LogError::Corrupt(e) => EngineError::Corrupt(e),
+            LogError::Shutdown(w) => EngineError::Shutdown(w),
+            LogError::Spawn(e) => EngineError::Invalid(format!("cannot start a log thread: {e}")),
+        }
+    }
+}
 
 /// Tunables of the log's background work.
 #[derive(Debug, Clone)]

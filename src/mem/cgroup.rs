@@ -43,7 +43,7 @@ impl CgroupMemory {
     /// The memory cgroup of this process, v2 where its memory controller is enabled, else v1.
     pub fn of_self() -> Option<CgroupMemory> {
         let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let mountinfo = std::fs::read_to_string(crate::mountinfo::PATH).ok()?;
         Self::find(&cgroup, &mountinfo, &|p| std::fs::read_to_string(p).ok())
     }
 
@@ -68,25 +68,19 @@ impl CgroupMemory {
         }
         let mut v2_mount = None;
         let mut v1_mount = None;
-        for line in mountinfo.lines() {
-            // id parent major:minor root mountpoint options [optional...] - fstype source super
-            let (left, right) = line.split_once(" - ")?;
-            let l: Vec<&str> = left.split(' ').collect();
-            let r: Vec<&str> = right.split(' ').collect();
-            if l.len() < 5 || r.len() < 3 {
-                continue;
-            }
-            let (root, mnt) = (unescape(l[3]), PathBuf::from(unescape(l[4])));
-            match r[0] {
-                "cgroup2" => v2_mount = Some((root, mnt)),
-                "cgroup" if r[2].split(',').any(|o| o == "memory") => v1_mount = Some((root, mnt)),
+        for m in crate::mountinfo::parse(mountinfo) {
+            match m.fstype.as_str() {
+                "cgroup2" => v2_mount = Some((m.root, m.point)),
+                "cgroup" if m.has_super_option("memory") => v1_mount = Some((m.root, m.point)),
                 _ => {}
             }
         }
-        let locate = |mount: &(String, PathBuf), path: &str| -> PathBuf {
+        let locate = |mount: &(PathBuf, PathBuf), path: &str| -> PathBuf {
             // The mount shows the hierarchy from `root` down; the path is from the top.
-            let rel = path.strip_prefix(mount.0.as_str()).unwrap_or(path);
-            mount.1.join(rel.trim_start_matches('/'))
+            let rel = Path::new(path)
+                .strip_prefix(&mount.0)
+                .unwrap_or(Path::new(path));
+            mount.1.join(rel.strip_prefix("/").unwrap_or(rel))
         };
         if let (Some(m), Some(p)) = (&v2_mount, &v2_path) {
             let dir = locate(m, p);
@@ -147,26 +141,6 @@ pub fn parse_limit(s: &str) -> Option<u64> {
     }
     let v: u64 = s.parse().ok()?;
     (v < V1_UNLIMITED_FLOOR).then_some(v)
-}
-
-/// mountinfo escapes space, tab, newline and backslash as three octal digits.
-pub fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@
 //! transaction really pins a buffer. Only pinned memory is charged.
 
 mod account;
-pub mod budget;
 pub mod cgroup;
 mod gate;
 mod overrun;
@@ -15,6 +14,9 @@ pub use account::MemAccount;
 pub use gate::{Gate, GateState, Shutdown, WaitOutcome};
 pub use overrun::{OverrunPolicy, OverrunReport, OverrunReporter};
 pub use stats::{KindStats, KindStatsTable};
+
+/// Memory budget when none is given and no cgroup limit is found.
+pub const MEM_BUDGET_DEFAULT_BYTES: u64 = 64 << 20;
 
 /// The unit the statistics report memory in.
 pub const PAGE_BYTES: u64 = 4096;

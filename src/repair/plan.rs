@@ -6,8 +6,8 @@
 //! Inodes with no links and no name are orphans, freed at the next mount.
 
 use super::{Kept, Name};
+use crate::format::inode::{dtype, S_IFDIR, S_IFMT};
 use crate::format::name::name_problem;
-use crate::fs::{dtype, S_IFDIR, S_IFMT};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 /// One change to a directory.
@@ -200,7 +200,7 @@ fn drop_entry(p: &mut Plan, rebuilt: &BTreeSet<u64>, e: &Name, why: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::S_IFREG;
+    use crate::format::inode::S_IFREG;
 
     fn dir(nlink: u32) -> Kept {
         Kept {

@@ -4,12 +4,12 @@
 //! ticket, an overrun is served from the emergency reserve and reported with its call site, and
 //! commit hands the changes to the CIL and gives back what was not used.
 
-pub mod resv;
-
-pub use resv::{Resv, ResvTable, TransKind, KIND_COUNT};
+// The reservation table sits below the engine (`crate::resv`); transactions are begun by kind.
+pub use crate::resv::{Resv, ResvTable, TransKind, KIND_COUNT};
 
 use crate::cache::{BufContent, BufHead, ChunkMap};
-use crate::engine::{Engine, EngineError};
+use crate::engine::Engine;
+use crate::error::EngineError;
 use crate::format::{BlockHeader, BlockType};
 use crate::log::{CilCommit, CommitBuf, Space, SpaceNeed};
 use parking_lot::{ArcMutexGuard, RawMutex};

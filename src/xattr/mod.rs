@@ -7,7 +7,7 @@
 //! setting fails with no space.
 
 use crate::alloc::Allocator;
-use crate::engine::EngineError;
+use crate::error::EngineError;
 use crate::format::inode::{ino_split, Inode};
 use crate::format::{xattrblock, BlockType, Enc};
 use crate::trans::Trans;

@@ -21,26 +21,19 @@ pub struct Cgroup {
 
 /// The mount point of a hierarchy from /proc/self/mountinfo: cgroup2, or v1 with `memory`.
 fn mount_of(v2: bool) -> Option<PathBuf> {
-    let mi = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    for line in mi.lines() {
-        let (left, right) = line.split_once(" - ")?;
-        let mut r = right.split_whitespace();
-        let fstype = r.next()?;
-        let _source = r.next();
-        let opts = r.next().unwrap_or("");
-        let point = left.split_whitespace().nth(4)?;
-        let ok = if v2 {
-            fstype == "cgroup2"
-                && fs::read_to_string(Path::new(point).join("cgroup.controllers"))
-                    .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"))
-        } else {
-            fstype == "cgroup" && opts.split(',').any(|o| o == "memory")
-        };
-        if ok {
-            return Some(PathBuf::from(point));
-        }
-    }
-    None
+    ticketfs::mountinfo::read()
+        .ok()?
+        .into_iter()
+        .find(|m| {
+            if v2 {
+                m.fstype == "cgroup2"
+                    && fs::read_to_string(m.point.join("cgroup.controllers"))
+                        .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"))
+            } else {
+                m.fstype == "cgroup" && m.has_super_option("memory")
+            }
+        })
+        .map(|m| m.point)
 }
 
 fn write(p: &Path, v: &str) -> Result<(), String> {

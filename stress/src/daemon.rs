@@ -21,11 +21,10 @@ pub fn is_mounted(mnt: &Path) -> bool {
     let Ok(want) = std::fs::canonicalize(mnt) else {
         return false;
     };
-    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|mi| {
-        mi.lines().any(|l| {
-            l.split_whitespace().nth(4) == Some(want.to_str().unwrap_or(""))
-                && l.contains(" - fuse")
-        })
+    ticketfs::mountinfo::read().is_ok_and(|table| {
+        table
+            .iter()
+            .any(|m| m.point == want && m.fstype.starts_with("fuse"))
     })
 }
 

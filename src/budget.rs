@@ -1,4 +1,5 @@
-//! The daemon's memory budget, derived from the environment at mount.
+//! The daemon's memory budget and sizing (threads, request buffers, read-ahead), derived from
+//! the environment at mount: the daemon's policy, above the engine and the file layer it sizes.
 //!
 //! The process's memory is a fixed base plus what grows with load. The base is measured or
 //! computed from the sizing: the resident size at start (binary, libraries, the allocator), each
@@ -8,12 +9,11 @@
 //! handles — is charged to the budget, which is the cgroup's limit less the base, capped by
 //! `-o mem=SIZE`. Without a limit the budget is `-o mem=` or `MEM_BUDGET_DEFAULT_BYTES`.
 
-use super::cgroup::CgroupMemory;
 use crate::file::readahead::{ReadAhead, READAHEAD_WORKERS};
+use crate::mem::cgroup::CgroupMemory;
+pub use crate::mem::MEM_BUDGET_DEFAULT_BYTES;
 use std::fmt::Write as _;
 
-/// Memory budget when none is given and no cgroup limit is found.
-pub const MEM_BUDGET_DEFAULT_BYTES: u64 = 64 << 20;
 /// Below this limit the daemon runs the small sizing (fewer threads, smaller writes).
 pub const SMALL_LIMIT_BYTES: u64 = 64 << 20;
 /// Largest FUSE write with no limit or a large one (the kernel's ceiling is 1 MiB by default).

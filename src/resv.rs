@@ -7,22 +7,13 @@
 //!   memory     = buffers x 2 x (block + per-buffer bookkeeping): the buffer itself, pinned dirty
 //!                until written home, and its formatted copy in the CIL until checkpointed.
 //! Tree heights come from the geometry: the most records a tree can hold, over the fan-out of its
-//! nodes, capped at [`BTREE_HEIGHT_MAX`].
+//! nodes (`format::node`), capped at [`BTREE_HEIGHT_MAX`].
 
 use crate::cache::BUF_OVERHEAD_BYTES;
-use crate::format::{Geometry, BLOCK_HEADER_BYTES};
+use crate::format::node::{capacity, BTREE_HEIGHT_MAX};
+use crate::format::Geometry;
 use crate::log::{Log, LOG_RESERVE_BLOCKS};
 
-/// The tallest B+tree the format allows: with the smallest blocks (512 B: 13 records a leaf,
-/// fan-out 18) eight levels index 18^7 x 13 > 8 x 10^9 records, more than any tree here holds.
-pub const BTREE_HEIGHT_MAX: u32 = 8;
-/// Bytes of a B+tree node header after the block header: level, record count, left and right
-/// siblings.
-pub const BTREE_NODE_HEADER_BYTES: usize = BLOCK_HEADER_BYTES + 24;
-/// Bytes of a leaf record: a two-word key and a two-word value (src/btree/node.rs).
-pub const BTREE_LEAF_RECORD_BYTES: usize = 32;
-/// Bytes of an interior entry: a two-word key and a child block number.
-pub const BTREE_NODE_ENTRY_BYTES: usize = 16 + 8;
 /// Most entries a directory may hold: bounds the directory hash tree's height.
 pub const DIR_ENTRIES_MAX: u64 = 1 << 32;
 /// A rolling truncate frees this many extents per step before it rolls.
@@ -110,11 +101,11 @@ pub struct Heights {
 
 /// Levels a B+tree of `records` needs with blocks of `bs`.
 pub fn btree_height(records: u64, bs: u32) -> u32 {
-    let leaf = ((bs as usize - BTREE_NODE_HEADER_BYTES) / BTREE_LEAF_RECORD_BYTES) as u64;
-    let node = ((bs as usize - BTREE_NODE_HEADER_BYTES) / BTREE_NODE_ENTRY_BYTES) as u64;
+    let leaf = capacity(bs as usize, 0) as u64;
+    let node = capacity(bs as usize, 1) as u64;
     let mut h = 1;
     let mut cap = leaf;
-    while cap < records && h < BTREE_HEIGHT_MAX {
+    while cap < records && h < BTREE_HEIGHT_MAX as u32 {
         cap = cap.saturating_mul(node);
         h += 1;
     }

@@ -1,0 +1,108 @@
+//! Inodes with no links: freed when the last name goes, at the last close when still open,
+//! or at the next mount after a crash (the unlinked trees).
+
+use super::*;
+
+impl Fs {
+    /// Frees the inodes a crash left on the unlinked trees (no links, and nobody has them open
+    /// after a mount).
+    pub(super) fn free_orphans(&self) -> R<()> {
+        let mut orphans = Vec::new();
+        let mut tx = self.eng.begin(TransKind::Read)?;
+        for agno in 0..self.eng.geometry().ag_count {
+            orphans.extend(self.alloc.unlinked(&mut tx, agno)?);
+        }
+        tx.cancel()?;
+        self.orphans_freed_at_mount
+            .store(orphans.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        for ino in orphans {
+            self.destroy(ino)?;
+        }
+        Ok(())
+    }
+
+    /// Inodes the mount freed from the unlinked trees (unlinked while open before a crash): the
+    /// mount command reports them (a kernel filesystem would say so in its log).
+    pub fn orphans_freed_at_mount(&self) -> u64 {
+        self.orphans_freed_at_mount
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Inodes waiting on the unlinked trees (for checks and tests).
+    pub fn unlinked(&self) -> R<Vec<u64>> {
+        let mut tx = self.eng.begin(TransKind::Read)?;
+        let mut out = Vec::new();
+        for agno in 0..self.eng.geometry().ag_count {
+            out.extend(self.alloc.unlinked(&mut tx, agno)?);
+        }
+        tx.cancel()?;
+        Ok(out)
+    }
+
+    /// An inode lost its last link: free it now, or at its last close.
+    pub(super) fn release_or_destroy(&self, ino: u64) -> R<()> {
+        if self.open.lock().get(&ino).is_some_and(|&n| n > 0) {
+            self.orphans.lock().insert(ino);
+            return Ok(());
+        }
+        self.destroy(ino)
+    }
+
+    /// Frees an inode with no links: its data (rolling truncate), its map or directory root or
+    /// symlink block, then the inode.
+    pub(super) fn destroy(&self, ino: u64) -> R<()> {
+        let _g = self.data_lock(ino);
+        let i = self.read_inode(ino)?;
+        debug_assert_eq!(i.nlink, 0);
+        // An empty file (no size, no block: most of those a create/unlink storm makes) has
+        // nothing to truncate, and skips that transaction.
+        if i.mode & S_IFMT == S_IFREG && (i.size > 0 || i.blocks > 0) {
+            self.io().truncate(ino, 0, now())?;
+        }
+        let _blocks = self.promise(TransKind::Inactive, true)?;
+        let mut tx = self.eng.begin(TransKind::Inactive)?;
+        let (r, mut i) = inode::read(&mut tx, ino)?;
+        match (i.mode & S_IFMT, i.format) {
+            (S_IFDIR, DataFormat::Btree) => dir::destroy(&mut tx, &self.alloc, ino, &mut i)?,
+            (S_IFLNK, DataFormat::Btree) => {
+                let id = tx.read_buf(i.root, BlockType::Symlink)?;
+                tx.invalidate(id);
+                self.alloc.free(&mut tx, i.root, 1)?;
+            }
+            (S_IFREG, DataFormat::Btree) => {
+                // The empty extent tree's root.
+                let id = tx.read_buf(i.root, BlockType::BtreeExtent)?;
+                tx.invalidate(id);
+                self.alloc.free(&mut tx, i.root, 1)?;
+            }
+            _ => {}
+        }
+        if i.xattr_blk != 0 {
+            crate::xattr::store(&mut tx, &self.alloc, ino, &mut i, &[])?;
+        }
+        inode::clear(&mut tx, &r);
+        self.alloc.unlinked_remove(&mut tx, ino)?;
+        self.alloc.free_inode(&mut tx, ino)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The last close of an open: an inode unlinked meanwhile is freed now.
+    pub fn release(&self, ino: u64) -> R<()> {
+        self.eng.cache().release_outside(HANDLE_BYTES);
+        let last = {
+            let mut o = self.open.lock();
+            let n = o.entry(ino).or_insert(1);
+            *n -= 1;
+            let last = *n == 0;
+            if last {
+                o.remove(&ino);
+            }
+            last
+        };
+        if last && self.orphans.lock().remove(&ino) {
+            self.destroy(ino)?;
+        }
+        Ok(())
+    }
+}

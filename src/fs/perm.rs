@@ -1,0 +1,106 @@
+//! Permissions: who is asking (`Ctx`), the mode-bit check, the sticky-directory rule, and the
+//! set-id bits a write or a change of owner drops, as the kernel decides them for local
+//! filesystems.
+
+use super::*;
+
+/// Drops the set-id bits as Linux does when a file is written, truncated or given away by
+/// `ctx` (setattr_should_drop_suidgid): set-user-ID always; set-group-ID when the file is
+/// group-executable, or when the caller is neither root nor in the file's group.
+pub(super) fn kill_setid(ctx: &Ctx, i: &mut Inode) {
+    i.drop_setid();
+    if !(ctx.uid == 0 || ctx.in_group(i.gid)) {
+        i.mode &= !S_ISGID;
+    }
+}
+
+/// Who is asking.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+impl Ctx {
+    pub const ROOT: Ctx = Ctx {
+        uid: 0,
+        gid: 0,
+        pid: 0,
+    };
+
+    /// Is `gid` the caller's group or one of its supplementary groups (from /proc)?
+    pub(super) fn in_group(&self, gid: u32) -> bool {
+        if gid == self.gid {
+            return true;
+        }
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", self.pid)) else {
+            return false;
+        };
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Groups:"))
+            .is_some_and(|g| g.split_whitespace().any(|x| x.parse::<u32>() == Ok(gid)))
+    }
+}
+
+/// May `ctx` do `want` (4 read, 2 write, 1 search/execute, or'ed) to `i`?
+pub(super) fn may(ctx: &Ctx, i: &Inode, want: u32) -> R<()> {
+    if ctx.uid == 0 {
+        // Root may do anything but execute a file with no execute bit at all.
+        if want & 1 != 0 && !is_dir(i) && i.mode & 0o111 == 0 {
+            return Err(FsError::Access);
+        }
+        return Ok(());
+    }
+    let bits = if ctx.uid == i.uid {
+        (i.mode >> 6) & 7
+    } else if ctx.in_group(i.gid) {
+        (i.mode >> 3) & 7
+    } else {
+        i.mode & 7
+    };
+    if bits & want == want {
+        Ok(())
+    } else {
+        Err(FsError::Access)
+    }
+}
+
+/// The sticky-directory rule: in a sticky directory only the owner of the entry, the owner of
+/// the directory or root may remove or rename the entry.
+pub(super) fn sticky_ok(ctx: &Ctx, dir: &Inode, victim: &Inode) -> R<()> {
+    if dir.mode & S_ISVTX != 0 && ctx.uid != 0 && ctx.uid != dir.uid && ctx.uid != victim.uid {
+        return Err(FsError::Perm);
+    }
+    Ok(())
+}
+
+impl Fs {
+    /// May `ctx` open `ino` with this access (4 read, 2 write)? Counts the open.
+    /// Returns whether the kernel may keep the file's cached pages from earlier opens: only when
+    /// no access-time update is due (`atime_due`), since reads served from those pages never
+    /// reach the daemon (under strictatime: never).
+    pub fn open(&self, ctx: &Ctx, ino: u64, want: u32) -> R<bool> {
+        let i = self.read_inode(ino)?;
+        if want & 2 != 0 {
+            if is_dir(&i) {
+                return Err(FsError::IsDir);
+            }
+            self.writable()?;
+        }
+        may(ctx, &i, want)?;
+        *self.open.lock().entry(ino).or_insert(0) += 1;
+        // An open handle is memory that grows with load: charged beside the cache.
+        self.eng.cache().charge_outside(HANDLE_BYTES);
+        Ok(!self.atime_due(&i, now()))
+    }
+
+    pub fn access(&self, ctx: &Ctx, ino: u64, mask: u32) -> R<()> {
+        let i = self.read_inode(ino)?;
+        if mask & 2 != 0 {
+            self.writable()?;
+        }
+        may(ctx, &i, mask & 7)
+    }
+}
