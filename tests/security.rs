@@ -356,7 +356,7 @@ fn ext4_matrix() -> Option<Vec<(String, i32)>> {
         .arg(&img)
         .status();
     if !mk.is_ok_and(|s| s.success()) {
-        eprintln!("SKIPPED ext4 comparison: mkfs.ext4 failed");
+        common::skip("the ext4 comparison: mkfs.ext4 failed");
         return None;
     }
     let mnt = work.path().join("mnt");
@@ -368,7 +368,7 @@ fn ext4_matrix() -> Option<Vec<(String, i32)>> {
         .status()
         .unwrap();
     if !st.success() {
-        eprintln!("SKIPPED ext4 comparison: no loop mount here");
+        common::skip("the ext4 comparison: no loop mount here");
         return None;
     }
     struct Unmount(PathBuf);
@@ -391,7 +391,7 @@ fn protected_hardlinks() -> bool {
 #[test]
 fn another_user_gets_the_answers_kernel_ext4_gives() {
     if !protected_hardlinks() {
-        eprintln!("SKIPPED: fs.protected_hardlinks is off on this machine");
+        common::skip("fs.protected_hardlinks is off on this machine");
         return;
     }
     let Some(ext4) = ext4_matrix() else { return };
@@ -534,14 +534,14 @@ fn a_user_mounts_an_image_of_their_own_through_fusermount3() {
         .ok()
         .map(|m| m.permissions().mode() & 0o777);
     if fuse_mode.is_none_or(|m| m & 0o006 != 0o006) {
-        eprintln!(
-            "SKIPPED: /dev/fuse is not open to other users here (mode {fuse_mode:?}; Debian's udev \
+        common::skip(&format!(
+            "/dev/fuse is not open to other users here (mode {fuse_mode:?}; Debian's udev \
              makes it 0666, scripts/install-test-deps.sh does where udev does not run)"
-        );
+        ));
         return;
     }
     if Command::new("fusermount3").arg("-V").output().is_err() {
-        eprintln!("SKIPPED: fusermount3 is missing (Debian package fuse3)");
+        common::skip("fusermount3 is missing (Debian package fuse3)");
         return;
     }
     let work = tempfile::tempdir().unwrap();

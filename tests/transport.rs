@@ -394,7 +394,9 @@ fn io_uring_queues_and_dev_fuse_answer_alike() {
     let knob = Knob::on();
     if knob.was.is_none() {
         // A kernel before 6.14 or without CONFIG_FUSE_IO_URING: nothing to compare.
-        eprintln!("SKIPPED: {KNOB} is missing: this kernel has no FUSE over io_uring");
+        common::skip(&format!(
+            "{KNOB} is missing: this kernel has no FUSE over io_uring"
+        ));
         return;
     }
     let (ring, ring_st) = run("");
@@ -465,7 +467,9 @@ fn read_through(f: &mut fs::File, want: &[u8], what: &str) {
 fn sequential_reads_through_the_queues_are_read_ahead_and_see_every_write() {
     let knob = Knob::on();
     if knob.was.is_none() {
-        eprintln!("SKIPPED: {KNOB} is missing: this kernel has no FUSE over io_uring");
+        common::skip(&format!(
+            "{KNOB} is missing: this kernel has no FUSE over io_uring"
+        ));
         return;
     }
     let work = tempfile::tempdir().unwrap();

@@ -322,11 +322,15 @@ fn clean_unmount_keeps_everything_through_io_uring() {
     match fs::read_to_string(KNOB) {
         Ok(v) if v.trim() == "Y" => {}
         Ok(_) => {
-            eprintln!("SKIPPED: {KNOB} is off (scripts/install-test-deps.sh turns it on)");
+            common::skip(&format!(
+                "{KNOB} is off (scripts/install-test-deps.sh turns it on)"
+            ));
             return;
         }
         Err(_) => {
-            eprintln!("SKIPPED: {KNOB} is missing: this kernel has no FUSE over io_uring");
+            common::skip(&format!(
+                "{KNOB} is missing: this kernel has no FUSE over io_uring"
+            ));
             return;
         }
     }
@@ -385,7 +389,7 @@ fn umount_returns_with_the_image_released_through_dev_fuse() {
 #[test]
 fn umount_returns_with_the_image_released_through_io_uring() {
     if !fs::read_to_string(KNOB).is_ok_and(|v| v.trim() == "Y") {
-        eprintln!("SKIPPED: FUSE over io_uring is not on here ({KNOB})");
+        common::skip(&format!("FUSE over io_uring is not on here ({KNOB})"));
         return;
     }
     umount_cycles("uring=on");
