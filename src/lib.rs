@@ -12,6 +12,7 @@ pub mod btree;
 pub mod budget;
 pub mod cache;
 pub mod check;
+pub mod daemon;
 pub mod db;
 pub mod devfuse;
 pub mod device;
