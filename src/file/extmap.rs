@@ -225,6 +225,22 @@ pub fn insert(
     Ok(())
 }
 
+/// Maps `e`'s file blocks again, to the same disk blocks with `e.flags` (written or unwritten):
+/// the old mapping of that range is taken out without freeing its blocks, and `e` put in,
+/// merged with its neighbours.
+#[track_caller]
+pub fn remap(
+    tx: &mut Trans<'_>,
+    alloc: &Allocator,
+    ino: u64,
+    inode: &mut Inode,
+    e: Extent,
+) -> Result<(), EngineError> {
+    let end = e.file_block + e.len as u64;
+    remove(tx, alloc, ino, inode, e.file_block, end, usize::MAX, false)?;
+    insert(tx, alloc, ino, inode, e)
+}
+
 /// Unmaps file blocks `from..to`, at most `max` extents touched; with `free`, their disk blocks
 /// are freed (else the caller maps them again, e.g. as written). Returns the extents removed
 /// (clipped to the range) and whether the whole range is done.

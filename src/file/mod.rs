@@ -543,17 +543,7 @@ impl<'a> FileIo<'a> {
                     }),
                     "inode {ino}: extent map changed under the data lock"
                 );
-                extmap::remove(
-                    &mut tx,
-                    self.alloc,
-                    ino,
-                    &mut ino_d,
-                    fb,
-                    run_end,
-                    usize::MAX,
-                    false,
-                )?;
-                extmap::insert(
+                extmap::remap(
                     &mut tx,
                     self.alloc,
                     ino,
@@ -920,17 +910,7 @@ impl<'a> FileIo<'a> {
                 continue;
             }
             let disk = e.start + (fb - e.file_block);
-            extmap::remove(
-                &mut tx,
-                self.alloc,
-                ino,
-                &mut ino_d,
-                fb,
-                run_end,
-                usize::MAX,
-                false,
-            )?;
-            extmap::insert(
+            extmap::remap(
                 &mut tx,
                 self.alloc,
                 ino,
