@@ -12,12 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::exit;
 use std::sync::Arc;
 use ticketfs::daemon::{serve, MountFlags, Options};
-use ticketfs::fs::AtimePolicy;
-use ticketfs::image::parse_size;
-use ticketfs::mem::{MemRes, OverrunPolicy};
 use ticketfs::stats;
-use ticketfs::trans::TransKind;
-use ticketfs::EngineOptions;
 
 const USAGE: &str = "usage: ticketfs IMAGE MOUNTPOINT [-f] [-o ro|rw|allow_other|default_permissions|writeback_cache|blkdev=on|off|hostcache=on|off|uring=on|off|uring_idle=on|off|mem=SIZE|max_threads=N|memres=on|off|overrun=warn|panic|verbose|debug_resv=KIND:BYTES,...]
        ticketfs stats MOUNTPOINT [--json]";
@@ -28,27 +23,7 @@ fn die(msg: &str) -> ! {
 
 fn parse() -> Options {
     let mut pos = Vec::new();
-    let mut o = Options {
-        image: PathBuf::new(),
-        mountpoint: PathBuf::new(),
-        foreground: false,
-        read_only: false,
-        remount: false,
-        allow_other: false,
-        default_permissions: false,
-        writeback_cache: false,
-        host_cache: true,
-        blkdev: true,
-        blkdev_asked: false,
-        uring: true,
-        uring_idle: true,
-        flags: MountFlags::default(),
-        verbose: false,
-        mem_option: None,
-        threads_option: None,
-        atime: AtimePolicy::Relatime,
-        engine: EngineOptions::default(),
-    };
+    let mut o = Options::default();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -59,68 +34,13 @@ fn parse() -> Options {
             }
             "-o" => {
                 let list = args.next().unwrap_or_else(|| die(USAGE));
-                for opt in list.split(',').filter(|s| !s.is_empty()) {
-                    match opt {
-                        "ro" => o.read_only = true,
-                        "rw" => o.read_only = false,
-                        "remount" => o.remount = true,
-                        "allow_other" => o.allow_other = true,
-                        "default_permissions" => o.default_permissions = true,
-                        // The kernel's writeback cache stamps truncates and flushes with times
-                        // of its own, which only its own permission check tells from a user's
-                        // utimensat: so it comes with default_permissions.
-                        "writeback_cache" => {
-                            o.writeback_cache = true;
-                            o.default_permissions = true;
+                match o.apply(&list) {
+                    Ok(warnings) => {
+                        for w in warnings {
+                            eprintln!("ticketfs: {w}");
                         }
-                        "hostcache=on" => o.host_cache = true,
-                        "blkdev=on" => {
-                            o.blkdev = true;
-                            o.blkdev_asked = true;
-                        }
-                        "blkdev=off" => o.blkdev = false,
-                        "uring=on" => o.uring = true,
-                        "uring=off" => o.uring = false,
-                        "uring_idle=on" => o.uring_idle = true,
-                        "uring_idle=off" => o.uring_idle = false,
-                        "hostcache=off" => o.host_cache = false,
-                        "memres=on" => o.engine.memres = MemRes::On,
-                        "memres=off" => o.engine.memres = MemRes::Off,
-                        "overrun=warn" => o.engine.overrun = OverrunPolicy::Warn,
-                        "overrun=panic" => o.engine.overrun = OverrunPolicy::Panic,
-                        "verbose" => o.verbose = true,
-                        "relatime" => o.atime = AtimePolicy::Relatime,
-                        "strictatime" => o.atime = AtimePolicy::Strict,
-                        "noatime" => o.atime = AtimePolicy::Never,
-                        "nosuid" => o.flags.nosuid = true,
-                        "suid" => o.flags.nosuid = false,
-                        "nodev" => o.flags.nodev = true,
-                        "dev" => o.flags.nodev = false,
-                        "noexec" => o.flags.noexec = true,
-                        "exec" => o.flags.noexec = false,
-                        "sync" => o.flags.sync = true,
-                        "async" => o.flags.sync = false,
-                        "dirsync" => o.flags.dirsync = true,
-                        m if m.starts_with("mem=") => {
-                            o.mem_option = Some(
-                                parse_size(&m[4..])
-                                    .unwrap_or_else(|| die(&format!("bad size in {m}"))),
-                            )
-                        }
-                        m if m.starts_with("max_threads=") => {
-                            o.threads_option = Some(
-                                m[12..]
-                                    .parse()
-                                    .unwrap_or_else(|_| die(&format!("bad number in {m}"))),
-                            )
-                        }
-                        m if m.starts_with("debug_resv=") => {
-                            o.engine.mem_override.push(parse_debug_resv(&m[11..]))
-                        }
-                        // Other options mount(8) and mount.fuse3 pass along: accepted; they
-                        // change nothing here.
-                        _ => {}
                     }
+                    Err(e) => die(&e),
                 }
             }
             _ if a.starts_with('-') => die(&format!("unknown option {a}\n{USAGE}")),
@@ -139,19 +59,6 @@ fn parse() -> Options {
     o.mountpoint = pos.pop().unwrap_or_default();
     o.image = pos.pop().unwrap_or_default();
     o
-}
-
-/// `KIND:BYTES`: a testing knob that replaces the memory of one reservation table entry, to see
-/// an undersized entry reported (the operation still completes from the emergency reserve).
-fn parse_debug_resv(s: &str) -> (TransKind, u64) {
-    let parsed = s.split_once(':').and_then(|(kind, bytes)| {
-        let kind = TransKind::ALL.iter().copied().find(|k| k.name() == kind)?;
-        Some((kind, parse_size(bytes)?))
-    });
-    let Some((kind, bytes)) = parsed else {
-        die(&format!("debug_resv={s}: expected KIND:BYTES"))
-    };
-    (kind, bytes)
 }
 
 /// `ticketfs stats MOUNTPOINT [--json]`.

@@ -6,9 +6,13 @@
 //! marked clean, then its lock is released. `main.rs` parses the command line into `Options` and
 //! calls `serve`; the daemon's policy lives here, above the filesystem it serves.
 
+mod options;
+
+pub use options::{MountFlags, Options};
+
 use crate::budget::{self, Budget};
-use crate::engine::{Engine, EngineOptions};
-use crate::fs::{AtimePolicy, Fs};
+use crate::engine::Engine;
+use crate::fs::Fs;
 use crate::image::open_image;
 use crate::mem::cgroup::CgroupMemory;
 use crate::ops::Ops;
@@ -29,68 +33,6 @@ const MALLOC_TRIM_THRESHOLD: libc::c_int = 128 << 10;
 
 /// Arenas: a few, so per-thread arenas cannot each keep their own free memory.
 const MALLOC_ARENAS: libc::c_int = 1;
-
-pub struct Options {
-    pub image: PathBuf,
-    pub mountpoint: PathBuf,
-    pub foreground: bool,
-    pub read_only: bool,
-    /// `-o remount`: change the live mount (mount(8) and mount.fuse3 pass a remount here).
-    pub remount: bool,
-    pub allow_other: bool,
-    pub default_permissions: bool,
-    /// `-o writeback_cache`: the kernel's writeback cache (implies default_permissions).
-    pub writeback_cache: bool,
-    /// `-o uring=on|off`: FUSE over io_uring when the kernel offers it (on by default).
-    pub uring: bool,
-    /// `-o uring_idle=on|off`: the queue threads serve at SCHED_IDLE while CPUs are spare (on).
-    pub uring_idle: bool,
-    /// `-o hostcache=on|off`: file data read through the image's page cache (on by default).
-    pub host_cache: bool,
-    /// `-o blkdev=on|off`: mount as `fuseblk` (through a loop device for an image file), so
-    /// umount waits for the daemon to write everything home (on by default).
-    pub blkdev: bool,
-    /// `blkdev=on` was given: say so when it cannot be had.
-    pub blkdev_asked: bool,
-    /// The mount's own flags (nosuid, nodev, noexec, sync, dirsync), kept by the kernel.
-    pub flags: MountFlags,
-    /// Print the budget's derivation even when stderr is not a terminal.
-    pub verbose: bool,
-    pub mem_option: Option<u64>,
-    pub threads_option: Option<usize>,
-    pub atime: AtimePolicy,
-    pub engine: EngineOptions,
-}
-
-/// Mount flags the kernel enforces for the mount (as for any filesystem); the daemon only passes
-/// them on, at mount and at remount. Unset, a mount by root allows devices, set-id and exec,
-/// as mount(8) does for a kernel filesystem.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct MountFlags {
-    pub nosuid: bool,
-    pub nodev: bool,
-    pub noexec: bool,
-    pub sync: bool,
-    pub dirsync: bool,
-}
-
-impl MountFlags {
-    pub fn ms_bits(self) -> libc::c_ulong {
-        let mut f = 0;
-        for (on, bit) in [
-            (self.nosuid, libc::MS_NOSUID),
-            (self.nodev, libc::MS_NODEV),
-            (self.noexec, libc::MS_NOEXEC),
-            (self.sync, libc::MS_SYNCHRONOUS),
-            (self.dirsync, libc::MS_DIRSYNC),
-        ] {
-            if on {
-                f |= bit;
-            }
-        }
-        f
-    }
-}
 
 /// Tunes glibc's malloc so memory freed goes back to the system (see the constants).
 fn tune_malloc() {

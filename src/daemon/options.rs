@@ -1,0 +1,390 @@
+//! The mount's options: `-o` lists parsed into one typed value, every value checked (a number's
+//! range, a size's unit, an enum's words) and a bad one refused with the option named, as
+//! mount(8) refuses a bad option of a kernel filesystem. Options mount(8) and mount.fuse3 pass
+//! along for every filesystem (`defaults`, `nofail`, `_netdev`, `x-*`, ...) are accepted and
+//! change nothing; an unknown name one letter away from one of ours is accepted with a warning,
+//! since a typo of `overrun=panic` must not pass unnoticed.
+
+use crate::budget::FUSE_THREADS_MAX;
+use crate::engine::EngineOptions;
+use crate::fs::AtimePolicy;
+use crate::image::parse_size;
+use crate::mem::{MemRes, OverrunPolicy};
+use crate::resv::TransKind;
+use std::path::PathBuf;
+
+/// The names of ticketfs's options (with `=` those that take a value): what a near miss is
+/// compared with.
+pub const OPTION_NAMES: [&str; 28] = [
+    "ro",
+    "rw",
+    "remount",
+    "allow_other",
+    "default_permissions",
+    "writeback_cache",
+    "hostcache=",
+    "blkdev=",
+    "uring=",
+    "uring_idle=",
+    "memres=",
+    "overrun=",
+    "verbose",
+    "relatime",
+    "strictatime",
+    "noatime",
+    "nosuid",
+    "suid",
+    "nodev",
+    "dev",
+    "noexec",
+    "exec",
+    "sync",
+    "async",
+    "dirsync",
+    "mem=",
+    "max_threads=",
+    "debug_resv=",
+];
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub image: PathBuf,
+    pub mountpoint: PathBuf,
+    pub foreground: bool,
+    pub read_only: bool,
+    /// `-o remount`: change the live mount (mount(8) and mount.fuse3 pass a remount here).
+    pub remount: bool,
+    pub allow_other: bool,
+    pub default_permissions: bool,
+    /// `-o writeback_cache`: the kernel's writeback cache (implies default_permissions).
+    pub writeback_cache: bool,
+    /// `-o uring=on|off`: FUSE over io_uring when the kernel offers it (on by default).
+    pub uring: bool,
+    /// `-o uring_idle=on|off`: the queue threads serve at SCHED_IDLE while CPUs are spare (on).
+    pub uring_idle: bool,
+    /// `-o hostcache=on|off`: file data read through the image's page cache (on by default).
+    pub host_cache: bool,
+    /// `-o blkdev=on|off`: mount as `fuseblk` (through a loop device for an image file), so
+    /// umount waits for the daemon to write everything home (on by default).
+    pub blkdev: bool,
+    /// `blkdev=on` was given: say so when it cannot be had.
+    pub blkdev_asked: bool,
+    /// The mount's own flags (nosuid, nodev, noexec, sync, dirsync), kept by the kernel.
+    pub flags: MountFlags,
+    /// Print the budget's derivation even when stderr is not a terminal.
+    pub verbose: bool,
+    pub mem_option: Option<u64>,
+    pub threads_option: Option<usize>,
+    pub atime: AtimePolicy,
+    pub engine: EngineOptions,
+}
+
+/// Mount flags the kernel enforces for the mount (as for any filesystem); the daemon only passes
+/// them on, at mount and at remount. Unset, a mount by root allows devices, set-id and exec,
+/// as mount(8) does for a kernel filesystem.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MountFlags {
+    pub nosuid: bool,
+    pub nodev: bool,
+    pub noexec: bool,
+    pub sync: bool,
+    pub dirsync: bool,
+}
+
+impl MountFlags {
+    pub fn ms_bits(self) -> libc::c_ulong {
+        let mut f = 0;
+        for (on, bit) in [
+            (self.nosuid, libc::MS_NOSUID),
+            (self.nodev, libc::MS_NODEV),
+            (self.noexec, libc::MS_NOEXEC),
+            (self.sync, libc::MS_SYNCHRONOUS),
+            (self.dirsync, libc::MS_DIRSYNC),
+        ] {
+            if on {
+                f |= bit;
+            }
+        }
+        f
+    }
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            image: PathBuf::new(),
+            mountpoint: PathBuf::new(),
+            foreground: false,
+            read_only: false,
+            remount: false,
+            allow_other: false,
+            default_permissions: false,
+            writeback_cache: false,
+            host_cache: true,
+            blkdev: true,
+            blkdev_asked: false,
+            uring: true,
+            uring_idle: true,
+            flags: MountFlags::default(),
+            verbose: false,
+            mem_option: None,
+            threads_option: None,
+            atime: AtimePolicy::Relatime,
+            engine: EngineOptions::default(),
+        }
+    }
+}
+
+/// `on` or `off`.
+fn on_off(name: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{name}={v}: expected {name}=on or {name}=off")),
+    }
+}
+
+/// This machine's memory in bytes (None when sysconf cannot tell).
+fn physical_memory() -> Option<u64> {
+    // SAFETY: sysconf only reads system parameters.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    (pages > 0 && page > 0).then(|| (pages as u64).saturating_mul(page as u64))
+}
+
+/// Levenshtein distance, for the near-miss warning (names are short).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The option of ours an unknown name is one edit from, if any.
+pub fn near_miss(name: &str) -> Option<&'static str> {
+    OPTION_NAMES
+        .iter()
+        .map(|o| o.trim_end_matches('='))
+        .find(|o| edit_distance(name, o) == 1)
+}
+
+impl Options {
+    /// Applies one `-o` list (comma-separated; a later option overrides an earlier one, as in
+    /// mount(8)). Returns the warnings to print; an option with a bad value is an error naming
+    /// it, and nothing after it is applied.
+    pub fn apply(&mut self, list: &str) -> Result<Vec<String>, String> {
+        let mut warnings = Vec::new();
+        for opt in list.split(',').filter(|s| !s.is_empty()) {
+            let (name, value) = match opt.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (opt, None),
+            };
+            let takes_value = OPTION_NAMES.contains(&format!("{name}=").as_str());
+            let is_flag = OPTION_NAMES.contains(&name);
+            match (value, takes_value, is_flag) {
+                (Some(_), false, true) => return Err(format!("{opt}: {name} takes no value")),
+                (None, true, false) => return Err(format!("{name}: needs a value ({name}=...)")),
+                (_, false, false) => {
+                    // Not ours: passed along by mount(8) or mount.fuse3 for every filesystem.
+                    if let Some(near) = near_miss(name) {
+                        warnings.push(format!(
+                            "unknown option {opt} ignored (did you mean {near}?)"
+                        ));
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let v = value.unwrap_or("");
+            match name {
+                "ro" => self.read_only = true,
+                "rw" => self.read_only = false,
+                "remount" => self.remount = true,
+                "allow_other" => self.allow_other = true,
+                "default_permissions" => self.default_permissions = true,
+                // The kernel's writeback cache stamps truncates and flushes with times of its
+                // own, which only its own permission check tells from a user's utimensat: so
+                // it comes with default_permissions.
+                "writeback_cache" => {
+                    self.writeback_cache = true;
+                    self.default_permissions = true;
+                }
+                "hostcache" => self.host_cache = on_off(name, v)?,
+                "blkdev" => {
+                    self.blkdev = on_off(name, v)?;
+                    self.blkdev_asked = self.blkdev;
+                }
+                "uring" => self.uring = on_off(name, v)?,
+                "uring_idle" => self.uring_idle = on_off(name, v)?,
+                "memres" => {
+                    self.engine.memres = if on_off(name, v)? {
+                        MemRes::On
+                    } else {
+                        MemRes::Off
+                    }
+                }
+                "overrun" => {
+                    self.engine.overrun = match v {
+                        "warn" => OverrunPolicy::Warn,
+                        "panic" => OverrunPolicy::Panic,
+                        _ => return Err(format!("{opt}: expected overrun=warn or overrun=panic")),
+                    }
+                }
+                "verbose" => self.verbose = true,
+                "relatime" => self.atime = AtimePolicy::Relatime,
+                "strictatime" => self.atime = AtimePolicy::Strict,
+                "noatime" => self.atime = AtimePolicy::Never,
+                "nosuid" => self.flags.nosuid = true,
+                "suid" => self.flags.nosuid = false,
+                "nodev" => self.flags.nodev = true,
+                "dev" => self.flags.nodev = false,
+                "noexec" => self.flags.noexec = true,
+                "exec" => self.flags.noexec = false,
+                "sync" => self.flags.sync = true,
+                "async" => self.flags.sync = false,
+                "dirsync" => self.flags.dirsync = true,
+                "mem" => {
+                    let bytes = parse_size(v).filter(|&b| b > 0).ok_or_else(|| {
+                        format!(
+                            "{opt}: expected a size above 0 (bytes, or a number with K, M, G or T)"
+                        )
+                    })?;
+                    if let Some(ram) = physical_memory().filter(|&ram| bytes > ram) {
+                        return Err(format!(
+                            "{opt}: more than this machine's memory ({} MiB)",
+                            ram >> 20
+                        ));
+                    }
+                    self.mem_option = Some(bytes);
+                }
+                "max_threads" => {
+                    let n = v
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=FUSE_THREADS_MAX).contains(n))
+                        .ok_or_else(|| {
+                            format!(
+                                "{opt}: expected a number of threads from 1 to {FUSE_THREADS_MAX}"
+                            )
+                        })?;
+                    self.threads_option = Some(n);
+                }
+                "debug_resv" => self.engine.mem_override.push(debug_resv(v)?),
+                _ => unreachable!("{name} is in OPTION_NAMES but not handled"),
+            }
+        }
+        Ok(warnings)
+    }
+}
+
+/// `KIND:BYTES`: a testing knob that replaces the memory of one reservation table entry, to see
+/// an undersized entry reported (the operation still completes from the emergency reserve).
+fn debug_resv(s: &str) -> Result<(TransKind, u64), String> {
+    let (kind, bytes) = s
+        .split_once(':')
+        .ok_or_else(|| format!("debug_resv={s}: expected debug_resv=KIND:BYTES"))?;
+    let kind = TransKind::ALL
+        .iter()
+        .copied()
+        .find(|k| k.name() == kind)
+        .ok_or_else(|| {
+            let names: Vec<&str> = TransKind::ALL.iter().map(|k| k.name()).collect();
+            format!(
+                "debug_resv={s}: no transaction kind {kind:?} (kinds: {})",
+                names.join(", ")
+            )
+        })?;
+    let bytes =
+        parse_size(bytes).ok_or_else(|| format!("debug_resv={s}: {bytes:?} is not a size"))?;
+    Ok((kind, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apply(list: &str) -> Result<(Options, Vec<String>), String> {
+        let mut o = Options::default();
+        let w = o.apply(list)?;
+        Ok((o, w))
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_option() {
+        for (list, names) in [
+            ("overrun=foo", "overrun=foo"),
+            ("memres=maybe", "memres=maybe"),
+            ("uring=1", "uring=1"),
+            ("blkdev=", "blkdev="),
+            ("max_threads=0", "max_threads=0"),
+            ("max_threads=100000", "max_threads=100000"),
+            ("max_threads=-1", "max_threads=-1"),
+            ("mem=18446744073709551615", "mem=18446744073709551615"),
+            ("mem=16E", "mem=16E"),
+            ("mem=0", "mem=0"),
+            ("mem=lots", "mem=lots"),
+            ("mem", "mem"),
+            ("verbose=yes", "verbose=yes"),
+            ("ro=1", "ro=1"),
+            ("debug_resv=create", "debug_resv=create"),
+            ("debug_resv=nosuch:4K", "debug_resv=nosuch:4K"),
+            ("rw,uring=off,overrun=maybe", "overrun=maybe"),
+        ] {
+            let e = apply(list).expect_err(list);
+            assert!(e.starts_with(names), "{list}: {e}");
+            assert!(!e.contains('\n'), "{list}: one line: {e}");
+        }
+    }
+
+    #[test]
+    fn good_values_set_the_typed_options() {
+        let (o, w) = apply("ro,overrun=panic,memres=off,mem=16M,max_threads=8,uring=off,noatime,nosuid,debug_resv=create:4K").unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert!(o.read_only && !o.uring && o.flags.nosuid);
+        assert_eq!(o.engine.overrun, OverrunPolicy::Panic);
+        assert_eq!(o.engine.memres, MemRes::Off);
+        assert_eq!(o.mem_option, Some(16 << 20));
+        assert_eq!(o.threads_option, Some(8));
+        assert_eq!(o.atime, AtimePolicy::Never);
+        assert_eq!(o.engine.mem_override, vec![(TransKind::Create, 4096)]);
+        // A later option overrides an earlier one, as in mount(8).
+        let (o, _) = apply("uring=off,uring=on,ro,rw").unwrap();
+        assert!(o.uring && !o.read_only);
+    }
+
+    #[test]
+    fn options_mount_passes_along_are_accepted_and_near_misses_warned() {
+        let (_, w) = apply("defaults,nofail,_netdev,x-systemd.automount,auto,noauto,user,users,max_read=131072,fsname=img,subtype=ticketfs,lazytime,nodiratime").unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        let (o, w) = apply("overun=panic,urng=off,readonly").unwrap();
+        assert_eq!(
+            w,
+            [
+                "unknown option overun=panic ignored (did you mean overrun?)",
+                "unknown option urng=off ignored (did you mean uring?)"
+            ]
+        );
+        assert_eq!(o.engine.overrun, OverrunPolicy::Warn);
+    }
+
+    proptest::proptest! {
+        /// Any list: applied or refused, never a panic; a refusal is one line.
+        #[test]
+        fn any_list_is_applied_or_refused(list in "[a-z_=,:0-9A-Z.-]{0,40}") {
+            if let Err(e) = apply(&list) {
+                proptest::prop_assert!(!e.contains('\n'));
+            }
+        }
+    }
+}
