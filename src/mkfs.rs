@@ -48,11 +48,120 @@ pub struct Made {
     pub min_log_blocks: u64,
 }
 
+/// The largest image file mkfs creates or grows: what a file's length (an `off_t`) can be.
+pub const SIZE_MAX_BYTES: u64 = i64::MAX as u64;
+
+/// The geometry mkfs chooses for `blocks` blocks of `bs` bytes: the AG count and log size given,
+/// or the defaults (an AG per GiB up to 64; a log of 1/64 of the device between the
+/// reservation table's minimum and `LOG_DEFAULT_MAX_BYTES`). Returns it with the table's
+/// minimum log.
+fn plan(o: &MkfsOptions, blocks: u64) -> Result<(Geometry, u64), String> {
+    let bs = o.block_size;
+    let ag_count = o.ag_count.unwrap_or_else(|| {
+        (blocks.saturating_mul(bs as u64) / AG_DEFAULT_BYTES).clamp(1, 64) as u32
+    });
+    let probe = Geometry::new(bs, blocks, 16, ag_count)?;
+    let min_log = ResvTable::new(&probe).min_log_blocks();
+    let log_blocks = match o.log_bytes {
+        Some(l) => l.div_ceil(bs as u64),
+        None => (blocks / 64).clamp(min_log, (LOG_DEFAULT_MAX_BYTES / bs as u64).max(min_log)),
+    };
+    if log_blocks < min_log {
+        return Err(format!(
+            "a log of {log_blocks} blocks is below the {min_log} these blocks need (-l {})",
+            min_log * bs as u64
+        ));
+    }
+    Ok((Geometry::new(bs, blocks, log_blocks, ag_count)?, min_log))
+}
+
+/// The fewest blocks `plan` accepts with these options, if any up to `SIZE_MAX_BYTES`: found by
+/// doubling, then halving the interval (more blocks never make a geometry impossible below
+/// the AG count's own limits).
+fn smallest_blocks(o: &MkfsOptions) -> Option<u64> {
+    let max = SIZE_MAX_BYTES / o.block_size as u64;
+    let mut hi = 64u64;
+    while plan(o, hi).is_err() {
+        hi = hi.checked_mul(2).filter(|&h| h <= max)?;
+    }
+    let mut lo = hi / 2;
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if plan(o, mid).is_ok() {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    Some(hi)
+}
+
+/// The geometry for `blocks`, or why not: for a device too small, the smallest size that works
+/// with these options.
+fn fits(o: &MkfsOptions, blocks: u64) -> Result<(Geometry, u64), String> {
+    plan(o, blocks).map_err(|why| match smallest_blocks(o) {
+        Some(min) if min > blocks => format!(
+            "{} bytes is too small: the smallest filesystem with {}-byte blocks{} is {} bytes \
+             ({} KiB) ({why})",
+            blocks * o.block_size as u64,
+            o.block_size,
+            if o.ag_count.is_some() || o.log_bytes.is_some() {
+                " and these -a/-l values"
+            } else {
+                ""
+            },
+            min * o.block_size as u64,
+            (min * o.block_size as u64).div_ceil(1024)
+        ),
+        _ => why,
+    })
+}
+
+/// The options' own faults, found before the target is touched.
+fn check_options(o: &MkfsOptions) -> Result<(), String> {
+    if !crate::format::block_size_valid(o.block_size) {
+        return Err(format!(
+            "block size {} is not a power of two from 512 to 65536",
+            o.block_size
+        ));
+    }
+    if o.label.len() > crate::format::LABEL_BYTES || o.label.contains('\0') {
+        return Err(format!(
+            "label of {} bytes: at most {} bytes, without NUL",
+            o.label.len(),
+            crate::format::LABEL_BYTES
+        ));
+    }
+    if o.size.is_some_and(|s| s > SIZE_MAX_BYTES) {
+        return Err(format!(
+            "size {} is larger than a file can be ({SIZE_MAX_BYTES} bytes)",
+            o.size.unwrap_or(0)
+        ));
+    }
+    Ok(())
+}
+
+/// Removes the image file mkfs created when it fails before the end: a failed mkfs leaves
+/// nothing behind (a file that existed before is left, formatted or not).
+struct CreatedFile<'a> {
+    path: &'a Path,
+    keep: bool,
+}
+
+impl Drop for CreatedFile<'_> {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_file(self.path);
+        }
+    }
+}
+
 /// Formats `target`: creates a sparse file of `size` if it does not exist, refuses an existing
 /// filesystem without `force`, then writes superblocks, log, allocation groups and the root
 /// directory (through the engine, as transactions) and leaves the image clean.
 pub fn make_filesystem(target: &Path, o: &MkfsOptions) -> Result<Made, String> {
     let show = target.display();
+    check_options(o)?;
     // Never a mounted image, whatever -f says (as mkfs.xfs refuses a mounted device): not one
     // a daemon holds (its lock), nor one still in the mount table (a daemon that died leaves
     // its mount). The lock is held while formatting, so no mount starts meanwhile.
@@ -72,10 +181,13 @@ pub fn make_filesystem(target: &Path, o: &MkfsOptions) -> Result<Made, String> {
     } else {
         None
     };
+    let mut created = None;
     if !target.exists() {
         let s = o
             .size
             .ok_or_else(|| format!("{show} does not exist: give a size to create it"))?;
+        // Too small for any filesystem: said before the file is made.
+        fits(o, s / o.block_size as u64)?;
         // Only its owner may read or write a new image: it holds every file's contents.
         let f = OpenOptions::new()
             .write(true)
@@ -83,6 +195,10 @@ pub fn make_filesystem(target: &Path, o: &MkfsOptions) -> Result<Made, String> {
             .mode(0o600)
             .open(target)
             .map_err(|e| format!("{show}: {e}"))?;
+        created = Some(CreatedFile {
+            path: target,
+            keep: false,
+        });
         f.set_len(s).map_err(|e| format!("{show}: {e}"))?;
     } else {
         match existing_signature(target) {
@@ -111,16 +227,7 @@ pub fn make_filesystem(target: &Path, o: &MkfsOptions) -> Result<Made, String> {
     if let Some(s) = o.size {
         blocks = blocks.min(s / bs as u64);
     }
-    let ag_count = o
-        .ag_count
-        .unwrap_or_else(|| ((blocks * bs as u64) / AG_DEFAULT_BYTES).clamp(1, 64) as u32);
-    let probe = Geometry::new(bs, blocks, 16, ag_count)?;
-    let min_log = ResvTable::new(&probe).min_log_blocks();
-    let log_blocks = match o.log_bytes {
-        Some(l) => l.div_ceil(bs as u64),
-        None => (blocks / 64).clamp(min_log, (LOG_DEFAULT_MAX_BYTES / bs as u64).max(min_log)),
-    };
-    let g = Geometry::new(bs, blocks, log_blocks, ag_count)?;
+    let (g, min_log) = fits(o, blocks)?;
     let sb = engine::format(&dev, g, engine::new_uuid(), &o.label).map_err(|e| e.to_string())?;
     let mut eng =
         Engine::mount(Arc::new(dev), EngineOptions::default()).map_err(|e| e.to_string())?;
@@ -131,6 +238,9 @@ pub fn make_filesystem(target: &Path, o: &MkfsOptions) -> Result<Made, String> {
     let mut sb = sb;
     sb.root_ino = root;
     eng.unmount().map_err(|e| e.to_string())?;
+    if let Some(c) = created.as_mut() {
+        c.keep = true;
+    }
     Ok(Made {
         sb,
         min_log_blocks: min_log,

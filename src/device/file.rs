@@ -50,6 +50,12 @@ pub struct FileDevice {
 impl FileDevice {
     /// Opens `path` for reading and writing in blocks of `block_size`. `direct` asks for O_DIRECT.
     pub fn open(path: &Path, block_size: u32, direct: bool) -> io::Result<FileDevice> {
+        if !crate::format::block_size_valid(block_size) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("block size {block_size} is not a power of two in 512..=65536"),
+            ));
+        }
         let mut buffered = OpenOptions::new().read(true).write(true).open(path)?;
         let bytes = buffered.seek(SeekFrom::End(0))?;
         let direct_file = if direct {

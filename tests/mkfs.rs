@@ -1,0 +1,121 @@
+//! mkfs.ticketfs's command line against bad input (issue 21): no argument makes it panic, a
+//! size too small names the smallest that works, a label longer than the field is refused, and
+//! a failed mkfs leaves no file behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn mkfs_bin() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_ticketfs")).with_file_name("mkfs-ticketfs")
+}
+
+fn mkfs(args: &[&str], target: &Path) -> Output {
+    Command::new(mkfs_bin())
+        .args(args)
+        .arg(target)
+        .output()
+        .expect("run mkfs.ticketfs")
+}
+
+/// A failure: not a panic (exit 101) nor a signal, one line naming mkfs, no file left.
+fn assert_refused(args: &[&str], target: &Path, want: &str) {
+    let out = mkfs(args, target);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?}: succeeded");
+    assert_ne!(out.status.code(), Some(101), "{args:?}: panicked: {err}");
+    assert!(out.status.code().is_some(), "{args:?}: killed by a signal");
+    assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+    assert!(err.starts_with("mkfs.ticketfs: "), "{args:?}: {err}");
+    assert!(err.contains(want), "{args:?}: {err} (wanted {want:?})");
+    assert!(
+        !target.exists(),
+        "{args:?}: the failed mkfs left {target:?}"
+    );
+}
+
+#[test]
+fn bad_arguments_are_refused_in_one_line_and_leave_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let img = work.path().join("img");
+    let long = "x".repeat(300);
+    for (args, want) in [
+        // Before: "attempt to divide by zero", exit 101.
+        (vec!["-s", "64M", "-b", "0"], "block size 0"),
+        (vec!["-s", "64M", "-b", "3000"], "block size 3000"),
+        // Before: "out of range integral type conversion attempted".
+        (
+            vec!["-s", "18446744073709551615"],
+            "larger than a file can be",
+        ),
+        // Before: "log end 1154 leaves less than half of 2048 blocks", no smallest size.
+        (
+            vec!["-s", "8M"],
+            "the smallest filesystem with 4096-byte blocks is 9388032 bytes",
+        ),
+        (vec!["-s", "1M"], "the smallest filesystem"),
+        (
+            vec!["-s", "64M", "-b", "65536"],
+            "the smallest filesystem with 65536-byte blocks",
+        ),
+        // Before: silently cut to 32 bytes.
+        (
+            vec!["-s", "64M", "-L", long.as_str()],
+            "label of 300 bytes: at most 32",
+        ),
+        (vec!["-s", "64M", "-l", "1"], "below the"),
+        (vec!["-s", "64M", "-a", "0"], "AG count 0"),
+        (vec!["-s", "lots"], "bad size"),
+    ] {
+        assert_refused(&args, &img, want);
+    }
+    // The smallest size named is one that works.
+    let out = mkfs(&["-s", "9388032"], &img);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An existing file that mkfs refuses to format stays as it was.
+#[test]
+fn a_file_that_was_there_is_left() {
+    let work = tempfile::tempdir().unwrap();
+    let img = work.path().join("img");
+    std::fs::write(&img, b"not a filesystem").unwrap();
+    let out = mkfs(&["-b", "0"], &img);
+    assert!(!out.status.success());
+    assert_eq!(std::fs::read(&img).unwrap(), b"not a filesystem");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48),
+        rng_seed: proptest::test_runner::RngSeed::Fixed(20261207),
+        ..proptest::prelude::ProptestConfig::default()
+    })]
+
+    /// Random argument vectors of mkfs's options and odd values: never a panic or a signal, and
+    /// a failure leaves no file.
+    #[test]
+    fn no_argument_vector_makes_mkfs_panic(
+        args in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "-s", "-b", "-l", "-a", "-L", "-f", "0", "1", "512", "4096", "65536", "3000",
+                "1M", "9M", "16M", "64M", "1G", "-1", "18446744073709551615", "9999999999T",
+                "x", "",
+            ]),
+            0..7,
+        ),
+    ) {
+        let work = tempfile::tempdir().unwrap();
+        let img = work.path().join("img");
+        let out = mkfs(&args, &img);
+        let err = String::from_utf8_lossy(&out.stderr);
+        proptest::prop_assert_ne!(out.status.code(), Some(101), "{:?}: panicked: {}", args, err);
+        proptest::prop_assert!(out.status.code().is_some(), "{:?}: killed by a signal", args);
+        if !out.status.success() {
+            proptest::prop_assert!(!img.exists(), "{:?}: failed and left the image", args);
+        }
+    }
+}
