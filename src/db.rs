@@ -10,6 +10,7 @@ use crate::btree::Node;
 use crate::device::{AlignedBuf, Device, OverlayDevice};
 use crate::dir;
 use crate::engine::{read_superblock, Engine, EngineOptions};
+use crate::error::EngineError;
 use crate::file::extmap;
 use crate::format::ag::{AgHeader, AG_HEADER_OFFSET};
 use crate::format::inode::{S_IFDIR, S_IFMT, S_IFREG};
@@ -319,7 +320,21 @@ fn ag(eng: &Engine, agno: u64) -> Result<String, String> {
 
 fn show_inode(eng: &Engine, ino: u64) -> Result<String, String> {
     let mut tx = eng.begin(TransKind::Read).map_err(|e| e.to_string())?;
-    let (_, i) = inode::read(&mut tx, ino).map_err(|e| e.to_string())?;
+    // A number from the command line: no such inode unless a chunk holds its slot and the
+    // slot is in use; corruption only when what should be an inode is not.
+    if !Allocator::new(*eng.geometry())
+        .is_inode_number(&mut tx, ino)
+        .map_err(|e| e.to_string())?
+    {
+        return Err(format!(
+            "no such inode {ino}: no inode chunk holds that number"
+        ));
+    }
+    let i = match inode::read(&mut tx, ino) {
+        Ok((_, i)) => i,
+        Err(EngineError::Stale(_)) => return Err(format!("no such inode {ino}: its slot is free")),
+        Err(e) => return Err(e.to_string()),
+    };
     let mut out = format!(
         "inode {ino}: mode {:o} uid {} gid {} nlink {} size {} blocks {} generation {}\n  atime {:?}\n  mtime {:?}\n  ctime {:?}\n  crtime {:?}\n  format {:?} nextents {} root {} level {} xattr block {} flags {:#x} rdev {}\n",
         i.mode, i.uid, i.gid, i.nlink, i.size, i.blocks, i.generation, i.atime, i.mtime, i.ctime,

@@ -15,7 +15,8 @@ use ticketfs::daemon::{serve, MountFlags, Options};
 use ticketfs::stats;
 
 const USAGE: &str = "usage: ticketfs IMAGE MOUNTPOINT [-f] [-o ro|rw|allow_other|default_permissions|writeback_cache|blkdev=on|off|hostcache=on|off|uring=on|off|uring_idle=on|off|mem=SIZE|max_threads=N|memres=on|off|overrun=warn|panic|verbose|debug_resv=KIND:BYTES,...]
-       ticketfs stats MOUNTPOINT [--json]";
+       ticketfs stats MOUNTPOINT [--json]
+       ticketfs db IMAGE sb | ag N | inode INO | dir INO | block N | log";
 fn die(msg: &str) -> ! {
     eprintln!("ticketfs: {msg}");
     exit(1)

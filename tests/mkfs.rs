@@ -119,3 +119,43 @@ proptest::proptest! {
         }
     }
 }
+
+/// Messages of the other commands name the thing and the reason once (issue 21): fsck of a
+/// file that is not ticketfs printed its path twice; `ticketfs db IMG inode N` of a number no
+/// chunk holds said "corrupt metadata"; `ticketfs`'s usage did not mention db or stats.
+#[test]
+fn fsck_db_and_usage_messages_say_it_once() {
+    let work = tempfile::tempdir().unwrap();
+    let not = work.path().join("zeros");
+    std::fs::write(&not, vec![0u8; 1 << 20]).unwrap();
+    let fsck = mkfs_bin().with_file_name("fsck-ticketfs");
+    let out = Command::new(&fsck).arg("-n").arg(&not).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches(not.to_str().unwrap()).count(), 1, "{err}");
+    assert!(err.contains("no ticketfs superblock"), "{err}");
+
+    let img = work.path().join("img");
+    assert!(mkfs(&["-s", "64M"], &img).status.success());
+    let tkfs = env!("CARGO_BIN_EXE_ticketfs");
+    for n in ["18446744073709551615", "99999", "65"] {
+        let out = Command::new(tkfs)
+            .arg("db")
+            .arg(&img)
+            .args(["inode", n])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "db inode {n}");
+        assert!(
+            err.contains(&format!("no such inode {n}")),
+            "db inode {n}: {err}"
+        );
+        assert!(!err.contains("corrupt"), "db inode {n}: {err}");
+    }
+    let out = Command::new(tkfs).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ticketfs stats") && err.contains("ticketfs db"),
+        "{err}"
+    );
+}

@@ -229,6 +229,17 @@ impl Allocator {
         Ok(out)
     }
 
+    /// Whether `ino` names an inode slot of this filesystem: a slot of a block the inode-chunk
+    /// trees record (XFS's untrusted iget). A number from outside (a file handle, `ticketfs db`)
+    /// is checked so before its block is read as inodes.
+    pub fn is_inode_number(&self, tx: &mut Trans<'_>, ino: u64) -> Result<bool, EngineError> {
+        let (chunk, slot) = ino_split(ino);
+        if slot >= inodes_per_block(self.geo.block_size) {
+            return Ok(false);
+        }
+        self.is_inode_chunk(tx, chunk)
+    }
+
     /// Whether block `chunk` is an inode chunk by AG's inode-chunk tree (inode numbers that come
     /// from outside, such as a file handle, are checked here before their block is read, as
     /// XFS checks an untrusted inode number against its inode B+tree). Holds nothing afterwards;

@@ -28,7 +28,7 @@ use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::file::readahead::ReadAheadStats;
 use crate::file::{extmap, DataSeqs, FileIo, ReadAhead, FILE_SIZE_MAX};
-use crate::format::inode::{ino_split, inodes_per_block, DataFormat, Inode, Time, FORK_BYTES};
+use crate::format::inode::{ino_split, DataFormat, Inode, Time, FORK_BYTES};
 use crate::format::{BlockType, BLOCK_HEADER_BYTES};
 use crate::inode;
 use crate::trans::{Trans, TransKind};

@@ -80,12 +80,8 @@ impl Fs {
     /// outside, so it is checked against the inode-chunk trees before its chunk is read; a free
     /// slot or a number that names no inode is ESTALE. The kernel compares the generation.
     pub fn lookup_handle(&self, ino: u64) -> R<Attr> {
-        let (chunk, slot) = ino_split(ino);
-        if slot >= inodes_per_block(self.eng.geometry().block_size) {
-            return Err(FsError::Stale);
-        }
         let mut tx = self.eng.begin(TransKind::Read)?;
-        let known = self.alloc.is_inode_chunk(&mut tx, chunk)?;
+        let known = self.alloc.is_inode_number(&mut tx, ino)?;
         tx.cancel()?;
         if !known {
             return Err(FsError::Stale);
