@@ -13,12 +13,13 @@ use crate::engine::{read_superblock, Engine, EngineOptions};
 use crate::error::EngineError;
 use crate::file::extmap;
 use crate::format::ag::{AgHeader, AG_HEADER_OFFSET};
+use crate::format::inode::Inode;
 use crate::format::inode::{S_IFDIR, S_IFMT, S_IFREG};
 use crate::format::log::{LogItem, RecordHeader, LOG_RECORD_HEADER_BYTES, LOG_RECORD_MAGIC};
 use crate::format::{BlockHeader, BlockType, Superblock};
 use crate::inode;
 use crate::mem::MemRes;
-use crate::trans::TransKind;
+use crate::trans::{Trans, TransKind};
 use crate::verify;
 use std::fmt::Write;
 use std::sync::Arc;
@@ -299,7 +300,11 @@ fn log(dev: &dyn Device) -> Result<String, String> {
 fn ag(eng: &Engine, agno: u64) -> Result<String, String> {
     let g = *eng.geometry();
     if agno >= g.ag_count as u64 {
-        return Err(format!("there are {} AGs", g.ag_count));
+        return Err(format!(
+            "no AG {agno}: there are {} (0 to {})",
+            g.ag_count,
+            g.ag_count - 1
+        ));
     }
     let a = Allocator::new(g);
     let mut tx = eng.begin(TransKind::Read).map_err(|e| e.to_string())?;
@@ -320,21 +325,7 @@ fn ag(eng: &Engine, agno: u64) -> Result<String, String> {
 
 fn show_inode(eng: &Engine, ino: u64) -> Result<String, String> {
     let mut tx = eng.begin(TransKind::Read).map_err(|e| e.to_string())?;
-    // A number from the command line: no such inode unless a chunk holds its slot and the
-    // slot is in use; corruption only when what should be an inode is not.
-    if !Allocator::new(*eng.geometry())
-        .is_inode_number(&mut tx, ino)
-        .map_err(|e| e.to_string())?
-    {
-        return Err(format!(
-            "no such inode {ino}: no inode chunk holds that number"
-        ));
-    }
-    let i = match inode::read(&mut tx, ino) {
-        Ok((_, i)) => i,
-        Err(EngineError::Stale(_)) => return Err(format!("no such inode {ino}: its slot is free")),
-        Err(e) => return Err(e.to_string()),
-    };
+    let i = read_named_inode(eng, &mut tx, ino)?;
     let mut out = format!(
         "inode {ino}: mode {:o} uid {} gid {} nlink {} size {} blocks {} generation {}\n  atime {:?}\n  mtime {:?}\n  ctime {:?}\n  crtime {:?}\n  format {:?} nextents {} root {} level {} xattr block {} flags {:#x} rdev {}\n",
         i.mode, i.uid, i.gid, i.nlink, i.size, i.blocks, i.generation, i.atime, i.mtime, i.ctime,
@@ -386,9 +377,27 @@ fn show_inode(eng: &Engine, ino: u64) -> Result<String, String> {
     Ok(out)
 }
 
+/// The inode a number from the command line names: "no such inode" unless a chunk holds its
+/// slot and the slot is in use; corruption only when what should be an inode is not.
+fn read_named_inode(eng: &Engine, tx: &mut Trans<'_>, ino: u64) -> Result<Inode, String> {
+    if !Allocator::new(*eng.geometry())
+        .is_inode_number(tx, ino)
+        .map_err(|e| e.to_string())?
+    {
+        return Err(format!(
+            "no such inode {ino}: no inode chunk holds that number"
+        ));
+    }
+    match inode::read(tx, ino) {
+        Ok((_, i)) => Ok(i),
+        Err(EngineError::Stale(_)) => Err(format!("no such inode {ino}: its slot is free")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn show_dir(eng: &Engine, ino: u64) -> Result<String, String> {
     let mut tx = eng.begin(TransKind::Read).map_err(|e| e.to_string())?;
-    let (_, i) = inode::read(&mut tx, ino).map_err(|e| e.to_string())?;
+    let i = read_named_inode(eng, &mut tx, ino)?;
     if i.mode & S_IFMT != S_IFDIR {
         return Err(format!(
             "inode {ino} is not a directory (mode {:o})",

@@ -250,7 +250,8 @@ fn main() {
     let lockf = loop {
         match ticketfs::rundir::try_lock(&o.image) {
             Ok(l) => break l,
-            Err(Some(e)) => die(&format!("{}: image lock: {e}", o.image.display())),
+            // The image itself (it is missing), or the lock file, which the error names.
+            Err(Some(e)) => die(&format!("{}: {e}", o.image.display())),
             Err(None) if waited.elapsed() > LOCK_WAIT => die(&format!(
                 "{}: already mounted (the image is locked by another ticketfs)",
                 o.image.display()

@@ -201,10 +201,8 @@ fn main() {
                 path.display()
             ),
         ),
-        Err(Some(e)) => fail(
-            EXIT_OPERATIONAL,
-            &format!("{}: image lock: {e}", path.display()),
-        ),
+        // The image itself (it is missing), or the lock file, which the error names.
+        Err(Some(e)) => fail(EXIT_OPERATIONAL, &format!("{}: {e}", path.display())),
     };
     let dev: Arc<dyn Device> = match open_image_buffered(&path) {
         Ok(d) => Arc::new(d),
