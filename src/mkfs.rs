@@ -100,16 +100,26 @@ fn smallest_blocks(o: &MkfsOptions) -> Option<u64> {
 /// with these options.
 fn fits(o: &MkfsOptions, blocks: u64) -> Result<(Geometry, u64), String> {
     plan(o, blocks).map_err(|why| match smallest_blocks(o) {
-        Some(min) if min > blocks => format!(
+        // With the default AG count more blocks never hurt, so the search finds the smallest;
+        // with -a the last AG's size goes up and down with the device's, so the size found
+        // works but a smaller one might too.
+        Some(min) if min > blocks && o.ag_count.is_none() => format!(
             "{} bytes is too small: the smallest filesystem with {}-byte blocks{} is {} bytes \
              ({} KiB) ({why})",
             blocks * o.block_size as u64,
             o.block_size,
-            if o.ag_count.is_some() || o.log_bytes.is_some() {
-                " and these -a/-l values"
+            if o.log_bytes.is_some() {
+                " and this -l"
             } else {
                 ""
             },
+            min * o.block_size as u64,
+            (min * o.block_size as u64).div_ceil(1024)
+        ),
+        Some(min) if min > blocks => format!(
+            "{} bytes is too small for {} AGs: {} bytes ({} KiB) works ({why})",
+            blocks * o.block_size as u64,
+            o.ag_count.unwrap_or(0),
             min * o.block_size as u64,
             (min * o.block_size as u64).div_ceil(1024)
         ),
@@ -213,6 +223,8 @@ pub fn make_filesystem(target: &Path, o: &MkfsOptions) -> Result<Made, String> {
         if let Some(s) = o.size {
             let meta = std::fs::metadata(target).map_err(|e| format!("{show}: {e}"))?;
             if meta.is_file() && meta.len() < s {
+                // Too small for any filesystem: said before the file is grown.
+                fits(o, s / o.block_size as u64)?;
                 OpenOptions::new()
                     .write(true)
                     .open(target)

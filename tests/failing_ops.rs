@@ -637,3 +637,29 @@ fn dot_and_dot_dot_are_never_created() {
     );
     fs.crash();
 }
+
+/// A bare namespace ("user.", "trusted.") names no attribute: setxattr fails with EINVAL and
+/// stores nothing. One stored by an earlier version (which let it through) stays readable and
+/// removable: the block holding it is not corrupt (`format::xattrblock::name_problem`).
+#[test]
+fn a_bare_namespace_is_refused_on_set_and_accepted_by_the_readers_rule() {
+    use ticketfs::format::xattrblock::name_problem;
+    use ticketfs::fs::FsError;
+    let fs = mount(Arc::new(MemDevice::from_bytes(BS, base_image()))).unwrap();
+    let f = fs
+        .make(&Ctx::ROOT, fs.root(), b"f", S_IFREG | 0o644, 0, None)
+        .unwrap();
+    for name in [&b"user."[..], b"trusted.", b"security."] {
+        let r = fs.setxattr(&Ctx::ROOT, f.ino, name, b"v", false, false);
+        assert!(matches!(r, Err(FsError::Invalid(_))), "{name:?}: {r:?}");
+        assert_eq!(
+            name_problem(name),
+            None,
+            "{name:?}: an older image may hold it"
+        );
+    }
+    assert_eq!(fs.listxattr(&Ctx::ROOT, f.ino).unwrap(), b"");
+    assert!(name_problem(b"other.x").is_some());
+    assert!(name_problem(b"user.a\0b").is_some());
+    fs.crash();
+}

@@ -114,12 +114,31 @@ fn code_of(text: &str) -> String {
     code
 }
 
-/// The modules of the crate a text names: `crate::x` paths and `use crate::{x, y::z}` groups.
-fn named(code: &str) -> BTreeSet<String> {
+/// The modules of the crate a text names: `crate::x` paths, `use crate::{x, y::z}` groups, and
+/// `super::` chains that climb to the crate root from a file `depth` modules down (`src/a.rs`
+/// and `src/a/mod.rs` are 1, `src/a/b.rs` 2). A glob of the root (`crate::*`) is named "*",
+/// which no layer holds.
+fn named(code: &str, depth: usize) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
+    let to_root = "super::".repeat(depth);
+    let mut rest = code;
+    while let Some(at) = rest.find(&to_root) {
+        let after = &rest[at + to_root.len()..];
+        // Not a longer chain (which the compiler refuses past the root anyway).
+        if !after.starts_with("super::") {
+            if after.starts_with('*') || after.starts_with("{*") {
+                out.insert("*".to_string());
+            }
+            out.insert(first_ident(after.trim_start_matches('{')));
+        }
+        rest = after;
+    }
     let mut rest = code;
     while let Some(at) = rest.find("crate::") {
         let after = &rest[at + "crate::".len()..];
+        if after.starts_with('*') {
+            out.insert("*".to_string());
+        }
         if let Some(group) = after.strip_prefix('{') {
             // Top-level items of the group: split at commas outside nested braces.
             let mut depth = 0;
@@ -130,6 +149,9 @@ fn named(code: &str) -> BTreeSet<String> {
                     '}' if depth == 0 => break,
                     '}' => depth -= 1,
                     ',' if depth == 0 => {
+                        if item.trim() == "*" {
+                            out.insert("*".to_string());
+                        }
                         out.insert(first_ident(&item));
                         item.clear();
                         continue;
@@ -178,7 +200,9 @@ fn no_module_uses_a_higher_or_peer_layer() {
             unplaced.insert(m);
             continue;
         };
-        for used in named(&code_of(&fs::read_to_string(f).unwrap())) {
+        // src/a.rs and src/a/mod.rs are one module down from the root, src/a/b.rs two.
+        let depth = rel.components().count() - usize::from(rel.ends_with("mod.rs"));
+        for used in named(&code_of(&fs::read_to_string(f).unwrap()), depth) {
             if used == m {
                 continue;
             }
@@ -216,6 +240,17 @@ fn the_scan_sees_groups_paths_and_skips_comments_and_tests() {
                 // crate::ring in a comment\n\
                 fn f() { crate::log::x(); let s = \"a // b\"; crate::mem::y(); }\n\
                 #[cfg(test)]\nmod tests { use crate::stats; }\n";
-    let got: Vec<String> = named(&code_of(text)).into_iter().collect();
+    let got: Vec<String> = named(&code_of(text), 1).into_iter().collect();
     assert_eq!(got, ["alloc", "btree", "format", "log", "mem"]);
+    // From a file two modules down, `super::super::x` is the crate's x and `super::y` its own
+    // module's; from one down, `super::y` is the crate's. A glob of the root is caught.
+    let text = "use super::super::daemon::Options;\nuse super::sibling;\n";
+    let got: Vec<String> = named(&code_of(text), 2).into_iter().collect();
+    assert_eq!(got, ["daemon"]);
+    let got: Vec<String> = named(&code_of("use super::stats;\n"), 1)
+        .into_iter()
+        .collect();
+    assert_eq!(got, ["stats"]);
+    let got: Vec<String> = named(&code_of("use crate::*;\n"), 1).into_iter().collect();
+    assert_eq!(got, ["*"]);
 }

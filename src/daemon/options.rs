@@ -171,8 +171,15 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// Options of mount(8), libfuse and other filesystems one edit from one of ours: passed along
+/// by habit (an fstab line copied from another filesystem), not typos of ours.
+const FOREIGN_NEAR: [&str; 3] = ["uid", "gid", "sw"];
+
 /// The option of ours an unknown name is one edit from, if any.
 pub fn near_miss(name: &str) -> Option<&'static str> {
+    if FOREIGN_NEAR.contains(&name) {
+        return None;
+    }
     OPTION_NAMES
         .iter()
         .map(|o| o.trim_end_matches('='))
@@ -365,7 +372,7 @@ mod tests {
 
     #[test]
     fn options_mount_passes_along_are_accepted_and_near_misses_warned() {
-        let (_, w) = apply("defaults,nofail,_netdev,x-systemd.automount,auto,noauto,user,users,max_read=131072,fsname=img,subtype=ticketfs,lazytime,nodiratime").unwrap();
+        let (_, w) = apply("uid=1000,gid=1000,sw,defaults,nofail,_netdev,x-systemd.automount,auto,noauto,user,users,max_read=131072,fsname=img,subtype=ticketfs,lazytime,nodiratime").unwrap();
         assert!(w.is_empty(), "{w:?}");
         let (o, w) = apply("overun=panic,urng=off,readonly").unwrap();
         assert_eq!(

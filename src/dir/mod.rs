@@ -29,6 +29,12 @@ const COOKIE_DOT: u64 = 1;
 const COOKIE_DOTDOT: u64 = 2;
 const COOKIE_BASE: u64 = 3;
 
+/// The readdir cookie of the entry with hash-tree key `key`. Saturating: a key read from a
+/// damaged block (salvage reads keys before any record check) must not overflow.
+fn cookie_of(key: &[u64; 2]) -> u64 {
+    (key[0] << 31 | key[1]).saturating_add(COOKIE_BASE)
+}
+
 /// The 32-bit FNV-1a hash of a name: stable, documented, cheap.
 pub fn name_hash(name: &[u8]) -> u64 {
     let mut h: u32 = 0x811c_9dc5;
@@ -648,7 +654,7 @@ pub fn salvage(tx: &mut Trans<'_>, dir: u64, inode: &Inode) -> (Vec<DirEntry>, O
                 return (
                     list.into_iter()
                         .map(|e| DirEntry {
-                            cookie: COOKIE_BASE + (e.key[0] << 31 | e.key[1]),
+                            cookie: cookie_of(&e.key),
                             name: e.name,
                             ino: e.ino,
                             ftype: e.ftype,
@@ -677,7 +683,7 @@ pub fn salvage(tx: &mut Trans<'_>, dir: u64, inode: &Inode) -> (Vec<DirEntry>, O
         tx.release_clean(mark, blk..blk + 1);
         match read {
             Ok((name, ftype)) => out.push(DirEntry {
-                cookie: COOKIE_BASE + (k[0] << 31 | k[1]),
+                cookie: cookie_of(&k),
                 name,
                 ino: v[0],
                 ftype,
@@ -760,7 +766,7 @@ pub fn read(
         entries.sort_by_key(|e| e.key);
         let from = cookie.saturating_sub(COOKIE_BASE);
         for e in entries {
-            let c = COOKIE_BASE + (e.key[0] << 31 | e.key[1]);
+            let c = cookie_of(&e.key);
             if out.len() >= max {
                 break;
             }
@@ -798,7 +804,7 @@ pub fn read(
             name,
             ino: v[0],
             ftype,
-            cookie: COOKIE_BASE + (k[0] << 31 | k[1]),
+            cookie: cookie_of(&k),
             key: k,
         });
     }

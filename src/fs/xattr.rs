@@ -16,14 +16,7 @@ impl Fs {
             return Err(FsError::Invalid("attribute name with a NUL byte".into()));
         }
         if crate::format::xattrblock::name_problem(name).is_some() {
-            // A bare namespace ("user.") names nothing; any other name is outside the
-            // namespaces stored.
-            let bare = crate::format::xattrblock::NAMESPACES.contains(&name);
-            return Err(if bare {
-                FsError::Invalid("empty attribute name".into())
-            } else {
-                FsError::NotSupported
-            });
+            return Err(FsError::NotSupported);
         }
         if name.starts_with(b"user.") {
             let t = i.mode & S_IFMT;
@@ -64,6 +57,11 @@ impl Fs {
         create: bool,
         replace: bool,
     ) -> R<()> {
+        // A bare namespace ("user.") names nothing: EINVAL, as the kernel answers for a local
+        // filesystem. (One an older version stored can still be read and removed.)
+        if crate::format::xattrblock::NAMESPACES.contains(&name) {
+            return Err(FsError::Invalid("empty attribute name".into()));
+        }
         self.change_xattrs(ctx, ino, name, false, |all| {
             match all.iter().position(|(n, _)| n == name) {
                 Some(_) if create => return Err(FsError::Exists),
