@@ -271,6 +271,15 @@ fn phase_ags(
     (chunks, unlinked)
 }
 
+/// The mask of `ipb` inode slots.
+fn slot_mask(ipb: usize) -> u64 {
+    if ipb >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << ipb) - 1
+    }
+}
+
 /// Phase 2: every inode slot of every chunk: in use exactly when its chunk says so, and each
 /// in-use inode judged (`verify::inode`); returns the table of inodes in use.
 fn phase_inodes(
@@ -281,7 +290,14 @@ fn phase_inodes(
 ) -> Table {
     let g = *c.eng.geometry();
     let ipb = inodes_per_block(g.block_size);
-    let mut found_inodes: Vec<(u64, Seen)> = Vec::new();
+    // As many as the chunks say are in use (a damaged mask only makes the guess wrong): the
+    // table is the checker's largest structure, and growing it by doubling would hold it
+    // twice at the copy.
+    let in_use: u64 = chunks
+        .iter()
+        .map(|&(_, mask)| ipb as u64 - (mask & slot_mask(ipb)).count_ones() as u64)
+        .sum();
+    let mut found_inodes: Vec<(u64, Seen)> = Vec::with_capacity(in_use as usize);
     let total = chunks.len() as u64;
     for (n, &(chunk, free_mask)) in chunks.iter().enumerate() {
         if n % 256 == 0 {
@@ -360,14 +376,25 @@ fn phase_space(
     check_lsns(c, progress);
 }
 
-/// What phase 4 counts, by index in the inode table: the names pointing at each inode, the
-/// subdirectories of each directory, the directory names of each directory, and the inodes
-/// reached from the root.
+/// What phase 4 counts: by index in the inode table, the names pointing at each inode and the
+/// inodes reached from the root; by position among the directories, each one's subdirectories
+/// and names. Per-inode counts are two bytes (a link count above LINK_MAX is wrong anyway, and
+/// saturating keeps it wrong); per-directory ones exist for directories only: at a million
+/// files in a thousand directories that is 2 MiB, not 12.
 struct Links {
-    refs: Vec<u32>,
+    refs: Vec<u16>,
+    /// The table indices of the directories, ascending.
+    dir_at: Vec<u32>,
     subdirs: Vec<u32>,
     names_of_dir: Vec<u32>,
     reached: Bitmap,
+}
+
+impl Links {
+    /// The position among the directories of the inode at table index `k`, if it is one.
+    fn dir(&self, k: usize) -> Option<usize> {
+        self.dir_at.binary_search(&(k as u32)).ok()
+    }
 }
 
 /// Phase 4: every directory's entries (names, hashes, targets, types, "..") and reachability
@@ -380,10 +407,15 @@ fn phase_directories(
 ) -> Links {
     let root = c.eng.superblock().root_ino;
     let n_inodes = inodes.len();
+    let dir_at: Vec<u32> = (0..n_inodes)
+        .filter(|&k| inodes.seen_at(k).is_dir())
+        .map(|k| k as u32)
+        .collect();
     let mut links = Links {
         refs: vec![0; n_inodes],
-        subdirs: vec![0; n_inodes],
-        names_of_dir: vec![0; n_inodes],
+        subdirs: vec![0; dir_at.len()],
+        names_of_dir: vec![0; dir_at.len()],
+        dir_at,
         reached: Bitmap::new(n_inodes as u64),
     };
     match inodes.get(root) {
@@ -395,14 +427,16 @@ fn phase_directories(
             format!("the root inode {root} is missing or not a directory"),
         ),
     }
-    let dirs: Vec<u64> = (0..n_inodes)
-        .filter(|&k| inodes.seen_at(k).is_dir())
-        .map(|k| inodes.ino_at(k))
+    let dirs: Vec<u64> = links
+        .dir_at
+        .iter()
+        .map(|&k| inodes.ino_at(k as usize))
         .collect();
     c.report.directories = dirs.len() as u64;
     c.report.files = inodes.len() as u64 - dirs.len() as u64;
     // (directory, child) by table index.
-    let mut children: Vec<(u32, u32)> = Vec::new();
+    // About one name per inode in a healthy tree: reserved so it is not held twice growing.
+    let mut children: Vec<(u32, u32)> = Vec::with_capacity(n_inodes);
     for (n, &d) in dirs.iter().enumerate() {
         if n % 256 == 0 {
             progress("directories", n as u64, dirs.len() as u64);
@@ -511,10 +545,10 @@ fn check_directory(
                     ),
                 );
             }
-            links.refs[t_idx] += 1;
-            if t.is_dir() {
-                links.subdirs[di_idx] += 1;
-                links.names_of_dir[t_idx] += 1;
+            links.refs[t_idx] = links.refs[t_idx].saturating_add(1);
+            if let (Some(dd), Some(td)) = (links.dir(di_idx), links.dir(t_idx)) {
+                links.subdirs[dd] += 1;
+                links.names_of_dir[td] += 1;
                 if t.parent != d {
                     problem(
                         c,
@@ -557,15 +591,12 @@ fn phase_links(c: &mut Checker<'_>, inodes: &Table, links: &Links, unlinked: &[u
     for k in 0..inodes.len() {
         let (ino, i) = (inodes.ino_at(k), *inodes.seen_at(k));
         let is_dir = i.is_dir();
-        let names = links.names_of_dir[k];
-        let found = if is_dir {
-            if ino == root || names > 0 {
-                2 + links.subdirs[k]
-            } else {
-                0
-            }
-        } else {
-            links.refs[k]
+        let at = links.dir(k);
+        let names = at.map_or(0, |d| links.names_of_dir[d]);
+        let found = match at {
+            Some(d) if ino == root || names > 0 => 2 + links.subdirs[d],
+            Some(_) => 0,
+            None => links.refs[k] as u32,
         };
         if is_dir && ino != root && names > 1 {
             c.problem(
