@@ -14,9 +14,19 @@ use std::sync::Arc;
 use ticketfs::daemon::{serve, MountFlags, Options};
 use ticketfs::stats;
 
-const USAGE: &str = "usage: ticketfs IMAGE MOUNTPOINT [-f] [-o ro|rw|allow_other|default_permissions|writeback_cache|blkdev=on|off|hostcache=on|off|uring=on|off|uring_idle=on|off|mem=SIZE|max_threads=N|memres=on|off|overrun=warn|panic|verbose|debug_resv=KIND:BYTES,...]
+const USAGE: &str = "usage: ticketfs [-V] IMAGE MOUNTPOINT [-f] [-o ro|rw|allow_other|default_permissions|writeback_cache|blkdev=on|off|hostcache=on|off|uring=on|off|uring_idle=on|off|mem=SIZE|max_threads=N|memres=on|off|overrun=warn|panic|verbose|debug_resv=KIND:BYTES,...]
        ticketfs stats MOUNTPOINT [--json]
        ticketfs db IMAGE sb | ag N | inode INO | dir INO | block N | log";
+/// mount(8)'s exit status for a mount that failed (a usage error is 1).
+const MOUNT_FAILURE: i32 = 32;
+
+/// A mount, remount or second mount that could not be done: one line, exit 32 as mount(8) and
+/// its helpers report it.
+fn mount_failed(msg: &str) -> ! {
+    eprintln!("ticketfs: {msg}");
+    exit(MOUNT_FAILURE)
+}
+
 fn die(msg: &str) -> ! {
     eprintln!("ticketfs: {msg}");
     exit(1)
@@ -44,7 +54,15 @@ fn parse() -> Options {
                     Err(e) => die(&e),
                 }
             }
-            _ if a.starts_with('-') => die(&format!("unknown option {a}\n{USAGE}")),
+            "-V" | "--version" => {
+                println!(
+                    "ticketfs {} (on-disk format {})",
+                    env!("CARGO_PKG_VERSION"),
+                    ticketfs::format::FORMAT_VERSION
+                );
+                exit(0)
+            }
+            _ if a.starts_with('-') => die(&format!("unknown option {a} (see --help)")),
             _ => pos.push(PathBuf::from(a)),
         }
     }
@@ -99,7 +117,7 @@ fn db_command(args: &[String]) -> ! {
 /// VFS); the daemon serving it goes on. Starting a second daemon for the image would be refused.
 fn remount(o: &Options) -> ! {
     let Ok(dir) = std::ffi::CString::new(o.mountpoint.as_os_str().as_encoded_bytes()) else {
-        die("bad mount point")
+        mount_failed("bad mount point")
     };
     let flags =
         libc::MS_REMOUNT | o.flags.ms_bits() | if o.read_only { libc::MS_RDONLY } else { 0 };
@@ -114,7 +132,7 @@ fn remount(o: &Options) -> ! {
         )
     };
     if rc != 0 {
-        die(&format!(
+        mount_failed(&format!(
             "remount of {}: {}",
             o.mountpoint.display(),
             std::io::Error::last_os_error()
@@ -139,7 +157,7 @@ fn existing_mount(image: &Path) -> Option<(PathBuf, bool)> {
 /// mounted read-only is refused, as the kernel refuses it (EBUSY).
 fn mount_again(o: &Options, first: &Path, first_ro: bool) -> ! {
     if first_ro && !o.read_only {
-        die(&format!(
+        mount_failed(&format!(
             "{}: already mounted read-only on {}",
             o.image.display(),
             first.display()
@@ -147,7 +165,7 @@ fn mount_again(o: &Options, first: &Path, first_ro: bool) -> ! {
     }
     let cpath = |p: &Path| {
         std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
-            .unwrap_or_else(|_| die(&format!("{}: bad path", p.display())))
+            .unwrap_or_else(|_| mount_failed(&format!("{}: bad path", p.display())))
     };
     let (src, dst) = (cpath(first), cpath(&o.mountpoint));
     let mount = |src: *const libc::c_char, flags: libc::c_ulong| {
@@ -156,7 +174,7 @@ fn mount_again(o: &Options, first: &Path, first_ro: bool) -> ! {
         let rc =
             unsafe { libc::mount(src, dst.as_ptr(), std::ptr::null(), flags, std::ptr::null()) };
         if rc != 0 {
-            die(&format!(
+            mount_failed(&format!(
                 "mounting {} again on {}: {}",
                 o.image.display(),
                 o.mountpoint.display(),
@@ -191,7 +209,7 @@ fn check_image_access(image: &Path, flags: MountFlags) {
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
     if me == 0 && m.uid() != 0 && !(flags.nosuid && flags.nodev) {
-        die(&format!(
+        mount_failed(&format!(
             "{}: owned by uid {}, not root: mount it with -o nosuid,nodev (its owner can change \
              everything in it), or chown it to root",
             image.display(),
@@ -200,7 +218,7 @@ fn check_image_access(image: &Path, flags: MountFlags) {
     }
     let mode = m.mode() & 0o777;
     if mode & 0o022 != 0 {
-        die(&format!(
+        mount_failed(&format!(
             "{}: writable by users other than its owner (mode {mode:o}): any of them could change the filesystem under the mount; chmod go-w it first",
             image.display()
         ));
@@ -229,12 +247,12 @@ fn main() {
         remount(&o);
     }
     if !o.mountpoint.is_dir() {
-        die(&format!("{}: not a directory", o.mountpoint.display()));
+        mount_failed(&format!("{}: not a directory", o.mountpoint.display()));
     }
     if let Some((first, first_ro)) = existing_mount(&o.image) {
         let here = std::fs::canonicalize(&o.mountpoint).unwrap_or_else(|_| o.mountpoint.clone());
         if first == here {
-            die(&format!(
+            mount_failed(&format!(
                 "{} is already mounted on {}",
                 o.image.display(),
                 first.display()
@@ -251,8 +269,8 @@ fn main() {
         match ticketfs::rundir::try_lock(&o.image) {
             Ok(l) => break l,
             // The image itself (it is missing), or the lock file, which the error names.
-            Err(Some(e)) => die(&format!("{}: {e}", o.image.display())),
-            Err(None) if waited.elapsed() > LOCK_WAIT => die(&format!(
+            Err(Some(e)) => mount_failed(&format!("{}: {e}", o.image.display())),
+            Err(None) if waited.elapsed() > LOCK_WAIT => mount_failed(&format!(
                 "{}: already mounted (the image is locked by another ticketfs)",
                 o.image.display()
             )),
@@ -261,25 +279,25 @@ fn main() {
     };
     // The primary superblock, or the backup when the primary is bad.
     if let Err(e) = ticketfs::image::open_image(Path::new(&o.image)) {
-        die(&e.to_string());
+        mount_failed(&e.to_string());
     }
     check_image_access(&o.image, o.flags);
     if o.foreground {
         let r = serve(&o, Some(lockf), &mut |_| {});
         if let Err(e) = r {
-            die(&e);
+            mount_failed(&e);
         }
         return;
     }
     let mut fds = [0; 2];
     // SAFETY: pipe fills two descriptors we then own.
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-        die("pipe failed");
+        mount_failed("pipe failed");
     }
     // SAFETY: no other thread exists yet, so fork is sound.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        die("fork failed");
+        mount_failed("fork failed");
     }
     if pid > 0 {
         // SAFETY: fds[0] is the read end we own; fds[1] belongs to the child.
@@ -294,7 +312,7 @@ fn main() {
             }
             exit(0);
         }
-        die(msg.trim_start_matches("err ").trim());
+        mount_failed(msg.trim_start_matches("err ").trim());
     }
     // The daemon.
     // SAFETY: closing the read end we do not use; starting a new session.
@@ -325,7 +343,6 @@ fn main() {
     let r = serve(&o, Some(lockf), &mut report);
     if let Err(e) = r {
         report(Err(e.clone()));
-        eprintln!("ticketfs: {e}");
-        exit(1);
+        mount_failed(&e);
     }
 }

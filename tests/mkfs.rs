@@ -159,3 +159,49 @@ fn fsck_db_and_usage_messages_say_it_once() {
         "{err}"
     );
 }
+
+/// Every command says its version and the on-disk format's with -V/--version (exit 0), and
+/// exits by its convention (issue 21): mkfs 1 for any failure (as mkfs.xfs, mke2fs; it was 16
+/// or 8), fsck 16 for a usage error (fsck(8)), the mount 1 for a usage error and 32 for a
+/// mount that failed (mount(8); it was 1); an unknown option is one line.
+#[test]
+fn versions_and_exit_codes_follow_each_commands_convention() {
+    let tkfs = PathBuf::from(env!("CARGO_BIN_EXE_ticketfs"));
+    let fsck = mkfs_bin().with_file_name("fsck-ticketfs");
+    let format = format!("(on-disk format {})", ticketfs::format::FORMAT_VERSION);
+    for (bin, name) in [
+        (&tkfs, "ticketfs"),
+        (&mkfs_bin(), "mkfs.ticketfs"),
+        (&fsck, "fsck.ticketfs"),
+    ] {
+        for flag in ["-V", "--version"] {
+            let out = Command::new(bin).arg(flag).output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{name} {flag}");
+            assert!(
+                text.starts_with(name) && text.contains(&format),
+                "{name} {flag}: {text}"
+            );
+        }
+    }
+    let work = tempfile::tempdir().unwrap();
+    let img = work.path().join("img");
+    let img = img.to_str().unwrap();
+    for (bin, args, code) in [
+        (&mkfs_bin(), vec!["-q", img], 1),
+        (&mkfs_bin(), vec!["-s", "1M", img], 1),
+        (&fsck, vec!["-q", img], 16),
+        (&tkfs, vec!["-q", img, "/"], 1),
+        (&tkfs, vec!["/nonexistent", "/"], 32),
+    ] {
+        let out = Command::new(bin).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{} {args:?}: {err}",
+            bin.display()
+        );
+        assert_eq!(err.lines().count(), 1, "{} {args:?}: {err}", bin.display());
+    }
+}

@@ -24,7 +24,7 @@ use ticketfs::repair::RepairReport;
 use ticketfs::sbselect::{choose, SbCopy};
 use ticketfs::{Engine, EngineOptions};
 
-const USAGE: &str = "usage: fsck.ticketfs [-n] [-y] [-f] [-v] [--json] [-b BLOCK] IMAGE";
+const USAGE: &str = "usage: fsck.ticketfs [-V] [-n] [-y] [-f] [-v] [--json] [-b BLOCK] IMAGE";
 /// Memory for the checker's metadata cache: it holds nothing locked, reads each block about once,
 /// and the page cache (the image is opened buffered) serves what it evicts.
 const CHECK_CACHE_BYTES: u64 = 8 << 20;
@@ -166,7 +166,17 @@ fn main() {
                 println!("{USAGE}");
                 exit(0)
             }
-            _ if a.starts_with('-') => fail(EXIT_USAGE, &format!("unknown option {a}\n{USAGE}")),
+            "-V" | "--version" => {
+                println!(
+                    "fsck.ticketfs {} (on-disk format {})",
+                    env!("CARGO_PKG_VERSION"),
+                    ticketfs::format::FORMAT_VERSION
+                );
+                exit(0)
+            }
+            _ if a.starts_with('-') => {
+                fail(EXIT_USAGE, &format!("unknown option {a} (see --help)"))
+            }
             _ if image.is_some() => fail(EXIT_USAGE, USAGE),
             _ => image = Some(PathBuf::from(a)),
         }

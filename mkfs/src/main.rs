@@ -3,15 +3,16 @@
 
 use std::path::PathBuf;
 use std::process::exit;
-use ticketfs::format::BLOCK_SIZE_DEFAULT;
+use ticketfs::format::{BLOCK_SIZE_DEFAULT, FORMAT_VERSION};
 use ticketfs::image::parse_size;
 use ticketfs::mkfs::{make_filesystem, MkfsOptions};
 
-const USAGE: &str = "usage: mkfs.ticketfs [-f] [-s SIZE] [-b BLOCKSIZE] [-l LOGSIZE] [-a AGCOUNT] [-L LABEL] TARGET";
+const USAGE: &str = "usage: mkfs.ticketfs [-V] [-f] [-s SIZE] [-b BLOCKSIZE] [-l LOGSIZE] [-a AGCOUNT] [-L LABEL] TARGET";
 
-fn die(msg: &str, code: i32) -> ! {
+/// Every failure, usage or not, exits 1, as mkfs.xfs and mke2fs do.
+fn die(msg: &str) -> ! {
     eprintln!("mkfs.ticketfs: {msg}");
-    exit(code)
+    exit(1)
 }
 
 fn main() {
@@ -28,22 +29,22 @@ fn main() {
     while let Some(a) = args.next() {
         let mut val = |name: &str| {
             args.next()
-                .unwrap_or_else(|| die(&format!("{name} needs a value\n{USAGE}"), 16))
+                .unwrap_or_else(|| die(&format!("{name} needs a value (see --help)")))
         };
         match a.as_str() {
             "-f" => force = true,
-            "-s" => size = Some(parse_size(&val("-s")).unwrap_or_else(|| die("bad size", 16))),
+            "-s" => size = Some(parse_size(&val("-s")).unwrap_or_else(|| die("bad size"))),
             "-b" => {
                 bs = parse_size(&val("-b"))
                     .and_then(|v| u32::try_from(v).ok())
-                    .unwrap_or_else(|| die("bad block size", 16))
+                    .unwrap_or_else(|| die("bad block size"))
             }
-            "-l" => log = Some(parse_size(&val("-l")).unwrap_or_else(|| die("bad log size", 16))),
+            "-l" => log = Some(parse_size(&val("-l")).unwrap_or_else(|| die("bad log size"))),
             "-a" => {
                 ags = Some(
                     val("-a")
                         .parse::<u32>()
-                        .unwrap_or_else(|_| die("bad AG count", 16)),
+                        .unwrap_or_else(|_| die("bad AG count")),
                 )
             }
             "-L" => label = val("-L"),
@@ -51,11 +52,18 @@ fn main() {
                 println!("{USAGE}");
                 return;
             }
-            _ if a.starts_with('-') => die(&format!("unknown option {a}\n{USAGE}"), 16),
+            "-V" | "--version" => {
+                println!(
+                    "mkfs.ticketfs {} (on-disk format {FORMAT_VERSION})",
+                    env!("CARGO_PKG_VERSION")
+                );
+                return;
+            }
+            _ if a.starts_with('-') => die(&format!("unknown option {a} (see --help)")),
             _ => target = Some(PathBuf::from(a)),
         }
     }
-    let target = target.unwrap_or_else(|| die(USAGE, 16));
+    let target = target.unwrap_or_else(|| die(USAGE));
     let opts = MkfsOptions {
         size,
         block_size: bs,
@@ -64,7 +72,7 @@ fn main() {
         label,
         force,
     };
-    let made = make_filesystem(&target, &opts).unwrap_or_else(|e| die(&e, 8));
+    let made = make_filesystem(&target, &opts).unwrap_or_else(|e| die(&e));
     let (sb, min_log) = (made.sb, made.min_log_blocks);
     let g = sb.geometry;
     let u = sb.uuid;
