@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs, idempotently: Debian's fuse3 (fusermount3, mount.fuse3)
-# and stress-ng (the cgroup stress test), the external suites pjdfstest and fsx from crates.io,
-# the test user pjdfstest switches to, and FUSE over io_uring where the kernel has it.
+# Installs what the test suite needs, idempotently: Debian's fuse3 (fusermount3, mount.fuse3),
+# stress-ng (the cgroup stress test) and man-db (the manual pages are rendered), the external
+# suites pjdfstest and fsx from crates.io, the test user pjdfstest switches to, and FUSE over
+# io_uring where the kernel has it.
 set -euo pipefail
 missing=()
-for pkg in fuse3 stress-ng; do
+for pkg in fuse3 stress-ng man-db; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -12,6 +12,7 @@ pub mod btree;
 pub mod budget;
 pub mod cache;
 pub mod check;
+pub mod cli;
 pub mod daemon;
 pub mod db;
 pub mod devfuse;

@@ -2,6 +2,8 @@
 //! size too small names the smallest that works, a label longer than the field is refused, and
 //! a failed mkfs leaves no file behind.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -203,5 +205,65 @@ fn versions_and_exit_codes_follow_each_commands_convention() {
             bin.display()
         );
         assert_eq!(err.lines().count(), 1, "{} {args:?}: {err}", bin.display());
+    }
+}
+
+/// The manual pages come from the definitions the command lines are parsed with (issue 21):
+/// each renders with `man -l`, and names exactly the options `--help` lists.
+#[test]
+fn manual_pages_render_and_match_help() {
+    if Command::new("man").arg("--version").output().is_err() {
+        common::skip("man is not installed (Debian package man-db)");
+        return;
+    }
+    let fsck = mkfs_bin().with_file_name("fsck-ticketfs");
+    for (bin, name) in [(mkfs_bin(), "mkfs.ticketfs"), (fsck, "fsck.ticketfs")] {
+        let page = Command::new(&bin).arg("--man").output().unwrap();
+        assert!(page.status.success(), "{name} --man");
+        let work = tempfile::tempdir().unwrap();
+        let file = work.path().join(format!("{name}.8"));
+        std::fs::write(&file, &page.stdout).unwrap();
+        let shown = Command::new("man")
+            .env("MANWIDTH", "200")
+            .arg("-l")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&shown.stdout);
+        assert!(
+            shown.status.success() && text.contains(&format!("{name}(8)")),
+            "{name}: {text}"
+        );
+        let help = Command::new(&bin).arg("--help").output().unwrap();
+        let help = String::from_utf8_lossy(&help.stdout);
+        let options = |t: &str| -> std::collections::BTreeSet<String> {
+            t.split(|c: char| c.is_whitespace() || c == ',' || c == '[' || c == ']' || c == '|')
+                .filter(|w| w.starts_with('-') && w.len() > 1 && !w.starts_with("---"))
+                .map(|w| {
+                    w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
+                        .to_string()
+                })
+                .filter(|w| {
+                    w.len() > 1
+                        && w.chars()
+                            .nth(1)
+                            .is_some_and(|c| c.is_ascii_alphabetic() || c == '-')
+                })
+                .collect()
+        };
+        let (in_help, in_page) = (options(&help), options(&text));
+        assert!(
+            in_help.len() >= 6,
+            "{name}: options found in --help: {in_help:?}"
+        );
+        let missing: Vec<_> = in_help.difference(&in_page).collect();
+        assert!(
+            missing.is_empty(),
+            "{name}: in --help, not in the page: {missing:?}"
+        );
+        assert!(
+            !in_page.contains("--man"),
+            "{name}: the page shows the hidden --man"
+        );
     }
 }

@@ -10,6 +10,7 @@
 //! with `-b BLOCK` the copy at that block (0, or the backup in the last block); `-y` rewrites the
 //! other copy from it.
 
+use clap::{CommandFactory, FromArgMatches, Parser};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::exit;
@@ -24,7 +25,6 @@ use ticketfs::repair::RepairReport;
 use ticketfs::sbselect::{choose, SbCopy};
 use ticketfs::{Engine, EngineOptions};
 
-const USAGE: &str = "usage: fsck.ticketfs [-V] [-n] [-y] [-f] [-v] [--json] [-b BLOCK] IMAGE";
 /// Memory for the checker's metadata cache: it holds nothing locked, reads each block about once,
 /// and the page cache (the image is opened buffered) serves what it evicts.
 const CHECK_CACHE_BYTES: u64 = 8 << 20;
@@ -138,58 +138,64 @@ fn superblock(
     }
 }
 
+/// Checks a ticketfs filesystem and, with -y, repairs it
+///
+/// A dirty log is replayed first (with -n into a copy in memory, so -n never writes); a mounted
+/// image is refused. The superblock is the copy the rest of the filesystem agrees with, or the
+/// one -b names. Exit status as fsck(8): 0 clean, 1 errors corrected, 4 errors left
+/// uncorrected, 8 operational error, 16 usage error.
+#[derive(Parser, Debug)]
+#[command(name = "fsck.ticketfs", bin_name = "fsck.ticketfs")]
+struct Cli {
+    /// Check only; write nothing.
+    #[arg(short = 'n', conflicts_with = "repair")]
+    no_write: bool,
+    /// Repair what the check finds, then check again (-a and -p, fsck(8)'s automatic repair,
+    /// do the same).
+    #[arg(short = 'y', short_aliases = ['a', 'p'])]
+    repair: bool,
+    /// Check even a clean filesystem (always done).
+    #[arg(short = 'f')]
+    force: bool,
+    /// Print every problem (without it, the first 50).
+    #[arg(short = 'v')]
+    verbose: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Use the superblock copy at BLOCK (0, or the backup in the last block); -y rewrites the
+    /// other copy from it.
+    #[arg(short = 'b', value_name = "BLOCK")]
+    superblock: Option<u64>,
+    /// Print the manual page (roff), for installing as fsck.ticketfs(8).
+    #[arg(long, hide = true)]
+    man: bool,
+    /// The image file or block device.
+    #[arg(value_name = "IMAGE", required_unless_present = "man")]
+    image: Option<PathBuf>,
+}
+
+fn command() -> clap::Command {
+    ticketfs::cli::with_version(Cli::command())
+}
+
 fn main() {
-    let (mut no_write, mut repair_on, mut verbose, mut json, mut image) =
-        (false, false, false, false, None);
-    let mut which = SbCopy::Auto;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "-b" => {
-                let v = args.next().unwrap_or_default();
-                match v.parse::<u64>() {
-                    Ok(b) => which = SbCopy::Block(b),
-                    Err(_) => fail(
-                        EXIT_USAGE,
-                        &format!("-b needs a block number (0 or the backup's), not {v:?}\n{USAGE}"),
-                    ),
-                }
-            }
-            "-n" => no_write = true,
-            // -a and -p (fsck(8)'s automatic repair) repair as -y does.
-            "-y" | "-a" | "-p" => repair_on = true,
-            // -f: check even a clean filesystem (always done).
-            "-f" => {}
-            "-v" => verbose = true,
-            "--json" => json = true,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                exit(0)
-            }
-            "-V" | "--version" => {
-                println!(
-                    "fsck.ticketfs {} (on-disk format {})",
-                    env!("CARGO_PKG_VERSION"),
-                    ticketfs::format::FORMAT_VERSION
-                );
-                exit(0)
-            }
-            _ if a.starts_with('-') => {
-                fail(EXIT_USAGE, &format!("unknown option {a} (see --help)"))
-            }
-            _ if image.is_some() => fail(EXIT_USAGE, USAGE),
-            _ => image = Some(PathBuf::from(a)),
+    let m = ticketfs::cli::matches(command(), "fsck.ticketfs", EXIT_USAGE);
+    let cli = Cli::from_arg_matches(&m).unwrap_or_else(|e| fail(EXIT_USAGE, &e.to_string()));
+    if cli.man {
+        if let Err(e) = clap_mangen::Man::new(command())
+            .section("8")
+            .render(&mut std::io::stdout())
+        {
+            fail(EXIT_OPERATIONAL, &format!("writing the manual page: {e}"));
         }
+        exit(EXIT_CLEAN);
     }
-    let Some(path) = image else {
-        fail(EXIT_USAGE, USAGE)
+    let (no_write, repair_on, verbose, json) = (cli.no_write, cli.repair, cli.verbose, cli.json);
+    let which = cli.superblock.map_or(SbCopy::Auto, SbCopy::Block);
+    let Some(path) = cli.image else {
+        fail(EXIT_USAGE, "no IMAGE (see --help)")
     };
-    if no_write && repair_on {
-        fail(
-            EXIT_USAGE,
-            &format!("-n and -y exclude each other\n{USAGE}"),
-        );
-    }
     // A mounted image is locked by its daemon (and one in the mount table is mounted, even if
     // its daemon died).
     if let Some(m) = ticketfs::stats::mounts_of(&path).first() {

@@ -1,13 +1,12 @@
 //! mkfs.ticketfs: writes a new, empty ticketfs filesystem: superblocks, an empty log, and every
 //! allocation group (header, free-space and inode-chunk trees, free list).
 
+use clap::{CommandFactory, FromArgMatches, Parser};
 use std::path::PathBuf;
 use std::process::exit;
-use ticketfs::format::{BLOCK_SIZE_DEFAULT, FORMAT_VERSION};
+use ticketfs::format::BLOCK_SIZE_DEFAULT;
 use ticketfs::image::parse_size;
 use ticketfs::mkfs::{make_filesystem, MkfsOptions};
-
-const USAGE: &str = "usage: mkfs.ticketfs [-V] [-f] [-s SIZE] [-b BLOCKSIZE] [-l LOGSIZE] [-a AGCOUNT] [-L LABEL] TARGET";
 
 /// Every failure, usage or not, exits 1, as mkfs.xfs and mke2fs do.
 fn die(msg: &str) -> ! {
@@ -15,62 +14,81 @@ fn die(msg: &str) -> ! {
     exit(1)
 }
 
+/// A size: bytes, or a number with K, M, G or T (powers of 1024).
+fn size(s: &str) -> Result<u64, String> {
+    parse_size(s).ok_or_else(|| format!("bad size {s:?} (bytes, or a number with K, M, G or T)"))
+}
+
+/// Makes a ticketfs filesystem
+///
+/// Writes a new, empty ticketfs filesystem (superblocks, an empty log, every allocation group
+/// and the root directory) on an image file, created sparse at SIZE when it does not exist, or
+/// on a block device. A device holding a filesystem is refused without -f, a mounted image even
+/// with it. Sizes take K, M, G and T (powers of 1024). Exit status: 0 made, 1 not made (and no
+/// file left that mkfs created).
+#[derive(Parser, Debug)]
+#[command(name = "mkfs.ticketfs", bin_name = "mkfs.ticketfs")]
+struct Cli {
+    /// Overwrite a filesystem TARGET holds (ticketfs, ext2/3/4, xfs, btrfs); a mounted image is
+    /// refused even so.
+    #[arg(short = 'f', long)]
+    force: bool,
+    /// Size of the filesystem; an image file is created (or grown) to it.
+    #[arg(short = 's', long, value_name = "SIZE", value_parser = size)]
+    size: Option<u64>,
+    /// Block size: a power of two from 512 to 65536.
+    #[arg(short = 'b', long, value_name = "BLOCKSIZE", value_parser = size, default_value_t = BLOCK_SIZE_DEFAULT as u64)]
+    block_size: u64,
+    /// Log size (default: 1/64 of the filesystem, at least what the reservations need, at most
+    /// 64 MiB).
+    #[arg(short = 'l', long, value_name = "LOGSIZE", value_parser = size)]
+    log_size: Option<u64>,
+    /// Allocation groups (default: one per GiB, 1 to 64).
+    #[arg(short = 'a', long, value_name = "AGCOUNT")]
+    ag_count: Option<u32>,
+    /// Label, at most 32 bytes.
+    #[arg(short = 'L', long, value_name = "LABEL", default_value = "")]
+    label: String,
+    /// Print the manual page (roff), for installing as mkfs.ticketfs(8).
+    #[arg(long, hide = true)]
+    man: bool,
+    /// Image file or block device.
+    #[arg(value_name = "TARGET", required_unless_present = "man")]
+    target: Option<PathBuf>,
+}
+
+fn command() -> clap::Command {
+    ticketfs::cli::with_version(Cli::command())
+}
+
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let (mut force, mut size, mut bs, mut log, mut ags, mut label, mut target) = (
-        false,
-        None,
-        BLOCK_SIZE_DEFAULT,
-        None,
-        None,
-        String::new(),
-        None,
-    );
-    while let Some(a) = args.next() {
-        let mut val = |name: &str| {
-            args.next()
-                .unwrap_or_else(|| die(&format!("{name} needs a value (see --help)")))
-        };
-        match a.as_str() {
-            "-f" => force = true,
-            "-s" => size = Some(parse_size(&val("-s")).unwrap_or_else(|| die("bad size"))),
-            "-b" => {
-                bs = parse_size(&val("-b"))
-                    .and_then(|v| u32::try_from(v).ok())
-                    .unwrap_or_else(|| die("bad block size"))
-            }
-            "-l" => log = Some(parse_size(&val("-l")).unwrap_or_else(|| die("bad log size"))),
-            "-a" => {
-                ags = Some(
-                    val("-a")
-                        .parse::<u32>()
-                        .unwrap_or_else(|_| die("bad AG count")),
-                )
-            }
-            "-L" => label = val("-L"),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return;
-            }
-            "-V" | "--version" => {
-                println!(
-                    "mkfs.ticketfs {} (on-disk format {FORMAT_VERSION})",
-                    env!("CARGO_PKG_VERSION")
-                );
-                return;
-            }
-            _ if a.starts_with('-') => die(&format!("unknown option {a} (see --help)")),
-            _ => target = Some(PathBuf::from(a)),
+    let m = ticketfs::cli::matches(command(), "mkfs.ticketfs", 1);
+    let cli = Cli::from_arg_matches(&m).unwrap_or_else(|e| die(&e.to_string()));
+    if cli.man {
+        if let Err(e) = clap_mangen::Man::new(command())
+            .section("8")
+            .render(&mut std::io::stdout())
+        {
+            die(&format!("writing the manual page: {e}"));
         }
+        return;
     }
-    let target = target.unwrap_or_else(|| die(USAGE));
+    let Some(target) = cli.target else {
+        die("no TARGET (see --help)")
+    };
+    let block_size = u32::try_from(cli.block_size).unwrap_or_else(|_| {
+        die(&format!(
+            "block size {} is not a power of two from 512 to 65536",
+            cli.block_size
+        ))
+    });
     let opts = MkfsOptions {
-        size,
-        block_size: bs,
-        log_bytes: log,
-        ag_count: ags,
-        label,
-        force,
+        size: cli.size,
+        block_size,
+        log_bytes: cli.log_size,
+        ag_count: cli.ag_count,
+        label: cli.label,
+        force: cli.force,
     };
     let made = make_filesystem(&target, &opts).unwrap_or_else(|e| die(&e));
     let (sb, min_log) = (made.sb, made.min_log_blocks);
