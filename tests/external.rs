@@ -195,8 +195,9 @@ fn installed_tools_work_with_mkfs_fsck_and_mount() {
     let (source, fstype) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
     let backing = run(&["losetup", "-n", "-O", "BACK-FILE", source]);
     // umount by the image's name, as for a loop-mounted image.
-    let umount = Command::new("umount").arg(&img).status().unwrap();
-    assert!(umount.success());
+    if let Err(e) = common::mount::umount(&img) {
+        panic!("umount by the image's name: {e}");
+    }
     assert!(ok, "could not use the mount");
     assert_eq!(fstype, "fuseblk.ticketfs", "findmnt: {found}");
     assert_eq!(backing.trim(), img_s, "the loop device's backing file");

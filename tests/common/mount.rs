@@ -112,24 +112,8 @@ impl Mount {
     }
 
     fn umount_and_wait(mut self, check: impl FnOnce()) -> std::process::ExitStatus {
-        // Another test thread's fork may hold a descriptor of this mount for the moment its
-        // child takes to close it (EBUSY): try again for a little while.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let out = Command::new("umount")
-                .arg(self.dir.path())
-                .output()
-                .expect("umount");
-            if out.status.success() {
-                break;
-            }
-            let busy = String::from_utf8_lossy(&out.stderr).contains("busy");
-            assert!(
-                busy && Instant::now() < deadline,
-                "umount failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        if let Err(e) = umount(self.dir.path()) {
+            panic!("umount failed: {e}");
         }
         check();
         let mut child = self.child.take().expect("daemon");
@@ -209,4 +193,24 @@ fn wait_for(child: &mut Child, t: Duration) -> Option<std::process::ExitStatus> 
         std::thread::sleep(Duration::from_millis(20));
     }
     None
+}
+
+/// `umount DIR`. Another test thread's fork may hold a descriptor of the mount for the moment
+/// its child takes to exec (EBUSY): tried again for a little while before failing.
+pub fn umount(dir: &Path) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = Command::new("umount")
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("umount: {e}"))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !err.contains("busy") || Instant::now() >= deadline {
+            return Err(err);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
