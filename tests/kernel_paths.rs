@@ -10,7 +10,7 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::io::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 fn cpath(p: &Path) -> std::ffi::CString {
@@ -271,13 +271,7 @@ fn mount_flags_and_a_second_mount_of_the_same_image() {
         .unwrap();
     assert!(st.success());
     let second = other.path().to_path_buf();
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let guard = Unmount(second.clone());
+    let guard = common::mount::Unmounted(second.clone());
     fs::write(m.path().join("seen"), b"from the first").unwrap();
     assert_eq!(fs::read(second.join("seen")).unwrap(), b"from the first");
     assert_ne!(statvfs_flags(&second) & libc::ST_RDONLY, 0);

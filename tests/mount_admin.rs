@@ -158,6 +158,7 @@ fn every_name_of_a_mounted_image_shares_the_mount_alike() {
             let dir = tempfile::tempdir().unwrap();
             let started = std::time::Instant::now();
             let st = tkfs().arg(name).arg(dir.path()).status().unwrap();
+            let second = common::mount::Unmounted(dir.path().to_path_buf());
             assert!(st.success(), "{opts}: mounting {} again", name.display());
             assert!(
                 started.elapsed() < std::time::Duration::from_secs(5),
@@ -174,6 +175,7 @@ fn every_name_of_a_mounted_image_shares_the_mount_alike() {
             if let Err(e) = common::mount::umount(dir.path()) {
                 panic!("{opts}: umount of the second mount: {e}");
             }
+            drop(second);
         }
         m.unmount();
         let ro = if opts.is_empty() {

@@ -19,7 +19,7 @@ use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 /// The other user: nobody.
@@ -371,13 +371,7 @@ fn ext4_matrix() -> Option<Vec<(String, i32)>> {
         common::skip("the ext4 comparison: no loop mount here");
         return None;
     }
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _g = Unmount(mnt.clone());
+    let _g = common::mount::Unmounted(mnt.clone());
     let _ = fs::remove_dir(mnt.join("lost+found"));
     make_tree(&mnt);
     Some(matrix(&mnt))

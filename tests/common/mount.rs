@@ -214,3 +214,20 @@ pub fn umount(dir: &Path) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A mount made outside `Mount` (a second mount of an image, a loop-mounted ext4): unmounted
+/// when dropped, so a test that fails leaves no mount behind (busy: retried, then detached).
+pub struct Unmounted(pub PathBuf);
+
+impl Drop for Unmounted {
+    fn drop(&mut self) {
+        let mounted = Command::new("mountpoint")
+            .arg("-q")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if mounted && umount(&self.0).is_err() {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
