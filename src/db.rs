@@ -29,7 +29,7 @@ pub const USAGE: &str = "usage: ticketfs db IMAGE sb | ag N | inode INO | dir IN
 /// Runs one command against `dev`; returns what to print.
 pub fn run(dev: Arc<dyn Device>, cmd: &str, arg: Option<&str>) -> Result<String, String> {
     let num = || -> Result<u64, String> {
-        arg.ok_or_else(|| format!("{cmd} needs a number\n{USAGE}"))?
+        arg.ok_or_else(|| format!("{cmd} needs a number ({USAGE})"))?
             .parse::<u64>()
             .map_err(|e| format!("{cmd}: {e}"))
     };

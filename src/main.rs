@@ -44,7 +44,9 @@ fn parse() -> Options {
                 exit(0)
             }
             "-o" => {
-                let list = args.next().unwrap_or_else(|| die(USAGE));
+                let list = args
+                    .next()
+                    .unwrap_or_else(|| die("-o needs a list of options (see --help)"));
                 match o.apply(&list) {
                     Ok(warnings) => {
                         for w in warnings {
@@ -67,7 +69,7 @@ fn parse() -> Options {
         }
     }
     if pos.len() != 2 {
-        die(USAGE);
+        die("expected IMAGE and MOUNTPOINT (see --help)");
     }
     // Shared with every user, the mount lets the kernel check permissions on every path walk
     // and access, cached or not (docs/security.md): without it a name root looked up stays
@@ -85,7 +87,7 @@ fn stats_command(args: &[String]) -> ! {
     let json = args.iter().any(|a| a == "--json");
     let mnt: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
     if mnt.len() != 1 {
-        die(USAGE);
+        die("usage: ticketfs stats MOUNTPOINT [--json]");
     }
     let image = stats::image_of_mount(Path::new(mnt[0])).unwrap_or_else(|e| die(&e));
     match stats::query(&image, if json { "json" } else { "text" }) {

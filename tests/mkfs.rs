@@ -267,3 +267,53 @@ fn manual_pages_render_and_match_help() {
         );
     }
 }
+
+/// Bad input to every command: an exit status by its convention and one line on stderr, never
+/// a panic or a backtrace (issue 21). Before, `ticketfs stats`, `ticketfs IMAGE` and `-o`
+/// without its list printed the three-line usage, and `db IMG block` two lines.
+#[test]
+fn bad_input_to_every_command_is_one_line() {
+    let work = tempfile::tempdir().unwrap();
+    let img = work.path().join("img");
+    assert!(mkfs(&["-s", "64M"], &img).status.success());
+    let img = img.to_str().unwrap();
+    let zeros = work.path().join("zeros");
+    std::fs::write(&zeros, vec![0u8; 1 << 20]).unwrap();
+    let zeros = zeros.to_str().unwrap();
+    let tkfs = PathBuf::from(env!("CARGO_BIN_EXE_ticketfs"));
+    let fsck = mkfs_bin().with_file_name("fsck-ticketfs");
+    let cases: Vec<(&PathBuf, Vec<&str>, i32)> = vec![
+        (&tkfs, vec![], 1),
+        (&tkfs, vec![img], 1),
+        (&tkfs, vec![img, "/", "-o"], 1),
+        (&tkfs, vec![img, "/", "-x"], 1),
+        (&tkfs, vec![img, "/nonexistent"], 32),
+        (&tkfs, vec![zeros, "/"], 32),
+        (&tkfs, vec!["stats"], 1),
+        (&tkfs, vec!["stats", "/"], 1),
+        (&tkfs, vec!["db"], 1),
+        (&tkfs, vec!["db", img], 1),
+        (&tkfs, vec!["db", img, "nosuch"], 1),
+        (&tkfs, vec!["db", img, "block"], 1),
+        (&tkfs, vec!["db", img, "block", "-1"], 1),
+        (&tkfs, vec!["db", img, "block", "18446744073709551615"], 1),
+        (&tkfs, vec!["db", img, "ag", "99"], 1),
+        (&tkfs, vec!["db", img, "inode", "5"], 1),
+        (&tkfs, vec!["db", img, "dir", "18446744073709551615"], 1),
+        (&tkfs, vec!["db", zeros, "sb"], 1),
+        (&fsck, vec![], 16),
+        (&fsck, vec!["-n", "-y", img], 16),
+        (&fsck, vec!["-b", "abc", img], 16),
+        (&fsck, vec!["-n", "/nonexistent"], 8),
+        (&fsck, vec!["-n", zeros], 8),
+        (&fsck, vec!["-n", "-b", "999999999999", img], 4),
+    ];
+    for (bin, args, code) in cases {
+        let out = Command::new(bin).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let name = bin.file_name().unwrap().to_string_lossy();
+        assert_eq!(out.status.code(), Some(code), "{name} {args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{name} {args:?}: {err}");
+        assert!(!err.contains("panicked"), "{name} {args:?}: {err}");
+    }
+}
