@@ -69,7 +69,7 @@ fn parse() -> Options {
         }
     }
     if pos.len() != 2 {
-        die("expected IMAGE and MOUNTPOINT (see --help)");
+        die("usage: ticketfs IMAGE MOUNTPOINT [-f] [-o OPTIONS] | ticketfs stats MOUNTPOINT | ticketfs db IMAGE COMMAND (see --help)");
     }
     // Shared with every user, the mount lets the kernel check permissions on every path walk
     // and access, cached or not (docs/security.md): without it a name root looked up stays
