@@ -281,7 +281,7 @@ fn main() {
     };
     // The primary superblock, or the backup when the primary is bad.
     if let Err(e) = ticketfs::image::open_image(Path::new(&o.image)) {
-        mount_failed(&e.to_string());
+        mount_failed(&format!("{}: {e}", o.image.display()));
     }
     check_image_access(&o.image, o.flags);
     if o.foreground {

@@ -169,6 +169,8 @@ fn a_file_that_is_not_an_image_is_refused_in_one_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(!err.contains("panicked"));
+    // The error names the image once.
+    assert_eq!(err.matches(junk.to_str().unwrap()).count(), 1, "{err}");
 }
 
 fn cpath(p: &Path) -> std::ffi::CString {
