@@ -25,6 +25,7 @@ use crate::format::inode::{dtype, S_IFDIR, S_IFMT};
 use crate::format::inode::{ino_of, inodes_per_block, Inode};
 use crate::format::BlockType;
 use crate::inode;
+use crate::progress::Progress;
 use crate::trans::{Trans, TransKind};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
@@ -64,9 +65,6 @@ impl CheckReport {
 /// Problems kept in the report; beyond, they are only counted (a badly damaged image must not
 /// make the checker's memory grow without bound).
 pub const PROBLEMS_MAX: usize = 100_000;
-
-/// Progress callback: (phase, done, total).
-pub type Progress<'a> = &'a mut dyn FnMut(&str, u64, u64);
 
 struct Checker<'e> {
     eng: &'e Engine,

@@ -1,6 +1,7 @@
 //! What every command line of ticketfs shares (clap): `-V` with the on-disk format's version,
-//! and a usage error in one line with the exit status the command's convention gives it
-//! (fsck(8): 16; mkfs and mount(8) helpers: 1), instead of clap's several lines and status 2.
+//! a usage error in one line with the exit status the command's convention gives it
+//! (fsck(8): 16; mkfs and mount(8) helpers: 1), instead of clap's several lines and status 2,
+//! and the manual page, rendered from the same definition (`PROG --man [SUBCOMMAND]`).
 
 use crate::format::FORMAT_VERSION;
 use clap::error::ErrorKind;
@@ -17,6 +18,108 @@ pub fn version() -> String {
 /// `cmd` with the shared version line.
 pub fn with_version(cmd: Command) -> Command {
     cmd.version(version())
+}
+
+/// A section of a manual page beyond what the command's definition gives: a title and a list of
+/// items, each a term and what it means (the mount's options, for instance).
+pub struct ManSection<'a> {
+    pub title: &'a str,
+    pub items: Vec<(String, String)>,
+    /// A paragraph after the items.
+    pub after: &'a str,
+}
+
+/// `PROG --man [SUBCOMMAND]` (for scripts/install.sh, so not in --help): prints the manual page
+/// of `cmd` (section 8), or of its subcommand, PROG-SUBCOMMAND(8), and exits; returns when the
+/// first argument is not `--man`. Checked before parsing, so the command's own arguments stay
+/// required. `extra` goes after the options of the command's own page.
+pub fn manual_page_if_asked(cmd: Command, extra: &[ManSection<'_>]) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) != Some("--man") {
+        return;
+    }
+    let prog = cmd.get_name().to_string();
+    let fail = |msg: String| -> ! {
+        eprintln!("{prog}: {msg}");
+        std::process::exit(1)
+    };
+    let mut cmd = cmd;
+    cmd.build();
+    let mut out = Vec::new();
+    let r = match args.get(1) {
+        None => render_page(&cmd, extra, false, &mut out),
+        Some(name) => match cmd.find_subcommand(name) {
+            Some(sub) => render_page(sub, &[], true, &mut out),
+            None => fail(format!("--man {name}: no such subcommand")),
+        },
+    };
+    if let Err(e) = r.and_then(|()| std::io::Write::write_all(&mut std::io::stdout(), &out)) {
+        fail(format!("writing the manual page: {e}"));
+    }
+    std::process::exit(0)
+}
+
+/// The page: clap_mangen's sections (title, name, synopsis, description, options, subcommands,
+/// version), with `extra` after the options in place of the after-help text. The subcommands
+/// of a subcommand's page (`nested`) are described in it, with their arguments, since they
+/// have no pages of their own.
+fn render_page(
+    cmd: &Command,
+    extra: &[ManSection<'_>],
+    nested: bool,
+    w: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    let man = clap_mangen::Man::new(cmd.clone()).section("8");
+    man.render_title(w)?;
+    man.render_name_section(w)?;
+    man.render_synopsis_section(w)?;
+    man.render_description_section(w)?;
+    man.render_options_section(w)?;
+    for s in extra {
+        writeln!(w, ".SH \"{}\"", roff_text(&s.title.to_uppercase()))?;
+        for (term, text) in &s.items {
+            writeln!(w, ".TP\n\\fB{}\\fR\n{}", roff_text(term), roff_text(text))?;
+        }
+        if !s.after.is_empty() {
+            writeln!(w, ".PP\n{}", roff_text(s.after))?;
+        }
+    }
+    if nested && cmd.has_subcommands() {
+        let title = cmd.get_subcommand_help_heading().unwrap_or("Commands");
+        writeln!(w, ".SH \"{}\"", roff_text(&title.to_uppercase()))?;
+        for sub in cmd.get_subcommands() {
+            let mut term = sub.get_name().to_string();
+            for a in sub.get_positionals() {
+                let name = a.get_value_names().and_then(|v| v.first().cloned());
+                term.push(' ');
+                term.push_str(name.as_ref().map_or(a.get_id().as_str(), |n| n.as_str()));
+            }
+            let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+            writeln!(
+                w,
+                ".TP\n\\fB{}\\fR\n{}",
+                roff_text(&term),
+                roff_text(&about)
+            )?;
+        }
+    } else if cmd.has_subcommands() {
+        man.render_subcommands_section(w)?;
+    }
+    // A subcommand has no version of its own (clap_mangen would panic on it).
+    if cmd.get_version().is_some() {
+        man.render_version_section(w)?;
+    }
+    Ok(())
+}
+
+/// `s` as roff text: backslashes and hyphens escaped, a leading control character defused.
+fn roff_text(s: &str) -> String {
+    let e = s.replace('\\', "\\e").replace('-', "\\-");
+    if e.starts_with('.') || e.starts_with('\'') {
+        format!("\\&{e}")
+    } else {
+        e
+    }
 }
 
 /// Parses the process's arguments with `cmd`: help and version print and exit 0; a usage error

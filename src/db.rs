@@ -3,7 +3,8 @@
 //! is replayed into the overlay before inodes and directories are shown; `log` and `block` show
 //! the bytes as they are on the device).
 //!
-//! Commands: `sb`, `ag N`, `inode INO`, `dir INO`, `block N`, `log`.
+//! Queries (`Query`, parsed by the `ticketfs` command line): `sb`, `ag N`, `inode INO`,
+//! `dir INO`, `block N`, `log`.
 
 use crate::alloc::Allocator;
 use crate::btree::Node;
@@ -24,23 +25,48 @@ use crate::verify;
 use std::fmt::Write;
 use std::sync::Arc;
 
-pub const USAGE: &str = "usage: ticketfs db IMAGE sb | ag N | inode INO | dir INO | block N | log";
+/// What `ticketfs db IMAGE` prints: one structure, named on the command line.
+#[derive(clap::Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Query {
+    /// Both superblock copies (good, bad, or differing from the one in use) and the geometry
+    Sb,
+    /// An allocation group's header, free extents, inode chunks and unlinked inodes
+    Ag {
+        /// Allocation group number (from 0)
+        #[arg(value_name = "AGNO")]
+        agno: u64,
+    },
+    /// An inode: its fields, extents or parent, extended attributes and the checker's verdict
+    Inode {
+        /// Inode number
+        #[arg(value_name = "INO")]
+        ino: u64,
+    },
+    /// A directory's entries
+    Dir {
+        /// The directory's inode number
+        #[arg(value_name = "INO")]
+        ino: u64,
+    },
+    /// One block as it is on the device
+    Block {
+        /// Block number
+        #[arg(value_name = "BLOCKNO")]
+        blkno: u64,
+    },
+    /// Every record of the log, in log order, with the items of each whole checkpoint
+    Log,
+}
 
-/// Runs one command against `dev`; returns what to print.
-pub fn run(dev: Arc<dyn Device>, cmd: &str, arg: Option<&str>) -> Result<String, String> {
-    let num = || -> Result<u64, String> {
-        arg.ok_or_else(|| format!("{cmd} needs a number ({USAGE})"))?
-            .parse::<u64>()
-            .map_err(|e| format!("{cmd}: {e}"))
-    };
-    match cmd {
-        "sb" => superblocks(&*dev),
-        "block" => block(&*dev, num()?),
-        "log" => log(&*dev),
-        "ag" => with_engine(dev, |eng| ag(eng, num()?)),
-        "inode" => with_engine(dev, |eng| show_inode(eng, num()?)),
-        "dir" => with_engine(dev, |eng| show_dir(eng, num()?)),
-        _ => Err(USAGE.to_string()),
+/// Runs one query against `dev`; returns what to print.
+pub fn run(dev: Arc<dyn Device>, q: Query) -> Result<String, String> {
+    match q {
+        Query::Sb => superblocks(&*dev),
+        Query::Block { blkno } => block(&*dev, blkno),
+        Query::Log => log(&*dev),
+        Query::Ag { agno } => with_engine(dev, |eng| ag(eng, agno)),
+        Query::Inode { ino } => with_engine(dev, |eng| show_inode(eng, ino)),
+        Query::Dir { ino } => with_engine(dev, |eng| show_dir(eng, ino)),
     }
 }
 

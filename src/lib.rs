@@ -31,6 +31,7 @@ pub mod mem;
 pub mod mkfs;
 pub mod mountinfo;
 pub mod ops;
+pub mod progress;
 pub mod proto;
 pub mod repair;
 pub mod resv;

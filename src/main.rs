@@ -1,23 +1,30 @@
 //! `ticketfs IMAGE MOUNTPOINT [-f] [-o OPTIONS]`: mounts a ticketfs image through FUSE.
 //! `ticketfs stats MOUNTPOINT [--json]`: prints the live statistics of a mount.
+//! `ticketfs db IMAGE QUERY`: prints on-disk structures.
 //!
 //! The argument convention is mount.fuse3's, so `mount -t fuse.ticketfs IMAGE DIR` and an fstab
 //! line work. The command returns once the mount is live (the daemon goes to the background
 //! unless `-f`); `umount DIR` or SIGTERM flushes everything and marks the image clean.
 
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::process::exit;
 use std::sync::Arc;
-use ticketfs::daemon::{serve, MountFlags, Options};
+use ticketfs::cli::ManSection;
+use ticketfs::daemon::{
+    options_help, serve, spelled, MountFlags, Options, MOUNT_OPTIONS, OTHER_OPTIONS,
+};
+use ticketfs::db::Query;
 use ticketfs::stats;
 
-const USAGE: &str = "usage: ticketfs [-V] IMAGE MOUNTPOINT [-f] [-o ro|rw|allow_other|default_permissions|writeback_cache|blkdev=on|off|hostcache=on|off|uring=on|off|uring_idle=on|off|mem=SIZE|max_threads=N|memres=on|off|overrun=warn|panic|verbose|debug_resv=KIND:BYTES,...]
-       ticketfs stats MOUNTPOINT [--json]
-       ticketfs db IMAGE sb | ag N | inode INO | dir INO | block N | log";
-/// mount(8)'s exit status for a mount that failed (a usage error is 1).
+/// What a bare `ticketfs` prints: the three forms on one line.
+const SHORT_USAGE: &str = "usage: ticketfs IMAGE MOUNTPOINT [-f] [-o OPTIONS] | ticketfs stats MOUNTPOINT [--json] | ticketfs db IMAGE QUERY (see --help)";
+/// mount(8)'s exit status for a usage error.
+const USAGE_ERROR: i32 = 1;
+/// mount(8)'s exit status for a mount that failed.
 const MOUNT_FAILURE: i32 = 32;
 
 /// A mount, remount or second mount that could not be done: one line, exit 32 as mount(8) and
@@ -29,47 +36,118 @@ fn mount_failed(msg: &str) -> ! {
 
 fn die(msg: &str) -> ! {
     eprintln!("ticketfs: {msg}");
-    exit(1)
+    exit(USAGE_ERROR)
 }
 
-fn parse() -> Options {
-    let mut pos = Vec::new();
-    let mut o = Options::default();
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "-f" => o.foreground = true,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                exit(0)
-            }
-            "-o" => {
-                let list = args
-                    .next()
-                    .unwrap_or_else(|| die("-o needs a list of options (see --help)"));
-                match o.apply(&list) {
-                    Ok(warnings) => {
-                        for w in warnings {
-                            eprintln!("ticketfs: {w}");
-                        }
-                    }
-                    Err(e) => die(&e),
+/// Mounts a ticketfs filesystem through FUSE
+///
+/// Mounts the ticketfs filesystem on IMAGE (an image file or a block device) at MOUNTPOINT and
+/// returns once the mount is live; the daemon serving it goes to the background unless -f.
+/// `umount MOUNTPOINT` (or SIGTERM to the daemon) writes everything home, marks the image clean
+/// and returns only then. The arguments follow mount.fuse3's convention, so
+/// `mount -t fuse.ticketfs IMAGE DIR` and an fstab line work. A second mount of a mounted
+/// image shares it, as two mounts of one block device do. Exit status as mount(8): 0 mounted,
+/// 1 usage error, 32 mount failure.
+#[derive(Parser, Debug)]
+#[command(
+    name = "ticketfs",
+    bin_name = "ticketfs",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    disable_help_subcommand = true,
+    override_usage = "ticketfs [-f] [-o OPTIONS] IMAGE MOUNTPOINT\n       ticketfs stats [--json] MOUNTPOINT\n       ticketfs db IMAGE QUERY [ARG]"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Stay in the foreground (the daemon's messages go to stderr).
+    #[arg(short = 'f')]
+    foreground: bool,
+    /// Mount options, comma-separated (see "Mount options" below); may be repeated.
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    options: Vec<String>,
+    /// Image file or block device holding the filesystem.
+    #[arg(value_name = "IMAGE", required = true)]
+    image: Option<PathBuf>,
+    /// Directory to mount it on.
+    #[arg(value_name = "MOUNTPOINT", required = true)]
+    mountpoint: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the live statistics of a mount
+    ///
+    /// The memory budget and how it was derived, the transport, read-ahead, what is reserved,
+    /// pinned, free and cached, waiters, reservation overruns with their call sites, and per
+    /// transaction kind the reservation against the peak really used. Only the user who mounted
+    /// (root for a mount by root) can reach them.
+    Stats {
+        /// Print them as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Mount point of a ticketfs mount.
+        #[arg(value_name = "MOUNTPOINT")]
+        mountpoint: PathBuf,
+    },
+    /// Print on-disk structures of an image, never writing
+    ///
+    /// In the manner of xfs_db and xfs_logprint. The image is read through a copy-on-write
+    /// overlay: a dirty log is replayed into the overlay before inodes and directories are
+    /// shown; block and log show the bytes as they are on the device.
+    #[command(
+        arg_required_else_help = false,
+        subcommand_value_name = "QUERY",
+        subcommand_help_heading = "Queries"
+    )]
+    Db {
+        /// Image file or block device.
+        #[arg(value_name = "IMAGE")]
+        image: PathBuf,
+        #[command(subcommand)]
+        query: Query,
+    },
+}
+
+fn command() -> clap::Command {
+    ticketfs::cli::with_version(Cli::command()).after_long_help(options_help())
+}
+
+/// ticketfs(8)'s list of the mount options.
+fn mount_options_section() -> ManSection<'static> {
+    ManSection {
+        title: "Mount options",
+        items: MOUNT_OPTIONS
+            .iter()
+            .map(|o| (spelled(o), o.help.to_string()))
+            .collect(),
+        after: OTHER_OPTIONS,
+    }
+}
+
+fn parse() -> (Cli, Options) {
+    // Before the parser runs: its code is touched once and is reclaimable (Options::start_rss).
+    let start_rss = ticketfs::budget::resident_bytes();
+    if std::env::args_os().len() == 1 {
+        die(SHORT_USAGE);
+    }
+    ticketfs::cli::manual_page_if_asked(command(), &[mount_options_section()]);
+    let m = ticketfs::cli::matches(command(), "ticketfs", USAGE_ERROR);
+    let cli = Cli::from_arg_matches(&m).unwrap_or_else(|e| die(&e.to_string()));
+    let mut o = Options {
+        foreground: cli.foreground,
+        start_rss: Some(start_rss),
+        ..Options::default()
+    };
+    for list in &cli.options {
+        match o.apply(list) {
+            Ok(warnings) => {
+                for w in warnings {
+                    eprintln!("ticketfs: {w}");
                 }
             }
-            "-V" | "--version" => {
-                println!(
-                    "ticketfs {} (on-disk format {})",
-                    env!("CARGO_PKG_VERSION"),
-                    ticketfs::format::FORMAT_VERSION
-                );
-                exit(0)
-            }
-            _ if a.starts_with('-') => die(&format!("unknown option {a} (see --help)")),
-            _ => pos.push(PathBuf::from(a)),
+            Err(e) => die(&e),
         }
-    }
-    if pos.len() != 2 {
-        die("usage: ticketfs IMAGE MOUNTPOINT [-f] [-o OPTIONS] | ticketfs stats MOUNTPOINT | ticketfs db IMAGE COMMAND (see --help)");
     }
     // Shared with every user, the mount lets the kernel check permissions on every path walk
     // and access, cached or not (docs/security.md): without it a name root looked up stays
@@ -77,19 +155,14 @@ fn parse() -> Options {
     if o.allow_other {
         o.default_permissions = true;
     }
-    o.mountpoint = pos.pop().unwrap_or_default();
-    o.image = pos.pop().unwrap_or_default();
-    o
+    o.image = cli.image.clone().unwrap_or_default();
+    o.mountpoint = cli.mountpoint.clone().unwrap_or_default();
+    (cli, o)
 }
 
 /// `ticketfs stats MOUNTPOINT [--json]`.
-fn stats_command(args: &[String]) -> ! {
-    let json = args.iter().any(|a| a == "--json");
-    let mnt: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    if mnt.len() != 1 {
-        die("usage: ticketfs stats MOUNTPOINT [--json]");
-    }
-    let image = stats::image_of_mount(Path::new(mnt[0])).unwrap_or_else(|e| die(&e));
+fn stats_command(mountpoint: &Path, json: bool) -> ! {
+    let image = stats::image_of_mount(mountpoint).unwrap_or_else(|e| die(&e));
     match stats::query(&image, if json { "json" } else { "text" }) {
         Ok(out) => {
             print!("{out}");
@@ -99,14 +172,11 @@ fn stats_command(args: &[String]) -> ! {
     }
 }
 
-/// `ticketfs db IMAGE COMMAND [ARG]`: prints on-disk structures; never writes.
-fn db_command(args: &[String]) -> ! {
-    let (Some(image), Some(cmd)) = (args.first(), args.get(1)) else {
-        die(ticketfs::db::USAGE)
-    };
-    let dev = ticketfs::image::open_image_buffered(Path::new(image))
-        .unwrap_or_else(|e| die(&format!("{image}: {e}")));
-    match ticketfs::db::run(Arc::new(dev), cmd, args.get(2).map(String::as_str)) {
+/// `ticketfs db IMAGE QUERY`: prints on-disk structures; never writes.
+fn db_command(image: &Path, query: Query) -> ! {
+    let dev = ticketfs::image::open_image_buffered(image)
+        .unwrap_or_else(|e| die(&format!("{}: {e}", image.display())));
+    match ticketfs::db::run(Arc::new(dev), query) {
         Ok(out) => {
             print!("{out}");
             exit(0)
@@ -237,14 +307,12 @@ fn check_image_access(image: &Path, flags: MountFlags) {
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("stats") {
-        stats_command(&args[1..]);
+    let (cli, o) = parse();
+    match cli.command {
+        Some(Command::Stats { json, mountpoint }) => stats_command(&mountpoint, json),
+        Some(Command::Db { image, query }) => db_command(&image, query),
+        None => {}
     }
-    if args.first().map(String::as_str) == Some("db") {
-        db_command(&args[1..]);
-    }
-    let o = parse();
     if o.remount {
         remount(&o);
     }

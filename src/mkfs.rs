@@ -5,6 +5,7 @@ use crate::device::{Device, FileDevice};
 use crate::engine::{self, Engine, EngineOptions};
 use crate::format::{Geometry, Superblock, BLOCK_SIZE_DEFAULT};
 use crate::image::existing_signature;
+use crate::progress::Progress;
 use crate::resv::ResvTable;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -170,6 +171,17 @@ impl Drop for CreatedFile<'_> {
 /// filesystem without `force`, then writes superblocks, log, allocation groups and the root
 /// directory (through the engine, as transactions) and leaves the image clean.
 pub fn make_filesystem(target: &Path, o: &MkfsOptions) -> Result<Made, String> {
+    make_filesystem_with(target, o, &mut |_, _, _| {})
+}
+
+/// `make_filesystem`, reporting its phases to `progress`: the log (written whole, up to 64 MiB
+/// of zeros: what takes time on a slow device), each allocation group, and the final write
+/// home.
+pub fn make_filesystem_with(
+    target: &Path,
+    o: &MkfsOptions,
+    progress: Progress<'_>,
+) -> Result<Made, String> {
     let show = target.display();
     check_options(o)?;
     // Never a mounted image, whatever -f says (as mkfs.xfs refuses a mounted device): not one
@@ -240,16 +252,21 @@ pub fn make_filesystem(target: &Path, o: &MkfsOptions) -> Result<Made, String> {
         blocks = blocks.min(s / bs as u64);
     }
     let (g, min_log) = fits(o, blocks)?;
+    progress("log", 0, g.log_blocks);
     let sb = engine::format(&dev, g, engine::new_uuid(), &o.label).map_err(|e| e.to_string())?;
+    progress("log", g.log_blocks, g.log_blocks);
     let mut eng =
         Engine::mount(Arc::new(dev), EngineOptions::default()).map_err(|e| e.to_string())?;
-    crate::alloc::format_all(&eng).map_err(|e| format!("formatting allocation groups: {e}"))?;
+    crate::alloc::format_all_with(&eng, progress)
+        .map_err(|e| format!("formatting allocation groups: {e}"))?;
     let root =
         crate::fs::make_root(&eng).map_err(|e| format!("creating the root directory: {e}"))?;
     eng.set_root_ino(root);
     let mut sb = sb;
     sb.root_ino = root;
+    progress("writing home", 0, 1);
     eng.unmount().map_err(|e| e.to_string())?;
+    progress("writing home", 1, 1);
     if let Some(c) = created.as_mut() {
         c.keep = true;
     }

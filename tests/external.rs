@@ -153,6 +153,28 @@ fn installed_tools_work_with_mkfs_fsck_and_mount() {
         .status()
         .expect("install.sh");
     assert!(st.success());
+    // `man PAGE` finds every installed page (man-db searches /usr/local/share/man).
+    if Command::new("man").arg("--version").output().is_ok() {
+        for page in [
+            "ticketfs",
+            "ticketfs-stats",
+            "ticketfs-db",
+            "mkfs.ticketfs",
+            "fsck.ticketfs",
+        ] {
+            let out = Command::new("man")
+                .args(["-w", page])
+                .output()
+                .expect("man -w");
+            assert!(
+                out.status.success(),
+                "man -w {page}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    } else {
+        common::skip("man is not installed (Debian package man-db): pages not looked up");
+    }
     let work = tempfile::tempdir().unwrap();
     let img = work.path().join("image");
     let dir = work.path().join("mnt");

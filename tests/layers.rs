@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 /// Layers from the bottom up; modules on one line are peers and may not use each other.
 const LAYERS: &[&[&str]] = &[
     &["format", "bitmap", "mountinfo"],
-    &["cli"],
+    &["cli", "progress"],
     &["device"],
     &["error", "image", "kmount"],
     &["rundir", "mem", "cache"],

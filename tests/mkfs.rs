@@ -170,11 +170,13 @@ fn fsck_db_and_usage_messages_say_it_once() {
 fn versions_and_exit_codes_follow_each_commands_convention() {
     let tkfs = PathBuf::from(env!("CARGO_BIN_EXE_ticketfs"));
     let fsck = mkfs_bin().with_file_name("fsck-ticketfs");
+    let stress = mkfs_bin().with_file_name("ticketfs-stress");
     let format = format!("(on-disk format {})", ticketfs::format::FORMAT_VERSION);
     for (bin, name) in [
         (&tkfs, "ticketfs"),
         (&mkfs_bin(), "mkfs.ticketfs"),
         (&fsck, "fsck.ticketfs"),
+        (&stress, "ticketfs-stress"),
     ] {
         for flag in ["-V", "--version"] {
             let out = Command::new(bin).arg(flag).output().unwrap();
@@ -217,8 +219,17 @@ fn manual_pages_render_and_match_help() {
         return;
     }
     let fsck = mkfs_bin().with_file_name("fsck-ticketfs");
-    for (bin, name) in [(mkfs_bin(), "mkfs.ticketfs"), (fsck, "fsck.ticketfs")] {
-        let page = Command::new(&bin).arg("--man").output().unwrap();
+    let tkfs = PathBuf::from(env!("CARGO_BIN_EXE_ticketfs"));
+    // (binary, its arguments before --help or after --man, the page's name)
+    let pages: [(&PathBuf, &[&str], &str); 5] = [
+        (&mkfs_bin(), &[], "mkfs.ticketfs"),
+        (&fsck, &[], "fsck.ticketfs"),
+        (&tkfs, &[], "ticketfs"),
+        (&tkfs, &["stats"], "ticketfs-stats"),
+        (&tkfs, &["db"], "ticketfs-db"),
+    ];
+    for (bin, sub, name) in pages {
+        let page = Command::new(bin).arg("--man").args(sub).output().unwrap();
         assert!(page.status.success(), "{name} --man");
         let work = tempfile::tempdir().unwrap();
         let file = work.path().join(format!("{name}.8"));
@@ -234,7 +245,7 @@ fn manual_pages_render_and_match_help() {
             shown.status.success() && text.contains(&format!("{name}(8)")),
             "{name}: {text}"
         );
-        let help = Command::new(&bin).arg("--help").output().unwrap();
+        let help = Command::new(bin).args(sub).arg("--help").output().unwrap();
         let help = String::from_utf8_lossy(&help.stdout);
         let options = |t: &str| -> std::collections::BTreeSet<String> {
             t.split(|c: char| c.is_whitespace() || c == ',' || c == '[' || c == ']' || c == '|')
@@ -252,8 +263,9 @@ fn manual_pages_render_and_match_help() {
                 .collect()
         };
         let (in_help, in_page) = (options(&help), options(&text));
+        let least = if sub.is_empty() { 4 } else { 2 };
         assert!(
-            in_help.len() >= 6,
+            in_help.len() >= least,
             "{name}: options found in --help: {in_help:?}"
         );
         let missing: Vec<_> = in_help.difference(&in_page).collect();
@@ -265,7 +277,57 @@ fn manual_pages_render_and_match_help() {
             !in_page.contains("--man"),
             "{name}: the page shows the hidden --man"
         );
+        // Every word of the help's lists (mount options, queries, subcommands) has its entry
+        // in the page.
+        for entry in help_entries(&help) {
+            assert!(
+                text.lines()
+                    .any(|l| l.trim_start().starts_with(&entry)
+                        || l.contains(&format!("-{entry}(8)"))),
+                "{name}: {entry:?} is in --help, not in the page"
+            );
+        }
     }
+    // The mount's page lists every -o option with its value.
+    let page = Command::new(&tkfs).arg("--man").output().unwrap();
+    let page = String::from_utf8_lossy(&page.stdout).replace("\\-", "-");
+    for o in ticketfs::daemon::MOUNT_OPTIONS {
+        let term = ticketfs::daemon::spelled(&o);
+        assert!(
+            page.contains(&format!("\\fB{term}\\fR")),
+            "{term} not in ticketfs(8)"
+        );
+    }
+    let out = Command::new(&tkfs)
+        .args(["--man", "nosuch"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+}
+
+/// The first words of the indented entries of --help's lists: "  sb     Both ..." and the
+/// mount options ("  mem=SIZE" with its help on the next line).
+fn help_entries(help: &str) -> Vec<String> {
+    let mut in_list = false;
+    let mut out = Vec::new();
+    for line in help.lines() {
+        if !line.starts_with(' ') {
+            in_list = line.starts_with("Commands:")
+                || line.starts_with("Queries:")
+                || line.starts_with("Mount options");
+            continue;
+        }
+        let indent = line.len() - line.trim_start().len();
+        if in_list && indent == 2 {
+            if let Some(w) = line.split_whitespace().next() {
+                if w.chars().next().is_some_and(|c| c.is_ascii_alphabetic()) {
+                    out.push(w.to_string());
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Bad input to every command: an exit status by its convention and one line on stderr, never
@@ -282,6 +344,10 @@ fn bad_input_to_every_command_is_one_line() {
     let zeros = zeros.to_str().unwrap();
     let tkfs = PathBuf::from(env!("CARGO_BIN_EXE_ticketfs"));
     let fsck = mkfs_bin().with_file_name("fsck-ticketfs");
+    let stress = mkfs_bin().with_file_name("ticketfs-stress");
+    let out = work.path().join("out");
+    let out = out.to_str().unwrap();
+    let run = ["--limit", "8M", "--workload", "fsx", "--out", out];
     let cases: Vec<(&PathBuf, Vec<&str>, i32)> = vec![
         (&tkfs, vec![], 1),
         (&tkfs, vec![img], 1),
@@ -301,12 +367,33 @@ fn bad_input_to_every_command_is_one_line() {
         (&tkfs, vec!["db", img, "inode", "5"], 1),
         (&tkfs, vec!["db", img, "dir", "18446744073709551615"], 1),
         (&tkfs, vec!["db", zeros, "sb"], 1),
+        (&tkfs, vec!["db", img, "inode"], 1),
+        (&tkfs, vec!["db", img, "inode", "5", "6"], 1),
+        (&tkfs, vec!["stats", "--json"], 1),
+        (&tkfs, vec!["--man", "nosuch"], 1),
+        (&tkfs, vec![img, "/", "-o", "overrun=foo"], 1),
+        (&tkfs, vec![img, "/", "-o", "max_threads=0"], 1),
         (&fsck, vec![], 16),
         (&fsck, vec!["-n", "-y", img], 16),
         (&fsck, vec!["-b", "abc", img], 16),
         (&fsck, vec!["-n", "/nonexistent"], 8),
         (&fsck, vec!["-n", zeros], 8),
         (&fsck, vec!["-n", "-b", "999999999999", img], 4),
+        (&stress, vec![], 2),
+        (
+            &stress,
+            vec!["--limit", "8M", "--workload", "nope", "--out", out],
+            2,
+        ),
+        (
+            &stress,
+            vec!["--limit", "8Q", "--workload", "fsx", "--out", out],
+            2,
+        ),
+        (&stress, [&run[..], &["--memres", "maybe"]].concat(), 2),
+        (&stress, [&run[..], &["--seconds", "-3"]].concat(), 2),
+        (&stress, vec!["report"], 2),
+        (&stress, vec!["report", "/nonexistent", "doc", "svg"], 2),
     ];
     for (bin, args, code) in cases {
         let out = Command::new(bin).args(&args).output().unwrap();
@@ -316,4 +403,81 @@ fn bad_input_to_every_command_is_one_line() {
         assert_eq!(err.lines().count(), 1, "{name} {args:?}: {err}");
         assert!(!err.contains("panicked"), "{name} {args:?}: {err}");
     }
+}
+
+/// Progress (issue 21): off a terminal nothing unless --progress, then one line per phase as it
+/// ends; on a terminal (script(1) makes one) a bar redrawn in place and cleared before the
+/// report.
+#[test]
+fn progress_is_shown_when_asked_and_on_a_terminal() {
+    let work = tempfile::tempdir().unwrap();
+    let img = work.path().join("img");
+    let out = mkfs(&["--progress", "-s", "4G", "-a", "4", "-l", "8M"], &img);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err, "log: 2048/2048\nallocation groups: 4/4\nwriting home: 1/1\n",
+        "mkfs --progress"
+    );
+    let quiet = mkfs(&["-s", "4G"], &work.path().join("img2"));
+    assert!(
+        quiet.status.success() && quiet.stderr.is_empty(),
+        "mkfs off a terminal"
+    );
+
+    let fsck = mkfs_bin().with_file_name("fsck-ticketfs");
+    let out = Command::new(&fsck)
+        .args(["-n", "--progress"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let phases: Vec<&str> = err
+        .lines()
+        .map(|l| l.split(':').next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "allocation groups",
+            "inodes",
+            "space",
+            "log sequence numbers",
+            "directories",
+            "links",
+            "done"
+        ],
+        "fsck --progress: {err}"
+    );
+    assert!(err.starts_with("allocation groups: 4/4\n"), "{err}");
+    let quiet = Command::new(&fsck).arg("-n").arg(&img).output().unwrap();
+    assert!(
+        quiet.status.success() && quiet.stderr.is_empty(),
+        "fsck off a terminal"
+    );
+
+    if Command::new("script").arg("--version").output().is_err() {
+        common::skip("script(1) is not installed (Debian package bsdutils): no terminal test");
+        return;
+    }
+    let cmd = format!(
+        "{} --progress -s 4G -a 4 {}",
+        mkfs_bin().display(),
+        work.path().join("img3").display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("\r\x1b[Kallocation groups") && text.contains("\r\x1b[Kmeta-data="),
+        "the bar is drawn and cleared before the report: {text:?}"
+    );
+    assert!(
+        !text.contains("allocation groups: 4/4"),
+        "no phase lines on a terminal: {text:?}"
+    );
 }

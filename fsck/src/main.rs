@@ -11,7 +11,6 @@
 //! other copy from it.
 
 use clap::{CommandFactory, FromArgMatches, Parser};
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::exit;
 use std::sync::Arc;
@@ -21,6 +20,7 @@ use ticketfs::format::Superblock;
 use ticketfs::image::open_image_buffered;
 use ticketfs::log::{recover, Damage};
 use ticketfs::mem::MemRes;
+use ticketfs::progress::{Bar, Show};
 use ticketfs::repair::RepairReport;
 use ticketfs::sbselect::{choose, SbCopy};
 use ticketfs::{Engine, EngineOptions};
@@ -59,7 +59,7 @@ fn check_overlay(
     dev: &Arc<dyn Device>,
     sb: &Superblock,
     path: &std::path::Path,
-    tty: bool,
+    show: Show,
 ) -> (CheckReport, Option<String>) {
     let overlay = Arc::new(OverlayDevice::new(dev.clone()));
     // Both copies as the chosen one, in the overlay only: the mount below reads them.
@@ -82,33 +82,14 @@ fn check_overlay(
         Ok(e) => e,
         Err(e) => fail(EXIT_UNCORRECTED, &format!("{}: {e}", path.display())),
     };
-    let mut progress = bar(tty);
-    let report = match check(&eng, &mut progress) {
+    let mut bar = Bar::new(show);
+    let report = match check(&eng, &mut |p, d, t| bar.update(p, d, t)) {
         Ok(r) => r,
         Err(e) => fail(EXIT_OPERATIONAL, &format!("{}: {e}", path.display())),
     };
-    if tty {
-        eprint!("\r\x1b[K");
-    }
+    bar.finish();
     eng.crash();
     (report, damage)
-}
-
-/// A progress line on a terminal: phase, count and a bar.
-fn bar(tty: bool) -> impl FnMut(&str, u64, u64) {
-    const WIDTH: u64 = 30;
-    move |phase: &str, done: u64, total: u64| {
-        if tty {
-            let filled = (done.min(total) * WIDTH)
-                .checked_div(total)
-                .unwrap_or(WIDTH);
-            eprint!(
-                "\r\x1b[K{phase:<22} [{}{}] {done}/{total}",
-                "#".repeat(filled as usize),
-                " ".repeat((WIDTH - filled) as usize)
-            );
-        }
-    }
 }
 
 /// The superblock to use (`which`) and its copies that are bad or differ from it.
@@ -163,16 +144,17 @@ struct Cli {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Show the phases' progress on stderr even when it is not a terminal (a line per phase),
+    /// and from the start (on a terminal it appears once the check has taken a second).
+    #[arg(long)]
+    progress: bool,
     /// Use the superblock copy at BLOCK (0, or the backup in the last block); -y rewrites the
     /// other copy from it.
     #[arg(short = 'b', value_name = "BLOCK")]
     superblock: Option<u64>,
-    /// Print the manual page (roff), for installing as fsck.ticketfs(8).
-    #[arg(long, hide = true)]
-    man: bool,
     /// The image file or block device.
-    #[arg(value_name = "IMAGE", required_unless_present = "man")]
-    image: Option<PathBuf>,
+    #[arg(value_name = "IMAGE")]
+    image: PathBuf,
 }
 
 fn command() -> clap::Command {
@@ -180,22 +162,12 @@ fn command() -> clap::Command {
 }
 
 fn main() {
+    ticketfs::cli::manual_page_if_asked(command(), &[]);
     let m = ticketfs::cli::matches(command(), "fsck.ticketfs", EXIT_USAGE);
     let cli = Cli::from_arg_matches(&m).unwrap_or_else(|e| fail(EXIT_USAGE, &e.to_string()));
-    if cli.man {
-        if let Err(e) = clap_mangen::Man::new(command())
-            .section("8")
-            .render(&mut std::io::stdout())
-        {
-            fail(EXIT_OPERATIONAL, &format!("writing the manual page: {e}"));
-        }
-        exit(EXIT_CLEAN);
-    }
     let (no_write, repair_on, verbose, json) = (cli.no_write, cli.repair, cli.verbose, cli.json);
     let which = cli.superblock.map_or(SbCopy::Auto, SbCopy::Block);
-    let Some(path) = cli.image else {
-        fail(EXIT_USAGE, "no IMAGE (see --help)")
-    };
+    let path = cli.image;
     // A mounted image is locked by its daemon (and one in the mount table is mounted, even if
     // its daemon died).
     if let Some(m) = ticketfs::stats::mounts_of(&path).first() {
@@ -225,10 +197,16 @@ fn main() {
         Err(e) => fail(EXIT_OPERATIONAL, &format!("{}: {e}", path.display())),
     };
     let (sb, sb_problems) = superblock(&*dev, which, &path);
-    let tty = std::io::stderr().is_terminal() && !json;
+    // On a terminal, progress unless the report is JSON (read by a program); --progress shows
+    // it anywhere.
+    let show = match (cli.progress, json) {
+        (true, _) => Show::Always,
+        (false, false) => Show::Auto,
+        (false, true) => Show::Never,
+    };
 
     // The check, always on an overlay: -n and the plain check never write.
-    let (report, damage) = check_overlay(&dev, &sb, &path, tty);
+    let (report, damage) = check_overlay(&dev, &sb, &path, show);
     let log_problems: Vec<String> = damage.iter().cloned().collect();
     let errors = sb_problems.len() as u64 + log_problems.len() as u64 + report.problem_count();
     let mut repaired: Option<(RepairReport, CheckReport)> = None;
@@ -248,8 +226,8 @@ fn main() {
         if let Err(e) = recover(&*dev, &sb, Damage::Accept) {
             fail(EXIT_UNCORRECTED, &format!("{}: log: {e}", path.display()));
         }
-        let mut progress = bar(tty);
-        let rep = match ticketfs::repair::repair(dev.clone(), &mut progress) {
+        let mut bar = Bar::new(show);
+        let rep = match ticketfs::repair::repair(dev.clone(), &mut |p, d, t| bar.update(p, d, t)) {
             Ok(mut r) => {
                 for (i, l) in sb_fixed.into_iter().enumerate() {
                     r.fixed.insert(i, l);
@@ -267,10 +245,8 @@ fn main() {
                 &format!("{}: repair: {e}", path.display()),
             ),
         };
-        if tty {
-            eprint!("\r\x1b[K");
-        }
-        let (after, damage_after) = check_overlay(&dev, &sb, &path, tty);
+        bar.finish();
+        let (after, damage_after) = check_overlay(&dev, &sb, &path, show);
         if let Some(d) = damage_after {
             fail(
                 EXIT_UNCORRECTED,

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::exit;
 use ticketfs::format::BLOCK_SIZE_DEFAULT;
 use ticketfs::image::parse_size;
-use ticketfs::mkfs::{make_filesystem, MkfsOptions};
+use ticketfs::mkfs::{make_filesystem_with, MkfsOptions};
+use ticketfs::progress::{Bar, Show};
 
 /// Every failure, usage or not, exits 1, as mkfs.xfs and mke2fs do.
 fn die(msg: &str) -> ! {
@@ -46,15 +47,16 @@ struct Cli {
     /// Allocation groups (default: one per GiB, 1 to 64).
     #[arg(short = 'a', long, value_name = "AGCOUNT")]
     ag_count: Option<u32>,
+    /// Show progress on stderr even when it is not a terminal (a line per phase), and from the
+    /// start (on a terminal it appears once mkfs has taken a second).
+    #[arg(long)]
+    progress: bool,
     /// Label, at most 32 bytes.
     #[arg(short = 'L', long, value_name = "LABEL", default_value = "")]
     label: String,
-    /// Print the manual page (roff), for installing as mkfs.ticketfs(8).
-    #[arg(long, hide = true)]
-    man: bool,
     /// Image file or block device.
-    #[arg(value_name = "TARGET", required_unless_present = "man")]
-    target: Option<PathBuf>,
+    #[arg(value_name = "TARGET")]
+    target: PathBuf,
 }
 
 fn command() -> clap::Command {
@@ -62,20 +64,9 @@ fn command() -> clap::Command {
 }
 
 fn main() {
+    ticketfs::cli::manual_page_if_asked(command(), &[]);
     let m = ticketfs::cli::matches(command(), "mkfs.ticketfs", 1);
     let cli = Cli::from_arg_matches(&m).unwrap_or_else(|e| die(&e.to_string()));
-    if cli.man {
-        if let Err(e) = clap_mangen::Man::new(command())
-            .section("8")
-            .render(&mut std::io::stdout())
-        {
-            die(&format!("writing the manual page: {e}"));
-        }
-        return;
-    }
-    let Some(target) = cli.target else {
-        die("no TARGET (see --help)")
-    };
     let block_size = u32::try_from(cli.block_size).unwrap_or_else(|_| {
         die(&format!(
             "block size {} is not a power of two from 512 to 65536",
@@ -90,13 +81,20 @@ fn main() {
         label: cli.label,
         force: cli.force,
     };
-    let made = make_filesystem(&target, &opts).unwrap_or_else(|e| die(&e));
+    let mut bar = Bar::new(if cli.progress {
+        Show::Always
+    } else {
+        Show::Auto
+    });
+    let made = make_filesystem_with(&cli.target, &opts, &mut |p, d, t| bar.update(p, d, t))
+        .unwrap_or_else(|e| die(&e));
+    bar.finish();
     let (sb, min_log) = (made.sb, made.min_log_blocks);
     let g = sb.geometry;
     let u = sb.uuid;
     println!(
         "meta-data={} isize=- agcount={} agsize={} blks",
-        target.display(),
+        cli.target.display(),
         g.ag_count,
         g.ag_blocks
     );

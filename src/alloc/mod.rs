@@ -41,6 +41,7 @@ use crate::format::ag::{
 use crate::format::inode::{ino_of, ino_split, inodes_per_block};
 use crate::format::records::{FreeByBlock, FreeByLen, InoChunk, Unlinked};
 use crate::format::{BlockType, FormatError, Geometry};
+use crate::progress::Progress;
 use crate::trans::{BufId, Trans, TransKind};
 use parking_lot::Mutex;
 
@@ -455,11 +456,19 @@ pub struct AgSpace {
 
 /// Formats every AG of a freshly formatted filesystem, one transaction each.
 pub fn format_all(eng: &Engine) -> Result<(), EngineError> {
+    format_all_with(eng, &mut |_, _, _| {})
+}
+
+/// `format_all`, reporting each AG done to `progress`.
+pub fn format_all_with(eng: &Engine, progress: Progress<'_>) -> Result<(), EngineError> {
     let alloc = Allocator::new(*eng.geometry());
-    for agno in 0..eng.geometry().ag_count {
+    let count = eng.geometry().ag_count;
+    for agno in 0..count {
+        progress("allocation groups", agno as u64, count as u64);
         let mut tx = eng.begin(TransKind::Write)?;
         alloc.format_ag(&mut tx, agno)?;
         tx.commit()?;
     }
+    progress("allocation groups", count as u64, count as u64);
     eng.force_all()
 }

@@ -8,7 +8,7 @@
 
 mod options;
 
-pub use options::{MountFlags, Options};
+pub use options::{options_help, spelled, MountFlags, Options, MOUNT_OPTIONS, OTHER_OPTIONS};
 
 use crate::budget::{self, Budget};
 use crate::engine::Engine;
@@ -117,7 +117,7 @@ pub fn serve(
 ) -> Result<(), String> {
     let set = block_signals();
     tune_malloc();
-    let start_rss = budget::resident_bytes();
+    let start_rss = o.start_rss.unwrap_or_else(budget::resident_bytes);
     let dev = open_image(&o.image).map_err(|e| format!("{}: {e}", o.image.display()))?;
     let pools = crate::log::writer_pool_bytes(crate::device::Device::block_size(&dev));
     let mut uring = o.uring && crate::ring::available();

@@ -21,7 +21,6 @@ pub mod ags;
 pub mod plan;
 pub mod scan;
 
-use crate::check::Progress;
 use crate::device::Device;
 use crate::dir;
 use crate::engine::{read_superblock, Engine, EngineOptions};
@@ -32,6 +31,7 @@ use crate::format::{BlockType, BLOCK_HEADER_BYTES};
 use crate::fs::{Ctx, Fs, FsError};
 use crate::inode::{self, InodeRef};
 use crate::mem::MemRes;
+use crate::progress::Progress;
 use crate::trans::TransKind;
 use plan::Action;
 use std::collections::{BTreeMap, BTreeSet};

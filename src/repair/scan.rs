@@ -7,7 +7,6 @@
 
 use super::{Bitmap, Kept, Name};
 use crate::alloc::Allocator;
-use crate::check::Progress;
 use crate::dir;
 use crate::engine::Engine;
 use crate::error::EngineError;
@@ -16,6 +15,7 @@ use crate::format::inode::{ino_of, ino_split, inodes_per_block, Inode};
 use crate::format::inode::{S_IFDIR, S_IFMT};
 use crate::format::{BlockHeader, BlockType};
 use crate::inode;
+use crate::progress::Progress;
 use crate::trans::{Trans, TransKind};
 use crate::verify::{self, Fault, Role, Run};
 use std::collections::BTreeMap;

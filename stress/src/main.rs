@@ -4,6 +4,7 @@
 //! ticketfs-stress --limit SIZE --workload stress-ng|fsx|storm|fsstress --out DIR
 //!                 [--memres on|off] [--seconds N] [--crash-rounds K] [--size SIZE] [--seed N]
 //!                 [--fsx-ops N] [--storm-files N] [--fsstress-ops N] [--require]
+//! ticketfs-stress report RUNS DOC SVGDIR [COMMAND]
 //! ```
 //!
 //! Makes a fresh image, creates the cgroup with the limit, starts the daemon inside it (it
@@ -25,6 +26,7 @@ mod svg;
 mod workload;
 
 use cgroup::Cgroup;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use daemon::Daemon;
 use monitor::Shared;
 use std::collections::BTreeMap;
@@ -35,13 +37,120 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use workload::{Kind, Params, Running};
 
-const USAGE: &str = "usage: ticketfs-stress --limit SIZE --workload stress-ng|fsx|storm|fsstress --out DIR [--memres on|off] [--seconds N] [--crash-rounds K] [--size SIZE] [--seed N] [--fsx-ops N] [--storm-files N] [--fsstress-ops N] [--require]";
 /// Longest a workload segment may run past its planned time before it is killed.
 const SEGMENT_GRACE: Duration = Duration::from_secs(600);
+/// A usage error or a run that could not be done (a failed acceptance is 1, with --require).
+const EXIT_ERROR: i32 = 2;
 
 fn die(msg: &str) -> ! {
     eprintln!("ticketfs-stress: {msg}");
-    exit(2)
+    exit(EXIT_ERROR)
+}
+
+/// A size: bytes, or a number with K, M, G or T (powers of 1024).
+fn size(s: &str) -> Result<u64, String> {
+    ticketfs::image::parse_size(s)
+        .ok_or_else(|| format!("bad size {s:?} (bytes, or a number with K, M, G or T)"))
+}
+
+fn workload(s: &str) -> Result<Kind, String> {
+    Kind::parse(s).ok_or_else(|| format!("no workload {s:?} (stress-ng, fsx, storm or fsstress)"))
+}
+
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{s:?}: expected on or off")),
+    }
+}
+
+/// Runs one stress workload against a ticketfs daemon inside a memory cgroup
+///
+/// Makes a fresh image, creates a memory cgroup with the limit, starts the daemon inside it
+/// (it sizes itself from the limit), runs the workload from outside, samples memory every
+/// 100 ms into OUT/samples.csv, and writes OUT/result.json and OUT/memory.svg. With
+/// --crash-rounds K the run is cut into K+1 segments, each of the first K ended by SIGKILL of
+/// the daemon at a random moment, fsck -n (must be clean) and a remount (log replay). fsstress
+/// comes from FSSTRESS= or XFSTESTS_DIR= (a built xfstests checkout); fsx's configuration from
+/// FSX_CONFIG= (default tests/config/fsx.toml). Exit status: 0 done (and with --require the
+/// acceptance held), 1 with --require when it did not, 2 usage or setup error.
+#[derive(Parser, Debug)]
+#[command(
+    name = "ticketfs-stress",
+    bin_name = "ticketfs-stress",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    disable_help_subcommand = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    /// The memory cgroup's limit (K, M, G, T).
+    #[arg(long, value_name = "SIZE", value_parser = size, required = true)]
+    limit: Option<u64>,
+    /// What to run: stress-ng, fsx, storm (16 processes creating, stating and unlinking files) or
+    /// fsstress.
+    #[arg(long, value_name = "WORKLOAD", value_parser = workload, required = true)]
+    workload: Option<Kind>,
+    /// Directory for samples.csv, result.json, memory.svg and the run's work files.
+    #[arg(long, value_name = "DIR", required = true)]
+    out: Option<PathBuf>,
+    /// Memory reservations in the daemon (-o memres=).
+    #[arg(long, value_name = "on|off", value_parser = on_off, default_value = "on", action = clap::ArgAction::Set)]
+    memres: bool,
+    /// How long the workload runs, in seconds.
+    #[arg(long, value_name = "N", default_value_t = 60)]
+    seconds: u64,
+    /// Kill the daemon K times at random moments, check and remount after each.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    crash_rounds: usize,
+    /// Size of the image.
+    #[arg(long, value_name = "SIZE", value_parser = size, default_value = "8G")]
+    size: u64,
+    /// Seed of the crash moments and the workloads' random choices.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    seed: u64,
+    /// Operations of fsx per segment.
+    #[arg(long, value_name = "N", default_value_t = 3000)]
+    fsx_ops: u64,
+    /// Files each storm process creates, stats and unlinks.
+    #[arg(long, value_name = "N", default_value_t = 50_000)]
+    storm_files: u64,
+    /// Operations of fsstress per segment.
+    #[arg(long, value_name = "N", default_value_t = 20_000)]
+    fsstress_ops: u64,
+    /// Exit 1 unless the acceptance holds: no OOM kill, no ENOMEM or EIO seen by the workload,
+    /// no hang, the cgroup's peak within the limit, no overrun, every fsck clean.
+    #[arg(long)]
+    require: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// Write the table of a directory of runs into a document, with their memory graphs
+    Report {
+        /// Directory holding one directory per run (each with result.json and memory.svg).
+        #[arg(value_name = "RUNS")]
+        runs: PathBuf,
+        /// Markdown document whose generated table is replaced.
+        #[arg(value_name = "DOC")]
+        doc: PathBuf,
+        /// Directory the graphs are copied into.
+        #[arg(value_name = "SVGDIR")]
+        svgs: PathBuf,
+        /// The command the document names as the one that made the table.
+        #[arg(value_name = "COMMAND", default_value = "ticketfs-stress")]
+        command: String,
+    },
+    /// One writer of the storm workload (started by the harness itself)
+    #[command(hide = true)]
+    StormWorker {
+        root: PathBuf,
+        id: u64,
+        files: u64,
+        seconds: u64,
+    },
 }
 
 struct Opts {
@@ -56,64 +165,57 @@ struct Opts {
 }
 
 fn parse() -> Opts {
-    let mut args = std::env::args().skip(1);
-    let (mut limit, mut kind, mut out) = (None, None, None);
-    let mut o = Opts {
-        limit: 0,
-        memres: true,
-        kind: Kind::StressNg,
-        out: PathBuf::new(),
-        size: 8 << 30,
-        crash_rounds: 0,
-        require: false,
-        p: Params {
-            seconds: 60,
-            seed: 1,
-            fsx_ops: 3000,
-            storm_files: 50_000,
-            fsstress_ops: 20_000,
-            fsx_config: PathBuf::new(),
-            fsstress: None,
+    ticketfs::cli::manual_page_if_asked(command(), &[]);
+    let m = ticketfs::cli::matches(command(), "ticketfs-stress", EXIT_ERROR);
+    let cli = Cli::from_arg_matches(&m).unwrap_or_else(|e| die(&e.to_string()));
+    match cli.command {
+        Some(Sub::StormWorker {
+            root,
+            id,
+            files,
+            seconds,
+        }) => exit(workload::storm_worker(&root, id, files, seconds)),
+        Some(Sub::Report {
+            runs,
+            doc,
+            svgs,
+            command,
+        }) => match report::report(&runs, &doc, &svgs, &command) {
+            Ok(()) => exit(0),
+            Err(e) => die(&e),
         },
-    };
-    let size = |v: Option<String>| {
-        v.as_deref()
-            .and_then(ticketfs::image::parse_size)
-            .unwrap_or_else(|| die(USAGE))
-    };
-    let num = |v: Option<String>| {
-        v.and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or_else(|| die(USAGE))
-    };
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--limit" => limit = Some(size(args.next())),
-            "--memres" => o.memres = args.next().as_deref() != Some("off"),
-            "--workload" => kind = args.next().as_deref().and_then(Kind::parse),
-            "--out" => out = args.next().map(PathBuf::from),
-            "--size" => o.size = size(args.next()),
-            "--seconds" => o.p.seconds = num(args.next()),
-            "--seed" => o.p.seed = num(args.next()),
-            "--crash-rounds" => o.crash_rounds = num(args.next()) as usize,
-            "--fsx-ops" => o.p.fsx_ops = num(args.next()),
-            "--storm-files" => o.p.storm_files = num(args.next()),
-            "--fsstress-ops" => o.p.fsstress_ops = num(args.next()),
-            "--require" => o.require = true,
-            _ => die(USAGE),
-        }
+        None => {}
     }
-    (o.limit, o.kind, o.out) = match (limit, kind, out) {
-        (Some(l), Some(k), Some(d)) => (l, k, d),
-        _ => die(USAGE),
+    let (Some(limit), Some(kind), Some(out)) = (cli.limit, cli.workload, cli.out) else {
+        die("--limit, --workload and --out are needed (see --help)")
     };
     let repo = bin_dir().join("../..");
-    o.p.fsx_config = std::env::var_os("FSX_CONFIG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("tests/config/fsx.toml"));
-    o.p.fsstress = std::env::var_os("FSSTRESS").map(PathBuf::from).or_else(|| {
-        std::env::var_os("XFSTESTS_DIR").map(|d| PathBuf::from(d).join("ltp/fsstress"))
-    });
-    o
+    Opts {
+        limit,
+        memres: cli.memres,
+        kind,
+        out,
+        size: cli.size,
+        crash_rounds: cli.crash_rounds,
+        require: cli.require,
+        p: Params {
+            seconds: cli.seconds,
+            seed: cli.seed,
+            fsx_ops: cli.fsx_ops,
+            storm_files: cli.storm_files,
+            fsstress_ops: cli.fsstress_ops,
+            fsx_config: std::env::var_os("FSX_CONFIG")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| repo.join("tests/config/fsx.toml")),
+            fsstress: std::env::var_os("FSSTRESS").map(PathBuf::from).or_else(|| {
+                std::env::var_os("XFSTESTS_DIR").map(|d| PathBuf::from(d).join("ltp/fsstress"))
+            }),
+        },
+    }
+}
+
+fn command() -> clap::Command {
+    ticketfs::cli::with_version(Cli::command())
 }
 
 fn bin_dir() -> PathBuf {
@@ -153,26 +255,6 @@ fn next_rand(state: &mut u64) -> u64 {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("storm-worker") {
-        let n = |i: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(0);
-        exit(workload::storm_worker(
-            Path::new(args.get(2).map(String::as_str).unwrap_or(".")),
-            n(3),
-            n(4),
-            n(5),
-        ));
-    }
-    if args.get(1).map(String::as_str) == Some("report") {
-        let (Some(runs), Some(doc), Some(svgs)) = (args.get(2), args.get(3), args.get(4)) else {
-            die("usage: ticketfs-stress report RUNS DOC SVGDIR [COMMAND]")
-        };
-        let cmd = args.get(5).map_or("ticketfs-stress", String::as_str);
-        if let Err(e) = report::report(Path::new(runs), Path::new(doc), Path::new(svgs), cmd) {
-            die(&e);
-        }
-        exit(0);
-    }
     let o = parse();
     if let Err(e) = signals::install() {
         die(&e);
