@@ -13,7 +13,7 @@ use crate::device::AlignedBuf;
 use crate::format::{BlockHeader, BlockType, Uuid};
 
 /// How full a bulk-built node is made (the rest is room for later inserts).
-pub const BULK_FILL_PERCENT: usize = 75;
+pub(crate) const BULK_FILL_PERCENT: usize = 75;
 
 /// Entries per node of `level` in a bulk build (at least 2, so every level shrinks).
 fn per_node(bs: usize, level: u16) -> usize {
