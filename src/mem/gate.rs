@@ -26,7 +26,7 @@ pub struct Shutdown;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WaitOutcome {
     pub waited: bool,
-    pub wait_ns: u64,
+    pub(crate) wait_ns: u64,
 }
 
 /// How often a waiter calls its `on_wait` again (to push the AIL once more) while it waits.
