@@ -1,8 +1,9 @@
 //! Inodes inside transactions: find an inode's slot from its number, read it, write it back.
 //!
 //! An inode is locked by locking its chunk block (the transaction joins the block); operations
-//! on several inodes join their chunk blocks in ascending block order ([`lock_order`]), as XFS
-//! sorts inodes before locking them, so two operations never wait on each other's inodes.
+//! on several inodes join their chunk blocks in ascending block order (the POSIX layer's
+//! `lock_chunks`), as XFS sorts inodes before locking them, so two operations never wait on each
+//! other's inodes.
 
 use crate::error::EngineError;
 use crate::format::inode::{ino_split, inodes_per_block, slot_range, Inode, INODE_BYTES};
