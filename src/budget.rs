@@ -11,54 +11,54 @@
 
 use crate::file::readahead::{ReadAhead, READAHEAD_WORKERS};
 use crate::mem::cgroup::CgroupMemory;
-pub use crate::mem::MEM_BUDGET_DEFAULT_BYTES;
+pub(crate) use crate::mem::MEM_BUDGET_DEFAULT_BYTES;
 use std::fmt::Write as _;
 
 /// Below this limit the daemon runs the small sizing (fewer threads, smaller writes).
-pub const SMALL_LIMIT_BYTES: u64 = 64 << 20;
+pub(crate) const SMALL_LIMIT_BYTES: u64 = 64 << 20;
 /// Largest FUSE write with no limit or a large one (the kernel's ceiling is 1 MiB by default).
-pub const MAX_WRITE_LARGE: u32 = 1 << 20;
+pub(crate) const MAX_WRITE_LARGE: u32 = 1 << 20;
 /// Largest FUSE write under a small limit: 128 KiB keeps the per-thread buffers small.
-pub const MAX_WRITE_SMALL: u32 = 128 << 10;
+pub(crate) const MAX_WRITE_SMALL: u32 = 128 << 10;
 /// FUSE threads with no limit or a large one, and under a small limit.
-pub const FUSE_THREADS_LARGE: usize = 4;
+pub(crate) const FUSE_THREADS_LARGE: usize = 4;
 /// Under a small limit two: each thread's buffers and stack (about 390 KiB at 128 KiB writes) are
 /// base, and with four the budget under an 8 MiB limit came within 70 KiB of the reservations'
 /// minimum, which the resident size at start (2.71-2.84 MiB between mounts) crossed one mount
 /// in five.
-pub const FUSE_THREADS_SMALL: usize = 2;
+pub(crate) const FUSE_THREADS_SMALL: usize = 2;
 /// A request's header and arguments beside its data.
-pub const REQUEST_HEADER_BYTES: u64 = 4096;
+pub(crate) const REQUEST_HEADER_BYTES: u64 = 4096;
 /// Resident stack of a serving thread (measured well under this: the deepest path is a B+tree
 /// split inside a rename).
-pub const THREAD_STACK_RESIDENT_BYTES: u64 = 128 << 10;
+pub(crate) const THREAD_STACK_RESIDENT_BYTES: u64 = 128 << 10;
 /// Threads beside the FUSE ones: the checkpoint writer, the AIL pusher, signals, statistics
 /// (and the read-ahead workers where there is read-ahead: `Sizing::readahead`).
-pub const HELPER_THREADS: u64 = 4;
+pub(crate) const HELPER_THREADS: u64 = 4;
 /// Allocator bookkeeping and fragmentation (measured: about 0.8 MiB of glibc arenas beside the
 /// cache under the 64-writer test at mem=8M).
-pub const ALLOCATOR_SLACK_BYTES: u64 = 1 << 20;
+pub(crate) const ALLOCATOR_SLACK_BYTES: u64 = 1 << 20;
 /// Of what a cgroup limit leaves beyond the base, this fraction (1/N) is kept back from the
 /// budget for costs that grow with what is charged but are not charged themselves: each cached
 /// buffer's bookkeeping, the CIL's structures, the allocator's fragmentation at that size.
 /// Measured: under a 32 MiB v1 limit with the whole remainder as budget, stress-ng drove the
 /// charged bytes to the budget and the cgroup past its limit (one OOM kill); at 8 MiB the
 /// charged bytes stayed below the budget and it held.
-pub const CGROUP_HEADROOM_DIVISOR: u64 = 8;
+pub(crate) const CGROUP_HEADROOM_DIVISOR: u64 = 8;
 
 /// Threads and request size, chosen from the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sizing {
-    pub fuse_threads: usize,
-    pub max_write: u32,
+pub(crate) struct Sizing {
+    pub(crate) fuse_threads: usize,
+    pub(crate) max_write: u32,
     /// The daemon reads ahead of sequential reads (`file::readahead`): asked for (the io_uring
     /// queues serve), and not under a small limit, where its buffers would take what the
     /// reservations need (under 8 MiB the budget would fall below their minimum).
-    pub readahead: bool,
+    pub(crate) readahead: bool,
 }
 
 impl Sizing {
-    pub fn for_limit(limit: Option<u64>) -> Sizing {
+    pub(crate) fn for_limit(limit: Option<u64>) -> Sizing {
         match limit {
             Some(l) if l < SMALL_LIMIT_BYTES => Sizing {
                 fuse_threads: FUSE_THREADS_SMALL,
@@ -74,7 +74,7 @@ impl Sizing {
     }
 
     /// The base that grows with the sizing, not with load.
-    pub fn threads_bytes(&self) -> u64 {
+    pub(crate) fn threads_bytes(&self) -> u64 {
         let t = self.fuse_threads as u64;
         t * (self.max_write as u64 + REQUEST_HEADER_BYTES)
             + t * self.max_write as u64
@@ -83,7 +83,7 @@ impl Sizing {
     }
 
     /// Read-ahead's buffers and its workers' stacks (0 without read-ahead).
-    pub fn readahead_bytes(&self) -> u64 {
+    pub(crate) fn readahead_bytes(&self) -> u64 {
         if self.readahead {
             ReadAhead::buffer_bytes(self.max_write as usize)
                 + READAHEAD_WORKERS as u64 * THREAD_STACK_RESIDENT_BYTES
@@ -96,10 +96,9 @@ impl Sizing {
 /// The budget and how it was derived.
 #[derive(Debug, Clone)]
 pub struct Budget {
-    pub budget_bytes: u64,
-    pub base_bytes: u64,
-    pub sizing: Sizing,
-    pub cgroup: Option<CgroupMemory>,
+    pub(crate) budget_bytes: u64,
+    pub(crate) base_bytes: u64,
+    pub(crate) sizing: Sizing,
     /// One line: where the figure comes from.
     pub derivation: String,
 }
@@ -108,22 +107,22 @@ pub struct Budget {
 /// the daemon's cgroup beside its budget: at most 1/HOST_DIRTY_DIVISOR of the budget of them,
 /// within the cgroup's headroom (1/CGROUP_HEADROOM_DIVISOR of it), so reclaim always finds the
 /// rest clean or quickly cleaned.
-pub const HOST_DIRTY_DIVISOR: u64 = 16;
+pub(crate) const HOST_DIRTY_DIVISOR: u64 = 16;
 /// Fewest dirty bytes allowed: one cached write (`CACHED_IO_MAX_BYTES`) and then some.
-pub const HOST_DIRTY_MIN_BYTES: u64 = 128 << 10;
+pub(crate) const HOST_DIRTY_MIN_BYTES: u64 = 128 << 10;
 /// Most dirty bytes allowed whatever the budget: more would only lengthen the fsync that meets
 /// them (it writes them all back).
-pub const HOST_DIRTY_MAX_BYTES: u64 = 8 << 20;
+pub(crate) const HOST_DIRTY_MAX_BYTES: u64 = 8 << 20;
 
 impl Budget {
     /// Most bytes of dirty pages the image's page cache may hold at once.
-    pub fn host_dirty_max(&self) -> u64 {
+    pub(crate) fn host_dirty_max(&self) -> u64 {
         (self.budget_bytes / HOST_DIRTY_DIVISOR).clamp(HOST_DIRTY_MIN_BYTES, HOST_DIRTY_MAX_BYTES)
     }
 }
 
 /// Most FUSE threads `-o max_threads=` may ask for.
-pub const FUSE_THREADS_MAX: usize = 256;
+pub(crate) const FUSE_THREADS_MAX: usize = 256;
 
 /// Derives the budget from the cgroup (if any), the resident size measured at start, the bytes
 /// of private pools allocated at mount, `-o mem=` and `-o max_threads=`; `readahead`: the
@@ -205,7 +204,6 @@ pub fn derive(
         budget_bytes: budget,
         base_bytes: base,
         sizing,
-        cgroup,
         derivation: d,
     })
 }
@@ -224,7 +222,7 @@ fn base_parts(rss: u64, s: &Sizing, pools: u64) -> String {
 }
 
 /// Bytes as MiB with two decimals.
-pub fn mib(b: u64) -> String {
+pub(crate) fn mib(b: u64) -> String {
     format!("{:.2} MiB", b as f64 / (1u64 << 20) as f64)
 }
 
@@ -234,7 +232,7 @@ pub fn resident_bytes() -> u64 {
 }
 
 /// The peak resident set size of this process.
-pub fn peak_resident_bytes() -> u64 {
+pub(crate) fn peak_resident_bytes() -> u64 {
     status_kib("VmHWM:") * 1024
 }
 

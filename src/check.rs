@@ -35,8 +35,8 @@ use std::collections::{HashMap, VecDeque};
 pub struct Problem {
     pub phase: &'static str,
     /// The block or inode concerned, when there is one.
-    pub block: Option<u64>,
-    pub inode: Option<u64>,
+    pub(crate) block: Option<u64>,
+    pub(crate) inode: Option<u64>,
     pub what: String,
 }
 
@@ -52,7 +52,7 @@ pub struct CheckReport {
     /// Inodes with no links waiting on an unlinked tree (freed at the next mount: not errors).
     pub pending_orphans: u64,
     /// Problems past `PROBLEMS_MAX`, counted only.
-    pub problems_not_listed: u64,
+    pub(crate) problems_not_listed: u64,
 }
 
 impl CheckReport {
@@ -64,7 +64,7 @@ impl CheckReport {
 
 /// Problems kept in the report; beyond, they are only counted (a badly damaged image must not
 /// make the checker's memory grow without bound).
-pub const PROBLEMS_MAX: usize = 100_000;
+pub(crate) const PROBLEMS_MAX: usize = 100_000;
 
 struct Checker<'e> {
     eng: &'e Engine,
@@ -847,17 +847,17 @@ fn check_lsns(c: &mut Checker<'_>, progress: Progress<'_>) {
 }
 
 /// A metadata block whose header LSN is at or ahead of the log's head.
-pub struct Ahead {
-    pub blkno: u64,
-    pub btype: BlockType,
-    pub lsn: u64,
-    pub head: u64,
+pub(crate) struct Ahead {
+    pub(crate) blkno: u64,
+    pub(crate) btype: BlockType,
+    pub(crate) lsn: u64,
+    pub(crate) head: u64,
 }
 
 /// Of the metadata `blocks`, those whose verified header carries an LSN at or ahead of the log's
 /// head (blocks that fail their header check are reported where they are read, not here). Shared
 /// by the check and the repair's scan.
-pub fn blocks_ahead_of_log(
+pub(crate) fn blocks_ahead_of_log(
     eng: &Engine,
     mut blocks: Vec<u64>,
     progress: Progress<'_>,

@@ -8,7 +8,7 @@ use clap::error::ErrorKind;
 use clap::{ArgMatches, Command};
 
 /// The version line: the program's version and the on-disk format's.
-pub fn version() -> String {
+pub(crate) fn version() -> String {
     format!(
         "{} (on-disk format {FORMAT_VERSION})",
         env!("CARGO_PKG_VERSION")

@@ -39,34 +39,33 @@ const CONGESTION_THRESHOLD: u16 = 12;
 
 /// INIT capability bits (include/uapi/linux/fuse.h).
 mod cap {
-    pub const ASYNC_READ: u64 = 1 << 0;
-    pub const EXPORT_SUPPORT: u64 = 1 << 4;
-    pub const BIG_WRITES: u64 = 1 << 5;
-    pub const DO_READDIRPLUS: u64 = 1 << 13;
-    pub const READDIRPLUS_AUTO: u64 = 1 << 14;
-    pub const WRITEBACK_CACHE: u64 = 1 << 16;
-    pub const PARALLEL_DIROPS: u64 = 1 << 18;
-    pub const MAX_PAGES: u64 = 1 << 22;
-    pub const CACHE_SYMLINKS: u64 = 1 << 23;
-    pub const HANDLE_KILLPRIV_V2: u64 = 1 << 28;
-    pub const OVER_IO_URING: u64 = 1 << 41;
+    pub(crate) const ASYNC_READ: u64 = 1 << 0;
+    pub(crate) const EXPORT_SUPPORT: u64 = 1 << 4;
+    pub(crate) const BIG_WRITES: u64 = 1 << 5;
+    pub(crate) const DO_READDIRPLUS: u64 = 1 << 13;
+    pub(crate) const READDIRPLUS_AUTO: u64 = 1 << 14;
+    pub(crate) const WRITEBACK_CACHE: u64 = 1 << 16;
+    pub(crate) const PARALLEL_DIROPS: u64 = 1 << 18;
+    pub(crate) const MAX_PAGES: u64 = 1 << 22;
+    pub(crate) const CACHE_SYMLINKS: u64 = 1 << 23;
+    pub(crate) const HANDLE_KILLPRIV_V2: u64 = 1 << 28;
+    pub(crate) const OVER_IO_URING: u64 = 1 << 41;
 }
 
 /// What the daemon asks for at INIT.
 #[derive(Debug, Clone, Copy)]
-pub struct Want {
-    pub max_write: u32,
+pub(crate) struct Want {
+    pub(crate) max_write: u32,
     /// `-o writeback_cache`: the kernel keeps written pages and sends them in large writes.
-    pub writeback: bool,
+    pub(crate) writeback: bool,
     /// FUSE over io_uring ([`crate::ring`] then registers the queues).
-    pub uring: bool,
+    pub(crate) uring: bool,
 }
 
 /// What the kernel granted at INIT.
 #[derive(Debug, Clone, Copy)]
-pub struct Granted {
-    pub uring: bool,
-    pub minor: u32,
+pub(crate) struct Granted {
+    pub(crate) uring: bool,
 }
 
 /// The capabilities asked for: each one's reason beside it.
@@ -131,7 +130,7 @@ fn reply(fd: &OwnedFd, buf: &mut [u8], unique: u64, result: Result<usize, i32>) 
 
 /// Reads the kernel's INIT (asking again in our version if it speaks another major version) and
 /// answers it with what `want` asks of what the kernel offers.
-pub fn handshake(dev: &OwnedFd, want: &Want) -> io::Result<Granted> {
+pub(crate) fn handshake(dev: &OwnedFd, want: &Want) -> io::Result<Granted> {
     let mut buf = vec![0u8; MIN_READ_BUFFER];
     loop {
         let n = match read_dev(dev, &mut buf) {
@@ -178,7 +177,6 @@ pub fn handshake(dev: &OwnedFd, want: &Want) -> io::Result<Granted> {
         reply(dev, &mut buf, h.unique, r)?;
         return Ok(Granted {
             uring: flags & cap::OVER_IO_URING != 0,
-            minor: init.minor,
         });
     }
 }
@@ -191,7 +189,7 @@ pub fn handshake(dev: &OwnedFd, want: &Want) -> io::Result<Granted> {
 const FORGET_PAUSE: Duration = Duration::from_millis(10);
 
 /// The threads serving `/dev/fuse`.
-pub struct DevFuse {
+pub(crate) struct DevFuse {
     threads: Vec<JoinHandle<io::Result<()>>>,
 }
 
@@ -217,7 +215,7 @@ impl DevFuse {
     /// Starts `threads` threads serving the connection `dev` (INIT done), each with a buffer of
     /// the largest request (`max_write` of data). `queues_serving` tells them the io_uring
     /// queues carry every request but FORGET and INTERRUPT (they then pause after FORGETs).
-    pub fn start(
+    pub(crate) fn start(
         dev: &OwnedFd,
         ops: Arc<Ops>,
         threads: usize,
@@ -253,7 +251,7 @@ impl DevFuse {
     }
 
     /// Waits until the connection ends (unmounted or aborted); the first thread's error, if any.
-    pub fn join(self) -> io::Result<()> {
+    pub(crate) fn join(self) -> io::Result<()> {
         let mut first = Ok(());
         for t in self.threads {
             let r = t

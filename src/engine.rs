@@ -3,7 +3,7 @@
 
 use crate::cache::{Cache, CacheStats};
 use crate::device::{AlignedBuf, Device};
-pub use crate::error::EngineError;
+pub(crate) use crate::error::EngineError;
 use crate::format::{Geometry, Superblock, Uuid};
 use crate::log::{format_log, recover, Log, LogConfig, Recovered};
 use crate::mem::{
@@ -13,9 +13,9 @@ use crate::resv::{Resv, ResvTable, TransKind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-pub use crate::mem::MEM_BUDGET_DEFAULT_BYTES;
+pub(crate) use crate::mem::MEM_BUDGET_DEFAULT_BYTES;
 /// The emergency reserve that serves overruns: this fraction of the budget (1/16).
-pub const EMERGENCY_DIVISOR: u64 = 16;
+pub(crate) const EMERGENCY_DIVISOR: u64 = 16;
 /// Mount options of the engine.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -52,23 +52,31 @@ const UNMOUNT_TRANS_WAIT: std::time::Duration = std::time::Duration::from_secs(6
 pub struct EngineStats {
     pub mem: MemAccount,
     /// Log tail and grant heads (positions), and the log's size.
-    pub space: crate::log::Space,
+    // Read only by the derived Debug (tests/concurrency.rs prints these stats on a deadlock).
+    #[allow(dead_code)]
+    pub(crate) space: crate::log::Space,
     pub waiters: usize,
     pub kinds: Vec<KindStats>,
     pub cache: CacheStats,
     pub overruns: u64,
     pub checkpoints: u64,
-    pub tail_updates: u64,
+    // Read only by the derived Debug (tests/concurrency.rs prints these stats on a deadlock).
+    #[allow(dead_code)]
+    pub(crate) tail_updates: u64,
     pub log_bytes_written: u64,
     pub log_wraps: u32,
     pub home_writes: u64,
-    pub flushes: u64,
+    // Read only by the derived Debug (tests/concurrency.rs prints these stats on a deadlock).
+    #[allow(dead_code)]
+    pub(crate) flushes: u64,
     pub forces: u64,
     /// Of `forces`, those an allocation made for blocks freed by a commit not yet durable.
     pub busy_forces: u64,
-    pub ail_len: usize,
+    // Read only by the derived Debug (tests/concurrency.rs prints these stats on a deadlock).
+    #[allow(dead_code)]
+    pub(crate) ail_len: usize,
     /// The allocator lock: times taken, times a step waited for it, nanoseconds waited.
-    pub alloc_lock: [u64; 3],
+    pub(crate) alloc_lock: [u64; 3],
 }
 
 pub struct Engine {
@@ -137,7 +145,7 @@ pub fn format(
 }
 
 /// A new random filesystem UUID.
-pub fn new_uuid() -> Uuid {
+pub(crate) fn new_uuid() -> Uuid {
     let mut u = [0u8; 16];
     // SAFETY: getrandom writes at most u.len() bytes into u.
     let n = unsafe { libc::getrandom(u.as_mut_ptr().cast(), u.len(), 0) };
@@ -232,7 +240,7 @@ impl Engine {
     /// [`Engine::unmount`] through a shared reference, for a daemon whose request threads still
     /// hold the engine when the kernel asks it to unmount (DESTROY): afterwards every
     /// transaction fails (the log is closed). A second call does nothing.
-    pub fn unmount_now(&self) -> Result<(), EngineError> {
+    pub(crate) fn unmount_now(&self) -> Result<(), EngineError> {
         if self.unmounted.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
@@ -274,13 +282,13 @@ impl Engine {
     }
 
     /// A ticket for `flush_since`: taken before the work an fsync must make durable.
-    pub fn flush_ticket(&self) -> u64 {
+    pub(crate) fn flush_ticket(&self) -> u64 {
         self.flushes.ticket()
     }
 
     /// Makes every device write that completed before `ticket` durable, sharing a flush that
     /// began after it (the log's, or another fsync's) when one has completed.
-    pub fn flush_since(&self, ticket: u64) -> Result<(), EngineError> {
+    pub(crate) fn flush_since(&self, ticket: u64) -> Result<(), EngineError> {
         self.flushes.flush_since(ticket).map_err(EngineError::Io)
     }
 
@@ -290,7 +298,7 @@ impl Engine {
     }
 
     /// Records the root directory (mkfs); written with the superblock at unmount.
-    pub fn set_root_ino(&mut self, ino: u64) {
+    pub(crate) fn set_root_ino(&mut self, ino: u64) {
         self.sb.root_ino = ino;
     }
 
@@ -306,7 +314,7 @@ impl Engine {
     pub fn recovered(&self) -> &Recovered {
         &self.recovered
     }
-    pub fn device(&self) -> &Arc<dyn Device> {
+    pub(crate) fn device(&self) -> &Arc<dyn Device> {
         &self.dev
     }
     pub(crate) fn cache(&self) -> &Cache {
@@ -321,7 +329,7 @@ impl Engine {
     pub(crate) fn overruns(&self) -> &OverrunReporter {
         &self.overruns
     }
-    pub fn memres_on(&self) -> bool {
+    pub(crate) fn memres_on(&self) -> bool {
         self.memres == MemRes::On
     }
     pub fn overrun_reports(&self) -> Vec<OverrunReport> {
@@ -339,7 +347,7 @@ impl Engine {
     /// Shuts the filesystem down on request (the shutdown ioctl): nothing more is written and
     /// every later transaction fails, as after an I/O error; what the log holds on disk is
     /// what the next mount replays.
-    pub fn shut_down(&self, why: &str) {
+    pub(crate) fn shut_down(&self, why: &str) {
         self.log.fail(why.to_string());
     }
 

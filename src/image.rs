@@ -10,7 +10,7 @@ use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::Path;
 
 /// Reads the block size from the superblock at the start of `path` (checked in full, CRC too).
-pub fn probe_block_size(path: &Path) -> io::Result<u32> {
+pub(crate) fn probe_block_size(path: &Path) -> io::Result<u32> {
     let mut f = File::open(path)?;
     let mut head = vec![0u8; crate::format::BLOCK_SIZE_MAX as usize];
     let mut n = 0;
@@ -80,7 +80,7 @@ fn open_image_with(path: &Path, direct: bool) -> io::Result<FileDevice> {
 }
 
 /// The name of a filesystem whose signature is on `path`, if any.
-pub fn existing_signature(path: &Path) -> io::Result<Option<&'static str>> {
+pub(crate) fn existing_signature(path: &Path) -> io::Result<Option<&'static str>> {
     let f = File::open(path)?;
     let mut buf = [0u8; 8];
     let at = |off: u64, len: usize, buf: &mut [u8; 8]| -> bool {
@@ -117,13 +117,13 @@ pub fn parse_size(s: &str) -> Option<u64> {
 /// What an image is, whatever path names it: a block device by its device number, a file by its
 /// filesystem and inode (so a hard link, a symlink and every spelling of the path agree).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ImageId {
+pub(crate) enum ImageId {
     Block(u64),
     File { dev: u64, ino: u64 },
 }
 
 /// The identity of the image at `path` (following symlinks).
-pub fn identity(path: &Path) -> io::Result<ImageId> {
+pub(crate) fn identity(path: &Path) -> io::Result<ImageId> {
     let m = std::fs::metadata(path)?;
     Ok(if m.file_type().is_block_device() {
         ImageId::Block(m.rdev())

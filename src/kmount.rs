@@ -33,24 +33,24 @@ const LOOP_TRIES: usize = 8;
 
 /// What a mount is: its source, where it goes, and its options.
 #[derive(Debug, Clone)]
-pub struct Spec {
+pub(crate) struct Spec {
     /// The source /proc/mounts shows: the image's path (`fuse`), or the block device
     /// (`fuseblk`).
-    pub source: PathBuf,
-    pub point: PathBuf,
+    pub(crate) source: PathBuf,
+    pub(crate) point: PathBuf,
     /// `fuseblk` (the source is a block device) rather than `fuse`.
-    pub blkdev: bool,
-    pub read_only: bool,
-    pub allow_other: bool,
-    pub default_permissions: bool,
+    pub(crate) blkdev: bool,
+    pub(crate) read_only: bool,
+    pub(crate) allow_other: bool,
+    pub(crate) default_permissions: bool,
     /// MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_SYNCHRONOUS, MS_DIRSYNC as asked.
-    pub ms_flags: libc::c_ulong,
+    pub(crate) ms_flags: libc::c_ulong,
     /// The largest read the kernel may send (the daemon's request buffer holds that much).
-    pub max_read: u32,
+    pub(crate) max_read: u32,
 }
 
 /// A new FUSE connection.
-pub fn open_dev_fuse() -> io::Result<OwnedFd> {
+pub(crate) fn open_dev_fuse() -> io::Result<OwnedFd> {
     let f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -89,7 +89,7 @@ fn options(spec: &Spec, dev: &OwnedFd) -> String {
 }
 
 /// Mounts the connection `dev` as `spec` says.
-pub fn mount(spec: &Spec, dev: &OwnedFd) -> io::Result<()> {
+pub(crate) fn mount(spec: &Spec, dev: &OwnedFd) -> io::Result<()> {
     let src = cstr(&spec.source)?;
     let dst = cstr(&spec.point)?;
     let fstype: &std::ffi::CStr = if spec.blkdev { c"fuseblk" } else { c"fuse" };
@@ -115,7 +115,7 @@ pub fn mount(spec: &Spec, dev: &OwnedFd) -> io::Result<()> {
 /// other than root mounts FUSE: it opens `/dev/fuse`, mounts (type `fuse`, with nosuid and
 /// nodev) and hands the connection back over a socket (libfuse's protocol: the socket's number
 /// in `_FUSE_COMMFD`, the descriptor in an SCM_RIGHTS message).
-pub fn mount_fusermount(spec: &Spec) -> io::Result<OwnedFd> {
+pub(crate) fn mount_fusermount(spec: &Spec) -> io::Result<OwnedFd> {
     let mut fds = [0; 2];
     // SAFETY: socketpair fills two descriptors we then own.
     if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) } != 0 {
@@ -199,7 +199,7 @@ fn receive_fd(sock: &OwnedFd) -> io::Result<OwnedFd> {
 }
 
 /// Unmounts `point` (what SIGTERM to the daemon does).
-pub fn umount(point: &Path) -> io::Result<()> {
+pub(crate) fn umount(point: &Path) -> io::Result<()> {
     let p = cstr(point)?;
     // SAFETY: a NUL-terminated path.
     if unsafe { libc::umount2(p.as_ptr(), 0) } == 0 {
@@ -222,14 +222,14 @@ pub fn umount(point: &Path) -> io::Result<()> {
 }
 
 /// Is `path` a block device?
-pub fn is_block_device(path: &Path) -> bool {
+pub(crate) fn is_block_device(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
 }
 
 /// A loop device attached to an image file; detached by the kernel once the last user lets go
 /// (LO_FLAGS_AUTOCLEAR): the mount, or, should the mount fail, the descriptor held here.
-pub struct LoopDevice {
-    pub path: PathBuf,
+pub(crate) struct LoopDevice {
+    pub(crate) path: PathBuf,
     /// Held until the mount stands, so the device is not detached before it is used.
     _fd: File,
 }
@@ -237,7 +237,7 @@ pub struct LoopDevice {
 /// Attaches a loop device over `image`. Read-write even for a read-only mount: the kernel
 /// never does I/O through it (the daemon reads and writes the image), but it refuses to remount
 /// read-write a filesystem whose block device is read-only.
-pub fn attach_loop(image: &Path) -> io::Result<LoopDevice> {
+pub(crate) fn attach_loop(image: &Path) -> io::Result<LoopDevice> {
     let backing = OpenOptions::new()
         .read(true)
         .write(true)
@@ -290,7 +290,7 @@ pub fn attach_loop(image: &Path) -> io::Result<LoopDevice> {
 }
 
 /// The file a loop device is attached to, if `dev` is one (`/sys/block/loopN/loop/backing_file`).
-pub fn loop_backing_file(dev: &Path) -> Option<PathBuf> {
+pub(crate) fn loop_backing_file(dev: &Path) -> Option<PathBuf> {
     let name = dev.file_name()?.to_str()?;
     if !name.starts_with("loop") {
         return None;

@@ -134,11 +134,9 @@ fn parse() -> (Cli, Options) {
     ticketfs::cli::manual_page_if_asked(command(), &[mount_options_section()]);
     let m = ticketfs::cli::matches(command(), "ticketfs", USAGE_ERROR);
     let cli = Cli::from_arg_matches(&m).unwrap_or_else(|e| die(&e.to_string()));
-    let mut o = Options {
-        foreground: cli.foreground,
-        start_rss: Some(start_rss),
-        ..Options::default()
-    };
+    let mut o = Options::default();
+    o.foreground = cli.foreground;
+    o.start_rss = Some(start_rss);
     for list in &cli.options {
         match o.apply(list) {
             Ok(warnings) => {

@@ -13,9 +13,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// Default log: 1/64 of the device, between the table's minimum and this many bytes.
-pub const LOG_DEFAULT_MAX_BYTES: u64 = 64 << 20;
+pub(crate) const LOG_DEFAULT_MAX_BYTES: u64 = 64 << 20;
 /// Default allocation group size, so large devices get more AGs (at most 64 by default).
-pub const AG_DEFAULT_BYTES: u64 = 1 << 30;
+pub(crate) const AG_DEFAULT_BYTES: u64 = 1 << 30;
 
 #[derive(Debug, Clone)]
 pub struct MkfsOptions {
@@ -50,7 +50,7 @@ pub struct Made {
 }
 
 /// The largest image file mkfs creates or grows: what a file's length (an `off_t`) can be.
-pub const SIZE_MAX_BYTES: u64 = i64::MAX as u64;
+pub(crate) const SIZE_MAX_BYTES: u64 = i64::MAX as u64;
 
 /// The geometry mkfs chooses for `blocks` blocks of `bs` bytes: the AG count and log size given,
 /// or the defaults (an AG per GiB up to 64; a log of 1/64 of the device between the

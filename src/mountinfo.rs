@@ -11,24 +11,24 @@ use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
 /// Where the kernel lists this process's mounts.
-pub const PATH: &str = "/proc/self/mountinfo";
+pub(crate) const PATH: &str = "/proc/self/mountinfo";
 
 /// One mount of the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
     /// The device number, `major:minor`.
-    pub dev: String,
+    pub(crate) dev: String,
     /// The directory of the filesystem this mount shows (`/` unless a bind mount of a subtree).
-    pub root: PathBuf,
+    pub(crate) root: PathBuf,
     pub point: PathBuf,
     /// This mount's options (ro, nosuid, ...).
-    pub options: String,
+    pub(crate) options: String,
     /// The filesystem type, with its subtype (`fuse.ticketfs`).
     pub fstype: String,
     /// The source as the mount named it (a path, or any name for a FUSE mount).
-    pub source: PathBuf,
+    pub(crate) source: PathBuf,
     /// The superblock's options (shared by every mount of the filesystem).
-    pub super_options: String,
+    pub(crate) super_options: String,
 }
 
 impl Mount {
@@ -40,7 +40,7 @@ impl Mount {
 
 /// The mounts of `text`, in its order (the most recent last); a line that does not parse is
 /// skipped, not fatal: the table is the kernel's, and the lines that matter are whole.
-pub fn parse(text: &str) -> Vec<Mount> {
+pub(crate) fn parse(text: &str) -> Vec<Mount> {
     text.lines().filter_map(parse_line).collect()
 }
 
@@ -70,7 +70,7 @@ fn parse_line(line: &str) -> Option<Mount> {
 }
 
 /// A field with its octal escapes (`\040` for a space) turned back into bytes.
-pub fn unescape(s: &str) -> PathBuf {
+pub(crate) fn unescape(s: &str) -> PathBuf {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -14,14 +14,14 @@ use std::time::Duration;
 /// each (create, link, unlink, rename and setattr replies carry the new attributes; reads drop
 /// the cached access time), so the copy stays right and a long time keeps `stat` and path
 /// walks in the kernel, as for a kernel filesystem.
-pub const TTL: Duration = Duration::from_secs(60);
+pub(crate) const TTL: Duration = Duration::from_secs(60);
 /// Largest write the kernel sends in one request.
-pub const MAX_WRITE: u32 = 1 << 20;
+pub(crate) const MAX_WRITE: u32 = 1 << 20;
 /// Entries one readdir reply carries at most (the kernel's buffer bounds it anyway).
-pub const READDIR_BATCH: usize = 128;
+pub(crate) const READDIR_BATCH: usize = 128;
 /// Most bytes one copy_file_range reply reports: its count is 32 bits; a multiple of every
 /// block size, so a long copy continues block-aligned.
-pub const COPY_RANGE_MAX: u64 = 1 << 30;
+pub(crate) const COPY_RANGE_MAX: u64 = 1 << 30;
 
 /// FOPEN_KEEP_CACHE. Opens keep the kernel's page cache of the file: every change to the data
 /// reaches the image through the kernel (writes, truncate, fallocate; copy_file_range's
@@ -29,17 +29,17 @@ pub const COPY_RANGE_MAX: u64 = 1 << 30;
 /// again after being opened again is served from memory. Not when an access-time update is due
 /// (`Fs::open`): reads served from the cache never reach the daemon, which keeps the access
 /// times (fstests' generic/003 under strictatime caught it).
-pub const FOPEN_KEEP_CACHE: u32 = 1 << 1;
+pub(crate) const FOPEN_KEEP_CACHE: u32 = 1 << 1;
 /// FOPEN_CACHE_DIR: directories likewise keep their cached listings; the kernel drops them
 /// when it changes the directory.
-pub const FOPEN_CACHE_DIR: u32 = 1 << 3;
+pub(crate) const FOPEN_CACHE_DIR: u32 = 1 << 3;
 /// The kernel's `__FMODE_EXEC` open flag: execve opens the file to run it, which needs execute
 /// permission, not read.
 const FMODE_EXEC: i32 = 0o40;
 /// FUSE_WRITE_CACHE in a write's flags: the kernel writing back cached pages.
-pub const WRITE_CACHE: u32 = 1 << 0;
+pub(crate) const WRITE_CACHE: u32 = 1 << 0;
 /// FUSE_WRITE_KILL_SUIDGID in a write's flags: the writer lacks CAP_FSETID.
-pub const WRITE_KILL_SUIDGID: u32 = 1 << 2;
+pub(crate) const WRITE_KILL_SUIDGID: u32 = 1 << 2;
 /// RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT of renameat2(2).
 const RENAME_NOREPLACE: u32 = 1;
 const RENAME_EXCHANGE: u32 = 2;
@@ -66,7 +66,7 @@ fn read_caller_u32(pid: u32, addr: u64) -> Option<u32> {
 }
 
 /// The one mapping from filesystem errors to errnos.
-pub fn errno(e: &FsError) -> i32 {
+pub(crate) fn errno(e: &FsError) -> i32 {
     let n = match e {
         FsError::NotFound => libc::ENOENT,
         FsError::Exists => libc::EEXIST,
@@ -98,14 +98,14 @@ pub fn errno(e: &FsError) -> i32 {
 }
 
 /// A request's outcome: its value or an errno.
-pub type Res<T> = Result<T, i32>;
+pub(crate) type Res<T> = Result<T, i32>;
 
 fn res<T>(r: Result<T, FsError>) -> Res<T> {
     r.map_err(|e| errno(&e))
 }
 
 /// A lookup's answer: the entry, or that the name is not there.
-pub enum Found {
+pub(crate) enum Found {
     Entry(Attr),
     /// Cached as such for TTL (a negative entry: node 0), as a kernel filesystem keeps negative
     /// dentries: a shell's PATH search, a loader's library search or a compiler's include search
@@ -116,19 +116,19 @@ pub enum Found {
 }
 
 /// An xattr request's answer: the size the caller asked for with size 0, or the bytes.
-pub enum Xattr {
+pub(crate) enum Xattr {
     Size(u32),
     Data(Vec<u8>),
 }
 
 /// A readdirplus entry: the directory entry and the attributes of what it names.
-pub struct PlusEntry {
-    pub entry: DirEntry,
-    pub attr: Attr,
+pub(crate) struct PlusEntry {
+    pub(crate) entry: DirEntry,
+    pub(crate) attr: Attr,
 }
 
 /// The filesystem as the kernel's requests see it.
-pub struct Ops {
+pub(crate) struct Ops {
     fs: Arc<Fs>,
     max_write: u32,
     /// What DESTROY does (the daemon's unmount), run once; see [`Ops::on_destroy`].
@@ -143,7 +143,7 @@ pub struct Ops {
 const DESTROY_WAIT: Duration = Duration::from_secs(30);
 
 /// A request being served: counted in [`Ops::active`] until dropped.
-pub struct Active<'a>(&'a std::sync::atomic::AtomicUsize);
+pub(crate) struct Active<'a>(&'a std::sync::atomic::AtomicUsize);
 
 impl Drop for Active<'_> {
     fn drop(&mut self) {
@@ -153,11 +153,11 @@ impl Drop for Active<'_> {
 
 /// The daemon's unmount, run when the kernel sends DESTROY: its error, if any, names what
 /// failed.
-pub type DestroyHook = Box<dyn FnOnce() -> Result<(), String> + Send>;
+pub(crate) type DestroyHook = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
 impl Ops {
     /// Serves `fs`; writes are at most `max_write` bytes (chosen with the budget).
-    pub fn new(fs: Arc<Fs>, max_write: u32) -> Ops {
+    pub(crate) fn new(fs: Arc<Fs>, max_write: u32) -> Ops {
         Ops {
             fs,
             max_write: max_write.clamp(4096, MAX_WRITE),
@@ -167,7 +167,7 @@ impl Ops {
     }
 
     /// Counts a request as being served until the guard is dropped.
-    pub fn enter(&self) -> Active<'_> {
+    pub(crate) fn enter(&self) -> Active<'_> {
         self.active
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Active(&self.active)
@@ -176,7 +176,7 @@ impl Ops {
     /// Sets what DESTROY does. The kernel sends DESTROY to a `fuseblk` mount while unmounting
     /// it and returns from umount(2) only once it is answered: the daemon writes everything
     /// home and releases the image first (`main.rs`), so whoever unmounted finds it free.
-    pub fn on_destroy(&self, hook: DestroyHook) {
+    pub(crate) fn on_destroy(&self, hook: DestroyHook) {
         *self.destroy.lock() = Some(hook);
     }
 
@@ -186,7 +186,7 @@ impl Ops {
     /// io_uring queue that no thread has taken yet is dropped when the connection closes, and
     /// what it would have done (free a file unlinked while open) the next mount does from the
     /// unlinked trees.
-    pub fn destroy(&self) -> Res<()> {
+    pub(crate) fn destroy(&self) -> Res<()> {
         let deadline = std::time::Instant::now() + DESTROY_WAIT;
         // This request is one of the active ones.
         while self.active.load(std::sync::atomic::Ordering::Acquire) > 1
@@ -204,12 +204,8 @@ impl Ops {
         }
     }
 
-    pub fn max_write(&self) -> u32 {
-        self.max_write
-    }
-
     /// FUSE calls the root 1; every other inode number is ours unchanged (ours are never 1).
-    pub fn ino(&self, node: u64) -> u64 {
+    pub(crate) fn ino(&self, node: u64) -> u64 {
         if node == 1 {
             self.fs.root()
         } else {
@@ -218,7 +214,7 @@ impl Ops {
     }
 
     /// Ours to FUSE's: the root is 1.
-    pub fn node(&self, ino: u64) -> u64 {
+    pub(crate) fn node(&self, ino: u64) -> u64 {
         if ino == self.fs.root() {
             1
         } else {
@@ -226,7 +222,7 @@ impl Ops {
         }
     }
 
-    pub fn lookup(&self, c: &Ctx, parent: u64, name: &[u8]) -> Res<Found> {
+    pub(crate) fn lookup(&self, c: &Ctx, parent: u64, name: &[u8]) -> Res<Found> {
         match self.fs.lookup(c, self.ino(parent), name) {
             Ok(a) => Ok(Found::Entry(a)),
             Err(FsError::NotFound) => Ok(Found::Negative),
@@ -234,19 +230,19 @@ impl Ops {
         }
     }
 
-    pub fn getattr(&self, node: u64) -> Res<Attr> {
+    pub(crate) fn getattr(&self, node: u64) -> Res<Attr> {
         res(self.fs.getattr(self.ino(node)))
     }
 
-    pub fn setattr(&self, c: &Ctx, node: u64, a: &SetAttr) -> Res<Attr> {
+    pub(crate) fn setattr(&self, c: &Ctx, node: u64, a: &SetAttr) -> Res<Attr> {
         res(self.fs.setattr(c, self.ino(node), a))
     }
 
-    pub fn readlink(&self, node: u64) -> Res<Vec<u8>> {
+    pub(crate) fn readlink(&self, node: u64) -> Res<Vec<u8>> {
         res(self.fs.readlink(self.ino(node)))
     }
 
-    pub fn mknod(
+    pub(crate) fn mknod(
         &self,
         c: &Ctx,
         parent: u64,
@@ -261,24 +257,31 @@ impl Ops {
             .make(c, self.ino(parent), name, mode, rdev as u64, None))
     }
 
-    pub fn mkdir(&self, c: &Ctx, parent: u64, name: &[u8], mode: u32, umask: u32) -> Res<Attr> {
+    pub(crate) fn mkdir(
+        &self,
+        c: &Ctx,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+    ) -> Res<Attr> {
         let mode = fs::S_IFDIR | (mode & 0o7777 & !umask);
         res(self.fs.make(c, self.ino(parent), name, mode, 0, None))
     }
 
-    pub fn symlink(&self, c: &Ctx, parent: u64, name: &[u8], target: &[u8]) -> Res<Attr> {
+    pub(crate) fn symlink(&self, c: &Ctx, parent: u64, name: &[u8], target: &[u8]) -> Res<Attr> {
         let mode = fs::S_IFLNK | 0o777;
         res(self
             .fs
             .make(c, self.ino(parent), name, mode, 0, Some(target)))
     }
 
-    pub fn remove(&self, c: &Ctx, parent: u64, name: &[u8], rmdir: bool) -> Res<()> {
+    pub(crate) fn remove(&self, c: &Ctx, parent: u64, name: &[u8], rmdir: bool) -> Res<()> {
         res(self.fs.remove(c, self.ino(parent), name, rmdir))
     }
 
     /// `flags` as renameat2(2) takes them.
-    pub fn rename(
+    pub(crate) fn rename(
         &self,
         c: &Ctx,
         (parent, name): (u64, &[u8]),
@@ -301,24 +304,37 @@ impl Ops {
         ))
     }
 
-    pub fn link(&self, c: &Ctx, node: u64, newparent: u64, newname: &[u8]) -> Res<Attr> {
+    pub(crate) fn link(&self, c: &Ctx, node: u64, newparent: u64, newname: &[u8]) -> Res<Attr> {
         res(self
             .fs
             .link(c, self.ino(node), self.ino(newparent), newname))
     }
 
     /// `flags` are open(2)'s; the answer is the FOPEN_* flags of the reply.
-    pub fn open(&self, c: &Ctx, node: u64, flags: i32) -> Res<u32> {
+    pub(crate) fn open(&self, c: &Ctx, node: u64, flags: i32) -> Res<u32> {
         let keep = res(self.fs.open(c, self.ino(node), want(flags)))?;
         Ok(if keep { FOPEN_KEEP_CACHE } else { 0 })
     }
 
     /// Hands the bytes read to `f` (which sends them) and returns what it returned.
-    pub fn read<T>(&self, node: u64, off: u64, size: u32, f: impl FnOnce(&[u8]) -> T) -> Res<T> {
+    pub(crate) fn read<T>(
+        &self,
+        node: u64,
+        off: u64,
+        size: u32,
+        f: impl FnOnce(&[u8]) -> T,
+    ) -> Res<T> {
         res(self.fs.read_with(self.ino(node), off, size as usize, f))
     }
 
-    pub fn write(&self, c: &Ctx, node: u64, off: u64, data: &[u8], write_flags: u32) -> Res<u32> {
+    pub(crate) fn write(
+        &self,
+        c: &Ctx,
+        node: u64,
+        off: u64,
+        data: &[u8],
+        write_flags: u32,
+    ) -> Res<u32> {
         let kill = write_flags & WRITE_KILL_SUIDGID != 0;
         // The kernel's write-back of cached pages (mmap, writeback_cache) takes no count: a
         // short write there would leave pages it believes written. It gets the error instead,
@@ -331,7 +347,7 @@ impl Ops {
         Ok(n as u32)
     }
 
-    pub fn copy_file_range(
+    pub(crate) fn copy_file_range(
         &self,
         c: &Ctx,
         (from, off_in): (u64, u64),
@@ -351,11 +367,11 @@ impl Ops {
         .map(|n| n as u32)
     }
 
-    pub fn release(&self, node: u64) -> Res<()> {
+    pub(crate) fn release(&self, node: u64) -> Res<()> {
         res(self.fs.release(self.ino(node)))
     }
 
-    pub fn fsync(&self, node: u64, datasync: bool) -> Res<()> {
+    pub(crate) fn fsync(&self, node: u64, datasync: bool) -> Res<()> {
         if datasync {
             res(self.fs.fdatasync(self.ino(node)))
         } else {
@@ -363,7 +379,7 @@ impl Ops {
         }
     }
 
-    pub fn fsyncdir(&self) -> Res<()> {
+    pub(crate) fn fsyncdir(&self) -> Res<()> {
         res(self.fs.fsync())
     }
 
@@ -373,7 +389,7 @@ impl Ops {
     /// ioctl encoded as reading (_IOR), as this one is, so its flags word is read from the
     /// caller's memory at the address it passed; should that fail, the flags are taken as 0
     /// (flush everything first), the safe side.
-    pub fn ioctl(
+    pub(crate) fn ioctl(
         &self,
         c: &Ctx,
         _node: u64,
@@ -401,23 +417,23 @@ impl Ops {
     }
 
     /// Everything acknowledged so far made durable: the log forced, the device flushed.
-    pub fn syncfs(&self) -> Res<()> {
+    pub(crate) fn syncfs(&self) -> Res<()> {
         res(self.fs.fsync())
     }
 
     /// The answer is the FOPEN_* flags of the reply.
-    pub fn opendir(&self, c: &Ctx, node: u64) -> Res<u32> {
+    pub(crate) fn opendir(&self, c: &Ctx, node: u64) -> Res<u32> {
         let keep = res(self.fs.opendir(c, self.ino(node)))?;
         Ok(if keep { FOPEN_CACHE_DIR } else { 0 })
     }
 
-    pub fn readdir(&self, node: u64, offset: u64) -> Res<Vec<DirEntry>> {
+    pub(crate) fn readdir(&self, node: u64, offset: u64) -> Res<Vec<DirEntry>> {
         res(self.fs.readdir(self.ino(node), offset, READDIR_BATCH))
     }
 
     /// Entries with their attributes; an entry that vanished between the listing and the
     /// lookup is left out.
-    pub fn readdirplus(&self, c: &Ctx, node: u64, offset: u64) -> Res<Vec<PlusEntry>> {
+    pub(crate) fn readdirplus(&self, c: &Ctx, node: u64, offset: u64) -> Res<Vec<PlusEntry>> {
         let dir = self.ino(node);
         let entries = res(self.fs.readdir(dir, offset, READDIR_BATCH))?;
         Ok(entries
@@ -433,12 +449,19 @@ impl Ops {
             .collect())
     }
 
-    pub fn statfs(&self) -> Res<StatFs> {
+    pub(crate) fn statfs(&self) -> Res<StatFs> {
         res(self.fs.statfs())
     }
 
     /// `flags` are setxattr(2)'s.
-    pub fn setxattr(&self, c: &Ctx, node: u64, name: &[u8], value: &[u8], flags: i32) -> Res<()> {
+    pub(crate) fn setxattr(
+        &self,
+        c: &Ctx,
+        node: u64,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+    ) -> Res<()> {
         let create = flags & libc::XATTR_CREATE != 0;
         let replace = flags & libc::XATTR_REPLACE != 0;
         res(self
@@ -446,24 +469,31 @@ impl Ops {
             .setxattr(c, self.ino(node), name, value, create, replace))
     }
 
-    pub fn getxattr(&self, c: &Ctx, node: u64, name: &[u8], size: u32) -> Res<Xattr> {
+    pub(crate) fn getxattr(&self, c: &Ctx, node: u64, name: &[u8], size: u32) -> Res<Xattr> {
         sized(res(self.fs.getxattr(c, self.ino(node), name))?, size)
     }
 
-    pub fn listxattr(&self, c: &Ctx, node: u64, size: u32) -> Res<Xattr> {
+    pub(crate) fn listxattr(&self, c: &Ctx, node: u64, size: u32) -> Res<Xattr> {
         sized(res(self.fs.listxattr(c, self.ino(node)))?, size)
     }
 
-    pub fn removexattr(&self, c: &Ctx, node: u64, name: &[u8]) -> Res<()> {
+    pub(crate) fn removexattr(&self, c: &Ctx, node: u64, name: &[u8]) -> Res<()> {
         res(self.fs.removexattr(c, self.ino(node), name))
     }
 
-    pub fn access(&self, c: &Ctx, node: u64, mask: u32) -> Res<()> {
+    pub(crate) fn access(&self, c: &Ctx, node: u64, mask: u32) -> Res<()> {
         res(self.fs.access(c, self.ino(node), mask))
     }
 
     /// Creates and opens; the answer's FOPEN_* flags are none.
-    pub fn create(&self, c: &Ctx, parent: u64, name: &[u8], mode: u32, umask: u32) -> Res<Attr> {
+    pub(crate) fn create(
+        &self,
+        c: &Ctx,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+    ) -> Res<Attr> {
         let mode = fs::S_IFREG | (mode & 0o7777 & !umask);
         let a = res(self.fs.make(c, self.ino(parent), name, mode, 0, None))?;
         // The creator may write what it just made, whatever the mode says.
@@ -472,7 +502,7 @@ impl Ops {
     }
 
     /// `mode` is fallocate(2)'s.
-    pub fn fallocate(&self, node: u64, offset: u64, length: u64, mode: i32) -> Res<()> {
+    pub(crate) fn fallocate(&self, node: u64, offset: u64, length: u64, mode: i32) -> Res<()> {
         let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
         let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
@@ -486,7 +516,7 @@ impl Ops {
             .fallocate(self.ino(node), offset, length, keep, punch, zero))
     }
 
-    pub fn lseek(&self, node: u64, offset: i64, whence: i32) -> Res<i64> {
+    pub(crate) fn lseek(&self, node: u64, offset: i64, whence: i32) -> Res<i64> {
         let r = match whence {
             // As the kernel's own filesystems: no data or hole before offset 0 either.
             libc::SEEK_DATA | libc::SEEK_HOLE if offset < 0 => return Err(libc::ENXIO),
@@ -523,7 +553,7 @@ fn sized(v: Vec<u8>, size: u32) -> Res<Xattr> {
 }
 
 /// A mode with the file type of a readdir type.
-pub fn dtype_mode(t: u8) -> u32 {
+pub(crate) fn dtype_mode(t: u8) -> u32 {
     match t {
         4 => fs::S_IFDIR,
         10 => fs::S_IFLNK,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 pub type Progress<'a> = &'a mut dyn FnMut(&str, u64, u64);
 
 /// Work that ends sooner shows no bar on a terminal: a bar flashed for a moment is noise.
-pub const SHOW_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const SHOW_AFTER: Duration = Duration::from_secs(1);
 /// Longest a terminal's bar goes without a redraw while the count moves (a redraw per call
 /// would cost more than the work on a slow terminal).
 const REDRAW_EVERY: Duration = Duration::from_millis(100);

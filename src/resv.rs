@@ -15,11 +15,11 @@ use crate::format::Geometry;
 use crate::log::{Log, LOG_RESERVE_BLOCKS};
 
 /// Most entries a directory may hold: bounds the directory hash tree's height.
-pub const DIR_ENTRIES_MAX: u64 = 1 << 32;
+pub(crate) const DIR_ENTRIES_MAX: u64 = 1 << 32;
 /// A rolling truncate frees this many extents per step before it rolls.
-pub const TRUNCATE_LOG_COUNT: u32 = 8;
+pub(crate) const TRUNCATE_LOG_COUNT: u32 = 8;
 /// Freeing an inode at last close: remove it from the unlinked list, then free its chunk.
-pub const INACTIVE_LOG_COUNT: u32 = 2;
+pub(crate) const INACTIVE_LOG_COUNT: u32 = 2;
 
 /// The kinds of transaction, one per metadata operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -39,10 +39,10 @@ pub enum TransKind {
     Read,
 }
 
-pub const KIND_COUNT: usize = 12;
+pub(crate) const KIND_COUNT: usize = 12;
 
 impl TransKind {
-    pub const ALL: [TransKind; KIND_COUNT] = [
+    pub(crate) const ALL: [TransKind; KIND_COUNT] = [
         TransKind::Create,
         TransKind::Mkdir,
         TransKind::Link,
@@ -56,10 +56,10 @@ impl TransKind {
         TransKind::Inactive,
         TransKind::Read,
     ];
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             TransKind::Create => "create",
             TransKind::Mkdir => "mkdir",
@@ -92,15 +92,15 @@ pub struct Resv {
 
 /// Tree heights derived from the geometry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Heights {
-    pub free_space: u32,
-    pub inode: u32,
-    pub extent: u32,
-    pub dir: u32,
+pub(crate) struct Heights {
+    pub(crate) free_space: u32,
+    pub(crate) inode: u32,
+    pub(crate) extent: u32,
+    pub(crate) dir: u32,
 }
 
 /// Levels a B+tree of `records` needs with blocks of `bs`.
-pub fn btree_height(records: u64, bs: u32) -> u32 {
+pub(crate) fn btree_height(records: u64, bs: u32) -> u32 {
     let leaf = capacity(bs as usize, 0) as u64;
     let node = capacity(bs as usize, 1) as u64;
     let mut h = 1;
@@ -114,8 +114,8 @@ pub fn btree_height(records: u64, bs: u32) -> u32 {
 
 #[derive(Debug, Clone)]
 pub struct ResvTable {
-    pub block_size: u32,
-    pub heights: Heights,
+    pub(crate) block_size: u32,
+    pub(crate) heights: Heights,
     entries: [Resv; KIND_COUNT],
 }
 
@@ -257,7 +257,7 @@ impl ResvTable {
     }
 
     /// Replaces an entry (a test knob: an undersized entry must produce overrun reports).
-    pub fn set(&mut self, k: TransKind, r: Resv) {
+    pub(crate) fn set(&mut self, k: TransKind, r: Resv) {
         self.entries[k.index()] = r;
     }
 
@@ -267,7 +267,7 @@ impl ResvTable {
     }
 
     /// Most memory one transaction may reserve.
-    pub fn max_mem_bytes(&self) -> u64 {
+    pub(crate) fn max_mem_bytes(&self) -> u64 {
         self.entries.iter().map(|r| r.mem_bytes).max().unwrap_or(0)
     }
 
@@ -287,7 +287,7 @@ impl ResvTable {
     /// Smallest memory budget: two of the largest reservations (so a rolling transaction
     /// re-reserving while it holds its buffers always fits once others finish) and the
     /// emergency reserve, a sixteenth of the budget.
-    pub fn min_budget_bytes(&self) -> u64 {
+    pub(crate) fn min_budget_bytes(&self) -> u64 {
         (2 * self.max_mem_bytes()) * 16 / 15 + 1
     }
 }

@@ -17,7 +17,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Root's runtime directory for ticketfs.
-pub const ROOT_DIR: &str = "/run/ticketfs";
+pub(crate) const ROOT_DIR: &str = "/run/ticketfs";
 
 fn euid() -> u32 {
     // SAFETY: geteuid cannot fail.
@@ -26,7 +26,7 @@ fn euid() -> u32 {
 
 /// The caller's runtime directory, made if missing and checked: a directory (not a symlink),
 /// owned by the caller, with no access for group or others.
-pub fn dir() -> io::Result<PathBuf> {
+pub(crate) fn dir() -> io::Result<PathBuf> {
     let uid = euid();
     let d = if uid == 0 {
         PathBuf::from(ROOT_DIR)
@@ -56,7 +56,7 @@ pub fn dir() -> io::Result<PathBuf> {
 }
 
 /// A name for the image at `path` that every name of it shares (its identity).
-pub fn image_key(path: &Path) -> io::Result<String> {
+pub(crate) fn image_key(path: &Path) -> io::Result<String> {
     Ok(match identity(path)? {
         ImageId::Block(rdev) => format!("blk-{}-{}", libc::major(rdev), libc::minor(rdev)),
         ImageId::File { dev, ino } => format!("file-{dev:x}-{ino}"),
@@ -64,7 +64,7 @@ pub fn image_key(path: &Path) -> io::Result<String> {
 }
 
 /// The lock file of the image at `path`.
-pub fn lock_path(path: &Path) -> io::Result<PathBuf> {
+pub(crate) fn lock_path(path: &Path) -> io::Result<PathBuf> {
     Ok(dir()?.join(format!("{}.lock", image_key(path)?)))
 }
 
@@ -99,7 +99,7 @@ pub fn try_lock(path: &Path) -> Result<ImageLock, Option<io::Error>> {
 }
 
 /// The credentials of the other end of a Unix socket: (pid, uid).
-pub fn peer(fd: &impl AsRawFd) -> io::Result<(i32, u32)> {
+pub(crate) fn peer(fd: &impl AsRawFd) -> io::Result<(i32, u32)> {
     let mut c = libc::ucred {
         pid: 0,
         uid: 0,
@@ -123,6 +123,6 @@ pub fn peer(fd: &impl AsRawFd) -> io::Result<(i32, u32)> {
 }
 
 /// May a process of `uid` talk to a ticketfs daemon of this user (root, or the same user)?
-pub fn trusted_uid(uid: u32) -> bool {
+pub(crate) fn trusted_uid(uid: u32) -> bool {
     uid == 0 || uid == euid()
 }

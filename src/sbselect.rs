@@ -43,8 +43,6 @@ pub struct Chosen {
     pub sb: Superblock,
     /// Where the chosen copy was read.
     pub blkno: u64,
-    /// Its score and the score possible, when the copies differed and were scored.
-    pub agree: Option<(u32, u32)>,
     /// Every copy that is unreadable or differs from the chosen one, with the reason.
     pub others: Vec<(u64, String)>,
 }
@@ -214,7 +212,7 @@ pub fn choose(dev: &dyn Device, which: SbCopy) -> Result<Chosen, EngineError> {
     let blocks = candidate_blocks(dev);
     let copies: Vec<(u64, Result<Superblock, EngineError>)> =
         blocks.iter().map(|&b| (b, read_copy(dev, b))).collect();
-    let (blkno, sb, agree) = match which {
+    let (blkno, sb, _) = match which {
         SbCopy::Block(b) => {
             let sb = read_copy(dev, b)?;
             (b, sb, None)
@@ -274,12 +272,7 @@ pub fn choose(dev: &dyn Device, which: SbCopy) -> Result<Chosen, EngineError> {
             Err(e) => others.push((b, e.to_string())),
         }
     }
-    Ok(Chosen {
-        sb,
-        blkno,
-        agree,
-        others,
-    })
+    Ok(Chosen { sb, blkno, others })
 }
 
 /// Whether two copies describe the same filesystem alike. The clean/dirty state may differ

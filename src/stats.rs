@@ -30,24 +30,24 @@ pub struct KindReport {
     pub count: u64,
     pub reserved_pages: u64,
     pub peak_used_pages: u64,
-    pub mean_used_pages: f64,
+    pub(crate) mean_used_pages: f64,
     /// peak used / reserved: how tight the table entry is (1.0 = exactly enough).
-    pub tightness: f64,
-    pub log_reserved_bytes: u64,
-    pub log_peak_used_bytes: u64,
+    pub(crate) tightness: f64,
+    pub(crate) log_reserved_bytes: u64,
+    pub(crate) log_peak_used_bytes: u64,
     pub overruns: u64,
     pub waits: u64,
-    pub wait_ms_total: f64,
+    pub(crate) wait_ms_total: f64,
 }
 
 /// The whole report; `ticketfs stats --json` prints it as JSON.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Report {
-    pub image: String,
-    pub memres: bool,
+    pub(crate) image: String,
+    pub(crate) memres: bool,
     pub budget_bytes: u64,
-    pub budget_derivation: String,
-    pub base_bytes: u64,
+    pub(crate) budget_derivation: String,
+    pub(crate) base_bytes: u64,
     pub fuse_threads: usize,
     pub max_write: u32,
     /// Held by live tickets.
@@ -55,54 +55,54 @@ pub struct Report {
     /// Pinned by the log: dirty buffers and the CIL's copies.
     pub pinned_log_bytes: u64,
     /// Pinned by live transactions (what their tickets have used of their reservations).
-    pub pinned_trans_bytes: u64,
+    pub(crate) pinned_trans_bytes: u64,
     pub free_bytes: u64,
     pub emergency_bytes: u64,
     pub emergency_used_bytes: u64,
     pub peak_charged_bytes: u64,
-    pub roll_borrows: u64,
+    pub(crate) roll_borrows: u64,
     pub cache_buffers: u64,
-    pub cache_bytes: u64,
-    pub clean_cache_bytes: u64,
-    pub cache_limit_bytes: u64,
-    pub outside_cache_bytes: u64,
-    pub cache_evictions: u64,
+    pub(crate) cache_bytes: u64,
+    pub(crate) clean_cache_bytes: u64,
+    pub(crate) cache_limit_bytes: u64,
+    pub(crate) outside_cache_bytes: u64,
+    pub(crate) cache_evictions: u64,
     pub waiters: usize,
     pub overruns: u64,
     pub overrun_sites: Vec<String>,
     pub checkpoints: u64,
     pub log_wraps: u32,
-    pub log_bytes_written: u64,
+    pub(crate) log_bytes_written: u64,
     pub home_writes: u64,
-    pub forces: u64,
+    pub(crate) forces: u64,
     /// Of `forces`, those an allocation made because the blocks it wanted were busy.
-    pub busy_forces: u64,
+    pub(crate) busy_forces: u64,
     /// The allocator lock: steps that took it, steps that waited for it, milliseconds waited.
-    pub alloc_lock_taken: u64,
-    pub alloc_lock_waits: u64,
-    pub alloc_lock_wait_ms: f64,
-    pub resident_bytes: u64,
-    pub peak_resident_bytes: u64,
+    pub(crate) alloc_lock_taken: u64,
+    pub(crate) alloc_lock_waits: u64,
+    pub(crate) alloc_lock_wait_ms: f64,
+    pub(crate) resident_bytes: u64,
+    pub(crate) peak_resident_bytes: u64,
     /// FUSE over io_uring: serving threads (0: requests go through /dev/fuse), queues,
     /// requests answered, times a thread left SCHED_IDLE for oversubscribed CPUs.
     #[serde(default)]
-    pub uring_threads: usize,
+    pub(crate) uring_threads: usize,
     #[serde(default)]
-    pub uring_queues: usize,
+    pub(crate) uring_queues: usize,
     #[serde(default)]
-    pub uring_requests: u64,
+    pub(crate) uring_requests: u64,
     #[serde(default)]
-    pub uring_left_idle: u64,
+    pub(crate) uring_left_idle: u64,
     /// Read-ahead (`file::readahead`): pieces read ahead, requests answered from them, pieces
     /// dropped as stale (a write or map change after their read began), pieces wasted.
     #[serde(default)]
-    pub readahead_read: u64,
+    pub(crate) readahead_read: u64,
     #[serde(default)]
-    pub readahead_hits: u64,
+    pub(crate) readahead_hits: u64,
     #[serde(default)]
-    pub readahead_stale: u64,
+    pub(crate) readahead_stale: u64,
     #[serde(default)]
-    pub readahead_wasted: u64,
+    pub(crate) readahead_wasted: u64,
     pub kinds: Vec<KindReport>,
 }
 
@@ -191,11 +191,11 @@ impl Report {
         }
     }
 
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }
 
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         let mut o = String::new();
         let _ = writeln!(o, "image            {}", self.image);
         let _ = writeln!(
@@ -396,16 +396,16 @@ pub struct TicketfsMount {
     pub super_ro: bool,
     /// Its device number, `major:minor`: also the name of its bdi in /sys/class/bdi (with
     /// `-fuseblk` after it for a `fuseblk` mount).
-    pub dev: String,
+    pub(crate) dev: String,
     /// A `fuseblk` mount (its source is a block device: the image, or a loop device over it).
-    pub blkdev: bool,
+    pub(crate) blkdev: bool,
     /// The image's identity (None when it cannot be looked at, e.g. a deleted backing file).
-    pub id: Option<crate::image::ImageId>,
+    pub(crate) id: Option<crate::image::ImageId>,
 }
 
 /// The superblock of the mount with device number `dev` (`major:minor`) is read-only: Some
 /// while it is mounted somewhere.
-pub fn super_ro_of(dev: &str) -> Option<bool> {
+pub(crate) fn super_ro_of(dev: &str) -> Option<bool> {
     ticketfs_mounts()
         .ok()?
         .into_iter()
@@ -414,7 +414,7 @@ pub fn super_ro_of(dev: &str) -> Option<bool> {
 }
 
 /// The device number of the ticketfs mount on `point` (the newest one).
-pub fn dev_of_mount(point: &Path) -> Option<String> {
+pub(crate) fn dev_of_mount(point: &Path) -> Option<String> {
     ticketfs_mounts()
         .ok()?
         .into_iter()

@@ -9,7 +9,7 @@ use crate::format::{BlockType, FormatError};
 use crate::trans::Trans;
 
 /// The target of symlink `ino`; an error naming the inode (or its block) when it breaks the rule.
-pub fn target(tx: &mut Trans<'_>, ino: u64, i: &Inode) -> Result<Vec<u8>, EngineError> {
+pub(crate) fn target(tx: &mut Trans<'_>, ino: u64, i: &Inode) -> Result<Vec<u8>, EngineError> {
     let bad = |blkno: u64, why: String| {
         EngineError::Corrupt(FormatError::new(
             blkno,

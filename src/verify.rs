@@ -21,7 +21,7 @@ use crate::trans::Trans;
 
 /// What an owned block is to its inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     Data,
     ExtentNode,
     Directory,
@@ -30,7 +30,7 @@ pub enum Role {
 }
 
 impl Role {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Role::Data => "file data",
             Role::ExtentNode => "an extent-map node",
@@ -41,14 +41,14 @@ impl Role {
     }
 
     /// Metadata: carries a block header (and an LSN the checker compares with the log).
-    pub fn is_metadata(self) -> bool {
+    pub(crate) fn is_metadata(self) -> bool {
         self != Role::Data
     }
 
     /// The fault of an inode one of whose blocks of this role cannot be kept: the file without
     /// its map or its target is cleared; a directory is rebuilt from its names; attributes are
     /// dropped.
-    pub fn fault(self, why: String) -> Fault {
+    pub(crate) fn fault(self, why: String) -> Fault {
         match self {
             Role::Data | Role::ExtentNode | Role::Symlink => Fault::Clear(why),
             Role::Directory => Fault::Directory(why),
@@ -59,15 +59,15 @@ impl Role {
 
 /// A run of blocks an inode owns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Run {
-    pub start: u64,
-    pub len: u64,
-    pub role: Role,
+pub(crate) struct Run {
+    pub(crate) start: u64,
+    pub(crate) len: u64,
+    pub(crate) role: Role,
 }
 
 /// What is wrong with an inode, each with what the repair does about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// The inode cannot be kept: no file type, an unreadable or impossible map or target.
     Clear(String),
     /// Bits beyond the type and permissions: the repair keeps `fixed`.
@@ -83,7 +83,7 @@ pub enum Fault {
 }
 
 impl Fault {
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Fault::Clear(why) | Fault::Mode { why, .. } | Fault::Size { why, .. } => why.clone(),
             Fault::Directory(why) => format!("directory: {why}"),
@@ -97,28 +97,28 @@ impl Fault {
 
 /// The verdict on one inode.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Verdict {
-    pub faults: Vec<Fault>,
+pub(crate) struct Verdict {
+    pub(crate) faults: Vec<Fault>,
     /// The blocks it owns that can be kept, as far as they could be read: neither outside the
     /// data area nor named twice, and none of a role a fault gives up (a directory to rebuild,
     /// attributes to drop).
-    pub owns: Vec<Run>,
+    pub(crate) owns: Vec<Run>,
 }
 
 impl Verdict {
     /// Why the inode is cleared, if it is.
-    pub fn clear(&self) -> Option<&str> {
+    pub(crate) fn clear(&self) -> Option<&str> {
         self.faults.iter().find_map(|f| match f {
             Fault::Clear(why) => Some(why.as_str()),
             _ => None,
         })
     }
 
-    pub fn has(&self, pred: impl Fn(&Fault) -> bool) -> bool {
+    pub(crate) fn has(&self, pred: impl Fn(&Fault) -> bool) -> bool {
         self.faults.iter().any(pred)
     }
 
-    pub fn owned_blocks(&self) -> u64 {
+    pub(crate) fn owned_blocks(&self) -> u64 {
         self.owns.iter().map(|r| r.len).sum()
     }
 }
@@ -128,7 +128,7 @@ fn err_text(e: EngineError) -> String {
 }
 
 /// Judges in-use inode `ino` (already decoded from its slot as `i`).
-pub fn inode(tx: &mut Trans<'_>, g: &Geometry, ino: u64, i: &Inode) -> Verdict {
+pub(crate) fn inode(tx: &mut Trans<'_>, g: &Geometry, ino: u64, i: &Inode) -> Verdict {
     let mut v = Verdict::default();
     let ft = i.mode & S_IFMT;
     if let Some(why) = mode_problem(i.mode) {

@@ -83,13 +83,13 @@ impl NodeAlloc for AgBlocks<'_> {
 impl Allocator {
     /// Nodes one free-space operation may take: each tree splitting at every level and growing a
     /// new root.
-    pub fn freelist_need(bno_level: u16, cnt_level: u16) -> usize {
+    pub(crate) fn freelist_need(bno_level: u16, cnt_level: u16) -> usize {
         bno_level as usize + 2 + cnt_level as usize + 2
     }
 
     /// What the free list is topped up to before an operation: room for the top-up itself and
     /// for the operation.
-    pub fn freelist_target(bno_level: u16, cnt_level: u16) -> usize {
+    pub(crate) fn freelist_target(bno_level: u16, cnt_level: u16) -> usize {
         2 * Self::freelist_need(bno_level.max(1), cnt_level.max(1))
     }
 

@@ -6,12 +6,12 @@ use super::*;
 
 /// Blocks an inode owns beyond its data (extent-map nodes, directory nodes and name blocks),
 /// allocated near it and counted in its block count.
-pub struct InodeBlocks<'a> {
-    pub alloc: &'a Allocator,
+pub(crate) struct InodeBlocks<'a> {
+    pub(crate) alloc: &'a Allocator,
     /// Allocate near this block (the inode's chunk).
-    pub near: u64,
+    pub(crate) near: u64,
     /// The inode's block count, kept in step.
-    pub blocks: &'a mut u64,
+    pub(crate) blocks: &'a mut u64,
 }
 
 impl NodeAlloc for InodeBlocks<'_> {
@@ -37,7 +37,7 @@ impl Allocator {
     ///
     /// Lock order: a transaction joins inode chunks before AG headers. This takes a free slot of
     /// an existing chunk only when `existing` (the caller must already hold that chunk, see
-    /// [`Allocator::peek_free_inode`] and [`Allocator::claim_inode`]); otherwise it makes a new
+    /// `Allocator::peek_free_inode` and `Allocator::claim_inode`); otherwise it makes a new
     /// chunk, whose block nobody else can hold.
     #[track_caller]
     pub fn alloc_inode(&self, tx: &mut Trans<'_>, near: u64) -> Result<Option<u64>, EngineError> {
@@ -46,7 +46,7 @@ impl Allocator {
 
     /// Allocates an inode in a new chunk (see [`Allocator::alloc_inode`]).
     #[track_caller]
-    pub fn alloc_inode_new_chunk(
+    pub(crate) fn alloc_inode_new_chunk(
         &self,
         tx: &mut Trans<'_>,
         near: u64,
@@ -56,7 +56,7 @@ impl Allocator {
 
     /// A free inode near `near` in an existing chunk, found without keeping anything locked (a
     /// read-only transaction): the caller then joins its chunk in lock order and claims it.
-    pub fn peek_free_inode(
+    pub(crate) fn peek_free_inode(
         &self,
         tx: &mut Trans<'_>,
         near: u64,
@@ -85,7 +85,7 @@ impl Allocator {
     /// Takes inode `ino` if its slot is still free in its chunk's mask (the caller holds the
     /// chunk). Returns false if someone took it meanwhile.
     #[track_caller]
-    pub fn claim_inode(&self, tx: &mut Trans<'_>, ino: u64) -> Result<bool, EngineError> {
+    pub(crate) fn claim_inode(&self, tx: &mut Trans<'_>, ino: u64) -> Result<bool, EngineError> {
         let (chunk, slot) = ino_split(ino);
         let mut ag = self.read_ag(tx, self.agno_of(chunk))?;
         let Some(v) = ag.ino.get(tx, &InoChunk::key_with_free(chunk))? else {
@@ -217,7 +217,7 @@ impl Allocator {
 
     /// AG `agno`'s inode chunks (block, free mask) from its header and inode-chunk tree alone
     /// (fsck's repair, which rebuilds the free-space trees, must not need them).
-    pub fn inode_chunks(
+    pub(crate) fn inode_chunks(
         &self,
         tx: &mut Trans<'_>,
         agno: u32,
@@ -232,7 +232,11 @@ impl Allocator {
     /// Whether `ino` names an inode slot of this filesystem: a slot of a block the inode-chunk
     /// trees record (XFS's untrusted iget). A number from outside (a file handle, `ticketfs db`)
     /// is checked so before its block is read as inodes.
-    pub fn is_inode_number(&self, tx: &mut Trans<'_>, ino: u64) -> Result<bool, EngineError> {
+    pub(crate) fn is_inode_number(
+        &self,
+        tx: &mut Trans<'_>,
+        ino: u64,
+    ) -> Result<bool, EngineError> {
         let (chunk, slot) = ino_split(ino);
         if slot >= inodes_per_block(self.geo.block_size) {
             return Ok(false);
@@ -245,7 +249,11 @@ impl Allocator {
     /// XFS checks an untrusted inode number against its inode B+tree). Holds nothing afterwards;
     /// the caller must hold no inode chunk (lock order) and chunks are never freed, so the
     /// answer stays true.
-    pub fn is_inode_chunk(&self, tx: &mut Trans<'_>, chunk: u64) -> Result<bool, EngineError> {
+    pub(crate) fn is_inode_chunk(
+        &self,
+        tx: &mut Trans<'_>,
+        chunk: u64,
+    ) -> Result<bool, EngineError> {
         if chunk >= self.geo.block_count {
             return Ok(false);
         }

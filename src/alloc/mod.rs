@@ -29,7 +29,7 @@ mod ialloc;
 mod unlinked;
 
 use freelist::AgBlocks;
-pub use ialloc::InodeBlocks;
+pub(crate) use ialloc::InodeBlocks;
 
 use crate::btree::{Btree, NodeAlloc, Root};
 use crate::engine::Engine;
@@ -71,11 +71,11 @@ fn decode_all<T>(
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AgSummary {
     pub free_blocks: u64,
-    pub longest: u64,
-    pub free_inodes: u64,
-    pub inodes: u64,
+    pub(crate) longest: u64,
+    pub(crate) free_inodes: u64,
+    pub(crate) inodes: u64,
     /// False until the header was read once: an unknown AG is worth a look.
-    pub known: bool,
+    pub(crate) known: bool,
 }
 
 pub struct Allocator {
@@ -90,15 +90,15 @@ pub struct Allocator {
 /// Most blocks held back from ordinary operations for those that free space (unlink, truncate,
 /// hole punching, freeing orphans), so that a full filesystem can always be emptied: 1/64 of the
 /// filesystem up to this many (XFS keeps a reserve pool in the same spirit).
-pub const POOL_BLOCKS_MAX: u64 = 8192;
+pub(crate) const POOL_BLOCKS_MAX: u64 = 8192;
 
 /// Blocks an operation may allocate, promised before it changes anything (XFS's block
 /// reservation): an operation that cannot get them fails with ENOSPC at its start, never half
 /// way. Given back when dropped.
 #[must_use]
-pub struct BlockResv<'a> {
+pub(crate) struct BlockResv<'a> {
     alloc: &'a Allocator,
-    pub blocks: u64,
+    pub(crate) blocks: u64,
 }
 
 impl Drop for BlockResv<'_> {
@@ -134,10 +134,10 @@ struct Ag {
 /// unlinked-inode trees to the root (2 x (2 x 8 - 1)), with room to spare. Without it a full AG
 /// failed a create half-way (ENOSPC after changes: a shut-down filesystem) while other AGs had
 /// space.
-pub const AG_RESERVE_BLOCKS: u64 = 64;
+pub(crate) const AG_RESERVE_BLOCKS: u64 = 64;
 
 impl Allocator {
-    pub fn new(geo: Geometry) -> Allocator {
+    pub(crate) fn new(geo: Geometry) -> Allocator {
         Allocator {
             geo,
             summaries: (0..geo.ag_count)
@@ -161,12 +161,12 @@ impl Allocator {
     }
 
     /// Blocks ordinary operations never take (see [`POOL_BLOCKS_MAX`]).
-    pub fn pool_blocks(&self) -> u64 {
+    pub(crate) fn pool_blocks(&self) -> u64 {
         (self.geo.block_count / 64).min(POOL_BLOCKS_MAX)
     }
 
     /// Free blocks allocations may use: every AG's free space less its reserve.
-    pub fn usable_free_blocks(&self) -> u64 {
+    pub(crate) fn usable_free_blocks(&self) -> u64 {
         (0..self.geo.ag_count)
             .map(|a| {
                 self.summary(a)
@@ -177,7 +177,7 @@ impl Allocator {
     }
 
     /// Free blocks not yet promised, as ordinary operations see them (statfs's "available").
-    pub fn available_blocks(&self) -> u64 {
+    pub(crate) fn available_blocks(&self) -> u64 {
         let reserved = *self.reserved.lock();
         self.usable_free_blocks()
             .saturating_sub(reserved)
@@ -188,7 +188,7 @@ impl Allocator {
     /// (those that free space) may use the pool. ENOSPC when not even `min` are free. Blocks an
     /// operation allocates stay counted in both the free space and its promise until it ends,
     /// so the count errs on the safe side.
-    pub fn reserve(
+    pub(crate) fn reserve(
         &self,
         want: u64,
         min: u64,
@@ -214,16 +214,12 @@ impl Allocator {
         })
     }
 
-    pub fn geometry(&self) -> &Geometry {
-        &self.geo
-    }
-
     pub fn ag_start(&self, agno: u32) -> u64 {
         agno as u64 * self.geo.ag_blocks
     }
 
     /// Blocks in AG `agno` (the last may be short).
-    pub fn ag_len(&self, agno: u32) -> u64 {
+    pub(crate) fn ag_len(&self, agno: u32) -> u64 {
         self.geo
             .ag_blocks
             .min(self.geo.block_count - self.ag_start(agno))
@@ -333,7 +329,7 @@ impl Allocator {
 
     /// Writes AG `agno`'s header and empty trees, fills its free list and records the rest of
     /// its blocks as one free extent.
-    pub fn format_ag(&self, tx: &mut Trans<'_>, agno: u32) -> Result<(), EngineError> {
+    pub(crate) fn format_ag(&self, tx: &mut Trans<'_>, agno: u32) -> Result<(), EngineError> {
         let start = self.ag_start(agno);
         let owner = agno as u64;
         tx.lock_allocation(&self.lock);
@@ -388,7 +384,7 @@ impl Allocator {
     }
 
     /// Reads AG `agno`'s header to refresh its summary, holding nothing afterwards.
-    pub fn free_space_summary(
+    pub(crate) fn free_space_summary(
         &self,
         tx: &mut Trans<'_>,
         agno: u32,
@@ -447,10 +443,10 @@ pub struct AgSpace {
     pub chunks: Vec<(u64, u64)>,
     pub ino_nodes: Vec<u64>,
     /// Node blocks of both free-space trees.
-    pub free_nodes: Vec<u64>,
+    pub(crate) free_nodes: Vec<u64>,
     /// Inodes on the AG's unlinked tree, and that tree's node blocks.
-    pub unlinked: Vec<u64>,
-    pub unl_nodes: Vec<u64>,
+    pub(crate) unlinked: Vec<u64>,
+    pub(crate) unl_nodes: Vec<u64>,
     pub hdr: AgHeader,
 }
 
@@ -460,7 +456,7 @@ pub fn format_all(eng: &Engine) -> Result<(), EngineError> {
 }
 
 /// `format_all`, reporting each AG done to `progress`.
-pub fn format_all_with(eng: &Engine, progress: Progress<'_>) -> Result<(), EngineError> {
+pub(crate) fn format_all_with(eng: &Engine, progress: Progress<'_>) -> Result<(), EngineError> {
     let alloc = Allocator::new(*eng.geometry());
     let count = eng.geometry().ag_count;
     for agno in 0..count {

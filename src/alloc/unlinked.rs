@@ -7,7 +7,7 @@ impl Allocator {
     /// Puts inode `ino` (no links left) on its AG's unlinked tree, in the transaction that takes
     /// its last link: a crash before it is freed leaves it there for the next mount to free.
     #[track_caller]
-    pub fn unlinked_add(&self, tx: &mut Trans<'_>, ino: u64) -> Result<(), EngineError> {
+    pub(crate) fn unlinked_add(&self, tx: &mut Trans<'_>, ino: u64) -> Result<(), EngineError> {
         let mut ag = self.read_ag(tx, self.agno_of(ino_split(ino).0))?;
         let Ag { sp, unl, .. } = &mut ag;
         let rec = Unlinked { ino };
@@ -17,7 +17,7 @@ impl Allocator {
 
     /// Takes inode `ino` off its AG's unlinked tree (in the transaction that frees it).
     #[track_caller]
-    pub fn unlinked_remove(&self, tx: &mut Trans<'_>, ino: u64) -> Result<(), EngineError> {
+    pub(crate) fn unlinked_remove(&self, tx: &mut Trans<'_>, ino: u64) -> Result<(), EngineError> {
         let mut ag = self.read_ag(tx, self.agno_of(ino_split(ino).0))?;
         let Ag { sp, unl, .. } = &mut ag;
         if unl
@@ -35,7 +35,7 @@ impl Allocator {
     }
 
     /// The inodes on AG `agno`'s unlinked tree.
-    pub fn unlinked(&self, tx: &mut Trans<'_>, agno: u32) -> Result<Vec<u64>, EngineError> {
+    pub(crate) fn unlinked(&self, tx: &mut Trans<'_>, agno: u32) -> Result<Vec<u64>, EngineError> {
         let mark = tx.mark();
         let ag = self.read_ag(tx, agno)?;
         let hdr = ag.sp.start + AG_HEADER_OFFSET;

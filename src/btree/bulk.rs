@@ -2,7 +2,7 @@
 //! rebuilds every AG's trees this way (as xfs_repair's phase 5 does), writing the nodes straight
 //! to the device while nothing else has the filesystem.
 //!
-//! Leaves are filled to [`BULK_FILL_PERCENT`] of their capacity, so the first inserts after a
+//! Leaves are filled to `BULK_FILL_PERCENT` of their capacity, so the first inserts after a
 //! repair do not all split; each level above holds (first key, child) of the level below; the
 //! single node at the top is the root, written at the block the caller names (an AG keeps its
 //! first roots in its reserved blocks). Every other node takes the next block the caller gives.
@@ -13,7 +13,7 @@ use crate::device::AlignedBuf;
 use crate::format::{BlockHeader, BlockType, Uuid};
 
 /// How full a bulk-built node is made (the rest is room for later inserts).
-pub const BULK_FILL_PERCENT: usize = 75;
+pub(crate) const BULK_FILL_PERCENT: usize = 75;
 
 /// Entries per node of `level` in a bulk build (at least 2, so every level shrinks).
 fn per_node(bs: usize, level: u16) -> usize {

@@ -16,7 +16,7 @@
 pub mod bulk;
 mod node;
 
-pub use node::{Node, BTREE_NODE_HEADER_BYTES, ENTRY_BYTES, RECORD_BYTES};
+pub use node::Node;
 
 use crate::error::EngineError;
 use crate::format::{BlockType, FormatError};
@@ -28,7 +28,7 @@ pub type Key = [u64; 2];
 pub type Val = [u64; 2];
 
 /// The tallest tree: the reservation table's heights are capped at the same value.
-pub use crate::format::node::BTREE_HEIGHT_MAX;
+pub(crate) use crate::format::node::BTREE_HEIGHT_MAX;
 
 /// Where a tree's root is and how tall the tree is. The owner (an AG header, an inode) stores it;
 /// operations that change it return the new one.
@@ -48,8 +48,8 @@ pub trait NodeAlloc {
 /// A tree: its node type, owner and root.
 #[derive(Debug, Clone, Copy)]
 pub struct Btree {
-    pub btype: BlockType,
-    pub owner: u64,
+    pub(crate) btype: BlockType,
+    pub(crate) owner: u64,
     pub root: Root,
 }
 
@@ -192,7 +192,11 @@ impl Btree {
     }
 
     /// The record with the smallest key > `key`.
-    pub fn gt(&self, tx: &mut Trans<'_>, key: &Key) -> Result<Option<(Key, Val)>, EngineError> {
+    pub(crate) fn gt(
+        &self,
+        tx: &mut Trans<'_>,
+        key: &Key,
+    ) -> Result<Option<(Key, Val)>, EngineError> {
         match next_key(key) {
             Some(next) => self.ge(tx, &next),
             None => Ok(None),
@@ -202,7 +206,7 @@ impl Btree {
     /// Calls `f` with every record from the first whose key is >= `from`, in key order, until `f`
     /// returns false: one descent, then leaf by leaf, so a walk over n records costs O(n) rather
     /// than a descent per record. Keys must strictly increase (a damaged tree is reported).
-    pub fn scan_from(
+    pub(crate) fn scan_from(
         &self,
         tx: &mut Trans<'_>,
         from: &Key,
@@ -491,7 +495,7 @@ impl Btree {
 }
 
 /// The smallest key above `key` (None above the largest).
-pub fn next_key(key: &Key) -> Option<Key> {
+pub(crate) fn next_key(key: &Key) -> Option<Key> {
     if key[1] == u64::MAX {
         Some([key[0].checked_add(1)?, 0])
     } else {
@@ -505,13 +509,13 @@ fn full_err(blkno: u64) -> EngineError {
 
 /// An entry of a node: a leaf record or an interior (key, child).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Entry {
+pub(crate) enum Entry {
     Leaf(Key, Val),
     Node(Key, u64),
 }
 
 impl Entry {
-    pub fn key(&self) -> Key {
+    pub(crate) fn key(&self) -> Key {
         match self {
             Entry::Leaf(k, _) | Entry::Node(k, _) => *k,
         }

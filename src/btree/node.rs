@@ -2,8 +2,8 @@
 //! is `format::node`'s.
 
 use super::{Entry, Key, Val};
-pub use crate::format::node::{
-    capacity, BTREE_HEIGHT_MAX, BTREE_NODE_HEADER_BYTES, ENTRY_BYTES, RECORD_BYTES,
+pub(crate) use crate::format::node::{
+    capacity, BTREE_HEIGHT_MAX, BTREE_NODE_HEADER_BYTES, RECORD_BYTES,
 };
 use crate::format::node::{entry_width as width, OFF_LEVEL, OFF_NRECS};
 use crate::format::{Dec, Enc, FormatError, BLOCK_HEADER_BYTES};
@@ -25,7 +25,7 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
 }
 
 impl<'a> Node<'a> {
-    pub fn new(b: &'a [u8], blkno: u64) -> Result<Node<'a>, FormatError> {
+    pub(crate) fn new(b: &'a [u8], blkno: u64) -> Result<Node<'a>, FormatError> {
         let d = Dec::new(b, blkno, "B+tree node");
         let level = d.u16(OFF_LEVEL, "level")?;
         if level >= BTREE_HEIGHT_MAX {
@@ -79,33 +79,33 @@ impl<'a> Node<'a> {
         }
         Ok(())
     }
-    pub fn level(&self) -> u16 {
+    pub(crate) fn level(&self) -> u16 {
         self.level
     }
-    pub fn nrecs(&self) -> usize {
+    pub(crate) fn nrecs(&self) -> usize {
         self.nrecs
     }
-    pub fn owner(&self) -> u64 {
+    pub(crate) fn owner(&self) -> u64 {
         u64_at(self.b, 16)
     }
     fn off(&self, i: usize) -> usize {
         BTREE_NODE_HEADER_BYTES + i * width(self.level)
     }
-    pub fn key(&self, i: usize) -> Key {
+    pub(crate) fn key(&self, i: usize) -> Key {
         let o = self.off(i);
         [u64_at(self.b, o), u64_at(self.b, o + 8)]
     }
-    pub fn val(&self, i: usize) -> Val {
+    pub(crate) fn val(&self, i: usize) -> Val {
         debug_assert_eq!(self.level, 0);
         let o = self.off(i);
         [u64_at(self.b, o + 16), u64_at(self.b, o + 24)]
     }
-    pub fn child(&self, i: usize) -> u64 {
+    pub(crate) fn child(&self, i: usize) -> u64 {
         debug_assert!(self.level > 0);
         u64_at(self.b, self.off(i) + 16)
     }
     /// First index whose key is >= `key` (nrecs if none).
-    pub fn leaf_search(&self, key: &Key) -> usize {
+    pub(crate) fn leaf_search(&self, key: &Key) -> usize {
         let (mut lo, mut hi) = (0, self.nrecs);
         while lo < hi {
             let mid = (lo + hi) / 2;
@@ -119,7 +119,7 @@ impl<'a> Node<'a> {
     }
     /// The child to descend into for `key`: the last entry whose key is <= `key`, the first
     /// entry standing for everything below its key too.
-    pub fn child_index(&self, key: &Key) -> usize {
+    pub(crate) fn child_index(&self, key: &Key) -> usize {
         let i = self.leaf_search(key);
         if i < self.nrecs && self.key(i) == *key {
             i
@@ -127,14 +127,14 @@ impl<'a> Node<'a> {
             i.saturating_sub(1)
         }
     }
-    pub fn entry(&self, i: usize) -> Entry {
+    pub(crate) fn entry(&self, i: usize) -> Entry {
         if self.level == 0 {
             Entry::Leaf(self.key(i), self.val(i))
         } else {
             Entry::Node(self.key(i), self.child(i))
         }
     }
-    pub fn entries(&self) -> Vec<Entry> {
+    pub(crate) fn entries(&self) -> Vec<Entry> {
         (0..self.nrecs).map(|i| self.entry(i)).collect()
     }
 
@@ -167,7 +167,7 @@ impl<'a> Node<'a> {
 
     /// Encodes a whole node of `level` holding `entries` into `b` (after its block header), outside
     /// any transaction: the bulk builder's writer.
-    pub fn encode(b: &mut [u8], level: u16, entries: &[Entry]) {
+    pub(crate) fn encode(b: &mut [u8], level: u16, entries: &[Entry]) {
         debug_assert!(entries.len() <= capacity(b.len(), level));
         let mut e = Enc::new(b);
         e.u16(OFF_LEVEL, level);
@@ -183,7 +183,7 @@ impl<'a> Node<'a> {
     }
 
     /// A fresh empty node of `level` (the block was joined with `get_buf`).
-    pub fn init(tx: &mut Trans<'_>, id: BufId, level: u16) {
+    pub(crate) fn init(tx: &mut Trans<'_>, id: BufId, level: u16) {
         Self::write_header(tx, id, level, 0);
     }
 
@@ -196,7 +196,12 @@ impl<'a> Node<'a> {
     }
 
     /// Inserts `e` at `pos`; Err(true) when the node is full (nothing changed).
-    pub fn insert_at(tx: &mut Trans<'_>, id: BufId, pos: usize, e: &Entry) -> Result<(), bool> {
+    pub(crate) fn insert_at(
+        tx: &mut Trans<'_>,
+        id: BufId,
+        pos: usize,
+        e: &Entry,
+    ) -> Result<(), bool> {
         let (level, n) = Self::level_nrecs(tx, id);
         let w = width(level);
         if n >= capacity(tx.data(id).len(), level) {
@@ -214,7 +219,7 @@ impl<'a> Node<'a> {
         Ok(())
     }
 
-    pub fn remove_at(tx: &mut Trans<'_>, id: BufId, pos: usize) {
+    pub(crate) fn remove_at(tx: &mut Trans<'_>, id: BufId, pos: usize) {
         let (level, n) = Self::level_nrecs(tx, id);
         let w = width(level);
         debug_assert!(pos < n);
@@ -228,7 +233,7 @@ impl<'a> Node<'a> {
     }
 
     /// Replaces all entries (after a split).
-    pub fn set_entries(tx: &mut Trans<'_>, id: BufId, entries: &[Entry]) {
+    pub(crate) fn set_entries(tx: &mut Trans<'_>, id: BufId, entries: &[Entry]) {
         let (level, n) = Self::level_nrecs(tx, id);
         let w = width(level);
         let b = tx.data_mut(id);
@@ -243,7 +248,7 @@ impl<'a> Node<'a> {
         Self::write_header(tx, id, level, entries.len());
     }
 
-    pub fn set_key(tx: &mut Trans<'_>, id: BufId, i: usize, k: Key) {
+    pub(crate) fn set_key(tx: &mut Trans<'_>, id: BufId, i: usize, k: Key) {
         let (level, _) = Self::level_nrecs(tx, id);
         let off = BTREE_NODE_HEADER_BYTES + i * width(level);
         let mut e = Enc::new(tx.data_mut(id));
@@ -252,7 +257,7 @@ impl<'a> Node<'a> {
         tx.log_range(id, off..off + 16);
     }
 
-    pub fn set_val(tx: &mut Trans<'_>, id: BufId, i: usize, v: Val) {
+    pub(crate) fn set_val(tx: &mut Trans<'_>, id: BufId, i: usize, v: Val) {
         let off = BTREE_NODE_HEADER_BYTES + i * RECORD_BYTES + 16;
         let mut e = Enc::new(tx.data_mut(id));
         e.u64(off, v[0]);

@@ -2,7 +2,7 @@
 
 /// Granularity of logged regions: small enough that a one-field change logs little, large enough
 /// that the map of a 64 KiB block is 512 bits.
-pub const CHUNK_BYTES: usize = 128;
+pub(crate) const CHUNK_BYTES: usize = 128;
 const WORDS: usize = (crate::format::BLOCK_SIZE_MAX as usize / CHUNK_BYTES) / 64;
 
 #[derive(Clone, Copy, Default, PartialEq, Eq)]
@@ -30,17 +30,19 @@ impl ChunkMap {
             self.bits[c / 64] |= 1 << (c % 64);
         }
     }
-    /// Whether byte `off` lies in a marked chunk.
-    pub fn covers(&self, off: usize) -> bool {
+    /// Whether byte `off` lies in a marked chunk (for the debug builds' check that each changed
+    /// byte was logged, its only user).
+    #[cfg(debug_assertions)]
+    pub(crate) fn covers(&self, off: usize) -> bool {
         self.get(off / CHUNK_BYTES)
     }
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.bits.iter().all(|&w| w == 0)
     }
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.bits = [0; WORDS];
     }
-    pub fn union(&mut self, other: &ChunkMap) {
+    pub(crate) fn union(&mut self, other: &ChunkMap) {
         for (a, b) in self.bits.iter_mut().zip(other.bits.iter()) {
             *a |= b;
         }

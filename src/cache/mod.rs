@@ -6,7 +6,8 @@
 
 mod chunkmap;
 
-pub use chunkmap::{ChunkMap, CHUNK_BYTES};
+pub use chunkmap::ChunkMap;
+pub(crate) use chunkmap::CHUNK_BYTES;
 
 use crate::device::{AlignedBuf, DevError, Device};
 use crate::error::EngineError;
@@ -19,11 +20,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Bytes of bookkeeping per cached buffer (head, locks, maps), charged with the block itself.
-pub const BUF_OVERHEAD_BYTES: u64 = 256;
+pub(crate) const BUF_OVERHEAD_BYTES: u64 = 256;
 
 /// Why a buffer could not be read.
 #[derive(Debug)]
-pub enum CacheError {
+pub(crate) enum CacheError {
     Io(DevError),
     Corrupt(FormatError),
 }
@@ -49,43 +50,43 @@ impl From<CacheError> for EngineError {
 }
 
 /// The bytes of a cached block. Locked by the transaction that uses it, for its whole life.
-pub struct BufContent {
-    pub data: AlignedBuf,
+pub(crate) struct BufContent {
+    pub(crate) data: AlignedBuf,
     /// The bytes were read from disk and verified, or initialised by `get_buf`.
-    pub valid: bool,
+    pub(crate) valid: bool,
     /// The type's structure (a B+tree node's key order) was checked since the bytes came from
     /// disk: done once per read, not at every use, as XFS's read verifiers do.
-    pub structure_checked: bool,
+    pub(crate) structure_checked: bool,
 }
 
 /// The log's view of a buffer; changed by committers, the checkpoint writer and the AIL under its
 /// own lock (taken after the content lock when both are held, never before).
 #[derive(Default, Debug)]
-pub struct LogState {
+pub(crate) struct LogState {
     /// Regions changed since the buffer was last clean on disk.
-    pub dirty: ChunkMap,
-    pub btype: Option<BlockType>,
+    pub(crate) dirty: ChunkMap,
+    pub(crate) btype: Option<BlockType>,
     /// The buffer's memory is charged to the log's account (it is dirty).
-    pub charged: bool,
+    pub(crate) charged: bool,
     /// Checkpoint sequence numbers whose CIL holds a formatted copy of this buffer, oldest first:
     /// while any is not yet on disk, the buffer is pinned and must not be written home.
-    pub cil_seqs: Vec<u64>,
+    pub(crate) cil_seqs: Vec<u64>,
     /// In the AIL at this LSN: logged in a durable checkpoint, not yet written home.
-    pub ail_lsn: Option<Lsn>,
+    pub(crate) ail_lsn: Option<Lsn>,
     /// The block was freed (a cancel item was logged): never write it home.
-    pub stale: bool,
+    pub(crate) stale: bool,
 }
 
 impl LogState {
-    pub fn is_pinned(&self) -> bool {
+    pub(crate) fn is_pinned(&self) -> bool {
         !self.cil_seqs.is_empty()
     }
 }
 
-pub struct BufHead {
-    pub blkno: u64,
-    pub content: Arc<Mutex<BufContent>>,
-    pub log: Mutex<LogState>,
+pub(crate) struct BufHead {
+    pub(crate) blkno: u64,
+    pub(crate) content: Arc<Mutex<BufContent>>,
+    pub(crate) log: Mutex<LogState>,
     referenced: AtomicBool,
 }
 
@@ -102,18 +103,22 @@ struct Inner {
 pub struct CacheStats {
     pub buffers: u64,
     /// Buffers neither locked by a transaction nor dirty: what eviction may take.
-    pub clean_buffers: u64,
+    pub(crate) clean_buffers: u64,
     /// Memory outside the cache sharing its limit (CIL copies, open handles).
-    pub outside_bytes: u64,
-    pub bytes: u64,
-    pub limit_bytes: u64,
-    pub evictions: u64,
-    pub reads: u64,
+    pub(crate) outside_bytes: u64,
+    pub(crate) bytes: u64,
+    pub(crate) limit_bytes: u64,
+    pub(crate) evictions: u64,
+    // Read only by the derived Debug (tests/concurrency.rs prints these stats on a deadlock).
+    #[allow(dead_code)]
+    pub(crate) reads: u64,
     /// Times a buffer was added while nothing could be evicted (the cache went past its limit).
-    pub over_limit: u64,
+    // Read only by the derived Debug (tests/concurrency.rs prints these stats on a deadlock).
+    #[allow(dead_code)]
+    pub(crate) over_limit: u64,
 }
 
-pub struct Cache {
+pub(crate) struct Cache {
     dev: Arc<dyn Device>,
     block_size: u32,
     uuid: Uuid,
@@ -128,7 +133,7 @@ pub struct Cache {
 }
 
 impl Cache {
-    pub fn new(dev: Arc<dyn Device>, uuid: Uuid, limit_bytes: u64) -> Cache {
+    pub(crate) fn new(dev: Arc<dyn Device>, uuid: Uuid, limit_bytes: u64) -> Cache {
         let block_size = dev.block_size();
         Cache {
             dev,
@@ -148,21 +153,13 @@ impl Cache {
         }
     }
 
-    pub fn device(&self) -> &Arc<dyn Device> {
-        &self.dev
-    }
-
-    pub fn block_size(&self) -> u32 {
-        self.block_size
-    }
-
     /// Memory one cached buffer costs.
-    pub fn buf_bytes(&self) -> u64 {
+    pub(crate) fn buf_bytes(&self) -> u64 {
         self.block_size as u64 + BUF_OVERHEAD_BYTES
     }
 
     /// The buffer for `blkno`, added (not yet read) if absent.
-    pub fn get(&self, blkno: u64) -> Arc<BufHead> {
+    pub(crate) fn get(&self, blkno: u64) -> Arc<BufHead> {
         let mut g = self.inner.lock();
         if let Some(&key) = g.map.get(&blkno) {
             let h = &g.slab[key];
@@ -225,23 +222,13 @@ impl Cache {
         false
     }
 
-    /// Evicts clean buffers until the cache holds at most `target_bytes`; returns bytes freed.
-    pub fn shrink_to(&self, target_bytes: u64) -> u64 {
-        let mut g = self.inner.lock();
-        let mut freed = 0;
-        while g.slab.len() as u64 * self.buf_bytes() > target_bytes && self.evict_one(&mut g) {
-            freed += self.buf_bytes();
-        }
-        freed
-    }
-
     /// Charges `bytes` of memory outside the cache to its limit.
-    pub fn charge_outside(&self, bytes: u64) {
+    pub(crate) fn charge_outside(&self, bytes: u64) {
         self.outside.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Gives back what `charge_outside` charged (never below zero).
-    pub fn release_outside(&self, bytes: u64) {
+    pub(crate) fn release_outside(&self, bytes: u64) {
         let _ = self
             .outside
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
@@ -250,17 +237,13 @@ impl Cache {
     }
 
     /// The counter of memory outside the cache that shares its limit.
-    pub fn outside(&self) -> Arc<AtomicU64> {
+    pub(crate) fn outside(&self) -> Arc<AtomicU64> {
         self.outside.clone()
-    }
-
-    pub fn set_limit(&self, limit_bytes: u64) {
-        self.limit_bytes.store(limit_bytes, Ordering::Relaxed);
     }
 
     /// Makes `content` hold the verified block: reads it if it is not valid yet. A cached buffer is
     /// only checked for its type (its CRC is stamped at write-back).
-    pub fn read_into(
+    pub(crate) fn read_into(
         &self,
         blkno: u64,
         content: &mut BufContent,
@@ -293,7 +276,7 @@ impl Cache {
         Ok(hdr.btype)
     }
 
-    pub fn stats(&self) -> CacheStats {
+    pub(crate) fn stats(&self) -> CacheStats {
         let (n, clean) = {
             let g = self.inner.lock();
             let clean = g
@@ -313,10 +296,5 @@ impl Cache {
             reads: self.reads.load(Ordering::Relaxed),
             over_limit: self.over_limit.load(Ordering::Relaxed),
         }
-    }
-
-    /// Drops every buffer nobody references (after recovery rewrote blocks behind the cache).
-    pub fn purge_clean(&self) {
-        self.shrink_to(0);
     }
 }

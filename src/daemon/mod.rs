@@ -96,7 +96,9 @@ impl Finish {
 /// The block device a `fuseblk` mount of `o.image` stands on: the image itself when it is a
 /// block device, else a loop device attached over it. None when the mount is to be `fuse`
 /// (`-o blkdev=off`, or no loop device can be had: not root, no loop driver), with the reason.
-pub fn block_source(o: &Options) -> Result<(PathBuf, Option<crate::kmount::LoopDevice>), String> {
+pub(crate) fn block_source(
+    o: &Options,
+) -> Result<(PathBuf, Option<crate::kmount::LoopDevice>), String> {
     if !o.blkdev {
         return Err("-o blkdev=off".into());
     }

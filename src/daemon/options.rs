@@ -207,26 +207,26 @@ pub struct Options {
     pub allow_other: bool,
     pub default_permissions: bool,
     /// `-o writeback_cache`: the kernel's writeback cache (implies default_permissions).
-    pub writeback_cache: bool,
+    pub(crate) writeback_cache: bool,
     /// `-o uring=on|off`: FUSE over io_uring when the kernel offers it (on by default).
-    pub uring: bool,
+    pub(crate) uring: bool,
     /// `-o uring_idle=on|off`: the queue threads serve at SCHED_IDLE while CPUs are spare (on).
-    pub uring_idle: bool,
+    pub(crate) uring_idle: bool,
     /// `-o hostcache=on|off`: file data read through the image's page cache (on by default).
-    pub host_cache: bool,
+    pub(crate) host_cache: bool,
     /// `-o blkdev=on|off`: mount as `fuseblk` (through a loop device for an image file), so
     /// umount waits for the daemon to write everything home (on by default).
-    pub blkdev: bool,
+    pub(crate) blkdev: bool,
     /// `blkdev=on` was given: say so when it cannot be had.
-    pub blkdev_asked: bool,
+    pub(crate) blkdev_asked: bool,
     /// The mount's own flags (nosuid, nodev, noexec, sync, dirsync), kept by the kernel.
     pub flags: MountFlags,
     /// Print the budget's derivation even when stderr is not a terminal.
     pub verbose: bool,
-    pub mem_option: Option<u64>,
-    pub threads_option: Option<usize>,
-    pub atime: AtimePolicy,
-    pub engine: EngineOptions,
+    pub(crate) mem_option: Option<u64>,
+    pub(crate) threads_option: Option<usize>,
+    pub(crate) atime: AtimePolicy,
+    pub(crate) engine: EngineOptions,
     /// The process's resident size before its arguments were parsed (None: measured when
     /// serving starts). The parser's code is touched once, at start, and is reclaimable file
     /// pages: counted in the base, it took 0.9 MiB from the budget, which under an 8 MiB limit
@@ -241,9 +241,9 @@ pub struct Options {
 pub struct MountFlags {
     pub nosuid: bool,
     pub nodev: bool,
-    pub noexec: bool,
-    pub sync: bool,
-    pub dirsync: bool,
+    pub(crate) noexec: bool,
+    pub(crate) sync: bool,
+    pub(crate) dirsync: bool,
 }
 
 impl MountFlags {
@@ -332,7 +332,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 const FOREIGN_NEAR: [&str; 3] = ["uid", "gid", "sw"];
 
 /// The option of ours an unknown name is one edit from, if any.
-pub fn near_miss(name: &str) -> Option<&'static str> {
+pub(crate) fn near_miss(name: &str) -> Option<&'static str> {
     if FOREIGN_NEAR.contains(&name) {
         return None;
     }

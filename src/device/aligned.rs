@@ -6,7 +6,7 @@ use std::ptr::NonNull;
 use std::sync::Mutex;
 
 /// Alignment of every block buffer: the largest logical sector size O_DIRECT may demand.
-pub const DIRECT_IO_ALIGN: usize = 4096;
+pub(crate) const DIRECT_IO_ALIGN: usize = 4096;
 
 /// Buffers of exactly one page (the usual block) come from a free list of pages carved out of
 /// mappings of this many pages. glibc's aligned allocation wastes up to a page beside each
@@ -61,7 +61,7 @@ fn page_free(p: NonNull<u8>) {
         .push(p.as_ptr() as usize);
 }
 
-/// A zero-initialised byte buffer aligned to [`DIRECT_IO_ALIGN`].
+/// A zero-initialised byte buffer aligned to `DIRECT_IO_ALIGN`.
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
@@ -92,7 +92,7 @@ impl AlignedBuf {
         // block, a log record, a recovery chunk (1 MiB) or one FUSE write (1 MiB).
         Layout::from_size_align(len, DIRECT_IO_ALIGN).expect("aligned buffer layout")
     }
-    pub fn is_aligned(buf: &[u8]) -> bool {
+    pub(crate) fn is_aligned(buf: &[u8]) -> bool {
         (buf.as_ptr() as usize).is_multiple_of(DIRECT_IO_ALIGN)
     }
 }

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 /// a small piece waits for a device round trip when direct (about 60 us on a virtio disk) but
 /// only for a copy when cached; a large one is an extent the device moves whole, and a copy
 /// through the cache only adds a second copy.
-pub const CACHED_IO_MAX_BYTES: usize = 64 << 10;
+pub(crate) const CACHED_IO_MAX_BYTES: usize = 64 << 10;
 
 pub struct FileDevice {
     direct: Option<File>,
@@ -83,7 +83,7 @@ impl FileDevice {
 
     /// File data through the image's page cache (`read_data`, `write_data`), with at most
     /// `dirty_max` bytes of dirty pages at once.
-    pub fn with_data_page_cache(mut self, on: bool, dirty_max: u64) -> FileDevice {
+    pub(crate) fn with_data_page_cache(mut self, on: bool, dirty_max: u64) -> FileDevice {
         self.data_through_page_cache = on;
         self.dirty_max = dirty_max;
         self
@@ -111,7 +111,7 @@ impl FileDevice {
     }
 
     /// Is O_DIRECT in use (it may be dropped at the first refused request)?
-    pub fn is_direct(&self) -> bool {
+    pub(crate) fn is_direct(&self) -> bool {
         self.use_direct.load(Ordering::Relaxed)
     }
 

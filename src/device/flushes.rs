@@ -6,7 +6,7 @@ use super::{DevError, Device};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-pub struct FlushTracked {
+pub(crate) struct FlushTracked {
     inner: Arc<dyn Device>,
     /// Flushes begun so far; flush number n is the n-th to begin.
     started: AtomicU64,
@@ -15,7 +15,7 @@ pub struct FlushTracked {
 }
 
 impl FlushTracked {
-    pub fn new(inner: Arc<dyn Device>) -> FlushTracked {
+    pub(crate) fn new(inner: Arc<dyn Device>) -> FlushTracked {
         FlushTracked {
             inner,
             started: AtomicU64::new(0),
@@ -24,13 +24,13 @@ impl FlushTracked {
     }
 
     /// A ticket for "now": pass it to `flush_since` after the work that must be durable.
-    pub fn ticket(&self) -> u64 {
+    pub(crate) fn ticket(&self) -> u64 {
         self.started.load(Ordering::SeqCst)
     }
 
     /// Makes every write that completed before `ticket` was taken durable: a flush of its own,
     /// unless one that began after the ticket has completed meanwhile.
-    pub fn flush_since(&self, ticket: u64) -> Result<(), DevError> {
+    pub(crate) fn flush_since(&self, ticket: u64) -> Result<(), DevError> {
         if self.completed.load(Ordering::SeqCst) > ticket {
             return Ok(());
         }

@@ -10,10 +10,11 @@ mod mem;
 mod overlay;
 mod recording;
 
-pub use aligned::{AlignedBuf, DIRECT_IO_ALIGN};
+pub use aligned::AlignedBuf;
+pub(crate) use aligned::DIRECT_IO_ALIGN;
 pub use fault::{FaultDevice, FaultKind, FaultOp, FaultRule};
 pub use file::FileDevice;
-pub use flushes::FlushTracked;
+pub(crate) use flushes::FlushTracked;
 pub use mem::MemDevice;
 pub use overlay::OverlayDevice;
 pub use recording::{DevEvent, RecordingDevice};
@@ -24,14 +25,14 @@ use std::io;
 /// A device operation that failed.
 #[derive(Debug)]
 pub struct DevError {
-    pub op: &'static str,
-    pub blkno: u64,
-    pub blocks: u64,
-    pub source: io::Error,
+    pub(crate) op: &'static str,
+    pub(crate) blkno: u64,
+    pub(crate) blocks: u64,
+    pub(crate) source: io::Error,
 }
 
 impl DevError {
-    pub fn new(op: &'static str, blkno: u64, blocks: u64, source: io::Error) -> DevError {
+    pub(crate) fn new(op: &'static str, blkno: u64, blocks: u64, source: io::Error) -> DevError {
         DevError {
             op,
             blkno,
@@ -39,7 +40,7 @@ impl DevError {
             source,
         }
     }
-    pub fn errno(&self) -> i32 {
+    pub(crate) fn errno(&self) -> i32 {
         self.source.raw_os_error().unwrap_or(libc::EIO)
     }
 }

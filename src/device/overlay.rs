@@ -19,11 +19,6 @@ impl OverlayDevice {
             written: Mutex::new(HashMap::new()),
         }
     }
-
-    /// Blocks written through the overlay so far.
-    pub fn written_blocks(&self) -> usize {
-        self.written.lock().len()
-    }
 }
 
 impl Device for OverlayDevice {

@@ -35,9 +35,6 @@ impl RecordingDevice {
     pub fn events(&self) -> Vec<DevEvent> {
         self.events.lock().clone()
     }
-    pub fn snapshot(&self) -> Vec<u8> {
-        self.inner.snapshot()
-    }
 }
 
 impl Device for RecordingDevice {

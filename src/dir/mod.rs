@@ -22,9 +22,9 @@ use crate::format::records::DirRec;
 use crate::format::{BlockType, Dec, Enc, FormatError};
 use crate::trans::Trans;
 
-pub use crate::format::name::NAME_MAX;
+pub(crate) use crate::format::name::NAME_MAX;
 /// Collisions of one hash value a directory may hold: bounds the index in keys and cookies.
-pub const HASH_COLLISIONS_MAX: u64 = 1 << 31;
+pub(crate) const HASH_COLLISIONS_MAX: u64 = 1 << 31;
 const COOKIE_DOT: u64 = 1;
 const COOKIE_DOTDOT: u64 = 2;
 const COOKIE_BASE: u64 = 3;
@@ -51,11 +51,11 @@ pub struct DirEntry {
     pub name: Vec<u8>,
     pub ino: u64,
     /// File type (the DT_* values of readdir).
-    pub ftype: u8,
+    pub(crate) ftype: u8,
     /// Cookie of the next entry after this one.
     pub cookie: u64,
     /// Its key in the directory (hash of the name, collision index); zero for "." and "..".
-    pub key: [u64; 2],
+    pub(crate) key: [u64; 2],
 }
 
 fn tree(dir: u64, inode: &Inode) -> Btree {
@@ -80,11 +80,11 @@ fn set_fork_u64(inode: &mut Inode, off: usize, v: u64) {
 }
 
 /// The parent directory recorded in a directory inode.
-pub fn parent(inode: &Inode) -> u64 {
+pub(crate) fn parent(inode: &Inode) -> u64 {
     fork_u64(inode, 8)
 }
 
-pub fn set_parent(inode: &mut Inode, parent: u64) {
+pub(crate) fn set_parent(inode: &mut Inode, parent: u64) {
     set_fork_u64(inode, 8, parent);
 }
 
@@ -187,7 +187,7 @@ fn set_inline(inode: &mut Inode, entries: &mut [Inline]) {
 }
 
 /// Bytes an inline directory's entries take (its size, as XFS reports short-form directories).
-pub fn inline_bytes(inode: &Inode) -> u64 {
+pub(crate) fn inline_bytes(inode: &Inode) -> u64 {
     inline_entries(0, inode)
         .map(|e| (INLINE_OFF + e.iter().map(|x| INLINE_HDR + x.name.len()).sum::<usize>()) as u64)
         .unwrap_or(0)
@@ -439,17 +439,11 @@ pub fn remove(
     remove_found(tx, alloc, dir, inode, k, v)
 }
 
-/// The tree key a readdir cookie stands for (None for "." and "..").
-pub fn key_of_cookie(cookie: u64) -> Option<[u64; 2]> {
-    let c = cookie.checked_sub(COOKIE_BASE)?;
-    Some([c >> 31, c & (HASH_COLLISIONS_MAX - 1)])
-}
-
 /// Removes the entry with key `k` (as readdir returned it), found by its key rather than its
 /// name (fsck's repair: a damaged name may no longer hash to its key). Returns the inode it
 /// named.
 #[track_caller]
-pub fn remove_at(
+pub(crate) fn remove_at(
     tx: &mut Trans<'_>,
     alloc: &Allocator,
     dir: u64,
@@ -474,7 +468,7 @@ pub fn remove_at(
 /// Points the entry with key `k` at `ino` with file type `ftype`, found by its key (see
 /// [`remove_at`]). Returns the inode it named before.
 #[track_caller]
-pub fn retype_at(
+pub(crate) fn retype_at(
     tx: &mut Trans<'_>,
     dir: u64,
     inode: &mut Inode,
@@ -591,7 +585,7 @@ fn set_found(
 /// verified against the entries pointing into it (`format::dirblock::check_name_block`), and the
 /// current name block (where the next name goes) one of them: the one verdict the checker and
 /// the repairer take on a directory's blocks.
-pub fn blocks(tx: &mut Trans<'_>, dir: u64, inode: &Inode) -> Result<Vec<u64>, EngineError> {
+pub(crate) fn blocks(tx: &mut Trans<'_>, dir: u64, inode: &Inode) -> Result<Vec<u64>, EngineError> {
     let current = fork_u64(inode, 0);
     if inode.format == DataFormat::Local {
         if current != 0 {
@@ -645,7 +639,11 @@ pub fn blocks(tx: &mut Trans<'_>, dir: u64, inode: &Inode) -> Result<Vec<u64>, E
 /// tree's records, each name read as far as its block bounds it (`dirblock::salvage_record`),
 /// whatever the name block's counts say. An entry whose name cannot be read is left out; the
 /// error that stopped the walk, if any, is returned beside what was read.
-pub fn salvage(tx: &mut Trans<'_>, dir: u64, inode: &Inode) -> (Vec<DirEntry>, Option<String>) {
+pub(crate) fn salvage(
+    tx: &mut Trans<'_>,
+    dir: u64,
+    inode: &Inode,
+) -> (Vec<DirEntry>, Option<String>) {
     let mut out = Vec::new();
     let mut first_err = None;
     let recs = if inode.format == DataFormat::Local {
@@ -699,7 +697,7 @@ pub fn salvage(tx: &mut Trans<'_>, dir: u64, inode: &Inode) -> (Vec<DirEntry>, O
 
 /// Frees an empty directory's tree root (at rmdir).
 #[track_caller]
-pub fn destroy(
+pub(crate) fn destroy(
     tx: &mut Trans<'_>,
     alloc: &Allocator,
     dir: u64,

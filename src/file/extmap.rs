@@ -11,9 +11,9 @@ use crate::format::records::ExtentRec;
 use crate::format::{BlockType, FormatError, Geometry};
 use crate::trans::Trans;
 
-pub use crate::format::inode::UNWRITTEN;
+pub(crate) use crate::format::inode::UNWRITTEN;
 /// Longest extent: bounds one allocation and keeps lengths well inside 32 bits.
-pub const EXTENT_LEN_MAX: u64 = 1 << 21;
+pub(crate) const EXTENT_LEN_MAX: u64 = 1 << 21;
 
 fn to_val(e: &Extent) -> Val {
     ExtentRec::val(e)
@@ -55,7 +55,7 @@ fn check(ino: u64, e: &Extent, g: &Geometry) -> Result<(), EngineError> {
 }
 
 /// The extent containing file block `fb`, and the first extent after `fb`.
-pub fn find(
+pub(crate) fn find(
     tx: &mut Trans<'_>,
     ino: u64,
     inode: &Inode,
@@ -102,7 +102,7 @@ pub fn find(
 }
 
 /// The blocks of the map's B+tree (none when the map is inline in the inode): for checks.
-pub fn nodes(tx: &mut Trans<'_>, ino: u64, inode: &Inode) -> Result<Vec<u64>, EngineError> {
+pub(crate) fn nodes(tx: &mut Trans<'_>, ino: u64, inode: &Inode) -> Result<Vec<u64>, EngineError> {
     if inode.format != DataFormat::Btree {
         return Ok(Vec::new());
     }
@@ -132,7 +132,7 @@ fn joins(a: &Extent, b: &Extent) -> bool {
 
 /// Maps `e` (a range that is a hole in the map), merging with neighbours.
 #[track_caller]
-pub fn insert(
+pub(crate) fn insert(
     tx: &mut Trans<'_>,
     alloc: &Allocator,
     ino: u64,
@@ -229,7 +229,7 @@ pub fn insert(
 /// the old mapping of that range is taken out without freeing its blocks, and `e` put in,
 /// merged with its neighbours.
 #[track_caller]
-pub fn remap(
+pub(crate) fn remap(
     tx: &mut Trans<'_>,
     alloc: &Allocator,
     ino: u64,
@@ -248,7 +248,7 @@ pub fn remap(
 // rename them.
 #[allow(clippy::too_many_arguments)]
 #[track_caller]
-pub fn remove(
+pub(crate) fn remove(
     tx: &mut Trans<'_>,
     alloc: &Allocator,
     ino: u64,
@@ -362,7 +362,12 @@ fn unmap(
 
 /// Where to allocate blocks for file block `fb`: right after the disk block mapping the file
 /// block before it, else near the inode.
-pub fn target(tx: &mut Trans<'_>, ino: u64, inode: &Inode, fb: u64) -> Result<u64, EngineError> {
+pub(crate) fn target(
+    tx: &mut Trans<'_>,
+    ino: u64,
+    inode: &Inode,
+    fb: u64,
+) -> Result<u64, EngineError> {
     if fb > 0 {
         if let (Some(e), _) = find(tx, ino, inode, fb - 1)? {
             return Ok(e.start + (fb - e.file_block));

@@ -15,7 +15,7 @@ pub mod readahead;
 mod syncseq;
 
 pub use readahead::ReadAhead;
-pub use syncseq::{DataSeqs, DATA_SEQ_STRIPES};
+pub use syncseq::DataSeqs;
 
 use crate::alloc::{Allocator, BlockResv};
 use crate::device::{AlignedBuf, DIRECT_IO_ALIGN};
@@ -28,13 +28,13 @@ use extmap::{EXTENT_LEN_MAX, UNWRITTEN};
 use readahead::{Lend, Piece, Run};
 
 /// Largest file size: file block numbers stay far from u64 overflow for every block size.
-pub const FILE_SIZE_MAX: u64 = 1 << 52;
+pub(crate) const FILE_SIZE_MAX: u64 = 1 << 52;
 
 /// A write leaves the modification and change times alone when they are already within this
 /// of now: the times advance in steps of at most this, as a kernel filesystem's advance with
 /// its clock tick (1-10 ms), and a stream of small overwrites logs its inode once per step
 /// instead of once per write.
-pub const TIME_GRANULARITY_NS: i128 = 1_000_000;
+pub(crate) const TIME_GRANULARITY_NS: i128 = 1_000_000;
 
 /// `t` is at most `TIME_GRANULARITY_NS` before `now` (and not after it).
 fn recent(t: Time, now: Time) -> bool {
@@ -64,7 +64,7 @@ static SCRATCH_KEEP_MAX: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(1 << 20);
 
 /// Sets the most a thread's scratch buffer keeps (see `SCRATCH_KEEP_MAX`).
-pub fn set_scratch_keep_max(bytes: usize) {
+pub(crate) fn set_scratch_keep_max(bytes: usize) {
     SCRATCH_KEEP_MAX.store(bytes, std::sync::atomic::Ordering::Relaxed);
 }
 
@@ -199,7 +199,7 @@ impl<'a> FileIo<'a> {
     /// a request thread replies from it). `before` runs first with the inode as the read found
     /// it (the access-time update, which must be done before the reply is seen); the
     /// transaction ends before either runs.
-    pub fn read_with<R, E: From<EngineError>>(
+    pub(crate) fn read_with<R, E: From<EngineError>>(
         &self,
         ino: u64,
         off: u64,
@@ -403,7 +403,7 @@ impl<'a> FileIo<'a> {
     /// `write`, telling apart a short write from a whole one: the bytes written and, when it
     /// stopped short, the error that stopped it (the kernel's write-back of cached pages takes
     /// no count and must get the error).
-    pub fn write_prefix(
+    pub(crate) fn write_prefix(
         &self,
         ino: u64,
         off: u64,
@@ -823,7 +823,7 @@ impl<'a> FileIo<'a> {
     /// `keep_size`. Nothing is freed and allocated again, so it needs only the blocks of the
     /// holes, promised (with the map changes) before anything changes: a refusal leaves the
     /// file as it was.
-    pub fn zero_range(
+    pub(crate) fn zero_range(
         &self,
         ino: u64,
         off: u64,

@@ -30,7 +30,7 @@ pub const READAHEAD_SLOTS: usize = 4;
 /// Threads reading pieces ahead: two device reads in flight keep a virtio disk streaming.
 pub const READAHEAD_WORKERS: usize = 2;
 /// Files whose reads are followed at once to tell sequential reading.
-pub const READAHEAD_STREAMS: usize = 8;
+pub(crate) const READAHEAD_STREAMS: usize = 8;
 /// Reads shorter than this are not followed: small pieces come from the image's page cache
 /// (`device::file::CACHED_IO_MAX_BYTES`), and a small read is rarely part of a stream.
 pub const READAHEAD_MIN_BYTES: usize = 128 << 10;
@@ -40,18 +40,18 @@ const EPOCH_STRIPES: usize = 64;
 /// A run of a piece: file blocks `fb..end`, on disk from block `disk`, or zeros (`None`: a hole
 /// or an unwritten extent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Run {
-    pub fb: u64,
-    pub end: u64,
-    pub disk: Option<u64>,
+pub(crate) struct Run {
+    pub(crate) fb: u64,
+    pub(crate) end: u64,
+    pub(crate) disk: Option<u64>,
 }
 
 /// A piece: `blocks` file blocks of inode `ino` from block `first`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Piece {
-    pub ino: u64,
-    pub first: u64,
-    pub blocks: u64,
+pub(crate) struct Piece {
+    pub(crate) ino: u64,
+    pub(crate) first: u64,
+    pub(crate) blocks: u64,
 }
 
 #[derive(Debug)]
@@ -114,11 +114,11 @@ pub struct ReadAheadStats {
     /// Pieces dropped because a write or a change of the map came after their read began.
     pub stale: u64,
     /// Pieces dropped unused to make room, or whose read failed.
-    pub wasted: u64,
+    pub(crate) wasted: u64,
 }
 
 /// What `ReadAhead::lend` found.
-pub enum Lend {
+pub(crate) enum Lend {
     Absent,
     /// A worker is reading the piece.
     Reading,
@@ -126,9 +126,9 @@ pub enum Lend {
 }
 
 /// A piece lent to a request: its runs, and its buffer through `ReadAhead::bytes`.
-pub struct Lease {
+pub(crate) struct Lease {
     slot: usize,
-    pub runs: Vec<Run>,
+    pub(crate) runs: Vec<Run>,
 }
 
 pub struct ReadAhead {
@@ -172,7 +172,7 @@ impl ReadAhead {
     }
 
     /// Bytes held for pieces (for the budget's base).
-    pub fn buffer_bytes(piece_max_bytes: usize) -> u64 {
+    pub(crate) fn buffer_bytes(piece_max_bytes: usize) -> u64 {
         (READAHEAD_SLOTS * piece_max_bytes.div_ceil(DIRECT_IO_ALIGN) * DIRECT_IO_ALIGN) as u64
     }
 
@@ -191,14 +191,14 @@ impl ReadAhead {
 
     /// File data of `ino` is about to be written, or was just written: every piece of it whose
     /// read began before is stale.
-    pub fn bump(&self, ino: u64) {
+    pub(crate) fn bump(&self, ino: u64) {
         self.epoch_of(ino).fetch_add(1, Ordering::SeqCst);
     }
 
     /// A request for `piece`: lends the piece if it is read ahead and no write to its file
     /// came since its read began. Never waits: a piece a worker is reading is `Reading`, and
     /// the request may `wait_read` for it (holding nothing the worker needs).
-    pub fn lend(&self, piece: Piece) -> Lend {
+    pub(crate) fn lend(&self, piece: Piece) -> Lend {
         let mut st = self.state.lock();
         let Some(i) = slot_of(&st.slots, piece) else {
             return Lend::Absent;
@@ -226,7 +226,7 @@ impl ReadAhead {
     }
 
     /// Waits until no worker is reading `piece` (or the workers stop).
-    pub fn wait_read(&self, piece: Piece) {
+    pub(crate) fn wait_read(&self, piece: Piece) {
         let mut st = self.state.lock();
         while !st.stopped
             && st
@@ -239,12 +239,12 @@ impl ReadAhead {
     }
 
     /// The lent piece's bytes (`blocks` x block size of them).
-    pub fn bytes(&self, lease: &Lease) -> MutexGuard<'_, AlignedBuf> {
+    pub(crate) fn bytes(&self, lease: &Lease) -> MutexGuard<'_, AlignedBuf> {
         self.bufs[lease.slot].lock()
     }
 
     /// Ends a lease: `used` if the request answered from it, else it found other runs (stale).
-    pub fn give_back(&self, lease: Lease, used: bool) {
+    pub(crate) fn give_back(&self, lease: Lease, used: bool) {
         let mut st = self.state.lock();
         debug_assert!(matches!(st.slots[lease.slot], Slot::Lent));
         st.slots[lease.slot] = Slot::Empty;
@@ -259,7 +259,7 @@ impl ReadAhead {
     /// A read of `ino` at `off..end` (the file is `size` bytes) was answered: if it continues
     /// a stream, queues the pieces after the furthest byte asked for, as many as there are
     /// slots, each as long as this read.
-    pub fn note_read(&self, ino: u64, off: u64, end: u64, size: u64) {
+    pub(crate) fn note_read(&self, ino: u64, off: u64, end: u64, size: u64) {
         let len = end.saturating_sub(off);
         if (len as usize) < READAHEAD_MIN_BYTES || len as usize > self.piece_max_bytes {
             return;
@@ -326,7 +326,7 @@ impl ReadAhead {
     /// taken now; waits for one. `None` once `stop` was called. A piece the reader has gone
     /// past is not read; a slot holding one is taken back (wasted), but never one still ahead
     /// of its reader: the job waits for a slot instead.
-    pub fn next_job(&self) -> Option<(Piece, usize)> {
+    pub(crate) fn next_job(&self) -> Option<(Piece, usize)> {
         let bs = self.block_size;
         let mut st = self.state.lock();
         loop {
@@ -369,13 +369,13 @@ impl ReadAhead {
     }
 
     /// A worker's buffer for slot `slot`.
-    pub fn buffer(&self, slot: usize) -> MutexGuard<'_, AlignedBuf> {
+    pub(crate) fn buffer(&self, slot: usize) -> MutexGuard<'_, AlignedBuf> {
         self.bufs[slot].lock()
     }
 
     /// A worker finished reading `piece` into `slot`: its runs, or `None` if the read failed
     /// or found nothing to read (past the end of the file by now).
-    pub fn filled(&self, piece: Piece, slot: usize, runs: Option<Vec<Run>>) {
+    pub(crate) fn filled(&self, piece: Piece, slot: usize, runs: Option<Vec<Run>>) {
         let mut st = self.state.lock();
         let epoch = match &st.slots[slot] {
             Slot::Filling { piece: p, epoch } if *p == piece => *epoch,

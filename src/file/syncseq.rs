@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Stripes of the table: 8 KiB, and collisions rare for the files being written at once.
-pub const DATA_SEQ_STRIPES: usize = 1024;
+pub(crate) const DATA_SEQ_STRIPES: usize = 1024;
 
 pub struct DataSeqs {
     stripes: Box<[AtomicU64]>,
@@ -32,12 +32,12 @@ impl DataSeqs {
     }
 
     /// Inode `ino`'s size or map changed in a commit at or before sequence `seq`.
-    pub fn note(&self, ino: u64, seq: u64) {
+    pub(crate) fn note(&self, ino: u64, seq: u64) {
         self.stripe(ino).fetch_max(seq, Ordering::SeqCst);
     }
 
     /// The sequence fdatasync of `ino` must force (0: none).
-    pub fn get(&self, ino: u64) -> u64 {
+    pub(crate) fn get(&self, ino: u64) -> u64 {
         self.stripe(ino).load(Ordering::SeqCst)
     }
 }

@@ -20,45 +20,45 @@ use super::{Dec, Enc, FormatError, BLOCK_HEADER_BYTES};
 /// Blocks at the start of every AG kept for its headers and first tree roots: +0 superblock
 /// (AG 0) or spare, +1 AG header, +2 by-block root, +3 by-length root, +4 inode-chunk root.
 pub const AG_RESERVED_BLOCKS: u64 = 8;
-pub const AG_HEADER_OFFSET: u64 = 1;
-pub const AG_BNO_ROOT_OFFSET: u64 = 2;
-pub const AG_CNT_ROOT_OFFSET: u64 = 3;
-pub const AG_INO_ROOT_OFFSET: u64 = 4;
+pub(crate) const AG_HEADER_OFFSET: u64 = 1;
+pub(crate) const AG_BNO_ROOT_OFFSET: u64 = 2;
+pub(crate) const AG_CNT_ROOT_OFFSET: u64 = 3;
+pub(crate) const AG_INO_ROOT_OFFSET: u64 = 4;
 /// First root of the unlinked-inode tree: inodes with no links left, freed at last close or,
 /// after a crash, at the next mount.
-pub const AG_UNLINKED_ROOT_OFFSET: u64 = 5;
+pub(crate) const AG_UNLINKED_ROOT_OFFSET: u64 = 5;
 const OFF_UNLINKED: usize = OFF_AGFL + 4 * AGFL_SLOTS;
 /// Free-list slots: enough for the worst single free-space operation twice over (each tree
 /// splitting at every level up to the height limit and growing a root: 2 × (8 + 1)), plus room
 /// for the blocks freed tree nodes return, and it fits a 512-byte block.
-pub const AGFL_SLOTS: usize = 64;
+pub(crate) const AGFL_SLOTS: usize = 64;
 const OFF_AGFL: usize = 128;
 const _: () = assert!(OFF_AGFL + 4 * AGFL_SLOTS + 10 <= super::BLOCK_SIZE_MIN as usize);
 const _: () = assert!(BLOCK_HEADER_BYTES == 48);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgHeader {
-    pub agno: u32,
-    pub length: u64,
+    pub(crate) agno: u32,
+    pub(crate) length: u64,
     pub free_blocks: u64,
     pub longest: u64,
     pub bno_root: u64,
     pub bno_level: u16,
     pub cnt_root: u64,
     pub cnt_level: u16,
-    pub ino_root: u64,
-    pub ino_level: u16,
+    pub(crate) ino_root: u64,
+    pub(crate) ino_level: u16,
     pub inodes: u64,
     pub free_inodes: u64,
-    pub unlinked_root: u64,
-    pub unlinked_level: u16,
+    pub(crate) unlinked_root: u64,
+    pub(crate) unlinked_level: u16,
     /// AG-relative block numbers on the free list.
     pub agfl: Vec<u32>,
 }
 
 impl AgHeader {
     /// Encodes the fields after the block header into `block`; returns the byte range written.
-    pub fn encode(&self, block: &mut [u8]) -> std::ops::Range<usize> {
+    pub(crate) fn encode(&self, block: &mut [u8]) -> std::ops::Range<usize> {
         debug_assert!(self.agfl.len() <= AGFL_SLOTS);
         let mut e = Enc::new(block);
         e.u32(48, self.agno);

@@ -7,7 +7,7 @@ use std::cell::{Cell, RefCell};
 /// One field a decoder read: which structure, which field, where in the slice it was given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldRead {
-    pub structure: &'static str,
+    pub(crate) structure: &'static str,
     pub field: &'static str,
     pub off: usize,
     pub len: usize,
@@ -30,48 +30,48 @@ pub fn record_fields<T>(f: impl FnOnce() -> T) -> (T, Vec<FieldRead>) {
 }
 
 /// Writes fields into a byte slice at fixed offsets.
-pub struct Enc<'a> {
+pub(crate) struct Enc<'a> {
     buf: &'a mut [u8],
 }
 
 impl<'a> Enc<'a> {
-    pub fn new(buf: &'a mut [u8]) -> Self {
+    pub(crate) fn new(buf: &'a mut [u8]) -> Self {
         Enc { buf }
     }
-    pub fn u8(&mut self, off: usize, v: u8) {
+    pub(crate) fn u8(&mut self, off: usize, v: u8) {
         self.buf[off] = v;
     }
-    pub fn u16(&mut self, off: usize, v: u16) {
+    pub(crate) fn u16(&mut self, off: usize, v: u16) {
         self.buf[off..off + 2].copy_from_slice(&v.to_le_bytes());
     }
-    pub fn u32(&mut self, off: usize, v: u32) {
+    pub(crate) fn u32(&mut self, off: usize, v: u32) {
         self.buf[off..off + 4].copy_from_slice(&v.to_le_bytes());
     }
-    pub fn u64(&mut self, off: usize, v: u64) {
+    pub(crate) fn u64(&mut self, off: usize, v: u64) {
         self.buf[off..off + 8].copy_from_slice(&v.to_le_bytes());
     }
-    pub fn bytes(&mut self, off: usize, v: &[u8]) {
+    pub(crate) fn bytes(&mut self, off: usize, v: &[u8]) {
         self.buf[off..off + v.len()].copy_from_slice(v);
     }
 }
 
 /// Reads fields from a byte slice at fixed offsets; a read past the end is a [`FormatError`]
 /// naming the structure and field, never a panic.
-pub struct Dec<'a> {
+pub(crate) struct Dec<'a> {
     buf: &'a [u8],
     blkno: u64,
     structure: &'static str,
 }
 
 impl<'a> Dec<'a> {
-    pub fn new(buf: &'a [u8], blkno: u64, structure: &'static str) -> Self {
+    pub(crate) fn new(buf: &'a [u8], blkno: u64, structure: &'static str) -> Self {
         Dec {
             buf,
             blkno,
             structure,
         }
     }
-    pub fn err(&self, field: &'static str, detail: impl Into<String>) -> FormatError {
+    pub(crate) fn err(&self, field: &'static str, detail: impl Into<String>) -> FormatError {
         FormatError::new(self.blkno, self.structure, field, detail)
     }
     fn slice(&self, off: usize, len: usize, field: &'static str) -> Result<&'a [u8], FormatError> {
@@ -99,24 +99,24 @@ impl<'a> Dec<'a> {
                 )
             })
     }
-    pub fn u8(&self, off: usize, field: &'static str) -> Result<u8, FormatError> {
+    pub(crate) fn u8(&self, off: usize, field: &'static str) -> Result<u8, FormatError> {
         Ok(self.slice(off, 1, field)?[0])
     }
-    pub fn u16(&self, off: usize, field: &'static str) -> Result<u16, FormatError> {
+    pub(crate) fn u16(&self, off: usize, field: &'static str) -> Result<u16, FormatError> {
         let s = self.slice(off, 2, field)?;
         Ok(u16::from_le_bytes([s[0], s[1]]))
     }
-    pub fn u32(&self, off: usize, field: &'static str) -> Result<u32, FormatError> {
+    pub(crate) fn u32(&self, off: usize, field: &'static str) -> Result<u32, FormatError> {
         let s = self.slice(off, 4, field)?;
         Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
     }
-    pub fn u64(&self, off: usize, field: &'static str) -> Result<u64, FormatError> {
+    pub(crate) fn u64(&self, off: usize, field: &'static str) -> Result<u64, FormatError> {
         let s = self.slice(off, 8, field)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(s);
         Ok(u64::from_le_bytes(a))
     }
-    pub fn bytes<const N: usize>(
+    pub(crate) fn bytes<const N: usize>(
         &self,
         off: usize,
         field: &'static str,
@@ -126,7 +126,7 @@ impl<'a> Dec<'a> {
         a.copy_from_slice(s);
         Ok(a)
     }
-    pub fn slice_at(
+    pub(crate) fn slice_at(
         &self,
         off: usize,
         len: usize,
@@ -135,7 +135,12 @@ impl<'a> Dec<'a> {
         self.slice(off, len, field)
     }
     /// Fails with a named error unless `got == want`.
-    pub fn expect_u32(&self, got: u32, want: u32, field: &'static str) -> Result<(), FormatError> {
+    pub(crate) fn expect_u32(
+        &self,
+        got: u32,
+        want: u32,
+        field: &'static str,
+    ) -> Result<(), FormatError> {
         if got == want {
             Ok(())
         } else {

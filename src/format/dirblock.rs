@@ -9,7 +9,7 @@
 
 use super::{Dec, FormatError, BLOCK_HEADER_BYTES};
 
-pub const STRUCTURE: &str = "directory name block";
+pub(crate) const STRUCTURE: &str = "directory name block";
 /// Offset of `live`.
 pub const LIVE_OFF: usize = BLOCK_HEADER_BYTES;
 /// Offset of `free_off`.
@@ -36,7 +36,7 @@ pub fn free_off(b: &[u8], blkno: u64) -> Result<usize, FormatError> {
 
 /// The name record at `off` of block `b`: its name and file type, checked to lie wholly between
 /// the block's first record and `free_off`.
-pub fn name_record(b: &[u8], blkno: u64, off: usize) -> Result<(&[u8], u8), FormatError> {
+pub(crate) fn name_record(b: &[u8], blkno: u64, off: usize) -> Result<(&[u8], u8), FormatError> {
     let end = free_off(b, blkno)?;
     let d = Dec::new(b, blkno, STRUCTURE);
     if off < NAME_HDR || off + RECORD_HDR > end {
@@ -59,7 +59,7 @@ pub fn name_record(b: &[u8], blkno: u64, off: usize) -> Result<(&[u8], u8), Form
 /// The name record at `off` as far as the block itself bounds it, `free_off` aside: what a
 /// repair can still salvage from a block whose header is damaged (xfs_repair likewise salvages
 /// the entries of a directory block it rebuilds).
-pub fn salvage_record(b: &[u8], blkno: u64, off: usize) -> Result<(&[u8], u8), FormatError> {
+pub(crate) fn salvage_record(b: &[u8], blkno: u64, off: usize) -> Result<(&[u8], u8), FormatError> {
     let d = Dec::new(b, blkno, STRUCTURE);
     if off < NAME_HDR {
         return Err(d.err(

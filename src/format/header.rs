@@ -53,7 +53,7 @@ impl BlockType {
     ];
 
     /// The magic number: four ASCII letters, "TK" and two naming the type.
-    pub fn magic(self) -> u32 {
+    pub(crate) fn magic(self) -> u32 {
         let tag: &[u8; 4] = match self {
             BlockType::AgHeader => b"TKAG",
             BlockType::BtreeBno => b"TKBB",
@@ -69,7 +69,7 @@ impl BlockType {
         u32::from_be_bytes(*tag)
     }
 
-    pub fn from_magic(magic: u32) -> Option<BlockType> {
+    pub(crate) fn from_magic(magic: u32) -> Option<BlockType> {
         BlockType::ALL.into_iter().find(|t| t.magic() == magic)
     }
 
@@ -93,7 +93,7 @@ impl BlockType {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockHeader {
     pub btype: BlockType,
-    pub crc: u32,
+    pub(crate) crc: u32,
     pub blkno: u64,
     pub owner: u64,
     pub lsn: u64,

@@ -2,7 +2,7 @@
 //!
 //! An inode chunk is one metadata block (type TKIN, owner = AG number): the 48-byte block header,
 //! 16 zero bytes, then [`inodes_per_block`] slots. An inode number is the chunk's block number
-//! shifted left by [`INO_SLOT_BITS`], plus the slot, so it locates its inode with no lookup.
+//! shifted left by `INO_SLOT_BITS`, plus the slot, so it locates its inode with no lookup.
 //!
 //! | offset | size | field |
 //! |---|---|---|
@@ -27,16 +27,16 @@
 use super::{Dec, Enc, FormatError, BLOCK_HEADER_BYTES};
 
 pub const INODE_BYTES: usize = 256;
-pub const INODE_MAGIC: u16 = 0x494E;
+pub(crate) const INODE_MAGIC: u16 = 0x494E;
 /// Slots start after the block header and 16 bytes kept for the chunk's own use.
 pub const CHUNK_SLOTS_OFFSET: usize = BLOCK_HEADER_BYTES + 16;
 /// Bits of an inode number that name the slot; also bounds slots per chunk (a u64 free mask).
-pub const INO_SLOT_BITS: u32 = 6;
+pub(crate) const INO_SLOT_BITS: u32 = 6;
 pub const FORK_OFFSET: usize = 136;
-pub const FORK_BYTES: usize = INODE_BYTES - FORK_OFFSET;
-pub const EXTENT_BYTES: usize = 24;
+pub(crate) const FORK_BYTES: usize = INODE_BYTES - FORK_OFFSET;
+pub(crate) const EXTENT_BYTES: usize = 24;
 /// Extents that fit in the fork area before the map becomes a B+tree.
-pub const INLINE_EXTENTS: usize = FORK_BYTES / EXTENT_BYTES;
+pub(crate) const INLINE_EXTENTS: usize = FORK_BYTES / EXTENT_BYTES;
 const _: () = assert!(INLINE_EXTENTS == 5);
 
 /// Inodes in a chunk block of `bs` bytes: as many slots as fit, at most 64 (the free mask).
@@ -81,16 +81,16 @@ pub const S_IFMT: u32 = 0o170000;
 pub const S_IFDIR: u32 = 0o040000;
 pub const S_IFREG: u32 = 0o100000;
 pub const S_IFLNK: u32 = 0o120000;
-pub const S_IFIFO: u32 = 0o010000;
-pub const S_IFSOCK: u32 = 0o140000;
-pub const S_IFCHR: u32 = 0o020000;
-pub const S_IFBLK: u32 = 0o060000;
-pub const S_ISUID: u32 = 0o4000;
-pub const S_ISGID: u32 = 0o2000;
-pub const S_ISVTX: u32 = 0o1000;
+pub(crate) const S_IFIFO: u32 = 0o010000;
+pub(crate) const S_IFSOCK: u32 = 0o140000;
+pub(crate) const S_IFCHR: u32 = 0o020000;
+pub(crate) const S_IFBLK: u32 = 0o060000;
+pub(crate) const S_ISUID: u32 = 0o4000;
+pub(crate) const S_ISGID: u32 = 0o2000;
+pub(crate) const S_ISVTX: u32 = 0o1000;
 
 /// The readdir type (DT_*) of a mode.
-pub fn dtype(mode: u32) -> u8 {
+pub(crate) fn dtype(mode: u32) -> u8 {
     match mode & S_IFMT {
         S_IFDIR => 4,
         S_IFREG => 8,
@@ -104,15 +104,15 @@ pub fn dtype(mode: u32) -> u8 {
 }
 
 /// Every bit a mode may have: the file type (S_IFMT) and the permission, set-id and sticky bits.
-pub const MODE_BITS: u32 = 0o177777;
+pub(crate) const MODE_BITS: u32 = 0o177777;
 /// The file types an inode may have (S_IFREG, S_IFDIR, S_IFLNK, S_IFIFO, S_IFSOCK, S_IFCHR,
 /// S_IFBLK).
-pub const FILE_TYPES: [u32; 7] = [
+pub(crate) const FILE_TYPES: [u32; 7] = [
     S_IFREG, S_IFDIR, S_IFLNK, S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK,
 ];
 
 /// Why an in-use inode's mode is invalid: the one rule for the checker and the repairer.
-pub fn mode_problem(mode: u32) -> Option<String> {
+pub(crate) fn mode_problem(mode: u32) -> Option<String> {
     if !FILE_TYPES.contains(&(mode & S_IFMT)) {
         Some(format!("mode {mode:o} is of no file type"))
     } else if mode & !MODE_BITS != 0 {
@@ -127,7 +127,7 @@ pub fn mode_problem(mode: u32) -> Option<String> {
 /// Why a symlink inode's target length is invalid: the target's length is kept in `nextents` and
 /// `size`; a target of up to `FORK_BYTES` lives in the inode (Local), a longer one in one symlink
 /// block after its header. The one rule for readlink, the checker and the repairer.
-pub fn symlink_problem(i: &Inode, block_size: u32) -> Option<String> {
+pub(crate) fn symlink_problem(i: &Inode, block_size: u32) -> Option<String> {
     let len = i.nextents as usize;
     let block_max = block_size as usize - BLOCK_HEADER_BYTES;
     if len == 0 {
@@ -161,7 +161,7 @@ pub fn symlink_block_target(b: &[u8], blkno: u64, len: usize) -> Result<&[u8], F
 }
 
 /// Why a symlink's target bytes are invalid: a NUL would cut the path short for every caller.
-pub fn symlink_target_problem(target: &[u8]) -> Option<String> {
+pub(crate) fn symlink_target_problem(target: &[u8]) -> Option<String> {
     target
         .iter()
         .position(|&b| b == 0)
@@ -169,18 +169,18 @@ pub fn symlink_target_problem(target: &[u8]) -> Option<String> {
 }
 
 /// Extent flag: allocated, reads as zeros until written (fallocate, zero-range).
-pub const UNWRITTEN: u32 = 1;
+pub(crate) const UNWRITTEN: u32 = 1;
 /// Every extent flag this format version knows; any other bit is damage.
-pub const EXTENT_FLAGS_KNOWN: u32 = UNWRITTEN;
+pub(crate) const EXTENT_FLAGS_KNOWN: u32 = UNWRITTEN;
 
 /// A mapping of file blocks to disk blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {
-    pub file_block: u64,
+    pub(crate) file_block: u64,
     pub start: u64,
     pub len: u32,
     /// 1: unwritten (allocated, reads as zeros).
-    pub flags: u32,
+    pub(crate) flags: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,7 +235,7 @@ impl Default for Inode {
 }
 
 impl Inode {
-    pub fn encode(&self, out: &mut [u8]) {
+    pub(crate) fn encode(&self, out: &mut [u8]) {
         debug_assert_eq!(out.len(), INODE_BYTES);
         out.fill(0);
         let mut e = Enc::new(out);
@@ -336,7 +336,7 @@ impl Inode {
 
     /// Clears set-user-ID, and set-group-ID when the group may execute (otherwise it marks
     /// mandatory locking), as Linux does on a write by a non-root caller and on chown.
-    pub fn drop_setid(&mut self) {
+    pub(crate) fn drop_setid(&mut self) {
         self.mode &= !0o4000;
         if self.mode & 0o010 != 0 {
             self.mode &= !0o2000;
@@ -359,7 +359,7 @@ impl Inode {
             .collect()
     }
 
-    pub fn set_extents(&mut self, list: &[Extent]) {
+    pub(crate) fn set_extents(&mut self, list: &[Extent]) {
         debug_assert!(list.len() <= INLINE_EXTENTS);
         self.fork = [0; FORK_BYTES];
         let mut e = Enc::new(&mut self.fork);

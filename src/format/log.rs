@@ -14,11 +14,10 @@ use std::fmt;
 pub struct Lsn(pub u64);
 
 impl Lsn {
-    pub const ZERO: Lsn = Lsn(0);
     pub fn new(cycle: u32, block: u32) -> Lsn {
         Lsn(((cycle as u64) << 32) | block as u64)
     }
-    pub fn cycle(self) -> u32 {
+    pub(crate) fn cycle(self) -> u32 {
         (self.0 >> 32) as u32
     }
     pub fn block(self) -> u32 {
@@ -34,19 +33,19 @@ impl fmt::Display for Lsn {
 
 /// "TKLR".
 pub const LOG_RECORD_MAGIC: u32 = 0x544B_4C52;
-pub const LOG_RECORD_VERSION: u16 = 1;
+pub(crate) const LOG_RECORD_VERSION: u16 = 1;
 /// Bytes of the record header at the start of a record's first block; the payload follows.
 pub const LOG_RECORD_HEADER_BYTES: usize = 80;
 /// A record's payload is at most this many bytes; a larger checkpoint is split into records. It
 /// bounds the buffer a reader needs for one record.
-pub const LOG_RECORD_PAYLOAD_MAX: usize = 256 * 1024;
+pub(crate) const LOG_RECORD_PAYLOAD_MAX: usize = 256 * 1024;
 /// A checkpoint sequence number no record may carry: the next one would not exist. (At one
 /// checkpoint a microsecond it is half a million years away.)
-pub const SEQ_LIMIT: u64 = u64::MAX;
+pub(crate) const SEQ_LIMIT: u64 = u64::MAX;
 /// The record carries the last part of a checkpoint: its payload is a [`CommitRecord`].
 pub const FLAG_COMMIT: u16 = 1;
 /// The record was written at a clean unmount: nothing before it needs replay.
-pub const FLAG_UNMOUNT: u16 = 2;
+pub(crate) const FLAG_UNMOUNT: u16 = 2;
 const FLAGS_KNOWN: u16 = FLAG_COMMIT | FLAG_UNMOUNT;
 
 const OFF_MAGIC: usize = 0;
@@ -259,7 +258,7 @@ pub struct CommitRecord {
     pub stream_crc: u32,
 }
 
-pub const COMMIT_RECORD_BYTES: usize = 32;
+pub(crate) const COMMIT_RECORD_BYTES: usize = 32;
 
 impl CommitRecord {
     pub fn encode(&self, buf: &mut [u8]) {
@@ -284,9 +283,9 @@ impl CommitRecord {
 }
 
 /// Bytes of an item header in the stream: which block, its type, how many regions follow.
-pub const ITEM_HEADER_BYTES: usize = 16;
+pub(crate) const ITEM_HEADER_BYTES: usize = 16;
 /// Bytes of a region header: offset and length within the block.
-pub const REGION_HEADER_BYTES: usize = 8;
+pub(crate) const REGION_HEADER_BYTES: usize = 8;
 
 /// One logged block in a checkpoint: changed regions of block `blkno`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -329,7 +328,7 @@ impl LogItem {
     /// Parses the first item of `buf`: `Ok(None)` if `buf` holds only part of it, else the item and
     /// the bytes it took. `blkno` names the record's block in errors; `block_size` and
     /// `block_count` bound what an item may address.
-    pub fn decode_one(
+    pub(crate) fn decode_one(
         buf: &[u8],
         blkno: u64,
         block_size: u32,

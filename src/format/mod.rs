@@ -7,16 +7,17 @@
 pub mod ag;
 mod codec;
 pub mod dirblock;
-pub mod header;
+pub(crate) mod header;
 pub mod inode;
 pub mod log;
 pub mod name;
-pub mod node;
-pub mod records;
-pub mod superblock;
+pub(crate) mod node;
+pub(crate) mod records;
+pub(crate) mod superblock;
 pub mod xattrblock;
 
-pub use codec::{record_fields, Dec, Enc, FieldRead};
+pub use codec::{record_fields, FieldRead};
+pub(crate) use codec::{Dec, Enc};
 pub use header::{BlockHeader, BlockType, BLOCK_HEADER_BYTES};
 pub use log::Lsn;
 pub use superblock::{Geometry, Superblock};
@@ -26,21 +27,21 @@ use std::fmt;
 /// Version of the on-disk format this code reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
 /// Smallest block size: one disk sector, and room for every header with its payload.
-pub const BLOCK_SIZE_MIN: u32 = 512;
+pub(crate) const BLOCK_SIZE_MIN: u32 = 512;
 /// Largest block size: region offsets and lengths inside a block are checked against it.
-pub const BLOCK_SIZE_MAX: u32 = 65536;
+pub(crate) const BLOCK_SIZE_MAX: u32 = 65536;
 /// Default block size: the page size, so a block is one page of memory.
 pub const BLOCK_SIZE_DEFAULT: u32 = 4096;
 /// Length of the filesystem label in the superblock, NUL-padded.
-pub const LABEL_BYTES: usize = 32;
+pub(crate) const LABEL_BYTES: usize = 32;
 /// Length of the filesystem UUID.
-pub const UUID_BYTES: usize = 16;
+pub(crate) const UUID_BYTES: usize = 16;
 
 /// A filesystem UUID, stamped into every metadata block and log record.
 pub type Uuid = [u8; UUID_BYTES];
 
 /// Is `bs` a block size this format supports?
-pub fn block_size_valid(bs: u32) -> bool {
+pub(crate) fn block_size_valid(bs: u32) -> bool {
     bs.is_power_of_two() && (BLOCK_SIZE_MIN..=BLOCK_SIZE_MAX).contains(&bs)
 }
 
@@ -50,15 +51,15 @@ pub struct FormatError {
     /// Block number where the bad bytes were read (for log records: the block within the device).
     pub blkno: u64,
     /// Structure being decoded, e.g. "superblock" or "log record header".
-    pub structure: &'static str,
+    pub(crate) structure: &'static str,
     /// Field that is wrong, e.g. "magic" or "crc".
-    pub field: &'static str,
+    pub(crate) field: &'static str,
     /// What was found, and what was expected.
-    pub detail: String,
+    pub(crate) detail: String,
 }
 
 impl FormatError {
-    pub fn new(
+    pub(crate) fn new(
         blkno: u64,
         structure: &'static str,
         field: &'static str,
@@ -86,7 +87,7 @@ impl fmt::Display for FormatError {
 impl std::error::Error for FormatError {}
 
 /// CRC32 (crc32fast) of `buf` with the four bytes at `crc_off` taken as zero.
-pub fn crc_with_hole(buf: &[u8], crc_off: usize) -> u32 {
+pub(crate) fn crc_with_hole(buf: &[u8], crc_off: usize) -> u32 {
     debug_assert!(crc_off + 4 <= buf.len());
     let mut h = crc32fast::Hasher::new();
     h.update(&buf[..crc_off]);

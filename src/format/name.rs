@@ -2,7 +2,7 @@
 //! layer (what a create may store), the checker and the repairer (what a stored entry may hold).
 
 /// Longest name, as POSIX NAME_MAX (and the one-byte length of a stored entry's name).
-pub const NAME_MAX: usize = 255;
+pub(crate) const NAME_MAX: usize = 255;
 
 /// What is wrong with a name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,7 +18,7 @@ pub enum NameProblem {
 }
 
 impl NameProblem {
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             NameProblem::Empty => "is empty",
             NameProblem::TooLong => "is longer than 255 bytes",

@@ -15,21 +15,21 @@ use super::BLOCK_HEADER_BYTES;
 
 /// The tallest B+tree the format allows: with the smallest blocks (512 B: 13 records a leaf,
 /// fan-out 18) eight levels index 18^7 x 13 > 8 x 10^9 records, more than any tree here holds.
-pub const BTREE_HEIGHT_MAX: u16 = 8;
+pub(crate) const BTREE_HEIGHT_MAX: u16 = 8;
 /// Offset of the level field.
-pub const OFF_LEVEL: usize = BLOCK_HEADER_BYTES;
+pub(crate) const OFF_LEVEL: usize = BLOCK_HEADER_BYTES;
 /// Offset of the record count.
-pub const OFF_NRECS: usize = BLOCK_HEADER_BYTES + 2;
+pub(crate) const OFF_NRECS: usize = BLOCK_HEADER_BYTES + 2;
 /// Bytes of a node's headers (block header, level, record count, reserved, both siblings): the
 /// first entry starts here.
-pub const BTREE_NODE_HEADER_BYTES: usize = BLOCK_HEADER_BYTES + 24;
+pub(crate) const BTREE_NODE_HEADER_BYTES: usize = BLOCK_HEADER_BYTES + 24;
 /// A leaf record: a two-word key and a two-word value.
-pub const RECORD_BYTES: usize = 32;
+pub(crate) const RECORD_BYTES: usize = 32;
 /// An interior entry: a two-word key and a child block number.
-pub const ENTRY_BYTES: usize = 16 + 8;
+pub(crate) const ENTRY_BYTES: usize = 16 + 8;
 
 /// Bytes of one entry of a node of `level`.
-pub fn entry_width(level: u16) -> usize {
+pub(crate) fn entry_width(level: u16) -> usize {
     if level == 0 {
         RECORD_BYTES
     } else {
@@ -38,6 +38,6 @@ pub fn entry_width(level: u16) -> usize {
 }
 
 /// Entries a node of `level` holds in a block of `bs` bytes.
-pub fn capacity(bs: usize, level: u16) -> usize {
+pub(crate) fn capacity(bs: usize, level: u16) -> usize {
     (bs - BTREE_NODE_HEADER_BYTES) / entry_width(level)
 }

@@ -15,10 +15,10 @@
 use super::inode::Extent;
 
 /// A key or value as the B+tree stores it.
-pub type Pair = [u64; 2];
+pub(crate) type Pair = [u64; 2];
 
 /// What is wrong with a record, for the caller's error (which names the tree and its block).
-pub type RecordProblem = String;
+pub(crate) type RecordProblem = String;
 
 fn zero(what: &str, x: u64) -> Result<(), RecordProblem> {
     if x == 0 {
@@ -30,23 +30,23 @@ fn zero(what: &str, x: u64) -> Result<(), RecordProblem> {
 
 /// A free extent in the by-block tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FreeByBlock {
-    pub start: u64,
-    pub len: u64,
+pub(crate) struct FreeByBlock {
+    pub(crate) start: u64,
+    pub(crate) len: u64,
 }
 
 impl FreeByBlock {
     /// The key that searches for extents around block `start`.
-    pub fn search(start: u64) -> Pair {
+    pub(crate) fn search(start: u64) -> Pair {
         [start, 0]
     }
-    pub fn key(&self) -> Pair {
+    pub(crate) fn key(&self) -> Pair {
         [self.start, 0]
     }
-    pub fn val(&self) -> Pair {
+    pub(crate) fn val(&self) -> Pair {
         [self.len, 0]
     }
-    pub fn decode(k: Pair, v: Pair) -> Result<Self, RecordProblem> {
+    pub(crate) fn decode(k: Pair, v: Pair) -> Result<Self, RecordProblem> {
         zero("key[1]", k[1])?;
         zero("value[1]", v[1])?;
         if v[0] == 0 || k[0].checked_add(v[0]).is_none() {
@@ -61,32 +61,32 @@ impl FreeByBlock {
 
 /// A free extent in the by-length tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FreeByLen {
-    pub len: u64,
-    pub start: u64,
+pub(crate) struct FreeByLen {
+    pub(crate) len: u64,
+    pub(crate) start: u64,
 }
 
 impl FreeByLen {
     /// The key that searches for extents of at least `len` blocks.
-    pub fn search(len: u64) -> Pair {
+    pub(crate) fn search(len: u64) -> Pair {
         [len, 0]
     }
     /// The key past every record: searching below it finds the longest extent.
-    pub const LAST: Pair = [u64::MAX, u64::MAX];
-    pub fn key(&self) -> Pair {
+    pub(crate) const LAST: Pair = [u64::MAX, u64::MAX];
+    pub(crate) fn key(&self) -> Pair {
         [self.len, self.start]
     }
-    pub fn val(&self) -> Pair {
+    pub(crate) fn val(&self) -> Pair {
         [0, 0]
     }
     /// Decodes the key alone (searches return the value too, which says nothing).
-    pub fn from_key(k: Pair) -> Self {
+    pub(crate) fn from_key(k: Pair) -> Self {
         FreeByLen {
             len: k[0],
             start: k[1],
         }
     }
-    pub fn decode(k: Pair, v: Pair) -> Result<Self, RecordProblem> {
+    pub(crate) fn decode(k: Pair, v: Pair) -> Result<Self, RecordProblem> {
         zero("value[0]", v[0])?;
         zero("value[1]", v[1])?;
         if k[0] == 0 || k[1].checked_add(k[0]).is_none() {
@@ -98,39 +98,39 @@ impl FreeByLen {
 
 /// An inode chunk: its block and the mask of its free slots (zero: full).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InoChunk {
-    pub chunk: u64,
-    pub free_mask: u64,
+pub(crate) struct InoChunk {
+    pub(crate) chunk: u64,
+    pub(crate) free_mask: u64,
 }
 
 impl InoChunk {
     const HAS_FREE: u64 = 0;
     const FULL: u64 = 1;
     /// The first key of the chunks with a free slot.
-    pub const FIRST_WITH_FREE: Pair = [Self::HAS_FREE, 0];
+    pub(crate) const FIRST_WITH_FREE: Pair = [Self::HAS_FREE, 0];
     /// The key chunk `chunk` has while it has a free slot, and while it is full.
-    pub fn key_with_free(chunk: u64) -> Pair {
+    pub(crate) fn key_with_free(chunk: u64) -> Pair {
         [Self::HAS_FREE, chunk]
     }
-    pub fn key_full(chunk: u64) -> Pair {
+    pub(crate) fn key_full(chunk: u64) -> Pair {
         [Self::FULL, chunk]
     }
-    pub fn key(&self) -> Pair {
+    pub(crate) fn key(&self) -> Pair {
         if self.free_mask == 0 {
             Self::key_full(self.chunk)
         } else {
             Self::key_with_free(self.chunk)
         }
     }
-    pub fn val(&self) -> Pair {
+    pub(crate) fn val(&self) -> Pair {
         [self.free_mask, 0]
     }
     /// Whether `k` is the key of a chunk with a free slot.
-    pub fn has_free(k: Pair) -> bool {
+    pub(crate) fn has_free(k: Pair) -> bool {
         k[0] == Self::HAS_FREE
     }
     /// `slots`: inodes per chunk (the mask has no bit beyond them).
-    pub fn decode(k: Pair, v: Pair, slots: usize) -> Result<Self, RecordProblem> {
+    pub(crate) fn decode(k: Pair, v: Pair, slots: usize) -> Result<Self, RecordProblem> {
         zero("value[1]", v[1])?;
         let all = if slots >= 64 {
             u64::MAX
@@ -167,18 +167,18 @@ impl InoChunk {
 
 /// An inode on its AG's unlinked tree (no links, still open or not yet freed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Unlinked {
-    pub ino: u64,
+pub(crate) struct Unlinked {
+    pub(crate) ino: u64,
 }
 
 impl Unlinked {
-    pub fn key(&self) -> Pair {
+    pub(crate) fn key(&self) -> Pair {
         [self.ino, 0]
     }
-    pub fn val(&self) -> Pair {
+    pub(crate) fn val(&self) -> Pair {
         [0, 0]
     }
-    pub fn decode(k: Pair, v: Pair) -> Result<Self, RecordProblem> {
+    pub(crate) fn decode(k: Pair, v: Pair) -> Result<Self, RecordProblem> {
         zero("key[1]", k[1])?;
         zero("value[0]", v[0])?;
         zero("value[1]", v[1])?;
@@ -187,19 +187,16 @@ impl Unlinked {
 }
 
 /// A file extent in an extent tree (its placement is `Geometry::extent_problem`'s to judge).
-pub struct ExtentRec;
+pub(crate) struct ExtentRec;
 
 impl ExtentRec {
-    pub fn search(file_block: u64) -> Pair {
-        [file_block, 0]
-    }
-    pub fn key(e: &Extent) -> Pair {
+    pub(crate) fn key(e: &Extent) -> Pair {
         [e.file_block, 0]
     }
-    pub fn val(e: &Extent) -> Pair {
+    pub(crate) fn val(e: &Extent) -> Pair {
         [e.start, e.len as u64 | (e.flags as u64) << 32]
     }
-    pub fn decode(k: Pair, v: Pair) -> Result<Extent, RecordProblem> {
+    pub(crate) fn decode(k: Pair, v: Pair) -> Result<Extent, RecordProblem> {
         zero("key[1]", k[1])?;
         Ok(Extent {
             file_block: k[0],
@@ -213,37 +210,31 @@ impl ExtentRec {
 /// A directory entry in a directory's hash tree: the name's hash and collision index, the
 /// inode, and where the name is (`super::dirblock`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DirRec {
-    pub hash: u64,
-    pub index: u64,
-    pub ino: u64,
-    pub name_block: u64,
-    pub name_off: usize,
+pub(crate) struct DirRec {
+    pub(crate) hash: u64,
+    pub(crate) index: u64,
+    pub(crate) ino: u64,
+    pub(crate) name_block: u64,
+    pub(crate) name_off: usize,
 }
 
 impl DirRec {
     /// Name locations pack the block and the offset in it: offsets below 64 KiB (the largest
     /// block).
     const OFF_BITS: u32 = 16;
-    pub fn key(&self) -> Pair {
-        [self.hash, self.index]
-    }
-    pub fn val(&self) -> Pair {
-        [self.ino, Self::name_ref(self.name_block, self.name_off)]
-    }
-    pub fn name_ref(block: u64, off: usize) -> u64 {
+    pub(crate) fn name_ref(block: u64, off: usize) -> u64 {
         debug_assert!(off < 1 << Self::OFF_BITS && block < 1 << (64 - Self::OFF_BITS));
         block << Self::OFF_BITS | off as u64
     }
     /// (name block, offset) of a name location.
-    pub fn split_ref(r: u64) -> (u64, usize) {
+    pub(crate) fn split_ref(r: u64) -> (u64, usize) {
         (
             r >> Self::OFF_BITS,
             (r & ((1 << Self::OFF_BITS) - 1)) as usize,
         )
     }
     /// `collisions`: how many names of one hash a directory may hold.
-    pub fn decode(k: Pair, v: Pair, collisions: u64) -> Result<Self, RecordProblem> {
+    pub(crate) fn decode(k: Pair, v: Pair, collisions: u64) -> Result<Self, RecordProblem> {
         if k[0] > u32::MAX as u64 {
             return Err(format!("name hash {:#x} is wider than 32 bits", k[0]));
         }

@@ -6,26 +6,26 @@ use super::{
 };
 
 /// "TKSB".
-pub const SB_MAGIC: u32 = 0x544B_5342;
+pub(crate) const SB_MAGIC: u32 = 0x544B_5342;
 /// Bytes of the superblock that carry fields; the rest of the block is zero and covered by the CRC.
-pub const SB_BYTES: usize = 144;
+pub(crate) const SB_BYTES: usize = 144;
 /// Fewest blocks a filesystem may have: superblock, AG header area, a log and room for metadata.
-pub const BLOCK_COUNT_MIN: u64 = 64;
+pub(crate) const BLOCK_COUNT_MIN: u64 = 64;
 /// First block of the internal log: blocks 1..LOG_START are reserved for allocation group 0's
 /// headers (filled in by the allocator's format).
-pub const LOG_START_BLOCK: u64 = 8;
+pub(crate) const LOG_START_BLOCK: u64 = 8;
 /// Smallest log in blocks the format accepts at all; the mount also requires the log to be at
 /// least [`crate::resv::ResvTable::min_log_blocks`] for its geometry.
-pub const LOG_BLOCKS_MIN: u64 = 16;
+pub(crate) const LOG_BLOCKS_MIN: u64 = 16;
 /// Fewest free blocks an AG must start with (after its headers, and in AG 0 the log).
-pub const AG_MIN_FREE_BLOCKS: u64 = 16;
+pub(crate) const AG_MIN_FREE_BLOCKS: u64 = 16;
 /// Most allocation groups: bounds per-AG state held in memory.
-pub const AG_COUNT_MAX: u32 = 1024;
+pub(crate) const AG_COUNT_MAX: u32 = 1024;
 
 /// Value of `state` when the filesystem was unmounted cleanly (log empty).
-pub const SB_STATE_CLEAN: u32 = 1;
+pub(crate) const SB_STATE_CLEAN: u32 = 1;
 /// Value of `state` while mounted or after a crash (the log may need replay).
-pub const SB_STATE_DIRTY: u32 = 0;
+pub(crate) const SB_STATE_DIRTY: u32 = 0;
 
 // Field offsets (docs/design.md, "Superblock").
 const OFF_MAGIC: usize = 0;
@@ -48,7 +48,7 @@ const _: () = assert!(OFF_SB_BLKNO + 8 == SB_BYTES);
 const _: () = assert!(SB_BYTES <= super::BLOCK_SIZE_MIN as usize);
 
 /// Incompatible features this code understands (none yet in version 1).
-pub const FEATURES_INCOMPAT_KNOWN: u64 = 0;
+pub(crate) const FEATURES_INCOMPAT_KNOWN: u64 = 0;
 
 /// The layout of a filesystem: everything needed to find the log and the allocation groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +113,7 @@ impl Geometry {
     }
 
     /// The AG that block `b` lies in (the last AG for blocks past the others).
-    pub fn agno_of(&self, b: u64) -> u32 {
+    pub(crate) fn agno_of(&self, b: u64) -> u32 {
         ((b / self.ag_blocks) as u32).min(self.ag_count.saturating_sub(1))
     }
 
@@ -121,7 +121,7 @@ impl Geometry {
     /// `ag::AG_RESERVED_BLOCKS`) and in AG 0 after the log, before the backup superblock in the
     /// last AG. File data, extent-map, directory, xattr and symlink blocks and inode chunks
     /// live only here; fsck, repair and the file layer all judge an address by this.
-    pub fn ag_data_range(&self, agno: u32) -> std::ops::Range<u64> {
+    pub(crate) fn ag_data_range(&self, agno: u32) -> std::ops::Range<u64> {
         let start = agno as u64 * self.ag_blocks;
         let len = self.ag_blocks.min(self.block_count.saturating_sub(start));
         let mut first = start + super::ag::AG_RESERVED_BLOCKS;
@@ -136,12 +136,12 @@ impl Geometry {
     }
 
     /// Whether block `b` is one an allocation could have handed out.
-    pub fn in_data_area(&self, b: u64) -> bool {
+    pub(crate) fn in_data_area(&self, b: u64) -> bool {
         b < self.block_count && self.ag_data_range(self.agno_of(b)).contains(&b)
     }
 
     /// What block `b` is when it is outside every data area, for messages.
-    pub fn reserved_role(&self, b: u64) -> String {
+    pub(crate) fn reserved_role(&self, b: u64) -> String {
         if b >= self.block_count {
             format!(
                 "past the end of the filesystem ({} blocks)",
@@ -163,7 +163,7 @@ impl Geometry {
 
     /// Why extent `e` cannot be a file's: empty, wrapping, or not wholly inside one AG's data
     /// area. The one rule for the mount, fsck -n and fsck -y.
-    pub fn extent_problem(&self, e: &super::inode::Extent) -> Option<String> {
+    pub(crate) fn extent_problem(&self, e: &super::inode::Extent) -> Option<String> {
         if e.len == 0 {
             return Some(format!("extent at file block {} is empty", e.file_block));
         }
@@ -305,12 +305,12 @@ impl Geometry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Superblock {
     pub geometry: Geometry,
-    pub features_compat: u64,
-    pub features_incompat: u64,
+    pub(crate) features_compat: u64,
+    pub(crate) features_incompat: u64,
     pub uuid: Uuid,
     pub label: [u8; LABEL_BYTES],
-    pub root_ino: u64,
-    pub state: u32,
+    pub(crate) root_ino: u64,
+    pub(crate) state: u32,
 }
 
 impl Superblock {

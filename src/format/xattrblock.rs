@@ -8,28 +8,28 @@
 
 use super::{Dec, FormatError, BLOCK_HEADER_BYTES};
 
-pub const STRUCTURE: &str = "xattr block";
+pub(crate) const STRUCTURE: &str = "xattr block";
 pub const COUNT_OFF: usize = BLOCK_HEADER_BYTES;
-pub const USED_OFF: usize = BLOCK_HEADER_BYTES + 2;
+pub(crate) const USED_OFF: usize = BLOCK_HEADER_BYTES + 2;
 const PAD_OFF: usize = BLOCK_HEADER_BYTES + 4;
 const PAD_BYTES: usize = 12;
 /// Where the first entry starts.
-pub const ENTRIES_OFF: usize = BLOCK_HEADER_BYTES + 16;
+pub(crate) const ENTRIES_OFF: usize = BLOCK_HEADER_BYTES + 16;
 /// An entry's header: name length u8, value length u16.
-pub const ENTRY_HDR: usize = 3;
+pub(crate) const ENTRY_HDR: usize = 3;
 
 /// One stored attribute: (name, value), borrowed from the block.
-pub type Entry<'a> = (&'a [u8], &'a [u8]);
+pub(crate) type Entry<'a> = (&'a [u8], &'a [u8]);
 
 /// Bytes one entry takes.
-pub fn entry_len(name: &[u8], value: &[u8]) -> usize {
+pub(crate) fn entry_len(name: &[u8], value: &[u8]) -> usize {
     ENTRY_HDR + name.len() + value.len()
 }
 
 /// The attribute namespaces ticketfs stores (as the request layer accepts them): `user.`,
 /// `trusted.`, `security.`. (`system.` names are the kernel's, POSIX ACLs among them: not
 /// supported yet.)
-pub const NAMESPACES: [&[u8]; 3] = [b"user.", b"trusted.", b"security."];
+pub(crate) const NAMESPACES: [&[u8]; 3] = [b"user.", b"trusted.", b"security."];
 
 /// Why `name` cannot be a stored attribute's name: the one rule for setxattr and every reader.
 pub fn name_problem(name: &[u8]) -> Option<&'static str> {

@@ -6,7 +6,7 @@ use super::*;
 /// When reads update the access time (mount options `relatime`, the default, `strictatime`,
 /// `noatime`), as the kernel does for local filesystems.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AtimePolicy {
+pub(crate) enum AtimePolicy {
     /// Only when the access time is not after the modification or change time, or is a day old.
     Relatime,
     /// At every read.
@@ -17,7 +17,7 @@ pub enum AtimePolicy {
 /// relatime updates an access time at least this often (as Linux: a day).
 pub(super) const RELATIME_MAX_AGE_SECS: i64 = 24 * 3600;
 
-pub fn now() -> Time {
+pub(crate) fn now() -> Time {
     let d = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -178,7 +178,7 @@ impl Fs {
     }
 
     /// Sets when reads update access times (the default is relatime).
-    pub fn set_atime_policy(&mut self, p: AtimePolicy) {
+    pub(crate) fn set_atime_policy(&mut self, p: AtimePolicy) {
         self.atime = p;
     }
 

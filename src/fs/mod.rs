@@ -27,7 +27,7 @@ use crate::dir::{self, DirEntry, NAME_MAX};
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::file::readahead::ReadAheadStats;
-use crate::file::{extmap, DataSeqs, FileIo, ReadAhead, FILE_SIZE_MAX};
+use crate::file::{DataSeqs, FileIo, ReadAhead, FILE_SIZE_MAX};
 use crate::format::inode::{ino_split, DataFormat, Inode, Time, FORK_BYTES};
 use crate::format::{BlockType, BLOCK_HEADER_BYTES};
 use crate::inode;
@@ -36,7 +36,7 @@ use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-pub use attr::{now, AtimePolicy};
+pub(crate) use attr::{now, AtimePolicy};
 use names::{check_name, lock_chunks};
 pub use perm::Ctx;
 use perm::{kill_setid, may, sticky_ok};
@@ -44,14 +44,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 // The mode bits and entry types are format facts (`format::inode`); the POSIX layer's users
 // name them here too.
-pub use crate::format::inode::{
-    dtype, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, S_ISGID,
-    S_ISUID, S_ISVTX,
+pub(crate) use crate::format::inode::{
+    dtype, S_IFBLK, S_IFCHR, S_IFIFO, S_IFSOCK, S_ISGID, S_ISUID, S_ISVTX,
 };
+pub use crate::format::inode::{S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 /// Most hard links to one inode (as ext4's 65000).
-pub const LINK_MAX: u32 = 65000;
+pub(crate) const LINK_MAX: u32 = 65000;
 /// Longest symlink target: POSIX PATH_MAX less its terminating NUL.
-pub const SYMLINK_MAX: usize = 4095;
+pub(crate) const SYMLINK_MAX: usize = 4095;
 /// Stripes of the per-inode data lock: bounds memory, keeps collisions rare.
 const DATA_LOCK_STRIPES: usize = 256;
 /// Memory one open file handle is charged (its entry in the open table, with the map's overhead).
@@ -114,13 +114,13 @@ pub struct Attr {
     pub size: u64,
     /// In 512-byte units, as st_blocks.
     pub blocks: u64,
-    pub atime: Time,
+    pub(crate) atime: Time,
     pub mtime: Time,
     pub ctime: Time,
-    pub crtime: Time,
-    pub rdev: u64,
-    pub blksize: u32,
-    pub generation: u32,
+    pub(crate) crtime: Time,
+    pub(crate) rdev: u64,
+    pub(crate) blksize: u32,
+    pub(crate) generation: u32,
 }
 
 /// A time to set: now, or a given time.
@@ -146,15 +146,15 @@ pub struct SetAttr {
 /// Filesystem statistics.
 #[derive(Debug, Clone, Copy)]
 pub struct StatFs {
-    pub blocks: u64,
+    pub(crate) blocks: u64,
     /// Free blocks allocations may use (each AG's reserve left out).
     pub bfree: u64,
     /// Of those, what ordinary operations may still take (promised blocks and the pool left out).
     pub bavail: u64,
-    pub files: u64,
+    pub(crate) files: u64,
     pub ffree: u64,
-    pub bsize: u32,
-    pub namelen: u32,
+    pub(crate) bsize: u32,
+    pub(crate) namelen: u32,
 }
 
 fn is_dir(i: &Inode) -> bool {
@@ -163,7 +163,7 @@ fn is_dir(i: &Inode) -> bool {
 
 /// What a shutdown makes durable first (XFS_FSOP_GOING_FLAGS_*).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShutdownFlush {
+pub(crate) enum ShutdownFlush {
     /// Everything: the log and file data (flags 0, DEFAULT).
     All,
     /// The log (flags 1, LOGFLUSH).
@@ -173,7 +173,7 @@ pub enum ShutdownFlush {
 }
 
 /// Whether the superblock is read-only now, as the kernel says (None: unknown).
-pub type RoProbe = Box<dyn Fn() -> Option<bool> + Send + Sync>;
+pub(crate) type RoProbe = Box<dyn Fn() -> Option<bool> + Send + Sync>;
 
 pub struct Fs {
     eng: Engine,
@@ -264,7 +264,7 @@ impl Fs {
 
     /// [`Fs::unmount`] through a shared reference (the daemon's answer to DESTROY, while its
     /// request threads still hold the filesystem); every later operation fails.
-    pub fn unmount_now(&self) -> R<()> {
+    pub(crate) fn unmount_now(&self) -> R<()> {
         let orphans: Vec<u64> = self.orphans.lock().drain().collect();
         // The engine is unmounted (its threads stopped) whatever happens to the orphans: one
         // left is freed by the next mount from the unlinked trees. The first error is reported.
@@ -294,7 +294,7 @@ impl Fs {
 
     /// Reads ahead of sequential reads in pieces of up to `piece_max_bytes` (the largest
     /// request), once threads run `serve_readahead`.
-    pub fn enable_readahead(&mut self, piece_max_bytes: usize) {
+    pub(crate) fn enable_readahead(&mut self, piece_max_bytes: usize) {
         self.ra = Some(ReadAhead::new(
             self.eng.geometry().block_size,
             piece_max_bytes,
@@ -302,14 +302,14 @@ impl Fs {
     }
 
     /// A read-ahead worker's life: reads the pieces queued until `stop_readahead`.
-    pub fn serve_readahead(&self) {
+    pub(crate) fn serve_readahead(&self) {
         if let Some(ra) = &self.ra {
             self.io().read_ahead(ra);
         }
     }
 
     /// Ends every `serve_readahead`.
-    pub fn stop_readahead(&self) {
+    pub(crate) fn stop_readahead(&self) {
         if let Some(ra) = &self.ra {
             ra.stop();
         }
@@ -326,13 +326,13 @@ impl Fs {
     }
 
     /// Is the filesystem read-only (nothing is written: no change, no access time)?
-    pub fn is_read_only(&self) -> bool {
+    pub(crate) fn is_read_only(&self) -> bool {
         self.read_only.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Follows a remount. Going read-only, everything so far is made durable first (the log
     /// forced, the device flushed), as a kernel filesystem quiesces at a remount to read-only.
-    pub fn set_read_only(&self, ro: bool) -> R<()> {
+    pub(crate) fn set_read_only(&self, ro: bool) -> R<()> {
         let was = self.read_only.swap(ro, std::sync::atomic::Ordering::AcqRel);
         if ro && !was {
             self.fsync()?;
@@ -361,12 +361,12 @@ impl Fs {
     /// Sets how to ask whether the superblock is read-only now: a change that reaches a
     /// read-only filesystem asks, since the kernel lets changes through only to a writable
     /// superblock (a remount to read-write the daemon has not heard of yet).
-    pub fn set_ro_probe(&mut self, probe: RoProbe) {
+    pub(crate) fn set_ro_probe(&mut self, probe: RoProbe) {
         self.ro_probe = Some(probe);
     }
 
     /// The kernel checks permissions before every request (the mount's default_permissions).
-    pub fn set_kernel_checks_permissions(&mut self, on: bool) {
+    pub(crate) fn set_kernel_checks_permissions(&mut self, on: bool) {
         self.kernel_checks = on;
     }
 
@@ -376,7 +376,13 @@ impl Fs {
 
     /// `read`, handing the bytes to `f` where they were assembled (`FileIo::read_with`): a
     /// request thread replies from there.
-    pub fn read_with<T>(&self, ino: u64, off: u64, len: usize, f: impl FnOnce(&[u8]) -> T) -> R<T> {
+    pub(crate) fn read_with<T>(
+        &self,
+        ino: u64,
+        off: u64,
+        len: usize,
+        f: impl FnOnce(&[u8]) -> T,
+    ) -> R<T> {
         self.io()
             .read_with(ino, off, len, |i| self.accessed_as(ino, Some(i)), f)
     }
@@ -389,7 +395,7 @@ impl Fs {
     /// Writes; `kill_setid` (the kernel's FUSE_WRITE_KILL_SUIDGID: the writer lacks
     /// CAP_FSETID) clears set-user-ID, and set-group-ID when group-executable. (Capabilities
     /// the kernel removes itself before the write, with a REMOVEXATTR.)
-    pub fn write_killing(
+    pub(crate) fn write_killing(
         &self,
         _ctx: &Ctx,
         ino: u64,
@@ -405,7 +411,7 @@ impl Fs {
     /// The kernel's write-back of cached pages (FUSE_WRITE_CACHE: mmap, writeback_cache): all
     /// of `data` or an error, since it takes no count (a short count would leave pages it
     /// believes written). The prefix written before the error stays, as a short write's does.
-    pub fn write_back(&self, ino: u64, off: u64, data: &[u8], kill_setid: bool) -> R<usize> {
+    pub(crate) fn write_back(&self, ino: u64, off: u64, data: &[u8], kill_setid: bool) -> R<usize> {
         self.writable()?;
         let _g = self.data_lock(ino);
         match self.io().write_prefix(ino, off, data, now(), kill_setid)? {
@@ -420,7 +426,7 @@ impl Fs {
     /// largest file size is EFBIG, as the kernel's own filesystems answer. An error after some
     /// bytes were copied ends the copy short, as a short write does. The kernel has checked
     /// the descriptors' modes and that the ranges do not overlap within one file.
-    pub fn copy_range(
+    pub(crate) fn copy_range(
         &self,
         ctx: &Ctx,
         (from, off_in): (u64, u64),
@@ -466,7 +472,7 @@ impl Fs {
     /// Shuts the filesystem down (the shutdown ioctl, as XFS_IOC_GOINGDOWN): after `flush`
     /// made what it names durable, nothing more is written and every later operation fails
     /// with EIO. The next mount replays the log.
-    pub fn shut_down(&self, flush: ShutdownFlush) -> R<()> {
+    pub(crate) fn shut_down(&self, flush: ShutdownFlush) -> R<()> {
         let r = match flush {
             ShutdownFlush::All => self.fsync(),
             ShutdownFlush::Log => self.eng.force_all().map_err(FsError::from),
@@ -532,7 +538,7 @@ impl Fs {
     }
 
     /// SEEK_DATA (`data`) or SEEK_HOLE.
-    pub fn seek(&self, ino: u64, off: u64, data: bool) -> R<u64> {
+    pub(crate) fn seek(&self, ino: u64, off: u64, data: bool) -> R<u64> {
         self.io().seek(ino, off, data)?.ok_or(FsError::NoData)
     }
 
@@ -566,7 +572,7 @@ impl Fs {
     /// Opens a directory: counted as an open, so a directory removed (rmdir, or renamed over)
     /// while open lives on until its last close (`release`), as a file does.
     /// Returns whether the kernel may keep the directory's cached listing (as `open`).
-    pub fn opendir(&self, ctx: &Ctx, ino: u64) -> R<bool> {
+    pub(crate) fn opendir(&self, ctx: &Ctx, ino: u64) -> R<bool> {
         let i = self.read_inode(ino)?;
         if !is_dir(&i) {
             return Err(FsError::NotDir);
@@ -598,20 +604,15 @@ impl Fs {
             namelen: NAME_MAX as u32,
         })
     }
-
-    /// The extents of a file (for tests and tools).
-    pub fn extents(&self, ino: u64) -> R<Vec<crate::format::inode::Extent>> {
-        let mut tx = self.eng.begin(TransKind::Read)?;
-        let (_, i) = inode::read(&mut tx, ino)?;
-        let e = extmap::all(&mut tx, ino, &i)?;
-        tx.cancel()?;
-        Ok(e)
-    }
 }
 
 /// A fresh, empty root directory (its own parent) for inode `ino`: mkfs, and fsck's repair when
 /// the root is lost.
-pub fn root_inode(tx: &mut Trans<'_>, alloc: &Allocator, ino: u64) -> Result<Inode, EngineError> {
+pub(crate) fn root_inode(
+    tx: &mut Trans<'_>,
+    alloc: &Allocator,
+    ino: u64,
+) -> Result<Inode, EngineError> {
     let t = now();
     let mut i = Inode {
         mode: S_IFDIR | 0o755,
@@ -628,7 +629,7 @@ pub fn root_inode(tx: &mut Trans<'_>, alloc: &Allocator, ino: u64) -> Result<Ino
 }
 
 /// Creates the root directory of a freshly formatted filesystem; returns its inode number.
-pub fn make_root(eng: &Engine) -> Result<u64, EngineError> {
+pub(crate) fn make_root(eng: &Engine) -> Result<u64, EngineError> {
     let alloc = Allocator::new(*eng.geometry());
     let mut tx = eng.begin(TransKind::Mkdir)?;
     let ino = alloc

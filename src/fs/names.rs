@@ -79,7 +79,7 @@ impl Fs {
     /// in an inode the kernel no longer caches (open_by_handle_at, NFS). The number comes from
     /// outside, so it is checked against the inode-chunk trees before its chunk is read; a free
     /// slot or a number that names no inode is ESTALE. The kernel compares the generation.
-    pub fn lookup_handle(&self, ino: u64) -> R<Attr> {
+    pub(crate) fn lookup_handle(&self, ino: u64) -> R<Attr> {
         let mut tx = self.eng.begin(TransKind::Read)?;
         let known = self.alloc.is_inode_number(&mut tx, ino)?;
         tx.cancel()?;

@@ -23,7 +23,7 @@ impl Fs {
 
     /// Inodes the mount freed from the unlinked trees (unlinked while open before a crash): the
     /// mount command reports them (a kernel filesystem would say so in its log).
-    pub fn orphans_freed_at_mount(&self) -> u64 {
+    pub(crate) fn orphans_freed_at_mount(&self) -> u64 {
         self.orphans_freed_at_mount
             .load(std::sync::atomic::Ordering::Relaxed)
     }

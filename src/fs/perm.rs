@@ -17,9 +17,9 @@ pub(super) fn kill_setid(ctx: &Ctx, i: &mut Inode) {
 /// Who is asking.
 #[derive(Debug, Clone, Copy)]
 pub struct Ctx {
-    pub uid: u32,
-    pub gid: u32,
-    pub pid: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) pid: u32,
 }
 
 impl Ctx {
@@ -96,7 +96,7 @@ impl Fs {
         Ok(!self.atime_due(&i, now()))
     }
 
-    pub fn access(&self, ctx: &Ctx, ino: u64, mask: u32) -> R<()> {
+    pub(crate) fn access(&self, ctx: &Ctx, ino: u64, mask: u32) -> R<()> {
         let i = self.read_inode(ino)?;
         if mask & 2 != 0 {
             self.writable()?;

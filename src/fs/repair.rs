@@ -33,7 +33,7 @@ impl Fs {
     }
 
     /// Removes the entry of directory `d` whose key is `key` (as readdir returned it).
-    pub fn repair_drop(&self, d: u64, key: [u64; 2]) -> R<()> {
+    pub(crate) fn repair_drop(&self, d: u64, key: [u64; 2]) -> R<()> {
         self.repair_dir(d, TransKind::Remove, |tx, di| {
             match dir::remove_at(tx, &self.alloc, d, di, key)? {
                 Some(_) => Ok(()),
@@ -43,7 +43,7 @@ impl Fs {
     }
 
     /// Points the entry of directory `d` whose key is `key` at `ino`, `ftype`.
-    pub fn repair_retype(&self, d: u64, key: [u64; 2], ino: u64, ftype: u8) -> R<()> {
+    pub(crate) fn repair_retype(&self, d: u64, key: [u64; 2], ino: u64, ftype: u8) -> R<()> {
         self.repair_dir(d, TransKind::Link, |tx, di| {
             match dir::retype_at(tx, d, di, key, ino, ftype)? {
                 Some(_) => Ok(()),
@@ -53,7 +53,7 @@ impl Fs {
     }
 
     /// Adds entry `name` -> `ino` (file type `ftype`) to directory `d`.
-    pub fn repair_add(&self, d: u64, name: &[u8], ino: u64, ftype: u8) -> R<()> {
+    pub(crate) fn repair_add(&self, d: u64, name: &[u8], ino: u64, ftype: u8) -> R<()> {
         super::check_name(name)?;
         self.repair_dir(d, TransKind::Link, |tx, di| {
             if dir::lookup(tx, d, di, name)?.is_some() {
@@ -67,7 +67,7 @@ impl Fs {
     /// Walks the tree from the root and sets every reachable inode's link count (a directory: 2
     /// and one per subdirectory; anything else: its names) and every directory's "..". Returns
     /// what it changed, one line each.
-    pub fn repair_links(&self) -> R<Vec<String>> {
+    pub(crate) fn repair_links(&self) -> R<Vec<String>> {
         let root = self.root;
         let mut names: HashMap<u64, u32> = HashMap::new();
         let mut parent: HashMap<u64, u64> = HashMap::from([(root, root)]);

@@ -1,8 +1,9 @@
 //! Inodes inside transactions: find an inode's slot from its number, read it, write it back.
 //!
 //! An inode is locked by locking its chunk block (the transaction joins the block); operations
-//! on several inodes join their chunk blocks in ascending block order ([`lock_order`]), as XFS
-//! sorts inodes before locking them, so two operations never wait on each other's inodes.
+//! on several inodes join their chunk blocks in ascending block order (the POSIX layer's
+//! `lock_chunks`), as XFS sorts inodes before locking them, so two operations never wait on each
+//! other's inodes.
 
 use crate::error::EngineError;
 use crate::format::inode::{ino_split, inodes_per_block, slot_range, Inode, INODE_BYTES};
@@ -12,9 +13,9 @@ use crate::trans::{BufId, Trans};
 /// Where an inode lives in a transaction: its chunk buffer and slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InodeRef {
-    pub ino: u64,
-    pub id: BufId,
-    pub slot: usize,
+    pub(crate) ino: u64,
+    pub(crate) id: BufId,
+    pub(crate) slot: usize,
 }
 
 fn bad(ino: u64, detail: String) -> EngineError {
@@ -82,14 +83,8 @@ pub fn write(tx: &mut Trans<'_>, r: &InodeRef, inode: &Inode) {
 
 /// Empties the slot (mode 0): the inode is gone.
 #[track_caller]
-pub fn clear(tx: &mut Trans<'_>, r: &InodeRef) {
+pub(crate) fn clear(tx: &mut Trans<'_>, r: &InodeRef) {
     let range = slot_range(r.slot);
     tx.data_mut(r.id)[range.clone()].fill(0);
     tx.log_range(r.id, range);
-}
-
-/// Sorts and dedups inode numbers into the order their chunks must be joined in.
-pub fn lock_order(inos: &mut Vec<u64>) {
-    inos.sort_unstable();
-    inos.dedup();
 }

@@ -57,7 +57,7 @@ impl LogPos {
         Lsn::new(self.cycle, (self.bytes / block_size as u64) as u32)
     }
 
-    pub fn from_lsn(lsn: Lsn, block_size: u32) -> LogPos {
+    pub(crate) fn from_lsn(lsn: Lsn, block_size: u32) -> LogPos {
         LogPos {
             cycle: lsn.cycle(),
             bytes: lsn.block() as u64 * block_size as u64,
@@ -67,30 +67,35 @@ impl LogPos {
 
 /// What a reservation asks of the gate: bytes on each grant head and bytes of memory.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SpaceNeed {
-    pub reserve_bytes: u64,
-    pub write_bytes: u64,
-    pub mem_bytes: u64,
+pub(crate) struct SpaceNeed {
+    pub(crate) reserve_bytes: u64,
+    pub(crate) write_bytes: u64,
+    pub(crate) mem_bytes: u64,
 }
 
 /// The log's grant heads and the memory account, admitted together by one gate so a transaction
 /// gets both or waits holding neither.
 #[derive(Debug, Clone)]
-pub struct Space {
-    pub size_bytes: u64,
+pub(crate) struct Space {
+    pub(crate) size_bytes: u64,
     /// The log less the blocks kept back for unmount and tail-update records.
-    pub usable_bytes: u64,
+    pub(crate) usable_bytes: u64,
     /// The tail as recorded in the last durable log record: space before it may be overwritten.
-    pub tail: LogPos,
+    pub(crate) tail: LogPos,
     /// Every byte handed out, including the future steps of rolling tickets.
-    pub reserve_head: LogPos,
+    pub(crate) reserve_head: LogPos,
     /// Bytes handed out for current steps only.
-    pub write_head: LogPos,
-    pub mem: MemAccount,
+    pub(crate) write_head: LogPos,
+    pub(crate) mem: MemAccount,
 }
 
 impl Space {
-    pub fn new(size_bytes: u64, reserve_bytes: u64, start: LogPos, mem: MemAccount) -> Space {
+    pub(crate) fn new(
+        size_bytes: u64,
+        reserve_bytes: u64,
+        start: LogPos,
+        mem: MemAccount,
+    ) -> Space {
         Space {
             size_bytes,
             usable_bytes: size_bytes - reserve_bytes,
@@ -100,27 +105,27 @@ impl Space {
             mem,
         }
     }
-    pub fn reserve_free(&self) -> u64 {
+    pub(crate) fn reserve_free(&self) -> u64 {
         self.usable_bytes
             .saturating_sub(self.reserve_head.since(self.tail, self.size_bytes))
     }
-    pub fn write_free(&self) -> u64 {
+    pub(crate) fn write_free(&self) -> u64 {
         self.usable_bytes
             .saturating_sub(self.write_head.since(self.tail, self.size_bytes))
     }
     /// Gives back bytes from both heads.
-    pub fn ungrant(&mut self, reserve: u64, write: u64) {
+    pub(crate) fn ungrant(&mut self, reserve: u64, write: u64) {
         self.reserve_head = self.reserve_head.sub(reserve, self.size_bytes);
         self.write_head = self.write_head.sub(write, self.size_bytes);
         debug_assert!(self.write_head <= self.reserve_head);
         debug_assert!(self.tail <= self.write_head);
     }
     /// Adds bytes to both heads without admission (records written from the kept-back blocks).
-    pub fn force_grant(&mut self, bytes: u64) {
+    pub(crate) fn force_grant(&mut self, bytes: u64) {
         self.reserve_head = self.reserve_head.add(bytes, self.size_bytes);
         self.write_head = self.write_head.add(bytes, self.size_bytes);
     }
-    pub fn move_tail(&mut self, tail: LogPos) {
+    pub(crate) fn move_tail(&mut self, tail: LogPos) {
         debug_assert!(
             tail >= self.tail,
             "tail moves back from {:?} to {tail:?}",

@@ -8,12 +8,14 @@
 //! them home and, as the oldest leave it, the tail advances and log space returns to the gate.
 
 mod ail;
-pub mod grant;
-pub mod recovery;
+pub(crate) mod grant;
+pub(crate) mod recovery;
 mod writer;
 
-pub use grant::{LogPos, Space, SpaceNeed};
-pub use recovery::{format_log, recover, Damage, Recovered};
+pub use grant::LogPos;
+pub(crate) use grant::{Space, SpaceNeed};
+pub(crate) use recovery::format_log;
+pub use recovery::{recover, Damage, Recovered};
 
 use crate::cache::{BufHead, ChunkMap};
 use crate::device::{AlignedBuf, DevError, Device};
@@ -34,7 +36,7 @@ use std::time::{Duration, Instant};
 
 /// Log blocks kept out of the grant heads' reach, for the records the log writes on its own:
 /// the unmount record and tail-update (empty) checkpoints, one block each.
-pub const LOG_RESERVE_BLOCKS: u64 = 4;
+pub(crate) const LOG_RESERVE_BLOCKS: u64 = 4;
 
 #[derive(Debug)]
 pub enum LogError {
@@ -122,37 +124,37 @@ struct AilState {
 
 /// Counters of the log, for statistics and tests.
 #[derive(Debug, Default)]
-pub struct LogCounters {
-    pub checkpoints: AtomicU64,
-    pub tail_updates: AtomicU64,
-    pub records: AtomicU64,
-    pub bytes_written: AtomicU64,
-    pub forces: AtomicU64,
-    pub flushes: AtomicU64,
-    pub home_writes: AtomicU64,
-    pub items_logged: AtomicU64,
+pub(crate) struct LogCounters {
+    pub(crate) checkpoints: AtomicU64,
+    pub(crate) tail_updates: AtomicU64,
+    pub(crate) records: AtomicU64,
+    pub(crate) bytes_written: AtomicU64,
+    pub(crate) forces: AtomicU64,
+    pub(crate) flushes: AtomicU64,
+    pub(crate) home_writes: AtomicU64,
+    pub(crate) items_logged: AtomicU64,
     /// Log forces made because an allocation wanted blocks whose freeing was not yet durable.
-    pub busy_forces: AtomicU64,
+    pub(crate) busy_forces: AtomicU64,
 }
 
 /// What a commit handed to the CIL.
 #[derive(Debug, Clone, Copy)]
-pub struct CilCommit {
-    pub seq: u64,
+pub(crate) struct CilCommit {
+    pub(crate) seq: u64,
     /// Log bytes the CIL took from the committing ticket.
-    pub log_bytes: u64,
+    pub(crate) log_bytes: u64,
     /// Memory that moved from the ticket to the log (newly dirty buffers, new CIL copies).
-    pub mem_bytes: u64,
+    pub(crate) mem_bytes: u64,
 }
 
 /// A buffer a transaction commits: its head, its bytes, and the regions it changed.
-pub struct CommitBuf<'a> {
-    pub head: &'a Arc<BufHead>,
-    pub data: &'a [u8],
-    pub dirty: &'a ChunkMap,
-    pub btype: BlockType,
+pub(crate) struct CommitBuf<'a> {
+    pub(crate) head: &'a Arc<BufHead>,
+    pub(crate) data: &'a [u8],
+    pub(crate) dirty: &'a ChunkMap,
+    pub(crate) btype: BlockType,
     /// The block was freed: log a cancel item instead of its bytes.
-    pub cancel: bool,
+    pub(crate) cancel: bool,
 }
 
 pub struct Log {
@@ -165,7 +167,7 @@ pub struct Log {
     buf_bytes: u64,
     /// The cache's count of memory outside it: the CIL's copies are added here while they live.
     pub(crate) copies_outside: Arc<AtomicU64>,
-    pub space: Gate<Space>,
+    pub(crate) space: Gate<Space>,
     cil: Mutex<Cil>,
     ws: Mutex<WriterState>,
     ws_cv: Condvar,
@@ -186,12 +188,12 @@ pub struct Log {
     config: LogConfig,
     threads: Mutex<Vec<JoinHandle<()>>>,
     start_cycle: u32,
-    pub counters: LogCounters,
+    pub(crate) counters: LogCounters,
 }
 
 impl Log {
     /// Opens the log after recovery, with the memory account the gate admits against.
-    pub fn open(
+    pub(crate) fn open(
         dev: Arc<dyn Device>,
         geo: Geometry,
         uuid: Uuid,
@@ -273,19 +275,9 @@ impl Log {
         Ok(log)
     }
 
-    pub fn block_size(&self) -> u32 {
-        self.bs
-    }
-    pub fn size_bytes(&self) -> u64 {
-        self.size_bytes
-    }
-    pub fn buf_bytes(&self) -> u64 {
-        self.buf_bytes
-    }
-
     /// Log bytes a checkpoint whose item stream is `stream_bytes` long occupies on disk: its data
     /// records, each rounded up to whole blocks, and the commit record.
-    pub fn checkpoint_bytes(stream_bytes: u64, bs: u32) -> u64 {
+    pub(crate) fn checkpoint_bytes(stream_bytes: u64, bs: u32) -> u64 {
         let pmax = LOG_RECORD_PAYLOAD_MAX as u64;
         let full = stream_bytes / pmax;
         let rest = stream_bytes % pmax;
@@ -297,7 +289,7 @@ impl Log {
     }
 
     /// Worst-case stream bytes of one logged block: every other chunk dirty, header included.
-    pub fn item_bytes_max(bs: u32) -> u64 {
+    pub(crate) fn item_bytes_max(bs: u32) -> u64 {
         let chunks = (bs as u64).div_ceil(crate::cache::CHUNK_BYTES as u64);
         ITEM_HEADER_BYTES as u64 + chunks.div_ceil(2) * REGION_HEADER_BYTES as u64 + bs as u64
     }
@@ -305,16 +297,16 @@ impl Log {
     /// Log bytes a checkpoint may add beyond `item_bytes` of items, at most, for one
     /// transaction's share: a commit record block, and for every record the items may start or
     /// spill into, a record header and the rounding of the record up to whole blocks.
-    pub fn checkpoint_overhead_bytes(bs: u32, item_bytes: u64) -> u64 {
+    pub(crate) fn checkpoint_overhead_bytes(bs: u32, item_bytes: u64) -> u64 {
         let records = item_bytes.div_ceil(LOG_RECORD_PAYLOAD_MAX as u64) + 1;
         bs as u64 + records * (LOG_RECORD_HEADER_BYTES as u64 + bs as u64)
     }
 
-    pub fn is_shut_down(&self) -> bool {
+    pub(crate) fn is_shut_down(&self) -> bool {
         self.is_shut.load(Ordering::Acquire)
     }
 
-    pub fn failure(&self) -> Option<String> {
+    pub(crate) fn failure(&self) -> Option<String> {
         self.failure.lock().clone()
     }
 
@@ -324,7 +316,7 @@ impl Log {
 
     /// Shuts the log down after an error: every later transaction, commit or force fails, and
     /// nothing more is written, so the image stays as the last durable checkpoint left it.
-    pub fn fail(&self, why: String) {
+    pub(crate) fn fail(&self, why: String) {
         {
             let mut f = self.failure.lock();
             if f.is_none() {
@@ -343,7 +335,7 @@ impl Log {
 
     /// Closes the log after a clean unmount: every later transaction, commit or force fails as
     /// after a shutdown, with "unmounted", and nothing more is written.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.failure
             .lock()
             .get_or_insert_with(|| "unmounted".into());
@@ -355,7 +347,7 @@ impl Log {
     /// Inserts a transaction's changed buffers into the CIL. `settle` runs under the CIL lock with
     /// the space state, the log bytes and the memory the CIL took, so the accounts never see a
     /// checkpoint release what was not yet charged.
-    pub fn commit(
+    pub(crate) fn commit(
         &self,
         bufs: &[CommitBuf<'_>],
         settle: impl FnOnce(&mut Space, &CilCommit),
@@ -449,7 +441,7 @@ impl Log {
 
     /// Blocks freed by the commit `seq`: until that checkpoint is durable they still belong to
     /// their old owner on disk, so they must not be handed out again (XFS's busy extents).
-    pub fn note_busy(&self, extents: &[(u64, u64)], seq: u64) {
+    pub(crate) fn note_busy(&self, extents: &[(u64, u64)], seq: u64) {
         if extents.is_empty() {
             return;
         }
@@ -459,7 +451,7 @@ impl Log {
 
     /// The busy ranges (freed by commits not yet durable) that overlap `start..start+len`,
     /// clipped to it and sorted by start.
-    pub fn busy_in(&self, start: u64, len: u64) -> Vec<(u64, u64)> {
+    pub(crate) fn busy_in(&self, start: u64, len: u64) -> Vec<(u64, u64)> {
         let end = start + len;
         let mut out: Vec<(u64, u64)> = self
             .busy_live()
@@ -477,7 +469,7 @@ impl Log {
     /// Makes sure no block of `start..start+len` is busy: forces the log up to the latest commit
     /// that freed one of them. Called inside a transaction about to reuse the blocks; safe, since
     /// a checkpoint never waits for buffer locks.
-    pub fn wait_not_busy(&self, start: u64, len: u64) -> Result<(), LogError> {
+    pub(crate) fn wait_not_busy(&self, start: u64, len: u64) -> Result<(), LogError> {
         let need = self
             .busy_live()
             .iter()
@@ -494,12 +486,12 @@ impl Log {
     }
 
     /// The sequence of the CIL context now collecting commits.
-    pub fn current_seq(&self) -> u64 {
+    pub(crate) fn current_seq(&self) -> u64 {
         self.cil.lock().seq
     }
 
     /// Waits until the checkpoint holding commit sequence `seq` is on stable storage.
-    pub fn force(&self, seq: u64) -> Result<(), LogError> {
+    pub(crate) fn force(&self, seq: u64) -> Result<(), LogError> {
         self.counters.forces.fetch_add(1, Ordering::Relaxed);
         let mut ws = self.ws.lock();
         loop {
@@ -547,7 +539,7 @@ impl Log {
     }
 
     /// Forces everything committed so far.
-    pub fn force_all(&self) -> Result<(), LogError> {
+    pub(crate) fn force_all(&self) -> Result<(), LogError> {
         let seq = self.current_seq();
         self.force(seq)
     }
@@ -569,28 +561,28 @@ impl Log {
 
     /// File data was written to newly allocated blocks: the next checkpoint flushes the device
     /// before its records, so no record makes blocks reachable before their data is durable.
-    pub fn note_data_write(&self) {
+    pub(crate) fn note_data_write(&self) {
         self.home_writes_unflushed.store(true, Ordering::SeqCst);
     }
 
     /// Number of buffers waiting in the AIL to be written home.
-    pub fn ail_len(&self) -> usize {
+    pub(crate) fn ail_len(&self) -> usize {
         self.ail.lock().items.len()
     }
 
     /// Times the log has wrapped since mount.
-    pub fn wraps(&self) -> u32 {
+    pub(crate) fn wraps(&self) -> u32 {
         self.ws.lock().phys_head.cycle - self.start_cycle
     }
 
     /// Physical head, durable tail and durable checkpoint sequence.
-    pub fn positions(&self) -> (LogPos, LogPos, u64) {
+    pub(crate) fn positions(&self) -> (LogPos, LogPos, u64) {
         let ws = self.ws.lock();
         (ws.phys_head, ws.durable_tail, ws.durable_seq)
     }
 
     /// Writes everything home and leaves an unmount record: the log is then empty and clean.
-    pub fn unmount(&self) -> Result<(), LogError> {
+    pub(crate) fn unmount(&self) -> Result<(), LogError> {
         self.force_all()?;
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
@@ -627,7 +619,7 @@ impl Log {
     }
 
     /// Stops the background threads without writing anything more (a crash, for tests).
-    pub fn stop_threads(&self) {
+    pub(crate) fn stop_threads(&self) {
         self.ws.lock().stop = true;
         self.ws_cv.notify_all();
         self.ail.lock().stop = true;
@@ -642,7 +634,7 @@ impl Log {
 /// Formats one block's dirty regions as a log item.
 /// The log writer's private pool: one record buffer of the largest record, allocated at mount so
 /// the checkpoint writer (which frees memory) never allocates on its way.
-pub fn writer_pool_bytes(block_size: u32) -> u64 {
+pub(crate) fn writer_pool_bytes(block_size: u32) -> u64 {
     record_blocks(LOG_RECORD_PAYLOAD_MAX, block_size) as u64 * block_size as u64
 }
 

@@ -27,18 +27,17 @@ pub struct Recovered {
     /// Where the next record goes.
     pub head: LogPos,
     /// The next checkpoint sequence number.
-    pub next_seq: u64,
+    pub(crate) next_seq: u64,
     /// The log ended with an unmount record: nothing was replayed.
     pub clean: bool,
-    pub tail: LogPos,
     pub checkpoints_replayed: u64,
-    pub items_replayed: u64,
+    pub(crate) items_replayed: u64,
     /// Items skipped because the home block was already as new.
-    pub items_skipped: u64,
+    pub(crate) items_skipped: u64,
     /// Items skipped because a later checkpoint freed their block.
-    pub items_cancelled: u64,
+    pub(crate) items_cancelled: u64,
     /// Valid records after the last complete checkpoint (a torn or unconfirmed checkpoint).
-    pub records_discarded: u64,
+    pub(crate) records_discarded: u64,
     /// The walk stopped at a damaged record although later checkpoints were written after it
     /// was durable (not a torn write): what was found there. Only with [`Damage::Accept`].
     pub damaged: Option<FormatError>,
@@ -173,7 +172,6 @@ pub fn recover(dev: &dyn Device, sb: &Superblock, damage: Damage) -> Result<Reco
             head,
             next_seq: last.seq + 1,
             clean: true,
-            tail: head,
             ..Default::default()
         });
     }
@@ -181,7 +179,6 @@ pub fn recover(dev: &dyn Device, sb: &Superblock, damage: Damage) -> Result<Reco
     // 3. Walk from the tail.
     let tail = LogPos::from_lsn(last.tail_lsn, bs);
     let mut out = Recovered {
-        tail,
         next_seq: last.seq + 1,
         ..Default::default()
     };
@@ -465,7 +462,7 @@ fn zero_log(dev: &dyn Device, sb: &Superblock, first: u64, blocks: u64) -> Resul
 }
 
 /// Formats an empty log: zeros, then an unmount record at the start (cycle 1, sequence 1).
-pub fn format_log(dev: &dyn Device, sb: &Superblock) -> Result<(), LogError> {
+pub(crate) fn format_log(dev: &dyn Device, sb: &Superblock) -> Result<(), LogError> {
     zero_log(dev, sb, 0, sb.geometry.log_blocks)?;
     write_unmount(dev, sb, LogPos::new(1, 0), 1)?;
     dev.flush().map_err(LogError::Io)

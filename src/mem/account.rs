@@ -5,7 +5,7 @@
 /// from the emergency reserve, may push the charged total past the admitted part of the budget.
 #[derive(Debug, Clone)]
 pub struct MemAccount {
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     pub budget_bytes: u64,
     /// Set aside from the budget to serve overruns; never granted to a reservation.
     pub emergency_bytes: u64,
@@ -23,7 +23,7 @@ pub struct MemAccount {
 }
 
 impl MemAccount {
-    pub fn new(enabled: bool, budget_bytes: u64, emergency_bytes: u64) -> MemAccount {
+    pub(crate) fn new(enabled: bool, budget_bytes: u64, emergency_bytes: u64) -> MemAccount {
         debug_assert!(emergency_bytes < budget_bytes || !enabled);
         MemAccount {
             enabled,
@@ -46,15 +46,15 @@ impl MemAccount {
             .saturating_sub(self.log_pinned_bytes)
     }
 
-    pub fn charged_bytes(&self) -> u64 {
+    pub(crate) fn charged_bytes(&self) -> u64 {
         self.reserved_bytes + self.log_pinned_bytes + self.emergency_used_bytes
     }
 
-    pub fn fits(&self, bytes: u64) -> bool {
+    pub(crate) fn fits(&self, bytes: u64) -> bool {
         !self.enabled || bytes <= self.free_bytes()
     }
 
-    pub fn reserve(&mut self, bytes: u64) {
+    pub(crate) fn reserve(&mut self, bytes: u64) {
         if !self.enabled {
             return;
         }
@@ -69,7 +69,7 @@ impl MemAccount {
 
     /// A ticket ends: `reserved` leaves the tickets' account, `to_log` of it (plus the emergency
     /// bytes `emergency` its overrun took) moves to the log's account.
-    pub fn settle(&mut self, reserved: u64, emergency: u64, to_log: u64) {
+    pub(crate) fn settle(&mut self, reserved: u64, emergency: u64, to_log: u64) {
         if !self.enabled {
             return;
         }
@@ -82,7 +82,7 @@ impl MemAccount {
     }
 
     /// An overrun takes `bytes` from the emergency reserve (past it, still served and counted).
-    pub fn take_emergency(&mut self, bytes: u64) {
+    pub(crate) fn take_emergency(&mut self, bytes: u64) {
         if self.enabled {
             self.emergency_used_bytes += bytes;
             self.note_peak();
@@ -94,7 +94,7 @@ impl MemAccount {
     /// `emergency` borrowed, the `to_log` bytes the step pinned in the log move to the log's
     /// account, from the reservation first. Returns what the ticket still holds, (reserved,
     /// emergency).
-    pub fn settle_roll(&mut self, reserved: u64, emergency: u64, to_log: u64) -> (u64, u64) {
+    pub(crate) fn settle_roll(&mut self, reserved: u64, emergency: u64, to_log: u64) -> (u64, u64) {
         if !self.enabled {
             return (0, 0);
         }
@@ -114,7 +114,7 @@ impl MemAccount {
     /// from the free budget, then from the emergency reserve as far as it is not in use. Returns
     /// the ticket's new holdings and the bytes still missing (0 when topped up): for those the
     /// caller waits at the gate.
-    pub fn top_up(&mut self, reserved: u64, emergency: u64, limit: u64) -> (u64, u64, u64) {
+    pub(crate) fn top_up(&mut self, reserved: u64, emergency: u64, limit: u64) -> (u64, u64, u64) {
         if !self.enabled {
             return (0, 0, 0);
         }
@@ -144,7 +144,7 @@ impl MemAccount {
     }
 
     /// The log released pinned memory (a CIL copy freed, a buffer written home).
-    pub fn unpin_log(&mut self, bytes: u64) {
+    pub(crate) fn unpin_log(&mut self, bytes: u64) {
         if self.enabled {
             debug_assert!(
                 self.log_pinned_bytes >= bytes,

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 const V1_UNLIMITED_FLOOR: u64 = 1 << 62;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CgroupVersion {
+pub(crate) enum CgroupVersion {
     V1,
     V2,
 }
@@ -30,25 +30,25 @@ impl fmt::Display for CgroupVersion {
 /// The memory cgroup of the process and the limit that applies to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CgroupMemory {
-    pub version: CgroupVersion,
+    pub(crate) version: CgroupVersion,
     /// The cgroup's directory.
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// The smallest limit of the cgroup and its ancestors, None when there is none.
-    pub limit_bytes: Option<u64>,
+    pub(crate) limit_bytes: Option<u64>,
     /// The directory whose limit that is.
-    pub limit_dir: Option<PathBuf>,
+    pub(crate) limit_dir: Option<PathBuf>,
 }
 
 impl CgroupMemory {
     /// The memory cgroup of this process, v2 where its memory controller is enabled, else v1.
-    pub fn of_self() -> Option<CgroupMemory> {
+    pub(crate) fn of_self() -> Option<CgroupMemory> {
         let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
         let mountinfo = std::fs::read_to_string(crate::mountinfo::PATH).ok()?;
         Self::find(&cgroup, &mountinfo, &|p| std::fs::read_to_string(p).ok())
     }
 
     /// `find` over given file contents; `read` reads a control file (tests pass a fake).
-    pub fn find(
+    pub(crate) fn find(
         cgroup: &str,
         mountinfo: &str,
         read: &dyn Fn(&Path) -> Option<String>,
@@ -134,7 +134,7 @@ fn smallest(
 }
 
 /// A limit file's content: bytes, or None for no limit ("max", v1's huge value, unreadable).
-pub fn parse_limit(s: &str) -> Option<u64> {
+pub(crate) fn parse_limit(s: &str) -> Option<u64> {
     let s = s.trim();
     if s == "max" {
         return None;

@@ -26,7 +26,7 @@ pub struct Shutdown;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WaitOutcome {
     pub waited: bool,
-    pub wait_ns: u64,
+    pub(crate) wait_ns: u64,
 }
 
 /// How often a waiter calls its `on_wait` again (to push the AIL once more) while it waits.
@@ -65,7 +65,7 @@ impl<S: GateState> Gate<S> {
     }
 
     /// Takes `need`, waiting in FIFO order until it fits. While waiting, `on_wait` is called (without
-    /// the gate's lock) at once and then every [`REPUSH_INTERVAL`], to make room (push the AIL).
+    /// the gate's lock) at once and then every `REPUSH_INTERVAL`, to make room (push the AIL).
     pub fn acquire(
         &self,
         need: S::Need,

@@ -12,14 +12,16 @@ mod stats;
 
 pub use account::MemAccount;
 pub use gate::{Gate, GateState, Shutdown, WaitOutcome};
-pub use overrun::{OverrunPolicy, OverrunReport, OverrunReporter};
-pub use stats::{KindStats, KindStatsTable};
+pub(crate) use overrun::OverrunReporter;
+pub use overrun::{OverrunPolicy, OverrunReport};
+pub use stats::KindStats;
+pub(crate) use stats::KindStatsTable;
 
 /// Memory budget when none is given and no cgroup limit is found.
-pub const MEM_BUDGET_DEFAULT_BYTES: u64 = 64 << 20;
+pub(crate) const MEM_BUDGET_DEFAULT_BYTES: u64 = 64 << 20;
 
 /// The unit the statistics report memory in.
-pub const PAGE_BYTES: u64 = 4096;
+pub(crate) const PAGE_BYTES: u64 = 4096;
 
 /// Memory reservations on or off (`-o memres=off`): off bypasses the accounting entirely.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -47,7 +47,7 @@ impl std::fmt::Display for OverrunReport {
 /// At most one printed report per this interval, across all sites.
 const REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
-pub struct OverrunReporter {
+pub(crate) struct OverrunReporter {
     policy: OverrunPolicy,
     inner: Mutex<ReporterInner>,
 }
@@ -60,7 +60,7 @@ struct ReporterInner {
 }
 
 impl OverrunReporter {
-    pub fn new(policy: OverrunPolicy) -> OverrunReporter {
+    pub(crate) fn new(policy: OverrunPolicy) -> OverrunReporter {
         OverrunReporter {
             policy,
             inner: Mutex::new(ReporterInner {
@@ -74,7 +74,7 @@ impl OverrunReporter {
 
     /// Records an overrun. The first at each call site is kept as a report and printed (unless
     /// another report was printed within [`REPORT_INTERVAL`]); later ones are counted.
-    pub fn report(
+    pub(crate) fn report(
         &self,
         kind: &'static str,
         resource: &'static str,
@@ -121,11 +121,11 @@ impl OverrunReporter {
     }
 
     /// One report per call site, with the count of overruns there.
-    pub fn reports(&self) -> Vec<OverrunReport> {
+    pub(crate) fn reports(&self) -> Vec<OverrunReport> {
         self.inner.lock().reports.clone()
     }
 
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.inner.lock().total
     }
 }

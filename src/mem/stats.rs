@@ -4,24 +4,24 @@ use parking_lot::Mutex;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KindStats {
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     pub count: u64,
-    pub reserved_bytes: u64,
-    pub peak_used_bytes: u64,
-    pub total_used_bytes: u64,
-    pub log_reserved_bytes: u64,
-    pub log_peak_used_bytes: u64,
+    pub(crate) reserved_bytes: u64,
+    pub(crate) peak_used_bytes: u64,
+    pub(crate) total_used_bytes: u64,
+    pub(crate) log_reserved_bytes: u64,
+    pub(crate) log_peak_used_bytes: u64,
     pub overruns: u64,
     pub waits: u64,
-    pub wait_ns_total: u64,
+    pub(crate) wait_ns_total: u64,
 }
 
-pub struct KindStatsTable {
+pub(crate) struct KindStatsTable {
     kinds: Mutex<Vec<KindStats>>,
 }
 
 impl KindStatsTable {
-    pub fn new(names: &[&'static str]) -> KindStatsTable {
+    pub(crate) fn new(names: &[&'static str]) -> KindStatsTable {
         KindStatsTable {
             kinds: Mutex::new(
                 names
@@ -35,14 +35,14 @@ impl KindStatsTable {
         }
     }
 
-    pub fn record_wait(&self, kind: usize, wait_ns: u64) {
+    pub(crate) fn record_wait(&self, kind: usize, wait_ns: u64) {
         let mut k = self.kinds.lock();
         k[kind].waits += 1;
         k[kind].wait_ns_total += wait_ns;
     }
 
     /// A transaction (or one step of a rolling one) of `kind` ended.
-    pub fn record_end(&self, kind: usize, mem: (u64, u64), log: (u64, u64), overrun: bool) {
+    pub(crate) fn record_end(&self, kind: usize, mem: (u64, u64), log: (u64, u64), overrun: bool) {
         let mut k = self.kinds.lock();
         let s = &mut k[kind];
         s.count += 1;
@@ -54,7 +54,7 @@ impl KindStatsTable {
         s.overruns += overrun as u64;
     }
 
-    pub fn snapshot(&self) -> Vec<KindStats> {
+    pub(crate) fn snapshot(&self) -> Vec<KindStats> {
         self.kinds.lock().clone()
     }
 }

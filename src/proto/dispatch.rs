@@ -10,52 +10,52 @@ use crate::format::inode::Time;
 use crate::fs::{Attr, Ctx, SetAttr, SetTime, StatFs};
 use crate::ops::{self, Found, Ops, PlusEntry, Xattr};
 
-pub const FUSE_LOOKUP: u32 = 1;
-pub const FUSE_FORGET: u32 = 2;
-pub const FUSE_GETATTR: u32 = 3;
-pub const FUSE_SETATTR: u32 = 4;
-pub const FUSE_READLINK: u32 = 5;
-pub const FUSE_SYMLINK: u32 = 6;
-pub const FUSE_MKNOD: u32 = 8;
-pub const FUSE_MKDIR: u32 = 9;
-pub const FUSE_UNLINK: u32 = 10;
-pub const FUSE_RMDIR: u32 = 11;
-pub const FUSE_RENAME: u32 = 12;
-pub const FUSE_LINK: u32 = 13;
-pub const FUSE_OPEN: u32 = 14;
-pub const FUSE_READ: u32 = 15;
-pub const FUSE_WRITE: u32 = 16;
-pub const FUSE_STATFS: u32 = 17;
-pub const FUSE_RELEASE: u32 = 18;
-pub const FUSE_FSYNC: u32 = 20;
-pub const FUSE_SETXATTR: u32 = 21;
-pub const FUSE_GETXATTR: u32 = 22;
-pub const FUSE_LISTXATTR: u32 = 23;
-pub const FUSE_REMOVEXATTR: u32 = 24;
-pub const FUSE_FLUSH: u32 = 25;
-pub const FUSE_INIT: u32 = 26;
-pub const FUSE_OPENDIR: u32 = 27;
-pub const FUSE_READDIR: u32 = 28;
-pub const FUSE_RELEASEDIR: u32 = 29;
-pub const FUSE_FSYNCDIR: u32 = 30;
-pub const FUSE_ACCESS: u32 = 34;
-pub const FUSE_INTERRUPT: u32 = 36;
-pub const FUSE_CREATE: u32 = 35;
-pub const FUSE_DESTROY: u32 = 38;
-pub const FUSE_IOCTL: u32 = 39;
-pub const FUSE_BATCH_FORGET: u32 = 42;
-pub const FUSE_FALLOCATE: u32 = 43;
-pub const FUSE_READDIRPLUS: u32 = 44;
-pub const FUSE_RENAME2: u32 = 45;
-pub const FUSE_LSEEK: u32 = 46;
-pub const FUSE_COPY_FILE_RANGE: u32 = 47;
-pub const FUSE_SYNCFS: u32 = 50;
+pub(crate) const FUSE_LOOKUP: u32 = 1;
+pub(crate) const FUSE_FORGET: u32 = 2;
+pub(crate) const FUSE_GETATTR: u32 = 3;
+pub(crate) const FUSE_SETATTR: u32 = 4;
+pub(crate) const FUSE_READLINK: u32 = 5;
+pub(crate) const FUSE_SYMLINK: u32 = 6;
+pub(crate) const FUSE_MKNOD: u32 = 8;
+pub(crate) const FUSE_MKDIR: u32 = 9;
+pub(crate) const FUSE_UNLINK: u32 = 10;
+pub(crate) const FUSE_RMDIR: u32 = 11;
+pub(crate) const FUSE_RENAME: u32 = 12;
+pub(crate) const FUSE_LINK: u32 = 13;
+pub(crate) const FUSE_OPEN: u32 = 14;
+pub(crate) const FUSE_READ: u32 = 15;
+pub(crate) const FUSE_WRITE: u32 = 16;
+pub(crate) const FUSE_STATFS: u32 = 17;
+pub(crate) const FUSE_RELEASE: u32 = 18;
+pub(crate) const FUSE_FSYNC: u32 = 20;
+pub(crate) const FUSE_SETXATTR: u32 = 21;
+pub(crate) const FUSE_GETXATTR: u32 = 22;
+pub(crate) const FUSE_LISTXATTR: u32 = 23;
+pub(crate) const FUSE_REMOVEXATTR: u32 = 24;
+pub(crate) const FUSE_FLUSH: u32 = 25;
+pub(crate) const FUSE_INIT: u32 = 26;
+pub(crate) const FUSE_OPENDIR: u32 = 27;
+pub(crate) const FUSE_READDIR: u32 = 28;
+pub(crate) const FUSE_RELEASEDIR: u32 = 29;
+pub(crate) const FUSE_FSYNCDIR: u32 = 30;
+pub(crate) const FUSE_ACCESS: u32 = 34;
+pub(crate) const FUSE_INTERRUPT: u32 = 36;
+pub(crate) const FUSE_CREATE: u32 = 35;
+pub(crate) const FUSE_DESTROY: u32 = 38;
+pub(crate) const FUSE_IOCTL: u32 = 39;
+pub(crate) const FUSE_BATCH_FORGET: u32 = 42;
+pub(crate) const FUSE_FALLOCATE: u32 = 43;
+pub(crate) const FUSE_READDIRPLUS: u32 = 44;
+pub(crate) const FUSE_RENAME2: u32 = 45;
+pub(crate) const FUSE_LSEEK: u32 = 46;
+pub(crate) const FUSE_COPY_FILE_RANGE: u32 = 47;
+pub(crate) const FUSE_SYNCFS: u32 = 50;
 
 /// Bytes of a request's fixed argument (the kernel's `in_args[0]` where it is an op's own
 /// structure, at protocol 7.40): through `/dev/fuse` the payload (names, data) follows it; the
 /// io_uring queues carry it apart. 0 for requests whose arguments are all payload, and for
 /// opcodes not served (their whole body is ignored).
-pub fn fixed_arg_bytes(opcode: u32) -> usize {
+pub(crate) fn fixed_arg_bytes(opcode: u32) -> usize {
     match opcode {
         FUSE_GETATTR => 16,                                // fuse_getattr_in
         FUSE_SETATTR => 88,                                // fuse_setattr_in
@@ -99,10 +99,10 @@ const FATTR_FH: u32 = 1 << 6;
 const FATTR_ATIME_NOW: u32 = 1 << 7;
 const FATTR_MTIME_NOW: u32 = 1 << 8;
 /// fsync's flag for fdatasync.
-pub const FUSE_FSYNC_FDATASYNC: u32 = 1;
+pub(crate) const FUSE_FSYNC_FDATASYNC: u32 = 1;
 
 /// A reply, owned, to be encoded once the request's buffer is free.
-pub enum Out {
+pub(crate) enum Out {
     Empty,
     Entry(Option<Attr>),
     Attr(Attr),
@@ -136,7 +136,7 @@ fn time(sec: u64, nsec: u32) -> Time {
 
 /// Does every request but READ. `arg` is the fixed argument (the entry's op_in area), `payload`
 /// what followed it (names, data). An opcode not served here is ENOSYS, as fuser answers.
-pub fn handle(ops: &Ops, h: &InHeader, arg: &[u8], payload: &[u8]) -> Result<Out, i32> {
+pub(crate) fn handle(ops: &Ops, h: &InHeader, arg: &[u8], payload: &[u8]) -> Result<Out, i32> {
     let _active = ops.enter();
     let c = ctx(h);
     let node = h.nodeid;
@@ -312,7 +312,7 @@ pub fn handle(ops: &Ops, h: &InHeader, arg: &[u8], payload: &[u8]) -> Result<Out
 }
 
 /// READ: the data goes straight into `buf`; returns its length.
-pub fn read(ops: &Ops, h: &InHeader, arg: &[u8], buf: &mut [u8]) -> Result<usize, i32> {
+pub(crate) fn read(ops: &Ops, h: &InHeader, arg: &[u8], buf: &mut [u8]) -> Result<usize, i32> {
     let _active = ops.enter();
     let mut a = Rd::new(arg);
     let _fh = a.u64()?;
@@ -329,7 +329,7 @@ pub fn read(ops: &Ops, h: &InHeader, arg: &[u8], buf: &mut [u8]) -> Result<usize
 }
 
 /// Writes `out` into `buf`; returns the reply's length.
-pub fn encode(ops: &Ops, out: Out, buf: &mut [u8]) -> Result<usize, i32> {
+pub(crate) fn encode(ops: &Ops, out: Out, buf: &mut [u8]) -> Result<usize, i32> {
     let mut w = Wr::new(buf);
     match out {
         Out::Empty => {}

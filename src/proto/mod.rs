@@ -2,5 +2,5 @@
 //! io_uring queues, [`crate::ring`]): its messages ([`wire`]) and what each request does
 //! ([`dispatch`], over [`crate::ops::Ops`]).
 
-pub mod dispatch;
-pub mod wire;
+pub(crate) mod dispatch;
+pub(crate) mod wire;

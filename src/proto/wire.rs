@@ -8,81 +8,74 @@ use crate::fs::Attr;
 use crate::ops::TTL;
 
 /// Bytes of `struct fuse_in_header`.
-pub const IN_HEADER_BYTES: usize = 40;
+pub(crate) const IN_HEADER_BYTES: usize = 40;
 /// Bytes of `struct fuse_out_header`.
-pub const OUT_HEADER_BYTES: usize = 16;
+pub(crate) const OUT_HEADER_BYTES: usize = 16;
 /// Bytes of `struct fuse_attr`.
 const ATTR_BYTES: usize = 88;
 /// Bytes of `struct fuse_entry_out`.
-pub const ENTRY_OUT_BYTES: usize = 40 + ATTR_BYTES;
+pub(crate) const ENTRY_OUT_BYTES: usize = 40 + ATTR_BYTES;
 /// Bytes of `struct fuse_dirent` before its name.
 const DIRENT_BYTES: usize = 24;
 
 /// `struct fuse_in_header`.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct InHeader {
-    pub len: u32,
-    pub opcode: u32,
-    pub unique: u64,
-    pub nodeid: u64,
-    pub uid: u32,
-    pub gid: u32,
-    pub pid: u32,
+pub(crate) struct InHeader {
+    pub(crate) len: u32,
+    pub(crate) opcode: u32,
+    pub(crate) unique: u64,
+    pub(crate) nodeid: u64,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) pid: u32,
 }
 
 /// Reads little-endian fields (the kernel's, on the hosts FUSE runs on: native order) from a
 /// slice; running past its end is EINVAL, a malformed request.
-pub struct Rd<'a> {
+pub(crate) struct Rd<'a> {
     b: &'a [u8],
     at: usize,
 }
 
 impl<'a> Rd<'a> {
-    pub fn new(b: &'a [u8]) -> Rd<'a> {
+    pub(crate) fn new(b: &'a [u8]) -> Rd<'a> {
         Rd { b, at: 0 }
     }
 
-    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], i32> {
+    pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8], i32> {
         let end = self.at.checked_add(n).ok_or(libc::EINVAL)?;
         let s = self.b.get(self.at..end).ok_or(libc::EINVAL)?;
         self.at = end;
         Ok(s)
     }
 
-    pub fn u32(&mut self) -> Result<u32, i32> {
+    pub(crate) fn u32(&mut self) -> Result<u32, i32> {
         let s = self.bytes(4)?;
         Ok(u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
     }
 
-    pub fn u64(&mut self) -> Result<u64, i32> {
+    pub(crate) fn u64(&mut self) -> Result<u64, i32> {
         let s = self.bytes(8)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(s);
         Ok(u64::from_ne_bytes(a))
     }
 
-    pub fn skip(&mut self, n: usize) -> Result<(), i32> {
+    pub(crate) fn skip(&mut self, n: usize) -> Result<(), i32> {
         self.bytes(n).map(|_| ())
     }
 
     /// A NUL-terminated name; without its NUL the request is malformed.
-    pub fn name(&mut self) -> Result<&'a [u8], i32> {
+    pub(crate) fn name(&mut self) -> Result<&'a [u8], i32> {
         let rest = self.b.get(self.at..).ok_or(libc::EINVAL)?;
         let n = rest.iter().position(|&c| c == 0).ok_or(libc::EINVAL)?;
         self.at += n + 1;
         Ok(&rest[..n])
     }
-
-    /// Everything not read yet.
-    pub fn rest(&mut self) -> &'a [u8] {
-        let s = self.b.get(self.at..).unwrap_or(&[]);
-        self.at = self.b.len();
-        s
-    }
 }
 
 impl InHeader {
-    pub fn read(b: &[u8]) -> Result<InHeader, i32> {
+    pub(crate) fn read(b: &[u8]) -> Result<InHeader, i32> {
         let mut r = Rd::new(b);
         let h = InHeader {
             len: r.u32()?,
@@ -101,30 +94,26 @@ impl InHeader {
 
 /// Writes a reply into the payload buffer; running past its end is ERANGE (the buffer holds the
 /// largest reply the kernel can ask for, so this is a daemon bug, answered, not a crash).
-pub struct Wr<'a> {
+pub(crate) struct Wr<'a> {
     b: &'a mut [u8],
     at: usize,
 }
 
 impl<'a> Wr<'a> {
-    pub fn new(b: &'a mut [u8]) -> Wr<'a> {
+    pub(crate) fn new(b: &'a mut [u8]) -> Wr<'a> {
         Wr { b, at: 0 }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.at
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.at == 0
-    }
-
     /// Room left.
-    pub fn room(&self) -> usize {
+    pub(crate) fn room(&self) -> usize {
         self.b.len() - self.at
     }
 
-    pub fn bytes(&mut self, s: &[u8]) -> Result<(), i32> {
+    pub(crate) fn bytes(&mut self, s: &[u8]) -> Result<(), i32> {
         let end = self.at + s.len();
         self.b
             .get_mut(self.at..end)
@@ -134,15 +123,15 @@ impl<'a> Wr<'a> {
         Ok(())
     }
 
-    pub fn u32(&mut self, v: u32) -> Result<(), i32> {
+    pub(crate) fn u32(&mut self, v: u32) -> Result<(), i32> {
         self.bytes(&v.to_ne_bytes())
     }
 
-    pub fn u64(&mut self, v: u64) -> Result<(), i32> {
+    pub(crate) fn u64(&mut self, v: u64) -> Result<(), i32> {
         self.bytes(&v.to_ne_bytes())
     }
 
-    pub fn zeros(&mut self, n: usize) -> Result<(), i32> {
+    pub(crate) fn zeros(&mut self, n: usize) -> Result<(), i32> {
         let end = self.at + n;
         self.b.get_mut(self.at..end).ok_or(libc::ERANGE)?.fill(0);
         self.at = end;
@@ -150,7 +139,7 @@ impl<'a> Wr<'a> {
     }
 
     /// `struct fuse_attr` of `a`, whose inode number is FUSE's `node`.
-    pub fn attr(&mut self, node: u64, a: &Attr) -> Result<(), i32> {
+    pub(crate) fn attr(&mut self, node: u64, a: &Attr) -> Result<(), i32> {
         self.u64(node)?;
         self.u64(a.size)?;
         self.u64(a.blocks)?;
@@ -170,7 +159,7 @@ impl<'a> Wr<'a> {
     }
 
     /// `struct fuse_entry_out`; `None` is a negative entry (node 0, cached for TTL).
-    pub fn entry(&mut self, node: u64, a: Option<&Attr>) -> Result<(), i32> {
+    pub(crate) fn entry(&mut self, node: u64, a: Option<&Attr>) -> Result<(), i32> {
         let Some(a) = a else {
             self.u64(0)?; // nodeid
             self.u64(0)?; // generation
@@ -190,7 +179,7 @@ impl<'a> Wr<'a> {
     }
 
     /// `struct fuse_attr_out`.
-    pub fn attr_out(&mut self, node: u64, a: &Attr) -> Result<(), i32> {
+    pub(crate) fn attr_out(&mut self, node: u64, a: &Attr) -> Result<(), i32> {
         self.u64(TTL.as_secs())?;
         self.u32(TTL.subsec_nanos())?;
         self.u32(0)?;
@@ -198,7 +187,7 @@ impl<'a> Wr<'a> {
     }
 
     /// `struct fuse_open_out`.
-    pub fn open_out(&mut self, open_flags: u32) -> Result<(), i32> {
+    pub(crate) fn open_out(&mut self, open_flags: u32) -> Result<(), i32> {
         self.u64(0)?; // fh
         self.u32(open_flags)?;
         self.u32(0) // backing_id
@@ -206,7 +195,7 @@ impl<'a> Wr<'a> {
 
     /// `struct fuse_dirent` and its name, padded to 8 bytes; false (nothing written) when it
     /// does not fit in `limit` bytes of reply.
-    pub fn dirent(
+    pub(crate) fn dirent(
         &mut self,
         limit: usize,
         (node, cookie, dtype): (u64, u64, u32),
@@ -229,28 +218,28 @@ impl<'a> Wr<'a> {
 /// Bytes of a `fuse_dirent` with a name of `n` bytes, padded to 8.
 /// The protocol version this daemon speaks (7.40: every layout used here is that version's;
 /// the kernel adapts to it, as it did when fuser answered INIT with the same version).
-pub const PROTO_MAJOR: u32 = 7;
-pub const PROTO_MINOR: u32 = 40;
+pub(crate) const PROTO_MAJOR: u32 = 7;
+pub(crate) const PROTO_MINOR: u32 = 40;
 /// The oldest kernel protocol served: 7.33 brought FUSE_HANDLE_KILLPRIV_V2 and the 64-byte
 /// INIT reply every kernel since 7.23 reads (Linux 5.11).
-pub const PROTO_MINOR_MIN: u32 = 33;
+pub(crate) const PROTO_MINOR_MIN: u32 = 33;
 /// Bytes of `struct fuse_init_out` (7.23 and later).
-pub const INIT_OUT_BYTES: usize = 64;
+pub(crate) const INIT_OUT_BYTES: usize = 64;
 /// FUSE_INIT_EXT: the flags continue in `flags2`.
-pub const INIT_EXT: u64 = 1 << 30;
+pub(crate) const INIT_EXT: u64 = 1 << 30;
 
 /// `struct fuse_init_in`: what the kernel offers.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct InitIn {
-    pub major: u32,
-    pub minor: u32,
-    pub max_readahead: u32,
+pub(crate) struct InitIn {
+    pub(crate) major: u32,
+    pub(crate) minor: u32,
+    pub(crate) max_readahead: u32,
     /// `flags`, and `flags2` above bit 32 when the kernel set FUSE_INIT_EXT.
-    pub flags: u64,
+    pub(crate) flags: u64,
 }
 
 impl InitIn {
-    pub fn read(arg: &[u8]) -> Result<InitIn, i32> {
+    pub(crate) fn read(arg: &[u8]) -> Result<InitIn, i32> {
         let mut r = Rd::new(arg);
         let (major, minor) = (r.u32()?, r.u32()?);
         // A kernel of another major version sends only these two (it then asks again).
@@ -277,24 +266,24 @@ impl InitIn {
 
 /// `struct fuse_init_out`: what the daemon takes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct InitOut {
-    pub max_readahead: u32,
-    pub flags: u64,
-    pub max_background: u16,
-    pub congestion_threshold: u16,
-    pub max_write: u32,
+pub(crate) struct InitOut {
+    pub(crate) max_readahead: u32,
+    pub(crate) flags: u64,
+    pub(crate) max_background: u16,
+    pub(crate) congestion_threshold: u16,
+    pub(crate) max_write: u32,
     /// Timestamp granularity in nanoseconds.
-    pub time_gran: u32,
-    pub max_pages: u16,
+    pub(crate) time_gran: u32,
+    pub(crate) max_pages: u16,
 }
 
 impl Wr<'_> {
-    pub fn u16(&mut self, v: u16) -> Result<(), i32> {
+    pub(crate) fn u16(&mut self, v: u16) -> Result<(), i32> {
         self.bytes(&v.to_ne_bytes())
     }
 
     /// The INIT reply: protocol 7.40's 64 bytes.
-    pub fn init_out(&mut self, o: &InitOut) -> Result<(), i32> {
+    pub(crate) fn init_out(&mut self, o: &InitOut) -> Result<(), i32> {
         let start = self.len();
         self.u32(PROTO_MAJOR)?;
         self.u32(PROTO_MINOR)?;
@@ -312,14 +301,14 @@ impl Wr<'_> {
     }
 
     /// The reply to an INIT from a kernel of another major version: ours, so it asks again.
-    pub fn init_version_only(&mut self) -> Result<(), i32> {
+    pub(crate) fn init_version_only(&mut self) -> Result<(), i32> {
         self.u32(PROTO_MAJOR)?;
         self.u32(PROTO_MINOR)?;
         self.zeros(INIT_OUT_BYTES - 8)
     }
 }
 
-pub fn dirent_len(n: usize) -> usize {
+pub(crate) fn dirent_len(n: usize) -> usize {
     (DIRENT_BYTES + n).div_ceil(8) * 8
 }
 

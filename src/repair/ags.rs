@@ -52,7 +52,7 @@ fn free_extents(used: &Bitmap, first: u64, end: u64, skip_top: u64) -> (Vec<(u64
 
 /// Rebuilds AG `agno`: `chunks` are its inode chunks (block → mask of slots in use), `unlinked`
 /// its orphans. Returns a line on what it wrote.
-pub fn rebuild_ag(
+pub(crate) fn rebuild_ag(
     dev: &dyn Device,
     sb: &Superblock,
     used: &Bitmap,

@@ -2,13 +2,13 @@
 //! namespace, fix inodes, rebuild every AG's trees from what is in use, then mend the namespace
 //! and the link counts through the filesystem's own operations.
 //!
-//! 1. scan (read-only, [`scan`]): inode chunks, inodes, what each owns; what must be cleared,
+//! 1. scan (read-only, `scan`): inode chunks, inodes, what each owns; what must be cleared,
 //!    emptied or dropped; metadata blocks whose LSN is ahead of the log;
-//! 2. plan (in memory, [`plan`]): which entries stay, which go, what goes to /lost+found, which
+//! 2. plan (in memory, `plan`): which entries stay, which go, what goes to /lost+found, which
 //!    inodes are orphans;
 //! 3. inodes, through transactions of a mounted engine: cleared, directories emptied, xattr
 //!    blocks dropped, block counts set, a lost root made afresh, LSNs stamped anew; unmounted;
-//! 4. AGs, written straight to the device ([`ags`]): headers, free-space trees (everything in
+//! 4. AGs, written straight to the device (`ags`): headers, free-space trees (everything in
 //!    the data area nothing kept uses is free), inode-chunk trees, unlinked trees (the orphans);
 //! 5. namespace, through [`Fs`] on a fresh mount (which frees the orphans): entries dropped,
 //!    retyped and put back, detached inodes attached in /lost+found, then every link count and
@@ -17,9 +17,9 @@
 //! The superblocks are rewritten by the first mount (both copies, from the good one). A repair
 //! interrupted by a crash leaves an image that the next run repairs again.
 
-pub mod ags;
-pub mod plan;
-pub mod scan;
+pub(crate) mod ags;
+pub(crate) mod plan;
+pub(crate) mod scan;
 
 use crate::device::Device;
 use crate::dir;
@@ -40,32 +40,32 @@ use std::sync::Arc;
 /// Memory for the repair's metadata cache.
 const REPAIR_CACHE_BYTES: u64 = 64 << 20;
 /// Where detached inodes go, as in every Unix filesystem.
-pub const LOST_AND_FOUND: &[u8] = b"lost+found";
+pub(crate) const LOST_AND_FOUND: &[u8] = b"lost+found";
 
-pub use crate::bitmap::Bitmap;
+pub(crate) use crate::bitmap::Bitmap;
 
 /// What the plan needs of a kept inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Kept {
-    pub mode: u32,
-    pub nlink: u32,
+pub(crate) struct Kept {
+    pub(crate) mode: u32,
+    pub(crate) nlink: u32,
 }
 
 /// A directory entry as read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Name {
-    pub dir: u64,
-    pub name: Vec<u8>,
-    pub ino: u64,
-    pub ftype: u8,
+pub(crate) struct Name {
+    pub(crate) dir: u64,
+    pub(crate) name: Vec<u8>,
+    pub(crate) ino: u64,
+    pub(crate) ftype: u8,
     /// Its key in the directory: where it is, whatever its name has become.
-    pub key: [u64; 2],
+    pub(crate) key: [u64; 2],
 }
 
 /// What the repair found and what it did, one line each.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct RepairReport {
-    pub found: Vec<String>,
+    pub(crate) found: Vec<String>,
     pub fixed: Vec<String>,
     /// Changes that failed (the check that follows shows what is left).
     pub failed: Vec<String>,

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 /// One change to a directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Remove the entry (found by its cookie: its name may be damaged).
     Drop {
         dir: u64,
@@ -41,12 +41,12 @@ pub enum Action {
 }
 
 #[derive(Debug, Default)]
-pub struct Plan {
-    pub actions: Vec<Action>,
+pub(crate) struct Plan {
+    pub(crate) actions: Vec<Action>,
     /// Kept inodes with no links and no name: put on the unlinked trees (freed at mount).
-    pub orphans: BTreeSet<u64>,
+    pub(crate) orphans: BTreeSet<u64>,
     /// Kept inodes that end up with a name although their link count is 0.
-    pub relinked: BTreeSet<u64>,
+    pub(crate) relinked: BTreeSet<u64>,
 }
 
 fn is_dir(k: &Kept) -> bool {
@@ -55,7 +55,7 @@ fn is_dir(k: &Kept) -> bool {
 
 /// The plan for `names` (as read, grouped by directory in reading order) over the `inodes` kept;
 /// `rebuilt` are the directories that were emptied (their surviving entries are added back).
-pub fn plan(
+pub(crate) fn plan(
     root: u64,
     inodes: &BTreeMap<u64, Kept>,
     rebuilt: &BTreeSet<u64>,

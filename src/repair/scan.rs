@@ -22,38 +22,38 @@ use std::collections::BTreeMap;
 
 /// What the scan decided for one inode that needs a change.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct InodeFix {
+pub(crate) struct InodeFix {
     /// Why the inode is cleared (None: it is kept).
-    pub clear: Option<String>,
+    pub(crate) clear: Option<String>,
     /// The directory is emptied (its entries are re-added from `Scan::names`).
-    pub reset_dir: Option<String>,
-    pub drop_xattr: Option<String>,
+    pub(crate) reset_dir: Option<String>,
+    pub(crate) drop_xattr: Option<String>,
     /// The block count it should have.
-    pub blocks: Option<u64>,
+    pub(crate) blocks: Option<u64>,
     /// The size it should have (a file's past the largest file size).
-    pub size: Option<u64>,
+    pub(crate) size: Option<u64>,
     /// The mode it should have (stray bits beyond the type and permissions dropped).
-    pub mode: Option<u32>,
+    pub(crate) mode: Option<u32>,
     /// A root directory made afresh.
-    pub new_root: bool,
+    pub(crate) new_root: bool,
     /// Whether the chunk block itself is unreadable and must be written fresh (new root only).
-    pub fresh_chunk: bool,
+    pub(crate) fresh_chunk: bool,
 }
 
 /// What phase 1 found.
-pub struct Scan {
+pub(crate) struct Scan {
     /// Blocks in use: inode chunks and everything the kept inodes own.
-    pub used: Bitmap,
+    pub(crate) used: Bitmap,
     /// Inode chunks kept: block → mask of slots in use.
-    pub chunks: BTreeMap<u64, u64>,
-    pub inodes: BTreeMap<u64, Kept>,
+    pub(crate) chunks: BTreeMap<u64, u64>,
+    pub(crate) inodes: BTreeMap<u64, Kept>,
     /// Entries read from directories (all of them; the plan decides which stay).
-    pub names: Vec<Name>,
-    pub fixes: BTreeMap<u64, InodeFix>,
+    pub(crate) names: Vec<Name>,
+    pub(crate) fixes: BTreeMap<u64, InodeFix>,
     /// Metadata blocks kept whose LSN is at or ahead of the log's head: (block, type).
-    pub ahead: Vec<(u64, BlockType)>,
+    pub(crate) ahead: Vec<(u64, BlockType)>,
     /// What was found, one line each.
-    pub found: Vec<String>,
+    pub(crate) found: Vec<String>,
 }
 
 struct Scanner<'e> {
@@ -71,7 +71,7 @@ impl Scanner<'_> {
 }
 
 /// Reads everything phase 1 needs through `eng` (read-only transactions).
-pub fn scan(eng: &Engine, progress: Progress<'_>) -> Result<Scan, EngineError> {
+pub(crate) fn scan(eng: &Engine, progress: Progress<'_>) -> Result<Scan, EngineError> {
     let g = *eng.geometry();
     let mut sc = Scanner {
         eng,

@@ -35,15 +35,15 @@ pub(crate) static LEFT_IDLE: AtomicU64 = AtomicU64::new(0);
 
 /// What the queues have done, for `ticketfs stats`.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RingStats {
+pub(crate) struct RingStats {
     /// 0 when requests go through `/dev/fuse`.
-    pub threads: usize,
-    pub queues: usize,
-    pub requests: u64,
-    pub left_idle: u64,
+    pub(crate) threads: usize,
+    pub(crate) queues: usize,
+    pub(crate) requests: u64,
+    pub(crate) left_idle: u64,
 }
 
-pub fn stats() -> RingStats {
+pub(crate) fn stats() -> RingStats {
     RingStats {
         threads: THREADS.load(Ordering::Relaxed),
         queues: QUEUES.load(Ordering::Relaxed),
@@ -53,7 +53,7 @@ pub fn stats() -> RingStats {
 }
 
 /// Where the administrator turns FUSE over io_uring on.
-pub const ENABLE_KNOB: &str = "/sys/module/fuse/parameters/enable_uring";
+pub(crate) const ENABLE_KNOB: &str = "/sys/module/fuse/parameters/enable_uring";
 /// FUSE_IO_URING_CMD_REGISTER and FUSE_IO_URING_CMD_COMMIT_AND_FETCH.
 const CMD_REGISTER: u64 = 1;
 const CMD_COMMIT_AND_FETCH: u64 = 2;
@@ -73,7 +73,7 @@ const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 const STOP_TAG: u64 = u64::MAX;
 
 /// Whether the kernel offers FUSE over io_uring and this process may use io_uring.
-pub fn available() -> bool {
+pub(crate) fn available() -> bool {
     let on = std::fs::read_to_string(ENABLE_KNOB)
         .map(|s| s.trim() == "Y" || s.trim() == "1")
         .unwrap_or(false);
@@ -81,7 +81,7 @@ pub fn available() -> bool {
 }
 
 /// Queues the kernel makes: one per possible CPU (a caller's requests go to its CPU's).
-pub fn queue_count() -> io::Result<usize> {
+pub(crate) fn queue_count() -> io::Result<usize> {
     let s = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
     let mut n = 0;
     for part in s.trim().split(',').filter(|p| !p.is_empty()) {
@@ -161,7 +161,7 @@ struct Entry {
 unsafe impl Send for Entry {}
 
 /// The queues' threads; stopped with [`Queues::stop`] once the session has ended.
-pub struct Queues {
+pub(crate) struct Queues {
     threads: Vec<JoinHandle<()>>,
     stop: OwnedFd,
 }
@@ -412,7 +412,7 @@ impl Queues {
     /// buffer of `max_write` bytes, on the FUSE connection `dev` whose INIT reply asked for
     /// io_uring. With `idle` the threads serve at SCHED_IDLE while the machine has CPUs to spare
     /// ([`policy`]). On failure the connection is turned back to `/dev/fuse`.
-    pub fn start(
+    pub(crate) fn start(
         dev: &OwnedFd,
         ops: Arc<Ops>,
         per_queue: usize,
@@ -503,17 +503,8 @@ impl Queues {
         drop(threads);
     }
 
-    /// Serving threads.
-    pub fn len(&self) -> usize {
-        self.threads.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.threads.is_empty()
-    }
-
     /// Tells every serving thread to stop and waits for them (after the session has ended).
-    pub fn stop(self) {
+    pub(crate) fn stop(self) {
         signal_stop(&self.stop);
         for t in self.threads {
             let _ = t.join();

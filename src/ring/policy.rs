@@ -26,18 +26,18 @@ use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 /// How often a busy queue thread looks at the machine's load.
-pub const CHECK_EVERY: Duration = Duration::from_millis(1);
+pub(crate) const CHECK_EVERY: Duration = Duration::from_millis(1);
 /// How long a queue thread stays ordinary once it found the CPUs oversubscribed.
-pub const HOLD_NORMAL: Duration = Duration::from_millis(100);
+pub(crate) const HOLD_NORMAL: Duration = Duration::from_millis(100);
 /// Weight of the latest look in the running share of looks that saw more runnable tasks than
 /// CPUs (an exponential average over about the last 1/OVER_WEIGHT looks).
-pub const OVER_WEIGHT: f64 = 0.1;
+pub(crate) const OVER_WEIGHT: f64 = 0.1;
 /// The share of recent looks above which the CPUs count as oversubscribed (about 12 looks in a
 /// row from none), and below which a thread that served ordinary for [`HOLD_NORMAL`] goes back.
-pub const OVER_SHARE: f64 = 0.7;
-pub const BACK_SHARE: f64 = 0.3;
+pub(crate) const OVER_SHARE: f64 = 0.7;
+pub(crate) const BACK_SHARE: f64 = 0.3;
 
-pub struct Policy {
+pub(crate) struct Policy {
     loadavg: Option<File>,
     cpus: usize,
     idle: bool,
@@ -70,7 +70,7 @@ fn may_leave_idle() -> bool {
 
 impl Policy {
     /// For the calling queue thread; `enabled` false keeps it ordinary.
-    pub fn new(enabled: bool) -> Policy {
+    pub(crate) fn new(enabled: bool) -> Policy {
         // SAFETY: sysconf has no preconditions.
         let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
         let loadavg = if enabled && may_leave_idle() {
@@ -126,7 +126,7 @@ impl Policy {
     }
 
     /// Called before each answer: looks at the load when it is time to.
-    pub fn tick(&mut self) {
+    pub(crate) fn tick(&mut self) {
         if self.loadavg.is_none() {
             return;
         }

@@ -15,13 +15,13 @@ const IORING_ENTER_GETEVENTS: u32 = 1;
 const IORING_OFF_SQ_RING: libc::off_t = 0;
 const IORING_OFF_CQ_RING: libc::off_t = 0x800_0000;
 const IORING_OFF_SQES: libc::off_t = 0x1000_0000;
-pub const IORING_OP_POLL_ADD: u8 = 6;
-pub const IORING_OP_URING_CMD: u8 = 46;
+pub(crate) const IORING_OP_POLL_ADD: u8 = 6;
+pub(crate) const IORING_OP_URING_CMD: u8 = 46;
 /// Bytes of one submission entry (SQE128).
-pub const SQE_BYTES: usize = 128;
+pub(crate) const SQE_BYTES: usize = 128;
 /// Where a URING_CMD's command area starts in its entry, and its length.
-pub const SQE_CMD_OFFSET: usize = 48;
-pub const SQE_CMD_BYTES: usize = 80;
+pub(crate) const SQE_CMD_OFFSET: usize = 48;
+pub(crate) const SQE_CMD_BYTES: usize = 80;
 const CQE_BYTES: usize = 16;
 
 #[repr(C)]
@@ -69,18 +69,18 @@ struct Params {
 
 /// One submission entry's fields, as the kernel reads them.
 #[derive(Clone, Copy)]
-pub struct Sqe {
-    pub opcode: u8,
-    pub fd: RawFd,
+pub(crate) struct Sqe {
+    pub(crate) opcode: u8,
+    pub(crate) fd: RawFd,
     /// `off`, or a URING_CMD's `cmd_op` in its low 32 bits.
-    pub off: u64,
-    pub addr: u64,
-    pub len: u32,
+    pub(crate) off: u64,
+    pub(crate) addr: u64,
+    pub(crate) len: u32,
     /// `rw_flags`, or a POLL_ADD's `poll32_events`.
-    pub op_flags: u32,
-    pub user_data: u64,
+    pub(crate) op_flags: u32,
+    pub(crate) user_data: u64,
     /// A URING_CMD's command area.
-    pub cmd: [u8; SQE_CMD_BYTES],
+    pub(crate) cmd: [u8; SQE_CMD_BYTES],
 }
 
 impl Default for Sqe {
@@ -100,9 +100,9 @@ impl Default for Sqe {
 
 /// A completion: the entry's `user_data` and its result (a negative errno on failure).
 #[derive(Debug, Clone, Copy)]
-pub struct Cqe {
-    pub user_data: u64,
-    pub res: i32,
+pub(crate) struct Cqe {
+    pub(crate) user_data: u64,
+    pub(crate) res: i32,
 }
 
 struct Map {
@@ -152,7 +152,7 @@ impl Drop for Map {
 }
 
 /// An io_uring owned by one thread.
-pub struct Uring {
+pub(crate) struct Uring {
     fd: RawFd,
     sq: Map,
     /// Separate from `sq` only on kernels without a single mapping for both rings.
@@ -168,7 +168,7 @@ unsafe impl Send for Uring {}
 
 impl Uring {
     /// A ring with room for `entries` submissions and twice as many completions.
-    pub fn new(entries: u32) -> io::Result<Uring> {
+    pub(crate) fn new(entries: u32) -> io::Result<Uring> {
         let mut p = Params {
             flags: IORING_SETUP_SQE128 | IORING_SETUP_CQSIZE,
             cq_entries: entries * 2,
@@ -221,7 +221,7 @@ impl Uring {
     }
 
     /// Writes `e` into the next free submission slot; false when the ring is full.
-    pub fn push(&mut self, e: &Sqe) -> bool {
+    pub(crate) fn push(&mut self, e: &Sqe) -> bool {
         let head = self.sq.atomic(self.p.sq_off.head).load(Ordering::Acquire);
         let tail = self.sq.atomic(self.p.sq_off.tail).load(Ordering::Relaxed);
         if tail.wrapping_sub(head) >= self.p.sq_entries {
@@ -271,7 +271,7 @@ impl Uring {
     }
 
     /// Submits what was pushed without waiting for completions.
-    pub fn submit(&mut self) -> io::Result<()> {
+    pub(crate) fn submit(&mut self) -> io::Result<()> {
         loop {
             let r = self.enter(0u32, 0u32);
             if r >= 0 {
@@ -292,7 +292,7 @@ impl Uring {
     }
 
     /// Submits what was pushed and waits until at least one completion is there.
-    pub fn submit_and_wait(&mut self) -> io::Result<()> {
+    pub(crate) fn submit_and_wait(&mut self) -> io::Result<()> {
         loop {
             let r = self.enter(1u32, IORING_ENTER_GETEVENTS);
             if r >= 0 {
@@ -310,7 +310,7 @@ impl Uring {
     }
 
     /// Takes the completions that are there.
-    pub fn reap(&mut self, out: &mut Vec<Cqe>) {
+    pub(crate) fn reap(&mut self, out: &mut Vec<Cqe>) {
         let cq = self.cq_map();
         let off = &self.p.cq_off;
         let mask = cq.atomic(off.ring_mask).load(Ordering::Relaxed);

@@ -5,7 +5,8 @@
 //! commit hands the changes to the CIL and gives back what was not used.
 
 // The reservation table sits below the engine (`crate::resv`); transactions are begun by kind.
-pub use crate::resv::{Resv, ResvTable, TransKind, KIND_COUNT};
+pub use crate::resv::TransKind;
+pub use crate::resv::{Resv, ResvTable};
 
 use crate::cache::{BufContent, BufHead, ChunkMap};
 use crate::engine::Engine;
@@ -19,11 +20,11 @@ use std::sync::Arc;
 
 /// How many buffers a transaction had joined at some point (`Trans::mark`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BufMark(usize);
+pub(crate) struct BufMark(usize);
 
 impl BufMark {
     /// Before any buffer: `release_clean(BufMark::START, ..)` releases every clean buffer.
-    pub const START: BufMark = BufMark(0);
+    pub(crate) const START: BufMark = BufMark(0);
 }
 
 /// A buffer joined to a transaction, by position.
@@ -32,7 +33,7 @@ pub struct BufId(usize);
 
 impl BufId {
     /// Names no buffer (a position no transaction reaches).
-    pub const NONE: BufId = BufId(usize::MAX);
+    pub(crate) const NONE: BufId = BufId(usize::MAX);
 }
 
 struct TBuf {
@@ -227,20 +228,16 @@ impl Engine {
 }
 
 impl<'e> Trans<'e> {
-    pub fn kind(&self) -> TransKind {
-        self.kind
-    }
-
     /// Records that this transaction freed `len` blocks at `start` (the allocator calls it).
-    pub fn note_freed(&mut self, start: u64, len: u64) {
+    pub(crate) fn note_freed(&mut self, start: u64, len: u64) {
         self.freed.push((start, len));
     }
 
-    pub fn block_size(&self) -> u32 {
+    pub(crate) fn block_size(&self) -> u32 {
         self.eng.geometry().block_size
     }
 
-    pub fn engine(&self) -> &'e Engine {
+    pub(crate) fn engine(&self) -> &'e Engine {
         self.eng
     }
 
@@ -271,7 +268,7 @@ impl<'e> Trans<'e> {
     }
 
     /// A mark of the buffers joined so far, for `release_clean`.
-    pub fn mark(&self) -> BufMark {
+    pub(crate) fn mark(&self) -> BufMark {
         BufMark(self.bufs.len())
     }
 
@@ -280,7 +277,7 @@ impl<'e> Trans<'e> {
     /// search that found nothing in one allocation group leave it before trying another. Buffers
     /// joined before the mark stay: the caller may still hold them (a parent directory's inode in
     /// the same AG, read but not yet changed), and its lock order depends on it.
-    pub fn release_clean(&mut self, mark: BufMark, blocks: Range<u64>) {
+    pub(crate) fn release_clean(&mut self, mark: BufMark, blocks: Range<u64>) {
         let from = mark.0.min(self.bufs.len());
         for b in &mut self.bufs[from..] {
             if blocks.contains(&b.head.blkno)
@@ -299,7 +296,7 @@ impl<'e> Trans<'e> {
     /// Releases every unchanged buffer and, if that leaves none held, forgets them all, so a long
     /// scan in one transaction (fsck) does not make the list `read_buf` searches grow without
     /// bound. Every `BufId` handed out before is invalid afterwards.
-    pub fn release_all_clean(&mut self) {
+    pub(crate) fn release_all_clean(&mut self) {
         self.release_clean(BufMark::START, 0..u64::MAX);
         if self.bufs.iter().all(|b| b.guard.is_none()) {
             self.bufs.clear();
@@ -402,7 +399,7 @@ impl<'e> Trans<'e> {
     /// Marks joined buffer `id` as freed: commit logs a cancel item for its block, so neither
     /// recovery nor write-back ever puts its old bytes over what the block holds next.
     #[track_caller]
-    pub fn invalidate(&mut self, id: BufId) {
+    pub(crate) fn invalidate(&mut self, id: BufId) {
         let site = Location::caller();
         let b = &mut self.bufs[id.0];
         b.cancel = true;
@@ -420,12 +417,12 @@ impl<'e> Trans<'e> {
 
     /// Whether the block's structure was checked since it came from disk (see
     /// `BufContent::structure_checked`).
-    pub fn structure_checked(&self, id: BufId) -> bool {
+    pub(crate) fn structure_checked(&self, id: BufId) -> bool {
         self.bufs[id.0].content().structure_checked
     }
 
     /// Records that the block's structure was checked (its changes keep it sound).
-    pub fn set_structure_checked(&mut self, id: BufId) {
+    pub(crate) fn set_structure_checked(&mut self, id: BufId) {
         self.bufs[id.0].content_mut().structure_checked = true;
     }
 
@@ -434,7 +431,7 @@ impl<'e> Trans<'e> {
         &mut self.bufs[id.0].content_mut().data
     }
 
-    pub fn blkno(&self, id: BufId) -> u64 {
+    pub(crate) fn blkno(&self, id: BufId) -> u64 {
         self.bufs[id.0].head.blkno
     }
 
@@ -568,7 +565,7 @@ impl<'e> Trans<'e> {
     /// two transactions taking two AG headers in opposite orders deadlocked under stress-ng; so
     /// one step at a time holds AG headers. Lock order: inode chunks, then this lock, then AG
     /// headers, then tree nodes; nothing holding it waits for an inode chunk.
-    pub fn lock_allocation(&mut self, lock: &Arc<parking_lot::Mutex<()>>) {
+    pub(crate) fn lock_allocation(&mut self, lock: &Arc<parking_lot::Mutex<()>>) {
         if self.alloc_guard.is_none() {
             let [taken, waits, waited_ns] = &self.eng.alloc_lock;
             taken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

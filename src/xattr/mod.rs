@@ -13,21 +13,21 @@ use crate::format::{xattrblock, BlockType, Enc};
 use crate::trans::Trans;
 
 /// Longest attribute name, as Linux XATTR_NAME_MAX.
-pub const XATTR_NAME_MAX: usize = 255;
+pub(crate) const XATTR_NAME_MAX: usize = 255;
 const HDR: usize = xattrblock::ENTRIES_OFF;
 
 /// Room for entries in an xattr block of `bs` bytes.
-pub fn capacity(bs: u32) -> usize {
+pub(crate) fn capacity(bs: u32) -> usize {
     bs as usize - HDR
 }
 
 use xattrblock::entry_len;
 
 /// An inode's attributes: (name, value) pairs in stored order.
-pub type Attrs = Vec<(Vec<u8>, Vec<u8>)>;
+pub(crate) type Attrs = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Reads every (name, value) of the inode's block (`format::xattrblock::decode` checks it).
-pub fn load(tx: &mut Trans<'_>, ino: u64, inode: &Inode) -> Result<Attrs, EngineError> {
+pub(crate) fn load(tx: &mut Trans<'_>, ino: u64, inode: &Inode) -> Result<Attrs, EngineError> {
     if inode.xattr_blk == 0 {
         return Ok(Vec::new());
     }
@@ -48,7 +48,7 @@ pub fn load(tx: &mut Trans<'_>, ino: u64, inode: &Inode) -> Result<Attrs, Engine
 /// Writes `entries` as the inode's attributes: a block is allocated, rewritten or freed as
 /// needed; `inode.xattr_blk` and `inode.blocks` follow.
 #[track_caller]
-pub fn store(
+pub(crate) fn store(
     tx: &mut Trans<'_>,
     alloc: &Allocator,
     ino: u64,
