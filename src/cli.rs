@@ -32,25 +32,33 @@ pub struct ManSection<'a> {
 /// `PROG --man [SUBCOMMAND]` (for scripts/install.sh, so not in --help): prints the manual page
 /// of `cmd` (section 8), or of its subcommand, PROG-SUBCOMMAND(8), and exits; returns when the
 /// first argument is not `--man`. Checked before parsing, so the command's own arguments stay
-/// required. `extra` goes after the options of the command's own page.
-pub fn manual_page_if_asked(cmd: Command, extra: &[ManSection<'_>]) {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) != Some("--man") {
+/// required. `extra` goes after the options of the command's own page. An unknown page is a
+/// usage error (exit `usage_status`).
+pub fn manual_page_if_asked(cmd: Command, extra: &[ManSection<'_>], usage_status: i32) {
+    // args_os: a path need not be UTF-8, and this runs before every parse.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if args.first().map(|a| a != "--man").unwrap_or(true) {
         return;
     }
     let prog = cmd.get_name().to_string();
     let fail = |msg: String| -> ! {
         eprintln!("{prog}: {msg}");
-        std::process::exit(1)
+        std::process::exit(usage_status)
     };
     let mut cmd = cmd;
     cmd.build();
     let mut out = Vec::new();
     let r = match args.get(1) {
-        None => render_page(&cmd, extra, false, &mut out),
-        Some(name) => match cmd.find_subcommand(name) {
-            Some(sub) => render_page(sub, &[], true, &mut out),
-            None => fail(format!("--man {name}: no such subcommand")),
+        None => render_page(&cmd, extra, None, &mut out),
+        Some(name) => match cmd
+            .get_subcommands()
+            .find(|s| !s.is_hide_set() && s.get_name() == name.as_os_str())
+        {
+            Some(sub) => render_page(sub, &[], Some(&cmd), &mut out),
+            None => fail(format!(
+                "--man {}: no such subcommand",
+                name.to_string_lossy()
+            )),
         },
     };
     if let Err(e) = r.and_then(|()| std::io::Write::write_all(&mut std::io::stdout(), &out)) {
@@ -61,15 +69,24 @@ pub fn manual_page_if_asked(cmd: Command, extra: &[ManSection<'_>]) {
 
 /// The page: clap_mangen's sections (title, name, synopsis, description, options, subcommands,
 /// version), with `extra` after the options in place of the after-help text. The subcommands
-/// of a subcommand's page (`nested`) are described in it, with their arguments, since they
-/// have no pages of their own.
+/// of a subcommand's page (one with a `parent`) are described in it, with their arguments,
+/// since they have no pages of their own; its footer names the parent program and version.
 fn render_page(
     cmd: &Command,
     extra: &[ManSection<'_>],
-    nested: bool,
+    parent: Option<&Command>,
     w: &mut dyn std::io::Write,
 ) -> std::io::Result<()> {
-    let man = clap_mangen::Man::new(cmd.clone()).section("8");
+    let nested = parent.is_some();
+    let program = parent.unwrap_or(cmd);
+    let source = format!(
+        "{} {}",
+        program.get_name(),
+        program.get_version().unwrap_or_default()
+    );
+    let man = clap_mangen::Man::new(cmd.clone())
+        .section("8")
+        .source(source);
     man.render_title(w)?;
     man.render_name_section(w)?;
     man.render_synopsis_section(w)?;
@@ -119,6 +136,20 @@ fn roff_text(s: &str) -> String {
         format!("\\&{e}")
     } else {
         e
+    }
+}
+
+/// Writes `text` to stdout. A failed write (a full disk, a closed pipe) is one line on stderr
+/// and exit `status`, instead of print!'s panic; a pipe closed by its reader (`| head`) ends
+/// quietly, as a C tool ends on SIGPIPE.
+pub fn print_or_exit(prog: &str, text: &str, status: i32) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("{prog}: writing the output: {e}");
+        }
+        std::process::exit(status)
     }
 }
 

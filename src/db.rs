@@ -128,7 +128,7 @@ fn block(dev: &dyn Device, blkno: u64) -> Result<String, String> {
     let g = sb.geometry;
     if blkno >= g.block_count {
         return Err(format!(
-            "block {blkno} is beyond the filesystem's {}",
+            "block {blkno} is beyond the filesystem's {} blocks",
             g.block_count
         ));
     }
@@ -327,9 +327,9 @@ fn ag(eng: &Engine, agno: u64) -> Result<String, String> {
     let g = *eng.geometry();
     if agno >= g.ag_count as u64 {
         return Err(format!(
-            "no AG {agno}: there are {} (0 to {})",
-            g.ag_count,
-            g.ag_count - 1
+            "no AG {agno}: the filesystem's AGs are 0 to {} ({} in all)",
+            g.ag_count - 1,
+            g.ag_count
         ));
     }
     let a = Allocator::new(g);

@@ -6,11 +6,12 @@ use crate::format::superblock::SB_MAGIC;
 use crate::format::{block_size_valid, Superblock};
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 /// Reads the block size from the superblock at the start of `path` (checked in full, CRC too).
 pub(crate) fn probe_block_size(path: &Path) -> io::Result<u32> {
+    check_kind(path)?;
     let mut f = File::open(path)?;
     let mut head = vec![0u8; crate::format::BLOCK_SIZE_MAX as usize];
     let mut n = 0;
@@ -72,6 +73,7 @@ pub fn open_image_buffered(path: &Path) -> io::Result<FileDevice> {
 }
 
 fn open_image_with(path: &Path, direct: bool) -> io::Result<FileDevice> {
+    check_kind(path)?;
     let bs = match probe_block_size(path) {
         Ok(bs) => bs,
         Err(e) => probe_backup_block_size(path).ok_or(e)?,
@@ -81,6 +83,7 @@ fn open_image_with(path: &Path, direct: bool) -> io::Result<FileDevice> {
 
 /// The name of a filesystem whose signature is on `path`, if any.
 pub(crate) fn existing_signature(path: &Path) -> io::Result<Option<&'static str>> {
+    check_kind(path)?;
     let f = File::open(path)?;
     let mut buf = [0u8; 8];
     let at = |off: u64, len: usize, buf: &mut [u8; 8]| -> bool {
@@ -122,15 +125,83 @@ pub(crate) enum ImageId {
     File { dev: u64, ino: u64 },
 }
 
-/// The identity of the image at `path` (following symlinks).
+/// Loop devices followed to their backing file: a loop over a loop is legal, a chain longer than
+/// this is not one ticketfs made or would follow.
+const LOOP_DEPTH_MAX: usize = 8;
+
+/// The identity of the image at `path` (following symlinks). A loop device is its backing
+/// file: the daemon mounts an image file through a loop device of its own, and whatever names
+/// either (the file, `/dev/loopN`, another loop over the same file) is the same image to the
+/// lock, the mount table and mkfs's and fsck's refusals.
 pub(crate) fn identity(path: &Path) -> io::Result<ImageId> {
-    let m = std::fs::metadata(path)?;
-    Ok(if m.file_type().is_block_device() {
-        ImageId::Block(m.rdev())
-    } else {
-        ImageId::File {
-            dev: m.dev(),
-            ino: m.ino(),
+    let mut m = std::fs::metadata(path)?;
+    for _ in 0..LOOP_DEPTH_MAX {
+        if !m.file_type().is_block_device() {
+            return Ok(ImageId::File {
+                dev: m.dev(),
+                ino: m.ino(),
+            });
         }
-    })
+        match loop_backing_file(m.rdev()).and_then(|f| std::fs::metadata(f).ok()) {
+            Some(backing) => m = backing,
+            None => return Ok(ImageId::Block(m.rdev())),
+        }
+    }
+    Ok(ImageId::Block(m.rdev()))
+}
+
+/// The file the loop device `rdev` is attached to, if it is an attached loop device.
+pub(crate) fn loop_backing_file(rdev: u64) -> Option<std::path::PathBuf> {
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    let s = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/loop/backing_file"))
+        .ok()?;
+    let s = s.trim_end_matches('\n');
+    Some(s.strip_suffix(" (deleted)").unwrap_or(s).into())
+}
+
+/// Refuses what cannot hold an image: anything but a regular file or a block device (a FIFO
+/// would block the open or the first read forever; a character device or a directory is a
+/// typo).
+pub fn check_kind(path: &Path) -> io::Result<()> {
+    let t = std::fs::metadata(path)?.file_type();
+    if t.is_file() || t.is_block_device() {
+        return Ok(());
+    }
+    let what = if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    };
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{what}, not an image file or a block device"),
+    ))
+}
+
+/// An exclusive claim on a block device (O_EXCL), held while mkfs or fsck writes it: the
+/// kernel refuses it (EBUSY) while the device is mounted (a ticketfs mount's loop device, any
+/// kernel filesystem) or claimed by another program, as mke2fs and mkfs.xfs find out. None for
+/// an image file (its lock and the mount table cover it).
+pub fn claim_block_device(path: &Path) -> io::Result<Option<File>> {
+    if !std::fs::metadata(path)?.file_type().is_block_device() {
+        return Ok(None);
+    }
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(io::Error::new(
+            io::ErrorKind::ResourceBusy,
+            "in use: mounted, or held by another program",
+        )),
+        Err(e) => Err(e),
+    }
 }

@@ -288,14 +288,3 @@ pub(crate) fn attach_loop(image: &Path) -> io::Result<LoopDevice> {
     }
     Err(last)
 }
-
-/// The file a loop device is attached to, if `dev` is one (`/sys/block/loopN/loop/backing_file`).
-pub(crate) fn loop_backing_file(dev: &Path) -> Option<PathBuf> {
-    let name = dev.file_name()?.to_str()?;
-    if !name.starts_with("loop") {
-        return None;
-    }
-    let s = std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file")).ok()?;
-    let s = s.trim_end_matches('\n');
-    Some(PathBuf::from(s.strip_suffix(" (deleted)").unwrap_or(s)))
-}

@@ -43,9 +43,9 @@ fn die(msg: &str) -> ! {
 ///
 /// Mounts the ticketfs filesystem on IMAGE (an image file or a block device) at MOUNTPOINT and
 /// returns once the mount is live; the daemon serving it goes to the background unless -f.
-/// `umount MOUNTPOINT` (or SIGTERM to the daemon) writes everything home, marks the image clean
+/// umount MOUNTPOINT (or SIGTERM to the daemon) writes everything home, marks the image clean
 /// and returns only then. The arguments follow mount.fuse3's convention, so
-/// `mount -t fuse.ticketfs IMAGE DIR` and an fstab line work. A second mount of a mounted
+/// mount -t fuse.ticketfs IMAGE DIR and an fstab line work. A second mount of a mounted
 /// image shares it, as two mounts of one block device do. Exit status as mount(8): 0 mounted,
 /// 1 usage error, 32 mount failure.
 #[derive(Parser, Debug)]
@@ -131,7 +131,7 @@ fn parse() -> (Cli, Options) {
     if std::env::args_os().len() == 1 {
         die(SHORT_USAGE);
     }
-    ticketfs::cli::manual_page_if_asked(command(), &[mount_options_section()]);
+    ticketfs::cli::manual_page_if_asked(command(), &[mount_options_section()], USAGE_ERROR);
     let m = ticketfs::cli::matches(command(), "ticketfs", USAGE_ERROR);
     let cli = Cli::from_arg_matches(&m).unwrap_or_else(|e| die(&e.to_string()));
     let mut o = Options::default();
@@ -163,7 +163,7 @@ fn stats_command(mountpoint: &Path, json: bool) -> ! {
     let image = stats::image_of_mount(mountpoint).unwrap_or_else(|e| die(&e));
     match stats::query(&image, if json { "json" } else { "text" }) {
         Ok(out) => {
-            print!("{out}");
+            ticketfs::cli::print_or_exit("ticketfs", &out, USAGE_ERROR);
             exit(0)
         }
         Err(e) => die(&format!("statistics of {}: {e}", image.display())),
@@ -176,28 +176,58 @@ fn db_command(image: &Path, query: Query) -> ! {
         .unwrap_or_else(|e| die(&format!("{}: {e}", image.display())));
     match ticketfs::db::run(Arc::new(dev), query) {
         Ok(out) => {
-            print!("{out}");
+            ticketfs::cli::print_or_exit("ticketfs", &out, USAGE_ERROR);
             exit(0)
         }
         Err(e) => die(&e),
     }
 }
 
-/// `-o remount[,ro|rw]`: the kernel's remount of the live mount (read-only or read-write at the
-/// VFS); the daemon serving it goes on. Starting a second daemon for the image would be refused.
+/// `-o remount[,ro|rw][,FLAGS]`: the kernel's remount of the live ticketfs mount at
+/// MOUNTPOINT; the daemon serving it goes on. Only a ticketfs mount this user made (of IMAGE,
+/// when IMAGE can be looked at) is remounted, and a flag the options do not name (nosuid,
+/// nodev, noexec, sync, dirsync, ro) keeps its current value, as mount(8) keeps it: the
+/// kernel's remount sets them all, so before, `-o remount,ro` took nosuid and nodev off any
+/// mount point, whatever filesystem it was.
 fn remount(o: &Options) -> ! {
-    let Ok(dir) = std::ffi::CString::new(o.mountpoint.as_os_str().as_encoded_bytes()) else {
+    let here = std::fs::canonicalize(&o.mountpoint)
+        .unwrap_or_else(|e| mount_failed(&format!("remount of {}: {e}", o.mountpoint.display())));
+    let mounts = stats::ticketfs_mounts().unwrap_or_else(|e| mount_failed(&e));
+    let Some(current) = mounts.iter().rev().find(|m| m.point == here) else {
+        mount_failed(&format!(
+            "remount of {}: not a ticketfs mount (mount it first)",
+            o.mountpoint.display()
+        ))
+    };
+    let same_image = stats::mounts_of(&o.image)
+        .iter()
+        .any(|m| m.point == current.point);
+    if o.image.exists() && !same_image {
+        mount_failed(&format!(
+            "remount of {}: it is a mount of {}, not of {}",
+            o.mountpoint.display(),
+            current.image.display(),
+            o.image.display()
+        ));
+    }
+    let Ok(dir) = std::ffi::CString::new(here.as_os_str().as_encoded_bytes()) else {
         mount_failed("bad mount point")
     };
-    let flags =
-        libc::MS_REMOUNT | o.flags.ms_bits() | if o.read_only { libc::MS_RDONLY } else { 0 };
+    let now = MountFlags::from_listed(&[&current.options]);
+    let flags = o.flags.over(now, o.named.flags);
+    let read_only = if o.named.read_only {
+        o.read_only
+    } else {
+        current.super_ro
+    };
+    let bits = libc::MS_REMOUNT | flags.ms_bits() | if read_only { libc::MS_RDONLY } else { 0 };
     // SAFETY: a NUL-terminated path; source, type and data may be null for a remount.
     let rc = unsafe {
         libc::mount(
             std::ptr::null(),
             dir.as_ptr(),
             std::ptr::null(),
-            flags,
+            bits,
             std::ptr::null(),
         )
     };
@@ -314,10 +344,33 @@ fn main() {
     if o.remount {
         remount(&o);
     }
-    if !o.mountpoint.is_dir() {
-        mount_failed(&format!("{}: not a directory", o.mountpoint.display()));
+    match std::fs::metadata(&o.mountpoint) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => mount_failed(&format!("{}: not a directory", o.mountpoint.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => mount_failed(&format!(
+            "{}: mount point does not exist",
+            o.mountpoint.display()
+        )),
+        // A FUSE mount whose daemon died: not connected, or its connection aborted.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) => {
+            mount_failed(&format!(
+                "{}: a mount whose daemon is gone (umount it first)",
+                o.mountpoint.display()
+            ))
+        }
+        Err(e) => mount_failed(&format!("{}: {e}", o.mountpoint.display())),
     }
     if let Some((first, first_ro)) = existing_mount(&o.image) {
+        // Its daemon holds the image's lock for the life of the mount: a mount whose lock is
+        // free has lost its daemon (killed), and sharing it would give a dead mount.
+        if ticketfs::rundir::try_lock(&o.image).is_ok() {
+            mount_failed(&format!(
+                "{}: mounted on {} but its daemon is gone (umount {} first)",
+                o.image.display(),
+                first.display(),
+                first.display()
+            ));
+        }
         let here = std::fs::canonicalize(&o.mountpoint).unwrap_or_else(|_| o.mountpoint.clone());
         if first == here {
             mount_failed(&format!(

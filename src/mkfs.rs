@@ -100,6 +100,11 @@ fn smallest_blocks(o: &MkfsOptions) -> Option<u64> {
 /// The geometry for `blocks`, or why not: for a device too small, the smallest size that works
 /// with these options.
 fn fits(o: &MkfsOptions, blocks: u64) -> Result<(Geometry, u64), String> {
+    // The size as the user gave it (it is rounded down to whole blocks before this).
+    let shown = o
+        .size
+        .filter(|&s| s / o.block_size as u64 == blocks)
+        .unwrap_or(blocks * o.block_size as u64);
     plan(o, blocks).map_err(|why| match smallest_blocks(o) {
         // With the default AG count more blocks never hurt, so the search finds the smallest;
         // with -a the last AG's size goes up and down with the device's, so the size found
@@ -107,7 +112,7 @@ fn fits(o: &MkfsOptions, blocks: u64) -> Result<(Geometry, u64), String> {
         Some(min) if min > blocks && o.ag_count.is_none() => format!(
             "{} bytes is too small: the smallest filesystem with {}-byte blocks{} is {} bytes \
              ({} KiB) ({why})",
-            blocks * o.block_size as u64,
+            shown,
             o.block_size,
             if o.log_bytes.is_some() {
                 " and this -l"
@@ -119,7 +124,7 @@ fn fits(o: &MkfsOptions, blocks: u64) -> Result<(Geometry, u64), String> {
         ),
         Some(min) if min > blocks => format!(
             "{} bytes is too small for {} AGs: {} bytes ({} KiB) works ({why})",
-            blocks * o.block_size as u64,
+            shown,
             o.ag_count.unwrap_or(0),
             min * o.block_size as u64,
             (min * o.block_size as u64).div_ceil(1024)
@@ -187,6 +192,22 @@ pub fn make_filesystem_with(
     // Never a mounted image, whatever -f says (as mkfs.xfs refuses a mounted device): not one
     // a daemon holds (its lock), nor one still in the mount table (a daemon that died leaves
     // its mount). The lock is held while formatting, so no mount starts meanwhile.
+    if !target.exists() {
+        if let Ok(dest) = std::fs::read_link(target) {
+            return Err(format!(
+                "{show} is a symbolic link to {}, which does not exist",
+                dest.display()
+            ));
+        }
+    }
+    // A block device the kernel holds (mounted: a ticketfs mount's loop device, a kernel
+    // filesystem) is refused whatever names it; held until the filesystem is written.
+    let _claim = if target.exists() {
+        crate::image::check_kind(target).map_err(|e| format!("{show}: {e}"))?;
+        crate::image::claim_block_device(target).map_err(|e| format!("{show}: {e}"))?
+    } else {
+        None
+    };
     let _lock = if target.exists() {
         if let Some(m) = crate::stats::mounts_of(target).first() {
             return Err(format!("{show} is mounted on {}", m.point.display()));
@@ -226,7 +247,12 @@ pub fn make_filesystem_with(
         match existing_signature(target) {
             Ok(Some(fs)) if !o.force => {
                 return Err(format!(
-                    "{show} holds a {fs} filesystem; use -f to overwrite it"
+                    "{show} holds {} {fs} filesystem; use -f to overwrite it",
+                    if fs.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                        "an"
+                    } else {
+                        "a"
+                    }
                 ))
             }
             Err(e) => return Err(format!("{show}: {e}")),

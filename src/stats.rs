@@ -394,6 +394,9 @@ pub struct TicketfsMount {
     pub whole: bool,
     /// The superblock is read-only (not only this mount).
     pub super_ro: bool,
+    /// This mount's options and the superblock's, as the mount table lists them (`rw,nosuid,
+    /// relatime,rw,user_id=0,...`).
+    pub options: String,
     /// Its device number, `major:minor`: also the name of its bdi in /sys/class/bdi (with
     /// `-fuseblk` after it for a `fuseblk` mount).
     pub(crate) dev: String,
@@ -452,9 +455,12 @@ pub fn ticketfs_mounts() -> Result<Vec<TicketfsMount>, String> {
             let image = match m.fstype.as_str() {
                 "fuse" | "fuse.ticketfs" => m.source.clone(),
                 // A block device: the image itself, or a loop device over the image file.
-                "fuseblk.ticketfs" => {
-                    crate::kmount::loop_backing_file(&m.source).unwrap_or(m.source.clone())
-                }
+                "fuseblk.ticketfs" => std::fs::metadata(&m.source)
+                    .ok()
+                    .and_then(|md| {
+                        crate::image::loop_backing_file(std::os::unix::fs::MetadataExt::rdev(&md))
+                    })
+                    .unwrap_or(m.source.clone()),
                 _ => return None,
             };
             Some(TicketfsMount {
@@ -462,6 +468,7 @@ pub fn ticketfs_mounts() -> Result<Vec<TicketfsMount>, String> {
                 image,
                 whole: m.root == Path::new("/"),
                 super_ro: m.has_super_option("ro"),
+                options: format!("{},{}", m.options, m.super_options),
                 blkdev: m.fstype.starts_with("fuseblk"),
                 point: m.point,
                 dev: m.dev,

@@ -392,6 +392,21 @@ fn bad_input_to_every_command_is_one_line() {
         ),
         (&stress, [&run[..], &["--memres", "maybe"]].concat(), 2),
         (&stress, [&run[..], &["--seconds", "-3"]].concat(), 2),
+        (
+            &stress,
+            [&run[..], &["--seconds", "18446744073709551615"]].concat(),
+            2,
+        ),
+        (
+            &stress,
+            [&run[..], &["--crash-rounds", "18446744073709551615"]].concat(),
+            2,
+        ),
+        (
+            &stress,
+            vec!["--limit", "0", "--workload", "fsx", "--out", out],
+            2,
+        ),
         (&stress, vec!["report"], 2),
         (&stress, vec!["report", "/nonexistent", "doc", "svg"], 2),
     ];
@@ -480,4 +495,93 @@ fn progress_is_shown_when_asked_and_on_a_terminal() {
         !text.contains("allocation groups: 4/4"),
         "no phase lines on a terminal: {text:?}"
     );
+}
+
+/// A path need not be UTF-8 (before, every command panicked on one: the manual-page check read
+/// its arguments as strings), and a stdout that cannot be written is one line and the
+/// command's failure status, not print!'s panic.
+#[test]
+fn non_utf8_paths_work_and_a_full_stdout_is_one_line() {
+    use std::os::unix::ffi::OsStrExt;
+    let work = tempfile::tempdir().unwrap();
+    let img = work.path().join(std::ffi::OsStr::from_bytes(b"img-\xff"));
+    let out = mkfs(&["-s", "64M"], &img);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fsck = mkfs_bin().with_file_name("fsck-ticketfs");
+    let tkfs = PathBuf::from(env!("CARGO_BIN_EXE_ticketfs"));
+    let stress = mkfs_bin().with_file_name("ticketfs-stress");
+    let ok = Command::new(&fsck).arg("-n").arg(&img).output().unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let ok = Command::new(&tkfs)
+        .arg("db")
+        .arg(&img)
+        .arg("sb")
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let bad = std::ffi::OsStr::from_bytes(b"\xff");
+    let label = work.path().join("labelled");
+    for (bin, args, code) in [
+        (mkfs_bin(), vec![bad], 1),
+        (
+            mkfs_bin(),
+            vec![
+                "-s".as_ref(),
+                "64M".as_ref(),
+                "-L".as_ref(),
+                bad,
+                label.as_os_str(),
+            ],
+            1,
+        ),
+        (stress.clone(), vec![bad], 2),
+        (fsck.clone(), vec!["-n".as_ref(), bad], 8),
+    ] {
+        let out = Command::new(&bin).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{bin:?} {args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{bin:?} {args:?}: {err}");
+    }
+    assert!(!label.exists(), "a refused mkfs left its file");
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    let made = work.path().join("made");
+    for (bin, args, code) in [
+        (
+            mkfs_bin(),
+            vec!["-s".as_ref(), "64M".as_ref(), made.as_os_str()],
+            1,
+        ),
+        (fsck, vec!["-n".as_ref(), img.as_os_str()], 8),
+        (tkfs, vec!["db".as_ref(), img.as_os_str(), "sb".as_ref()], 1),
+    ] {
+        let out = Command::new(&bin)
+            .args(&args)
+            .stdout(full())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{bin:?} {args:?}: {err}");
+        assert!(
+            err.contains("writing the output"),
+            "{bin:?} {args:?}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{bin:?} {args:?}: {err}");
+    }
 }

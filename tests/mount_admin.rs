@@ -138,6 +138,116 @@ fn mkfs_refuses_a_mounted_image_even_with_force() {
     }
 }
 
+/// The loop device a mount goes through is the mounted image too: mkfs -f and fsck of
+/// /dev/loopN are refused while it is mounted (before, mkfs -f formatted the live filesystem
+/// under the mount and fsck -y repaired it), and mounting /dev/loopN again shares the mount.
+#[test]
+fn the_loop_device_of_a_mount_is_refused_as_the_image_is() {
+    let work = tempfile::tempdir().unwrap();
+    let img = image(work.path(), 128 << 20);
+    let m = Mount::new(&img, "");
+    fs::write(m.path().join("keep"), b"data").unwrap();
+    let out = Command::new("findmnt")
+        .args(["-n", "-o", "SOURCE"])
+        .arg(m.path())
+        .output()
+        .unwrap();
+    let source = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !source.starts_with("/dev/loop") {
+        m.unmount();
+        common::skip("no loop device for the mount here (blkdev fell back to a plain fuse mount)");
+        return;
+    }
+    let fsck = mkfs_bin().with_file_name("fsck-ticketfs");
+    for (bin, args, code) in [
+        (mkfs_bin(), vec!["-f"], 1),
+        (fsck.clone(), vec!["-y"], 8),
+        (fsck, vec!["-n"], 8),
+    ] {
+        let out = Command::new(&bin)
+            .args(&args)
+            .arg(&source)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{bin:?} {args:?} {source}: {err}"
+        );
+        assert!(
+            err.contains("mounted") || err.contains("in use"),
+            "{bin:?} {args:?} {source}: the refusal does not say why: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let st = tkfs().arg(&source).arg(dir.path()).status().unwrap();
+    let second = common::mount::Unmounted(dir.path().to_path_buf());
+    assert!(st.success(), "mounting {source} again");
+    assert_eq!(fs::read(dir.path().join("keep")).unwrap(), b"data");
+    drop(second);
+    m.unmount();
+    let out = Command::new(mkfs_bin().with_file_name("fsck-ticketfs"))
+        .arg("-n")
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// What cannot hold an image is refused at once in one line: a FIFO used to block mkfs, fsck,
+/// db and the mount forever; a directory and a character device are typos.
+#[test]
+fn a_fifo_or_a_character_device_is_refused_at_once() {
+    let work = tempfile::tempdir().unwrap();
+    let fifo = work.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let mnt = tempfile::tempdir().unwrap();
+    let fsck = mkfs_bin().with_file_name("fsck-ticketfs");
+    let tk = PathBuf::from(env!("CARGO_BIN_EXE_ticketfs"));
+    for target in [fifo.as_path(), Path::new("/dev/null"), work.path()] {
+        let t = target.to_str().unwrap();
+        let m = mnt.path().to_str().unwrap();
+        for (bin, args, code) in [
+            (mkfs_bin(), vec!["-s", "64M", t], 1),
+            (mkfs_bin(), vec!["-f", t], 1),
+            (fsck.clone(), vec!["-n", t], 8),
+            (tk.clone(), vec!["db", t, "sb"], 1),
+            (tk.clone(), vec![t, m], 32),
+        ] {
+            let mut child = Command::new(&bin)
+                .args(&args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            let st = loop {
+                if let Some(st) = child.try_wait().unwrap() {
+                    break st;
+                }
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("{bin:?} {args:?} still running after 20 s");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            };
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            assert_eq!(st.code(), Some(code), "{bin:?} {args:?}: {err}");
+            assert_eq!(err.lines().count(), 1, "{bin:?} {args:?}: {err}");
+        }
+    }
+}
+
 /// Every name of a mounted image (its path spelled otherwise, a symlink, a hard link) shares
 /// the live filesystem; mounted read-only, every name is refused a read-write mount alike.
 /// Before, a hard link was refused "locked by another ticketfs" after a 10 s wait while the
@@ -251,4 +361,136 @@ fn bad_mount_option_values_are_refused_naming_the_option() {
     let m = Mount::new(&img, "overun=panic");
     fs::write(m.path().join("f"), b"x").unwrap();
     m.unmount();
+}
+
+/// The mount options of `dir` (the VFS's list: ro/rw, nosuid, nodev, ...).
+fn vfs_options(dir: &Path) -> Vec<String> {
+    let out = Command::new("findmnt")
+        .args(["-n", "-o", "VFS-OPTIONS"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().unwrap_or("").trim().to_string();
+    last.split(',').map(str::to_string).collect()
+}
+
+/// ticketfs's remount changes only a ticketfs mount, and only the flags it names: before, it
+/// remounted any mount point (a tmpfs, /) and took off every flag not named, so `-o remount,ro`
+/// of an image mounted nosuid,nodev (as an image owned by another user must be) made its
+/// set-user-ID files work again.
+#[test]
+fn remount_keeps_the_flags_it_does_not_name_and_only_touches_ticketfs() {
+    let work = tempfile::tempdir().unwrap();
+    let img = image(work.path(), 128 << 20);
+    let odir = work.path().join("o");
+    fs::create_dir(&odir).unwrap();
+    let other = image(&odir, 64 << 20);
+    let m = Mount::new(&img, "nosuid,nodev,noexec");
+    let dir = m.path().to_path_buf();
+    let remount = |opts: &str, image: &Path, at: &Path| {
+        tkfs()
+            .arg(image)
+            .arg(at)
+            .args(["-o", opts])
+            .output()
+            .unwrap()
+    };
+    let out = remount("remount,ro", &img, &dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let o = vfs_options(&dir);
+    for f in ["ro", "nosuid", "nodev", "noexec"] {
+        assert!(o.contains(&f.to_string()), "after remount,ro: {o:?}");
+    }
+    let out = remount("remount,rw,suid", &img, &dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let o = vfs_options(&dir);
+    assert!(
+        o.contains(&"rw".to_string()) && !o.contains(&"nosuid".to_string()),
+        "{o:?}"
+    );
+    assert!(
+        o.contains(&"nodev".to_string()) && o.contains(&"noexec".to_string()),
+        "{o:?}"
+    );
+    // Another image's name, a directory that is not a mount, a mount of another filesystem.
+    let out = remount("remount,ro", &other, &dir);
+    assert_eq!(out.status.code(), Some(32));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not of"));
+    assert!(vfs_options(&dir).contains(&"rw".to_string()));
+    let plain = tempfile::tempdir().unwrap();
+    let out = remount("remount,ro", &img, plain.path());
+    assert_eq!(out.status.code(), Some(32));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a ticketfs mount"));
+    let tmp = tempfile::tempdir().unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "nosuid,nodev,size=1m", "tmpfs"])
+        .arg(tmp.path())
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount tmpfs");
+    let guard = common::mount::Unmounted(tmp.path().to_path_buf());
+    let out = remount("remount,ro", &img, tmp.path());
+    let o = vfs_options(tmp.path());
+    drop(guard);
+    assert_eq!(out.status.code(), Some(32), "a tmpfs was remounted");
+    assert!(
+        o.contains(&"rw".to_string()) && o.contains(&"nosuid".to_string()),
+        "the tmpfs changed: {o:?}"
+    );
+    m.unmount();
+}
+
+/// A mount whose daemon was killed is not shared by a second mount (before, the second mount
+/// "succeeded" and every access to it failed with ENOTCONN), and mounting on the dead mount
+/// point says what it is instead of "not a directory".
+#[test]
+fn a_mount_whose_daemon_is_gone_is_not_mounted_again() {
+    for opts in ["overrun=panic", "blkdev=off,overrun=panic"] {
+        let work = tempfile::tempdir().unwrap();
+        let img = image(work.path(), 128 << 20);
+        let first = tempfile::tempdir().unwrap();
+        let mut daemon = tkfs()
+            .arg(&img)
+            .arg(first.path())
+            .args(["-f", "-o", opts])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let dead = common::mount::Unmounted(first.path().to_path_buf());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while vfs_options(first.path()).len() < 2 {
+            assert!(std::time::Instant::now() < deadline, "{opts}: not mounted");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        daemon.kill().unwrap();
+        daemon.wait().unwrap();
+        let second = tempfile::tempdir().unwrap();
+        for at in [second.path(), first.path()] {
+            let out = tkfs().arg(&img).arg(at).output().unwrap();
+            let _stray = common::mount::Unmounted(at.to_path_buf());
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(32),
+                "{opts} {}: {err}",
+                at.display()
+            );
+            assert!(
+                err.contains("daemon is gone"),
+                "{opts} {}: {err}",
+                at.display()
+            );
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+        drop(dead);
+    }
 }

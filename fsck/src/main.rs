@@ -11,6 +11,7 @@
 //! other copy from it.
 
 use clap::{CommandFactory, FromArgMatches, Parser};
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::exit;
 use std::sync::Arc;
@@ -126,7 +127,11 @@ fn superblock(
 /// one -b names. Exit status as fsck(8): 0 clean, 1 errors corrected, 4 errors left
 /// uncorrected, 8 operational error, 16 usage error.
 #[derive(Parser, Debug)]
-#[command(name = "fsck.ticketfs", bin_name = "fsck.ticketfs")]
+#[command(
+    name = "fsck.ticketfs",
+    bin_name = "fsck.ticketfs",
+    override_usage = "fsck.ticketfs [-n | -y] [-f] [-v] [--json] [--progress] [-b BLOCK] IMAGE"
+)]
 struct Cli {
     /// Check only; write nothing.
     #[arg(short = 'n', conflicts_with = "repair")]
@@ -162,7 +167,7 @@ fn command() -> clap::Command {
 }
 
 fn main() {
-    ticketfs::cli::manual_page_if_asked(command(), &[]);
+    ticketfs::cli::manual_page_if_asked(command(), &[], EXIT_USAGE);
     let m = ticketfs::cli::matches(command(), "fsck.ticketfs", EXIT_USAGE);
     let cli = Cli::from_arg_matches(&m).unwrap_or_else(|e| fail(EXIT_USAGE, &e.to_string()));
     let (no_write, repair_on, verbose, json) = (cli.no_write, cli.repair, cli.verbose, cli.json);
@@ -180,6 +185,12 @@ fn main() {
             ),
         );
     }
+    // A block device the kernel holds (a ticketfs mount's loop device, a mounted kernel
+    // filesystem) is refused whatever names it, and claimed while fsck works.
+    let _claim = match ticketfs::image::claim_block_device(&path) {
+        Ok(c) => c,
+        Err(e) => fail(EXIT_OPERATIONAL, &format!("{}: {e}", path.display())),
+    };
     let lockf = match ticketfs::rundir::try_lock(&path) {
         Ok(l) => l,
         Err(None) => fail(
@@ -270,6 +281,7 @@ fn main() {
         (Some(_), _) => EXIT_CORRECTED,
         (None, _) => EXIT_CLEAN,
     };
+    let mut out = String::new();
     if json {
         let v = serde_json::json!({
             "image": path.display().to_string(),
@@ -280,34 +292,50 @@ fn main() {
             "after_repair": repaired.as_ref().map(|(_, a)| a),
             "exit": code,
         });
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        out = serde_json::to_string_pretty(&v).unwrap_or_default() + "\n";
     } else {
-        print_text(&path, &sb_problems, &log_problems, &report, verbose);
+        print_text(
+            &mut out,
+            &path,
+            &sb_problems,
+            &log_problems,
+            &report,
+            verbose,
+        );
         if let Some((rep, after)) = &repaired {
-            print_repair(&path, rep, after, verbose);
+            print_repair(&mut out, &path, rep, after, verbose);
         }
     }
+    ticketfs::cli::print_or_exit("fsck.ticketfs", &out, EXIT_OPERATIONAL);
     exit(code)
 }
 
-fn print_repair(path: &std::path::Path, rep: &RepairReport, after: &CheckReport, verbose: bool) {
+fn print_repair(
+    out: &mut String,
+    path: &std::path::Path,
+    rep: &RepairReport,
+    after: &CheckReport,
+    verbose: bool,
+) {
     let limit = if verbose { usize::MAX } else { PRINT_MAX };
     for l in rep.fixed.iter().take(limit) {
-        println!("fixed: {l}");
+        let _ = writeln!(out, "fixed: {l}");
     }
     if rep.fixed.len() > limit {
-        println!(
+        let _ = writeln!(
+            out,
             "... and {} more fixes (-v shows all)",
             rep.fixed.len() - limit
         );
     }
     for l in &rep.failed {
-        println!("not fixed: {l}");
+        let _ = writeln!(out, "not fixed: {l}");
     }
     for p in after.problems.iter().take(limit) {
-        println!("still: {}: {}", p.phase, p.what);
+        let _ = writeln!(out, "still: {}: {}", p.phase, p.what);
     }
-    println!(
+    let _ = writeln!(
+        out,
         "{}: repaired: {} changes; afterwards {} inodes, {} blocks used, {} free; {}",
         path.display(),
         rep.fixed.len(),
@@ -323,6 +351,7 @@ fn print_repair(path: &std::path::Path, rep: &RepairReport, after: &CheckReport,
 }
 
 fn print_text(
+    out: &mut String,
     path: &std::path::Path,
     sb_problems: &[String],
     log_problems: &[String],
@@ -330,26 +359,28 @@ fn print_text(
     verbose: bool,
 ) {
     for p in sb_problems {
-        println!("superblock: {p}");
+        let _ = writeln!(out, "superblock: {p}");
     }
     for p in log_problems {
-        println!("log: {p}");
+        let _ = writeln!(out, "log: {p}");
     }
     for p in r
         .problems
         .iter()
         .take(if verbose { usize::MAX } else { PRINT_MAX })
     {
-        println!("{}: {}", p.phase, p.what);
+        let _ = writeln!(out, "{}: {}", p.phase, p.what);
     }
     if !verbose && r.problems.len() > PRINT_MAX {
-        println!(
+        let _ = writeln!(
+            out,
             "... and {} more (-v shows all)",
             r.problems.len() - PRINT_MAX
         );
     }
     let errors = (sb_problems.len() + log_problems.len()) as u64 + r.problem_count();
-    println!(
+    let _ =
+        writeln!(out,
         "{}: {} inodes ({} directories, {} other), {} blocks used, {} free, {} orphans pending; {}",
         path.display(),
         r.inodes,

@@ -2,6 +2,7 @@
 //! allocation group (header, free-space and inode-chunk trees, free list).
 
 use clap::{CommandFactory, FromArgMatches, Parser};
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::exit;
 use ticketfs::format::BLOCK_SIZE_DEFAULT;
@@ -28,7 +29,11 @@ fn size(s: &str) -> Result<u64, String> {
 /// with it. Sizes take K, M, G and T (powers of 1024). Exit status: 0 made, 1 not made (and no
 /// file left that mkfs created).
 #[derive(Parser, Debug)]
-#[command(name = "mkfs.ticketfs", bin_name = "mkfs.ticketfs")]
+#[command(
+    name = "mkfs.ticketfs",
+    bin_name = "mkfs.ticketfs",
+    override_usage = "mkfs.ticketfs [-f] [-s SIZE] [-b BLOCKSIZE] [-l LOGSIZE] [-a AGCOUNT] [-L LABEL] [--progress] TARGET"
+)]
 struct Cli {
     /// Overwrite a filesystem TARGET holds (ticketfs, ext2/3/4, xfs, btrfs); a mounted image is
     /// refused even so.
@@ -44,7 +49,7 @@ struct Cli {
     /// 64 MiB).
     #[arg(short = 'l', long, value_name = "LOGSIZE", value_parser = size)]
     log_size: Option<u64>,
-    /// Allocation groups (default: one per GiB, 1 to 64).
+    /// Allocation groups, 1 to 1024 (default: one per GiB, from 1 to 64).
     #[arg(short = 'a', long, value_name = "AGCOUNT")]
     ag_count: Option<u32>,
     /// Show progress on stderr even when it is not a terminal (a line per phase), and from the
@@ -52,8 +57,8 @@ struct Cli {
     #[arg(long)]
     progress: bool,
     /// Label, at most 32 bytes.
-    #[arg(short = 'L', long, value_name = "LABEL", default_value = "")]
-    label: String,
+    #[arg(short = 'L', long, value_name = "LABEL")]
+    label: Option<String>,
     /// Image file or block device.
     #[arg(value_name = "TARGET")]
     target: PathBuf,
@@ -64,7 +69,7 @@ fn command() -> clap::Command {
 }
 
 fn main() {
-    ticketfs::cli::manual_page_if_asked(command(), &[]);
+    ticketfs::cli::manual_page_if_asked(command(), &[], 1);
     let m = ticketfs::cli::matches(command(), "mkfs.ticketfs", 1);
     let cli = Cli::from_arg_matches(&m).unwrap_or_else(|e| die(&e.to_string()));
     let block_size = u32::try_from(cli.block_size).unwrap_or_else(|_| {
@@ -78,7 +83,7 @@ fn main() {
         block_size,
         log_bytes: cli.log_size,
         ag_count: cli.ag_count,
-        label: cli.label,
+        label: cli.label.unwrap_or_default(),
         force: cli.force,
     };
     let mut bar = Bar::new(if cli.progress {
@@ -92,24 +97,31 @@ fn main() {
     let (sb, min_log) = (made.sb, made.min_log_blocks);
     let g = sb.geometry;
     let u = sb.uuid;
-    println!(
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "meta-data={} isize=- agcount={} agsize={} blks",
         cli.target.display(),
         g.ag_count,
         g.ag_blocks
     );
-    println!(
+    let _ = writeln!(
+        out,
         "data     =bsize={} blocks={} ({} bytes)",
         g.block_size,
         g.block_count,
         g.block_count * g.block_size as u64
     );
-    println!(
+    let _ = writeln!(
+        out,
         "log      =internal start={} blocks={} (minimum {})",
         g.log_start, g.log_blocks, min_log
     );
-    println!(
+    let _ = writeln!(
+        out,
         "uuid     ={:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x} label={}",
         u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15], sb.label_str()
     );
+    // The filesystem is made; a report that cannot be written still fails the command.
+    ticketfs::cli::print_or_exit("mkfs.ticketfs", &out, 1);
 }

@@ -221,6 +221,9 @@ pub struct Options {
     pub(crate) blkdev_asked: bool,
     /// The mount's own flags (nosuid, nodev, noexec, sync, dirsync), kept by the kernel.
     pub flags: MountFlags,
+    /// Which of read-only and the flags the options named (either way): a remount changes
+    /// those and keeps the mount's others, as mount(8) does.
+    pub named: Named,
     /// Print the budget's derivation even when stderr is not a terminal.
     pub verbose: bool,
     pub(crate) mem_option: Option<u64>,
@@ -246,7 +249,40 @@ pub struct MountFlags {
     pub(crate) dirsync: bool,
 }
 
+/// Which options a `-o` list named: `flags` true for each flag named either way (nosuid or
+/// suid, ...), `read_only` for ro or rw.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Named {
+    pub read_only: bool,
+    pub flags: MountFlags,
+}
+
 impl MountFlags {
+    /// The flags a mount table's option lists show (`nosuid`, `nodev`, `noexec`, `sync`,
+    /// `dirsync`; the per-mount list and the superblock's).
+    pub fn from_listed(lists: &[&str]) -> MountFlags {
+        let has = |o: &str| lists.iter().any(|l| l.split(',').any(|x| x == o));
+        MountFlags {
+            nosuid: has("nosuid"),
+            nodev: has("nodev"),
+            noexec: has("noexec"),
+            sync: has("sync"),
+            dirsync: has("dirsync"),
+        }
+    }
+
+    /// `self` where `named` says a flag was named, `current` where not.
+    pub fn over(self, current: MountFlags, named: MountFlags) -> MountFlags {
+        let pick = |n: bool, mine: bool, theirs: bool| if n { mine } else { theirs };
+        MountFlags {
+            nosuid: pick(named.nosuid, self.nosuid, current.nosuid),
+            nodev: pick(named.nodev, self.nodev, current.nodev),
+            noexec: pick(named.noexec, self.noexec, current.noexec),
+            sync: pick(named.sync, self.sync, current.sync),
+            dirsync: pick(named.dirsync, self.dirsync, current.dirsync),
+        }
+    }
+
     pub fn ms_bits(self) -> libc::c_ulong {
         let mut f = 0;
         for (on, bit) in [
@@ -281,6 +317,7 @@ impl Default for Options {
             uring: true,
             uring_idle: true,
             flags: MountFlags::default(),
+            named: Named::default(),
             verbose: false,
             mem_option: None,
             threads_option: None,
@@ -372,8 +409,10 @@ impl Options {
             }
             let v = value.unwrap_or("");
             match name {
-                "ro" => self.read_only = true,
-                "rw" => self.read_only = false,
+                "ro" | "rw" => {
+                    self.read_only = name == "ro";
+                    self.named.read_only = true;
+                }
                 "remount" => self.remount = true,
                 "allow_other" => self.allow_other = true,
                 "default_permissions" => self.default_permissions = true,
@@ -409,15 +448,26 @@ impl Options {
                 "relatime" => self.atime = AtimePolicy::Relatime,
                 "strictatime" => self.atime = AtimePolicy::Strict,
                 "noatime" => self.atime = AtimePolicy::Never,
-                "nosuid" => self.flags.nosuid = true,
-                "suid" => self.flags.nosuid = false,
-                "nodev" => self.flags.nodev = true,
-                "dev" => self.flags.nodev = false,
-                "noexec" => self.flags.noexec = true,
-                "exec" => self.flags.noexec = false,
-                "sync" => self.flags.sync = true,
-                "async" => self.flags.sync = false,
-                "dirsync" => self.flags.dirsync = true,
+                "nosuid" | "suid" => {
+                    self.flags.nosuid = name == "nosuid";
+                    self.named.flags.nosuid = true;
+                }
+                "nodev" | "dev" => {
+                    self.flags.nodev = name == "nodev";
+                    self.named.flags.nodev = true;
+                }
+                "noexec" | "exec" => {
+                    self.flags.noexec = name == "noexec";
+                    self.named.flags.noexec = true;
+                }
+                "sync" | "async" => {
+                    self.flags.sync = name == "sync";
+                    self.named.flags.sync = true;
+                }
+                "dirsync" => {
+                    self.flags.dirsync = true;
+                    self.named.flags.dirsync = true;
+                }
                 "mem" => {
                     let bytes = parse_size(v).filter(|&b| b > 0).ok_or_else(|| {
                         format!(

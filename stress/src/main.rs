@@ -53,6 +53,21 @@ fn size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("bad size {s:?} (bytes, or a number with K, M, G or T)"))
 }
 
+/// Below this a cgroup cannot hold the daemon's base, let alone a budget.
+const LIMIT_MIN: u64 = 1 << 20;
+/// A run longer than a week is a typo; the segments' deadlines are computed in seconds from it.
+const SECONDS_MAX: u64 = 7 * 24 * 3600;
+/// Crash rounds: each is a segment of the run, a kill, fsck and a remount.
+const CRASH_ROUNDS_MAX: u64 = 1000;
+
+fn limit(s: &str) -> Result<u64, String> {
+    let v = size(s)?;
+    if v < LIMIT_MIN {
+        return Err(format!("{s}: below the smallest limit, 1M"));
+    }
+    Ok(v)
+}
+
 fn workload(s: &str) -> Result<Kind, String> {
     Kind::parse(s).ok_or_else(|| format!("no workload {s:?} (stress-ng, fsx, storm or fsstress)"))
 }
@@ -86,8 +101,8 @@ fn on_off(s: &str) -> Result<bool, String> {
 struct Cli {
     #[command(subcommand)]
     command: Option<Sub>,
-    /// The memory cgroup's limit (K, M, G, T).
-    #[arg(long, value_name = "SIZE", value_parser = size, required = true)]
+    /// The memory cgroup's limit (K, M, G, T), at least 1M.
+    #[arg(long, value_name = "SIZE", value_parser = limit, required = true)]
     limit: Option<u64>,
     /// What to run: stress-ng, fsx, storm (16 processes creating, stating and unlinking files) or
     /// fsstress.
@@ -99,11 +114,14 @@ struct Cli {
     /// Memory reservations in the daemon (-o memres=).
     #[arg(long, value_name = "on|off", value_parser = on_off, default_value = "on", action = clap::ArgAction::Set)]
     memres: bool,
-    /// How long the workload runs, in seconds.
-    #[arg(long, value_name = "N", default_value_t = 60)]
+    /// How long the workload runs, in seconds (at most a week).
+    #[arg(long, value_name = "N", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=SECONDS_MAX))]
     seconds: u64,
-    /// Kill the daemon K times at random moments, check and remount after each.
-    #[arg(long, value_name = "K", default_value_t = 0)]
+    /// Kill the daemon K times at random moments, check and remount after each (at most
+    /// 1000).
+    #[arg(long, value_name = "K", default_value_t = 0,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=CRASH_ROUNDS_MAX))]
     crash_rounds: usize,
     /// Size of the image.
     #[arg(long, value_name = "SIZE", value_parser = size, default_value = "8G")]
@@ -165,7 +183,7 @@ struct Opts {
 }
 
 fn parse() -> Opts {
-    ticketfs::cli::manual_page_if_asked(command(), &[]);
+    ticketfs::cli::manual_page_if_asked(command(), &[], EXIT_ERROR);
     let m = ticketfs::cli::matches(command(), "ticketfs-stress", EXIT_ERROR);
     let cli = Cli::from_arg_matches(&m).unwrap_or_else(|e| die(&e.to_string()));
     match cli.command {
@@ -288,7 +306,7 @@ fn run(o: &Opts) -> Result<bool, String> {
         .output()
         .map_err(|e| format!("mkfs: {e}"))?;
     if !st.status.success() {
-        return Err(format!("mkfs: {}", String::from_utf8_lossy(&st.stderr)));
+        return Err(String::from_utf8_lossy(&st.stderr).trim_end().to_string());
     }
     let name = format!("ticketfs-stress-{}", std::process::id());
     let cg = Arc::new(Cgroup::create(&name, o.limit)?);
