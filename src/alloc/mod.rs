@@ -128,6 +128,28 @@ struct Ag {
     unl: Btree,
 }
 
+impl Ag {
+    /// AG `agno` (blocks `start..start+len`) with header `hdr` joined as `id`, its four trees
+    /// opened at the roots the header records. Reading an AG and formatting one build it alike,
+    /// so the trees used are always the ones the header names.
+    fn open(id: BufId, agno: u32, (start, len): (u64, u64), hdr: AgHeader) -> Ag {
+        let tree = |btype, blkno, level| Btree::open(btype, agno as u64, Root { blkno, level });
+        Ag {
+            id,
+            ino: tree(BlockType::BtreeIno, hdr.ino_root, hdr.ino_level),
+            unl: tree(BlockType::BtreeIno, hdr.unlinked_root, hdr.unlinked_level),
+            sp: Space {
+                agno,
+                start,
+                len,
+                bno: tree(BlockType::BtreeBno, hdr.bno_root, hdr.bno_level),
+                cnt: tree(BlockType::BtreeCnt, hdr.cnt_root, hdr.cnt_level),
+                hdr,
+            },
+        }
+    }
+}
+
 /// Blocks of each AG that ordinary allocations (file data, directory and xattr blocks, inode
 /// chunks) leave free, for what must come from that very AG in the middle of a transaction:
 /// refilling its free list (at most 2 x 2 x 5 levels) and splitting its inode-chunk and
@@ -257,52 +279,7 @@ impl Allocator {
         tx.lock_allocation(&self.lock);
         let id = tx.read_buf(blkno, BlockType::AgHeader)?;
         let hdr = AgHeader::decode(tx.data(id), blkno, agno, start, len)?;
-        let owner = agno as u64;
-        let bno = Btree::open(
-            BlockType::BtreeBno,
-            owner,
-            Root {
-                blkno: hdr.bno_root,
-                level: hdr.bno_level,
-            },
-        );
-        let cnt = Btree::open(
-            BlockType::BtreeCnt,
-            owner,
-            Root {
-                blkno: hdr.cnt_root,
-                level: hdr.cnt_level,
-            },
-        );
-        let ino = Btree::open(
-            BlockType::BtreeIno,
-            owner,
-            Root {
-                blkno: hdr.ino_root,
-                level: hdr.ino_level,
-            },
-        );
-        let unl = Btree::open(
-            BlockType::BtreeIno,
-            owner,
-            Root {
-                blkno: hdr.unlinked_root,
-                level: hdr.unlinked_level,
-            },
-        );
-        Ok(Ag {
-            id,
-            sp: Space {
-                agno,
-                start,
-                len,
-                hdr,
-                bno,
-                cnt,
-            },
-            ino,
-            unl,
-        })
+        Ok(Ag::open(id, agno, (start, len), hdr))
     }
 
     /// Writes the header back (roots, counters, free list) and refreshes the summary.
@@ -363,20 +340,7 @@ impl Allocator {
             unlinked_level: 0,
             agfl,
         };
-        let len = self.ag_len(agno);
-        let mut ag = Ag {
-            id,
-            sp: Space {
-                agno,
-                start,
-                len,
-                hdr,
-                bno,
-                cnt,
-            },
-            ino,
-            unl,
-        };
+        let mut ag = Ag::open(id, agno, (start, self.ag_len(agno)), hdr);
         let free_start = first + fl as u64;
         self.insert_free(tx, &mut ag.sp, free_start, end - free_start)?;
         ag.sp.hdr.free_blocks = end - free_start;

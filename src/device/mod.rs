@@ -90,30 +90,23 @@ pub(crate) fn check_range(
 ) -> Result<u64, DevError> {
     let bs = block_size as usize;
     let blocks = (len / bs) as u64;
+    // Either refusal is the same error of this request, but for why.
+    let invalid = |why: String| {
+        let source = io::Error::new(io::ErrorKind::InvalidInput, why);
+        DevError::new(op, blkno, blocks, source)
+    };
     if len == 0 || !len.is_multiple_of(bs) {
-        return Err(DevError::new(
-            op,
-            blkno,
-            blocks,
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("length {len} is not a whole number of {bs}-byte blocks"),
-            ),
-        ));
+        return Err(invalid(format!(
+            "length {len} is not a whole number of {bs}-byte blocks"
+        )));
     }
     if blkno
         .checked_add(blocks)
         .is_none_or(|end| end > block_count)
     {
-        return Err(DevError::new(
-            op,
-            blkno,
-            blocks,
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("beyond the end of the device ({block_count} blocks)"),
-            ),
-        ));
+        return Err(invalid(format!(
+            "beyond the end of the device ({block_count} blocks)"
+        )));
     }
     Ok(blocks)
 }

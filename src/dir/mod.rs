@@ -224,19 +224,15 @@ fn to_tree(
     inode.fork[..8].fill(0);
     inode.fork[INLINE_OFF..].fill(0);
     for e in entries {
-        let nref = append_name(tx, alloc, dir, inode, &e.name, e.ftype)?;
-        let mut blocks = inode.blocks;
-        t.insert(
+        insert_named(
             tx,
-            &mut InodeBlocks {
-                alloc,
-                near: ino_split(dir).0,
-                blocks: &mut blocks,
-            },
+            alloc,
+            &mut t,
+            dir,
+            inode,
             e.key,
-            [e.ino, nref],
+            (&e.name, e.ftype, e.ino),
         )?;
-        inode.blocks = blocks;
     }
     inode.root = t.root.blkno;
     inode.root_level = t.root.level;
@@ -257,6 +253,9 @@ fn read_name(tx: &mut Trans<'_>, dir: u64, nref: u64) -> Result<(Vec<u8>, u8), E
 
 /// An entry found: its tree key, its value (inode, name location) and its file type.
 type Found = ([u64; 2], [u64; 2], u8);
+
+/// An entry's tree key and value (inode, name location).
+type KeyVal = ([u64; 2], [u64; 2]);
 
 /// Finds `name`: its key and value.
 fn find(
@@ -349,6 +348,26 @@ pub fn insert(
             "directory {dir}: too many names with hash {h:#x}"
         )));
     }
+    insert_named(tx, alloc, &mut t, dir, inode, [h, idx], (name, ftype, ino))?;
+    inode.root = t.root.blkno;
+    inode.root_level = t.root.level;
+    inode.nextents += 1;
+    Ok(())
+}
+
+/// Appends the record of `name` (file type `ftype`) and enters it in the hash tree `t` under
+/// `key`, pointing at `ino`; the blocks either takes are counted in the directory's inode.
+/// Adding a name and moving inline entries into a new tree store an entry alike.
+#[track_caller]
+fn insert_named(
+    tx: &mut Trans<'_>,
+    alloc: &Allocator,
+    t: &mut Btree,
+    dir: u64,
+    inode: &mut Inode,
+    key: [u64; 2],
+    (name, ftype, ino): (&[u8], u8, u64),
+) -> Result<(), EngineError> {
     let nref = append_name(tx, alloc, dir, inode, name, ftype)?;
     let mut blocks = inode.blocks;
     t.insert(
@@ -358,13 +377,10 @@ pub fn insert(
             near: ino_split(dir).0,
             blocks: &mut blocks,
         },
-        [h, idx],
+        key,
         [ino, nref],
     )?;
     inode.blocks = blocks;
-    inode.root = t.root.blkno;
-    inode.root_level = t.root.level;
-    inode.nextents += 1;
     Ok(())
 }
 
@@ -424,19 +440,7 @@ pub fn remove(
     inode: &mut Inode,
     name: &[u8],
 ) -> Result<Option<u64>, EngineError> {
-    if inode.format == DataFormat::Local {
-        let mut entries = inline_entries(dir, inode)?;
-        let Some(p) = entries.iter().position(|e| e.name == name) else {
-            return Ok(None);
-        };
-        let gone = entries.remove(p);
-        set_inline(inode, &mut entries);
-        return Ok(Some(gone.ino));
-    }
-    let Some((k, v, _)) = find(tx, dir, inode, name)? else {
-        return Ok(None);
-    };
-    remove_found(tx, alloc, dir, inode, k, v)
+    remove_entry(tx, alloc, dir, inode, Which::Name(name))
 }
 
 /// Removes the entry with key `k` (as readdir returned it), found by its key rather than its
@@ -450,19 +454,7 @@ pub(crate) fn remove_at(
     inode: &mut Inode,
     k: [u64; 2],
 ) -> Result<Option<u64>, EngineError> {
-    if inode.format == DataFormat::Local {
-        let mut entries = inline_entries(dir, inode)?;
-        let Some(p) = entries.iter().position(|e| e.key == k) else {
-            return Ok(None);
-        };
-        let gone = entries.remove(p);
-        set_inline(inode, &mut entries);
-        return Ok(Some(gone.ino));
-    }
-    let Some(v) = tree(dir, inode).get(tx, &k)? else {
-        return Ok(None);
-    };
-    remove_found(tx, alloc, dir, inode, k, v)
+    remove_entry(tx, alloc, dir, inode, Which::Key(k))
 }
 
 /// Points the entry with key `k` at `ino` with file type `ftype`, found by its key (see
@@ -476,9 +468,78 @@ pub(crate) fn retype_at(
     ino: u64,
     ftype: u8,
 ) -> Result<Option<u64>, EngineError> {
+    repoint_entry(tx, dir, inode, Which::Key(k), (ino, ftype))
+}
+
+/// How the entry to remove or repoint is found: by its name, or by its key as readdir returned
+/// it (fsck's repair: a damaged name may no longer hash to its key). Only the finding differs;
+/// what is done to the entry found is the same either way.
+#[derive(Clone, Copy)]
+enum Which<'n> {
+    Name(&'n [u8]),
+    Key([u64; 2]),
+}
+
+impl Which<'_> {
+    /// Is `e` the entry of an inline directory this names?
+    fn is(self, e: &Inline) -> bool {
+        match self {
+            Which::Name(name) => e.name == name,
+            Which::Key(k) => e.key == k,
+        }
+    }
+
+    /// The key and value of the entry this names in a directory with a hash tree.
+    fn find_in_tree(
+        self,
+        tx: &mut Trans<'_>,
+        dir: u64,
+        inode: &Inode,
+    ) -> Result<Option<KeyVal>, EngineError> {
+        Ok(match self {
+            Which::Name(name) => find(tx, dir, inode, name)?.map(|(k, v, _)| (k, v)),
+            Which::Key(k) => tree(dir, inode).get(tx, &k)?.map(|v| (k, v)),
+        })
+    }
+}
+
+/// Removes the entry `which` names; returns the inode it referred to, or None if absent.
+#[track_caller]
+fn remove_entry(
+    tx: &mut Trans<'_>,
+    alloc: &Allocator,
+    dir: u64,
+    inode: &mut Inode,
+    which: Which<'_>,
+) -> Result<Option<u64>, EngineError> {
     if inode.format == DataFormat::Local {
         let mut entries = inline_entries(dir, inode)?;
-        let Some(e) = entries.iter_mut().find(|e| e.key == k) else {
+        let Some(p) = entries.iter().position(|e| which.is(e)) else {
+            return Ok(None);
+        };
+        let gone = entries.remove(p);
+        set_inline(inode, &mut entries);
+        return Ok(Some(gone.ino));
+    }
+    let Some((k, v)) = which.find_in_tree(tx, dir, inode)? else {
+        return Ok(None);
+    };
+    remove_found(tx, alloc, dir, inode, k, v)
+}
+
+/// Points the entry `which` names at `ino` with file type `ftype`; returns the inode it named
+/// before, or None if absent.
+#[track_caller]
+fn repoint_entry(
+    tx: &mut Trans<'_>,
+    dir: u64,
+    inode: &mut Inode,
+    which: Which<'_>,
+    (ino, ftype): (u64, u8),
+) -> Result<Option<u64>, EngineError> {
+    if inode.format == DataFormat::Local {
+        let mut entries = inline_entries(dir, inode)?;
+        let Some(e) = entries.iter_mut().find(|e| which.is(e)) else {
             return Ok(None);
         };
         let old = std::mem::replace(&mut e.ino, ino);
@@ -486,7 +547,7 @@ pub(crate) fn retype_at(
         set_inline(inode, &mut entries);
         return Ok(Some(old));
     }
-    let Some(v) = tree(dir, inode).get(tx, &k)? else {
+    let Some((k, v)) = which.find_in_tree(tx, dir, inode)? else {
         return Ok(None);
     };
     set_found(tx, dir, inode, k, v, ino, ftype)
@@ -547,20 +608,7 @@ pub fn replace(
     ino: u64,
     ftype: u8,
 ) -> Result<Option<u64>, EngineError> {
-    if inode.format == DataFormat::Local {
-        let mut entries = inline_entries(dir, inode)?;
-        let Some(e) = entries.iter_mut().find(|e| e.name == name) else {
-            return Ok(None);
-        };
-        let old = std::mem::replace(&mut e.ino, ino);
-        e.ftype = ftype;
-        set_inline(inode, &mut entries);
-        return Ok(Some(old));
-    }
-    let Some((k, v, _)) = find(tx, dir, inode, name)? else {
-        return Ok(None);
-    };
-    set_found(tx, dir, inode, k, v, ino, ftype)
+    repoint_entry(tx, dir, inode, Which::Name(name), (ino, ftype))
 }
 
 /// Points the entry at key `k` (value `v`) of a directory with a hash tree at `ino`.

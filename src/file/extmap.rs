@@ -130,6 +130,17 @@ fn joins(a: &Extent, b: &Extent) -> bool {
         && a.len as u64 + b.len as u64 <= EXTENT_LEN_MAX
 }
 
+/// The part of `e` over file blocks `a..b` (within it): the same disk blocks and flags. A
+/// removal cuts the range it takes out and the pieces either side it leaves alike.
+fn clip(e: &Extent, a: u64, b: u64) -> Extent {
+    Extent {
+        file_block: a,
+        start: e.start + (a - e.file_block),
+        len: (b - a) as u32,
+        flags: e.flags,
+    }
+}
+
 /// Maps `e` (a range that is a hole in the map), merging with neighbours.
 #[track_caller]
 pub(crate) fn insert(
@@ -272,40 +283,17 @@ pub(crate) fn remove(
                 _ => break,
             },
         };
+        let e_end = e.file_block + e.len as u64;
         let a = e.file_block.max(from);
-        let b = (e.file_block + e.len as u64).min(to);
-        let cut = Extent {
-            file_block: a,
-            start: e.start + (a - e.file_block),
-            len: (b - a) as u32,
-            flags: e.flags,
-        };
+        let b = e_end.min(to);
+        let cut = clip(&e, a, b);
         unmap(tx, alloc, ino, inode, &e)?;
+        // What of `e` lies outside the range is mapped again, as it was.
         if a > e.file_block {
-            insert(
-                tx,
-                alloc,
-                ino,
-                inode,
-                Extent {
-                    len: (a - e.file_block) as u32,
-                    ..e
-                },
-            )?;
+            insert(tx, alloc, ino, inode, clip(&e, e.file_block, a))?;
         }
-        if b < e.file_block + e.len as u64 {
-            insert(
-                tx,
-                alloc,
-                ino,
-                inode,
-                Extent {
-                    file_block: b,
-                    start: e.start + (b - e.file_block),
-                    len: (e.file_block + e.len as u64 - b) as u32,
-                    flags: e.flags,
-                },
-            )?;
+        if b < e_end {
+            insert(tx, alloc, ino, inode, clip(&e, b, e_end))?;
         }
         if free {
             alloc.free(tx, cut.start, cut.len as u64)?;

@@ -22,8 +22,8 @@ use crate::device::{AlignedBuf, DIRECT_IO_ALIGN};
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::format::inode::{Extent, Inode, Time};
-use crate::inode;
-use crate::trans::TransKind;
+use crate::inode::{self, InodeRef};
+use crate::trans::{Trans, TransKind};
 use extmap::{EXTENT_LEN_MAX, UNWRITTEN};
 use readahead::{Lend, Piece, Run};
 
@@ -118,6 +118,11 @@ fn bad_map(ino: u64, fb: u64) -> EngineError {
         "file_block",
         format!("inode {ino}: the map does not cover or advance past file block {fb}"),
     ))
+}
+
+/// A write or fallocate found no free block for `ino` (the same words wherever it stops).
+fn no_free_block(ino: u64) -> EngineError {
+    EngineError::NoSpace(format!("no free block for inode {ino}"))
 }
 
 /// What a write carries from one step to the next.
@@ -543,18 +548,7 @@ impl<'a> FileIo<'a> {
                     }),
                     "inode {ino}: extent map changed under the data lock"
                 );
-                extmap::remap(
-                    &mut tx,
-                    self.alloc,
-                    ino,
-                    &mut ino_d,
-                    Extent {
-                        file_block: fb,
-                        start: disk,
-                        len: (run_end - fb) as u32,
-                        flags: 0,
-                    },
-                )?;
+                self.remap_run(&mut tx, ino, &mut ino_d, (fb, run_end), disk, 0)?;
                 Self::grow(&mut ino_d, end.min(run_end * bs), now);
                 inode::write(&mut tx, &r, &ino_d);
                 st.layout = true;
@@ -569,30 +563,16 @@ impl<'a> FileIo<'a> {
                 let hole_end = next.map_or(last + 1, |n| n.file_block.min(last + 1));
                 let want = (hole_end - fb).min(EXTENT_LEN_MAX);
                 let Some((blocks, want)) = self.promise_data(want)? else {
-                    return Err(EngineError::NoSpace(format!(
-                        "no free block for inode {ino}"
-                    )));
+                    return Err(no_free_block(ino));
                 };
                 st.held = Some(blocks);
                 let mut tx = self.eng.begin(TransKind::Write)?;
                 let (r, mut ino_d) = inode::read(&mut tx, ino)?;
-                let target = extmap::target(&mut tx, ino, &ino_d, fb)?;
-                let Some((start, n)) = self.alloc.alloc(&mut tx, target, 1, want)? else {
+                let Some(e) = self.map_unwritten(&mut tx, ino, &r, &mut ino_d, fb, want)? else {
                     // The free list may have been topped up: keep that, report no space.
                     tx.commit()?;
-                    return Err(EngineError::NoSpace(format!(
-                        "no free block for inode {ino}"
-                    )));
+                    return Err(no_free_block(ino));
                 };
-                let e = Extent {
-                    file_block: fb,
-                    start,
-                    len: n as u32,
-                    flags: UNWRITTEN,
-                };
-                extmap::insert(&mut tx, self.alloc, ino, &mut ino_d, e)?;
-                ino_d.blocks += n;
-                inode::write(&mut tx, &r, &ino_d);
                 st.layout = true;
                 tx.commit()?;
                 st.mapped = Some(e);
@@ -600,6 +580,58 @@ impl<'a> FileIo<'a> {
                 Ok(fb)
             }
         }
+    }
+
+    /// Maps up to `want` new blocks, unwritten, at file block `fb` (a hole) of `ino` in `tx`:
+    /// allocated near where the map wants them, inserted, counted in the inode, which is
+    /// written. A write's hole step and fallocate map holes this way alike. Returns the extent,
+    /// or None when no block could be had: the caller then commits all the same (the free list
+    /// may have been topped up) and reports no space.
+    fn map_unwritten(
+        &self,
+        tx: &mut Trans<'_>,
+        ino: u64,
+        r: &InodeRef,
+        ino_d: &mut Inode,
+        fb: u64,
+        want: u64,
+    ) -> Result<Option<Extent>, EngineError> {
+        let target = extmap::target(tx, ino, ino_d, fb)?;
+        let Some((start, n)) = self.alloc.alloc(tx, target, 1, want)? else {
+            return Ok(None);
+        };
+        let e = Extent {
+            file_block: fb,
+            start,
+            len: n as u32,
+            flags: UNWRITTEN,
+        };
+        extmap::insert(tx, self.alloc, ino, ino_d, e)?;
+        ino_d.blocks += n;
+        inode::write(tx, r, ino_d);
+        Ok(Some(e))
+    }
+
+    /// Maps file blocks `fb..end` of `ino` (from disk block `disk` on, where they stand) again
+    /// with `flags`: written (0) once a write's data is on the device, or `UNWRITTEN` when
+    /// zero-range turns written blocks back into zeros. Their blocks are neither freed nor
+    /// allocated.
+    fn remap_run(
+        &self,
+        tx: &mut Trans<'_>,
+        ino: u64,
+        ino_d: &mut Inode,
+        (fb, end): (u64, u64),
+        disk: u64,
+        flags: u32,
+    ) -> Result<(), EngineError> {
+        let e = Extent {
+            file_block: fb,
+            start: disk,
+            len: (end - fb) as u32,
+            flags,
+        };
+        extmap::remap(tx, self.alloc, ino, ino_d, e)
     }
 
     fn grow(inode: &mut Inode, size: u64, now: Time) {
@@ -671,9 +703,7 @@ impl<'a> FileIo<'a> {
         let bs = self.bs();
         // Cutting an extent in two may need a map block; freeing gives blocks back after that.
         let _blocks = self.promise_map(true)?;
-        let mut tx = self.eng.begin(TransKind::Truncate)?;
-        let (r, mut ino_d) = inode::read(&mut tx, ino)?;
-        tx.hold(r.id);
+        let (mut tx, r, mut ino_d) = self.begin_truncate(ino)?;
         if size < ino_d.size {
             // Zero the rest of the new last block, so growing later shows zeros, not old bytes.
             if !size.is_multiple_of(bs) {
@@ -698,23 +728,7 @@ impl<'a> FileIo<'a> {
             // Every block past the new end goes, those preallocated past the old end with
             // FALLOC_FL_KEEP_SIZE too (an unlink truncates to 0: they leaked before).
             let from = size.div_ceil(bs);
-            loop {
-                let (_, done) = extmap::remove(
-                    &mut tx,
-                    self.alloc,
-                    ino,
-                    &mut ino_d,
-                    from,
-                    u64::MAX,
-                    REMOVE_PER_STEP,
-                    true,
-                )?;
-                inode::write(&mut tx, &r, &ino_d);
-                if done {
-                    break;
-                }
-                tx.roll()?;
-            }
+            self.free_range(&mut tx, ino, &r, &mut ino_d, from, u64::MAX)?;
         }
         ino_d.size = size;
         ino_d.mtime = now;
@@ -736,26 +750,8 @@ impl<'a> FileIo<'a> {
         let _blocks = self.promise_map(true)?;
         self.zero_edges(ino, off, end)?;
         if first_full < last_full {
-            let mut tx = self.eng.begin(TransKind::Truncate)?;
-            let (r, mut ino_d) = inode::read(&mut tx, ino)?;
-            tx.hold(r.id);
-            loop {
-                let (_, done) = extmap::remove(
-                    &mut tx,
-                    self.alloc,
-                    ino,
-                    &mut ino_d,
-                    first_full,
-                    last_full,
-                    REMOVE_PER_STEP,
-                    true,
-                )?;
-                if done {
-                    break;
-                }
-                inode::write(&mut tx, &r, &ino_d);
-                tx.roll()?;
-            }
+            let (mut tx, r, mut ino_d) = self.begin_truncate(ino)?;
+            self.free_range(&mut tx, ino, &r, &mut ino_d, first_full, last_full)?;
             ino_d.mtime = now;
             ino_d.ctime = now;
             inode::write(&mut tx, &r, &ino_d);
@@ -798,6 +794,40 @@ impl<'a> FileIo<'a> {
             self.write_data(ino, disk, &blk)?;
         }
         Ok(())
+    }
+
+    /// Begins a Truncate transaction on `ino`: the inode read, its block held across the rolls
+    /// of `free_range` (relogged at each, so it never pins the log tail). Truncate, punch and
+    /// the undo of a failed fallocate free blocks this way alike.
+    fn begin_truncate(&self, ino: u64) -> Result<(Trans<'a>, InodeRef, Inode), EngineError> {
+        let mut tx = self.eng.begin(TransKind::Truncate)?;
+        let (r, ino_d) = inode::read(&mut tx, ino)?;
+        tx.hold(r.id);
+        Ok((tx, r, ino_d))
+    }
+
+    /// Unmaps file blocks `from..to` of `ino` and frees their blocks, `REMOVE_PER_STEP` extents
+    /// a step, rolling `tx` (from `begin_truncate`) between steps so each stays within the
+    /// Truncate entry; the inode is written before each roll. The last step's change is left
+    /// for the caller to write, with what else it changes, before it commits.
+    fn free_range(
+        &self,
+        tx: &mut Trans<'_>,
+        ino: u64,
+        r: &InodeRef,
+        ino_d: &mut Inode,
+        from: u64,
+        to: u64,
+    ) -> Result<(), EngineError> {
+        loop {
+            let (_, done) =
+                extmap::remove(tx, self.alloc, ino, ino_d, from, to, REMOVE_PER_STEP, true)?;
+            if done {
+                return Ok(());
+            }
+            inode::write(tx, r, ino_d);
+            tx.roll()?;
+        }
     }
 
     /// fallocate's allocation: every hole of `off..off+len` gets unwritten blocks; the size
@@ -910,18 +940,7 @@ impl<'a> FileIo<'a> {
                 continue;
             }
             let disk = e.start + (fb - e.file_block);
-            extmap::remap(
-                &mut tx,
-                self.alloc,
-                ino,
-                &mut ino_d,
-                Extent {
-                    file_block: fb,
-                    start: disk,
-                    len: (run_end - fb) as u32,
-                    flags: UNWRITTEN,
-                },
-            )?;
+            self.remap_run(&mut tx, ino, &mut ino_d, (fb, run_end), disk, UNWRITTEN)?;
             inode::write(&mut tx, &r, &ino_d);
             tx.commit()?;
             fb = run_end;
@@ -995,28 +1014,13 @@ impl<'a> FileIo<'a> {
             }
             let hole_end = next.map_or(last + 1, |n| n.file_block.min(last + 1));
             let want = (hole_end - fb).min(EXTENT_LEN_MAX);
-            let target = extmap::target(&mut tx, ino, &ino_d, fb)?;
-            let Some((start, n)) = self.alloc.alloc(&mut tx, target, 1, want)? else {
+            let Some(e) = self.map_unwritten(&mut tx, ino, &r, &mut ino_d, fb, want)? else {
+                // As in a write's hole step: keep a topped-up free list, report no space.
                 tx.commit()?;
-                return Err(EngineError::NoSpace(format!(
-                    "no free block for inode {ino}"
-                )));
+                return Err(no_free_block(ino));
             };
-            extmap::insert(
-                &mut tx,
-                self.alloc,
-                ino,
-                &mut ino_d,
-                Extent {
-                    file_block: fb,
-                    start,
-                    len: n as u32,
-                    flags: UNWRITTEN,
-                },
-            )?;
-            ino_d.blocks += n;
-            inode::write(&mut tx, &r, &ino_d);
             tx.commit()?;
+            let n = e.len as u64;
             added.push((fb, n));
             fb += n;
         }
@@ -1028,26 +1032,8 @@ impl<'a> FileIo<'a> {
     fn take_out(&self, ino: u64, added: &[(u64, u64)]) -> Result<(), EngineError> {
         for &(fb, n) in added {
             let _blocks = self.promise_map(true)?;
-            let mut tx = self.eng.begin(TransKind::Truncate)?;
-            let (r, mut ino_d) = inode::read(&mut tx, ino)?;
-            tx.hold(r.id);
-            loop {
-                let (_, done) = extmap::remove(
-                    &mut tx,
-                    self.alloc,
-                    ino,
-                    &mut ino_d,
-                    fb,
-                    fb + n,
-                    REMOVE_PER_STEP,
-                    true,
-                )?;
-                if done {
-                    break;
-                }
-                inode::write(&mut tx, &r, &ino_d);
-                tx.roll()?;
-            }
+            let (mut tx, r, mut ino_d) = self.begin_truncate(ino)?;
+            self.free_range(&mut tx, ino, &r, &mut ino_d, fb, fb + n)?;
             inode::write(&mut tx, &r, &ino_d);
             tx.commit()?;
         }

@@ -178,23 +178,13 @@ impl Engine {
             if log.is_shut_down() {
                 return Err(self.shutdown_error());
             }
-            return Ok(Trans {
-                eng: self,
-                kind,
-                resv,
-                log: LogTicket {
-                    unit_bytes: 0,
-                    count: 1,
-                    left_bytes: 0,
-                },
-                mem: MemTicket::default(),
-                bufs: Vec::new(),
-                overrun: false,
-                finished: false,
-                freed: Vec::new(),
-                alloc_guard: None,
-                _live: live,
-            });
+            let ticket = LogTicket {
+                unit_bytes: 0,
+                count: 1,
+                left_bytes: 0,
+            };
+            let mem = MemTicket::default();
+            return Ok(Trans::started(self, kind, resv, ticket, mem, live));
         }
         let out = log
             .space
@@ -203,31 +193,46 @@ impl Engine {
         if out.waited {
             self.kind_stats().record_wait(kind.index(), out.wait_ns);
         }
-        Ok(Trans {
-            eng: self,
+        let ticket = LogTicket {
+            unit_bytes: resv.log_unit_bytes,
+            count: resv.log_count,
+            left_bytes: resv.log_unit_bytes,
+        };
+        let mem = MemTicket {
+            limit_bytes: need.mem_bytes,
+            reserved_bytes: need.mem_bytes,
+            ..Default::default()
+        };
+        Ok(Trans::started(self, kind, resv, ticket, mem, live))
+    }
+}
+
+impl<'e> Trans<'e> {
+    /// A transaction of `kind` holding the tickets `log` and `mem`, nothing joined yet: a
+    /// reader's (no reservation) and a writer's (its grant) start alike but for the tickets.
+    fn started(
+        eng: &'e Engine,
+        kind: TransKind,
+        resv: Resv,
+        log: LogTicket,
+        mem: MemTicket,
+        live: Live<'e>,
+    ) -> Trans<'e> {
+        Trans {
+            eng,
             kind,
             resv,
-            log: LogTicket {
-                unit_bytes: resv.log_unit_bytes,
-                count: resv.log_count,
-                left_bytes: resv.log_unit_bytes,
-            },
-            mem: MemTicket {
-                limit_bytes: need.mem_bytes,
-                reserved_bytes: need.mem_bytes,
-                ..Default::default()
-            },
+            log,
+            mem,
             bufs: Vec::new(),
             overrun: false,
             finished: false,
             freed: Vec::new(),
             alloc_guard: None,
             _live: live,
-        })
+        }
     }
-}
 
-impl<'e> Trans<'e> {
     /// Records that this transaction freed `len` blocks at `start` (the allocator calls it).
     pub(crate) fn note_freed(&mut self, start: u64, len: u64) {
         self.freed.push((start, len));
@@ -505,21 +510,7 @@ impl<'e> Trans<'e> {
         let mut log_overrun = None;
         let mut kept = (0, 0);
         let (seq, log_used) = if commit.is_empty() {
-            eng.log().space.update(|s| {
-                settle(
-                    s,
-                    &log,
-                    &mem,
-                    &CilCommit {
-                        seq: 0,
-                        log_bytes: 0,
-                        mem_bytes: 0,
-                    },
-                    keep,
-                    &mut log_overrun,
-                    &mut kept,
-                )
-            });
+            kept = settle_unlogged(eng, &log, &mem, keep);
             (eng.log().current_seq(), 0)
         } else {
             let out = eng.log().commit(&commit, |s, c| {
@@ -604,23 +595,7 @@ impl<'e> Trans<'e> {
         self.eng
             .trans_pinned
             .fetch_sub(mem.used_bytes, std::sync::atomic::Ordering::Relaxed);
-        let mut unused = None;
-        let mut kept = (0, 0);
-        self.eng.log().space.update(|s| {
-            settle(
-                s,
-                &log,
-                &mem,
-                &CilCommit {
-                    seq: 0,
-                    log_bytes: 0,
-                    mem_bytes: 0,
-                },
-                false,
-                &mut unused,
-                &mut kept,
-            )
-        });
+        settle_unlogged(self.eng, &log, &mem, false);
         self.bufs.clear();
         self.alloc_guard = None;
         if dirty {
@@ -763,6 +738,21 @@ fn settle(
         s.mem
             .settle(mem.reserved_bytes, mem.emergency_bytes, c.mem_bytes);
     }
+}
+
+/// `settle` for a step that logged nothing (a commit or roll with no changed buffer, a
+/// cancel): an empty CIL commit, which cannot overrun. Returns what a `rolling` step keeps.
+fn settle_unlogged(eng: &Engine, log: &LogTicket, mem: &MemTicket, rolling: bool) -> (u64, u64) {
+    let nothing = CilCommit {
+        seq: 0,
+        log_bytes: 0,
+        mem_bytes: 0,
+    };
+    let mut kept = (0, 0);
+    eng.log()
+        .space
+        .update(|s| settle(s, log, mem, &nothing, rolling, &mut None, &mut kept));
+    kept
 }
 
 impl Drop for Trans<'_> {
