@@ -90,9 +90,25 @@ fn with_engine(
 }
 
 fn superblocks(dev: &dyn Device) -> Result<String, String> {
-    let sb = read_superblock(dev).map_err(|e| e.to_string())?;
-    let g = sb.geometry;
     let mut out = String::new();
+    let sb = match read_superblock(dev) {
+        Ok(sb) => sb,
+        // A device shorter than its filesystem (a truncated image) is when the superblock is
+        // wanted most: the primary as it is, with what is wrong.
+        Err(e) => {
+            let mut buf = AlignedBuf::new(dev.block_size() as usize);
+            let primary = dev
+                .read(0, &mut buf)
+                .ok()
+                .and_then(|()| Superblock::decode(&buf, 0).ok());
+            let Some(sb) = primary else {
+                return Err(e.to_string());
+            };
+            let _ = writeln!(out, "warning: {e}");
+            sb
+        }
+    };
+    let g = sb.geometry;
     let mut buf = AlignedBuf::new(g.block_size as usize);
     for blkno in [0, g.backup_sb_blkno()] {
         let state = match dev.read(blkno, &mut buf) {

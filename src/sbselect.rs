@@ -49,7 +49,9 @@ pub struct Chosen {
 
 /// Where copies may be: block 0, the device's last block, and the backup block the primary
 /// names (the filesystem may be smaller than its device).
-fn candidate_blocks(dev: &dyn Device) -> Vec<u64> {
+/// The blocks a superblock copy may be at on `dev`: 0, the device's last block, and the backup's
+/// place by the primary's geometry (fsck's -b must name one of them).
+pub fn candidate_blocks(dev: &dyn Device) -> Vec<u64> {
     let mut out = vec![0];
     if let Some(last) = dev.block_count().checked_sub(1) {
         if last != 0 {
@@ -81,7 +83,7 @@ fn read_copy(dev: &dyn Device, blkno: u64) -> Result<Superblock, EngineError> {
     }
     if sb.geometry.block_count > dev.block_count() {
         return Err(EngineError::Invalid(format!(
-            "{} blocks on a device of {}",
+            "the filesystem has {} blocks but the device only {} (truncated?)",
             sb.geometry.block_count,
             dev.block_count()
         )));

@@ -378,7 +378,8 @@ fn bad_input_to_every_command_is_one_line() {
         (&fsck, vec!["-b", "abc", img], 16),
         (&fsck, vec!["-n", "/nonexistent"], 8),
         (&fsck, vec!["-n", zeros], 8),
-        (&fsck, vec!["-n", "-b", "999999999999", img], 4),
+        (&fsck, vec!["-n", "-b", "999999999999", img], 16),
+        (&fsck, vec!["-n", "-b", "5", img], 16),
         (&stress, vec![], 2),
         (
             &stress,
@@ -584,4 +585,37 @@ fn non_utf8_paths_work_and_a_full_stdout_is_one_line() {
         );
         assert_eq!(err.lines().count(), 1, "{bin:?} {args:?}: {err}");
     }
+}
+
+/// `db sb` of a truncated image shows the superblock with what is wrong (it refused before,
+/// with "16384 blocks on a device of 1"): that is when an administrator needs to see it.
+#[test]
+fn db_shows_the_superblock_of_a_truncated_image() {
+    let work = tempfile::tempdir().unwrap();
+    let img = work.path().join("img");
+    assert!(mkfs(&["-s", "64M"], &img).status.success());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ticketfs"))
+        .arg("db")
+        .arg(&img)
+        .arg("sb")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("warning: the filesystem has 16384 blocks but the device only 1")
+            && text.contains("superblock copy at block 0: good")
+            && text.contains("uuid "),
+        "{text}"
+    );
 }

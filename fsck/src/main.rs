@@ -23,7 +23,7 @@ use ticketfs::log::{recover, Damage};
 use ticketfs::mem::MemRes;
 use ticketfs::progress::{Bar, Show};
 use ticketfs::repair::RepairReport;
-use ticketfs::sbselect::{choose, SbCopy};
+use ticketfs::sbselect::{candidate_blocks, choose, SbCopy};
 use ticketfs::{Engine, EngineOptions};
 
 /// Memory for the checker's metadata cache: it holds nothing locked, reads each block about once,
@@ -207,6 +207,20 @@ fn main() {
         Ok(d) => Arc::new(d),
         Err(e) => fail(EXIT_OPERATIONAL, &format!("{}: {e}", path.display())),
     };
+    // -b names a copy: a block where none can be is a usage error, as e2fsck -b refuses it.
+    if let SbCopy::Block(b) = which {
+        let copies = candidate_blocks(&*dev);
+        if !copies.contains(&b) {
+            let list: Vec<String> = copies.iter().map(u64::to_string).collect();
+            fail(
+                EXIT_USAGE,
+                &format!(
+                    "-b {b}: no superblock copy can be there (the copies are at blocks {})",
+                    list.join(" and ")
+                ),
+            );
+        }
+    }
     let (sb, sb_problems) = superblock(&*dev, which, &path);
     // On a terminal, progress unless the report is JSON (read by a program); --progress shows
     // it anywhere.
