@@ -2,7 +2,10 @@
 //! written and read byte by byte, so the layout is exactly what docs/design.md says.
 
 use super::FormatError;
+#[cfg(feature = "field-recording")]
 use std::cell::{Cell, RefCell};
+#[cfg(feature = "field-recording")]
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// One field a decoder read: which structure, which field, where in the slice it was given.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,20 +16,49 @@ pub struct FieldRead {
     pub len: usize,
 }
 
+#[cfg(feature = "field-recording")]
 thread_local! {
     static RECORDING: Cell<bool> = const { Cell::new(false) };
     static READS: RefCell<Vec<FieldRead>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Threads recording now. Recording is for the field fuzzer only, so it is compiled in only
+/// with the feature `field-recording` (the tests turn it on through the package's
+/// dev-dependency on itself; a release build has none of it): even one check per field read,
+/// inlined into every decoder, cost the daemon 5-12% more instructions per create/write/unlink
+/// round (callgrind, benches/memres-cost.sh, docs/performance.md).
+#[cfg(feature = "field-recording")]
+static RECORDERS: AtomicUsize = AtomicUsize::new(0);
+
 /// Runs `f` and returns, with its result, every field the decoders read on this thread while
 /// it ran: the list of a structure's fields comes from its decoder, the one place that knows
 /// them (the field fuzzer uses it; nothing else records).
+#[cfg(feature = "field-recording")]
 pub fn record_fields<T>(f: impl FnOnce() -> T) -> (T, Vec<FieldRead>) {
     READS.with(|r| r.borrow_mut().clear());
     RECORDING.with(|c| c.set(true));
+    RECORDERS.fetch_add(1, Ordering::Relaxed);
     let out = f();
+    RECORDERS.fetch_sub(1, Ordering::Relaxed);
     RECORDING.with(|c| c.set(false));
     (out, READS.with(|r| std::mem::take(&mut *r.borrow_mut())))
+}
+
+/// Notes a field read when this thread records (out of line: the decoders stay small).
+#[cfg(feature = "field-recording")]
+#[cold]
+#[inline(never)]
+fn note_read(structure: &'static str, field: &'static str, off: usize, len: usize) {
+    if RECORDING.with(|c| c.get()) {
+        READS.with(|r| {
+            r.borrow_mut().push(FieldRead {
+                structure,
+                field,
+                off,
+                len,
+            })
+        });
+    }
 }
 
 /// Writes fields into a byte slice at fixed offsets.
@@ -61,6 +93,9 @@ pub(crate) struct Dec<'a> {
     buf: &'a [u8],
     blkno: u64,
     structure: &'static str,
+    /// Some thread records (`RECORDERS`), looked at once per decoder, not per field.
+    #[cfg(feature = "field-recording")]
+    recording: bool,
 }
 
 impl<'a> Dec<'a> {
@@ -69,21 +104,17 @@ impl<'a> Dec<'a> {
             buf,
             blkno,
             structure,
+            #[cfg(feature = "field-recording")]
+            recording: RECORDERS.load(Ordering::Relaxed) != 0,
         }
     }
     pub(crate) fn err(&self, field: &'static str, detail: impl Into<String>) -> FormatError {
         FormatError::new(self.blkno, self.structure, field, detail)
     }
     fn slice(&self, off: usize, len: usize, field: &'static str) -> Result<&'a [u8], FormatError> {
-        if RECORDING.with(|c| c.get()) {
-            READS.with(|r| {
-                r.borrow_mut().push(FieldRead {
-                    structure: self.structure,
-                    field,
-                    off,
-                    len,
-                })
-            });
+        #[cfg(feature = "field-recording")]
+        if self.recording {
+            note_read(self.structure, field, off, len);
         }
         off.checked_add(len)
             .and_then(|end| self.buf.get(off..end))

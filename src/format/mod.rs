@@ -16,7 +16,9 @@ pub(crate) mod records;
 pub(crate) mod superblock;
 pub mod xattrblock;
 
-pub use codec::{record_fields, FieldRead};
+#[cfg(feature = "field-recording")]
+pub use codec::record_fields;
+pub use codec::FieldRead;
 pub(crate) use codec::{Dec, Enc};
 pub use header::{BlockHeader, BlockType, BLOCK_HEADER_BYTES};
 pub use log::Lsn;
