@@ -6,6 +6,7 @@ use crate::format::superblock::SB_MAGIC;
 use crate::format::{block_size_valid, Superblock};
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -125,32 +126,67 @@ pub(crate) enum ImageId {
     File { dev: u64, ino: u64 },
 }
 
-/// Loop devices followed to their backing file: a loop over a loop is legal, a chain longer than
-/// this is not one ticketfs made or would follow.
-const LOOP_DEPTH_MAX: usize = 8;
-
-/// The identity of the image at `path` (following symlinks). A loop device is its backing
-/// file: the daemon mounts an image file through a loop device of its own, and whatever names
-/// either (the file, `/dev/loopN`, another loop over the same file) is the same image to the
-/// lock, the mount table and mkfs's and fsck's refusals.
+/// The identity of the image at `path` (following symlinks). A loop device that maps a whole
+/// file is that file: the daemon mounts an image file through a loop device of its own, and
+/// whatever names either (the file, `/dev/loopN`) is the same image to the lock, the mount
+/// table and mkfs's and fsck's refusals. The file is the one the kernel's loop driver holds
+/// (LOOP_GET_STATUS64: its device and inode), not the path sysfs shows, which a deleted,
+/// renamed or re-pointed file no longer names; a loop over part of a file (an offset or a size
+/// limit) is a device of its own.
 pub(crate) fn identity(path: &Path) -> io::Result<ImageId> {
-    let mut m = std::fs::metadata(path)?;
-    for _ in 0..LOOP_DEPTH_MAX {
-        if !m.file_type().is_block_device() {
-            return Ok(ImageId::File {
-                dev: m.dev(),
-                ino: m.ino(),
-            });
-        }
-        match loop_backing_file(m.rdev()).and_then(|f| std::fs::metadata(f).ok()) {
-            Some(backing) => m = backing,
-            None => return Ok(ImageId::Block(m.rdev())),
-        }
+    let m = std::fs::metadata(path)?;
+    if !m.file_type().is_block_device() {
+        return Ok(ImageId::File {
+            dev: m.dev(),
+            ino: m.ino(),
+        });
     }
-    Ok(ImageId::Block(m.rdev()))
+    Ok(match whole_file_loop(path, m.rdev()) {
+        Some((dev, ino)) => ImageId::File { dev, ino },
+        None => ImageId::Block(m.rdev()),
+    })
 }
 
-/// The file the loop device `rdev` is attached to, if it is an attached loop device.
+/// The loop driver's block major (linux/major.h): only such a device is asked for its file.
+const LOOP_MAJOR: u32 = 7;
+/// LOOP_GET_STATUS64 (linux/loop.h): fills a struct loop_info64.
+const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
+/// sizeof(struct loop_info64): five u64, four u32, two names of 64 bytes, a 32-byte key, two
+/// u64.
+const LOOP_INFO64_BYTES: usize = 232;
+/// Offsets in struct loop_info64 of lo_device, lo_inode, lo_offset and lo_sizelimit.
+const LO_DEVICE_AT: usize = 0;
+const LO_INODE_AT: usize = 8;
+const LO_OFFSET_AT: usize = 24;
+const LO_SIZELIMIT_AT: usize = 32;
+
+/// The (device, inode) of the file the loop device `path` (device number `rdev`) maps whole,
+/// if it is an attached loop device without an offset or a size limit.
+fn whole_file_loop(path: &Path, rdev: u64) -> Option<(u64, u64)> {
+    if libc::major(rdev) != LOOP_MAJOR {
+        return None;
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let mut info = [0u8; LOOP_INFO64_BYTES];
+    // SAFETY: LOOP_GET_STATUS64 writes a struct loop_info64, which `info` holds.
+    if unsafe { libc::ioctl(f.as_raw_fd(), LOOP_GET_STATUS64, info.as_mut_ptr()) } != 0 {
+        return None; // not attached, or not a loop device after all
+    }
+    let u64_at = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&info[at..at + 8]);
+        u64::from_ne_bytes(b)
+    };
+    (u64_at(LO_OFFSET_AT) == 0 && u64_at(LO_SIZELIMIT_AT) == 0)
+        .then(|| (u64_at(LO_DEVICE_AT), u64_at(LO_INODE_AT)))
+}
+
+/// The path sysfs shows for the file the loop device `rdev` is attached to (for messages: the
+/// identity comes from the driver, `identity`).
 pub(crate) fn loop_backing_file(rdev: u64) -> Option<std::path::PathBuf> {
     let (major, minor) = (libc::major(rdev), libc::minor(rdev));
     let s = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/loop/backing_file"))

@@ -10,6 +10,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::exit;
 use std::sync::Arc;
@@ -185,58 +186,87 @@ fn db_command(image: &Path, query: Query) -> ! {
 
 /// `-o remount[,ro|rw][,FLAGS]`: the kernel's remount of the live ticketfs mount at
 /// MOUNTPOINT; the daemon serving it goes on. Only a ticketfs mount this user made (of IMAGE,
-/// when IMAGE can be looked at) is remounted, and a flag the options do not name (nosuid,
-/// nodev, noexec, sync, dirsync, ro) keeps its current value, as mount(8) keeps it: the
-/// kernel's remount sets them all, so before, `-o remount,ro` took nosuid and nodev off any
-/// mount point, whatever filesystem it was.
+/// when IMAGE can be looked at), and only when it is the topmost mount there, is remounted;
+/// what the options do not name keeps its current value, as mount(8) keeps it (nosuid, nodev,
+/// noexec, sync, dirsync, ro, and nosymfollow and lazytime, which are not ticketfs options):
+/// the kernel's remount sets them all, so before, `-o remount,ro` took nosuid and nodev off any
+/// mount point, whatever filesystem it was. The mount is named through a descriptor of the
+/// directory checked, so a path changed meanwhile cannot redirect it.
 fn remount(o: &Options) -> ! {
-    let here = std::fs::canonicalize(&o.mountpoint)
-        .unwrap_or_else(|e| mount_failed(&format!("remount of {}: {e}", o.mountpoint.display())));
-    let mounts = stats::ticketfs_mounts().unwrap_or_else(|e| mount_failed(&e));
-    let Some(current) = mounts.iter().rev().find(|m| m.point == here) else {
-        mount_failed(&format!(
-            "remount of {}: not a ticketfs mount (mount it first)",
-            o.mountpoint.display()
-        ))
+    let fail = |why: String| -> ! {
+        mount_failed(&format!("remount of {}: {why}", o.mountpoint.display()))
     };
+    let here = std::fs::canonicalize(&o.mountpoint).unwrap_or_else(|e| fail(e.to_string()));
+    let dir = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&here)
+        .unwrap_or_else(|e| fail(e.to_string()));
+    let table = ticketfs::mountinfo::read().unwrap_or_else(|e| fail(e));
+    let top = table.iter().rev().find(|m| m.point == here);
+    let mounts = stats::ticketfs_mounts().unwrap_or_else(|e| fail(e));
+    let current = top.and_then(|t| {
+        mounts
+            .iter()
+            .rev()
+            .find(|m| m.point == here && m.dev == t.dev)
+    });
+    let Some(current) = current else {
+        fail("not a ticketfs mount (mount it first)".to_string())
+    };
+    use std::os::unix::fs::MetadataExt;
+    let dev_of_dir = dir
+        .metadata()
+        .map(|m| m.dev())
+        .unwrap_or_else(|e| fail(e.to_string()));
+    let dev_of_dir = format!("{}:{}", libc::major(dev_of_dir), libc::minor(dev_of_dir));
+    if dev_of_dir != current.dev {
+        fail("the mount changed while it was looked at".to_string());
+    }
     let same_image = stats::mounts_of(&o.image)
         .iter()
         .any(|m| m.point == current.point);
     if o.image.exists() && !same_image {
-        mount_failed(&format!(
-            "remount of {}: it is a mount of {}, not of {}",
-            o.mountpoint.display(),
+        fail(format!(
+            "it is a mount of {}, not of {}",
             current.image.display(),
             o.image.display()
         ));
     }
-    let Ok(dir) = std::ffi::CString::new(here.as_os_str().as_encoded_bytes()) else {
-        mount_failed("bad mount point")
-    };
-    let now = MountFlags::from_listed(&[&current.options]);
-    let flags = o.flags.over(now, o.named.flags);
+    let listed = |opt: &str| current.options.split(',').any(|x| x == opt);
+    let flags = o
+        .flags
+        .over(MountFlags::from_listed(&[&current.options]), o.named.flags);
     let read_only = if o.named.read_only {
         o.read_only
     } else {
-        current.super_ro
+        current.super_ro || current.options.split(',').next() == Some("ro")
     };
-    let bits = libc::MS_REMOUNT | flags.ms_bits() | if read_only { libc::MS_RDONLY } else { 0 };
+    let mut bits = libc::MS_REMOUNT | flags.ms_bits();
+    for (on, bit) in [
+        (read_only, libc::MS_RDONLY),
+        (listed("nosymfollow"), libc::MS_NOSYMFOLLOW),
+        (listed("lazytime"), libc::MS_LAZYTIME),
+    ] {
+        if on {
+            bits |= bit;
+        }
+    }
+    let Ok(target) = std::ffi::CString::new(format!("/proc/self/fd/{}", dir.as_raw_fd())) else {
+        fail("bad descriptor path".to_string())
+    };
     // SAFETY: a NUL-terminated path; source, type and data may be null for a remount.
     let rc = unsafe {
         libc::mount(
             std::ptr::null(),
-            dir.as_ptr(),
+            target.as_ptr(),
             std::ptr::null(),
             bits,
             std::ptr::null(),
         )
     };
     if rc != 0 {
-        mount_failed(&format!(
-            "remount of {}: {}",
-            o.mountpoint.display(),
-            std::io::Error::last_os_error()
-        ));
+        fail(std::io::Error::last_os_error().to_string());
     }
     exit(0)
 }

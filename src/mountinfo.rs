@@ -17,7 +17,7 @@ pub(crate) const PATH: &str = "/proc/self/mountinfo";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
     /// The device number, `major:minor`.
-    pub(crate) dev: String,
+    pub dev: String,
     /// The directory of the filesystem this mount shows (`/` unless a bind mount of a subtree).
     pub(crate) root: PathBuf,
     pub point: PathBuf,

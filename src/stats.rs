@@ -399,7 +399,7 @@ pub struct TicketfsMount {
     pub options: String,
     /// Its device number, `major:minor`: also the name of its bdi in /sys/class/bdi (with
     /// `-fuseblk` after it for a `fuseblk` mount).
-    pub(crate) dev: String,
+    pub dev: String,
     /// A `fuseblk` mount (its source is a block device: the image, or a loop device over it).
     pub(crate) blkdev: bool,
     /// The image's identity (None when it cannot be looked at, e.g. a deleted backing file).
@@ -464,7 +464,9 @@ pub fn ticketfs_mounts() -> Result<Vec<TicketfsMount>, String> {
                 _ => return None,
             };
             Some(TicketfsMount {
-                id: crate::image::identity(&image).ok(),
+                // From the source itself: a loop device's identity is the file its driver
+                // holds, whatever its path has become since.
+                id: crate::image::identity(&m.source).ok(),
                 image,
                 whole: m.root == Path::new("/"),
                 super_ro: m.has_super_option("ro"),

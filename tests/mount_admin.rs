@@ -446,6 +446,50 @@ fn remount_keeps_the_flags_it_does_not_name_and_only_touches_ticketfs() {
         o.contains(&"rw".to_string()) && o.contains(&"nosuid".to_string()),
         "the tmpfs changed: {o:?}"
     );
+    // A mount read-only by itself (a bind remount) stays read-only when ro is not named.
+    let st = Command::new("mount")
+        .args(["-o", "remount,bind,ro"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount -o remount,bind,ro");
+    let out = remount("remount,nosuid", &img, &dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let o = vfs_options(&dir);
+    assert!(
+        o.contains(&"ro".to_string()) && o.contains(&"nosuid".to_string()),
+        "{o:?}"
+    );
+    let out = remount("remount,rw", &img, &dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A tmpfs mounted over the ticketfs: the topmost mount there is not ticketfs's.
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount tmpfs over the ticketfs");
+    let over = common::mount::Unmounted(dir.clone());
+    let out = remount("remount,ro", &img, &dir);
+    let o = vfs_options(&dir);
+    drop(over);
+    assert_eq!(
+        out.status.code(),
+        Some(32),
+        "the tmpfs on top was remounted"
+    );
+    assert!(
+        o.contains(&"rw".to_string()),
+        "the tmpfs on top changed: {o:?}"
+    );
     m.unmount();
 }
 
@@ -493,4 +537,50 @@ fn a_mount_whose_daemon_is_gone_is_not_mounted_again() {
         }
         drop(dead);
     }
+}
+
+/// The loop device of a mount whose image file was deleted (or renamed) is still that mounted
+/// image: its identity is the file the loop driver holds, not the path sysfs shows. Before,
+/// the deleted file's path no longer led anywhere, /dev/loopN became a device of its own, and a
+/// second daemon could take it beside the first.
+#[test]
+fn the_loop_device_of_a_mount_stays_the_image_when_its_file_is_deleted() {
+    let work = tempfile::tempdir().unwrap();
+    let img = image(work.path(), 128 << 20);
+    let m = Mount::new(&img, "");
+    fs::write(m.path().join("keep"), b"data").unwrap();
+    let out = Command::new("findmnt")
+        .args(["-n", "-o", "SOURCE"])
+        .arg(m.path())
+        .output()
+        .unwrap();
+    let source = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !source.starts_with("/dev/loop") {
+        m.unmount();
+        common::skip("no loop device for the mount here (blkdev fell back to a plain fuse mount)");
+        return;
+    }
+    fs::remove_file(&img).unwrap();
+    let out = Command::new(mkfs_bin())
+        .arg("-f")
+        .arg(&source)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = tkfs().arg(&source).arg(dir.path()).output().unwrap();
+    let second = common::mount::Unmounted(dir.path().to_path_buf());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(dir.path().join("keep")).unwrap(), b"data");
+    drop(second);
+    m.unmount();
 }

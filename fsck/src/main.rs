@@ -84,11 +84,18 @@ fn check_overlay(
         Err(e) => fail(EXIT_UNCORRECTED, &format!("{}: {e}", path.display())),
     };
     let mut bar = Bar::new(show);
-    let report = match check(&eng, &mut |p, d, t| bar.update(p, d, t)) {
-        Ok(r) => r,
-        Err(e) => fail(EXIT_OPERATIONAL, &format!("{}: {e}", path.display())),
+    let checked = check(&eng, &mut |p, d, t| bar.update(p, d, t));
+    // The bar's line is cleared before anything else is printed, an error too.
+    let report = match checked {
+        Ok(r) => {
+            bar.finish();
+            r
+        }
+        Err(e) => {
+            drop(bar);
+            fail(EXIT_OPERATIONAL, &format!("{}: {e}", path.display()))
+        }
     };
-    bar.finish();
     eng.crash();
     (report, damage)
 }
@@ -252,7 +259,13 @@ fn main() {
             fail(EXIT_UNCORRECTED, &format!("{}: log: {e}", path.display()));
         }
         let mut bar = Bar::new(show);
-        let rep = match ticketfs::repair::repair(dev.clone(), &mut |p, d, t| bar.update(p, d, t)) {
+        let repaired_now =
+            ticketfs::repair::repair(dev.clone(), &mut |p, d, t| bar.update(p, d, t));
+        if repaired_now.is_ok() {
+            bar.finish();
+        }
+        drop(bar);
+        let rep = match repaired_now {
             Ok(mut r) => {
                 for (i, l) in sb_fixed.into_iter().enumerate() {
                     r.fixed.insert(i, l);
@@ -270,7 +283,6 @@ fn main() {
                 &format!("{}: repair: {e}", path.display()),
             ),
         };
-        bar.finish();
         let (after, damage_after) = check_overlay(&dev, &sb, &path, show);
         if let Some(d) = damage_after {
             fail(

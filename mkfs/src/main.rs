@@ -91,9 +91,18 @@ fn main() {
     } else {
         Show::Auto
     });
-    let made = make_filesystem_with(&cli.target, &opts, &mut |p, d, t| bar.update(p, d, t))
-        .unwrap_or_else(|e| die(&e));
-    bar.finish();
+    let made = make_filesystem_with(&cli.target, &opts, &mut |p, d, t| bar.update(p, d, t));
+    // The bar's line is cleared before anything else is printed, an error too.
+    let made = match made {
+        Ok(m) => {
+            bar.finish();
+            m
+        }
+        Err(e) => {
+            drop(bar);
+            die(&e)
+        }
+    };
     let (sb, min_log) = (made.sb, made.min_log_blocks);
     let g = sb.geometry;
     let u = sb.uuid;

@@ -587,6 +587,7 @@ impl<'a> FileIo<'a> {
     /// written. A write's hole step and fallocate map holes this way alike. Returns the extent,
     /// or None when no block could be had: the caller then commits all the same (the free list
     /// may have been topped up) and reports no space.
+    #[track_caller]
     fn map_unwritten(
         &self,
         tx: &mut Trans<'_>,
@@ -616,6 +617,7 @@ impl<'a> FileIo<'a> {
     /// with `flags`: written (0) once a write's data is on the device, or `UNWRITTEN` when
     /// zero-range turns written blocks back into zeros. Their blocks are neither freed nor
     /// allocated.
+    #[track_caller]
     fn remap_run(
         &self,
         tx: &mut Trans<'_>,
@@ -799,6 +801,7 @@ impl<'a> FileIo<'a> {
     /// Begins a Truncate transaction on `ino`: the inode read, its block held across the rolls
     /// of `free_range` (relogged at each, so it never pins the log tail). Truncate, punch and
     /// the undo of a failed fallocate free blocks this way alike.
+    #[track_caller]
     fn begin_truncate(&self, ino: u64) -> Result<(Trans<'a>, InodeRef, Inode), EngineError> {
         let mut tx = self.eng.begin(TransKind::Truncate)?;
         let (r, ino_d) = inode::read(&mut tx, ino)?;
@@ -810,6 +813,7 @@ impl<'a> FileIo<'a> {
     /// a step, rolling `tx` (from `begin_truncate`) between steps so each stays within the
     /// Truncate entry; the inode is written before each roll. The last step's change is left
     /// for the caller to write, with what else it changes, before it commits.
+    #[track_caller]
     fn free_range(
         &self,
         tx: &mut Trans<'_>,
