@@ -138,14 +138,10 @@ fn mkfs_refuses_a_mounted_image_even_with_force() {
     }
 }
 
-/// The loop device a mount goes through is the mounted image too: mkfs -f and fsck of
-/// /dev/loopN are refused while it is mounted (before, mkfs -f formatted the live filesystem
-/// under the mount and fsck -y repaired it), and mounting /dev/loopN again shares the mount.
-#[test]
-fn the_loop_device_of_a_mount_is_refused_as_the_image_is() {
-    let work = tempfile::tempdir().unwrap();
-    let img = image(work.path(), 128 << 20);
-    let m = Mount::new(&img, "");
+/// `img` mounted (with a file "keep" written in it) and the loop device the mount goes through;
+/// None, with the skip reported, where the mount fell back to a plain fuse mount.
+fn mounted_through_a_loop(img: &Path) -> Option<(Mount, String)> {
+    let m = Mount::new(img, "");
     fs::write(m.path().join("keep"), b"data").unwrap();
     let out = Command::new("findmnt")
         .args(["-n", "-o", "SOURCE"])
@@ -156,8 +152,21 @@ fn the_loop_device_of_a_mount_is_refused_as_the_image_is() {
     if !source.starts_with("/dev/loop") {
         m.unmount();
         common::skip("no loop device for the mount here (blkdev fell back to a plain fuse mount)");
-        return;
+        return None;
     }
+    Some((m, source))
+}
+
+/// The loop device a mount goes through is the mounted image too: mkfs -f and fsck of
+/// /dev/loopN are refused while it is mounted (before, mkfs -f formatted the live filesystem
+/// under the mount and fsck -y repaired it), and mounting /dev/loopN again shares the mount.
+#[test]
+fn the_loop_device_of_a_mount_is_refused_as_the_image_is() {
+    let work = tempfile::tempdir().unwrap();
+    let img = image(work.path(), 128 << 20);
+    let Some((m, source)) = mounted_through_a_loop(&img) else {
+        return;
+    };
     let fsck = mkfs_bin().with_file_name("fsck-ticketfs");
     for (bin, args, code) in [
         (mkfs_bin(), vec!["-f"], 1),
@@ -547,19 +556,9 @@ fn a_mount_whose_daemon_is_gone_is_not_mounted_again() {
 fn the_loop_device_of_a_mount_stays_the_image_when_its_file_is_deleted() {
     let work = tempfile::tempdir().unwrap();
     let img = image(work.path(), 128 << 20);
-    let m = Mount::new(&img, "");
-    fs::write(m.path().join("keep"), b"data").unwrap();
-    let out = Command::new("findmnt")
-        .args(["-n", "-o", "SOURCE"])
-        .arg(m.path())
-        .output()
-        .unwrap();
-    let source = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if !source.starts_with("/dev/loop") {
-        m.unmount();
-        common::skip("no loop device for the mount here (blkdev fell back to a plain fuse mount)");
+    let Some((m, source)) = mounted_through_a_loop(&img) else {
         return;
-    }
+    };
     fs::remove_file(&img).unwrap();
     let out = Command::new(mkfs_bin())
         .arg("-f")
