@@ -12,8 +12,7 @@ use std::path::Path;
 
 /// Reads the block size from the superblock at the start of `path` (checked in full, CRC too).
 pub(crate) fn probe_block_size(path: &Path) -> io::Result<u32> {
-    check_kind(path)?;
-    let mut f = File::open(path)?;
+    let mut f = open_checked(path)?;
     let mut head = vec![0u8; crate::format::BLOCK_SIZE_MAX as usize];
     let mut n = 0;
     while n < head.len() {
@@ -42,7 +41,7 @@ pub(crate) fn probe_block_size(path: &Path) -> io::Result<u32> {
 /// unreadable: each valid block size is tried.
 fn probe_backup_block_size(path: &Path) -> Option<u32> {
     use std::io::{Seek, SeekFrom};
-    let mut f = File::open(path).ok()?;
+    let mut f = open_checked(path).ok()?;
     let len = f.seek(SeekFrom::End(0)).ok()?;
     let mut bs = crate::format::BLOCK_SIZE_MIN;
     while bs <= crate::format::BLOCK_SIZE_MAX {
@@ -84,8 +83,7 @@ fn open_image_with(path: &Path, direct: bool) -> io::Result<FileDevice> {
 
 /// The name of a filesystem whose signature is on `path`, if any.
 pub(crate) fn existing_signature(path: &Path) -> io::Result<Option<&'static str>> {
-    check_kind(path)?;
-    let f = File::open(path)?;
+    let f = open_checked(path)?;
     let mut buf = [0u8; 8];
     let at = |off: u64, len: usize, buf: &mut [u8; 8]| -> bool {
         f.read_exact_at(&mut buf[..len], off).is_ok()
@@ -195,11 +193,31 @@ pub(crate) fn loop_backing_file(rdev: u64) -> Option<std::path::PathBuf> {
     Some(s.strip_suffix(" (deleted)").unwrap_or(s).into())
 }
 
+/// Opens `path` for reading without blocking (a FIFO would block the open) and refuses what
+/// was opened unless it can hold an image (`kind_problem`); the descriptor then blocks as
+/// usual.
+fn open_checked(path: &Path) -> io::Result<File> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    kind_problem(f.metadata()?.file_type())?;
+    // SAFETY: fcntl on a descriptor we own; F_SETFL with the access flags only.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
 /// Refuses what cannot hold an image: anything but a regular file or a block device (a FIFO
 /// would block the open or the first read forever; a character device or a directory is a
 /// typo).
 pub fn check_kind(path: &Path) -> io::Result<()> {
-    let t = std::fs::metadata(path)?.file_type();
+    kind_problem(std::fs::metadata(path)?.file_type())
+}
+
+/// `check_kind` of a file type already known.
+fn kind_problem(t: std::fs::FileType) -> io::Result<()> {
     if t.is_file() || t.is_block_device() {
         return Ok(());
     }

@@ -23,6 +23,7 @@ use super::{check_range, AlignedBuf, DevError, Device};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -57,6 +58,15 @@ impl FileDevice {
             ));
         }
         let mut buffered = OpenOptions::new().read(true).write(true).open(path)?;
+        // What was opened, not what the path named a moment before: a FIFO swapped in after
+        // the caller's check would block the first read forever.
+        let kind = buffered.metadata()?.file_type();
+        if !(kind.is_file() || kind.is_block_device()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not an image file or a block device",
+            ));
+        }
         let bytes = buffered.seek(SeekFrom::End(0))?;
         let direct_file = if direct {
             OpenOptions::new()

@@ -504,7 +504,7 @@ fn run(o: &Opts) -> Result<bool, String> {
         "result.json",
         &serde_json::to_string_pretty(&result).unwrap_or_default(),
     )?;
-    println!(
+    let summary = format!(
         "{title}: {} ops in {elapsed:.0} s ({:.0}/s), OOM kills {oom}, errors {errors:?}, hang {hang}, peak {:.2} MiB of {:.0} ({:.2} without page cache), overruns {overruns}, fsck {}, {}",
         ops,
         ops as f64 / elapsed.max(0.001),
@@ -514,6 +514,7 @@ fn run(o: &Opts) -> Result<bool, String> {
         if fscks.is_empty() { "clean".to_string() } else { fscks.join("; ") },
         if ok { "acceptance holds" } else { "ACCEPTANCE FAILS" }
     );
+    ticketfs::cli::print_or_exit("ticketfs-stress", &(summary + "\n"), EXIT_ERROR);
     drop(cg);
     let _ = std::fs::remove_dir_all(&work);
     Ok(ok)

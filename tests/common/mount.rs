@@ -223,8 +223,8 @@ impl Drop for Unmounted {
     fn drop(&mut self) {
         // The mount table, not mountpoint(1): a mount whose daemon is gone fails every stat,
         // and mountpoint(1) then calls it no mount (such mounts were left behind).
-        let mounted = ticketfs::mountinfo::read()
-            .is_ok_and(|t| t.iter().any(|m| m.point == self.0));
+        let mounted =
+            ticketfs::mountinfo::read().is_ok_and(|t| t.iter().any(|m| m.point == self.0));
         if mounted && umount(&self.0).is_err() {
             let _ = Command::new("umount").arg("-l").arg(&self.0).status();
         }
