@@ -288,19 +288,19 @@ impl Ops {
         (newparent, newname): (u64, &[u8]),
         flags: u32,
     ) -> Res<()> {
-        if flags & RENAME_WHITEOUT != 0
-            || flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT) != 0
-        {
+        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT) != 0 {
             return Err(libc::EINVAL);
         }
+        let how = fs::RenameHow {
+            noreplace: flags & RENAME_NOREPLACE != 0,
+            exchange: flags & RENAME_EXCHANGE != 0,
+            whiteout: flags & RENAME_WHITEOUT != 0,
+        };
         res(self.fs.rename(
             c,
-            self.ino(parent),
-            name,
-            self.ino(newparent),
-            newname,
-            flags & RENAME_NOREPLACE != 0,
-            flags & RENAME_EXCHANGE != 0,
+            (self.ino(parent), name),
+            (self.ino(newparent), newname),
+            how,
         ))
     }
 
@@ -499,6 +499,11 @@ impl Ops {
         // The creator may write what it just made, whatever the mode says.
         res(self.fs.open(&Ctx::ROOT, a.ino, 4))?;
         Ok(a)
+    }
+
+    /// O_TMPFILE: an unnamed file in `dir`, created open; the answer is as create's.
+    pub(crate) fn tmpfile(&self, c: &Ctx, dir: u64, mode: u32, umask: u32) -> Res<Attr> {
+        res(self.fs.tmpfile(c, self.ino(dir), mode & 0o7777 & !umask))
     }
 
     /// `mode` is fallocate(2)'s.

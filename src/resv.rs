@@ -29,6 +29,10 @@ pub enum TransKind {
     Link,
     Remove,
     Rename,
+    /// A rename that leaves a whiteout at the source name (RENAME_WHITEOUT).
+    RenameWhiteout,
+    /// An unnamed file (O_TMPFILE), made straight onto the unlinked-inode tree.
+    Tmpfile,
     Symlink,
     Setattr,
     Write,
@@ -39,7 +43,7 @@ pub enum TransKind {
     Read,
 }
 
-pub(crate) const KIND_COUNT: usize = 12;
+pub(crate) const KIND_COUNT: usize = 14;
 
 impl TransKind {
     pub(crate) const ALL: [TransKind; KIND_COUNT] = [
@@ -48,6 +52,8 @@ impl TransKind {
         TransKind::Link,
         TransKind::Remove,
         TransKind::Rename,
+        TransKind::RenameWhiteout,
+        TransKind::Tmpfile,
         TransKind::Symlink,
         TransKind::Setattr,
         TransKind::Write,
@@ -66,6 +72,8 @@ impl TransKind {
             TransKind::Link => "link",
             TransKind::Remove => "remove",
             TransKind::Rename => "rename",
+            TransKind::RenameWhiteout => "rename-whiteout",
+            TransKind::Tmpfile => "tmpfile",
             TransKind::Symlink => "symlink",
             TransKind::Setattr => "setattr",
             TransKind::Write => "write",
@@ -204,8 +212,9 @@ impl ResvTable {
                 2 + self.inode_alloc() + self.dir_insert() + 1 + self.alloc(),
                 1,
             ),
-            // parent inode + target inode + the new entry
-            TransKind::Link => (2 + self.dir_insert(), 1),
+            // parent inode + target inode + the new entry; an unnamed file (O_TMPFILE) linked
+            // in leaves the unlinked-inode tree
+            TransKind::Link => (2 + self.dir_insert() + self.unlinked(), 1),
             // parent + inode + the entry removal + the AG's unlinked-inode tree (header, path
             // split to the root, its node allocations)
             TransKind::Remove => (2 + self.dir_remove() + self.unlinked(), 1),
@@ -215,6 +224,14 @@ impl ResvTable {
                 4 + self.dir_remove() + self.dir_insert() + self.unlinked(),
                 1,
             ),
+            // as rename, and the whiteout: its inode, allocated (the source entry is
+            // rewritten in place of its removal, which the rename's removal covers)
+            TransKind::RenameWhiteout => (
+                5 + self.dir_remove() + self.dir_insert() + self.unlinked() + self.inode_alloc(),
+                1,
+            ),
+            // the new inode, allocated, and put on the unlinked-inode tree
+            TransKind::Tmpfile => (1 + self.inode_alloc() + self.unlinked(), 1),
             // as create, and the target's block with its allocation
             TransKind::Symlink => (
                 2 + self.inode_alloc() + self.dir_insert() + 1 + self.alloc(),

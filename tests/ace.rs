@@ -1,7 +1,8 @@
 //! Crash states of every short workload, as CrashMonkey/ACE generate them (issue 17): every
 //! sequence of one and of two operations from {create, mkdir, link, unlink, rmdir, rename
-//! (plain, over an existing name, exchange), symlink, write (append, overwrite, past the end),
-//! fallocate (each mode), truncate (down, up), setxattr, removexattr}, each followed by fsync,
+//! (plain, over an existing name, exchange, leaving a whiteout), symlink, write (append,
+//! overwrite, past the end), fallocate (each mode), truncate (down, up), setxattr, removexattr,
+//! an O_TMPFILE file written and linked in}, each followed by fsync,
 //! fdatasync or sync, on a small starting tree. Each workload runs on a recording device; for
 //! every flush point, the image with everything before it and then random subsets, in random
 //! order, of the writes after it (what a crash can leave) is recovered and checked:
@@ -22,7 +23,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use ticketfs::device::{DevError, DevEvent, Device, MemDevice, RecordingDevice};
-use ticketfs::fs::{Ctx, Fs, SetAttr, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+use ticketfs::fs::{Ctx, Fs, RenameHow, SetAttr, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+
+/// A character device's type bits (stat(2)).
+const S_IFCHR: u32 = 0o020000;
 use ticketfs::log::LogConfig;
 use ticketfs::mem::OverrunPolicy;
 use ticketfs::mkfs::{make_filesystem, MkfsOptions};
@@ -66,6 +70,8 @@ enum Entry {
         xattrs: BTreeMap<String, Vec<u8>>,
     },
     Link(Vec<u8>),
+    /// A whiteout (RENAME_WHITEOUT's character device 0:0).
+    Whiteout,
 }
 
 type Tree = BTreeMap<String, Entry>;
@@ -124,9 +130,13 @@ enum Op {
     TruncUp,
     SetXattr,
     RemoveXattr,
+    /// RENAME_WHITEOUT of /A/foo to /B/foo2.
+    Whiteout,
+    /// An O_TMPFILE file in /B, written, then linked in as /B/tmp.
+    TmpfileLink,
 }
 
-const OPS: [Op; 21] = [
+const OPS: [Op; 23] = [
     Op::Create,
     Op::Mkdir,
     Op::Link,
@@ -148,6 +158,8 @@ const OPS: [Op; 21] = [
     Op::TruncUp,
     Op::SetXattr,
     Op::RemoveXattr,
+    Op::Whiteout,
+    Op::TmpfileLink,
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,6 +274,29 @@ fn model(op: Op, t: &Tree) -> Option<(Tree, String)> {
             let e = t.remove("/A/foo")?;
             t.insert("/B/foo2".into(), e);
             "/B/foo2"
+        }
+        Op::Whiteout => {
+            if !has_file(&t, "/A/foo") || t.contains_key("/B/foo2") {
+                return None;
+            }
+            let e = t.insert("/A/foo".into(), Entry::Whiteout)?;
+            t.insert("/B/foo2".into(), e);
+            "/B/foo2"
+        }
+        Op::TmpfileLink => {
+            if t.contains_key("/B/tmp") {
+                return None;
+            }
+            let id = new_id(&t);
+            t.insert(
+                "/B/tmp".into(),
+                Entry::File {
+                    id,
+                    data: pattern(7, 5000),
+                    xattrs: BTreeMap::new(),
+                },
+            );
+            "/B/tmp"
         }
         Op::RenameOver => {
             if !has_file(&t, "/bar") || !has_file(&t, "/A/foo") {
@@ -429,16 +464,30 @@ fn run_op(fs: &Fs, op: Op) {
             };
             let (p1, n1) = parent_of(fs, from);
             let (p2, n2) = parent_of(fs, to);
-            fs.rename(
-                &c,
-                p1,
-                n1.as_bytes(),
-                p2,
-                n2.as_bytes(),
-                false,
-                op == Op::Exchange,
-            )
-            .expect("rename");
+            let how = RenameHow {
+                exchange: op == Op::Exchange,
+                ..RenameHow::default()
+            };
+            fs.rename(&c, (p1, n1.as_bytes()), (p2, n2.as_bytes()), how)
+                .expect("rename");
+        }
+        Op::Whiteout => {
+            let (p1, n1) = parent_of(fs, "/A/foo");
+            let (p2, n2) = parent_of(fs, "/B/foo2");
+            let how = RenameHow {
+                whiteout: true,
+                ..RenameHow::default()
+            };
+            fs.rename(&c, (p1, n1.as_bytes()), (p2, n2.as_bytes()), how)
+                .expect("rename whiteout");
+        }
+        Op::TmpfileLink => {
+            let (p, n) = parent_of(fs, "/B/tmp");
+            let a = fs.tmpfile(&c, p, 0o644).expect("tmpfile");
+            fs.write(&c, a.ino, 0, &pattern(7, 5000))
+                .expect("write tmpfile");
+            fs.link(&c, a.ino, p, n.as_bytes()).expect("link tmpfile");
+            fs.release(a.ino).expect("release tmpfile");
         }
         Op::Symlink => {
             let (p, n) = parent_of(fs, "/B/sym");
@@ -517,6 +566,8 @@ fn walk(fs: &Fs) -> Result<Tree, String> {
                     S_IFLNK => {
                         Entry::Link(fs.readlink(e.ino).map_err(|e| format!("readlink: {e:?}"))?)
                     }
+                    // The only devices the workloads make.
+                    S_IFCHR => Entry::Whiteout,
                     _ => {
                         let data = fs
                             .read(e.ino, 0, a.size as usize + 1)
@@ -709,6 +760,7 @@ fn check_state(run: &Run, got: &Tree, crash_after: usize) -> Result<(), String> 
                 let m = match v {
                     Entry::Dir => "dir".to_string(),
                     Entry::Link(l) => format!("link {l:?}"),
+                    Entry::Whiteout => "whiteout".to_string(),
                     Entry::File { data, xattrs, .. } => {
                         format!("file {} {}", data.len(), xattr_names(xattrs))
                     }

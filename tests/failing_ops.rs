@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use ticketfs::device::{Device, MemDevice};
 use ticketfs::device::{FaultDevice, FaultKind, FaultOp, FaultRule};
-use ticketfs::fs::{Ctx, Fs, SetAttr, S_IFDIR, S_IFMT, S_IFREG};
+use ticketfs::fs::{Ctx, Fs, RenameHow, SetAttr, S_IFDIR, S_IFMT, S_IFREG};
 use ticketfs::log::LogConfig;
 use ticketfs::mem::OverrunPolicy;
 use ticketfs::mkfs::{make_filesystem, MkfsOptions};
@@ -394,9 +394,14 @@ fn apply(fs: &Fs, s: &State, op: &Op) -> Result<Option<usize>, String> {
             let (parent, old) = parent_and_name(fs, s, &path);
             let dir = dir_of(fs, s, *name);
             let n = format!("r{name}");
-            fs.rename(&c, parent, old.as_bytes(), dir, n.as_bytes(), false, false)
-                .map(|_| None)
-                .map_err(err)
+            fs.rename(
+                &c,
+                (parent, old.as_bytes()),
+                (dir, n.as_bytes()),
+                RenameHow::default(),
+            )
+            .map(|_| None)
+            .map_err(err)
         }
         Op::Unlink { file } => {
             let Some((path, _)) = pick(*file) else {
@@ -623,7 +628,7 @@ fn dot_and_dot_dot_are_never_created() {
         }
         let r = fs.link(&Ctx::ROOT, f.ino, root, name);
         assert!(matches!(r, Err(FsError::Exists)), "link {name:?}: {r:?}");
-        let r = fs.rename(&Ctx::ROOT, root, b"f", root, name, false, false);
+        let r = fs.rename(&Ctx::ROOT, (root, b"f"), (root, name), RenameHow::default());
         assert!(
             matches!(r, Err(FsError::Exists)),
             "rename onto {name:?}: {r:?}"

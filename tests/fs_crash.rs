@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use ticketfs::device::{DevEvent, Device, MemDevice, RecordingDevice};
-use ticketfs::fs::{Ctx, Fs, S_IFDIR, S_IFREG};
+use ticketfs::fs::{Ctx, Fs, RenameHow, S_IFDIR, S_IFREG};
 use ticketfs::log::LogConfig;
 use ticketfs::mem::OverrunPolicy;
 use ticketfs::mkfs::{make_filesystem, MkfsOptions};
@@ -173,12 +173,9 @@ fn run_workload(seed: u64) -> Run {
                 let sname = src.rsplit_once('/').unwrap().1.to_string();
                 fs.rename(
                     &c,
-                    dino,
-                    sname.as_bytes(),
-                    tino,
-                    tname.as_bytes(),
-                    false,
-                    false,
+                    (dino, sname.as_bytes()),
+                    (tino, tname.as_bytes()),
+                    RenameHow::default(),
                 )
                 .unwrap();
                 let node = model.remove(&src).unwrap();

@@ -37,6 +37,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 pub(crate) use attr::{now, AtimePolicy};
+pub use names::RenameHow;
 use names::{check_name, lock_chunks};
 pub use perm::Ctx;
 use perm::{kill_setid, may, sticky_ok};

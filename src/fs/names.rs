@@ -44,6 +44,22 @@ pub(super) fn lock_chunks(tx: &mut Trans<'_>, inos: &[u64]) -> R<()> {
     Ok(())
 }
 
+/// renameat2(2)'s flags.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RenameHow {
+    /// Fail with EEXIST if the target exists.
+    pub noreplace: bool,
+    /// Swap two existing entries.
+    pub exchange: bool,
+    /// Leave a whiteout at the source name (overlayfs's upper layer hides a lower file so).
+    pub whiteout: bool,
+}
+
+/// A whiteout is a character device with these permission bits and device number (the
+/// kernel's WHITEOUT_MODE and WHITEOUT_DEV): what overlayfs recognises.
+const WHITEOUT_MODE: u32 = 0;
+const WHITEOUT_DEV: u64 = 0;
+
 impl Fs {
     /// Looks `name` up in directory `parent`.
     pub fn lookup(&self, ctx: &Ctx, parent: u64, name: &[u8]) -> R<Attr> {
@@ -114,6 +130,70 @@ impl Fs {
         *g
     }
 
+    /// A free inode near `near` to claim, found before anything is locked (see
+    /// alloc::peek_free_inode): the transaction that claims it joins its chunk in lock order.
+    pub(super) fn free_inode_candidate(&self, near: u64) -> R<Option<u64>> {
+        let mut tx = self.eng.begin(TransKind::Read)?;
+        let c = self.alloc.peek_free_inode(&mut tx, near)?;
+        tx.cancel()?;
+        Ok(c)
+    }
+
+    /// Claims `candidate` if it is still free, else an inode of a new chunk near `near`; the
+    /// inode is joined to `tx`.
+    pub(super) fn claim_inode(
+        &self,
+        tx: &mut Trans<'_>,
+        near: u64,
+        candidate: Option<u64>,
+    ) -> R<(u64, inode::InodeRef)> {
+        let claimed = match candidate {
+            Some(c) if inode::join_new(tx, c).is_ok() && self.alloc.claim_inode(tx, c)? => Some(c),
+            _ => None,
+        };
+        let ino = match claimed {
+            Some(c) => c,
+            None => self
+                .alloc
+                .alloc_inode_new_chunk(tx, near)?
+                .ok_or_else(|| EngineError::NoSpace("no free inode".into()))?,
+        };
+        Ok((ino, inode::join_new(tx, ino)?))
+    }
+
+    /// A new inode of `mode` made by `ctx` in directory `p` at time `t`: owned by the caller,
+    /// one link (two for a directory), with the set-group-ID rules of a local filesystem.
+    pub(super) fn fresh_inode(&self, ctx: &Ctx, p: &Inode, mode: u32, rdev: u64, t: Time) -> Inode {
+        let ftype = mode & S_IFMT;
+        let mut i = Inode {
+            mode,
+            uid: ctx.uid,
+            gid: ctx.gid,
+            nlink: if ftype == S_IFDIR { 2 } else { 1 },
+            generation: self.next_generation(),
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            rdev: if matches!(ftype, S_IFCHR | S_IFBLK) {
+                rdev
+            } else {
+                0
+            },
+            ..Default::default()
+        };
+        // A setgid directory passes its group on, and its setgid bit to subdirectories.
+        if p.mode & S_ISGID != 0 {
+            i.gid = p.gid;
+            if ftype == S_IFDIR {
+                i.mode |= S_ISGID;
+            }
+        } else if ftype != S_IFDIR && mode & S_ISGID != 0 && ctx.uid != 0 && !ctx.in_group(i.gid) {
+            i.mode &= !S_ISGID;
+        }
+        i
+    }
+
     /// Creates `name` in `parent`: a regular file, device, fifo or socket (`mode` has the type),
     /// a directory, or a symlink to `target`.
     pub fn make(
@@ -147,13 +227,7 @@ impl Fs {
             S_IFLNK => TransKind::Symlink,
             _ => TransKind::Create,
         };
-        // A free inode to claim, found before locking anything (see alloc::peek_free_inode).
-        let candidate = {
-            let mut tx = self.eng.begin(TransKind::Read)?;
-            let c = self.alloc.peek_free_inode(&mut tx, parent)?;
-            tx.cancel()?;
-            c
-        };
+        let candidate = self.free_inode_candidate(parent)?;
         let _blocks = self.promise(kind, false)?;
         let mut tx = self.eng.begin(kind)?;
         lock_chunks(&mut tx, &[parent, candidate.unwrap_or(0)])?;
@@ -171,49 +245,9 @@ impl Fs {
         if ftype == S_IFDIR && p.nlink >= LINK_MAX {
             return Err(FsError::TooManyLinks);
         }
-        let claimed = match candidate {
-            Some(c)
-                if inode::join_new(&mut tx, c).is_ok() && self.alloc.claim_inode(&mut tx, c)? =>
-            {
-                Some(c)
-            }
-            _ => None,
-        };
-        let ino = match claimed {
-            Some(c) => c,
-            None => self
-                .alloc
-                .alloc_inode_new_chunk(&mut tx, parent)?
-                .ok_or_else(|| EngineError::NoSpace("no free inode".into()))?,
-        };
-        let r = inode::join_new(&mut tx, ino)?;
+        let (ino, r) = self.claim_inode(&mut tx, parent, candidate)?;
         let t = now();
-        let mut i = Inode {
-            mode,
-            uid: ctx.uid,
-            gid: ctx.gid,
-            nlink: if ftype == S_IFDIR { 2 } else { 1 },
-            generation: self.next_generation(),
-            atime: t,
-            mtime: t,
-            ctime: t,
-            crtime: t,
-            rdev: if matches!(ftype, S_IFCHR | S_IFBLK) {
-                rdev
-            } else {
-                0
-            },
-            ..Default::default()
-        };
-        // A setgid directory passes its group on, and its setgid bit to subdirectories.
-        if p.mode & S_ISGID != 0 {
-            i.gid = p.gid;
-            if ftype == S_IFDIR {
-                i.mode |= S_ISGID;
-            }
-        } else if ftype != S_IFDIR && mode & S_ISGID != 0 && ctx.uid != 0 && !ctx.in_group(i.gid) {
-            i.mode &= !S_ISGID;
-        }
+        let mut i = self.fresh_inode(ctx, &p, mode, rdev, t);
         match ftype {
             S_IFDIR => dir::init(&mut tx, &self.alloc, ino, &mut i, parent)?,
             S_IFLNK => self.store_symlink(&mut tx, ino, &mut i, target.unwrap_or_default())?,
@@ -304,24 +338,20 @@ impl Fs {
         if is_dir(&i) {
             return Err(FsError::Perm);
         }
-        if i.nlink == 0 {
+        // An inode with no link is linked in only while it is open and waiting for its last
+        // close: an O_TMPFILE file (the kernel refuses the others, and ones opened O_EXCL).
+        let adopted = i.nlink == 0 && self.orphans.lock().remove(&ino);
+        if i.nlink == 0 && !adopted {
             return Err(FsError::NotFound);
         }
-        if i.nlink >= LINK_MAX {
-            return Err(FsError::TooManyLinks);
-        }
-        if dir::lookup(&mut tx, newparent, &p, newname)?.is_some() {
-            return Err(FsError::Exists);
-        }
-        dir::insert(
-            &mut tx,
-            &self.alloc,
-            newparent,
-            &mut p,
-            newname,
-            ino,
-            dtype(i.mode),
-        )?;
+        let undo = |e: FsError| {
+            if adopted {
+                self.orphans.lock().insert(ino);
+            }
+            e
+        };
+        self.link_in(&mut tx, (newparent, &mut p, newname), ino, &i, adopted)
+            .map_err(undo)?;
         let t = now();
         i.nlink += 1;
         i.ctime = t;
@@ -332,6 +362,28 @@ impl Fs {
         tx.commit()?;
         self.note_change(ino);
         Ok(self.attr(ino, &i))
+    }
+
+    /// The new entry of a link, and an adopted inode off the unlinked-inode tree.
+    fn link_in(
+        &self,
+        tx: &mut Trans<'_>,
+        (newparent, p, newname): (u64, &mut Inode, &[u8]),
+        ino: u64,
+        i: &Inode,
+        adopted: bool,
+    ) -> R<()> {
+        if i.nlink >= LINK_MAX {
+            return Err(FsError::TooManyLinks);
+        }
+        if dir::lookup(tx, newparent, p, newname)?.is_some() {
+            return Err(FsError::Exists);
+        }
+        dir::insert(tx, &self.alloc, newparent, p, newname, ino, dtype(i.mode))?;
+        if adopted {
+            self.alloc.unlinked_remove(tx, ino)?;
+        }
+        Ok(())
     }
 
     /// Is `dir` (a directory) `anc` or below it? Walks ".." up to the root.
@@ -351,22 +403,57 @@ impl Fs {
         )))
     }
 
-    /// Renames `name` in `parent` to `newname` in `newparent`. `noreplace` fails if the target
-    /// exists; `exchange` swaps two existing entries.
-    #[allow(clippy::too_many_arguments)]
+    /// Takes the source name of a rename away: removed, or (`whiteout`) pointed at a new
+    /// whiteout, the character device 0:0 overlayfs reads as "deleted here", made by `ctx`.
+    fn leave_source(
+        &self,
+        tx: &mut Trans<'_>,
+        ctx: &Ctx,
+        (parent, p, name): (u64, &mut Inode, &[u8]),
+        whiteout: bool,
+        candidate: Option<u64>,
+        t: Time,
+    ) -> R<()> {
+        if !whiteout {
+            dir::remove(tx, &self.alloc, parent, p, name)?;
+            return Ok(());
+        }
+        let (ino, r) = self.claim_inode(tx, parent, candidate)?;
+        let mode = S_IFCHR | WHITEOUT_MODE;
+        let w = self.fresh_inode(ctx, p, mode, WHITEOUT_DEV, t);
+        inode::write(tx, &r, &w);
+        dir::replace(tx, parent, p, name, ino, dtype(mode))?;
+        self.note_change(ino);
+        Ok(())
+    }
+
+    /// Renames `name` in `parent` to `newname` in `newparent`, as `how` says.
     pub fn rename(
         &self,
         ctx: &Ctx,
-        parent: u64,
-        name: &[u8],
-        newparent: u64,
-        newname: &[u8],
-        noreplace: bool,
-        exchange: bool,
+        (parent, name): (u64, &[u8]),
+        (newparent, newname): (u64, &[u8]),
+        how: RenameHow,
     ) -> R<()> {
+        let RenameHow {
+            noreplace,
+            exchange,
+            whiteout,
+        } = how;
         self.writable()?;
         check_name(name)?;
         check_new_name(newname)?;
+        if whiteout && exchange {
+            // Exchanging leaves no name behind to hide (the kernel refuses it first).
+            return Err(FsError::Invalid(
+                "RENAME_WHITEOUT with RENAME_EXCHANGE".into(),
+            ));
+        }
+        let kind = if whiteout {
+            TransKind::RenameWhiteout
+        } else {
+            TransKind::Rename
+        };
         for _ in 0..RETRIES_MAX {
             let src = self.peek(parent, name)?.ok_or(FsError::NotFound)?;
             let dst = self.peek(newparent, newname)?;
@@ -389,9 +476,23 @@ impl Fs {
                     return Err(FsError::Invalid("moving a directory below itself".into()));
                 }
             }
-            let _blocks = self.promise(TransKind::Rename, false)?;
-            let mut tx = self.eng.begin(TransKind::Rename)?;
-            lock_chunks(&mut tx, &[parent, newparent, src, dst.unwrap_or(0)])?;
+            let candidate = if whiteout {
+                self.free_inode_candidate(parent)?
+            } else {
+                None
+            };
+            let _blocks = self.promise(kind, false)?;
+            let mut tx = self.eng.begin(kind)?;
+            lock_chunks(
+                &mut tx,
+                &[
+                    parent,
+                    newparent,
+                    src,
+                    dst.unwrap_or(0),
+                    candidate.unwrap_or(0),
+                ],
+            )?;
             let (pr, mut p) = inode::read(&mut tx, parent)?;
             let (npr, mut np) = inode::read(&mut tx, newparent)?;
             if !is_dir(&np) {
@@ -468,11 +569,8 @@ impl Fs {
                     if di.nlink == 0 {
                         self.alloc.unlinked_add(&mut tx, dst.unwrap_or(0))?;
                     }
-                    if same {
-                        dir::remove(&mut tx, &self.alloc, parent, &mut np, name)?;
-                    } else {
-                        dir::remove(&mut tx, &self.alloc, parent, &mut p, name)?;
-                    }
+                    let pp = if same { &mut np } else { &mut p };
+                    self.leave_source(&mut tx, ctx, (parent, pp, name), whiteout, candidate, t)?;
                 }
                 None => {
                     dir::insert(
@@ -484,11 +582,8 @@ impl Fs {
                         src,
                         dtype(s.mode),
                     )?;
-                    if same {
-                        dir::remove(&mut tx, &self.alloc, parent, &mut np, name)?;
-                    } else {
-                        dir::remove(&mut tx, &self.alloc, parent, &mut p, name)?;
-                    }
+                    let pp = if same { &mut np } else { &mut p };
+                    self.leave_source(&mut tx, ctx, (parent, pp, name), whiteout, candidate, t)?;
                 }
             }
             if is_dir(&s) && !same && !exchange {

@@ -39,6 +39,40 @@ impl Fs {
         Ok(out)
     }
 
+    /// An unnamed regular file in directory `dir` (open(2)'s O_TMPFILE), opened for the caller:
+    /// it waits on the unlinked-inode tree, so its last close or the next mount after a crash
+    /// frees it, unless a link gives it a name first.
+    pub fn tmpfile(&self, ctx: &Ctx, dir: u64, mode: u32) -> R<Attr> {
+        self.writable()?;
+        let mode = S_IFREG | (mode & 0o7777);
+        let candidate = self.free_inode_candidate(dir)?;
+        let _blocks = self.promise(TransKind::Tmpfile, false)?;
+        let mut tx = self.eng.begin(TransKind::Tmpfile)?;
+        lock_chunks(&mut tx, &[dir, candidate.unwrap_or(0)])?;
+        let (_, p) = inode::read(&mut tx, dir)?;
+        if !is_dir(&p) {
+            return Err(FsError::NotDir);
+        }
+        if p.nlink == 0 {
+            return Err(FsError::NotFound);
+        }
+        // As the kernel's vfs_tmpfile: the directory must be writable and searchable.
+        may(ctx, &p, 3)?;
+        let (ino, r) = self.claim_inode(&mut tx, dir, candidate)?;
+        let mut i = self.fresh_inode(ctx, &p, mode, 0, now());
+        i.nlink = 0;
+        i.set_extents(&[]);
+        inode::write(&mut tx, &r, &i);
+        self.alloc.unlinked_add(&mut tx, ino)?;
+        tx.commit()?;
+        // Open before anyone can know it: its last close finds it among the orphans.
+        *self.open.lock().entry(ino).or_insert(0) += 1;
+        self.eng.cache().charge_outside(HANDLE_BYTES);
+        self.orphans.lock().insert(ino);
+        self.note_change(ino);
+        Ok(self.attr(ino, &i))
+    }
+
     /// An inode lost its last link: free it now, or at its last close.
     pub(super) fn release_or_destroy(&self, ino: u64) -> R<()> {
         if self.open.lock().get(&ino).is_some_and(|&n| n > 0) {

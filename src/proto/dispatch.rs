@@ -50,6 +50,8 @@ pub(crate) const FUSE_RENAME2: u32 = 45;
 pub(crate) const FUSE_LSEEK: u32 = 46;
 pub(crate) const FUSE_COPY_FILE_RANGE: u32 = 47;
 pub(crate) const FUSE_SYNCFS: u32 = 50;
+pub(crate) const FUSE_TMPFILE: u32 = 51;
+pub(crate) const FUSE_STATX: u32 = 52;
 
 /// Bytes of a request's fixed argument (the kernel's `in_args[0]` where it is an op's own
 /// structure, at protocol 7.40): through `/dev/fuse` the payload (names, data) follows it; the
@@ -75,7 +77,7 @@ pub(crate) fn fixed_arg_bytes(opcode: u32) -> usize {
         FUSE_FLUSH => 24,                    // fuse_flush_in
         FUSE_INIT => 64,                     // fuse_init_in
         FUSE_ACCESS => 8,                    // fuse_access_in
-        FUSE_CREATE => 16,                   // fuse_create_in
+        FUSE_CREATE | FUSE_TMPFILE => 16,    // fuse_create_in
         FUSE_INTERRUPT => 8,                 // fuse_interrupt_in
         FUSE_FORGET => 8,                    // fuse_forget_in
         FUSE_BATCH_FORGET => 8,              // fuse_batch_forget_in, then the entries
@@ -84,6 +86,7 @@ pub(crate) fn fixed_arg_bytes(opcode: u32) -> usize {
         FUSE_COPY_FILE_RANGE => 56,          // fuse_copy_file_range_in
         FUSE_SYNCFS => 8,                    // fuse_syncfs_in
         FUSE_IOCTL => 32,                    // fuse_ioctl_in
+        FUSE_STATX => 24,                    // fuse_statx_in
         _ => 0,
     }
 }
@@ -106,6 +109,7 @@ pub(crate) enum Out {
     Empty,
     Entry(Option<Attr>),
     Attr(Attr),
+    Statx(Attr),
     Open(u32),
     Create(Attr),
     Written(u32),
@@ -148,6 +152,8 @@ pub(crate) fn handle(ops: &Ops, h: &InHeader, arg: &[u8], payload: &[u8]) -> Res
             Found::Negative => Ok(Out::Entry(None)),
         },
         FUSE_GETATTR => ops.getattr(node).map(Out::Attr),
+        // statx(2) asking for more than the basic fields (the birth time): answered in full.
+        FUSE_STATX => ops.getattr(node).map(Out::Statx),
         FUSE_SETATTR => {
             let valid = a.u32()?;
             a.skip(4)?;
@@ -272,6 +278,12 @@ pub(crate) fn handle(ops: &Ops, h: &InHeader, arg: &[u8], payload: &[u8]) -> Res
             ops.create(&c, node, p.name()?, mode, umask)
                 .map(Out::Create)
         }
+        FUSE_TMPFILE => {
+            let _flags = a.u32()?;
+            let mode = a.u32()?;
+            let umask = a.u32()?;
+            ops.tmpfile(&c, node, mode, umask).map(Out::Create)
+        }
         // The unmount (fuseblk): everything is written home and the image released before
         // this is answered, since the kernel's umount waits for the answer.
         FUSE_DESTROY => ops.destroy().map(|()| Out::Empty),
@@ -335,6 +347,7 @@ pub(crate) fn encode(ops: &Ops, out: Out, buf: &mut [u8]) -> Result<usize, i32> 
         Out::Empty => {}
         Out::Entry(a) => w.entry(a.map_or(0, |a| ops.node(a.ino)), a.as_ref())?,
         Out::Attr(a) => w.attr_out(ops.node(a.ino), &a)?,
+        Out::Statx(a) => w.statx_out(ops.node(a.ino), &a)?,
         Out::Open(flags) => w.open_out(flags)?,
         Out::Create(a) => {
             w.entry(ops.node(a.ino), Some(&a))?;
@@ -441,6 +454,8 @@ mod tests {
             (FUSE_LSEEK, 24),
             (FUSE_COPY_FILE_RANGE, 56),
             (FUSE_SYNCFS, 8),
+            (FUSE_TMPFILE, 16),
+            (FUSE_STATX, 24),
         ];
         for (op, bytes) in sizes {
             assert_eq!(fixed_arg_bytes(op), bytes, "opcode {op}");

@@ -15,6 +15,11 @@ pub(crate) const OUT_HEADER_BYTES: usize = 16;
 const ATTR_BYTES: usize = 88;
 /// Bytes of `struct fuse_entry_out`.
 pub(crate) const ENTRY_OUT_BYTES: usize = 40 + ATTR_BYTES;
+/// `struct fuse_statx_out`: 32 bytes of header, then a 256-byte `struct fuse_statx`.
+pub(crate) const STATX_OUT_BYTES: usize = 32 + 256;
+/// The statx fields a STATX reply fills: STATX_BASIC_STATS and STATX_BTIME (the inode's
+/// creation time).
+const STATX_ANSWERED: u32 = 0x7ff | 0x800;
 /// Bytes of `struct fuse_dirent` before its name.
 const DIRENT_BYTES: usize = 24;
 
@@ -184,6 +189,38 @@ impl<'a> Wr<'a> {
         self.u32(TTL.subsec_nanos())?;
         self.u32(0)?;
         self.attr(node, a)
+    }
+
+    /// `struct fuse_statx_out`: every basic field and the birth time.
+    pub(crate) fn statx_out(&mut self, node: u64, a: &Attr) -> Result<(), i32> {
+        let start = self.len();
+        self.u64(TTL.as_secs())?;
+        self.u32(TTL.subsec_nanos())?;
+        self.u32(0)?; // flags
+        self.zeros(16)?; // spare
+        self.u32(STATX_ANSWERED)?; // mask
+        self.u32(a.blksize)?;
+        self.u64(0)?; // attributes
+        self.u32(a.nlink)?;
+        self.u32(a.uid)?;
+        self.u32(a.gid)?;
+        self.u16((a.mode & (crate::fs::S_IFMT | 0o7777)) as u16)?;
+        self.zeros(2)?;
+        self.u64(node)?;
+        self.u64(a.size)?;
+        self.u64(a.blocks)?;
+        self.u64(0)?; // attributes_mask
+        for t in [a.atime, a.crtime, a.ctime, a.mtime] {
+            self.u64(t.sec as u64)?;
+            self.u32(t.nsec)?;
+            self.u32(0)?;
+        }
+        // dev_t as the kernel and glibc encode it (the inode stores that encoding).
+        let rdev = a.rdev as libc::dev_t;
+        self.u32(libc::major(rdev))?;
+        self.u32(libc::minor(rdev))?;
+        self.zeros(8)?; // dev_major, dev_minor: the kernel fills in its own
+        self.zeros(STATX_OUT_BYTES - (self.len() - start))
     }
 
     /// `struct fuse_open_out`.
@@ -369,6 +406,38 @@ mod tests {
             (0, 4096, 0)
         );
         assert_eq!(b[128], 0xAA, "wrote past the entry");
+    }
+
+    /// struct fuse_statx_out at protocol 7.39 and later: the kernel reads the birth time at
+    /// offset 32 + 80 and takes the mask as the fields it may use.
+    #[test]
+    fn statx_out_has_the_kernels_layout() {
+        let mut b = [0xAAu8; 320];
+        let mut w = Wr::new(&mut b);
+        let mut a = attr();
+        a.rdev = libc::makedev(8, 300);
+        w.statx_out(77, &a).unwrap();
+        assert_eq!(w.len(), STATX_OUT_BYTES);
+        let mut r = Rd::new(&b[32..]);
+        assert_eq!(r.u32().unwrap(), 0xfff); // mask: basic stats and btime
+        assert_eq!(r.u32().unwrap(), 4096);
+        r.skip(8).unwrap();
+        assert_eq!((r.u32().unwrap(), r.u32().unwrap()), (2, 10));
+        assert_eq!(r.u32().unwrap(), 20);
+        assert_eq!(
+            b[32 + 28..32 + 30],
+            ((crate::fs::S_IFREG | 0o4755) as u16).to_ne_bytes()
+        );
+        let mut r = Rd::new(&b[32 + 32..]);
+        assert_eq!((r.u64().unwrap(), r.u64().unwrap()), (77, 12345));
+        let mut r = Rd::new(&b[32 + 64..]);
+        assert_eq!(r.u64().unwrap() as i64, -2); // atime
+        r.skip(8).unwrap();
+        assert_eq!(r.u64().unwrap(), 4); // btime
+        let mut r = Rd::new(&b[32 + 128..]);
+        assert_eq!((r.u32().unwrap(), r.u32().unwrap()), (8, 300)); // rdev
+        assert!(b[32 + 136..STATX_OUT_BYTES].iter().all(|&x| x == 0));
+        assert_eq!(b[STATX_OUT_BYTES], 0xAA, "wrote past the reply");
     }
 
     #[test]

@@ -230,3 +230,20 @@ impl Drop for Unmounted {
         }
     }
 }
+
+/// fsck.ticketfs -n of `img` (unmounted) must find nothing: exit 0; `what` says after what.
+pub fn assert_fsck_clean(img: &Path, what: &str) {
+    let bin = Path::new(env!("CARGO_BIN_EXE_ticketfs")).with_file_name("fsck-ticketfs");
+    let out = Command::new(&bin)
+        .arg("-n")
+        .arg(img)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (cargo build --workspace first)", bin.display()));
+    assert!(
+        out.status.success(),
+        "fsck after {what}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
