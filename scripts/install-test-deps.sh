@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, idempotently: Debian's fuse3 (fusermount3, mount.fuse3),
-# stress-ng (the cgroup stress test) and man-db (the manual pages are rendered), the external
+# stress-ng (the cgroup stress test), man-db (the manual pages are rendered) and acl
+# (setfacl, getfacl: the POSIX ACL tests), attr (getfattr), the external
 # suites pjdfstest and fsx from crates.io, the test user pjdfstest switches to, and FUSE over
 # io_uring where the kernel has it.
 set -euo pipefail
 missing=()
-for pkg in fuse3 stress-ng man-db; do
+for pkg in fuse3 stress-ng man-db acl attr; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -42,10 +42,12 @@ mod cap {
     pub(crate) const ASYNC_READ: u64 = 1 << 0;
     pub(crate) const EXPORT_SUPPORT: u64 = 1 << 4;
     pub(crate) const BIG_WRITES: u64 = 1 << 5;
+    pub(crate) const DONT_MASK: u64 = 1 << 6;
     pub(crate) const DO_READDIRPLUS: u64 = 1 << 13;
     pub(crate) const READDIRPLUS_AUTO: u64 = 1 << 14;
     pub(crate) const WRITEBACK_CACHE: u64 = 1 << 16;
     pub(crate) const PARALLEL_DIROPS: u64 = 1 << 18;
+    pub(crate) const POSIX_ACL: u64 = 1 << 20;
     pub(crate) const MAX_PAGES: u64 = 1 << 22;
     pub(crate) const CACHE_SYMLINKS: u64 = 1 << 23;
     pub(crate) const HANDLE_KILLPRIV_V2: u64 = 1 << 28;
@@ -85,6 +87,11 @@ fn wanted_flags(w: &Want) -> u64 {
         // marks files without them or capabilities (SB_NOSEC) and stops asking for
         // security.capability before every write: one round trip per write, not two.
         | cap::HANDLE_KILLPRIV_V2
+        // POSIX ACLs: the kernel checks them where it checks permissions (default_permissions;
+        // otherwise the daemon does, `Fs::may`) and caches them. The umask is left to the
+        // daemon (`Fs::creation_mode`), since a directory's default ACL replaces it.
+        | cap::POSIX_ACL
+        | cap::DONT_MASK
         | wire::INIT_EXT;
     if w.writeback {
         // The kernel owns the file's size and times while it holds dirty pages: sound, as this

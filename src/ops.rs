@@ -242,30 +242,23 @@ impl Ops {
         res(self.fs.readlink(self.ino(node)))
     }
 
+    /// mknod, mkdir and create: `c` carries the caller's umask, which the POSIX layer applies
+    /// (or the directory's default ACL in its place).
     pub(crate) fn mknod(
         &self,
         c: &Ctx,
         parent: u64,
         name: &[u8],
         mode: u32,
-        umask: u32,
         rdev: u32,
     ) -> Res<Attr> {
-        let mode = mode & !(umask & 0o777);
         res(self
             .fs
             .make(c, self.ino(parent), name, mode, rdev as u64, None))
     }
 
-    pub(crate) fn mkdir(
-        &self,
-        c: &Ctx,
-        parent: u64,
-        name: &[u8],
-        mode: u32,
-        umask: u32,
-    ) -> Res<Attr> {
-        let mode = fs::S_IFDIR | (mode & 0o7777 & !umask);
+    pub(crate) fn mkdir(&self, c: &Ctx, parent: u64, name: &[u8], mode: u32) -> Res<Attr> {
+        let mode = fs::S_IFDIR | (mode & 0o7777);
         res(self.fs.make(c, self.ino(parent), name, mode, 0, None))
     }
 
@@ -486,15 +479,8 @@ impl Ops {
     }
 
     /// Creates and opens; the answer's FOPEN_* flags are none.
-    pub(crate) fn create(
-        &self,
-        c: &Ctx,
-        parent: u64,
-        name: &[u8],
-        mode: u32,
-        umask: u32,
-    ) -> Res<Attr> {
-        let mode = fs::S_IFREG | (mode & 0o7777 & !umask);
+    pub(crate) fn create(&self, c: &Ctx, parent: u64, name: &[u8], mode: u32) -> Res<Attr> {
+        let mode = fs::S_IFREG | (mode & 0o7777);
         let a = res(self.fs.make(c, self.ino(parent), name, mode, 0, None))?;
         // The creator may write what it just made, whatever the mode says.
         res(self.fs.open(&Ctx::ROOT, a.ino, 4))?;
@@ -502,8 +488,8 @@ impl Ops {
     }
 
     /// O_TMPFILE: an unnamed file in `dir`, created open; the answer is as create's.
-    pub(crate) fn tmpfile(&self, c: &Ctx, dir: u64, mode: u32, umask: u32) -> Res<Attr> {
-        res(self.fs.tmpfile(c, self.ino(dir), mode & 0o7777 & !umask))
+    pub(crate) fn tmpfile(&self, c: &Ctx, dir: u64, mode: u32) -> Res<Attr> {
+        res(self.fs.tmpfile(c, self.ino(dir), mode & 0o7777))
     }
 
     /// `mode` is fallocate(2)'s.

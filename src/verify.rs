@@ -156,11 +156,24 @@ pub(crate) fn inode(tx: &mut Trans<'_>, g: &Geometry, ino: u64, i: &Inode) -> Ve
     }
     if i.xattr_blk != 0 {
         match crate::xattr::load(tx, ino, i) {
-            Ok(_) => v.owns.push(Run {
-                start: i.xattr_blk,
-                len: 1,
-                role: Role::Xattr,
-            }),
+            Ok(list) => {
+                // A POSIX ACL must decode as the kernel's rule says (`format::acl`): the kernel
+                // would refuse to use it. The attributes go with it, as with an unreadable block.
+                let bad_acl = list.iter().find_map(|(n, val)| {
+                    let acl = n == crate::format::acl::ACCESS || n == crate::format::acl::DEFAULT;
+                    acl.then(|| crate::format::acl::decode(val).err())
+                        .flatten()
+                        .map(|why| format!("{}: {why}", String::from_utf8_lossy(n)))
+                });
+                match bad_acl {
+                    Some(why) => v.faults.push(Fault::Xattrs(why)),
+                    None => v.owns.push(Run {
+                        start: i.xattr_blk,
+                        len: 1,
+                        role: Role::Xattr,
+                    }),
+                }
+            }
             Err(e) => v.faults.push(Fault::Xattrs(err_text(e))),
         }
     }

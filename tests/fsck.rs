@@ -1549,3 +1549,43 @@ fn every_field_of_every_structure_fuzzed() {
         failures.join("\n")
     );
 }
+
+/// A POSIX ACL the kernel would refuse (here version 3), in an xattr block whose CRC is valid:
+/// the checker names the attribute and why, and the repair drops the attributes, as it does for
+/// any invalid xattr block (the mode the ACL set stays).
+#[test]
+fn an_invalid_posix_acl_is_named_by_check_and_dropped_by_repair() {
+    let work = tempfile::tempdir().unwrap();
+    let img = fresh_image(work.path());
+    let m = Mount::new(&img, "");
+    let f = m.path().join("f");
+    fs::write(&f, b"x").unwrap();
+    let st = Command::new("setfacl")
+        .args(["-m", "u:nobody:r"])
+        .arg(&f)
+        .status()
+        .expect("setfacl (Debian's acl)");
+    assert!(st.success());
+    m.unmount();
+    let mut bytes = fs::read(&img).unwrap();
+    let name = b"system.posix_acl_access";
+    let xa = blocks_by_type(&bytes)[&BlockType::Xattr][0];
+    let b = &bytes[xa * BS..(xa + 1) * BS];
+    let at = b
+        .windows(name.len())
+        .position(|w| w == name)
+        .expect("the ACL in the xattr block");
+    let value = xa * BS + at + name.len();
+    assert_eq!(bytes[value..value + 4], 2u32.to_le_bytes(), "ACL version 2");
+    bytes[value..value + 4].copy_from_slice(&3u32.to_le_bytes());
+    reseal(&mut bytes, xa);
+    let bad = work.path().join("bad");
+    fs::write(&bad, &bytes).unwrap();
+    let (code, out) = fsck(&bad, &["-n"]);
+    assert_eq!(code, 4, "{out}");
+    assert!(
+        out.contains("system.posix_acl_access: version 3, not 2"),
+        "{out}"
+    );
+    assert_found_and_repaired(work.path(), "an invalid POSIX ACL", &bytes);
+}

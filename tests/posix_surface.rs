@@ -478,3 +478,220 @@ fn collapse_and_insert_range_are_refused_by_the_kernel() {
          (EOPNOTSUPP) before any daemon sees them",
     );
 }
+
+/// Runs `cmd` through sh as the user nobody (uid and gid 65534, no other groups) with umask
+/// 022: its exit status, and its stdout and stderr together.
+fn as_nobody(cmd: &str) -> (i32, String) {
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["sh", "-c", &format!("umask 022; {cmd}")])
+        .output()
+        .expect("setpriv (util-linux)");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// `tool args...` must succeed; its stdout.
+fn run(tool: &str, args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(tool).args(args).output().expect(tool);
+    assert!(
+        out.status.success(),
+        "{tool} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// getfacl's entries of `p` (no header comments), one per line.
+fn acl_of(p: &Path) -> String {
+    run("getfacl", &["--omit-header".as_ref(), p.as_os_str()])
+        .lines()
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// POSIX ACLs on a multi-user mount: a named entry grants what the mode bits do not (the
+/// kernel checks, with the ACL the daemon stores), the mask limits it, chmod rewrites the mask
+/// and setting the ACL rewrites the mode, removal keeps the mode, only the owner or root may
+/// set one, a default ACL only on a directory, a set-group-ID file loses the bit when a caller
+/// outside its group sets an ACL; all of it kept across a remount and fsck clean.
+#[test]
+fn posix_acls_grant_limit_and_follow_the_mode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = image(tmp.path(), 64 << 20);
+    let m = Mount::new(&img, "allow_other");
+    let d = m.path().join("d");
+    fs::create_dir(&d).unwrap();
+    let f = d.join("f");
+    fs::write(&f, b"secret\n").unwrap();
+    fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let cat = format!("cat {}", f.display());
+    let append = format!("echo more >> {}", f.display());
+    assert_ne!(as_nobody(&cat).0, 0, "mode 600 keeps nobody out");
+
+    run(
+        "setfacl",
+        &["-m".as_ref(), "u:nobody:r".as_ref(), f.as_os_str()],
+    );
+    assert_eq!(
+        acl_of(&f),
+        "user::rw-,user:nobody:r--,group::---,mask::r--,other::---"
+    );
+    assert_eq!(
+        fs::metadata(&f).unwrap().mode() & 0o777,
+        0o640,
+        "the mask is the group bits"
+    );
+    assert_eq!(
+        as_nobody(&cat),
+        (0, "secret\n".into()),
+        "the named entry grants reading"
+    );
+    assert_ne!(as_nobody(&append).0, 0, "but not writing");
+
+    // chmod sets the mask; a mask of nothing takes the named entry's read away.
+    fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    assert_eq!(
+        acl_of(&f),
+        "user::rw-,user:nobody:r--\t#effective:---,group::---,mask::---,other::---"
+    );
+    assert_ne!(as_nobody(&cat).0, 0, "the mask limits the named entry");
+    run("setfacl", &["-m".as_ref(), "m::rw".as_ref(), f.as_os_str()]);
+    assert_eq!(fs::metadata(&f).unwrap().mode() & 0o777, 0o660);
+    assert_eq!(as_nobody(&cat).0, 0);
+
+    // setfacl -b sets the base entries alone: the mode takes the owning group's bits (as on
+    // tmpfs and ext4: 660 -> 600) and no ACL is stored.
+    run("setfacl", &["-b".as_ref(), f.as_os_str()]);
+    assert_eq!(acl_of(&f), "user::rw-,group::---,other::---");
+    assert_eq!(fs::metadata(&f).unwrap().mode() & 0o777, 0o600);
+    assert_ne!(as_nobody(&cat).0, 0);
+
+    // Only the owner or root sets an ACL; a default ACL only on a directory.
+    let (code, out) = as_nobody(&format!("setfacl -m u:nobody:rw {}", f.display()));
+    assert_ne!(code, 0, "nobody set root's ACL: {out}");
+    assert!(out.contains("Operation not permitted"), "{out}");
+    let out = Command::new("setfacl")
+        .args(["-d", "-m", "u:nobody:r"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a default ACL on a file");
+
+    // set-group-ID dropped when a caller outside the group sets the ACL (posix_acl_update_mode).
+    let g = d.join("g");
+    fs::write(&g, b"").unwrap();
+    std::os::unix::fs::chown(&g, Some(65534), Some(0)).unwrap();
+    fs::set_permissions(&g, std::os::unix::fs::PermissionsExt::from_mode(0o2770)).unwrap();
+    let (code, out) = as_nobody(&format!("setfacl -m u:nobody:rwx,u:root:r {}", g.display()));
+    assert_eq!(code, 0, "the owner sets its ACL: {out}");
+    assert_eq!(
+        fs::metadata(&g).unwrap().mode() & 0o7777,
+        0o770,
+        "set-group-ID dropped"
+    );
+
+    run(
+        "setfacl",
+        &["-m".as_ref(), "u:nobody:r".as_ref(), f.as_os_str()],
+    );
+    m.unmount();
+    assert_fsck_clean(&img, "ACL changes");
+    let m = Mount::new(&img, "allow_other");
+    let f = m.path().join("d/f");
+    assert_eq!(
+        acl_of(&f),
+        "user::rw-,user:nobody:r--,group::---,mask::r--,other::---"
+    );
+    assert_eq!(
+        as_nobody(&format!("cat {}", f.display())),
+        (0, "secret\n".into())
+    );
+    m.unmount();
+}
+
+/// A directory's default ACL is inherited as XFS and ext4 do: a file gets it as its access ACL
+/// masked by the mode asked for, the umask ignored; a subdirectory gets both; a node and an
+/// O_TMPFILE file inherit too, a symlink does not; outside such a directory the umask applies.
+#[test]
+fn default_acls_are_inherited_in_place_of_the_umask() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = image(tmp.path(), 64 << 20);
+    let m = Mount::new(&img, "allow_other");
+    let d = m.path().join("shared");
+    fs::create_dir(&d).unwrap();
+    run(
+        "setfacl",
+        &[
+            "-d".as_ref(),
+            "-m".as_ref(),
+            "u:nobody:rwx,g::rx,o::-".as_ref(),
+            d.as_os_str(),
+        ],
+    );
+    // The creating process's umask 077 plays no part under a default ACL.
+    let sh = |cmd: &str| {
+        let st = Command::new("sh")
+            .args(["-c", &format!("umask 077; {cmd}")])
+            .status()
+            .unwrap();
+        assert!(st.success(), "{cmd}");
+    };
+    let p = |n: &str| d.join(n).display().to_string();
+    sh(&format!(
+        "touch {0} && mkdir {1} && mkfifo {2} && ln -s f {3}",
+        p("f"),
+        p("sub"),
+        p("fifo"),
+        p("sym")
+    ));
+    assert_eq!(
+        acl_of(&d.join("f")),
+        "user::rw-,user:nobody:rwx\t#effective:rw-,group::r-x\t#effective:r--,mask::rw-,other::---"
+    );
+    assert_eq!(fs::metadata(d.join("f")).unwrap().mode() & 0o777, 0o660);
+    assert_eq!(
+        acl_of(&d.join("sub")),
+        "user::rwx,user:nobody:rwx,group::r-x,mask::rwx,other::---,default:user::rwx,\
+         default:user:nobody:rwx,default:group::r-x,default:mask::rwx,default:other::---"
+    );
+    assert!(acl_of(&d.join("fifo")).contains("user:nobody:rwx"));
+    let sym = run(
+        "getfattr",
+        &[
+            "-h".as_ref(),
+            "-d".as_ref(),
+            "-m-".as_ref(),
+            d.join("sym").as_os_str(),
+        ],
+    );
+    assert!(
+        !sym.contains("posix_acl"),
+        "a symlink inherits nothing: {sym}"
+    );
+    let t = open_tmpfile(&d, libc::O_RDWR).expect("O_TMPFILE");
+    link_fd(&t, &d.join("tmp")).unwrap();
+    drop(t);
+    assert!(acl_of(&d.join("tmp")).contains("user:nobody:rwx"));
+    // nobody may write the inherited file through its named entry.
+    assert_eq!(as_nobody(&format!("echo hi > {}", p("f"))).0, 0);
+
+    sh(&format!(
+        "touch {0} && mkdir {1}",
+        m.path().join("plain").display(),
+        m.path().join("pdir").display()
+    ));
+    assert_eq!(
+        acl_of(&m.path().join("plain")),
+        "user::rw-,group::---,other::---"
+    );
+    assert_eq!(
+        fs::metadata(m.path().join("pdir")).unwrap().mode() & 0o777,
+        0o700
+    );
+    m.unmount();
+    assert_fsck_clean(&img, "inherited ACLs");
+}

@@ -248,6 +248,7 @@ pub fn serve(
             return Err(unmount_fs(format!("FUSE INIT: {e}")));
         }
     };
+
     let signal_point = point.clone();
     std::thread::Builder::new()
         .name("tkfs-signals".into())

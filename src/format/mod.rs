@@ -4,6 +4,7 @@
 //! at fixed offsets that `docs/design.md` lists. Every decode validates what it reads and returns a
 //! [`FormatError`] naming the block, the structure and the field that is wrong.
 
+pub mod acl;
 pub mod ag;
 mod codec;
 pub mod dirblock;

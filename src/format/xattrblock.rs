@@ -37,10 +37,13 @@ pub fn name_problem(name: &[u8]) -> Option<&'static str> {
         Some("is longer than 255 bytes")
     } else if name.contains(&0) {
         Some("contains a NUL byte")
-    } else if !NAMESPACES.iter().any(|ns| name.starts_with(ns)) {
+    } else if !NAMESPACES.iter().any(|ns| name.starts_with(ns))
+        && name != super::acl::ACCESS
+        && name != super::acl::DEFAULT
+    {
         // A bare namespace ("trusted.") is allowed here: setxattr stored one before it refused
         // them, and an image holding it must stay readable (`Fs::setxattr` refuses new ones).
-        Some("is in no supported namespace (user., trusted., security.)")
+        Some("is in no supported namespace (user., trusted., security., the two POSIX ACLs)")
     } else {
         None
     }

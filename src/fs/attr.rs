@@ -83,7 +83,7 @@ impl Fs {
             && a.mtime.is_none()
             && !is_dir(&cur);
         if kill_only && !owner && cur.mode & (S_ISUID | S_ISGID) != 0 {
-            may(ctx, &cur, 2)?;
+            self.may(ctx, ino, &cur, 2)?;
         }
         if let Some(m) = a.mode.filter(|_| !owner) {
             // The kernel drops set-id bits itself before a write, truncate or fallocate by
@@ -96,7 +96,7 @@ impl Fs {
             if !only_drops {
                 return Err(FsError::Perm);
             }
-            may(ctx, &cur, 2)?;
+            self.may(ctx, ino, &cur, 2)?;
         }
         if let Some(u) = a.uid {
             if u != cur.uid && ctx.uid != 0 {
@@ -110,9 +110,9 @@ impl Fs {
         }
         for t in [a.atime, a.mtime].into_iter().flatten() {
             match t {
-                _ if self.kernel_checks => {}
+                _ if self.kernel_checks() => {}
                 SetTime::At(_) if !owner => return Err(FsError::Perm),
-                SetTime::Now if !owner => may(ctx, &cur, 2)?,
+                SetTime::Now if !owner => self.may(ctx, ino, &cur, 2)?,
                 _ => {}
             }
         }
@@ -124,13 +124,35 @@ impl Fs {
                 return Err(FsError::Invalid("truncate of a non-regular file".into()));
             }
             if !a.via_open_file {
-                may(ctx, &cur, 2)?;
+                self.may(ctx, ino, &cur, 2)?;
             }
             let _g = self.data_lock(ino);
             self.io().truncate(ino, size, now())?;
         }
-        let mut tx = self.eng.begin(TransKind::Setattr)?;
-        let (r, mut i) = inode::read(&mut tx, ino)?;
+        // A chmod of an inode with attributes may rewrite its access ACL: an attribute
+        // change's reservation and block promise.
+        let mut with_acl = a.mode.is_some() && cur.xattr_blk != 0;
+        let (_blocks, mut tx, r, mut i) = loop {
+            let kind = if with_acl {
+                TransKind::Xattr
+            } else {
+                TransKind::Setattr
+            };
+            let blocks = if with_acl {
+                Some(self.promise(kind, false)?)
+            } else {
+                None
+            };
+            let mut tx = self.eng.begin(kind)?;
+            let (r, i) = inode::read(&mut tx, ino)?;
+            if a.mode.is_some() && i.xattr_blk != 0 && !with_acl {
+                // Attributes came meanwhile: an attribute change's reservation after all.
+                tx.cancel()?;
+                with_acl = true;
+                continue;
+            }
+            break (blocks, tx, r, i);
+        };
         let t = now();
         if let Some(m) = a.mode {
             let mut m = (i.mode & S_IFMT) | (m & 0o7777);
@@ -139,6 +161,12 @@ impl Fs {
                 m &= !S_ISGID;
             }
             i.mode = m;
+            if i.xattr_blk != 0 {
+                let mut all = crate::xattr::load(&mut tx, ino, &i)?;
+                if Self::chmod_acl(&mut all, i.mode) {
+                    crate::xattr::store(&mut tx, &self.alloc, ino, &mut i, &all)?;
+                }
+            }
         }
         let chown = a.uid.is_some_and(|u| u != i.uid) || a.gid.is_some_and(|g| g != i.gid);
         if let Some(u) = a.uid {

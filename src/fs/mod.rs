@@ -14,6 +14,7 @@
 //! `repair` (what fsck's repair asks of the POSIX layer); this file holds the `Fs` value, file
 //! data calls, directories' reads and the filesystem-wide calls (statfs, sync, shutdown).
 
+mod acl;
 mod attr;
 mod names;
 mod orphan;
@@ -40,7 +41,7 @@ pub(crate) use attr::{now, AtimePolicy};
 pub use names::RenameHow;
 use names::{check_name, lock_chunks};
 pub use perm::Ctx;
-use perm::{kill_setid, may, sticky_ok};
+use perm::{kill_setid, sticky_ok};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 // The mode bits and entry types are format facts (`format::inode`); the POSIX layer's users
@@ -189,7 +190,7 @@ pub struct Fs {
     /// The kernel checks permissions before it asks (default_permissions): the times a
     /// setattr carries were checked there (and a kernel writeback cache would stamp truncates
     /// and flushes with times of its own, which are no user's setting).
-    kernel_checks: bool,
+    kernel_checks: std::sync::atomic::AtomicBool,
     stripes: Vec<Mutex<()>>,
     open: Mutex<HashMap<u64, u32>>,
     orphans: Mutex<HashSet<u64>>,
@@ -230,7 +231,7 @@ impl Fs {
             read_only: std::sync::atomic::AtomicBool::new(read_only),
             atime: AtimePolicy::Relatime,
             ro_probe: None,
-            kernel_checks: false,
+            kernel_checks: std::sync::atomic::AtomicBool::new(false),
             stripes: (0..DATA_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             open: Mutex::new(HashMap::new()),
             orphans: Mutex::new(HashSet::new()),
@@ -367,8 +368,14 @@ impl Fs {
     }
 
     /// The kernel checks permissions before every request (the mount's default_permissions).
-    pub(crate) fn set_kernel_checks_permissions(&mut self, on: bool) {
-        self.kernel_checks = on;
+    pub(crate) fn set_kernel_checks_permissions(&self, on: bool) {
+        self.kernel_checks
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(super) fn kernel_checks(&self) -> bool {
+        self.kernel_checks
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn read(&self, ino: u64, off: u64, len: usize) -> R<Vec<u8>> {
@@ -578,7 +585,7 @@ impl Fs {
         if !is_dir(&i) {
             return Err(FsError::NotDir);
         }
-        may(ctx, &i, 4)?;
+        self.may(ctx, ino, &i, 4)?;
         *self.open.lock().entry(ino).or_insert(0) += 1;
         self.eng.cache().charge_outside(HANDLE_BYTES);
         Ok(!self.atime_due(&i, now()))

@@ -72,7 +72,7 @@ impl Fs {
         if !is_dir(&p) {
             return Err(FsError::NotDir);
         }
-        may(ctx, &p, 1)?;
+        self.may(ctx, parent, &p, 1)?;
         let ino = match name {
             b".." => dir::parent(&p),
             _ => {
@@ -222,6 +222,7 @@ impl Fs {
                 return Err(FsError::NotFound);
             }
         }
+        let (mode, inherited) = self.creation_mode(ctx, parent, mode)?;
         let kind = match ftype {
             S_IFDIR => TransKind::Mkdir,
             S_IFLNK => TransKind::Symlink,
@@ -238,7 +239,7 @@ impl Fs {
         if p.nlink == 0 {
             return Err(FsError::NotFound);
         }
-        may(ctx, &p, 3)?;
+        self.may(ctx, parent, &p, 3)?;
         if dir::lookup(&mut tx, parent, &p, name)?.is_some() {
             return Err(FsError::Exists);
         }
@@ -264,6 +265,10 @@ impl Fs {
         inode::write(&mut tx, &pr, &p);
         tx.commit()?;
         self.note_change(ino);
+        if let Some(inh) = inherited {
+            self.store_inherited(ino, inh)?;
+            return self.getattr(ino);
+        }
         Ok(self.attr(ino, &i))
     }
 
@@ -284,7 +289,7 @@ impl Fs {
                 tx.cancel()?;
                 continue;
             }
-            may(ctx, &p, 3)?;
+            self.may(ctx, parent, &p, 3)?;
             let (cr, mut c) = inode::read(&mut tx, child)?;
             sticky_ok(ctx, &p, &c)?;
             match (rmdir, is_dir(&c)) {
@@ -333,7 +338,7 @@ impl Fs {
         if !is_dir(&p) {
             return Err(FsError::NotDir);
         }
-        may(ctx, &p, 3)?;
+        self.may(ctx, newparent, &p, 3)?;
         let (r, mut i) = inode::read(&mut tx, ino)?;
         if is_dir(&i) {
             return Err(FsError::Perm);
@@ -504,8 +509,8 @@ impl Fs {
                 tx.cancel()?;
                 continue;
             }
-            may(ctx, &p, 3)?;
-            may(ctx, &np, 3)?;
+            self.may(ctx, parent, &p, 3)?;
+            self.may(ctx, newparent, &np, 3)?;
             let (sr, mut s) = inode::read(&mut tx, src)?;
             sticky_ok(ctx, &p, &s)?;
             if Some(src) == dst {
@@ -527,12 +532,12 @@ impl Fs {
                 }
                 // A directory moving to another parent rewrites its "..": it needs write permission.
                 if is_dir(&di) && exchange && parent != newparent {
-                    may(ctx, &di, 2)?;
+                    self.may(ctx, d, &di, 2)?;
                 }
                 dst_inode = Some((d, dr, di));
             }
             if is_dir(&s) && parent != newparent {
-                may(ctx, &s, 2)?;
+                self.may(ctx, src, &s, 2)?;
             }
             let same = parent == newparent;
             match dst_inode {

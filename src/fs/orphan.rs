@@ -44,7 +44,7 @@ impl Fs {
     /// frees it, unless a link gives it a name first.
     pub fn tmpfile(&self, ctx: &Ctx, dir: u64, mode: u32) -> R<Attr> {
         self.writable()?;
-        let mode = S_IFREG | (mode & 0o7777);
+        let (mode, inherited) = self.creation_mode(ctx, dir, S_IFREG | (mode & 0o7777))?;
         let candidate = self.free_inode_candidate(dir)?;
         let _blocks = self.promise(TransKind::Tmpfile, false)?;
         let mut tx = self.eng.begin(TransKind::Tmpfile)?;
@@ -57,7 +57,7 @@ impl Fs {
             return Err(FsError::NotFound);
         }
         // As the kernel's vfs_tmpfile: the directory must be writable and searchable.
-        may(ctx, &p, 3)?;
+        self.may(ctx, dir, &p, 3)?;
         let (ino, r) = self.claim_inode(&mut tx, dir, candidate)?;
         let mut i = self.fresh_inode(ctx, &p, mode, 0, now());
         i.nlink = 0;
@@ -70,6 +70,10 @@ impl Fs {
         self.eng.cache().charge_outside(HANDLE_BYTES);
         self.orphans.lock().insert(ino);
         self.note_change(ino);
+        if let Some(inh) = inherited {
+            self.store_inherited(ino, inh)?;
+            return self.getattr(ino);
+        }
         Ok(self.attr(ino, &i))
     }
 

@@ -6,7 +6,14 @@ impl Fs {
     /// May `ctx` read (`write` false) or set/remove the attribute `name` of `i`? Namespaces:
     /// user (regular files and directories, by their permission bits; in a sticky directory only
     /// its owner sets), trusted (root only), security (by write permission); others unsupported.
-    pub(super) fn xattr_access(ctx: &Ctx, i: &Inode, name: &[u8], write: bool) -> R<()> {
+    pub(super) fn xattr_access(
+        &self,
+        ctx: &Ctx,
+        ino: u64,
+        i: &Inode,
+        name: &[u8],
+        write: bool,
+    ) -> R<()> {
         if name.len() > crate::xattr::XATTR_NAME_MAX {
             return Err(FsError::NameTooLong);
         }
@@ -30,7 +37,7 @@ impl Fs {
             if write && t == S_IFDIR && i.mode & S_ISVTX != 0 && ctx.uid != 0 && ctx.uid != i.uid {
                 return Err(FsError::Perm);
             }
-            return may(ctx, i, if write { 2 } else { 4 });
+            return self.may(ctx, ino, i, if write { 2 } else { 4 });
         }
         if name.starts_with(b"trusted.") {
             return if ctx.uid == 0 {
@@ -42,7 +49,19 @@ impl Fs {
             };
         }
         if name.starts_with(b"security.") {
-            return if write { may(ctx, i, 2) } else { Ok(()) };
+            return if write {
+                self.may(ctx, ino, i, 2)
+            } else {
+                Ok(())
+            };
+        }
+        if name == crate::format::acl::ACCESS || name == crate::format::acl::DEFAULT {
+            // Anyone may read an ACL; only the owner or root set one.
+            return if write && ctx.uid != 0 && ctx.uid != i.uid {
+                Err(FsError::Perm)
+            } else {
+                Ok(())
+            };
         }
         Err(FsError::NotSupported)
     }
@@ -62,7 +81,13 @@ impl Fs {
         if crate::format::xattrblock::NAMESPACES.contains(&name) {
             return Err(FsError::Invalid("empty attribute name".into()));
         }
-        self.change_xattrs(ctx, ino, name, false, |all| {
+        let acl_name = name == crate::format::acl::ACCESS || name == crate::format::acl::DEFAULT;
+        self.change_xattrs(ctx, ino, name, false, |all, i| {
+            let exists = all.iter().any(|(n, _)| n == name);
+            // XATTR_CREATE and XATTR_REPLACE keep their meaning for ACLs: EEXIST, ENODATA below.
+            if acl_name && !(create && exists) && (!replace || exists) {
+                return Self::set_acl(ctx, i, all, name, value);
+            }
             match all.iter().position(|(n, _)| n == name) {
                 Some(_) if create => return Err(FsError::Exists),
                 Some(p) => all[p].1 = value.to_vec(),
@@ -76,7 +101,7 @@ impl Fs {
     pub fn getxattr(&self, ctx: &Ctx, ino: u64, name: &[u8]) -> R<Vec<u8>> {
         let mut tx = self.eng.begin(TransKind::Read)?;
         let (_, i) = inode::read(&mut tx, ino)?;
-        Self::xattr_access(ctx, &i, name, false)?;
+        self.xattr_access(ctx, ino, &i, name, false)?;
         let all = crate::xattr::load(&mut tx, ino, &i)?;
         tx.cancel()?;
         all.into_iter()
@@ -104,7 +129,7 @@ impl Fs {
 
     pub fn removexattr(&self, ctx: &Ctx, ino: u64, name: &[u8]) -> R<()> {
         // Removing frees space: it may use the pool.
-        self.change_xattrs(ctx, ino, name, true, |all| {
+        self.change_xattrs(ctx, ino, name, true, |all, _| {
             let before = all.len();
             all.retain(|(n, _)| n != name);
             if all.len() == before {
@@ -114,24 +139,25 @@ impl Fs {
         })
     }
 
-    /// One change of `ino`'s attributes by `edit`, on behalf of `ctx` touching `name`: the
-    /// block promise (`frees`: the change frees space and may use the pool), the access check,
-    /// then the attributes stored and the change time set in one transaction.
-    fn change_xattrs(
+    /// One change of `ino`'s attributes by `edit` (which may change the inode too, as an ACL
+    /// changes the mode), on behalf of `ctx` touching `name`: the block promise (`frees`: the
+    /// change frees space and may use the pool), the access check, then the attributes stored
+    /// and the change time set in one transaction.
+    pub(super) fn change_xattrs(
         &self,
         ctx: &Ctx,
         ino: u64,
         name: &[u8],
         frees: bool,
-        edit: impl FnOnce(&mut crate::xattr::Attrs) -> R<()>,
+        edit: impl FnOnce(&mut crate::xattr::Attrs, &mut Inode) -> R<()>,
     ) -> R<()> {
         self.writable()?;
         let _blocks = self.promise(TransKind::Xattr, frees)?;
         let mut tx = self.eng.begin(TransKind::Xattr)?;
         let (r, mut i) = inode::read(&mut tx, ino)?;
-        Self::xattr_access(ctx, &i, name, true)?;
+        self.xattr_access(ctx, ino, &i, name, true)?;
         let mut all = crate::xattr::load(&mut tx, ino, &i)?;
-        edit(&mut all)?;
+        edit(&mut all, &mut i)?;
         crate::xattr::store(&mut tx, &self.alloc, ino, &mut i, &all)?;
         i.ctime = now();
         inode::write(&mut tx, &r, &i);

@@ -128,6 +128,7 @@ fn ctx(h: &InHeader) -> Ctx {
         uid: h.uid,
         gid: h.gid,
         pid: h.pid,
+        umask: 0,
     }
 }
 
@@ -194,12 +195,14 @@ pub(crate) fn handle(ops: &Ops, h: &InHeader, arg: &[u8], payload: &[u8]) -> Res
         }
         FUSE_MKNOD => {
             let (mode, rdev, umask) = (a.u32()?, a.u32()?, a.u32()?);
-            ops.mknod(&c, node, p.name()?, mode, umask, rdev)
+            let c = Ctx { umask, ..c };
+            ops.mknod(&c, node, p.name()?, mode, rdev)
                 .map(|at| Out::Entry(Some(at)))
         }
         FUSE_MKDIR => {
             let (mode, umask) = (a.u32()?, a.u32()?);
-            ops.mkdir(&c, node, p.name()?, mode, umask)
+            let c = Ctx { umask, ..c };
+            ops.mkdir(&c, node, p.name()?, mode)
                 .map(|at| Out::Entry(Some(at)))
         }
         FUSE_UNLINK => ops.remove(&c, node, p.name()?, false).map(|()| Out::Empty),
@@ -275,14 +278,15 @@ pub(crate) fn handle(ops: &Ops, h: &InHeader, arg: &[u8], payload: &[u8]) -> Res
             let _flags = a.u32()?;
             let mode = a.u32()?;
             let umask = a.u32()?;
-            ops.create(&c, node, p.name()?, mode, umask)
-                .map(Out::Create)
+            let c = Ctx { umask, ..c };
+            ops.create(&c, node, p.name()?, mode).map(Out::Create)
         }
         FUSE_TMPFILE => {
             let _flags = a.u32()?;
             let mode = a.u32()?;
             let umask = a.u32()?;
-            ops.tmpfile(&c, node, mode, umask).map(Out::Create)
+            let c = Ctx { umask, ..c };
+            ops.tmpfile(&c, node, mode).map(Out::Create)
         }
         // The unmount (fuseblk): everything is written home and the image released before
         // this is answered, since the kernel's umount waits for the answer.
