@@ -65,6 +65,15 @@ fn read_caller_u32(pid: u32, addr: u64) -> Option<u32> {
     (n == 4).then(|| u32::from_ne_bytes(word))
 }
 
+/// What mknod, mkdir and create ask for: an inode named `name` in the directory `parent` (a
+/// FUSE node id), with the mode and the umask the request brings.
+pub(crate) struct NewNode<'a> {
+    pub(crate) parent: u64,
+    pub(crate) name: &'a [u8],
+    pub(crate) mode: u32,
+    pub(crate) umask: u32,
+}
+
 /// The one mapping from filesystem errors to errnos.
 pub(crate) fn errno(e: &FsError) -> i32 {
     let n = match e {
@@ -242,31 +251,20 @@ impl Ops {
         res(self.fs.readlink(self.ino(node)))
     }
 
-    pub(crate) fn mknod(
-        &self,
-        c: &Ctx,
-        parent: u64,
-        name: &[u8],
-        mode: u32,
-        umask: u32,
-        rdev: u32,
-    ) -> Res<Attr> {
-        let mode = mode & !(umask & 0o777);
-        res(self
-            .fs
-            .make(c, self.ino(parent), name, mode, rdev as u64, None))
+    /// `rdev`: the device number of a device file.
+    pub(crate) fn mknod(&self, c: &Ctx, n: &NewNode<'_>, rdev: u32) -> Res<Attr> {
+        self.make(c, n, n.mode & !(n.umask & 0o777), rdev)
     }
 
-    pub(crate) fn mkdir(
-        &self,
-        c: &Ctx,
-        parent: u64,
-        name: &[u8],
-        mode: u32,
-        umask: u32,
-    ) -> Res<Attr> {
-        let mode = fs::S_IFDIR | (mode & 0o7777 & !umask);
-        res(self.fs.make(c, self.ino(parent), name, mode, 0, None))
+    pub(crate) fn mkdir(&self, c: &Ctx, n: &NewNode<'_>) -> Res<Attr> {
+        self.make(c, n, fs::S_IFDIR | (n.mode & 0o7777 & !n.umask), 0)
+    }
+
+    /// Makes the inode `n` asks for, with `mode` (type and permissions, the umask applied).
+    fn make(&self, c: &Ctx, n: &NewNode<'_>, mode: u32, rdev: u32) -> Res<Attr> {
+        res(self
+            .fs
+            .make(c, self.ino(n.parent), n.name, mode, rdev as u64, None))
     }
 
     pub(crate) fn symlink(&self, c: &Ctx, parent: u64, name: &[u8], target: &[u8]) -> Res<Attr> {
@@ -486,16 +484,8 @@ impl Ops {
     }
 
     /// Creates and opens; the answer's FOPEN_* flags are none.
-    pub(crate) fn create(
-        &self,
-        c: &Ctx,
-        parent: u64,
-        name: &[u8],
-        mode: u32,
-        umask: u32,
-    ) -> Res<Attr> {
-        let mode = fs::S_IFREG | (mode & 0o7777 & !umask);
-        let a = res(self.fs.make(c, self.ino(parent), name, mode, 0, None))?;
+    pub(crate) fn create(&self, c: &Ctx, n: &NewNode<'_>) -> Res<Attr> {
+        let a = self.make(c, n, fs::S_IFREG | (n.mode & 0o7777 & !n.umask), 0)?;
         // The creator may write what it just made, whatever the mode says.
         res(self.fs.open(&Ctx::ROOT, a.ino, 4))?;
         Ok(a)

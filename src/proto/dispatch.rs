@@ -8,7 +8,7 @@ use super::wire::{self, InHeader, Rd, Wr};
 use crate::dir::DirEntry;
 use crate::format::inode::Time;
 use crate::fs::{Attr, Ctx, SetAttr, SetTime, StatFs};
-use crate::ops::{self, Found, Ops, PlusEntry, Xattr};
+use crate::ops::{self, Found, NewNode, Ops, PlusEntry, Xattr};
 
 pub(crate) const FUSE_LOOKUP: u32 = 1;
 pub(crate) const FUSE_FORGET: u32 = 2;
@@ -134,6 +134,16 @@ fn time(sec: u64, nsec: u32) -> Time {
     }
 }
 
+/// What MKNOD, MKDIR and CREATE ask for: `name` in `parent`, with `mode` and `umask`.
+fn new_node(parent: u64, name: &[u8], mode: u32, umask: u32) -> NewNode<'_> {
+    NewNode {
+        parent,
+        name,
+        mode,
+        umask,
+    }
+}
+
 /// Does every request but READ. `arg` is the fixed argument (the entry's op_in area), `payload`
 /// what followed it (names, data). An opcode not served here is ENOSYS, as fuser answers.
 pub(crate) fn handle(ops: &Ops, h: &InHeader, arg: &[u8], payload: &[u8]) -> Result<Out, i32> {
@@ -188,12 +198,12 @@ pub(crate) fn handle(ops: &Ops, h: &InHeader, arg: &[u8], payload: &[u8]) -> Res
         }
         FUSE_MKNOD => {
             let (mode, rdev, umask) = (a.u32()?, a.u32()?, a.u32()?);
-            ops.mknod(&c, node, p.name()?, mode, umask, rdev)
+            ops.mknod(&c, &new_node(node, p.name()?, mode, umask), rdev)
                 .map(|at| Out::Entry(Some(at)))
         }
         FUSE_MKDIR => {
             let (mode, umask) = (a.u32()?, a.u32()?);
-            ops.mkdir(&c, node, p.name()?, mode, umask)
+            ops.mkdir(&c, &new_node(node, p.name()?, mode, umask))
                 .map(|at| Out::Entry(Some(at)))
         }
         FUSE_UNLINK => ops.remove(&c, node, p.name()?, false).map(|()| Out::Empty),
@@ -269,7 +279,7 @@ pub(crate) fn handle(ops: &Ops, h: &InHeader, arg: &[u8], payload: &[u8]) -> Res
             let _flags = a.u32()?;
             let mode = a.u32()?;
             let umask = a.u32()?;
-            ops.create(&c, node, p.name()?, mode, umask)
+            ops.create(&c, &new_node(node, p.name()?, mode, umask))
                 .map(Out::Create)
         }
         // The unmount (fuseblk): everything is written home and the image released before
