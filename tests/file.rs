@@ -15,7 +15,7 @@ use ticketfs::alloc::{format_all, Allocator};
 use ticketfs::btree::{Btree, Root};
 use ticketfs::device::{Device, MemDevice};
 use ticketfs::file::readahead::{READAHEAD_SLOTS, READAHEAD_WORKERS};
-use ticketfs::file::{extmap, FileIo, ReadAhead};
+use ticketfs::file::{extmap, Allocate, FileIo, ReadAhead};
 use ticketfs::format::ag::AG_RESERVED_BLOCKS;
 use ticketfs::format::inode::{DataFormat, Inode, Time};
 use ticketfs::format::BlockType;
@@ -314,7 +314,13 @@ fn apply(io: &FileIo<'_>, ino: u64, model: &mut Vec<u8>, op: &Op) {
             model[a..b].fill(0);
         }
         Op::Prealloc(o, l, keep) => {
-            io.preallocate(ino, o, l, keep, NOW).unwrap();
+            let req = Allocate {
+                off: o,
+                len: l,
+                keep_size: keep,
+                zero: false,
+            };
+            io.allocate(ino, req, NOW).unwrap();
             if !keep && model.len() < (o + l) as usize {
                 model.resize((o + l) as usize, 0);
             }

@@ -44,45 +44,65 @@ pub(super) fn idle_piece(
     })
 }
 
-/// Freeing `freeing` (start, length) in the AG starting at `ag_start`, part of which is the
-/// free extent `free` already.
-fn double_free(ag_start: u64, freeing: (u64, u64), free: (u64, u64)) -> EngineError {
+/// A run of `len` blocks from block `start`: a free extent, or one being taken from the
+/// free-space trees or given back to them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct BlockRun {
+    pub(super) start: u64,
+    pub(super) len: u64,
+}
+
+impl BlockRun {
+    pub(super) fn new(start: u64, len: u64) -> BlockRun {
+        BlockRun { start, len }
+    }
+
+    /// The block after the run.
+    pub(super) fn end(self) -> u64 {
+        self.start + self.len
+    }
+}
+
+/// Freeing `freeing` in the AG starting at `ag_start`, part of which is the free extent `free`
+/// already.
+fn double_free(ag_start: u64, freeing: BlockRun, free: BlockRun) -> EngineError {
     EngineError::Corrupt(FormatError::new(
         ag_start + AG_HEADER_OFFSET,
         "free-space trees",
         "records",
         format!(
             "freeing {}+{}, which overlaps the free extent {}+{}",
-            freeing.0, freeing.1, free.0, free.1
+            freeing.start, freeing.len, free.start, free.len
         ),
     ))
 }
 
-impl Allocator {
+/// An AG's free space by extent: records put in and taken out of both free-space trees alike.
+impl Space {
+    /// Records the free extent `run` in both trees.
     pub(super) fn insert_free(
-        &self,
+        &mut self,
         tx: &mut Trans<'_>,
-        sp: &mut Space,
-        start: u64,
-        len: u64,
+        run: BlockRun,
     ) -> Result<(), EngineError> {
-        debug_assert!(len > 0);
-        let (mut fl, bno, cnt) = sp.free_trees();
+        debug_assert!(run.len > 0);
+        let BlockRun { start, len } = run;
+        let (mut fl, bno, cnt) = self.free_trees();
         let by_block = FreeByBlock { start, len };
         bno.insert(tx, &mut fl, by_block.key(), by_block.val())?;
         let by_len = FreeByLen { len, start };
         cnt.insert(tx, &mut fl, by_len.key(), by_len.val())
     }
 
+    /// Takes the free extent `run` out of both trees; corruption if either lacks it.
     pub(super) fn remove_free(
-        &self,
+        &mut self,
         tx: &mut Trans<'_>,
-        sp: &mut Space,
-        start: u64,
-        len: u64,
+        run: BlockRun,
     ) -> Result<(), EngineError> {
-        let blkno = sp.start + AG_HEADER_OFFSET;
-        let (mut fl, bno, cnt) = sp.free_trees();
+        let BlockRun { start, len } = run;
+        let blkno = self.start + AG_HEADER_OFFSET;
+        let (mut fl, bno, cnt) = self.free_trees();
         let by_block = FreeByBlock { start, len };
         let a = bno.delete(tx, &mut fl, &by_block.key())?;
         let b = cnt.delete(tx, &mut fl, &FreeByLen { len, start }.key())?;
@@ -99,6 +119,58 @@ impl Allocator {
         Ok(())
     }
 
+    /// Fails, naming the free extent, if any of `run` is already free.
+    pub(super) fn check_not_free(
+        &self,
+        tx: &mut Trans<'_>,
+        run: BlockRun,
+    ) -> Result<(), EngineError> {
+        let left = self
+            .bno
+            .le(tx, &FreeByBlock::search(run.start))?
+            .filter(|(k, v)| k[0] + v[0] > run.start);
+        let right = self
+            .bno
+            .ge(tx, &FreeByBlock::search(run.start))?
+            .filter(|(k, _)| run.end() > k[0]);
+        match left.or(right) {
+            Some((k, v)) => Err(double_free(self.start, run, BlockRun::new(k[0], v[0]))),
+            None => Ok(()),
+        }
+    }
+
+    /// Gives `run` back to the free space, merged with the free extents on either side.
+    pub(super) fn free_in(&mut self, tx: &mut Trans<'_>, run: BlockRun) -> Result<(), EngineError> {
+        let ag_start = self.start;
+        let overlap = |s: u64, l: u64| double_free(ag_start, run, BlockRun::new(s, l));
+        let mut merged = run;
+        if let Some((k, v)) = self.bno.le(tx, &FreeByBlock::search(run.start))? {
+            if k[0] + v[0] > run.start {
+                return Err(overlap(k[0], v[0]));
+            }
+            if k[0] + v[0] == run.start {
+                self.remove_free(tx, BlockRun::new(k[0], v[0]))?;
+                merged.start = k[0];
+                merged.len += v[0];
+            }
+        }
+        if let Some((k, v)) = self.bno.ge(tx, &FreeByBlock::search(run.start))? {
+            if run.end() > k[0] {
+                return Err(overlap(k[0], v[0]));
+            }
+            if run.end() == k[0] {
+                self.remove_free(tx, BlockRun::new(k[0], v[0]))?;
+                merged.len += v[0];
+            }
+        }
+        self.insert_free(tx, merged)?;
+        self.hdr.free_blocks += run.len;
+        tx.note_freed(run.start, run.len);
+        Ok(())
+    }
+}
+
+impl Allocator {
     /// Where in this AG an extent of min..=max blocks near `target` could come from, without
     /// changing anything: (free extent start, its length, where to cut, how many blocks).
     pub(super) fn find(
@@ -166,12 +238,12 @@ impl Allocator {
                 found
             }
         };
-        self.remove_free(tx, sp, s, l)?;
+        sp.remove_free(tx, BlockRun::new(s, l))?;
         if at > s {
-            self.insert_free(tx, sp, s, at - s)?;
+            sp.insert_free(tx, BlockRun::new(s, at - s))?;
         }
         if at + n < s + l {
-            self.insert_free(tx, sp, at + n, s + l - at - n)?;
+            sp.insert_free(tx, BlockRun::new(at + n, s + l - at - n))?;
         }
         sp.hdr.free_blocks -= n;
         Ok(Some((at, n)))
@@ -292,67 +364,11 @@ impl Allocator {
         }
         let mut ag = self.read_ag(tx, agno)?;
         // Refuse a double free before changing anything (the free-list top-up would).
-        self.check_not_free(tx, &ag.sp, start, len)?;
+        let run = BlockRun::new(start, len);
+        ag.sp.check_not_free(tx, run)?;
         self.fix_freelist(tx, &mut ag.sp)?;
-        self.free_in(tx, &mut ag.sp, start, len)?;
+        ag.sp.free_in(tx, run)?;
         self.write_ag(tx, &mut ag)
-    }
-
-    /// Fails, naming the free extent, if any of `start..start+len` is already free.
-    pub(super) fn check_not_free(
-        &self,
-        tx: &mut Trans<'_>,
-        sp: &Space,
-        start: u64,
-        len: u64,
-    ) -> Result<(), EngineError> {
-        let left = sp
-            .bno
-            .le(tx, &FreeByBlock::search(start))?
-            .filter(|(k, v)| k[0] + v[0] > start);
-        let right = sp
-            .bno
-            .ge(tx, &FreeByBlock::search(start))?
-            .filter(|(k, _)| start + len > k[0]);
-        match left.or(right) {
-            Some((k, v)) => Err(double_free(sp.start, (start, len), (k[0], v[0]))),
-            None => Ok(()),
-        }
-    }
-
-    pub(super) fn free_in(
-        &self,
-        tx: &mut Trans<'_>,
-        sp: &mut Space,
-        start: u64,
-        len: u64,
-    ) -> Result<(), EngineError> {
-        let ag_start = sp.start;
-        let overlap = |s: u64, l: u64| double_free(ag_start, (start, len), (s, l));
-        let (mut s, mut l) = (start, len);
-        if let Some((k, v)) = sp.bno.le(tx, &FreeByBlock::search(start))? {
-            if k[0] + v[0] > start {
-                return Err(overlap(k[0], v[0]));
-            }
-            if k[0] + v[0] == start {
-                self.remove_free(tx, sp, k[0], v[0])?;
-                s = k[0];
-                l += v[0];
-            }
-        }
-        if let Some((k, v)) = sp.bno.ge(tx, &FreeByBlock::search(start))? {
-            if start + len > k[0] {
-                return Err(overlap(k[0], v[0]));
-            }
-            if start + len == k[0] {
-                self.remove_free(tx, sp, k[0], v[0])?;
-                l += v[0];
-            }
-        }
-        self.insert_free(tx, sp, s, l)?;
-        sp.hdr.free_blocks += len;
-        tx.note_freed(start, len);
-        Ok(())
     }
 }
 

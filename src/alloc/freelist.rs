@@ -76,7 +76,7 @@ impl NodeAlloc for AgBlocks<'_> {
             return Ok(());
         }
         self.me.fix_freelist(tx, self.sp)?;
-        self.me.free_in(tx, self.sp, blkno, 1)
+        self.sp.free_in(tx, BlockRun::new(blkno, 1))
     }
 }
 
@@ -111,9 +111,9 @@ impl Allocator {
                 },
             };
             let take = want.min(ext.1);
-            self.remove_free(tx, sp, ext.0, ext.1)?;
+            sp.remove_free(tx, BlockRun::new(ext.0, ext.1))?;
             if ext.1 > take {
-                self.insert_free(tx, sp, ext.0 + take, ext.1 - take)?;
+                sp.insert_free(tx, BlockRun::new(ext.0 + take, ext.1 - take))?;
             }
             sp.hdr.free_blocks -= take;
             for b in ext.0..ext.0 + take {
@@ -129,7 +129,7 @@ impl Allocator {
         }
         while sp.hdr.agfl.len() > AGFL_SLOTS - need {
             let Some(r) = sp.hdr.agfl.pop() else { break };
-            self.free_in(tx, sp, sp.start + r as u64, 1)?;
+            sp.free_in(tx, BlockRun::new(sp.start + r as u64, 1))?;
         }
         Ok(())
     }

@@ -28,6 +28,7 @@ mod freelist;
 mod ialloc;
 mod unlinked;
 
+use extent::BlockRun;
 use freelist::AgBlocks;
 pub(crate) use ialloc::InodeBlocks;
 
@@ -342,7 +343,8 @@ impl Allocator {
         };
         let mut ag = Ag::open(id, agno, (start, self.ag_len(agno)), hdr);
         let free_start = first + fl as u64;
-        self.insert_free(tx, &mut ag.sp, free_start, end - free_start)?;
+        ag.sp
+            .insert_free(tx, BlockRun::new(free_start, end - free_start))?;
         ag.sp.hdr.free_blocks = end - free_start;
         self.write_ag(tx, &mut ag)
     }

@@ -16,7 +16,7 @@ use crate::fs::Fs;
 use crate::image::open_image;
 use crate::mem::cgroup::CgroupMemory;
 use crate::ops::Ops;
-use crate::ring::Queues;
+use crate::ring::{Queues, Serving};
 use crate::stats::{self, Report};
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -320,13 +320,12 @@ pub fn serve(
     // INIT granted io_uring: the queues take over every request but FORGET and INTERRUPT.
     let queues_serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let queues = if granted.uring {
-        match Queues::start(
-            &conn,
-            ops.clone(),
-            per_queue.unwrap_or(1),
-            budget.sizing.max_write as usize,
-            o.uring_idle,
-        ) {
+        let how = Serving {
+            per_queue: per_queue.unwrap_or(1),
+            max_write: budget.sizing.max_write as usize,
+            idle: o.uring_idle,
+        };
+        match Queues::start(&conn, ops.clone(), how) {
             Ok(q) => {
                 queues_serving.store(true, std::sync::atomic::Ordering::Release);
                 Some(q)

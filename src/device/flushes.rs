@@ -2,7 +2,7 @@
 //! it was called has completed since: then every write that completed before the call is
 //! durable already, and concurrent fsyncs (and the log's checkpoint flush) share one flush.
 
-use super::{DevError, Device};
+use super::{DevError, Device, Stacked};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -38,26 +38,18 @@ impl FlushTracked {
     }
 }
 
-impl Device for FlushTracked {
-    fn block_size(&self) -> u32 {
-        self.inner.block_size()
+impl Stacked for FlushTracked {
+    fn below(&self) -> &dyn Device {
+        &*self.inner
     }
-    fn block_count(&self) -> u64 {
-        self.inner.block_count()
+    fn write_blocks(&self, blkno: u64, buf: &[u8], data: bool) -> Result<(), DevError> {
+        if data {
+            self.inner.write_data(blkno, buf)
+        } else {
+            self.inner.write(blkno, buf)
+        }
     }
-    fn read(&self, blkno: u64, buf: &mut [u8]) -> Result<(), DevError> {
-        self.inner.read(blkno, buf)
-    }
-    fn read_data(&self, blkno: u64, buf: &mut [u8]) -> Result<(), DevError> {
-        self.inner.read_data(blkno, buf)
-    }
-    fn write(&self, blkno: u64, buf: &[u8]) -> Result<(), DevError> {
-        self.inner.write(blkno, buf)
-    }
-    fn write_data(&self, blkno: u64, buf: &[u8]) -> Result<(), DevError> {
-        self.inner.write_data(blkno, buf)
-    }
-    fn flush(&self) -> Result<(), DevError> {
+    fn flush_blocks(&self) -> Result<(), DevError> {
         let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
         self.inner.flush()?;
         self.completed.fetch_max(n, Ordering::SeqCst);

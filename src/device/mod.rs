@@ -80,6 +80,41 @@ pub trait Device: Send + Sync {
     fn flush(&self) -> Result<(), DevError>;
 }
 
+/// A device stacked on another that leaves reads alone: its size and every read are those of
+/// the device `below`; only what it does on a write or a flush is its own (`FlushTracked`
+/// numbers its flushes, `RecordingDevice` records its writes and flushes).
+pub(crate) trait Stacked: Send + Sync {
+    fn below(&self) -> &dyn Device;
+    /// `Device::write` of this device, or with `data` its `Device::write_data`.
+    fn write_blocks(&self, blkno: u64, buf: &[u8], data: bool) -> Result<(), DevError>;
+    /// `Device::flush` of this device.
+    fn flush_blocks(&self) -> Result<(), DevError>;
+}
+
+impl<S: Stacked> Device for S {
+    fn block_size(&self) -> u32 {
+        self.below().block_size()
+    }
+    fn block_count(&self) -> u64 {
+        self.below().block_count()
+    }
+    fn read(&self, blkno: u64, buf: &mut [u8]) -> Result<(), DevError> {
+        self.below().read(blkno, buf)
+    }
+    fn read_data(&self, blkno: u64, buf: &mut [u8]) -> Result<(), DevError> {
+        self.below().read_data(blkno, buf)
+    }
+    fn write(&self, blkno: u64, buf: &[u8]) -> Result<(), DevError> {
+        self.write_blocks(blkno, buf, false)
+    }
+    fn write_data(&self, blkno: u64, buf: &[u8]) -> Result<(), DevError> {
+        self.write_blocks(blkno, buf, true)
+    }
+    fn flush(&self) -> Result<(), DevError> {
+        self.flush_blocks()
+    }
+}
+
 /// Validates an I/O request against the device's size; shared by every backend.
 pub(crate) fn check_range(
     op: &'static str,

@@ -2,7 +2,7 @@
 //! it could be after a crash at any point: everything before the last completed flush, plus any
 //! subset, in any order, of the writes after it.
 
-use super::{DevError, Device, MemDevice};
+use super::{DevError, Device, MemDevice, Stacked};
 use parking_lot::Mutex;
 
 #[derive(Debug, Clone)]
@@ -37,17 +37,12 @@ impl RecordingDevice {
     }
 }
 
-impl Device for RecordingDevice {
-    fn block_size(&self) -> u32 {
-        self.inner.block_size()
+impl Stacked for RecordingDevice {
+    fn below(&self) -> &dyn Device {
+        &self.inner
     }
-    fn block_count(&self) -> u64 {
-        self.inner.block_count()
-    }
-    fn read(&self, blkno: u64, buf: &mut [u8]) -> Result<(), DevError> {
-        self.inner.read(blkno, buf)
-    }
-    fn write(&self, blkno: u64, buf: &[u8]) -> Result<(), DevError> {
+    /// File data is recorded as any write is (`data` makes no difference).
+    fn write_blocks(&self, blkno: u64, buf: &[u8], _data: bool) -> Result<(), DevError> {
         // The lock orders the events exactly as the writes reach the device.
         let mut ev = self.events.lock();
         self.inner.write(blkno, buf)?;
@@ -60,7 +55,7 @@ impl Device for RecordingDevice {
         }
         Ok(())
     }
-    fn flush(&self) -> Result<(), DevError> {
+    fn flush_blocks(&self) -> Result<(), DevError> {
         let mut ev = self.events.lock();
         self.inner.flush()?;
         ev.push(DevEvent::Flush);

@@ -141,209 +141,199 @@ fn clip(e: &Extent, a: u64, b: u64) -> Extent {
     }
 }
 
-/// Maps `e` (a range that is a hole in the map), merging with neighbours.
-#[track_caller]
-pub(crate) fn insert(
-    tx: &mut Trans<'_>,
-    alloc: &Allocator,
-    ino: u64,
-    inode: &mut Inode,
-    e: Extent,
-) -> Result<(), EngineError> {
-    debug_assert!(e.len > 0);
-    let near = ino_split(ino).0;
-    if inode.format != DataFormat::Btree {
-        let mut list = if inode.format == DataFormat::Extents {
-            inode.extents()
-        } else {
-            Vec::new()
-        };
-        let pos = list
-            .iter()
-            .position(|x| x.file_block > e.file_block)
-            .unwrap_or(list.len());
-        list.insert(pos, e);
-        if pos + 1 < list.len() && joins(&list[pos], &list[pos + 1]) {
-            list[pos].len += list[pos + 1].len;
-            list.remove(pos + 1);
-        }
-        if pos > 0 && joins(&list[pos - 1], &list[pos]) {
-            list[pos - 1].len += list[pos].len;
-            list.remove(pos);
-        }
-        if list.len() <= INLINE_EXTENTS {
-            inode.set_extents(&list);
+/// A file's extent map as an operation changes it: the inode holding it (its fork or tree root
+/// and its extent and block counts change with the map), that inode's number, and the allocator
+/// the map's tree nodes, and the blocks a removal frees, come from and go back to.
+pub(crate) struct FileMap<'m> {
+    pub(crate) alloc: &'m Allocator,
+    pub(crate) ino: u64,
+    pub(crate) inode: &'m mut Inode,
+}
+
+impl FileMap<'_> {
+    /// Maps `e` (a range that is a hole in the map), merging with neighbours.
+    #[track_caller]
+    pub(crate) fn insert(&mut self, tx: &mut Trans<'_>, e: Extent) -> Result<(), EngineError> {
+        let (alloc, ino, inode) = (self.alloc, self.ino, &mut *self.inode);
+        debug_assert!(e.len > 0);
+        let near = ino_split(ino).0;
+        if inode.format != DataFormat::Btree {
+            let mut list = if inode.format == DataFormat::Extents {
+                inode.extents()
+            } else {
+                Vec::new()
+            };
+            let pos = list
+                .iter()
+                .position(|x| x.file_block > e.file_block)
+                .unwrap_or(list.len());
+            list.insert(pos, e);
+            if pos + 1 < list.len() && joins(&list[pos], &list[pos + 1]) {
+                list[pos].len += list[pos + 1].len;
+                list.remove(pos + 1);
+            }
+            if pos > 0 && joins(&list[pos - 1], &list[pos]) {
+                list[pos - 1].len += list[pos].len;
+                list.remove(pos);
+            }
+            if list.len() <= INLINE_EXTENTS {
+                inode.set_extents(&list);
+                return Ok(());
+            }
+            // Too many for the inode: move them into a new tree.
+            let mut blocks = inode.blocks;
+            let mut fbk = InodeBlocks {
+                alloc,
+                near,
+                blocks: &mut blocks,
+            };
+            let root = fbk.alloc_node(tx)?;
+            let mut t = Btree::create(tx, BlockType::BtreeExtent, ino, root)?;
+            for x in &list {
+                t.insert(tx, &mut fbk, ExtentRec::key(x), to_val(x))?;
+            }
+            inode.blocks = blocks;
+            inode.format = DataFormat::Btree;
+            inode.fork = [0; crate::format::inode::FORK_BYTES];
+            inode.root = t.root.blkno;
+            inode.root_level = t.root.level;
+            inode.nextents = list.len() as u32;
             return Ok(());
         }
-        // Too many for the inode: move them into a new tree.
+        let mut t = tree(ino, inode);
         let mut blocks = inode.blocks;
         let mut fbk = InodeBlocks {
             alloc,
             near,
             blocks: &mut blocks,
         };
-        let root = fbk.alloc_node(tx)?;
-        let mut t = Btree::create(tx, BlockType::BtreeExtent, ino, root)?;
-        for x in &list {
-            t.insert(tx, &mut fbk, ExtentRec::key(x), to_val(x))?;
+        let mut cur = e;
+        let mut count = inode.nextents as i64 + 1;
+        if let Some((k, v)) = t.gt(tx, &[e.file_block, u64::MAX])? {
+            let right = from_kv(ino, k, v)?;
+            if joins(&cur, &right) {
+                t.delete(tx, &mut fbk, &k)?;
+                cur.len += right.len;
+                count -= 1;
+            }
         }
+        if let Some((k, v)) = t.le(tx, &[e.file_block, u64::MAX])? {
+            let left = from_kv(ino, k, v)?;
+            if joins(&left, &cur) {
+                let merged = Extent {
+                    len: left.len + cur.len,
+                    ..left
+                };
+                t.update(tx, &k, to_val(&merged))?;
+                count -= 1;
+                inode.blocks = blocks;
+                inode.root = t.root.blkno;
+                inode.root_level = t.root.level;
+                inode.nextents = count as u32;
+                return Ok(());
+            }
+        }
+        t.insert(tx, &mut fbk, ExtentRec::key(&cur), to_val(&cur))?;
         inode.blocks = blocks;
-        inode.format = DataFormat::Btree;
-        inode.fork = [0; crate::format::inode::FORK_BYTES];
         inode.root = t.root.blkno;
         inode.root_level = t.root.level;
-        inode.nextents = list.len() as u32;
-        return Ok(());
+        inode.nextents = count as u32;
+        Ok(())
     }
-    let mut t = tree(ino, inode);
-    let mut blocks = inode.blocks;
-    let mut fbk = InodeBlocks {
-        alloc,
-        near,
-        blocks: &mut blocks,
-    };
-    let mut cur = e;
-    let mut count = inode.nextents as i64 + 1;
-    if let Some((k, v)) = t.gt(tx, &[e.file_block, u64::MAX])? {
-        let right = from_kv(ino, k, v)?;
-        if joins(&cur, &right) {
-            t.delete(tx, &mut fbk, &k)?;
-            cur.len += right.len;
-            count -= 1;
-        }
-    }
-    if let Some((k, v)) = t.le(tx, &[e.file_block, u64::MAX])? {
-        let left = from_kv(ino, k, v)?;
-        if joins(&left, &cur) {
-            let merged = Extent {
-                len: left.len + cur.len,
-                ..left
-            };
-            t.update(tx, &k, to_val(&merged))?;
-            count -= 1;
-            inode.blocks = blocks;
-            inode.root = t.root.blkno;
-            inode.root_level = t.root.level;
-            inode.nextents = count as u32;
-            return Ok(());
-        }
-    }
-    t.insert(tx, &mut fbk, ExtentRec::key(&cur), to_val(&cur))?;
-    inode.blocks = blocks;
-    inode.root = t.root.blkno;
-    inode.root_level = t.root.level;
-    inode.nextents = count as u32;
-    Ok(())
-}
 
-/// Maps `e`'s file blocks again, to the same disk blocks with `e.flags` (written or unwritten):
-/// the old mapping of that range is taken out without freeing its blocks, and `e` put in,
-/// merged with its neighbours.
-#[track_caller]
-pub(crate) fn remap(
-    tx: &mut Trans<'_>,
-    alloc: &Allocator,
-    ino: u64,
-    inode: &mut Inode,
-    e: Extent,
-) -> Result<(), EngineError> {
-    let end = e.file_block + e.len as u64;
-    remove(tx, alloc, ino, inode, e.file_block, end, usize::MAX, false)?;
-    insert(tx, alloc, ino, inode, e)
-}
-
-/// Unmaps file blocks `from..to`, at most `max` extents touched; with `free`, their disk blocks
-/// are freed (else the caller maps them again, e.g. as written). Returns the extents removed
-/// (clipped to the range) and whether the whole range is done.
-// The range, its bound and the free/keep choice are the operation itself; a struct would only
-// rename them.
-#[allow(clippy::too_many_arguments)]
-#[track_caller]
-pub(crate) fn remove(
-    tx: &mut Trans<'_>,
-    alloc: &Allocator,
-    ino: u64,
-    inode: &mut Inode,
-    from: u64,
-    to: u64,
-    max: usize,
-    free: bool,
-) -> Result<(Vec<Extent>, bool), EngineError> {
-    let mut removed = Vec::new();
-    let mut at = from;
-    while at < to {
-        if removed.len() >= max {
-            return Ok((removed, false));
-        }
-        let (hit, next) = find(tx, ino, inode, at)?;
-        let e = match hit {
-            Some(e) => e,
-            None => match next {
-                Some(n) if n.file_block < to => n,
-                _ => break,
-            },
-        };
-        let e_end = e.file_block + e.len as u64;
-        let a = e.file_block.max(from);
-        let b = e_end.min(to);
-        let cut = clip(&e, a, b);
-        unmap(tx, alloc, ino, inode, &e)?;
-        // What of `e` lies outside the range is mapped again, as it was.
-        if a > e.file_block {
-            insert(tx, alloc, ino, inode, clip(&e, e.file_block, a))?;
-        }
-        if b < e_end {
-            insert(tx, alloc, ino, inode, clip(&e, b, e_end))?;
-        }
-        if free {
-            alloc.free(tx, cut.start, cut.len as u64)?;
-            inode.blocks = inode.blocks.saturating_sub(cut.len as u64);
-        }
-        removed.push(cut);
-        at = b;
+    /// Maps `e`'s file blocks again, to the same disk blocks with `e.flags` (written or unwritten):
+    /// the old mapping of that range is taken out without freeing its blocks, and `e` put in,
+    /// merged with its neighbours.
+    #[track_caller]
+    pub(crate) fn remap(&mut self, tx: &mut Trans<'_>, e: Extent) -> Result<(), EngineError> {
+        let end = e.file_block + e.len as u64;
+        self.remove(tx, e.file_block, end, usize::MAX, false)?;
+        self.insert(tx, e)
     }
-    Ok((removed, true))
-}
 
-/// Removes the whole extent `e` from the map (its blocks stay allocated).
-fn unmap(
-    tx: &mut Trans<'_>,
-    alloc: &Allocator,
-    ino: u64,
-    inode: &mut Inode,
-    e: &Extent,
-) -> Result<(), EngineError> {
-    match inode.format {
-        DataFormat::Local => Err(corrupt(
-            ino,
-            "unmapping from an inode without extents".into(),
-        )),
-        DataFormat::Extents => {
-            let mut list = inode.extents();
-            let before = list.len();
-            list.retain(|x| x != e);
-            if list.len() + 1 != before {
-                return Err(corrupt(ino, format!("extent {e:?} not in the inline list")));
+    /// Unmaps file blocks `from..to`, at most `max` extents touched; with `free`, their disk blocks
+    /// are freed (else the caller maps them again, e.g. as written). Returns the extents removed
+    /// (clipped to the range) and whether the whole range is done.
+    #[track_caller]
+    pub(crate) fn remove(
+        &mut self,
+        tx: &mut Trans<'_>,
+        from: u64,
+        to: u64,
+        max: usize,
+        free: bool,
+    ) -> Result<(Vec<Extent>, bool), EngineError> {
+        let mut removed = Vec::new();
+        let mut at = from;
+        while at < to {
+            if removed.len() >= max {
+                return Ok((removed, false));
             }
-            inode.set_extents(&list);
-            Ok(())
-        }
-        DataFormat::Btree => {
-            let mut t = tree(ino, inode);
-            let mut blocks = inode.blocks;
-            let mut fbk = InodeBlocks {
-                alloc,
-                near: ino_split(ino).0,
-                blocks: &mut blocks,
+            let (hit, next) = find(tx, self.ino, self.inode, at)?;
+            let e = match hit {
+                Some(e) => e,
+                None => match next {
+                    Some(n) if n.file_block < to => n,
+                    _ => break,
+                },
             };
-            if t.delete(tx, &mut fbk, &ExtentRec::key(e))?.is_none() {
-                return Err(corrupt(ino, format!("extent {e:?} not in the tree")));
+            let e_end = e.file_block + e.len as u64;
+            let a = e.file_block.max(from);
+            let b = e_end.min(to);
+            let cut = clip(&e, a, b);
+            self.unmap(tx, &e)?;
+            // What of `e` lies outside the range is mapped again, as it was.
+            if a > e.file_block {
+                self.insert(tx, clip(&e, e.file_block, a))?;
             }
-            inode.blocks = blocks;
-            inode.root = t.root.blkno;
-            inode.root_level = t.root.level;
-            inode.nextents -= 1;
-            Ok(())
+            if b < e_end {
+                self.insert(tx, clip(&e, b, e_end))?;
+            }
+            if free {
+                self.alloc.free(tx, cut.start, cut.len as u64)?;
+                self.inode.blocks = self.inode.blocks.saturating_sub(cut.len as u64);
+            }
+            removed.push(cut);
+            at = b;
+        }
+        Ok((removed, true))
+    }
+
+    /// Removes the whole extent `e` from the map (its blocks stay allocated).
+    fn unmap(&mut self, tx: &mut Trans<'_>, e: &Extent) -> Result<(), EngineError> {
+        let (alloc, ino, inode) = (self.alloc, self.ino, &mut *self.inode);
+        match inode.format {
+            DataFormat::Local => Err(corrupt(
+                ino,
+                "unmapping from an inode without extents".into(),
+            )),
+            DataFormat::Extents => {
+                let mut list = inode.extents();
+                let before = list.len();
+                list.retain(|x| x != e);
+                if list.len() + 1 != before {
+                    return Err(corrupt(ino, format!("extent {e:?} not in the inline list")));
+                }
+                inode.set_extents(&list);
+                Ok(())
+            }
+            DataFormat::Btree => {
+                let mut t = tree(ino, inode);
+                let mut blocks = inode.blocks;
+                let mut fbk = InodeBlocks {
+                    alloc,
+                    near: ino_split(ino).0,
+                    blocks: &mut blocks,
+                };
+                if t.delete(tx, &mut fbk, &ExtentRec::key(e))?.is_none() {
+                    return Err(corrupt(ino, format!("extent {e:?} not in the tree")));
+                }
+                inode.blocks = blocks;
+                inode.root = t.root.blkno;
+                inode.root_level = t.root.level;
+                inode.nextents -= 1;
+                Ok(())
+            }
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::error::EngineError;
 use crate::format::inode::{Extent, Inode, Time};
 use crate::inode::{self, InodeRef};
 use crate::trans::{Trans, TransKind};
-use extmap::{EXTENT_LEN_MAX, UNWRITTEN};
+use extmap::{FileMap, EXTENT_LEN_MAX, UNWRITTEN};
 use readahead::{Lend, Piece, Run};
 
 /// Largest file size: file block numbers stay far from u64 overflow for every block size.
@@ -125,6 +125,19 @@ fn no_free_block(ino: u64) -> EngineError {
     EngineError::NoSpace(format!("no free block for inode {ino}"))
 }
 
+/// An fallocate that allocates (`FileIo::allocate`): preallocation, or zero-range.
+#[derive(Debug, Clone, Copy)]
+pub struct Allocate {
+    /// The range's first byte.
+    pub off: u64,
+    /// The range's length in bytes.
+    pub len: u64,
+    /// The size stays as it is (FALLOC_FL_KEEP_SIZE); else it grows to the range's end.
+    pub keep_size: bool,
+    /// Zero-range (FALLOC_FL_ZERO_RANGE): the range reads as zeros afterwards.
+    pub zero: bool,
+}
+
 /// What a write carries from one step to the next.
 struct WriteState<'a> {
     /// The size or the extent map changed (fdatasync must then force the log).
@@ -163,6 +176,15 @@ impl<'a> FileIo<'a> {
             eng: self.eng,
             ino,
             changed: true,
+        }
+    }
+
+    /// The extent map of `ino`, whose inode is `ino_d`, to change.
+    fn map<'m>(&'m self, ino: u64, ino_d: &'m mut Inode) -> FileMap<'m> {
+        FileMap {
+            alloc: self.alloc,
+            ino,
+            inode: ino_d,
         }
     }
 
@@ -388,27 +410,13 @@ impl<'a> FileIo<'a> {
     }
 
     /// Writes `data` at `off`; returns how many bytes were written: all of them, or, when an
-    /// error (ENOSPC, EIO) stops it after some, the prefix written so far (a short write, as the
-    /// kernel's filesystems return: the size and times then cover that prefix, and the
-    /// kernel's cached size follows the count it is told). An error before any byte is
-    /// returned as such, with the file as it was: blocks this call mapped but had not written
-    /// are taken out again.
+    /// error (ENOSPC, EIO) stops it after some, the prefix written so far with the error that
+    /// stopped it (a short write, as the kernel's filesystems return: the size and times then
+    /// cover that prefix, and the kernel's cached size follows the count it is told; its
+    /// write-back of cached pages takes no count and must get the error). An error before any
+    /// byte is returned as such, with the file as it was: blocks this call mapped but had not
+    /// written are taken out again.
     pub fn write(
-        &self,
-        ino: u64,
-        off: u64,
-        data: &[u8],
-        now: Time,
-        drop_setid: bool,
-    ) -> Result<usize, EngineError> {
-        self.write_prefix(ino, off, data, now, drop_setid)
-            .map(|(n, _)| n)
-    }
-
-    /// `write`, telling apart a short write from a whole one: the bytes written and, when it
-    /// stopped short, the error that stopped it (the kernel's write-back of cached pages takes
-    /// no count and must get the error).
-    pub(crate) fn write_prefix(
         &self,
         ino: u64,
         off: u64,
@@ -607,7 +615,7 @@ impl<'a> FileIo<'a> {
             len: n as u32,
             flags: UNWRITTEN,
         };
-        extmap::insert(tx, self.alloc, ino, ino_d, e)?;
+        self.map(ino, ino_d).insert(tx, e)?;
         ino_d.blocks += n;
         inode::write(tx, r, ino_d);
         Ok(Some(e))
@@ -633,7 +641,26 @@ impl<'a> FileIo<'a> {
             len: (end - fb) as u32,
             flags,
         };
-        extmap::remap(tx, self.alloc, ino, ino_d, e)
+        self.map(ino, ino_d).remap(tx, e)
+    }
+
+    /// Ends an operation on `ino_d` in `tx`: its change time, and with `data` its modification
+    /// time, set to `now`, the inode written and `tx` committed.
+    #[track_caller]
+    fn stamp_and_commit(
+        mut tx: Trans<'_>,
+        r: &InodeRef,
+        mut ino_d: Inode,
+        now: Time,
+        data: bool,
+    ) -> Result<(), EngineError> {
+        if data {
+            ino_d.mtime = now;
+        }
+        ino_d.ctime = now;
+        inode::write(&mut tx, r, &ino_d);
+        tx.commit()?;
+        Ok(())
     }
 
     fn grow(inode: &mut Inode, size: u64, now: Time) {
@@ -733,11 +760,7 @@ impl<'a> FileIo<'a> {
             self.free_range(&mut tx, ino, &r, &mut ino_d, from, u64::MAX)?;
         }
         ino_d.size = size;
-        ino_d.mtime = now;
-        ino_d.ctime = now;
-        inode::write(&mut tx, &r, &ino_d);
-        tx.commit()?;
-        Ok(())
+        Self::stamp_and_commit(tx, &r, ino_d, now, true)
     }
 
     /// Frees the whole blocks inside `off..off+len` and zeroes the partial blocks at its edges;
@@ -754,10 +777,7 @@ impl<'a> FileIo<'a> {
         if first_full < last_full {
             let (mut tx, r, mut ino_d) = self.begin_truncate(ino)?;
             self.free_range(&mut tx, ino, &r, &mut ino_d, first_full, last_full)?;
-            ino_d.mtime = now;
-            ino_d.ctime = now;
-            inode::write(&mut tx, &r, &ino_d);
-            tx.commit()?;
+            Self::stamp_and_commit(tx, &r, ino_d, now, true)?;
         }
         Ok(())
     }
@@ -824,8 +844,9 @@ impl<'a> FileIo<'a> {
         to: u64,
     ) -> Result<(), EngineError> {
         loop {
-            let (_, done) =
-                extmap::remove(tx, self.alloc, ino, ino_d, from, to, REMOVE_PER_STEP, true)?;
+            let (_, done) = self
+                .map(ino, ino_d)
+                .remove(tx, from, to, REMOVE_PER_STEP, true)?;
             if done {
                 return Ok(());
             }
@@ -834,49 +855,24 @@ impl<'a> FileIo<'a> {
         }
     }
 
-    /// fallocate's allocation: every hole of `off..off+len` gets unwritten blocks; the size
-    /// grows to the end unless `keep_size`. All or nothing: the blocks of every hole and an
-    /// extent-map change per piece are promised before anything changes, so a request larger
-    /// than the free space fails with ENOSPC at once; should an allocation still fail half-way
-    /// (free space more scattered than the promise allowed for), the extents this call added
-    /// are taken out again, so the file is as it was (its size, map, block count and ctime).
-    pub fn preallocate(
-        &self,
-        ino: u64,
-        off: u64,
-        len: u64,
-        keep_size: bool,
-        now: Time,
-    ) -> Result<(), EngineError> {
-        self.allocate_range(ino, (off, len), keep_size, now, false)
-    }
-
-    /// fallocate's zero-range: `off..off+len` reads as zeros afterwards and is allocated (the
-    /// written blocks inside it turn unwritten where they stand, the partial blocks at its edges
-    /// are zeroed, the holes get unwritten blocks); the size grows to its end unless
-    /// `keep_size`. Nothing is freed and allocated again, so it needs only the blocks of the
-    /// holes, promised (with the map changes) before anything changes: a refusal leaves the
-    /// file as it was.
-    pub(crate) fn zero_range(
-        &self,
-        ino: u64,
-        off: u64,
-        len: u64,
-        keep_size: bool,
-        now: Time,
-    ) -> Result<(), EngineError> {
-        self.allocate_range(ino, (off, len), keep_size, now, true)
-    }
-
-    /// `preallocate`, and with `zero` `zero_range`.
-    fn allocate_range(
-        &self,
-        ino: u64,
-        (off, len): (u64, u64),
-        keep_size: bool,
-        now: Time,
-        zero: bool,
-    ) -> Result<(), EngineError> {
+    /// fallocate's allocation. Preallocation: every hole of the range gets unwritten blocks.
+    /// Zero-range (`zero`): the range reads as zeros afterwards and is allocated (the written
+    /// blocks inside it turn unwritten where they stand, the partial blocks at its edges are
+    /// zeroed, the holes get unwritten blocks); nothing is freed and allocated again, so it
+    /// needs only the blocks of the holes. Either way the size grows to the range's end unless
+    /// `keep_size`. All or nothing: the blocks of every hole and an extent-map change per
+    /// piece are promised before anything changes, so a request larger than the free space
+    /// fails with ENOSPC at once and leaves the file as it was; should an allocation still fail
+    /// half-way (free space more scattered than the promise allowed for), the extents this call
+    /// added are taken out again, so the file is as it was (its size, map, block count and
+    /// ctime).
+    pub fn allocate(&self, ino: u64, req: Allocate, now: Time) -> Result<(), EngineError> {
+        let Allocate {
+            off,
+            len,
+            keep_size,
+            zero,
+        } = req;
         let _note = self.layout_note(ino);
         let bs = self.bs();
         let end = off
@@ -908,13 +904,7 @@ impl<'a> FileIo<'a> {
             ino_d.size = ino_d.size.max(end);
         }
         // Zeroing changes the data: its modification time too.
-        if zero {
-            ino_d.mtime = now;
-        }
-        ino_d.ctime = now;
-        inode::write(&mut tx, &r, &ino_d);
-        tx.commit()?;
-        Ok(())
+        Self::stamp_and_commit(tx, &r, ino_d, now, zero)
     }
 
     /// Marks the written extents within file blocks `first..last` unwritten: their blocks stay,

@@ -28,7 +28,7 @@ use crate::dir::{self, DirEntry, NAME_MAX};
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::file::readahead::ReadAheadStats;
-use crate::file::{DataSeqs, FileIo, ReadAhead, FILE_SIZE_MAX};
+use crate::file::{Allocate, DataSeqs, FileIo, ReadAhead, FILE_SIZE_MAX};
 use crate::format::inode::{ino_split, DataFormat, Inode, Time, FORK_BYTES};
 use crate::format::{BlockType, BLOCK_HEADER_BYTES};
 use crate::inode;
@@ -413,7 +413,7 @@ impl Fs {
     ) -> R<usize> {
         self.writable()?;
         let _g = self.data_lock(ino);
-        Ok(self.io().write(ino, off, data, now(), kill_setid)?)
+        Ok(self.io().write(ino, off, data, now(), kill_setid)?.0)
     }
 
     /// The kernel's write-back of cached pages (FUSE_WRITE_CACHE: mmap, writeback_cache): all
@@ -422,7 +422,7 @@ impl Fs {
     pub(crate) fn write_back(&self, ino: u64, off: u64, data: &[u8], kill_setid: bool) -> R<usize> {
         self.writable()?;
         let _g = self.data_lock(ino);
-        match self.io().write_prefix(ino, off, data, now(), kill_setid)? {
+        match self.io().write(ino, off, data, now(), kill_setid)? {
             (_, Some(e)) => Err(e.into()),
             (n, None) => Ok(n),
         }
@@ -537,10 +537,14 @@ impl Fs {
         let t = now();
         if punch {
             self.io().punch_hole(ino, off, len, t)?;
-        } else if zero {
-            self.io().zero_range(ino, off, len, keep_size, t)?;
         } else {
-            self.io().preallocate(ino, off, len, keep_size, t)?;
+            let req = Allocate {
+                off,
+                len,
+                keep_size,
+                zero,
+            };
+            self.io().allocate(ino, req, t)?;
         }
         Ok(())
     }

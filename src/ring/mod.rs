@@ -407,32 +407,35 @@ fn give_up(dev: &OwnedFd) {
     }
 }
 
+/// How the queues are served.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Serving {
+    /// Serving threads for each CPU's queue.
+    pub(crate) per_queue: usize,
+    /// The largest write: each thread's payload buffer holds it.
+    pub(crate) max_write: usize,
+    /// The threads serve at SCHED_IDLE while the machine has CPUs to spare ([`policy`]).
+    pub(crate) idle: bool,
+}
+
 impl Queues {
-    /// Starts `per_queue` serving threads for each possible CPU's queue, each with a payload
-    /// buffer of `max_write` bytes, on the FUSE connection `dev` whose INIT reply asked for
-    /// io_uring. With `idle` the threads serve at SCHED_IDLE while the machine has CPUs to spare
-    /// ([`policy`]). On failure the connection is turned back to `/dev/fuse`.
-    pub(crate) fn start(
-        dev: &OwnedFd,
-        ops: Arc<Ops>,
-        per_queue: usize,
-        max_write: usize,
-        idle: bool,
-    ) -> io::Result<Queues> {
-        let r = Self::start_inner(dev, ops, per_queue, max_write, idle);
+    /// Starts the serving threads (`how`) for each possible CPU's queue on the FUSE connection
+    /// `dev` whose INIT reply asked for io_uring. On failure the connection is turned back to
+    /// `/dev/fuse`.
+    pub(crate) fn start(dev: &OwnedFd, ops: Arc<Ops>, how: Serving) -> io::Result<Queues> {
+        let r = Self::start_inner(dev, ops, how);
         if r.is_err() {
             give_up(dev);
         }
         r
     }
 
-    fn start_inner(
-        dev: &OwnedFd,
-        ops: Arc<Ops>,
-        per_queue: usize,
-        max_write: usize,
-        idle: bool,
-    ) -> io::Result<Queues> {
+    fn start_inner(dev: &OwnedFd, ops: Arc<Ops>, how: Serving) -> io::Result<Queues> {
+        let Serving {
+            per_queue,
+            max_write,
+            idle,
+        } = how;
         let n = queue_count()?;
         let qids = u16::try_from(n).map_err(|_| io::Error::other(format!("{n} CPUs")))?;
         let payload = max_write.max(MIN_PAYLOAD_BYTES).next_multiple_of(4096);
