@@ -95,6 +95,21 @@ fn populated(dir: &Path) -> PathBuf {
         )
     };
     assert_eq!(rc, 0, "setxattr");
+    // A file with an attribute tree of several nodes, entry blocks and a remote value.
+    let a = r.join("attrs");
+    fs::write(&a, b"a").unwrap();
+    let c = std::ffi::CString::new(a.as_os_str().as_encoded_bytes()).unwrap();
+    for i in 0..400 {
+        let n = std::ffi::CString::new(format!("user.attribute-{i:04}")).unwrap();
+        let v = if i == 7 {
+            vec![7u8; 65536]
+        } else {
+            vec![i as u8; i % 40]
+        };
+        // SAFETY: NUL-terminated path and name; the value's pointer and length.
+        let rc = unsafe { libc::setxattr(c.as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
+        assert_eq!(rc, 0, "setxattr {n:?}: {}", std::io::Error::last_os_error());
+    }
     m.unmount();
     img
 }
@@ -1131,7 +1146,7 @@ fn field_sites(img: &[u8]) -> Vec<Site> {
         ino_of, inodes_per_block, slot_range, DataFormat, Inode, CHUNK_SLOTS_OFFSET, FORK_OFFSET,
     };
     use ticketfs::format::log::{RecordHeader, LOG_RECORD_MAGIC};
-    use ticketfs::format::{dirblock, record_fields, xattrblock, FieldRead, Superblock};
+    use ticketfs::format::{attrtree, dirblock, record_fields, xattrblock, FieldRead, Superblock};
     let sb = Superblock::decode(&img[..BS], 0).unwrap();
     let g = sb.geometry;
     let mut out: Vec<Site> = Vec::new();
@@ -1189,7 +1204,8 @@ fn field_sites(img: &[u8]) -> Vec<Site> {
             | BlockType::BtreeCnt
             | BlockType::BtreeIno
             | BlockType::BtreeExtent
-            | BlockType::BtreeDir => {
+            | BlockType::BtreeDir
+            | BlockType::BtreeAttr => {
                 let (_, reads) = record_fields(|| Node::check_structure(b, n as u64));
                 add(
                     format!("B+tree node ({})", t.name()),
@@ -1217,6 +1233,28 @@ fn field_sites(img: &[u8]) -> Vec<Site> {
                 let (r, reads) = record_fields(|| xattrblock::decode(b, n as u64).map(|_| ()));
                 r.expect("the pristine xattr block passes");
                 add("xattr block".into(), n * BS, reads, Seal::Block(n));
+            }
+            BlockType::AttrEntries => {
+                // As a name block: no attribute of `populated` was ever removed or replaced, so
+                // every record up to `free_off` is live.
+                let end = attrtree::free_off(b, n as u64).unwrap();
+                let mut offs = Vec::new();
+                let mut at = attrtree::RECORDS_OFF;
+                while at < end {
+                    offs.push(at);
+                    at += attrtree::record(b, n as u64, at).unwrap().bytes();
+                }
+                let (r, reads) =
+                    record_fields(|| attrtree::check_entry_block(b, n as u64, &mut offs));
+                r.expect("the pristine entry block passes");
+                add("xattr entry block".into(), n * BS, reads, Seal::Block(n));
+            }
+            BlockType::AttrRemote => {
+                // The first block of `populated`'s one remote value, of 64 KiB.
+                let (r, reads) =
+                    record_fields(|| attrtree::remote_data(b, n as u64, 0, 65536).map(|_| ()));
+                r.expect("the pristine remote block passes");
+                add("xattr remote block".into(), n * BS, reads, Seal::Block(n));
             }
             BlockType::Symlink => {
                 // Its inode says how long the target is: 400 bytes ("longlink" in `populated`).
