@@ -1587,3 +1587,67 @@ fn every_field_of_every_structure_fuzzed() {
         failures.join("\n")
     );
 }
+
+/// Damage to the attribute tree's blocks that only the shared verifiers (`format::attrtree`,
+/// through `xattr::blocks` and `verify::inode`) see, each with a valid CRC: an entry block's live
+/// count one low (the block would be freed under a record in use), a record's REMOTE flag
+/// cleared (its value's length says remote), a remote block's value offset moved, a remote block
+/// claiming another owner. fsck -n finds each, fsck -y drops the attributes, and the image is
+/// clean after.
+#[test]
+fn damage_to_the_attribute_tree_is_found_and_repaired() {
+    use ticketfs::format::attrtree;
+    let work = tempfile::tempdir().unwrap();
+    let img = populated(work.path());
+    let pristine = fs::read(&img).unwrap();
+    let kinds = blocks_by_type(&pristine);
+    let set_u32 =
+        |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    let eb = kinds[&BlockType::AttrEntries][0];
+    let mut live_low = pristine.clone();
+    let at = eb * BS + attrtree::LIVE_OFF;
+    let live = u32::from_le_bytes(live_low[at..at + 4].try_into().unwrap());
+    set_u32(&mut live_low, at, live - 1);
+    reseal(&mut live_low, eb);
+    // The entry block holding the 64 KiB value's record: its REMOTE flag cleared.
+    let (rb, roff) = kinds[&BlockType::AttrEntries]
+        .iter()
+        .find_map(|&b| {
+            let blk = &pristine[b * BS..(b + 1) * BS];
+            let end = attrtree::free_off(blk, b as u64).ok()?;
+            let mut off = attrtree::RECORDS_OFF;
+            while off < end {
+                let r = attrtree::record(blk, b as u64, off).ok()?;
+                if r.value_len == 65536 {
+                    return Some((b, off));
+                }
+                off += r.bytes();
+            }
+            None
+        })
+        .expect("the entry block of the 64 KiB value");
+    let mut flag = pristine.clone();
+    flag[rb * BS + roff + 1] = 0;
+    reseal(&mut flag, rb);
+    let xr = kinds[&BlockType::AttrRemote][1];
+    let mut moved = pristine.clone();
+    set_u32(&mut moved, xr * BS + attrtree::REMOTE_VALUE_OFF, 0);
+    reseal(&mut moved, xr);
+    let mut owner = pristine.clone();
+    owner[xr * BS + 16..xr * BS + 24].copy_from_slice(&12345u64.to_le_bytes());
+    reseal(&mut owner, xr);
+    for (what, bytes) in [
+        ("an entry block's live count one low", &live_low),
+        ("a remote record's flag cleared", &flag),
+        ("a remote block's value offset moved", &moved),
+        ("a remote block of another owner", &owner),
+    ] {
+        fs::write(work.path().join("bad"), bytes).unwrap();
+        let (code, out) = fsck(&work.path().join("bad"), &["-n"]);
+        assert!(
+            code == 4 && out.contains("xattrs: "),
+            "{what}: exit {code}\n{out}"
+        );
+        assert_found_and_repaired(work.path(), what, bytes);
+    }
+}
