@@ -198,6 +198,6 @@ mod tests {
         assert!(line.starts_with("unexpected argument '-q'"), "{line}");
         let e = cmd().try_get_matches_from(["x", "-V"]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::DisplayVersion);
-        assert!(e.render().to_string().contains("(on-disk format 1)"));
+        assert!(e.render().to_string().contains("(on-disk format 2)"));
     }
 }

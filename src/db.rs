@@ -14,6 +14,7 @@ use crate::engine::{read_superblock, Engine, EngineOptions};
 use crate::error::EngineError;
 use crate::file::extmap;
 use crate::format::ag::{AgHeader, AG_HEADER_OFFSET};
+use crate::format::attrtree as at;
 use crate::format::inode::Inode;
 use crate::format::inode::{S_IFDIR, S_IFMT, S_IFREG};
 use crate::format::log::{LogItem, RecordHeader, LOG_RECORD_HEADER_BYTES, LOG_RECORD_MAGIC};
@@ -202,7 +203,8 @@ fn block(dev: &dyn Device, blkno: u64) -> Result<String, String> {
         | BlockType::BtreeCnt
         | BlockType::BtreeIno
         | BlockType::BtreeExtent
-        | BlockType::BtreeDir => {
+        | BlockType::BtreeDir
+        | BlockType::BtreeAttr => {
             match Node::check_structure(&buf, blkno).and_then(|()| Node::new(&buf, blkno)) {
                 Ok(n) => {
                     let _ = writeln!(
@@ -236,11 +238,66 @@ fn block(dev: &dyn Device, blkno: u64) -> Result<String, String> {
                 }
             }
         }
+        BlockType::AttrEntries => attr_entries(&mut out, &buf, blkno),
+        BlockType::AttrRemote => {
+            let d = |o: usize| u32::from_le_bytes([buf[o], buf[o + 1], buf[o + 2], buf[o + 3]]);
+            let _ = writeln!(
+                out,
+                "remote value block: bytes {}..{} of its value; first bytes {}",
+                d(at::REMOTE_VALUE_OFF),
+                d(at::REMOTE_VALUE_OFF) as u64 + d(at::REMOTE_BYTES_OFF) as u64,
+                hex(&buf[at::REMOTE_DATA_OFF..at::REMOTE_DATA_OFF + 32])
+            );
+        }
         _ => {
             let _ = writeln!(out, "first bytes after the header: {}", hex(&buf[48..112]));
         }
     }
     Ok(out)
+}
+
+/// Value bytes `ticketfs db` shows of each attribute.
+const DB_VALUE_SHOWN_BYTES: usize = 32;
+
+/// An attribute entry block's header and every record in it, live or dead (the block alone
+/// cannot tell which: the tree says).
+fn attr_entries(out: &mut String, buf: &[u8], blkno: u64) {
+    let live = u32::from_le_bytes([
+        buf[at::LIVE_OFF],
+        buf[at::LIVE_OFF + 1],
+        buf[at::LIVE_OFF + 2],
+        buf[at::LIVE_OFF + 3],
+    ]);
+    let end = match at::free_off(buf, blkno) {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = writeln!(out, "entry block: {e}");
+            return;
+        }
+    };
+    let _ = writeln!(out, "entry block: live {live}, free_off {end}");
+    let mut off = at::RECORDS_OFF;
+    while off < end {
+        match at::record(buf, blkno, off) {
+            Ok(r) => {
+                let _ = writeln!(
+                    out,
+                    "  at {off}: {:?}, {} bytes {}",
+                    String::from_utf8_lossy(r.name),
+                    r.value_len,
+                    match r.value {
+                        at::Stored::Local(_) => "local".to_string(),
+                        at::Stored::Remote(b) => format!("in remote blocks from {b}"),
+                    }
+                );
+                off += r.bytes();
+            }
+            Err(e) => {
+                let _ = writeln!(out, "  at {off}: {e}");
+                return;
+            }
+        }
+    }
 }
 
 fn hex(b: &[u8]) -> String {
@@ -369,9 +426,10 @@ fn show_inode(eng: &Engine, ino: u64) -> Result<String, String> {
     let mut tx = eng.begin(TransKind::Read).map_err(|e| e.to_string())?;
     let i = read_named_inode(eng, &mut tx, ino)?;
     let mut out = format!(
-        "inode {ino}: mode {:o} uid {} gid {} nlink {} size {} blocks {} generation {}\n  atime {:?}\n  mtime {:?}\n  ctime {:?}\n  crtime {:?}\n  format {:?} nextents {} root {} level {} xattr block {} flags {:#x} rdev {}\n",
+        "inode {ino}: mode {:o} uid {} gid {} nlink {} size {} blocks {} generation {}\n  atime {:?}\n  mtime {:?}\n  ctime {:?}\n  crtime {:?}\n  format {:?} nextents {} root {} level {} xattr block {} ({:?} form, level {}) flags {:#x} rdev {}\n",
         i.mode, i.uid, i.gid, i.nlink, i.size, i.blocks, i.generation, i.atime, i.mtime, i.ctime,
-        i.crtime, i.format, i.nextents, i.root, i.root_level, i.xattr_blk, i.flags, i.rdev
+        i.crtime, i.format, i.nextents, i.root, i.root_level, i.xattr_blk, i.xattr_form,
+        i.xattr_level, i.flags, i.rdev
     );
     match i.mode & S_IFMT {
         S_IFREG => match extmap::all(&mut tx, ino, &i) {
@@ -399,7 +457,24 @@ fn show_inode(eng: &Engine, ino: u64) -> Result<String, String> {
     if i.xattr_blk != 0 {
         match crate::xattr::load(&mut tx, ino, &i) {
             Ok(a) => {
-                let _ = writeln!(out, "  xattrs: {a:?}");
+                // A value is shown up to its first bytes: one may be 64 KiB.
+                for (n, v) in a {
+                    let _ = writeln!(
+                        out,
+                        "  xattr {:?}: {} bytes {:?}{}",
+                        String::from_utf8_lossy(&n),
+                        v.len(),
+                        String::from_utf8_lossy(&v[..v.len().min(DB_VALUE_SHOWN_BYTES)]),
+                        if v.len() > DB_VALUE_SHOWN_BYTES {
+                            ".."
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                if let Ok(runs) = crate::xattr::blocks(&mut tx, ino, &i) {
+                    let _ = writeln!(out, "  xattr blocks (start+length): {runs:?}");
+                }
             }
             Err(e) => {
                 let _ = writeln!(out, "  xattrs: {e}");

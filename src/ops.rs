@@ -82,6 +82,7 @@ pub(crate) fn errno(e: &FsError) -> i32 {
         FsError::NotSupported => libc::EOPNOTSUPP,
         FsError::NoData => libc::ENXIO,
         FsError::NoAttr => libc::ENODATA,
+        FsError::ValueTooBig => libc::E2BIG,
         FsError::Stale => libc::ESTALE,
         FsError::Engine(EngineError::NoSpace(_)) => libc::ENOSPC,
         FsError::Engine(EngineError::Stale(_)) => libc::ENOENT,

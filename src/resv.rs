@@ -10,7 +10,9 @@
 //! nodes (`format::node`), capped at [`BTREE_HEIGHT_MAX`].
 
 use crate::cache::BUF_OVERHEAD_BYTES;
+use crate::format::attrtree::{self as at, XATTR_ENTRIES_MAX};
 use crate::format::node::{capacity, BTREE_HEIGHT_MAX};
+use crate::format::xattrblock::{ENTRIES_OFF as XA_ENTRIES_OFF, ENTRY_HDR as XA_ENTRY_HDR};
 use crate::format::Geometry;
 use crate::log::{Log, LOG_RESERVE_BLOCKS};
 
@@ -105,6 +107,7 @@ pub(crate) struct Heights {
     pub(crate) inode: u32,
     pub(crate) extent: u32,
     pub(crate) dir: u32,
+    pub(crate) xattr: u32,
 }
 
 /// Levels a B+tree of `records` needs with blocks of `bs`.
@@ -138,6 +141,7 @@ impl ResvTable {
             // A file fragmented to single blocks over the whole device.
             extent: btree_height(g.block_count, bs),
             dir: btree_height(DIR_ENTRIES_MAX, bs),
+            xattr: btree_height(XATTR_ENTRIES_MAX, bs),
         };
         let mut t = ResvTable {
             block_size: bs,
@@ -202,6 +206,54 @@ impl ResvTable {
         Self::split(self.heights.extent) + self.alloc()
     }
 
+    /// Setting an attribute in the tree form, at worst a value of XATTR_SIZE_MAX replacing
+    /// another in a full tree: the inode; the tree split to the root by an insert (a replace
+    /// updates one path); the entry block the record is appended to, or a new one, with its
+    /// allocation and the new tree nodes' (one extent); the new value's remote blocks, new and
+    /// logged whole, with their allocation (one extent); the replaced record's entry block, freed
+    /// when it was its last, and the freeing; the old value's remote blocks cancelled and their
+    /// extent freed.
+    fn xattr_set(&self) -> u32 {
+        let remote = at::remote_blocks_max(self.block_size as usize) as u32;
+        1 + Self::split(self.heights.xattr)
+            + 1
+            + self.alloc()
+            + remote
+            + self.alloc()
+            + 1
+            + self.alloc()
+            + remote
+            + self.alloc()
+    }
+
+    /// Moving an inode's attributes from its one xattr block into a new tree: the inode; the
+    /// xattr block cancelled and freed; every node of a tree of the most entries a block holds
+    /// (each at least a 5-byte name, "user.", and its 3-byte header), inserted in key order so
+    /// that leaves split half full; the entry blocks their records fill in turn (a record is at
+    /// most `local_max` bytes, so each block but the last holds all but that much); the remote
+    /// blocks of the values too large for a record (each fits one: at most two, as each takes
+    /// more than half the xattr block); and the allocations of nodes, entry blocks and remote
+    /// blocks, one extent each.
+    fn xattr_convert(&self) -> u32 {
+        let bs = self.block_size as usize;
+        let room = bs - XA_ENTRIES_OFF;
+        let entries = room / (XA_ENTRY_HDR + 5);
+        let leaf_half = (capacity(bs, 0) / 2).max(1);
+        let node_half = (capacity(bs, 1) / 2).max(2);
+        let mut nodes = entries.div_ceil(leaf_half);
+        let mut level = nodes;
+        while level > 1 {
+            level = level.div_ceil(node_half);
+            nodes += level;
+        }
+        // A record is its xattr-block entry and 3 bytes more (or less, when its value goes
+        // remote).
+        let records = room + entries * (at::RECORD_HDR - XA_ENTRY_HDR);
+        let per_block = bs - at::RECORDS_OFF - at::local_max(bs);
+        let entry_blocks = records.div_ceil(per_block.max(1)) + 1;
+        (1 + 1 + self.alloc() + nodes as u32 + entry_blocks as u32 + 2 + 3 * self.alloc()).max(1)
+    }
+
     /// Buffers per step and steps, per kind.
     fn buffers_for(&self, k: TransKind) -> (u32, u32) {
         match k {
@@ -245,10 +297,18 @@ impl ResvTable {
             // per step: the inode, one extent removed from the map (which may free map nodes,
             // each a free-space update), and the freeing of its blocks
             TransKind::Truncate => (1 + self.extent_map() + 2 * self.alloc(), TRUNCATE_LOG_COUNT),
-            // the inode, the xattr block and its allocation
-            TransKind::Xattr => (1 + 1 + self.alloc(), 1),
-            // per step: the inode, its map, directory root, symlink or xattr block freed (an
-            // allocator operation), the unlinked-inode tree and the inode-chunk tree
+            // the larger of a set in the tree form (which covers a removal: the same blocks
+            // without the new record's), a move from the xattr block into a tree, and a set in
+            // the block form (the inode, the block and its allocation)
+            TransKind::Xattr => (
+                self.xattr_set()
+                    .max(self.xattr_convert())
+                    .max(1 + 1 + self.alloc()),
+                1,
+            ),
+            // per step: the inode, its map, directory root or symlink block freed (an allocator
+            // operation), the unlinked-inode tree and the inode-chunk tree (attributes are freed
+            // before, in transactions of kind Xattr)
             TransKind::Inactive => (
                 1 + self.alloc() + self.unlinked() + Self::split(self.heights.inode),
                 INACTIVE_LOG_COUNT,
@@ -306,5 +366,33 @@ impl ResvTable {
     /// emergency reserve, a sixteenth of the budget.
     pub(crate) fn min_budget_bytes(&self) -> u64 {
         (2 * self.max_mem_bytes()) * 16 / 15 + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An attribute set of the largest value fits under the log minimum the other kinds set
+    /// already, so images made before the attribute tree keep mounting with their logs.
+    #[test]
+    fn xattr_reservation_keeps_the_log_minimum() {
+        for bs in [512u32, 1024, 4096, 65536] {
+            for blocks in [4096u64, 1 << 16, 1 << 20, 1 << 24] {
+                let Ok(g) = Geometry::new(bs, blocks, 16, 4) else {
+                    continue;
+                };
+                let t = ResvTable::new(&g);
+                let x = t.get(TransKind::Xattr);
+                assert!(x.buffers >= t.xattr_set().max(t.xattr_convert()));
+                let others = TransKind::ALL
+                    .iter()
+                    .filter(|&&k| k != TransKind::Xattr)
+                    .map(|&k| t.get(k).log_unit_bytes * t.get(k).log_count as u64)
+                    .max()
+                    .unwrap();
+                assert!(x.log_unit_bytes <= others, "bs {bs} blocks {blocks}");
+            }
+        }
     }
 }

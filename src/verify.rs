@@ -36,7 +36,7 @@ impl Role {
             Role::ExtentNode => "an extent-map node",
             Role::Directory => "a directory block",
             Role::Symlink => "a symlink block",
-            Role::Xattr => "an xattr block",
+            Role::Xattr => "an xattr block (block, tree node, entry or remote value)",
         }
     }
 
@@ -76,7 +76,7 @@ pub(crate) enum Fault {
     Size { why: String, fixed: u64 },
     /// The directory's blocks are unreadable or inconsistent: rebuilt from the names read.
     Directory(String),
-    /// The xattr block is unreadable or invalid: dropped.
+    /// The xattr block or attribute tree is unreadable or invalid: dropped.
     Xattrs(String),
     /// The block count differs from the blocks it owns (repair: set to what it keeps).
     Blocks { counted: u64, owns: u64 },
@@ -154,28 +154,29 @@ pub(crate) fn inode(tx: &mut Trans<'_>, g: &Geometry, ino: u64, i: &Inode) -> Ve
         S_IFLNK => symlink(tx, g, ino, i, &mut v),
         _ => {}
     }
-    if i.xattr_blk != 0 {
-        match crate::xattr::load(tx, ino, i) {
-            Ok(list) => {
-                // A POSIX ACL must decode as the kernel's rule says (`format::acl`): the kernel
-                // would refuse to use it. The attributes go with it, as with an unreadable block.
-                let bad_acl = list.iter().find_map(|(n, val)| {
-                    let acl = n == crate::format::acl::ACCESS || n == crate::format::acl::DEFAULT;
-                    acl.then(|| crate::format::acl::decode(val).err())
-                        .flatten()
-                        .map(|why| format!("{}: {why}", String::from_utf8_lossy(n)))
-                });
-                match bad_acl {
-                    Some(why) => v.faults.push(Fault::Xattrs(why)),
-                    None => v.owns.push(Run {
-                        start: i.xattr_blk,
-                        len: 1,
-                        role: Role::Xattr,
-                    }),
+    // A POSIX ACL must decode as the kernel's rule says (`format::acl`): the kernel would refuse
+    // to use it. The attributes go with it, as with an unreadable block.
+    let bad_acl = |tx: &mut Trans<'_>| -> Result<Option<String>, EngineError> {
+        for name in [crate::format::acl::ACCESS, crate::format::acl::DEFAULT] {
+            if let Some(val) = crate::xattr::get(tx, ino, i, name)? {
+                if let Err(why) = crate::format::acl::decode(&val) {
+                    return Ok(Some(format!("{}: {why}", String::from_utf8_lossy(name))));
                 }
             }
-            Err(e) => v.faults.push(Fault::Xattrs(err_text(e))),
         }
+        Ok(None)
+    };
+    match crate::xattr::blocks(tx, ino, i) {
+        Ok(runs) => match bad_acl(tx) {
+            Ok(Some(why)) => v.faults.push(Fault::Xattrs(why)),
+            Ok(None) => v.owns.extend(runs.into_iter().map(|(start, len)| Run {
+                start,
+                len,
+                role: Role::Xattr,
+            })),
+            Err(e) => v.faults.push(Fault::Xattrs(err_text(e))),
+        },
+        Err(e) => v.faults.push(Fault::Xattrs(err_text(e))),
     }
     placement(g, &mut v);
     if v.clear().is_none() {
@@ -308,10 +309,12 @@ fn placement(g: &Geometry, v: &mut Verdict) {
         end = r.start + r.len;
         kept.push(r);
     }
+    // An attribute run (a remote value's extent is several blocks) may meet another in any
+    // of its blocks, another attribute run's included.
     for x in xattr {
         if kept
             .iter()
-            .any(|r| (r.start..r.start + r.len).contains(&x.start))
+            .any(|r| r.start < x.start + x.len && x.start < r.start + r.len)
         {
             faults.push(Fault::Xattrs(format!(
                 "xattr block {} is also another block of the same inode",

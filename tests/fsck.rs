@@ -95,6 +95,21 @@ fn populated(dir: &Path) -> PathBuf {
         )
     };
     assert_eq!(rc, 0, "setxattr");
+    // A file with an attribute tree of several nodes, entry blocks and a remote value.
+    let a = r.join("attrs");
+    fs::write(&a, b"a").unwrap();
+    let c = std::ffi::CString::new(a.as_os_str().as_encoded_bytes()).unwrap();
+    for i in 0..400 {
+        let n = std::ffi::CString::new(format!("user.attribute-{i:04}")).unwrap();
+        let v = if i == 7 {
+            vec![7u8; 65536]
+        } else {
+            vec![i as u8; i % 40]
+        };
+        // SAFETY: NUL-terminated path and name; the value's pointer and length.
+        let rc = unsafe { libc::setxattr(c.as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
+        assert_eq!(rc, 0, "setxattr {n:?}: {}", std::io::Error::last_os_error());
+    }
     m.unmount();
     img
 }
@@ -1131,7 +1146,7 @@ fn field_sites(img: &[u8]) -> Vec<Site> {
         ino_of, inodes_per_block, slot_range, DataFormat, Inode, CHUNK_SLOTS_OFFSET, FORK_OFFSET,
     };
     use ticketfs::format::log::{RecordHeader, LOG_RECORD_MAGIC};
-    use ticketfs::format::{dirblock, record_fields, xattrblock, FieldRead, Superblock};
+    use ticketfs::format::{attrtree, dirblock, record_fields, xattrblock, FieldRead, Superblock};
     let sb = Superblock::decode(&img[..BS], 0).unwrap();
     let g = sb.geometry;
     let mut out: Vec<Site> = Vec::new();
@@ -1189,7 +1204,8 @@ fn field_sites(img: &[u8]) -> Vec<Site> {
             | BlockType::BtreeCnt
             | BlockType::BtreeIno
             | BlockType::BtreeExtent
-            | BlockType::BtreeDir => {
+            | BlockType::BtreeDir
+            | BlockType::BtreeAttr => {
                 let (_, reads) = record_fields(|| Node::check_structure(b, n as u64));
                 add(
                     format!("B+tree node ({})", t.name()),
@@ -1217,6 +1233,28 @@ fn field_sites(img: &[u8]) -> Vec<Site> {
                 let (r, reads) = record_fields(|| xattrblock::decode(b, n as u64).map(|_| ()));
                 r.expect("the pristine xattr block passes");
                 add("xattr block".into(), n * BS, reads, Seal::Block(n));
+            }
+            BlockType::AttrEntries => {
+                // As a name block: no attribute of `populated` was ever removed or replaced, so
+                // every record up to `free_off` is live.
+                let end = attrtree::free_off(b, n as u64).unwrap();
+                let mut offs = Vec::new();
+                let mut at = attrtree::RECORDS_OFF;
+                while at < end {
+                    offs.push(at);
+                    at += attrtree::record(b, n as u64, at).unwrap().bytes();
+                }
+                let (r, reads) =
+                    record_fields(|| attrtree::check_entry_block(b, n as u64, &mut offs));
+                r.expect("the pristine entry block passes");
+                add("xattr entry block".into(), n * BS, reads, Seal::Block(n));
+            }
+            BlockType::AttrRemote => {
+                // The first block of `populated`'s one remote value, of 64 KiB.
+                let (r, reads) =
+                    record_fields(|| attrtree::remote_data(b, n as u64, 0, 65536).map(|_| ()));
+                r.expect("the pristine remote block passes");
+                add("xattr remote block".into(), n * BS, reads, Seal::Block(n));
             }
             BlockType::Symlink => {
                 // Its inode says how long the target is: 400 bytes ("longlink" in `populated`).
@@ -1548,6 +1586,70 @@ fn every_field_of_every_structure_fuzzed() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// Damage to the attribute tree's blocks that only the shared verifiers (`format::attrtree`,
+/// through `xattr::blocks` and `verify::inode`) see, each with a valid CRC: an entry block's live
+/// count one low (the block would be freed under a record in use), a record's REMOTE flag
+/// cleared (its value's length says remote), a remote block's value offset moved, a remote block
+/// claiming another owner. fsck -n finds each, fsck -y drops the attributes, and the image is
+/// clean after.
+#[test]
+fn damage_to_the_attribute_tree_is_found_and_repaired() {
+    use ticketfs::format::attrtree;
+    let work = tempfile::tempdir().unwrap();
+    let img = populated(work.path());
+    let pristine = fs::read(&img).unwrap();
+    let kinds = blocks_by_type(&pristine);
+    let set_u32 =
+        |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    let eb = kinds[&BlockType::AttrEntries][0];
+    let mut live_low = pristine.clone();
+    let at = eb * BS + attrtree::LIVE_OFF;
+    let live = u32::from_le_bytes(live_low[at..at + 4].try_into().unwrap());
+    set_u32(&mut live_low, at, live - 1);
+    reseal(&mut live_low, eb);
+    // The entry block holding the 64 KiB value's record: its REMOTE flag cleared.
+    let (rb, roff) = kinds[&BlockType::AttrEntries]
+        .iter()
+        .find_map(|&b| {
+            let blk = &pristine[b * BS..(b + 1) * BS];
+            let end = attrtree::free_off(blk, b as u64).ok()?;
+            let mut off = attrtree::RECORDS_OFF;
+            while off < end {
+                let r = attrtree::record(blk, b as u64, off).ok()?;
+                if r.value_len == 65536 {
+                    return Some((b, off));
+                }
+                off += r.bytes();
+            }
+            None
+        })
+        .expect("the entry block of the 64 KiB value");
+    let mut flag = pristine.clone();
+    flag[rb * BS + roff + 1] = 0;
+    reseal(&mut flag, rb);
+    let xr = kinds[&BlockType::AttrRemote][1];
+    let mut moved = pristine.clone();
+    set_u32(&mut moved, xr * BS + attrtree::REMOTE_VALUE_OFF, 0);
+    reseal(&mut moved, xr);
+    let mut owner = pristine.clone();
+    owner[xr * BS + 16..xr * BS + 24].copy_from_slice(&12345u64.to_le_bytes());
+    reseal(&mut owner, xr);
+    for (what, bytes) in [
+        ("an entry block's live count one low", &live_low),
+        ("a remote record's flag cleared", &flag),
+        ("a remote block's value offset moved", &moved),
+        ("a remote block of another owner", &owner),
+    ] {
+        fs::write(work.path().join("bad"), bytes).unwrap();
+        let (code, out) = fsck(&work.path().join("bad"), &["-n"]);
+        assert!(
+            code == 4 && out.contains("xattrs: "),
+            "{what}: exit {code}\n{out}"
+        );
+        assert_found_and_repaired(work.path(), what, bytes);
+    }
 }
 
 /// A POSIX ACL the kernel would refuse (here version 3), in an xattr block whose CRC is valid:

@@ -113,3 +113,54 @@ fn undersized_log_entry_is_reported_at_commit() {
     eng.force_all().unwrap();
     eng.unmount().unwrap();
 }
+
+/// The xattr entry's worst case, under overrun=panic with 512-byte blocks (a 64 KiB value is 147
+/// remote blocks, the attribute tree several levels deep): 64 KiB values replacing 64 KiB values
+/// in a tree of 3,000 attributes with long names, their removal, the file unlinked with its tree.
+/// Nothing overruns; the reservation's margin stays positive.
+#[test]
+fn the_largest_attribute_replacing_the_largest_does_not_overrun() {
+    use ticketfs::fs::{Ctx, Fs, S_IFREG};
+    use ticketfs::mkfs::{make_filesystem, MkfsOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("image");
+    make_filesystem(
+        &p,
+        &MkfsOptions {
+            size: Some(64 << 20),
+            block_size: 512,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let dev = Arc::new(ticketfs::device::FileDevice::open(&p, 512, false).unwrap());
+    let opts = EngineOptions {
+        overrun: OverrunPolicy::Panic,
+        ..Default::default()
+    };
+    let fs = Fs::new(Engine::mount(dev, opts).unwrap(), false).unwrap();
+    let c = Ctx::ROOT;
+    let a = fs
+        .make(&c, fs.root(), b"f", S_IFREG | 0o644, 0, None)
+        .unwrap();
+    let name = |i: usize| format!("user.{i:06}-{}", "n".repeat(200)).into_bytes();
+    for i in 0..3000 {
+        fs.setxattr(&c, a.ino, &name(i), &pattern(i as u64, i % 9), false, false)
+            .unwrap();
+    }
+    for round in 0..4u64 {
+        for i in [0, 1500, 2999] {
+            fs.setxattr(&c, a.ino, &name(i), &pattern(round, 65536), false, false)
+                .unwrap();
+        }
+    }
+    assert_eq!(
+        fs.getxattr(&c, a.ino, &name(1500)).unwrap(),
+        pattern(3, 65536)
+    );
+    fs.removexattr(&c, a.ino, &name(0)).unwrap();
+    fs.remove(&c, fs.root(), b"f", false).unwrap();
+    assert!(fs.engine().overrun_reports().is_empty());
+    assert_eq!(fs.engine().stats().overruns, 0);
+    fs.unmount().unwrap();
+}

@@ -35,15 +35,7 @@ fn cookie_of(key: &[u64; 2]) -> u64 {
     (key[0] << 31 | key[1]).saturating_add(COOKIE_BASE)
 }
 
-/// The 32-bit FNV-1a hash of a name: stable, documented, cheap.
-pub fn name_hash(name: &[u8]) -> u64 {
-    let mut h: u32 = 0x811c_9dc5;
-    for &b in name {
-        h ^= b as u32;
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h as u64
-}
+pub use crate::format::name::name_hash;
 
 /// A directory entry as read.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -36,10 +36,16 @@ pub enum BlockType {
     Xattr,
     /// A symlink target block.
     Symlink,
+    /// Extended-attribute hash B+tree node (an inode's attribute tree).
+    BtreeAttr,
+    /// Extended-attribute entry block: names and small values of an attribute tree.
+    AttrEntries,
+    /// Extended-attribute remote value block: part of one value too large for an entry block.
+    AttrRemote,
 }
 
 impl BlockType {
-    pub const ALL: [BlockType; 10] = [
+    pub const ALL: [BlockType; 13] = [
         BlockType::AgHeader,
         BlockType::BtreeBno,
         BlockType::BtreeCnt,
@@ -50,6 +56,9 @@ impl BlockType {
         BlockType::DirData,
         BlockType::Xattr,
         BlockType::Symlink,
+        BlockType::BtreeAttr,
+        BlockType::AttrEntries,
+        BlockType::AttrRemote,
     ];
 
     /// The magic number: four ASCII letters, "TK" and two naming the type.
@@ -65,6 +74,9 @@ impl BlockType {
             BlockType::DirData => b"TKDD",
             BlockType::Xattr => b"TKXA",
             BlockType::Symlink => b"TKSL",
+            BlockType::BtreeAttr => b"TKBA",
+            BlockType::AttrEntries => b"TKXE",
+            BlockType::AttrRemote => b"TKXR",
         };
         u32::from_be_bytes(*tag)
     }
@@ -85,6 +97,9 @@ impl BlockType {
             BlockType::DirData => "directory data block",
             BlockType::Xattr => "xattr block",
             BlockType::Symlink => "symlink block",
+            BlockType::BtreeAttr => "xattr B+tree node",
+            BlockType::AttrEntries => "xattr entry block",
+            BlockType::AttrRemote => "xattr remote value block",
         }
     }
 }

@@ -19,9 +19,11 @@
 //! | 92 | 4 | nextents: records in the extent list or tree; bytes of local data |
 //! | 96 | 8 | rdev |
 //! | 104 | 8 | unlinked_next: next inode on the AG's unlinked list (0: end) |
-//! | 112 | 8 | xattr block (0: none) |
+//! | 112 | 8 | xattr block, or the attribute tree's root (0: no attributes) |
 //! | 120 | 8 | data B+tree root block | 128 | 2 | its level |
-//! | 130 | 6 | zero |
+//! | 130 | 1 | attribute form: 0 one xattr block (TKXA) or none, 1 attribute hash tree (TKBA) |
+//! | 131 | 1 | attribute tree's root level (0 in the block form) |
+//! | 132 | 4 | zero |
 //! | 136 | 120 | fork area: local bytes, or up to 5 extents of 24 bytes (file block u64, start u64, length u32, flags u32) |
 
 use super::{Dec, Enc, FormatError, BLOCK_HEADER_BYTES};
@@ -59,6 +61,16 @@ pub fn ino_split(ino: u64) -> (u64, usize) {
 /// Byte range of `slot` in its chunk block.
 pub fn slot_range(slot: usize) -> std::ops::Range<usize> {
     CHUNK_SLOTS_OFFSET + slot * INODE_BYTES..CHUNK_SLOTS_OFFSET + (slot + 1) * INODE_BYTES
+}
+
+/// How an inode keeps its extended attributes (XFS's attribute fork forms, two of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XattrForm {
+    /// All in one xattr block (`xattr_blk`, 0: none): the small case, and every version 1 inode.
+    #[default]
+    Block,
+    /// A hash B+tree rooted at `xattr_blk`, entry blocks and remote value blocks.
+    Tree,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -202,6 +214,10 @@ pub struct Inode {
     pub rdev: u64,
     pub unlinked_next: u64,
     pub xattr_blk: u64,
+    /// What `xattr_blk` is: the one xattr block, or the root of the attribute tree.
+    pub xattr_form: XattrForm,
+    /// The attribute tree's root level (0 in the block form).
+    pub xattr_level: u16,
     pub root: u64,
     pub root_level: u16,
     pub fork: [u8; FORK_BYTES],
@@ -227,6 +243,8 @@ impl Default for Inode {
             rdev: 0,
             unlinked_next: 0,
             xattr_blk: 0,
+            xattr_form: XattrForm::Block,
+            xattr_level: 0,
             root: 0,
             root_level: 0,
             fork: [0; FORK_BYTES],
@@ -263,6 +281,8 @@ impl Inode {
         e.u64(96, self.rdev);
         e.u64(104, self.unlinked_next);
         e.u64(112, self.xattr_blk);
+        e.u8(130, self.xattr_form as u8);
+        e.u8(131, self.xattr_level as u8);
         e.u64(120, self.root);
         e.u16(128, self.root_level);
         e.bytes(FORK_OFFSET, &self.fork);
@@ -310,6 +330,28 @@ impl Inode {
                 format!("inode {ino}: {nextents} for format {format:?} (at most {limit})"),
             ));
         }
+        let xattr_blk = d.u64(112, "xattr_blk")?;
+        let xattr_form = match d.u8(130, "xattr_form")? {
+            0 => XattrForm::Block,
+            1 => XattrForm::Tree,
+            f => return Err(d.err("xattr_form", format!("inode {ino}: attribute form {f}"))),
+        };
+        let xattr_level = d.u8(131, "xattr_level")? as u16;
+        if xattr_form == XattrForm::Block && xattr_level != 0
+            || xattr_form == XattrForm::Tree && xattr_blk == 0
+            || xattr_level >= super::node::BTREE_HEIGHT_MAX
+        {
+            return Err(d.err(
+                "xattr_level",
+                format!(
+                    "inode {ino}: attribute form {xattr_form:?}, level {xattr_level}, root \
+                     {xattr_blk}"
+                ),
+            ));
+        }
+        if d.u32(132, "reserved")? != 0 {
+            return Err(d.err("reserved", format!("inode {ino}: bytes 132..136 not zero")));
+        }
         Ok(Inode {
             format,
             mode: d.u32(4, "mode")?,
@@ -327,7 +369,9 @@ impl Inode {
             nextents,
             rdev: d.u64(96, "rdev")?,
             unlinked_next: d.u64(104, "unlinked_next")?,
-            xattr_blk: d.u64(112, "xattr_blk")?,
+            xattr_blk,
+            xattr_form,
+            xattr_level,
             root: d.u64(120, "root")?,
             root_level: d.u16(128, "root_level")?,
             fork: d.bytes(FORK_OFFSET, "fork")?,

@@ -1,4 +1,4 @@
-//! The on-disk format, version 1: the one definition shared by the mount, mkfs and fsck.
+//! The on-disk format, version 2: the one definition shared by the mount, mkfs and fsck.
 //!
 //! Every structure is encoded and decoded explicitly in little-endian byte order, field by field,
 //! at fixed offsets that `docs/design.md` lists. Every decode validates what it reads and returns a
@@ -6,6 +6,7 @@
 
 pub mod acl;
 pub mod ag;
+pub mod attrtree;
 mod codec;
 pub mod dirblock;
 pub(crate) mod header;
@@ -27,8 +28,14 @@ pub use superblock::{Geometry, Superblock};
 
 use std::fmt;
 
-/// Version of the on-disk format this code reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the on-disk format this code writes. Version 2 added the attribute hash tree
+/// (inode bytes 130-131, block types TKBA, TKXE, TKXR).
+pub const FORMAT_VERSION: u32 = 2;
+/// Oldest version this code reads. A version 1 image is a version 2 image whose attributes are
+/// all in the one-block form (its inodes' bytes 130-131 are zero, which says so): it is used as
+/// it is, and the first superblock write of a read-write mount records version 2, after which an
+/// older ticketfs refuses it (it cannot read an attribute tree).
+pub const FORMAT_VERSION_OLDEST: u32 = 1;
 /// Smallest block size: one disk sector, and room for every header with its payload.
 pub(crate) const BLOCK_SIZE_MIN: u32 = 512;
 /// Largest block size: region offsets and lengths inside a block are checked against it.

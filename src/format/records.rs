@@ -11,6 +11,7 @@
 //! | unlinked inodes (TKBI, own root) | (inode, 0) | (0, 0) |
 //! | file extents (TKBE) | (file block, 0) | (start, length \| flags << 32) |
 //! | directory entries (TKBD) | (name hash, collision index) | (inode, name block << 16 \| offset) |
+//! | attributes (TKBA) | (name hash, collision index) | (entry block << 16 \| offset, 0) |
 
 use super::inode::Extent;
 
@@ -248,6 +249,45 @@ impl DirRec {
             ino: v[0],
             name_block,
             name_off,
+        })
+    }
+}
+
+/// An attribute in an inode's attribute hash tree: the name's hash and collision index, and where
+/// its record is (`super::attrtree`), packed as a directory's name location.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AttrRec {
+    pub(crate) hash: u64,
+    pub(crate) index: u64,
+    pub(crate) block: u64,
+    pub(crate) off: usize,
+}
+
+impl AttrRec {
+    pub(crate) fn key(&self) -> Pair {
+        [self.hash, self.index]
+    }
+    pub(crate) fn val(&self) -> Pair {
+        [DirRec::name_ref(self.block, self.off), 0]
+    }
+    pub(crate) fn decode(k: Pair, v: Pair) -> Result<Self, RecordProblem> {
+        if k[0] > u32::MAX as u64 {
+            return Err(format!("name hash {:#x} is wider than 32 bits", k[0]));
+        }
+        let collisions = super::attrtree::XATTR_COLLISIONS_MAX;
+        if k[1] >= collisions {
+            return Err(format!("collision index {} is past {collisions}", k[1]));
+        }
+        zero("value[1]", v[1])?;
+        let (block, off) = DirRec::split_ref(v[0]);
+        if block == 0 {
+            return Err("entry block is 0".into());
+        }
+        Ok(AttrRec {
+            hash: k[0],
+            index: k[1],
+            block,
+            off,
         })
     }
 }

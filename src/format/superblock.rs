@@ -2,7 +2,8 @@
 //! backup in the last block of the device, so damage to the start of the device leaves one copy.
 
 use super::{
-    block_size_valid, crc_with_hole, Dec, Enc, FormatError, Uuid, FORMAT_VERSION, LABEL_BYTES,
+    block_size_valid, crc_with_hole, Dec, Enc, FormatError, Uuid, FORMAT_VERSION,
+    FORMAT_VERSION_OLDEST, LABEL_BYTES,
 };
 
 /// "TKSB".
@@ -398,10 +399,13 @@ impl Superblock {
             return Err(d.err("crc", format!("stored {crc:#010x}, computed {want:#010x}")));
         }
         let version = d.u32(OFF_VERSION, "version")?;
-        if version != FORMAT_VERSION {
+        if !(FORMAT_VERSION_OLDEST..=FORMAT_VERSION).contains(&version) {
             return Err(d.err(
                 "version",
-                format!("{version}, this code reads version {FORMAT_VERSION}"),
+                format!(
+                    "{version}, this code reads versions {FORMAT_VERSION_OLDEST} to \
+                     {FORMAT_VERSION}: use a ticketfs that knows version {version}"
+                ),
             ));
         }
         let features_incompat = d.u64(OFF_FEAT_INCOMPAT, "features_incompat")?;

@@ -6,28 +6,12 @@
 
 use super::*;
 use crate::format::acl::{self, Acl};
-use crate::xattr::Attrs;
 
 /// What a new inode inherits from its directory's default ACL: its access ACL (none when the
 /// mode says all of it) and, for a directory, the default ACL itself.
 pub(super) struct Inherited {
     access: Option<Acl>,
     default: Option<Acl>,
-}
-
-/// The decoded ACL stored under `name` in `all`, if any. One that does not decode is treated as
-/// absent here (fsck reports it).
-fn find(all: &Attrs, name: &[u8]) -> Option<Acl> {
-    all.iter()
-        .find(|(n, _)| n == name)
-        .and_then(|(_, v)| acl::decode(v).ok())
-}
-
-fn put(all: &mut Attrs, name: &[u8], value: Option<Vec<u8>>) {
-    all.retain(|(n, _)| n != name);
-    if let Some(v) = value {
-        all.push((name.to_vec(), v));
-    }
 }
 
 impl Fs {
@@ -45,11 +29,8 @@ impl Fs {
         }
         let mut tx = self.eng.begin(TransKind::Read)?;
         let (_, p) = inode::read(&mut tx, dir)?;
-        let default = if p.xattr_blk != 0 {
-            find(&crate::xattr::load(&mut tx, dir, &p)?, acl::DEFAULT)
-        } else {
-            None
-        };
+        let default =
+            crate::xattr::get(&mut tx, dir, &p, acl::DEFAULT)?.and_then(|v| acl::decode(&v).ok());
         tx.cancel()?;
         let Some(default) = default else {
             return Ok((mode & !(ctx.umask & 0o777), None));
@@ -62,63 +43,66 @@ impl Fs {
         Ok((mode, Some(inherited)))
     }
 
-    /// Stores what a new inode inherited, in its own transaction after the creation (as XFS
-    /// sets an inherited ACL after its create).
+    /// Stores what a new inode inherited, after the creation (as XFS sets an inherited ACL
+    /// after its create): as setxattr by root, which keeps the mode the masking set.
     pub(super) fn store_inherited(&self, ino: u64, inherited: Inherited) -> R<()> {
-        if inherited.access.is_none() && inherited.default.is_none() {
-            return Ok(());
+        for (name, a) in [
+            (acl::ACCESS, inherited.access),
+            (acl::DEFAULT, inherited.default),
+        ] {
+            if let Some(a) = a {
+                self.setxattr(&Ctx::ROOT, ino, name, &a.encode(), false, false)?;
+            }
         }
-        self.change_xattrs(&Ctx::ROOT, ino, acl::ACCESS, false, |all, _| {
-            put(all, acl::ACCESS, inherited.access.map(|a| a.encode()));
-            put(all, acl::DEFAULT, inherited.default.map(|a| a.encode()));
-            Ok(())
-        })
+        Ok(())
     }
 
     /// setxattr of an ACL name on `i` by `ctx`: the value checked, a default ACL only on a
-    /// directory; an access ACL sets the mode's permission bits (dropping set-group-ID for a
-    /// caller outside the file's group, as posix_acl_update_mode) and is not stored when the
-    /// mode says all of it.
-    pub(super) fn set_acl(
+    /// directory. Returns the mode the inode takes and the value to store: an access ACL sets
+    /// the mode's permission bits (dropping set-group-ID for a caller outside the file's group,
+    /// as posix_acl_update_mode) and is not stored (None) when the mode says all of it.
+    pub(super) fn acl_to_set<'v>(
         ctx: &Ctx,
-        i: &mut Inode,
-        all: &mut Attrs,
+        i: &Inode,
         name: &[u8],
-        value: &[u8],
-    ) -> R<()> {
+        value: &'v [u8],
+    ) -> R<(u32, Option<&'v [u8]>)> {
         let a = acl::decode(value)
             .map_err(|e| FsError::Invalid(format!("{}: {e}", String::from_utf8_lossy(name))))?;
         if name == acl::DEFAULT {
             if !is_dir(i) {
                 return Err(FsError::Access);
             }
-            put(all, name, Some(value.to_vec()));
-            return Ok(());
+            return Ok((i.mode, Some(value)));
         }
-        i.mode = (i.mode & !0o777) | a.mode_bits();
+        let mut mode = (i.mode & !0o777) | a.mode_bits();
         if ctx.uid != 0 && !ctx.in_group(i.gid) {
-            i.mode &= !S_ISGID;
+            mode &= !S_ISGID;
         }
-        put(all, name, (!a.is_mode_only()).then(|| value.to_vec()));
-        Ok(())
+        Ok((mode, (!a.is_mode_only()).then_some(value)))
     }
 
-    /// The inode's access ACL, read in `tx` (none without attributes).
+    /// The inode's access ACL, read in `tx` (none, or one that does not decode: fsck reports
+    /// that).
     pub(super) fn access_acl(&self, tx: &mut Trans<'_>, ino: u64, i: &Inode) -> R<Option<Acl>> {
         if i.xattr_blk == 0 {
             return Ok(None);
         }
-        Ok(find(&crate::xattr::load(tx, ino, i)?, acl::ACCESS))
+        Ok(crate::xattr::get(tx, ino, i, acl::ACCESS)?.and_then(|v| acl::decode(&v).ok()))
     }
 
-    /// A chmod of an inode whose attributes are `all`: its access ACL follows the new mode.
-    /// Returns whether anything changed.
-    pub(super) fn chmod_acl(all: &mut Attrs, mode: u32) -> bool {
-        let Some(mut a) = find(all, acl::ACCESS) else {
-            return false;
+    /// A chmod of inode `ino`, `i` (its mode already new) in `tx`: its access ACL follows.
+    pub(super) fn chmod_acl(&self, tx: &mut Trans<'_>, ino: u64, i: &mut Inode) -> R<()> {
+        let Some(mut a) = self.access_acl(tx, ino, i)? else {
+            return Ok(());
         };
-        a.chmod(mode);
-        put(all, acl::ACCESS, Some(a.encode()));
-        true
+        a.chmod(i.mode);
+        // The same size as before: it fits where it was.
+        match crate::xattr::set(tx, &self.alloc, ino, i, acl::ACCESS, &a.encode())? {
+            crate::xattr::SetOutcome::Done => Ok(()),
+            crate::xattr::SetOutcome::NeedsTree => Err(FsError::Engine(EngineError::Invalid(
+                format!("inode {ino}: an ACL rewritten at its own size no longer fits"),
+            ))),
+        }
     }
 }

@@ -162,10 +162,7 @@ impl Fs {
             }
             i.mode = m;
             if i.xattr_blk != 0 {
-                let mut all = crate::xattr::load(&mut tx, ino, &i)?;
-                if Self::chmod_acl(&mut all, i.mode) {
-                    crate::xattr::store(&mut tx, &self.alloc, ino, &mut i, &all)?;
-                }
+                self.chmod_acl(&mut tx, ino, &mut i)?;
             }
         }
         let chown = a.uid.is_some_and(|u| u != i.uid) || a.gid.is_some_and(|g| g != i.gid);

@@ -79,6 +79,8 @@ pub enum FsError {
     NoData,
     /// No such extended attribute (ENODATA).
     NoAttr,
+    /// An attribute value longer than the largest (E2BIG, as the kernel answers).
+    ValueTooBig,
     /// A file handle names an inode that no longer exists, or never did (ESTALE).
     Stale,
     Engine(EngineError),

@@ -86,8 +86,9 @@ impl Fs {
         self.destroy(ino)
     }
 
-    /// Frees an inode with no links: its data (rolling truncate), its map or directory root or
-    /// symlink block, then the inode.
+    /// Frees an inode with no links: its data (rolling truncate), its attributes (a
+    /// transaction per attribute of a tree), its map or directory root or symlink block, then
+    /// the inode.
     pub(super) fn destroy(&self, ino: u64) -> R<()> {
         let _g = self.data_lock(ino);
         let i = self.read_inode(ino)?;
@@ -96,6 +97,9 @@ impl Fs {
         // nothing to truncate, and skips that transaction.
         if i.mode & S_IFMT == S_IFREG && (i.size > 0 || i.blocks > 0) {
             self.io().truncate(ino, 0, now())?;
+        }
+        if i.xattr_blk != 0 {
+            self.free_xattrs(ino)?;
         }
         let _blocks = self.promise(TransKind::Inactive, true)?;
         let mut tx = self.eng.begin(TransKind::Inactive)?;
@@ -116,7 +120,9 @@ impl Fs {
             _ => {}
         }
         if i.xattr_blk != 0 {
-            crate::xattr::store(&mut tx, &self.alloc, ino, &mut i, &[])?;
+            return Err(FsError::Engine(EngineError::Invalid(format!(
+                "inode {ino}: attributes left after they were freed"
+            ))));
         }
         inode::clear(&mut tx, &r);
         self.alloc.unlinked_remove(&mut tx, ino)?;

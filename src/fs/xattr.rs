@@ -1,6 +1,7 @@
 //! Extended attributes: the namespaces a caller may read and write, and the calls.
 
 use super::*;
+use crate::xattr::SetOutcome;
 
 impl Fs {
     /// May `ctx` read (`write` false) or set/remove the attribute `name` of `i`? Namespaces:
@@ -81,43 +82,69 @@ impl Fs {
         if crate::format::xattrblock::NAMESPACES.contains(&name) {
             return Err(FsError::Invalid("empty attribute name".into()));
         }
+        if value.len() > crate::xattr::XATTR_SIZE_MAX {
+            return Err(FsError::ValueTooBig);
+        }
         let acl_name = name == crate::format::acl::ACCESS || name == crate::format::acl::DEFAULT;
-        self.change_xattrs(ctx, ino, name, false, |all, i| {
-            let exists = all.iter().any(|(n, _)| n == name);
-            // XATTR_CREATE and XATTR_REPLACE keep their meaning for ACLs: EEXIST, ENODATA below.
-            if acl_name && !(create && exists) && (!replace || exists) {
-                return Self::set_acl(ctx, i, all, name, value);
+        // At most twice: an inode whose block no longer holds its attributes moves them to a
+        // tree in a transaction of its own (it keeps every attribute), then the change is made.
+        for _ in 0..2 {
+            let done = self.change_xattrs(ctx, ino, name, false, |tx, alloc, i| {
+                let exists = crate::xattr::get(tx, ino, i, name)?.is_some();
+                if exists && create {
+                    return Err(FsError::Exists);
+                }
+                if !exists && replace {
+                    return Err(FsError::NoAttr);
+                }
+                // An ACL also sets the mode, and one the mode says all of is not stored.
+                let (mode, value) = if acl_name {
+                    Self::acl_to_set(ctx, i, name, value)?
+                } else {
+                    (i.mode, Some(value))
+                };
+                let Some(value) = value else {
+                    crate::xattr::remove(tx, alloc, ino, i, name)?;
+                    i.mode = mode;
+                    return Ok(true);
+                };
+                match crate::xattr::set(tx, alloc, ino, i, name, value)? {
+                    SetOutcome::Done => {
+                        i.mode = mode;
+                        Ok(true)
+                    }
+                    SetOutcome::NeedsTree => {
+                        crate::xattr::to_tree(tx, alloc, ino, i)?;
+                        Ok(false)
+                    }
+                }
+            })?;
+            if done {
+                return Ok(());
             }
-            match all.iter().position(|(n, _)| n == name) {
-                Some(_) if create => return Err(FsError::Exists),
-                Some(p) => all[p].1 = value.to_vec(),
-                None if replace => return Err(FsError::NoAttr),
-                None => all.push((name.to_vec(), value.to_vec())),
-            }
-            Ok(())
-        })
+        }
+        Err(FsError::Engine(EngineError::Invalid(format!(
+            "inode {ino}: attributes moved to a tree still do not take {name:?}"
+        ))))
     }
 
     pub fn getxattr(&self, ctx: &Ctx, ino: u64, name: &[u8]) -> R<Vec<u8>> {
         let mut tx = self.eng.begin(TransKind::Read)?;
         let (_, i) = inode::read(&mut tx, ino)?;
         self.xattr_access(ctx, ino, &i, name, false)?;
-        let all = crate::xattr::load(&mut tx, ino, &i)?;
+        let v = crate::xattr::get(&mut tx, ino, &i, name)?;
         tx.cancel()?;
-        all.into_iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v)
-            .ok_or(FsError::NoAttr)
+        v.ok_or(FsError::NoAttr)
     }
 
     /// Names of the attributes the caller may see, each followed by a NUL.
     pub fn listxattr(&self, ctx: &Ctx, ino: u64) -> R<Vec<u8>> {
         let mut tx = self.eng.begin(TransKind::Read)?;
         let (_, i) = inode::read(&mut tx, ino)?;
-        let all = crate::xattr::load(&mut tx, ino, &i)?;
+        let all = crate::xattr::names(&mut tx, ino, &i)?;
         tx.cancel()?;
         let mut out = Vec::new();
-        for (n, _) in all {
+        for n in all {
             if n.starts_with(b"trusted.") && ctx.uid != 0 {
                 continue;
             }
@@ -129,40 +156,59 @@ impl Fs {
 
     pub fn removexattr(&self, ctx: &Ctx, ino: u64, name: &[u8]) -> R<()> {
         // Removing frees space: it may use the pool.
-        self.change_xattrs(ctx, ino, name, true, |all, _| {
-            let before = all.len();
-            all.retain(|(n, _)| n != name);
-            if all.len() == before {
-                return Err(FsError::NoAttr);
+        self.change_xattrs(ctx, ino, name, true, |tx, alloc, i| {
+            if crate::xattr::remove(tx, alloc, ino, i, name)? {
+                Ok(())
+            } else {
+                Err(FsError::NoAttr)
             }
-            Ok(())
         })
     }
 
-    /// One change of `ino`'s attributes by `edit` (which may change the inode too, as an ACL
-    /// changes the mode), on behalf of `ctx` touching `name`: the block promise (`frees`: the
-    /// change frees space and may use the pool), the access check, then the attributes stored
-    /// and the change time set in one transaction.
-    pub(super) fn change_xattrs(
+    /// One transaction changing `ino`'s attributes by `edit`, on behalf of `ctx` touching
+    /// `name`: the block promise (`frees`: the change frees space and may use the pool), the
+    /// access check, the change, and the change time set. Nothing is committed when `edit`
+    /// fails.
+    pub(super) fn change_xattrs<T>(
         &self,
         ctx: &Ctx,
         ino: u64,
         name: &[u8],
         frees: bool,
-        edit: impl FnOnce(&mut crate::xattr::Attrs, &mut Inode) -> R<()>,
-    ) -> R<()> {
+        edit: impl FnOnce(&mut Trans<'_>, &Allocator, &mut Inode) -> R<T>,
+    ) -> R<T> {
         self.writable()?;
         let _blocks = self.promise(TransKind::Xattr, frees)?;
         let mut tx = self.eng.begin(TransKind::Xattr)?;
         let (r, mut i) = inode::read(&mut tx, ino)?;
         self.xattr_access(ctx, ino, &i, name, true)?;
-        let mut all = crate::xattr::load(&mut tx, ino, &i)?;
-        edit(&mut all, &mut i)?;
-        crate::xattr::store(&mut tx, &self.alloc, ino, &mut i, &all)?;
+        let out = edit(&mut tx, &self.alloc, &mut i)?;
         i.ctime = now();
         inode::write(&mut tx, &r, &i);
         tx.commit()?;
         self.note_change(ino);
-        Ok(())
+        Ok(out)
+    }
+
+    /// Frees every attribute of `ino` (no links left, being freed), one attribute per
+    /// transaction while they are in the tree form: the tree of an inode can outgrow any one
+    /// reservation. A crash between steps leaves the inode on its unlinked tree with fewer
+    /// attributes; the next mount goes on.
+    pub(super) fn free_xattrs(&self, ino: u64) -> R<()> {
+        loop {
+            let _blocks = self.promise(TransKind::Xattr, true)?;
+            let mut tx = self.eng.begin(TransKind::Xattr)?;
+            let (r, mut i) = inode::read(&mut tx, ino)?;
+            if i.xattr_blk == 0 {
+                tx.cancel()?;
+                return Ok(());
+            }
+            let more = crate::xattr::free_step(&mut tx, &self.alloc, ino, &mut i)?;
+            inode::write(&mut tx, &r, &i);
+            tx.commit()?;
+            if !more {
+                return Ok(());
+            }
+        }
     }
 }

@@ -219,6 +219,8 @@ fn fix_inode(
     }
     if f.drop_xattr.is_some() {
         i.xattr_blk = 0;
+        i.xattr_form = crate::format::inode::XattrForm::Block;
+        i.xattr_level = 0;
         what.push("extended attributes dropped".to_string());
     }
     if let Some(b) = f.blocks {

@@ -1,113 +1,169 @@
-//! Extended attributes: all of an inode's attributes in one xattr block (type TKXA, owner = the
-//! inode), allocated near the inode with the first attribute and freed with the last.
+//! Extended attributes, in the two forms XFS's attribute fork has beyond the inode: all of an
+//! inode's attributes in one xattr block (`block`, type TKXA: the small case, and every version 1
+//! image), and a hash B+tree with entry blocks and remote value blocks (`tree`: as many
+//! attributes as space allows, values up to `XATTR_SIZE_MAX`). An inode moves to the tree form
+//! when a change no longer fits its block, in a transaction of its own before the change
+//! ([`to_tree`]); it goes back to the block form, with no block, when its last attribute goes.
 //!
-//! Block layout after the 48-byte header: count (u16), used bytes after the header (u16),
-//! 12 zero bytes; then `count` entries of (name length u8, value length u16, name, value).
-//! Everything one inode holds must fit in its block (as ext4 with a single block): past that,
-//! setting fails with no space.
+//! The inode says which form it is in (`Inode::xattr_form`); every call here dispatches on it.
+
+mod block;
+mod tree;
 
 use crate::alloc::Allocator;
 use crate::error::EngineError;
-use crate::format::inode::{ino_split, Inode};
-use crate::format::{xattrblock, BlockType, Enc};
+use crate::format::inode::{Inode, XattrForm};
 use crate::trans::Trans;
 
-/// Longest attribute name, as Linux XATTR_NAME_MAX.
-pub(crate) const XATTR_NAME_MAX: usize = 255;
-const HDR: usize = xattrblock::ENTRIES_OFF;
+pub(crate) use crate::format::attrtree::{XATTR_NAME_MAX, XATTR_SIZE_MAX};
 
-/// Room for entries in an xattr block of `bs` bytes.
-pub(crate) fn capacity(bs: u32) -> usize {
-    bs as usize - HDR
-}
-
-use xattrblock::entry_len;
-
-/// An inode's attributes: (name, value) pairs in stored order.
+/// An inode's attributes: (name, value) pairs.
 pub(crate) type Attrs = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// Reads every (name, value) of the inode's block (`format::xattrblock::decode` checks it).
-pub(crate) fn load(tx: &mut Trans<'_>, ino: u64, inode: &Inode) -> Result<Attrs, EngineError> {
-    if inode.xattr_blk == 0 {
-        return Ok(Vec::new());
-    }
-    let blk = inode.xattr_blk;
-    let id = tx.read_buf(blk, BlockType::Xattr)?;
-    match xattrblock::decode(tx.data(id), blk) {
-        Ok(list) => Ok(list
-            .into_iter()
-            .map(|(n, v)| (n.to_vec(), v.to_vec()))
-            .collect()),
-        Err(mut e) => {
-            e.detail = format!("inode {ino}: {}", e.detail);
-            Err(EngineError::Corrupt(e))
-        }
+/// Every (name, value) of the inode: in stored order (block form) or key order (tree form).
+pub(crate) fn load(tx: &mut Trans<'_>, ino: u64, i: &Inode) -> Result<Attrs, EngineError> {
+    match i.xattr_form {
+        XattrForm::Block => block::load(tx, ino, i),
+        XattrForm::Tree => tree::load(tx, ino, i),
     }
 }
 
-/// Writes `entries` as the inode's attributes: a block is allocated, rewritten or freed as
-/// needed; `inode.xattr_blk` and `inode.blocks` follow.
+/// The value of `name`, if it is set.
+pub(crate) fn get(
+    tx: &mut Trans<'_>,
+    ino: u64,
+    i: &Inode,
+    name: &[u8],
+) -> Result<Option<Vec<u8>>, EngineError> {
+    match i.xattr_form {
+        XattrForm::Block => Ok(block::load(tx, ino, i)?
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)),
+        XattrForm::Tree => tree::get(tx, ino, i, name),
+    }
+}
+
+/// The names of every attribute (values are not read).
+pub(crate) fn names(tx: &mut Trans<'_>, ino: u64, i: &Inode) -> Result<Vec<Vec<u8>>, EngineError> {
+    match i.xattr_form {
+        XattrForm::Block => Ok(block::load(tx, ino, i)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()),
+        XattrForm::Tree => Ok(tree::records(tx, ino, i)?
+            .into_iter()
+            .map(|(_, _, o)| o.name)
+            .collect()),
+    }
+}
+
+/// What a [`set`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SetOutcome {
+    Done,
+    /// Nothing changed: the attributes no longer fit the inode's block; [`to_tree`] first.
+    NeedsTree,
+}
+
+/// Sets `name` = `value`, replacing a value it has. The caller has checked the name and the
+/// value's length, and whether the attribute may exist.
 #[track_caller]
-pub(crate) fn store(
+pub(crate) fn set(
     tx: &mut Trans<'_>,
     alloc: &Allocator,
     ino: u64,
-    inode: &mut Inode,
-    entries: &[(Vec<u8>, Vec<u8>)],
-) -> Result<(), EngineError> {
-    let bs = tx.block_size();
-    debug_assert!(
-        entries
-            .iter()
-            .all(|(n, _)| xattrblock::name_problem(n).is_none()),
-        "the request layer lets only names of the stored rule through"
-    );
-    let need: usize = entries.iter().map(|(n, v)| entry_len(n, v)).sum();
-    if need > capacity(bs) {
-        return Err(EngineError::NoSpace(format!(
-            "inode {ino}: extended attributes need {need} bytes, a block holds {}",
-            capacity(bs)
-        )));
-    }
-    if entries.is_empty() {
-        if inode.xattr_blk != 0 {
-            let id = tx.read_buf(inode.xattr_blk, BlockType::Xattr)?;
-            tx.invalidate(id);
-            alloc.free(tx, inode.xattr_blk, 1)?;
-            inode.xattr_blk = 0;
-            inode.blocks -= 1;
+    i: &mut Inode,
+    name: &[u8],
+    value: &[u8],
+) -> Result<SetOutcome, EngineError> {
+    debug_assert!(value.len() <= XATTR_SIZE_MAX && name.len() <= XATTR_NAME_MAX);
+    match i.xattr_form {
+        XattrForm::Block => {
+            let mut all = block::load(tx, ino, i)?;
+            match all.iter_mut().find(|(n, _)| n == name) {
+                Some(e) => e.1 = value.to_vec(),
+                None => all.push((name.to_vec(), value.to_vec())),
+            }
+            if !block::fits(tx.block_size(), &all) {
+                return Ok(SetOutcome::NeedsTree);
+            }
+            block::store(tx, alloc, ino, i, &all)?;
         }
-        return Ok(());
+        XattrForm::Tree => tree::set(tx, alloc, ino, i, name, value)?,
     }
-    let id = if inode.xattr_blk == 0 {
-        let (blk, _) = alloc
-            .alloc(tx, ino_split(ino).0, 1, 1)?
-            .ok_or_else(|| EngineError::NoSpace("no block for extended attributes".into()))?;
-        inode.xattr_blk = blk;
-        inode.blocks += 1;
-        tx.get_buf(blk, BlockType::Xattr, ino)?
-    } else {
-        tx.read_buf(inode.xattr_blk, BlockType::Xattr)?
-    };
-    let b = tx.data_mut(id);
-    // What the block held before (a fresh block: zero): cleared past the new entries. Bounded
-    // by the block, whatever it says.
-    let old_used =
-        u16::from_le_bytes([b[xattrblock::USED_OFF], b[xattrblock::USED_OFF + 1]]) as usize;
-    let old_used = old_used.min(b.len() - HDR);
-    let mut at = HDR;
-    for (n, v) in entries {
-        b[at] = n.len() as u8;
-        b[at + 1..at + 3].copy_from_slice(&(v.len() as u16).to_le_bytes());
-        b[at + 3..at + 3 + n.len()].copy_from_slice(n);
-        b[at + 3 + n.len()..at + 3 + n.len() + v.len()].copy_from_slice(v);
-        at += entry_len(n, v);
+    Ok(SetOutcome::Done)
+}
+
+/// Moves the attributes of an inode in the block form into a new tree (one transaction of kind
+/// Xattr: the reservation table's `xattr_convert`).
+#[track_caller]
+pub(crate) fn to_tree(
+    tx: &mut Trans<'_>,
+    alloc: &Allocator,
+    ino: u64,
+    i: &mut Inode,
+) -> Result<(), EngineError> {
+    debug_assert_eq!(i.xattr_form, XattrForm::Block);
+    let all = block::load(tx, ino, i)?;
+    block::store(tx, alloc, ino, i, &[])?;
+    tree::create(tx, alloc, ino, i, &all)
+}
+
+/// Removes `name`; false when it is not set.
+#[track_caller]
+pub(crate) fn remove(
+    tx: &mut Trans<'_>,
+    alloc: &Allocator,
+    ino: u64,
+    i: &mut Inode,
+    name: &[u8],
+) -> Result<bool, EngineError> {
+    match i.xattr_form {
+        XattrForm::Block => {
+            let mut all = block::load(tx, ino, i)?;
+            let before = all.len();
+            all.retain(|(n, _)| n != name);
+            if all.len() == before {
+                return Ok(false);
+            }
+            block::store(tx, alloc, ino, i, &all)?;
+            Ok(true)
+        }
+        XattrForm::Tree => tree::remove(tx, alloc, ino, i, name),
     }
-    let end = HDR + old_used.max(need);
-    b[at..end].fill(0);
-    let mut e = Enc::new(b);
-    e.u16(xattrblock::COUNT_OFF, entries.len() as u16);
-    e.u16(xattrblock::USED_OFF, need as u16);
-    tx.log_range(id, xattrblock::COUNT_OFF..end.max(HDR + 1));
-    Ok(())
+}
+
+/// One step of freeing every attribute of an inode being freed: the block form's block all at
+/// once, else one attribute of the tree (its record, remote extent and emptied blocks). Returns
+/// whether attributes remain.
+#[track_caller]
+pub(crate) fn free_step(
+    tx: &mut Trans<'_>,
+    alloc: &Allocator,
+    ino: u64,
+    i: &mut Inode,
+) -> Result<bool, EngineError> {
+    match i.xattr_form {
+        XattrForm::Block => block::store(tx, alloc, ino, i, &[])?,
+        XattrForm::Tree => tree::remove_first(tx, alloc, ino, i)?,
+    }
+    Ok(i.xattr_blk != 0)
+}
+
+/// Every block the inode's attributes own, as runs (start, length), each checked by the
+/// format's verifiers: the one verdict the checker and the repairer take.
+pub(crate) fn blocks(
+    tx: &mut Trans<'_>,
+    ino: u64,
+    i: &Inode,
+) -> Result<Vec<(u64, u64)>, EngineError> {
+    match i.xattr_form {
+        XattrForm::Block if i.xattr_blk == 0 => Ok(Vec::new()),
+        XattrForm::Block => {
+            block::load(tx, ino, i)?;
+            Ok(vec![(i.xattr_blk, 1)])
+        }
+        XattrForm::Tree => tree::blocks(tx, ino, i),
+    }
 }

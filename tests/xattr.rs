@@ -1,0 +1,295 @@
+//! Large extended attributes on a mounted ticketfs, through the xattr system calls: a thousand and
+//! more on one file (as fstests generic/020), values of 64 KiB, listxattr complete and sized,
+//! everything freed by removal and by unlink, across unmount and mount, fsck clean after.
+
+mod common;
+
+use common::mount::{image, Mount};
+use common::*;
+use std::ffi::CString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Attributes on the one file: more than generic/020's thousand.
+const ATTRS: usize = 1100;
+/// The kernel's XATTR_SIZE_MAX.
+const SIZE_MAX: usize = 65536;
+
+fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_encoded_bytes()).unwrap()
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn setx(p: &Path, name: &str, v: &[u8], flags: i32) -> Result<(), i32> {
+    let n = CString::new(name).unwrap();
+    // SAFETY: NUL-terminated path and name; the value's pointer and length describe one slice.
+    let r = unsafe {
+        libc::setxattr(
+            cpath(p).as_ptr(),
+            n.as_ptr(),
+            v.as_ptr().cast(),
+            v.len(),
+            flags,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}
+
+fn getx(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
+    let n = CString::new(name).unwrap();
+    let mut buf = vec![0u8; SIZE_MAX];
+    // SAFETY: a buffer of buf.len() bytes.
+    let got = unsafe {
+        libc::getxattr(
+            cpath(p).as_ptr(),
+            n.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if got < 0 {
+        return Err(errno());
+    }
+    buf.truncate(got as usize);
+    Ok(buf)
+}
+
+fn removex(p: &Path, name: &str) -> Result<(), i32> {
+    let n = CString::new(name).unwrap();
+    // SAFETY: NUL-terminated path and name.
+    if unsafe { libc::removexattr(cpath(p).as_ptr(), n.as_ptr()) } == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}
+
+/// listxattr into a buffer of `size` bytes (0: the size probe).
+fn listx_sized(p: &Path, size: usize) -> Result<(usize, Vec<u8>), i32> {
+    let mut buf = vec![0u8; size.max(1)];
+    // SAFETY: a buffer of at least `size` bytes; size 0 passes a null pointer.
+    let n = unsafe {
+        libc::listxattr(
+            cpath(p).as_ptr(),
+            if size == 0 {
+                std::ptr::null_mut()
+            } else {
+                buf.as_mut_ptr().cast()
+            },
+            size,
+        )
+    };
+    if n < 0 {
+        return Err(errno());
+    }
+    buf.truncate(n as usize);
+    Ok((n as usize, buf))
+}
+
+fn names(list: &[u8]) -> Vec<String> {
+    let mut v: Vec<String> = list
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn free_blocks(p: &Path) -> u64 {
+    // SAFETY: statvfs fills the zeroed struct for a NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(cpath(p).as_ptr(), &mut st) }, 0);
+    st.f_bfree
+}
+
+fn fsck_clean(img: &Path) {
+    let bin = Path::new(env!("CARGO_BIN_EXE_ticketfs")).with_file_name("fsck-ticketfs");
+    assert!(
+        bin.exists(),
+        "{} missing: cargo build --workspace first",
+        bin.display()
+    );
+    let out = Command::new(bin).arg("-n").arg(img).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "fsck -n:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The attributes the test sets: names of several lengths (one of 255 bytes), values from empty
+/// to a few hundred bytes, a few remote ones of several blocks and two of 64 KiB.
+fn model() -> Vec<(String, Vec<u8>)> {
+    (0..ATTRS)
+        .map(|i| {
+            let name = if i == 3 {
+                format!("user.{}", "n".repeat(250))
+            } else {
+                format!("user.attr-{i:05}{}", "x".repeat(i % 17))
+            };
+            let len = match i {
+                10 | 500 => SIZE_MAX,
+                _ if i % 97 == 0 => 3000 + i * 7,
+                _ => (i * 13) % 300,
+            };
+            (name, pattern(i as u64, len))
+        })
+        .collect()
+}
+
+fn assert_all(f: &Path, m: &[(String, Vec<u8>)]) {
+    for (n, v) in m {
+        assert_eq!(getx(f, n).as_deref(), Ok(&v[..]), "value of {n}");
+    }
+    let want: usize = m.iter().map(|(n, _)| n.len() + 1).sum();
+    let (size, _) = listx_sized(f, 0).unwrap();
+    assert_eq!(size, want, "listxattr's size probe");
+    assert_eq!(listx_sized(f, want - 1), Err(libc::ERANGE));
+    let (got, list) = listx_sized(f, want).unwrap();
+    assert_eq!(got, want);
+    let mut expect: Vec<String> = m.iter().map(|(n, _)| n.clone()).collect();
+    expect.sort();
+    assert_eq!(names(&list), expect);
+}
+
+fn image_in(dir: &Path) -> PathBuf {
+    image(dir, 128 << 20)
+}
+
+#[test]
+fn a_thousand_attributes_and_64k_values_are_kept_and_freed() {
+    let work = tempfile::tempdir().unwrap();
+    let img = image_in(work.path());
+    let m = Mount::new(&img, "");
+    let f = m.path().join("f");
+    fs::write(&f, b"data").unwrap();
+    let before = free_blocks(m.path());
+    let mut attrs = model();
+    for (n, v) in &attrs {
+        setx(&f, n, v, libc::XATTR_CREATE).unwrap_or_else(|e| panic!("setxattr {n}: errno {e}"));
+    }
+    assert_all(&f, &attrs);
+    // A 64 KiB value replacing a 64 KiB value, a small one replacing a large one and back.
+    attrs[10].1 = pattern(0xabc, SIZE_MAX);
+    setx(&f, &attrs[10].0, &attrs[10].1, libc::XATTR_REPLACE).unwrap();
+    attrs[500].1 = b"small now".to_vec();
+    setx(&f, &attrs[500].0, &attrs[500].1, 0).unwrap();
+    attrs[1].1 = pattern(0xdef, SIZE_MAX);
+    setx(&f, &attrs[1].0, &attrs[1].1, 0).unwrap();
+    assert_eq!(
+        setx(&f, &attrs[2].0, b"x", libc::XATTR_CREATE),
+        Err(libc::EEXIST)
+    );
+    assert_eq!(
+        setx(&f, "user.absent", b"x", libc::XATTR_REPLACE),
+        Err(libc::ENODATA)
+    );
+    assert_eq!(
+        setx(&f, "user.too-big", &vec![1u8; SIZE_MAX + 1], 0),
+        Err(libc::E2BIG)
+    );
+    assert_eq!(getx(&f, "user.absent"), Err(libc::ENODATA));
+    assert_all(&f, &attrs);
+    assert!(free_blocks(m.path()) < before);
+    m.unmount();
+    fsck_clean(&img);
+
+    let m = Mount::new(&img, "");
+    let f = m.path().join("f");
+    assert_all(&f, &attrs);
+    assert_eq!(fs::read(&f).unwrap(), b"data");
+    // Half removed, checked, then the rest: every block comes back.
+    let rest = attrs.split_off(attrs.len() / 2);
+    for (n, _) in &attrs {
+        removex(&f, n).unwrap();
+    }
+    assert_eq!(removex(&f, &attrs[0].0), Err(libc::ENODATA));
+    assert_all(&f, &rest);
+    for (n, _) in &rest {
+        removex(&f, n).unwrap();
+    }
+    assert_eq!(listx_sized(&f, 0).unwrap().0, 0);
+    assert_eq!(
+        free_blocks(m.path()),
+        before,
+        "free blocks after removing every attribute"
+    );
+
+    // Unlinking a file with a tree of attributes frees them all.
+    let g = m.path().join("g");
+    fs::write(&g, b"").unwrap();
+    let with_g = free_blocks(m.path());
+    for (n, v) in model().iter().take(300) {
+        setx(&g, n, v, 0).unwrap();
+    }
+    fs::remove_file(&g).unwrap();
+    assert_eq!(free_blocks(m.path()), with_g, "free blocks after unlinking");
+    m.unmount();
+    fsck_clean(&img);
+}
+
+/// An image of the version before the attribute tree (version 1: its superblock says so, its
+/// attributes are in one block) mounts, keeps its attributes, grows a tree, and is version 2
+/// after a read-write mount.
+#[test]
+fn a_version_1_image_is_upgraded_by_a_read_write_mount() {
+    use ticketfs::format::Superblock;
+    let work = tempfile::tempdir().unwrap();
+    let img = image_in(work.path());
+    let m = Mount::new(&img, "");
+    let f = m.path().join("f");
+    fs::write(&f, b"data").unwrap();
+    setx(&f, "user.small", b"one block", 0).unwrap();
+    m.unmount();
+    let mut bytes = fs::read(&img).unwrap();
+    let bs = 4096;
+    let last = bytes.len() / bs - 1;
+    for blk in [0, last] {
+        let b = &mut bytes[blk * bs..(blk + 1) * bs];
+        b[8..12].copy_from_slice(&1u32.to_le_bytes());
+        Superblock::reseal(b);
+    }
+    fs::write(&img, &bytes).unwrap();
+    fsck_clean(&img);
+    let m = Mount::new(&img, "");
+    let f = m.path().join("f");
+    assert_eq!(getx(&f, "user.small").unwrap(), b"one block");
+    setx(&f, "user.large", &pattern(5, SIZE_MAX), 0).unwrap();
+    m.unmount();
+    let bytes = fs::read(&img).unwrap();
+    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 2);
+    fsck_clean(&img);
+    let m = Mount::new(&img, "");
+    let f = m.path().join("f");
+    assert_eq!(getx(&f, "user.large").unwrap(), pattern(5, SIZE_MAX));
+    assert_eq!(getx(&f, "user.small").unwrap(), b"one block");
+    m.unmount();
+}
+
+/// A version the code does not know is refused with a message naming both versions.
+#[test]
+fn an_unknown_version_is_refused_naming_both() {
+    use ticketfs::format::Superblock;
+    let work = tempfile::tempdir().unwrap();
+    let img = image_in(work.path());
+    let mut bytes = fs::read(&img).unwrap();
+    let b = &mut bytes[..4096];
+    b[8..12].copy_from_slice(&3u32.to_le_bytes());
+    Superblock::reseal(b);
+    let e = Superblock::decode(b, 0).unwrap_err().to_string();
+    assert!(
+        e.contains("version") && e.contains('3') && e.contains("1 to 2"),
+        "{e}"
+    );
+}

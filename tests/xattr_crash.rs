@@ -1,0 +1,310 @@
+//! Crash states of extended attributes: random sets (small, remote, 64 KiB; new and replacing),
+//! removals and unlinks of files holding attribute trees, through `Fs` on the recording device.
+//! For every flush point and random subsets of the writes after it, the image is checked by
+//! fsck's checker (clean), recovered and mounted (orphans freed), and every file's attributes
+//! must equal the model after some prefix of the steps no shorter than the last fsync; the
+//! filesystem then unmounts and mounts again with the same attributes.
+
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use ticketfs::device::{DevEvent, Device, MemDevice, RecordingDevice};
+use ticketfs::fs::{Ctx, Fs, S_IFREG};
+use ticketfs::log::LogConfig;
+use ticketfs::mem::OverrunPolicy;
+use ticketfs::mkfs::{make_filesystem, MkfsOptions};
+use ticketfs::{Engine, EngineOptions};
+
+/// Small blocks: trees several levels deep and values of up to 147 remote blocks.
+const BS: u32 = 512;
+/// Operations of the workload.
+const STEPS: usize = 500;
+const STATES_PER_WINDOW: usize = 8;
+const FILES: usize = 3;
+
+/// Each file's attributes, by file name.
+type Model = BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>;
+
+fn base_image() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("image");
+    make_filesystem(
+        &p,
+        &MkfsOptions {
+            size: Some(24 << 20),
+            block_size: BS,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    std::fs::read(&p).unwrap()
+}
+
+fn opts() -> EngineOptions {
+    EngineOptions {
+        overrun: OverrunPolicy::Panic,
+        log: LogConfig {
+            cil_timer: Duration::from_millis(2),
+            ail_interval: Duration::from_millis(1),
+        },
+        ..Default::default()
+    }
+}
+
+/// Every file of the root with its attributes, as the filesystem shows them.
+fn walk(fs: &Fs) -> Model {
+    let c = Ctx::ROOT;
+    let mut out = Model::new();
+    for e in fs.readdir(fs.root(), 0, 1000).unwrap() {
+        if e.name == b"." || e.name == b".." {
+            continue;
+        }
+        let mut attrs = BTreeMap::new();
+        for n in fs.listxattr(&c, e.ino).unwrap().split(|&b| b == 0) {
+            if !n.is_empty() {
+                attrs.insert(n.to_vec(), fs.getxattr(&c, e.ino, n).unwrap());
+            }
+        }
+        out.insert(String::from_utf8_lossy(&e.name).into_owned(), attrs);
+    }
+    out
+}
+
+fn value(rng: &mut SmallRng, seed: u64) -> Vec<u8> {
+    let len = match rng.gen_range(0..20) {
+        0..=10 => rng.gen_range(0..60),
+        11..=15 => rng.gen_range(100..600),
+        16..=18 => rng.gen_range(1000..9000),
+        _ => 65536,
+    };
+    (0..len)
+        .map(|i| (i as u64 * 131 + seed * 7) as u8)
+        .collect()
+}
+
+struct Run {
+    base: Vec<u8>,
+    events: Vec<DevEvent>,
+    states: Vec<Model>,
+    /// (event count when an fsync returned, steps done by then).
+    syncs: Vec<(usize, usize)>,
+    /// Files with more than 20 attributes unlinked.
+    unlinks: usize,
+}
+
+fn run_workload(seed: u64) -> Run {
+    let base = base_image();
+    let rec = Arc::new(RecordingDevice::new(BS, base.clone()));
+    let fs = Fs::new(Engine::mount(rec.clone(), opts()).unwrap(), false).unwrap();
+    let c = Ctx::ROOT;
+    let root = fs.root();
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut model = Model::new();
+    let mut inos: BTreeMap<String, u64> = BTreeMap::new();
+    let mut states = vec![model.clone()];
+    let mut syncs = Vec::new();
+    let mut unlinks = 0;
+    let mut n = 0u64;
+    while states.len() <= STEPS {
+        n += 1;
+        if inos.len() < FILES {
+            let name = format!("f{n}");
+            let a = fs
+                .make(&c, root, name.as_bytes(), S_IFREG | 0o644, 0, None)
+                .unwrap();
+            inos.insert(name.clone(), a.ino);
+            model.insert(name, BTreeMap::new());
+            states.push(model.clone());
+            continue;
+        }
+        let files: Vec<String> = inos.keys().cloned().collect();
+        let f = files.choose(&mut rng).unwrap().clone();
+        let ino = inos[&f];
+        let held: Vec<Vec<u8>> = model[&f].keys().cloned().collect();
+        match rng.gen_range(0..20) {
+            0..=10 => {
+                // A new name, or a held one replaced.
+                let name = if !held.is_empty() && rng.gen_bool(0.3) {
+                    held.choose(&mut rng).unwrap().clone()
+                } else {
+                    format!("user.a{n}-{}", "n".repeat(rng.gen_range(0..40))).into_bytes()
+                };
+                let v = value(&mut rng, n);
+                fs.setxattr(&c, ino, &name, &v, false, false).unwrap();
+                model.get_mut(&f).unwrap().insert(name, v);
+                states.push(model.clone());
+            }
+            11..=15 if !held.is_empty() => {
+                let name = held.choose(&mut rng).unwrap().clone();
+                fs.removexattr(&c, ino, &name).unwrap();
+                model.get_mut(&f).unwrap().remove(&name);
+                states.push(model.clone());
+            }
+            16 if held.len() > 20 => {
+                // A file with a tree of attributes unlinked: freed after the unlink, in steps.
+                fs.remove(&c, root, f.as_bytes(), false).unwrap();
+                inos.remove(&f);
+                model.remove(&f);
+                unlinks += 1;
+                states.push(model.clone());
+            }
+            _ => {
+                fs.fsync().unwrap();
+                syncs.push((rec.event_count(), states.len() - 1));
+            }
+        }
+        if n.is_multiple_of(16) {
+            std::thread::sleep(Duration::from_millis(3));
+        }
+    }
+    assert_eq!(
+        walk(&fs),
+        model,
+        "the live filesystem differs from the model"
+    );
+    fs.crash();
+    Run {
+        base,
+        events: rec.events(),
+        states,
+        syncs,
+        unlinks,
+    }
+}
+
+fn check(run: &Run, image: Vec<u8>, crash_after: usize) -> Result<(), String> {
+    {
+        let dev: Arc<dyn Device> = Arc::new(MemDevice::from_bytes(BS, image.clone()));
+        let eng = Engine::mount(dev, opts()).map_err(|e| format!("mount for fsck: {e}"))?;
+        let r =
+            ticketfs::check::check(&eng, &mut |_, _, _| {}).map_err(|e| format!("fsck: {e}"))?;
+        if !r.problems.is_empty() {
+            return Err(format!("fsck finds {:#?}", r.problems));
+        }
+        eng.crash();
+    }
+    let dev: Arc<dyn Device> = Arc::new(MemDevice::from_bytes(BS, image));
+    let eng = Engine::mount(dev.clone(), opts()).map_err(|e| format!("mount: {e}"))?;
+    let fs = Fs::new(eng, false).map_err(|e| format!("fs: {e}"))?;
+    let got = walk(&fs);
+    let confirmed = run
+        .syncs
+        .iter()
+        .filter(|(e, _)| *e <= crash_after + 1)
+        .map(|(_, s)| *s)
+        .max()
+        .unwrap_or(0);
+    match run.states.iter().rposition(|s| *s == got) {
+        None => {
+            let summary = |m: &Model| -> Vec<(String, usize)> {
+                m.iter().map(|(k, v)| (k.clone(), v.len())).collect()
+            };
+            return Err(format!(
+                "attributes match no prefix (confirmed {confirmed}): disk {:?}",
+                summary(&got)
+            ));
+        }
+        Some(k) if k < confirmed => {
+            return Err(format!(
+                "state is step {k}, but step {confirmed} was fsync'd"
+            ))
+        }
+        Some(_) => {}
+    }
+    fs.unmount().map_err(|e| format!("unmount: {e}"))?;
+    let fs = Fs::new(
+        Engine::mount(dev, opts()).map_err(|e| format!("second mount: {e}"))?,
+        false,
+    )
+    .map_err(|e| format!("second fs: {e}"))?;
+    if walk(&fs) != got {
+        return Err("attributes changed across a clean unmount".into());
+    }
+    fs.unmount().map_err(|e| format!("second unmount: {e}"))
+}
+
+fn apply_write(events: &[DevEvent], img: &mut [u8], e: usize) {
+    if let DevEvent::Write { blkno, data } = &events[e] {
+        let off = (*blkno * BS as u64) as usize;
+        img[off..off + data.len()].copy_from_slice(data);
+    }
+}
+
+#[test]
+fn xattr_crash_states() {
+    let seed = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x2a);
+    let run = run_workload(seed);
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0xc0de);
+    let mut windows: Vec<(Option<usize>, Vec<usize>)> = vec![(None, Vec::new())];
+    for (i, ev) in run.events.iter().enumerate() {
+        match ev {
+            DevEvent::Flush => windows.push((Some(i), Vec::new())),
+            DevEvent::Write { .. } => windows.last_mut().unwrap().1.push(i),
+        }
+    }
+    let mut durable = run.base.clone();
+    let (mut checked, mut bad) = (0, 0);
+    let mut failures = Vec::new();
+    for (flush_at, writes) in &windows {
+        for k in 0..STATES_PER_WINDOW {
+            let p = if k == 0 {
+                writes.len()
+            } else {
+                rng.gen_range(0..=writes.len())
+            };
+            let mut landed: Vec<usize> = writes[..p]
+                .iter()
+                .copied()
+                .filter(|_| k == 0 || rng.gen_bool(0.5))
+                .collect();
+            if k > 0 {
+                landed.shuffle(&mut rng);
+            }
+            let mut img = durable.clone();
+            for &e in &landed {
+                apply_write(&run.events, &mut img, e);
+            }
+            let crash_after = if p == 0 {
+                flush_at.unwrap_or(0)
+            } else {
+                writes[p - 1]
+            };
+            checked += 1;
+            if let Err(e) = check(&run, img, crash_after) {
+                bad += 1;
+                if failures.len() < 5 {
+                    failures.push(format!(
+                        "flush at {flush_at:?}, {p} of {} writes, {} landed: {e}",
+                        writes.len(),
+                        landed.len()
+                    ));
+                }
+            }
+        }
+        for &e in writes {
+            apply_write(&run.events, &mut durable, e);
+        }
+    }
+    println!(
+        "xattr crash states: {checked} checked, {bad} inconsistent ({} steps, {} fsyncs, {} \
+         unlinks of files with attribute trees)",
+        run.states.len() - 1,
+        run.syncs.len(),
+        run.unlinks
+    );
+    for f in &failures {
+        println!("  {f}");
+    }
+    assert!(checked >= 1000, "only {checked} states");
+    assert!(
+        run.unlinks > 0,
+        "no file with an attribute tree was unlinked"
+    );
+    assert_eq!(bad, 0);
+}
