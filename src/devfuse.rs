@@ -128,6 +128,35 @@ fn reply(fd: &OwnedFd, buf: &mut [u8], unique: u64, result: Result<usize, i32>) 
     Ok(())
 }
 
+/// FUSE_NOTIFY_INVAL_INODE: an unsolicited message (unique 0) whose error field names it.
+const FUSE_NOTIFY_INVAL_INODE: i32 = 2;
+/// struct fuse_notify_inval_inode_out: the node, the offset and length of page cache to drop.
+const NOTIFY_INVAL_INODE_BYTES: usize = 24;
+
+/// Tells the kernel that `node`'s attributes changed where it did not look: it drops its cached
+/// attributes, so the next stat asks. Offset -1: its page cache of the node stays (the kernel's
+/// `fuse_reverse_inval_inode` drops pages only from an offset of 0 or more). A node the kernel
+/// does not hold is ENOENT, nothing to drop.
+pub(crate) fn notify_attr_changed(dev: &OwnedFd, node: u64) -> io::Result<()> {
+    const TOTAL: usize = wire::OUT_HEADER_BYTES + NOTIFY_INVAL_INODE_BYTES;
+    let mut msg = [0u8; TOTAL];
+    msg[0..4].copy_from_slice(&(TOTAL as u32).to_ne_bytes());
+    msg[4..8].copy_from_slice(&FUSE_NOTIFY_INVAL_INODE.to_ne_bytes());
+    // unique (8..16) stays 0: a notification, not a reply.
+    msg[16..24].copy_from_slice(&node.to_ne_bytes());
+    msg[24..32].copy_from_slice(&(-1i64).to_ne_bytes());
+    // len (32..40) 0.
+    // SAFETY: writes the TOTAL bytes of `msg` to a descriptor we own.
+    let n = unsafe { libc::write(dev.as_raw_fd(), msg.as_ptr().cast(), TOTAL) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOENT) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 /// Reads the kernel's INIT (asking again in our version if it speaks another major version) and
 /// answers it with what `want` asks of what the kernel offers.
 pub(crate) fn handshake(dev: &OwnedFd, want: &Want) -> io::Result<Granted> {

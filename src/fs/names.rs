@@ -164,6 +164,7 @@ impl Fs {
         if p.nlink == 0 {
             return Err(FsError::NotFound);
         }
+        refuse_immutable(&p)?;
         may(ctx, &p, 3)?;
         if dir::lookup(&mut tx, parent, &p, name)?.is_some() {
             return Err(FsError::Exists);
@@ -205,6 +206,7 @@ impl Fs {
             },
             ..Default::default()
         };
+        flags::inherit(&p, ftype, &mut i);
         // A setgid directory passes its group on, and its setgid bit to subdirectories.
         if p.mode & S_ISGID != 0 {
             i.gid = p.gid;
@@ -230,6 +232,7 @@ impl Fs {
         inode::write(&mut tx, &pr, &p);
         tx.commit()?;
         self.note_change(ino);
+        self.durable_if(flags::is_sync(&p))?;
         Ok(self.attr(ino, &i))
     }
 
@@ -250,9 +253,11 @@ impl Fs {
                 tx.cancel()?;
                 continue;
             }
+            refuse_immutable(&p)?;
             may(ctx, &p, 3)?;
             let (cr, mut c) = inode::read(&mut tx, child)?;
             sticky_ok(ctx, &p, &c)?;
+            refuse_removal(&p, &c)?;
             match (rmdir, is_dir(&c)) {
                 (false, true) => return Err(FsError::IsDir),
                 (true, false) => return Err(FsError::NotDir),
@@ -280,6 +285,7 @@ impl Fs {
             if c.nlink == 0 {
                 self.release_or_destroy(child)?;
             }
+            self.durable_if(flags::is_sync(&p))?;
             return Ok(());
         }
         Err(FsError::Engine(EngineError::Invalid(format!(
@@ -299,8 +305,10 @@ impl Fs {
         if !is_dir(&p) {
             return Err(FsError::NotDir);
         }
+        refuse_immutable(&p)?;
         may(ctx, &p, 3)?;
         let (r, mut i) = inode::read(&mut tx, ino)?;
+        refuse_fixed(&i)?;
         if is_dir(&i) {
             return Err(FsError::Perm);
         }
@@ -313,6 +321,7 @@ impl Fs {
         if dir::lookup(&mut tx, newparent, &p, newname)?.is_some() {
             return Err(FsError::Exists);
         }
+        flags::refuse_other_project(&p, &i)?;
         dir::insert(
             &mut tx,
             &self.alloc,
@@ -331,6 +340,7 @@ impl Fs {
         inode::write(&mut tx, &pr, &p);
         tx.commit()?;
         self.note_change(ino);
+        self.durable_if(flags::is_sync(&p))?;
         Ok(self.attr(ino, &i))
     }
 
@@ -403,10 +413,13 @@ impl Fs {
                 tx.cancel()?;
                 continue;
             }
+            refuse_immutable(&p)?;
             may(ctx, &p, 3)?;
+            refuse_immutable(&np)?;
             may(ctx, &np, 3)?;
             let (sr, mut s) = inode::read(&mut tx, src)?;
             sticky_ok(ctx, &p, &s)?;
+            refuse_removal(&p, &s)?;
             if Some(src) == dst {
                 tx.cancel()?;
                 return Ok(());
@@ -416,6 +429,7 @@ impl Fs {
             if let Some(d) = dst {
                 let (dr, di) = inode::read(&mut tx, d)?;
                 sticky_ok(ctx, &np, &di)?;
+                refuse_removal(&np, &di)?;
                 if !exchange {
                     match (is_dir(&s), is_dir(&di)) {
                         (true, false) => return Err(FsError::NotDir),
@@ -432,6 +446,10 @@ impl Fs {
             }
             if is_dir(&s) && parent != newparent {
                 may(ctx, &s, 2)?;
+            }
+            flags::refuse_other_project(&np, &s)?;
+            if let Some((_, _, di)) = dst_inode.as_ref().filter(|_| exchange) {
+                flags::refuse_other_project(&p, di)?;
             }
             let same = parent == newparent;
             match dst_inode {
@@ -516,6 +534,7 @@ impl Fs {
                     self.release_or_destroy(d)?;
                 }
             }
+            self.durable_if(flags::is_sync(&p) || flags::is_sync(&np))?;
             return Ok(());
         }
         Err(FsError::Engine(EngineError::Invalid(

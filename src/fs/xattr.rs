@@ -129,6 +129,8 @@ impl Fs {
         let _blocks = self.promise(TransKind::Xattr, frees)?;
         let mut tx = self.eng.begin(TransKind::Xattr)?;
         let (r, mut i) = inode::read(&mut tx, ino)?;
+        // Before the namespace's rule, as the kernel's `xattr_permission` does.
+        refuse_fixed(&i)?;
         Self::xattr_access(ctx, &i, name, true)?;
         let mut all = crate::xattr::load(&mut tx, ino, &i)?;
         edit(&mut all)?;
@@ -137,6 +139,6 @@ impl Fs {
         inode::write(&mut tx, &r, &i);
         tx.commit()?;
         self.note_change(ino);
-        Ok(())
+        self.durable_if(flags::is_sync(&i))
     }
 }
