@@ -1091,7 +1091,7 @@ fn a_damaged_flags_field_is_found_and_repaired() {
         (
             "a directory's flag on a file",
             0x10 | 0x20,
-            "verdict: flags 0x30 give a non-directory a directory's flag 0x20",
+            "verdict: flags 0x30 have a directory's flag 0x20 on a non-directory",
         ),
     ] {
         let mut bytes = pristine.clone();

@@ -220,28 +220,32 @@ pub fn flag_names(flags: u32) -> String {
 /// The flags only a directory carries (XFS keeps PROJINHERIT on directories only).
 pub(crate) const FLAGS_DIR_ONLY: u32 = FLAG_PROJINHERIT;
 
-/// Why an in-use inode's flags are invalid (a bit this version does not know, or a directory's
-/// flag on something else) and the flags the repair keeps: the one rule for the checker and the
-/// repairer.
+/// Why an in-use inode's flags are invalid (bits this version does not know, a directory's flag
+/// on something else) and the flags the repair keeps (neither): the one rule for the checker and
+/// the repairer.
 pub(crate) fn flags_problem(i: &Inode) -> Option<(String, u32)> {
     let unknown = i.flags & !FLAGS_KNOWN;
+    let misplaced = if i.mode & S_IFMT == S_IFDIR {
+        0
+    } else {
+        i.flags & FLAGS_DIR_ONLY
+    };
+    let mut why = Vec::new();
     if unknown != 0 {
-        return Some((
-            format!("flags {:#x} have unknown bits {unknown:#x}", i.flags),
-            i.flags & FLAGS_KNOWN,
+        why.push(format!("unknown bits {unknown:#x}"));
+    }
+    if misplaced != 0 {
+        why.push(format!(
+            "a directory's flag {misplaced:#x} on a non-directory"
         ));
     }
-    if i.mode & S_IFMT != S_IFDIR && i.flags & FLAGS_DIR_ONLY != 0 {
-        return Some((
-            format!(
-                "flags {:#x} give a non-directory a directory's flag {:#x}",
-                i.flags,
-                i.flags & FLAGS_DIR_ONLY
-            ),
-            i.flags & !FLAGS_DIR_ONLY,
-        ));
+    if why.is_empty() {
+        return None;
     }
-    None
+    Some((
+        format!("flags {:#x} have {}", i.flags, why.join(" and ")),
+        i.flags & FLAGS_KNOWN & !misplaced,
+    ))
 }
 
 /// Extent flag: allocated, reads as zeros until written (fallocate, zero-range).
@@ -513,6 +517,21 @@ mod tests {
             ..file()
         };
         assert_eq!(flags_problem(&inherit_on_file).unwrap().1, FLAG_SYNC);
+        // Both at once: what the repair keeps is clean (the field fuzz's all-ones flags).
+        let both = Inode {
+            flags: u32::MAX,
+            ..file()
+        };
+        let (why, fixed) = flags_problem(&both).unwrap();
+        assert!(
+            why.contains("unknown bits") && why.contains("directory's flag"),
+            "{why}"
+        );
+        let kept = Inode {
+            flags: fixed,
+            ..file()
+        };
+        assert_eq!(flags_problem(&kept), None);
         let dir = Inode {
             mode: S_IFDIR | 0o755,
             flags: FLAGS_KNOWN,
