@@ -287,6 +287,14 @@ fn rename(a: &Path, b: &Path) -> i32 {
     two_paths(a, b, |a, b| unsafe { libc::rename(a, b) })
 }
 
+/// renameat2 with RENAME_EXCHANGE: both entries stay, swapped.
+fn exchange(a: &Path, b: &Path) -> i32 {
+    // SAFETY: NUL-terminated absolute paths.
+    two_paths(a, b, |a, b| unsafe {
+        libc::renameat2(libc::AT_FDCWD, a, libc::AT_FDCWD, b, libc::RENAME_EXCHANGE)
+    })
+}
+
 fn unlink(p: &Path) -> i32 {
     // SAFETY: NUL-terminated path.
     path_call(p, |s| unsafe { libc::unlink(s) })
@@ -406,6 +414,11 @@ fn immutable_file_rules() -> Vec<Rule> {
                 |w| rename(&w.join("d/e"), &w.join("f")),
                 EPERM,
             ),
+            (
+                "exchange it",
+                |w| exchange(&w.join("d/e"), &w.join("f")),
+                EPERM,
+            ),
             ("setxattr", |w| setxattr(&w.join("f")), EPERM),
             ("removexattr", |w| removexattr(&w.join("f")), EPERM),
             ("read it", read_some, 0),
@@ -453,6 +466,11 @@ fn immutable_dir_rules() -> Vec<Rule> {
             (
                 "rename within it",
                 |w| rename(&w.join("d/e"), &w.join("d/n")),
+                EPERM,
+            ),
+            (
+                "exchange an entry in it",
+                |w| exchange(&w.join("f"), &w.join("d/e")),
                 EPERM,
             ),
             ("rename it", |w| rename(&w.join("d"), &w.join("n")), EPERM),
@@ -538,6 +556,11 @@ fn append_file_rules() -> Vec<Rule> {
                 |w| rename(&w.join("d/e"), &w.join("f")),
                 EPERM,
             ),
+            (
+                "exchange it",
+                |w| exchange(&w.join("d/e"), &w.join("f")),
+                EPERM,
+            ),
             ("setxattr", |w| setxattr(&w.join("f")), EPERM),
             ("removexattr", |w| removexattr(&w.join("f")), EPERM),
         ],
@@ -572,6 +595,11 @@ fn append_dir_rules() -> Vec<Rule> {
             (
                 "rename over an entry in it",
                 |w| rename(&w.join("f"), &w.join("d/e")),
+                EPERM,
+            ),
+            (
+                "exchange an entry in it",
+                |w| exchange(&w.join("f"), &w.join("d/e")),
                 EPERM,
             ),
             ("rename it", |w| rename(&w.join("d"), &w.join("n")), EPERM),
