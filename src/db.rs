@@ -426,10 +426,10 @@ fn show_inode(eng: &Engine, ino: u64) -> Result<String, String> {
     let mut tx = eng.begin(TransKind::Read).map_err(|e| e.to_string())?;
     let i = read_named_inode(eng, &mut tx, ino)?;
     let mut out = format!(
-        "inode {ino}: mode {:o} uid {} gid {} nlink {} size {} blocks {} generation {}\n  atime {:?}\n  mtime {:?}\n  ctime {:?}\n  crtime {:?}\n  format {:?} nextents {} root {} level {} xattr block {} ({:?} form, level {}) flags {:#x} rdev {}\n",
+        "inode {ino}: mode {:o} uid {} gid {} nlink {} size {} blocks {} generation {}\n  atime {:?}\n  mtime {:?}\n  ctime {:?}\n  crtime {:?}\n  format {:?} nextents {} root {} level {} xattr block {} ({:?} form, level {}) rdev {}\n  flags {:#x} ({}) project {}\n",
         i.mode, i.uid, i.gid, i.nlink, i.size, i.blocks, i.generation, i.atime, i.mtime, i.ctime,
         i.crtime, i.format, i.nextents, i.root, i.root_level, i.xattr_blk, i.xattr_form,
-        i.xattr_level, i.flags, i.rdev
+        i.xattr_level, i.rdev, i.flags, crate::format::inode::flag_names(i.flags), i.projid
     );
     match i.mode & S_IFMT {
         S_IFREG => match extmap::all(&mut tx, ino, &i) {

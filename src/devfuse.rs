@@ -68,6 +68,9 @@ pub(crate) struct Want {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Granted {
     pub(crate) uring: bool,
+    /// FUSE_POSIX_ACL, with which the kernel checks permissions itself before every request
+    /// (it turns default_permissions on) and answers access(2) without asking.
+    pub(crate) posix_acl: bool,
 }
 
 /// The capabilities asked for: each one's reason beside it.
@@ -87,9 +90,10 @@ fn wanted_flags(w: &Want) -> u64 {
         // marks files without them or capabilities (SB_NOSEC) and stops asking for
         // security.capability before every write: one round trip per write, not two.
         | cap::HANDLE_KILLPRIV_V2
-        // POSIX ACLs: the kernel checks them where it checks permissions (default_permissions;
-        // otherwise the daemon does, `Fs::may`) and caches them. The umask is left to the
-        // daemon (`Fs::creation_mode`), since a directory's default ACL replaces it.
+        // POSIX ACLs: the kernel caches them and checks them, as it then checks every
+        // permission itself (it turns default_permissions on); the daemon checks them too
+        // (`Fs::may`). The umask is left to the daemon (`Fs::creation_mode`), since a
+        // directory's default ACL replaces it.
         | cap::POSIX_ACL
         | cap::DONT_MASK
         | wire::INIT_EXT;
@@ -128,6 +132,35 @@ fn reply(fd: &OwnedFd, buf: &mut [u8], unique: u64, result: Result<usize, i32>) 
     if n < 0 {
         let e = io::Error::last_os_error();
         // ENOENT: the request was interrupted or the connection aborted meanwhile.
+        if e.raw_os_error() != Some(libc::ENOENT) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// FUSE_NOTIFY_INVAL_INODE: an unsolicited message (unique 0) whose error field names it.
+const FUSE_NOTIFY_INVAL_INODE: i32 = 2;
+/// struct fuse_notify_inval_inode_out: the node, the offset and length of page cache to drop.
+const NOTIFY_INVAL_INODE_BYTES: usize = 24;
+
+/// Tells the kernel that `node`'s attributes changed where it did not look: it drops its cached
+/// attributes, so the next stat asks. Offset -1: its page cache of the node stays (the kernel's
+/// `fuse_reverse_inval_inode` drops pages only from an offset of 0 or more). A node the kernel
+/// does not hold is ENOENT, nothing to drop.
+pub(crate) fn notify_attr_changed(dev: &OwnedFd, node: u64) -> io::Result<()> {
+    const TOTAL: usize = wire::OUT_HEADER_BYTES + NOTIFY_INVAL_INODE_BYTES;
+    let mut msg = [0u8; TOTAL];
+    msg[0..4].copy_from_slice(&(TOTAL as u32).to_ne_bytes());
+    msg[4..8].copy_from_slice(&FUSE_NOTIFY_INVAL_INODE.to_ne_bytes());
+    // unique (8..16) stays 0: a notification, not a reply.
+    msg[16..24].copy_from_slice(&node.to_ne_bytes());
+    msg[24..32].copy_from_slice(&(-1i64).to_ne_bytes());
+    // len (32..40) 0.
+    // SAFETY: writes the TOTAL bytes of `msg` to a descriptor we own.
+    let n = unsafe { libc::write(dev.as_raw_fd(), msg.as_ptr().cast(), TOTAL) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::ENOENT) {
             return Err(e);
         }
@@ -184,6 +217,7 @@ pub(crate) fn handshake(dev: &OwnedFd, want: &Want) -> io::Result<Granted> {
         reply(dev, &mut buf, h.unique, r)?;
         return Ok(Granted {
             uring: flags & cap::OVER_IO_URING != 0,
+            posix_acl: flags & cap::POSIX_ACL != 0,
         });
     }
 }

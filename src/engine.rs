@@ -10,7 +10,7 @@ use crate::mem::{
     KindStats, KindStatsTable, MemAccount, MemRes, OverrunPolicy, OverrunReport, OverrunReporter,
 };
 use crate::resv::{Resv, ResvTable, TransKind};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub(crate) use crate::mem::MEM_BUDGET_DEFAULT_BYTES;
@@ -83,6 +83,8 @@ pub struct Engine {
     dev: Arc<dyn Device>,
     /// The same device, numbering its flushes (fsync shares them).
     flushes: Arc<crate::device::FlushTracked>,
+    /// The superblock's format version: as read, until `upgrade_format`.
+    version: AtomicU32,
     sb: Superblock,
     cache: Arc<Cache>,
     log: Arc<Log>,
@@ -217,6 +219,7 @@ impl Engine {
         Ok(Engine {
             dev,
             flushes,
+            version: AtomicU32::new(sb.version),
             sb,
             cache,
             log,
@@ -230,6 +233,20 @@ impl Engine {
             trans_pinned: AtomicU64::new(0),
             alloc_lock: Default::default(),
         })
+    }
+
+    /// Moves an image of an older format version to this one (a read-write mount, before it
+    /// writes anything of the new version's): every older image is a valid image of this
+    /// version, so only the superblock's version changes. A read-only mount leaves it.
+    pub(crate) fn upgrade_format(&self) -> Result<(), EngineError> {
+        use crate::format::FORMAT_VERSION;
+        if self.version.swap(FORMAT_VERSION, Ordering::SeqCst) == FORMAT_VERSION {
+            return Ok(());
+        }
+        let mut sb = self.sb.clone();
+        sb.state = crate::format::superblock::SB_STATE_DIRTY;
+        sb.version = FORMAT_VERSION;
+        write_superblocks(&*self.dev, &sb)
     }
 
     /// Writes everything home, leaves an unmount record and marks the superblock clean.
@@ -265,6 +282,7 @@ impl Engine {
         }
         let mut sb = self.sb.clone();
         sb.state = crate::format::superblock::SB_STATE_CLEAN;
+        sb.version = self.version.load(Ordering::SeqCst);
         let r = write_superblocks(&*self.dev, &sb);
         self.log.close();
         r

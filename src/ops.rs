@@ -47,6 +47,27 @@ const RENAME_WHITEOUT: u32 = 4;
 
 /// FS_IOC_SHUTDOWN, which is XFS_IOC_GOINGDOWN: `_IOR('X', 125, __u32)`.
 const FS_IOC_SHUTDOWN: u32 = 0x8004_587D;
+/// FS_IOC_GETFLAGS and FS_IOC_SETFLAGS, `_IOR('f', 1, long)` and `_IOW('f', 2, long)`: what
+/// lsattr and chattr reach. The kernel answers them through its fileattr calls, which FUSE
+/// passes on (fs/fuse/ioctl.c, `fuse_priv_ioctl`) with these 64-bit numbers but a 4-byte flags
+/// word (in_size or out_size 4), for files and directories (FUSE_IOCTL_DIR) alike; the 32-bit
+/// numbers (`_IOR('f', 1, int)`) are taken too.
+const FS_IOC_GETFLAGS: u32 = 0x8008_6601;
+const FS_IOC_SETFLAGS: u32 = 0x4008_6602;
+const FS_IOC32_GETFLAGS: u32 = 0x8004_6601;
+const FS_IOC32_SETFLAGS: u32 = 0x4004_6602;
+/// FS_IOC_FSGETXATTR and FS_IOC_FSSETXATTR, `_IOR('X', 31, struct fsxattr)` and `_IOW('X', 32,
+/// struct fsxattr)`: xfs_io's lsattr, chattr, lsproj and chproj, passed on the same way.
+const FS_IOC_FSGETXATTR: u32 = 0x801C_581F;
+const FS_IOC_FSSETXATTR: u32 = 0x401C_5820;
+/// Bytes of the flags word FS_IOC_GETFLAGS and FS_IOC_SETFLAGS carry through FUSE.
+const FLAGS_WORD_BYTES: usize = 4;
+/// struct fsxattr: fsx_xflags, fsx_extsize, fsx_nextents, fsx_projid, fsx_cowextsize (u32 each),
+/// then 8 bytes of padding.
+const FSXATTR_BYTES: usize = 28;
+const FSX_XFLAGS_OFF: usize = 0;
+const FSX_NEXTENTS_OFF: usize = 8;
+const FSX_PROJID_OFF: usize = 12;
 
 /// Reads a u32 from process `pid`'s memory at `addr` (the shutdown ioctl's flags word).
 fn read_caller_u32(pid: u32, addr: u64) -> Option<u32> {
@@ -84,6 +105,7 @@ pub(crate) fn errno(e: &FsError) -> i32 {
         FsError::NoAttr => libc::ENODATA,
         FsError::ValueTooBig => libc::E2BIG,
         FsError::Stale => libc::ESTALE,
+        FsError::CrossProject => libc::EXDEV,
         FsError::Engine(EngineError::NoSpace(_)) => libc::ENOSPC,
         FsError::Engine(EngineError::Stale(_)) => libc::ENOENT,
         FsError::Engine(EngineError::Invalid(_)) => libc::EINVAL,
@@ -136,7 +158,12 @@ pub(crate) struct Ops {
     destroy: parking_lot::Mutex<Option<DestroyHook>>,
     /// Requests being served now (DESTROY waits for the others to finish).
     active: std::sync::atomic::AtomicUsize,
+    /// Tells the kernel to drop its cached attributes of a node; see [`Ops::on_attr_change`].
+    attr_changed: std::sync::OnceLock<AttrChangedHook>,
 }
+
+/// Tells the kernel that a node's attributes changed behind its back (FUSE_NOTIFY_INVAL_INODE).
+pub(crate) type AttrChangedHook = Box<dyn Fn(u64) + Send + Sync>;
 
 /// How long DESTROY waits for the requests being served beside it to finish: one waiting for
 /// log space or memory finishes once the log writes and the AIL pushes, so this is a bound for
@@ -164,7 +191,15 @@ impl Ops {
             max_write: max_write.clamp(4096, MAX_WRITE),
             destroy: parking_lot::Mutex::new(None),
             active: std::sync::atomic::AtomicUsize::new(0),
+            attr_changed: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets how to tell the kernel a node's attributes changed where it does not look: a
+    /// change of flags (its fileattr calls leave the cached attributes, and so the old change
+    /// time, in place for `TTL`). Set once; later calls are ignored.
+    pub(crate) fn on_attr_change(&self, hook: AttrChangedHook) {
+        let _ = self.attr_changed.set(hook);
     }
 
     /// Counts a request as being served until the guard is dropped.
@@ -306,7 +341,8 @@ impl Ops {
 
     /// `flags` are open(2)'s; the answer is the FOPEN_* flags of the reply.
     pub(crate) fn open(&self, c: &Ctx, node: u64, flags: i32) -> Res<u32> {
-        let keep = res(self.fs.open(c, self.ino(node), want(flags)))?;
+        let append = flags & libc::O_APPEND != 0;
+        let keep = res(self.fs.open_as(c, self.ino(node), want(flags), append))?;
         Ok(if keep { FOPEN_KEEP_CACHE } else { 0 })
     }
 
@@ -377,23 +413,97 @@ impl Ops {
         res(self.fs.fsync())
     }
 
-    /// An ioctl on `node`. Only the shutdown ioctl (FS_IOC_SHUTDOWN, XFS_IOC_GOINGDOWN: what
-    /// `xfs_io -x -c shutdown` and fstests' godown send), by root, as XFS allows it only with
-    /// CAP_SYS_ADMIN; every other is ENOTTY. The kernel passes a FUSE daemon no input for an
-    /// ioctl encoded as reading (_IOR), as this one is, so its flags word is read from the
-    /// caller's memory at the address it passed; should that fail, the flags are taken as 0
-    /// (flush everything first), the safe side.
+    /// An ioctl on `node`: the inode flags' (`ioctl_flags`), or the shutdown ioctl
+    /// (`shutdown`); every other is ENOTTY. `input` is what the kernel copied from the caller
+    /// (`_IOC_SIZE(cmd)` bytes of an ioctl encoded as writing, _IOW; none for _IOR); the
+    /// answer's bytes are at most `out_size`, what the kernel copies back.
     pub(crate) fn ioctl(
         &self,
         c: &Ctx,
-        _node: u64,
+        node: u64,
         cmd: u32,
         arg: u64,
+        (input, out_size): (&[u8], u32),
+    ) -> Res<(i32, Vec<u8>)> {
+        match cmd {
+            FS_IOC_SHUTDOWN => self.shutdown(c, arg, out_size),
+            FS_IOC_GETFLAGS | FS_IOC32_GETFLAGS | FS_IOC_SETFLAGS | FS_IOC32_SETFLAGS
+            | FS_IOC_FSGETXATTR | FS_IOC_FSSETXATTR => {
+                self.ioctl_flags(c, node, cmd, input, out_size)
+            }
+            _ => Err(libc::ENOTTY),
+        }
+    }
+
+    /// The inode flags' ioctls: chattr and lsattr (FS_IOC_SETFLAGS, FS_IOC_GETFLAGS, a flags
+    /// word of FS_*_FL bits), xfs_io's chattr, lsattr, chproj and lsproj (FS_IOC_FSSETXATTR,
+    /// FS_IOC_FSGETXATTR, a `struct fsxattr`). A flag with no meaning here is EOPNOTSUPP, as
+    /// XFS answers; the extent size hints a `struct fsxattr` carries are ignored, as ext4 does.
+    /// After a change the kernel is told to drop the node's cached attributes (the change
+    /// time moved).
+    fn ioctl_flags(
+        &self,
+        c: &Ctx,
+        node: u64,
+        cmd: u32,
+        input: &[u8],
         out_size: u32,
     ) -> Res<(i32, Vec<u8>)> {
-        if cmd != FS_IOC_SHUTDOWN {
-            return Err(libc::ENOTTY);
+        let ino = self.ino(node);
+        let word = |b: &[u8], at: usize| -> Res<u32> {
+            b.get(at..at + 4)
+                .and_then(|w| w.try_into().ok())
+                .map(u32::from_ne_bytes)
+                .ok_or(libc::EINVAL)
+        };
+        let fits = |n: usize| {
+            if (out_size as usize) < n {
+                Err(libc::EINVAL)
+            } else {
+                Ok(())
+            }
+        };
+        let (flags, projid) = match cmd {
+            FS_IOC_GETFLAGS | FS_IOC32_GETFLAGS => {
+                fits(FLAGS_WORD_BYTES)?;
+                let f = res(self.fs.file_flags(ino))?;
+                return Ok((0, fs::to_fs_flags(f.flags).to_ne_bytes().to_vec()));
+            }
+            FS_IOC_FSGETXATTR => {
+                fits(FSXATTR_BYTES)?;
+                let f = res(self.fs.file_flags(ino))?;
+                let mut out = vec![0u8; FSXATTR_BYTES];
+                for (at, v) in [
+                    (FSX_XFLAGS_OFF, fs::to_xflags(f.flags)),
+                    (FSX_NEXTENTS_OFF, res(self.fs.extent_count(ino))?),
+                    (FSX_PROJID_OFF, f.projid),
+                ] {
+                    out[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+                }
+                return Ok((0, out));
+            }
+            FS_IOC_SETFLAGS | FS_IOC32_SETFLAGS => (res(fs::from_fs_flags(word(input, 0)?))?, None),
+            _ => {
+                if input.len() < FSXATTR_BYTES {
+                    return Err(libc::EINVAL);
+                }
+                let flags = res(fs::from_xflags(word(input, FSX_XFLAGS_OFF)?))?;
+                (flags, Some(word(input, FSX_PROJID_OFF)?))
+            }
+        };
+        res(self.fs.set_file_flags(c, ino, flags, projid))?;
+        if let Some(tell) = self.attr_changed.get() {
+            tell(node);
         }
+        Ok((0, Vec::new()))
+    }
+
+    /// The shutdown ioctl (FS_IOC_SHUTDOWN, XFS_IOC_GOINGDOWN: what `xfs_io -x -c shutdown` and
+    /// fstests' godown send), by root, as XFS allows it only with CAP_SYS_ADMIN. The kernel
+    /// passes a FUSE daemon no input for an ioctl encoded as reading (_IOR), as this one is,
+    /// so its flags word is read from the caller's memory at the address it passed; should
+    /// that fail, the flags are taken as 0 (flush everything first), the safe side.
+    fn shutdown(&self, c: &Ctx, arg: u64, out_size: u32) -> Res<(i32, Vec<u8>)> {
         if c.uid != 0 {
             return Err(libc::EPERM);
         }

@@ -1,10 +1,10 @@
 //! One verdict per inode for both drivers of fsck: the checker (`fsck -n`) reports each fault
 //! the verdict lists, the repairer (`fsck -y`) does what the fault says (clear the inode, fix a
 //! field, rebuild the directory, drop the attributes). What is wrong is decided here once, from
-//! the rules the mount applies too (`format::inode::mode_problem`, `Geometry::extent_problem`,
-//! `format::dirblock`, `format::xattrblock`, `symlink::target`), so the two cannot disagree on
-//! whether an inode is damaged, only act differently on it, as xfs_repair's `-n` and its repair
-//! share libxfs's verifiers.
+//! the rules the mount applies too (`format::inode::mode_problem`, `flags_problem`,
+//! `Geometry::extent_problem`, `format::dirblock`, `format::xattrblock`, `symlink::target`), so
+//! the two cannot disagree on whether an inode is damaged, only act differently on it, as
+//! xfs_repair's `-n` and its repair share libxfs's verifiers.
 //!
 //! What the verdict cannot see, because it needs every inode, stays with the drivers: a block
 //! claimed by two inodes, link counts, reachability.
@@ -13,8 +13,8 @@ use crate::dir;
 use crate::error::EngineError;
 use crate::file::{extmap, FILE_SIZE_MAX};
 use crate::format::inode::{
-    mode_problem, symlink_problem, DataFormat, Inode, FILE_TYPES, MODE_BITS, S_IFDIR, S_IFLNK,
-    S_IFMT, S_IFREG,
+    flags_problem, mode_problem, symlink_problem, DataFormat, Inode, FILE_TYPES, MODE_BITS,
+    S_IFDIR, S_IFLNK, S_IFMT, S_IFREG,
 };
 use crate::format::Geometry;
 use crate::trans::Trans;
@@ -72,6 +72,9 @@ pub(crate) enum Fault {
     Clear(String),
     /// Bits beyond the type and permissions: the repair keeps `fixed`.
     Mode { why: String, fixed: u32 },
+    /// Inode flags this version does not know, or a directory's on something else: the repair
+    /// keeps `fixed`.
+    Flags { why: String, fixed: u32 },
     /// A size no file of its kind may have: the repair sets `fixed`.
     Size { why: String, fixed: u64 },
     /// The directory's blocks are unreadable or inconsistent: rebuilt from the names read.
@@ -85,7 +88,10 @@ pub(crate) enum Fault {
 impl Fault {
     pub(crate) fn describe(&self) -> String {
         match self {
-            Fault::Clear(why) | Fault::Mode { why, .. } | Fault::Size { why, .. } => why.clone(),
+            Fault::Clear(why)
+            | Fault::Mode { why, .. }
+            | Fault::Flags { why, .. }
+            | Fault::Size { why, .. } => why.clone(),
             Fault::Directory(why) => format!("directory: {why}"),
             Fault::Xattrs(why) => format!("xattrs: {why}"),
             Fault::Blocks { counted, owns } => {
@@ -140,6 +146,9 @@ pub(crate) fn inode(tx: &mut Trans<'_>, g: &Geometry, ino: u64, i: &Inode) -> Ve
             why,
             fixed: i.mode & MODE_BITS,
         });
+    }
+    if let Some((why, fixed)) = flags_problem(i) {
+        v.faults.push(Fault::Flags { why, fixed });
     }
     match ft {
         S_IFREG => file(tx, g, ino, i, &mut v),

@@ -3,7 +3,10 @@
 //! the writes after it, the image is recovered and mounted (orphans freed) and its tree must equal
 //! the model after some prefix of the steps no shorter than the last fsync; the recovered
 //! filesystem must then unmount and mount again. Each model step is one transaction's visible
-//! effect (a create, a write of at most one block to an empty file, mkdir, unlink, rename, rmdir).
+//! effect (a create, a write of at most one block to an empty file, mkdir, unlink, rename, rmdir,
+//! a change of an inode's flags and project ID). The model holds each inode's flags and project
+//! ID beside its contents; new inodes take their directory's inherited flags; a step on an inode
+//! with the sync flag, or in a directory with it, counts as an fsync (durable when it returns).
 
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
@@ -12,14 +15,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use ticketfs::device::{DevEvent, Device, MemDevice, RecordingDevice};
-use ticketfs::fs::{Ctx, Fs, RenameHow, S_IFDIR, S_IFREG};
+use ticketfs::format::inode::{FLAG_NOATIME, FLAG_NODUMP, FLAG_SYNC};
+use ticketfs::fs::{Ctx, FileFlags, Fs, RenameHow, S_IFDIR, S_IFREG};
 use ticketfs::log::LogConfig;
 use ticketfs::mem::OverrunPolicy;
 use ticketfs::mkfs::{make_filesystem, MkfsOptions};
 use ticketfs::{Engine, EngineOptions};
 
 const BS: u32 = 512;
-/// Operations of the workload: enough for at least 1,000 crash states (1,144 at seed 0xf5).
+/// Operations of the workload: enough for at least 1,000 crash states (2,824 at seed 0xf5,
+/// where steps under the sync flag each force the log: a flush window each).
 /// 400 were enough while every allocation of a block freed in the same checkpoint window forced
 /// the log (a flush window each); since the allocator passes busy blocks over, 700.
 const STEPS: usize = 700;
@@ -27,9 +32,27 @@ const STATES_PER_WINDOW: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Node {
-    Dir,
-    File(Vec<u8>),
+    Dir(FileFlags),
+    File(Vec<u8>, FileFlags),
 }
+
+impl Node {
+    fn flags(&self) -> FileFlags {
+        match self {
+            Node::Dir(f) | Node::File(_, f) => *f,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Node::Dir(f) => format!("dir {f:?}"),
+            Node::File(b, f) => format!("{} bytes {f:?}", b.len()),
+        }
+    }
+}
+
+/// The flags a directory's new inodes take from it (the sync, nodump and noatime flags).
+const INHERITED: u32 = FLAG_SYNC | FLAG_NODUMP | FLAG_NOATIME;
 
 type Tree = BTreeMap<String, Node>;
 
@@ -77,13 +100,14 @@ fn walk(fs: &Fs) -> Tree {
                 }
                 let name = format!("{prefix}/{}", String::from_utf8_lossy(&e.name));
                 let a = fs.getattr(e.ino).unwrap();
+                let f = fs.file_flags(e.ino).unwrap();
                 if a.mode & S_IFDIR == S_IFDIR && a.mode & S_IFREG != S_IFREG {
-                    out.insert(name.clone(), Node::Dir);
+                    out.insert(name.clone(), Node::Dir(f));
                     stack.push((e.ino, name));
                 } else {
                     out.insert(
                         name,
-                        Node::File(fs.read(e.ino, 0, a.size as usize + 1).unwrap()),
+                        Node::File(fs.read(e.ino, 0, a.size as usize + 1).unwrap(), f),
                     );
                 }
             }
@@ -118,23 +142,38 @@ fn run_workload(seed: u64) -> Run {
         let (dpath, dino) = dirs.choose(&mut rng).unwrap().clone();
         let files: Vec<String> = model
             .iter()
-            .filter(|(k, v)| matches!(v, Node::File(_)) && k.rsplit_once('/').unwrap().0 == dpath)
+            .filter(|(k, v)| matches!(v, Node::File(..)) && k.rsplit_once('/').unwrap().0 == dpath)
             .map(|(k, _)| k.clone())
             .collect();
-        match rng.gen_range(0..10) {
+        // The directory's flags (the root's are never set); its sync flag makes each change of
+        // its entries durable when it returns, as an fsync.
+        let dflags = model.get(&dpath).map_or(FileFlags::default(), Node::flags);
+        let born = FileFlags {
+            flags: dflags.flags & INHERITED,
+            projid: 0,
+        };
+        let dsync = dflags.flags & FLAG_SYNC != 0;
+        let mut synced = |states: &Vec<Tree>, sync: bool| {
+            if sync {
+                syncs.push((rec.event_count(), states.len() - 1));
+            }
+        };
+        match rng.gen_range(0..11) {
             0..=3 => {
                 let name = format!("f{n}");
                 let a = fs
                     .make(&c, dino, name.as_bytes(), S_IFREG | 0o644, 0, None)
                     .unwrap();
-                model.insert(format!("{dpath}/{name}"), Node::File(Vec::new()));
+                model.insert(format!("{dpath}/{name}"), Node::File(Vec::new(), born));
                 states.push(model.clone());
+                synced(&states, dsync);
                 let len = rng.gen_range(0..=BS as usize);
                 if len > 0 {
                     let data: Vec<u8> = (0..len).map(|i| (i as u64 * 7 + n) as u8).collect();
                     fs.write(&c, a.ino, 0, &data).unwrap();
-                    model.insert(format!("{dpath}/{name}"), Node::File(data));
+                    model.insert(format!("{dpath}/{name}"), Node::File(data, born));
                     states.push(model.clone());
+                    synced(&states, born.flags & FLAG_SYNC != 0);
                 }
             }
             4 => {
@@ -142,9 +181,10 @@ fn run_workload(seed: u64) -> Run {
                 let a = fs
                     .make(&c, dino, name.as_bytes(), S_IFDIR | 0o755, 0, None)
                     .unwrap();
-                model.insert(format!("{dpath}/{name}"), Node::Dir);
+                model.insert(format!("{dpath}/{name}"), Node::Dir(born));
                 dirs.push((format!("{dpath}/{name}"), a.ino));
                 states.push(model.clone());
+                synced(&states, dsync);
             }
             5 | 6 if !files.is_empty() => {
                 let victim = files.choose(&mut rng).unwrap().clone();
@@ -152,6 +192,7 @@ fn run_workload(seed: u64) -> Run {
                 fs.remove(&c, dino, name.as_bytes(), false).unwrap();
                 model.remove(&victim);
                 states.push(model.clone());
+                synced(&states, dsync);
             }
             7 | 8 if !files.is_empty() => {
                 let src = files.choose(&mut rng).unwrap().clone();
@@ -162,7 +203,7 @@ fn run_workload(seed: u64) -> Run {
                         .keys()
                         .find(|k| {
                             k.rsplit_once('/').unwrap().0 == tpath
-                                && matches!(model[*k], Node::File(_))
+                                && matches!(model[*k], Node::File(..))
                                 && **k != src
                         })
                         .map(|k| k.rsplit_once('/').unwrap().1.to_string())
@@ -181,6 +222,41 @@ fn run_workload(seed: u64) -> Run {
                 let node = model.remove(&src).unwrap();
                 model.insert(format!("{tpath}/{tname}"), node);
                 states.push(model.clone());
+                let tsync = model
+                    .get(&tpath)
+                    .is_some_and(|t| t.flags().flags & FLAG_SYNC != 0);
+                synced(&states, dsync || tsync);
+            }
+            10 => {
+                // Flags and a project ID on a file of the directory, or on the directory.
+                let (path, ino) = match files.choose(&mut rng) {
+                    Some(f) => {
+                        let name = f.rsplit_once('/').unwrap().1;
+                        (f.clone(), fs.lookup(&c, dino, name.as_bytes()).unwrap().ino)
+                    }
+                    None if !dpath.is_empty() => (dpath.clone(), dino),
+                    None => continue,
+                };
+                let flags = [
+                    0,
+                    FLAG_NODUMP,
+                    FLAG_NOATIME,
+                    FLAG_SYNC,
+                    FLAG_NODUMP | FLAG_SYNC,
+                ][rng.gen_range(0..5)];
+                let want = FileFlags {
+                    flags,
+                    projid: rng.gen_range(0..4),
+                };
+                fs.set_file_flags(&c, ino, want.flags, Some(want.projid))
+                    .unwrap();
+                let node = model.get_mut(&path).unwrap();
+                let was_sync = node.flags().flags & FLAG_SYNC != 0;
+                match node {
+                    Node::Dir(f) | Node::File(_, f) => *f = want,
+                }
+                states.push(model.clone());
+                synced(&states, was_sync || flags & FLAG_SYNC != 0);
             }
             _ => {
                 // rmdir of an empty directory, else an fsync.
@@ -197,10 +273,14 @@ fn run_workload(seed: u64) -> Run {
                         model.remove(&p);
                         dirs.retain(|(q, _)| *q != p);
                         states.push(model.clone());
+                        let psync = model
+                            .get(parent)
+                            .is_some_and(|t| t.flags().flags & FLAG_SYNC != 0);
+                        synced(&states, psync);
                     }
                     _ => {
                         fs.fsync().unwrap();
-                        syncs.push((rec.event_count(), states.len() - 1));
+                        synced(&states, true);
                     }
                 }
             }
@@ -252,28 +332,12 @@ fn check(run: &Run, image: Vec<u8>, crash_after: usize) -> Result<(), String> {
                 let mut d: Vec<String> = s
                     .iter()
                     .filter(|(k, v)| got.get(*k) != Some(v))
-                    .map(|(k, v)| {
-                        format!(
-                            "model {k}={}",
-                            match v {
-                                Node::Dir => "dir".to_string(),
-                                Node::File(b) => format!("{} bytes", b.len()),
-                            }
-                        )
-                    })
+                    .map(|(k, v)| format!("model {k}={}", v.describe()))
                     .collect();
                 d.extend(
                     got.iter()
                         .filter(|(k, _)| !s.contains_key(*k))
-                        .map(|(k, v)| {
-                            format!(
-                                "disk {k}={}",
-                                match v {
-                                    Node::Dir => "dir".to_string(),
-                                    Node::File(b) => format!("{} bytes", b.len()),
-                                }
-                            )
-                        }),
+                        .map(|(k, v)| format!("disk {k}={}", v.describe())),
                 );
                 d
             };
@@ -285,7 +349,7 @@ fn check(run: &Run, image: Vec<u8>, crash_after: usize) -> Result<(), String> {
                 .min_by_key(|(_, d)| d.len())
                 .unwrap();
             for (path, v) in &run.states[k] {
-                if let (Node::File(m), Some(Node::File(g))) = (v, got.get(path)) {
+                if let (Node::File(m, _), Some(Node::File(g, _))) = (v, got.get(path)) {
                     if m != g {
                         let first = m.iter().zip(g.iter()).position(|(a, b)| a != b);
                         d.push(format!("{path}: model {} bytes {:?}.., disk {} bytes {:?}.., first difference at {first:?}", m.len(), &m[..m.len().min(6)], g.len(), &g[..g.len().min(6)]));

@@ -23,7 +23,7 @@ use std::path::Path;
 use std::process::Command;
 
 /// The other user: nobody.
-const OTHER: u32 = 65534;
+const OTHER: u32 = common::NOBODY;
 
 fn c(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).expect("path")
@@ -34,30 +34,9 @@ fn errno() -> i32 {
     unsafe { *libc::__errno_location() }
 }
 
-/// Runs `f` in a child that has become uid/gid OTHER with no supplementary groups; its result
-/// (0 or an errno). The child makes only system calls (no allocation) after the fork.
+/// Runs `f` as the other user (`common::as_user`): 0 or an errno.
 fn as_other(f: &dyn Fn() -> i32) -> i32 {
-    // SAFETY: the child calls only async-signal-safe functions (setgroups, setgid, setuid,
-    // the system calls `f` makes, _exit).
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork");
-    if pid == 0 {
-        common::close_inherited_fds();
-        unsafe {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(OTHER) != 0
-                || libc::setuid(OTHER) != 0
-            {
-                libc::_exit(250);
-            }
-            libc::_exit(f());
-        }
-    }
-    let mut st = 0;
-    // SAFETY: our own child.
-    unsafe { libc::waitpid(pid, &mut st, 0) };
-    assert!(libc::WIFEXITED(st), "child died: {st:#x}");
-    libc::WEXITSTATUS(st)
+    common::as_user(OTHER, f)
 }
 
 fn rc(r: libc::c_int) -> i32 {

@@ -167,6 +167,7 @@ pub fn serve(
     let mut fs = Fs::new(eng, o.read_only).map_err(|e| format!("{}: {e}", o.image.display()))?;
     fs.set_atime_policy(o.atime);
     fs.set_kernel_checks_permissions(o.default_permissions);
+    fs.set_kernel_stamps_times(o.writeback_cache);
     // Set once the mount stands and its device number is known (its superblock's state).
     let mount_dev: Arc<std::sync::OnceLock<String>> = Arc::new(std::sync::OnceLock::new());
     {
@@ -248,6 +249,7 @@ pub fn serve(
             return Err(unmount_fs(format!("FUSE INIT: {e}")));
         }
     };
+    fs.set_kernel_checks_permissions(o.default_permissions || granted.posix_acl);
 
     let signal_point = point.clone();
     std::thread::Builder::new()
@@ -284,6 +286,16 @@ pub fn serve(
     {
         let finish = finish.clone();
         ops.on_destroy(Box::new(move || finish.run()));
+    }
+    // A flag change moves the change time where the kernel does not look (its fileattr calls
+    // keep the cached attributes): told through a descriptor of the connection.
+    match conn.try_clone() {
+        Ok(dev) => ops.on_attr_change(Box::new(move |node| {
+            if let Err(e) = crate::devfuse::notify_attr_changed(&dev, node) {
+                eprintln!("ticketfs: telling the kernel node {node} changed: {e}");
+            }
+        })),
+        Err(e) => eprintln!("ticketfs: no descriptor to tell the kernel of flag changes: {e}"),
     }
     let freed = fs.orphans_freed_at_mount();
     report(Ok(format!(

@@ -144,6 +144,9 @@ struct WriteState<'a> {
     layout: bool,
     /// The extent a hole step just mapped: the next step writes it without looking it up.
     mapped: Option<Extent>,
+    /// What the write's first look at the map found at its first block (the extent there and
+    /// the next one): the first step uses it rather than looking again.
+    found: Option<(Option<Extent>, Option<Extent>)>,
     /// That extent, until a step has written and converted it: taken out again should the
     /// write stop first.
     pending: Option<Extent>,
@@ -424,6 +427,22 @@ impl<'a> FileIo<'a> {
         now: Time,
         drop_setid: bool,
     ) -> Result<(usize, Option<EngineError>), EngineError> {
+        self.write_admitted(ino, off, data, now, drop_setid, |_| {
+            Ok::<(), EngineError>(())
+        })
+    }
+
+    /// `write`, where `admit` sees the inode as the write first finds it, before any byte is
+    /// written, and may refuse the write (the inode's flags); it costs no look of its own.
+    pub(crate) fn write_admitted<E: From<EngineError>>(
+        &self,
+        ino: u64,
+        off: u64,
+        data: &[u8],
+        now: Time,
+        drop_setid: bool,
+        admit: impl FnOnce(&Inode) -> Result<(), E>,
+    ) -> Result<(usize, Option<EngineError>), E> {
         if data.is_empty() {
             return Ok((0, None));
         }
@@ -431,12 +450,6 @@ impl<'a> FileIo<'a> {
         // Cleared at a successful end that changed neither the size nor the map (only the
         // times, the set-id bits or the bytes of blocks already written).
         let mut note = self.layout_note(ino);
-        let mut st = WriteState {
-            layout: false,
-            mapped: None,
-            pending: None,
-            held: None,
-        };
         let mut end = off
             .checked_add(data.len() as u64)
             .filter(|&e| e <= FILE_SIZE_MAX)
@@ -446,6 +459,24 @@ impl<'a> FileIo<'a> {
         let bs = self.bs();
         let last = (end - 1) / bs;
         let mut fb = off / bs;
+        let found = {
+            let mut tx = self.eng.begin(TransKind::Read)?;
+            let (_, ino_d) = inode::read(&mut tx, ino)?;
+            let found = extmap::find(&mut tx, ino, &ino_d, fb)?;
+            tx.cancel()?;
+            if let Err(e) = admit(&ino_d) {
+                note.changed = false;
+                return Err(e);
+            }
+            found
+        };
+        let mut st = WriteState {
+            layout: false,
+            mapped: None,
+            found: Some(found),
+            pending: None,
+            held: None,
+        };
         // The caller holds the inode's data lock, so its extent map stays as looked up here
         // between transactions. No lock is held while data goes to the device: new blocks are
         // mapped unwritten first (their own step, under the allocator lock), then written, then
@@ -462,7 +493,7 @@ impl<'a> FileIo<'a> {
                     let done = (fb * bs).min(end).saturating_sub(off);
                     if done == 0 {
                         note.changed = st.layout;
-                        return Err(e);
+                        return Err(e.into());
                     }
                     end = off + done;
                     stopped = Some(e);
@@ -510,9 +541,10 @@ impl<'a> FileIo<'a> {
         st: &mut WriteState<'a>,
     ) -> Result<u64, EngineError> {
         let bs = self.bs();
-        let (hit, next) = match st.mapped.take() {
-            Some(e) => (Some(e), None),
-            None => {
+        let (hit, next) = match (st.mapped.take(), st.found.take()) {
+            (Some(e), _) => (Some(e), None),
+            (None, Some(found)) => found,
+            (None, None) => {
                 let mut tx = self.eng.begin(TransKind::Read)?;
                 let (_, ino_d) = inode::read(&mut tx, ino)?;
                 let found = extmap::find(&mut tx, ino, &ino_d, fb)?;

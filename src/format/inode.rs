@@ -15,7 +15,7 @@
 //! | 32 | 8 | blocks: data and tree blocks allocated to the inode |
 //! | 40 | 8+4 | atime seconds (i64), nanoseconds (u32) |
 //! | 52 | 8+4 | mtime | 64 | 8+4 | ctime | 76 | 8+4 | crtime |
-//! | 88 | 4 | flags |
+//! | 88 | 4 | flags: `FLAG_*` below (chattr's i, a, S, A, d, P); 0 in every image made before they were defined |
 //! | 92 | 4 | nextents: records in the extent list or tree; bytes of local data |
 //! | 96 | 8 | rdev |
 //! | 104 | 8 | unlinked_next: next inode on the AG's unlinked list (0: end) |
@@ -23,7 +23,7 @@
 //! | 120 | 8 | data B+tree root block | 128 | 2 | its level |
 //! | 130 | 1 | attribute form: 0 one xattr block (TKXA) or none, 1 attribute hash tree (TKBA) |
 //! | 131 | 1 | attribute tree's root level (0 in the block form) |
-//! | 132 | 4 | zero |
+//! | 132 | 4 | projid: project ID (FS_IOC_FSSETXATTR's fsx_projid); zero, project 0, in earlier images |
 //! | 136 | 120 | fork area: local bytes, or up to 5 extents of 24 bytes (file block u64, start u64, length u32, flags u32) |
 
 use super::{Dec, Enc, FormatError, BLOCK_HEADER_BYTES};
@@ -34,7 +34,10 @@ pub(crate) const INODE_MAGIC: u16 = 0x494E;
 pub const CHUNK_SLOTS_OFFSET: usize = BLOCK_HEADER_BYTES + 16;
 /// Bits of an inode number that name the slot; also bounds slots per chunk (a u64 free mask).
 pub(crate) const INO_SLOT_BITS: u32 = 6;
+/// Where the project ID lives: the last four of the six bytes that were zero before it.
+pub(crate) const PROJID_OFFSET: usize = 132;
 pub const FORK_OFFSET: usize = 136;
+const _: () = assert!(PROJID_OFFSET + 4 == FORK_OFFSET);
 pub(crate) const FORK_BYTES: usize = INODE_BYTES - FORK_OFFSET;
 pub(crate) const EXTENT_BYTES: usize = 24;
 /// Extents that fit in the fork area before the map becomes a B+tree.
@@ -180,6 +183,82 @@ pub(crate) fn symlink_target_problem(target: &[u8]) -> Option<String> {
         .map(|at| format!("symlink target has a NUL byte at {at}"))
 }
 
+/// Inode flags (the inode's `flags` field), in this format's own bits: the ioctls' values
+/// (FS_*_FL, FS_XFLAG_*) are translated where the requests are (`fs::flags`), as XFS keeps its
+/// own `di_flags`. Nobody may change an immutable inode: its data, attributes, names or links.
+pub const FLAG_IMMUTABLE: u32 = 1 << 0;
+/// Append-only: data may only be added at the end; the inode may not be removed, renamed,
+/// truncated or have its attributes set; a directory may gain entries but not lose them.
+pub const FLAG_APPEND: u32 = 1 << 1;
+/// Synchronous: every change to the inode is durable when it returns (as O_SYNC and, for a
+/// directory, as dirsync).
+pub const FLAG_SYNC: u32 = 1 << 2;
+/// Reads do not update the access time.
+pub const FLAG_NOATIME: u32 = 1 << 3;
+/// Not to be dumped (dump(8)); the filesystem only keeps it.
+pub const FLAG_NODUMP: u32 = 1 << 4;
+/// A directory whose new entries take its project ID, and new directories this flag too.
+pub const FLAG_PROJINHERIT: u32 = 1 << 5;
+/// Every inode flag this format version knows; any other bit is damage.
+pub const FLAGS_KNOWN: u32 =
+    FLAG_IMMUTABLE | FLAG_APPEND | FLAG_SYNC | FLAG_NOATIME | FLAG_NODUMP | FLAG_PROJINHERIT;
+/// Each flag's name, as `ticketfs db` shows it.
+const FLAG_NAMES: [(u32, &str); 6] = [
+    (FLAG_IMMUTABLE, "immutable"),
+    (FLAG_APPEND, "append"),
+    (FLAG_SYNC, "sync"),
+    (FLAG_NOATIME, "noatime"),
+    (FLAG_NODUMP, "nodump"),
+    (FLAG_PROJINHERIT, "projinherit"),
+];
+
+/// `flags` by name ("immutable,nodump"; "none"; unknown bits as a number).
+pub fn flag_names(flags: u32) -> String {
+    let mut names: Vec<String> = FLAG_NAMES
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, n)| n.to_string())
+        .collect();
+    if flags & !FLAGS_KNOWN != 0 {
+        names.push(format!("unknown {:#x}", flags & !FLAGS_KNOWN));
+    }
+    if names.is_empty() {
+        names.push("none".into());
+    }
+    names.join(",")
+}
+
+/// The flags only a directory carries (XFS keeps PROJINHERIT on directories only).
+pub(crate) const FLAGS_DIR_ONLY: u32 = FLAG_PROJINHERIT;
+
+/// Why an in-use inode's flags are invalid (bits this version does not know, a directory's flag
+/// on something else) and the flags the repair keeps (neither): the one rule for the checker and
+/// the repairer.
+pub(crate) fn flags_problem(i: &Inode) -> Option<(String, u32)> {
+    let unknown = i.flags & !FLAGS_KNOWN;
+    let misplaced = if i.mode & S_IFMT == S_IFDIR {
+        0
+    } else {
+        i.flags & FLAGS_DIR_ONLY
+    };
+    let mut why = Vec::new();
+    if unknown != 0 {
+        why.push(format!("unknown bits {unknown:#x}"));
+    }
+    if misplaced != 0 {
+        why.push(format!(
+            "a directory's flag {misplaced:#x} on a non-directory"
+        ));
+    }
+    if why.is_empty() {
+        return None;
+    }
+    Some((
+        format!("flags {:#x} have {}", i.flags, why.join(" and ")),
+        i.flags & FLAGS_KNOWN & !misplaced,
+    ))
+}
+
 /// Extent flag: allocated, reads as zeros until written (fallocate, zero-range).
 pub(crate) const UNWRITTEN: u32 = 1;
 /// Every extent flag this format version knows; any other bit is damage.
@@ -209,6 +288,7 @@ pub struct Inode {
     pub mtime: Time,
     pub ctime: Time,
     pub crtime: Time,
+    /// `FLAG_*` bits.
     pub flags: u32,
     pub nextents: u32,
     pub rdev: u64,
@@ -220,6 +300,8 @@ pub struct Inode {
     pub xattr_level: u16,
     pub root: u64,
     pub root_level: u16,
+    /// Project ID (quota project), 0 unless set or inherited.
+    pub projid: u32,
     pub fork: [u8; FORK_BYTES],
 }
 
@@ -247,6 +329,7 @@ impl Default for Inode {
             xattr_level: 0,
             root: 0,
             root_level: 0,
+            projid: 0,
             fork: [0; FORK_BYTES],
         }
     }
@@ -285,6 +368,7 @@ impl Inode {
         e.u8(131, self.xattr_level as u8);
         e.u64(120, self.root);
         e.u16(128, self.root_level);
+        e.u32(PROJID_OFFSET, self.projid);
         e.bytes(FORK_OFFSET, &self.fork);
     }
 
@@ -349,9 +433,6 @@ impl Inode {
                 ),
             ));
         }
-        if d.u32(132, "reserved")? != 0 {
-            return Err(d.err("reserved", format!("inode {ino}: bytes 132..136 not zero")));
-        }
         Ok(Inode {
             format,
             mode: d.u32(4, "mode")?,
@@ -374,6 +455,7 @@ impl Inode {
             xattr_level,
             root: d.u64(120, "root")?,
             root_level: d.u16(128, "root_level")?,
+            projid: d.u32(PROJID_OFFSET, "projid")?,
             fork: d.bytes(FORK_OFFSET, "fork")?,
         })
     }
@@ -416,5 +498,85 @@ impl Inode {
         }
         self.nextents = list.len() as u32;
         self.format = DataFormat::Extents;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file() -> Inode {
+        Inode {
+            mode: S_IFREG | 0o644,
+            nlink: 1,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn flags_and_project_id_round_trip_at_their_offsets() {
+        let i = Inode {
+            flags: FLAG_IMMUTABLE | FLAG_NODUMP,
+            projid: 0xdead_beef,
+            ..file()
+        };
+        let mut b = [0u8; INODE_BYTES];
+        i.encode(&mut b);
+        assert_eq!(b[88..92], (FLAG_IMMUTABLE | FLAG_NODUMP).to_le_bytes());
+        assert_eq!(b[130..132], [0, 0], "the block form of attributes, level 0");
+        assert_eq!(
+            b[PROJID_OFFSET..PROJID_OFFSET + 4],
+            0xdead_beef_u32.to_le_bytes()
+        );
+        assert_eq!(Inode::decode(&b, 9, 1).unwrap(), i);
+    }
+
+    /// Earlier versions wrote 0 at 88 and zeros at 130..136: such an inode reads as no flags,
+    /// project 0.
+    #[test]
+    fn an_inode_of_an_earlier_image_has_no_flags_and_project_zero() {
+        let mut b = [0u8; INODE_BYTES];
+        file().encode(&mut b);
+        assert!(b[88..92].iter().chain(&b[130..136]).all(|&x| x == 0));
+        let i = Inode::decode(&b, 9, 1).unwrap();
+        assert_eq!((i.flags, i.projid), (0, 0));
+        assert_eq!(flags_problem(&i), None);
+    }
+
+    #[test]
+    fn unknown_flag_bits_and_a_directory_flag_on_a_file_are_problems() {
+        let bad = Inode {
+            flags: FLAG_APPEND | 1 << 17,
+            ..file()
+        };
+        let (why, fixed) = flags_problem(&bad).unwrap();
+        assert!(why.contains("unknown bits 0x20000"), "{why}");
+        assert_eq!(fixed, FLAG_APPEND);
+        let inherit_on_file = Inode {
+            flags: FLAG_PROJINHERIT | FLAG_SYNC,
+            ..file()
+        };
+        assert_eq!(flags_problem(&inherit_on_file).unwrap().1, FLAG_SYNC);
+        // Both at once: what the repair keeps is clean (the field fuzz's all-ones flags).
+        let both = Inode {
+            flags: u32::MAX,
+            ..file()
+        };
+        let (why, fixed) = flags_problem(&both).unwrap();
+        assert!(
+            why.contains("unknown bits") && why.contains("directory's flag"),
+            "{why}"
+        );
+        let kept = Inode {
+            flags: fixed,
+            ..file()
+        };
+        assert_eq!(flags_problem(&kept), None);
+        let dir = Inode {
+            mode: S_IFDIR | 0o755,
+            flags: FLAGS_KNOWN,
+            ..Default::default()
+        };
+        assert_eq!(flags_problem(&dir), None);
     }
 }

@@ -312,6 +312,9 @@ pub struct Superblock {
     pub label: [u8; LABEL_BYTES],
     pub(crate) root_ino: u64,
     pub(crate) state: u32,
+    /// The format version on disk (`FORMAT_VERSION_OLDEST..=FORMAT_VERSION`): written back as
+    /// read, so only a read-write mount's explicit upgrade (`Engine::upgrade_format`) moves it.
+    pub(crate) version: u32,
 }
 
 impl Superblock {
@@ -327,6 +330,7 @@ impl Superblock {
             label: l,
             root_ino: 0,
             state: SB_STATE_CLEAN,
+            version: FORMAT_VERSION,
         }
     }
 
@@ -355,7 +359,7 @@ impl Superblock {
         buf.fill(0);
         let mut e = Enc::new(buf);
         e.u32(OFF_MAGIC, SB_MAGIC);
-        e.u32(OFF_VERSION, FORMAT_VERSION);
+        e.u32(OFF_VERSION, self.version);
         e.u32(OFF_BLOCK_SIZE, g.block_size);
         e.u64(OFF_FEAT_COMPAT, self.features_compat);
         e.u64(OFF_FEAT_INCOMPAT, self.features_incompat);
@@ -461,6 +465,7 @@ impl Superblock {
             label: d.bytes(OFF_LABEL, "label")?,
             root_ino: d.u64(OFF_ROOT_INO, "root_ino")?,
             state,
+            version,
         })
     }
 }

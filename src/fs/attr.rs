@@ -69,6 +69,7 @@ impl Fs {
     pub fn setattr(&self, ctx: &Ctx, ino: u64, a: &SetAttr) -> R<Attr> {
         self.writable()?;
         let cur = self.read_inode(ino)?;
+        self.flags_allow_setattr(&cur, a)?;
         let owner = ctx.uid == 0 || ctx.uid == cur.uid;
         // Nothing to set: the kernel's way (FUSE_HANDLE_KILLPRIV_V2) of passing on a chown to
         // the same owner (chown -1 -1) or the drop of privileges before someone's write,
@@ -199,7 +200,32 @@ impl Fs {
         if a.mode.is_some() || a.uid.is_some() || a.gid.is_some() || kill_only || truncated {
             self.note_change(ino);
         }
+        self.durable_if(flags::is_sync(&i))?;
         Ok(self.attr(ino, &i))
+    }
+
+    /// What an immutable or append-only inode refuses of a setattr, before any permission is
+    /// looked at (`notify_change`, ext4_setattr): everything when immutable; when append-only,
+    /// a mode, an owner, a size or a given time, but not the time "now" (touch) nor the drop
+    /// of set-id bits before someone's write. With the kernel's writeback cache the kernel
+    /// sends a modification time it stamped as a given one: the times of cached writes (alone:
+    /// an append-only file takes them, or fsync after appending would fail) and a touch's (with
+    /// the access time "now"). Only a given modification time with a given access time is a
+    /// user's setting then; one given alone (utimensat with UTIME_OMIT) passes.
+    fn flags_allow_setattr(&self, cur: &Inode, a: &SetAttr) -> R<()> {
+        refuse_immutable(cur)?;
+        let given = |t: Option<SetTime>| matches!(t, Some(SetTime::At(_)));
+        let mtime_given = given(a.mtime) && (given(a.atime) || !self.kernel_times);
+        let fixing = a.mode.is_some()
+            || a.uid.is_some()
+            || a.gid.is_some()
+            || a.size.is_some()
+            || given(a.atime)
+            || mtime_given;
+        if fixing {
+            refuse_fixed(cur)?;
+        }
+        Ok(())
     }
 
     /// Sets when reads update access times (the default is relatime).
@@ -214,7 +240,7 @@ impl Fs {
 
     /// Would a read of `i` at `t` update its access time (the mount's policy; never read-only)?
     pub(super) fn atime_due(&self, i: &Inode, t: Time) -> bool {
-        if self.is_read_only() {
+        if self.is_read_only() || flags::is_noatime(i) {
             return false;
         }
         match self.atime {

@@ -10,12 +10,14 @@
 //! data in rolling truncate steps, then the inode), or at its last close if it is open.
 //!
 //! Rooms: `perm` (who may do what), `names` (lookup, create, link, remove, rename), `attr`
-//! (stat, setattr, access times), `symlink`, `xattr`, `orphan` (freeing inodes with no links),
+//! (stat, setattr, access times), `flags` (inode flags and project IDs, and what immutable and
+//! append-only forbid), `symlink`, `xattr`, `orphan` (freeing inodes with no links),
 //! `repair` (what fsck's repair asks of the POSIX layer); this file holds the `Fs` value, file
 //! data calls, directories' reads and the filesystem-wide calls (statfs, sync, shutdown).
 
 mod acl;
 mod attr;
+mod flags;
 mod names;
 mod orphan;
 mod perm;
@@ -38,6 +40,9 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 pub(crate) use attr::{now, AtimePolicy};
+pub use flags::FileFlags;
+pub(crate) use flags::{from_fs_flags, from_xflags, to_fs_flags, to_xflags};
+use flags::{refuse_fixed, refuse_immutable, refuse_removal};
 pub use names::RenameHow;
 use names::{check_name, lock_chunks};
 pub use perm::Ctx;
@@ -83,6 +88,9 @@ pub enum FsError {
     ValueTooBig,
     /// A file handle names an inode that no longer exists, or never did (ESTALE).
     Stale,
+    /// A link or rename into a directory that passes on another project ID (EXDEV: the caller
+    /// copies instead).
+    CrossProject,
     Engine(EngineError),
 }
 
@@ -193,6 +201,9 @@ pub struct Fs {
     /// setattr carries were checked there (and a kernel writeback cache would stamp truncates
     /// and flushes with times of its own, which are no user's setting).
     kernel_checks: std::sync::atomic::AtomicBool,
+    /// The kernel stamps the times of cached writes itself (its writeback cache) and sends them
+    /// later as given times.
+    kernel_times: bool,
     stripes: Vec<Mutex<()>>,
     open: Mutex<HashMap<u64, u32>>,
     orphans: Mutex<HashSet<u64>>,
@@ -234,6 +245,7 @@ impl Fs {
             atime: AtimePolicy::Relatime,
             ro_probe: None,
             kernel_checks: std::sync::atomic::AtomicBool::new(false),
+            kernel_times: false,
             stripes: (0..DATA_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             open: Mutex::new(HashMap::new()),
             orphans: Mutex::new(HashSet::new()),
@@ -242,6 +254,9 @@ impl Fs {
             orphans_freed_at_mount: std::sync::atomic::AtomicU64::new(0),
             ra: None,
         };
+        if !read_only {
+            fs.eng.upgrade_format()?;
+        }
         fs.free_orphans()?;
         Ok(fs)
     }
@@ -337,6 +352,10 @@ impl Fs {
     /// Follows a remount. Going read-only, everything so far is made durable first (the log
     /// forced, the device flushed), as a kernel filesystem quiesces at a remount to read-only.
     pub(crate) fn set_read_only(&self, ro: bool) -> R<()> {
+        if !ro {
+            // Before anything of this version can be written.
+            self.eng.upgrade_format()?;
+        }
         let was = self.read_only.swap(ro, std::sync::atomic::Ordering::AcqRel);
         if ro && !was {
             self.fsync()?;
@@ -380,6 +399,11 @@ impl Fs {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The kernel stamps cached writes' times itself (the mount's writeback_cache).
+    pub(crate) fn set_kernel_stamps_times(&mut self, on: bool) {
+        self.kernel_times = on;
+    }
+
     pub fn read(&self, ino: u64, off: u64, len: usize) -> R<Vec<u8>> {
         self.read_with(ino, off, len, |b| b.to_vec())
     }
@@ -404,7 +428,8 @@ impl Fs {
 
     /// Writes; `kill_setid` (the kernel's FUSE_WRITE_KILL_SUIDGID: the writer lacks
     /// CAP_FSETID) clears set-user-ID, and set-group-ID when group-executable. (Capabilities
-    /// the kernel removes itself before the write, with a REMOVEXATTR.)
+    /// the kernel removes itself before the write, with a REMOVEXATTR.) The inode's flags may
+    /// refuse it (`Fs::admit_write`); with the sync flag it is durable when it returns.
     pub(crate) fn write_killing(
         &self,
         _ctx: &Ctx,
@@ -413,21 +438,40 @@ impl Fs {
         data: &[u8],
         kill_setid: bool,
     ) -> R<usize> {
-        self.writable()?;
-        let _g = self.data_lock(ino);
-        Ok(self.io().write(ino, off, data, now(), kill_setid)?.0)
+        Ok(self.write_flagged(ino, off, data, kill_setid)?.0)
     }
 
     /// The kernel's write-back of cached pages (FUSE_WRITE_CACHE: mmap, writeback_cache): all
     /// of `data` or an error, since it takes no count (a short count would leave pages it
     /// believes written). The prefix written before the error stays, as a short write's does.
     pub(crate) fn write_back(&self, ino: u64, off: u64, data: &[u8], kill_setid: bool) -> R<usize> {
-        self.writable()?;
-        let _g = self.data_lock(ino);
-        match self.io().write(ino, off, data, now(), kill_setid)? {
+        match self.write_flagged(ino, off, data, kill_setid)? {
             (_, Some(e)) => Err(e.into()),
             (n, None) => Ok(n),
         }
+    }
+
+    /// A write as the inode's flags allow it (checked with the inode the write reads first,
+    /// under the data lock that flag changes take too), made durable when it has the sync flag.
+    fn write_flagged(
+        &self,
+        ino: u64,
+        off: u64,
+        data: &[u8],
+        kill_setid: bool,
+    ) -> R<(usize, Option<EngineError>)> {
+        self.writable()?;
+        let sync = std::cell::Cell::new(false);
+        let done = {
+            let _g = self.data_lock(ino);
+            self.io()
+                .write_admitted(ino, off, data, now(), kill_setid, |i| {
+                    sync.set(flags::is_sync(i));
+                    self.admit_write(ino, i, off, data)
+                })?
+        };
+        self.durable_if(sync.get())?;
+        Ok(done)
     }
 
     /// copy_file_range: copies up to `len` bytes of `from` at `off_in` to `to` at `off_out`, in
@@ -527,7 +571,13 @@ impl Fs {
         zero: bool,
     ) -> R<()> {
         self.writable()?;
+        let g = self.data_lock(ino);
         let i = self.read_inode(ino)?;
+        // Before the file's type, as `vfs_fallocate` asks: an append-only file may only grow.
+        if (punch || zero) && i.flags & crate::format::inode::FLAG_APPEND != 0 {
+            return Err(FsError::Perm);
+        }
+        refuse_immutable(&i)?;
         if i.mode & S_IFMT != S_IFREG {
             return Err(if is_dir(&i) {
                 FsError::IsDir
@@ -535,7 +585,6 @@ impl Fs {
                 FsError::NotSupported
             });
         }
-        let _g = self.data_lock(ino);
         let t = now();
         if punch {
             self.io().punch_hole(ino, off, len, t)?;
@@ -548,7 +597,8 @@ impl Fs {
             };
             self.io().allocate(ino, req, t)?;
         }
-        Ok(())
+        drop(g);
+        self.durable_if(flags::is_sync(&i))
     }
 
     /// SEEK_DATA (`data`) or SEEK_HOLE.

@@ -182,6 +182,7 @@ impl Fs {
             },
             ..Default::default()
         };
+        flags::inherit(p, ftype, &mut i);
         // A setgid directory passes its group on, and its setgid bit to subdirectories.
         if p.mode & S_ISGID != 0 {
             i.gid = p.gid;
@@ -239,6 +240,7 @@ impl Fs {
         if p.nlink == 0 {
             return Err(FsError::NotFound);
         }
+        refuse_immutable(&p)?;
         self.may(ctx, parent, &p, 3)?;
         if dir::lookup(&mut tx, parent, &p, name)?.is_some() {
             return Err(FsError::Exists);
@@ -265,8 +267,12 @@ impl Fs {
         inode::write(&mut tx, &pr, &p);
         tx.commit()?;
         self.note_change(ino);
+        let inherits = inherited.is_some();
         if let Some(inh) = inherited {
             self.store_inherited(ino, inh)?;
+        }
+        self.durable_if(flags::is_sync(&p))?;
+        if inherits {
             return self.getattr(ino);
         }
         Ok(self.attr(ino, &i))
@@ -289,9 +295,11 @@ impl Fs {
                 tx.cancel()?;
                 continue;
             }
+            refuse_immutable(&p)?;
             self.may(ctx, parent, &p, 3)?;
             let (cr, mut c) = inode::read(&mut tx, child)?;
             sticky_ok(ctx, &p, &c)?;
+            refuse_removal(&p, &c)?;
             match (rmdir, is_dir(&c)) {
                 (false, true) => return Err(FsError::IsDir),
                 (true, false) => return Err(FsError::NotDir),
@@ -319,6 +327,7 @@ impl Fs {
             if c.nlink == 0 {
                 self.release_or_destroy(child)?;
             }
+            self.durable_if(flags::is_sync(&p))?;
             return Ok(());
         }
         Err(FsError::Engine(EngineError::Invalid(format!(
@@ -338,8 +347,10 @@ impl Fs {
         if !is_dir(&p) {
             return Err(FsError::NotDir);
         }
+        refuse_immutable(&p)?;
         self.may(ctx, newparent, &p, 3)?;
         let (r, mut i) = inode::read(&mut tx, ino)?;
+        refuse_fixed(&i)?;
         if is_dir(&i) {
             return Err(FsError::Perm);
         }
@@ -366,6 +377,7 @@ impl Fs {
         inode::write(&mut tx, &pr, &p);
         tx.commit()?;
         self.note_change(ino);
+        self.durable_if(flags::is_sync(&p))?;
         Ok(self.attr(ino, &i))
     }
 
@@ -384,6 +396,7 @@ impl Fs {
         if dir::lookup(tx, newparent, p, newname)?.is_some() {
             return Err(FsError::Exists);
         }
+        flags::refuse_other_project(p, i)?;
         dir::insert(tx, &self.alloc, newparent, p, newname, ino, dtype(i.mode))?;
         if adopted {
             self.alloc.unlinked_remove(tx, ino)?;
@@ -509,10 +522,13 @@ impl Fs {
                 tx.cancel()?;
                 continue;
             }
+            refuse_immutable(&p)?;
             self.may(ctx, parent, &p, 3)?;
+            refuse_immutable(&np)?;
             self.may(ctx, newparent, &np, 3)?;
             let (sr, mut s) = inode::read(&mut tx, src)?;
             sticky_ok(ctx, &p, &s)?;
+            refuse_removal(&p, &s)?;
             if Some(src) == dst {
                 tx.cancel()?;
                 return Ok(());
@@ -522,6 +538,7 @@ impl Fs {
             if let Some(d) = dst {
                 let (dr, di) = inode::read(&mut tx, d)?;
                 sticky_ok(ctx, &np, &di)?;
+                refuse_removal(&np, &di)?;
                 if !exchange {
                     match (is_dir(&s), is_dir(&di)) {
                         (true, false) => return Err(FsError::NotDir),
@@ -538,6 +555,10 @@ impl Fs {
             }
             if is_dir(&s) && parent != newparent {
                 self.may(ctx, src, &s, 2)?;
+            }
+            flags::refuse_other_project(&np, &s)?;
+            if let Some((_, _, di)) = dst_inode.as_ref().filter(|_| exchange) {
+                flags::refuse_other_project(&p, di)?;
             }
             let same = parent == newparent;
             match dst_inode {
@@ -616,6 +637,7 @@ impl Fs {
                     self.release_or_destroy(d)?;
                 }
             }
+            self.durable_if(flags::is_sync(&p) || flags::is_sync(&np))?;
             return Ok(());
         }
         Err(FsError::Engine(EngineError::Invalid(

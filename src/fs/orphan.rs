@@ -56,6 +56,7 @@ impl Fs {
         if p.nlink == 0 {
             return Err(FsError::NotFound);
         }
+        refuse_immutable(&p)?;
         // As the kernel's vfs_tmpfile: the directory must be writable and searchable.
         self.may(ctx, dir, &p, 3)?;
         let (ino, r) = self.claim_inode(&mut tx, dir, candidate)?;

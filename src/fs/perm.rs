@@ -33,6 +33,16 @@ impl Ctx {
         umask: 0,
     };
 
+    /// User `uid` in group `gid`, for process `pid` (whose /proc entry lists its other groups).
+    pub const fn new(uid: u32, gid: u32, pid: u32) -> Ctx {
+        Ctx {
+            uid,
+            gid,
+            pid,
+            umask: 0,
+        }
+    }
+
     /// Is `gid` the caller's group or one of its supplementary groups (from /proc)?
     pub(super) fn in_group(&self, gid: u32) -> bool {
         if gid == self.gid {
@@ -121,14 +131,24 @@ impl Fs {
     /// no access-time update is due (`atime_due`), since reads served from those pages never
     /// reach the daemon (under strictatime: never).
     pub fn open(&self, ctx: &Ctx, ino: u64, want: u32) -> R<bool> {
+        self.open_as(ctx, ino, want, false)
+    }
+
+    /// `open`, `append` telling whether the open is for appending (O_APPEND), which is how an
+    /// append-only file may be opened for writing.
+    pub(crate) fn open_as(&self, ctx: &Ctx, ino: u64, want: u32, append: bool) -> R<bool> {
         let i = self.read_inode(ino)?;
         if want & 2 != 0 {
             if is_dir(&i) {
                 return Err(FsError::IsDir);
             }
             self.writable()?;
+            refuse_immutable(&i)?;
         }
         self.may(ctx, ino, &i, want)?;
+        if want & 2 != 0 {
+            flags::refuse_open_for_write(&i, append)?;
+        }
         *self.open.lock().entry(ino).or_insert(0) += 1;
         // An open handle is memory that grows with load: charged beside the cache.
         self.eng.cache().charge_outside(HANDLE_BYTES);
@@ -139,6 +159,7 @@ impl Fs {
         let i = self.read_inode(ino)?;
         if mask & 2 != 0 {
             self.writable()?;
+            refuse_immutable(&i)?;
         }
         self.may(ctx, ino, &i, mask & 7)
     }
@@ -148,7 +169,9 @@ impl Fs {
     /// kernel checks too (default_permissions): the kernel lets an execve of a file its caller
     /// may not execute reach the open, which only this check refuses.
     pub(super) fn may(&self, ctx: &Ctx, ino: u64, i: &Inode, want: u32) -> R<()> {
-        if ctx.uid == 0 || i.xattr_blk == 0 {
+        // As the kernel's acl_permission_check: the owner by the owner bits, and the ACL only
+        // when the mode's group bits (its mask) grant anything.
+        if ctx.uid == 0 || ctx.uid == i.uid || i.xattr_blk == 0 || i.mode & 0o070 == 0 {
             return mode_permits(ctx, i, want);
         }
         // A transaction of its own: the callers hold the inode's chunk, so no writer holds

@@ -156,8 +156,11 @@ impl Fs {
 
     pub fn removexattr(&self, ctx: &Ctx, ino: u64, name: &[u8]) -> R<()> {
         // Removing frees space: it may use the pool.
+        // Removing an ACL is how the kernel passes on "no ACL" (setfacl's empty ACL, an empty
+        // value): no error when there is none, as ext4 and XFS answer.
+        let acl_name = name == crate::format::acl::ACCESS || name == crate::format::acl::DEFAULT;
         self.change_xattrs(ctx, ino, name, true, |tx, alloc, i| {
-            if crate::xattr::remove(tx, alloc, ino, i, name)? {
+            if crate::xattr::remove(tx, alloc, ino, i, name)? || acl_name {
                 Ok(())
             } else {
                 Err(FsError::NoAttr)
@@ -181,12 +184,15 @@ impl Fs {
         let _blocks = self.promise(TransKind::Xattr, frees)?;
         let mut tx = self.eng.begin(TransKind::Xattr)?;
         let (r, mut i) = inode::read(&mut tx, ino)?;
+        // Before the namespace's rule, as the kernel's `xattr_permission` does.
+        refuse_fixed(&i)?;
         self.xattr_access(ctx, ino, &i, name, true)?;
         let out = edit(&mut tx, &self.alloc, &mut i)?;
         i.ctime = now();
         inode::write(&mut tx, &r, &i);
         tx.commit()?;
         self.note_change(ino);
+        self.durable_if(flags::is_sync(&i))?;
         Ok(out)
     }
 

@@ -302,9 +302,11 @@ pub(crate) fn handle(ops: &Ops, h: &InHeader, arg: &[u8], payload: &[u8]) -> Res
             let _flags = a.u32()?;
             let cmd = a.u32()?;
             let arg = a.u64()?;
-            let _in_size = a.u32()?;
+            let in_size = a.u32()?;
             let out_size = a.u32()?;
-            ops.ioctl(&c, node, cmd, arg, out_size)
+            // What the kernel copied in from the caller (an ioctl encoded as writing).
+            let input = p.bytes(in_size as usize)?;
+            ops.ioctl(&c, node, cmd, arg, (input, out_size))
                 .map(|(r, data)| Out::Ioctl(r, data))
         }
         FUSE_LSEEK => {

@@ -231,6 +231,10 @@ fn fix_inode(
         what.push(format!("mode {:o} -> {m:o}", i.mode));
         i.mode = m;
     }
+    if let Some(fl) = f.flags {
+        what.push(format!("flags {:#x} -> {fl:#x}", i.flags));
+        i.flags = fl;
+    }
     if let Some(s) = f.size {
         what.push(format!("size {} -> {s}", i.size));
         i.size = s;

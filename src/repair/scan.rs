@@ -34,6 +34,8 @@ pub(crate) struct InodeFix {
     pub(crate) size: Option<u64>,
     /// The mode it should have (stray bits beyond the type and permissions dropped).
     pub(crate) mode: Option<u32>,
+    /// The flags it should have (unknown bits and misplaced directory flags dropped).
+    pub(crate) flags: Option<u32>,
     /// A root directory made afresh.
     pub(crate) new_root: bool,
     /// Whether the chunk block itself is unreadable and must be written fresh (new root only).
@@ -217,6 +219,7 @@ fn examine(sc: &mut Scanner<'_>, tx: &mut Trans<'_>, ino: u64, i: &Inode) {
     for f in &v.faults {
         match f {
             Fault::Mode { fixed, .. } => fix.mode = Some(*fixed),
+            Fault::Flags { fixed, .. } => fix.flags = Some(*fixed),
             Fault::Size { fixed, .. } => fix.size = Some(*fixed),
             Fault::Directory(why) => fix.reset_dir = Some(why.clone()),
             Fault::Xattrs(why) => fix.drop_xattr = Some(format!("unreadable ({why})")),

@@ -314,6 +314,7 @@ fn drop_record(
     let id = tx.read_buf(r.block, BlockType::AttrEntries)?;
     let rec = at::record(tx.data(id), r.block, r.off).map_err(in_inode(ino))?;
     let remote = rec.remote(bs);
+    let value_len = rec.value_len;
     let live = Dec::new(tx.data(id), r.block, at::STRUCTURE).u32(at::LIVE_OFF, "live")?;
     if live == 0 {
         return Err(corrupt(
@@ -330,9 +331,13 @@ fn drop_record(
         tx.log_range(id, at::LIVE_OFF..at::LIVE_OFF + 4);
     }
     if let Some((first, n)) = remote {
-        for blk in first..first + n {
-            // Joined fresh and cancelled at once: the old bytes need not be read to be dropped.
-            let id = tx.get_buf(blk, BlockType::AttrRemote, ino)?;
+        for (k, blk) in (first..first + n).enumerate() {
+            // Read and checked before it is freed: a damaged record pointing at another
+            // inode's blocks (or at free space) must stop here, not free them.
+            let id = tx.read_buf(blk, BlockType::AttrRemote)?;
+            let b = tx.data(id);
+            check_owner(b, blk, ino, at::REMOTE_STRUCTURE)?;
+            at::remote_data(b, blk, k as u64, value_len).map_err(in_inode(ino))?;
             tx.invalidate(id);
         }
         alloc.free(tx, first, n)?;

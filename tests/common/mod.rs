@@ -131,3 +131,34 @@ pub fn close_inherited_fds() {
     // SAFETY: close_range on descriptors 3 and up of this (child) process.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
 }
+
+/// The unprivileged user tests act as: nobody.
+pub const NOBODY: u32 = 65534;
+
+/// Runs `f` in a child that has become uid and gid `uid` with no supplementary groups (and so
+/// no capabilities); returns what `f` returned (0 or an errno; 250: the child could not become
+/// `uid`). `f` must make only system calls (no allocation, no locks): the child of a
+/// multithreaded test may not do more after fork.
+pub fn as_user(uid: u32, f: &dyn Fn() -> i32) -> i32 {
+    // SAFETY: the child calls only async-signal-safe functions (close_range, setgroups, setgid,
+    // setuid, the system calls `f` makes, _exit).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        close_inherited_fds();
+        unsafe {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(uid) != 0
+                || libc::setuid(uid) != 0
+            {
+                libc::_exit(250);
+            }
+            libc::_exit(f());
+        }
+    }
+    let mut st = 0;
+    // SAFETY: our own child.
+    unsafe { libc::waitpid(pid, &mut st, 0) };
+    assert!(libc::WIFEXITED(st), "child died: {st:#x}");
+    libc::WEXITSTATUS(st)
+}
