@@ -381,8 +381,14 @@ fn main() {
             "{}: mount point does not exist",
             o.mountpoint.display()
         )),
-        // A FUSE mount whose daemon died: not connected, or its connection aborted.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) => {
+        // A FUSE mount whose daemon died: not connected, its connection aborted, or (served
+        // through io_uring queues) the request cancelled with the queues.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOTCONN | libc::ECONNABORTED | libc::ECANCELED)
+            ) =>
+        {
             mount_failed(&format!(
                 "{}: a mount whose daemon is gone (umount it first)",
                 o.mountpoint.display()
