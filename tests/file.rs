@@ -15,7 +15,7 @@ use ticketfs::alloc::{format_all, Allocator};
 use ticketfs::btree::{Btree, Root};
 use ticketfs::device::{Device, MemDevice};
 use ticketfs::file::readahead::{READAHEAD_SLOTS, READAHEAD_WORKERS};
-use ticketfs::file::{extmap, Allocate, FileIo, ReadAhead};
+use ticketfs::file::{admit_all, extmap, Allocate, FileIo, ReadAhead};
 use ticketfs::format::ag::AG_RESERVED_BLOCKS;
 use ticketfs::format::inode::{DataFormat, Inode, Time};
 use ticketfs::format::BlockType;
@@ -250,7 +250,7 @@ fn byte_at_one_tebibyte_in_a_sparse_file() {
         ra: None,
     };
     let tib = 1u64 << 40;
-    io.write(ino, tib, b"x", NOW, false).unwrap();
+    io.write(ino, tib, b"x", NOW, false, admit_all).unwrap();
     assert_eq!(io.read(ino, tib, 10).unwrap(), b"x");
     assert_eq!(io.read(ino, tib - 3, 3).unwrap(), vec![0; 3]);
     assert_eq!(io.seek(ino, 0, true).unwrap(), Some(tib - tib % 4096));
@@ -296,7 +296,7 @@ fn apply(io: &FileIo<'_>, ino: u64, model: &mut Vec<u8>, op: &Op) {
     match *op {
         Op::Write(o, l, b) => {
             let data: Vec<u8> = (0..l).map(|i| b.wrapping_add(i as u8)).collect();
-            io.write(ino, o, &data, NOW, false).unwrap();
+            io.write(ino, o, &data, NOW, false, admit_all).unwrap();
             let end = o as usize + l;
             if model.len() < end {
                 model.resize(end, 0);

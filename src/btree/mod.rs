@@ -203,6 +203,21 @@ impl Btree {
         }
     }
 
+    /// The first free collision index under `hash` in a tree keyed (hash, collision index): the
+    /// smallest index no key (hash, index) holds, counting up from 0 over the keys in use.
+    pub(crate) fn free_index(&self, tx: &mut Trans<'_>, hash: u64) -> Result<u64, EngineError> {
+        let mut idx = 0;
+        let mut at = self.ge(tx, &[hash, 0])?;
+        while let Some((k, _)) = at {
+            if k[0] != hash || k[1] != idx {
+                break;
+            }
+            idx += 1;
+            at = self.gt(tx, &k)?;
+        }
+        Ok(idx)
+    }
+
     /// Calls `f` with every record from the first whose key is >= `from`, in key order, until `f`
     /// returns false: one descent, then leaf by leaf, so a walk over n records costs O(n) rather
     /// than a descent per record. Keys must strictly increase (a damaged tree is reported).

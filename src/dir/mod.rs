@@ -17,9 +17,10 @@ use crate::alloc::{Allocator, InodeBlocks};
 use crate::btree::{Btree, NodeAlloc, Root};
 use crate::error::EngineError;
 use crate::format::dirblock::{self, NAME_HDR};
+use crate::format::entryblock;
 use crate::format::inode::{ino_split, DataFormat, Inode, FORK_BYTES};
 use crate::format::records::DirRec;
-use crate::format::{BlockType, Dec, Enc, FormatError};
+use crate::format::{BlockType, Enc, FormatError};
 use crate::trans::Trans;
 
 pub(crate) use crate::format::name::NAME_MAX;
@@ -325,16 +326,7 @@ pub fn insert(
         to_tree(tx, alloc, dir, inode, &entries)?;
     }
     let mut t = tree(dir, inode);
-    // The first free collision index for this hash.
-    let mut idx = 0;
-    let mut at = t.ge(tx, &[h, 0])?;
-    while let Some((k, _)) = at {
-        if k[0] != h || k[1] != idx {
-            break;
-        }
-        idx += 1;
-        at = t.gt(tx, &k)?;
-    }
+    let idx = t.free_index(tx, h)?;
     if idx >= HASH_COLLISIONS_MAX {
         return Err(EngineError::NoSpace(format!(
             "directory {dir}: too many names with hash {h:#x}"
@@ -406,18 +398,10 @@ fn append_name(
     };
     let blk = tx.blkno(id);
     let b = tx.data_mut(id);
-    let live = u32::from_le_bytes([
-        b[dirblock::LIVE_OFF],
-        b[dirblock::LIVE_OFF + 1],
-        b[dirblock::LIVE_OFF + 2],
-        b[dirblock::LIVE_OFF + 3],
-    ]);
     b[off] = name.len() as u8;
     b[off + 1] = ftype;
     b[off + 2..off + need].copy_from_slice(name);
-    let mut e = Enc::new(b);
-    e.u32(dirblock::LIVE_OFF, live + 1);
-    e.u32(dirblock::FREE_OFF, (off + need) as u32);
+    entryblock::note_appended(b, off, need);
     tx.log_range(id, dirblock::LIVE_OFF..dirblock::FREE_OFF + 4);
     tx.log_range(id, off..off + need);
     Ok(DirRec::name_ref(blk, off))
@@ -565,7 +549,7 @@ fn remove_found(
     // One name less in its block; the block goes when it holds none.
     let blk = DirRec::split_ref(v[1]).0;
     let id = tx.read_buf(blk, BlockType::DirData)?;
-    let live = Dec::new(tx.data(id), blk, dirblock::STRUCTURE).u32(dirblock::LIVE_OFF, "live")?;
+    let live = entryblock::live(tx.data(id), blk, dirblock::STRUCTURE)?;
     if live == 0 {
         return Err(corrupt(
             blk,

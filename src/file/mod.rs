@@ -138,6 +138,11 @@ pub struct Allocate {
     pub zero: bool,
 }
 
+/// The `admit` of a [`FileIo::write`] that refuses nothing.
+pub fn admit_all(_: &Inode) -> Result<(), EngineError> {
+    Ok(())
+}
+
 /// What a write carries from one step to the next.
 struct WriteState<'a> {
     /// The size or the extent map changed (fdatasync must then force the log).
@@ -419,22 +424,11 @@ impl<'a> FileIo<'a> {
     /// write-back of cached pages takes no count and must get the error). An error before any
     /// byte is returned as such, with the file as it was: blocks this call mapped but had not
     /// written are taken out again.
-    pub fn write(
-        &self,
-        ino: u64,
-        off: u64,
-        data: &[u8],
-        now: Time,
-        drop_setid: bool,
-    ) -> Result<(usize, Option<EngineError>), EngineError> {
-        self.write_admitted(ino, off, data, now, drop_setid, |_| {
-            Ok::<(), EngineError>(())
-        })
-    }
-
-    /// `write`, where `admit` sees the inode as the write first finds it, before any byte is
-    /// written, and may refuse the write (the inode's flags); it costs no look of its own.
-    pub(crate) fn write_admitted<E: From<EngineError>>(
+    ///
+    /// `admit` sees the inode as the write first finds it, before any byte is written, and may
+    /// refuse the write (the inode's flags); it costs no look of its own. [`admit_all`] refuses
+    /// nothing.
+    pub fn write<E: From<EngineError>>(
         &self,
         ino: u64,
         off: u64,

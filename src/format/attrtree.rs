@@ -30,6 +30,7 @@
 //! offset in the value of this block's bytes (u32 at 48), how many bytes it holds (u32 at 52),
 //! 8 zero bytes; the bytes from 64.
 
+use super::entryblock::{self, Kind};
 use super::name::name_hash;
 use super::{Dec, FormatError, BLOCK_HEADER_BYTES};
 
@@ -49,13 +50,13 @@ pub const XATTR_COLLISIONS_MAX: u64 = 1 << 31;
 
 pub(crate) const STRUCTURE: &str = "xattr entry block";
 pub(crate) const REMOTE_STRUCTURE: &str = "xattr remote value block";
-/// Offset of `live`.
-pub const LIVE_OFF: usize = BLOCK_HEADER_BYTES;
-/// Offset of `free_off`.
-pub const FREE_OFF: usize = BLOCK_HEADER_BYTES + 4;
-const PAD_OFF: usize = BLOCK_HEADER_BYTES + 8;
-/// Where the first record starts.
-pub const RECORDS_OFF: usize = BLOCK_HEADER_BYTES + 16;
+pub use super::entryblock::{FREE_OFF, LIVE_OFF, RECORDS_OFF};
+const KIND: Kind = Kind {
+    structure: STRUCTURE,
+    record_field: "record",
+    records: "records",
+    owner: "the attribute tree",
+};
 /// A record's header: name length u8, flags u8, value length u32.
 pub const RECORD_HDR: usize = 6;
 /// The flag of a record whose value is in remote blocks.
@@ -152,18 +153,7 @@ impl Record<'_> {
 
 /// `free_off` of entry block `b`, checked to lie within the record area.
 pub fn free_off(b: &[u8], blkno: u64) -> Result<usize, FormatError> {
-    let d = Dec::new(b, blkno, STRUCTURE);
-    let end = d.u32(FREE_OFF, "free_off")? as usize;
-    if end < RECORDS_OFF || end > b.len() {
-        return Err(d.err(
-            "free_off",
-            format!(
-                "is {end}, outside the record area {RECORDS_OFF}..={}",
-                b.len()
-            ),
-        ));
-    }
-    Ok(end)
+    entryblock::free_off(b, blkno, STRUCTURE)
 }
 
 /// The record at `off` of entry block `b` (a whole block: its length is the block size), checked:
@@ -182,12 +172,7 @@ pub fn salvage_record(b: &[u8], blkno: u64, off: usize) -> Result<Record<'_>, Fo
 
 fn record_within(b: &[u8], blkno: u64, off: usize, end: usize) -> Result<Record<'_>, FormatError> {
     let d = Dec::new(b, blkno, STRUCTURE);
-    if off < RECORDS_OFF || off + RECORD_HDR > end {
-        return Err(d.err(
-            "record",
-            format!("offset {off} is outside the records {RECORDS_OFF}..{end}"),
-        ));
-    }
+    entryblock::check_record_at(&d, KIND.record_field, off, RECORD_HDR, end)?;
     let nl = d.u8(off, "name length")? as usize;
     let flags = d.u8(off + 1, "flags")?;
     let vl = d.u32(off + 2, "value length")? as usize;
@@ -244,36 +229,11 @@ fn record_within(b: &[u8], blkno: u64, off: usize, end: usize) -> Result<Record<
 
 /// Checks entry block `b` against the offsets of the records the attribute tree points at in it
 /// (`refs`, any order): `live` counts exactly them, each is a valid record, no two overlap, the
-/// reserved bytes are zero (as `dirblock::check_name_block` does for a directory).
+/// reserved bytes are zero (`entryblock::check_refs`, as for a directory's name block).
 pub fn check_entry_block(b: &[u8], blkno: u64, refs: &mut [usize]) -> Result<(), FormatError> {
-    let d = Dec::new(b, blkno, STRUCTURE);
-    let live = d.u32(LIVE_OFF, "live")? as usize;
-    let pad = d.u64(PAD_OFF, "reserved")?;
-    if pad != 0 {
-        return Err(d.err("reserved", format!("is {pad:#x}, expected 0")));
-    }
-    if live != refs.len() {
-        return Err(d.err(
-            "live",
-            format!(
-                "counts {live} records, the attribute tree points at {}",
-                refs.len()
-            ),
-        ));
-    }
-    refs.sort_unstable();
-    let mut prev_end = RECORDS_OFF;
-    for &off in refs.iter() {
-        let r = record(b, blkno, off)?;
-        if off < prev_end {
-            return Err(d.err(
-                "record",
-                format!("record at {off} overlaps the one before it (ending at {prev_end})"),
-            ));
-        }
-        prev_end = off + r.bytes();
-    }
-    Ok(())
+    entryblock::check_refs(b, blkno, &KIND, refs, |off| {
+        Ok(record(b, blkno, off)?.bytes())
+    })
 }
 
 /// Checks a record's key: its name hashes to the key's hash (else no lookup finds it).

@@ -7,31 +7,25 @@
 //! removed entry's record stays in place (the block is freed when `live` reaches zero), so the
 //! records between those referenced are dead, never reused.
 
-use super::{Dec, FormatError, BLOCK_HEADER_BYTES};
+use super::entryblock::{self, Kind};
+use super::{Dec, FormatError};
 
 pub(crate) const STRUCTURE: &str = "directory name block";
-/// Offset of `live`.
-pub const LIVE_OFF: usize = BLOCK_HEADER_BYTES;
-/// Offset of `free_off`.
-pub const FREE_OFF: usize = BLOCK_HEADER_BYTES + 4;
-/// Offset of the 8 reserved bytes, zero.
-const PAD_OFF: usize = BLOCK_HEADER_BYTES + 8;
+pub use super::entryblock::{FREE_OFF, LIVE_OFF};
 /// Where the first name record starts.
-pub const NAME_HDR: usize = BLOCK_HEADER_BYTES + 16;
+pub const NAME_HDR: usize = entryblock::RECORDS_OFF;
 /// A name record's header: name length and file type.
 pub const RECORD_HDR: usize = 2;
+const KIND: Kind = Kind {
+    structure: STRUCTURE,
+    record_field: "name record",
+    records: "names",
+    owner: "the directory's tree",
+};
 
 /// `free_off` of block `b`, checked to lie within the record area.
 pub fn free_off(b: &[u8], blkno: u64) -> Result<usize, FormatError> {
-    let d = Dec::new(b, blkno, STRUCTURE);
-    let end = d.u32(FREE_OFF, "free_off")? as usize;
-    if end < NAME_HDR || end > b.len() {
-        return Err(d.err(
-            "free_off",
-            format!("is {end}, outside the record area {NAME_HDR}..={}", b.len()),
-        ));
-    }
-    Ok(end)
+    entryblock::free_off(b, blkno, STRUCTURE)
 }
 
 /// The name record at `off` of block `b`: its name and file type, checked to lie wholly between
@@ -39,12 +33,7 @@ pub fn free_off(b: &[u8], blkno: u64) -> Result<usize, FormatError> {
 pub(crate) fn name_record(b: &[u8], blkno: u64, off: usize) -> Result<(&[u8], u8), FormatError> {
     let end = free_off(b, blkno)?;
     let d = Dec::new(b, blkno, STRUCTURE);
-    if off < NAME_HDR || off + RECORD_HDR > end {
-        return Err(d.err(
-            "name record",
-            format!("offset {off} is outside the records {NAME_HDR}..{end}"),
-        ));
-    }
+    entryblock::check_record_at(&d, KIND.record_field, off, RECORD_HDR, end)?;
     let len = d.u8(off, "name length")? as usize;
     let ftype = d.u8(off + 1, "file type")?;
     if len == 0 || off + RECORD_HDR + len > end {
@@ -80,32 +69,7 @@ pub(crate) fn salvage_record(b: &[u8], blkno: u64, off: usize) -> Result<(&[u8],
 /// overlap, the reserved bytes are zero. A `live` that undercounts would free the block while
 /// entries still point into it; a `free_off` below a record would let the next name overwrite it.
 pub fn check_name_block(b: &[u8], blkno: u64, refs: &mut [usize]) -> Result<(), FormatError> {
-    let d = Dec::new(b, blkno, STRUCTURE);
-    let live = d.u32(LIVE_OFF, "live")? as usize;
-    let pad = d.u64(PAD_OFF, "reserved")?;
-    if pad != 0 {
-        return Err(d.err("reserved", format!("is {pad:#x}, expected 0")));
-    }
-    if live != refs.len() {
-        return Err(d.err(
-            "live",
-            format!(
-                "counts {live} names, the directory's tree points at {}",
-                refs.len()
-            ),
-        ));
-    }
-    refs.sort_unstable();
-    let mut prev_end = NAME_HDR;
-    for &off in refs.iter() {
-        let (name, _) = name_record(b, blkno, off)?;
-        if off < prev_end {
-            return Err(d.err(
-                "name record",
-                format!("record at {off} overlaps the one before it (ending at {prev_end})"),
-            ));
-        }
-        prev_end = off + RECORD_HDR + name.len();
-    }
-    Ok(())
+    entryblock::check_refs(b, blkno, &KIND, refs, |off| {
+        name_record(b, blkno, off).map(|(name, _)| RECORD_HDR + name.len())
+    })
 }

@@ -9,6 +9,7 @@ pub mod ag;
 pub mod attrtree;
 mod codec;
 pub mod dirblock;
+pub(crate) mod entryblock;
 pub(crate) mod header;
 pub mod inode;
 pub mod log;

@@ -98,7 +98,19 @@ impl Fs {
         };
         a.chmod(i.mode);
         // The same size as before: it fits where it was.
-        match crate::xattr::set(tx, &self.alloc, ino, i, acl::ACCESS, &a.encode())? {
+        let attr = crate::xattr::Attr {
+            name: acl::ACCESS,
+            value: &a.encode(),
+        };
+        match crate::xattr::set(
+            tx,
+            &mut crate::xattr::Target {
+                alloc: &self.alloc,
+                ino,
+                i,
+            },
+            attr,
+        )? {
             crate::xattr::SetOutcome::Done => Ok(()),
             crate::xattr::SetOutcome::NeedsTree => Err(FsError::Engine(EngineError::Invalid(
                 format!("inode {ino}: an ACL rewritten at its own size no longer fits"),

@@ -464,11 +464,10 @@ impl Fs {
         let sync = std::cell::Cell::new(false);
         let done = {
             let _g = self.data_lock(ino);
-            self.io()
-                .write_admitted(ino, off, data, now(), kill_setid, |i| {
-                    sync.set(flags::is_sync(i));
-                    self.admit_write(ino, i, off, data)
-                })?
+            self.io().write(ino, off, data, now(), kill_setid, |i| {
+                sync.set(flags::is_sync(i));
+                self.admit_write(ino, i, off, data)
+            })?
         };
         self.durable_if(sync.get())?;
         Ok(done)

@@ -1,7 +1,7 @@
 //! Extended attributes: the namespaces a caller may read and write, and the calls.
 
 use super::*;
-use crate::xattr::SetOutcome;
+use crate::xattr::{Attr, SetOutcome, Target};
 
 impl Fs {
     /// May `ctx` read (`write` false) or set/remove the attribute `name` of `i`? Namespaces:
@@ -104,17 +104,17 @@ impl Fs {
                     (i.mode, Some(value))
                 };
                 let Some(value) = value else {
-                    crate::xattr::remove(tx, alloc, ino, i, name)?;
+                    crate::xattr::remove(tx, &mut Target { alloc, ino, i }, name)?;
                     i.mode = mode;
                     return Ok(true);
                 };
-                match crate::xattr::set(tx, alloc, ino, i, name, value)? {
+                match crate::xattr::set(tx, &mut Target { alloc, ino, i }, Attr { name, value })? {
                     SetOutcome::Done => {
                         i.mode = mode;
                         Ok(true)
                     }
                     SetOutcome::NeedsTree => {
-                        crate::xattr::to_tree(tx, alloc, ino, i)?;
+                        crate::xattr::to_tree(tx, &mut Target { alloc, ino, i })?;
                         Ok(false)
                     }
                 }
@@ -160,7 +160,7 @@ impl Fs {
         // value): no error when there is none, as ext4 and XFS answer.
         let acl_name = name == crate::format::acl::ACCESS || name == crate::format::acl::DEFAULT;
         self.change_xattrs(ctx, ino, name, true, |tx, alloc, i| {
-            if crate::xattr::remove(tx, alloc, ino, i, name)? || acl_name {
+            if crate::xattr::remove(tx, &mut Target { alloc, ino, i }, name)? || acl_name {
                 Ok(())
             } else {
                 Err(FsError::NoAttr)
@@ -209,7 +209,14 @@ impl Fs {
                 tx.cancel()?;
                 return Ok(());
             }
-            let more = crate::xattr::free_step(&mut tx, &self.alloc, ino, &mut i)?;
+            let more = crate::xattr::free_step(
+                &mut tx,
+                &mut Target {
+                    alloc: &self.alloc,
+                    ino,
+                    i: &mut i,
+                },
+            )?;
             inode::write(&mut tx, &r, &i);
             tx.commit()?;
             if !more {

@@ -17,6 +17,21 @@ use crate::trans::Trans;
 
 pub(crate) use crate::format::attrtree::{XATTR_NAME_MAX, XATTR_SIZE_MAX};
 
+/// One attribute to set: its name and value, as [`set`] and the tree's steps pass them on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Attr<'a> {
+    pub(crate) name: &'a [u8],
+    pub(crate) value: &'a [u8],
+}
+
+/// The inode a change of attributes works on, with the allocator its blocks come from and go
+/// back to: what each step of a change passes on to the next.
+pub(crate) struct Target<'a> {
+    pub(crate) alloc: &'a Allocator,
+    pub(crate) ino: u64,
+    pub(crate) i: &'a mut Inode,
+}
+
 /// An inode's attributes: (name, value) pairs.
 pub(crate) type Attrs = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -40,7 +55,9 @@ pub(crate) fn get(
             .into_iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v)),
-        XattrForm::Tree => tree::get(tx, ino, i, name),
+        XattrForm::Tree => tree::find(tx, ino, i, name)?
+            .map(|(_, _, o)| tree::read_value(tx, ino, &o))
+            .transpose(),
     }
 }
 
@@ -71,16 +88,14 @@ pub(crate) enum SetOutcome {
 #[track_caller]
 pub(crate) fn set(
     tx: &mut Trans<'_>,
-    alloc: &Allocator,
-    ino: u64,
-    i: &mut Inode,
-    name: &[u8],
-    value: &[u8],
+    o: &mut Target<'_>,
+    a: Attr<'_>,
 ) -> Result<SetOutcome, EngineError> {
+    let Attr { name, value } = a;
     debug_assert!(value.len() <= XATTR_SIZE_MAX && name.len() <= XATTR_NAME_MAX);
-    match i.xattr_form {
+    match o.i.xattr_form {
         XattrForm::Block => {
-            let mut all = block::load(tx, ino, i)?;
+            let mut all = block::load(tx, o.ino, o.i)?;
             match all.iter_mut().find(|(n, _)| n == name) {
                 Some(e) => e.1 = value.to_vec(),
                 None => all.push((name.to_vec(), value.to_vec())),
@@ -88,9 +103,9 @@ pub(crate) fn set(
             if !block::fits(tx.block_size(), &all) {
                 return Ok(SetOutcome::NeedsTree);
             }
-            block::store(tx, alloc, ino, i, &all)?;
+            block::store(tx, o.alloc, o.ino, o.i, &all)?;
         }
-        XattrForm::Tree => tree::set(tx, alloc, ino, i, name, value)?,
+        XattrForm::Tree => tree::set(tx, o, a)?,
     }
     Ok(SetOutcome::Done)
 }
@@ -98,39 +113,38 @@ pub(crate) fn set(
 /// Moves the attributes of an inode in the block form into a new tree (one transaction of kind
 /// Xattr: the reservation table's `xattr_convert`).
 #[track_caller]
-pub(crate) fn to_tree(
-    tx: &mut Trans<'_>,
-    alloc: &Allocator,
-    ino: u64,
-    i: &mut Inode,
-) -> Result<(), EngineError> {
-    debug_assert_eq!(i.xattr_form, XattrForm::Block);
-    let all = block::load(tx, ino, i)?;
-    block::store(tx, alloc, ino, i, &[])?;
-    tree::create(tx, alloc, ino, i, &all)
+pub(crate) fn to_tree(tx: &mut Trans<'_>, o: &mut Target<'_>) -> Result<(), EngineError> {
+    debug_assert_eq!(o.i.xattr_form, XattrForm::Block);
+    let all = block::load(tx, o.ino, o.i)?;
+    block::store(tx, o.alloc, o.ino, o.i, &[])?;
+    tree::create(tx, o, &all)
 }
 
 /// Removes `name`; false when it is not set.
 #[track_caller]
 pub(crate) fn remove(
     tx: &mut Trans<'_>,
-    alloc: &Allocator,
-    ino: u64,
-    i: &mut Inode,
+    o: &mut Target<'_>,
     name: &[u8],
 ) -> Result<bool, EngineError> {
-    match i.xattr_form {
+    match o.i.xattr_form {
         XattrForm::Block => {
-            let mut all = block::load(tx, ino, i)?;
+            let mut all = block::load(tx, o.ino, o.i)?;
             let before = all.len();
             all.retain(|(n, _)| n != name);
             if all.len() == before {
                 return Ok(false);
             }
-            block::store(tx, alloc, ino, i, &all)?;
+            block::store(tx, o.alloc, o.ino, o.i, &all)?;
             Ok(true)
         }
-        XattrForm::Tree => tree::remove(tx, alloc, ino, i, name),
+        XattrForm::Tree => {
+            let Some((key, r, _)) = tree::find(tx, o.ino, o.i, name)? else {
+                return Ok(false);
+            };
+            tree::remove_at(tx, o, key, &r)?;
+            Ok(true)
+        }
     }
 }
 
@@ -138,17 +152,12 @@ pub(crate) fn remove(
 /// once, else one attribute of the tree (its record, remote extent and emptied blocks). Returns
 /// whether attributes remain.
 #[track_caller]
-pub(crate) fn free_step(
-    tx: &mut Trans<'_>,
-    alloc: &Allocator,
-    ino: u64,
-    i: &mut Inode,
-) -> Result<bool, EngineError> {
-    match i.xattr_form {
-        XattrForm::Block => block::store(tx, alloc, ino, i, &[])?,
-        XattrForm::Tree => tree::remove_first(tx, alloc, ino, i)?,
+pub(crate) fn free_step(tx: &mut Trans<'_>, o: &mut Target<'_>) -> Result<bool, EngineError> {
+    match o.i.xattr_form {
+        XattrForm::Block => block::store(tx, o.alloc, o.ino, o.i, &[])?,
+        XattrForm::Tree => tree::remove_first(tx, o)?,
     }
-    Ok(i.xattr_blk != 0)
+    Ok(o.i.xattr_blk != 0)
 }
 
 /// Every block the inode's attributes own, as runs (start, length), each checked by the

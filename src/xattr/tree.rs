@@ -9,10 +9,12 @@
 //! replaced or removed attribute's record stays dead in its block, and a block is freed when no
 //! record in it is live; a value's remote blocks are one extent, allocated whole and freed whole.
 
-use crate::alloc::{Allocator, InodeBlocks};
+use super::{Attr, Target};
+use crate::alloc::InodeBlocks;
 use crate::btree::{Btree, Key, NodeAlloc, Root};
 use crate::error::EngineError;
 use crate::format::attrtree::{self as at, Stored};
+use crate::format::entryblock;
 use crate::format::inode::{ino_split, Inode, XattrForm};
 use crate::format::name::name_hash;
 use crate::format::records::AttrRec;
@@ -105,7 +107,7 @@ fn read_record(tx: &mut Trans<'_>, ino: u64, r: &AttrRec) -> Result<Owned, Engin
 }
 
 /// The value of record `o`, read from its remote blocks when it is not local.
-fn read_value(tx: &mut Trans<'_>, ino: u64, o: &Owned) -> Result<Vec<u8>, EngineError> {
+pub(crate) fn read_value(tx: &mut Trans<'_>, ino: u64, o: &Owned) -> Result<Vec<u8>, EngineError> {
     if let Some(v) = &o.local {
         return Ok(v.clone());
     }
@@ -125,7 +127,7 @@ fn read_value(tx: &mut Trans<'_>, ino: u64, o: &Owned) -> Result<Vec<u8>, Engine
 }
 
 /// Finds `name`: its key, record location and record.
-fn find(
+pub(crate) fn find(
     tx: &mut Trans<'_>,
     ino: u64,
     i: &Inode,
@@ -146,18 +148,6 @@ fn find(
         at = t.gt(tx, &k)?;
     }
     Ok(None)
-}
-
-pub(crate) fn get(
-    tx: &mut Trans<'_>,
-    ino: u64,
-    i: &Inode,
-    name: &[u8],
-) -> Result<Option<Vec<u8>>, EngineError> {
-    match find(tx, ino, i, name)? {
-        Some((_, _, o)) => Ok(Some(read_value(tx, ino, &o)?)),
-        None => Ok(None),
-    }
 }
 
 /// Every attribute's record, in key order.
@@ -188,11 +178,11 @@ pub(crate) fn load(tx: &mut Trans<'_>, ino: u64, i: &Inode) -> Result<super::Att
 }
 
 /// The blocks of the inode's attributes for its block count and its allocations.
-fn blocks_of<'a>(alloc: &'a Allocator, ino: u64, i: &'a mut Inode) -> InodeBlocks<'a> {
+fn blocks_of<'a>(o: &'a mut Target<'_>) -> InodeBlocks<'a> {
     InodeBlocks {
-        alloc,
-        near: ino_split(ino).0,
-        blocks: &mut i.blocks,
+        alloc: o.alloc,
+        near: ino_split(o.ino).0,
+        blocks: &mut o.i.blocks,
     }
 }
 
@@ -202,48 +192,40 @@ fn blocks_of<'a>(alloc: &'a Allocator, ino: u64, i: &'a mut Inode) -> InodeBlock
 #[track_caller]
 fn append(
     tx: &mut Trans<'_>,
-    alloc: &Allocator,
-    ino: u64,
-    i: &mut Inode,
+    o: &mut Target<'_>,
     key: Key,
-    (name, value): (&[u8], &[u8]),
+    Attr { name, value }: Attr<'_>,
 ) -> Result<AttrRec, EngineError> {
     let bs = tx.block_size() as usize;
     let need = at::record_len(bs, name.len(), value.len());
-    let t = tree(ino, i);
+    let t = tree(o.ino, o.i);
     let near = match t.le(tx, &key)? {
         Some(kv) => Some(kv),
         None => t.ge(tx, &key)?,
     };
     let mut target = None;
     if let Some((k, v)) = near {
-        let r = rec_of(ino, i, k, v)?;
+        let r = rec_of(o.ino, o.i, k, v)?;
         let id = tx.read_buf(r.block, BlockType::AttrEntries)?;
-        let free = at::free_off(tx.data(id), r.block).map_err(in_inode(ino))?;
+        let free = at::free_off(tx.data(id), r.block).map_err(in_inode(o.ino))?;
         if free + need <= bs {
             target = Some((id, free));
         }
     }
     let remote = match at::remote_blocks(bs, name.len(), value.len()) {
         0 => 0,
-        n => write_remote(tx, alloc, ino, i, n, value)?,
+        n => write_remote(tx, o, n, value)?,
     };
     let (id, off) = match target {
         Some(t) => t,
         None => {
-            let blk = blocks_of(alloc, ino, i).alloc_node(tx)?;
-            let id = tx.get_buf(blk, BlockType::AttrEntries, ino)?;
+            let blk = blocks_of(o).alloc_node(tx)?;
+            let id = tx.get_buf(blk, BlockType::AttrEntries, o.ino)?;
             (id, at::RECORDS_OFF)
         }
     };
     let blk = tx.blkno(id);
     let b = tx.data_mut(id);
-    let live = u32::from_le_bytes([
-        b[at::LIVE_OFF],
-        b[at::LIVE_OFF + 1],
-        b[at::LIVE_OFF + 2],
-        b[at::LIVE_OFF + 3],
-    ]);
     let mut e = Enc::new(b);
     e.u8(off, name.len() as u8);
     e.u8(off + 1, if remote == 0 { 0 } else { at::FLAG_REMOTE });
@@ -255,8 +237,7 @@ fn append(
     } else {
         e.u64(vat, remote);
     }
-    e.u32(at::LIVE_OFF, live + 1);
-    e.u32(at::FREE_OFF, (off + need) as u32);
+    entryblock::note_appended(b, off, need);
     tx.log_range(id, at::LIVE_OFF..at::FREE_OFF + 4);
     tx.log_range(id, off..off + need);
     debug_assert!(at::record(tx.data(id), blk, off).is_ok_and(|r| r.name == name));
@@ -272,21 +253,20 @@ fn append(
 #[track_caller]
 fn write_remote(
     tx: &mut Trans<'_>,
-    alloc: &Allocator,
-    ino: u64,
-    i: &mut Inode,
+    o: &mut Target<'_>,
     n: u64,
     value: &[u8],
 ) -> Result<u64, EngineError> {
+    let ino = o.ino;
     // One extent: a value's blocks are found from its first, and the reservation counts one
     // allocation for them.
-    let (first, got) = alloc.alloc(tx, ino_split(ino).0, n, n)?.ok_or_else(|| {
+    let (first, got) = o.alloc.alloc(tx, ino_split(ino).0, n, n)?.ok_or_else(|| {
         EngineError::NoSpace(format!(
             "inode {ino}: no run of {n} free blocks for an attribute value"
         ))
     })?;
     debug_assert_eq!(got, n);
-    i.blocks += n;
+    o.i.blocks += n;
     let per = at::remote_payload(tx.block_size() as usize);
     for (k, part) in value.chunks(per).enumerate() {
         let blk = first + k as u64;
@@ -303,19 +283,14 @@ fn write_remote(
 /// Drops the record at `r` (no longer in the tree): one live record less in its block, which is
 /// freed at none; its remote extent freed.
 #[track_caller]
-fn drop_record(
-    tx: &mut Trans<'_>,
-    alloc: &Allocator,
-    ino: u64,
-    i: &mut Inode,
-    r: &AttrRec,
-) -> Result<(), EngineError> {
+fn drop_record(tx: &mut Trans<'_>, o: &mut Target<'_>, r: &AttrRec) -> Result<(), EngineError> {
+    let ino = o.ino;
     let bs = tx.block_size() as usize;
     let id = tx.read_buf(r.block, BlockType::AttrEntries)?;
     let rec = at::record(tx.data(id), r.block, r.off).map_err(in_inode(ino))?;
     let remote = rec.remote(bs);
     let value_len = rec.value_len;
-    let live = Dec::new(tx.data(id), r.block, at::STRUCTURE).u32(at::LIVE_OFF, "live")?;
+    let live = entryblock::live(tx.data(id), r.block, at::STRUCTURE)?;
     if live == 0 {
         return Err(corrupt(
             r.block,
@@ -325,7 +300,7 @@ fn drop_record(
     }
     if live == 1 {
         tx.invalidate(id);
-        blocks_of(alloc, ino, i).free_node(tx, r.block)?;
+        blocks_of(o).free_node(tx, r.block)?;
     } else {
         Enc::new(tx.data_mut(id)).u32(at::LIVE_OFF, live - 1);
         tx.log_range(id, at::LIVE_OFF..at::LIVE_OFF + 4);
@@ -340,155 +315,90 @@ fn drop_record(
             at::remote_data(b, blk, k as u64, value_len).map_err(in_inode(ino))?;
             tx.invalidate(id);
         }
-        alloc.free(tx, first, n)?;
-        i.blocks -= n;
+        o.alloc.free(tx, first, n)?;
+        o.i.blocks -= n;
     }
     Ok(())
 }
 
-/// Sets `name` = `value` in an inode of the tree form (replacing its value if it exists).
+/// Sets `a` in an inode of the tree form (replacing its value if it exists).
 #[track_caller]
-pub(crate) fn set(
-    tx: &mut Trans<'_>,
-    alloc: &Allocator,
-    ino: u64,
-    i: &mut Inode,
-    name: &[u8],
-    value: &[u8],
-) -> Result<(), EngineError> {
-    debug_assert!(value.len() <= at::XATTR_SIZE_MAX);
-    if let Some((key, old, _)) = find(tx, ino, i, name)? {
-        let new = append(tx, alloc, ino, i, key, (name, value))?;
-        tree(ino, i).update(tx, &key, new.val())?;
-        return drop_record(tx, alloc, ino, i, &old);
+pub(crate) fn set(tx: &mut Trans<'_>, o: &mut Target<'_>, a: Attr<'_>) -> Result<(), EngineError> {
+    debug_assert!(a.value.len() <= at::XATTR_SIZE_MAX);
+    if let Some((key, old, _)) = find(tx, o.ino, o.i, a.name)? {
+        let new = append(tx, o, key, a)?;
+        tree(o.ino, o.i).update(tx, &key, new.val())?;
+        return drop_record(tx, o, &old);
     }
-    insert_new(tx, alloc, ino, i, name, value)
+    insert_new(tx, o, a)
 }
 
-/// Adds `name` (absent) with `value` under the first free collision index of its hash.
+/// Adds `a` (absent) under the first free collision index of its name's hash.
 #[track_caller]
-fn insert_new(
-    tx: &mut Trans<'_>,
-    alloc: &Allocator,
-    ino: u64,
-    i: &mut Inode,
-    name: &[u8],
-    value: &[u8],
-) -> Result<(), EngineError> {
-    let h = name_hash(name);
-    let mut t = tree(ino, i);
-    let mut idx = 0;
-    let mut at = t.ge(tx, &[h, 0])?;
-    while let Some((k, _)) = at {
-        if k[0] != h || k[1] != idx {
-            break;
-        }
-        idx += 1;
-        at = t.gt(tx, &k)?;
-    }
+fn insert_new(tx: &mut Trans<'_>, o: &mut Target<'_>, a: Attr<'_>) -> Result<(), EngineError> {
+    let h = name_hash(a.name);
+    let mut t = tree(o.ino, o.i);
+    let idx = t.free_index(tx, h)?;
     if idx >= at::XATTR_COLLISIONS_MAX {
         return Err(EngineError::NoSpace(format!(
-            "inode {ino}: too many attribute names with hash {h:#x}"
+            "inode {}: too many attribute names with hash {h:#x}",
+            o.ino
         )));
     }
     let key = [h, idx];
-    let new = append(tx, alloc, ino, i, key, (name, value))?;
+    let new = append(tx, o, key, a)?;
     debug_assert_eq!(new.key(), key);
-    let mut blocks = i.blocks;
-    t.insert(
-        tx,
-        &mut InodeBlocks {
-            alloc,
-            near: ino_split(ino).0,
-            blocks: &mut blocks,
-        },
-        key,
-        new.val(),
-    )?;
-    i.blocks = blocks;
-    save_root(i, &t);
+    t.insert(tx, &mut blocks_of(o), key, new.val())?;
+    save_root(o.i, &t);
     Ok(())
 }
 
 /// Removes the attribute with key `key` (record `r`); frees the tree's root when it was the
 /// last, which puts the inode back in the block form with no attributes.
 #[track_caller]
-fn remove_at(
+pub(crate) fn remove_at(
     tx: &mut Trans<'_>,
-    alloc: &Allocator,
-    ino: u64,
-    i: &mut Inode,
+    o: &mut Target<'_>,
     key: Key,
     r: &AttrRec,
 ) -> Result<(), EngineError> {
-    let mut t = tree(ino, i);
-    let mut blocks = i.blocks;
-    t.delete(
-        tx,
-        &mut InodeBlocks {
-            alloc,
-            near: ino_split(ino).0,
-            blocks: &mut blocks,
-        },
-        &key,
-    )?;
-    i.blocks = blocks;
-    save_root(i, &t);
-    drop_record(tx, alloc, ino, i, r)?;
+    let mut t = tree(o.ino, o.i);
+    t.delete(tx, &mut blocks_of(o), &key)?;
+    save_root(o.i, &t);
+    drop_record(tx, o, r)?;
     if t.ge(tx, &[0, 0])?.is_none() {
         if t.root.level != 0 {
             return Err(corrupt(
                 t.root.blkno,
                 "level",
                 format!(
-                    "inode {ino}: an empty attribute tree of level {}",
-                    t.root.level
+                    "inode {}: an empty attribute tree of level {}",
+                    o.ino, t.root.level
                 ),
             ));
         }
         let id = tx.read_buf(t.root.blkno, BlockType::BtreeAttr)?;
         tx.invalidate(id);
-        blocks_of(alloc, ino, i).free_node(tx, t.root.blkno)?;
-        i.xattr_blk = 0;
-        i.xattr_level = 0;
-        i.xattr_form = XattrForm::Block;
+        blocks_of(o).free_node(tx, t.root.blkno)?;
+        o.i.xattr_blk = 0;
+        o.i.xattr_level = 0;
+        o.i.xattr_form = XattrForm::Block;
     }
     Ok(())
 }
 
-/// Removes `name`; false when absent.
-#[track_caller]
-pub(crate) fn remove(
-    tx: &mut Trans<'_>,
-    alloc: &Allocator,
-    ino: u64,
-    i: &mut Inode,
-    name: &[u8],
-) -> Result<bool, EngineError> {
-    let Some((key, r, _)) = find(tx, ino, i, name)? else {
-        return Ok(false);
-    };
-    remove_at(tx, alloc, ino, i, key, &r)?;
-    Ok(true)
-}
-
 /// Removes the first attribute in key order (freeing an inode's attributes one per transaction).
 #[track_caller]
-pub(crate) fn remove_first(
-    tx: &mut Trans<'_>,
-    alloc: &Allocator,
-    ino: u64,
-    i: &mut Inode,
-) -> Result<(), EngineError> {
-    let Some((k, v)) = tree(ino, i).ge(tx, &[0, 0])? else {
+pub(crate) fn remove_first(tx: &mut Trans<'_>, o: &mut Target<'_>) -> Result<(), EngineError> {
+    let Some((k, v)) = tree(o.ino, o.i).ge(tx, &[0, 0])? else {
         return Err(corrupt(
-            i.xattr_blk,
+            o.i.xattr_blk,
             "records",
-            format!("inode {ino}: an attribute tree with no attributes"),
+            format!("inode {}: an attribute tree with no attributes", o.ino),
         ));
     };
-    let r = rec_of(ino, i, k, v)?;
-    remove_at(tx, alloc, ino, i, k, &r)
+    let r = rec_of(o.ino, o.i, k, v)?;
+    remove_at(tx, o, k, &r)
 }
 
 /// Moves the attributes `entries` (just taken out of the block form, which holds none now) into
@@ -496,21 +406,19 @@ pub(crate) fn remove_first(
 #[track_caller]
 pub(crate) fn create(
     tx: &mut Trans<'_>,
-    alloc: &Allocator,
-    ino: u64,
-    i: &mut Inode,
+    o: &mut Target<'_>,
     entries: &[(Vec<u8>, Vec<u8>)],
 ) -> Result<(), EngineError> {
-    debug_assert!(i.xattr_blk == 0 && i.xattr_form == XattrForm::Block);
-    let root = blocks_of(alloc, ino, i).alloc_node(tx)?;
-    let t = Btree::create(tx, BlockType::BtreeAttr, ino, root)?;
-    i.xattr_form = XattrForm::Tree;
-    save_root(i, &t);
+    debug_assert!(o.i.xattr_blk == 0 && o.i.xattr_form == XattrForm::Block);
+    let root = blocks_of(o).alloc_node(tx)?;
+    let t = Btree::create(tx, BlockType::BtreeAttr, o.ino, root)?;
+    o.i.xattr_form = XattrForm::Tree;
+    save_root(o.i, &t);
     // In key order, so that each record is appended after the one before it.
     let mut sorted: Vec<&(Vec<u8>, Vec<u8>)> = entries.iter().collect();
     sorted.sort_by(|a, b| (name_hash(&a.0), &a.0).cmp(&(name_hash(&b.0), &b.0)));
     for (n, v) in sorted {
-        insert_new(tx, alloc, ino, i, n, v)?;
+        insert_new(tx, o, Attr { name: n, value: v })?;
     }
     Ok(())
 }
