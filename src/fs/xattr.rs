@@ -181,7 +181,13 @@ impl Fs {
         edit: impl FnOnce(&mut Trans<'_>, &Allocator, &mut Inode) -> R<T>,
     ) -> R<T> {
         self.writable()?;
-        let _blocks = self.promise(TransKind::Xattr, frees)?;
+        // A removal frees (the promise of a freeing, from the pool if need be); a set may
+        // allocate the xattr worst case.
+        let _blocks = if frees {
+            self.promise(TransKind::Inactive, true)?
+        } else {
+            self.promise(TransKind::Xattr, false)?
+        };
         let mut tx = self.eng.begin(TransKind::Xattr)?;
         let (r, mut i) = inode::read(&mut tx, ino)?;
         // Before the namespace's rule, as the kernel's `xattr_permission` does.
@@ -202,7 +208,11 @@ impl Fs {
     /// attributes; the next mount goes on.
     pub(super) fn free_xattrs(&self, ino: u64) -> R<()> {
         loop {
-            let _blocks = self.promise(TransKind::Xattr, true)?;
+            // Freeing allocates nothing but free-space tree nodes from the AG's free list: the
+            // promise of an inode's freeing, not the xattr worst case (two 64 KiB values and
+            // splits), which a nearly full filesystem cannot promise and which failed an unlink
+            // after its name was gone.
+            let _blocks = self.promise(TransKind::Inactive, true)?;
             let mut tx = self.eng.begin(TransKind::Xattr)?;
             let (r, mut i) = inode::read(&mut tx, ino)?;
             if i.xattr_blk == 0 {
