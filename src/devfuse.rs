@@ -62,6 +62,8 @@ pub(crate) struct Want {
     pub(crate) writeback: bool,
     /// FUSE over io_uring ([`crate::ring`] then registers the queues).
     pub(crate) uring: bool,
+    /// FUSE_POSIX_ACL: only on a mount with default_permissions (see `wanted_flags`).
+    pub(crate) posix_acl: bool,
 }
 
 /// What the kernel granted at INIT.
@@ -90,11 +92,8 @@ fn wanted_flags(w: &Want) -> u64 {
         // marks files without them or capabilities (SB_NOSEC) and stops asking for
         // security.capability before every write: one round trip per write, not two.
         | cap::HANDLE_KILLPRIV_V2
-        // POSIX ACLs: the kernel caches them and checks them, as it then checks every
-        // permission itself (it turns default_permissions on); the daemon checks them too
-        // (`Fs::may`). The umask is left to the daemon (`Fs::creation_mode`), since a
-        // directory's default ACL replaces it.
-        | cap::POSIX_ACL
+        // The umask is left to the daemon (`Fs::creation_mode`), since a directory's default
+        // ACL replaces it.
         | cap::DONT_MASK
         | wire::INIT_EXT;
     if w.writeback {
@@ -104,6 +103,15 @@ fn wanted_flags(w: &Want) -> u64 {
     }
     if w.uring {
         f |= cap::OVER_IO_URING;
+    }
+    // POSIX ACLs are the daemon's either way: it stores them, inherits them and checks them
+    // (`Fs::may`). With FUSE_POSIX_ACL the kernel caches and checks them too, but the flag
+    // turns default_permissions on, and then every change to a directory costs a GETATTR
+    // round trip before the next permission check in it (the kernel invalidates the
+    // directory's mode with its times): so only where the mount asked for default_permissions
+    // anyway. Without it the kernel passes system.posix_acl_* through as extended attributes.
+    if w.posix_acl {
+        f |= cap::POSIX_ACL;
     }
     f
 }

@@ -709,20 +709,24 @@ fn an_append_only_directory_keeps_its_entries() {
     rules_hold(append_dir_rules());
 }
 
-/// access(W_OK) on an immutable file: ext4 answers EPERM (`inode_permission`), but a FUSE
-/// kernel that checks permissions itself (default_permissions, which FUSE_POSIX_ACL turns on
-/// for every ticketfs mount) answers access(2) from the mode bits without asking, and says yes:
-/// it does not know the flag. The open for writing that follows is what the daemon refuses.
+/// access(W_OK) on an immutable file: ext4 answers EPERM (`inode_permission`), and so does the
+/// daemon when access(2) reaches it. On a mount with default_permissions the kernel answers
+/// access(2) from the mode bits without asking, and says yes: it does not know the flag. The
+/// open for writing that follows is what the daemon refuses, on every mount.
 #[test]
 fn access_for_writing_an_immutable_file_is_the_kernels_answer_and_the_open_refuses() {
-    for opts in ["", "uring=off"] {
+    for (opts, immutable_answer) in [
+        ("", EPERM),
+        ("uring=off", EPERM),
+        ("default_permissions", 0),
+    ] {
         let work = tempfile::tempdir().unwrap();
         let img = image(work.path(), 64 << 20);
         let m = Mount::new(&img, opts);
         let f = m.path().join("f");
         fs::write(&f, b"x").unwrap();
         chattr("+i", &f);
-        assert_eq!(access_w(&f), 0, "-o '{opts}': the kernel's own answer");
+        assert_eq!(access_w(&f), immutable_answer, "-o '{opts}'");
         let e = fs::OpenOptions::new().write(true).open(&f).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(EPERM), "-o '{opts}'");
         chattr("-i", &f);

@@ -15,7 +15,7 @@
 //! | 128 | 4 × 64 | free list: AG-relative block numbers, flcount of them in use |
 //! | 384 | 8 | unlinked_root: root of the unlinked-inode tree | 392 | 2 | its level |
 
-use super::{Dec, Enc, FormatError, BLOCK_HEADER_BYTES};
+use super::{plain_fields, Dec, Enc, FormatError, BLOCK_HEADER_BYTES};
 
 /// Blocks at the start of every AG kept for its headers and first tree roots: +0 superblock
 /// (AG 0) or spare, +1 AG header, +2 by-block root, +3 by-length root, +4 inode-chunk root.
@@ -36,7 +36,7 @@ const OFF_AGFL: usize = 128;
 const _: () = assert!(OFF_AGFL + 4 * AGFL_SLOTS + 10 <= super::BLOCK_SIZE_MIN as usize);
 const _: () = assert!(BLOCK_HEADER_BYTES == 48);
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AgHeader {
     pub(crate) agno: u32,
     pub(crate) length: u64,
@@ -57,29 +57,33 @@ pub struct AgHeader {
 }
 
 impl AgHeader {
+    plain_fields! {
+        length: u64 @ 56,
+        free_blocks: u64 @ 64,
+        longest: u64 @ 72,
+        bno_root: u64 @ 80,
+        cnt_root: u64 @ 88,
+        ino_root: u64 @ 96,
+        bno_level: u16 @ 104,
+        cnt_level: u16 @ 106,
+        ino_level: u16 @ 108,
+        inodes: u64 @ 112,
+        free_inodes: u64 @ 120,
+        unlinked_root: u64 @ OFF_UNLINKED,
+        unlinked_level: u16 @ OFF_UNLINKED + 8,
+    }
+
     /// Encodes the fields after the block header into `block`; returns the byte range written.
     pub(crate) fn encode(&self, block: &mut [u8]) -> std::ops::Range<usize> {
         debug_assert!(self.agfl.len() <= AGFL_SLOTS);
         let mut e = Enc::new(block);
         e.u32(48, self.agno);
         e.u32(52, self.agfl.len() as u32);
-        e.u64(56, self.length);
-        e.u64(64, self.free_blocks);
-        e.u64(72, self.longest);
-        e.u64(80, self.bno_root);
-        e.u64(88, self.cnt_root);
-        e.u64(96, self.ino_root);
-        e.u16(104, self.bno_level);
-        e.u16(106, self.cnt_level);
-        e.u16(108, self.ino_level);
         e.u16(110, 0);
-        e.u64(112, self.inodes);
-        e.u64(120, self.free_inodes);
+        self.encode_fields(&mut e);
         for i in 0..AGFL_SLOTS {
             e.u32(OFF_AGFL + 4 * i, self.agfl.get(i).copied().unwrap_or(0));
         }
-        e.u64(OFF_UNLINKED, self.unlinked_root);
-        e.u16(OFF_UNLINKED + 8, self.unlinked_level);
         BLOCK_HEADER_BYTES..OFF_UNLINKED + 10
     }
 
@@ -101,25 +105,16 @@ impl AgHeader {
         if flcount > AGFL_SLOTS {
             return Err(d.err("flcount", format!("{flcount} exceeds {AGFL_SLOTS} slots")));
         }
-        let h = AgHeader {
+        let agfl = d.slice_at(OFF_AGFL, 4 * flcount, "agfl")?;
+        let mut h = AgHeader {
             agno,
-            length: d.u64(56, "length")?,
-            free_blocks: d.u64(64, "free_blocks")?,
-            longest: d.u64(72, "longest")?,
-            bno_root: d.u64(80, "bno_root")?,
-            cnt_root: d.u64(88, "cnt_root")?,
-            ino_root: d.u64(96, "ino_root")?,
-            bno_level: d.u16(104, "bno_level")?,
-            cnt_level: d.u16(106, "cnt_level")?,
-            ino_level: d.u16(108, "ino_level")?,
-            unlinked_root: d.u64(OFF_UNLINKED, "unlinked_root")?,
-            unlinked_level: d.u16(OFF_UNLINKED + 8, "unlinked_level")?,
-            inodes: d.u64(112, "inodes")?,
-            free_inodes: d.u64(120, "free_inodes")?,
-            agfl: (0..flcount)
-                .map(|i| d.u32(OFF_AGFL + 4 * i, "agfl"))
-                .collect::<Result<_, _>>()?,
+            agfl: agfl
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            ..AgHeader::default()
         };
+        h.decode_fields(&d)?;
         if h.length != length {
             return Err(d.err(
                 "length",
@@ -152,9 +147,8 @@ impl AgHeader {
                 ));
             }
         }
-        for (i, &r) in h.agfl.iter().enumerate() {
+        for &r in &h.agfl {
             if (r as u64) < AG_RESERVED_BLOCKS || r as u64 >= length {
-                let _ = i;
                 return Err(d.err("agfl", format!("free-list block {r} is outside the AG")));
             }
         }

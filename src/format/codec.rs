@@ -61,6 +61,28 @@ fn note_read(structure: &'static str, field: &'static str, off: usize, len: usiz
     }
 }
 
+/// A structure's plain little-endian fields, each `name: type @ offset` (the type one of
+/// [`Enc`]'s and [`Dec`]'s `u8`, `u16`, `u32`, `u64`), declared once inside the structure's
+/// `impl`: generates `encode_fields`, which writes them, and `decode_fields`, which reads each
+/// into the structure (a short buffer is an error naming the field). Both directions come from
+/// the one list, so an offset cannot differ between them; fields that need checks or other
+/// types are written out beside it.
+macro_rules! plain_fields {
+    ($($field:ident : $ty:ident @ $off:expr),+ $(,)?) => {
+        fn encode_fields(&self, e: &mut $crate::format::Enc<'_>) {
+            $(e.$ty($off, self.$field);)+
+        }
+        fn decode_fields(
+            &mut self,
+            d: &$crate::format::Dec<'_>,
+        ) -> Result<(), $crate::format::FormatError> {
+            $(self.$field = d.$ty($off, stringify!($field))?;)+
+            Ok(())
+        }
+    };
+}
+pub(crate) use plain_fields;
+
 /// Writes fields into a byte slice at fixed offsets.
 pub(crate) struct Enc<'a> {
     buf: &'a mut [u8],
@@ -111,42 +133,55 @@ impl<'a> Dec<'a> {
     pub(crate) fn err(&self, field: &'static str, detail: impl Into<String>) -> FormatError {
         FormatError::new(self.blkno, self.structure, field, detail)
     }
+    // The field readers are inlined into each decoder: a decoder reads a few dozen fields,
+    // and out of line each read cost a call and a returned Result of FormatError's size.
+    // Only the error, which is rare, is built out of line.
+    #[inline]
     fn slice(&self, off: usize, len: usize, field: &'static str) -> Result<&'a [u8], FormatError> {
         #[cfg(feature = "field-recording")]
         if self.recording {
             note_read(self.structure, field, off, len);
         }
-        off.checked_add(len)
-            .and_then(|end| self.buf.get(off..end))
-            .ok_or_else(|| {
-                self.err(
-                    field,
-                    format!(
-                        "truncated: needs bytes {}..{}, have {}",
-                        off,
-                        off + len,
-                        self.buf.len()
-                    ),
-                )
-            })
+        match off.checked_add(len).and_then(|end| self.buf.get(off..end)) {
+            Some(s) => Ok(s),
+            None => Err(self.truncated(off, len, field)),
+        }
     }
+    #[cold]
+    #[inline(never)]
+    fn truncated(&self, off: usize, len: usize, field: &'static str) -> FormatError {
+        self.err(
+            field,
+            format!(
+                "truncated: needs bytes {}..{}, have {}",
+                off,
+                off.saturating_add(len),
+                self.buf.len()
+            ),
+        )
+    }
+    #[inline]
     pub(crate) fn u8(&self, off: usize, field: &'static str) -> Result<u8, FormatError> {
         Ok(self.slice(off, 1, field)?[0])
     }
+    #[inline]
     pub(crate) fn u16(&self, off: usize, field: &'static str) -> Result<u16, FormatError> {
         let s = self.slice(off, 2, field)?;
         Ok(u16::from_le_bytes([s[0], s[1]]))
     }
+    #[inline]
     pub(crate) fn u32(&self, off: usize, field: &'static str) -> Result<u32, FormatError> {
         let s = self.slice(off, 4, field)?;
         Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
     }
+    #[inline]
     pub(crate) fn u64(&self, off: usize, field: &'static str) -> Result<u64, FormatError> {
         let s = self.slice(off, 8, field)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(s);
         Ok(u64::from_le_bytes(a))
     }
+    #[inline]
     pub(crate) fn bytes<const N: usize>(
         &self,
         off: usize,

@@ -26,7 +26,7 @@
 //! | 132 | 4 | projid: project ID (FS_IOC_FSSETXATTR's fsx_projid); zero, project 0, in earlier images |
 //! | 136 | 120 | fork area: local bytes, or up to 5 extents of 24 bytes (file block u64, start u64, length u32, flags u32) |
 
-use super::{Dec, Enc, FormatError, BLOCK_HEADER_BYTES};
+use super::{plain_fields, Dec, Enc, FormatError, BLOCK_HEADER_BYTES};
 
 pub const INODE_BYTES: usize = 256;
 pub(crate) const INODE_MAGIC: u16 = 0x494E;
@@ -336,6 +336,22 @@ impl Default for Inode {
 }
 
 impl Inode {
+    plain_fields! {
+        mode: u32 @ 4,
+        uid: u32 @ 8,
+        gid: u32 @ 12,
+        nlink: u32 @ 16,
+        generation: u32 @ 20,
+        size: u64 @ 24,
+        blocks: u64 @ 32,
+        flags: u32 @ 88,
+        rdev: u64 @ 96,
+        unlinked_next: u64 @ 104,
+        root: u64 @ 120,
+        root_level: u16 @ 128,
+        projid: u32 @ PROJID_OFFSET,
+    }
+
     pub(crate) fn encode(&self, out: &mut [u8]) {
         debug_assert_eq!(out.len(), INODE_BYTES);
         out.fill(0);
@@ -343,13 +359,7 @@ impl Inode {
         e.u16(0, INODE_MAGIC);
         e.u8(2, 1);
         e.u8(3, self.format as u8);
-        e.u32(4, self.mode);
-        e.u32(8, self.uid);
-        e.u32(12, self.gid);
-        e.u32(16, self.nlink);
-        e.u32(20, self.generation);
-        e.u64(24, self.size);
-        e.u64(32, self.blocks);
+        self.encode_fields(&mut e);
         for (off, t) in [
             (40, self.atime),
             (52, self.mtime),
@@ -359,16 +369,10 @@ impl Inode {
             e.u64(off, t.sec as u64);
             e.u32(off + 8, t.nsec);
         }
-        e.u32(88, self.flags);
         e.u32(92, self.nextents);
-        e.u64(96, self.rdev);
-        e.u64(104, self.unlinked_next);
         e.u64(112, self.xattr_blk);
         e.u8(130, self.xattr_form as u8);
         e.u8(131, self.xattr_level as u8);
-        e.u64(120, self.root);
-        e.u16(128, self.root_level);
-        e.u32(PROJID_OFFSET, self.projid);
         e.bytes(FORK_OFFSET, &self.fork);
     }
 
@@ -433,31 +437,21 @@ impl Inode {
                 ),
             ));
         }
-        Ok(Inode {
+        let mut i = Inode {
             format,
-            mode: d.u32(4, "mode")?,
-            uid: d.u32(8, "uid")?,
-            gid: d.u32(12, "gid")?,
-            nlink: d.u32(16, "nlink")?,
-            generation: d.u32(20, "generation")?,
-            size: d.u64(24, "size")?,
-            blocks: d.u64(32, "blocks")?,
             atime: t(40, "atime")?,
             mtime: t(52, "mtime")?,
             ctime: t(64, "ctime")?,
             crtime: t(76, "crtime")?,
-            flags: d.u32(88, "flags")?,
             nextents,
-            rdev: d.u64(96, "rdev")?,
-            unlinked_next: d.u64(104, "unlinked_next")?,
             xattr_blk,
             xattr_form,
             xattr_level,
-            root: d.u64(120, "root")?,
-            root_level: d.u16(128, "root_level")?,
-            projid: d.u32(PROJID_OFFSET, "projid")?,
             fork: d.bytes(FORK_OFFSET, "fork")?,
-        })
+            ..Inode::default()
+        };
+        i.decode_fields(&d)?;
+        Ok(i)
     }
 
     /// Clears set-user-ID, and set-group-ID when the group may execute (otherwise it marks

@@ -22,7 +22,7 @@ pub mod xattrblock;
 #[cfg(feature = "field-recording")]
 pub use codec::record_fields;
 pub use codec::FieldRead;
-pub(crate) use codec::{Dec, Enc};
+pub(crate) use codec::{plain_fields, Dec, Enc};
 pub use header::{BlockHeader, BlockType, BLOCK_HEADER_BYTES};
 pub use log::Lsn;
 pub use superblock::{Geometry, Superblock};

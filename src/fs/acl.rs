@@ -15,23 +15,25 @@ pub(super) struct Inherited {
 }
 
 impl Fs {
-    /// The mode a new inode of `mode` in directory `dir` gets, and what it inherits: with a
-    /// default ACL on `dir`, the ACL masked by the mode asked for (the caller's umask plays no
-    /// part); without one, the mode less the umask. Symlinks take neither.
+    /// The mode a new inode of `mode` in directory `dir` (`p`, read in `tx`) gets, and what it
+    /// inherits: with a default ACL on `dir`, the ACL masked by the mode asked for (the
+    /// caller's umask plays no part); without one, the mode less the umask. Symlinks take
+    /// neither.
     pub(super) fn creation_mode(
-        &self,
+        tx: &mut Trans<'_>,
         ctx: &Ctx,
         dir: u64,
+        p: &Inode,
         mode: u32,
     ) -> R<(u32, Option<Inherited>)> {
         if mode & S_IFMT == S_IFLNK {
             return Ok((mode, None));
         }
-        let mut tx = self.eng.begin(TransKind::Read)?;
-        let (_, p) = inode::read(&mut tx, dir)?;
-        let default =
-            crate::xattr::get(&mut tx, dir, &p, acl::DEFAULT)?.and_then(|v| acl::decode(&v).ok());
-        tx.cancel()?;
+        let default = if p.xattr_blk == 0 {
+            None
+        } else {
+            crate::xattr::get(tx, dir, p, acl::DEFAULT)?.and_then(|v| acl::decode(&v).ok())
+        };
         let Some(default) = default else {
             return Ok((mode & !(ctx.umask & 0o777), None));
         };

@@ -7,6 +7,16 @@ use super::*;
 /// Times a namespace operation retries when what it looked up changed before it locked.
 pub(super) const RETRIES_MAX: usize = 16;
 
+/// What a creation decided before its transaction ([`Fs::plan_new_inode`]).
+pub(super) struct NewInode {
+    /// The new inode's mode: the umask or the directory's default ACL applied.
+    pub(super) mode: u32,
+    /// The ACLs it inherits, stored after the creation.
+    pub(super) inherited: Option<super::acl::Inherited>,
+    /// A free inode to claim, if one was seen.
+    pub(super) candidate: Option<u64>,
+}
+
 /// A name a request gives: the format's rule (`format::name`), except that "." and ".." pass
 /// here, for the callers that answer them as the kernel expects (rmdir of "." is EINVAL, a
 /// create of ".." EEXIST: the kernel resolves them before they reach us anyway).
@@ -139,6 +149,23 @@ impl Fs {
         Ok(c)
     }
 
+    /// What a creation of `mode` in directory `dir` decides before its transaction, in one
+    /// read-only transaction: the new inode's mode and what it inherits
+    /// ([`Fs::creation_mode`]), and a free inode to claim ([`Fs::free_inode_candidate`]).
+    /// The creating transaction checks `dir` again under its lock.
+    pub(super) fn plan_new_inode(&self, ctx: &Ctx, dir: u64, mode: u32) -> R<NewInode> {
+        let mut tx = self.eng.begin(TransKind::Read)?;
+        let (_, p) = inode::read(&mut tx, dir)?;
+        let (mode, inherited) = Self::creation_mode(&mut tx, ctx, dir, &p, mode)?;
+        let candidate = self.alloc.peek_free_inode(&mut tx, dir)?;
+        tx.cancel()?;
+        Ok(NewInode {
+            mode,
+            inherited,
+            candidate,
+        })
+    }
+
     /// Claims `candidate` if it is still free, else an inode of a new chunk near `near`; the
     /// inode is joined to `tx`.
     pub(super) fn claim_inode(
@@ -223,13 +250,16 @@ impl Fs {
                 return Err(FsError::NotFound);
             }
         }
-        let (mode, inherited) = self.creation_mode(ctx, parent, mode)?;
+        let NewInode {
+            mode,
+            inherited,
+            candidate,
+        } = self.plan_new_inode(ctx, parent, mode)?;
         let kind = match ftype {
             S_IFDIR => TransKind::Mkdir,
             S_IFLNK => TransKind::Symlink,
             _ => TransKind::Create,
         };
-        let candidate = self.free_inode_candidate(parent)?;
         let _blocks = self.promise(kind, false)?;
         let mut tx = self.eng.begin(kind)?;
         lock_chunks(&mut tx, &[parent, candidate.unwrap_or(0)])?;

@@ -44,8 +44,11 @@ impl Fs {
     /// frees it, unless a link gives it a name first.
     pub fn tmpfile(&self, ctx: &Ctx, dir: u64, mode: u32) -> R<Attr> {
         self.writable()?;
-        let (mode, inherited) = self.creation_mode(ctx, dir, S_IFREG | (mode & 0o7777))?;
-        let candidate = self.free_inode_candidate(dir)?;
+        let super::names::NewInode {
+            mode,
+            inherited,
+            candidate,
+        } = self.plan_new_inode(ctx, dir, S_IFREG | (mode & 0o7777))?;
         let _blocks = self.promise(TransKind::Tmpfile, false)?;
         let mut tx = self.eng.begin(TransKind::Tmpfile)?;
         lock_chunks(&mut tx, &[dir, candidate.unwrap_or(0)])?;
