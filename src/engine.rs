@@ -28,6 +28,9 @@ pub struct EngineOptions {
     /// Replaces the memory of table entries (`-o debug_resv=KIND:BYTES`), the same knob for a
     /// mounted daemon.
     pub mem_override: Vec<(TransKind, u64)>,
+    /// A read-only mount: over a clean log nothing is written, neither at the mount nor at the
+    /// unmount, until a transaction that changes something begins (see `Engine::mark_dirty`).
+    pub read_only: bool,
 }
 
 impl Default for EngineOptions {
@@ -39,6 +42,7 @@ impl Default for EngineOptions {
             log: LogConfig::default(),
             resv_override: Vec::new(),
             mem_override: Vec::new(),
+            read_only: false,
         }
     }
 }
@@ -93,6 +97,11 @@ pub struct Engine {
     overruns: OverrunReporter,
     memres: MemRes,
     recovered: Recovered,
+    /// The superblock on disk says dirty: this mount has written, or may write. Until then (a
+    /// read-only mount of a clean log) the unmount writes nothing either.
+    dirty: AtomicBool,
+    /// Serialises the first marking, so no change is logged before the mark is durable.
+    dirty_lock: parking_lot::Mutex<()>,
     unmounted: AtomicBool,
     /// Transactions begun and not yet ended (`trans::Live`).
     pub(crate) live_trans: std::sync::atomic::AtomicUsize,
@@ -201,8 +210,13 @@ impl Engine {
         let flushes = Arc::new(crate::device::FlushTracked::new(dev));
         let dev: Arc<dyn Device> = flushes.clone();
         let recovered = recover(&*dev, &sb, crate::log::Damage::Refuse)?;
-        sb.state = crate::format::superblock::SB_STATE_DIRTY;
-        write_superblocks(&*dev, &sb)?;
+        // A read-only mount of a clean log writes nothing (as XFS and ext4); one that had to
+        // replay the log has written already, so it ends with a clean unmount like any other.
+        let dirty = !opts.read_only || !recovered.clean;
+        if dirty {
+            sb.state = crate::format::superblock::SB_STATE_DIRTY;
+            write_superblocks(&*dev, &sb)?;
+        }
         let emergency = opts.mem_budget_bytes / EMERGENCY_DIVISOR;
         let mem = MemAccount::new(memres_on, opts.mem_budget_bytes, emergency);
         let cache = Arc::new(Cache::new(dev.clone(), sb.uuid, opts.mem_budget_bytes));
@@ -228,6 +242,8 @@ impl Engine {
             overruns: OverrunReporter::new(opts.overrun),
             memres: opts.memres,
             recovered,
+            dirty: AtomicBool::new(dirty),
+            dirty_lock: parking_lot::Mutex::new(()),
             unmounted: AtomicBool::new(false),
             live_trans: std::sync::atomic::AtomicUsize::new(0),
             trans_pinned: AtomicU64::new(0),
@@ -240,13 +256,35 @@ impl Engine {
     /// version, so only the superblock's version changes. A read-only mount leaves it.
     pub(crate) fn upgrade_format(&self) -> Result<(), EngineError> {
         use crate::format::FORMAT_VERSION;
+        let _g = self.dirty_lock.lock();
         if self.version.swap(FORMAT_VERSION, Ordering::SeqCst) == FORMAT_VERSION {
             return Ok(());
         }
         let mut sb = self.sb.clone();
         sb.state = crate::format::superblock::SB_STATE_DIRTY;
         sb.version = FORMAT_VERSION;
-        write_superblocks(&*self.dev, &sb)
+        write_superblocks(&*self.dev, &sb)?;
+        self.dirty.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Marks the superblock dirty before the first change of a mount that began clean (a
+    /// read-only mount, remounted read-write or freeing orphans): every transaction that may
+    /// change something calls this when it begins, and the mark is durable before it returns.
+    pub(crate) fn mark_dirty(&self) -> Result<(), EngineError> {
+        if self.dirty.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _g = self.dirty_lock.lock();
+        if self.dirty.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut sb = self.sb.clone();
+        sb.state = crate::format::superblock::SB_STATE_DIRTY;
+        sb.version = self.version.load(Ordering::SeqCst);
+        write_superblocks(&*self.dev, &sb)?;
+        self.dirty.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Writes everything home, leaves an unmount record and marks the superblock clean.
@@ -274,6 +312,13 @@ impl Engine {
                 return Err(self.shutdown_error());
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        if !self.dirty.load(Ordering::Acquire) {
+            // Nothing changed since a clean mount: the log and the superblock are as they were.
+            debug_assert!(self.log.quiescent(), "a clean mount logged something");
+            self.log.stop_threads();
+            self.log.close();
+            return Ok(());
         }
         let r = self.log.unmount();
         if let Err(e) = r {

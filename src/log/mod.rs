@@ -529,7 +529,7 @@ impl Log {
     /// Is everything committed so far durable and written home: the CIL empty, no checkpoint
     /// in flight, the AIL empty? Only then may an unmount record say the log is empty.
     /// (Called where nothing commits any more: the AIL, looked at second, can then only shrink.)
-    fn quiescent(&self) -> bool {
+    pub(crate) fn quiescent(&self) -> bool {
         let idle = {
             let ws = self.ws.lock();
             let seq = self.current_seq();

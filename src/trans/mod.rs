@@ -186,6 +186,7 @@ impl Engine {
             let mem = MemTicket::default();
             return Ok(Trans::started(self, kind, resv, ticket, mem, live));
         }
+        self.mark_dirty()?;
         let out = log
             .space
             .acquire(need, false, &|| log.make_room())
