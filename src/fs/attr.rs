@@ -56,6 +56,7 @@ impl Fs {
             rdev: i.rdev,
             blksize: bs as u32,
             generation: i.generation,
+            flags: i.flags,
         }
     }
 
