@@ -241,6 +241,7 @@ pub fn serve(
         max_write: budget.sizing.max_write,
         writeback: o.writeback_cache,
         uring,
+        idmap: o.idmap,
     };
     let granted = match crate::devfuse::handshake(&conn, &want) {
         Ok(g) => g,

@@ -24,6 +24,7 @@ impl Fs {
         dir: u64,
         mode: u32,
     ) -> R<(u32, Option<Inherited>)> {
+        perm::creator_named(ctx)?;
         if mode & S_IFMT == S_IFLNK {
             return Ok((mode, None));
         }

@@ -157,6 +157,9 @@ pub struct SetAttr {
     pub mtime: Option<SetTime>,
     /// The change comes through an open file (ftruncate): access was checked at open.
     pub via_open_file: bool,
+    /// The kernel asks that a truncate drop the set-id bits (FATTR_KILL_SUIDGID: the caller
+    /// lacks CAP_FSETID); what decides for a caller it did not name.
+    pub kill_suidgid: bool,
 }
 
 /// Filesystem statistics.
