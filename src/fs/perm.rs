@@ -238,8 +238,10 @@ impl Fs {
 
     /// May `ctx` do `want` (4 read, 2 write, 1 search/execute, or'ed) to inode `ino`, `i`? Its
     /// access ACL decides, or its mode bits when it has none. Checked here even where the
-    /// kernel checks too (default_permissions): the kernel lets an execve of a file its caller
-    /// may not execute reach the open, which only this check refuses.
+    /// kernel checks too (default_permissions), by the ids the request names only: a caller
+    /// that keeps CAP_DAC_OVERRIDE through its setuid (setpriv) passes the kernel's check of a
+    /// file it does not own, and is refused here. For an unnamed caller the kernel's check
+    /// is the only one (`vouched`).
     pub(super) fn may(&self, ctx: &Ctx, ino: u64, i: &Inode, want: u32) -> R<()> {
         if self.vouched(ctx)? {
             return Ok(());
