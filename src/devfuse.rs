@@ -51,6 +51,7 @@ mod cap {
     pub(crate) const MAX_PAGES: u64 = 1 << 22;
     pub(crate) const CACHE_SYMLINKS: u64 = 1 << 23;
     pub(crate) const HANDLE_KILLPRIV_V2: u64 = 1 << 28;
+    pub(crate) const ALLOW_IDMAP: u64 = 1 << 40;
     pub(crate) const OVER_IO_URING: u64 = 1 << 41;
 }
 
@@ -64,6 +65,8 @@ pub(crate) struct Want {
     pub(crate) uring: bool,
     /// FUSE_POSIX_ACL: only on a mount with default_permissions (see `wanted_flags`).
     pub(crate) posix_acl: bool,
+    /// `-o idmap`: FUSE_ALLOW_IDMAP, so the mount may be idmapped.
+    pub(crate) idmap: bool,
 }
 
 /// What the kernel granted at INIT.
@@ -112,6 +115,13 @@ fn wanted_flags(w: &Want) -> u64 {
     // anyway. Without it the kernel passes system.posix_acl_* through as extended attributes.
     if w.posix_acl {
         f |= cap::POSIX_ACL;
+    }
+    if w.idmap {
+        // Idmapped mounts (Linux 6.12): the kernel, which has default_permissions, checks
+        // every permission with the mount's idmapping and then sends FUSE_INVALID_UIDGID as
+        // the caller of every request but those that create, which carry the caller's ids
+        // mapped into the filesystem's (`Ctx::unknown`, `Fs::vouched`).
+        f |= cap::ALLOW_IDMAP;
     }
     f
 }

@@ -482,6 +482,11 @@ impl Ops {
                 }
                 return Ok((0, out));
             }
+            // The kernel checks FS_IOC_SETFLAGS and FS_IOC_FSSETXATTR itself (owner or
+            // capable, CAP_LINUX_IMMUTABLE; `vfs_fileattr_set`) and sends them as these
+            // requests; FS_IOC32_SETFLAGS from a 64-bit caller comes as issued, unchecked, so an
+            // unnamed caller of it cannot be judged and is refused.
+            FS_IOC32_SETFLAGS if c.unknown() => return Err(libc::EPERM),
             FS_IOC_SETFLAGS | FS_IOC32_SETFLAGS => (res(fs::from_fs_flags(word(input, 0)?))?, None),
             _ => {
                 if input.len() < FSXATTR_BYTES {
@@ -504,7 +509,7 @@ impl Ops {
     /// so its flags word is read from the caller's memory at the address it passed; should
     /// that fail, the flags are taken as 0 (flush everything first), the safe side.
     fn shutdown(&self, c: &Ctx, arg: u64, out_size: u32) -> Res<(i32, Vec<u8>)> {
-        if c.uid != 0 {
+        if !c.is_root() {
             return Err(libc::EPERM);
         }
         let flags = read_caller_u32(c.pid, arg).unwrap_or(0);

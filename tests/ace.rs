@@ -424,6 +424,7 @@ fn run_op(fs: &Fs, op: Op) {
             atime: None,
             mtime: None,
             via_open_file: true,
+            kill_suidgid: false,
         };
         fs.setattr(&c, ino, &a).expect("truncate");
     };

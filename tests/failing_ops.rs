@@ -352,6 +352,7 @@ fn apply(fs: &Fs, s: &State, op: &Op) -> Result<Option<usize>, String> {
                 atime: None,
                 mtime: None,
                 via_open_file: true,
+                kill_suidgid: false,
             };
             fs.setattr(&c, ino, &a).map(|_| None).map_err(err)
         }

@@ -1,6 +1,6 @@
 //! What XFS gives beyond the plain file calls, on a real mount (issue 22): RENAME_WHITEOUT and
 //! whiteouts, O_TMPFILE with linkat, overlayfs with ticketfs as its upper layer, and the birth
-//! time through statx(2).
+//! time and the inode flags' attributes through statx(2).
 
 mod common;
 
@@ -407,6 +407,102 @@ fn statx_reports_the_birth_time() {
     for (name, b) in ["f", "dir", "sym"].iter().zip(&born) {
         let (_, sec, nsec) = birth_time(&m.path().join(name));
         assert_eq!((sec, nsec), *b, "{name} after a remount");
+    }
+    m.unmount();
+}
+
+/// statx(2) of `p`, asked of the filesystem (AT_STATX_FORCE_SYNC) with the birth time, so the
+/// kernel sends FUSE_STATX: (stx_attributes, stx_attributes_mask).
+fn statx_attributes(p: &Path) -> (u64, u64) {
+    let c = cpath(p);
+    // SAFETY: statx fills the zeroed struct for a NUL-terminated path.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    let r = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_STATX_FORCE_SYNC,
+            libc::STATX_BASIC_STATS | libc::STATX_BTIME,
+            &mut st,
+        )
+    };
+    assert_eq!(r, 0, "statx {}: errno {}", p.display(), errno());
+    (st.stx_attributes, st.stx_attributes_mask)
+}
+
+/// The statx attributes ticketfs keeps, as XFS reports them: immutable, append-only, no-dump.
+const STATX_ATTR_KEPT: u64 =
+    (libc::STATX_ATTR_IMMUTABLE | libc::STATX_ATTR_APPEND | libc::STATX_ATTR_NODUMP) as u64;
+
+/// statx's stx_attributes show chattr's +i, +a and +d, and stx_attributes_mask says they are
+/// kept (generic/424), as on XFS: each flag alone and together, and none once cleared.
+#[test]
+fn statx_attributes_show_the_inode_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = image(tmp.path(), 64 << 20);
+    let m = Mount::new(&img, "");
+    let f = m.path().join("f");
+    fs::write(&f, b"").unwrap();
+    let chattr = |arg: &str| {
+        let st = Command::new("chattr").arg(arg).arg(&f).status().unwrap();
+        assert!(st.success(), "chattr {arg}");
+    };
+    chattr("+iad");
+    let (attrs, mask) = statx_attributes(&f);
+    if mask & STATX_ATTR_KEPT == 0 {
+        // The daemon's STATX reply carries them (the unit test of `Wr::statx_out`), but the
+        // kernel's fuse_do_statx copies only the mask, the birth time and the fuse_attr
+        // fields into the kstat: FUSE passes no stx_attributes through on this kernel.
+        chattr("-ia");
+        m.unmount();
+        let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        common::skip(&format!(
+            "Linux {}'s FUSE does not pass stx_attributes from the daemon's STATX reply \
+             (stx_attributes_mask {mask:#x}, stx_attributes {attrs:#x})",
+            release.trim()
+        ));
+        return;
+    }
+    let want = |flags: &[(&str, i32)]| {
+        flags
+            .iter()
+            .filter(|(on, _)| *on == "+")
+            .fold(0u64, |a, (_, bit)| a | *bit as u64)
+    };
+    for (i, a, d) in [
+        ("+", "+", "+"),
+        ("-", "+", "+"),
+        ("+", "-", "+"),
+        ("+", "+", "-"),
+        ("-", "-", "+"),
+        ("-", "+", "-"),
+        ("+", "-", "-"),
+        ("-", "-", "-"),
+    ] {
+        chattr(&format!("{i}i"));
+        chattr(&format!("{a}a"));
+        chattr(&format!("{d}d"));
+        let (attrs, mask) = statx_attributes(&f);
+        let expect = want(&[
+            (i, libc::STATX_ATTR_IMMUTABLE),
+            (a, libc::STATX_ATTR_APPEND),
+            (d, libc::STATX_ATTR_NODUMP),
+        ]);
+        assert_eq!(
+            attrs & STATX_ATTR_KEPT,
+            expect,
+            "{i}i {a}a {d}d: attributes"
+        );
+        assert_eq!(
+            mask & STATX_ATTR_KEPT,
+            STATX_ATTR_KEPT,
+            "{i}i {a}a {d}d: mask"
+        );
+        assert_eq!(
+            mask & libc::STATX_ATTR_COMPRESSED as u64,
+            0,
+            "compression is not kept"
+        );
     }
     m.unmount();
 }

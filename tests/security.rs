@@ -372,6 +372,8 @@ fn another_user_gets_the_answers_kernel_ext4_gives() {
         "allow_other",
         "allow_other,default_permissions",
         "allow_other,uring=off",
+        // Every request but creations from an unnamed caller, after the kernel's check.
+        "allow_other,idmap",
     ] {
         let work = tempfile::tempdir().unwrap();
         let img = image(work.path(), 128 << 20);

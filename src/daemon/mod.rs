@@ -243,6 +243,7 @@ pub fn serve(
         writeback: o.writeback_cache,
         uring,
         posix_acl: o.default_permissions,
+        idmap: o.idmap,
     };
     let granted = match crate::devfuse::handshake(&conn, &want) {
         Ok(g) => g,

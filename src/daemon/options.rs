@@ -24,7 +24,7 @@ pub struct MountOption {
 
 /// ticketfs's options: what `apply` knows, what a near miss is compared with, and what the help
 /// and the manual page list.
-pub const MOUNT_OPTIONS: [MountOption; 28] = [
+pub const MOUNT_OPTIONS: [MountOption; 29] = [
     MountOption {
         name: "ro",
         value: None,
@@ -54,6 +54,11 @@ pub const MOUNT_OPTIONS: [MountOption; 28] = [
         name: "writeback_cache",
         value: None,
         help: "The kernel's writeback cache: written pages are kept and sent in large writes; implies default_permissions.",
+    },
+    MountOption {
+        name: "idmap",
+        value: None,
+        help: "Allow idmapped mounts of this mount (mount_setattr(2) with MOUNT_ATTR_IDMAP; Linux 6.12 and later): the kernel then checks every permission itself and passes the caller's ids only with requests that create; implies default_permissions.",
     },
     MountOption {
         name: "hostcache",
@@ -208,6 +213,9 @@ pub struct Options {
     pub default_permissions: bool,
     /// `-o writeback_cache`: the kernel's writeback cache (implies default_permissions).
     pub(crate) writeback_cache: bool,
+    /// `-o idmap`: FUSE_ALLOW_IDMAP asked at INIT, so the mount may be idmapped (implies
+    /// default_permissions, which the kernel requires for it).
+    pub(crate) idmap: bool,
     /// `-o uring=on|off`: FUSE over io_uring when the kernel offers it (on by default).
     pub(crate) uring: bool,
     /// `-o uring_idle=on|off`: the queue threads serve at SCHED_IDLE while CPUs are spare (on).
@@ -311,6 +319,7 @@ impl Default for Options {
             allow_other: false,
             default_permissions: false,
             writeback_cache: false,
+            idmap: false,
             host_cache: true,
             blkdev: true,
             blkdev_asked: false,
@@ -421,6 +430,12 @@ impl Options {
                 // it comes with default_permissions.
                 "writeback_cache" => {
                     self.writeback_cache = true;
+                    self.default_permissions = true;
+                }
+                // The kernel grants FUSE_ALLOW_IDMAP only to a connection with
+                // default_permissions: it alone checks permissions on an idmapped mount.
+                "idmap" => {
+                    self.idmap = true;
                     self.default_permissions = true;
                 }
                 "hostcache" => self.host_cache = on_off(name, v)?,

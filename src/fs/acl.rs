@@ -26,6 +26,7 @@ impl Fs {
         p: &Inode,
         mode: u32,
     ) -> R<(u32, Option<Inherited>)> {
+        perm::creator_named(ctx)?;
         if mode & S_IFMT == S_IFLNK {
             return Ok((mode, None));
         }

@@ -56,6 +56,7 @@ impl Fs {
             rdev: i.rdev,
             blksize: bs as u32,
             generation: i.generation,
+            flags: i.flags,
         }
     }
 
@@ -70,7 +71,12 @@ impl Fs {
         self.writable()?;
         let cur = self.read_inode(ino)?;
         self.flags_allow_setattr(&cur, a)?;
-        let owner = ctx.uid == 0 || ctx.uid == cur.uid;
+        // An unnamed caller passed the kernel's setattr_prepare: owner or capable for a chmod,
+        // chown or given times, the right to the new owner and group, and write permission for
+        // the current time; set-group-ID already dropped from a chmod by someone outside the
+        // group.
+        let vouched = self.vouched(ctx)?;
+        let owner = vouched || ctx.uid == 0 || ctx.uid == cur.uid;
         // Nothing to set: the kernel's way (FUSE_HANDLE_KILLPRIV_V2) of passing on a chown to
         // the same owner (chown -1 -1) or the drop of privileges before someone's write,
         // fallocate or copy into the file: both clear the set-id bits (capabilities the kernel
@@ -100,12 +106,13 @@ impl Fs {
             self.may(ctx, ino, &cur, 2)?;
         }
         if let Some(u) = a.uid {
-            if u != cur.uid && ctx.uid != 0 {
+            if u != cur.uid && ctx.uid != 0 && !vouched {
                 return Err(FsError::Perm);
             }
         }
         if let Some(g) = a.gid {
-            if g != cur.gid && ctx.uid != 0 && !(ctx.uid == cur.uid && ctx.in_group(g)) {
+            if g != cur.gid && ctx.uid != 0 && !vouched && !(ctx.uid == cur.uid && ctx.in_group(g))
+            {
                 return Err(FsError::Perm);
             }
         }
@@ -158,7 +165,12 @@ impl Fs {
         if let Some(m) = a.mode {
             let mut m = (i.mode & S_IFMT) | (m & 0o7777);
             // Setting setgid on a file of a group one is not in quietly drops it.
-            if ctx.uid != 0 && !is_dir(&i) && m & S_ISGID != 0 && !ctx.in_group(i.gid) {
+            if ctx.uid != 0
+                && !ctx.unknown()
+                && !is_dir(&i)
+                && m & S_ISGID != 0
+                && !ctx.in_group(i.gid)
+            {
                 m &= !S_ISGID;
             }
             i.mode = m;
@@ -175,8 +187,14 @@ impl Fs {
         }
         let given_away = (chown || a.uid.is_some() || a.gid.is_some()) && !is_dir(&i);
         // A truncate by anyone but root (the kernel's FATTR_KILL_SUIDGID, which FUSE passes for
-        // a caller without CAP_FSETID) drops them as a write does.
-        let truncated = a.size.is_some() && ctx.uid != 0;
+        // a caller without CAP_FSETID, and which alone says it for a caller it did not name)
+        // drops them as a write does.
+        let truncated = a.size.is_some()
+            && if ctx.unknown() {
+                a.kill_suidgid
+            } else {
+                ctx.uid != 0
+            };
         if (given_away || kill_only || truncated) && a.mode.is_none() {
             kill_setid(ctx, &mut i);
         }

@@ -41,7 +41,9 @@ use std::fmt;
 
 pub(crate) use attr::{now, AtimePolicy};
 pub use flags::FileFlags;
-pub(crate) use flags::{from_fs_flags, from_xflags, to_fs_flags, to_xflags};
+pub(crate) use flags::{
+    from_fs_flags, from_xflags, statx_attributes, to_fs_flags, to_xflags, STATX_ATTRIBUTES_MASK,
+};
 use flags::{refuse_fixed, refuse_immutable, refuse_removal};
 pub use names::RenameHow;
 use names::{check_name, lock_chunks};
@@ -133,6 +135,8 @@ pub struct Attr {
     pub(crate) rdev: u64,
     pub(crate) blksize: u32,
     pub(crate) generation: u32,
+    /// The inode's flags (`format::inode::FLAG_*`), for statx's attributes.
+    pub(crate) flags: u32,
 }
 
 /// A time to set: now, or a given time.
@@ -153,6 +157,9 @@ pub struct SetAttr {
     pub mtime: Option<SetTime>,
     /// The change comes through an open file (ftruncate): access was checked at open.
     pub via_open_file: bool,
+    /// The kernel asks that a truncate drop the set-id bits (FATTR_KILL_SUIDGID: the caller
+    /// lacks CAP_FSETID); what decides for a caller it did not name.
+    pub kill_suidgid: bool,
 }
 
 /// Filesystem statistics.

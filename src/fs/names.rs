@@ -491,6 +491,9 @@ impl Fs {
         self.writable()?;
         check_name(name)?;
         check_new_name(newname)?;
+        if whiteout {
+            perm::creator_named(ctx)?;
+        }
         if whiteout && exchange {
             // Exchanging leaves no name behind to hide (the kernel refuses it first).
             return Err(FsError::Invalid(

@@ -6,7 +6,8 @@ use super::*;
 
 /// Drops the set-id bits as Linux does when a file is written, truncated or given away by
 /// `ctx` (setattr_should_drop_suidgid): set-user-ID always; set-group-ID when the file is
-/// group-executable, or when the caller is neither root nor in the file's group.
+/// group-executable, or when the caller is neither root nor in the file's group (a caller the
+/// kernel did not name counts as neither: a bit too many dropped grants nothing).
 pub(super) fn kill_setid(ctx: &Ctx, i: &mut Inode) {
     i.drop_setid();
     if !(ctx.uid == 0 || ctx.in_group(i.gid)) {
@@ -24,6 +25,13 @@ pub struct Ctx {
     /// Applied unless the directory has a default ACL, which replaces it.
     pub(crate) umask: u32,
 }
+
+/// The uid and gid the kernel sends for a caller it does not name (FUSE_INVALID_UIDGID): on a
+/// connection that took FUSE_ALLOW_IDMAP, every request but those that create (MKNOD, MKDIR,
+/// SYMLINK, CREATE, TMPFILE, a RENAME2 with RENAME_WHITEOUT), whichever mount it came
+/// through. Never a real id: without FUSE_ALLOW_IDMAP the kernel refuses a caller with no id
+/// in the connection's namespace (EOVERFLOW) rather than send this.
+pub(crate) const ID_UNKNOWN: u32 = u32::MAX;
 
 impl Ctx {
     pub const ROOT: Ctx = Ctx {
@@ -43,8 +51,39 @@ impl Ctx {
         }
     }
 
-    /// Is `gid` the caller's group or one of its supplementary groups (from /proc)?
+    /// Is the caller root (uid 0 in the daemon's namespace, which is the filesystem's)? For an
+    /// unnamed caller, by its filesystem uid as /proc shows it to the daemon: the kernel's
+    /// own, not the mount's idmapping, so a caller mapped to 0 by an idmapped mount is not
+    /// root (as XFS asks CAP_SYS_ADMIN of the initial namespace). The caller waits in its
+    /// system call for the answer, so its PID names it.
+    pub(crate) fn is_root(&self) -> bool {
+        if !self.unknown() {
+            return self.uid == 0;
+        }
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", self.pid)) else {
+            return false;
+        };
+        // "Uid:" real, effective, saved, filesystem.
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(3))
+            .is_some_and(|fsuid| fsuid == "0")
+    }
+
+    /// Did the kernel leave the caller unnamed (`ID_UNKNOWN`)? It then checked the request's
+    /// permissions itself, with the mount's idmapping (`Fs::vouched`).
+    pub(crate) fn unknown(&self) -> bool {
+        self.uid == ID_UNKNOWN || self.gid == ID_UNKNOWN
+    }
+
+    /// Is `gid` the caller's group or one of its supplementary groups (from /proc)? Never for
+    /// an unnamed caller: its /proc groups are not in the filesystem's ids on an idmapped
+    /// mount.
     pub(super) fn in_group(&self, gid: u32) -> bool {
+        if self.unknown() {
+            return false;
+        }
         if gid == self.gid {
             return true;
         }
@@ -116,9 +155,25 @@ fn mode_permits(ctx: &Ctx, i: &Inode, want: u32) -> R<()> {
     }
 }
 
+/// A new inode is owned by its creator: the kernel names the caller of every request that
+/// creates (mapped through an idmapped mount). One that does not is refused before anything
+/// is changed, rather than give the inode the marker as its owner.
+pub(super) fn creator_named(ctx: &Ctx) -> R<()> {
+    if ctx.unknown() {
+        return Err(FsError::Invalid(
+            "a request that creates an inode without its caller's ids".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The sticky-directory rule: in a sticky directory only the owner of the entry, the owner of
-/// the directory or root may remove or rename the entry.
+/// the directory or root may remove or rename the entry. For an unnamed caller the kernel's
+/// `may_delete` has applied it (on every mount, whatever its permission checks).
 pub(super) fn sticky_ok(ctx: &Ctx, dir: &Inode, victim: &Inode) -> R<()> {
+    if ctx.unknown() {
+        return Ok(());
+    }
     if dir.mode & S_ISVTX != 0 && ctx.uid != 0 && ctx.uid != dir.uid && ctx.uid != victim.uid {
         return Err(FsError::Perm);
     }
@@ -126,6 +181,23 @@ pub(super) fn sticky_ok(ctx: &Ctx, dir: &Inode, victim: &Inode) -> R<()> {
 }
 
 impl Fs {
+    /// Has the kernel checked this request's permissions for a caller it did not name? Then
+    /// the daemon's own checks of who the caller is stand aside: the kernel's verdict, made
+    /// with the caller's credentials through the mount's idmapping, is the only one there can
+    /// be. The kernel sends no ids only on a connection that took FUSE_ALLOW_IDMAP, which it
+    /// grants only with default_permissions; should an unnamed caller come otherwise, nobody
+    /// checked, and it is refused (EACCES).
+    pub(super) fn vouched(&self, ctx: &Ctx) -> R<bool> {
+        if !ctx.unknown() {
+            return Ok(false);
+        }
+        if self.kernel_checks() {
+            Ok(true)
+        } else {
+            Err(FsError::Access)
+        }
+    }
+
     /// May `ctx` open `ino` with this access (4 read, 2 write)? Counts the open.
     /// Returns whether the kernel may keep the file's cached pages from earlier opens: only when
     /// no access-time update is due (`atime_due`), since reads served from those pages never
@@ -166,9 +238,14 @@ impl Fs {
 
     /// May `ctx` do `want` (4 read, 2 write, 1 search/execute, or'ed) to inode `ino`, `i`? Its
     /// access ACL decides, or its mode bits when it has none. Checked here even where the
-    /// kernel checks too (default_permissions): the kernel lets an execve of a file its caller
-    /// may not execute reach the open, which only this check refuses.
+    /// kernel checks too (default_permissions), by the ids the request names only: a caller
+    /// that keeps CAP_DAC_OVERRIDE through its setuid (setpriv) passes the kernel's check of a
+    /// file it does not own, and is refused here. For an unnamed caller the kernel's check
+    /// is the only one (`vouched`).
     pub(super) fn may(&self, ctx: &Ctx, ino: u64, i: &Inode, want: u32) -> R<()> {
+        if self.vouched(ctx)? {
+            return Ok(());
+        }
         // As the kernel's acl_permission_check: the owner by the owner bits, and the ACL only
         // when the mode's group bits (its mask) grant anything.
         if ctx.uid == 0 || ctx.uid == i.uid || i.xattr_blk == 0 || i.mode & 0o070 == 0 {

@@ -101,6 +101,8 @@ const FATTR_MTIME: u32 = 1 << 5;
 const FATTR_FH: u32 = 1 << 6;
 const FATTR_ATIME_NOW: u32 = 1 << 7;
 const FATTR_MTIME_NOW: u32 = 1 << 8;
+/// A truncate by a caller without CAP_FSETID, on a connection with FUSE_HANDLE_KILLPRIV_V2.
+const FATTR_KILL_SUIDGID: u32 = 1 << 11;
 /// fsync's flag for fdatasync.
 pub(crate) const FUSE_FSYNC_FDATASYNC: u32 = 1;
 
@@ -183,6 +185,7 @@ pub(crate) fn handle(ops: &Ops, h: &InHeader, arg: &[u8], payload: &[u8]) -> Res
                 atime: when(FATTR_ATIME, FATTR_ATIME_NOW, atime, atimensec),
                 mtime: when(FATTR_MTIME, FATTR_MTIME_NOW, mtime, mtimensec),
                 via_open_file: valid & FATTR_FH != 0,
+                kill_suidgid: valid & FATTR_KILL_SUIDGID != 0,
             };
             ops.setattr(&c, node, &s).map(Out::Attr)
         }

@@ -191,7 +191,8 @@ impl<'a> Wr<'a> {
         self.attr(node, a)
     }
 
-    /// `struct fuse_statx_out`: every basic field and the birth time.
+    /// `struct fuse_statx_out`: every basic field, the birth time, and the attributes the
+    /// inode's flags show (immutable, append-only, no-dump).
     pub(crate) fn statx_out(&mut self, node: u64, a: &Attr) -> Result<(), i32> {
         let start = self.len();
         self.u64(TTL.as_secs())?;
@@ -200,7 +201,7 @@ impl<'a> Wr<'a> {
         self.zeros(16)?; // spare
         self.u32(STATX_ANSWERED)?; // mask
         self.u32(a.blksize)?;
-        self.u64(0)?; // attributes
+        self.u64(crate::fs::statx_attributes(a.flags))?;
         self.u32(a.nlink)?;
         self.u32(a.uid)?;
         self.u32(a.gid)?;
@@ -209,7 +210,7 @@ impl<'a> Wr<'a> {
         self.u64(node)?;
         self.u64(a.size)?;
         self.u64(a.blocks)?;
-        self.u64(0)?; // attributes_mask
+        self.u64(crate::fs::STATX_ATTRIBUTES_MASK)?;
         for t in [a.atime, a.crtime, a.ctime, a.mtime] {
             self.u64(t.sec as u64)?;
             self.u32(t.nsec)?;
@@ -373,6 +374,7 @@ mod tests {
             rdev: 0,
             blksize: 4096,
             generation: 9,
+            flags: 0,
         }
     }
 
@@ -409,19 +411,24 @@ mod tests {
     }
 
     /// struct fuse_statx_out at protocol 7.39 and later: the kernel reads the birth time at
-    /// offset 32 + 80 and takes the mask as the fields it may use.
+    /// offset 32 + 80 and takes the mask as the fields it may use; the attributes (offset
+    /// 32 + 8) and their mask (32 + 56) show the inode's flags.
     #[test]
     fn statx_out_has_the_kernels_layout() {
         let mut b = [0xAAu8; 320];
         let mut w = Wr::new(&mut b);
         let mut a = attr();
         a.rdev = libc::makedev(8, 300);
+        a.flags = crate::format::inode::FLAG_IMMUTABLE
+            | crate::format::inode::FLAG_NODUMP
+            | crate::format::inode::FLAG_NOATIME;
         w.statx_out(77, &a).unwrap();
         assert_eq!(w.len(), STATX_OUT_BYTES);
         let mut r = Rd::new(&b[32..]);
         assert_eq!(r.u32().unwrap(), 0xfff); // mask: basic stats and btime
         assert_eq!(r.u32().unwrap(), 4096);
-        r.skip(8).unwrap();
+        // attributes: immutable and no-dump (no-atime has no statx attribute).
+        assert_eq!(r.u64().unwrap(), 0x10 | 0x40);
         assert_eq!((r.u32().unwrap(), r.u32().unwrap()), (2, 10));
         assert_eq!(r.u32().unwrap(), 20);
         assert_eq!(
@@ -430,6 +437,9 @@ mod tests {
         );
         let mut r = Rd::new(&b[32 + 32..]);
         assert_eq!((r.u64().unwrap(), r.u64().unwrap()), (77, 12345));
+        r.skip(8).unwrap(); // blocks
+                            // attributes_mask: immutable, append-only, no-dump, as XFS.
+        assert_eq!(r.u64().unwrap(), 0x10 | 0x20 | 0x40);
         let mut r = Rd::new(&b[32 + 64..]);
         assert_eq!(r.u64().unwrap() as i64, -2); // atime
         r.skip(8).unwrap();
