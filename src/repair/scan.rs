@@ -331,9 +331,9 @@ fn examine(sc: &mut Scanner<'_>, tx: &mut Trans<'_>, ino: u64, i: &Inode, v: ver
 }
 
 /// The attributes of inode `ino` (at fault: `fix.drop_xattr`) that can be kept: those
-/// `xattr::salvage` reads intact whose blocks nothing else (another inode, this inode's kept
-/// blocks) uses, within `SALVAGE_BYTES_MAX`. An access ACL dropped leaves the mode narrowed
-/// (`acl::mode_after_loss`): its group bits held the ACL's mask.
+/// `xattr::salvage` reads intact (within what is left of `SALVAGE_BYTES_MAX`) whose blocks
+/// nothing else (another inode, this inode's kept blocks) uses. An access ACL dropped leaves the
+/// mode narrowed (`acl::mode_after_loss`): its group bits held the ACL's mask.
 fn salvage_xattrs(
     sc: &mut Scanner<'_>,
     tx: &mut Trans<'_>,
@@ -341,51 +341,39 @@ fn salvage_xattrs(
     i: &Inode,
     fix: &mut InodeFix,
 ) {
-    let s = crate::xattr::salvage(tx, ino, i);
+    let s = crate::xattr::salvage(tx, ino, i, SALVAGE_BYTES_MAX - sc.salvaged_bytes);
     fix.xattrs_dropped = s.dropped;
+    let mut acl_lost = s.acl_lost;
     for crate::xattr::Salvaged { name, value, from } in s.kept {
-        let shown = String::from_utf8_lossy(&name).into_owned();
+        // Counted whether kept or not: the budget is what `salvage` held.
+        sc.salvaged_bytes += name.len() + value.len();
         let shared = from
             .iter()
             .find_map(|&(b, n)| (b..b + n).find(|&x| sc.s.used.get(x)));
-        let lost = if let Some(b) = shared {
-            Some(format!(
-                "{shown:?}: its block {b} is used by something else"
-            ))
-        } else if sc.salvaged_bytes + name.len() + value.len() > SALVAGE_BYTES_MAX {
-            Some(format!(
-                "{shown:?}: the repair holds at most {SALVAGE_BYTES_MAX} bytes of attributes"
-            ))
-        } else {
-            None
-        };
-        match lost {
-            Some(why) => {
+        match shared {
+            Some(b) => {
+                fix.xattrs_dropped.push(format!(
+                    "{:?}: its block {b} is used by something else",
+                    String::from_utf8_lossy(&name)
+                ));
                 if name == crate::format::acl::ACCESS {
-                    // Intact, so what it said is known.
-                    let m = crate::format::acl::mode_after_loss(
-                        fix.mode.unwrap_or(i.mode),
-                        Some(&value),
-                    );
-                    fix.mode = Some(m);
+                    acl_lost = Some(Some(value));
                 }
-                fix.xattrs_dropped.push(why);
             }
-            None => {
-                sc.salvaged_bytes += name.len() + value.len();
-                fix.xattrs.push((name, value));
-            }
+            None => fix.xattrs.push((name, value)),
         }
     }
-    if let Some(value) = s.acl_lost {
+    // An access ACL kept intact is what the mode's group bits follow: nothing to narrow.
+    let acl_kept = fix
+        .xattrs
+        .iter()
+        .any(|(n, _)| n == crate::format::acl::ACCESS);
+    if let (Some(value), false) = (acl_lost, acl_kept) {
         let before = fix.mode.unwrap_or(i.mode);
-        let m = crate::format::acl::mode_after_loss(before, value.as_deref());
-        if m != before {
-            fix.xattrs_dropped.push(format!(
-                "mode {before:o} -> {m:o}: its group bits held the access ACL's mask"
-            ));
-        }
-        fix.mode = Some(m);
+        fix.mode = Some(crate::format::acl::mode_after_loss(
+            before,
+            value.as_deref(),
+        ));
     }
     if fix.mode == Some(i.mode) {
         fix.mode = None;

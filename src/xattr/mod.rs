@@ -180,6 +180,8 @@ pub(crate) struct Salvage {
     /// A `system.posix_acl_access` dropped: None if none was; Some(None) if one was (by its
     /// name, or in the tree form by its name's hash) and its value could not be read.
     pub(crate) acl_lost: Option<Option<Vec<u8>>>,
+    /// Bytes of names and values `kept` may still take: past them an attribute is dropped.
+    budget_bytes: usize,
 }
 
 impl Salvage {
@@ -198,6 +200,16 @@ impl Salvage {
         if self.kept.iter().any(|k| k.name == name) {
             return self.drop_one(format!("{shown:?}: a second time"));
         }
+        let bytes = name.len() + value.len();
+        if bytes > self.budget_bytes {
+            if name == acl::ACCESS {
+                self.acl_lost = Some(Some(value));
+            }
+            return self.drop_one(format!(
+                "{shown:?}: more than the repair may hold of salvaged attributes"
+            ));
+        }
+        self.budget_bytes -= bytes;
         if name == acl::ACCESS || name == acl::DEFAULT {
             if let Err(why) = acl::decode(&value) {
                 if name == acl::ACCESS {
@@ -218,9 +230,13 @@ impl Salvage {
 /// be kept, and what cannot: each attribute is judged on its own (its entry, its record and
 /// remote blocks, its name, an ACL's value), as xfs_repair salvages the entries of a damaged
 /// leaf. Storage that cannot be read at all (an xattr block failing its checksum, a tree whose
-/// nodes cannot be walked) loses what it held.
-pub(crate) fn salvage(tx: &mut Trans<'_>, ino: u64, i: &Inode) -> Salvage {
-    let mut s = Salvage::default();
+/// nodes cannot be walked) loses what it held. At most `budget_bytes` of names and values are
+/// kept: the caller holds them in memory.
+pub(crate) fn salvage(tx: &mut Trans<'_>, ino: u64, i: &Inode, budget_bytes: usize) -> Salvage {
+    let mut s = Salvage {
+        budget_bytes,
+        ..Default::default()
+    };
     match i.xattr_form {
         XattrForm::Block => block::salvage(tx, ino, i, &mut s),
         XattrForm::Tree => tree::salvage(tx, ino, i, &mut s),
