@@ -28,6 +28,11 @@ pub struct EngineOptions {
     /// Replaces the memory of table entries (`-o debug_resv=KIND:BYTES`), the same knob for a
     /// mounted daemon.
     pub mem_override: Vec<(TransKind, u64)>,
+    /// A read-only mount (`-o ro`): an image unmounted cleanly is not written at all, as XFS
+    /// and ext4 leave a clean one, until something is to change (a remount to read-write, a
+    /// transaction that may write: `Engine::mark_dirty`). A dirty one is recovered and marked
+    /// as any mount does.
+    pub read_only: bool,
 }
 
 impl Default for EngineOptions {
@@ -39,6 +44,7 @@ impl Default for EngineOptions {
             log: LogConfig::default(),
             resv_override: Vec::new(),
             mem_override: Vec::new(),
+            read_only: false,
         }
     }
 }
@@ -94,6 +100,12 @@ pub struct Engine {
     memres: MemRes,
     recovered: Recovered,
     unmounted: AtomicBool,
+    /// The superblocks say dirty (mounted): written at mount, or for a read-only mount of a
+    /// clean image at its first change (`mark_dirty`); an engine that never marked them writes
+    /// nothing at unmount either.
+    marked: AtomicBool,
+    /// Serializes `mark_dirty`'s write.
+    mark_lock: std::sync::Mutex<()>,
     /// Transactions begun and not yet ended (`trans::Live`).
     pub(crate) live_trans: std::sync::atomic::AtomicUsize,
     /// Memory live transactions have pinned so far (used of their reservations).
@@ -201,8 +213,15 @@ impl Engine {
         let flushes = Arc::new(crate::device::FlushTracked::new(dev));
         let dev: Arc<dyn Device> = flushes.clone();
         let recovered = recover(&*dev, &sb, crate::log::Damage::Refuse)?;
-        sb.state = crate::format::superblock::SB_STATE_DIRTY;
-        write_superblocks(&*dev, &sb)?;
+        // Recovery of a clean log replays (writes) nothing: a read-only mount then leaves the
+        // image as it is until something is to change.
+        let defer = opts.read_only
+            && recovered.clean
+            && sb.state == crate::format::superblock::SB_STATE_CLEAN;
+        if !defer {
+            sb.state = crate::format::superblock::SB_STATE_DIRTY;
+            write_superblocks(&*dev, &sb)?;
+        }
         let emergency = opts.mem_budget_bytes / EMERGENCY_DIVISOR;
         let mem = MemAccount::new(memres_on, opts.mem_budget_bytes, emergency);
         let cache = Arc::new(Cache::new(dev.clone(), sb.uuid, opts.mem_budget_bytes));
@@ -229,6 +248,8 @@ impl Engine {
             memres: opts.memres,
             recovered,
             unmounted: AtomicBool::new(false),
+            marked: AtomicBool::new(!defer),
+            mark_lock: std::sync::Mutex::new(()),
             live_trans: std::sync::atomic::AtomicUsize::new(0),
             trans_pinned: AtomicU64::new(0),
             alloc_lock: Default::default(),
@@ -240,6 +261,8 @@ impl Engine {
     /// version, so only the superblock's version changes. A read-only mount leaves it.
     pub(crate) fn upgrade_format(&self) -> Result<(), EngineError> {
         use crate::format::FORMAT_VERSION;
+        // Called before anything can be written (a read-write mount, a remount to read-write).
+        self.mark_dirty()?;
         if self.version.swap(FORMAT_VERSION, Ordering::SeqCst) == FORMAT_VERSION {
             return Ok(());
         }
@@ -247,6 +270,27 @@ impl Engine {
         sb.state = crate::format::superblock::SB_STATE_DIRTY;
         sb.version = FORMAT_VERSION;
         write_superblocks(&*self.dev, &sb)
+    }
+
+    /// Marks the superblocks dirty (mounted) if they are not yet: before the first change of a
+    /// read-only mount of a clean image (`EngineOptions::read_only`).
+    pub(crate) fn mark_dirty(&self) -> Result<(), EngineError> {
+        if self.marked.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _one = self
+            .mark_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.marked.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut sb = self.sb.clone();
+        sb.state = crate::format::superblock::SB_STATE_DIRTY;
+        sb.version = self.version.load(Ordering::SeqCst);
+        write_superblocks(&*self.dev, &sb)?;
+        self.marked.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Writes everything home, leaves an unmount record and marks the superblock clean.
@@ -274,6 +318,13 @@ impl Engine {
                 return Err(self.shutdown_error());
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        if !self.marked.load(Ordering::Acquire) {
+            // Nothing was changed (every transaction that may write marks first): the log and
+            // the superblocks are as the mount found them, clean.
+            self.log.stop_threads();
+            self.log.close();
+            return Ok(());
         }
         let r = self.log.unmount();
         if let Err(e) = r {

@@ -162,6 +162,7 @@ pub fn serve(
     let dev = dev.with_data_page_cache(o.host_cache, budget.host_dirty_max());
     let mut engine_opts = o.engine.clone();
     engine_opts.mem_budget_bytes = budget.budget_bytes;
+    engine_opts.read_only = o.read_only;
     let eng = Engine::mount(Arc::new(dev), engine_opts)
         .map_err(|e| format!("{}: {e}", o.image.display()))?;
     let mut fs = Fs::new(eng, o.read_only).map_err(|e| format!("{}: {e}", o.image.display()))?;

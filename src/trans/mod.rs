@@ -186,6 +186,8 @@ impl Engine {
             let mem = MemTicket::default();
             return Ok(Trans::started(self, kind, resv, ticket, mem, live));
         }
+        // A transaction that may write: the superblocks say mounted before it can.
+        self.mark_dirty()?;
         let out = log
             .space
             .acquire(need, false, &|| log.make_room())
