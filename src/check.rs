@@ -22,7 +22,7 @@ use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::format::ag::AG_RESERVED_BLOCKS;
 use crate::format::inode::{dtype, S_IFDIR, S_IFMT};
-use crate::format::inode::{ino_of, inodes_per_block, Inode};
+use crate::format::inode::{ino_of, inodes_per_block, version_problem};
 use crate::format::BlockType;
 use crate::inode;
 use crate::progress::Progress;
@@ -297,6 +297,8 @@ fn phase_inodes(
         .sum();
     let mut found_inodes: Vec<(u64, Seen)> = Vec::with_capacity(in_use as usize);
     let total = chunks.len() as u64;
+    // The first inode the superblock's version cannot stand over, and how many there are.
+    let (mut version_found, mut version_inodes) = (None, 0u64);
     for (n, &(chunk, free_mask)) in chunks.iter().enumerate() {
         if n % 256 == 0 {
             progress("inodes", n as u64, total);
@@ -308,8 +310,8 @@ fn phase_inodes(
         for slot in 0..ipb {
             let ino = ino_of(chunk, slot);
             let free = free_mask >> slot & 1 == 1;
-            match inode::read(tx, ino) {
-                Ok((_, i)) if free => c.problem(
+            match crate::verify::read(tx, &g, ino) {
+                Ok((i, _)) if free => c.problem(
                     "inodes",
                     Some(chunk),
                     Some(ino),
@@ -318,8 +320,13 @@ fn phase_inodes(
                         i.mode
                     ),
                 ),
-                Ok((_, i)) => {
-                    check_inode(c, tx, ino, &i);
+                Ok((i, v)) => {
+                    let version = c.eng.superblock().version;
+                    if let Some(why) = version_problem(version, ino, &i) {
+                        version_found.get_or_insert(why);
+                        version_inodes += 1;
+                    }
+                    check_inode(c, ino, &v);
                     found_inodes.push((
                         ino,
                         Seen {
@@ -340,6 +347,14 @@ fn phase_inodes(
             }
         }
         tx.release_all_clean();
+    }
+    if let Some(why) = version_found {
+        c.problem(
+            "superblock",
+            Some(0),
+            None,
+            format!("superblock: {why} ({version_inodes} such inodes in all)"),
+        );
     }
     let inodes = Table::new(found_inodes);
     c.report.inodes = inodes.len() as u64;
@@ -762,9 +777,8 @@ fn check_ag(c: &mut Checker<'_>, agno: u32, sp: &AgSpace) {
     }
 }
 
-/// Reports what `verify::inode` finds wrong with inode `ino` and claims what it owns.
-fn check_inode(c: &mut Checker<'_>, tx: &mut Trans<'_>, ino: u64, i: &Inode) {
-    let v = crate::verify::inode(tx, c.eng.geometry(), ino, i);
+/// Reports what the verdict `v` on inode `ino` finds wrong and claims what it owns.
+fn check_inode(c: &mut Checker<'_>, ino: u64, v: &crate::verify::Verdict) {
     for f in &v.faults {
         c.problem(
             "inodes",
@@ -796,10 +810,9 @@ fn resolve_doubles(c: &mut Checker<'_>, tx: &mut Trans<'_>, chunks: &[(u64, u64)
     for &(chunk, free_mask) in chunks {
         for slot in (0..ipb).filter(|s| free_mask >> s & 1 == 0) {
             let ino = ino_of(chunk, slot);
-            let Ok((_, i)) = inode::read(tx, ino) else {
+            let Ok((_, v)) = crate::verify::read(tx, c.eng.geometry(), ino) else {
                 continue;
             };
-            let v = crate::verify::inode(tx, c.eng.geometry(), ino, &i);
             for r in &v.owns {
                 for b in r.start..r.start + r.len {
                     if let Some(slot @ None) = first.get_mut(&b) {

@@ -483,7 +483,10 @@ fn show_inode(eng: &Engine, ino: u64) -> Result<String, String> {
     }
     // The verdict fsck's checker and repairer act on, so a damaged inode can be examined
     // before it is repaired; what needs every inode (shared blocks, links) is fsck's alone.
-    let v = verify::inode(&mut tx, eng.geometry(), ino, &i);
+    let v = match verify::read(&mut tx, eng.geometry(), ino) {
+        Ok((_, v)) => v,
+        Err(e) => return Err(format!("{out}  verdict: unreadable: {e}")),
+    };
     if v.faults.is_empty() {
         let _ = writeln!(out, "  verdict: clean");
     }
@@ -505,8 +508,10 @@ fn read_named_inode(eng: &Engine, tx: &mut Trans<'_>, ino: u64) -> Result<Inode,
             "no such inode {ino}: no inode chunk holds that number"
         ));
     }
-    match inode::read(tx, ino) {
-        Ok((_, i)) => Ok(i),
+    // As fsck reads it: attribute fields it refuses leave the rest to be shown (the verdict
+    // names them).
+    match inode::read_salvaging_xattrs(tx, ino) {
+        Ok((_, i, _)) => Ok(i),
         Err(EngineError::Stale(_)) => Err(format!("no such inode {ino}: its slot is free")),
         Err(e) => Err(e.to_string()),
     }

@@ -1,6 +1,6 @@
 //! One verdict per inode for both drivers of fsck: the checker (`fsck -n`) reports each fault
 //! the verdict lists, the repairer (`fsck -y`) does what the fault says (clear the inode, fix a
-//! field, rebuild the directory, drop the attributes). What is wrong is decided here once, from
+//! field, rebuild the directory, rebuild the attributes from the intact ones). What is wrong is decided here once, from
 //! the rules the mount applies too (`format::inode::mode_problem`, `flags_problem`,
 //! `Geometry::extent_problem`, `format::dirblock`, `format::xattrblock`, `symlink::target`), so
 //! the two cannot disagree on whether an inode is damaged, only act differently on it, as
@@ -16,7 +16,7 @@ use crate::format::inode::{
     flags_problem, mode_problem, symlink_problem, DataFormat, Inode, FILE_TYPES, MODE_BITS,
     S_IFDIR, S_IFLNK, S_IFMT, S_IFREG,
 };
-use crate::format::Geometry;
+use crate::format::{FormatError, Geometry};
 use crate::trans::Trans;
 
 /// What an owned block is to its inode.
@@ -47,7 +47,7 @@ impl Role {
 
     /// The fault of an inode one of whose blocks of this role cannot be kept: the file without
     /// its map or its target is cleared; a directory is rebuilt from its names; attributes are
-    /// dropped.
+    /// rebuilt from those still intact.
     pub(crate) fn fault(self, why: String) -> Fault {
         match self {
             Role::Data | Role::ExtentNode | Role::Symlink => Fault::Clear(why),
@@ -79,7 +79,9 @@ pub(crate) enum Fault {
     Size { why: String, fixed: u64 },
     /// The directory's blocks are unreadable or inconsistent: rebuilt from the names read.
     Directory(String),
-    /// The xattr block or attribute tree is unreadable or invalid: dropped.
+    /// The attribute fields, the xattr block or the attribute tree are invalid: the repair keeps
+    /// the attributes still intact (`xattr::salvage`), drops the rest, and stores the kept ones
+    /// anew.
     Xattrs(String),
     /// The block count differs from the blocks it owns (repair: set to what it keeps).
     Blocks { counted: u64, owns: u64 },
@@ -133,9 +135,35 @@ fn err_text(e: EngineError) -> String {
     e.to_string()
 }
 
-/// Judges in-use inode `ino` (already decoded from its slot as `i`).
-pub(crate) fn inode(tx: &mut Trans<'_>, g: &Geometry, ino: u64, i: &Inode) -> Verdict {
+/// Reads in-use inode `ino` (`inode::read_salvaging_xattrs`) and judges it: attribute fields
+/// the format refuses are a fault of its attributes alone, and the rest of it is judged as usual.
+/// The drivers' one way in; an error is an inode that cannot be read at all.
+pub(crate) fn read(
+    tx: &mut Trans<'_>,
+    g: &Geometry,
+    ino: u64,
+) -> Result<(Inode, Verdict), EngineError> {
+    let (_, i, fields) = crate::inode::read_salvaging_xattrs(tx, ino)?;
+    let v = inode(tx, g, ino, &i, fields.as_ref());
+    Ok((i, v))
+}
+
+/// Judges in-use inode `ino` (already decoded from its slot as `i`; `fields`: why its attribute
+/// fields were refused, `i` then having none).
+pub(crate) fn inode(
+    tx: &mut Trans<'_>,
+    g: &Geometry,
+    ino: u64,
+    i: &Inode,
+    fields: Option<&FormatError>,
+) -> Verdict {
     let mut v = Verdict::default();
+    if let Some(e) = fields {
+        // The attribute fork's header: the rest of the inode stands (xfs_repair resets a bad
+        // attribute fork and keeps the file); the blocks the old attributes held are nobody's.
+        v.faults
+            .push(Fault::Xattrs(format!("attribute fields: {e}")));
+    }
     let ft = i.mode & S_IFMT;
     if let Some(why) = mode_problem(i.mode) {
         if !FILE_TYPES.contains(&ft) {

@@ -933,7 +933,8 @@ fn a_stored_dot_dot_entry_is_named_by_check_and_dropped_by_repair() {
 /// checker found none of it before (a name block's `live` undercounting its names would free the
 /// block under the entries still pointing into it; an xattr count that hides an attribute; a
 /// symlink whose size disagrees with its target), and the repair acts on the same verdict: the
-/// directory rebuilt with every name, the symlink's size set back, the attributes dropped.
+/// directory rebuilt with every name, the symlink's size set back, the attributes stored anew
+/// from those that can be read.
 #[test]
 fn damage_the_shared_verifiers_see_is_found_and_repaired_alike() {
     use std::os::unix::fs::MetadataExt;
@@ -1675,8 +1676,8 @@ fn every_field_of_every_structure_fuzzed() {
 /// through `xattr::blocks` and `verify::inode`) see, each with a valid CRC: an entry block's live
 /// count one low (the block would be freed under a record in use), a record's REMOTE flag
 /// cleared (its value's length says remote), a remote block's value offset moved, a remote block
-/// claiming another owner. fsck -n finds each, fsck -y drops the attributes, and the image is
-/// clean after.
+/// claiming another owner. fsck -n finds each, fsck -y stores anew the attributes still intact,
+/// and the image is clean after.
 #[test]
 fn damage_to_the_attribute_tree_is_found_and_repaired() {
     use ticketfs::format::attrtree;
@@ -1736,8 +1737,8 @@ fn damage_to_the_attribute_tree_is_found_and_repaired() {
 }
 
 /// A POSIX ACL the kernel would refuse (here version 3), in an xattr block whose CRC is valid:
-/// the checker names the attribute and why, and the repair drops the attributes, as it does for
-/// any invalid xattr block (the mode the ACL set stays).
+/// the checker names the attribute and why, and the repair drops that attribute (the mode, whose
+/// group bits held the mask, no wider than the list gave: see a_dropped_acl_does_not_widen_the_mode).
 #[test]
 fn an_invalid_posix_acl_is_named_by_check_and_dropped_by_repair() {
     let work = tempfile::tempdir().unwrap();
@@ -1773,4 +1774,332 @@ fn an_invalid_posix_acl_is_named_by_check_and_dropped_by_repair() {
         "{out}"
     );
     assert_found_and_repaired(work.path(), "an invalid POSIX ACL", &bytes);
+}
+
+/// What a user sees of file `name` in the root of image `img` (read through the library on a
+/// copy in memory): its mode, contents and every attribute with its value.
+fn file_seen(img: &Path, name: &str) -> (u32, Vec<u8>, BTreeMap<String, Vec<u8>>) {
+    use ticketfs::device::{Device, MemDevice};
+    use ticketfs::fs::{Ctx, Fs};
+    use ticketfs::{Engine, EngineOptions};
+    let dev: Arc<dyn Device> = Arc::new(MemDevice::from_bytes(BS as u32, fs::read(img).unwrap()));
+    let fs = Fs::new(Engine::mount(dev, EngineOptions::default()).unwrap(), true).unwrap();
+    let a = fs
+        .lookup(&Ctx::ROOT, fs.root(), name.as_bytes())
+        .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+    let body = fs.read(a.ino, 0, a.size as usize).unwrap();
+    let mut attrs = BTreeMap::new();
+    for n in fs.listxattr(&Ctx::ROOT, a.ino).unwrap().split(|&c| c == 0) {
+        if !n.is_empty() {
+            let v = fs.getxattr(&Ctx::ROOT, a.ino, n).unwrap();
+            attrs.insert(String::from_utf8_lossy(n).into_owned(), v);
+        }
+    }
+    fs.crash();
+    (a.mode, body, attrs)
+}
+
+/// Sets attribute `name` = `v` of `p` through the kernel.
+fn set_attr(p: &Path, name: &str, v: &[u8]) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: NUL-terminated path and name; the value's pointer and length.
+    let rc = unsafe { libc::setxattr(c.as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
+    assert_eq!(
+        rc,
+        0,
+        "setxattr {name}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Where inode `ino`'s slot is in the image: its chunk block and the slot's first byte.
+fn inode_at(ino: u64) -> (usize, usize) {
+    use ticketfs::format::inode::{ino_split, slot_range};
+    let (chunk, slot) = ino_split(ino);
+    (chunk as usize, chunk as usize * BS + slot_range(slot).start)
+}
+
+/// The attributes `populated` gives its file "attrs" (a tree with entry blocks and one 64 KiB
+/// remote value, number 7).
+fn populated_attrs() -> BTreeMap<String, Vec<u8>> {
+    (0..400)
+        .map(|i| {
+            let v = if i == 7 {
+                vec![7u8; 65536]
+            } else {
+                vec![i as u8; i % 40]
+            };
+            (format!("user.attribute-{i:04}"), v)
+        })
+        .collect()
+}
+
+/// An invalid attribute form (inode byte 130), or a form, level and root that do not go together
+/// (the block form with a tree level), CRC made valid: the inode cannot be decoded as a whole,
+/// and it used to be cleared with its data. Now the checker names the inode's attribute fields,
+/// and the repair resets only them (no attributes): the file keeps its name, mode and contents,
+/// and the blocks of the attribute tree it loses are counted free again (fsck -n is clean after:
+/// nothing leaked).
+#[test]
+fn damaged_attribute_fields_cost_the_attributes_not_the_file() {
+    use std::os::unix::fs::MetadataExt;
+    let work = tempfile::tempdir().unwrap();
+    let img = populated(work.path());
+    let m = Mount::new(&img, "");
+    let attrs_ino = fs::metadata(m.path().join("attrs")).unwrap().ino();
+    let small = m.path().join("small");
+    fs::write(&small, b"kept contents").unwrap();
+    fs::set_permissions(&small, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    set_attr(&small, "user.one", b"1");
+    let small_ino = fs::metadata(&small).unwrap().ino();
+    m.unmount();
+    let pristine = fs::read(&img).unwrap();
+    for (what, ino, name, off, value, field) in [
+        (
+            "an attribute form of 7",
+            attrs_ino,
+            "attrs",
+            130,
+            7u8,
+            "xattr_form",
+        ),
+        (
+            "the block form with a tree level",
+            small_ino,
+            "small",
+            131,
+            1,
+            "xattr_level",
+        ),
+    ] {
+        let (before_mode, before_body, _) = file_seen(&img, name);
+        let (chunk, at) = inode_at(ino);
+        let mut bytes = pristine.clone();
+        bytes[at + off] = value;
+        reseal(&mut bytes, chunk);
+        let bad = work.path().join("bad");
+        fs::write(&bad, &bytes).unwrap();
+        let (code, out) = fsck(&bad, &["-n"]);
+        assert_eq!(code, 4, "{what}: fsck -n exit {code}:\n{out}");
+        assert!(
+            out.contains(&format!("inode {ino}: xattrs: attribute fields: "))
+                && out.contains(&format!("inode.{field}: inode {ino}: ")),
+            "{what}:\n{out}"
+        );
+        assert_found_and_repaired(work.path(), what, &bytes);
+        let (mode, body, attrs) = file_seen(&bad, name);
+        assert_eq!(
+            (mode, body),
+            (before_mode, before_body),
+            "{what}: the file after the repair"
+        );
+        assert!(attrs.is_empty(), "{what}: attributes left: {attrs:?}");
+    }
+}
+
+/// One damaged attribute among many, CRC valid: a record of the attribute tree with an unknown
+/// flag, the 64 KiB value's remote block claiming another place in the value, an entry of an
+/// xattr block with a name in no namespace. Each used to drop every attribute of the inode; the
+/// repair now drops that one and stores the others anew, values intact.
+#[test]
+fn one_damaged_attribute_costs_only_itself() {
+    use std::os::unix::fs::MetadataExt;
+    use ticketfs::format::attrtree;
+    let work = tempfile::tempdir().unwrap();
+    let img = populated(work.path());
+    let m = Mount::new(&img, "");
+    let small = m.path().join("small");
+    fs::write(&small, b"x").unwrap();
+    for (n, v) in [
+        ("user.a", "first"),
+        ("user.b", "second"),
+        ("user.c", "third"),
+    ] {
+        set_attr(&small, n, v.as_bytes());
+    }
+    let small_ino = fs::metadata(&small).unwrap().ino();
+    m.unmount();
+    let pristine = fs::read(&img).unwrap();
+    let kinds = blocks_by_type(&pristine);
+    let all = populated_attrs();
+
+    // A record of the tree (not the 64 KiB one) with an unknown flag.
+    let (eb, roff, victim) = kinds[&BlockType::AttrEntries]
+        .iter()
+        .find_map(|&b| {
+            let blk = &pristine[b * BS..(b + 1) * BS];
+            let r = attrtree::record(blk, b as u64, attrtree::RECORDS_OFF).ok()?;
+            (r.value_len != 65536).then(|| {
+                (
+                    b,
+                    attrtree::RECORDS_OFF,
+                    String::from_utf8_lossy(r.name).into_owned(),
+                )
+            })
+        })
+        .expect("an entry block");
+    let mut flag = pristine.clone();
+    flag[eb * BS + roff + 1] |= 0x80;
+    reseal(&mut flag, eb);
+    // The second remote block of the 64 KiB value says it holds the first part.
+    let xr = kinds[&BlockType::AttrRemote][1];
+    let mut moved = pristine.clone();
+    moved[xr * BS + attrtree::REMOTE_VALUE_OFF..][..4].copy_from_slice(&0u32.to_le_bytes());
+    reseal(&mut moved, xr);
+    // "user.b" of the xattr block of "small" renamed into no namespace.
+    let xa = kinds[&BlockType::Xattr]
+        .iter()
+        .copied()
+        .find(|&b| {
+            u64::from_le_bytes(pristine[b * BS + 16..b * BS + 24].try_into().unwrap()) == small_ino
+        })
+        .expect("the xattr block of small");
+    let at = xa * BS
+        + pristine[xa * BS..(xa + 1) * BS]
+            .windows(6)
+            .position(|w| w == b"user.b")
+            .expect("user.b in its block");
+    let mut renamed = pristine.clone();
+    renamed[at..at + 4].copy_from_slice(b"xser");
+    reseal(&mut renamed, xa);
+
+    for (what, bytes, file, lost) in [
+        (
+            "a tree record with an unknown flag",
+            &flag,
+            "attrs",
+            victim.as_str(),
+        ),
+        (
+            "a remote block out of place",
+            &moved,
+            "attrs",
+            "user.attribute-0007",
+        ),
+        (
+            "an xattr block entry in no namespace",
+            &renamed,
+            "small",
+            "user.b",
+        ),
+    ] {
+        let bad = work.path().join("bad");
+        fs::write(&bad, bytes).unwrap();
+        let (code, out) = fsck(&bad, &["-n"]);
+        assert!(
+            code == 4 && out.contains("xattrs: "),
+            "{what}: exit {code}\n{out}"
+        );
+        assert_found_and_repaired(work.path(), what, bytes);
+        let (_, _, attrs) = file_seen(&bad, file);
+        let mut want = if file == "attrs" {
+            all.clone()
+        } else {
+            [
+                ("user.a", "first"),
+                ("user.b", "second"),
+                ("user.c", "third"),
+            ]
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect()
+        };
+        assert!(
+            want.remove(lost).is_some(),
+            "{what}: {lost} is not one of them"
+        );
+        let names = |m: &BTreeMap<String, Vec<u8>>| m.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(names(&attrs), names(&want), "{what}: the attributes kept");
+        assert!(attrs == want, "{what}: a value kept differs");
+    }
+}
+
+/// A POSIX ACL whose mask is wider than the owning group's entry (setfacl -m u:nobody:rwx on a
+/// 0640 file: the mode's group bits hold the mask, rwx), damaged so the kernel would refuse it
+/// (version 3). The repair drops the ACL alone (the other attribute stays) and, since the mode's
+/// group bits would then give the owning group the mask's rwx where it had r, narrows them to
+/// what the owning group had: 0640. It used to drop every attribute and leave 0670.
+#[test]
+fn a_dropped_acl_does_not_widen_the_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = tempfile::tempdir().unwrap();
+    let img = fresh_image(work.path());
+    let m = Mount::new(&img, "");
+    let f = m.path().join("f");
+    fs::write(&f, b"x").unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o640)).unwrap();
+    set_attr(&f, "user.keep", b"kept");
+    let st = Command::new("setfacl")
+        .args(["-m", "u:nobody:rwx"])
+        .arg(&f)
+        .status()
+        .expect("setfacl (Debian's acl)");
+    assert!(st.success());
+    assert_eq!(
+        fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+        0o670
+    );
+    m.unmount();
+    let mut bytes = fs::read(&img).unwrap();
+    let name = b"system.posix_acl_access";
+    let xa = blocks_by_type(&bytes)[&BlockType::Xattr][0];
+    let at = bytes[xa * BS..(xa + 1) * BS]
+        .windows(name.len())
+        .position(|w| w == name)
+        .expect("the ACL in the xattr block");
+    let value = xa * BS + at + name.len();
+    bytes[value..value + 4].copy_from_slice(&3u32.to_le_bytes());
+    reseal(&mut bytes, xa);
+    let bad = work.path().join("bad");
+    fs::write(&bad, &bytes).unwrap();
+    let (code, out) = fsck(&bad, &["-n"]);
+    assert!(
+        code == 4 && out.contains("system.posix_acl_access: version 3, not 2"),
+        "{out}"
+    );
+    assert_found_and_repaired(work.path(), "an ACL with a wide mask", &bytes);
+    let (mode, _, attrs) = file_seen(&bad, "f");
+    assert_eq!(mode & 0o7777, 0o640, "the mode after the ACL was dropped");
+    assert_eq!(
+        attrs,
+        BTreeMap::from([("user.keep".to_string(), b"kept".to_vec())]),
+        "the attributes after the repair"
+    );
+}
+
+/// A version 1 superblock over an inode whose attributes are in a tree (which only version 2
+/// has; an older ticketfs would misread it): the checker names the superblock and the inode, and
+/// the repair records version 2 in both copies, keeping the attributes. The check used to pass
+/// it.
+#[test]
+fn a_version_1_superblock_over_an_attribute_tree_is_raised_to_2() {
+    use ticketfs::format::Superblock;
+    let work = tempfile::tempdir().unwrap();
+    let img = populated(work.path());
+    let mut bytes = fs::read(&img).unwrap();
+    let last = bytes.len() / BS - 1;
+    for blk in [0, last] {
+        let b = &mut bytes[blk * BS..(blk + 1) * BS];
+        b[8..12].copy_from_slice(&1u32.to_le_bytes());
+        Superblock::reseal(b);
+    }
+    let bad = work.path().join("bad");
+    fs::write(&bad, &bytes).unwrap();
+    let (code, out) = fsck(&bad, &["-n"]);
+    assert!(
+        code == 4 && out.contains("superblock: version 1, but inode "),
+        "exit {code}\n{out}"
+    );
+    assert_found_and_repaired(work.path(), "version 1 over an attribute tree", &bytes);
+    let repaired = fs::read(&bad).unwrap();
+    for blk in [0, last] {
+        let v = u32::from_le_bytes(repaired[blk * BS + 8..blk * BS + 12].try_into().unwrap());
+        assert_eq!(v, 2, "the superblock copy at {blk}");
+    }
+    let (_, _, attrs) = file_seen(&bad, "attrs");
+    assert!(
+        attrs == populated_attrs(),
+        "the attributes after the repair"
+    );
 }

@@ -539,6 +539,11 @@ fn a_read_only_mount_of_a_clean_image_writes_nothing() {
     xattr_set(&m.path().join("d/f"), "user.k", b"v");
     m.unmount();
     let clean = fs::read(&img).unwrap();
+    let mtime = || {
+        let st = fs::metadata(&img).unwrap();
+        (st.mtime(), st.mtime_nsec())
+    };
+    let t0 = mtime();
     let look = |root: &Path| {
         assert_eq!(fs::read(root.join("d/f")).unwrap(), pattern(3, 100_000));
         assert_eq!(fs::read_dir(root.join("d")).unwrap().count(), 1);
@@ -556,6 +561,7 @@ fn a_read_only_mount_of_a_clean_image_writes_nothing() {
             fs::read(&img).unwrap() == clean,
             "-o {opts}: the image changed"
         );
+        assert_eq!(mtime(), t0, "-o {opts}: the image was written");
     }
 
     // Remounted read-write: the first change marks the image in use, the unmount clean.

@@ -283,7 +283,9 @@ fn main() {
                 &format!("{}: repair: {e}", path.display()),
             ),
         };
-        let (after, damage_after) = check_overlay(&dev, &sb, &path, show);
+        // The copies as the repair left them (it may have raised the format version).
+        let (sb_after, _) = superblock(&*dev, which, &path);
+        let (after, damage_after) = check_overlay(&dev, &sb_after, &path, show);
         if let Some(d) = damage_after {
             fail(
                 EXIT_UNCORRECTED,

@@ -105,6 +105,67 @@ pub fn decode(v: &[u8]) -> Result<Acl, String> {
     Ok(Acl(entries))
 }
 
+/// The mode an inode keeps when fsck drops its access list (invalid, or its value unreadable:
+/// `value` None): permission bits that give nobody more than the list did, so that losing it
+/// never widens access.
+///
+/// With a list, the group bits of the mode are its mask, which limits the named entries and the
+/// owning group's; without it they are the owning group's, and anyone no entry names falls to the
+/// others bits. So the owning group may gain (a mask wider than the owning group's entry), and so
+/// may a named user or group given less than the group or others bits (an entry that denies).
+/// The group bits are therefore narrowed to what the owning group and every named user had (a
+/// named user may belong to the owning group), and the others bits to what every named entry
+/// had; a named entry's permissions are its own within the mask. The owner's bits are the list's
+/// owner entry already. This only clears bits, so a list that merely looks like one (its version
+/// or order wrong: what is read from it may be wrong) can narrow too much, never widen. A value
+/// that cannot be read as entries at all (`value` None, a length not 4 + 8n, a tag no list has)
+/// says nothing, and the group and others bits are cleared.
+pub fn mode_after_loss(mode: u32, value: Option<&[u8]>) -> u32 {
+    let entries = value.and_then(|v| {
+        if v.len() < HEADER_BYTES || !(v.len() - HEADER_BYTES).is_multiple_of(ENTRY_BYTES) {
+            return None;
+        }
+        let list: Vec<(u16, u32)> = v[HEADER_BYTES..]
+            .chunks_exact(ENTRY_BYTES)
+            .map(|e| {
+                (
+                    u16::from_le_bytes([e[0], e[1]]),
+                    u16::from_le_bytes([e[2], e[3]]) as u32 & 7,
+                )
+            })
+            .collect();
+        let known = [USER_OBJ, USER, GROUP_OBJ, GROUP, MASK, OTHER];
+        list.iter().all(|(t, _)| known.contains(t)).then_some(list)
+    });
+    let Some(entries) = entries else {
+        return mode & !0o077;
+    };
+    let mask = entries
+        .iter()
+        .filter(|e| e.0 == MASK)
+        .fold(7, |m, e| m & e.1);
+    let (mut group, mut other) = ((mode >> 3) & 7, mode & 7);
+    let mut owning_group = false;
+    for &(tag, perm) in &entries {
+        match tag {
+            GROUP_OBJ => {
+                owning_group = true;
+                group &= perm & mask;
+            }
+            USER => {
+                group &= perm & mask;
+                other &= perm & mask;
+            }
+            GROUP => other &= perm & mask,
+            _ => {}
+        }
+    }
+    if !owning_group {
+        group = 0;
+    }
+    mode & !0o077 | group << 3 | other
+}
+
 impl Acl {
     pub fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(HEADER_BYTES + self.0.len() * ENTRY_BYTES);
@@ -249,6 +310,53 @@ mod tests {
         ] {
             let e = decode(&bad).unwrap_err();
             assert!(e.contains(why), "{e:?} should say {why:?}");
+        }
+    }
+
+    #[test]
+    fn losing_a_list_never_widens_the_mode() {
+        // A mask wider than the owning group's entry (setfacl -m u:1000:rwx on a 640 file):
+        // the group bits held rwx for the mask; the owning group had r.
+        let wide_mask = acl(&[
+            (USER_OBJ, 6, U),
+            (USER, 7, 1000),
+            (GROUP_OBJ, 4, U),
+            (MASK, 7, U),
+            (OTHER, 0, U),
+        ]);
+        assert_eq!(mode_after_loss(0o100_670, Some(&wide_mask)), 0o100_640);
+        // A named user denied what the others have: the others bits go.
+        let deny = acl(&[
+            (USER_OBJ, 7, U),
+            (USER, 0, 1000),
+            (GROUP_OBJ, 5, U),
+            (MASK, 5, U),
+            (OTHER, 5, U),
+        ]);
+        assert_eq!(mode_after_loss(0o040_755, Some(&deny)), 0o040_700);
+        // A named group limited by the mask: the others keep what the group had within it.
+        let group = acl(&[
+            (USER_OBJ, 7, U),
+            (GROUP_OBJ, 5, U),
+            (GROUP, 7, 50),
+            (MASK, 5, U),
+            (OTHER, 5, U),
+        ]);
+        assert_eq!(mode_after_loss(0o100_755, Some(&group)), 0o100_755);
+        // Nothing readable: the group and others bits go, the rest stays.
+        assert_eq!(mode_after_loss(0o102_775, None), 0o102_700);
+        assert_eq!(
+            mode_after_loss(0o100_775, Some(&[2, 0, 0, 0, 1])),
+            0o100_700
+        );
+        let mut bad_tag = deny.clone();
+        bad_tag[4] = 0x40;
+        assert_eq!(mode_after_loss(0o100_775, Some(&bad_tag)), 0o100_700);
+        // Whatever it says, only bits are cleared.
+        for v in [&wide_mask, &deny, &group] {
+            for m in [0o777, 0o750, 0o705, 0] {
+                assert_eq!(mode_after_loss(m, Some(v)) & !m, 0);
+            }
         }
     }
 

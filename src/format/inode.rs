@@ -66,6 +66,27 @@ pub fn slot_range(slot: usize) -> std::ops::Range<usize> {
     CHUNK_SLOTS_OFFSET + slot * INODE_BYTES..CHUNK_SLOTS_OFFSET + (slot + 1) * INODE_BYTES
 }
 
+/// The first format version whose inodes may keep their attributes in the tree form: under a
+/// superblock of an earlier version such an inode is damage to the superblock (an older
+/// ticketfs would take the tree for an xattr block), which fsck's repair mends by recording this
+/// version, as a read-write mount does before it makes the first tree.
+pub(crate) const XATTR_TREE_VERSION: u32 = 2;
+const _: () = assert!(XATTR_TREE_VERSION <= super::FORMAT_VERSION);
+
+/// Why a superblock of format `version` cannot stand over inode `ino` (`i`): its attributes are
+/// in a form that version does not have. The one rule for the checker and the repairer.
+pub(crate) fn version_problem(version: u32, ino: u64, i: &Inode) -> Option<String> {
+    (i.xattr_form == XattrForm::Tree && version < XATTR_TREE_VERSION).then(|| {
+        format!(
+            "version {version}, but inode {ino} keeps its attributes in a tree, which only \
+             version {XATTR_TREE_VERSION} has"
+        )
+    })
+}
+
+/// An inode's attribute fields: root (`xattr_blk`), form, level.
+type XattrFields = (u64, XattrForm, u16);
+
 /// How an inode keeps its extended attributes (XFS's attribute fork forms, two of them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum XattrForm {
@@ -378,6 +399,22 @@ impl Inode {
 
     /// Decodes the inode in `slot` bytes of chunk `blkno` (for error messages: `ino`).
     pub fn decode(b: &[u8], blkno: u64, ino: u64) -> Result<Inode, FormatError> {
+        match Self::decode_salvaging_xattrs(b, blkno, ino)? {
+            (i, None) => Ok(i),
+            (_, Some(e)) => Err(e),
+        }
+    }
+
+    /// Decodes the inode as [`Inode::decode`] does, except that attribute fields it refuses
+    /// (form, level, root: the attribute fork's header, as XFS's `di_aformat` and `di_forkoff`)
+    /// leave the rest readable: the inode comes back with no attributes, and the error says what
+    /// was wrong with them. fsck's reading: damage there costs the attributes (nothing says where
+    /// they are), not the file, as xfs_repair resets a bad attribute fork and keeps the inode.
+    pub fn decode_salvaging_xattrs(
+        b: &[u8],
+        blkno: u64,
+        ino: u64,
+    ) -> Result<(Inode, Option<FormatError>), FormatError> {
         let d = Dec::new(b, blkno, "inode");
         let magic = d.u16(0, "magic")?;
         if magic != INODE_MAGIC {
@@ -418,25 +455,11 @@ impl Inode {
                 format!("inode {ino}: {nextents} for format {format:?} (at most {limit})"),
             ));
         }
-        let xattr_blk = d.u64(112, "xattr_blk")?;
-        let xattr_form = match d.u8(130, "xattr_form")? {
-            0 => XattrForm::Block,
-            1 => XattrForm::Tree,
-            f => return Err(d.err("xattr_form", format!("inode {ino}: attribute form {f}"))),
-        };
-        let xattr_level = d.u8(131, "xattr_level")? as u16;
-        if xattr_form == XattrForm::Block && xattr_level != 0
-            || xattr_form == XattrForm::Tree && xattr_blk == 0
-            || xattr_level >= super::node::BTREE_HEIGHT_MAX
-        {
-            return Err(d.err(
-                "xattr_level",
-                format!(
-                    "inode {ino}: attribute form {xattr_form:?}, level {xattr_level}, root \
-                     {xattr_blk}"
-                ),
-            ));
-        }
+        let (xattr_blk, xattr_form, xattr_level, xattr_bad) =
+            match Self::decode_xattr_fields(&d, ino)? {
+                Ok((blk, form, level)) => (blk, form, level, None),
+                Err(e) => (0, XattrForm::Block, 0, Some(e)),
+            };
         let mut i = Inode {
             format,
             atime: t(40, "atime")?,
@@ -451,7 +474,40 @@ impl Inode {
             ..Inode::default()
         };
         i.decode_fields(&d)?;
-        Ok(i)
+        Ok((i, xattr_bad))
+    }
+
+    /// The attribute fields, or why they are invalid (inner error); the outer error is bytes
+    /// missing altogether.
+    fn decode_xattr_fields(
+        d: &Dec<'_>,
+        ino: u64,
+    ) -> Result<Result<XattrFields, FormatError>, FormatError> {
+        let xattr_blk = d.u64(112, "xattr_blk")?;
+        let form = d.u8(130, "xattr_form")?;
+        let xattr_level = d.u8(131, "xattr_level")? as u16;
+        let xattr_form = match form {
+            0 => XattrForm::Block,
+            1 => XattrForm::Tree,
+            f => {
+                return Ok(Err(
+                    d.err("xattr_form", format!("inode {ino}: attribute form {f}"))
+                ))
+            }
+        };
+        if xattr_form == XattrForm::Block && xattr_level != 0
+            || xattr_form == XattrForm::Tree && xattr_blk == 0
+            || xattr_level >= super::node::BTREE_HEIGHT_MAX
+        {
+            return Ok(Err(d.err(
+                "xattr_level",
+                format!(
+                    "inode {ino}: attribute form {xattr_form:?}, level {xattr_level}, root \
+                     {xattr_blk}"
+                ),
+            )));
+        }
+        Ok(Ok((xattr_blk, xattr_form, xattr_level)))
     }
 
     /// Clears set-user-ID, and set-group-ID when the group may execute (otherwise it marks

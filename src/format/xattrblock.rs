@@ -49,6 +49,46 @@ pub fn name_problem(name: &[u8]) -> Option<&'static str> {
     }
 }
 
+/// The entries of block `b` that can still be read, for a repair (`decode` refused the block):
+/// walked from the first up to the end of the block rather than `used`, stopping at an entry
+/// with no name (the zeros past the last entry: a write clears the bytes past its entries) or
+/// one running past the block, since the next entry is found only through this one's lengths.
+/// An entry with an invalid name, or a name already seen, is left out with the reason; its
+/// lengths still lead to the next. `count` and `used`, which may be what is damaged, are not
+/// trusted.
+pub fn salvage(b: &[u8], blkno: u64) -> (Vec<Entry<'_>>, Vec<String>) {
+    let d = Dec::new(b, blkno, STRUCTURE);
+    let (mut out, mut dropped): (Vec<Entry<'_>>, Vec<String>) = (Vec::new(), Vec::new());
+    let mut at = ENTRIES_OFF;
+    while at + ENTRY_HDR <= b.len() {
+        let (Ok(nl), Ok(vl)) = (d.u8(at, "name length"), d.u16(at + 1, "value length")) else {
+            break;
+        };
+        let (nl, vl) = (nl as usize, vl as usize);
+        let next = at + ENTRY_HDR + nl + vl;
+        if nl == 0 {
+            break;
+        }
+        if next > b.len() {
+            dropped.push(format!(
+                "the entry at {at} (name {nl}, value {vl} bytes) runs past the block, and any after it"
+            ));
+            break;
+        }
+        let name = &b[at + ENTRY_HDR..at + ENTRY_HDR + nl];
+        let shown = String::from_utf8_lossy(name);
+        if let Some(why) = name_problem(name) {
+            dropped.push(format!("the entry at {at}: {shown:?} {why}"));
+        } else if out.iter().any(|(n, _)| *n == name) {
+            dropped.push(format!("the entry at {at}: {shown:?} a second time"));
+        } else {
+            out.push((name, &b[at + ENTRY_HDR + nl..next]));
+        }
+        at = next;
+    }
+    (out, dropped)
+}
+
 /// The (name, value) entries of block `b`, in stored order, checked: each inside the used
 /// bytes, names non-empty and distinct, the entries exactly filling `used`, the reserved bytes
 /// zero.

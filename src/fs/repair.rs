@@ -64,6 +64,43 @@ impl Fs {
         })
     }
 
+    /// Stores attribute `name` = `value` of `ino` anew: the repair's salvaged attributes put back
+    /// into emptied attribute storage. No access rule, inode flag or time applies, and an ACL does
+    /// not set the mode (the repair decided it). At most two transactions, as a setxattr: one
+    /// moving the attributes into a tree when the block no longer holds them, then the set.
+    pub(crate) fn repair_setxattr(&self, ino: u64, name: &[u8], value: &[u8]) -> R<()> {
+        use crate::xattr::{Attr, SetOutcome, Target};
+        self.writable()?;
+        for _ in 0..2 {
+            let _blocks = self.promise(TransKind::Xattr, true)?;
+            let mut tx = self.eng.begin(TransKind::Xattr)?;
+            let (r, mut i) = inode::read(&mut tx, ino)?;
+            let mut t = Target {
+                alloc: &self.alloc,
+                ino,
+                i: &mut i,
+            };
+            let done = match crate::xattr::set(&mut tx, &mut t, Attr { name, value })? {
+                SetOutcome::Done => true,
+                SetOutcome::NeedsTree => {
+                    crate::xattr::to_tree(&mut tx, &mut t)?;
+                    false
+                }
+            };
+            inode::write(&mut tx, &r, &i);
+            tx.commit()?;
+            if done {
+                return Ok(());
+            }
+        }
+        Err(super::FsError::Engine(crate::error::EngineError::Invalid(
+            format!(
+                "inode {ino}: attributes moved to a tree still do not take {:?}",
+                String::from_utf8_lossy(name)
+            ),
+        )))
+    }
+
     /// Walks the tree from the root and sets every reachable inode's link count (a directory: 2
     /// and one per subdirectory; anything else: its names) and every directory's "..". Returns
     /// what it changed, one line each.

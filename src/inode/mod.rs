@@ -53,6 +53,23 @@ pub fn read(tx: &mut Trans<'_>, ino: u64) -> Result<(InodeRef, Inode), EngineErr
     Ok((r, inode))
 }
 
+/// Reads inode `ino` as fsck does: as [`read`], except that attribute fields the format refuses
+/// leave the rest of the inode readable (`Inode::decode_salvaging_xattrs`): it comes back with
+/// no attributes, and the error says what was wrong with them.
+pub(crate) fn read_salvaging_xattrs(
+    tx: &mut Trans<'_>,
+    ino: u64,
+) -> Result<(InodeRef, Inode, Option<FormatError>), EngineError> {
+    let (id, slot) = join(tx, ino)?;
+    let r = InodeRef { ino, id, slot };
+    let bytes = &tx.data(id)[slot_range(slot)];
+    if bytes[4..8] == [0, 0, 0, 0] {
+        return Err(EngineError::Stale(ino));
+    }
+    let (inode, bad) = Inode::decode_salvaging_xattrs(bytes, tx.blkno(id), ino)?;
+    Ok((r, inode, bad))
+}
+
 /// Joins the slot of a freshly allocated inode (which must be free) without decoding it.
 pub fn join_new(tx: &mut Trans<'_>, ino: u64) -> Result<InodeRef, EngineError> {
     let (id, slot) = join(tx, ino)?;

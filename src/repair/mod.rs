@@ -6,13 +6,14 @@
 //!    emptied or dropped; metadata blocks whose LSN is ahead of the log;
 //! 2. plan (in memory, `plan`): which entries stay, which go, what goes to /lost+found, which
 //!    inodes are orphans;
-//! 3. inodes, through transactions of a mounted engine: cleared, directories emptied, xattr
-//!    blocks dropped, block counts set, a lost root made afresh, LSNs stamped anew; unmounted;
+//! 3. inodes, through transactions of a mounted engine: cleared, directories emptied, damaged
+//!    attribute storage emptied, block counts set, a lost root made afresh, LSNs stamped anew;
+//!    unmounted;
 //! 4. AGs, written straight to the device (`ags`): headers, free-space trees (everything in
 //!    the data area nothing kept uses is free), inode-chunk trees, unlinked trees (the orphans);
 //! 5. namespace, through [`Fs`] on a fresh mount (which frees the orphans): entries dropped,
-//!    retyped and put back, detached inodes attached in /lost+found, then every link count and
-//!    ".." set from the tree.
+//!    retyped and put back, detached inodes attached in /lost+found, the intact attributes of
+//!    emptied attribute storage stored anew, then every link count and ".." set from the tree.
 //!
 //! The superblocks are rewritten by the first mount (both copies, from the good one). A repair
 //! interrupted by a crash leaves an image that the next run repairs again.
@@ -99,7 +100,18 @@ pub fn repair(dev: Arc<dyn Device>, progress: Progress<'_>) -> Result<RepairRepo
         .collect();
     let plan = plan::plan(root, &scan.inodes, &rebuilt, &scan.names);
 
-    // 3.
+    // 3. The version first: the inodes found in the tree form are kept as they are, so the
+    // superblock is what is raised to stand over them (their version, which a read-write mount
+    // would have recorded before making the first tree).
+    if scan.upgrade.is_some() {
+        match e1.upgrade_format() {
+            Ok(()) => rep.fixed.push(format!(
+                "superblock: format version {} recorded",
+                crate::format::FORMAT_VERSION
+            )),
+            Err(e) => rep.failed.push(err("superblock version", e)),
+        }
+    }
     progress("inodes", 0, 1);
     fix_inodes(&e1, &scan, &plan, &mut rep);
     for &(b, t) in &scan.ahead {
@@ -155,6 +167,7 @@ pub fn repair(dev: Arc<dyn Device>, progress: Progress<'_>) -> Result<RepairRepo
         ));
     }
     mend_names(&fs, &plan, &mut rep);
+    store_xattrs(&fs, &scan, &plan, &mut rep);
     progress("links", 0, 1);
     match fs.repair_links() {
         Ok(lines) => rep.fixed.extend(lines),
@@ -208,7 +221,8 @@ fn fix_inode(
         tx.commit()?;
         return Ok(Some(format!("inode {ino} cleared")));
     }
-    let (_, mut i) = inode::read(&mut tx, ino)?;
+    // Attribute fields the format refuses are reset below (the scan found them: `drop_xattr`).
+    let (_, mut i, _) = inode::read_salvaging_xattrs(&mut tx, ino)?;
     let mut what = Vec::new();
     if f.reset_dir.is_some() {
         let up = dir::parent(&i);
@@ -218,10 +232,13 @@ fn fix_inode(
         what.push("directory emptied for rebuilding".to_string());
     }
     if f.drop_xattr.is_some() {
+        // Emptied: the blocks the old storage held are nobody's now, and the AGs' rebuild
+        // counts them free; the intact attributes are stored anew once the AGs are whole
+        // (`store_xattrs`), so nothing is allocated from the trees being replaced.
         i.xattr_blk = 0;
         i.xattr_form = crate::format::inode::XattrForm::Block;
         i.xattr_level = 0;
-        what.push("extended attributes dropped".to_string());
+        what.push("extended attribute storage emptied".to_string());
     }
     if let Some(b) = f.blocks {
         what.push(format!("block count {} -> {b}", i.blocks));
@@ -259,6 +276,34 @@ fn restamp(eng: &Engine, b: u64, t: BlockType) -> Result<(), EngineError> {
     tx.log_range(id, 0..BLOCK_HEADER_BYTES);
     tx.commit()?;
     Ok(())
+}
+
+/// Phase 5: the attributes salvaged from damaged storage, stored anew through the filesystem's
+/// own code (block or tree form as they need) on the rebuilt filesystem, one transaction each.
+/// Inodes freed as orphans have none to keep.
+fn store_xattrs(fs: &Fs, scan: &scan::Scan, plan: &plan::Plan, rep: &mut RepairReport) {
+    for (&ino, f) in &scan.fixes {
+        if f.drop_xattr.is_none() || f.clear.is_some() || plan.orphans.contains(&ino) {
+            continue;
+        }
+        let mut stored = 0;
+        for (name, value) in &f.xattrs {
+            match fs.repair_setxattr(ino, name, value) {
+                Ok(()) => stored += 1,
+                Err(e) => rep.failed.push(err(
+                    &format!(
+                        "inode {ino}: attribute {:?} stored anew",
+                        String::from_utf8_lossy(name)
+                    ),
+                    e,
+                )),
+            }
+        }
+        rep.fixed.push(format!(
+            "inode {ino}: {stored} intact extended attributes stored anew, {} dropped",
+            f.xattrs_dropped.len()
+        ));
+    }
 }
 
 /// Phase 5: the plan's entry changes, then /lost+found.

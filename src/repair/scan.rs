@@ -3,7 +3,8 @@
 //! each inode what it owns. An inode whose map cannot be read, or that claims a block outside
 //! the data area or already claimed, is cleared (xfs_repair's rule); a directory whose blocks
 //! cannot be read or are claimed twice is emptied and rebuilt from the entries that could be
-//! read; an unreadable xattr block is dropped. Nothing is written here.
+//! read; attributes at fault keep those still intact (`xattr::salvage`), stored anew by the
+//! namespace phase. Nothing is written here.
 
 use super::{Bitmap, Kept, Name};
 use crate::alloc::Allocator;
@@ -11,10 +12,9 @@ use crate::dir;
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::format::ag::AG_RESERVED_BLOCKS;
-use crate::format::inode::{ino_of, ino_split, inodes_per_block, Inode};
+use crate::format::inode::{ino_of, ino_split, inodes_per_block, version_problem, Inode};
 use crate::format::inode::{S_IFDIR, S_IFMT};
 use crate::format::{BlockHeader, BlockType};
-use crate::inode;
 use crate::progress::Progress;
 use crate::trans::{Trans, TransKind};
 use crate::verify::{self, Fault, Role, Run};
@@ -27,7 +27,13 @@ pub(crate) struct InodeFix {
     pub(crate) clear: Option<String>,
     /// The directory is emptied (its entries are re-added from `Scan::names`).
     pub(crate) reset_dir: Option<String>,
+    /// Why the attributes are at fault: their storage is emptied (form, level and root reset to
+    /// none) and `xattrs` stored anew once the filesystem is whole again.
     pub(crate) drop_xattr: Option<String>,
+    /// The attributes intact (`xattr::salvage`), stored anew by the namespace phase.
+    pub(crate) xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The attributes dropped, one line each.
+    pub(crate) xattrs_dropped: Vec<String>,
     /// The block count it should have.
     pub(crate) blocks: Option<u64>,
     /// The size it should have (a file's past the largest file size).
@@ -56,6 +62,8 @@ pub(crate) struct Scan {
     pub(crate) ahead: Vec<(u64, BlockType)>,
     /// What was found, one line each.
     pub(crate) found: Vec<String>,
+    /// Why the superblock's format version must be raised (`format::inode::version_problem`).
+    pub(crate) upgrade: Option<String>,
 }
 
 struct Scanner<'e> {
@@ -64,7 +72,15 @@ struct Scanner<'e> {
     s: Scan,
     /// Metadata blocks kept, for the LSN pass.
     meta: Vec<u64>,
+    /// Bytes of salvaged attributes held so far (`SALVAGE_BYTES_MAX`).
+    salvaged_bytes: usize,
 }
+
+/// Most bytes of salvaged attributes (names and values) the repair holds in memory between the
+/// scan and the namespace phase, which stores them anew: an inode may have billions of
+/// attributes, and fsck's memory must stay bounded. Past it, the attributes of further damaged
+/// inodes are dropped (and said so). 2,000 values of the largest size.
+const SALVAGE_BYTES_MAX: usize = 128 << 20;
 
 impl Scanner<'_> {
     fn fix(&mut self, ino: u64) -> &mut InodeFix {
@@ -86,8 +102,10 @@ pub(crate) fn scan(eng: &Engine, progress: Progress<'_>) -> Result<Scan, EngineE
             fixes: BTreeMap::new(),
             ahead: Vec::new(),
             found: Vec::new(),
+            upgrade: None,
         },
         meta: Vec::new(),
+        salvaged_bytes: 0,
     };
     let root = eng.superblock().root_ino;
     let mut tx = eng.begin(TransKind::Read)?;
@@ -150,8 +168,13 @@ pub(crate) fn scan(eng: &Engine, progress: Progress<'_>) -> Result<Scan, EngineE
         }
         for slot in 0..ipb {
             let ino = ino_of(chunk, slot);
-            match inode::read(&mut tx, ino) {
-                Ok((_, i)) => examine(&mut sc, &mut tx, ino, &i),
+            match verify::read(&mut tx, &g, ino) {
+                Ok((i, v)) => {
+                    if let Some(why) = version_problem(eng.superblock().version, ino, &i) {
+                        sc.s.upgrade.get_or_insert(why);
+                    }
+                    examine(&mut sc, &mut tx, ino, &i, v)
+                }
                 Err(EngineError::Stale(_)) => {}
                 Err(e) => {
                     sc.fix(ino).clear = Some(e.to_string());
@@ -197,9 +220,19 @@ pub(crate) fn scan(eng: &Engine, progress: Progress<'_>) -> Result<Scan, EngineE
             ));
         }
         if let Some(why) = &f.drop_xattr {
-            sc.s.found
-                .push(format!("inode {ino}: extended attributes {why}; dropped"));
+            sc.s.found.push(format!(
+                "inode {ino}: extended attributes: {why}; {} intact kept and stored anew{}",
+                f.xattrs.len(),
+                if f.xattrs_dropped.is_empty() {
+                    String::new()
+                } else {
+                    format!(", dropped: {}", f.xattrs_dropped.join("; "))
+                }
+            ));
         }
+    }
+    if let Some(why) = &sc.s.upgrade {
+        sc.s.found.push(format!("superblock: {why}"));
     }
     lsn_pass(&mut sc, progress);
     Ok(sc.s)
@@ -208,9 +241,8 @@ pub(crate) fn scan(eng: &Engine, progress: Progress<'_>) -> Result<Scan, EngineE
 /// Acts on what `verify::inode` finds wrong with one inode: keeps it (claiming what it owns,
 /// with the fixes its faults name), or records why it is cleared. Blocks another inode claimed
 /// first are the one thing the verdict cannot see: such a block clears a file, makes a
-/// directory be rebuilt, drops the attributes.
-fn examine(sc: &mut Scanner<'_>, tx: &mut Trans<'_>, ino: u64, i: &Inode) {
-    let v = verify::inode(tx, sc.eng.geometry(), ino, i);
+/// directory be rebuilt, and the attributes be stored anew from those intact.
+fn examine(sc: &mut Scanner<'_>, tx: &mut Trans<'_>, ino: u64, i: &Inode, v: verify::Verdict) {
     if let Some(why) = v.clear() {
         sc.fix(ino).clear = Some(why.to_string());
         return;
@@ -222,7 +254,7 @@ fn examine(sc: &mut Scanner<'_>, tx: &mut Trans<'_>, ino: u64, i: &Inode) {
             Fault::Flags { fixed, .. } => fix.flags = Some(*fixed),
             Fault::Size { fixed, .. } => fix.size = Some(*fixed),
             Fault::Directory(why) => fix.reset_dir = Some(why.clone()),
-            Fault::Xattrs(why) => fix.drop_xattr = Some(format!("unreadable ({why})")),
+            Fault::Xattrs(why) => fix.drop_xattr = Some(why.clone()),
             Fault::Blocks { .. } => {}
             Fault::Clear(_) => unreachable!("handled above"),
         }
@@ -260,9 +292,13 @@ fn examine(sc: &mut Scanner<'_>, tx: &mut Trans<'_>, ino: u64, i: &Inode) {
         }
         keep.push(*r);
     }
-    // A directory given up after some of its blocks were kept gives them all up.
+    // A directory or attributes given up after some of their blocks were kept give them all
+    // up.
     if fix.reset_dir.is_some() {
         keep.retain(|r| r.role != Role::Directory);
+    }
+    if fix.drop_xattr.is_some() {
+        keep.retain(|r| r.role != Role::Xattr);
     }
     for r in &keep {
         for b in r.start..r.start + r.len {
@@ -272,6 +308,9 @@ fn examine(sc: &mut Scanner<'_>, tx: &mut Trans<'_>, ino: u64, i: &Inode) {
                 sc.meta.push(b);
             }
         }
+    }
+    if fix.drop_xattr.is_some() {
+        salvage_xattrs(sc, tx, ino, i, &mut fix);
     }
     let blocks: u64 = keep.iter().map(|r| r.len).sum();
     let (chunk, slot) = ino_split(ino);
@@ -288,6 +327,56 @@ fn examine(sc: &mut Scanner<'_>, tx: &mut Trans<'_>, ino: u64, i: &Inode) {
     }
     if fix != InodeFix::default() {
         *sc.fix(ino) = fix;
+    }
+}
+
+/// The attributes of inode `ino` (at fault: `fix.drop_xattr`) that can be kept: those
+/// `xattr::salvage` reads intact (within what is left of `SALVAGE_BYTES_MAX`) whose blocks
+/// nothing else (another inode, this inode's kept blocks) uses. An access ACL dropped leaves the
+/// mode narrowed (`acl::mode_after_loss`): its group bits held the ACL's mask.
+fn salvage_xattrs(
+    sc: &mut Scanner<'_>,
+    tx: &mut Trans<'_>,
+    ino: u64,
+    i: &Inode,
+    fix: &mut InodeFix,
+) {
+    let s = crate::xattr::salvage(tx, ino, i, SALVAGE_BYTES_MAX - sc.salvaged_bytes);
+    fix.xattrs_dropped = s.dropped;
+    let mut acl_lost = s.acl_lost;
+    for crate::xattr::Salvaged { name, value, from } in s.kept {
+        // Counted whether kept or not: the budget is what `salvage` held.
+        sc.salvaged_bytes += name.len() + value.len();
+        let shared = from
+            .iter()
+            .find_map(|&(b, n)| (b..b + n).find(|&x| sc.s.used.get(x)));
+        match shared {
+            Some(b) => {
+                fix.xattrs_dropped.push(format!(
+                    "{:?}: its block {b} is used by something else",
+                    String::from_utf8_lossy(&name)
+                ));
+                if name == crate::format::acl::ACCESS {
+                    acl_lost = Some(Some(value));
+                }
+            }
+            None => fix.xattrs.push((name, value)),
+        }
+    }
+    // An access ACL kept intact is what the mode's group bits follow: nothing to narrow.
+    let acl_kept = fix
+        .xattrs
+        .iter()
+        .any(|(n, _)| n == crate::format::acl::ACCESS);
+    if let (Some(value), false) = (acl_lost, acl_kept) {
+        let before = fix.mode.unwrap_or(i.mode);
+        fix.mode = Some(crate::format::acl::mode_after_loss(
+            before,
+            value.as_deref(),
+        ));
+    }
+    if fix.mode == Some(i.mode) {
+        fix.mode = None;
     }
 }
 

@@ -110,3 +110,28 @@ pub(crate) fn store(
     tx.log_range(id, xattrblock::COUNT_OFF..end.max(HDR + 1));
     Ok(())
 }
+
+/// The entries of the inode's block that can be read (`xattrblock::salvage`), into `s`.
+pub(crate) fn salvage(tx: &mut Trans<'_>, ino: u64, inode: &Inode, s: &mut super::Salvage) {
+    let blk = inode.xattr_blk;
+    if blk == 0 {
+        return;
+    }
+    let id = match tx.read_buf(blk, BlockType::Xattr) {
+        Ok(id) => id,
+        Err(e) => return s.drop_one(format!("every attribute: {e}")),
+    };
+    let b = tx.data(id);
+    if let Err(e) = super::tree::check_owner(b, blk, ino, xattrblock::STRUCTURE) {
+        return s.drop_one(format!("every attribute: {e}"));
+    }
+    let (entries, dropped) = xattrblock::salvage(b, blk);
+    let entries: Vec<(Vec<u8>, Vec<u8>)> = entries
+        .into_iter()
+        .map(|(n, v)| (n.to_vec(), v.to_vec()))
+        .collect();
+    s.dropped.extend(dropped);
+    for (n, v) in entries {
+        s.offer(n, v, vec![(blk, 1)]);
+    }
+}

@@ -160,6 +160,90 @@ pub(crate) fn free_step(tx: &mut Trans<'_>, o: &mut Target<'_>) -> Result<bool, 
     Ok(o.i.xattr_blk != 0)
 }
 
+/// One attribute a repair keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Salvaged {
+    pub(crate) name: Vec<u8>,
+    pub(crate) value: Vec<u8>,
+    /// The blocks it was read from (its xattr block, or its entry block and remote extent), as
+    /// runs (start, length).
+    pub(crate) from: Vec<(u64, u64)>,
+}
+
+/// What a repair can keep of an inode's damaged attributes (`salvage`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Salvage {
+    /// The attributes intact.
+    pub(crate) kept: Vec<Salvaged>,
+    /// What was dropped and why, one line each.
+    pub(crate) dropped: Vec<String>,
+    /// A `system.posix_acl_access` dropped: None if none was; Some(None) if one was (by its
+    /// name, or in the tree form by its name's hash) and its value could not be read.
+    pub(crate) acl_lost: Option<Option<Vec<u8>>>,
+    /// Bytes of names and values `kept` may still take: past them an attribute is dropped.
+    budget_bytes: usize,
+}
+
+impl Salvage {
+    fn drop_one(&mut self, what: String) {
+        self.dropped.push(what);
+    }
+
+    /// Keeps `name` = `value` read from `blocks` unless the rules of names or ACLs refuse it, or
+    /// it is there already.
+    fn offer(&mut self, name: Vec<u8>, value: Vec<u8>, blocks: Vec<(u64, u64)>) {
+        use crate::format::acl;
+        let shown = String::from_utf8_lossy(&name).into_owned();
+        if let Some(why) = crate::format::xattrblock::name_problem(&name) {
+            return self.drop_one(format!("{shown:?}: {why}"));
+        }
+        if self.kept.iter().any(|k| k.name == name) {
+            return self.drop_one(format!("{shown:?}: a second time"));
+        }
+        let bytes = name.len() + value.len();
+        if bytes > self.budget_bytes {
+            if name == acl::ACCESS {
+                self.acl_lost = Some(Some(value));
+            }
+            return self.drop_one(format!(
+                "{shown:?}: more than the repair may hold of salvaged attributes"
+            ));
+        }
+        self.budget_bytes -= bytes;
+        if name == acl::ACCESS || name == acl::DEFAULT {
+            if let Err(why) = acl::decode(&value) {
+                if name == acl::ACCESS {
+                    self.acl_lost = Some(Some(value));
+                }
+                return self.drop_one(format!("{shown}: {why}"));
+            }
+        }
+        self.kept.push(Salvaged {
+            name,
+            value,
+            from: blocks,
+        });
+    }
+}
+
+/// The attributes of an inode whose attributes are at fault (`verify::Fault::Xattrs`) that can
+/// be kept, and what cannot: each attribute is judged on its own (its entry, its record and
+/// remote blocks, its name, an ACL's value), as xfs_repair salvages the entries of a damaged
+/// leaf. Storage that cannot be read at all (an xattr block failing its checksum, a tree whose
+/// nodes cannot be walked) loses what it held. At most `budget_bytes` of names and values are
+/// kept: the caller holds them in memory.
+pub(crate) fn salvage(tx: &mut Trans<'_>, ino: u64, i: &Inode, budget_bytes: usize) -> Salvage {
+    let mut s = Salvage {
+        budget_bytes,
+        ..Default::default()
+    };
+    match i.xattr_form {
+        XattrForm::Block => block::salvage(tx, ino, i, &mut s),
+        XattrForm::Tree => tree::salvage(tx, ino, i, &mut s),
+    }
+    s
+}
+
 /// Every block the inode's attributes own, as runs (start, length), each checked by the
 /// format's verifiers: the one verdict the checker and the repairer take.
 pub(crate) fn blocks(

@@ -63,7 +63,12 @@ pub(crate) struct Owned {
 }
 
 /// Checks that block `b` (read as joined buffer data) belongs to `ino`.
-fn check_owner(b: &[u8], blkno: u64, ino: u64, what: &'static str) -> Result<(), EngineError> {
+pub(super) fn check_owner(
+    b: &[u8],
+    blkno: u64,
+    ino: u64,
+    what: &'static str,
+) -> Result<(), EngineError> {
     let owner = Dec::new(b, blkno, what).u64(OWNER_OFF, "owner")?;
     if owner != ino {
         return Err(corrupt(
@@ -92,7 +97,11 @@ fn read_record(tx: &mut Trans<'_>, ino: u64, r: &AttrRec) -> Result<Owned, Engin
     let b = tx.data(id);
     check_owner(b, r.block, ino, at::STRUCTURE)?;
     let rec = at::record(b, r.block, r.off).map_err(in_inode(ino))?;
-    Ok(Owned {
+    Ok(owned(&rec))
+}
+
+fn owned(rec: &at::Record<'_>) -> Owned {
+    Owned {
         name: rec.name.to_vec(),
         value_len: rec.value_len,
         local: match rec.value {
@@ -103,7 +112,7 @@ fn read_record(tx: &mut Trans<'_>, ino: u64, r: &AttrRec) -> Result<Owned, Engin
             Stored::Local(_) => 0,
             Stored::Remote(b) => b,
         },
-    })
+    }
 }
 
 /// The value of record `o`, read from its remote blocks when it is not local.
@@ -481,4 +490,73 @@ pub(crate) fn blocks(
         }
     }
     Ok(out)
+}
+
+/// Every attribute of the tree that can be read, into `s`: the tree walked as it is (nodes that
+/// cannot be read lose all it holds), then each record on its own: its entry block (type,
+/// checksum, owner), the record at its offset (bounded by `free_off`, else by the block when
+/// that header field is what is damaged), its remote blocks. A name filed under another hash is
+/// kept: it is stored anew under its own. `live` and dead records do not matter here.
+pub(crate) fn salvage(tx: &mut Trans<'_>, ino: u64, i: &Inode, s: &mut super::Salvage) {
+    let acl_hash = name_hash(crate::format::acl::ACCESS);
+    let recs = match tree(ino, i).collect(tx) {
+        Ok(r) => r,
+        Err(e) => return s.drop_one(format!("every attribute: the tree: {e}")),
+    };
+    for (k, v) in recs {
+        let lost = |s: &mut super::Salvage, why: String| {
+            if k[0] == acl_hash && s.acl_lost.is_none() {
+                s.acl_lost = Some(None);
+            }
+            s.drop_one(format!("the attribute under key {k:?}: {why}"));
+        };
+        let r = match AttrRec::decode(k, v) {
+            Ok(r) => r,
+            Err(why) => {
+                lost(s, why.to_string());
+                continue;
+            }
+        };
+        let mark = tx.mark();
+        let read = salvage_record(tx, ino, &r);
+        tx.release_clean(mark, r.block..r.block + 1);
+        let o = match read {
+            Ok(o) => o,
+            Err(e) => {
+                lost(s, e.to_string());
+                continue;
+            }
+        };
+        match read_value(tx, ino, &o) {
+            Ok(value) => {
+                let mut from = vec![(r.block, 1)];
+                if o.local.is_none() {
+                    let bs = tx.block_size() as usize;
+                    from.push((o.remote, at::remote_blocks(bs, o.name.len(), o.value_len)));
+                }
+                s.offer(o.name, value, from);
+            }
+            Err(e) => {
+                if o.name == crate::format::acl::ACCESS {
+                    s.acl_lost = Some(None);
+                }
+                s.drop_one(format!("{:?}: {e}", String::from_utf8_lossy(&o.name)));
+            }
+        }
+    }
+}
+
+/// The record `r` points at, as [`read_record`] reads it, but bounded by its block alone when
+/// the block's `free_off` is what cannot be trusted.
+fn salvage_record(tx: &mut Trans<'_>, ino: u64, r: &AttrRec) -> Result<Owned, EngineError> {
+    match read_record(tx, ino, r) {
+        Ok(o) => Ok(o),
+        Err(first) => {
+            let id = tx.read_buf(r.block, BlockType::AttrEntries)?;
+            let b = tx.data(id);
+            check_owner(b, r.block, ino, at::STRUCTURE)?;
+            let rec = at::salvage_record(b, r.block, r.off).map_err(|_| first)?;
+            Ok(owned(&rec))
+        }
+    }
 }
