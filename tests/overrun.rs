@@ -164,3 +164,57 @@ fn the_largest_attribute_replacing_the_largest_does_not_overrun() {
     assert_eq!(fs.engine().stats().overruns, 0);
     fs.unmount().unwrap();
 }
+
+/// A set is reserved for its own measure, never more than the xattr entry: with that entry
+/// undersized, a small setxattr overruns and is reported like any other: kind xattr, at the site
+/// that logged the buffer past the reservation.
+#[test]
+fn a_measured_attribute_set_still_reports_its_overrun() {
+    use ticketfs::fs::{Ctx, Fs, S_IFREG};
+    use ticketfs::mkfs::{make_filesystem, MkfsOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("image");
+    make_filesystem(
+        &p,
+        &MkfsOptions {
+            size: Some(64 << 20),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let dev = Arc::new(ticketfs::device::FileDevice::open(&p, 4096, false).unwrap());
+    let one = ticketfs::trans::ResvTable::new(&geometry(4096, 16384, 0)).sized(1, 1);
+    let opts = EngineOptions {
+        overrun: OverrunPolicy::Warn,
+        resv_override: vec![(TransKind::Xattr, one)],
+        ..Default::default()
+    };
+    let fs = Fs::new(Engine::mount(dev, opts).unwrap(), false).unwrap();
+    let c = Ctx::ROOT;
+    let a = fs
+        .make(&c, fs.root(), b"f", S_IFREG | 0o644, 0, None)
+        .unwrap();
+    fs.setxattr(&c, a.ino, b"user.label", &pattern(1, 20), false, false)
+        .unwrap();
+    assert_eq!(
+        fs.getxattr(&c, a.ino, b"user.label").unwrap(),
+        pattern(1, 20)
+    );
+    let reports = fs.engine().overrun_reports();
+    assert!(
+        !reports.is_empty(),
+        "an undersized xattr set must be reported"
+    );
+    for r in &reports {
+        assert_eq!(r.kind, "xattr");
+        assert!(r.used_bytes > r.reserved_bytes);
+        // Where the buffer that overran was logged, not the reservation's own code.
+        let site = r.site.file();
+        assert!(
+            site.starts_with("src/") && !site.contains("trans/") && !site.ends_with("resv.rs"),
+            "site {}",
+            r.site
+        );
+    }
+    fs.unmount().unwrap();
+}

@@ -104,11 +104,21 @@ fn names(list: &[u8]) -> Vec<String> {
     v
 }
 
-fn free_blocks(p: &Path) -> u64 {
+fn statvfs(p: &Path) -> libc::statvfs {
     // SAFETY: statvfs fills the zeroed struct for a NUL-terminated path.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     assert_eq!(unsafe { libc::statvfs(cpath(p).as_ptr(), &mut st) }, 0);
-    st.f_bfree
+    st
+}
+
+fn free_blocks(p: &Path) -> u64 {
+    statvfs(p).f_bfree
+}
+
+/// Blocks an ordinary operation may still be promised (statfs's available: free, less the AG
+/// reserves, the promises outstanding and the pool kept for operations that free space).
+fn available_blocks(p: &Path) -> u64 {
+    statvfs(p).f_bavail
 }
 
 fn fsck_clean(img: &Path) {
@@ -383,4 +393,126 @@ fn removing_a_value_whose_blocks_are_not_its_own_frees_nothing() {
     let m = Mount::new(&img, "");
     assert_all(&m.path().join("f"), &many);
     m.unmount();
+}
+
+/// Blocks left available on the nearly full filesystem: more than a small attribute set takes
+/// (its xattr block; in a tree an entry block and the nodes of a split to the root), fewer than
+/// a 64 KiB value (its 17 remote blocks with 4 KiB blocks) and than the worst case of any
+/// attribute change that every set used to promise (98).
+const NEARLY_FULL_BLOCKS: u64 = 12;
+
+/// Allocates `file`'s blocks past `*end` until the filesystem has at most `left` blocks
+/// available, or a one-block request gets ENOSPC (it promises an extent-map change besides its
+/// block: data cannot take the last few dozen blocks).
+fn fill_until(mnt: &Path, file: &fs::File, end: &mut u64, left: u64) {
+    use std::os::fd::AsRawFd;
+    const BS: u64 = 4096;
+    // A request for more than what is left (with its map changes) is halved.
+    let mut most = u64::MAX;
+    while available_blocks(mnt) > left {
+        let want = (available_blocks(mnt) - left).min(most) * BS;
+        // SAFETY: fallocate on an open descriptor; no memory passed.
+        let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, *end as i64, want as i64) };
+        match r {
+            0 => *end += want,
+            _ if errno() == libc::ENOSPC && want > BS => most = want / BS / 2,
+            _ if errno() == libc::ENOSPC => return,
+            _ => panic!("fallocate {want} at {end}: errno {}", errno()),
+        }
+    }
+}
+
+/// Small attributes (a 20-byte label, as an ACL or a security label is) on a nearly full
+/// filesystem need a block or a few and get them, down to the last; a 64 KiB value still gets
+/// ENOSPC, before anything changes. The promise of a set is measured from its name, its value and
+/// the inode's attribute form and tree height: it used to be the worst case of any attribute
+/// change (98 blocks here), which refused every set below that.
+#[test]
+fn a_small_attribute_is_set_on_a_nearly_full_filesystem() {
+    let work = tempfile::tempdir().unwrap();
+    let img = image(work.path(), 64 << 20);
+    let m = Mount::new(&img, "");
+    let (f, g) = (m.path().join("f"), m.path().join("g"));
+    fs::write(&f, b"").unwrap();
+    fs::write(&g, b"").unwrap();
+    // g's attributes in a tree (more than one xattr block holds).
+    let tree: Vec<(String, Vec<u8>)> = (0..60)
+        .map(|k| (format!("user.t{k:03}"), pattern(k, 200)))
+        .collect();
+    for (n, v) in &tree {
+        setx(&g, n, v, 0).unwrap();
+    }
+    // Files whose first attribute takes a block each: what brings the space down past data.
+    let spare: Vec<PathBuf> = (0..64).map(|k| m.path().join(format!("s{k}"))).collect();
+    for p in &spare {
+        fs::write(p, b"").unwrap();
+    }
+    let filler = fs::File::create(m.path().join("filler")).unwrap();
+    let mut end = 0;
+    fill_until(m.path(), &filler, &mut end, NEARLY_FULL_BLOCKS);
+    let label = pattern(7, 20);
+    let mut labelled = 0;
+    while available_blocks(m.path()) > NEARLY_FULL_BLOCKS {
+        setx(&spare[labelled], "security.label", &label, 0).unwrap_or_else(|e| {
+            panic!(
+                "a label with {} blocks available: errno {e}",
+                available_blocks(m.path())
+            )
+        });
+        labelled += 1;
+    }
+    assert_eq!(available_blocks(m.path()), NEARLY_FULL_BLOCKS);
+
+    setx(&f, "user.label", &label, 0).expect("a 20-byte value on an inode without attributes");
+    setx(&f, "security.label", &label, 0).expect("a second one in its block");
+    setx(&g, "user.label", &label, 0).expect("a 20-byte value in an attribute tree");
+    setx(&g, "user.t001", &label, libc::XATTR_REPLACE).expect("a small value replacing one");
+
+    // A 64 KiB value: ENOSPC before anything changes, in either form.
+    for p in [&f, &g] {
+        let avail = available_blocks(m.path());
+        let before = listx_sized(p, SIZE_MAX).unwrap();
+        assert_eq!(
+            setx(p, "user.big", &pattern(9, SIZE_MAX), 0),
+            Err(libc::ENOSPC),
+            "64 KiB on {}",
+            p.display()
+        );
+        assert_eq!(getx(p, "user.big"), Err(libc::ENODATA));
+        assert_eq!(listx_sized(p, SIZE_MAX).unwrap(), before);
+        assert_eq!(
+            available_blocks(m.path()),
+            avail,
+            "blocks after the refused set"
+        );
+    }
+    assert_eq!(getx(&f, "user.label").unwrap(), label);
+    assert_eq!(getx(&f, "security.label").unwrap(), label);
+    assert_eq!(getx(&g, "user.label").unwrap(), label);
+    assert_eq!(getx(&g, "user.t001").unwrap(), label);
+    assert_eq!(getx(&g, "user.t002").unwrap(), tree[2].1);
+
+    // Labels go on until no block is left: each promises the one block it takes.
+    let last = loop {
+        let Some(p) = spare.get(labelled) else {
+            panic!("{labelled} labels set and space still left");
+        };
+        match setx(p, "security.label", &label, 0) {
+            Ok(()) => labelled += 1,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(last, libc::ENOSPC);
+    assert_eq!(
+        available_blocks(m.path()),
+        0,
+        "blocks left when a label is refused"
+    );
+    for p in &spare[..labelled] {
+        assert_eq!(getx(p, "security.label").unwrap(), label);
+    }
+    assert_eq!(getx(&spare[labelled], "security.label"), Err(libc::ENODATA));
+    drop(filler);
+    m.unmount();
+    fsck_clean(&img);
 }
