@@ -512,7 +512,58 @@ fn a_small_attribute_is_set_on_a_nearly_full_filesystem() {
         assert_eq!(getx(p, "security.label").unwrap(), label);
     }
     assert_eq!(getx(&spare[labelled], "security.label"), Err(libc::ENODATA));
+    // With no block available, unlinking still works (the pool is kept for it) and gives blocks
+    // back.
+    fs::remove_file(&spare[0]).expect("unlink with no block available");
+    fs::remove_file(&f).expect("a second unlink");
+    assert!(!spare[0].exists() && !f.exists());
+    assert!(available_blocks(m.path()) > 0);
     drop(filler);
     m.unmount();
+    fsck_clean(&img);
+}
+
+/// Labels take a filesystem down to the pool kept for operations that free space; an unlink
+/// that frees its inode at once (the library's, with no kernel reference left) then promises the
+/// unlink and the freeing in turn: held together they did not fit in the pool, and the unlink
+/// failed with ENOSPC after its name was gone.
+#[test]
+fn an_unlink_frees_its_inode_with_no_block_available() {
+    use std::sync::Arc;
+    use ticketfs::fs::{Ctx, Fs, S_IFREG};
+    use ticketfs::{Engine, EngineOptions};
+    let work = tempfile::tempdir().unwrap();
+    let img = image(work.path(), 16 << 20);
+    let dev = Arc::new(ticketfs::device::FileDevice::open(&img, 4096, false).unwrap());
+    let fs = Fs::new(Engine::mount(dev, EngineOptions::default()).unwrap(), false).unwrap();
+    let c = Ctx::ROOT;
+    let mut inos = Vec::new();
+    while let Ok(a) = fs.make(
+        &c,
+        fs.root(),
+        format!("f{}", inos.len()).as_bytes(),
+        S_IFREG | 0o644,
+        0,
+        None,
+    ) {
+        inos.push(a.ino);
+    }
+    let labelled = inos
+        .iter()
+        .take_while(|&&ino| fs.setxattr(&c, ino, b"user.l", b"l", false, false).is_ok())
+        .count();
+    assert!(labelled < inos.len(), "labels ran out of files");
+    assert_eq!(fs.statfs().unwrap().bavail, 0);
+    fs.remove(&c, fs.root(), b"f0", false)
+        .expect("unlink of a labelled file");
+    fs.remove(
+        &c,
+        fs.root(),
+        format!("f{}", inos.len() - 1).as_bytes(),
+        false,
+    )
+    .expect("unlink of a file without attributes");
+    assert!(fs.statfs().unwrap().bavail > 0);
+    fs.unmount().unwrap();
     fsck_clean(&img);
 }
