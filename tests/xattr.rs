@@ -4,95 +4,16 @@
 
 mod common;
 
-use common::mount::{image, Mount};
+use common::mount::{assert_fsck_clean, image, Mount};
+use common::xattr::{cpath, errno, getx, listx_sized, removex, setx};
 use common::*;
-use std::ffi::CString;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// Attributes on the one file: more than generic/020's thousand.
 const ATTRS: usize = 1100;
 /// The kernel's XATTR_SIZE_MAX.
 const SIZE_MAX: usize = 65536;
-
-fn cpath(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_encoded_bytes()).unwrap()
-}
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
-fn setx(p: &Path, name: &str, v: &[u8], flags: i32) -> Result<(), i32> {
-    let n = CString::new(name).unwrap();
-    // SAFETY: NUL-terminated path and name; the value's pointer and length describe one slice.
-    let r = unsafe {
-        libc::setxattr(
-            cpath(p).as_ptr(),
-            n.as_ptr(),
-            v.as_ptr().cast(),
-            v.len(),
-            flags,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(errno())
-    }
-}
-
-fn getx(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
-    let n = CString::new(name).unwrap();
-    let mut buf = vec![0u8; SIZE_MAX];
-    // SAFETY: a buffer of buf.len() bytes.
-    let got = unsafe {
-        libc::getxattr(
-            cpath(p).as_ptr(),
-            n.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if got < 0 {
-        return Err(errno());
-    }
-    buf.truncate(got as usize);
-    Ok(buf)
-}
-
-fn removex(p: &Path, name: &str) -> Result<(), i32> {
-    let n = CString::new(name).unwrap();
-    // SAFETY: NUL-terminated path and name.
-    if unsafe { libc::removexattr(cpath(p).as_ptr(), n.as_ptr()) } == 0 {
-        Ok(())
-    } else {
-        Err(errno())
-    }
-}
-
-/// listxattr into a buffer of `size` bytes (0: the size probe).
-fn listx_sized(p: &Path, size: usize) -> Result<(usize, Vec<u8>), i32> {
-    let mut buf = vec![0u8; size.max(1)];
-    // SAFETY: a buffer of at least `size` bytes; size 0 passes a null pointer.
-    let n = unsafe {
-        libc::listxattr(
-            cpath(p).as_ptr(),
-            if size == 0 {
-                std::ptr::null_mut()
-            } else {
-                buf.as_mut_ptr().cast()
-            },
-            size,
-        )
-    };
-    if n < 0 {
-        return Err(errno());
-    }
-    buf.truncate(n as usize);
-    Ok((n as usize, buf))
-}
 
 fn names(list: &[u8]) -> Vec<String> {
     let mut v: Vec<String> = list
@@ -119,23 +40,6 @@ fn free_blocks(p: &Path) -> u64 {
 /// reserves, the promises outstanding and the pool kept for operations that free space).
 fn available_blocks(p: &Path) -> u64 {
     statvfs(p).f_bavail
-}
-
-fn fsck_clean(img: &Path) {
-    let bin = Path::new(env!("CARGO_BIN_EXE_ticketfs")).with_file_name("fsck-ticketfs");
-    assert!(
-        bin.exists(),
-        "{} missing: cargo build --workspace first",
-        bin.display()
-    );
-    let out = Command::new(bin).arg("-n").arg(img).output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "fsck -n:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The attributes the test sets: names of several lengths (one of 255 bytes), values from empty
@@ -213,7 +117,7 @@ fn a_thousand_attributes_and_64k_values_are_kept_and_freed() {
     assert_all(&f, &attrs);
     assert!(free_blocks(m.path()) < before);
     m.unmount();
-    fsck_clean(&img);
+    assert_fsck_clean(&img, "the attribute changes");
 
     let m = Mount::new(&img, "");
     let f = m.path().join("f");
@@ -252,7 +156,7 @@ fn a_thousand_attributes_and_64k_values_are_kept_and_freed() {
     }
     assert_eq!(free_blocks(m.path()), with_g, "free blocks after unlinking");
     m.unmount();
-    fsck_clean(&img);
+    assert_fsck_clean(&img, "the attribute changes");
 }
 
 /// An image of the version before the attribute tree (version 1: its superblock says so, its
@@ -277,7 +181,7 @@ fn a_version_1_image_is_upgraded_by_a_read_write_mount() {
         Superblock::reseal(b);
     }
     fs::write(&img, &bytes).unwrap();
-    fsck_clean(&img);
+    assert_fsck_clean(&img, "the attribute changes");
     let version = |img: &Path| {
         let b = fs::read(img).unwrap();
         let last = b.len() / bs - 1;
@@ -298,7 +202,7 @@ fn a_version_1_image_is_upgraded_by_a_read_write_mount() {
     setx(&f, "user.large", &pattern(5, SIZE_MAX), 0).unwrap();
     m.unmount();
     assert_eq!(version(&img), [2, 2], "after a read-write mount");
-    fsck_clean(&img);
+    assert_fsck_clean(&img, "the attribute changes");
     let m = Mount::new(&img, "");
     let f = m.path().join("f");
     assert_eq!(getx(&f, "user.large").unwrap(), pattern(5, SIZE_MAX));
@@ -520,7 +424,7 @@ fn a_small_attribute_is_set_on_a_nearly_full_filesystem() {
     assert!(available_blocks(m.path()) > 0);
     drop(filler);
     m.unmount();
-    fsck_clean(&img);
+    assert_fsck_clean(&img, "the attribute changes");
 }
 
 /// Labels take a filesystem down to the pool kept for operations that free space; an unlink
@@ -565,5 +469,5 @@ fn an_unlink_frees_its_inode_with_no_block_available() {
     .expect("unlink of a file without attributes");
     assert!(fs.statfs().unwrap().bavail > 0);
     fs.unmount().unwrap();
-    fsck_clean(&img);
+    assert_fsck_clean(&img, "the attribute changes");
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod mount;
+pub mod xattr;
 
 use std::sync::Arc;
 use ticketfs::device::{Device, MemDevice};
