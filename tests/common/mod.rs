@@ -1,6 +1,7 @@
 //! Helpers shared by the engine's integration tests.
 #![allow(dead_code)]
 
+pub mod crash;
 pub mod mount;
 pub mod xattr;
 
