@@ -87,6 +87,31 @@ impl TransKind {
     }
 }
 
+/// One attribute change as the inode stands, what [`ResvTable::xattr_change`] sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum XattrChange {
+    /// The inode is in the block form and the result fits its block: the block rewritten,
+    /// allocated or freed.
+    Block,
+    /// The inode is in the block form and the result does not fit: this step moves its
+    /// `entries` attributes (records of `record_bytes` in the tree, values of `remote_blocks`
+    /// remote blocks) into a new tree; the change is a step of its own after it.
+    /// `new_remote` is that of the set after it, as in `Tree`.
+    ToTree {
+        entries: u64,
+        record_bytes: u64,
+        remote_blocks: u64,
+        new_remote: u64,
+    },
+    /// The inode's tree has `levels` levels; the new value takes `new_remote` remote blocks and
+    /// replaces a value of `old_remote` remote blocks (None: nothing replaced).
+    Tree {
+        levels: u32,
+        new_remote: u64,
+        old_remote: Option<u64>,
+    },
+}
+
 /// One entry of the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resv {
@@ -207,51 +232,139 @@ impl ResvTable {
     }
 
     /// Setting an attribute in the tree form, at worst a value of XATTR_SIZE_MAX replacing
-    /// another in a full tree: the inode; the tree split to the root by an insert (a replace
-    /// updates one path); the entry block the record is appended to, or a new one, with its
-    /// allocation and the new tree nodes' (one extent); the new value's remote blocks, new and
-    /// logged whole, with their allocation (one extent); the replaced record's entry block, freed
-    /// when it was its last, and the freeing; the old value's remote blocks cancelled and their
-    /// extent freed.
+    /// another in a tree of the greatest height.
     fn xattr_set(&self) -> u32 {
-        let remote = at::remote_blocks_max(self.block_size as usize) as u32;
-        1 + Self::split(self.heights.xattr)
-            + 1
-            + self.alloc()
-            + remote
-            + self.alloc()
-            + 1
-            + self.alloc()
-            + remote
-            + self.alloc()
+        let remote = at::remote_blocks_max(self.block_size as usize);
+        self.xattr_tree_set(self.heights.xattr, remote, Some(remote))
     }
 
-    /// Moving an inode's attributes from its one xattr block into a new tree: the inode; the
-    /// xattr block cancelled and freed; every node of a tree of the most entries a block holds
-    /// (each at least a 5-byte name, "user.", and its 3-byte header), inserted in key order so
-    /// that leaves split half full; the entry blocks their records fill in turn (a record is at
-    /// most `local_max` bytes, so each block but the last holds all but that much); the remote
-    /// blocks of the values too large for a record (each fits one: at most two, as each takes
-    /// more than half the xattr block); and the allocations of nodes, entry blocks and remote
-    /// blocks, one extent each.
+    /// Setting an attribute in a tree of `levels` levels: the inode; the tree split to the root
+    /// by an insert, which may add a level (a replace updates one path; a removal joins along
+    /// one); the entry block the record is appended to, or a new one, with its allocation and the
+    /// new tree nodes' (one extent); the new value's `new_remote` remote blocks, new and logged
+    /// whole, with their allocation (one extent); and when it replaces a record (`old_remote`:
+    /// that value's remote blocks), its entry block, freed when it was its last, and the
+    /// freeing, and the old value's remote blocks cancelled and their extent freed.
+    fn xattr_tree_set(&self, levels: u32, new_remote: u64, old_remote: Option<u64>) -> u32 {
+        let grown = (levels + 1).clamp(1, self.heights.xattr);
+        let remote = |r: u64| match r {
+            0 => 0,
+            r => r as u32 + self.alloc(),
+        };
+        let old = match old_remote {
+            None => 0,
+            Some(r) => 1 + self.alloc() + remote(r),
+        };
+        1 + Self::split(grown) + 1 + self.alloc() + remote(new_remote) + old
+    }
+
+    /// Moving an inode's attributes from its one xattr block into a new tree, at worst a block
+    /// full of the shortest entries: as many as the block holds (each at least a 5-byte name,
+    /// "user.", and its 3-byte header), their records (each its xattr-block entry and 3 bytes
+    /// more, or less when its value goes remote), and two remote blocks (a value too large for
+    /// a record takes more than half the xattr block, and fits one).
     fn xattr_convert(&self) -> u32 {
-        let bs = self.block_size as usize;
-        let room = bs - XA_ENTRIES_OFF;
+        let room = self.block_size as usize - XA_ENTRIES_OFF;
         let entries = room / (XA_ENTRY_HDR + 5);
-        let leaf_half = (capacity(bs, 0) / 2).max(1);
-        let node_half = (capacity(bs, 1) / 2).max(2);
-        let mut nodes = entries.div_ceil(leaf_half);
-        let mut level = nodes;
+        let records = room + entries * (at::RECORD_HDR - XA_ENTRY_HDR);
+        self.xattr_convert_of(entries as u64, records as u64, 2)
+    }
+
+    /// Moving `entries` attributes whose records take `record_bytes` and whose values take
+    /// `remote_blocks` remote blocks into a new tree: the inode; the xattr block cancelled and
+    /// freed; every node of a tree of that many records, inserted in key order so that leaves
+    /// split half full; the entry blocks the records fill in turn (a record is at most
+    /// `local_max` bytes, so each block but the last holds all but that much); the remote
+    /// blocks; and the allocations of nodes, entry blocks and remote blocks, one extent each.
+    fn xattr_convert_of(&self, entries: u64, record_bytes: u64, remote_blocks: u64) -> u32 {
+        let (nodes, _) = Self::convert_tree(self.block_size as usize, entries);
+        let entry_blocks = self.convert_entry_blocks(record_bytes);
+        (1 + 1 + self.alloc()) + (nodes + entry_blocks + remote_blocks) as u32 + 3 * self.alloc()
+    }
+
+    /// The nodes and levels of a tree of `entries` records inserted in key order: leaves split
+    /// half full, and so do the nodes above them.
+    fn convert_tree(bs: usize, entries: u64) -> (u64, u32) {
+        let leaf_half = (capacity(bs, 0) / 2).max(1) as u64;
+        let node_half = (capacity(bs, 1) / 2).max(2) as u64;
+        let mut nodes = entries.div_ceil(leaf_half).max(1);
+        let (mut level, mut levels) = (nodes, 1);
         while level > 1 {
             level = level.div_ceil(node_half);
             nodes += level;
+            levels += 1;
         }
-        // A record is its xattr-block entry and 3 bytes more (or less, when its value goes
-        // remote).
-        let records = room + entries * (at::RECORD_HDR - XA_ENTRY_HDR);
-        let per_block = bs - at::RECORDS_OFF - at::local_max(bs);
-        let entry_blocks = records.div_ceil(per_block.max(1)) + 1;
-        (1 + 1 + self.alloc() + nodes as u32 + entry_blocks as u32 + 2 + 3 * self.alloc()).max(1)
+        (nodes, levels)
+    }
+
+    /// Blocks one attribute change may add to the inode's attributes, promised before it
+    /// begins (as XFS's `xfs_attr_calc_size` counts a set's blocks from its lengths): the xattr
+    /// block; or a new entry block, a new node per level of the tree and a new root (an insert
+    /// split to the root), and the new value's remote blocks; for a move into a tree, every node,
+    /// entry block and remote block of the tree it makes, and those of the set after it in that
+    /// tree, so that a set the space cannot take fails before the move, with the inode as it
+    /// was. The free-space trees' new nodes come from the AG's free list, refilled from the
+    /// blocks each AG keeps back (`AG_RESERVE_BLOCKS`), which no promise counts.
+    pub(crate) fn xattr_blocks(&self, c: XattrChange) -> u64 {
+        let tree_set = |levels: u32, new_remote: u64| 1 + (levels as u64 + 1) + new_remote;
+        match c {
+            XattrChange::Block => 1,
+            XattrChange::Tree {
+                levels, new_remote, ..
+            } => tree_set(levels, new_remote),
+            XattrChange::ToTree {
+                entries,
+                record_bytes,
+                remote_blocks,
+                new_remote,
+                ..
+            } => {
+                let (nodes, levels) = Self::convert_tree(self.block_size as usize, entries);
+                nodes
+                    + self.convert_entry_blocks(record_bytes)
+                    + remote_blocks
+                    + tree_set(levels, new_remote)
+            }
+        }
+    }
+
+    /// Entry blocks records of `record_bytes` fill in turn: a record is at most `local_max`
+    /// bytes, so each block but the last holds all but that much.
+    fn convert_entry_blocks(&self, record_bytes: u64) -> u64 {
+        let bs = self.block_size as usize;
+        let per_block = (bs - at::RECORDS_OFF - at::local_max(bs)).max(1) as u64;
+        record_bytes.div_ceil(per_block) + 1
+    }
+
+    /// Buffers one attribute change may log, from the request and the inode as it stands (as
+    /// XFS's `xfs_attr_calc_size` sizes a set from its lengths): at most the xattr entry's worst
+    /// case, which a change the inode's state does not bound falls back to.
+    pub(crate) fn xattr_change(&self, c: XattrChange) -> u32 {
+        let n = match c {
+            XattrChange::Block => self.xattr_block_store(),
+            XattrChange::ToTree {
+                entries,
+                record_bytes,
+                remote_blocks,
+                ..
+            } => self.xattr_convert_of(entries, record_bytes, remote_blocks),
+            XattrChange::Tree {
+                levels,
+                new_remote,
+                old_remote,
+            } => self.xattr_tree_set(levels, new_remote, old_remote),
+        };
+        debug_assert!(
+            n <= self.buffers_for(TransKind::Xattr).0,
+            "{c:?} needs {n} buffers, more than the xattr worst case {}",
+            self.buffers_for(TransKind::Xattr).0
+        );
+        n
+    }
+
+    /// A set in the block form: the inode, the block and its allocation.
+    fn xattr_block_store(&self) -> u32 {
+        1 + 1 + self.alloc()
     }
 
     /// Buffers per step and steps, per kind.
@@ -303,7 +416,7 @@ impl ResvTable {
             TransKind::Xattr => (
                 self.xattr_set()
                     .max(self.xattr_convert())
-                    .max(1 + 1 + self.alloc()),
+                    .max(self.xattr_block_store()),
                 1,
             ),
             // per step: the inode, its map, directory root or symlink block freed (an allocator
@@ -393,6 +506,55 @@ mod tests {
                     .unwrap();
                 assert!(x.log_unit_bytes <= others, "bs {bs} blocks {blocks}");
             }
+        }
+    }
+
+    /// A set measured from itself needs no more than the xattr entry, the worst case of the same
+    /// formulas (the bound `xattr_change` debug-asserts), and a small one needs a handful of
+    /// blocks where the entry promised a hundred.
+    #[test]
+    fn a_measured_set_is_within_the_worst_case() {
+        for bs in [512u32, 1024, 4096, 65536] {
+            let Ok(g) = Geometry::new(bs, 1 << 20, 16, 4) else {
+                continue;
+            };
+            let t = ResvTable::new(&g);
+            let worst = t.get(TransKind::Xattr).buffers;
+            let r = at::remote_blocks_max(bs as usize);
+            let mut changes = vec![XattrChange::Block];
+            for levels in 1..=t.heights.xattr + 1 {
+                for (new_remote, old_remote) in [(0, None), (0, Some(0)), (r, Some(r)), (r, None)] {
+                    changes.push(XattrChange::Tree {
+                        levels,
+                        new_remote,
+                        old_remote,
+                    });
+                }
+            }
+            let room = (bs as usize - XA_ENTRIES_OFF) as u64;
+            for entries in [0, 1, room / (XA_ENTRY_HDR as u64 + 5)] {
+                changes.push(XattrChange::ToTree {
+                    entries,
+                    record_bytes: room + 3 * entries,
+                    remote_blocks: 2,
+                    new_remote: r,
+                });
+            }
+            for c in changes {
+                assert!(t.xattr_change(c) <= worst, "bs {bs}: {c:?}");
+            }
+            assert_eq!(t.xattr_blocks(XattrChange::Block), 1);
+            let small = XattrChange::Tree {
+                levels: 2,
+                new_remote: 0,
+                old_remote: Some(0),
+            };
+            assert_eq!(
+                t.xattr_blocks(small),
+                4,
+                "an entry block and a split of two levels"
+            );
+            assert!(t.xattr_change(small) < worst, "bs {bs}");
         }
     }
 }

@@ -16,9 +16,11 @@
 //! The suite runs every one-operation workload and a fixed sample of the two-operation ones;
 //! `ACE_FULL=1` runs all of them (`scripts/ace-crash.sh`), which docs/design.md reports.
 
+mod common;
+
+use common::crash::{flush_windows, landed};
 use rand::rngs::SmallRng;
-use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -878,42 +880,16 @@ fn crash_states(base: &Arc<MemDevice>, steps: &[(Op, Persist)], seed: u64, tally
     tally.workloads += 1;
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut durable: HashMap<u64, Vec<u8>> = HashMap::new();
-    let mut window: Vec<usize> = Vec::new();
-    let mut flush_at = 0usize;
-    let mut windows = Vec::new();
-    for (i, ev) in run.events.iter().enumerate() {
-        match ev {
-            DevEvent::Flush => {
-                windows.push((flush_at, std::mem::take(&mut window)));
-                flush_at = i;
-            }
-            DevEvent::Write { .. } => window.push(i),
-        }
-    }
-    windows.push((flush_at, window));
     let reorder = reorderings();
-    for (flush_at, writes) in windows {
+    for (flush_at, writes) in flush_windows(&run.events) {
         for k in 0..=reorder {
-            let p = if k == 0 {
-                writes.len()
-            } else {
-                rng.gen_range(0..=writes.len())
-            };
-            let mut landed: Vec<usize> = writes[..p]
-                .iter()
-                .copied()
-                .filter(|_| k == 0 || rng.gen_bool(0.5))
-                .collect();
-            if k > 0 {
-                landed.shuffle(&mut rng);
-            }
+            let (landed, _, crash_after) = landed(&mut rng, flush_at, &writes, k);
             let mut patch = durable.clone();
             for &e in &landed {
                 if let DevEvent::Write { blkno, data } = &run.events[e] {
                     patch.insert(*blkno, data.clone());
                 }
             }
-            let crash_after = if p == 0 { flush_at } else { writes[p - 1] };
             tally.states += 1;
             let r = recover(base, patch).and_then(|got| check_state(&run, &got, crash_after));
             if let Err(e) = r {

@@ -8,6 +8,11 @@
 //! ID beside its contents; new inodes take their directory's inherited flags; a step on an inode
 //! with the sync flag, or in a directory with it, counts as an fsync (durable when it returns).
 
+mod common;
+
+use common::crash::{
+    apply_write, confirmed, crash_opts, flush_windows, image_bytes, landed, same_after_remount,
+};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -17,10 +22,7 @@ use std::time::Duration;
 use ticketfs::device::{DevEvent, Device, MemDevice, RecordingDevice};
 use ticketfs::format::inode::{FLAG_NOATIME, FLAG_NODUMP, FLAG_SYNC};
 use ticketfs::fs::{Ctx, FileFlags, Fs, RenameHow, S_IFDIR, S_IFREG};
-use ticketfs::log::LogConfig;
-use ticketfs::mem::OverrunPolicy;
-use ticketfs::mkfs::{make_filesystem, MkfsOptions};
-use ticketfs::{Engine, EngineOptions};
+use ticketfs::Engine;
 
 const BS: u32 = 512;
 /// Operations of the workload: enough for at least 1,000 crash states (2,824 at seed 0xf5,
@@ -57,29 +59,7 @@ const INHERITED: u32 = FLAG_SYNC | FLAG_NODUMP | FLAG_NOATIME;
 type Tree = BTreeMap<String, Node>;
 
 fn base_image() -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("image");
-    make_filesystem(
-        &p,
-        &MkfsOptions {
-            size: Some(8 << 20),
-            block_size: BS,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    std::fs::read(&p).unwrap()
-}
-
-fn opts() -> EngineOptions {
-    EngineOptions {
-        overrun: OverrunPolicy::Panic,
-        log: LogConfig {
-            cil_timer: Duration::from_millis(2),
-            ail_interval: Duration::from_millis(1),
-        },
-        ..Default::default()
-    }
+    image_bytes(8 << 20, BS)
 }
 
 /// The tree as the filesystem shows it.
@@ -128,7 +108,7 @@ struct Run {
 fn run_workload(seed: u64) -> Run {
     let base = base_image();
     let rec = Arc::new(RecordingDevice::new(BS, base.clone()));
-    let fs = Fs::new(Engine::mount(rec.clone(), opts()).unwrap(), false).unwrap();
+    let fs = Fs::new(Engine::mount(rec.clone(), crash_opts()).unwrap(), false).unwrap();
     let c = Ctx::ROOT;
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut model = Tree::new();
@@ -302,7 +282,7 @@ fn check(run: &Run, image: Vec<u8>, crash_after: usize) -> Result<(), String> {
     // fsck's checker on the recovered image, before the mount frees pending orphans: clean.
     {
         let dev: Arc<dyn Device> = Arc::new(MemDevice::from_bytes(BS, image.clone()));
-        let eng = Engine::mount(dev, opts()).map_err(|e| format!("mount for fsck: {e}"))?;
+        let eng = Engine::mount(dev, crash_opts()).map_err(|e| format!("mount for fsck: {e}"))?;
         let r =
             ticketfs::check::check(&eng, &mut |_, _, _| {}).map_err(|e| format!("fsck: {e}"))?;
         if !r.problems.is_empty() {
@@ -315,16 +295,10 @@ fn check(run: &Run, image: Vec<u8>, crash_after: usize) -> Result<(), String> {
         eng.crash();
     }
     let dev: Arc<dyn Device> = Arc::new(MemDevice::from_bytes(BS, image));
-    let eng = Engine::mount(dev.clone(), opts()).map_err(|e| format!("mount: {e}"))?;
+    let eng = Engine::mount(dev.clone(), crash_opts()).map_err(|e| format!("mount: {e}"))?;
     let fs = Fs::new(eng, false).map_err(|e| format!("fs: {e}"))?;
     let got = walk(&fs);
-    let confirmed = run
-        .syncs
-        .iter()
-        .filter(|(e, _)| *e <= crash_after + 1)
-        .map(|(_, s)| *s)
-        .max()
-        .unwrap_or(0);
+    let confirmed = confirmed(&run.syncs, crash_after);
     match run.states.iter().rposition(|s| *s == got) {
         None => {
             // Name the closest state and how the tree differs from it.
@@ -367,37 +341,7 @@ fn check(run: &Run, image: Vec<u8>, crash_after: usize) -> Result<(), String> {
         }
         Some(_) => {}
     }
-    fs.unmount().map_err(|e| format!("unmount: {e}"))?;
-    let fs = Fs::new(
-        Engine::mount(dev, opts()).map_err(|e| format!("second mount: {e}"))?,
-        false,
-    )
-    .map_err(|e| format!("second fs: {e}"))?;
-    if walk(&fs) != got {
-        return Err("tree changed across a clean unmount".into());
-    }
-    fs.unmount().map_err(|e| format!("second unmount: {e}"))
-}
-
-/// The history cut at its flushes: each flush (None for the start) with the writes after it, up
-/// to the next one, by their index in `events`.
-fn flush_windows(events: &[DevEvent]) -> Vec<(Option<usize>, Vec<usize>)> {
-    let mut windows: Vec<(Option<usize>, Vec<usize>)> = vec![(None, Vec::new())];
-    for (i, ev) in events.iter().enumerate() {
-        match ev {
-            DevEvent::Flush => windows.push((Some(i), Vec::new())),
-            DevEvent::Write { .. } => windows.last_mut().unwrap().1.push(i),
-        }
-    }
-    windows
-}
-
-/// Puts the write `events[e]` on `img`.
-fn apply_write(events: &[DevEvent], img: &mut [u8], e: usize) {
-    if let DevEvent::Write { blkno, data } = &events[e] {
-        let off = (*blkno * BS as u64) as usize;
-        img[off..off + data.len()].copy_from_slice(data);
-    }
+    same_after_remount(fs, dev, walk, &got, "tree")
 }
 
 #[test]
@@ -410,33 +354,16 @@ fn fs_crash_states() {
     let mut rng = SmallRng::seed_from_u64(seed ^ 0xc0de);
     let windows = flush_windows(&run.events);
     let mut durable = run.base.clone();
-    let apply = |img: &mut Vec<u8>, e: usize| apply_write(&run.events, img, e);
+    let apply = |img: &mut Vec<u8>, e: usize| apply_write(&run.events, img, e, BS);
     let (mut checked, mut bad) = (0, 0);
     let mut failures = Vec::new();
     for (flush_at, writes) in &windows {
         for k in 0..STATES_PER_WINDOW {
-            let p = if k == 0 {
-                writes.len()
-            } else {
-                rng.gen_range(0..=writes.len())
-            };
-            let mut landed: Vec<usize> = writes[..p]
-                .iter()
-                .copied()
-                .filter(|_| k == 0 || rng.gen_bool(0.5))
-                .collect();
-            if k > 0 {
-                landed.shuffle(&mut rng);
-            }
+            let (landed, p, crash_after) = landed(&mut rng, *flush_at, writes, k);
             let mut img = durable.clone();
             for &e in &landed {
                 apply(&mut img, e);
             }
-            let crash_after = if p == 0 {
-                flush_at.unwrap_or(0)
-            } else {
-                writes[p - 1]
-            };
             checked += 1;
             if let Err(e) = check(&run, img, crash_after) {
                 bad += 1;
@@ -474,7 +401,7 @@ fn fs_crash_states() {
 fn fdatasync_survives_every_crash_state() {
     let base = base_image();
     let rec = Arc::new(RecordingDevice::new(BS, base.clone()));
-    let fs = Fs::new(Engine::mount(rec.clone(), opts()).unwrap(), false).unwrap();
+    let fs = Fs::new(Engine::mount(rec.clone(), crash_opts()).unwrap(), false).unwrap();
     let c = Ctx::ROOT;
     let root = fs.root();
     let mut rng = SmallRng::seed_from_u64(0xda7a);
@@ -530,7 +457,7 @@ fn fdatasync_survives_every_crash_state() {
     fs.crash();
     let events = rec.events();
     let windows = flush_windows(&events);
-    let apply = |img: &mut Vec<u8>, e: usize| apply_write(&events, img, e);
+    let apply = |img: &mut Vec<u8>, e: usize| apply_write(&events, img, e, BS);
     let mut durable = base.clone();
     let (mut checked, mut failures) = (0usize, Vec::new());
     for (flush_at, writes) in &windows {
@@ -557,7 +484,7 @@ fn fdatasync_survives_every_crash_state() {
             };
             checked += 1;
             let dev: Arc<dyn Device> = Arc::new(MemDevice::from_bytes(BS, img));
-            let fs = Fs::new(Engine::mount(dev, opts()).unwrap(), false).unwrap();
+            let fs = Fs::new(Engine::mount(dev, crash_opts()).unwrap(), false).unwrap();
             for (ev, name, content) in &synced {
                 if *ev > crash_after + 1 {
                     continue;

@@ -6,6 +6,7 @@ mod common;
 
 use common::mount::{image, Mount};
 use common::pattern;
+use common::xattr::{getx, listx, removex, setx};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
@@ -173,68 +174,6 @@ fn a_file_that_is_not_an_image_is_refused_in_one_line() {
     assert_eq!(err.matches(junk.to_str().unwrap()).count(), 1, "{err}");
 }
 
-fn cpath(p: &Path) -> std::ffi::CString {
-    std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap()
-}
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
-fn setx(p: &Path, name: &str, v: &[u8], flags: i32) -> Result<(), i32> {
-    let n = std::ffi::CString::new(name).unwrap();
-    // SAFETY: valid C strings and a value buffer of v.len() bytes.
-    let r = unsafe {
-        libc::lsetxattr(
-            cpath(p).as_ptr(),
-            n.as_ptr(),
-            v.as_ptr().cast(),
-            v.len(),
-            flags,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(errno())
-    }
-}
-
-fn getx(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
-    let n = std::ffi::CString::new(name).unwrap();
-    // SAFETY: a size probe (null buffer), then a read into a buffer of that size.
-    let len = unsafe { libc::lgetxattr(cpath(p).as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
-    if len < 0 {
-        return Err(errno());
-    }
-    let mut buf = vec![0u8; len as usize];
-    let got = unsafe {
-        libc::lgetxattr(
-            cpath(p).as_ptr(),
-            n.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if got < 0 {
-        return Err(errno());
-    }
-    buf.truncate(got as usize);
-    Ok(buf)
-}
-
-fn listx(p: &Path) -> Vec<String> {
-    let mut buf = vec![0u8; 65536];
-    // SAFETY: a buffer of buf.len() bytes.
-    let n = unsafe { libc::llistxattr(cpath(p).as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    assert!(n >= 0, "listxattr: errno {}", errno());
-    buf[..n as usize]
-        .split(|&b| b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect()
-}
-
 #[test]
 fn extended_attributes() {
     let work = tempfile::tempdir().unwrap();
@@ -271,12 +210,7 @@ fn extended_attributes() {
         setx(&m.path().join("l"), "user.x", b"1", 0),
         Err(libc::EPERM)
     );
-    let n = std::ffi::CString::new("user.a").unwrap();
-    // SAFETY: valid C strings.
-    assert_eq!(
-        unsafe { libc::lremovexattr(cpath(&f).as_ptr(), n.as_ptr()) },
-        0
-    );
+    assert_eq!(removex(&f, "user.a"), Ok(()));
     assert_eq!(getx(&f, "user.a"), Err(libc::ENODATA));
     m.unmount();
     let m = Mount::new(&img, "");

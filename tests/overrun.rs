@@ -7,7 +7,9 @@ use common::*;
 use std::sync::Arc;
 use ticketfs::device::MemDevice;
 use ticketfs::format::BLOCK_HEADER_BYTES;
+use ticketfs::fs::{Ctx, Fs, S_IFREG};
 use ticketfs::mem::OverrunPolicy;
+use ticketfs::mkfs::{make_filesystem, MkfsOptions};
 use ticketfs::trans::Resv;
 use ticketfs::{Engine, EngineOptions, TransKind};
 
@@ -114,31 +116,35 @@ fn undersized_log_entry_is_reported_at_commit() {
     eng.unmount().unwrap();
 }
 
-/// The xattr entry's worst case, under overrun=panic with 512-byte blocks (a 64 KiB value is 147
+/// A 64 MiB filesystem of `block_size` blocks made by mkfs in `dir`, mounted with `opts`.
+fn fs_in(dir: &std::path::Path, block_size: u32, opts: EngineOptions) -> Fs {
+    let p = dir.join("image");
+    make_filesystem(
+        &p,
+        &MkfsOptions {
+            size: Some(64 << 20),
+            block_size,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let dev = Arc::new(ticketfs::device::FileDevice::open(&p, block_size, false).unwrap());
+    Fs::new(Engine::mount(dev, opts).unwrap(), false).unwrap()
+}
+
+/// The largest attribute changes, each reserved for its own measure (within the xattr entry's
+/// worst case), under overrun=panic with 512-byte blocks (a 64 KiB value is 147
 /// remote blocks, the attribute tree several levels deep): 64 KiB values replacing 64 KiB values
 /// in a tree of 3,000 attributes with long names, their removal, the file unlinked with its tree.
 /// Nothing overruns; the reservation's margin stays positive.
 #[test]
 fn the_largest_attribute_replacing_the_largest_does_not_overrun() {
-    use ticketfs::fs::{Ctx, Fs, S_IFREG};
-    use ticketfs::mkfs::{make_filesystem, MkfsOptions};
     let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("image");
-    make_filesystem(
-        &p,
-        &MkfsOptions {
-            size: Some(64 << 20),
-            block_size: 512,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let dev = Arc::new(ticketfs::device::FileDevice::open(&p, 512, false).unwrap());
     let opts = EngineOptions {
         overrun: OverrunPolicy::Panic,
         ..Default::default()
     };
-    let fs = Fs::new(Engine::mount(dev, opts).unwrap(), false).unwrap();
+    let fs = fs_in(dir.path(), 512, opts);
     let c = Ctx::ROOT;
     let a = fs
         .make(&c, fs.root(), b"f", S_IFREG | 0o644, 0, None)
@@ -162,5 +168,47 @@ fn the_largest_attribute_replacing_the_largest_does_not_overrun() {
     fs.remove(&c, fs.root(), b"f", false).unwrap();
     assert!(fs.engine().overrun_reports().is_empty());
     assert_eq!(fs.engine().stats().overruns, 0);
+    fs.unmount().unwrap();
+}
+
+/// A set is reserved for its own measure, never more than the xattr entry: with that entry
+/// undersized, a small setxattr overruns and is reported like any other: kind xattr, at the site
+/// that logged the buffer past the reservation.
+#[test]
+fn a_measured_attribute_set_still_reports_its_overrun() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = ticketfs::trans::ResvTable::new(&geometry(4096, 16384, 0)).sized(1, 1);
+    let opts = EngineOptions {
+        overrun: OverrunPolicy::Warn,
+        resv_override: vec![(TransKind::Xattr, one)],
+        ..Default::default()
+    };
+    let fs = fs_in(dir.path(), 4096, opts);
+    let c = Ctx::ROOT;
+    let a = fs
+        .make(&c, fs.root(), b"f", S_IFREG | 0o644, 0, None)
+        .unwrap();
+    fs.setxattr(&c, a.ino, b"user.label", &pattern(1, 20), false, false)
+        .unwrap();
+    assert_eq!(
+        fs.getxattr(&c, a.ino, b"user.label").unwrap(),
+        pattern(1, 20)
+    );
+    let reports = fs.engine().overrun_reports();
+    assert!(
+        !reports.is_empty(),
+        "an undersized xattr set must be reported"
+    );
+    for r in &reports {
+        assert_eq!(r.kind, "xattr");
+        assert!(r.used_bytes > r.reserved_bytes);
+        // Where the buffer that overran was logged, not the reservation's own code.
+        let site = r.site.file();
+        assert!(
+            site.starts_with("src/") && !site.contains("trans/") && !site.ends_with("resv.rs"),
+            "site {}",
+            r.site
+        );
+    }
     fs.unmount().unwrap();
 }

@@ -4,95 +4,16 @@
 
 mod common;
 
-use common::mount::{image, Mount};
+use common::mount::{assert_fsck_clean, image, Mount};
+use common::xattr::{cpath, errno, getx, listx_sized, removex, setx};
 use common::*;
-use std::ffi::CString;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// Attributes on the one file: more than generic/020's thousand.
 const ATTRS: usize = 1100;
 /// The kernel's XATTR_SIZE_MAX.
 const SIZE_MAX: usize = 65536;
-
-fn cpath(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_encoded_bytes()).unwrap()
-}
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
-fn setx(p: &Path, name: &str, v: &[u8], flags: i32) -> Result<(), i32> {
-    let n = CString::new(name).unwrap();
-    // SAFETY: NUL-terminated path and name; the value's pointer and length describe one slice.
-    let r = unsafe {
-        libc::setxattr(
-            cpath(p).as_ptr(),
-            n.as_ptr(),
-            v.as_ptr().cast(),
-            v.len(),
-            flags,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(errno())
-    }
-}
-
-fn getx(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
-    let n = CString::new(name).unwrap();
-    let mut buf = vec![0u8; SIZE_MAX];
-    // SAFETY: a buffer of buf.len() bytes.
-    let got = unsafe {
-        libc::getxattr(
-            cpath(p).as_ptr(),
-            n.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if got < 0 {
-        return Err(errno());
-    }
-    buf.truncate(got as usize);
-    Ok(buf)
-}
-
-fn removex(p: &Path, name: &str) -> Result<(), i32> {
-    let n = CString::new(name).unwrap();
-    // SAFETY: NUL-terminated path and name.
-    if unsafe { libc::removexattr(cpath(p).as_ptr(), n.as_ptr()) } == 0 {
-        Ok(())
-    } else {
-        Err(errno())
-    }
-}
-
-/// listxattr into a buffer of `size` bytes (0: the size probe).
-fn listx_sized(p: &Path, size: usize) -> Result<(usize, Vec<u8>), i32> {
-    let mut buf = vec![0u8; size.max(1)];
-    // SAFETY: a buffer of at least `size` bytes; size 0 passes a null pointer.
-    let n = unsafe {
-        libc::listxattr(
-            cpath(p).as_ptr(),
-            if size == 0 {
-                std::ptr::null_mut()
-            } else {
-                buf.as_mut_ptr().cast()
-            },
-            size,
-        )
-    };
-    if n < 0 {
-        return Err(errno());
-    }
-    buf.truncate(n as usize);
-    Ok((n as usize, buf))
-}
 
 fn names(list: &[u8]) -> Vec<String> {
     let mut v: Vec<String> = list
@@ -104,28 +25,21 @@ fn names(list: &[u8]) -> Vec<String> {
     v
 }
 
-fn free_blocks(p: &Path) -> u64 {
+fn statvfs(p: &Path) -> libc::statvfs {
     // SAFETY: statvfs fills the zeroed struct for a NUL-terminated path.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     assert_eq!(unsafe { libc::statvfs(cpath(p).as_ptr(), &mut st) }, 0);
-    st.f_bfree
+    st
 }
 
-fn fsck_clean(img: &Path) {
-    let bin = Path::new(env!("CARGO_BIN_EXE_ticketfs")).with_file_name("fsck-ticketfs");
-    assert!(
-        bin.exists(),
-        "{} missing: cargo build --workspace first",
-        bin.display()
-    );
-    let out = Command::new(bin).arg("-n").arg(img).output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "fsck -n:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+fn free_blocks(p: &Path) -> u64 {
+    statvfs(p).f_bfree
+}
+
+/// Blocks an ordinary operation may still be promised (statfs's available: free, less the AG
+/// reserves, the promises outstanding and the pool kept for operations that free space).
+fn available_blocks(p: &Path) -> u64 {
+    statvfs(p).f_bavail
 }
 
 /// The attributes the test sets: names of several lengths (one of 255 bytes), values from empty
@@ -203,7 +117,7 @@ fn a_thousand_attributes_and_64k_values_are_kept_and_freed() {
     assert_all(&f, &attrs);
     assert!(free_blocks(m.path()) < before);
     m.unmount();
-    fsck_clean(&img);
+    assert_fsck_clean(&img, "the attribute changes");
 
     let m = Mount::new(&img, "");
     let f = m.path().join("f");
@@ -242,7 +156,7 @@ fn a_thousand_attributes_and_64k_values_are_kept_and_freed() {
     }
     assert_eq!(free_blocks(m.path()), with_g, "free blocks after unlinking");
     m.unmount();
-    fsck_clean(&img);
+    assert_fsck_clean(&img, "the attribute changes");
 }
 
 /// An image of the version before the attribute tree (version 1: its superblock says so, its
@@ -267,7 +181,7 @@ fn a_version_1_image_is_upgraded_by_a_read_write_mount() {
         Superblock::reseal(b);
     }
     fs::write(&img, &bytes).unwrap();
-    fsck_clean(&img);
+    assert_fsck_clean(&img, "the attribute changes");
     let version = |img: &Path| {
         let b = fs::read(img).unwrap();
         let last = b.len() / bs - 1;
@@ -288,7 +202,7 @@ fn a_version_1_image_is_upgraded_by_a_read_write_mount() {
     setx(&f, "user.large", &pattern(5, SIZE_MAX), 0).unwrap();
     m.unmount();
     assert_eq!(version(&img), [2, 2], "after a read-write mount");
-    fsck_clean(&img);
+    assert_fsck_clean(&img, "the attribute changes");
     let m = Mount::new(&img, "");
     let f = m.path().join("f");
     assert_eq!(getx(&f, "user.large").unwrap(), pattern(5, SIZE_MAX));
@@ -383,4 +297,177 @@ fn removing_a_value_whose_blocks_are_not_its_own_frees_nothing() {
     let m = Mount::new(&img, "");
     assert_all(&m.path().join("f"), &many);
     m.unmount();
+}
+
+/// Blocks left available on the nearly full filesystem: more than a small attribute set takes
+/// (its xattr block; in a tree an entry block and the nodes of a split to the root), fewer than
+/// a 64 KiB value (its 17 remote blocks with 4 KiB blocks) and than the worst case of any
+/// attribute change that every set used to promise (98).
+const NEARLY_FULL_BLOCKS: u64 = 12;
+
+/// Allocates `file`'s blocks past `*end` until the filesystem has at most `left` blocks
+/// available, or a one-block request gets ENOSPC (it promises an extent-map change besides its
+/// block: data cannot take the last few dozen blocks).
+fn fill_until(mnt: &Path, file: &fs::File, end: &mut u64, left: u64) {
+    use std::os::fd::AsRawFd;
+    const BS: u64 = 4096;
+    // A request for more than what is left (with its map changes) is halved.
+    let mut most = u64::MAX;
+    while available_blocks(mnt) > left {
+        let want = (available_blocks(mnt) - left).min(most) * BS;
+        // SAFETY: fallocate on an open descriptor; no memory passed.
+        let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, *end as i64, want as i64) };
+        match r {
+            0 => *end += want,
+            _ if errno() == libc::ENOSPC && want > BS => most = want / BS / 2,
+            _ if errno() == libc::ENOSPC => return,
+            _ => panic!("fallocate {want} at {end}: errno {}", errno()),
+        }
+    }
+}
+
+/// Small attributes (a 20-byte label, as an ACL or a security label is) on a nearly full
+/// filesystem need a block or a few and get them, down to the last; a 64 KiB value still gets
+/// ENOSPC, before anything changes. The promise of a set is measured from its name, its value and
+/// the inode's attribute form and tree height: it used to be the worst case of any attribute
+/// change (98 blocks here), which refused every set below that.
+#[test]
+fn a_small_attribute_is_set_on_a_nearly_full_filesystem() {
+    let work = tempfile::tempdir().unwrap();
+    let img = image(work.path(), 64 << 20);
+    let m = Mount::new(&img, "");
+    let (f, g) = (m.path().join("f"), m.path().join("g"));
+    fs::write(&f, b"").unwrap();
+    fs::write(&g, b"").unwrap();
+    // g's attributes in a tree (more than one xattr block holds).
+    let tree: Vec<(String, Vec<u8>)> = (0..60)
+        .map(|k| (format!("user.t{k:03}"), pattern(k, 200)))
+        .collect();
+    for (n, v) in &tree {
+        setx(&g, n, v, 0).unwrap();
+    }
+    // Files whose first attribute takes a block each: what brings the space down past data.
+    let spare: Vec<PathBuf> = (0..64).map(|k| m.path().join(format!("s{k}"))).collect();
+    for p in &spare {
+        fs::write(p, b"").unwrap();
+    }
+    let filler = fs::File::create(m.path().join("filler")).unwrap();
+    let mut end = 0;
+    fill_until(m.path(), &filler, &mut end, NEARLY_FULL_BLOCKS);
+    let label = pattern(7, 20);
+    let mut labelled = 0;
+    while available_blocks(m.path()) > NEARLY_FULL_BLOCKS {
+        setx(&spare[labelled], "security.label", &label, 0).unwrap_or_else(|e| {
+            panic!(
+                "a label with {} blocks available: errno {e}",
+                available_blocks(m.path())
+            )
+        });
+        labelled += 1;
+    }
+    assert_eq!(available_blocks(m.path()), NEARLY_FULL_BLOCKS);
+
+    setx(&f, "user.label", &label, 0).expect("a 20-byte value on an inode without attributes");
+    setx(&f, "security.label", &label, 0).expect("a second one in its block");
+    setx(&g, "user.label", &label, 0).expect("a 20-byte value in an attribute tree");
+    setx(&g, "user.t001", &label, libc::XATTR_REPLACE).expect("a small value replacing one");
+
+    // A 64 KiB value: ENOSPC before anything changes, in either form.
+    for p in [&f, &g] {
+        let avail = available_blocks(m.path());
+        let before = listx_sized(p, SIZE_MAX).unwrap();
+        assert_eq!(
+            setx(p, "user.big", &pattern(9, SIZE_MAX), 0),
+            Err(libc::ENOSPC),
+            "64 KiB on {}",
+            p.display()
+        );
+        assert_eq!(getx(p, "user.big"), Err(libc::ENODATA));
+        assert_eq!(listx_sized(p, SIZE_MAX).unwrap(), before);
+        assert_eq!(
+            available_blocks(m.path()),
+            avail,
+            "blocks after the refused set"
+        );
+    }
+    assert_eq!(getx(&f, "user.label").unwrap(), label);
+    assert_eq!(getx(&f, "security.label").unwrap(), label);
+    assert_eq!(getx(&g, "user.label").unwrap(), label);
+    assert_eq!(getx(&g, "user.t001").unwrap(), label);
+    assert_eq!(getx(&g, "user.t002").unwrap(), tree[2].1);
+
+    // Labels go on until no block is left: each promises the one block it takes.
+    let last = loop {
+        let Some(p) = spare.get(labelled) else {
+            panic!("{labelled} labels set and space still left");
+        };
+        match setx(p, "security.label", &label, 0) {
+            Ok(()) => labelled += 1,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(last, libc::ENOSPC);
+    assert_eq!(
+        available_blocks(m.path()),
+        0,
+        "blocks left when a label is refused"
+    );
+    for p in &spare[..labelled] {
+        assert_eq!(getx(p, "security.label").unwrap(), label);
+    }
+    assert_eq!(getx(&spare[labelled], "security.label"), Err(libc::ENODATA));
+    // With no block available, unlinking still works (the pool is kept for it) and gives blocks
+    // back.
+    fs::remove_file(&spare[0]).expect("unlink with no block available");
+    fs::remove_file(&f).expect("a second unlink");
+    assert!(!spare[0].exists() && !f.exists());
+    assert!(available_blocks(m.path()) > 0);
+    drop(filler);
+    m.unmount();
+    assert_fsck_clean(&img, "the attribute changes");
+}
+
+/// Labels take a filesystem down to the pool kept for operations that free space; an unlink
+/// that frees its inode at once (the library's, with no kernel reference left) then promises the
+/// unlink and the freeing in turn: held together they did not fit in the pool, and the unlink
+/// failed with ENOSPC after its name was gone.
+#[test]
+fn an_unlink_frees_its_inode_with_no_block_available() {
+    use std::sync::Arc;
+    use ticketfs::fs::{Ctx, Fs, S_IFREG};
+    use ticketfs::{Engine, EngineOptions};
+    let work = tempfile::tempdir().unwrap();
+    let img = image(work.path(), 16 << 20);
+    let dev = Arc::new(ticketfs::device::FileDevice::open(&img, 4096, false).unwrap());
+    let fs = Fs::new(Engine::mount(dev, EngineOptions::default()).unwrap(), false).unwrap();
+    let c = Ctx::ROOT;
+    let mut inos = Vec::new();
+    while let Ok(a) = fs.make(
+        &c,
+        fs.root(),
+        format!("f{}", inos.len()).as_bytes(),
+        S_IFREG | 0o644,
+        0,
+        None,
+    ) {
+        inos.push(a.ino);
+    }
+    let labelled = inos
+        .iter()
+        .take_while(|&&ino| fs.setxattr(&c, ino, b"user.l", b"l", false, false).is_ok())
+        .count();
+    assert!(labelled < inos.len(), "labels ran out of files");
+    assert_eq!(fs.statfs().unwrap().bavail, 0);
+    fs.remove(&c, fs.root(), b"f0", false)
+        .expect("unlink of a labelled file");
+    fs.remove(
+        &c,
+        fs.root(),
+        format!("f{}", inos.len() - 1).as_bytes(),
+        false,
+    )
+    .expect("unlink of a file without attributes");
+    assert!(fs.statfs().unwrap().bavail > 0);
+    fs.unmount().unwrap();
+    assert_fsck_clean(&img, "the attribute changes");
 }

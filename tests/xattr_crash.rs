@@ -5,6 +5,11 @@
 //! must equal the model after some prefix of the steps no shorter than the last fsync; the
 //! filesystem then unmounts and mounts again with the same attributes.
 
+mod common;
+
+use common::crash::{
+    apply_write, confirmed, crash_opts, flush_windows, image_bytes, landed, same_after_remount,
+};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -13,10 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use ticketfs::device::{DevEvent, Device, MemDevice, RecordingDevice};
 use ticketfs::fs::{Ctx, Fs, S_IFREG};
-use ticketfs::log::LogConfig;
-use ticketfs::mem::OverrunPolicy;
-use ticketfs::mkfs::{make_filesystem, MkfsOptions};
-use ticketfs::{Engine, EngineOptions};
+use ticketfs::Engine;
 
 /// Small blocks: trees several levels deep and values of up to 147 remote blocks.
 const BS: u32 = 512;
@@ -29,29 +31,7 @@ const FILES: usize = 3;
 type Model = BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>;
 
 fn base_image() -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("image");
-    make_filesystem(
-        &p,
-        &MkfsOptions {
-            size: Some(24 << 20),
-            block_size: BS,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    std::fs::read(&p).unwrap()
-}
-
-fn opts() -> EngineOptions {
-    EngineOptions {
-        overrun: OverrunPolicy::Panic,
-        log: LogConfig {
-            cil_timer: Duration::from_millis(2),
-            ail_interval: Duration::from_millis(1),
-        },
-        ..Default::default()
-    }
+    image_bytes(24 << 20, BS)
 }
 
 /// Every file of the root with its attributes, as the filesystem shows them.
@@ -98,7 +78,7 @@ struct Run {
 fn run_workload(seed: u64) -> Run {
     let base = base_image();
     let rec = Arc::new(RecordingDevice::new(BS, base.clone()));
-    let fs = Fs::new(Engine::mount(rec.clone(), opts()).unwrap(), false).unwrap();
+    let fs = Fs::new(Engine::mount(rec.clone(), crash_opts()).unwrap(), false).unwrap();
     let c = Ctx::ROOT;
     let root = fs.root();
     let mut rng = SmallRng::seed_from_u64(seed);
@@ -178,7 +158,7 @@ fn run_workload(seed: u64) -> Run {
 fn check(run: &Run, image: Vec<u8>, crash_after: usize) -> Result<(), String> {
     {
         let dev: Arc<dyn Device> = Arc::new(MemDevice::from_bytes(BS, image.clone()));
-        let eng = Engine::mount(dev, opts()).map_err(|e| format!("mount for fsck: {e}"))?;
+        let eng = Engine::mount(dev, crash_opts()).map_err(|e| format!("mount for fsck: {e}"))?;
         let r =
             ticketfs::check::check(&eng, &mut |_, _, _| {}).map_err(|e| format!("fsck: {e}"))?;
         if !r.problems.is_empty() {
@@ -187,16 +167,10 @@ fn check(run: &Run, image: Vec<u8>, crash_after: usize) -> Result<(), String> {
         eng.crash();
     }
     let dev: Arc<dyn Device> = Arc::new(MemDevice::from_bytes(BS, image));
-    let eng = Engine::mount(dev.clone(), opts()).map_err(|e| format!("mount: {e}"))?;
+    let eng = Engine::mount(dev.clone(), crash_opts()).map_err(|e| format!("mount: {e}"))?;
     let fs = Fs::new(eng, false).map_err(|e| format!("fs: {e}"))?;
     let got = walk(&fs);
-    let confirmed = run
-        .syncs
-        .iter()
-        .filter(|(e, _)| *e <= crash_after + 1)
-        .map(|(_, s)| *s)
-        .max()
-        .unwrap_or(0);
+    let confirmed = confirmed(&run.syncs, crash_after);
     match run.states.iter().rposition(|s| *s == got) {
         None => {
             let summary = |m: &Model| -> Vec<(String, usize)> {
@@ -214,23 +188,7 @@ fn check(run: &Run, image: Vec<u8>, crash_after: usize) -> Result<(), String> {
         }
         Some(_) => {}
     }
-    fs.unmount().map_err(|e| format!("unmount: {e}"))?;
-    let fs = Fs::new(
-        Engine::mount(dev, opts()).map_err(|e| format!("second mount: {e}"))?,
-        false,
-    )
-    .map_err(|e| format!("second fs: {e}"))?;
-    if walk(&fs) != got {
-        return Err("attributes changed across a clean unmount".into());
-    }
-    fs.unmount().map_err(|e| format!("second unmount: {e}"))
-}
-
-fn apply_write(events: &[DevEvent], img: &mut [u8], e: usize) {
-    if let DevEvent::Write { blkno, data } = &events[e] {
-        let off = (*blkno * BS as u64) as usize;
-        img[off..off + data.len()].copy_from_slice(data);
-    }
+    same_after_remount(fs, dev, walk, &got, "attributes")
 }
 
 #[test]
@@ -241,40 +199,17 @@ fn xattr_crash_states() {
         .unwrap_or(0x2a);
     let run = run_workload(seed);
     let mut rng = SmallRng::seed_from_u64(seed ^ 0xc0de);
-    let mut windows: Vec<(Option<usize>, Vec<usize>)> = vec![(None, Vec::new())];
-    for (i, ev) in run.events.iter().enumerate() {
-        match ev {
-            DevEvent::Flush => windows.push((Some(i), Vec::new())),
-            DevEvent::Write { .. } => windows.last_mut().unwrap().1.push(i),
-        }
-    }
+    let windows = flush_windows(&run.events);
     let mut durable = run.base.clone();
     let (mut checked, mut bad) = (0, 0);
     let mut failures = Vec::new();
     for (flush_at, writes) in &windows {
         for k in 0..STATES_PER_WINDOW {
-            let p = if k == 0 {
-                writes.len()
-            } else {
-                rng.gen_range(0..=writes.len())
-            };
-            let mut landed: Vec<usize> = writes[..p]
-                .iter()
-                .copied()
-                .filter(|_| k == 0 || rng.gen_bool(0.5))
-                .collect();
-            if k > 0 {
-                landed.shuffle(&mut rng);
-            }
+            let (landed, p, crash_after) = landed(&mut rng, *flush_at, writes, k);
             let mut img = durable.clone();
             for &e in &landed {
-                apply_write(&run.events, &mut img, e);
+                apply_write(&run.events, &mut img, e, BS);
             }
-            let crash_after = if p == 0 {
-                flush_at.unwrap_or(0)
-            } else {
-                writes[p - 1]
-            };
             checked += 1;
             if let Err(e) = check(&run, img, crash_after) {
                 bad += 1;
@@ -288,7 +223,7 @@ fn xattr_crash_states() {
             }
         }
         for &e in writes {
-            apply_write(&run.events, &mut durable, e);
+            apply_write(&run.events, &mut durable, e, BS);
         }
     }
     println!(

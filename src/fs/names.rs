@@ -317,7 +317,7 @@ impl Fs {
         }
         for _ in 0..RETRIES_MAX {
             let child = self.peek(parent, name)?.ok_or(FsError::NotFound)?;
-            let _blocks = self.promise(TransKind::Remove, true)?;
+            let blocks = self.promise(TransKind::Remove, true)?;
             let mut tx = self.eng.begin(TransKind::Remove)?;
             lock_chunks(&mut tx, &[parent, child])?;
             let (pr, mut p) = inode::read(&mut tx, parent)?;
@@ -353,6 +353,10 @@ impl Fs {
                 self.alloc.unlinked_add(&mut tx, child)?;
             }
             tx.commit()?;
+            // Given back before the inode is freed, which promises its own: on a filesystem
+            // down to the pool, both at once did not fit and the unlink failed with its name
+            // gone.
+            drop(blocks);
             self.note_change(child);
             if c.nlink == 0 {
                 self.release_or_destroy(child)?;
@@ -532,7 +536,7 @@ impl Fs {
             } else {
                 None
             };
-            let _blocks = self.promise(kind, false)?;
+            let blocks = self.promise(kind, false)?;
             let mut tx = self.eng.begin(kind)?;
             lock_chunks(
                 &mut tx,
@@ -661,6 +665,8 @@ impl Fs {
             }
             inode::write(&mut tx, &npr, &np);
             tx.commit()?;
+            // Given back before a replaced target is freed, which promises its own.
+            drop(blocks);
             self.note_change(src);
             if let Some(d) = dst {
                 self.note_change(d);

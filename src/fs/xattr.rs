@@ -3,6 +3,35 @@
 use super::*;
 use crate::xattr::{Attr, SetOutcome, Target};
 
+/// Times a set is measured before it reserves the worst case: once before its transaction, once
+/// more if another change of the inode's attributes came between.
+const XATTR_MEASURES_MAX: u32 = 2;
+
+/// A set's measure: the buffers its transaction reserves for, the blocks it promises.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct XattrSize {
+    buffers: u32,
+    blocks: u64,
+}
+
+impl XattrSize {
+    fn of(t: &crate::resv::ResvTable, c: crate::resv::XattrChange) -> XattrSize {
+        XattrSize {
+            buffers: t.xattr_change(c),
+            blocks: t.xattr_blocks(c),
+        }
+    }
+}
+
+/// What an attribute change may need, for its block promise and its reservation.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum XattrNeed<'a> {
+    /// A removal: it frees, so it promises what a freeing needs, from the pool if need be.
+    Frees,
+    /// Setting this attribute: sized from it and the inode as it stands.
+    Sets(Attr<'a>),
+}
+
 impl Fs {
     /// May `ctx` read (`write` false) or set/remove the attribute `name` of `i`? Namespaces:
     /// user (regular files and directories, by their permission bits; in a sticky directory only
@@ -98,7 +127,8 @@ impl Fs {
         // At most twice: an inode whose block no longer holds its attributes moves them to a
         // tree in a transaction of its own (it keeps every attribute), then the change is made.
         for _ in 0..2 {
-            let done = self.change_xattrs(ctx, ino, name, false, |tx, alloc, i| {
+            let sets = XattrNeed::Sets(Attr { name, value });
+            let done = self.change_xattrs(ctx, ino, name, sets, |tx, alloc, i| {
                 let exists = crate::xattr::get(tx, ino, i, name)?.is_some();
                 if exists && create {
                     return Err(FsError::Exists);
@@ -168,7 +198,7 @@ impl Fs {
         // Removing an ACL is how the kernel passes on "no ACL" (setfacl's empty ACL, an empty
         // value): no error when there is none, as ext4 and XFS answer.
         let acl_name = name == crate::format::acl::ACCESS || name == crate::format::acl::DEFAULT;
-        self.change_xattrs(ctx, ino, name, true, |tx, alloc, i| {
+        self.change_xattrs(ctx, ino, name, XattrNeed::Frees, |tx, alloc, i| {
             if crate::xattr::remove(tx, &mut Target { alloc, ino, i }, name)? || acl_name {
                 Ok(())
             } else {
@@ -178,37 +208,80 @@ impl Fs {
     }
 
     /// One transaction changing `ino`'s attributes by `edit`, on behalf of `ctx` touching
-    /// `name`: the block promise (`frees`: the change frees space and may use the pool), the
-    /// access check, the change, and the change time set. Nothing is committed when `edit`
-    /// fails.
+    /// `name`: the block promise and the reservation of what it `may` need, the access check,
+    /// the change, and the change time set. Nothing is committed when `edit` fails.
     pub(super) fn change_xattrs<T>(
         &self,
         ctx: &Ctx,
         ino: u64,
         name: &[u8],
-        frees: bool,
+        may: XattrNeed<'_>,
         edit: impl FnOnce(&mut Trans<'_>, &Allocator, &mut Inode) -> R<T>,
     ) -> R<T> {
         self.writable()?;
-        // A removal frees (the promise of a freeing, from the pool if need be); a set may
-        // allocate the xattr worst case.
-        let _blocks = if frees {
-            self.promise(TransKind::Inactive, true)?
-        } else {
-            self.promise(TransKind::Xattr, false)?
+        // A set is measured on the inode as it stands before anything is promised; measured
+        // again once its transaction holds the inode, and begun again if another change came
+        // between and it needs more; the worst case after the last measure.
+        let mut measured = match may {
+            XattrNeed::Frees => None,
+            XattrNeed::Sets(a) => Some(self.xattr_measure(ino, a)?),
         };
-        let mut tx = self.eng.begin(TransKind::Xattr)?;
-        let (r, mut i) = inode::read(&mut tx, ino)?;
-        // Before the namespace's rule, as the kernel's `xattr_permission` does.
-        refuse_fixed(&i)?;
-        self.xattr_access(ctx, ino, &i, name, true)?;
-        let out = edit(&mut tx, &self.alloc, &mut i)?;
-        i.ctime = now();
-        inode::write(&mut tx, &r, &i);
-        tx.commit()?;
-        self.note_change(ino);
-        self.durable_if(flags::is_sync(&i))?;
-        Ok(out)
+        let mut measures = 1;
+        loop {
+            let (blocks, mut tx) = match (may, measured) {
+                // A removal frees: the promise of a freeing, from the pool if need be.
+                (XattrNeed::Frees, _) => (
+                    self.promise(TransKind::Inactive, true)?,
+                    self.eng.begin(TransKind::Xattr)?,
+                ),
+                (XattrNeed::Sets(_), Some(n)) => (
+                    self.alloc.reserve(n.blocks, n.blocks, false)?,
+                    self.eng.begin_sized(TransKind::Xattr, n.buffers)?,
+                ),
+                (XattrNeed::Sets(_), None) => (
+                    self.promise(TransKind::Xattr, false)?,
+                    self.eng.begin(TransKind::Xattr)?,
+                ),
+            };
+            let (r, mut i) = inode::read(&mut tx, ino)?;
+            // Before the namespace's rule, as the kernel's `xattr_permission` does.
+            refuse_fixed(&i)?;
+            self.xattr_access(ctx, ino, &i, name, true)?;
+            if let (XattrNeed::Sets(a), Some(n)) = (may, measured) {
+                let now = XattrSize::of(self.eng.table(), crate::xattr::plan(&mut tx, ino, &i, a)?);
+                if now.buffers > n.buffers || now.blocks > n.blocks {
+                    tx.cancel()?;
+                    measured = (measures < XATTR_MEASURES_MAX).then_some(now);
+                    measures += 1;
+                    continue;
+                }
+            }
+            let blocks_before = i.blocks;
+            let out = edit(&mut tx, &self.alloc, &mut i)?;
+            debug_assert!(
+                i.blocks <= blocks_before + blocks.blocks,
+                "inode {ino}: attribute change took {} blocks, {} promised",
+                i.blocks - blocks_before,
+                blocks.blocks
+            );
+            i.ctime = now();
+            inode::write(&mut tx, &r, &i);
+            tx.commit()?;
+            self.note_change(ino);
+            self.durable_if(flags::is_sync(&i))?;
+            return Ok(out);
+        }
+    }
+
+    /// What setting `a` on `ino` needs, measured on the inode as it stands (its attribute form,
+    /// its tree's height, the value `a` replaces): what it promises and reserves instead of the
+    /// worst case of any attribute change (XFS's `xfs_attr_calc_size`).
+    pub(super) fn xattr_measure(&self, ino: u64, a: Attr<'_>) -> R<XattrSize> {
+        let mut tx = self.eng.begin(TransKind::Read)?;
+        let (_, i) = inode::read(&mut tx, ino)?;
+        let change = crate::xattr::plan(&mut tx, ino, &i, a)?;
+        tx.cancel()?;
+        Ok(XattrSize::of(self.eng.table(), change))
     }
 
     /// Frees every attribute of `ino` (no links left, being freed), one attribute per

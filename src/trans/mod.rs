@@ -158,7 +158,33 @@ impl Engine {
     /// Starts a transaction of `kind`: waits (FIFO, holding nothing) until both its log and its
     /// memory reservation fit. The only error is a shut-down filesystem.
     pub fn begin(&self, kind: TransKind) -> Result<Trans<'_>, EngineError> {
-        let resv = self.table().get(kind);
+        self.begin_with(kind, self.table().get(kind))
+    }
+
+    /// Starts a transaction of `kind` reserving for `buffers` buffers, as sized from its request
+    /// (`ResvTable::xattr_change`) where the kind's entry is the worst case of every request:
+    /// never more than that entry (an entry a test undersized stays undersized). Using more than
+    /// `buffers` is an overrun, reported with its call site as any other.
+    pub(crate) fn begin_sized(
+        &self,
+        kind: TransKind,
+        buffers: u32,
+    ) -> Result<Trans<'_>, EngineError> {
+        let entry = self.table().get(kind);
+        debug_assert!(kind != TransKind::Read && entry.log_count == 1);
+        let sized = self.table().sized(buffers, entry.log_count);
+        self.begin_with(
+            kind,
+            Resv {
+                buffers: sized.buffers.min(entry.buffers),
+                log_unit_bytes: sized.log_unit_bytes.min(entry.log_unit_bytes),
+                log_count: entry.log_count,
+                mem_bytes: sized.mem_bytes.min(entry.mem_bytes),
+            },
+        )
+    }
+
+    fn begin_with(&self, kind: TransKind, resv: Resv) -> Result<Trans<'_>, EngineError> {
         let need = SpaceNeed {
             reserve_bytes: resv.log_unit_bytes * resv.log_count as u64,
             write_bytes: resv.log_unit_bytes,

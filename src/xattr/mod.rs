@@ -12,7 +12,9 @@ mod tree;
 
 use crate::alloc::Allocator;
 use crate::error::EngineError;
+use crate::format::attrtree as at;
 use crate::format::inode::{Inode, XattrForm};
+use crate::resv::XattrChange;
 use crate::trans::Trans;
 
 pub(crate) use crate::format::attrtree::{XATTR_NAME_MAX, XATTR_SIZE_MAX};
@@ -95,11 +97,7 @@ pub(crate) fn set(
     debug_assert!(value.len() <= XATTR_SIZE_MAX && name.len() <= XATTR_NAME_MAX);
     match o.i.xattr_form {
         XattrForm::Block => {
-            let mut all = block::load(tx, o.ino, o.i)?;
-            match all.iter_mut().find(|(n, _)| n == name) {
-                Some(e) => e.1 = value.to_vec(),
-                None => all.push((name.to_vec(), value.to_vec())),
-            }
+            let all = with_set(block::load(tx, o.ino, o.i)?, a);
             if !block::fits(tx.block_size(), &all) {
                 return Ok(SetOutcome::NeedsTree);
             }
@@ -108,6 +106,59 @@ pub(crate) fn set(
         XattrForm::Tree => tree::set(tx, o, a)?,
     }
     Ok(SetOutcome::Done)
+}
+
+/// The block form's attributes `all` with `a` set in them.
+fn with_set(mut all: Attrs, Attr { name, value }: Attr<'_>) -> Attrs {
+    match all.iter_mut().find(|(n, _)| n == name) {
+        Some(e) => e.1 = value.to_vec(),
+        None => all.push((name.to_vec(), value.to_vec())),
+    }
+    all
+}
+
+/// What [`set`] of `a` would change in the inode as it stands (read in `tx`): the reservation
+/// table's measure of the step (`ResvTable::xattr_change`). A removal of `a.name` in its place
+/// (an ACL the mode says all of) changes no more.
+pub(crate) fn plan(
+    tx: &mut Trans<'_>,
+    ino: u64,
+    i: &Inode,
+    a: Attr<'_>,
+) -> Result<XattrChange, EngineError> {
+    let bs = tx.block_size() as usize;
+    match i.xattr_form {
+        XattrForm::Block => {
+            let now = block::load(tx, ino, i)?;
+            let len = |(n, v): &(Vec<u8>, Vec<u8>)| (n.len(), v.len());
+            let (entries, record_bytes, remote_blocks) =
+                now.iter().map(len).fold((0, 0, 0), |(e, r, b), (n, v)| {
+                    (
+                        e + 1,
+                        r + at::record_len(bs, n, v) as u64,
+                        b + at::remote_blocks(bs, n, v),
+                    )
+                });
+            if block::fits(bs as u32, &with_set(now, a)) {
+                Ok(XattrChange::Block)
+            } else {
+                Ok(XattrChange::ToTree {
+                    entries,
+                    record_bytes,
+                    remote_blocks,
+                    new_remote: at::remote_blocks(bs, a.name.len(), a.value.len()),
+                })
+            }
+        }
+        XattrForm::Tree => {
+            let old = tree::find(tx, ino, i, a.name)?;
+            Ok(XattrChange::Tree {
+                levels: i.xattr_level as u32 + 1,
+                new_remote: at::remote_blocks(bs, a.name.len(), a.value.len()),
+                old_remote: old.map(|(_, _, o)| at::remote_blocks(bs, o.name.len(), o.value_len)),
+            })
+        }
+    }
 }
 
 /// Moves the attributes of an inode in the block form into a new tree (one transaction of kind

@@ -1,7 +1,9 @@
 //! Helpers shared by the engine's integration tests.
 #![allow(dead_code)]
 
+pub mod crash;
 pub mod mount;
+pub mod xattr;
 
 use std::sync::Arc;
 use ticketfs::device::{Device, MemDevice};
