@@ -470,7 +470,7 @@ fn a_read_only_mount_of_a_clean_image_writes_nothing() {
     let m = Mount::new(&img, "");
     fs::create_dir(m.path().join("d")).unwrap();
     fs::write(m.path().join("d/f"), pattern(3, 100_000)).unwrap();
-    xattr_set(&m.path().join("d/f"), "user.k", b"v");
+    setx(&m.path().join("d/f"), "user.k", b"v", 0).unwrap();
     m.unmount();
     let clean = fs::read(&img).unwrap();
     let mtime = || {
@@ -481,7 +481,7 @@ fn a_read_only_mount_of_a_clean_image_writes_nothing() {
     let look = |root: &Path| {
         assert_eq!(fs::read(root.join("d/f")).unwrap(), pattern(3, 100_000));
         assert_eq!(fs::read_dir(root.join("d")).unwrap().count(), 1);
-        assert_eq!(xattr_get(&root.join("d/f"), "user.k"), b"v");
+        assert_eq!(getx(&root.join("d/f"), "user.k").unwrap(), b"v");
         let e = fs::write(root.join("new"), b"x").unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
         let st = nix_statfs(root);
@@ -525,50 +525,11 @@ fn a_read_only_mount_of_a_clean_image_writes_nothing() {
     common::mount::assert_fsck_clean(&img, "after a read-only mount replayed the log");
 }
 
-fn c_path(p: &Path) -> std::ffi::CString {
-    std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap()
-}
-
-fn xattr_set(p: &Path, name: &str, v: &[u8]) {
-    let n = std::ffi::CString::new(name).unwrap();
-    // SAFETY: NUL-terminated path and name; v is v.len() bytes.
-    let r = unsafe {
-        libc::setxattr(
-            c_path(p).as_ptr(),
-            n.as_ptr(),
-            v.as_ptr().cast(),
-            v.len(),
-            0,
-        )
-    };
-    assert_eq!(r, 0, "setxattr {name}: {}", std::io::Error::last_os_error());
-}
-
-fn xattr_get(p: &Path, name: &str) -> Vec<u8> {
-    let n = std::ffi::CString::new(name).unwrap();
-    let mut buf = [0u8; 256];
-    // SAFETY: NUL-terminated path and name; buf holds buf.len() bytes.
-    let r = unsafe {
-        libc::getxattr(
-            c_path(p).as_ptr(),
-            n.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    assert!(
-        r >= 0,
-        "getxattr {name}: {}",
-        std::io::Error::last_os_error()
-    );
-    buf[..r as usize].to_vec()
-}
-
 /// statfs(2)'s block count.
 fn nix_statfs(p: &Path) -> u64 {
     // SAFETY: statfs fills the zeroed struct for a NUL-terminated path.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::statfs(c_path(p).as_ptr(), &mut st) };
+    let r = unsafe { libc::statfs(common::xattr::cpath(p).as_ptr(), &mut st) };
     assert_eq!(r, 0, "statfs: {}", std::io::Error::last_os_error());
     st.f_blocks
 }
