@@ -6,6 +6,7 @@
 mod common;
 
 use common::mount::Mount;
+use common::xattr::setx;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
@@ -82,33 +83,12 @@ fn populated(dir: &Path) -> PathBuf {
     f.flush().unwrap();
     drop(f);
     std::os::unix::fs::symlink("t".repeat(400), r.join("longlink")).unwrap();
-    let c = std::ffi::CString::new(r.join("big").as_os_str().as_encoded_bytes()).unwrap();
-    let v = b"an attribute value";
-    // SAFETY: NUL-terminated path and name; the value's pointer and length.
-    let rc = unsafe {
-        libc::setxattr(
-            c.as_ptr(),
-            c"user.test".as_ptr(),
-            v.as_ptr().cast(),
-            v.len(),
-            0,
-        )
-    };
-    assert_eq!(rc, 0, "setxattr");
+    setx(&r.join("big"), "user.test", b"an attribute value", 0).unwrap();
     // A file with an attribute tree of several nodes, entry blocks and a remote value.
     let a = r.join("attrs");
     fs::write(&a, b"a").unwrap();
-    let c = std::ffi::CString::new(a.as_os_str().as_encoded_bytes()).unwrap();
-    for i in 0..400 {
-        let n = std::ffi::CString::new(format!("user.attribute-{i:04}")).unwrap();
-        let v = if i == 7 {
-            vec![7u8; 65536]
-        } else {
-            vec![i as u8; i % 40]
-        };
-        // SAFETY: NUL-terminated path and name; the value's pointer and length.
-        let rc = unsafe { libc::setxattr(c.as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
-        assert_eq!(rc, 0, "setxattr {n:?}: {}", std::io::Error::last_os_error());
+    for (n, v) in populated_attrs() {
+        setx(&a, &n, &v, 0).unwrap();
     }
     m.unmount();
     img
@@ -957,12 +937,8 @@ fn damage_the_shared_verifiers_see_is_found_and_repaired_alike() {
     let dir_ino = fs::metadata(r.join("d")).unwrap().ino();
     fs::write(r.join("f"), b"data").unwrap();
     let file_ino = fs::metadata(r.join("f")).unwrap().ino();
-    let f = std::ffi::CString::new(r.join("f").into_os_string().into_encoded_bytes()).unwrap();
-    for (n, v) in [(c"user.one", "1"), (c"user.two", "22")] {
-        // SAFETY: both strings are NUL-terminated and live across the call; the value's
-        // pointer and length describe one slice.
-        let rc = unsafe { libc::setxattr(f.as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
-        assert_eq!(rc, 0, "setxattr {n:?}: {}", std::io::Error::last_os_error());
+    for (n, v) in [("user.one", "1"), ("user.two", "22")] {
+        setx(&r.join("f"), n, v.as_bytes(), 0).unwrap();
     }
     m.unmount();
     let pristine = fs::read(&img).unwrap();
@@ -1799,20 +1775,6 @@ fn file_seen(img: &Path, name: &str) -> (u32, Vec<u8>, BTreeMap<String, Vec<u8>>
     (a.mode, body, attrs)
 }
 
-/// Sets attribute `name` = `v` of `p` through the kernel.
-fn set_attr(p: &Path, name: &str, v: &[u8]) {
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-    let n = std::ffi::CString::new(name).unwrap();
-    // SAFETY: NUL-terminated path and name; the value's pointer and length.
-    let rc = unsafe { libc::setxattr(c.as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
-    assert_eq!(
-        rc,
-        0,
-        "setxattr {name}: {}",
-        std::io::Error::last_os_error()
-    );
-}
-
 /// Where inode `ino`'s slot is in the image: its chunk block and the slot's first byte.
 fn inode_at(ino: u64) -> (usize, usize) {
     use ticketfs::format::inode::{ino_split, slot_range};
@@ -1851,7 +1813,7 @@ fn damaged_attribute_fields_cost_the_attributes_not_the_file() {
     let small = m.path().join("small");
     fs::write(&small, b"kept contents").unwrap();
     fs::set_permissions(&small, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
-    set_attr(&small, "user.one", b"1");
+    setx(&small, "user.one", b"1", 0).unwrap();
     let small_ino = fs::metadata(&small).unwrap().ino();
     m.unmount();
     let pristine = fs::read(&img).unwrap();
@@ -1916,7 +1878,7 @@ fn one_damaged_attribute_costs_only_itself() {
         ("user.b", "second"),
         ("user.c", "third"),
     ] {
-        set_attr(&small, n, v.as_bytes());
+        setx(&small, n, v.as_bytes(), 0).unwrap();
     }
     let small_ino = fs::metadata(&small).unwrap().ino();
     m.unmount();
@@ -2029,7 +1991,7 @@ fn a_dropped_acl_does_not_widen_the_mode() {
     let f = m.path().join("f");
     fs::write(&f, b"x").unwrap();
     fs::set_permissions(&f, fs::Permissions::from_mode(0o640)).unwrap();
-    set_attr(&f, "user.keep", b"kept");
+    setx(&f, "user.keep", b"kept", 0).unwrap();
     let st = Command::new("setfacl")
         .args(["-m", "u:nobody:rwx"])
         .arg(&f)

@@ -337,8 +337,9 @@ fn overlayfs_uses_ticketfs_as_its_upper_layer() {
     m.unmount();
 }
 
-/// statx(2) of `p` asking for the birth time: (the mask answered, btime seconds, nanoseconds).
-fn birth_time(p: &Path) -> (u32, i64, u32) {
+/// statx(2) of `p` with the birth time, asked of the filesystem (AT_STATX_FORCE_SYNC, so the
+/// kernel sends FUSE_STATX), the symlink itself for a symlink.
+fn statx(p: &Path) -> libc::statx {
     let c = cpath(p);
     // SAFETY: statx fills the zeroed struct for a NUL-terminated path.
     let mut st: libc::statx = unsafe { std::mem::zeroed() };
@@ -346,12 +347,18 @@ fn birth_time(p: &Path) -> (u32, i64, u32) {
         libc::statx(
             libc::AT_FDCWD,
             c.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
+            libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_FORCE_SYNC,
             libc::STATX_BASIC_STATS | libc::STATX_BTIME,
             &mut st,
         )
     };
     assert_eq!(r, 0, "statx {}: errno {}", p.display(), errno());
+    st
+}
+
+/// statx(2) of `p`: (the mask answered, btime seconds, nanoseconds).
+fn birth_time(p: &Path) -> (u32, i64, u32) {
+    let st = statx(p);
     (st.stx_mask, st.stx_btime.tv_sec, st.stx_btime.tv_nsec)
 }
 
@@ -411,22 +418,9 @@ fn statx_reports_the_birth_time() {
     m.unmount();
 }
 
-/// statx(2) of `p`, asked of the filesystem (AT_STATX_FORCE_SYNC) with the birth time, so the
-/// kernel sends FUSE_STATX: (stx_attributes, stx_attributes_mask).
+/// statx(2) of `p`: (stx_attributes, stx_attributes_mask).
 fn statx_attributes(p: &Path) -> (u64, u64) {
-    let c = cpath(p);
-    // SAFETY: statx fills the zeroed struct for a NUL-terminated path.
-    let mut st: libc::statx = unsafe { std::mem::zeroed() };
-    let r = unsafe {
-        libc::statx(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::AT_STATX_FORCE_SYNC,
-            libc::STATX_BASIC_STATS | libc::STATX_BTIME,
-            &mut st,
-        )
-    };
-    assert_eq!(r, 0, "statx {}: errno {}", p.display(), errno());
+    let st = statx(p);
     (st.stx_attributes, st.stx_attributes_mask)
 }
 
