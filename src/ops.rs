@@ -160,6 +160,8 @@ pub(crate) struct Ops {
     active: std::sync::atomic::AtomicUsize,
     /// Tells the kernel to drop its cached attributes of a node; see [`Ops::on_attr_change`].
     attr_changed: std::sync::OnceLock<AttrChangedHook>,
+    /// FUSE_STATX is answered (statx(2) shows birth times); see [`Ops::without_btime`].
+    btime: bool,
 }
 
 /// Tells the kernel that a node's attributes changed behind its back (FUSE_NOTIFY_INVAL_INODE).
@@ -192,7 +194,24 @@ impl Ops {
             destroy: parking_lot::Mutex::new(None),
             active: std::sync::atomic::AtomicUsize::new(0),
             attr_changed: std::sync::OnceLock::new(),
+            btime: true,
         }
+    }
+
+    /// Refuses FUSE_STATX (`-o btime=off`). The kernel learns a node's attributes from LOOKUP,
+    /// CREATE and READDIRPLUS replies, which carry no birth time, so it sends FUSE_STATX the
+    /// first time a caller asks statx(2) for the birth time of each node: a round trip per
+    /// file for a tree walk whose stat asks for every field (Rust's `fs::metadata` does). After
+    /// one ENOSYS the kernel stops asking for the connection's life and answers from its cache,
+    /// without STATX_BTIME in the mask.
+    pub(crate) fn without_btime(mut self) -> Ops {
+        self.btime = false;
+        self
+    }
+
+    /// Whether FUSE_STATX is answered.
+    pub(crate) fn answers_statx(&self) -> bool {
+        self.btime
     }
 
     /// Sets how to tell the kernel a node's attributes changed where it does not look: a

@@ -362,6 +362,35 @@ fn birth_time(p: &Path) -> (u32, i64, u32) {
     (st.stx_mask, st.stx_btime.tv_sec, st.stx_btime.tv_nsec)
 }
 
+/// `-o btime=off`: FUSE_STATX is refused, so the kernel answers statx(2) from GETATTR's fields
+/// and its cache, without a birth time, on either transport; the basic fields stay right.
+#[test]
+fn btime_off_answers_statx_without_a_birth_time() {
+    for opts in ["btime=off", "btime=off,uring=off"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let img = image(tmp.path(), 64 << 20);
+        let m = Mount::new(&img, opts);
+        let f = m.path().join("f");
+        fs::write(&f, b"12345").unwrap();
+        fs::create_dir(m.path().join("dir")).unwrap();
+        for p in [&f, &m.path().join("dir")] {
+            let st = statx(p);
+            assert_eq!(
+                st.stx_mask & libc::STATX_BTIME,
+                0,
+                "{opts}: {p:?} has a birth time"
+            );
+            assert_eq!(
+                st.stx_mask & libc::STATX_BASIC_STATS,
+                libc::STATX_BASIC_STATS,
+                "{opts}: {p:?} basic fields"
+            );
+        }
+        assert_eq!(statx(&f).stx_size, 5, "{opts}: size");
+        m.unmount();
+    }
+}
+
 /// statx(2) reports the birth time the inode stores (generic/423): set at creation, to the
 /// nanosecond between the times before and after it, never moved by later writes or utimes,
 /// the same after a remount; for files, directories and symlinks.

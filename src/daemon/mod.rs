@@ -278,7 +278,8 @@ pub fn serve(
     }
     // Each request thread's data buffer is kept up to the largest request (counted in the base).
     crate::file::set_scratch_keep_max(budget.sizing.max_write as usize);
-    let ops = Arc::new(Ops::new(fs.clone(), budget.sizing.max_write));
+    let ops = Ops::new(fs.clone(), budget.sizing.max_write);
+    let ops = Arc::new(if o.btime { ops } else { ops.without_btime() });
     let finish = Arc::new(Finish {
         fs: fs.clone(),
         source: source.clone(),

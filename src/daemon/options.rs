@@ -24,7 +24,7 @@ pub struct MountOption {
 
 /// ticketfs's options: what `apply` knows, what a near miss is compared with, and what the help
 /// and the manual page list.
-pub const MOUNT_OPTIONS: [MountOption; 29] = [
+pub const MOUNT_OPTIONS: [MountOption; 30] = [
     MountOption {
         name: "ro",
         value: None,
@@ -79,6 +79,11 @@ pub const MOUNT_OPTIONS: [MountOption; 29] = [
         name: "uring_idle",
         value: Some("on|off"),
         help: "The io_uring queue threads serve at SCHED_IDLE while CPUs are spare (on, the default).",
+    },
+    MountOption {
+        name: "btime",
+        value: Some("on|off"),
+        help: "Report each file's birth time to statx(2) (on, the default). The kernel asks the daemon for it once per file, so a statx asking for it costs a round trip the first time; off answers statx from the kernel's cache, without a birth time.",
     },
     MountOption {
         name: "memres",
@@ -220,6 +225,9 @@ pub struct Options {
     pub(crate) uring: bool,
     /// `-o uring_idle=on|off`: the queue threads serve at SCHED_IDLE while CPUs are spare (on).
     pub(crate) uring_idle: bool,
+    /// `-o btime=on|off`: FUSE_STATX answered, so statx(2) shows the birth time (on), or
+    /// refused with ENOSYS, so the kernel stops asking (off).
+    pub(crate) btime: bool,
     /// `-o hostcache=on|off`: file data read through the image's page cache (on by default).
     pub(crate) host_cache: bool,
     /// `-o blkdev=on|off`: mount as `fuseblk` (through a loop device for an image file), so
@@ -325,6 +333,7 @@ impl Default for Options {
             blkdev_asked: false,
             uring: true,
             uring_idle: true,
+            btime: true,
             flags: MountFlags::default(),
             named: Named::default(),
             verbose: false,
@@ -445,6 +454,7 @@ impl Options {
                 }
                 "uring" => self.uring = on_off(name, v)?,
                 "uring_idle" => self.uring_idle = on_off(name, v)?,
+                "btime" => self.btime = on_off(name, v)?,
                 "memres" => {
                     self.engine.memres = if on_off(name, v)? {
                         MemRes::On

@@ -155,7 +155,9 @@ pub(crate) fn handle(ops: &Ops, h: &InHeader, arg: &[u8], payload: &[u8]) -> Res
             Found::Negative => Ok(Out::Entry(None)),
         },
         FUSE_GETATTR => ops.getattr(node).map(Out::Attr),
-        // statx(2) asking for more than the basic fields (the birth time): answered in full.
+        // statx(2) asking for more than the basic fields (the birth time): answered in full,
+        // or refused for the connection's life with `-o btime=off`.
+        FUSE_STATX if !ops.answers_statx() => Err(libc::ENOSYS),
         FUSE_STATX => ops.getattr(node).map(Out::Statx),
         FUSE_SETATTR => {
             let valid = a.u32()?;
