@@ -90,9 +90,9 @@ impl TransKind {
 /// One attribute change as the inode stands, what [`ResvTable::xattr_change`] sizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum XattrChange {
-    /// The inode is in the block form and the result fits its block: the block rewritten,
-    /// allocated or freed.
-    Block,
+    /// The inode is in the block form and the result fits its block: the block rewritten in
+    /// place, or freed; `allocates` when the inode has no block yet.
+    Block { allocates: bool },
     /// The inode is in the block form and the result does not fit: this step moves its
     /// `entries` attributes (records of `record_bytes` in the tree, values of `remote_blocks`
     /// remote blocks) into a new tree; the change is a step of its own after it.
@@ -308,7 +308,7 @@ impl ResvTable {
     pub(crate) fn xattr_blocks(&self, c: XattrChange) -> u64 {
         let tree_set = |levels: u32, new_remote: u64| 1 + (levels as u64 + 1) + new_remote;
         match c {
-            XattrChange::Block => 1,
+            XattrChange::Block { allocates } => allocates as u64,
             XattrChange::Tree {
                 levels, new_remote, ..
             } => tree_set(levels, new_remote),
@@ -341,7 +341,7 @@ impl ResvTable {
     /// case, which a change the inode's state does not bound falls back to.
     pub(crate) fn xattr_change(&self, c: XattrChange) -> u32 {
         let n = match c {
-            XattrChange::Block => self.xattr_block_store(),
+            XattrChange::Block { .. } => self.xattr_block_store(),
             XattrChange::ToTree {
                 entries,
                 record_bytes,
@@ -521,7 +521,10 @@ mod tests {
             let t = ResvTable::new(&g);
             let worst = t.get(TransKind::Xattr).buffers;
             let r = at::remote_blocks_max(bs as usize);
-            let mut changes = vec![XattrChange::Block];
+            let mut changes = vec![
+                XattrChange::Block { allocates: true },
+                XattrChange::Block { allocates: false },
+            ];
             for levels in 1..=t.heights.xattr + 1 {
                 for (new_remote, old_remote) in [(0, None), (0, Some(0)), (r, Some(r)), (r, None)] {
                     changes.push(XattrChange::Tree {
@@ -543,7 +546,8 @@ mod tests {
             for c in changes {
                 assert!(t.xattr_change(c) <= worst, "bs {bs}: {c:?}");
             }
-            assert_eq!(t.xattr_blocks(XattrChange::Block), 1);
+            assert_eq!(t.xattr_blocks(XattrChange::Block { allocates: true }), 1);
+            assert_eq!(t.xattr_blocks(XattrChange::Block { allocates: false }), 0);
             let small = XattrChange::Tree {
                 levels: 2,
                 new_remote: 0,

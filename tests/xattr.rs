@@ -8,7 +8,9 @@ use common::mount::{assert_fsck_clean, image, Mount};
 use common::xattr::{cpath, errno, getx, listx_sized, removex, setx};
 use common::*;
 use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// Attributes on the one file: more than generic/020's thousand.
 const ATTRS: usize = 1100;
@@ -425,6 +427,72 @@ fn a_small_attribute_is_set_on_a_nearly_full_filesystem() {
     drop(filler);
     m.unmount();
     assert_fsck_clean(&img, "the attribute changes");
+}
+
+/// A chmod of a file with attributes on a full filesystem works, as on ext4 or XFS: its access
+/// ACL (same size, its mask or group entry rewritten in place) and a security label need no
+/// block, nor does a set that fits the inode's attribute block. The chmod used to promise the
+/// worst case of any attribute change and a set one block, and both got ENOSPC.
+#[test]
+fn a_chmod_of_a_file_with_attributes_works_with_no_block_available() {
+    let work = tempfile::tempdir().unwrap();
+    let img = image(work.path(), 64 << 20);
+    let m = Mount::new(&img, "");
+    let (acl, labelled) = (m.path().join("acl"), m.path().join("labelled"));
+    fs::write(&acl, b"a").unwrap();
+    fs::write(&labelled, b"l").unwrap();
+    let st = Command::new("setfacl")
+        .args(["-m", "u:nobody:rw-"])
+        .arg(&acl)
+        .status()
+        .expect("setfacl (Debian's acl)");
+    assert!(st.success(), "setfacl");
+    let label = pattern(7, 20);
+    setx(&labelled, "security.label", &label, 0).unwrap();
+    // Files whose first attribute takes a block each: what brings the space past data to 0.
+    let spare: Vec<PathBuf> = (0..80).map(|k| m.path().join(format!("s{k}"))).collect();
+    for p in &spare {
+        fs::write(p, b"").unwrap();
+    }
+    let filler = fs::File::create(m.path().join("filler")).unwrap();
+    let mut end = 0;
+    fill_until(m.path(), &filler, &mut end, 0);
+    let mut next = spare.iter();
+    while available_blocks(m.path()) > 0 {
+        let p = next.next().expect("spare files left");
+        if let Err(e) = setx(p, "security.label", &label, 0) {
+            assert_eq!(e, libc::ENOSPC, "label on {}", p.display());
+            break;
+        }
+    }
+    assert_eq!(available_blocks(m.path()), 0);
+
+    fs::set_permissions(&acl, fs::Permissions::from_mode(0o640)).expect("chmod of the ACL'd file");
+    fs::set_permissions(&labelled, fs::Permissions::from_mode(0o600))
+        .expect("chmod of the labelled file");
+    let out = Command::new("getfacl")
+        .args(["-c", "-p"])
+        .arg(&acl)
+        .output()
+        .expect("getfacl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("mask::r--") && text.contains("user:nobody:rw-"),
+        "ACL after chmod 640:\n{text}"
+    );
+    assert_eq!(fs::metadata(&acl).unwrap().mode() & 0o7777, 0o640);
+    assert_eq!(fs::metadata(&labelled).unwrap().mode() & 0o7777, 0o600);
+    assert_eq!(getx(&labelled, "security.label").unwrap(), label);
+    // A value that stays in the inode's attribute block takes no block either.
+    let relabel = pattern(8, 20);
+    setx(&labelled, "security.label", &relabel, libc::XATTR_REPLACE)
+        .expect("a label replaced in its block");
+    setx(&labelled, "user.note", b"n", 0).expect("a small attribute added to the block");
+    assert_eq!(getx(&labelled, "security.label").unwrap(), relabel);
+    assert_eq!(available_blocks(m.path()), 0);
+    drop(filler);
+    m.unmount();
+    assert_fsck_clean(&img, "chmods on a full filesystem");
 }
 
 /// Labels take a filesystem down to the pool kept for operations that free space; an unlink

@@ -14,6 +14,10 @@ pub(crate) enum AtimePolicy {
     Never,
 }
 
+/// Times a chmod measures its access ACL's rewrite before it reserves an attribute change's
+/// worst case: once in its first transaction, once more if another change came between.
+const CHMOD_ACL_MEASURES_MAX: u32 = 2;
+
 /// relatime updates an access time at least this often (as Linux: a day).
 pub(super) const RELATIME_MAX_AGE_SECS: i64 = 24 * 3600;
 
@@ -137,27 +141,38 @@ impl Fs {
             let _g = self.data_lock(ino);
             self.io().truncate(ino, size, now())?;
         }
-        // A chmod of an inode with attributes may rewrite its access ACL: an attribute
-        // change's reservation and block promise.
-        let mut with_acl = a.mode.is_some() && cur.xattr_blk != 0;
+        // A chmod of an inode with an access ACL rewrites it at its own size: an attribute
+        // change measured as that set (in place in its attribute block: no block), measured
+        // again whenever the transaction finds more is needed (another change came between),
+        // the worst case after the last measure. Without one it writes the inode alone.
+        let mut begun: Option<XattrBegun> = None;
+        let mut measures = 0;
         let (_blocks, mut tx, r, mut i) = loop {
-            let kind = if with_acl {
-                TransKind::Xattr
-            } else {
-                TransKind::Setattr
+            let (blocks, mut tx) = match begun {
+                Some(b) => {
+                    let (blocks, tx) = self.begin_xattr(b)?;
+                    (Some(blocks), tx)
+                }
+                None => (None, self.eng.begin(TransKind::Setattr)?),
             };
-            let blocks = if with_acl {
-                Some(self.promise(kind, false)?)
-            } else {
-                None
-            };
-            let mut tx = self.eng.begin(kind)?;
             let (r, i) = inode::read(&mut tx, ino)?;
-            if a.mode.is_some() && i.xattr_blk != 0 && !with_acl {
-                // Attributes came meanwhile: an attribute change's reservation after all.
-                tx.cancel()?;
-                with_acl = true;
-                continue;
+            if a.mode.is_some() && i.xattr_blk != 0 {
+                let need = self.chmod_acl_size(&mut tx, ino, &i)?;
+                let held = match (begun, need) {
+                    (_, None) | (Some(XattrBegun::Worst), _) => true,
+                    (Some(XattrBegun::Sized(had)), Some(n)) => had.covers(n),
+                    (None, Some(_)) => false,
+                };
+                if let (false, Some(n)) = (held, need) {
+                    tx.cancel()?;
+                    measures += 1;
+                    begun = Some(if measures < CHMOD_ACL_MEASURES_MAX {
+                        XattrBegun::Sized(n)
+                    } else {
+                        XattrBegun::Worst
+                    });
+                    continue;
+                }
             }
             break (blocks, tx, r, i);
         };

@@ -50,6 +50,7 @@ use names::{check_name, lock_chunks};
 pub use perm::Ctx;
 use perm::{kill_setid, sticky_ok};
 use std::time::{SystemTime, UNIX_EPOCH};
+use xattr::XattrBegun;
 
 // The mode bits and entry types are format facts (`format::inode`); the POSIX layer's users
 // name them here too.

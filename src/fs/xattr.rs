@@ -21,6 +21,18 @@ impl XattrSize {
             blocks: t.xattr_blocks(c),
         }
     }
+
+    /// Does what was reserved for `self` hold `other`?
+    pub(super) fn covers(&self, other: XattrSize) -> bool {
+        other.buffers <= self.buffers && other.blocks <= self.blocks
+    }
+}
+
+/// How an attribute change begun to its measure or to the worst case reserved.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum XattrBegun {
+    Sized(XattrSize),
+    Worst,
 }
 
 /// What an attribute change may need, for its block promise and its reservation.
@@ -234,14 +246,8 @@ impl Fs {
                     self.promise(TransKind::Inactive, true)?,
                     self.eng.begin(TransKind::Xattr)?,
                 ),
-                (XattrNeed::Sets(_), Some(n)) => (
-                    self.alloc.reserve(n.blocks, n.blocks, false)?,
-                    self.eng.begin_sized(TransKind::Xattr, n.buffers)?,
-                ),
-                (XattrNeed::Sets(_), None) => (
-                    self.promise(TransKind::Xattr, false)?,
-                    self.eng.begin(TransKind::Xattr)?,
-                ),
+                (XattrNeed::Sets(_), Some(n)) => self.begin_xattr(XattrBegun::Sized(n))?,
+                (XattrNeed::Sets(_), None) => self.begin_xattr(XattrBegun::Worst)?,
             };
             let (r, mut i) = inode::read(&mut tx, ino)?;
             // Before the namespace's rule, as the kernel's `xattr_permission` does.
@@ -271,6 +277,40 @@ impl Fs {
             self.durable_if(flags::is_sync(&i))?;
             return Ok(out);
         }
+    }
+
+    /// An attribute change's block promise and transaction, as measured or the worst case.
+    pub(super) fn begin_xattr(&self, b: XattrBegun) -> R<(crate::alloc::BlockResv<'_>, Trans<'_>)> {
+        Ok(match b {
+            XattrBegun::Sized(n) => (
+                self.alloc.reserve(n.blocks, n.blocks, false)?,
+                self.eng.begin_sized(TransKind::Xattr, n.buffers)?,
+            ),
+            XattrBegun::Worst => (
+                self.promise(TransKind::Xattr, false)?,
+                self.eng.begin(TransKind::Xattr)?,
+            ),
+        })
+    }
+
+    /// What a chmod of `ino` (`i`, read in `tx`) needs to rewrite its access ACL at its own
+    /// size (None: it has none, and the chmod writes the inode alone).
+    pub(super) fn chmod_acl_size(
+        &self,
+        tx: &mut Trans<'_>,
+        ino: u64,
+        i: &Inode,
+    ) -> R<Option<XattrSize>> {
+        let Some(acl) = self.access_acl(tx, ino, i)? else {
+            return Ok(None);
+        };
+        let value = acl.encode();
+        let a = Attr {
+            name: crate::format::acl::ACCESS,
+            value: &value,
+        };
+        let change = crate::xattr::plan(tx, ino, i, a)?;
+        Ok(Some(XattrSize::of(self.eng.table(), change)))
     }
 
     /// What setting `a` on `ino` needs, measured on the inode as it stands (its attribute form,

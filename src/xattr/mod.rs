@@ -140,7 +140,10 @@ pub(crate) fn plan(
                     )
                 });
             if block::fits(bs as u32, &with_set(now, a)) {
-                Ok(XattrChange::Block)
+                // An existing block is rewritten in place.
+                Ok(XattrChange::Block {
+                    allocates: i.xattr_blk == 0,
+                })
             } else {
                 Ok(XattrChange::ToTree {
                     entries,
