@@ -27,6 +27,9 @@ pub struct MkfsOptions {
     pub label: String,
     /// Overwrite an existing filesystem.
     pub force: bool,
+    /// The root directory's owner and group (mke2fs -E root_owner): 0:0 unless a user is to
+    /// create files in a filesystem of their own.
+    pub root_owner: (u32, u32),
 }
 
 impl Default for MkfsOptions {
@@ -38,6 +41,7 @@ impl Default for MkfsOptions {
             ag_count: None,
             label: String::new(),
             force: false,
+            root_owner: (0, 0),
         }
     }
 }
@@ -285,8 +289,8 @@ pub fn make_filesystem_with(
         Engine::mount(Arc::new(dev), EngineOptions::default()).map_err(|e| e.to_string())?;
     crate::alloc::format_all_with(&eng, progress)
         .map_err(|e| format!("formatting allocation groups: {e}"))?;
-    let root =
-        crate::fs::make_root(&eng).map_err(|e| format!("creating the root directory: {e}"))?;
+    let root = crate::fs::make_root(&eng, o.root_owner)
+        .map_err(|e| format!("creating the root directory: {e}"))?;
     eng.set_root_ino(root);
     let mut sb = sb;
     sb.root_ino = root;
