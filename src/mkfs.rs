@@ -204,18 +204,21 @@ pub fn make_filesystem_with(
             ));
         }
     }
-    // A block device the kernel holds (mounted: a ticketfs mount's loop device, a kernel
-    // filesystem) is refused whatever names it; held until the filesystem is written.
-    let _claim = if target.exists() {
+    if target.exists() {
         crate::image::check_kind(target).map_err(|e| format!("{show}: {e}"))?;
-        crate::image::claim_block_device(target).map_err(|e| format!("{show}: {e}"))?
+        if let Some(m) = crate::stats::mounts_of(target).first() {
+            return Err(format!("{show} is mounted on {}", m.point.display()));
+        }
+    }
+    // In use by anyone (`image::claim_exclusive`: a block device the kernel holds, an image
+    // file another user's ticketfs serves or that a busy loop device maps) is refused
+    // whatever names it; held until the filesystem is written.
+    let _claim = if target.exists() {
+        Some(crate::image::claim_exclusive(target).map_err(|e| format!("{show}: {e}"))?)
     } else {
         None
     };
     let _lock = if target.exists() {
-        if let Some(m) = crate::stats::mounts_of(target).first() {
-            return Err(format!("{show} is mounted on {}", m.point.display()));
-        }
         match crate::rundir::try_lock(target) {
             Ok(l) => Some(l),
             Err(None) => {

@@ -194,9 +194,10 @@ fn main() {
             ),
         );
     }
-    // A block device the kernel holds (a ticketfs mount's loop device, a mounted kernel
-    // filesystem) is refused whatever names it, and claimed while fsck works.
-    let _claim = match ticketfs::image::claim_block_device(&path) {
+    // In use by anyone (`image::claim_exclusive`: a block device the kernel holds, an image
+    // file another user's ticketfs serves or that a busy loop device maps) is refused whatever
+    // names it, and claimed while fsck works.
+    let _claim = match ticketfs::image::claim_exclusive(&path) {
         Ok(c) => c,
         Err(e) => fail(EXIT_OPERATIONAL, &format!("{}: {e}", path.display())),
     };
