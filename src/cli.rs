@@ -143,13 +143,25 @@ fn roff_text(s: &str) -> String {
 /// and exit `status`, instead of print!'s panic; a pipe closed by its reader (`| head`) ends
 /// quietly, as a C tool ends on SIGPIPE.
 pub fn print_or_exit(prog: &str, text: &str, status: i32) {
+    if !print_or_warn(prog, text) {
+        std::process::exit(status)
+    }
+}
+
+/// Writes `text` to stdout; false when that failed, which is then one line on stderr (none for
+/// a pipe closed by its reader). For a tool whose exit status says something other than whether
+/// its report was read (fsck: what it found and repaired).
+pub fn print_or_warn(prog: &str, text: &str) -> bool {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            eprintln!("{prog}: writing the output: {e}");
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => true,
+        Err(e) => {
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                eprintln!("{prog}: writing the output: {e}");
+            }
+            false
         }
-        std::process::exit(status)
     }
 }
 

@@ -158,17 +158,16 @@ const LO_INODE_AT: usize = 8;
 const LO_OFFSET_AT: usize = 24;
 const LO_SIZELIMIT_AT: usize = 32;
 
-/// The (device, inode) of the file the loop device `path` (device number `rdev`) maps whole,
-/// if it is an attached loop device without an offset or a size limit.
-fn whole_file_loop(path: &Path, rdev: u64) -> Option<(u64, u64)> {
-    if libc::major(rdev) != LOOP_MAJOR {
-        return None;
-    }
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
+/// What the loop driver says of an attached loop device (LOOP_GET_STATUS64).
+struct LoopStatus {
+    /// The (device, inode) of the file it maps.
+    file: (u64, u64),
+    /// It maps the whole file: no offset, no size limit.
+    whole: bool,
+}
+
+/// The status of the loop device open as `f`; None when it is not an attached loop device.
+fn loop_status(f: &File) -> Option<LoopStatus> {
     let mut info = [0u8; LOOP_INFO64_BYTES];
     // SAFETY: LOOP_GET_STATUS64 writes a struct loop_info64, which `info` holds.
     if unsafe { libc::ioctl(f.as_raw_fd(), LOOP_GET_STATUS64, info.as_mut_ptr()) } != 0 {
@@ -179,8 +178,28 @@ fn whole_file_loop(path: &Path, rdev: u64) -> Option<(u64, u64)> {
         b.copy_from_slice(&info[at..at + 8]);
         u64::from_ne_bytes(b)
     };
-    (u64_at(LO_OFFSET_AT) == 0 && u64_at(LO_SIZELIMIT_AT) == 0)
-        .then(|| (u64_at(LO_DEVICE_AT), u64_at(LO_INODE_AT)))
+    Some(LoopStatus {
+        file: (u64_at(LO_DEVICE_AT), u64_at(LO_INODE_AT)),
+        whole: u64_at(LO_OFFSET_AT) == 0 && u64_at(LO_SIZELIMIT_AT) == 0,
+    })
+}
+
+/// Opens a block device for an ioctl, without blocking and without claiming it.
+fn open_for_ioctl(path: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+}
+
+/// The (device, inode) of the file the loop device `path` (device number `rdev`) maps whole,
+/// if it is an attached loop device without an offset or a size limit.
+fn whole_file_loop(path: &Path, rdev: u64) -> Option<(u64, u64)> {
+    if libc::major(rdev) != LOOP_MAJOR {
+        return None;
+    }
+    let f = open_for_ioctl(path).ok()?;
+    loop_status(&f).filter(|s| s.whole).map(|s| s.file)
 }
 
 /// The path sysfs shows for the file the loop device `rdev` is attached to (for messages: the
@@ -238,24 +257,127 @@ fn kind_problem(t: std::fs::FileType) -> io::Result<()> {
     ))
 }
 
-/// An exclusive claim on a block device (O_EXCL), held while mkfs or fsck writes it: the
-/// kernel refuses it (EBUSY) while the device is mounted (a ticketfs mount's loop device, any
-/// kernel filesystem) or claimed by another program, as mke2fs and mkfs.xfs find out. None for
-/// an image file (its lock and the mount table cover it).
-pub fn claim_block_device(path: &Path) -> io::Result<Option<File>> {
-    if !std::fs::metadata(path)?.file_type().is_block_device() {
-        return Ok(None);
+/// An image marked in use for every user while it is held (dropped: released).
+pub struct Claim {
+    _held: Vec<File>,
+}
+
+/// Why a claim was refused: the image is in use.
+fn in_use(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::ResourceBusy, what)
+}
+
+/// Claims the image at `path` for mkfs or fsck, which must have it to themselves, whoever else
+/// is using it (the image's lock and the mount table cover only this user's mounts):
+/// - a block device: opened O_EXCL, which the kernel refuses (EBUSY) while it is mounted (a
+///   ticketfs mount's loop device, any kernel filesystem) or claimed by another program, a
+///   ticketfs daemon serving it as a plain fuse mount too (`claim_for_mount`), as mke2fs and
+///   mkfs.xfs find out;
+/// - an image file: an exclusive flock, which fails while a ticketfs daemon of any user holds
+///   its shared one (`claim_for_mount`), and an O_EXCL claim on every loop device that maps the
+///   file (some or all of it), which fails while one is in use: mke2fs refuses the file behind
+///   a mounted loop device.
+///
+/// Held until the tool is done, so nobody mounts the image meanwhile.
+pub fn claim_exclusive(path: &Path) -> io::Result<Claim> {
+    let m = std::fs::metadata(path)?;
+    if m.file_type().is_block_device() {
+        return Ok(Claim {
+            _held: vec![claim_device(path)?],
+        });
     }
-    match std::fs::OpenOptions::new()
+    let f = open_checked(path)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            in_use(
+                "in use: locked by another program (a ticketfs mount, maybe another user's, \
+                    or its mkfs or fsck)"
+                    .to_string(),
+            )
+        } else {
+            e
+        });
+    }
+    let mut held = vec![f];
+    for dev in loops_over(m.dev(), m.ino()) {
+        match claim_device(&dev) {
+            Ok(c) => held.push(c),
+            Err(e) if e.kind() == io::ErrorKind::ResourceBusy => {
+                return Err(in_use(format!(
+                    "in use: {} maps it and is in use (mounted, or held by another program)",
+                    dev.display()
+                )))
+            }
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", dev.display()))),
+        }
+    }
+    Ok(Claim { _held: held })
+}
+
+/// Claims the image at `path` for a daemon serving it through a plain fuse mount, for the life
+/// of the mount, so that mkfs and fsck of every user (`claim_exclusive`) and the kernel see it
+/// in use: a block device O_EXCL, as the kernel claims a fuseblk mount's (refused when in use);
+/// an image file by a shared flock. The flock is not insisted on: anyone who may read the file
+/// can hold it, and must not keep its owner from mounting it.
+pub fn claim_for_mount(path: &Path) -> io::Result<Claim> {
+    if std::fs::metadata(path)?.file_type().is_block_device() {
+        return Ok(Claim {
+            _held: vec![claim_device(path)?],
+        });
+    }
+    let f = open_checked(path)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0 {
+        return Ok(Claim { _held: Vec::new() });
+    }
+    Ok(Claim { _held: vec![f] })
+}
+
+/// Opens the block device `path` O_EXCL: the kernel's claim, refused (EBUSY) while it is
+/// mounted or claimed by another program.
+fn claim_device(path: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_EXCL | libc::O_CLOEXEC)
         .open(path)
-    {
-        Ok(f) => Ok(Some(f)),
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(io::Error::new(
-            io::ErrorKind::ResourceBusy,
-            "in use: mounted, or held by another program",
-        )),
-        Err(e) => Err(e),
-    }
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::EBUSY) {
+                in_use("in use: mounted, or held by another program".to_string())
+            } else {
+                e
+            }
+        })
+}
+
+/// Where sysfs lists block devices: the loop devices attached to a file have `loop/` there.
+const SYS_BLOCK: &str = "/sys/block";
+
+/// The attached loop devices that map (some of) the file with device `dev` and inode `ino`, as
+/// the loop driver holds it (its path may have changed since), by their /dev names.
+fn loops_over(dev: u64, ino: u64) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(SYS_BLOCK) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| {
+            let name = e.ok()?.file_name();
+            let name = name.to_str()?;
+            // Only attached loop devices have a backing file.
+            if !name.starts_with("loop")
+                || !Path::new(SYS_BLOCK)
+                    .join(name)
+                    .join("loop/backing_file")
+                    .exists()
+            {
+                return None;
+            }
+            let node = Path::new("/dev").join(name);
+            let f = open_for_ioctl(&node).ok()?;
+            let md = f.metadata().ok()?;
+            let is_loop = md.file_type().is_block_device() && libc::major(md.rdev()) == LOOP_MAJOR;
+            (is_loop && loop_status(&f)?.file == (dev, ino)).then_some(node)
+        })
+        .collect()
 }

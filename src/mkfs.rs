@@ -27,6 +27,9 @@ pub struct MkfsOptions {
     pub label: String,
     /// Overwrite an existing filesystem.
     pub force: bool,
+    /// The root directory's owner and group (mke2fs -E root_owner): 0:0 unless a user is to
+    /// create files in a filesystem of their own.
+    pub root_owner: (u32, u32),
 }
 
 impl Default for MkfsOptions {
@@ -38,6 +41,7 @@ impl Default for MkfsOptions {
             ag_count: None,
             label: String::new(),
             force: false,
+            root_owner: (0, 0),
         }
     }
 }
@@ -200,18 +204,21 @@ pub fn make_filesystem_with(
             ));
         }
     }
-    // A block device the kernel holds (mounted: a ticketfs mount's loop device, a kernel
-    // filesystem) is refused whatever names it; held until the filesystem is written.
-    let _claim = if target.exists() {
+    if target.exists() {
         crate::image::check_kind(target).map_err(|e| format!("{show}: {e}"))?;
-        crate::image::claim_block_device(target).map_err(|e| format!("{show}: {e}"))?
+        if let Some(m) = crate::stats::mounts_of(target).first() {
+            return Err(format!("{show} is mounted on {}", m.point.display()));
+        }
+    }
+    // In use by anyone (`image::claim_exclusive`: a block device the kernel holds, an image
+    // file another user's ticketfs serves or that a busy loop device maps) is refused
+    // whatever names it; held until the filesystem is written.
+    let _claim = if target.exists() {
+        Some(crate::image::claim_exclusive(target).map_err(|e| format!("{show}: {e}"))?)
     } else {
         None
     };
     let _lock = if target.exists() {
-        if let Some(m) = crate::stats::mounts_of(target).first() {
-            return Err(format!("{show} is mounted on {}", m.point.display()));
-        }
         match crate::rundir::try_lock(target) {
             Ok(l) => Some(l),
             Err(None) => {
@@ -285,8 +292,8 @@ pub fn make_filesystem_with(
         Engine::mount(Arc::new(dev), EngineOptions::default()).map_err(|e| e.to_string())?;
     crate::alloc::format_all_with(&eng, progress)
         .map_err(|e| format!("formatting allocation groups: {e}"))?;
-    let root =
-        crate::fs::make_root(&eng).map_err(|e| format!("creating the root directory: {e}"))?;
+    let root = crate::fs::make_root(&eng, o.root_owner)
+        .map_err(|e| format!("creating the root directory: {e}"))?;
     eng.set_root_ino(root);
     let mut sb = sb;
     sb.root_ino = root;

@@ -2065,3 +2065,66 @@ fn a_version_1_superblock_over_an_attribute_tree_is_raised_to_2() {
         "the attributes after the repair"
     );
 }
+
+/// fsck's exit status is the filesystem's, as e2fsck's is: a report that cannot be written (a
+/// full disk, a pipe its reader closed) adds a line on stderr (none for the closed pipe, as a C
+/// tool ends quietly on SIGPIPE) but does not hide that the image was repaired (1), still has
+/// errors (4) or is clean (0). e2fsck -n/-y with stdout on /dev/full exits 0, 4 and 1 alike.
+#[test]
+fn a_report_that_cannot_be_written_keeps_the_check_s_exit_status() {
+    use std::process::Stdio;
+    let work = tempfile::tempdir().unwrap();
+    let img = fresh_image(work.path());
+    let pristine = fs::read(&img).unwrap();
+    // The backup superblock zeroed: one problem, which -y repairs by rewriting the copy.
+    let mut bytes = pristine.clone();
+    let last = bytes.len() - BS;
+    bytes[last..].fill(0);
+    let full = || {
+        fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    for (args, damaged, code) in [
+        (&["-n"][..], true, 4),
+        (&["-y"][..], true, 1),
+        (&["-n"][..], false, 0),
+        (&[][..], false, 0),
+    ] {
+        for closed_pipe in [false, true] {
+            fs::write(&img, if damaged { &bytes } else { &pristine }).unwrap();
+            let mut cmd = Command::new(fsck_bin());
+            cmd.args(args).arg(&img).stderr(Stdio::piped());
+            let out = if closed_pipe {
+                let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+                drop(child.stdout.take()); // the reader closes its end before any output
+                child.wait_with_output().unwrap()
+            } else {
+                cmd.stdout(full()).output().unwrap()
+            };
+            let err = String::from_utf8_lossy(&out.stderr);
+            let what = format!("{args:?}, damaged {damaged}, closed pipe {closed_pipe}");
+            assert_eq!(out.status.code(), Some(code), "{what}: {err}");
+            if closed_pipe {
+                assert_eq!(err, "", "{what}");
+            } else {
+                assert_eq!(
+                    err.trim_end(),
+                    "fsck.ticketfs: writing the output: No space left on device (os error 28)",
+                    "{what}"
+                );
+            }
+            if args == ["-y"] {
+                let (code, again) = fsck(&img, &["-n"]);
+                assert_eq!(code, 0, "{what}: not repaired:\n{again}");
+            } else {
+                let before = if damaged { &bytes } else { &pristine };
+                assert!(
+                    fs::read(&img).unwrap() == *before,
+                    "{what}: wrote to the image"
+                );
+            }
+        }
+    }
+}

@@ -500,7 +500,7 @@ fn progress_is_shown_when_asked_and_on_a_terminal() {
 
 /// A path need not be UTF-8 (before, every command panicked on one: the manual-page check read
 /// its arguments as strings), and a stdout that cannot be written is one line and the
-/// command's failure status, not print!'s panic.
+/// command's failure status (fsck's: the image's), not print!'s panic.
 #[test]
 fn non_utf8_paths_work_and_a_full_stdout_is_one_line() {
     use std::os::unix::ffi::OsStrExt;
@@ -569,7 +569,8 @@ fn non_utf8_paths_work_and_a_full_stdout_is_one_line() {
             vec!["-s".as_ref(), "64M".as_ref(), made.as_os_str()],
             1,
         ),
-        (fsck, vec!["-n".as_ref(), img.as_os_str()], 8),
+        // fsck's status is the image's (clean), as e2fsck's; fsck.rs checks it further.
+        (fsck, vec!["-n".as_ref(), img.as_os_str()], 0),
         (tkfs, vec!["db".as_ref(), img.as_os_str(), "sb".as_ref()], 1),
     ] {
         let out = Command::new(&bin)
@@ -618,4 +619,144 @@ fn db_shows_the_superblock_of_a_truncated_image() {
             && text.contains("uuid "),
         "{text}"
     );
+}
+
+/// The mode, owner and group of `p`.
+fn owner_of(p: &Path) -> (u32, u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).unwrap();
+    (m.mode() & 0o7777, m.uid(), m.gid())
+}
+
+/// --root-owner=UID:GID makes the root directory that user's (mke2fs -E root_owner); without
+/// it the root is root's, 0:0 mode 0755. A malformed value is a usage error naming the option.
+#[test]
+fn root_owner_sets_the_root_directory_s_owner() {
+    let work = tempfile::tempdir().unwrap();
+    for bad in [
+        "=abc",
+        "=1000",
+        "=1000:",
+        "=:1000",
+        "=1:+2",
+        "=-1:0",
+        "=4294967295:0",
+        "=0:4294967296",
+        "=1:2:3",
+        "=",
+    ] {
+        let img = work.path().join("refused");
+        let opt = format!("--root-owner{bad}");
+        assert_refused(&["-s", "64M", &opt], &img, "--root-owner");
+        assert_eq!(mkfs(&["-s", "64M", &opt], &img).status.code(), Some(1));
+    }
+    for (args, want) in [
+        (&[][..], (0o755, 0, 0)),
+        (&["--root-owner=1000:1001"][..], (0o755, 1000, 1001)),
+        (&["--root-owner=0:0"][..], (0o755, 0, 0)),
+        // Without a value: who runs mkfs, root here.
+        (&["--root-owner"][..], (0o755, 0, 0)),
+    ] {
+        let img = work.path().join("img");
+        let _ = std::fs::remove_file(&img);
+        let out = mkfs(&[&["-s", "64M"][..], args].concat(), &img);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let m = common::mount::Mount::new(&img, "");
+        assert_eq!(owner_of(m.path()), want, "{args:?}");
+        m.unmount();
+        common::mount::assert_fsck_clean(&img, &format!("{args:?}"));
+    }
+}
+
+/// A user other than root makes an image with --root-owner (no value: their own ids), mounts it
+/// through fusermount3 and creates a file in its root; without the option the root is root's and
+/// the same user cannot (EACCES), which is what the option is for.
+#[test]
+fn a_user_creates_files_in_the_root_of_an_image_made_with_root_owner() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let fuse_mode = std::fs::metadata("/dev/fuse")
+        .ok()
+        .map(|m| m.permissions().mode() & 0o777);
+    if fuse_mode.is_none_or(|m| m & 0o006 != 0o006) {
+        common::skip(&format!(
+            "/dev/fuse is not open to other users here (mode {fuse_mode:?}; Debian's udev \
+             makes it 0666, scripts/install-test-deps.sh does where udev does not run)"
+        ));
+        return;
+    }
+    for (tool, package) in [("fusermount3", "fuse3"), ("setpriv", "util-linux")] {
+        if Command::new(tool).arg("-V").output().is_err() {
+            common::skip(&format!("{tool} is missing (Debian package {package})"));
+            return;
+        }
+    }
+    let work = tempfile::tempdir().unwrap();
+    let user = common::NOBODY;
+    std::os::unix::fs::chown(work.path(), Some(user), Some(user)).unwrap();
+    let bin = Path::new(env!("CARGO_BIN_EXE_ticketfs"));
+    let fsck = bin.with_file_name("fsck-ticketfs");
+    // Mounts IMG on M as the user, runs CHECK in it, unmounts with fusermount3 and waits for
+    // the daemon to let go of the image (fsck -n succeeds once it has).
+    let script = |opt: &str, check: &str| {
+        format!(
+            "set -e; cd {w}; {mkfs} -s 64M {opt} img >/dev/null; mkdir m; {tk} img m; \
+             {check}; fusermount3 -u m; \
+             for i in $(seq 100); do {fsck} -n img >/dev/null 2>&1 && exit 0; sleep 0.05; done; \
+             {fsck} -n img",
+            w = work.path().display(),
+            mkfs = mkfs_bin().display(),
+            tk = bin.display(),
+            fsck = fsck.display(),
+        )
+    };
+    for (opt, check) in [
+        (
+            "--root-owner",
+            format!(
+                "test \"$(stat -c %a:%u:%g m)\" = 755:{user}:{user}; echo made > m/f; \
+                 mkdir m/d; test \"$(cat m/f)\" = made; test \"$(stat -c %u:%g m/f)\" = {user}:{user}"
+            ),
+        ),
+        (
+            "",
+            "test \"$(stat -c %a:%u:%g m)\" = 755:0:0; \
+             test \"$(touch m/f 2>&1)\" = \"touch: cannot touch 'm/f': Permission denied\""
+                .to_string(),
+        ),
+    ] {
+        let out = Command::new("setpriv")
+            .args([
+                &format!("--reuid={user}"),
+                &format!("--regid={user}"),
+                "--clear-groups",
+                "env",
+                "-u",
+                "XDG_RUNTIME_DIR",
+                "LC_ALL=C",
+            ])
+            .arg(format!("HOME={}", work.path().display()))
+            .args(["sh", "-c", &script(opt, &check)])
+            .output()
+            .expect("setpriv");
+        // Whatever happened, leave no mount behind.
+        let m = work.path().join("m");
+        if std::fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .contains(&format!(" {} ", m.display()))
+        {
+            let _ = Command::new("umount").arg("-l").arg(&m).status();
+        }
+        assert!(
+            out.status.success(),
+            "{opt:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _ = std::fs::remove_dir(&m);
+        let _ = std::fs::remove_file(work.path().join("img"));
+    }
 }

@@ -583,3 +583,240 @@ fn the_loop_device_of_a_mount_stays_the_image_when_its_file_is_deleted() {
     drop(second);
     m.unmount();
 }
+
+/// A loop device this test attached (`losetup -f --show FILE`), detached by its name when
+/// dropped, so a test that fails leaves none behind.
+struct Loop(String);
+
+impl Loop {
+    /// None, with the skip reported, where no loop device can be had.
+    fn attach(file: &Path) -> Option<Loop> {
+        let out = match Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(file)
+            .output()
+        {
+            Ok(o) => o,
+            Err(e) => {
+                common::skip(&format!("losetup: {e} (Debian package mount)"));
+                return None;
+            }
+        };
+        if !out.status.success() {
+            common::skip(&format!(
+                "no loop device here: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+            return None;
+        }
+        Some(Loop(
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        ))
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+/// Opens `dev` with O_EXCL, as mkfs.ext4 and the kernel's mount claim a block device: the
+/// claim, or the errno.
+fn claim(dev: &str) -> Result<fs::File, i32> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(dev)
+        .map_err(|e| e.raw_os_error().unwrap_or(0))
+}
+
+/// mkfs -f and fsck -n/-y of `target`: each refused with its exit status, in one line saying
+/// why (`why`).
+fn assert_tools_refuse(target: &Path, why: &str, what: &str) {
+    let fsck = mkfs_bin().with_file_name("fsck-ticketfs");
+    for (bin, args, code) in [
+        (mkfs_bin(), vec!["-f"], 1),
+        (fsck.clone(), vec!["-y"], 8),
+        (fsck, vec!["-n"], 8),
+    ] {
+        let out = Command::new(&bin).args(&args).arg(target).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{what}: {bin:?} {args:?}: {err}"
+        );
+        assert!(err.contains(why), "{what}: {bin:?} {args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{what}: {err}");
+    }
+}
+
+/// A block device served through a plain fuse mount (`-o blkdev=off`) is claimed (O_EXCL) by
+/// its daemon for the life of the mount, as the kernel claims a fuseblk mount's: before, the
+/// kernel saw it free, and mkfs.ext4 -F formatted it and mount(8) mounted ext4 on it under the
+/// live ticketfs.
+#[test]
+fn a_block_device_mounted_as_plain_fuse_is_claimed() {
+    let work = tempfile::tempdir().unwrap();
+    let img = image(work.path(), 64 << 20);
+    let Some(lo) = Loop::attach(&img) else {
+        return;
+    };
+    let m = Mount::new(Path::new(&lo.0), "blkdev=off");
+    fs::write(m.path().join("keep"), b"data").unwrap();
+    assert_eq!(
+        claim(&lo.0).err(),
+        Some(libc::EBUSY),
+        "{} served as plain fuse is free to O_EXCL",
+        lo.0
+    );
+    assert_tools_refuse(
+        Path::new(&lo.0),
+        "mounted",
+        "blkdev=off mount of a loop device",
+    );
+    assert_eq!(fs::read(m.path().join("keep")).unwrap(), b"data");
+    m.unmount();
+    let c = claim(&lo.0);
+    assert!(c.is_ok(), "{} still claimed after the unmount: {c:?}", lo.0);
+    drop(c);
+    common::mount::assert_fsck_clean(&img, "the blkdev=off mount");
+}
+
+/// An image another user mounted (their own, through fusermount3) is in use to root too: mkfs
+/// -f and fsck are refused (before, root's mount table view and lock left it out, fsck -n
+/// called it clean and mkfs -f formatted it under the live mount).
+#[test]
+fn an_image_another_user_mounted_is_refused_to_root() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let fuse_mode = fs::metadata("/dev/fuse")
+        .ok()
+        .map(|m| m.permissions().mode() & 0o777);
+    if fuse_mode.is_none_or(|m| m & 0o006 != 0o006) {
+        common::skip(&format!(
+            "/dev/fuse is not open to other users here (mode {fuse_mode:?}; Debian's udev \
+             makes it 0666, scripts/install-test-deps.sh does where udev does not run)"
+        ));
+        return;
+    }
+    for (tool, package) in [("fusermount3", "fuse3"), ("setpriv", "util-linux")] {
+        if Command::new(tool).arg("-V").output().is_err() {
+            common::skip(&format!("{tool} is missing (Debian package {package})"));
+            return;
+        }
+    }
+    let work = tempfile::tempdir().unwrap();
+    let user = common::NOBODY;
+    std::os::unix::fs::chown(work.path(), Some(user), Some(user)).unwrap();
+    let (img, point) = (work.path().join("img"), work.path().join("m"));
+    let script = format!(
+        "set -e; cd {w}; {mkfs} -s 64M --root-owner img >/dev/null; mkdir m; {tk} img m; \
+         echo data > m/keep",
+        w = work.path().display(),
+        mkfs = mkfs_bin().display(),
+        tk = env!("CARGO_BIN_EXE_ticketfs"),
+    );
+    let out = Command::new("setpriv")
+        .args([
+            &format!("--reuid={user}"),
+            &format!("--regid={user}"),
+            "--clear-groups",
+            "env",
+            "-u",
+            "XDG_RUNTIME_DIR",
+        ])
+        .arg(format!("HOME={}", work.path().display()))
+        .args(["sh", "-c", &script])
+        .output()
+        .expect("setpriv");
+    let mounted = common::mount::Unmounted(point.clone());
+    assert!(
+        out.status.success(),
+        "the user's mount: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_tools_refuse(&img, "in use", "another user's mount");
+    let link = work.path().join("link");
+    fs::hard_link(&img, &link).unwrap();
+    assert_tools_refuse(&link, "in use", "another user's mount, by a hard link");
+    // (Root may not look into another user's mount without allow_other: checked after.)
+    drop(mounted);
+    // A plain fuse mount's daemon writes home after umount returns: fsck waits for it.
+    let fsck = mkfs_bin().with_file_name("fsck-ticketfs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !Command::new(&fsck)
+        .arg("-n")
+        .arg(&img)
+        .output()
+        .unwrap()
+        .status
+        .success()
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    common::mount::assert_fsck_clean(&img, "the user's mount");
+    let m = Mount::new(&img, "nosuid,nodev");
+    assert_eq!(fs::read(m.path().join("keep")).unwrap(), b"data\n");
+    m.unmount();
+}
+
+/// An image file a loop device maps, while that device is in use (a kernel filesystem mounted
+/// on it, or held O_EXCL by a program), is refused by mkfs -f and fsck, as mkfs.ext4 -F refuses
+/// the file behind a mounted loop device ("is mounted; will not make a filesystem here!");
+/// before, mkfs.ticketfs -f formatted it. An idle loop device does not stop them (nor mke2fs).
+#[test]
+fn an_image_file_behind_a_busy_loop_device_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let img = image(work.path(), 64 << 20);
+    let Some(lo) = Loop::attach(&img) else {
+        return;
+    };
+    let held = claim(&lo.0).expect("O_EXCL of an idle loop device");
+    assert_tools_refuse(&img, &lo.0, "a loop device held O_EXCL");
+    drop(held);
+    let out = Command::new(mkfs_bin())
+        .arg("-f")
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mkfs -f behind an idle loop device: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(lo);
+    // A kernel filesystem mounted from the loop device.
+    if Command::new("mkfs.ext4").arg("-V").output().is_err() {
+        common::skip("mkfs.ext4 is missing (Debian package e2fsprogs)");
+        return;
+    }
+    let e4 = work.path().join("ext4");
+    fs::File::create(&e4).unwrap().set_len(64 << 20).unwrap();
+    let st = Command::new("mkfs.ext4")
+        .arg("-q")
+        .arg(&e4)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mkfs.ext4");
+    let Some(lo) = Loop::attach(&e4) else {
+        return;
+    };
+    let dir = work.path().join("k");
+    fs::create_dir(&dir).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "ext4", &lo.0])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    let mounted = common::mount::Unmounted(dir.clone());
+    assert!(st.success(), "mount -t ext4 {}", lo.0);
+    fs::write(dir.join("keep"), b"data").unwrap();
+    assert_tools_refuse(&e4, &lo.0, "an ext4 mounted from the loop device");
+    assert_eq!(fs::read(dir.join("keep")).unwrap(), b"data");
+    drop(mounted);
+    drop(lo);
+}

@@ -6,6 +6,8 @@
 //! 0 clean, 1 errors corrected, 4 errors left uncorrected, 8 operational error, 16 usage error.
 //! `-y` (or -a, -p) repairs (`ticketfs::repair`), then checks again: exit 1 when that check is
 //! clean. Without -y nothing is repaired; without -n a clean image's dirty log is replayed.
+//! The status is the filesystem's even when the report cannot be written (stdout full or
+//! closed): that failure is a line on stderr, as e2fsck's status ignores its stdout.
 //! The superblock is the copy the rest of the filesystem agrees with (`ticketfs::sbselect`), or
 //! with `-b BLOCK` the copy at that block (0, or the backup in the last block); `-y` rewrites the
 //! other copy from it.
@@ -192,9 +194,10 @@ fn main() {
             ),
         );
     }
-    // A block device the kernel holds (a ticketfs mount's loop device, a mounted kernel
-    // filesystem) is refused whatever names it, and claimed while fsck works.
-    let _claim = match ticketfs::image::claim_block_device(&path) {
+    // In use by anyone (`image::claim_exclusive`: a block device the kernel holds, an image
+    // file another user's ticketfs serves or that a busy loop device maps) is refused whatever
+    // names it, and claimed while fsck works.
+    let _claim = match ticketfs::image::claim_exclusive(&path) {
         Ok(c) => c,
         Err(e) => fail(EXIT_OPERATIONAL, &format!("{}: {e}", path.display())),
     };
@@ -334,7 +337,9 @@ fn main() {
             print_repair(&mut out, &path, rep, after, verbose);
         }
     }
-    ticketfs::cli::print_or_exit("fsck.ticketfs", &out, EXIT_OPERATIONAL);
+    // The status is the filesystem's, as e2fsck's: a report nobody can read does not undo a
+    // repair nor hide what is left, so its failure is only the line on stderr.
+    ticketfs::cli::print_or_warn("fsck.ticketfs", &out);
     exit(code)
 }
 

@@ -21,6 +21,24 @@ fn size(s: &str) -> Result<u64, String> {
     parse_size(s).ok_or_else(|| format!("bad size {s:?} (bytes, or a number with K, M, G or T)"))
 }
 
+/// The id that chown(2) and setresuid(2) take as "leave unchanged" ((uid_t)-1): no file's owner.
+const ID_UNSET: u32 = u32::MAX;
+
+/// An owner `UID:GID`: two decimal ids, neither `ID_UNSET`.
+fn owner(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("bad owner {s:?} (UID:GID, two numbers below {ID_UNSET})");
+    let (u, g) = s.split_once(':').ok_or_else(bad)?;
+    let id = |t: &str| {
+        // u32's parser takes a leading '+': an id is digits only.
+        t.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| t.parse::<u32>().ok())
+            .flatten()
+            .filter(|&n| n != ID_UNSET)
+    };
+    Ok((id(u).ok_or_else(bad)?, id(g).ok_or_else(bad)?))
+}
+
 /// Makes a ticketfs filesystem
 ///
 /// Writes a new, empty ticketfs filesystem (superblocks, an empty log, every allocation group
@@ -32,7 +50,7 @@ fn size(s: &str) -> Result<u64, String> {
 #[command(
     name = "mkfs.ticketfs",
     bin_name = "mkfs.ticketfs",
-    override_usage = "mkfs.ticketfs [-f] [-s SIZE] [-b BLOCKSIZE] [-l LOGSIZE] [-a AGCOUNT] [-L LABEL] [--progress] TARGET"
+    override_usage = "mkfs.ticketfs [-f] [-s SIZE] [-b BLOCKSIZE] [-l LOGSIZE] [-a AGCOUNT] [-L LABEL] [--root-owner[=UID:GID]] [--progress] TARGET"
 )]
 struct Cli {
     /// Overwrite a filesystem TARGET holds (ticketfs, ext2/3/4, xfs, btrfs); a mounted image is
@@ -59,6 +77,11 @@ struct Cli {
     /// Label, at most 32 bytes.
     #[arg(short = 'L', long, value_name = "LABEL")]
     label: Option<String>,
+    /// Make the root directory owned by UID:GID, or without a value by the user running mkfs
+    /// (as mke2fs -E root_owner), so that user may create files in a filesystem they mount
+    /// themselves; without the option it is root's (0:0). Its mode is 0755 either way.
+    #[arg(long, value_name = "UID:GID", num_args = 0..=1, require_equals = true, value_parser = owner)]
+    root_owner: Option<Option<(u32, u32)>>,
     /// Image file or block device.
     #[arg(value_name = "TARGET")]
     target: PathBuf,
@@ -85,6 +108,14 @@ fn main() {
         ag_count: cli.ag_count,
         label: cli.label.unwrap_or_default(),
         force: cli.force,
+        root_owner: match cli.root_owner {
+            None => (0, 0),
+            // The real ids, as mke2fs takes them: who ran mkfs, even through a set-user-ID
+            // wrapper.
+            // SAFETY: getuid and getgid only read the process's ids.
+            Some(None) => unsafe { (libc::getuid(), libc::getgid()) },
+            Some(Some(o)) => o,
+        },
     };
     let mut bar = Bar::new(if cli.progress {
         Show::Always

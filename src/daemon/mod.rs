@@ -68,6 +68,8 @@ struct Finish {
     source: PathBuf,
     readahead: parking_lot::Mutex<Vec<std::thread::JoinHandle<()>>>,
     lock: parking_lot::Mutex<Option<crate::rundir::ImageLock>>,
+    /// The image marked in use for every user (`image::claim_for_mount`), released with the lock.
+    claim: parking_lot::Mutex<Option<crate::image::Claim>>,
     done: std::sync::OnceLock<Result<(), String>>,
 }
 
@@ -87,6 +89,7 @@ impl Finish {
                 // ioctl), the log's threads have stopped and nothing more is written: the image
                 // is what the next mount replays, and fsck may look at it at once.
                 self.lock.lock().take();
+                self.claim.lock().take();
                 r
             })
             .clone()
@@ -120,6 +123,16 @@ pub fn serve(
     let set = block_signals();
     tune_malloc();
     let start_rss = o.start_rss.unwrap_or_else(budget::resident_bytes);
+    // Before anything is written: a block device a fuseblk mount stands on is the kernel's to
+    // claim (block_source); anything else is claimed here, a busy block device refused.
+    let claim = if o.blkdev && crate::kmount::is_block_device(&o.image) {
+        None
+    } else {
+        Some(
+            crate::image::claim_for_mount(&o.image)
+                .map_err(|e| format!("{}: {e}", o.image.display()))?,
+        )
+    };
     let dev = open_image(&o.image).map_err(|e| format!("{}: {e}", o.image.display()))?;
     let pools = crate::log::writer_pool_bytes(crate::device::Device::block_size(&dev));
     let mut uring = o.uring && crate::ring::available();
@@ -285,6 +298,7 @@ pub fn serve(
         source: source.clone(),
         readahead: parking_lot::Mutex::new(Vec::new()),
         lock: parking_lot::Mutex::new(lock),
+        claim: parking_lot::Mutex::new(claim),
         done: std::sync::OnceLock::new(),
     });
     {

@@ -699,15 +699,17 @@ pub(crate) fn root_inode(
     Ok(i)
 }
 
-/// Creates the root directory of a freshly formatted filesystem; returns its inode number.
-pub(crate) fn make_root(eng: &Engine) -> Result<u64, EngineError> {
+/// Creates the root directory of a freshly formatted filesystem, owned by `owner` (uid, gid);
+/// returns its inode number.
+pub(crate) fn make_root(eng: &Engine, owner: (u32, u32)) -> Result<u64, EngineError> {
     let alloc = Allocator::new(*eng.geometry());
     let mut tx = eng.begin(TransKind::Mkdir)?;
     let ino = alloc
         .alloc_inode_new_chunk(&mut tx, 0)?
         .ok_or_else(|| EngineError::NoSpace("no inode for the root".into()))?;
     let r = inode::join_new(&mut tx, ino)?;
-    let i = root_inode(&mut tx, &alloc, ino)?;
+    let mut i = root_inode(&mut tx, &alloc, ino)?;
+    (i.uid, i.gid) = owner;
     inode::write(&mut tx, &r, &i);
     tx.commit()?;
     eng.force_all()?;
