@@ -677,22 +677,9 @@ fn root_owner_sets_the_root_directory_s_owner() {
 /// the same user cannot (EACCES), which is what the option is for.
 #[test]
 fn a_user_creates_files_in_the_root_of_an_image_made_with_root_owner() {
-    use std::os::unix::fs::PermissionsExt as _;
-    let fuse_mode = std::fs::metadata("/dev/fuse")
-        .ok()
-        .map(|m| m.permissions().mode() & 0o777);
-    if fuse_mode.is_none_or(|m| m & 0o006 != 0o006) {
-        common::skip(&format!(
-            "/dev/fuse is not open to other users here (mode {fuse_mode:?}; Debian's udev \
-             makes it 0666, scripts/install-test-deps.sh does where udev does not run)"
-        ));
+    if let Some(why) = common::user_fuse_missing() {
+        common::skip(&why);
         return;
-    }
-    for (tool, package) in [("fusermount3", "fuse3"), ("setpriv", "util-linux")] {
-        if Command::new(tool).arg("-V").output().is_err() {
-            common::skip(&format!("{tool} is missing (Debian package {package})"));
-            return;
-        }
     }
     let work = tempfile::tempdir().unwrap();
     let user = common::NOBODY;

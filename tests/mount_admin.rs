@@ -690,22 +690,9 @@ fn a_block_device_mounted_as_plain_fuse_is_claimed() {
 /// called it clean and mkfs -f formatted it under the live mount).
 #[test]
 fn an_image_another_user_mounted_is_refused_to_root() {
-    use std::os::unix::fs::PermissionsExt as _;
-    let fuse_mode = fs::metadata("/dev/fuse")
-        .ok()
-        .map(|m| m.permissions().mode() & 0o777);
-    if fuse_mode.is_none_or(|m| m & 0o006 != 0o006) {
-        common::skip(&format!(
-            "/dev/fuse is not open to other users here (mode {fuse_mode:?}; Debian's udev \
-             makes it 0666, scripts/install-test-deps.sh does where udev does not run)"
-        ));
+    if let Some(why) = common::user_fuse_missing() {
+        common::skip(&why);
         return;
-    }
-    for (tool, package) in [("fusermount3", "fuse3"), ("setpriv", "util-linux")] {
-        if Command::new(tool).arg("-V").output().is_err() {
-            common::skip(&format!("{tool} is missing (Debian package {package})"));
-            return;
-        }
     }
     let work = tempfile::tempdir().unwrap();
     let user = common::NOBODY;

@@ -501,22 +501,12 @@ fn a_user_can_neither_block_a_mount_nor_reach_its_statistics() {
 
 /// A user other than root mounts an image of their own through fusermount3 (Debian's fuse3):
 /// plain fuse, nosuid and nodev, their own runtime directory for the lock and the statistics,
-/// SIGTERM unmounts it, and the image is clean afterwards.
+/// SIGTERM unmounts it, and the image is clean afterwards. (The daemon is signalled by its PID:
+/// other tests run commands as the same user at the same time.)
 #[test]
 fn a_user_mounts_an_image_of_their_own_through_fusermount3() {
-    use std::os::unix::fs::PermissionsExt as _;
-    let fuse_mode = fs::metadata("/dev/fuse")
-        .ok()
-        .map(|m| m.permissions().mode() & 0o777);
-    if fuse_mode.is_none_or(|m| m & 0o006 != 0o006) {
-        common::skip(&format!(
-            "/dev/fuse is not open to other users here (mode {fuse_mode:?}; Debian's udev \
-             makes it 0666, scripts/install-test-deps.sh does where udev does not run)"
-        ));
-        return;
-    }
-    if Command::new("fusermount3").arg("-V").output().is_err() {
-        common::skip("fusermount3 is missing (Debian package fuse3)");
+    if let Some(why) = common::user_fuse_missing() {
+        common::skip(&why);
         return;
     }
     let work = tempfile::tempdir().unwrap();
@@ -527,9 +517,10 @@ fn a_user_mounts_an_image_of_their_own_through_fusermount3() {
         bin.with_file_name("fsck-ticketfs"),
     );
     let script = format!(
-        "set -e; cd {w}; {mkfs} -s 64M img >/dev/null; mkdir m; {tk} img m; \
+        "set -e; cd {w}; {mkfs} -s 64M img >/dev/null; mkdir m; {tk} -f img m & d=$!; \
+         for i in $(seq 100); do grep -q \" {w}/m \" /proc/mounts && break; sleep 0.05; done; \
          grep -q \" {w}/m fuse rw,nosuid,nodev,\" /proc/mounts; ls m >/dev/null; \
-         {tk} stats m | grep -q '^image'; pkill -TERM -u {OTHER} -x ticketfs; \
+         {tk} stats m | grep -q '^image'; kill -TERM $d; \
          for i in $(seq 100); do grep -q \" {w}/m \" /proc/mounts || break; sleep 0.05; done; \
          ! grep -q \" {w}/m \" /proc/mounts; \
          for i in $(seq 100); do {fsck} -n img >/dev/null 2>&1 && exit 0; sleep 0.05; done; \

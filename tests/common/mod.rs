@@ -137,6 +137,25 @@ pub fn close_inherited_fds() {
 /// The unprivileged user tests act as: nobody.
 pub const NOBODY: u32 = 65534;
 
+/// Why a user other than root cannot mount through fusermount3 here (None: they can): /dev/fuse
+/// must be open to them, and the tests need fusermount3 and setpriv. The caller skips with it.
+pub fn user_fuse_missing() -> Option<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let fuse_mode = std::fs::metadata("/dev/fuse")
+        .ok()
+        .map(|m| m.permissions().mode() & 0o777);
+    if fuse_mode.is_none_or(|m| m & 0o006 != 0o006) {
+        return Some(format!(
+            "/dev/fuse is not open to other users here (mode {fuse_mode:?}; Debian's udev \
+             makes it 0666, scripts/install-test-deps.sh does where udev does not run)"
+        ));
+    }
+    [("fusermount3", "fuse3"), ("setpriv", "util-linux")]
+        .into_iter()
+        .find(|(tool, _)| std::process::Command::new(tool).arg("-V").output().is_err())
+        .map(|(tool, package)| format!("{tool} is missing (Debian package {package})"))
+}
+
 /// Runs `f` in a child that has become uid and gid `uid` with no supplementary groups (and so
 /// no capabilities); returns what `f` returned (0 or an errno; 250: the child could not become
 /// `uid`). `f` must make only system calls (no allocation, no locks): the child of a
