@@ -685,6 +685,58 @@ fn a_block_device_mounted_as_plain_fuse_is_claimed() {
     common::mount::assert_fsck_clean(&img, "the blkdev=off mount");
 }
 
+/// Runs the shell `script` in `work` (made theirs) as user nobody, with `work` as home.
+fn as_nobody(work: &Path, script: &str) -> std::process::Output {
+    let user = common::NOBODY;
+    std::os::unix::fs::chown(work, Some(user), Some(user)).unwrap();
+    Command::new("setpriv")
+        .args([
+            &format!("--reuid={user}"),
+            &format!("--regid={user}"),
+            "--clear-groups",
+            "env",
+            "-u",
+            "XDG_RUNTIME_DIR",
+        ])
+        .arg(format!("HOME={}", work.display()))
+        .args([
+            "sh",
+            "-c",
+            &format!("set -e; cd {}; {script}", work.display()),
+        ])
+        .output()
+        .expect("setpriv")
+}
+
+/// User nobody's image `img` in `work`, its root directory theirs.
+fn mkfs_as_nobody(work: &Path) -> PathBuf {
+    let out = as_nobody(
+        work,
+        &format!(
+            "{} -s 64M --root-owner img >/dev/null",
+            mkfs_bin().display()
+        ),
+    );
+    assert!(
+        out.status.success(),
+        "the user's mkfs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    work.join("img")
+}
+
+/// User nobody mounts `work`/img through fusermount3 on `work`/m and writes `keep` there: the
+/// run's output, and the mount point, unmounted when dropped.
+fn mount_as_nobody(work: &Path) -> (std::process::Output, common::mount::Unmounted) {
+    let script = format!(
+        "mkdir m; {} img m; echo data > m/keep",
+        env!("CARGO_BIN_EXE_ticketfs")
+    );
+    // The guard first: a mount the script made is unmounted whatever it answered.
+    let point = common::mount::Unmounted(work.join("m"));
+    (as_nobody(work, &script), point)
+}
+
 /// An image another user mounted (their own, through fusermount3) is in use to root too: mkfs
 /// -f and fsck are refused (before, root's mount table view and lock left it out, fsck -n
 /// called it clean and mkfs -f formatted it under the live mount).
@@ -695,30 +747,8 @@ fn an_image_another_user_mounted_is_refused_to_root() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let user = common::NOBODY;
-    std::os::unix::fs::chown(work.path(), Some(user), Some(user)).unwrap();
-    let (img, point) = (work.path().join("img"), work.path().join("m"));
-    let script = format!(
-        "set -e; cd {w}; {mkfs} -s 64M --root-owner img >/dev/null; mkdir m; {tk} img m; \
-         echo data > m/keep",
-        w = work.path().display(),
-        mkfs = mkfs_bin().display(),
-        tk = env!("CARGO_BIN_EXE_ticketfs"),
-    );
-    let out = Command::new("setpriv")
-        .args([
-            &format!("--reuid={user}"),
-            &format!("--regid={user}"),
-            "--clear-groups",
-            "env",
-            "-u",
-            "XDG_RUNTIME_DIR",
-        ])
-        .arg(format!("HOME={}", work.path().display()))
-        .args(["sh", "-c", &script])
-        .output()
-        .expect("setpriv");
-    let mounted = common::mount::Unmounted(point.clone());
+    let img = mkfs_as_nobody(work.path());
+    let (out, mounted) = mount_as_nobody(work.path());
     assert!(
         out.status.success(),
         "the user's mount: {}{}",
@@ -749,6 +779,37 @@ fn an_image_another_user_mounted_is_refused_to_root() {
     let m = Mount::new(&img, "nosuid,nodev");
     assert_eq!(fs::read(m.path().join("keep")).unwrap(), b"data\n");
     m.unmount();
+}
+
+/// A mount that starts while the image is flocked exclusively (root's mkfs or fsck at work, or
+/// any user who may read the image holding LOCK_EX for a moment) must still be in use to root
+/// once it is live: either refused, or holding its claim. It went ahead without its shared
+/// flock (`image::claim_for_mount` gives up on EWOULDBLOCK), so for the rest of its life
+/// root's mkfs -f formatted it under the live mount and fsck -y repaired it, root's mount
+/// table view leaving another user's fuse mount out.
+#[test]
+#[ignore = "fails: a mount started while the image was flocked LOCK_EX serves it unclaimed; root's mkfs -f and fsck -y then run under the live mount"]
+fn a_mount_started_under_an_exclusive_flock_is_still_in_use() {
+    if let Some(why) = common::user_fuse_missing() {
+        common::skip(&why);
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let img = mkfs_as_nobody(work.path());
+    let held = fs::File::open(&img).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX) },
+        0
+    );
+    let (out, mounted) = mount_as_nobody(work.path());
+    drop(held);
+    if !out.status.success() {
+        // Refused while the image was busy: as good as a claim.
+        return;
+    }
+    assert_tools_refuse(&img, "in use", "a mount started under LOCK_EX");
+    drop(mounted);
 }
 
 /// An image file a loop device maps, while that device is in use (a kernel filesystem mounted
