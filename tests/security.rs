@@ -499,6 +499,65 @@ fn a_user_can_neither_block_a_mount_nor_reach_its_statistics() {
     m.unmount();
 }
 
+/// A user who can only read the image (an old 0644 one) flocks it and keeps the lock: root's
+/// fsck.ticketfs -y and mkfs.ticketfs -f must still run, as e2fsck -fy, mke2fs -F, xfs_repair
+/// and mkfs.xfs -f do on a file another user holds open or flocked. They refuse it ("in use:
+/// locked by another program"), for as long as the user likes, and have no option to go on.
+#[test]
+#[ignore = "fails: a user who may only read the image keeps root's fsck -y and mkfs -f from it forever with a flock"]
+fn a_reader_cannot_keep_root_from_fsck_or_mkfs() {
+    let work = tempfile::tempdir().unwrap();
+    mode(work.path(), 0o755);
+    let img = image(work.path(), 64 << 20);
+    mode(&img, 0o644);
+    for how in ["LOCK_SH", "LOCK_EX"] {
+        let script = format!(
+            "import fcntl,time\n\
+             f=open({img:?},'rb'); fcntl.flock(f,fcntl.{how})\n\
+             print('ready',flush=True); time.sleep(60)",
+            img = img.display().to_string()
+        );
+        let mut squat = Command::new("setpriv")
+            .args([
+                &format!("--reuid={OTHER}"),
+                &format!("--regid={OTHER}"),
+                "--clear-groups",
+                "/usr/bin/python3",
+                "-c",
+            ])
+            .arg(&script)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("setpriv python3");
+        let mut ready = String::new();
+        let _ = std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(squat.stdout.as_mut().unwrap()),
+            &mut ready,
+        );
+        let bin = Path::new(env!("CARGO_BIN_EXE_ticketfs"));
+        let runs = [
+            (bin.with_file_name("fsck-ticketfs"), "-y"),
+            (bin.with_file_name("mkfs-ticketfs"), "-f"),
+        ]
+        .map(|(tool, arg)| {
+            let out = Command::new(&tool).arg(arg).arg(&img).output().unwrap();
+            (tool, arg, out)
+        });
+        let _ = squat.kill();
+        let _ = squat.wait();
+        assert_eq!(ready.trim(), "ready", "the reader did not start");
+        for (tool, arg, out) in runs {
+            assert!(
+                out.status.success(),
+                "{how} held by a reader: {} {arg}: {}{}",
+                tool.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
 /// A user other than root mounts an image of their own through fusermount3 (Debian's fuse3):
 /// plain fuse, nosuid and nodev, their own runtime directory for the lock and the statistics,
 /// SIGTERM unmounts it, and the image is clean afterwards. (The daemon is signalled by its PID:
