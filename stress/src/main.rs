@@ -256,6 +256,7 @@ fn fsck(image: &Path) -> Option<String> {
             o.status,
             String::from_utf8_lossy(&o.stdout)
                 .lines()
+                .chain(String::from_utf8_lossy(&o.stderr).lines())
                 .take(10)
                 .collect::<Vec<_>>()
                 .join(" | ")
