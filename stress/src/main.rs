@@ -243,6 +243,24 @@ fn bin_dir() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// How long fsck waits after a crash for the image to be let go: the workload's processes
+/// (stress-ng's stressors outlive its killed parent) keep files open on the lazily unmounted
+/// dead mount, so the kernel holds its loop device and fsck refuses the image as in use.
+const CRASH_RELEASE_WAIT: Duration = Duration::from_secs(30);
+
+/// fsck -n after a crash, once nothing holds the image any more (`CRASH_RELEASE_WAIT`).
+fn fsck_after_crash(image: &Path) -> Option<String> {
+    let start = Instant::now();
+    loop {
+        match fsck(image) {
+            Some(bad) if bad.contains("in use") && start.elapsed() < CRASH_RELEASE_WAIT => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// fsck -n on the image: None if clean, else its output.
 fn fsck(image: &Path) -> Option<String> {
     let out = Command::new(bin_dir().join("fsck-ticketfs"))
@@ -382,7 +400,7 @@ fn run(o: &Opts) -> Result<bool, String> {
             w.kill();
             let _ = w.finish(Duration::from_secs(30));
             shared.busy.store(false, Ordering::Relaxed);
-            if let Some(bad) = fsck(&image) {
+            if let Some(bad) = fsck_after_crash(&image) {
                 fscks.push(format!("after crash {}: {bad}", seg + 1));
             }
             d = Some(Daemon::start(&bin, &image, &mnt, &opts, &cg, &daemon_log)?);
