@@ -274,9 +274,11 @@ fn in_use(what: String) -> io::Error {
 ///   ticketfs daemon serving it as a plain fuse mount too (`claim_for_mount`), as mke2fs and
 ///   mkfs.xfs find out;
 /// - an image file: an exclusive flock, which fails while a ticketfs daemon of any user holds
-///   its shared one (`claim_for_mount`), and an O_EXCL claim on every loop device that maps the
-///   file (some or all of it), which fails while one is in use: mke2fs refuses the file behind
-///   a mounted loop device.
+///   its shared one (`claim_for_mount`) or another mkfs or fsck its exclusive one (a lock held
+///   by someone who may only read the file is passed over: `flock_or_holders`); no ticketfs
+///   daemon of root or the owner with it open (one that went on without its lock); and an
+///   O_EXCL claim on every loop device that maps the file (some or all of it), which fails
+///   while one is in use: mke2fs refuses the file behind a mounted loop device.
 ///
 /// Held until the tool is done, so nobody mounts the image meanwhile.
 pub fn claim_exclusive(path: &Path) -> io::Result<Claim> {
@@ -287,20 +289,18 @@ pub fn claim_exclusive(path: &Path) -> io::Result<Claim> {
         });
     }
     let f = open_checked(path)?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = io::Error::last_os_error();
-        return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            in_use(
-                "in use: locked by another program (a ticketfs mount, maybe another user's, \
-                    or its mkfs or fsck)"
-                    .to_string(),
-            )
-        } else {
-            e
-        });
+    let locked = flock_or_holders(f, libc::LOCK_EX, &m, true)?;
+    // A mount that could not take its shared lock (someone who may only read the image held
+    // it) is still seen by the descriptor its daemon keeps open.
+    if let Some(h) = crate::holders::daemons_with_open(m.dev(), m.ino())
+        .into_iter()
+        .find(|h| crate::holders::counts(h, m.uid()))
+    {
+        return Err(in_use(format!(
+            "in use: a ticketfs mount has it open ({h})"
+        )));
     }
-    let mut held = vec![f];
+    let mut held: Vec<File> = locked.into_iter().collect();
     for dev in loops_over(m.dev(), m.ino()) {
         match claim_device(&dev) {
             Ok(c) => held.push(c),
@@ -319,20 +319,54 @@ pub fn claim_exclusive(path: &Path) -> io::Result<Claim> {
 /// Claims the image at `path` for a daemon serving it through a plain fuse mount, for the life
 /// of the mount, so that mkfs and fsck of every user (`claim_exclusive`) and the kernel see it
 /// in use: a block device O_EXCL, as the kernel claims a fuseblk mount's (refused when in use);
-/// an image file by a shared flock. The flock is not insisted on: anyone who may read the file
-/// can hold it, and must not keep its owner from mounting it.
+/// an image file by a shared flock, refused while root or the image's owner holds it
+/// exclusively (their mkfs or fsck at work). Someone else holding it (anyone who may read the
+/// file can) does not keep the owner from mounting: the mount then goes on without the lock,
+/// and mkfs and fsck find it by its open descriptor.
 pub fn claim_for_mount(path: &Path) -> io::Result<Claim> {
-    if std::fs::metadata(path)?.file_type().is_block_device() {
+    let m = std::fs::metadata(path)?;
+    if m.file_type().is_block_device() {
         return Ok(Claim {
             _held: vec![claim_device(path)?],
         });
     }
     let f = open_checked(path)?;
+    Ok(Claim {
+        _held: flock_or_holders(f, libc::LOCK_SH, &m, false)?
+            .into_iter()
+            .collect(),
+    })
+}
+
+/// Takes flock `how` on `f` (the image, `m` its metadata): Some(f) when taken. When another
+/// holds a conflicting lock: refused (in use) if a holder is root or the image's owner; None
+/// (go on without it) when every holder is someone else, who may only read the file
+/// (`holders::counts`); when /proc/locks does not show who holds it (it names a file by its
+/// superblock's device, which is not always the one stat gives), refused if `unknown_refuses`.
+fn flock_or_holders(
+    f: File,
+    how: libc::c_int,
+    m: &std::fs::Metadata,
+    unknown_refuses: bool,
+) -> io::Result<Option<File>> {
     // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0 {
-        return Ok(Claim { _held: Vec::new() });
+    if unsafe { libc::flock(f.as_raw_fd(), how | libc::LOCK_NB) } == 0 {
+        return Ok(Some(f));
     }
-    Ok(Claim { _held: vec![f] })
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+        return Err(e);
+    }
+    let holders = crate::holders::lock_holders(m.dev(), m.ino()).unwrap_or_default();
+    match holders.iter().find(|h| crate::holders::counts(h, m.uid())) {
+        Some(h) => Err(in_use(format!(
+            "in use: locked by {h} (a ticketfs mount, or its mkfs or fsck)"
+        ))),
+        None if holders.is_empty() && unknown_refuses => Err(in_use(
+            "in use: locked by another program (a ticketfs mount, or its mkfs or fsck)".into(),
+        )),
+        None => Ok(None),
+    }
 }
 
 /// Opens the block device `path` O_EXCL: the kernel's claim, refused (EBUSY) while it is

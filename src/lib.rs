@@ -27,6 +27,7 @@ pub mod engine;
 pub mod file;
 pub mod format;
 pub mod fs;
+pub mod holders;
 pub mod image;
 pub mod inode;
 pub mod log;

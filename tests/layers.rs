@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 /// Layers from the bottom up; modules on one line are peers and may not use each other.
 const LAYERS: &[&[&str]] = &[
-    &["format", "bitmap", "mountinfo"],
+    &["format", "bitmap", "mountinfo", "holders"],
     &["cli", "progress"],
     &["device"],
     &["error", "image", "kmount"],

@@ -781,14 +781,14 @@ fn an_image_another_user_mounted_is_refused_to_root() {
     m.unmount();
 }
 
-/// A mount that starts while the image is flocked exclusively (root's mkfs or fsck at work, or
-/// any user who may read the image holding LOCK_EX for a moment) must still be in use to root
-/// once it is live: either refused, or holding its claim. It went ahead without its shared
-/// flock (`image::claim_for_mount` gives up on EWOULDBLOCK), so for the rest of its life
-/// root's mkfs -f formatted it under the live mount and fsck -y repaired it, root's mount
-/// table view leaving another user's fuse mount out.
+/// A mount that starts while the image is flocked exclusively must still be in use to root once
+/// it is live. Held by root (its mkfs or fsck at work): the mount is refused. Held by a user who
+/// may only read the image (anyone can flock a file they can open): the owner's mount goes on
+/// without its shared lock, and root's mkfs -f and fsck still refuse the image, finding the
+/// daemon by its open descriptor. Before, the mount went on unclaimed in both cases and root's
+/// mkfs -f formatted it under the live mount, root's mount table view leaving another user's
+/// fuse mount out.
 #[test]
-#[ignore = "fails: a mount started while the image was flocked LOCK_EX serves it unclaimed; root's mkfs -f and fsck -y then run under the live mount"]
 fn a_mount_started_under_an_exclusive_flock_is_still_in_use() {
     if let Some(why) = common::user_fuse_missing() {
         common::skip(&why);
@@ -804,12 +804,55 @@ fn a_mount_started_under_an_exclusive_flock_is_still_in_use() {
     );
     let (out, mounted) = mount_as_nobody(work.path());
     drop(held);
-    if !out.status.success() {
-        // Refused while the image was busy: as good as a claim.
-        return;
-    }
-    assert_tools_refuse(&img, "in use", "a mount started under LOCK_EX");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("in use: locked by process"),
+        "a mount while root holds LOCK_EX: {} {err}",
+        out.status
+    );
     drop(mounted);
+    fs::remove_dir(work.path().join("m")).unwrap();
+
+    // A reader's lock: another uid, the image made readable to it.
+    fs::set_permissions(&img, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let script = format!(
+        "import fcntl,time\n\
+         f=open({img:?},'rb'); fcntl.flock(f,fcntl.LOCK_EX)\n\
+         print('ready',flush=True); time.sleep(60)",
+        img = img.display().to_string()
+    );
+    let mut squat = Command::new("setpriv")
+        .args(["--reuid=12345", "--regid=12345", "--clear-groups"])
+        .args(["/usr/bin/python3", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("setpriv python3");
+    let mut ready = String::new();
+    let _ = std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(squat.stdout.as_mut().unwrap()),
+        &mut ready,
+    );
+    let (out, mounted) = mount_as_nobody(work.path());
+    let status = out.status.success();
+    let tools = std::panic::catch_unwind(|| {
+        assert_tools_refuse(
+            &img,
+            "in use: a ticketfs mount has it open",
+            "a reader's LOCK_EX",
+        )
+    });
+    let _ = squat.kill();
+    let _ = squat.wait();
+    assert_eq!(ready.trim(), "ready", "the reader did not start");
+    assert!(
+        status,
+        "the owner's mount with a reader's LOCK_EX: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(mounted);
+    if let Err(e) = tools {
+        std::panic::resume_unwind(e);
+    }
 }
 
 /// An image file a loop device maps, while that device is in use (a kernel filesystem mounted
