@@ -160,6 +160,8 @@ pub(crate) struct Ops {
     active: std::sync::atomic::AtomicUsize,
     /// Tells the kernel to drop its cached attributes of a node; see [`Ops::on_attr_change`].
     attr_changed: std::sync::OnceLock<AttrChangedHook>,
+    /// See [`Ops::with_setxattr_ext`].
+    setxattr_ext: bool,
 }
 
 /// Tells the kernel that a node's attributes changed behind its back (FUSE_NOTIFY_INVAL_INODE).
@@ -192,7 +194,19 @@ impl Ops {
             destroy: parking_lot::Mutex::new(None),
             active: std::sync::atomic::AtomicUsize::new(0),
             attr_changed: std::sync::OnceLock::new(),
+            setxattr_ext: false,
         }
+    }
+
+    /// The kernel granted FUSE_SETXATTR_EXT at INIT (`Granted::setxattr_ext`): its SETXATTR
+    /// requests carry the 16-byte fuse_setxattr_in.
+    pub(crate) fn with_setxattr_ext(mut self, granted: bool) -> Ops {
+        self.setxattr_ext = granted;
+        self
+    }
+
+    pub(crate) fn setxattr_ext(&self) -> bool {
+        self.setxattr_ext
     }
 
     /// Sets how to tell the kernel a node's attributes changed where it does not look: a

@@ -440,7 +440,8 @@ fn an_idmapped_mount_maps_owners_as_xfs_and_ext4_do() {
 /// The mode of `f` after each step of the set-group-ID script, run as root on a filesystem
 /// mounted at `dir`: set-user-ID goes at every chown and truncate; set-group-ID without
 /// group-execute stays for root's chown and for a truncate by a member of the file's group,
-/// and goes for a truncate by someone outside it; with group-execute it goes.
+/// and goes for a truncate by someone outside it; with group-execute it goes. An ACL set by
+/// the owner keeps set-group-ID when the owner is in the file's group, and drops it otherwise.
 fn setgid_script(dir: &Path) -> Vec<(&'static str, u32)> {
     let f = dir.join("f");
     fs::write(&f, b"data").unwrap();
@@ -471,19 +472,52 @@ fn setgid_script(dir: &Path) -> Vec<(&'static str, u32)> {
     mode(0o6644);
     assert_eq!(truncate(), 0);
     out.push(("its owner outside its group truncates 6644", now()));
+    // setfacl -m u::rwx,g::rwx,o::rwx: version 2, then the owner, owning group and others
+    // entries (tag, permissions, no id), in the kernel's xattr encoding.
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for tag in [0x01u16, 0x04, 0x20] {
+        acl.extend(tag.to_le_bytes());
+        acl.extend(7u16.to_le_bytes());
+        acl.extend(u32::MAX.to_le_bytes());
+    }
+    let name = CString::new("system.posix_acl_access").unwrap();
+    let setfacl = || {
+        as_user(NOBODY, &|| {
+            // SAFETY: NUL-terminated path and name, a value of acl.len() bytes.
+            rc(unsafe {
+                libc::setxattr(
+                    fc.as_ptr(),
+                    name.as_ptr(),
+                    acl.as_ptr().cast(),
+                    acl.len(),
+                    0,
+                )
+            } as i64)
+        })
+    };
+    mode(0o2755);
+    assert_eq!(setfacl(), 0);
+    out.push(("its owner outside its group sets an ACL on 2755", now()));
+    assert_eq!(chown(&f, NOBODY, NOBODY), 0);
+    mode(0o2755);
+    assert_eq!(setfacl(), 0);
+    out.push(("its owner in its group sets an ACL on 2755", now()));
     out
 }
 
-/// On a `-o idmap` mount the kernel names no caller of a chown or truncate
-/// (FUSE_INVALID_UIDGID); the set-group-ID bit a chown or truncate leaves is still XFS's:
-/// kept without group-execute for a caller with CAP_FSETID or in the file's group.
+/// On a `-o idmap` mount the kernel names no caller of a chown, truncate or setxattr
+/// (FUSE_INVALID_UIDGID); the set-group-ID bit they leave is still XFS's: kept without
+/// group-execute for a caller with CAP_FSETID or in the file's group, and through an ACL
+/// change as the kernel's FUSE_SETXATTR_ACL_KILL_SGID says.
 #[test]
-fn set_group_id_survives_chown_and_truncate_as_on_xfs() {
+fn set_group_id_survives_chown_truncate_and_acl_as_on_xfs() {
     let want = vec![
         ("root chowns 6644", 0o2644),
         ("its owner in its group truncates 6644", 0o2644),
         ("its owner in its group truncates 6654", 0o654),
         ("its owner outside its group truncates 6644", 0o644),
+        ("its owner outside its group sets an ACL on 2755", 0o777),
+        ("its owner in its group sets an ACL on 2755", 0o2777),
     ];
     let work = tempfile::tempdir().unwrap();
     let img = image(work.path(), 64 << 20);

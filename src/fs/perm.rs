@@ -28,6 +28,11 @@ pub struct Ctx {
     /// The umask a creating call passes (create, mkdir, mknod, O_TMPFILE); 0 for the others.
     /// Applied unless the directory has a default ACL, which replaces it.
     pub(crate) umask: u32,
+    /// A SETXATTR with FUSE_SETXATTR_EXT: whether the kernel found the caller neither in the
+    /// file's group nor holding CAP_FSETID, through the mount's idmapping
+    /// (FUSE_SETXATTR_ACL_KILL_SGID, computed when the connection has FUSE_POSIX_ACL); None
+    /// for other requests.
+    pub(crate) acl_kill_sgid: Option<bool>,
 }
 
 /// The uid and gid the kernel sends for a caller it does not name (FUSE_INVALID_UIDGID): on a
@@ -43,6 +48,7 @@ impl Ctx {
         gid: 0,
         pid: 0,
         umask: 0,
+        acl_kill_sgid: None,
     };
 
     /// User `uid` in group `gid`, for process `pid` (whose /proc entry lists its other groups).
@@ -52,6 +58,7 @@ impl Ctx {
             gid,
             pid,
             umask: 0,
+            acl_kill_sgid: None,
         }
     }
 
