@@ -51,6 +51,7 @@ mod cap {
     pub(crate) const MAX_PAGES: u64 = 1 << 22;
     pub(crate) const CACHE_SYMLINKS: u64 = 1 << 23;
     pub(crate) const HANDLE_KILLPRIV_V2: u64 = 1 << 28;
+    pub(crate) const SETXATTR_EXT: u64 = 1 << 29;
     pub(crate) const ALLOW_IDMAP: u64 = 1 << 40;
     pub(crate) const OVER_IO_URING: u64 = 1 << 41;
 }
@@ -76,6 +77,9 @@ pub(crate) struct Granted {
     /// FUSE_POSIX_ACL, with which the kernel checks permissions itself before every request
     /// (it turns default_permissions on) and answers access(2) without asking.
     pub(crate) posix_acl: bool,
+    /// FUSE_SETXATTR_EXT (protocol 7.34, Linux 5.16): a SETXATTR's fixed part is the 16-byte
+    /// fuse_setxattr_in, with the kernel's FUSE_SETXATTR_ACL_KILL_SGID; 8 bytes without it.
+    pub(crate) setxattr_ext: bool,
 }
 
 /// The capabilities asked for: each one's reason beside it.
@@ -95,6 +99,10 @@ fn wanted_flags(w: &Want) -> u64 {
         // marks files without them or capabilities (SB_NOSEC) and stops asking for
         // security.capability before every write: one round trip per write, not two.
         | cap::HANDLE_KILLPRIV_V2
+        // A setxattr of an ACL carries the kernel's verdict on the file's set-group-ID
+        // (FUSE_SETXATTR_ACL_KILL_SGID), made through the mount's idmapping: for a caller it
+        // does not name (`-o idmap`) the daemon has no other (`Fs::acl_to_set`).
+        | cap::SETXATTR_EXT
         // The umask is left to the daemon (`Fs::creation_mode`), since a directory's default
         // ACL replaces it.
         | cap::DONT_MASK
@@ -236,6 +244,7 @@ pub(crate) fn handshake(dev: &OwnedFd, want: &Want) -> io::Result<Granted> {
         return Ok(Granted {
             uring: flags & cap::OVER_IO_URING != 0,
             posix_acl: flags & cap::POSIX_ACL != 0,
+            setxattr_ext: flags & cap::SETXATTR_EXT != 0,
         });
     }
 }
@@ -365,7 +374,7 @@ fn serve(fd: OwnedFd, ops: &Ops, len: usize, queues_serving: &AtomicBool) -> io:
             Err(libc::EINVAL)
         } else {
             let body = &buf[wire::IN_HEADER_BYTES..n];
-            let fixed = dispatch::fixed_arg_bytes(h.opcode).min(body.len());
+            let fixed = dispatch::fixed_arg_bytes_of(ops, h.opcode).min(body.len());
             let mut arg = [0u8; ARG_COPY_BYTES];
             let fixed = fixed.min(ARG_COPY_BYTES);
             arg[..fixed].copy_from_slice(&body[..fixed]);

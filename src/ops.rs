@@ -162,6 +162,8 @@ pub(crate) struct Ops {
     attr_changed: std::sync::OnceLock<AttrChangedHook>,
     /// FUSE_STATX is answered (statx(2) shows birth times); see [`Ops::without_btime`].
     btime: bool,
+    /// See [`Ops::with_setxattr_ext`].
+    setxattr_ext: bool,
 }
 
 /// Tells the kernel that a node's attributes changed behind its back (FUSE_NOTIFY_INVAL_INODE).
@@ -195,6 +197,7 @@ impl Ops {
             active: std::sync::atomic::AtomicUsize::new(0),
             attr_changed: std::sync::OnceLock::new(),
             btime: true,
+            setxattr_ext: false,
         }
     }
 
@@ -212,6 +215,17 @@ impl Ops {
     /// Whether FUSE_STATX is answered.
     pub(crate) fn answers_statx(&self) -> bool {
         self.btime
+    }
+
+    /// The kernel granted FUSE_SETXATTR_EXT at INIT (`Granted::setxattr_ext`): its SETXATTR
+    /// requests carry the 16-byte fuse_setxattr_in.
+    pub(crate) fn with_setxattr_ext(mut self, granted: bool) -> Ops {
+        self.setxattr_ext = granted;
+        self
+    }
+
+    pub(crate) fn setxattr_ext(&self) -> bool {
+        self.setxattr_ext
     }
 
     /// Sets how to tell the kernel a node's attributes changed where it does not look: a

@@ -436,3 +436,115 @@ fn an_idmapped_mount_maps_owners_as_xfs_and_ext4_do() {
         }
     }
 }
+
+/// The mode of `f` after each step of the set-group-ID script, run as root on a filesystem
+/// mounted at `dir`: set-user-ID goes at every chown and truncate; set-group-ID without
+/// group-execute stays for root's chown and for a truncate by a member of the file's group,
+/// and goes for a truncate by someone outside it; with group-execute it goes. An ACL set by
+/// the owner keeps set-group-ID when the owner is in the file's group, and drops it otherwise.
+fn setgid_script(dir: &Path) -> Vec<(&'static str, u32)> {
+    let f = dir.join("f");
+    fs::write(&f, b"data").unwrap();
+    let fc = cpath(&f);
+    // Data first each time: a truncate that changes nothing may leave the bits on XFS.
+    let mode = |m: u32| {
+        fs::write(&f, b"data").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(m)).unwrap()
+    };
+    let now = || fs::metadata(&f).unwrap().mode() & 0o7777;
+    // SAFETY: a NUL-terminated path; truncate makes one system call.
+    let truncate = || {
+        as_user(NOBODY, &|| {
+            rc(unsafe { libc::truncate(fc.as_ptr(), 0) } as i64)
+        })
+    };
+    let mut out = Vec::new();
+    mode(0o6644);
+    assert_eq!(chown(&f, NOBODY, NOBODY), 0);
+    out.push(("root chowns 6644", now()));
+    mode(0o6644);
+    assert_eq!(truncate(), 0);
+    out.push(("its owner in its group truncates 6644", now()));
+    mode(0o6654);
+    assert_eq!(truncate(), 0);
+    out.push(("its owner in its group truncates 6654", now()));
+    assert_eq!(chown(&f, NOBODY, 1), 0);
+    mode(0o6644);
+    assert_eq!(truncate(), 0);
+    out.push(("its owner outside its group truncates 6644", now()));
+    // setfacl -m u::rwx,g::rwx,o::rwx: version 2, then the owner, owning group and others
+    // entries (tag, permissions, no id), in the kernel's xattr encoding.
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for tag in [0x01u16, 0x04, 0x20] {
+        acl.extend(tag.to_le_bytes());
+        acl.extend(7u16.to_le_bytes());
+        acl.extend(u32::MAX.to_le_bytes());
+    }
+    let name = CString::new("system.posix_acl_access").unwrap();
+    let setfacl = || {
+        as_user(NOBODY, &|| {
+            // SAFETY: NUL-terminated path and name, a value of acl.len() bytes.
+            rc(unsafe {
+                libc::setxattr(
+                    fc.as_ptr(),
+                    name.as_ptr(),
+                    acl.as_ptr().cast(),
+                    acl.len(),
+                    0,
+                )
+            } as i64)
+        })
+    };
+    mode(0o2755);
+    assert_eq!(setfacl(), 0);
+    out.push(("its owner outside its group sets an ACL on 2755", now()));
+    assert_eq!(chown(&f, NOBODY, NOBODY), 0);
+    mode(0o2755);
+    assert_eq!(setfacl(), 0);
+    out.push(("its owner in its group sets an ACL on 2755", now()));
+    out
+}
+
+/// On a `-o idmap` mount the kernel names no caller of a chown, truncate or setxattr
+/// (FUSE_INVALID_UIDGID); the set-group-ID bit they leave is still XFS's: kept without
+/// group-execute for a caller with CAP_FSETID or in the file's group, and through an ACL
+/// change as the kernel's FUSE_SETXATTR_ACL_KILL_SGID says.
+#[test]
+fn set_group_id_survives_chown_truncate_and_acl_as_on_xfs() {
+    let want = vec![
+        ("root chowns 6644", 0o2644),
+        ("its owner in its group truncates 6644", 0o2644),
+        ("its owner in its group truncates 6654", 0o654),
+        ("its owner outside its group truncates 6644", 0o644),
+        ("its owner outside its group sets an ACL on 2755", 0o777),
+        ("its owner in its group sets an ACL on 2755", 0o2777),
+    ];
+    let work = tempfile::tempdir().unwrap();
+    let img = image(work.path(), 64 << 20);
+    let m = Mount::new(&img, "idmap,allow_other");
+    let ours = setgid_script(m.path());
+    m.unmount();
+    common::mount::assert_fsck_clean(&img, "the set-group-ID script");
+    assert_eq!(ours, want, "ticketfs -o idmap");
+    let xfs = work.path().join("xfs.img");
+    fs::File::create(&xfs).unwrap().set_len(320 << 20).unwrap();
+    let made = Command::new("mkfs.xfs")
+        .args(["-f", "-q"])
+        .arg(&xfs)
+        .status();
+    let dir = work.path().join("xfs");
+    fs::create_dir(&dir).unwrap();
+    if !made.is_ok_and(|s| s.success())
+        || !Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&xfs)
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success())
+    {
+        common::skip("the XFS comparison: mkfs.xfs or a loop mount is missing here");
+        return;
+    }
+    let _xfs = Unmounted(dir.clone());
+    assert_eq!(setgid_script(&dir), want, "XFS");
+}

@@ -291,7 +291,7 @@ pub fn serve(
     }
     // Each request thread's data buffer is kept up to the largest request (counted in the base).
     crate::file::set_scratch_keep_max(budget.sizing.max_write as usize);
-    let ops = Ops::new(fs.clone(), budget.sizing.max_write);
+    let ops = Ops::new(fs.clone(), budget.sizing.max_write).with_setxattr_ext(granted.setxattr_ext);
     let ops = Arc::new(if o.btime { ops } else { ops.without_btime() });
     let finish = Arc::new(Finish {
         fs: fs.clone(),

@@ -79,7 +79,17 @@ impl Fs {
             return Ok((i.mode, Some(value)));
         }
         let mut mode = (i.mode & !0o777) | a.mode_bits();
-        if ctx.uid != 0 && !ctx.in_group(i.gid) {
+        // A caller the kernel did not name: the kernel's verdict, made through the mount's
+        // idmapping (posix_acl_update_mode), since its ids in /proc are not the filesystem's
+        // there; without one, dropped. It is there whenever no caller is named: that takes
+        // FUSE_ALLOW_IDMAP, which the kernel grants only with default_permissions, with which
+        // the daemon asks FUSE_POSIX_ACL, under which the kernel computes it.
+        let keeps = if ctx.unknown() {
+            ctx.acl_kill_sgid == Some(false)
+        } else {
+            ctx.uid == 0 || ctx.in_group(i.gid)
+        };
+        if !keeps {
             mode &= !S_ISGID;
         }
         Ok((mode, (!a.is_mode_only()).then_some(value)))

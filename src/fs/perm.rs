@@ -6,14 +6,18 @@ use super::*;
 
 /// Drops the set-id bits as Linux does when a file is written, truncated or given away by
 /// `ctx` (setattr_should_drop_suidgid): set-user-ID always; set-group-ID when the file is
-/// group-executable, or when the caller is neither root nor in the file's group (a caller the
-/// kernel did not name counts as neither: a bit too many dropped grants nothing).
+/// group-executable, or when the caller is neither capable nor in the file's group
+/// (`Ctx::keeps_setgid`).
 pub(super) fn kill_setid(ctx: &Ctx, i: &mut Inode) {
     i.drop_setid();
-    if !(ctx.uid == 0 || ctx.in_group(i.gid)) {
+    if !ctx.keeps_setgid(i.gid) {
         i.mode &= !S_ISGID;
     }
 }
+
+/// CAP_FSETID (include/uapi/linux/capability.h): its holder keeps set-group-ID through a
+/// chown, truncate or write of a file whose group it is not in.
+const CAP_FSETID: u32 = 4;
 
 /// Who is asking.
 #[derive(Debug, Clone, Copy)]
@@ -24,6 +28,11 @@ pub struct Ctx {
     /// The umask a creating call passes (create, mkdir, mknod, O_TMPFILE); 0 for the others.
     /// Applied unless the directory has a default ACL, which replaces it.
     pub(crate) umask: u32,
+    /// A SETXATTR with FUSE_SETXATTR_EXT: whether the kernel found the caller neither in the
+    /// file's group nor holding CAP_FSETID, through the mount's idmapping
+    /// (FUSE_SETXATTR_ACL_KILL_SGID, computed when the connection has FUSE_POSIX_ACL); None
+    /// for other requests.
+    pub(crate) acl_kill_sgid: Option<bool>,
 }
 
 /// The uid and gid the kernel sends for a caller it does not name (FUSE_INVALID_UIDGID): on a
@@ -39,6 +48,7 @@ impl Ctx {
         gid: 0,
         pid: 0,
         umask: 0,
+        acl_kill_sgid: None,
     };
 
     /// User `uid` in group `gid`, for process `pid` (whose /proc entry lists its other groups).
@@ -48,6 +58,7 @@ impl Ctx {
             gid,
             pid,
             umask: 0,
+            acl_kill_sgid: None,
         }
     }
 
@@ -75,6 +86,39 @@ impl Ctx {
     /// permissions itself, with the mount's idmapping (`Fs::vouched`).
     pub(crate) fn unknown(&self) -> bool {
         self.uid == ID_UNKNOWN || self.gid == ID_UNKNOWN
+    }
+
+    /// May the caller keep a file's set-group-ID that is not group-executable through a chown,
+    /// truncate or write (the kernel's in_group_or_capable, for `kill_setid` only)? A named caller when
+    /// root or in group `gid`. A caller the kernel did not name (`unknown`) is asked of /proc:
+    /// CAP_FSETID in its effective set, or `gid` its filesystem group or a supplementary one.
+    /// Those are its ids as the daemon's namespace sees them, not through an idmapped mount's
+    /// mapping, so through one this may keep a bit the kernel would drop, or the reverse; the
+    /// bit concerned grants nothing (exec takes set-group-ID only with group-execute, and a
+    /// chmod that adds group-execute drops it for a caller outside the group), so this is not
+    /// a permission check, and a plain mount gets the kernel's answer.
+    pub(super) fn keeps_setgid(&self, gid: u32) -> bool {
+        if !self.unknown() {
+            return self.uid == 0 || self.in_group(gid);
+        }
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", self.pid)) else {
+            return false;
+        };
+        let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name));
+        let capable = field("CapEff:")
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .is_some_and(|caps| caps & (1 << CAP_FSETID) != 0);
+        let ids = |s: Option<&str>| -> Vec<u32> {
+            s.map(|s| {
+                s.split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+        };
+        // "Gid:" real, effective, saved, filesystem.
+        let fsgid = ids(field("Gid:")).get(3).copied();
+        capable || fsgid == Some(gid) || ids(field("Groups:")).contains(&gid)
     }
 
     /// Is `gid` the caller's group or one of its supplementary groups (from /proc)? Never for

@@ -57,6 +57,16 @@ pub(crate) const FUSE_STATX: u32 = 52;
 /// structure, at protocol 7.40): through `/dev/fuse` the payload (names, data) follows it; the
 /// io_uring queues carry it apart. 0 for requests whose arguments are all payload, and for
 /// opcodes not served (their whole body is ignored).
+/// `fixed_arg_bytes` on the connection `ops` serves: a SETXATTR's is 16 bytes once the kernel
+/// granted FUSE_SETXATTR_EXT.
+pub(crate) fn fixed_arg_bytes_of(ops: &Ops, opcode: u32) -> usize {
+    if opcode == FUSE_SETXATTR && ops.setxattr_ext() {
+        16
+    } else {
+        fixed_arg_bytes(opcode)
+    }
+}
+
 pub(crate) fn fixed_arg_bytes(opcode: u32) -> usize {
     match opcode {
         FUSE_GETATTR => 16,                                // fuse_getattr_in
@@ -71,7 +81,7 @@ pub(crate) fn fixed_arg_bytes(opcode: u32) -> usize {
         FUSE_WRITE => 40,                                  // fuse_write_in
         FUSE_RELEASE | FUSE_RELEASEDIR => 24,              // fuse_release_in
         FUSE_FSYNC | FUSE_FSYNCDIR => 16,                  // fuse_fsync_in
-        // fuse_setxattr_in without FUSE_SETXATTR_EXT (not asked for at INIT).
+        // fuse_setxattr_in without FUSE_SETXATTR_EXT (`fixed_arg_bytes_of` with it).
         FUSE_SETXATTR => 8,
         FUSE_GETXATTR | FUSE_LISTXATTR => 8, // fuse_getxattr_in
         FUSE_FLUSH => 24,                    // fuse_flush_in
@@ -101,6 +111,10 @@ const FATTR_MTIME: u32 = 1 << 5;
 const FATTR_FH: u32 = 1 << 6;
 const FATTR_ATIME_NOW: u32 = 1 << 7;
 const FATTR_MTIME_NOW: u32 = 1 << 8;
+/// fuse_setxattr_in.setxattr_flags: the kernel found the caller setting an ACL neither in the
+/// file's group nor holding CAP_FSETID (through the mount's idmapping), so the new mode loses
+/// set-group-ID.
+const FUSE_SETXATTR_ACL_KILL_SGID: u32 = 1 << 0;
 /// A truncate by a caller without CAP_FSETID, on a connection with FUSE_HANDLE_KILLPRIV_V2.
 const FATTR_KILL_SUIDGID: u32 = 1 << 11;
 /// fsync's flag for fdatasync.
@@ -131,6 +145,7 @@ fn ctx(h: &InHeader) -> Ctx {
         gid: h.gid,
         pid: h.pid,
         umask: 0,
+        acl_kill_sgid: None,
     }
 }
 
@@ -252,6 +267,15 @@ pub(crate) fn handle(ops: &Ops, h: &InHeader, arg: &[u8], payload: &[u8]) -> Res
         FUSE_SETXATTR => {
             let size = a.u32()? as usize;
             let flags = a.u32()? as i32;
+            let c = if ops.setxattr_ext() {
+                let setxattr_flags = a.u32()?;
+                Ctx {
+                    acl_kill_sgid: Some(setxattr_flags & FUSE_SETXATTR_ACL_KILL_SGID != 0),
+                    ..c
+                }
+            } else {
+                c
+            };
             let name = p.name()?;
             let value = p.bytes(size)?;
             ops.setxattr(&c, node, name, value, flags)
