@@ -6,8 +6,9 @@
 //! failed), the socket an abstract name anyone could bind (root's mount then failed, or a
 //! user answered `ticketfs stats` in the daemon's place, or sent it `stop`). Here they are
 //! files in a directory only their owner may enter: `/run/ticketfs` for root (0700, owned by
-//! root), `$XDG_RUNTIME_DIR/ticketfs` (or `/tmp/ticketfs-UID`) for anyone else; the directory
-//! is refused unless it is a real directory, owned by the caller, closed to everyone else.
+//! root), `$XDG_RUNTIME_DIR/ticketfs` (or `/run/user/UID/ticketfs`, or one in /tmp that another
+//! user cannot take first: `tmp_dir`) for anyone else; the directory is refused unless it is a
+//! real directory, owned by the caller, closed to everyone else.
 
 use crate::image::{identity, ImageId};
 use std::fs::{File, OpenOptions};
@@ -24,16 +25,27 @@ fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// Where a user's runtime directory goes when XDG_RUNTIME_DIR is unset and the system has no
+/// /run/user/UID of theirs: a world-writable directory, so a name there may be taken by another
+/// user first (`tmp_dir`).
+const SHARED_TMP: &str = "/tmp";
+/// The directory systemd-logind makes for each logged-in user (0700, theirs).
+const RUN_USER: &str = "/run/user";
+
 /// The caller's runtime directory, made if missing and checked: a directory (not a symlink),
-/// owned by the caller, with no access for group or others.
+/// owned by the caller, with no access for group or others. Root's is `/run/ticketfs`; another
+/// user's `$XDG_RUNTIME_DIR/ticketfs`, else `/run/user/UID/ticketfs` when that directory is
+/// theirs, else one in /tmp (`tmp_dir`).
 pub(crate) fn dir() -> io::Result<PathBuf> {
     let uid = euid();
     let d = if uid == 0 {
         PathBuf::from(ROOT_DIR)
     } else if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").filter(|x| !x.is_empty()) {
         PathBuf::from(x).join("ticketfs")
+    } else if private_to(Path::new(RUN_USER).join(uid.to_string()), uid) {
+        Path::new(RUN_USER).join(uid.to_string()).join("ticketfs")
     } else {
-        PathBuf::from(format!("/tmp/ticketfs-{uid}"))
+        return tmp_dir(uid);
     };
     match std::fs::DirBuilder::new().mode(0o700).create(&d) {
         Ok(()) => {}
@@ -41,7 +53,7 @@ pub(crate) fn dir() -> io::Result<PathBuf> {
         Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", d.display()))),
     }
     let m = std::fs::symlink_metadata(&d)?;
-    if !m.file_type().is_dir() || m.uid() != uid || m.mode() & 0o077 != 0 {
+    if !private_to(&d, uid) {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
@@ -53,6 +65,71 @@ pub(crate) fn dir() -> io::Result<PathBuf> {
         ));
     }
     Ok(d)
+}
+
+/// Is `d` a directory (not a symlink) owned by `uid` and closed to everyone else?
+fn private_to(d: impl AsRef<Path>, uid: u32) -> bool {
+    std::fs::symlink_metadata(d)
+        .is_ok_and(|m| m.file_type().is_dir() && m.uid() == uid && m.mode() & 0o077 == 0)
+}
+
+/// The runtime directory of `uid` in /tmp: `ticketfs-UID`, or, when another user took that
+/// name first (anyone may create names in /tmp, and the owner cannot remove them), a
+/// `ticketfs-UID.XXXXXX` of its own. Every process of the user must find the same one: the
+/// first in name order of those that are theirs and private, so that two made at once by two
+/// processes resolve to one.
+fn tmp_dir(uid: u32) -> io::Result<PathBuf> {
+    let base = format!("ticketfs-{uid}");
+    let own = || -> Option<PathBuf> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(SHARED_TMP)
+            .ok()?
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                let ours = name == base || name.strip_prefix(&base)?.starts_with('.');
+                let p = Path::new(SHARED_TMP).join(&name);
+                (ours && private_to(&p, uid)).then_some(p)
+            })
+            .collect();
+        found.sort();
+        found.into_iter().next()
+    };
+    if let Some(d) = own() {
+        return Ok(d);
+    }
+    let plain = Path::new(SHARED_TMP).join(&base);
+    match std::fs::DirBuilder::new().mode(0o700).create(&plain) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => make_unique(&plain)?,
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("{}: {e}", plain.display()),
+            ))
+        }
+    }
+    own().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{}: no directory of uid {uid} closed to everyone else",
+                plain.display()
+            ),
+        )
+    })
+}
+
+/// Makes a new private directory named `base` with a unique suffix (mkdtemp(3)).
+fn make_unique(base: &Path) -> io::Result<()> {
+    let template = format!("{}.XXXXXX", base.display());
+    let mut bytes = std::ffi::CString::new(template)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the path"))?
+        .into_bytes_with_nul();
+    // SAFETY: mkdtemp rewrites the XXXXXX of the NUL-terminated template in place.
+    if unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) }.is_null() {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("{}: {e}", base.display())));
+    }
+    Ok(())
 }
 
 /// A name for the image at `path` that every name of it shares (its identity).

@@ -558,12 +558,13 @@ fn a_reader_cannot_keep_root_from_fsck_or_mkfs() {
     }
 }
 
-/// A user without XDG_RUNTIME_DIR keeps the lock and statistics of their mounts in
-/// /tmp/ticketfs-UID (`rundir::dir`). Any other user may create that name first, in the
-/// world-writable /tmp: the owner's mount (exit 32) and fsck (exit 8) are then refused, "not a
-/// directory of uid UID closed to everyone else", until root removes it.
+/// A user without XDG_RUNTIME_DIR (and no /run/user/UID) keeps the lock and statistics of their
+/// mounts in /tmp/ticketfs-UID (`rundir::dir`). Any other user may create that name first, in
+/// the world-writable /tmp: the owner's mount (exit 32) and fsck (exit 8) were then refused, "not
+/// a directory of uid UID closed to everyone else", until root removed it. The owner now makes
+/// a ticketfs-UID.XXXXXX of their own, and their later commands find it (`ticketfs stats`
+/// reaches the daemon's socket there).
 #[test]
-#[ignore = "fails: a user who creates /tmp/ticketfs-UID first keeps user UID (without XDG_RUNTIME_DIR) from mounting their own images"]
 fn a_user_cannot_keep_another_from_mounting_by_taking_their_runtime_dir_name() {
     if let Some(why) = common::user_fuse_missing() {
         common::skip(&why);
@@ -603,9 +604,21 @@ fn a_user_cannot_keep_another_from_mounting_by_taking_their_runtime_dir_name() {
     let work = tempfile::tempdir().unwrap();
     chown(work.path(), victim, victim);
     let bin = Path::new(env!("CARGO_BIN_EXE_ticketfs"));
+    let theirs = |p: &Path| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(&format!("ticketfs-{victim}.")))
+    };
+    let before: Vec<std::path::PathBuf> = fs::read_dir("/tmp")
+        .unwrap()
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| theirs(p))
+        .collect();
     let script = format!(
-        "set -e; cd {w}; {mkfs} -s 64M --root-owner img >/dev/null; mkdir m; {tk} img m; \
-         echo data > m/keep",
+        "set -e; cd {w}; {mkfs} -s 64M --root-owner img >/dev/null; mkdir m; \
+         {tk} -f img m & d=$!; \
+         for i in $(seq 100); do grep -q \" {w}/m \" /proc/mounts && break; sleep 0.05; done; \
+         echo data > m/keep; {tk} stats m | grep -q '^image'; fusermount3 -u m; wait $d",
         w = work.path().display(),
         mkfs = bin.with_file_name("mkfs-ticketfs").display(),
         tk = bin.display(),
@@ -625,6 +638,12 @@ fn a_user_cannot_keep_another_from_mounting_by_taking_their_runtime_dir_name() {
         .output()
         .expect("setpriv");
     drop(mounted);
+    // The directories the owner made beside the taken name (its daemon has ended: waited for).
+    for e in fs::read_dir("/tmp").unwrap().flatten() {
+        if theirs(&e.path()) && !before.contains(&e.path()) {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
     assert!(
         out.status.success(),
         "the owner's mount with {} taken by another user: {}{}",
