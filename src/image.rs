@@ -260,6 +260,52 @@ fn kind_problem(t: std::fs::FileType) -> io::Result<()> {
 /// An image marked in use for every user while it is held (dropped: released).
 pub struct Claim {
     _held: Vec<File>,
+    /// A shared lock still being waited for (`claim_for_mount`), given up when dropped.
+    _waiting: Option<LateLock>,
+}
+
+/// A shared flock a daemon waits for in a thread of its own while someone else holds the image
+/// exclusively, so that it holds its claim again as soon as they let go. Dropped: the lock is
+/// released, or given up if not yet taken.
+struct LateLock {
+    slot: std::sync::Arc<parking_lot::Mutex<LateState>>,
+}
+
+enum LateState {
+    Waiting,
+    /// Held for its lock: dropping the descriptor releases it.
+    Held {
+        _file: File,
+    },
+    Dropped,
+}
+
+impl Drop for LateLock {
+    fn drop(&mut self) {
+        // Dropping a held File releases the lock.
+        *self.slot.lock() = LateState::Dropped;
+    }
+}
+
+/// Waits in a thread for a shared flock on the image at `path`, on a descriptor of its own (a
+/// lock belongs to the open file, so the refused one cannot be reused).
+fn late_shared_lock(path: &Path) -> io::Result<LateLock> {
+    let f = open_checked(path)?;
+    let slot = std::sync::Arc::new(parking_lot::Mutex::new(LateState::Waiting));
+    let theirs = slot.clone();
+    std::thread::Builder::new()
+        .name("tkfs-claim".into())
+        .spawn(move || {
+            // SAFETY: flock on a descriptor this thread owns; it blocks until granted.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH) } != 0 {
+                return;
+            }
+            let mut s = theirs.lock();
+            if matches!(*s, LateState::Waiting) {
+                *s = LateState::Held { _file: f };
+            }
+        })?;
+    Ok(LateLock { slot })
 }
 
 /// Why a claim was refused: the image is in use.
@@ -286,14 +332,20 @@ pub fn claim_exclusive(path: &Path) -> io::Result<Claim> {
     if m.file_type().is_block_device() {
         return Ok(Claim {
             _held: vec![claim_device(path)?],
+            _waiting: None,
         });
     }
     let f = open_checked(path)?;
     let locked = flock_or_holders(f, libc::LOCK_EX, &m, true)?;
-    // A mount that could not take its shared lock (someone who may only read the image held
-    // it) is still seen by the descriptor its daemon keeps open.
-    if let Some(h) = crate::holders::daemons_with_open(m.dev(), m.ino())
+    // Someone who may only read the image holds a lock on it: a mount may then be waiting for
+    // its shared lock (`claim_for_mount`), and is seen by the descriptor its daemon keeps open.
+    // (Not looked for when the lock was taken: a daemon that has just answered an unmount
+    // still has the image open until it exits, its lock already released.)
+    if let Some(h) = locked
+        .is_none()
+        .then(|| crate::holders::daemons_with_open(m.dev(), m.ino()))
         .into_iter()
+        .flatten()
         .find(|h| crate::holders::counts(h, m.uid()))
     {
         return Err(in_use(format!(
@@ -313,7 +365,10 @@ pub fn claim_exclusive(path: &Path) -> io::Result<Claim> {
             Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", dev.display()))),
         }
     }
-    Ok(Claim { _held: held })
+    Ok(Claim {
+        _held: held,
+        _waiting: None,
+    })
 }
 
 /// Claims the image at `path` for a daemon serving it through a plain fuse mount, for the life
@@ -321,20 +376,27 @@ pub fn claim_exclusive(path: &Path) -> io::Result<Claim> {
 /// in use: a block device O_EXCL, as the kernel claims a fuseblk mount's (refused when in use);
 /// an image file by a shared flock, refused while root or the image's owner holds it
 /// exclusively (their mkfs or fsck at work). Someone else holding it (anyone who may read the
-/// file can) does not keep the owner from mounting: the mount then goes on without the lock,
-/// and mkfs and fsck find it by its open descriptor.
+/// file can) does not keep the owner from mounting: the mount goes on, waits for the lock in a
+/// thread and holds it once they let go; meanwhile mkfs and fsck, refused the lock by that
+/// same holder, find the mount by its open descriptor.
 pub fn claim_for_mount(path: &Path) -> io::Result<Claim> {
     let m = std::fs::metadata(path)?;
     if m.file_type().is_block_device() {
         return Ok(Claim {
             _held: vec![claim_device(path)?],
+            _waiting: None,
         });
     }
     let f = open_checked(path)?;
-    Ok(Claim {
-        _held: flock_or_holders(f, libc::LOCK_SH, &m, false)?
-            .into_iter()
-            .collect(),
+    Ok(match flock_or_holders(f, libc::LOCK_SH, &m, false)? {
+        Some(f) => Claim {
+            _held: vec![f],
+            _waiting: None,
+        },
+        None => Claim {
+            _held: Vec::new(),
+            _waiting: Some(late_shared_lock(path)?),
+        },
     })
 }
 

@@ -784,8 +784,8 @@ fn an_image_another_user_mounted_is_refused_to_root() {
 /// A mount that starts while the image is flocked exclusively must still be in use to root once
 /// it is live. Held by root (its mkfs or fsck at work): the mount is refused. Held by a user who
 /// may only read the image (anyone can flock a file they can open): the owner's mount goes on
-/// without its shared lock, and root's mkfs -f and fsck still refuse the image, finding the
-/// daemon by its open descriptor. Before, the mount went on unclaimed in both cases and root's
+/// and waits for its shared lock; root's mkfs -f and fsck still refuse the image, finding the
+/// daemon by its open descriptor, and by its lock once the reader has let go. Before, the mount went on unclaimed in both cases and root's
 /// mkfs -f formatted it under the live mount, root's mount table view leaving another user's
 /// fuse mount out.
 #[test]
@@ -849,10 +849,25 @@ fn a_mount_started_under_an_exclusive_flock_is_still_in_use() {
         "the owner's mount with a reader's LOCK_EX: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    drop(mounted);
     if let Err(e) = tools {
+        drop(mounted);
         std::panic::resume_unwind(e);
     }
+    // The reader let go: the daemon, waiting for its shared lock, holds it now.
+    let held_by_daemon = || {
+        fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .any(|l| l.contains(&format!(":{} ", fs::metadata(&img).unwrap().ino())))
+    };
+    for _ in 0..100 {
+        if held_by_daemon() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_tools_refuse(&img, "in use: locked by process", "after the reader let go");
+    drop(mounted);
 }
 
 /// An image file a loop device maps, while that device is in use (a kernel filesystem mounted
