@@ -336,17 +336,19 @@ pub fn claim_exclusive(path: &Path) -> io::Result<Claim> {
         });
     }
     let f = open_checked(path)?;
-    let locked = flock_or_holders(f, libc::LOCK_EX, &m, true)?;
+    // The file opened, whatever the path names now.
+    let m = f.metadata()?;
+    let locked = flock_or_holders(f, libc::LOCK_EX, &m)?;
     // Someone who may only read the image holds a lock on it: a mount may then be waiting for
     // its shared lock (`claim_for_mount`), and is seen by the descriptor its daemon keeps open.
     // (Not looked for when the lock was taken: a daemon that has just answered an unmount
     // still has the image open until it exits, its lock already released.)
     if let Some(h) = locked
         .is_none()
-        .then(|| crate::holders::daemons_with_open(m.dev(), m.ino()))
+        .then(|| crate::holders::daemons_with_open(m.dev(), m.ino(), m.uid()))
         .into_iter()
         .flatten()
-        .find(|h| crate::holders::counts(h, m.uid()))
+        .next()
     {
         return Err(in_use(format!(
             "in use: a ticketfs mount has it open ({h})"
@@ -388,7 +390,8 @@ pub fn claim_for_mount(path: &Path) -> io::Result<Claim> {
         });
     }
     let f = open_checked(path)?;
-    Ok(match flock_or_holders(f, libc::LOCK_SH, &m, false)? {
+    let m = f.metadata()?;
+    Ok(match flock_or_holders(f, libc::LOCK_SH, &m)? {
         Some(f) => Claim {
             _held: vec![f],
             _waiting: None,
@@ -401,16 +404,11 @@ pub fn claim_for_mount(path: &Path) -> io::Result<Claim> {
 }
 
 /// Takes flock `how` on `f` (the image, `m` its metadata): Some(f) when taken. When another
-/// holds a conflicting lock: refused (in use) if a holder is root or the image's owner; None
-/// (go on without it) when every holder is someone else, who may only read the file
-/// (`holders::counts`); when /proc/locks does not show who holds it (it names a file by its
-/// superblock's device, which is not always the one stat gives), refused if `unknown_refuses`.
-fn flock_or_holders(
-    f: File,
-    how: libc::c_int,
-    m: &std::fs::Metadata,
-    unknown_refuses: bool,
-) -> io::Result<Option<File>> {
+/// holds a conflicting lock: refused (in use) if a holder is root or the image's owner, or if
+/// no holder can be found (`holders::lock_holders`: a user other than root sees only their own
+/// processes' descriptors); None (go on without it) when every holder is someone else, who may
+/// only read the file (`holders::counts`).
+fn flock_or_holders(f: File, how: libc::c_int, m: &std::fs::Metadata) -> io::Result<Option<File>> {
     // SAFETY: flock on a descriptor we own.
     if unsafe { libc::flock(f.as_raw_fd(), how | libc::LOCK_NB) } == 0 {
         return Ok(Some(f));
@@ -419,12 +417,12 @@ fn flock_or_holders(
     if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
         return Err(e);
     }
-    let holders = crate::holders::lock_holders(m.dev(), m.ino()).unwrap_or_default();
+    let holders = crate::holders::lock_holders(m.dev(), m.ino());
     match holders.iter().find(|h| crate::holders::counts(h, m.uid())) {
         Some(h) => Err(in_use(format!(
             "in use: locked by {h} (a ticketfs mount, or its mkfs or fsck)"
         ))),
-        None if holders.is_empty() && unknown_refuses => Err(in_use(
+        None if holders.is_empty() => Err(in_use(
             "in use: locked by another program (a ticketfs mount, or its mkfs or fsck)".into(),
         )),
         None => Ok(None),

@@ -124,8 +124,13 @@ pub fn serve(
     tune_malloc();
     let start_rss = o.start_rss.unwrap_or_else(budget::resident_bytes);
     // Before anything is written: a block device a fuseblk mount stands on is the kernel's to
-    // claim (block_source); anything else is claimed here, a busy block device refused.
-    let claim = if o.blkdev && crate::kmount::is_block_device(&o.image) {
+    // claim (block_source: root's mounts only; another user's goes through fusermount3 as plain
+    // fuse); anything else is claimed here, a busy block device refused.
+    // SAFETY: geteuid cannot fail.
+    let fuseblk_of_device = o.blkdev
+        && unsafe { libc::geteuid() } == 0
+        && crate::kmount::is_block_device(&o.image);
+    let claim = if fuseblk_of_device {
         None
     } else {
         Some(
