@@ -83,7 +83,11 @@ pub fn lock_holders(dev: u64, ino: u64) -> Vec<Holder> {
     let me = std::process::id();
     let mut found: Vec<Holder> = pids()
         .filter(|&pid| pid != me)
-        .filter(|&pid| fds_of(pid, dev, ino).iter().any(|fd| fd_holds_flock(pid, fd)))
+        .filter(|&pid| {
+            fds_of(pid, dev, ino)
+                .iter()
+                .any(|fd| fd_holds_flock(pid, fd))
+        })
         .filter_map(holder)
         .collect();
     if found.is_empty() {
@@ -125,7 +129,10 @@ fn fds_of(pid: u32, dev: u64, ino: u64) -> Vec<std::ffi::OsString> {
 /// Does descriptor `fd` of process `pid` hold a flock (its fdinfo's `lock:` lines; a waiter's
 /// has `->`)?
 fn fd_holds_flock(pid: u32, fd: &std::ffi::OsStr) -> bool {
-    let path = Path::new("/proc").join(pid.to_string()).join("fdinfo").join(fd);
+    let path = Path::new("/proc")
+        .join(pid.to_string())
+        .join("fdinfo")
+        .join(fd);
     std::fs::read_to_string(path).is_ok_and(|t| {
         t.lines().any(|l| {
             l.strip_prefix("lock:").is_some_and(|rest| {

@@ -928,12 +928,11 @@ fn an_image_file_behind_a_busy_loop_device_is_refused() {
 }
 
 /// A block device another user may write (their own disk, or a loop device given to them),
-/// mounted by that user: the mount goes through fusermount3 as plain fuse, but `serve` leaves
-/// the claim to the kernel whenever `blkdev` is on and the image is a block device
-/// (`claim_for_mount` is skipped), and the kernel claims only a fuseblk mount's device. So
-/// nothing holds the device: root's mkfs -f and fsck -y write it under the live mount.
+/// mounted by that user: the mount goes through fusermount3 as plain fuse, but `serve` left
+/// the claim to the kernel whenever `blkdev` was on and the image a block device, and the
+/// kernel claims only a fuseblk mount's device (root's). Nothing held the device: root's mkfs
+/// -f and fsck -y wrote it under the live mount. The daemon now claims it itself.
 #[test]
-#[ignore = "fails: a block device a user mounts through fusermount3 is not claimed (O_EXCL succeeds)"]
 fn a_block_device_another_user_mounted_is_claimed() {
     if let Some(why) = common::user_fuse_missing() {
         common::skip(&why);

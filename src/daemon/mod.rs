@@ -127,9 +127,8 @@ pub fn serve(
     // claim (block_source: root's mounts only; another user's goes through fusermount3 as plain
     // fuse); anything else is claimed here, a busy block device refused.
     // SAFETY: geteuid cannot fail.
-    let fuseblk_of_device = o.blkdev
-        && unsafe { libc::geteuid() } == 0
-        && crate::kmount::is_block_device(&o.image);
+    let fuseblk_of_device =
+        o.blkdev && unsafe { libc::geteuid() } == 0 && crate::kmount::is_block_device(&o.image);
     let claim = if fuseblk_of_device {
         None
     } else {
