@@ -472,6 +472,20 @@ fn setgid_script(dir: &Path) -> Vec<(&'static str, u32)> {
     mode(0o6644);
     assert_eq!(truncate(), 0);
     out.push(("its owner outside its group truncates 6644", now()));
+    // The same, as root of a user namespace of its own: CAP_FSETID there is none over the file.
+    mode(0o6644);
+    let in_userns = as_user(NOBODY, &|| {
+        // SAFETY: unshare and truncate, system calls only, in the single-threaded child.
+        if unsafe { libc::unshare(libc::CLONE_NEWUSER) } != 0 {
+            return errno();
+        }
+        rc(unsafe { libc::truncate(fc.as_ptr(), 0) } as i64)
+    });
+    assert_eq!(in_userns, 0, "truncate in a user namespace");
+    out.push((
+        "its owner outside its group truncates 6644 as root of its own user namespace",
+        now(),
+    ));
     // setfacl -m u::rwx,g::rwx,o::rwx: version 2, then the owner, owning group and others
     // entries (tag, permissions, no id), in the kernel's xattr encoding.
     let mut acl = 2u32.to_le_bytes().to_vec();
@@ -516,6 +530,10 @@ fn set_group_id_survives_chown_truncate_and_acl_as_on_xfs() {
         ("its owner in its group truncates 6644", 0o2644),
         ("its owner in its group truncates 6654", 0o654),
         ("its owner outside its group truncates 6644", 0o644),
+        (
+            "its owner outside its group truncates 6644 as root of its own user namespace",
+            0o644,
+        ),
         ("its owner outside its group sets an ACL on 2755", 0o777),
         ("its owner in its group sets an ACL on 2755", 0o2777),
     ];

@@ -105,9 +105,16 @@ impl Ctx {
             return false;
         };
         let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name));
-        let capable = field("CapEff:")
-            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-            .is_some_and(|caps| caps & (1 << CAP_FSETID) != 0);
+        // A capability counts over the file only in the daemon's user namespace: root of a
+        // namespace of its own (`unshare -Ur`) has CAP_FSETID there, and none over the file.
+        let same_userns = {
+            let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/user")).ok();
+            ns(&self.pid.to_string()).is_some_and(|theirs| Some(theirs) == ns("self"))
+        };
+        let capable = same_userns
+            && field("CapEff:")
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+                .is_some_and(|caps| caps & (1 << CAP_FSETID) != 0);
         let ids = |s: Option<&str>| -> Vec<u32> {
             s.map(|s| {
                 s.split_whitespace()
