@@ -328,16 +328,10 @@ fn in_use(what: String) -> io::Error {
 ///
 /// Held until the tool is done, so nobody mounts the image meanwhile.
 pub fn claim_exclusive(path: &Path) -> io::Result<Claim> {
-    let m = std::fs::metadata(path)?;
-    if m.file_type().is_block_device() {
-        return Ok(Claim {
-            _held: vec![claim_device(path)?],
-            _waiting: None,
-        });
-    }
-    let f = open_checked(path)?;
-    // The file opened, whatever the path names now.
-    let m = f.metadata()?;
+    let (f, m) = match device_claim_or_file(path)? {
+        Ok(device) => return Ok(device),
+        Err(file) => file,
+    };
     let locked = flock_or_holders(f, libc::LOCK_EX, &m)?;
     // Someone who may only read the image holds a lock on it: a mount may then be waiting for
     // its shared lock (`claim_for_mount`), and is seen by the descriptor its daemon keeps open.
@@ -382,15 +376,10 @@ pub fn claim_exclusive(path: &Path) -> io::Result<Claim> {
 /// thread and holds it once they let go; meanwhile mkfs and fsck, refused the lock by that
 /// same holder, find the mount by its open descriptor.
 pub fn claim_for_mount(path: &Path) -> io::Result<Claim> {
-    let m = std::fs::metadata(path)?;
-    if m.file_type().is_block_device() {
-        return Ok(Claim {
-            _held: vec![claim_device(path)?],
-            _waiting: None,
-        });
-    }
-    let f = open_checked(path)?;
-    let m = f.metadata()?;
+    let (f, m) = match device_claim_or_file(path)? {
+        Ok(device) => return Ok(device),
+        Err(file) => file,
+    };
     Ok(match flock_or_holders(f, libc::LOCK_SH, &m)? {
         Some(f) => Claim {
             _held: vec![f],
@@ -427,6 +416,20 @@ fn flock_or_holders(f: File, how: libc::c_int, m: &std::fs::Metadata) -> io::Res
         )),
         None => Ok(None),
     }
+}
+
+/// A block device at `path` claimed O_EXCL (Ok), or the image file opened, with the metadata
+/// of the file opened whatever the path names by now (Err).
+fn device_claim_or_file(path: &Path) -> io::Result<Result<Claim, (File, std::fs::Metadata)>> {
+    if std::fs::metadata(path)?.file_type().is_block_device() {
+        return Ok(Ok(Claim {
+            _held: vec![claim_device(path)?],
+            _waiting: None,
+        }));
+    }
+    let f = open_checked(path)?;
+    let m = f.metadata()?;
+    Ok(Err((f, m)))
 }
 
 /// Opens the block device `path` O_EXCL: the kernel's claim, refused (EBUSY) while it is

@@ -511,29 +511,7 @@ fn a_reader_cannot_keep_root_from_fsck_or_mkfs() {
     let img = image(work.path(), 64 << 20);
     mode(&img, 0o644);
     for how in ["LOCK_SH", "LOCK_EX"] {
-        let script = format!(
-            "import fcntl,time\n\
-             f=open({img:?},'rb'); fcntl.flock(f,fcntl.{how})\n\
-             print('ready',flush=True); time.sleep(60)",
-            img = img.display().to_string()
-        );
-        let mut squat = Command::new("setpriv")
-            .args([
-                &format!("--reuid={OTHER}"),
-                &format!("--regid={OTHER}"),
-                "--clear-groups",
-                "/usr/bin/python3",
-                "-c",
-            ])
-            .arg(&script)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("setpriv python3");
-        let mut ready = String::new();
-        let _ = std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(squat.stdout.as_mut().unwrap()),
-            &mut ready,
-        );
+        let squat = reader_lock(&img, how, Taker::Itself);
         let bin = Path::new(env!("CARGO_BIN_EXE_ticketfs"));
         let runs = [
             (bin.with_file_name("fsck-ticketfs"), "-y"),
@@ -543,9 +521,7 @@ fn a_reader_cannot_keep_root_from_fsck_or_mkfs() {
             let out = Command::new(&tool).arg(arg).arg(&img).output().unwrap();
             (tool, arg, out)
         });
-        let _ = squat.kill();
-        let _ = squat.wait();
-        assert_eq!(ready.trim(), "ready", "the reader did not start");
+        release(squat);
         for (tool, arg, out) in runs {
             assert!(
                 out.status.success(),
