@@ -512,15 +512,7 @@ fn a_reader_cannot_keep_root_from_fsck_or_mkfs() {
     mode(&img, 0o644);
     for how in ["LOCK_SH", "LOCK_EX"] {
         let squat = reader_lock(&img, how, Taker::Itself);
-        let bin = Path::new(env!("CARGO_BIN_EXE_ticketfs"));
-        let runs = [
-            (bin.with_file_name("fsck-ticketfs"), "-y"),
-            (bin.with_file_name("mkfs-ticketfs"), "-f"),
-        ]
-        .map(|(tool, arg)| {
-            let out = Command::new(&tool).arg(arg).arg(&img).output().unwrap();
-            (tool, arg, out)
-        });
+        let runs = fsck_and_mkfs(&img, "-y");
         release(squat);
         for (tool, arg, out) in runs {
             assert!(
@@ -532,6 +524,23 @@ fn a_reader_cannot_keep_root_from_fsck_or_mkfs() {
             );
         }
     }
+}
+
+/// Runs fsck.ticketfs `fsck_arg` and mkfs.ticketfs -f on `img`: each tool, its argument and
+/// what it gave.
+fn fsck_and_mkfs(
+    img: &Path,
+    fsck_arg: &'static str,
+) -> [(std::path::PathBuf, &'static str, std::process::Output); 2] {
+    let bin = Path::new(env!("CARGO_BIN_EXE_ticketfs"));
+    [
+        (bin.with_file_name("fsck-ticketfs"), fsck_arg),
+        (bin.with_file_name("mkfs-ticketfs"), "-f"),
+    ]
+    .map(|(tool, arg)| {
+        let out = Command::new(&tool).arg(arg).arg(img).output().unwrap();
+        (tool, arg, out)
+    })
 }
 
 /// How the other user's lock is taken (`reader_lock`).
@@ -621,18 +630,10 @@ fn a_reader_cannot_keep_root_out_by_a_lock_that_names_another_process() {
     mode(work.path(), 0o755);
     let img = image(work.path(), 64 << 20);
     mode(&img, 0o644);
-    let bin = Path::new(env!("CARGO_BIN_EXE_ticketfs"));
     let mut failed = Vec::new();
     for taker in [Taker::ChildThatExits, Taker::ThenExecsSu] {
         let squat = reader_lock(&img, "LOCK_EX", taker);
-        let runs = [
-            (bin.with_file_name("fsck-ticketfs"), "-n"),
-            (bin.with_file_name("mkfs-ticketfs"), "-f"),
-        ]
-        .map(|(tool, arg)| {
-            let out = Command::new(&tool).arg(arg).arg(&img).output().unwrap();
-            (tool, arg, out)
-        });
+        let runs = fsck_and_mkfs(&img, "-n");
         release(squat);
         for (tool, arg, out) in runs {
             if !out.status.success() {
