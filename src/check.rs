@@ -51,6 +51,9 @@ pub struct CheckReport {
     pub blocks_free: u64,
     /// Inodes with no links waiting on an unlinked tree (freed at the next mount: not errors).
     pub pending_orphans: u64,
+    /// Attribute changes a crash cut short (INCOMPLETE records; not errors: their blocks are
+    /// their inode's, freed by the next change of the name or the inode's freeing).
+    pub interrupted_xattrs: u64,
     /// Problems past `PROBLEMS_MAX`, counted only.
     pub(crate) problems_not_listed: u64,
 }
@@ -779,6 +782,7 @@ fn check_ag(c: &mut Checker<'_>, agno: u32, sp: &AgSpace) {
 
 /// Reports what the verdict `v` on inode `ino` finds wrong and claims what it owns.
 fn check_inode(c: &mut Checker<'_>, ino: u64, v: &crate::verify::Verdict) {
+    c.report.interrupted_xattrs += v.interrupted_xattrs;
     for f in &v.faults {
         c.problem(
             "inodes",

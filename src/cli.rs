@@ -210,6 +210,7 @@ mod tests {
         assert!(line.starts_with("unexpected argument '-q'"), "{line}");
         let e = cmd().try_get_matches_from(["x", "-V"]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::DisplayVersion);
-        assert!(e.render().to_string().contains("(on-disk format 2)"));
+        let format = format!("(on-disk format {FORMAT_VERSION})");
+        assert!(e.render().to_string().contains(&format));
     }
 }

@@ -241,11 +241,18 @@ fn block(dev: &dyn Device, blkno: u64) -> Result<String, String> {
         BlockType::AttrEntries => attr_entries(&mut out, &buf, blkno),
         BlockType::AttrRemote => {
             let d = |o: usize| u32::from_le_bytes([buf[o], buf[o + 1], buf[o + 2], buf[o + 3]]);
+            let mut next = [0u8; 8];
+            next.copy_from_slice(&buf[at::REMOTE_NEXT_OFF..at::REMOTE_NEXT_OFF + 8]);
             let _ = writeln!(
                 out,
-                "remote value block: bytes {}..{} of its value; first bytes {}",
+                "remote value block: bytes {}..{} of its value; next {}; first bytes {}",
                 d(at::REMOTE_VALUE_OFF),
                 d(at::REMOTE_VALUE_OFF) as u64 + d(at::REMOTE_BYTES_OFF) as u64,
+                match u64::from_le_bytes(next) {
+                    0 => "0 (the following block, or none)".to_string(),
+                    at::NEXT_UNWRITTEN => "unwritten (an incomplete value)".to_string(),
+                    n => n.to_string(),
+                },
                 hex(&buf[at::REMOTE_DATA_OFF..at::REMOTE_DATA_OFF + 32])
             );
         }
@@ -282,13 +289,14 @@ fn attr_entries(out: &mut String, buf: &[u8], blkno: u64) {
             Ok(r) => {
                 let _ = writeln!(
                     out,
-                    "  at {off}: {:?}, {} bytes {}",
+                    "  at {off}: {:?}, {} bytes {}{}",
                     String::from_utf8_lossy(r.name),
                     r.value_len,
                     match r.value {
                         at::Stored::Local(_) => "local".to_string(),
                         at::Stored::Remote(b) => format!("in remote blocks from {b}"),
-                    }
+                    },
+                    if r.complete { "" } else { ", incomplete" }
                 );
                 off += r.bytes();
             }

@@ -103,8 +103,9 @@ pub(crate) enum XattrChange {
         remote_blocks: u64,
         new_remote: u64,
     },
-    /// The inode's tree has `levels` levels; the new value takes `new_remote` remote blocks and
-    /// replaces a value of `old_remote` remote blocks (None: nothing replaced).
+    /// The inode's tree has `levels` levels (0: it has no attributes, and the set makes a tree
+    /// for a value too large for an xattr block); the new value takes `new_remote` remote blocks
+    /// and replaces a value of `old_remote` remote blocks (None: nothing replaced).
     Tree {
         levels: u32,
         new_remote: u64,
@@ -238,14 +239,19 @@ impl ResvTable {
         self.xattr_tree_set(self.heights.xattr, remote, Some(remote))
     }
 
-    /// Setting an attribute in a tree of `levels` levels: the inode; the tree split to the root
+    /// Setting an attribute in a tree of `levels` levels (0: none yet, its root made here, with
+    /// its allocation, for a first value too large for an xattr block): the inode; the tree split to the root
     /// by an insert, which may add a level (a replace updates one path; a removal joins along
     /// one); the entry block the record is appended to, or a new one, with its allocation and the
     /// new tree nodes' (one extent); the new value's `new_remote` remote blocks, new and logged
     /// whole, with their allocation (one extent); and when it replaces a record (`old_remote`:
     /// that value's remote blocks), its entry block, freed when it was its last, and the
-    /// freeing, and the old value's remote blocks cancelled and their extent freed.
+    /// freeing, and the old value's remote blocks cancelled and their extent freed. A value the
+    /// free space holds only in several runs is written, or freed, one run per step of a rolled
+    /// transaction (`xattr::tree`): each step is a part of this one (a run, its allocation and
+    /// the block linking it; a record's flag), so this is the unit of every step.
     fn xattr_tree_set(&self, levels: u32, new_remote: u64, old_remote: Option<u64>) -> u32 {
+        let root = if levels == 0 { 1 + self.alloc() } else { 0 };
         let grown = (levels + 1).clamp(1, self.heights.xattr);
         let remote = |r: u64| match r {
             0 => 0,
@@ -255,7 +261,7 @@ impl ResvTable {
             None => 0,
             Some(r) => 1 + self.alloc() + remote(r),
         };
-        1 + Self::split(grown) + 1 + self.alloc() + remote(new_remote) + old
+        root + 1 + Self::split(grown) + 1 + self.alloc() + remote(new_remote) + old
     }
 
     /// Moving an inode's attributes from its one xattr block into a new tree, at worst a block
@@ -275,11 +281,16 @@ impl ResvTable {
     /// freed; every node of a tree of that many records, inserted in key order so that leaves
     /// split half full; the entry blocks the records fill in turn (a record is at most
     /// `local_max` bytes, so each block but the last holds all but that much); the remote
-    /// blocks; and the allocations of nodes, entry blocks and remote blocks, one extent each.
+    /// blocks; and the allocations of nodes, entry blocks and remote blocks, one extent each but
+    /// the remote blocks: a value from the block takes at most two, which free space broken into
+    /// single blocks gives as two runs.
     fn xattr_convert_of(&self, entries: u64, record_bytes: u64, remote_blocks: u64) -> u32 {
         let (nodes, _) = Self::convert_tree(self.block_size as usize, entries);
         let entry_blocks = self.convert_entry_blocks(record_bytes);
-        (1 + 1 + self.alloc()) + (nodes + entry_blocks + remote_blocks) as u32 + 3 * self.alloc()
+        let remote_allocs = remote_blocks.clamp(1, 2) as u32;
+        (1 + 1 + self.alloc())
+            + (nodes + entry_blocks + remote_blocks) as u32
+            + (2 + remote_allocs) * self.alloc()
     }
 
     /// The nodes and levels of a tree of `entries` records inserted in key order: leaves split
@@ -525,8 +536,12 @@ mod tests {
                 XattrChange::Block { allocates: true },
                 XattrChange::Block { allocates: false },
             ];
-            for levels in 1..=t.heights.xattr + 1 {
+            for levels in 0..=t.heights.xattr + 1 {
                 for (new_remote, old_remote) in [(0, None), (0, Some(0)), (r, Some(r)), (r, None)] {
+                    if levels == 0 && old_remote.is_some() {
+                        // A new tree replaces nothing.
+                        continue;
+                    }
                     changes.push(XattrChange::Tree {
                         levels,
                         new_remote,

@@ -111,6 +111,9 @@ pub(crate) struct Verdict {
     /// data area nor named twice, and none of a role a fault gives up (a directory to rebuild,
     /// attributes to drop).
     pub(crate) owns: Vec<Run>,
+    /// Attribute changes a crash cut short whose blocks the inode holds (INCOMPLETE records:
+    /// a valid state, freed by the next change of their name or the inode's freeing).
+    pub(crate) interrupted_xattrs: u64,
 }
 
 impl Verdict {
@@ -204,13 +207,16 @@ pub(crate) fn inode(
         Ok(None)
     };
     match crate::xattr::blocks(tx, ino, i) {
-        Ok(runs) => match bad_acl(tx) {
+        Ok((runs, interrupted)) => match bad_acl(tx) {
             Ok(Some(why)) => v.faults.push(Fault::Xattrs(why)),
-            Ok(None) => v.owns.extend(runs.into_iter().map(|(start, len)| Run {
-                start,
-                len,
-                role: Role::Xattr,
-            })),
+            Ok(None) => {
+                v.interrupted_xattrs = interrupted;
+                v.owns.extend(runs.into_iter().map(|(start, len)| Run {
+                    start,
+                    len,
+                    role: Role::Xattr,
+                }))
+            }
             Err(e) => v.faults.push(Fault::Xattrs(err_text(e))),
         },
         Err(e) => v.faults.push(Fault::Xattrs(err_text(e))),

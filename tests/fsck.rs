@@ -1861,8 +1861,9 @@ fn damaged_attribute_fields_cost_the_attributes_not_the_file() {
 }
 
 /// One damaged attribute among many, CRC valid: a record of the attribute tree with an unknown
-/// flag, the 64 KiB value's remote block claiming another place in the value, an entry of an
-/// xattr block with a name in no namespace. Each used to drop every attribute of the inode; the
+/// flag, the 64 KiB value's remote block claiming another place in the value, going on in an
+/// entry block or saying the rest of its (complete) value is unwritten, a local record flagged
+/// INCOMPLETE, an entry of an xattr block with a name in no namespace. Each used to drop every attribute of the inode; the
 /// repair now drops that one and stores the others anew, values intact.
 #[test]
 fn one_damaged_attribute_costs_only_itself() {
@@ -1909,6 +1910,33 @@ fn one_damaged_attribute_costs_only_itself() {
     let mut moved = pristine.clone();
     moved[xr * BS + attrtree::REMOTE_VALUE_OFF..][..4].copy_from_slice(&0u32.to_le_bytes());
     reseal(&mut moved, xr);
+    // A remote block of the 64 KiB value going on in an entry block; another saying the rest of
+    // its complete value is unwritten (the mark of a set cut short).
+    let next_at = xr * BS + attrtree::REMOTE_NEXT_OFF;
+    let mut astray = pristine.clone();
+    astray[next_at..next_at + 8].copy_from_slice(&(eb as u64).to_le_bytes());
+    reseal(&mut astray, xr);
+    let mut unwritten = pristine.clone();
+    unwritten[next_at..next_at + 8].copy_from_slice(&attrtree::NEXT_UNWRITTEN.to_le_bytes());
+    reseal(&mut unwritten, xr);
+    // A record whose value is in the record flagged INCOMPLETE (only a remote one may be).
+    let (lb, loff, local_victim) = kinds[&BlockType::AttrEntries]
+        .iter()
+        .find_map(|&b| {
+            let blk = &pristine[b * BS..(b + 1) * BS];
+            let r = attrtree::record(blk, b as u64, attrtree::RECORDS_OFF).ok()?;
+            r.remote_first().is_none().then(|| {
+                (
+                    b,
+                    attrtree::RECORDS_OFF,
+                    String::from_utf8_lossy(r.name).into_owned(),
+                )
+            })
+        })
+        .expect("an entry block starting with a local record");
+    let mut local_incomplete = pristine.clone();
+    local_incomplete[lb * BS + loff + attrtree::RECORD_FLAGS_OFF] |= attrtree::FLAG_INCOMPLETE;
+    reseal(&mut local_incomplete, lb);
     // "user.b" of the xattr block of "small" renamed into no namespace.
     let xa = kinds[&BlockType::Xattr]
         .iter()
@@ -1938,6 +1966,24 @@ fn one_damaged_attribute_costs_only_itself() {
             &moved,
             "attrs",
             "user.attribute-0007",
+        ),
+        (
+            "a remote block going on in an entry block",
+            &astray,
+            "attrs",
+            "user.attribute-0007",
+        ),
+        (
+            "a complete value's block saying the rest is unwritten",
+            &unwritten,
+            "attrs",
+            "user.attribute-0007",
+        ),
+        (
+            "a local record flagged incomplete",
+            &local_incomplete,
+            "attrs",
+            local_victim.as_str(),
         ),
         (
             "an xattr block entry in no namespace",
@@ -2032,7 +2078,7 @@ fn a_dropped_acl_does_not_widen_the_mode() {
 
 /// A version 1 superblock over an inode whose attributes are in a tree (which only version 2
 /// has; an older ticketfs would misread it): the checker names the superblock and the inode, and
-/// the repair records version 2 in both copies, keeping the attributes. The check used to pass
+/// the repair records the current version in both copies, keeping the attributes. The check used to pass
 /// it.
 #[test]
 fn a_version_1_superblock_over_an_attribute_tree_is_raised_to_2() {
@@ -2057,7 +2103,11 @@ fn a_version_1_superblock_over_an_attribute_tree_is_raised_to_2() {
     let repaired = fs::read(&bad).unwrap();
     for blk in [0, last] {
         let v = u32::from_le_bytes(repaired[blk * BS + 8..blk * BS + 12].try_into().unwrap());
-        assert_eq!(v, 2, "the superblock copy at {blk}");
+        assert_eq!(
+            v,
+            ticketfs::format::FORMAT_VERSION,
+            "the superblock copy at {blk}"
+        );
     }
     let (_, _, attrs) = file_seen(&bad, "attrs");
     assert!(

@@ -3,7 +3,10 @@
 //! For every flush point and random subsets of the writes after it, the image is checked by
 //! fsck's checker (clean), recovered and mounted (orphans freed), and every file's attributes
 //! must equal the model after some prefix of the steps no shorter than the last fsync; the
-//! filesystem then unmounts and mounts again with the same attributes.
+//! filesystem then unmounts and mounts again with the same attributes. The second workload
+//! runs on an image whose free space is single blocks between used ones: every remote value is
+//! written in runs over several transactions (an INCOMPLETE record until its last run), and
+//! removed or replaced run by run, so crashes land between those steps.
 
 mod common;
 
@@ -32,6 +35,42 @@ type Model = BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>;
 
 fn base_image() -> Vec<u8> {
     image_bytes(24 << 20, BS)
+}
+
+/// The file of the fragmented image holding every other block.
+const FILLER: &str = "filler";
+/// Single free blocks the fragmented image has: all its free space (a 64 KiB value takes 147).
+const SINGLE_HOLES: u64 = 12_000;
+
+/// The base image with its free space broken into single blocks: a file takes every block,
+/// then one in two of them is punched out, for `SINGLE_HOLES` holes. Made before the recording.
+fn fragmented_image() -> Vec<u8> {
+    let dev = Arc::new(MemDevice::from_bytes(BS, base_image()));
+    let fs = Fs::new(Engine::mount(dev.clone(), crash_opts()).unwrap(), false).unwrap();
+    let c = Ctx::ROOT;
+    let a = fs
+        .make(&c, fs.root(), FILLER.as_bytes(), S_IFREG | 0o644, 0, None)
+        .unwrap();
+    let bs = BS as u64;
+    // As much as it takes: halved when a request is refused.
+    let (mut end, mut step) = (0u64, 1u64 << 30);
+    while step >= bs {
+        match fs.fallocate(a.ino, end, step, false, false, false) {
+            Ok(()) => end += step,
+            Err(_) => step /= 2,
+        }
+    }
+    assert!(
+        end / bs > 2 * SINGLE_HOLES,
+        "the filler took {} blocks",
+        end / bs
+    );
+    for k in 0..SINGLE_HOLES {
+        fs.fallocate(a.ino, 2 * k * bs, bs, true, true, false)
+            .unwrap();
+    }
+    fs.unmount().unwrap();
+    dev.snapshot()
 }
 
 /// Every file of the root with its attributes, as the filesystem shows them.
@@ -75,14 +114,14 @@ struct Run {
     unlinks: usize,
 }
 
-fn run_workload(seed: u64) -> Run {
-    let base = base_image();
+fn run_workload(seed: u64, base: Vec<u8>) -> Run {
     let rec = Arc::new(RecordingDevice::new(BS, base.clone()));
     let fs = Fs::new(Engine::mount(rec.clone(), crash_opts()).unwrap(), false).unwrap();
     let c = Ctx::ROOT;
     let root = fs.root();
     let mut rng = SmallRng::seed_from_u64(seed);
-    let mut model = Model::new();
+    // Files already there (the fragmented image's filler) are in the model, untouched.
+    let mut model = walk(&fs);
     let mut inos: BTreeMap<String, u64> = BTreeMap::new();
     let mut states = vec![model.clone()];
     let mut syncs = Vec::new();
@@ -155,7 +194,10 @@ fn run_workload(seed: u64) -> Run {
     }
 }
 
-fn check(run: &Run, image: Vec<u8>, crash_after: usize) -> Result<(), String> {
+/// Checks one crash state; returns how many attribute changes the crash cut short (INCOMPLETE
+/// records, which fsck counts and no reader sees).
+fn check(run: &Run, image: Vec<u8>, crash_after: usize) -> Result<u64, String> {
+    let interrupted;
     {
         let dev: Arc<dyn Device> = Arc::new(MemDevice::from_bytes(BS, image.clone()));
         let eng = Engine::mount(dev, crash_opts()).map_err(|e| format!("mount for fsck: {e}"))?;
@@ -164,6 +206,7 @@ fn check(run: &Run, image: Vec<u8>, crash_after: usize) -> Result<(), String> {
         if !r.problems.is_empty() {
             return Err(format!("fsck finds {:#?}", r.problems));
         }
+        interrupted = r.interrupted_xattrs;
         eng.crash();
     }
     let dev: Arc<dyn Device> = Arc::new(MemDevice::from_bytes(BS, image));
@@ -188,20 +231,31 @@ fn check(run: &Run, image: Vec<u8>, crash_after: usize) -> Result<(), String> {
         }
         Some(_) => {}
     }
-    same_after_remount(fs, dev, walk, &got, "attributes")
+    same_after_remount(fs, dev, walk, &got, "attributes")?;
+    Ok(interrupted)
 }
 
 #[test]
 fn xattr_crash_states() {
+    crash_states(base_image(), "", false)
+}
+
+#[test]
+fn xattr_crash_states_with_values_in_single_block_runs() {
+    crash_states(fragmented_image(), " (free space in single blocks)", true)
+}
+
+/// `cut_short`: some states must hold a change cut short between its steps.
+fn crash_states(base: Vec<u8>, what: &str, cut_short: bool) {
     let seed = std::env::var("CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x2a);
-    let run = run_workload(seed);
+    let run = run_workload(seed, base);
     let mut rng = SmallRng::seed_from_u64(seed ^ 0xc0de);
     let windows = flush_windows(&run.events);
     let mut durable = run.base.clone();
-    let (mut checked, mut bad) = (0, 0);
+    let (mut checked, mut bad, mut interrupted) = (0, 0, 0);
     let mut failures = Vec::new();
     for (flush_at, writes) in &windows {
         for k in 0..STATES_PER_WINDOW {
@@ -211,14 +265,21 @@ fn xattr_crash_states() {
                 apply_write(&run.events, &mut img, e, BS);
             }
             checked += 1;
-            if let Err(e) = check(&run, img, crash_after) {
-                bad += 1;
-                if failures.len() < 5 {
-                    failures.push(format!(
-                        "flush at {flush_at:?}, {p} of {} writes, {} landed: {e}",
-                        writes.len(),
-                        landed.len()
-                    ));
+            match check(&run, img.clone(), crash_after) {
+                Ok(n) if n > 0 && cut_short && interrupted < FOLLOWED_UP => {
+                    interrupted += 1;
+                    freed_after(&run, &img);
+                }
+                Ok(n) => interrupted += (n > 0) as usize,
+                Err(e) => {
+                    bad += 1;
+                    if failures.len() < 5 {
+                        failures.push(format!(
+                            "flush at {flush_at:?}, {p} of {} writes, {} landed: {e}",
+                            writes.len(),
+                            landed.len()
+                        ));
+                    }
                 }
             }
         }
@@ -227,8 +288,9 @@ fn xattr_crash_states() {
         }
     }
     println!(
-        "xattr crash states: {checked} checked, {bad} inconsistent ({} steps, {} fsyncs, {} \
-         unlinks of files with attribute trees)",
+        "xattr crash states{what}: {checked} checked, {bad} inconsistent, {interrupted} with a \
+         change cut short between its steps ({} steps, {} fsyncs, {} unlinks of files with \
+         attribute trees)",
         run.states.len() - 1,
         run.syncs.len(),
         run.unlinks
@@ -242,4 +304,68 @@ fn xattr_crash_states() {
         "no file with an attribute tree was unlinked"
     );
     assert_eq!(bad, 0);
+    assert!(
+        !cut_short || interrupted > 0,
+        "no state has a change cut short between its steps"
+    );
+}
+
+/// States with a change cut short that are followed up (`freed_after`): each sets hundreds of
+/// attributes.
+const FOLLOWED_UP: usize = 3;
+
+/// On a crash state holding changes cut short: setting again every name the workload used on
+/// each file frees them (a set frees the INCOMPLETE records of its name first), and so does
+/// removing every file; fsck then counts none and finds the image clean (every block accounted).
+fn freed_after(run: &Run, image: &[u8]) {
+    let c = Ctx::ROOT;
+    let mut used: BTreeMap<String, std::collections::BTreeSet<Vec<u8>>> = BTreeMap::new();
+    for s in &run.states {
+        for (f, attrs) in s {
+            used.entry(f.clone())
+                .or_default()
+                .extend(attrs.keys().cloned());
+        }
+    }
+    // The workload's files (not the filler): (name, inode).
+    let files = |fs: &Fs| -> Vec<(String, u64)> {
+        let all = fs.readdir(fs.root(), 0, 1000).unwrap();
+        all.into_iter()
+            .map(|e| (String::from_utf8_lossy(&e.name).into_owned(), e.ino))
+            .filter(|(n, _)| n != "." && n != ".." && n != FILLER)
+            .collect()
+    };
+    let img = after(image, |fs| {
+        for (f, ino) in files(fs) {
+            for n in used.get(&f).into_iter().flatten() {
+                fs.setxattr(&c, ino, n, b"again", false, false).unwrap();
+            }
+        }
+    });
+    assert_eq!(interrupted_in(&img), 0, "after every name was set again");
+    let img = after(image, |fs| {
+        for (f, _) in files(fs) {
+            fs.remove(&c, fs.root(), f.as_bytes(), false).unwrap();
+        }
+    });
+    assert_eq!(interrupted_in(&img), 0, "after every file was removed");
+}
+
+/// Checks `image` with fsck's checker: clean, and how many changes it holds cut short.
+fn interrupted_in(image: &[u8]) -> u64 {
+    let dev: Arc<dyn Device> = Arc::new(MemDevice::from_bytes(BS, image.to_vec()));
+    let eng = Engine::mount(dev, crash_opts()).unwrap();
+    let r = ticketfs::check::check(&eng, &mut |_, _, _| {}).unwrap();
+    assert!(r.problems.is_empty(), "fsck finds {:#?}", r.problems);
+    eng.crash();
+    r.interrupted_xattrs
+}
+
+/// Mounts `image` (recovering it), runs `f`, unmounts (orphans freed), and returns the image.
+fn after(image: &[u8], f: impl FnOnce(&Fs)) -> Vec<u8> {
+    let dev = Arc::new(MemDevice::from_bytes(BS, image.to_vec()));
+    let fs = Fs::new(Engine::mount(dev.clone(), crash_opts()).unwrap(), false).unwrap();
+    f(&fs);
+    fs.unmount().unwrap();
+    dev.snapshot()
 }

@@ -412,6 +412,15 @@ fn print_text(
         );
     }
     let errors = (sb_problems.len() + log_problems.len()) as u64 + r.problem_count();
+    if r.interrupted_xattrs > 0 {
+        // Not a problem: each holds blocks its inode owns until the next change of its name.
+        let _ = writeln!(
+            out,
+            "{} attribute changes cut short by a crash (their blocks are freed by the next \
+             change of the attribute or the file's removal)",
+            r.interrupted_xattrs
+        );
+    }
     let _ =
         writeln!(out,
         "{}: {} inodes ({} directories, {} other), {} blocks used, {} free, {} orphans pending; {}",

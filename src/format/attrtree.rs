@@ -15,7 +15,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 1 | name length, 1..=255 |
-//! | 1 | 1 | flags: bit 0 REMOTE (the value is in remote blocks); no other bit |
+//! | 1 | 1 | flags: bit 0 REMOTE (the value is in remote blocks), bit 1 INCOMPLETE (its remote blocks are being written or freed: not an attribute yet, or no longer); no other bit |
 //! | 2 | 4 | value length, 0..=65536 |
 //! | 6 | name length | name |
 //! | 6 + name length | value length, or 8 | the value; REMOTE: its first remote block (u64) |
@@ -24,11 +24,17 @@
 //! otherwise in remote blocks: which one is decided by the lengths alone, so a flag that
 //! disagrees with them is damage. A record stays in place when its attribute is removed or
 //! replaced (the block is freed when `live` reaches zero): dead records are never reused.
+//! INCOMPLETE is set only with REMOTE: such a record is in the tree but no reader sees it (the
+//! value of a set spanning several transactions, or of a removal freeing it run by run); its
+//! blocks are the inode's, and the inode's next change of that name, or its freeing, frees them.
 //!
 //! **Remote value block** (TKXR, owner = the inode). A value too large for its record lives in
-//! [`remote_blocks`] consecutive blocks, the value's bytes in order. After the block header: the
-//! offset in the value of this block's bytes (u32 at 48), how many bytes it holds (u32 at 52),
-//! 8 zero bytes; the bytes from 64.
+//! [`remote_blocks`] blocks, the value's bytes in order, in one or more runs of consecutive
+//! blocks. After the block header: the offset in the value of this block's bytes (u32 at 48),
+//! how many bytes it holds (u32 at 52), `next` (u64 at 56); the bytes from 64. `next` is 0 when
+//! the value goes on in the following block or ends in this one (every value of version 2 is one
+//! run, all zeros here), the block holding the value's next bytes when they start another run,
+//! and [`NEXT_UNWRITTEN`] in the last block written so far of an INCOMPLETE record.
 
 use super::entryblock::{self, Kind};
 use super::name::name_hash;
@@ -61,6 +67,12 @@ const KIND: Kind = Kind {
 pub const RECORD_HDR: usize = 6;
 /// The flag of a record whose value is in remote blocks.
 pub const FLAG_REMOTE: u8 = 1;
+/// The flag of a remote record whose blocks are being written or freed (no reader sees it).
+pub const FLAG_INCOMPLETE: u8 = 2;
+/// Offset of the flags in a record.
+pub const RECORD_FLAGS_OFF: usize = 1;
+/// `next` of the last block written so far of an INCOMPLETE record's value.
+pub const NEXT_UNWRITTEN: u64 = u64::MAX;
 /// A remote record's value field: its first remote block.
 pub const REMOTE_REF_BYTES: usize = 8;
 
@@ -68,7 +80,8 @@ pub const REMOTE_REF_BYTES: usize = 8;
 pub const REMOTE_VALUE_OFF: usize = BLOCK_HEADER_BYTES;
 /// Offset of a remote block's `bytes`.
 pub const REMOTE_BYTES_OFF: usize = BLOCK_HEADER_BYTES + 4;
-const REMOTE_PAD_OFF: usize = BLOCK_HEADER_BYTES + 8;
+/// Offset of a remote block's `next`.
+pub const REMOTE_NEXT_OFF: usize = BLOCK_HEADER_BYTES + 8;
 /// Where a remote block's bytes start.
 pub const REMOTE_DATA_OFF: usize = BLOCK_HEADER_BYTES + 16;
 
@@ -100,7 +113,8 @@ pub fn remote_payload(bs: usize) -> usize {
     bs - REMOTE_DATA_OFF
 }
 
-/// Remote blocks a value of `value_len` bytes takes (none when it is kept in its record).
+/// Remote blocks a value of `value_len` bytes takes (none when it is kept in its record), in
+/// one run or several.
 pub fn remote_blocks(bs: usize, name_len: usize, value_len: usize) -> u64 {
     if is_local(bs, name_len, value_len) {
         0
@@ -129,6 +143,8 @@ pub struct Record<'a> {
     pub name: &'a [u8],
     pub value_len: usize,
     pub value: Stored<'a>,
+    /// False for an INCOMPLETE record: no reader sees it.
+    pub complete: bool,
 }
 
 impl Record<'_> {
@@ -142,11 +158,11 @@ impl Record<'_> {
             }
     }
 
-    /// Its remote blocks: (first, count), None when local.
-    pub fn remote(&self, bs: usize) -> Option<(u64, u64)> {
+    /// Its first remote block, None when local.
+    pub fn remote_first(&self) -> Option<u64> {
         match self.value {
             Stored::Local(_) => None,
-            Stored::Remote(b) => Some((b, remote_blocks(bs, self.name.len(), self.value_len))),
+            Stored::Remote(b) => Some(b),
         }
     }
 }
@@ -176,7 +192,7 @@ fn record_within(b: &[u8], blkno: u64, off: usize, end: usize) -> Result<Record<
     let nl = d.u8(off, "name length")? as usize;
     let flags = d.u8(off + 1, "flags")?;
     let vl = d.u32(off + 2, "value length")? as usize;
-    if flags & !FLAG_REMOTE != 0 {
+    if flags & !(FLAG_REMOTE | FLAG_INCOMPLETE) != 0 {
         return Err(d.err(
             "flags",
             format!("record at {off}: unknown flags {flags:#x}"),
@@ -197,6 +213,12 @@ fn record_within(b: &[u8], blkno: u64, off: usize, end: usize) -> Result<Record<
                 if local { "local" } else { "remote" },
                 if local { "remote" } else { "local" }
             ),
+        ));
+    }
+    if flags & FLAG_INCOMPLETE != 0 && local {
+        return Err(d.err(
+            "flags",
+            format!("record at {off}: a local value flagged incomplete"),
         ));
     }
     let len = record_len(b.len(), nl, vl);
@@ -224,6 +246,7 @@ fn record_within(b: &[u8], blkno: u64, off: usize, end: usize) -> Result<Record<
         name,
         value_len: vl,
         value,
+        complete: flags & FLAG_INCOMPLETE == 0,
     })
 }
 
@@ -247,18 +270,33 @@ pub fn key_problem(name: &[u8], hash: u64) -> Option<String> {
     })
 }
 
-/// The bytes of remote block `b`, the `k`-th of a value of `value_len` bytes, checked: its offset
-/// and length are where the `k`-th block of such a value must be, the reserved bytes zero.
-pub fn remote_data(b: &[u8], blkno: u64, k: u64, value_len: usize) -> Result<&[u8], FormatError> {
+/// Where a value goes on after one of its remote blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// This block holds the value's last bytes.
+    End,
+    /// In this block (the following one, or the first of another run).
+    At(u64),
+    /// Not written yet: the block is the last written of an INCOMPLETE record.
+    Unwritten,
+}
+
+/// The bytes of remote block `b` (number `blkno`), the `k`-th of a value of `value_len` bytes,
+/// checked: its offset and length are where the `k`-th block of such a value must be; and where
+/// the value goes on. `next` is 0 in the block holding the value's last bytes and never names the
+/// block itself; [`NEXT_UNWRITTEN`] is for the caller to accept (an INCOMPLETE record) or not.
+pub fn remote_data(
+    b: &[u8],
+    blkno: u64,
+    k: u64,
+    value_len: usize,
+) -> Result<(&[u8], Next), FormatError> {
     let d = Dec::new(b, blkno, REMOTE_STRUCTURE);
     let per = remote_payload(b.len());
-    let want_off = k as usize * per;
+    let want_off = (k as usize).saturating_mul(per);
     let want_bytes = value_len.saturating_sub(want_off).min(per);
     let off = d.u32(REMOTE_VALUE_OFF, "value_off")? as usize;
     let bytes = d.u32(REMOTE_BYTES_OFF, "bytes")? as usize;
-    if d.u64(REMOTE_PAD_OFF, "reserved")? != 0 {
-        return Err(d.err("reserved", "is not zero"));
-    }
     if off != want_off || bytes != want_bytes || want_bytes == 0 {
         return Err(d.err(
             "value_off",
@@ -268,7 +306,25 @@ pub fn remote_data(b: &[u8], blkno: u64, k: u64, value_len: usize) -> Result<&[u
             ),
         ));
     }
-    d.slice_at(REMOTE_DATA_OFF, bytes, "data")
+    let last = want_off + want_bytes == value_len;
+    let next = match d.u64(REMOTE_NEXT_OFF, "next")? {
+        0 if last => Next::End,
+        0 => Next::At(
+            blkno
+                .checked_add(1)
+                .ok_or_else(|| d.err("next", "no following block"))?,
+        ),
+        n if last => {
+            return Err(d.err(
+                "next",
+                format!("is {n:#x} in the block holding the value's last bytes"),
+            ))
+        }
+        NEXT_UNWRITTEN => Next::Unwritten,
+        n if n == blkno => return Err(d.err("next", "names the block itself")),
+        n => Next::At(n),
+    };
+    Ok((d.slice_at(REMOTE_DATA_OFF, bytes, "data")?, next))
 }
 
 #[cfg(test)]

@@ -30,12 +30,15 @@ pub use superblock::{Geometry, Superblock};
 use std::fmt;
 
 /// Version of the on-disk format this code writes. Version 2 added the attribute hash tree
-/// (inode bytes 130-131, block types TKBA, TKXE, TKXR).
-pub const FORMAT_VERSION: u32 = 2;
+/// (inode bytes 130-131, block types TKBA, TKXE, TKXR). Version 3 lets a remote value span
+/// several runs (a remote block's `next`, zero in version 2) and flags records INCOMPLETE while
+/// a value is written or freed over several transactions: a version 2 image is a valid version
+/// 3 image, and a version 2 ticketfs would take a version 3 value for damage.
+pub const FORMAT_VERSION: u32 = 3;
 /// Oldest version this code reads. A version 1 image is a version 2 image whose attributes are
 /// all in the one-block form (its inodes' bytes 130-131 are zero, which says so): it is used as
-/// it is, and the first superblock write of a read-write mount records version 2, after which an
-/// older ticketfs refuses it (it cannot read an attribute tree).
+/// it is, and a read-write mount records the current version before it writes anything, after
+/// which an older ticketfs refuses it (it cannot read an attribute tree, or a value in runs).
 pub const FORMAT_VERSION_OLDEST: u32 = 1;
 /// Smallest block size: one disk sector, and room for every header with its payload.
 pub(crate) const BLOCK_SIZE_MIN: u32 = 512;

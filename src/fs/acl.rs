@@ -115,19 +115,25 @@ impl Fs {
             name: acl::ACCESS,
             value: &a.encode(),
         };
-        match crate::xattr::set(
-            tx,
-            &mut crate::xattr::Target {
-                alloc: &self.alloc,
-                ino,
-                i,
-            },
-            attr,
-        )? {
+        // Rewritten where it is (`xattr::tree`'s same-length rewrite, or the block form's
+        // block): never in steps, so nothing here rolls the setattr.
+        let mut no_roll = |_: &mut Trans<'_>, _: &Inode| -> Result<(), EngineError> {
+            Err(EngineError::Invalid(format!(
+                "inode {ino}: an ACL rewritten at its own size took steps"
+            )))
+        };
+        let target = &mut crate::xattr::Target {
+            alloc: &self.alloc,
+            ino,
+            i,
+        };
+        match crate::xattr::set(tx, target, attr, &mut no_roll)? {
             crate::xattr::SetOutcome::Done => Ok(()),
-            crate::xattr::SetOutcome::NeedsTree => Err(FsError::Engine(EngineError::Invalid(
-                format!("inode {ino}: an ACL rewritten at its own size no longer fits"),
-            ))),
+            crate::xattr::SetOutcome::NeedsTree | crate::xattr::SetOutcome::NoSpace => {
+                Err(FsError::Engine(EngineError::Invalid(format!(
+                    "inode {ino}: an ACL rewritten at its own size no longer fits"
+                ))))
+            }
         }
     }
 }

@@ -5,8 +5,10 @@
 
 use super::{dtype, is_dir, lock_chunks, Fs, R};
 use crate::dir;
+use crate::error::EngineError;
+use crate::format::inode::Inode;
 use crate::inode;
-use crate::trans::TransKind;
+use crate::trans::{Trans, TransKind};
 use std::collections::{HashMap, VecDeque};
 
 impl Fs {
@@ -75,22 +77,35 @@ impl Fs {
             let _blocks = self.promise(TransKind::Xattr, true)?;
             let mut tx = self.eng.begin(TransKind::Xattr)?;
             let (r, mut i) = inode::read(&mut tx, ino)?;
+            tx.hold(r.id);
+            let mut roll = |tx: &mut Trans<'_>, i: &Inode| -> Result<(), EngineError> {
+                inode::write(tx, &r, i);
+                tx.roll().map(|_| ())
+            };
             let mut t = Target {
                 alloc: &self.alloc,
                 ino,
                 i: &mut i,
             };
-            let done = match crate::xattr::set(&mut tx, &mut t, Attr { name, value })? {
-                SetOutcome::Done => true,
+            let done = match crate::xattr::set(&mut tx, &mut t, Attr { name, value }, &mut roll)? {
+                SetOutcome::Done => Some(true),
                 SetOutcome::NeedsTree => {
                     crate::xattr::to_tree(&mut tx, &mut t)?;
-                    false
+                    Some(false)
                 }
+                SetOutcome::NoSpace => None,
             };
             inode::write(&mut tx, &r, &i);
             tx.commit()?;
-            if done {
-                return Ok(());
+            match done {
+                Some(true) => return Ok(()),
+                Some(false) => {}
+                None => {
+                    return Err(super::FsError::Engine(EngineError::NoSpace(format!(
+                        "inode {ino}: no free blocks for the value of {:?}",
+                        String::from_utf8_lossy(name)
+                    ))))
+                }
             }
         }
         Err(super::FsError::Engine(crate::error::EngineError::Invalid(

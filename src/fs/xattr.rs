@@ -1,7 +1,7 @@
 //! Extended attributes: the namespaces a caller may read and write, and the calls.
 
 use super::*;
-use crate::xattr::{Attr, SetOutcome, Target};
+use crate::xattr::{Attr, Roll, SetOutcome, Target};
 
 /// Times a set is measured before it reserves the worst case: once before its transaction, once
 /// more if another change of the inode's attributes came between.
@@ -140,7 +140,7 @@ impl Fs {
         // tree in a transaction of its own (it keeps every attribute), then the change is made.
         for _ in 0..2 {
             let sets = XattrNeed::Sets(Attr { name, value });
-            let done = self.change_xattrs(ctx, ino, name, sets, |tx, alloc, i| {
+            let done = self.change_xattrs(ctx, ino, name, sets, |tx, alloc, i, roll| {
                 let exists = crate::xattr::get(tx, ino, i, name)?.is_some();
                 if exists && create {
                     return Err(FsError::Exists);
@@ -155,23 +155,33 @@ impl Fs {
                     (i.mode, Some(value))
                 };
                 let Some(value) = value else {
-                    crate::xattr::remove(tx, &mut Target { alloc, ino, i }, name)?;
+                    crate::xattr::remove(tx, &mut Target { alloc, ino, i }, name, roll)?;
                     i.mode = mode;
-                    return Ok(true);
+                    return Ok(Some(true));
                 };
-                match crate::xattr::set(tx, &mut Target { alloc, ino, i }, Attr { name, value })? {
+                let a = Attr { name, value };
+                match crate::xattr::set(tx, &mut Target { alloc, ino, i }, a, roll)? {
                     SetOutcome::Done => {
                         i.mode = mode;
-                        Ok(true)
+                        Ok(Some(true))
                     }
                     SetOutcome::NeedsTree => {
                         crate::xattr::to_tree(tx, &mut Target { alloc, ino, i })?;
-                        Ok(false)
+                        Ok(Some(false))
                     }
+                    // Undone, and committed as it stands: the steps before were.
+                    SetOutcome::NoSpace => Ok(None),
                 }
             })?;
-            if done {
-                return Ok(());
+            match done {
+                Some(true) => return Ok(()),
+                Some(false) => {}
+                None => {
+                    return Err(FsError::Engine(EngineError::NoSpace(format!(
+                        "inode {ino}: no free blocks for the value of {:?}",
+                        String::from_utf8_lossy(name)
+                    ))))
+                }
             }
         }
         Err(FsError::Engine(EngineError::Invalid(format!(
@@ -210,8 +220,8 @@ impl Fs {
         // Removing an ACL is how the kernel passes on "no ACL" (setfacl's empty ACL, an empty
         // value): no error when there is none, as ext4 and XFS answer.
         let acl_name = name == crate::format::acl::ACCESS || name == crate::format::acl::DEFAULT;
-        self.change_xattrs(ctx, ino, name, XattrNeed::Frees, |tx, alloc, i| {
-            if crate::xattr::remove(tx, &mut Target { alloc, ino, i }, name)? || acl_name {
+        self.change_xattrs(ctx, ino, name, XattrNeed::Frees, |tx, alloc, i, roll| {
+            if crate::xattr::remove(tx, &mut Target { alloc, ino, i }, name, roll)? || acl_name {
                 Ok(())
             } else {
                 Err(FsError::NoAttr)
@@ -221,14 +231,16 @@ impl Fs {
 
     /// One transaction changing `ino`'s attributes by `edit`, on behalf of `ctx` touching
     /// `name`: the block promise and the reservation of what it `may` need, the access check,
-    /// the change, and the change time set. Nothing is committed when `edit` fails.
+    /// the change, and the change time set. Nothing is committed when `edit` fails before its
+    /// first roll (a value in several runs rolls the transaction between its steps: the inode's
+    /// buffer is held across them, so no other change of the inode comes between).
     pub(super) fn change_xattrs<T>(
         &self,
         ctx: &Ctx,
         ino: u64,
         name: &[u8],
         may: XattrNeed<'_>,
-        edit: impl FnOnce(&mut Trans<'_>, &Allocator, &mut Inode) -> R<T>,
+        edit: impl FnOnce(&mut Trans<'_>, &Allocator, &mut Inode, Roll<'_>) -> R<T>,
     ) -> R<T> {
         self.writable()?;
         // A set is measured on the inode as it stands before anything is promised; measured
@@ -263,7 +275,12 @@ impl Fs {
                 }
             }
             let blocks_before = i.blocks;
-            let out = edit(&mut tx, &self.alloc, &mut i)?;
+            tx.hold(r.id);
+            let mut roll = |tx: &mut Trans<'_>, i: &Inode| -> Result<(), EngineError> {
+                inode::write(tx, &r, i);
+                tx.roll().map(|_| ())
+            };
+            let out = edit(&mut tx, &self.alloc, &mut i, &mut roll)?;
             debug_assert!(
                 i.blocks <= blocks_before + blocks.blocks,
                 "inode {ino}: attribute change took {} blocks, {} promised",

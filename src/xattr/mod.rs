@@ -34,6 +34,10 @@ pub(crate) struct Target<'a> {
     pub(crate) i: &'a mut Inode,
 }
 
+/// Ends one step of a change spanning several transactions (a value written or freed in several
+/// runs): the inode written and the transaction rolled (`Trans::roll`), its buffer held.
+pub(crate) type Roll<'r> = &'r mut dyn FnMut(&mut Trans<'_>, &Inode) -> Result<(), EngineError>;
+
 /// An inode's attributes: (name, value) pairs.
 pub(crate) type Attrs = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -83,27 +87,48 @@ pub(crate) enum SetOutcome {
     Done,
     /// Nothing changed: the attributes no longer fit the inode's block; [`to_tree`] first.
     NeedsTree,
+    /// The free space has not the value's blocks: whatever steps were taken are undone, and the
+    /// last is left for the caller to commit.
+    NoSpace,
 }
 
 /// Sets `name` = `value`, replacing a value it has. The caller has checked the name and the
-/// value's length, and whether the attribute may exist.
+/// value's length, and whether the attribute may exist. A value the free space holds only in
+/// several runs is written over several transactions, `roll` ending each but the last.
 #[track_caller]
 pub(crate) fn set(
     tx: &mut Trans<'_>,
     o: &mut Target<'_>,
     a: Attr<'_>,
+    roll: Roll<'_>,
 ) -> Result<SetOutcome, EngineError> {
     let Attr { name, value } = a;
     debug_assert!(value.len() <= XATTR_SIZE_MAX && name.len() <= XATTR_NAME_MAX);
     match o.i.xattr_form {
         XattrForm::Block => {
-            let all = with_set(block::load(tx, o.ino, o.i)?, a);
-            if !block::fits(tx.block_size(), &all) {
+            let now = block::load(tx, o.ino, o.i)?;
+            // No attribute and no block (a block is freed with its last attribute).
+            let empty = now.is_empty() && o.i.xattr_blk == 0;
+            let all = with_set(now, a);
+            if block::fits(tx.block_size(), &all) {
+                block::store(tx, o.alloc, o.ino, o.i, &all)?;
+            } else if empty {
+                // Nothing to move: the tree is made in this transaction, with the value, so no
+                // crash finds a tree with no attributes (a move of none used to commit one).
+                tree::create(tx, o, &[])?;
+                if !tree::set(tx, o, a, roll)? {
+                    tree::drop_empty(tx, o)?;
+                    return Ok(SetOutcome::NoSpace);
+                }
+            } else {
                 return Ok(SetOutcome::NeedsTree);
             }
-            block::store(tx, o.alloc, o.ino, o.i, &all)?;
         }
-        XattrForm::Tree => tree::set(tx, o, a)?,
+        XattrForm::Tree => {
+            if !tree::set(tx, o, a, roll)? {
+                return Ok(SetOutcome::NoSpace);
+            }
+        }
     }
     Ok(SetOutcome::Done)
 }
@@ -139,10 +164,18 @@ pub(crate) fn plan(
                         b + at::remote_blocks(bs, n, v),
                     )
                 });
+            let empty = now.is_empty() && i.xattr_blk == 0;
             if block::fits(bs as u32, &with_set(now, a)) {
                 // An existing block is rewritten in place.
                 Ok(XattrChange::Block {
                     allocates: i.xattr_blk == 0,
+                })
+            } else if empty {
+                // A new tree, with the value (`set`): levels 0.
+                Ok(XattrChange::Tree {
+                    levels: 0,
+                    new_remote: at::remote_blocks(bs, a.name.len(), a.value.len()),
+                    old_remote: None,
                 })
             } else {
                 Ok(XattrChange::ToTree {
@@ -153,14 +186,11 @@ pub(crate) fn plan(
                 })
             }
         }
-        XattrForm::Tree => {
-            let old = tree::find(tx, ino, i, a.name)?;
-            Ok(XattrChange::Tree {
-                levels: i.xattr_level as u32 + 1,
-                new_remote: at::remote_blocks(bs, a.name.len(), a.value.len()),
-                old_remote: old.map(|(_, _, o)| at::remote_blocks(bs, o.name.len(), o.value_len)),
-            })
-        }
+        XattrForm::Tree => Ok(XattrChange::Tree {
+            levels: i.xattr_level as u32 + 1,
+            new_remote: at::remote_blocks(bs, a.name.len(), a.value.len()),
+            old_remote: tree::freed_remote(tx, ino, i, a.name)?,
+        }),
     }
 }
 
@@ -174,12 +204,14 @@ pub(crate) fn to_tree(tx: &mut Trans<'_>, o: &mut Target<'_>) -> Result<(), Engi
     tree::create(tx, o, &all)
 }
 
-/// Removes `name`; false when it is not set.
+/// Removes `name`; false when it is not set. A value in several runs is freed over several
+/// transactions, `roll` ending each but the last.
 #[track_caller]
 pub(crate) fn remove(
     tx: &mut Trans<'_>,
     o: &mut Target<'_>,
     name: &[u8],
+    roll: Roll<'_>,
 ) -> Result<bool, EngineError> {
     match o.i.xattr_form {
         XattrForm::Block => {
@@ -192,19 +224,13 @@ pub(crate) fn remove(
             block::store(tx, o.alloc, o.ino, o.i, &all)?;
             Ok(true)
         }
-        XattrForm::Tree => {
-            let Some((key, r, _)) = tree::find(tx, o.ino, o.i, name)? else {
-                return Ok(false);
-            };
-            tree::remove_at(tx, o, key, &r)?;
-            Ok(true)
-        }
+        XattrForm::Tree => tree::remove(tx, o, name, roll),
     }
 }
 
 /// One step of freeing every attribute of an inode being freed: the block form's block all at
-/// once, else one attribute of the tree (its record, remote extent and emptied blocks). Returns
-/// whether attributes remain.
+/// once, else one attribute of the tree (its record, remote blocks and emptied blocks), or the
+/// last run of a value in several. Returns whether attributes remain.
 #[track_caller]
 pub(crate) fn free_step(tx: &mut Trans<'_>, o: &mut Target<'_>) -> Result<bool, EngineError> {
     match o.i.xattr_form {
@@ -299,17 +325,18 @@ pub(crate) fn salvage(tx: &mut Trans<'_>, ino: u64, i: &Inode, budget_bytes: usi
 }
 
 /// Every block the inode's attributes own, as runs (start, length), each checked by the
-/// format's verifiers: the one verdict the checker and the repairer take.
+/// format's verifiers, and how many INCOMPLETE records (changes a crash cut short) hold some of
+/// them: the one verdict the checker and the repairer take.
 pub(crate) fn blocks(
     tx: &mut Trans<'_>,
     ino: u64,
     i: &Inode,
-) -> Result<Vec<(u64, u64)>, EngineError> {
+) -> Result<(Vec<(u64, u64)>, u64), EngineError> {
     match i.xattr_form {
-        XattrForm::Block if i.xattr_blk == 0 => Ok(Vec::new()),
+        XattrForm::Block if i.xattr_blk == 0 => Ok((Vec::new(), 0)),
         XattrForm::Block => {
             block::load(tx, ino, i)?;
-            Ok(vec![(i.xattr_blk, 1)])
+            Ok((vec![(i.xattr_blk, 1)], 0))
         }
         XattrForm::Tree => tree::blocks(tx, ino, i),
     }

@@ -7,9 +7,19 @@
 //! A new record is appended to the entry block of its key's neighbour in the tree (so
 //! attributes set in key order fill blocks in turn), or to a new block when that one is full. A
 //! replaced or removed attribute's record stays dead in its block, and a block is freed when no
-//! record in it is live; a value's remote blocks are one extent, allocated whole and freed whole.
+//! record in it is live.
+//!
+//! A value's remote blocks are one extent when the free space has a run that long, and then a
+//! set or a removal is one transaction. Otherwise they are several runs, and the change spans
+//! several transactions rolled from the first, one run each, through a record flagged INCOMPLETE
+//! that no reader sees: a set writes its new record so, run by run, then in one step clears the
+//! flag and sets it on the record it replaces; a removal flags its record and frees the runs from
+//! the last, then the record. A crash between steps leaves an INCOMPLETE record, a state as valid
+//! as any: the next set or removal of its name, or the inode's freeing, frees it first.
 
-use super::{Attr, Target};
+mod remote;
+
+use super::{Attr, Roll, Target};
 use crate::alloc::InodeBlocks;
 use crate::btree::{Btree, Key, NodeAlloc, Root};
 use crate::error::EngineError;
@@ -20,6 +30,7 @@ use crate::format::name::name_hash;
 use crate::format::records::AttrRec;
 use crate::format::{BlockType, Dec, Enc, FormatError};
 use crate::trans::Trans;
+use remote::{alloc_run, free_run, link, walk, write_run};
 
 /// Offset of the owner in every block header.
 const OWNER_OFF: usize = 16;
@@ -60,6 +71,8 @@ pub(crate) struct Owned {
     /// The value when local; its first remote block otherwise.
     local: Option<Vec<u8>>,
     remote: u64,
+    /// False for an INCOMPLETE record, which no reader sees.
+    complete: bool,
 }
 
 /// Checks that block `b` (read as joined buffer data) belongs to `ino`.
@@ -112,6 +125,7 @@ fn owned(rec: &at::Record<'_>) -> Owned {
             Stored::Local(_) => 0,
             Stored::Remote(b) => b,
         },
+        complete: rec.complete,
     }
 }
 
@@ -120,46 +134,68 @@ pub(crate) fn read_value(tx: &mut Trans<'_>, ino: u64, o: &Owned) -> Result<Vec<
     if let Some(v) = &o.local {
         return Ok(v.clone());
     }
-    let bs = tx.block_size() as usize;
-    let n = at::remote_blocks(bs, o.name.len(), o.value_len);
     let mut out = Vec::with_capacity(o.value_len);
-    for k in 0..n {
-        let blk = o.remote + k;
-        let mark = tx.mark();
-        let id = tx.read_buf(blk, BlockType::AttrRemote)?;
-        let b = tx.data(id);
-        check_owner(b, blk, ino, at::REMOTE_STRUCTURE)?;
-        out.extend_from_slice(at::remote_data(b, blk, k, o.value_len).map_err(in_inode(ino))?);
-        tx.release_clean(mark, blk..blk + 1);
-    }
+    walk(tx, ino, o, |d| out.extend_from_slice(d))?;
     Ok(out)
 }
 
-/// Finds `name`: its key, record location and record.
-pub(crate) fn find(
+/// Every record filed under `name`'s hash whose name is `name`: (key, location, record),
+/// complete or not, in key order.
+fn named(
     tx: &mut Trans<'_>,
     ino: u64,
     i: &Inode,
     name: &[u8],
-) -> Result<Option<(Key, AttrRec, Owned)>, EngineError> {
+) -> Result<Vec<(Key, AttrRec, Owned)>, EngineError> {
     let h = name_hash(name);
     let t = tree(ino, i);
+    let mut out = Vec::new();
     let mut at = t.ge(tx, &[h, 0])?;
     while let Some((k, v)) = at {
         if k[0] != h {
             break;
         }
         let r = rec_of(ino, i, k, v)?;
+        let mark = tx.mark();
         let o = read_record(tx, ino, &r)?;
+        tx.release_clean(mark, r.block..r.block + 1);
         if o.name == name {
-            return Ok(Some((k, r, o)));
+            out.push((k, r, o));
         }
         at = t.gt(tx, &k)?;
     }
-    Ok(None)
+    Ok(out)
 }
 
-/// Every attribute's record, in key order.
+/// Finds `name` (its complete record: an INCOMPLETE one is no attribute): its key, record
+/// location and record.
+pub(crate) fn find(
+    tx: &mut Trans<'_>,
+    ino: u64,
+    i: &Inode,
+    name: &[u8],
+) -> Result<Option<(Key, AttrRec, Owned)>, EngineError> {
+    Ok(named(tx, ino, i, name)?
+        .into_iter()
+        .find(|(_, _, o)| o.complete))
+}
+
+/// The most remote blocks a change of `name` frees: those of its value and of INCOMPLETE
+/// records of the name a crash left (the change frees them first). None when there are none.
+pub(crate) fn freed_remote(
+    tx: &mut Trans<'_>,
+    ino: u64,
+    i: &Inode,
+    name: &[u8],
+) -> Result<Option<u64>, EngineError> {
+    let bs = tx.block_size() as usize;
+    Ok(named(tx, ino, i, name)?
+        .iter()
+        .map(|(_, _, o)| at::remote_blocks(bs, o.name.len(), o.value_len))
+        .max())
+}
+
+/// Every attribute's record, in key order (INCOMPLETE records are no attributes).
 pub(crate) fn records(
     tx: &mut Trans<'_>,
     ino: u64,
@@ -171,7 +207,9 @@ pub(crate) fn records(
         let mark = tx.mark();
         let o = read_record(tx, ino, &r)?;
         tx.release_clean(mark, r.block..r.block + 1);
-        out.push((k, r, o));
+        if o.complete {
+            out.push((k, r, o));
+        }
     }
     Ok(out)
 }
@@ -195,8 +233,16 @@ fn blocks_of<'a>(o: &'a mut Target<'_>) -> InodeBlocks<'a> {
     }
 }
 
+/// Where a new record's value goes: in the record, or in remote blocks from `first` (complete,
+/// or INCOMPLETE while the rest is written in later steps).
+#[derive(Debug, Clone, Copy)]
+enum Value {
+    Local,
+    Remote { first: u64, complete: bool },
+}
+
 /// Appends the record of `name` = `value` under `key` to its neighbour's entry block or a new
-/// one, its value in a new remote extent when it is not local; returns where it is. The tree
+/// one; returns where it is. Its remote blocks, if any, are written by the caller. The tree
 /// itself is not changed.
 #[track_caller]
 fn append(
@@ -204,9 +250,14 @@ fn append(
     o: &mut Target<'_>,
     key: Key,
     Attr { name, value }: Attr<'_>,
+    stored: Value,
 ) -> Result<AttrRec, EngineError> {
     let bs = tx.block_size() as usize;
     let need = at::record_len(bs, name.len(), value.len());
+    debug_assert_eq!(
+        at::is_local(bs, name.len(), value.len()),
+        matches!(stored, Value::Local)
+    );
     let t = tree(o.ino, o.i);
     let near = match t.le(tx, &key)? {
         Some(kv) => Some(kv),
@@ -221,10 +272,6 @@ fn append(
             target = Some((id, free));
         }
     }
-    let remote = match at::remote_blocks(bs, name.len(), value.len()) {
-        0 => 0,
-        n => write_remote(tx, o, n, value)?,
-    };
     let (id, off) = match target {
         Some(t) => t,
         None => {
@@ -237,14 +284,20 @@ fn append(
     let b = tx.data_mut(id);
     let mut e = Enc::new(b);
     e.u8(off, name.len() as u8);
-    e.u8(off + 1, if remote == 0 { 0 } else { at::FLAG_REMOTE });
+    e.u8(
+        off + at::RECORD_FLAGS_OFF,
+        match stored {
+            Value::Local => 0,
+            Value::Remote { complete: true, .. } => at::FLAG_REMOTE,
+            Value::Remote { .. } => at::FLAG_REMOTE | at::FLAG_INCOMPLETE,
+        },
+    );
     e.u32(off + 2, value.len() as u32);
     e.bytes(off + at::RECORD_HDR, name);
     let vat = off + at::RECORD_HDR + name.len();
-    if remote == 0 {
-        e.bytes(vat, value);
-    } else {
-        e.u64(vat, remote);
+    match stored {
+        Value::Local => e.bytes(vat, value),
+        Value::Remote { first, .. } => e.u64(vat, first),
     }
     entryblock::note_appended(b, off, need);
     tx.log_range(id, at::LIVE_OFF..at::FREE_OFF + 4);
@@ -258,47 +311,31 @@ fn append(
     })
 }
 
-/// Writes `value` into a new extent of `n` remote blocks; returns its first block.
+/// Sets or clears the INCOMPLETE flag of the remote record at `r`.
 #[track_caller]
-fn write_remote(
-    tx: &mut Trans<'_>,
-    o: &mut Target<'_>,
-    n: u64,
-    value: &[u8],
-) -> Result<u64, EngineError> {
-    let ino = o.ino;
-    // One extent: a value's blocks are found from its first, and the reservation counts one
-    // allocation for them.
-    let (first, got) = o.alloc.alloc(tx, ino_split(ino).0, n, n)?.ok_or_else(|| {
-        EngineError::NoSpace(format!(
-            "inode {ino}: no run of {n} free blocks for an attribute value"
-        ))
-    })?;
-    debug_assert_eq!(got, n);
-    o.i.blocks += n;
-    let per = at::remote_payload(tx.block_size() as usize);
-    for (k, part) in value.chunks(per).enumerate() {
-        let blk = first + k as u64;
-        let id = tx.get_buf(blk, BlockType::AttrRemote, ino)?;
-        let mut e = Enc::new(tx.data_mut(id));
-        e.u32(at::REMOTE_VALUE_OFF, (k * per) as u32);
-        e.u32(at::REMOTE_BYTES_OFF, part.len() as u32);
-        e.bytes(at::REMOTE_DATA_OFF, part);
-        // get_buf logged the whole block.
-    }
-    Ok(first)
+fn set_complete(tx: &mut Trans<'_>, r: &AttrRec, complete: bool) -> Result<(), EngineError> {
+    let id = tx.read_buf(r.block, BlockType::AttrEntries)?;
+    debug_assert!(at::record(tx.data(id), r.block, r.off).is_ok_and(|x| x.remote_first().is_some()));
+    let at_flags = r.off + at::RECORD_FLAGS_OFF;
+    let flags = at::FLAG_REMOTE | if complete { 0 } else { at::FLAG_INCOMPLETE };
+    Enc::new(tx.data_mut(id)).u8(at_flags, flags);
+    tx.log_range(id, at_flags..at_flags + 1);
+    debug_assert!(at::record(tx.data(id), r.block, r.off).is_ok_and(|x| x.complete == complete));
+    Ok(())
 }
 
 /// Drops the record at `r` (no longer in the tree): one live record less in its block, which is
-/// freed at none; its remote extent freed.
+/// freed at none; its remote blocks freed, which must be one run (a value in several is freed
+/// run by run first: [`teardown_step`]).
 #[track_caller]
 fn drop_record(tx: &mut Trans<'_>, o: &mut Target<'_>, r: &AttrRec) -> Result<(), EngineError> {
     let ino = o.ino;
-    let bs = tx.block_size() as usize;
+    let rec = read_record(tx, ino, r)?;
+    // Read and checked before it is freed: a damaged record pointing at another inode's blocks
+    // (or at free space) must stop here, not free them.
+    let chain = walk(tx, ino, &rec, |_| {})?;
+    debug_assert!(chain.runs.len() <= 1, "{:?}", chain.runs);
     let id = tx.read_buf(r.block, BlockType::AttrEntries)?;
-    let rec = at::record(tx.data(id), r.block, r.off).map_err(in_inode(ino))?;
-    let remote = rec.remote(bs);
-    let value_len = rec.value_len;
     let live = entryblock::live(tx.data(id), r.block, at::STRUCTURE)?;
     if live == 0 {
         return Err(corrupt(
@@ -314,37 +351,231 @@ fn drop_record(tx: &mut Trans<'_>, o: &mut Target<'_>, r: &AttrRec) -> Result<()
         Enc::new(tx.data_mut(id)).u32(at::LIVE_OFF, live - 1);
         tx.log_range(id, at::LIVE_OFF..at::LIVE_OFF + 4);
     }
-    if let Some((first, n)) = remote {
-        for (k, blk) in (first..first + n).enumerate() {
-            // Read and checked before it is freed: a damaged record pointing at another
-            // inode's blocks (or at free space) must stop here, not free them.
-            let id = tx.read_buf(blk, BlockType::AttrRemote)?;
-            let b = tx.data(id);
-            check_owner(b, blk, ino, at::REMOTE_STRUCTURE)?;
-            at::remote_data(b, blk, k as u64, value_len).map_err(in_inode(ino))?;
-            tx.invalidate(id);
-        }
-        o.alloc.free(tx, first, n)?;
-        o.i.blocks -= n;
+    for &run in &chain.runs {
+        free_run(tx, o, run)?;
     }
     Ok(())
 }
 
-/// Sets `a` in an inode of the tree form (replacing its value if it exists).
+/// Rewrites the value of the complete record `r` (`old`) with `value` of the same length where
+/// it is: its record's bytes or its remote blocks' (a chmod's ACL, a label of the same size).
 #[track_caller]
-pub(crate) fn set(tx: &mut Trans<'_>, o: &mut Target<'_>, a: Attr<'_>) -> Result<(), EngineError> {
-    debug_assert!(a.value.len() <= at::XATTR_SIZE_MAX);
-    if let Some((key, old, _)) = find(tx, o.ino, o.i, a.name)? {
-        let new = append(tx, o, key, a)?;
-        tree(o.ino, o.i).update(tx, &key, new.val())?;
-        return drop_record(tx, o, &old);
+fn rewrite(
+    tx: &mut Trans<'_>,
+    ino: u64,
+    r: &AttrRec,
+    old: &Owned,
+    value: &[u8],
+) -> Result<(), EngineError> {
+    debug_assert!(old.complete && old.value_len == value.len());
+    if old.local.is_some() {
+        let id = tx.read_buf(r.block, BlockType::AttrEntries)?;
+        let at_v = r.off + at::RECORD_HDR + old.name.len();
+        Enc::new(tx.data_mut(id)).bytes(at_v, value);
+        tx.log_range(id, at_v..at_v + value.len());
+        return Ok(());
     }
-    insert_new(tx, o, a)
+    let chain = walk(tx, ino, old, |_| {})?;
+    let per = at::remote_payload(tx.block_size() as usize);
+    let blocks = chain.runs.iter().flat_map(|&(s, l)| s..s + l);
+    for (blk, part) in blocks.zip(value.chunks(per)) {
+        let id = tx.read_buf(blk, BlockType::AttrRemote)?;
+        Enc::new(tx.data_mut(id)).bytes(at::REMOTE_DATA_OFF, part);
+        tx.log_range(id, at::REMOTE_DATA_OFF..at::REMOTE_DATA_OFF + part.len());
+    }
+    Ok(())
 }
 
-/// Adds `a` (absent) under the first free collision index of its name's hash.
+/// Sets `a` in an inode of the tree form (replacing its value if it exists), rolling `tx`
+/// through `roll` between the steps of a value written or freed in several runs. Returns false,
+/// with every step undone and committed, when the free space has not the value's blocks.
 #[track_caller]
-fn insert_new(tx: &mut Trans<'_>, o: &mut Target<'_>, a: Attr<'_>) -> Result<(), EngineError> {
+pub(crate) fn set(
+    tx: &mut Trans<'_>,
+    o: &mut Target<'_>,
+    a: Attr<'_>,
+    roll: Roll<'_>,
+) -> Result<bool, EngineError> {
+    debug_assert!(a.value.len() <= at::XATTR_SIZE_MAX);
+    let bs = tx.block_size() as usize;
+    clear_leftovers(tx, o, a.name, roll)?;
+    let old = find(tx, o.ino, o.i, a.name)?;
+    if let Some((_, r, old)) = &old {
+        if old.value_len == a.value.len() {
+            rewrite(tx, o.ino, r, old, a.value)?;
+            return Ok(true);
+        }
+    }
+    let old_runs = match &old {
+        Some((_, _, old)) => walk(tx, o.ino, old, |_| {})?.runs.len(),
+        None => 0,
+    };
+    let n = at::remote_blocks(bs, a.name.len(), a.value.len());
+    // The value's first run: all of it when the free space has a run that long.
+    let first = match n {
+        0 => None,
+        n => match alloc_run(tx, o, n)? {
+            Some(run) => Some(run),
+            None => return Ok(false),
+        },
+    };
+    let whole = first.filter(|&(_, l)| l == n);
+    if n == 0 || whole.is_some() {
+        let stored = match whole {
+            None => Value::Local,
+            Some((first, _)) => Value::Remote {
+                first,
+                complete: true,
+            },
+        };
+        let (key, old_r) = match &old {
+            // One transaction: the key repointed at the new record, the old dropped.
+            Some((key, r, _)) if old_runs <= 1 => {
+                let new = append(tx, o, *key, a, stored)?;
+                if let Some(run) = whole {
+                    write_run(tx, o.ino, a.value, 0, run, 0)?;
+                }
+                tree(o.ino, o.i).update(tx, key, new.val())?;
+                drop_record(tx, o, r)?;
+                return Ok(true);
+            }
+            Some((key, r, _)) => (*key, Some(*r)),
+            None => ([0, 0], None),
+        };
+        let new = insert_new(tx, o, a, stored)?;
+        if let Some(run) = whole {
+            write_run(tx, o.ino, a.value, 0, run, 0)?;
+        }
+        if let Some(old_r) = old_r {
+            // The old value is in several runs: flagged here, as the new one shows, then freed
+            // run by run in steps of their own.
+            set_complete(tx, &old_r, false)?;
+            debug_assert_ne!(new.key(), key);
+            roll(tx, o.i)?;
+            teardown(tx, o, key, &old_r, roll)?;
+        }
+        return Ok(true);
+    }
+    // No free run holds the value: it is written run by run under a key of its own, INCOMPLETE
+    // until its last run is written.
+    let Some(run) = first else {
+        return Ok(false);
+    };
+    let stored = Value::Remote {
+        first: run.0,
+        complete: false,
+    };
+    let r = insert_new(tx, o, a, stored)?;
+    let key = r.key();
+    write_run(tx, o.ino, a.value, 0, run, at::NEXT_UNWRITTEN)?;
+    let (mut done, mut tail) = (run.1, run.0 + run.1 - 1);
+    while done < n {
+        roll(tx, o.i)?;
+        let Some(run) = alloc_run(tx, o, n - done)? else {
+            // The promise should have kept the blocks: what was written goes again.
+            roll(tx, o.i)?;
+            teardown(tx, o, key, &r, roll)?;
+            return Ok(false);
+        };
+        let last = done + run.1 == n;
+        write_run(
+            tx,
+            o.ino,
+            a.value,
+            done,
+            run,
+            if last { 0 } else { at::NEXT_UNWRITTEN },
+        )?;
+        link(tx, o.ino, tail, run.0)?;
+        done += run.1;
+        tail = run.0 + run.1 - 1;
+    }
+    // Published: the new record shows, and in the same step the old one goes (a local value,
+    // whose removal this step holds) or is flagged, then freed in steps of its own.
+    set_complete(tx, &r, true)?;
+    match old {
+        Some((old_key, old_r, old)) if old.local.is_some() => {
+            remove_whole(tx, o, old_key, &old_r)?;
+        }
+        Some((old_key, old_r, _)) => {
+            set_complete(tx, &old_r, false)?;
+            roll(tx, o.i)?;
+            teardown(tx, o, old_key, &old_r, roll)?;
+        }
+        None => {}
+    }
+    Ok(true)
+}
+
+/// Frees the INCOMPLETE records of `name` a crash left (their steps undone), each to its end and
+/// rolled after, so the change goes on in a step of its own.
+#[track_caller]
+fn clear_leftovers(
+    tx: &mut Trans<'_>,
+    o: &mut Target<'_>,
+    name: &[u8],
+    roll: Roll<'_>,
+) -> Result<(), EngineError> {
+    for (key, r, rec) in named(tx, o.ino, o.i, name)? {
+        if !rec.complete {
+            teardown(tx, o, key, &r, roll)?;
+            roll(tx, o.i)?;
+        }
+    }
+    Ok(())
+}
+
+/// Frees the INCOMPLETE record at `r` (key `key`) to its end, rolling between its steps; its last
+/// step is left for the caller to commit.
+#[track_caller]
+fn teardown(
+    tx: &mut Trans<'_>,
+    o: &mut Target<'_>,
+    key: Key,
+    r: &AttrRec,
+    roll: Roll<'_>,
+) -> Result<(), EngineError> {
+    while !teardown_step(tx, o, key, r)? {
+        roll(tx, o.i)?;
+    }
+    Ok(())
+}
+
+/// One step of freeing the remote record at `r` (key `key`), flagged INCOMPLETE or so flagged
+/// here: its last run freed, the block before it then the last written; or, when one run is
+/// left, the record itself with it. Returns whether the record is gone.
+#[track_caller]
+fn teardown_step(
+    tx: &mut Trans<'_>,
+    o: &mut Target<'_>,
+    key: Key,
+    r: &AttrRec,
+) -> Result<bool, EngineError> {
+    let rec = read_record(tx, o.ino, r)?;
+    let chain = walk(tx, o.ino, &rec, |_| {})?;
+    if chain.runs.len() <= 1 {
+        remove_whole(tx, o, key, r)?;
+        return Ok(true);
+    }
+    if rec.complete {
+        set_complete(tx, r, false)?;
+    }
+    let (before, last) = chain.runs.split_at(chain.runs.len() - 1);
+    free_run(tx, o, last[0])?;
+    let (s, l) = before[before.len() - 1];
+    link(tx, o.ino, s + l - 1, at::NEXT_UNWRITTEN)?;
+    Ok(false)
+}
+
+/// Adds `a` (absent, or present under another key) under the first free collision index of its
+/// name's hash; returns where its record is.
+#[track_caller]
+fn insert_new(
+    tx: &mut Trans<'_>,
+    o: &mut Target<'_>,
+    a: Attr<'_>,
+    stored: Value,
+) -> Result<AttrRec, EngineError> {
     let h = name_hash(a.name);
     let mut t = tree(o.ino, o.i);
     let idx = t.free_index(tx, h)?;
@@ -355,17 +586,35 @@ fn insert_new(tx: &mut Trans<'_>, o: &mut Target<'_>, a: Attr<'_>) -> Result<(),
         )));
     }
     let key = [h, idx];
-    let new = append(tx, o, key, a)?;
+    let new = append(tx, o, key, a, stored)?;
     debug_assert_eq!(new.key(), key);
     t.insert(tx, &mut blocks_of(o), key, new.val())?;
     save_root(o.i, &t);
-    Ok(())
+    Ok(new)
 }
 
-/// Removes the attribute with key `key` (record `r`); frees the tree's root when it was the
-/// last, which puts the inode back in the block form with no attributes.
+/// Removes `name`'s attribute (`key`, record `r`): at once when its value is local or one run,
+/// else flagged INCOMPLETE and freed run by run, rolling between steps; then the INCOMPLETE
+/// records of the name a crash left.
 #[track_caller]
-pub(crate) fn remove_at(
+pub(crate) fn remove(
+    tx: &mut Trans<'_>,
+    o: &mut Target<'_>,
+    name: &[u8],
+    roll: Roll<'_>,
+) -> Result<bool, EngineError> {
+    clear_leftovers(tx, o, name, roll)?;
+    let Some((key, r, _)) = find(tx, o.ino, o.i, name)? else {
+        return Ok(false);
+    };
+    teardown(tx, o, key, &r, roll)?;
+    Ok(true)
+}
+
+/// Removes the attribute with key `key` (record `r`, local or one run); frees the tree's root
+/// when it was the last, which puts the inode back in the block form with no attributes.
+#[track_caller]
+fn remove_whole(
     tx: &mut Trans<'_>,
     o: &mut Target<'_>,
     key: Key,
@@ -396,7 +645,23 @@ pub(crate) fn remove_at(
     Ok(())
 }
 
-/// Removes the first attribute in key order (freeing an inode's attributes one per transaction).
+/// Frees the root of a tree [`create`]d in this transaction that holds nothing (the set into it
+/// found no space), which puts the inode back in the block form with no attributes.
+#[track_caller]
+pub(crate) fn drop_empty(tx: &mut Trans<'_>, o: &mut Target<'_>) -> Result<(), EngineError> {
+    let t = tree(o.ino, o.i);
+    debug_assert!(t.root.level == 0 && t.ge(tx, &[0, 0]).is_ok_and(|r| r.is_none()));
+    let id = tx.read_buf(t.root.blkno, BlockType::BtreeAttr)?;
+    tx.invalidate(id);
+    blocks_of(o).free_node(tx, t.root.blkno)?;
+    o.i.xattr_blk = 0;
+    o.i.xattr_level = 0;
+    o.i.xattr_form = XattrForm::Block;
+    Ok(())
+}
+
+/// One step of freeing an inode's attributes (one transaction): the first record in key order,
+/// complete or not, removed, or its last run freed when its value is in several.
 #[track_caller]
 pub(crate) fn remove_first(tx: &mut Trans<'_>, o: &mut Target<'_>) -> Result<(), EngineError> {
     let Some((k, v)) = tree(o.ino, o.i).ge(tx, &[0, 0])? else {
@@ -407,11 +672,13 @@ pub(crate) fn remove_first(tx: &mut Trans<'_>, o: &mut Target<'_>) -> Result<(),
         ));
     };
     let r = rec_of(o.ino, o.i, k, v)?;
-    remove_at(tx, o, k, &r)
+    teardown_step(tx, o, k, &r)?;
+    Ok(())
 }
 
 /// Moves the attributes `entries` (just taken out of the block form, which holds none now) into
-/// a new tree.
+/// a new tree. A value from the block is at most two remote blocks; with no run of two free, it
+/// takes two runs of one (`ResvTable::xattr_convert_of` counts the two allocations).
 #[track_caller]
 pub(crate) fn create(
     tx: &mut Trans<'_>,
@@ -419,6 +686,7 @@ pub(crate) fn create(
     entries: &[(Vec<u8>, Vec<u8>)],
 ) -> Result<(), EngineError> {
     debug_assert!(o.i.xattr_blk == 0 && o.i.xattr_form == XattrForm::Block);
+    let bs = tx.block_size() as usize;
     let root = blocks_of(o).alloc_node(tx)?;
     let t = Btree::create(tx, BlockType::BtreeAttr, o.ino, root)?;
     o.i.xattr_form = XattrForm::Tree;
@@ -426,22 +694,50 @@ pub(crate) fn create(
     // In key order, so that each record is appended after the one before it.
     let mut sorted: Vec<&(Vec<u8>, Vec<u8>)> = entries.iter().collect();
     sorted.sort_by(|a, b| (name_hash(&a.0), &a.0).cmp(&(name_hash(&b.0), &b.0)));
-    for (n, v) in sorted {
-        insert_new(tx, o, Attr { name: n, value: v })?;
+    for (name, value) in sorted {
+        let a = Attr { name, value };
+        let n = at::remote_blocks(bs, name.len(), value.len());
+        if n == 0 {
+            insert_new(tx, o, a, Value::Local)?;
+            continue;
+        }
+        debug_assert!(n <= 2, "a value from an xattr block in {n} remote blocks");
+        let ino = o.ino;
+        let no_space =
+            || EngineError::NoSpace(format!("inode {ino}: no free block for an attribute value"));
+        let first = alloc_run(tx, o, n)?.ok_or_else(no_space)?;
+        let second = match n - first.1 {
+            0 => None,
+            rest => Some(alloc_run(tx, o, rest)?.ok_or_else(no_space)?),
+        };
+        let stored = Value::Remote {
+            first: first.0,
+            complete: true,
+        };
+        insert_new(tx, o, a, stored)?;
+        let next = match second {
+            Some((s, _)) if s != first.0 + first.1 => s,
+            _ => 0,
+        };
+        write_run(tx, o.ino, value, 0, first, next)?;
+        if let Some(second) = second {
+            write_run(tx, o.ino, value, first.1, second, 0)?;
+        }
     }
     Ok(())
 }
 
 /// Every block the attribute tree owns as runs (start, length): its nodes, its entry blocks (each
-/// checked against the records pointing into it), its remote extents (each block checked); every
-/// name filed under its own hash. The one verdict the checker and the repairer take.
+/// checked against the records pointing into it), its remote values' runs (each block checked,
+/// an INCOMPLETE record's as far as written); every name filed under its own hash; and how many
+/// INCOMPLETE records a crash left. The one verdict the checker and the repairer take.
 pub(crate) fn blocks(
     tx: &mut Trans<'_>,
     ino: u64,
     i: &Inode,
-) -> Result<Vec<(u64, u64)>, EngineError> {
-    let bs = tx.block_size() as usize;
+) -> Result<(Vec<(u64, u64)>, u64), EngineError> {
     let t = tree(ino, i);
+    let mut interrupted = 0;
     let mut out: Vec<(u64, u64)> = t.blocks(tx)?.into_iter().map(|b| (b, 1)).collect();
     let mut refs: Vec<(u64, usize, u64)> = Vec::new();
     for (k, v) in t.collect(tx)? {
@@ -470,26 +766,19 @@ pub(crate) fn blocks(
             if let Some(why) = at::key_problem(rec.name, hash) {
                 return Err(corrupt(blk, "name", format!("inode {ino}: {why}")));
             }
-            if let Some((first, n)) = rec.remote(bs) {
-                remotes.push((first, n, rec.value_len));
+            if rec.remote_first().is_some() {
+                interrupted += !rec.complete as u64;
+                remotes.push(owned(&rec));
             }
         }
         tx.release_clean(mark, blk..blk + 1);
         out.push((blk, 1));
-        for (first, n, len) in remotes {
-            for k in 0..n {
-                let rb = first + k;
-                let mark = tx.mark();
-                let id = tx.read_buf(rb, BlockType::AttrRemote)?;
-                let b = tx.data(id);
-                check_owner(b, rb, ino, at::REMOTE_STRUCTURE)?;
-                at::remote_data(b, rb, k, len).map_err(in_inode(ino))?;
-                tx.release_clean(mark, rb..rb + 1);
-            }
-            out.push((first, n));
+        for rec in remotes {
+            // An INCOMPLETE record's blocks written so far are the inode's as much as a value's.
+            out.extend(walk(tx, ino, &rec, |_| {})?.runs);
         }
     }
-    Ok(out)
+    Ok((out, interrupted))
 }
 
 /// Every attribute of the tree that can be read, into `s`: the tree walked as it is (nodes that
@@ -527,13 +816,15 @@ pub(crate) fn salvage(tx: &mut Trans<'_>, ino: u64, i: &Inode, s: &mut super::Sa
                 continue;
             }
         };
-        match read_value(tx, ino, &o) {
-            Ok(value) => {
+        if !o.complete {
+            // A set or removal a crash cut short: no attribute, and its blocks go with the rest.
+            continue;
+        }
+        let mut value = o.local.clone().unwrap_or_default();
+        match walk(tx, ino, &o, |d| value.extend_from_slice(d)) {
+            Ok(chain) => {
                 let mut from = vec![(r.block, 1)];
-                if o.local.is_none() {
-                    let bs = tx.block_size() as usize;
-                    from.push((o.remote, at::remote_blocks(bs, o.name.len(), o.value_len)));
-                }
+                from.extend(chain.runs);
                 s.offer(o.name, value, from);
             }
             Err(e) => {
