@@ -72,13 +72,24 @@ pub fn open_image_buffered(path: &Path) -> io::Result<FileDevice> {
     open_image_with(path, false)
 }
 
+/// Opens `path` for reading only, through the page cache: `fsck -n` and `ticketfs db`, which
+/// never write, so a user who may only read the image can run them.
+pub fn open_image_read_only(path: &Path) -> io::Result<FileDevice> {
+    FileDevice::open_read_only(path, image_block_size(path)?)
+}
+
 fn open_image_with(path: &Path, direct: bool) -> io::Result<FileDevice> {
+    FileDevice::open(path, image_block_size(path)?, direct)
+}
+
+/// The block size the superblock of the image at `path` names (the backup's when the primary is
+/// bad), after checking that it is an image file or a block device.
+fn image_block_size(path: &Path) -> io::Result<u32> {
     check_kind(path)?;
-    let bs = match probe_block_size(path) {
-        Ok(bs) => bs,
-        Err(e) => probe_backup_block_size(path).ok_or(e)?,
-    };
-    FileDevice::open(path, bs, direct)
+    match probe_block_size(path) {
+        Ok(bs) => Ok(bs),
+        Err(e) => probe_backup_block_size(path).ok_or(e),
+    }
 }
 
 /// The name of a filesystem whose signature is on `path`, if any.

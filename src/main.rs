@@ -173,7 +173,7 @@ fn stats_command(mountpoint: &Path, json: bool) -> ! {
 
 /// `ticketfs db IMAGE QUERY`: prints on-disk structures; never writes.
 fn db_command(image: &Path, query: Query) -> ! {
-    let dev = ticketfs::image::open_image_buffered(image)
+    let dev = ticketfs::image::open_image_read_only(image)
         .unwrap_or_else(|e| die(&format!("{}: {e}", image.display())));
     match ticketfs::db::run(Arc::new(dev), query) {
         Ok(out) => {

@@ -406,6 +406,56 @@ fn mkfs_makes_an_image_only_its_owner_may_read() {
     assert_eq!(fs::metadata(&img).unwrap().mode() & 0o777, 0o600);
 }
 
+/// A user who may read an image but not write it can check it (`fsck.ticketfs -n`) and look
+/// into it (`ticketfs db`), as e2fsck -fn and debugfs let them with an ext4 image: both tools
+/// only read. A check that may write (no -n) is refused for want of write permission. Both
+/// tools used to open the image read-write and exit 8 "Permission denied".
+#[test]
+fn a_user_who_may_read_an_image_checks_and_inspects_it() {
+    let work = tempfile::tempdir().unwrap();
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let img = image(work.path(), 64 << 20);
+    fs::set_permissions(&img, fs::Permissions::from_mode(0o644)).unwrap();
+    let bin = Path::new(env!("CARGO_BIN_EXE_ticketfs"));
+    let fsck = bin.with_file_name("fsck-ticketfs");
+    let as_other = |tool: &Path, args: &[&str], after: &[&str]| {
+        let out = Command::new("setpriv")
+            .args([
+                &format!("--reuid={OTHER}"),
+                &format!("--regid={OTHER}"),
+                "--clear-groups",
+            ])
+            .arg(tool)
+            .args(args)
+            .arg(&img)
+            .args(after)
+            .env_remove("XDG_RUNTIME_DIR")
+            .output()
+            .expect("setpriv");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, out) = as_other(&fsck, &["-n"], &[]);
+    assert!(
+        code == Some(0) && out.contains("clean"),
+        "fsck -n by a reader: exit {code:?}\n{out}"
+    );
+    let (code, out) = as_other(bin, &["db"], &["sb"]);
+    assert!(
+        code == Some(0) && out.contains("superblock copy at block 0: good"),
+        "db by a reader: exit {code:?}\n{out}"
+    );
+    let (code, out) = as_other(&fsck, &[], &[]);
+    assert!(
+        code == Some(8) && out.contains("Permission denied"),
+        "a check that may write, by a reader: exit {code:?}\n{out}"
+    );
+}
+
 #[test]
 fn a_mount_refuses_an_image_others_may_write() {
     let work = tempfile::tempdir().unwrap();

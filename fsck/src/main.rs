@@ -20,7 +20,7 @@ use std::sync::Arc;
 use ticketfs::check::{check, CheckReport};
 use ticketfs::device::{AlignedBuf, Device, OverlayDevice};
 use ticketfs::format::Superblock;
-use ticketfs::image::open_image_buffered;
+use ticketfs::image::{open_image_buffered, open_image_read_only};
 use ticketfs::log::{recover, Damage};
 use ticketfs::mem::MemRes;
 use ticketfs::progress::{Bar, Show};
@@ -213,7 +213,13 @@ fn main() {
         // The image itself (it is missing), or the lock file, which the error names.
         Err(Some(e)) => fail(EXIT_OPERATIONAL, &format!("{}: {e}", path.display())),
     };
-    let dev: Arc<dyn Device> = match open_image_buffered(&path) {
+    // -n never writes: read-only, so a user who may only read the image can check it.
+    let opened = if no_write {
+        open_image_read_only(&path)
+    } else {
+        open_image_buffered(&path)
+    };
+    let dev: Arc<dyn Device> = match opened {
         Ok(d) => Arc::new(d),
         Err(e) => fail(EXIT_OPERATIONAL, &format!("{}: {e}", path.display())),
     };

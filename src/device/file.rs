@@ -51,13 +51,29 @@ pub struct FileDevice {
 impl FileDevice {
     /// Opens `path` for reading and writing in blocks of `block_size`. `direct` asks for O_DIRECT.
     pub fn open(path: &Path, block_size: u32, direct: bool) -> io::Result<FileDevice> {
+        Self::open_with(path, block_size, direct, true)
+    }
+
+    /// Opens `path` for reading only, through the page cache: for the tools that never write
+    /// (`fsck -n`, `ticketfs db`), which a user who may read the image but not write it can then
+    /// run, as e2fsck -n and debugfs let them. A write through it fails (EBADF).
+    pub fn open_read_only(path: &Path, block_size: u32) -> io::Result<FileDevice> {
+        Self::open_with(path, block_size, false, false)
+    }
+
+    fn open_with(
+        path: &Path,
+        block_size: u32,
+        direct: bool,
+        writable: bool,
+    ) -> io::Result<FileDevice> {
         if !crate::format::block_size_valid(block_size) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("block size {block_size} is not a power of two in 512..=65536"),
             ));
         }
-        let mut buffered = OpenOptions::new().read(true).write(true).open(path)?;
+        let mut buffered = OpenOptions::new().read(true).write(writable).open(path)?;
         // What was opened, not what the path named a moment before: a FIFO swapped in after
         // the caller's check would block the first read forever.
         let kind = buffered.metadata()?.file_type();
@@ -68,7 +84,7 @@ impl FileDevice {
             ));
         }
         let bytes = buffered.seek(SeekFrom::End(0))?;
-        let direct_file = if direct {
+        let direct_file = if direct && writable {
             OpenOptions::new()
                 .read(true)
                 .write(true)
