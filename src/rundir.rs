@@ -6,8 +6,9 @@
 //! failed), the socket an abstract name anyone could bind (root's mount then failed, or a
 //! user answered `ticketfs stats` in the daemon's place, or sent it `stop`). Here they are
 //! files in a directory only their owner may enter: `/run/ticketfs` for root (0700, owned by
-//! root), `$XDG_RUNTIME_DIR/ticketfs` (or `/run/user/UID/ticketfs`, or one in /tmp that another
-//! user cannot take first: `tmp_dir`) for anyone else; the directory is refused unless it is a
+//! root), `$XDG_RUNTIME_DIR/ticketfs` (or `/run/user/UID/ticketfs`, or one in /tmp that every
+//! process of the user finds alike, whatever names another user took first: `tmp_dir`) for
+//! anyone else; the directory is refused unless it is a
 //! real directory, owned by the caller, closed to everyone else.
 
 use crate::image::{identity, ImageId};
@@ -45,7 +46,7 @@ pub(crate) fn dir() -> io::Result<PathBuf> {
     } else if private_to(Path::new(RUN_USER).join(uid.to_string()), uid) {
         Path::new(RUN_USER).join(uid.to_string()).join("ticketfs")
     } else {
-        return tmp_dir(uid);
+        return tmp_dir(Path::new(SHARED_TMP), uid);
     };
     match std::fs::DirBuilder::new().mode(0o700).create(&d) {
         Ok(()) => {}
@@ -73,63 +74,44 @@ fn private_to(d: impl AsRef<Path>, uid: u32) -> bool {
         .is_ok_and(|m| m.file_type().is_dir() && m.uid() == uid && m.mode() & 0o077 == 0)
 }
 
-/// The runtime directory of `uid` in /tmp: `ticketfs-UID`, or, when another user took that
-/// name first (anyone may create names in /tmp, and the owner cannot remove them), a
-/// `ticketfs-UID.XXXXXX` of its own. Every process of the user must find the same one: the
-/// first in name order of those that are theirs and private, so that two made at once by two
-/// processes resolve to one.
-fn tmp_dir(uid: u32) -> io::Result<PathBuf> {
-    let base = format!("ticketfs-{uid}");
-    let own = || -> Option<PathBuf> {
-        let mut found: Vec<PathBuf> = std::fs::read_dir(SHARED_TMP)
-            .ok()?
-            .filter_map(|e| {
-                let name = e.ok()?.file_name().into_string().ok()?;
-                let ours = name == base || name.strip_prefix(&base)?.starts_with('.');
-                let p = Path::new(SHARED_TMP).join(&name);
-                (ours && private_to(&p, uid)).then_some(p)
-            })
-            .collect();
-        found.sort();
-        found.into_iter().next()
+/// Names `tmp_dir` tries in /tmp: `ticketfs-UID`, then `ticketfs-UID.1` and on. Another user can
+/// take every one of them first (anyone may create names in /tmp, and the owner cannot remove
+/// them): the user is then told to set XDG_RUNTIME_DIR, rather than given a name no other
+/// process of theirs would find.
+const TMP_NAMES_MAX: u32 = 1024;
+
+/// The runtime directory of `uid` in `shared` (/tmp): the first of `ticketfs-UID`,
+/// `ticketfs-UID.1`, ... that is theirs and private, made if none is. Every process of the user
+/// walks the same names in the same order, so they all find the same one: one already made
+/// (a squatter's name removed later does not move them), else the first they can make, which
+/// two making at once agree on (the second finds the first's). Random names (mkdtemp) let two
+/// processes that raced pick two directories, and so two daemons of one image two locks.
+fn tmp_dir(shared: &Path, uid: u32) -> io::Result<PathBuf> {
+    let name = |k: u32| match k {
+        0 => shared.join(format!("ticketfs-{uid}")),
+        k => shared.join(format!("ticketfs-{uid}.{k}")),
     };
-    if let Some(d) = own() {
+    if let Some(d) = (0..TMP_NAMES_MAX).map(name).find(|d| private_to(d, uid)) {
         return Ok(d);
     }
-    let plain = Path::new(SHARED_TMP).join(&base);
-    match std::fs::DirBuilder::new().mode(0o700).create(&plain) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => make_unique(&plain)?,
-        Err(e) => {
-            return Err(io::Error::new(
-                e.kind(),
-                format!("{}: {e}", plain.display()),
-            ))
+    for d in (0..TMP_NAMES_MAX).map(name) {
+        match std::fs::DirBuilder::new().mode(0o700).create(&d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", d.display()))),
+        }
+        if private_to(&d, uid) {
+            return Ok(d);
         }
     }
-    own().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "{}: no directory of uid {uid} closed to everyone else",
-                plain.display()
-            ),
-        )
-    })
-}
-
-/// Makes a new private directory named `base` with a unique suffix (mkdtemp(3)).
-fn make_unique(base: &Path) -> io::Result<()> {
-    let template = format!("{}.XXXXXX", base.display());
-    let mut bytes = std::ffi::CString::new(template)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the path"))?
-        .into_bytes_with_nul();
-    // SAFETY: mkdtemp rewrites the XXXXXX of the NUL-terminated template in place.
-    if unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) }.is_null() {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("{}: {e}", base.display())));
-    }
-    Ok(())
+    Err(io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!(
+            "{} to {}: all taken by other users; set XDG_RUNTIME_DIR to a directory of yours",
+            name(0).display(),
+            name(TMP_NAMES_MAX - 1).display()
+        ),
+    ))
 }
 
 /// A name for the image at `path` that every name of it shares (its identity).
@@ -202,4 +184,46 @@ pub(crate) fn peer(fd: &impl AsRawFd) -> io::Result<(i32, u32)> {
 /// May a process of `uid` talk to a ticketfs daemon of this user (root, or the same user)?
 pub(crate) fn trusted_uid(uid: u32) -> bool {
     uid == 0 || uid == euid()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Processes of one user that look for their /tmp runtime directory at once, its plain name
+    /// taken by another user, all find the same one: each daemon's lock of an image must be in
+    /// the one directory every other process of the user looks in.
+    #[test]
+    fn processes_of_one_user_racing_for_a_squatted_name_agree() {
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        for round in 0..200 {
+            let shared = tempfile::tempdir().unwrap();
+            let squatted = shared.path().join(format!("ticketfs-{me}"));
+            std::fs::create_dir(&squatted).unwrap();
+            // Another user's: owned by nobody when the test may chown, else open to all (which
+            // is not private either).
+            let _ = std::os::unix::fs::chown(&squatted, Some(65534), Some(65534));
+            std::fs::set_permissions(&squatted, std::fs::Permissions::from_mode(0o777)).unwrap();
+            let barrier = std::sync::Barrier::new(4);
+            let got: Vec<PathBuf> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..4)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            tmp_dir(shared.path(), me).unwrap()
+                        })
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert!(
+                got.iter().all(|g| *g == got[0] && *g != squatted),
+                "round {round}: {got:?}"
+            );
+            // And the next look agrees too.
+            assert_eq!(tmp_dir(shared.path(), me).unwrap(), got[0], "round {round}");
+        }
+    }
 }
