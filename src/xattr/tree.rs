@@ -398,14 +398,16 @@ pub(crate) fn set(
 ) -> Result<bool, EngineError> {
     debug_assert!(a.value.len() <= at::XATTR_SIZE_MAX);
     let bs = tx.block_size() as usize;
-    clear_leftovers(tx, o, a.name, roll)?;
-    let old = find(tx, o.ino, o.i, a.name)?;
-    if let Some((_, r, old)) = &old {
+    // A value of the same length is rewritten where it is, in this one transaction (a chmod's
+    // ACL, inside a setattr that cannot roll): leftovers of the name wait for another change.
+    if let Some((_, r, old)) = &find(tx, o.ino, o.i, a.name)? {
         if old.value_len == a.value.len() {
             rewrite(tx, o.ino, r, old, a.value)?;
             return Ok(true);
         }
     }
+    clear_leftovers(tx, o, a.name, roll)?;
+    let old = find(tx, o.ino, o.i, a.name)?;
     let old_runs = match &old {
         Some((_, _, old)) => walk(tx, o.ino, old, |_| {})?.runs.len(),
         None => 0,
