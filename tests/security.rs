@@ -8,7 +8,9 @@
 //!   `default_permissions` given) and on kernel ext4 in the same test: every answer the same.
 //!   Before, a name root had looked up stayed cached and the other user read and wrote a file in
 //!   root's 0700 directory.
-//! - mkfs makes the image 0600; a mount refuses an image others may write.
+//! - mkfs makes the image 0600; a mount refuses an image others may write; a user who may read
+//!   an image checks it with `fsck -n` and inspects it with `ticketfs db` (as e2fsck -fn and
+//!   debugfs), but a check that may write needs write permission.
 //! - A user holding a lock on the image, or the old abstract socket name, does not stop a mount;
 //!   a user cannot read or stop the statistics.
 
