@@ -369,3 +369,117 @@ fn after(image: &[u8], f: impl FnOnce(&Fs)) -> Vec<u8> {
     fs.unmount().unwrap();
     dev.snapshot()
 }
+
+/// In-order crash states of `work` run on `base` while another thread forces the log (every
+/// write up to a flush landed), among the events `work` returns (from its argument, the event
+/// count), from their middle outwards: the first `want` that fsck finds clean, holding a change
+/// cut short, that `pick` keeps (given the filesystem mounted on it).
+fn cut_short_states(
+    base: Vec<u8>,
+    work: impl FnOnce(&Fs, &dyn Fn() -> usize) -> std::ops::Range<usize>,
+    want: usize,
+    pick: impl Fn(&Fs) -> bool,
+) -> Vec<Vec<u8>> {
+    let rec = Arc::new(RecordingDevice::new(BS, base.clone()));
+    let fs = Fs::new(Engine::mount(rec.clone(), crash_opts()).unwrap(), false).unwrap();
+    // The log forced all along, so that the steps of a change land in checkpoints of their own.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let range = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                fs.fsync().unwrap();
+            }
+        });
+        let r = work(&fs, &|| rec.event_count());
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        r
+    });
+    fs.crash();
+    let events = rec.events();
+    let flushes: Vec<usize> = range
+        .filter(|&e| matches!(events[e], DevEvent::Flush))
+        .collect();
+    // At most `STATES_TRIED` of them, evenly spaced: each is checked whole.
+    let every = flushes.len().div_ceil(STATES_TRIED).max(1);
+    let mut flushes: Vec<usize> = flushes.into_iter().step_by(every).collect();
+    let mid = flushes.get(flushes.len() / 2).copied().unwrap_or(0);
+    flushes.sort_by_key(|&e| e.abs_diff(mid));
+    let mut out = Vec::new();
+    for f in flushes {
+        let mut img = base.clone();
+        for e in 0..f {
+            apply_write(&events, &mut img, e, BS);
+        }
+        let dev: Arc<dyn Device> = Arc::new(MemDevice::from_bytes(BS, img.clone()));
+        let eng = Engine::mount(dev.clone(), crash_opts()).unwrap();
+        let r = ticketfs::check::check(&eng, &mut |_, _, _| {}).unwrap();
+        assert!(r.problems.is_empty(), "fsck finds {:#?}", r.problems);
+        eng.crash();
+        if r.interrupted_xattrs == 0 {
+            continue;
+        }
+        let fs = Fs::new(Engine::mount(dev, crash_opts()).unwrap(), false).unwrap();
+        let keep = pick(&fs);
+        fs.crash();
+        if keep {
+            out.push(img);
+            if out.len() == want {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Crash states `cut_short_states` tries at most.
+const STATES_TRIED: usize = 40;
+
+/// The inode of `name` in the root.
+fn ino_of(fs: &Fs, name: &str) -> u64 {
+    fs.readdir(fs.root(), 0, 1000)
+        .unwrap()
+        .into_iter()
+        .find(|e| e.name == name.as_bytes())
+        .unwrap()
+        .ino
+}
+
+/// A first value of a file, too large for an xattr block, set over several steps and cut short:
+/// its tree holds the INCOMPLETE record alone. Setting the name again, or removing it, must
+/// work (the set frees the leftover first, which empties the tree).
+#[test]
+#[ignore = "review: a set or removal of the name of an INCOMPLETE record that is its tree's only one empties the tree (block form), then looks the name up in the tree: debug assertion (tree.rs:39) / reads block 0"]
+fn a_set_cut_short_as_a_trees_only_record_is_set_again_and_removed() {
+    let c = Ctx::ROOT;
+    let big: Vec<u8> = (0..65536u32).map(|i| (i * 7) as u8).collect();
+    let states = cut_short_states(
+        fragmented_image(),
+        |fs, events| {
+            let a = fs
+                .make(&c, fs.root(), b"f", S_IFREG | 0o644, 0, None)
+                .unwrap();
+            let from = events();
+            fs.setxattr(&c, a.ino, b"user.big", &big, false, false)
+                .unwrap();
+            from..events()
+        },
+        1,
+        |fs| fs.listxattr(&c, ino_of(fs, "f")).unwrap().is_empty(),
+    );
+    assert_eq!(states.len(), 1, "no state with the set cut short");
+    let img = after(&states[0], |fs| {
+        let ino = ino_of(fs, "f");
+        fs.setxattr(&c, ino, b"user.big", b"again", false, false)
+            .unwrap();
+        assert_eq!(fs.getxattr(&c, ino, b"user.big").unwrap(), b"again");
+    });
+    assert_eq!(interrupted_in(&img), 0, "after the name was set again");
+    let img = after(&states[0], |fs| {
+        let ino = ino_of(fs, "f");
+        assert!(matches!(
+            fs.removexattr(&c, ino, b"user.big"),
+            Err(ticketfs::fs::FsError::NoAttr)
+        ));
+    });
+    assert_eq!(interrupted_in(&img), 0, "after the name was removed");
+}
