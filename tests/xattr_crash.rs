@@ -448,7 +448,7 @@ fn ino_of(fs: &Fs, name: &str) -> u64 {
 /// its tree holds the INCOMPLETE record alone. Setting the name again, or removing it, must
 /// work (the set frees the leftover first, which empties the tree).
 #[test]
-#[ignore = "review: a set or removal of the name of an INCOMPLETE record that is its tree's only one empties the tree (block form), then looks the name up in the tree: debug assertion (tree.rs:39) / reads block 0"]
+
 fn a_set_cut_short_as_a_trees_only_record_is_set_again_and_removed() {
     let c = Ctx::ROOT;
     let big: Vec<u8> = (0..65536u32).map(|i| (i * 7) as u8).collect();

@@ -220,13 +220,29 @@ impl Fs {
         // Removing an ACL is how the kernel passes on "no ACL" (setfacl's empty ACL, an empty
         // value): no error when there is none, as ext4 and XFS answer.
         let acl_name = name == crate::format::acl::ACCESS || name == crate::format::acl::DEFAULT;
-        self.change_xattrs(ctx, ino, name, XattrNeed::Frees, |tx, alloc, i, roll| {
-            if crate::xattr::remove(tx, &mut Target { alloc, ino, i }, name, roll)? || acl_name {
-                Ok(())
-            } else {
-                Err(FsError::NoAttr)
-            }
-        })
+        // "Not set" is decided after the name's leftovers (changes a crash cut short) are
+        // freed: when that took steps, already committed, the transaction commits too (the
+        // inode changed), then ENODATA; otherwise nothing changed and nothing is committed.
+        let found =
+            self.change_xattrs(ctx, ino, name, XattrNeed::Frees, |tx, alloc, i, roll| {
+                let mut rolled = false;
+                let mut counting = |tx: &mut Trans<'_>, i: &Inode| {
+                    rolled = true;
+                    roll(tx, i)
+                };
+                let target = &mut Target { alloc, ino, i };
+                let found = crate::xattr::remove(tx, target, name, &mut counting)?;
+                if found || acl_name || rolled {
+                    Ok(found)
+                } else {
+                    Err(FsError::NoAttr)
+                }
+            })?;
+        if found || acl_name {
+            Ok(())
+        } else {
+            Err(FsError::NoAttr)
+        }
     }
 
     /// One transaction changing `ino`'s attributes by `edit`, on behalf of `ctx` touching

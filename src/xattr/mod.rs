@@ -104,6 +104,13 @@ pub(crate) fn set(
 ) -> Result<SetOutcome, EngineError> {
     let Attr { name, value } = a;
     debug_assert!(value.len() <= XATTR_SIZE_MAX && name.len() <= XATTR_NAME_MAX);
+    if o.i.xattr_form == XattrForm::Tree {
+        if tree::rewrite_same_length(tx, o, a)? {
+            return Ok(SetOutcome::Done);
+        }
+        // May free the tree's last record: the form is looked at after.
+        tree::clear_leftovers(tx, o, name, roll)?;
+    }
     match o.i.xattr_form {
         XattrForm::Block => {
             let now = block::load(tx, o.ino, o.i)?;
@@ -213,6 +220,10 @@ pub(crate) fn remove(
     name: &[u8],
     roll: Roll<'_>,
 ) -> Result<bool, EngineError> {
+    if o.i.xattr_form == XattrForm::Tree {
+        // May free the tree's last record: the form is looked at after.
+        tree::clear_leftovers(tx, o, name, roll)?;
+    }
     match o.i.xattr_form {
         XattrForm::Block => {
             let mut all = block::load(tx, o.ino, o.i)?;

@@ -386,8 +386,27 @@ fn rewrite(
     Ok(())
 }
 
+/// Rewrites the value of `a.name` where it is when the new value has its length (a chmod's ACL,
+/// a label of the same size): in this one transaction, which a setattr that cannot roll may
+/// hold. Returns false, changing nothing, when there is no such value.
+#[track_caller]
+pub(crate) fn rewrite_same_length(
+    tx: &mut Trans<'_>,
+    o: &mut Target<'_>,
+    a: Attr<'_>,
+) -> Result<bool, EngineError> {
+    match find(tx, o.ino, o.i, a.name)? {
+        Some((_, r, old)) if old.value_len == a.value.len() => {
+            rewrite(tx, o.ino, &r, &old, a.value)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
 /// Sets `a` in an inode of the tree form (replacing its value if it exists), rolling `tx`
-/// through `roll` between the steps of a value written or freed in several runs. Returns false,
+/// through `roll` between the steps of a value written or freed in several runs. Leftovers of
+/// the name are freed before (`clear_leftovers`). Returns false,
 /// with every step undone and committed, when the free space has not the value's blocks.
 #[track_caller]
 pub(crate) fn set(
@@ -398,15 +417,6 @@ pub(crate) fn set(
 ) -> Result<bool, EngineError> {
     debug_assert!(a.value.len() <= at::XATTR_SIZE_MAX);
     let bs = tx.block_size() as usize;
-    // A value of the same length is rewritten where it is, in this one transaction (a chmod's
-    // ACL, inside a setattr that cannot roll): leftovers of the name wait for another change.
-    if let Some((_, r, old)) = &find(tx, o.ino, o.i, a.name)? {
-        if old.value_len == a.value.len() {
-            rewrite(tx, o.ino, r, old, a.value)?;
-            return Ok(true);
-        }
-    }
-    clear_leftovers(tx, o, a.name, roll)?;
     let old = find(tx, o.ino, o.i, a.name)?;
     let old_runs = match &old {
         Some((_, _, old)) => walk(tx, o.ino, old, |_| {})?.runs.len(),
@@ -510,9 +520,10 @@ pub(crate) fn set(
 }
 
 /// Frees the INCOMPLETE records of `name` a crash left (their steps undone), each to its end and
-/// rolled after, so the change goes on in a step of its own.
+/// rolled after, so the change goes on in a step of its own. The last record of the tree going,
+/// the inode is back in the block form: the caller looks at its form again.
 #[track_caller]
-fn clear_leftovers(
+pub(crate) fn clear_leftovers(
     tx: &mut Trans<'_>,
     o: &mut Target<'_>,
     name: &[u8],
@@ -595,9 +606,9 @@ fn insert_new(
     Ok(new)
 }
 
-/// Removes `name`'s attribute (`key`, record `r`): at once when its value is local or one run,
-/// else flagged INCOMPLETE and freed run by run, rolling between steps; then the INCOMPLETE
-/// records of the name a crash left.
+/// Removes `name`'s attribute: at once when its value is local or one run, else flagged
+/// INCOMPLETE and freed run by run, rolling between steps. Leftovers of the name are freed
+/// before (`clear_leftovers`).
 #[track_caller]
 pub(crate) fn remove(
     tx: &mut Trans<'_>,
@@ -605,7 +616,6 @@ pub(crate) fn remove(
     name: &[u8],
     roll: Roll<'_>,
 ) -> Result<bool, EngineError> {
-    clear_leftovers(tx, o, name, roll)?;
     let Some((key, r, _)) = find(tx, o.ino, o.i, name)? else {
         return Ok(false);
     };
@@ -651,8 +661,15 @@ fn remove_whole(
 /// found no space), which puts the inode back in the block form with no attributes.
 #[track_caller]
 pub(crate) fn drop_empty(tx: &mut Trans<'_>, o: &mut Target<'_>) -> Result<(), EngineError> {
+    // A set that failed after steps took its record out again, root and all (`remove_whole`).
+    if o.i.xattr_form == XattrForm::Block {
+        return Ok(());
+    }
     let t = tree(o.ino, o.i);
-    debug_assert!(t.root.level == 0 && t.ge(tx, &[0, 0]).is_ok_and(|r| r.is_none()));
+    if t.ge(tx, &[0, 0])?.is_some() {
+        return Ok(());
+    }
+    debug_assert_eq!(t.root.level, 0);
     let id = tx.read_buf(t.root.blkno, BlockType::BtreeAttr)?;
     tx.invalidate(id);
     blocks_of(o).free_node(tx, t.root.blkno)?;
