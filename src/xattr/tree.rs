@@ -405,8 +405,9 @@ pub(crate) fn rewrite_same_length(
 }
 
 /// Sets `a` in an inode of the tree form (replacing its value if it exists), rolling `tx`
-/// through `roll` between the steps of a value written or freed in several runs. Leftovers of
-/// the name are freed before (`clear_leftovers`). Returns false,
+/// through `roll` between the steps of a value written or freed in several runs. The caller has
+/// freed the name's leftovers (`clear_leftovers`, which may leave the inode in the block form,
+/// so it is called before the form is chosen). Returns false,
 /// with every step undone and committed, when the free space has not the value's blocks.
 #[track_caller]
 pub(crate) fn set(
@@ -607,8 +608,8 @@ fn insert_new(
 }
 
 /// Removes `name`'s attribute: at once when its value is local or one run, else flagged
-/// INCOMPLETE and freed run by run, rolling between steps. Leftovers of the name are freed
-/// before (`clear_leftovers`).
+/// INCOMPLETE and freed run by run, rolling between steps. The caller has freed the name's
+/// leftovers (`clear_leftovers`).
 #[track_caller]
 pub(crate) fn remove(
     tx: &mut Trans<'_>,

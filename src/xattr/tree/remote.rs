@@ -11,12 +11,11 @@ use crate::format::{BlockType, Enc};
 use crate::trans::Trans;
 use crate::xattr::Target;
 
-/// A remote value's blocks as walked: its runs (start, length) in the value's order, and how
-/// many blocks they hold (all of the value's, or those written so far of an INCOMPLETE one).
+/// A remote value's blocks as walked: its runs (start, length) in the value's order (all of the
+/// value's, or those written so far of an INCOMPLETE one).
 #[derive(Debug, Clone, Default)]
 pub(super) struct Chain {
     pub(super) runs: Vec<(u64, u64)>,
-    pub(super) blocks: u64,
 }
 
 impl Chain {
@@ -25,7 +24,6 @@ impl Chain {
             Some((s, l)) if *s + *l == blk => *l += 1,
             _ => self.runs.push((blk, 1)),
         }
-        self.blocks += 1;
     }
 }
 
